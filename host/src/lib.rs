@@ -1,0 +1,11 @@
+//! The whittle host: loads a Llama-family GGUF model, evaluates it on tasks, and (in later
+//! stages) calibrates, factorizes and searches a pruned model for a board.
+//!
+//! The pipeline is a chain of typed stages; today: [`fetch`] → [`gguf`] → [`model`] with
+//! [`tokenizer`] → [`eval`] on a [`task`] with [`metrics`].
+
+pub mod fetch;
+pub mod generate;
+pub mod gguf;
+pub mod model;
+pub mod tokenizer;

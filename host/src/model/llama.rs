@@ -1,0 +1,497 @@
+//! The Llama-family decoder in data-flow order: config → components → the public model.
+//!
+//! Invariant: batches are right-padded. With the causal mask, no real position ever attends
+//! to a pad (pads only follow real tokens), so the only padding mask needed is on the
+//! outputs: pad positions are computed and then ignored (metrics, observers, last-token
+//! gathers all use [`Batch::lengths`]).
+
+use std::collections::HashMap;
+
+use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
+use whittle_runtime::{MatrixKind, ModelConfig};
+
+use super::linear::Linear;
+use super::observe::{InputSite, Observer};
+use crate::gguf::gguf_matrix_name;
+
+/// Right-padded token ids of one or more prompts.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    tokens: Tensor,
+    lengths: Vec<usize>,
+}
+
+impl Batch {
+    /// Builds a batch, padding every sequence on the right with `pad_id`.
+    pub fn new(sequences: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Self> {
+        let width = sequences.iter().map(Vec::len).max().unwrap_or(0);
+        if width == 0 {
+            candle_core::bail!("a batch needs at least one non-empty sequence");
+        }
+        let mut flat = Vec::with_capacity(sequences.len() * width);
+        for sequence in sequences {
+            if sequence.is_empty() {
+                candle_core::bail!("a batch cannot hold an empty sequence");
+            }
+            flat.extend_from_slice(sequence);
+            flat.resize(flat.len() + width - sequence.len(), pad_id);
+        }
+        let tokens = Tensor::from_vec(flat, (sequences.len(), width), device)?;
+        Ok(Self {
+            tokens,
+            lengths: sequences.iter().map(Vec::len).collect(),
+        })
+    }
+
+    /// `(batch, width)` token ids.
+    pub fn tokens(&self) -> &Tensor {
+        &self.tokens
+    }
+
+    /// Number of real tokens of every row.
+    pub fn lengths(&self) -> &[usize] {
+        &self.lengths
+    }
+
+    /// Width of the padded batch.
+    pub fn width(&self) -> usize {
+        self.lengths.iter().copied().max().unwrap_or(0)
+    }
+
+    fn is_padded(&self) -> bool {
+        let width = self.width();
+        self.lengths.iter().any(|&len| len != width)
+    }
+
+    /// Indices of the real positions in the flattened `(batch · width)` rows.
+    pub fn real_rows(&self) -> Result<Tensor> {
+        let width = self.width();
+        let rows: Vec<u32> = self
+            .lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(row, &len)| (0..len).map(move |t| (row * width + t) as u32))
+            .collect();
+        Tensor::from_vec(rows.clone(), rows.len(), self.tokens.device())
+    }
+
+    /// Indices of every row's last real position in the flattened rows.
+    pub fn last_rows(&self) -> Result<Tensor> {
+        let width = self.width();
+        let rows: Vec<u32> = self
+            .lengths
+            .iter()
+            .enumerate()
+            .map(|(row, &len)| (row * width + len - 1) as u32)
+            .collect();
+        Tensor::from_vec(rows, self.lengths.len(), self.tokens.device())
+    }
+}
+
+/// Keys and values of the positions already seen, per layer, for incremental decoding.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Precomputed rotary tables for every position up to the context length.
+#[derive(Clone, Debug)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(config: &ModelConfig, device: &Device) -> Result<Self> {
+        let head_dim = config.head_dim();
+        let inverse_frequencies: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1f32 / config.rope_theta.powf(i as f32 / head_dim as f32))
+            .collect();
+        let n_freqs = inverse_frequencies.len();
+        let inverse_frequencies = Tensor::from_vec(inverse_frequencies, (1, n_freqs), device)?;
+        let positions = Tensor::arange(0u32, config.max_position_embeddings as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((config.max_position_embeddings, 1))?;
+        let angles = positions.matmul(&inverse_frequencies)?;
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
+    }
+
+    /// Rotates `(batch, heads, seq, head_dim)` whose first position is `offset`; GGUF stores
+    /// q and k permuted for the interleaved-pair form, hence `rope_i`.
+    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let seq_len = x.dim(2)?;
+        let cos = self.cos.narrow(0, offset, seq_len)?;
+        let sin = self.sin.narrow(0, offset, seq_len)?;
+        candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin)
+    }
+}
+
+/// One transformer block: pre-norm attention and pre-norm SwiGLU MLP, both residual.
+#[derive(Clone, Debug)]
+struct Block {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Block {
+    fn linear(&self, kind: MatrixKind) -> &Linear {
+        match kind {
+            MatrixKind::Q => &self.q,
+            MatrixKind::K => &self.k,
+            MatrixKind::V => &self.v,
+            MatrixKind::O => &self.o,
+            MatrixKind::Gate => &self.gate,
+            MatrixKind::Up => &self.up,
+            MatrixKind::Down => &self.down,
+        }
+    }
+
+    fn linear_mut(&mut self, kind: MatrixKind) -> &mut Linear {
+        match kind {
+            MatrixKind::Q => &mut self.q,
+            MatrixKind::K => &mut self.k,
+            MatrixKind::V => &mut self.v,
+            MatrixKind::O => &mut self.o,
+            MatrixKind::Gate => &mut self.gate,
+            MatrixKind::Up => &mut self.up,
+            MatrixKind::Down => &mut self.down,
+        }
+    }
+}
+
+/// Per-call state of one forward pass.
+struct Pass<'a> {
+    batch: usize,
+    seq_len: usize,
+    offset: usize,
+    mask: Option<Tensor>,
+    observer: Option<(&'a mut dyn Observer, Option<Tensor>)>,
+}
+
+impl Pass<'_> {
+    fn observe(&mut self, layer_idx: usize, site: InputSite, x: &Tensor) -> Result<()> {
+        if let Some((observer, real_rows)) = &mut self.observer {
+            match real_rows {
+                Some(rows) => observer.observe(layer_idx, site, &x.index_select(rows, 0)?)?,
+                None => observer.observe(layer_idx, site, x)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Llama-family decoder with f32 weights and a tied or separate output head.
+#[derive(Clone, Debug)]
+pub struct Llama {
+    config: ModelConfig,
+    embedding: Tensor,
+    blocks: Vec<Block>,
+    final_norm: Tensor,
+    head: Tensor,
+    rope: Rope,
+    device: Device,
+}
+
+impl Llama {
+    /// Builds the model from f32 tensors keyed by their GGUF names (`token_embd.weight`,
+    /// `blk.{i}.attn_q.weight`, …); `output.weight` is optional (tied head).
+    pub fn from_tensors(
+        config: ModelConfig,
+        tensors: &HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let get = |name: &str| -> Result<Tensor> {
+            tensors
+                .get(name)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor `{name}`")))
+        };
+        let dense = |layer_idx, kind| -> Result<Linear> {
+            Ok(Linear::Dense {
+                weight: get(&gguf_matrix_name(layer_idx, kind))?,
+            })
+        };
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for layer_idx in 0..config.n_layers {
+            blocks.push(Block {
+                attn_norm: get(&format!("blk.{layer_idx}.attn_norm.weight"))?,
+                q: dense(layer_idx, MatrixKind::Q)?,
+                k: dense(layer_idx, MatrixKind::K)?,
+                v: dense(layer_idx, MatrixKind::V)?,
+                o: dense(layer_idx, MatrixKind::O)?,
+                ffn_norm: get(&format!("blk.{layer_idx}.ffn_norm.weight"))?,
+                gate: dense(layer_idx, MatrixKind::Gate)?,
+                up: dense(layer_idx, MatrixKind::Up)?,
+                down: dense(layer_idx, MatrixKind::Down)?,
+            });
+        }
+        let embedding = get("token_embd.weight")?;
+        let head = match tensors.get("output.weight") {
+            Some(head) => head.clone(),
+            None => embedding.clone(),
+        };
+        Ok(Self {
+            config,
+            embedding,
+            blocks,
+            final_norm: get("output_norm.weight")?,
+            head,
+            rope: Rope::new(&config, device)?,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// One prunable matrix.
+    pub fn linear(&self, layer_idx: usize, kind: MatrixKind) -> Option<&Linear> {
+        self.blocks.get(layer_idx).map(|block| block.linear(kind))
+    }
+
+    /// Replaces one prunable matrix (e.g. by its low-rank factors); the rest of the model is
+    /// shared, not copied, with any clone it came from.
+    pub fn set_linear(&mut self, layer_idx: usize, kind: MatrixKind, linear: Linear) -> Result<()> {
+        let expected = self.config.matrix_shape(kind);
+        if linear.shape()? != expected {
+            candle_core::bail!(
+                "layer {layer_idx} {}: new matrix has shape {:?}, expected {expected:?}",
+                kind.name(),
+                linear.shape()?
+            );
+        }
+        let Some(block) = self.blocks.get_mut(layer_idx) else {
+            candle_core::bail!("layer {layer_idx} does not exist");
+        };
+        *block.linear_mut(kind) = linear;
+        Ok(())
+    }
+
+    /// Final hidden states `(batch, width, hidden)` of a batch, starting at position 0.
+    /// The observer, if any, sees the input of every linear layer at real positions only.
+    pub fn forward_hidden(
+        &self,
+        batch: &Batch,
+        observer: Option<&mut dyn Observer>,
+    ) -> Result<Tensor> {
+        let real_rows = match observer.is_some() && batch.is_padded() {
+            true => Some(batch.real_rows()?),
+            false => None,
+        };
+        let observer = observer.map(|observer| (observer, real_rows));
+        self.run(batch.tokens(), 0, None, observer)
+    }
+
+    /// Logits `(batch, width, vocab)` for every position of a batch.
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let hidden = self.forward_hidden(batch, None)?;
+        let (b, t, h) = hidden.dims3()?;
+        self.logits(&hidden.reshape((b * t, h))?)?
+            .reshape((b, t, self.config.vocab_size))
+    }
+
+    /// Hidden state `(batch, hidden)` at every row's last real position.
+    pub fn last_hidden(&self, batch: &Batch) -> Result<Tensor> {
+        let hidden = self.forward_hidden(batch, None)?;
+        let (b, t, h) = hidden.dims3()?;
+        hidden
+            .reshape((b * t, h))?
+            .index_select(&batch.last_rows()?, 0)
+    }
+
+    /// Projects final hidden rows `(n, hidden)` onto the vocabulary: `(n, vocab)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        hidden.matmul(&self.head.t()?)
+    }
+
+    /// Projects final hidden rows onto a few vocabulary rows only (e.g. label tokens).
+    pub fn logits_for(&self, hidden: &Tensor, token_ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(token_ids, &self.device)?;
+        let rows = self.head.index_select(&ids, 0)?;
+        hidden.matmul(&rows.t()?)
+    }
+
+    /// Continues `cache` with `tokens` `(batch, seq)` (no padding); returns the logits of the
+    /// last new position, `(batch, vocab)`.
+    pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let offset = cache.len;
+        let hidden = self.run(tokens, offset, Some(cache), None)?;
+        let seq_len = hidden.dim(1)?;
+        self.logits(&hidden.i((.., seq_len - 1, ..))?.contiguous()?)
+    }
+
+    fn run(
+        &self,
+        tokens: &Tensor,
+        offset: usize,
+        mut cache: Option<&mut KvCache>,
+        observer: Option<(&mut dyn Observer, Option<Tensor>)>,
+    ) -> Result<Tensor> {
+        let (batch, seq_len) = tokens.dims2()?;
+        if offset + seq_len > self.config.max_position_embeddings {
+            candle_core::bail!(
+                "{} positions exceed the model's context length {}",
+                offset + seq_len,
+                self.config.max_position_embeddings
+            );
+        }
+        let mut pass = Pass {
+            batch,
+            seq_len,
+            offset,
+            mask: causal_mask(seq_len, offset, &self.device)?,
+            observer,
+        };
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.layers.resize(self.config.n_layers, None);
+        }
+        let ids = tokens.flatten_all()?;
+        let mut x = self.embedding.index_select(&ids, 0)?;
+        for (layer_idx, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[layer_idx]);
+            x = self.block_forward(block, layer_idx, &x, &mut pass, layer_cache)?;
+        }
+        if let Some(cache) = cache {
+            cache.len += seq_len;
+        }
+        let x = candle_nn::ops::rms_norm(&x, &self.final_norm, self.config.rms_norm_eps)?;
+        x.reshape((batch, seq_len, self.config.hidden_size))
+    }
+
+    fn block_forward(
+        &self,
+        block: &Block,
+        layer_idx: usize,
+        x: &Tensor,
+        pass: &mut Pass<'_>,
+        layer_cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        let normed = candle_nn::ops::rms_norm(x, &block.attn_norm, eps)?;
+        pass.observe(layer_idx, InputSite::Qkv, &normed)?;
+        let attention = self.attention(block, &normed, pass, layer_cache)?;
+        pass.observe(layer_idx, InputSite::O, &attention)?;
+        let x = (x + block.o.forward(&attention)?)?;
+
+        let normed = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
+        pass.observe(layer_idx, InputSite::GateUp, &normed)?;
+        let gated =
+            (candle_nn::ops::silu(&block.gate.forward(&normed)?)? * block.up.forward(&normed)?)?;
+        pass.observe(layer_idx, InputSite::Down, &gated)?;
+        x + block.down.forward(&gated)?
+    }
+
+    /// Multi-head attention with grouped key/value heads; returns `(rows, hidden)` before
+    /// the output projection.
+    fn attention(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        pass: &Pass<'_>,
+        layer_cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let (b, t) = (pass.batch, pass.seq_len);
+        let head_dim = self.config.head_dim();
+        let (n_heads, n_kv_heads) = (self.config.n_heads, self.config.n_kv_heads);
+        let split_heads = |y: Tensor, heads: usize| -> Result<Tensor> {
+            y.reshape((b, t, heads, head_dim))?.transpose(1, 2)
+        };
+        let q = split_heads(block.q.forward(x)?, n_heads)?;
+        let k = split_heads(block.k.forward(x)?, n_kv_heads)?;
+        let v = split_heads(block.v.forward(x)?, n_kv_heads)?.contiguous()?;
+        let q = self.rope.apply(&q, pass.offset)?;
+        let k = self.rope.apply(&k, pass.offset)?;
+        let (k, v) = match layer_cache {
+            None => (k, v),
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((k_past, v_past)) => (
+                        Tensor::cat(&[&k_past, &k], 2)?,
+                        Tensor::cat(&[&v_past, &v], 2)?,
+                    ),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+        };
+        let k = repeat_kv(k, n_heads / n_kv_heads)?;
+        let v = repeat_kv(v, n_heads / n_kv_heads)?;
+        let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
+        let scores = match &pass.mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        weights
+            .matmul(&v.contiguous()?)?
+            .transpose(1, 2)?
+            .reshape((b * t, self.config.hidden_size))
+    }
+}
+
+/// Additive mask `(seq, offset + seq)`: −∞ where a query would see a later key.
+fn causal_mask(seq_len: usize, offset: usize, device: &Device) -> Result<Option<Tensor>> {
+    if seq_len == 1 {
+        return Ok(None);
+    }
+    let total = offset + seq_len;
+    let mask: Vec<f32> = (0..seq_len)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (seq_len, total), device).map(Some)
+}
+
+/// `(b, kv_heads, t, d)` → `(b, kv_heads · n_rep, t, d)`, each key/value head repeated for the
+/// query heads of its group.
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, n_kv_heads, t, d) = x.dims4()?;
+    Tensor::cat(&vec![&x; n_rep], 2)?.reshape((b, n_kv_heads * n_rep, t, d))
+}
+
+/// Log-softmax over the last dimension.
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::log_softmax(logits, D::Minus1)
+}

@@ -1,0 +1,57 @@
+//! The host's Llama-family model: one block definition, a [`Linear`] that holds dense and
+//! low-rank forms, an [`Observer`] hook on every linear input, and a KV cache for decoding.
+
+mod linear;
+mod llama;
+mod observe;
+pub mod synthetic;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+
+use candle_core::Device;
+
+pub use linear::Linear;
+pub use llama::{Batch, KvCache, Llama, log_softmax};
+pub use observe::{InputSite, Observer};
+
+use crate::gguf::{GgufFile, ModelError, read_llama_tensors};
+use crate::tokenizer::TextTokenizer;
+
+/// A model and its tokenizer, loaded from one GGUF file.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The decoder with f32 weights.
+    pub llama: Llama,
+    /// The tokenizer and chat template from the file's metadata.
+    pub tokenizer: TextTokenizer,
+}
+
+/// Loads a Llama-family GGUF file: validates it, dequantizes every weight to f32 and builds
+/// the tokenizer from its metadata.
+pub fn load(path: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
+    let mut gguf = GgufFile::open(path)?;
+    let config = gguf.config()?;
+    let tokenizer = TextTokenizer::from_gguf(&gguf)?;
+    let tensors = read_llama_tensors(&mut gguf, &config, device)?;
+    let llama =
+        Llama::from_tensors(config, &tensors, device).map_err(|source| ModelError::Tensor {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(LoadedModel { llama, tokenizer })
+}
+
+/// The compute device: CPU, or CUDA device 0 in builds with the `cuda` feature.
+pub fn device(cuda: bool) -> anyhow::Result<Device> {
+    if !cuda {
+        return Ok(Device::Cpu);
+    }
+    if !cfg!(feature = "cuda") {
+        anyhow::bail!(
+            "this build of whittle lacks CUDA; rebuild with `--features cuda` (needs the CUDA toolkit) or drop --cuda"
+        );
+    }
+    Ok(Device::new_cuda(0)?)
+}

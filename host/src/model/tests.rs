@@ -1,0 +1,184 @@
+use std::collections::BTreeMap;
+
+use candle_core::{Device, IndexOp, Result, Tensor};
+use whittle_runtime::MatrixKind;
+
+use super::synthetic::{tiny_config, tiny_tensors};
+use super::*;
+
+fn tiny_llama(seed: u64) -> Result<Llama> {
+    let config = tiny_config();
+    let tensors = tiny_tensors(&config, seed, &Device::Cpu)?;
+    Llama::from_tensors(config, &tensors, &Device::Cpu)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
+fn sequences() -> Vec<Vec<u32>> {
+    vec![
+        vec![3, 14, 15, 9, 26, 5, 35],
+        vec![8, 9, 7],
+        vec![60, 1, 2, 3, 4],
+    ]
+}
+
+#[test]
+fn padded_batch_matches_each_prompt_alone() -> Result<()> {
+    let llama = tiny_llama(1)?;
+    let batch = Batch::new(&sequences(), 0, &Device::Cpu)?;
+    let batched = llama.forward(&batch)?;
+    for (row, sequence) in sequences().iter().enumerate() {
+        let alone = llama.forward(&Batch::new(
+            std::slice::from_ref(sequence),
+            0,
+            &Device::Cpu,
+        )?)?;
+        let real = batched.i((row, 0..sequence.len(), ..))?;
+        let diff = max_abs_diff(&real, &alone.i(0)?)?;
+        assert!(diff < 1e-4, "row {row}: {diff}");
+    }
+    Ok(())
+}
+
+#[test]
+fn last_hidden_picks_each_rows_last_real_position() -> Result<()> {
+    let llama = tiny_llama(2)?;
+    let batch = Batch::new(&sequences(), 0, &Device::Cpu)?;
+    let last = llama.last_hidden(&batch)?;
+    let hidden = llama.forward_hidden(&batch, None)?;
+    for (row, sequence) in sequences().iter().enumerate() {
+        let expected = hidden.i((row, sequence.len() - 1, ..))?;
+        assert!(max_abs_diff(&last.i(row)?, &expected)? == 0.0);
+    }
+    Ok(())
+}
+
+#[test]
+fn cached_decoding_matches_the_full_forward() -> Result<()> {
+    let llama = tiny_llama(3)?;
+    let sequence = sequences()[0].clone();
+    let full = llama.forward(&Batch::new(
+        std::slice::from_ref(&sequence),
+        0,
+        &Device::Cpu,
+    )?)?;
+    let mut cache = KvCache::default();
+    let prefix = Tensor::new(&sequence[..4], &Device::Cpu)?.unsqueeze(0)?;
+    let logits = llama.forward_cached(&prefix, &mut cache)?;
+    assert!(max_abs_diff(&logits.i(0)?, &full.i((0, 3))?)? < 1e-4);
+    for (position, &token) in sequence.iter().enumerate().skip(4) {
+        let step = Tensor::new(&[token], &Device::Cpu)?.unsqueeze(0)?;
+        let logits = llama.forward_cached(&step, &mut cache)?;
+        let diff = max_abs_diff(&logits.i(0)?, &full.i((0, position))?)?;
+        assert!(diff < 1e-4, "position {position}: {diff}");
+    }
+    assert_eq!(cache.len(), sequence.len());
+    Ok(())
+}
+
+#[derive(Default)]
+struct RowCounter {
+    rows: BTreeMap<(usize, InputSite), (usize, usize)>,
+}
+
+impl Observer for RowCounter {
+    fn observe(&mut self, layer_idx: usize, site: InputSite, rows: &Tensor) -> Result<()> {
+        let (n, d) = rows.dims2()?;
+        let entry = self.rows.entry((layer_idx, site)).or_default();
+        entry.0 += n;
+        entry.1 = d;
+        Ok(())
+    }
+}
+
+#[test]
+fn observer_sees_every_linear_input_without_padding() -> Result<()> {
+    let llama = tiny_llama(4)?;
+    let config = *llama.config();
+    let batch = Batch::new(&sequences(), 0, &Device::Cpu)?;
+    let mut counter = RowCounter::default();
+    llama.forward_hidden(&batch, Some(&mut counter))?;
+    let real_tokens: usize = sequences().iter().map(Vec::len).sum();
+    assert_eq!(counter.rows.len(), config.n_layers * InputSite::ALL.len());
+    for ((_, site), (n, d)) in counter.rows {
+        assert_eq!(n, real_tokens);
+        let reader = MatrixKind::ALL
+            .into_iter()
+            .find(|&k| InputSite::of(k) == site);
+        let expected_d = reader.map(|k| config.matrix_shape(k).1);
+        assert_eq!(Some(d), expected_d, "{site:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn observed_rows_are_the_real_positions() -> Result<()> {
+    struct Capture(Option<Tensor>);
+    impl Observer for Capture {
+        fn observe(&mut self, layer_idx: usize, site: InputSite, rows: &Tensor) -> Result<()> {
+            if layer_idx == 1 && site == InputSite::Down {
+                self.0 = Some(rows.clone());
+            }
+            Ok(())
+        }
+    }
+    let llama = tiny_llama(5)?;
+    let batched = Batch::new(&sequences(), 0, &Device::Cpu)?;
+    let mut padded = Capture(None);
+    llama.forward_hidden(&batched, Some(&mut padded))?;
+    let mut alone_rows = Vec::new();
+    for sequence in sequences() {
+        let mut alone = Capture(None);
+        llama.forward_hidden(&Batch::new(&[sequence], 0, &Device::Cpu)?, Some(&mut alone))?;
+        alone_rows.extend(alone.0);
+    }
+    let expected = Tensor::cat(&alone_rows, 0)?;
+    let got = padded
+        .0
+        .ok_or_else(|| candle_core::Error::Msg("not observed".into()))?;
+    assert!(max_abs_diff(&got, &expected)? < 1e-4);
+    Ok(())
+}
+
+#[test]
+fn full_rank_factors_reproduce_the_dense_model() -> Result<()> {
+    let dense = tiny_llama(6)?;
+    let mut factored = dense.clone();
+    for layer_idx in 0..dense.config().n_layers {
+        for kind in MatrixKind::ALL {
+            let Some(Linear::Dense { weight }) = dense.linear(layer_idx, kind) else {
+                panic!("expected dense");
+            };
+            let (rows, _) = weight.dims2()?;
+            let identity = Tensor::eye(rows, candle_core::DType::F32, &Device::Cpu)?;
+            let linear = Linear::LowRank {
+                a: weight.clone(),
+                b: identity,
+            };
+            factored.set_linear(layer_idx, kind, linear)?;
+        }
+    }
+    let batch = Batch::new(&sequences(), 0, &Device::Cpu)?;
+    let diff = max_abs_diff(&dense.forward(&batch)?, &factored.forward(&batch)?)?;
+    assert!(diff < 1e-4, "{diff}");
+    let wrong = Linear::Dense {
+        weight: Tensor::zeros((3, 3), candle_core::DType::F32, &Device::Cpu)?,
+    };
+    assert!(factored.set_linear(0, MatrixKind::Q, wrong).is_err());
+    Ok(())
+}
+
+#[test]
+fn context_overflow_is_an_error() -> Result<()> {
+    let llama = tiny_llama(7)?;
+    let too_long = vec![1u32; llama.config().max_position_embeddings + 1];
+    assert!(
+        llama
+            .forward(&Batch::new(&[too_long], 0, &Device::Cpu)?)
+            .is_err()
+    );
+    assert!(Batch::new(&[vec![]], 0, &Device::Cpu).is_err());
+    Ok(())
+}

@@ -1,0 +1,242 @@
+/// Hyper-parameters of a Llama-family decoder, named as in the Hugging Face config.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Number of transformer blocks.
+    pub n_layers: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU MLP's hidden layer.
+    pub intermediate_size: usize,
+    /// Number of query heads.
+    pub n_heads: usize,
+    /// Number of key/value heads (grouped-query attention when below `n_heads`).
+    pub n_kv_heads: usize,
+    /// Number of rows of the token embedding (and of the tied output head).
+    pub vocab_size: usize,
+    /// Longest context the model was trained for.
+    pub max_position_embeddings: usize,
+    /// RoPE base frequency.
+    pub rope_theta: f32,
+    /// Epsilon of every RMSNorm.
+    pub rms_norm_eps: f32,
+}
+
+/// Why a [`ModelConfig`] cannot describe a working model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A size that must be positive is zero.
+    ZeroSize,
+    /// `hidden_size` is not a multiple of `n_heads`.
+    HiddenNotDivisibleByHeads,
+    /// `n_heads` is not a multiple of `n_kv_heads`.
+    HeadsNotDivisibleByKvHeads,
+    /// The head dimension is odd, so rotary embeddings cannot pair its lanes.
+    OddHeadDim,
+    /// `rope_theta` or `rms_norm_eps` is not a positive finite number.
+    BadFloat,
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::ZeroSize => "a layer count, width, head count or vocabulary size is zero",
+            Self::HiddenNotDivisibleByHeads => "hidden size is not a multiple of the head count",
+            Self::HeadsNotDivisibleByKvHeads => {
+                "head count is not a multiple of the key/value head count"
+            }
+            Self::OddHeadDim => "head dimension is odd, rotary embeddings need it even",
+            Self::BadFloat => "rope base or RMSNorm epsilon is not a positive finite number",
+        })
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
+/// The seven prunable weight matrices of a Llama block, in data-flow order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MatrixKind {
+    /// Query projection.
+    Q,
+    /// Key projection.
+    K,
+    /// Value projection.
+    V,
+    /// Attention output projection.
+    O,
+    /// MLP gate projection.
+    Gate,
+    /// MLP up projection.
+    Up,
+    /// MLP down projection.
+    Down,
+}
+
+impl MatrixKind {
+    /// Every kind, in data-flow order.
+    pub const ALL: [MatrixKind; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    /// Short lowercase name (`q`, `k`, `v`, `o`, `gate`, `up`, `down`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Q => "q",
+            Self::K => "k",
+            Self::V => "v",
+            Self::O => "o",
+            Self::Gate => "gate",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+
+    /// Parses a name written by [`MatrixKind::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
+impl ModelConfig {
+    /// Checks the relations the forward pass relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let sizes = [
+            self.n_layers,
+            self.hidden_size,
+            self.intermediate_size,
+            self.n_heads,
+            self.n_kv_heads,
+            self.vocab_size,
+            self.max_position_embeddings,
+        ];
+        if sizes.contains(&0) {
+            return Err(ConfigError::ZeroSize);
+        }
+        if self.hidden_size % self.n_heads != 0 {
+            return Err(ConfigError::HiddenNotDivisibleByHeads);
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(ConfigError::HeadsNotDivisibleByKvHeads);
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(ConfigError::OddHeadDim);
+        }
+        let positive = |x: f32| x.is_finite() && x > 0.0;
+        if !positive(self.rope_theta) || !positive(self.rms_norm_eps) {
+            return Err(ConfigError::BadFloat);
+        }
+        Ok(())
+    }
+
+    /// Width of one attention head.
+    pub const fn head_dim(&self) -> usize {
+        self.hidden_size / self.n_heads
+    }
+
+    /// Width of the key (and value) projection's output.
+    pub const fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim()
+    }
+
+    /// `(rows, cols)` = `(d_out, d_in)` of a prunable matrix.
+    pub const fn matrix_shape(&self, kind: MatrixKind) -> (usize, usize) {
+        match kind {
+            MatrixKind::Q | MatrixKind::O => (self.hidden_size, self.hidden_size),
+            MatrixKind::K | MatrixKind::V => (self.kv_dim(), self.hidden_size),
+            MatrixKind::Gate | MatrixKind::Up => (self.intermediate_size, self.hidden_size),
+            MatrixKind::Down => (self.hidden_size, self.intermediate_size),
+        }
+    }
+
+    /// Number of prunable matrices in the whole model.
+    pub const fn n_prunable_matrices(&self) -> usize {
+        self.n_layers * MatrixKind::ALL.len()
+    }
+
+    /// Parameters of the prunable matrices of one block.
+    pub fn block_linear_params(&self) -> usize {
+        MatrixKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let (rows, cols) = self.matrix_shape(kind);
+                rows * cols
+            })
+            .sum()
+    }
+
+    /// Every parameter of the model with a tied output head: embedding, blocks, norms.
+    pub fn total_params(&self) -> usize {
+        let embedding = self.vocab_size * self.hidden_size;
+        let norms_per_block = 2 * self.hidden_size;
+        embedding
+            + self.n_layers * (self.block_linear_params() + norms_per_block)
+            + self.hidden_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm2_135m() -> ModelConfig {
+        ModelConfig {
+            n_layers: 30,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            n_heads: 9,
+            n_kv_heads: 3,
+            vocab_size: 49152,
+            max_position_embeddings: 8192,
+            rope_theta: 100_000.0,
+            rms_norm_eps: 1e-5,
+        }
+    }
+
+    fn check_invalid(edit: impl FnOnce(&mut ModelConfig), expected: ConfigError) {
+        let mut config = smollm2_135m();
+        edit(&mut config);
+        assert_eq!(config.validate(), Err(expected));
+    }
+
+    #[test]
+    fn smollm2_has_the_published_parameter_count() {
+        let config = smollm2_135m();
+        assert_eq!(config.validate(), Ok(()));
+        // 134,515,008 is the parameter count Hugging Face reports for SmolLM2-135M.
+        assert_eq!(config.total_params(), 134_515_008);
+    }
+
+    #[test]
+    fn invalid_configs_are_named() {
+        check_invalid(|c| c.n_layers = 0, ConfigError::ZeroSize);
+        check_invalid(|c| c.n_heads = 7, ConfigError::HiddenNotDivisibleByHeads);
+        check_invalid(
+            |c| c.n_kv_heads = 2,
+            ConfigError::HeadsNotDivisibleByKvHeads,
+        );
+        check_invalid(
+            |c| {
+                c.hidden_size = 63;
+                c.n_heads = 1;
+                c.n_kv_heads = 1
+            },
+            ConfigError::OddHeadDim,
+        );
+        check_invalid(|c| c.rope_theta = f32::NAN, ConfigError::BadFloat);
+        check_invalid(|c| c.rms_norm_eps = 0.0, ConfigError::BadFloat);
+    }
+
+    #[test]
+    fn matrix_names_round_trip() {
+        for kind in MatrixKind::ALL {
+            assert_eq!(MatrixKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(MatrixKind::from_name("qkv"), None);
+    }
+}
