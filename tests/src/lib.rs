@@ -1,0 +1,72 @@
+//! End-to-end checks across the whittle crates; the tests live in `tests/tests/`. Files named
+//! `real_model_*` download SmolLM2-135M-Instruct (98 MB, once, into the model cache); the
+//! others build tiny synthetic models and never touch the network.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use whittle_host::gguf::llama_tensor_shapes;
+use whittle_host::model::synthetic::{tiny_config, tiny_tensors};
+use whittle_runtime::ModelConfig;
+
+/// Path of the real model, fetched into the cache on first use.
+pub fn real_model_path() -> PathBuf {
+    let dir = whittle_host::fetch::default_model_dir();
+    match whittle_host::fetch::ensure_default_model(&dir) {
+        Ok(path) => path,
+        Err(error) => panic!("real-model test needs the model: {error}"),
+    }
+}
+
+/// Writes a tiny Llama as a GGUF file with f32 tensors and the given architecture name;
+/// `skip` names tensors to leave out.
+pub fn write_tiny_gguf(path: &Path, architecture: &str, seed: u64, skip: &[&str]) -> ModelConfig {
+    let config = tiny_config();
+    let tensors = tiny_tensors(&config, seed, &Device::Cpu).expect("tiny tensors");
+    let u32_value = |n: usize| Value::U32(n as u32);
+    let metadata_owned: Vec<(&str, Value)> = vec![
+        (
+            "general.architecture",
+            Value::String(architecture.to_owned()),
+        ),
+        ("llama.block_count", u32_value(config.n_layers)),
+        (
+            "llama.context_length",
+            u32_value(config.max_position_embeddings),
+        ),
+        ("llama.embedding_length", u32_value(config.hidden_size)),
+        (
+            "llama.feed_forward_length",
+            u32_value(config.intermediate_size),
+        ),
+        ("llama.attention.head_count", u32_value(config.n_heads)),
+        (
+            "llama.attention.head_count_kv",
+            u32_value(config.n_kv_heads),
+        ),
+        ("llama.rope.dimension_count", u32_value(config.head_dim())),
+        ("llama.rope.freq_base", Value::F32(config.rope_theta)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(config.rms_norm_eps),
+        ),
+        ("llama.vocab_size", u32_value(config.vocab_size)),
+    ];
+    let metadata: Vec<(&str, &Value)> = metadata_owned.iter().map(|(k, v)| (*k, v)).collect();
+    let mut qtensors = Vec::new();
+    for (name, _) in llama_tensor_shapes(&config) {
+        if skip.contains(&name.as_str()) {
+            continue;
+        }
+        let tensor: &Tensor = &tensors[&name];
+        let qtensor = QTensor::quantize(tensor, GgmlDType::F32).expect("f32 qtensor");
+        qtensors.push((name, qtensor));
+    }
+    let tensor_refs: Vec<(&str, &QTensor)> =
+        qtensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut file = std::fs::File::create(path).expect("create gguf");
+    gguf_file::write(&mut file, &metadata, &tensor_refs).expect("write gguf");
+    config
+}
