@@ -4,8 +4,11 @@
 //! The pipeline is a chain of typed stages; today: [`fetch`] → [`gguf`] → [`model`] with
 //! [`tokenizer`] → [`eval`] on a [`task`] with [`metrics`].
 
+pub mod eval;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
+pub mod metrics;
 pub mod model;
+pub mod task;
 pub mod tokenizer;

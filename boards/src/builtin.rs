@@ -1,0 +1,207 @@
+use crate::{BoardError, BoardProfile};
+
+/// Every built-in profile: (file name, text).
+const PROFILES: [(&str, &str); 7] = [
+    (
+        "jetson-orin-nano-4gb.toml",
+        include_str!("../profiles/jetson-orin-nano-4gb.toml"),
+    ),
+    (
+        "jetson-orin-nano-8gb.toml",
+        include_str!("../profiles/jetson-orin-nano-8gb.toml"),
+    ),
+    (
+        "jetson-orin-nano-super-8gb.toml",
+        include_str!("../profiles/jetson-orin-nano-super-8gb.toml"),
+    ),
+    (
+        "jetson-orin-nx-16gb.toml",
+        include_str!("../profiles/jetson-orin-nx-16gb.toml"),
+    ),
+    (
+        "jetson-agx-orin-64gb.toml",
+        include_str!("../profiles/jetson-agx-orin-64gb.toml"),
+    ),
+    (
+        "raspberry-pi-5-8gb.toml",
+        include_str!("../profiles/raspberry-pi-5-8gb.toml"),
+    ),
+    ("stm32h743.toml", include_str!("../profiles/stm32h743.toml")),
+];
+
+impl BoardProfile {
+    /// The built-in profile with this name or alias.
+    pub fn builtin(name_or_alias: &str) -> Result<Self, BoardError> {
+        Self::all()
+            .into_iter()
+            .find(|profile| profile.answers_to(name_or_alias))
+            .ok_or_else(|| BoardError::UnknownBoard {
+                name: name_or_alias.to_owned(),
+                known: Self::builtin_names().join(", "),
+            })
+    }
+
+    /// Every built-in profile, in a fixed order.
+    pub fn all() -> Vec<Self> {
+        PROFILES
+            .iter()
+            .map(|(file, text)| {
+                // The tests parse and validate every embedded file, so this cannot fail in a
+                // released build.
+                Self::from_toml_str(text, file)
+                    .unwrap_or_else(|error| panic!("built-in profile is broken: {error}"))
+            })
+            .collect()
+    }
+
+    /// Canonical names of the built-in profiles.
+    pub fn builtin_names() -> Vec<String> {
+        Self::all()
+            .into_iter()
+            .map(|profile| profile.name)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn check_resolves(name_or_alias: &str, expected: &str) {
+        match BoardProfile::builtin(name_or_alias) {
+            Ok(profile) => assert_eq!(profile.name, expected, "for `{name_or_alias}`"),
+            Err(error) => panic!("`{name_or_alias}` does not resolve: {error}"),
+        }
+    }
+
+    fn check_rejected(text: &str, expected_fragment: &str) {
+        match BoardProfile::from_toml_str(text, "test.toml") {
+            Ok(profile) => panic!("accepted a bad profile: {profile:?}"),
+            Err(error) => {
+                let message = error.to_string();
+                assert!(
+                    message.contains(expected_fragment),
+                    "`{message}` lacks `{expected_fragment}`"
+                );
+                assert!(!message.contains('\n'), "not one line: {message}");
+            }
+        }
+    }
+
+    fn good_profile() -> String {
+        PROFILES[1].1.to_owned()
+    }
+
+    #[test]
+    fn every_builtin_profile_parses_and_validates() {
+        for (file, text) in PROFILES {
+            let profile = match BoardProfile::from_toml_str(text, file) {
+                Ok(profile) => profile,
+                Err(error) => panic!("{file}: {error}"),
+            };
+            assert_eq!(format!("{}.toml", profile.name), file);
+            assert!(!profile.sources.is_empty());
+            assert!(profile.model_memory_share > 0.0 && profile.model_memory_share <= 1.0);
+            assert!(profile.model_memory_bytes() > 0);
+        }
+        assert_eq!(BoardProfile::all().len(), PROFILES.len());
+    }
+
+    #[test]
+    fn names_and_aliases_are_unique() {
+        let mut seen = HashSet::new();
+        for profile in BoardProfile::all() {
+            for key in std::iter::once(&profile.name).chain(&profile.aliases) {
+                assert!(seen.insert(key.clone()), "`{key}` names two boards");
+            }
+        }
+    }
+
+    #[test]
+    fn names_and_aliases_resolve() {
+        check_resolves("jetson-orin", "jetson-orin-nano-8gb");
+        check_resolves("jetson-orin-nano-8gb", "jetson-orin-nano-8gb");
+        check_resolves("jetson-orin-nano-super", "jetson-orin-nano-super-8gb");
+        check_resolves("jetson-agx-orin", "jetson-agx-orin-64gb");
+        check_resolves("rpi5", "raspberry-pi-5-8gb");
+        check_resolves("stm32h743", "stm32h743");
+        for profile in BoardProfile::all() {
+            for alias in &profile.aliases {
+                check_resolves(alias, &profile.name);
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_board_lists_the_known_ones() {
+        let message = match BoardProfile::builtin("jetson-nano-classic") {
+            Ok(profile) => panic!("resolved to {}", profile.name),
+            Err(error) => error.to_string(),
+        };
+        assert!(message.contains("unknown board `jetson-nano-classic`"));
+        for name in BoardProfile::builtin_names() {
+            assert!(message.contains(&name), "`{message}` lacks `{name}`");
+        }
+    }
+
+    #[test]
+    fn the_mcu_is_too_small_for_smollm2() {
+        let board = BoardProfile::builtin("stm32h743").expect("stm32h743 is built in");
+        assert!(board.model_memory_bytes() < 135_000_000);
+        assert_eq!(board.gpu_fp32_flops, None);
+    }
+
+    #[test]
+    fn bad_profiles_are_rejected_on_one_line() {
+        let good = good_profile();
+        check_rejected(
+            &good.replace("model_memory_share = 0.6", "model_memory_share = 1.5"),
+            "model_memory_share must be in (0, 1]",
+        );
+        check_rejected(
+            &good.replace("model_memory_share = 0.6", "model_memory_share = 0.0"),
+            "model_memory_share",
+        );
+        check_rejected(
+            &good.replace(
+                "bandwidth_bytes_per_s = 68_000_000_000",
+                "bandwidth_bytes_per_s = 0",
+            ),
+            "bandwidth_bytes_per_s must be positive",
+        );
+        check_rejected(&good.replace("cores = 6", "cores = 0"), "cpu.cores");
+        check_rejected(
+            &good.replace("clock_ghz = 1.5", "clock_ghz = -1.5"),
+            "cpu.clock_ghz",
+        );
+        check_rejected(
+            &good.replace(
+                "gpu_fp32_flops = 1_280_000_000_000.0",
+                "gpu_fp32_flops = 0.0",
+            ),
+            "gpu_fp32_flops",
+        );
+        check_rejected(
+            &good.replace("name = \"jetson-orin-nano-8gb\"", "name = \"Jetson Orin\""),
+            "name must be lowercase",
+        );
+        check_rejected(&good.replace("https://", "http://"), "https://");
+        check_rejected(
+            &format!("{good}\nfavourite_colour = \"green\"\n"),
+            "unknown field",
+        );
+        check_rejected("name = \"x\"", "does not parse");
+    }
+
+    #[test]
+    fn a_profile_without_sources_is_rejected() {
+        let good = good_profile();
+        let Some(first_source) = good.find("[[sources]]") else {
+            panic!("the fixture has no sources");
+        };
+        // A top-level key must come before the first table header.
+        let without_sources = format!("sources = []\n{}", &good[..first_source]);
+        check_rejected(&without_sources, "sources is empty");
+    }
+}

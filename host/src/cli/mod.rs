@@ -1,0 +1,76 @@
+//! One module per subcommand.
+
+mod eval;
+mod fetch;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use whittle_host::fetch::{MODEL_DIR_ENV, default_model_dir, ensure_default_model};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "whittle",
+    version,
+    about = "Shrink an LLM to what one task needs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Download and verify the default model (SmolLM2-135M-Instruct) into the cache.
+    FetchModel(fetch::FetchArgs),
+    /// Evaluate the dense model on one split of a task.
+    Eval(eval::EvalArgs),
+}
+
+/// Which model to use and where it runs.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A local Llama-family GGUF file; default: SmolLM2-135M-Instruct, fetched on first use.
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Cache folder of the default model [default: $WHITTLE_MODEL_DIR or ~/.cache/whittle/models].
+    #[arg(long, value_name = "DIR", env = MODEL_DIR_ENV)]
+    model_dir: Option<PathBuf>,
+    /// Run on CUDA device 0 (builds with `--features cuda` only).
+    #[arg(long)]
+    cuda: bool,
+}
+
+impl ModelArgs {
+    fn model_dir(&self) -> PathBuf {
+        self.model_dir.clone().unwrap_or_else(default_model_dir)
+    }
+
+    /// The model file: the given path, or the default model, fetched if missing.
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        match &self.model {
+            Some(path) => Ok(path.clone()),
+            None => Ok(ensure_default_model(&self.model_dir())?),
+        }
+    }
+}
+
+/// A progress bar with an estimate, on stderr (hidden when stderr is not a terminal).
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    let style =
+        ProgressStyle::with_template("{msg:>28} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar
+}
+
+pub fn run() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::FetchModel(args) => fetch::run(args),
+        Command::Eval(args) => eval::run(args),
+    }
+}

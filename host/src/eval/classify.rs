@@ -1,0 +1,231 @@
+//! Classification: each label is scored by the log-probability of its verbalizer tokens after
+//! the prompt; the prediction is the argmax, optionally after the per-label bias fitted on
+//! the calibration split.
+
+use candle_core::{IndexOp, Tensor};
+use indicatif::ProgressBar;
+use serde_json::json;
+
+use super::{EvalOptions, context_check, length_batches, limited, progress_style, prompt_ids};
+use crate::metrics;
+use crate::model::{Batch, LoadedModel, log_softmax};
+use crate::task::{Example, Label, Split, Task};
+use crate::tokenizer::TextTokenizer;
+
+/// The token ids of every label's verbalizer.
+#[derive(Clone, Debug)]
+pub struct LabelTokens {
+    ids: Vec<Vec<u32>>,
+}
+
+impl LabelTokens {
+    /// Tokenizes every verbalizer; one that tokenizes to nothing is an error.
+    pub fn new(tokenizer: &TextTokenizer, labels: &[Label]) -> anyhow::Result<Self> {
+        if labels.len() < 2 {
+            anyhow::bail!("a classification task needs at least two [[labels]] entries");
+        }
+        let mut ids = Vec::with_capacity(labels.len());
+        for label in labels {
+            let tokens = tokenizer.encode(&label.verbalizer)?;
+            if tokens.is_empty() {
+                anyhow::bail!(
+                    "label {:?}: verbalizer {:?} tokenizes to nothing; give it visible text, e.g. verbalizer = \" {}\"",
+                    label.value,
+                    label.verbalizer,
+                    label.value
+                );
+            }
+            ids.push(tokens);
+        }
+        Ok(Self { ids })
+    }
+
+    /// The single token of every label, when each verbalizer is one token.
+    fn single_tokens(&self) -> Option<Vec<u32>> {
+        self.ids
+            .iter()
+            .map(|ids| (ids.len() == 1).then(|| ids[0]))
+            .collect()
+    }
+}
+
+/// Per-example label log-probabilities and gold labels.
+#[derive(Clone, Debug, Default)]
+pub struct ClassScores {
+    /// `scores[i][k]`: log-probability of label `k`'s verbalizer after example `i`'s prompt.
+    pub scores: Vec<Vec<f64>>,
+    /// Gold label index of every example.
+    pub gold: Vec<usize>,
+}
+
+/// Scores every label for every example; returns the scores and the tokens run.
+pub fn score_labels(
+    model: &LoadedModel,
+    examples: &[Example],
+    labels: &LabelTokens,
+    batch_tokens: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<(ClassScores, usize)> {
+    let mut gold = Vec::with_capacity(examples.len());
+    let mut prompts = Vec::with_capacity(examples.len());
+    for example in examples {
+        let Some(label) = example.label else {
+            anyhow::bail!(
+                "example {} has no label; the task's data lacks a label field",
+                example.id
+            );
+        };
+        let ids = prompt_ids(&model.tokenizer, &example.prompt)?;
+        let longest = labels.ids.iter().map(Vec::len).max().unwrap_or(0);
+        context_check(&ids[..], model, &example.id)?;
+        if ids.len() + longest > model.llama.config().max_position_embeddings {
+            anyhow::bail!(
+                "example {}: prompt and verbalizer exceed the context",
+                example.id
+            );
+        }
+        gold.push(label);
+        prompts.push(ids);
+    }
+    progress.set_length(examples.len() as u64);
+    let mut scores = vec![Vec::new(); examples.len()];
+    let mut tokens = 0;
+    let single = labels.single_tokens();
+    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    for batch_indices in length_batches(&lengths, batch_tokens) {
+        let batch_prompts: Vec<&Vec<u32>> = batch_indices.iter().map(|&i| &prompts[i]).collect();
+        let batch_scores = match &single {
+            Some(label_ids) => score_single_token(model, &batch_prompts, label_ids)?,
+            None => score_multi_token(model, &batch_prompts, labels)?,
+        };
+        for (&index, row) in batch_indices.iter().zip(batch_scores) {
+            scores[index] = row;
+        }
+        tokens += batch_indices.iter().map(|&i| lengths[i]).sum::<usize>();
+        progress.inc(batch_indices.len() as u64);
+    }
+    Ok((ClassScores { scores, gold }, tokens))
+}
+
+/// One forward per batch; the last position's log-softmax over the vocabulary, read at the
+/// label tokens.
+fn score_single_token(
+    model: &LoadedModel,
+    prompts: &[&Vec<u32>],
+    label_ids: &[u32],
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let sequences: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+    let batch = Batch::new(&sequences, model.tokenizer.pad_id(), model.llama.device())?;
+    let last = model.llama.last_hidden(&batch)?;
+    let log_probs = log_softmax(&model.llama.logits(&last)?)?;
+    let ids = Tensor::new(label_ids, model.llama.device())?;
+    let picked: Vec<Vec<f32>> = log_probs.index_select(&ids, 1)?.to_vec2()?;
+    Ok(picked
+        .into_iter()
+        .map(|row| row.into_iter().map(f64::from).collect())
+        .collect())
+}
+
+/// One sequence per (prompt, label): the sum of the verbalizer tokens' log-probabilities.
+fn score_multi_token(
+    model: &LoadedModel,
+    prompts: &[&Vec<u32>],
+    labels: &LabelTokens,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut sequences = Vec::new();
+    for prompt in prompts {
+        for verbalizer in &labels.ids {
+            let mut sequence = prompt.to_vec();
+            sequence.extend_from_slice(verbalizer);
+            sequences.push(sequence);
+        }
+    }
+    let batch = Batch::new(&sequences, model.tokenizer.pad_id(), model.llama.device())?;
+    let hidden = model.llama.forward_hidden(&batch, None)?;
+    let n_labels = labels.ids.len();
+    let mut out = vec![vec![0f64; n_labels]; prompts.len()];
+    for (row, sequence) in sequences.iter().enumerate() {
+        let (prompt_index, label) = (row / n_labels, row % n_labels);
+        let verbalizer = &labels.ids[label];
+        let start = sequence.len() - verbalizer.len() - 1;
+        let rows = hidden
+            .i((row, start..sequence.len() - 1, ..))?
+            .contiguous()?;
+        let log_probs = log_softmax(&model.llama.logits(&rows)?)?;
+        let log_probs: Vec<Vec<f32>> = log_probs.to_vec2()?;
+        out[prompt_index][label] = verbalizer
+            .iter()
+            .zip(&log_probs)
+            .map(|(&token, row)| f64::from(row[token as usize]))
+            .sum();
+    }
+    Ok(out)
+}
+
+/// Classification metric for `split`, with the bias fitted on the calibration split.
+pub(super) fn evaluate(
+    model: &LoadedModel,
+    task: &Task,
+    split: Split,
+    examples: &[Example],
+    options: &EvalOptions,
+    progress: &ProgressBar,
+) -> anyhow::Result<(&'static str, f64, serde_json::Value, usize)> {
+    let labels = LabelTokens::new(&model.tokenizer, task.labels())?;
+    progress_style(
+        progress,
+        examples.len(),
+        &format!("{} {split}", task.name()),
+    );
+    let (scored, mut tokens) =
+        score_labels(model, examples, &labels, options.batch_tokens, progress)?;
+    let raw_predictions: Vec<usize> = scored.scores.iter().map(|s| argmax(s)).collect();
+    let raw_accuracy = metrics::accuracy(&raw_predictions, &scored.gold);
+    let mut details = json!({
+        "accuracy_uncalibrated": raw_accuracy,
+        "labels": task.labels().iter().map(|l| &l.value).collect::<Vec<_>>(),
+    });
+    if task.labels().len() == 2 {
+        let margins: Vec<f64> = scored.scores.iter().map(|s| s[1] - s[0]).collect();
+        let positives: Vec<bool> = scored.gold.iter().map(|&g| g == 1).collect();
+        details["auc"] = json!(metrics::roc_auc(&margins, &positives));
+    }
+    if !options.label_bias {
+        return Ok(("accuracy", raw_accuracy, details, tokens));
+    }
+    let calibration = if split == Split::Calibration {
+        scored.clone()
+    } else {
+        let calibration_examples = limited(task.examples(Split::Calibration)?, options.limit);
+        progress_style(
+            progress,
+            calibration_examples.len(),
+            &format!("{} calibration (label bias)", task.name()),
+        );
+        let (calibration, calibration_tokens) = score_labels(
+            model,
+            &calibration_examples,
+            &labels,
+            options.batch_tokens,
+            progress,
+        )?;
+        tokens += calibration_tokens;
+        calibration
+    };
+    let bias = metrics::fit_label_bias(&calibration.scores, &calibration.gold);
+    let predictions = metrics::predict_with_bias(&scored.scores, &bias);
+    let accuracy = metrics::accuracy(&predictions, &scored.gold);
+    details["label_bias"] = json!(bias);
+    details["calibration_examples"] = json!(calibration.gold.len());
+    Ok(("accuracy", accuracy, details, tokens))
+}
+
+fn argmax(values: &[f64]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0
+}

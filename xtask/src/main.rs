@@ -1,0 +1,119 @@
+//! `cargo xtask`: the workspace's automation, in Rust. It drives cargo and never links the
+//! heavy crates itself.
+
+mod cargo;
+mod host;
+mod prerequisites;
+mod prune;
+mod test;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Workspace tasks for whittle. Run as `cargo xtask <task>`.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Download the model into the cache (`whittle fetch-model`; arguments pass through).
+    #[command(disable_help_flag = true)]
+    FetchModel {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Evaluate the dense model on a task (`whittle eval`; arguments pass through).
+    #[command(disable_help_flag = true)]
+    Eval {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Prune the model for a task and a board (not implemented yet).
+    #[command(disable_help_flag = true)]
+    Prune {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Benchmark the host forward pass (`cargo bench --bench prefill`; arguments pass through).
+    #[command(disable_help_flag = true)]
+    BenchHost {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Install what a fresh machine lacks, then run every check of the workspace.
+    Test,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::FetchModel { args } => host::run_host("fetch-model", &args),
+        Task::Eval { args } => host::run_host("eval", &args),
+        Task::Prune { args } => Ok(prune::run(&args)),
+        Task::BenchHost { args } => host::run_bench(&args),
+        Task::Test => test::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_pass_through(argv: &[&str], expected: &[&str]) {
+        let cli = match Cli::try_parse_from(argv) {
+            Ok(cli) => cli,
+            Err(error) => panic!("{argv:?} does not parse: {error}"),
+        };
+        let args = match cli.task {
+            Task::FetchModel { args }
+            | Task::Eval { args }
+            | Task::Prune { args }
+            | Task::BenchHost { args } => args,
+            Task::Test => panic!("{argv:?} parsed as `test`"),
+        };
+        let expected: Vec<OsString> = expected.iter().map(OsString::from).collect();
+        assert_eq!(args, expected, "for {argv:?}");
+    }
+
+    #[test]
+    fn trailing_arguments_pass_through_verbatim() {
+        check_pass_through(
+            &[
+                "xtask", "eval", "--task", "sst2", "--split", "test", "--json",
+            ],
+            &["--task", "sst2", "--split", "test", "--json"],
+        );
+        check_pass_through(&["xtask", "eval", "--help"], &["--help"]);
+        check_pass_through(
+            &["xtask", "fetch-model", "--model-dir", "/tmp/m"],
+            &["--model-dir", "/tmp/m"],
+        );
+        check_pass_through(&["xtask", "fetch-model"], &[]);
+        check_pass_through(
+            &["xtask", "prune", "--board", "jetson-orin"],
+            &["--board", "jetson-orin"],
+        );
+        check_pass_through(
+            &["xtask", "bench-host", "--save-baseline", "main"],
+            &["--save-baseline", "main"],
+        );
+    }
+
+    #[test]
+    fn test_takes_no_arguments() {
+        assert!(Cli::try_parse_from(["xtask", "test"]).is_ok());
+        assert!(Cli::try_parse_from(["xtask", "test", "--fast"]).is_err());
+    }
+}

@@ -1,0 +1,194 @@
+//! `cargo xtask test`: prepares a fresh machine, then runs every check of the workspace.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::{cargo, host, prerequisites};
+
+/// One stage of the suite.
+struct Step {
+    title: &'static str,
+    run: fn() -> anyhow::Result<()>,
+}
+
+const STEPS: [Step; 7] = [
+    Step {
+        title: "rustup targets",
+        run: prerequisites::ensure_targets,
+    },
+    Step {
+        title: "Debian cross tools",
+        run: prerequisites::ensure_cross_tools,
+    },
+    Step {
+        title: "formatting",
+        run: check_formatting,
+    },
+    Step {
+        title: "fetch the model",
+        run: fetch_model,
+    },
+    Step {
+        title: "workspace tests",
+        run: workspace_tests,
+    },
+    Step {
+        title: "no_std build of the runtime",
+        run: runtime_no_std_build,
+    },
+    Step {
+        title: "aarch64 device tool under qemu",
+        run: device_under_qemu,
+    },
+];
+
+const DEVICE_TARGET: &str = "aarch64-unknown-linux-gnu";
+const QEMU_SYSROOT: &str = "/usr/aarch64-linux-gnu";
+
+/// Runs the steps in order, stops at the first failure, and prints a timed summary.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let mut finished: Vec<(&Step, Duration)> = Vec::new();
+    let mut failure = None;
+    for (index, step) in STEPS.iter().enumerate() {
+        println!("==> [{}/{}] {}", index + 1, STEPS.len(), step.title);
+        let started = Instant::now();
+        let result = (step.run)();
+        finished.push((step, started.elapsed()));
+        if let Err(error) = result {
+            failure = Some((index, error));
+            break;
+        }
+    }
+    println!("\nxtask test summary:");
+    for (index, step) in STEPS.iter().enumerate() {
+        let outcome = match (finished.get(index), &failure) {
+            (Some((_, elapsed)), Some((failed, _))) if *failed == index => {
+                format!("FAILED {:>8}", seconds(*elapsed))
+            }
+            (Some((_, elapsed)), _) => format!("ok     {:>8}", seconds(*elapsed)),
+            (None, _) => format!("{:<6} {:>8}", "-", "not run"),
+        };
+        println!("  {outcome}  {}", step.title);
+    }
+    match failure {
+        None => {
+            let total: Duration = finished.iter().map(|(_, elapsed)| *elapsed).sum();
+            println!("all {} steps passed in {}", STEPS.len(), seconds(total));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some((index, error)) => {
+            eprintln!(
+                "xtask test: step {}/{} ({}) failed: {error:#}",
+                index + 1,
+                STEPS.len(),
+                STEPS[index].title
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}
+
+fn check_formatting() -> anyhow::Result<()> {
+    cargo::run(&mut cargo::cargo(["fmt", "--all", "--", "--check"]))
+        .context("the code is not formatted; run `cargo fmt --all`")
+}
+
+fn fetch_model() -> anyhow::Result<()> {
+    cargo::run(&mut cargo::cargo(host::host_cargo_args(
+        "fetch-model",
+        &[],
+        host::CargoOutput::Normal,
+    )))
+}
+
+fn workspace_tests() -> anyhow::Result<()> {
+    cargo::run(&mut cargo::cargo(["test", "--workspace", "--release"]))
+}
+
+fn runtime_no_std_build() -> anyhow::Result<()> {
+    cargo::run(&mut cargo::cargo([
+        "build",
+        "-p",
+        "whittle-runtime",
+        "--target",
+        "thumbv7em-none-eabihf",
+        "--release",
+    ]))
+}
+
+fn device_under_qemu() -> anyhow::Result<()> {
+    cargo::run(&mut cargo::cargo([
+        "build",
+        "-p",
+        "whittle-device",
+        "--target",
+        DEVICE_TARGET,
+        "--release",
+    ]))?;
+    let binary = cargo::target_dir()
+        .join(DEVICE_TARGET)
+        .join("release")
+        .join("whittle-device");
+    let mut command = cargo::program("qemu-aarch64", ["-L", QEMU_SYSROOT]);
+    command.arg(&binary).args(["info", "--json"]);
+    println!("    $ {}", cargo::describe(&command));
+    let stdout = cargo::stdout_of(&mut command)?;
+    print!("{stdout}");
+    check_device_info(&stdout)
+}
+
+/// The device tool's `info --json` output must end in a JSON object for an aarch64 machine.
+fn check_device_info(stdout: &str) -> anyhow::Result<()> {
+    let Some(last_line) = stdout.lines().map(str::trim).rfind(|line| !line.is_empty()) else {
+        bail!("whittle-device info --json printed nothing");
+    };
+    if !(last_line.starts_with('{') && last_line.ends_with('}')) {
+        bail!("the last line of whittle-device info --json is not a JSON object: {last_line}");
+    }
+    if !last_line.contains(r#""arch":"aarch64""#) {
+        bail!("whittle-device info --json does not report \"arch\":\"aarch64\": {last_line}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(stdout: &str, expected: Result<(), &str>) {
+        match (check_device_info(stdout), expected) {
+            (Ok(()), Ok(())) => {}
+            (Err(error), Err(fragment)) => {
+                let message = error.to_string();
+                assert!(message.contains(fragment), "`{message}` lacks `{fragment}`");
+            }
+            (got, expected) => panic!("{stdout:?}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn device_info_must_be_aarch64_json() {
+        check(r#"{"arch":"aarch64","os":"linux"}"#, Ok(()));
+        check(
+            "warming up\n{\"arch\":\"aarch64\",\"os\":\"linux\"}\n\n",
+            Ok(()),
+        );
+        check(r#"{"arch":"x86_64","os":"linux"}"#, Err("does not report"));
+        check("arch: aarch64\n", Err("not a JSON object"));
+        check("", Err("printed nothing"));
+    }
+
+    #[test]
+    fn every_step_has_a_distinct_title() {
+        let mut titles: Vec<_> = STEPS.iter().map(|step| step.title).collect();
+        titles.sort_unstable();
+        titles.dedup();
+        assert_eq!(titles.len(), STEPS.len());
+    }
+}
