@@ -56,3 +56,27 @@ fn real_model_answers_paris() -> anyhow::Result<()> {
     assert!(answer.contains("Paris"), "{answer:?}");
     Ok(())
 }
+
+#[test]
+fn real_model_empty_verbalizer_is_refused() {
+    use whittle_host::eval::LabelTokens;
+    use whittle_host::task::Label;
+    let label = |value: &str, verbalizer: &str| Label {
+        value: value.to_owned(),
+        verbalizer: verbalizer.to_owned(),
+    };
+    let labels = [label("0", " negative"), label("1", "")];
+    let message = match LabelTokens::new(&loaded().tokenizer, &labels) {
+        Ok(_) => panic!("an empty verbalizer must be refused"),
+        Err(error) => error.to_string(),
+    };
+    assert!(message.contains("tokenizes to nothing"), "{message}");
+    assert!(LabelTokens::new(&loaded().tokenizer, &labels[..1]).is_err());
+    assert!(
+        LabelTokens::new(
+            &loaded().tokenizer,
+            &[label("0", " no"), label("1", " yes")]
+        )
+        .is_ok()
+    );
+}

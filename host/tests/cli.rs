@@ -1,0 +1,91 @@
+//! The `whittle` binary end to end. `real_model_*` tests use SmolLM2-135M-Instruct (fetched
+//! into the model cache on first use, 98 MB); the others stop before loading any model.
+
+use std::process::{Command, Output};
+
+fn whittle(args: &[&str]) -> Output {
+    match Command::new(env!("CARGO_BIN_EXE_whittle"))
+        .args(args)
+        .output()
+    {
+        Ok(output) => output,
+        Err(error) => panic!("cannot run whittle: {error}"),
+    }
+}
+
+fn check_error(args: &[&str], expected: &[&str]) {
+    let output = whittle(args);
+    assert!(!output.status.success(), "{args:?} should fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    for needle in expected {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn unknown_task_lists_the_built_in_ones() {
+    check_error(
+        &["eval", "--task", "imdb", "--split", "test"],
+        &["imdb", "sst2", "pubmedqa", "boolq", "xquad", "wikitext2"],
+    );
+}
+
+#[test]
+fn missing_model_file_names_the_fix() {
+    check_error(
+        &[
+            "eval",
+            "--task",
+            "sst2",
+            "--model",
+            "/nonexistent/model.gguf",
+        ],
+        &["cannot open model file", "--model PATH"],
+    );
+}
+
+#[test]
+fn corrupt_model_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("corrupt.gguf");
+    std::fs::write(&path, b"GGUF\x03\x00\x00\x00garbage").expect("write");
+    let path = path.to_string_lossy().into_owned();
+    check_error(
+        &["eval", "--task", "sst2", "--model", &path],
+        &["not a readable GGUF file"],
+    );
+}
+
+#[test]
+fn malformed_task_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, "name = \"broken\"\ndescription = \"no metric\"\n").expect("write");
+    let path = path.to_string_lossy().into_owned();
+    check_error(&["eval", "--task", &path], &["broken.toml", "metric"]);
+}
+
+#[test]
+fn real_model_eval_prints_json_on_the_last_line() {
+    let output = whittle(&[
+        "eval", "--task", "sst2", "--split", "test", "--limit", "12", "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    let report: serde_json::Value = serde_json::from_str(last).expect("JSON last line");
+    assert_eq!(report["task"], "sst2");
+    assert_eq!(report["split"], "test");
+    assert_eq!(report["n"], 12);
+    assert_eq!(report["metric"], "accuracy");
+    let value = report["value"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=1.0).contains(&value), "{value}");
+    assert!(report["details"]["accuracy_uncalibrated"].is_number());
+}
