@@ -4,11 +4,15 @@
 //! The pipeline is a chain of typed stages; today: [`fetch`] → [`gguf`] → [`model`] with
 //! [`tokenizer`] → [`eval`] on a [`task`] with [`metrics`].
 
+pub mod calibrate;
 pub mod eval;
+pub mod factorize;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod metrics;
 pub mod model;
+pub mod plot;
+pub mod prune;
 pub mod task;
 pub mod tokenizer;

@@ -27,7 +27,7 @@ pub enum ChatTemplate {
 /// Byte-level BPE tokenizer with the model's special tokens and chat template.
 #[derive(Clone, Debug)]
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    inner: std::sync::Arc<Tokenizer>,
     stop_ids: Vec<u32>,
     pad_id: u32,
     chat_template: ChatTemplate,
@@ -72,7 +72,7 @@ impl TextTokenizer {
             .map(|t| parse_chat_template(t))
             .unwrap_or(ChatTemplate::Unsupported);
         Ok(Self {
-            inner,
+            inner: std::sync::Arc::new(inner),
             stop_ids,
             pad_id,
             chat_template,

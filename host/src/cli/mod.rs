@@ -1,7 +1,11 @@
 //! One module per subcommand.
 
 mod eval;
+mod factorize;
 mod fetch;
+mod session;
+mod sweep;
+mod uniform;
 
 use std::path::PathBuf;
 
@@ -26,6 +30,12 @@ enum Command {
     FetchModel(fetch::FetchArgs),
     /// Evaluate the dense model on one split of a task.
     Eval(eval::EvalArgs),
+    /// Compare factorization methods by held-out output error (`--compare`).
+    Factorize(factorize::FactorizeArgs),
+    /// The uniform baseline: smallest single keep fraction within ε of dense accuracy.
+    Uniform(uniform::UniformArgs),
+    /// Accuracy against a uniform keep fraction for several methods, as an SVG figure.
+    Sweep(sweep::SweepArgs),
 }
 
 /// Which model to use and where it runs.
@@ -72,5 +82,8 @@ pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::FetchModel(args) => fetch::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Factorize(args) => factorize::run(args),
+        Command::Uniform(args) => uniform::run(args),
+        Command::Sweep(args) => sweep::run(args),
     }
 }

@@ -313,6 +313,40 @@ impl Llama {
         self.run(batch.tokens(), 0, None, observer)
     }
 
+    /// Token embeddings of a batch as rows `(batch · width, hidden)`: the input of block 0.
+    pub fn embed(&self, batch: &Batch) -> Result<Tensor> {
+        self.embedding
+            .index_select(&batch.tokens().flatten_all()?, 0)
+    }
+
+    /// Runs one block on rows `(batch · width, hidden)` of `batch` (position 0 onwards);
+    /// the observer sees that block's linear inputs at real positions only. Chaining
+    /// [`Llama::embed`] and every block equals [`Llama::forward_hidden`] before the final norm.
+    pub fn forward_block(
+        &self,
+        layer_idx: usize,
+        x: &Tensor,
+        batch: &Batch,
+        observer: Option<&mut dyn Observer>,
+    ) -> Result<Tensor> {
+        let Some(block) = self.blocks.get(layer_idx) else {
+            candle_core::bail!("layer {layer_idx} does not exist");
+        };
+        let (b, t) = batch.tokens().dims2()?;
+        let real_rows = match observer.is_some() && batch.is_padded() {
+            true => Some(batch.real_rows()?),
+            false => None,
+        };
+        let mut pass = Pass {
+            batch: b,
+            seq_len: t,
+            offset: 0,
+            mask: causal_mask(t, 0, &self.device)?,
+            observer: observer.map(|observer| (observer, real_rows)),
+        };
+        self.block_forward(block, layer_idx, x, &mut pass, None)
+    }
+
     /// Logits `(batch, width, vocab)` for every position of a batch.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let hidden = self.forward_hidden(batch, None)?;

@@ -19,13 +19,23 @@ pub use observe::{InputSite, Observer};
 use crate::gguf::{GgufFile, ModelError, read_llama_tensors};
 use crate::tokenizer::TextTokenizer;
 
-/// A model and its tokenizer, loaded from one GGUF file.
-#[derive(Debug)]
+/// A model and its tokenizer, loaded from one GGUF file. Cloning shares every weight.
+#[derive(Clone, Debug)]
 pub struct LoadedModel {
     /// The decoder with f32 weights.
     pub llama: Llama,
     /// The tokenizer and chat template from the file's metadata.
     pub tokenizer: TextTokenizer,
+}
+
+impl LoadedModel {
+    /// The same tokenizer with another decoder (e.g. a pruned variant of this one).
+    pub fn with_llama(&self, llama: Llama) -> Self {
+        Self {
+            llama,
+            tokenizer: self.tokenizer.clone(),
+        }
+    }
 }
 
 /// Loads a Llama-family GGUF file: validates it, dequantizes every weight to f32 and builds

@@ -182,3 +182,23 @@ fn context_overflow_is_an_error() -> Result<()> {
     assert!(Batch::new(&[vec![]], 0, &Device::Cpu).is_err());
     Ok(())
 }
+
+#[test]
+fn block_by_block_equals_the_whole_forward() -> Result<()> {
+    let llama = tiny_llama(8)?;
+    let batch = Batch::new(&sequences(), 0, &Device::Cpu)?;
+    let mut x = llama.embed(&batch)?;
+    for layer_idx in 0..llama.config().n_layers {
+        x = llama.forward_block(layer_idx, &x, &batch, None)?;
+    }
+    let x = candle_nn::ops::rms_norm(&x, &llama_final_norm(&llama)?, llama.config().rms_norm_eps)?;
+    let whole = llama.forward_hidden(&batch, None)?.flatten_to(1)?;
+    assert!(max_abs_diff(&x, &whole)? < 1e-5);
+    assert!(llama.forward_block(9, &x, &batch, None).is_err());
+    Ok(())
+}
+
+fn llama_final_norm(llama: &Llama) -> Result<Tensor> {
+    let config = *llama.config();
+    Ok(tiny_tensors(&config, 8, &Device::Cpu)?["output_norm.weight"].clone())
+}

@@ -187,7 +187,7 @@ pub struct Label {
 }
 
 /// A rendered prompt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Prompt {
     /// The system message, if any.
     pub system: Option<String>,
@@ -200,7 +200,7 @@ pub struct Prompt {
 }
 
 /// One example of a task.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Example {
     /// Unique within the task; the split is a function of it (or of its group).
     pub id: String,
@@ -313,6 +313,29 @@ impl Task {
                 split,
             }),
         }
+    }
+
+    /// A digest of everything the model sees or is scored against: metric, labels and every
+    /// rendered example of every split. Caches derived from a task are keyed by it.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(format!("{:?}", self.metric).as_bytes());
+        for label in &self.labels {
+            hasher.update(label.value.as_bytes());
+            hasher.update([0]);
+            hasher.update(label.verbalizer.as_bytes());
+            hasher.update([0]);
+        }
+        for split in &self.splits {
+            hasher.update(serde_json::to_vec(split).unwrap_or_default());
+            hasher.update([1]);
+        }
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The number of examples in calibration, search and test. (It cannot fail today, as

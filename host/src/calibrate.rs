@@ -1,0 +1,402 @@
+//! Calibration: stream a task split through the dense model and accumulate, in f64, the second
+//! moment `C = Σ x xᵀ` (and `Σ |x|`) of every distinct linear input (DESIGN section 2).
+//! Memory is bounded by the accumulators, never by the number of tokens. Results are cached
+//! on disk, keyed by everything they depend on, and written atomically.
+
+use std::fs;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::{DType, Tensor};
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use whittle_runtime::{MatrixKind, ModelConfig};
+
+use crate::eval::prompt_ids;
+use crate::model::{Batch, InputSite, LoadedModel, Observer};
+use crate::task::{Metric, Split, Task};
+
+/// Bumped whenever the cached statistics would change for the same inputs.
+const CACHE_FORMAT: u32 = 1;
+/// Tokens per chunk when a text (perplexity task or mixed-in WikiText) is cut for calibration.
+const TEXT_CHUNK_TOKENS: usize = 256;
+
+/// What a calibration run reads.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CalibrationSettings {
+    /// Split whose examples are streamed (calibration; test for held-out statistics).
+    pub split: String,
+    /// Token budget: examples are taken in split order until it is reached.
+    pub max_tokens: usize,
+    /// Share of the budget filled with WikiText-2 (its calibration split) as a regulariser.
+    pub wikitext_share: f64,
+}
+
+/// Statistics of one linear input.
+#[derive(Clone, Debug)]
+pub struct SiteStats {
+    /// Input width `d`.
+    pub dim: usize,
+    /// `Σ x xᵀ`, `d × d`, row-major.
+    pub second_moment: Vec<f64>,
+    /// `Σ |x_j|`.
+    pub abs_sum: Vec<f64>,
+    /// Number of tokens accumulated.
+    pub n_tokens: u64,
+}
+
+/// Second moments of every (layer, site) of a model.
+#[derive(Clone, Debug)]
+pub struct Calibration {
+    /// Settings the statistics were computed with.
+    pub settings: CalibrationSettings,
+    /// `sites[layer_idx][site as usize]`, sites in [`InputSite::ALL`] order.
+    pub sites: Vec<Vec<SiteStats>>,
+    /// Tokens streamed.
+    pub n_tokens: u64,
+}
+
+impl Calibration {
+    /// Statistics of the input a matrix reads.
+    pub fn stats(&self, layer_idx: usize, kind: MatrixKind) -> Option<&SiteStats> {
+        let site = InputSite::ALL
+            .iter()
+            .position(|&s| s == InputSite::of(kind))?;
+        self.sites.get(layer_idx)?.get(site)
+    }
+}
+
+/// Accumulates f64 statistics as an [`Observer`].
+struct Accumulator {
+    second_moments: Vec<Vec<Option<Tensor>>>,
+    abs_sums: Vec<Vec<Option<Tensor>>>,
+}
+
+impl Accumulator {
+    fn new(n_layers: usize) -> Self {
+        let empty = || vec![vec![None; InputSite::ALL.len()]; n_layers];
+        Self {
+            second_moments: empty(),
+            abs_sums: empty(),
+        }
+    }
+}
+
+fn site_index(site: InputSite) -> usize {
+    match site {
+        InputSite::Qkv => 0,
+        InputSite::O => 1,
+        InputSite::GateUp => 2,
+        InputSite::Down => 3,
+    }
+}
+
+impl Observer for Accumulator {
+    fn observe(
+        &mut self,
+        layer_idx: usize,
+        site: InputSite,
+        rows: &Tensor,
+    ) -> candle_core::Result<()> {
+        let rows = rows.to_dtype(DType::F64)?;
+        let gram = rows.t()?.matmul(&rows)?;
+        let abs = rows.abs()?.sum(0)?;
+        let slot = site_index(site);
+        let add = |acc: &mut Option<Tensor>, x: Tensor| -> candle_core::Result<()> {
+            *acc = Some(match acc.take() {
+                Some(previous) => (previous + x)?,
+                None => x,
+            });
+            Ok(())
+        };
+        add(&mut self.second_moments[layer_idx][slot], gram)?;
+        add(&mut self.abs_sums[layer_idx][slot], abs)
+    }
+}
+
+/// Token sequences a calibration streams: the task's prompts (or text chunks), then the
+/// WikiText share, each within the budget.
+pub fn calibration_sequences(
+    model: &LoadedModel,
+    task: &Task,
+    settings: &CalibrationSettings,
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    let split: Split = settings.split.parse().map_err(anyhow::Error::msg)?;
+    let wikitext_tokens = (settings.max_tokens as f64 * settings.wikitext_share).round() as usize;
+    let task_tokens = settings.max_tokens - wikitext_tokens.min(settings.max_tokens);
+    let mut sequences = task_sequences(model, task, split, task_tokens)?;
+    if wikitext_tokens > 0 {
+        let wikitext = Task::builtin("wikitext2")?;
+        sequences.extend(task_sequences(
+            model,
+            &wikitext,
+            Split::Calibration,
+            wikitext_tokens,
+        )?);
+    }
+    if sequences.is_empty() {
+        anyhow::bail!(
+            "task {}: the {split} split yields no calibration tokens; raise --calibration-tokens",
+            task.name()
+        );
+    }
+    Ok(sequences)
+}
+
+fn task_sequences(
+    model: &LoadedModel,
+    task: &Task,
+    split: Split,
+    budget: usize,
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    let mut sequences = Vec::new();
+    let mut used = 0;
+    for example in task.examples(split)? {
+        if used >= budget {
+            break;
+        }
+        let chunks = match task.metric() {
+            Metric::Perplexity { .. } => {
+                let ids = model.tokenizer.encode(&example.text)?;
+                ids.chunks(TEXT_CHUNK_TOKENS).map(<[u32]>::to_vec).collect()
+            }
+            _ => vec![prompt_ids(&model.tokenizer, &example.prompt)?],
+        };
+        for mut chunk in chunks {
+            if used >= budget {
+                break;
+            }
+            chunk.truncate(budget - used);
+            used += chunk.len();
+            sequences.push(chunk);
+        }
+    }
+    Ok(sequences)
+}
+
+/// Streams the settings' split through the dense model; reuses the on-disk cache when the
+/// model, task, settings and tool version match.
+pub fn calibrate(
+    model: &LoadedModel,
+    model_digest: &str,
+    task: &Task,
+    settings: &CalibrationSettings,
+    cache_dir: &Path,
+    batch_tokens: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<Calibration> {
+    let config = *model.llama.config();
+    let key = cache_key(model_digest, task, settings)?;
+    let path = cache_dir.join(format!("{key}.calib"));
+    if path.is_file() {
+        match read_cache(&path, &config, settings) {
+            Ok(calibration) => return Ok(calibration),
+            Err(error) => eprintln!("ignoring calibration cache {}: {error:#}", path.display()),
+        }
+    }
+    let sequences = calibration_sequences(model, task, settings)?;
+    let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+    let total: usize = lengths.iter().sum();
+    progress.set_length(total as u64);
+    progress.set_position(0);
+    progress.set_message(format!("calibrating {} ({})", task.name(), settings.split));
+    let mut accumulator = Accumulator::new(config.n_layers);
+    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && (end - start + 1) * lengths[order[end]] <= batch_tokens {
+            end += 1;
+        }
+        let batch_sequences: Vec<Vec<u32>> = order[start..end]
+            .iter()
+            .map(|&i| sequences[i].clone())
+            .collect();
+        let batch = Batch::new(
+            &batch_sequences,
+            model.tokenizer.pad_id(),
+            model.llama.device(),
+        )?;
+        model.llama.forward_hidden(&batch, Some(&mut accumulator))?;
+        progress.inc(batch.lengths().iter().sum::<usize>() as u64);
+        start = end;
+    }
+    let calibration = finish(accumulator, &config, settings.clone(), total as u64)?;
+    write_cache(&path, &calibration)?;
+    Ok(calibration)
+}
+
+fn finish(
+    accumulator: Accumulator,
+    config: &ModelConfig,
+    settings: CalibrationSettings,
+    n_tokens: u64,
+) -> anyhow::Result<Calibration> {
+    let mut sites = Vec::with_capacity(config.n_layers);
+    for (layer_moments, layer_abs) in accumulator
+        .second_moments
+        .into_iter()
+        .zip(accumulator.abs_sums)
+    {
+        let mut layer = Vec::with_capacity(InputSite::ALL.len());
+        for (moment, abs) in layer_moments.into_iter().zip(layer_abs) {
+            let (Some(moment), Some(abs)) = (moment, abs) else {
+                anyhow::bail!("a linear input was never observed during calibration");
+            };
+            let dim = moment.dim(0)?;
+            layer.push(SiteStats {
+                dim,
+                second_moment: moment.flatten_all()?.to_vec1()?,
+                abs_sum: abs.to_vec1()?,
+                n_tokens,
+            });
+        }
+        sites.push(layer);
+    }
+    Ok(Calibration {
+        settings,
+        sites,
+        n_tokens,
+    })
+}
+
+/// Key of a cached calibration: model digest, task definition and data, settings, format.
+fn cache_key(
+    model_digest: &str,
+    task: &Task,
+    settings: &CalibrationSettings,
+) -> anyhow::Result<String> {
+    let mut hasher = Sha256::new();
+    hasher.update(CACHE_FORMAT.to_le_bytes());
+    hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+    hasher.update(model_digest.as_bytes());
+    hasher.update(task.fingerprint().as_bytes());
+    hasher.update(serde_json::to_vec(settings)?);
+    let digest = hasher.finalize();
+    Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheHeader {
+    format: u32,
+    settings: CalibrationSettings,
+    n_layers: usize,
+    dims: Vec<usize>,
+    n_tokens: u64,
+}
+
+fn write_cache(path: &Path, calibration: &Calibration) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the calibration cache {}; set WHITTLE_CACHE_DIR to a writable folder",
+            dir.display()
+        )
+    })?;
+    let header = CacheHeader {
+        format: CACHE_FORMAT,
+        settings: calibration.settings.clone(),
+        n_layers: calibration.sites.len(),
+        dims: calibration
+            .sites
+            .first()
+            .map(|layer| layer.iter().map(|s| s.dim).collect())
+            .unwrap_or_default(),
+        n_tokens: calibration.n_tokens,
+    };
+    let file = tempfile::NamedTempFile::new_in(dir)?;
+    let mut writer = BufWriter::new(file);
+    let header = serde_json::to_vec(&header)?;
+    writer.write_all(&(header.len() as u64).to_le_bytes())?;
+    writer.write_all(&header)?;
+    for site in calibration.sites.iter().flatten() {
+        for value in site.second_moment.iter().chain(&site.abs_sum) {
+            writer.write_all(&value.to_le_bytes())?;
+        }
+    }
+    let file = writer.into_inner().map_err(|e| e.into_error())?;
+    file.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn read_cache(
+    path: &Path,
+    config: &ModelConfig,
+    settings: &CalibrationSettings,
+) -> anyhow::Result<Calibration> {
+    let mut reader = BufReader::new(fs::File::open(path)?);
+    let mut length = [0u8; 8];
+    reader.read_exact(&mut length)?;
+    let length = usize::try_from(u64::from_le_bytes(length))?;
+    if length > 1 << 20 {
+        anyhow::bail!("corrupt header");
+    }
+    let mut header = vec![0u8; length];
+    reader.read_exact(&mut header)?;
+    let header: CacheHeader = serde_json::from_slice(&header)?;
+    let expected_dims: Vec<usize> = InputSite::ALL
+        .iter()
+        .map(|&site| {
+            let reader = MatrixKind::ALL
+                .into_iter()
+                .find(|&k| InputSite::of(k) == site);
+            reader.map(|k| config.matrix_shape(k).1).unwrap_or(0)
+        })
+        .collect();
+    if header.format != CACHE_FORMAT
+        || header.settings != *settings
+        || header.n_layers != config.n_layers
+        || header.dims != expected_dims
+    {
+        anyhow::bail!("stale cache (different format, settings or model)");
+    }
+    let mut sites = Vec::with_capacity(config.n_layers);
+    let mut read_values = |count: usize| -> anyhow::Result<Vec<f64>> {
+        let mut bytes = vec![0u8; count * 8];
+        reader.read_exact(&mut bytes)?;
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    };
+    for _ in 0..config.n_layers {
+        let mut layer = Vec::with_capacity(expected_dims.len());
+        for &dim in &expected_dims {
+            layer.push(SiteStats {
+                dim,
+                second_moment: read_values(dim * dim)?,
+                abs_sum: read_values(dim)?,
+                n_tokens: header.n_tokens,
+            });
+        }
+        sites.push(layer);
+    }
+    Ok(Calibration {
+        settings: header.settings,
+        sites,
+        n_tokens: header.n_tokens,
+    })
+}
+
+/// Default folder of derived caches: `$WHITTLE_CACHE_DIR`, else `<user cache>/whittle/cache`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WHITTLE_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("whittle")
+        .join("cache")
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_resident_bytes() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

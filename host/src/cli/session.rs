@@ -1,0 +1,93 @@
+//! What the pruning subcommands share: the loaded model with its digest, and calibration.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use whittle_host::calibrate::{self, Calibration, CalibrationSettings};
+use whittle_host::fetch::sha256_file;
+use whittle_host::model::{self, LoadedModel};
+use whittle_host::task::Task;
+
+use super::{ModelArgs, progress_bar};
+
+/// Default calibration token budget (see docs/RESULTS.md for how it was chosen).
+pub const DEFAULT_CALIBRATION_TOKENS: usize = 16384;
+
+#[derive(Debug, Args)]
+pub struct CalibrationArgs {
+    /// Calibration token budget: examples of the calibration split are streamed until it is
+    /// reached.
+    #[arg(long, default_value_t = DEFAULT_CALIBRATION_TOKENS, value_name = "N")]
+    pub calibration_tokens: usize,
+    /// Share of the budget taken from WikiText-2 (general text) as a regulariser, in [0, 1].
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub wikitext_share: f64,
+    /// Folder of derived caches [default: $WHITTLE_CACHE_DIR or ~/.cache/whittle/cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Upper bound on padded tokens per forward batch.
+    #[arg(long, default_value_t = 4096)]
+    pub batch_tokens: usize,
+}
+
+impl CalibrationArgs {
+    pub fn settings(&self, split: &str) -> anyhow::Result<CalibrationSettings> {
+        if !(0.0..=1.0).contains(&self.wikitext_share) {
+            anyhow::bail!(
+                "--wikitext-share {} is outside [0, 1]; give a fraction such as 0.25",
+                self.wikitext_share
+            );
+        }
+        if self.calibration_tokens == 0 {
+            anyhow::bail!("--calibration-tokens must be positive");
+        }
+        Ok(CalibrationSettings {
+            split: split.to_owned(),
+            max_tokens: self.calibration_tokens,
+            wikitext_share: self.wikitext_share,
+        })
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(calibrate::default_cache_dir)
+    }
+}
+
+/// A loaded model and the digest its caches are keyed by.
+pub struct Session {
+    pub model: LoadedModel,
+    pub digest: String,
+}
+
+impl Session {
+    pub fn open(args: &ModelArgs) -> anyhow::Result<Self> {
+        let path = args.resolve()?;
+        let device = model::device(args.cuda)?;
+        let model = model::load(&path, &device)?;
+        let digest = sha256_file(&path)?;
+        Ok(Self { model, digest })
+    }
+
+    /// Calibration statistics of `split` (cached on disk).
+    pub fn calibrate(
+        &self,
+        task: &Task,
+        args: &CalibrationArgs,
+        split: &str,
+    ) -> anyhow::Result<Calibration> {
+        let progress = progress_bar();
+        let calibration = calibrate::calibrate(
+            &self.model,
+            &self.digest,
+            task,
+            &args.settings(split)?,
+            &args.cache_dir(),
+            args.batch_tokens.max(1),
+            &progress,
+        )?;
+        progress.finish_and_clear();
+        Ok(calibration)
+    }
+}

@@ -1,0 +1,178 @@
+//! Figures as SVG (plotters), written atomically.
+
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+/// One named line of a chart.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend text.
+    pub name: String,
+    /// Points, in drawing order.
+    pub points: Vec<(f64, f64)>,
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(127, 127, 127),
+];
+
+/// A line chart with optional horizontal reference lines (e.g. dense accuracy, target).
+pub fn line_chart_svg(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    references: &[(String, f64)],
+) -> anyhow::Result<()> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+        let ys = series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .chain(references.iter().map(|r| r.1));
+        let (x_min, x_max) = bounds(xs);
+        let (y_min, y_max) = bounds(ys);
+        let y_pad = ((y_max - y_min) * 0.05).max(1e-3);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x_min..x_max, (y_min - y_pad)..(y_max + y_pad))
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()
+            .map_err(plot_error)?;
+        for (index, line) in series.iter().enumerate() {
+            let color = COLORS[index % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    line.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(plot_error)?
+                .label(line.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    line.points
+                        .iter()
+                        .map(|&p| Circle::new(p, 3, color.filled())),
+                )
+                .map_err(plot_error)?;
+        }
+        for (index, (name, y)) in references.iter().enumerate() {
+            let color = COLORS[(series.len() + index) % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    [(x_min, *y), (x_max, *y)],
+                    color.stroke_width(1),
+                ))
+                .map_err(plot_error)?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 18, y)], color.stroke_width(1))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    write_atomically(path, svg.as_bytes())
+}
+
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (min, max) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if min.is_finite() && max > min {
+        (min, max)
+    } else if min.is_finite() {
+        (min - 0.5, min + 0.5)
+    } else {
+        (0.0, 1.0)
+    }
+}
+
+fn plot_error<E: std::fmt::Debug>(error: E) -> anyhow::Error {
+    anyhow::anyhow!("drawing the figure failed: {error:?}")
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create {}; choose a writable folder", dir.display()))?;
+    let mut file = tempfile::NamedTempFile::new_in(dir).with_context(|| {
+        format!(
+            "cannot write in {}; choose a writable folder",
+            dir.display()
+        )
+    })?;
+    file.write_all(bytes)?;
+    file.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_an_svg_with_every_series() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("figures").join("chart.svg");
+        let series = vec![
+            Series {
+                name: "output_aligned".into(),
+                points: vec![(0.3, 0.5), (0.6, 0.8), (1.0, 0.87)],
+            },
+            Series {
+                name: "svd".into(),
+                points: vec![(0.3, 0.5), (0.6, 0.5), (1.0, 0.87)],
+            },
+        ];
+        line_chart_svg(
+            &path,
+            "accuracy",
+            "keep",
+            "acc",
+            &series,
+            &[("dense".into(), 0.87)],
+        )?;
+        let svg = std::fs::read_to_string(&path)?;
+        assert!(svg.starts_with("<svg"));
+        for name in ["output_aligned", "svd", "dense"] {
+            assert!(svg.contains(name), "{name}");
+        }
+        Ok(())
+    }
+}

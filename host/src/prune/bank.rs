@@ -1,0 +1,164 @@
+use candle_core::{Device, Tensor};
+use indicatif::ProgressBar;
+use whittle_runtime::{MatrixKind, ModelConfig};
+
+use super::{RankPlan, matrices, matrix_index};
+use crate::calibrate::{Calibration, SiteStats};
+use crate::factorize::{self, Factors, InputStats, Job, Method, max_useful_rank};
+use crate::model::{Linear, Llama};
+
+/// One decomposition per prunable matrix, kept as f32 tensors: `a` is `(r_max, d_in)` and
+/// `bt` is `(r_max, d_out)` (B transposed), so the rank-r factors are row prefixes — views,
+/// never copies.
+#[derive(Clone, Debug)]
+pub struct FactorBank {
+    method: Method,
+    config: ModelConfig,
+    entries: Vec<Entry>,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    a: Tensor,
+    bt: Tensor,
+    r_max: usize,
+    error_curve: Option<Vec<f64>>,
+}
+
+/// Converts calibration statistics to the factorization's input form.
+pub fn stats_to_faer(stats: &SiteStats) -> InputStats {
+    let d = stats.dim;
+    InputStats {
+        second_moment: faer::Mat::from_fn(d, d, |i, j| stats.second_moment[i * d + j]),
+        abs_sum: stats.abs_sum.clone(),
+        n_tokens: stats.n_tokens,
+    }
+}
+
+/// The dense weight of a matrix of the base model, row-major.
+pub fn dense_weight(llama: &Llama, layer_idx: usize, kind: MatrixKind) -> anyhow::Result<Vec<f32>> {
+    match llama.linear(layer_idx, kind) {
+        Some(Linear::Dense { weight }) => Ok(weight.flatten_all()?.to_vec1()?),
+        _ => anyhow::bail!(
+            "layer {layer_idx} {} is not a dense matrix of the base model",
+            kind.name()
+        ),
+    }
+}
+
+impl FactorBank {
+    /// Decomposes every prunable matrix of the dense `llama` with `method`, one matrix per
+    /// core. Warnings (ridge added, too few tokens) are printed once per matrix.
+    pub fn build(
+        llama: &Llama,
+        calibration: &Calibration,
+        method: Method,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Self> {
+        let config = *llama.config();
+        let mut site_stats = Vec::with_capacity(config.n_layers);
+        for layer in &calibration.sites {
+            site_stats.push(layer.iter().map(stats_to_faer).collect::<Vec<_>>());
+        }
+        let mut weights = Vec::with_capacity(config.n_prunable_matrices());
+        for (layer_idx, kind) in matrices(&config) {
+            weights.push(dense_weight(llama, layer_idx, kind)?);
+        }
+        let mut jobs = Vec::with_capacity(weights.len());
+        for ((layer_idx, kind), weight) in matrices(&config).zip(&weights) {
+            let (rows, cols) = config.matrix_shape(kind);
+            let site = crate::model::InputSite::ALL
+                .iter()
+                .position(|&s| s == crate::model::InputSite::of(kind))
+                .unwrap_or(0);
+            jobs.push(Job {
+                weight,
+                rows,
+                cols,
+                stats: &site_stats[layer_idx][site],
+                method,
+                r_max: max_useful_rank(rows, cols),
+            });
+        }
+        progress.set_length(jobs.len() as u64);
+        progress.set_position(0);
+        progress.set_message(format!("factorizing ({})", method.name()));
+        let results = factorize::factorize_all(&jobs);
+        progress.set_position(jobs.len() as u64);
+        let device = llama.device().clone();
+        let mut entries = Vec::with_capacity(results.len());
+        for ((layer_idx, kind), result) in matrices(&config).zip(results) {
+            let factors = result?;
+            for warning in &factors.warnings {
+                eprintln!("warning: layer {layer_idx} {}: {warning}", kind.name());
+            }
+            entries.push(Entry::from_factors(factors, &device)?);
+        }
+        Ok(Self {
+            method,
+            config,
+            entries,
+        })
+    }
+
+    /// The method the bank was built with.
+    pub fn method(&self) -> Method {
+        self.method
+    }
+
+    /// The calibration error curve `e(r)` of a matrix (output-aligned only).
+    pub fn error_curve(&self, layer_idx: usize, kind: MatrixKind) -> Option<&[f64]> {
+        self.entries
+            .get(matrix_index(layer_idx, kind))?
+            .error_curve
+            .as_deref()
+    }
+
+    /// The rank-`rank` factors of a matrix as a low-rank [`Linear`] (views into the bank).
+    pub fn linear(
+        &self,
+        layer_idx: usize,
+        kind: MatrixKind,
+        rank: usize,
+    ) -> anyhow::Result<Linear> {
+        let Some(entry) = self.entries.get(matrix_index(layer_idx, kind)) else {
+            anyhow::bail!("layer {layer_idx} {} is not in the bank", kind.name());
+        };
+        if rank == 0 || rank > entry.r_max {
+            anyhow::bail!(
+                "rank {rank} for layer {layer_idx} {} is outside 1..={}",
+                kind.name(),
+                entry.r_max
+            );
+        }
+        Ok(Linear::LowRank {
+            a: entry.a.narrow(0, 0, rank)?,
+            b: entry.bt.narrow(0, 0, rank)?.t()?,
+        })
+    }
+
+    /// The base model with every planned matrix replaced by its factors; the rest is shared.
+    pub fn apply(&self, base: &Llama, plan: &RankPlan) -> anyhow::Result<Llama> {
+        let mut pruned = base.clone();
+        for (layer_idx, kind) in matrices(&self.config) {
+            if let Some(rank) = plan.rank(layer_idx, kind) {
+                pruned.set_linear(layer_idx, kind, self.linear(layer_idx, kind, rank)?)?;
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+impl Entry {
+    fn from_factors(factors: Factors, device: &Device) -> anyhow::Result<Self> {
+        let (rows, cols, r_max) = (factors.rows, factors.cols, factors.r_max);
+        let a = Tensor::from_vec(factors.a, (r_max, cols), device)?;
+        let b = Tensor::from_vec(factors.b, (rows, r_max), device)?;
+        Ok(Self {
+            a,
+            bt: b.t()?.contiguous()?,
+            r_max,
+            error_curve: factors.error_curve,
+        })
+    }
+}

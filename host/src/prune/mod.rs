@@ -1,0 +1,172 @@
+//! From factorizations to pruned models: a [`FactorBank`] holds one decomposition per
+//! prunable matrix (every rank is a truncation of it), a [`RankPlan`] picks a rank per matrix,
+//! and applying a plan to the frozen base model swaps in views of the bank's factors — no
+//! dense weight is copied per candidate. [`Reductions`] accounts for a plan three ways
+//! (DESIGN section 3).
+
+mod bank;
+mod refit;
+mod uniform;
+
+pub use bank::{FactorBank, dense_weight, stats_to_faer};
+pub use refit::anchored_refit;
+pub use uniform::{Evaluator, UniformResult, uniform_search};
+
+use serde::Serialize;
+use whittle_runtime::{MatrixKind, ModelConfig};
+
+use crate::factorize::rank_for_keep;
+
+/// Index of a prunable matrix in plans and banks: `layer_idx · 7 + kind`.
+pub fn matrix_index(layer_idx: usize, kind: MatrixKind) -> usize {
+    let kind_idx = MatrixKind::ALL.iter().position(|&k| k == kind).unwrap_or(0);
+    layer_idx * MatrixKind::ALL.len() + kind_idx
+}
+
+/// Every prunable matrix in index order.
+pub fn matrices(config: &ModelConfig) -> impl Iterator<Item = (usize, MatrixKind)> + use<> {
+    let n_layers = config.n_layers;
+    (0..n_layers).flat_map(|layer_idx| MatrixKind::ALL.into_iter().map(move |k| (layer_idx, k)))
+}
+
+/// The rank of every prunable matrix; `None` keeps a matrix dense.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RankPlan {
+    ranks: Vec<Option<usize>>,
+}
+
+impl RankPlan {
+    /// Every matrix dense.
+    pub fn dense(config: &ModelConfig) -> Self {
+        Self {
+            ranks: vec![None; config.n_prunable_matrices()],
+        }
+    }
+
+    /// One keep fraction for every matrix (DESIGN "Rank from a keep fraction").
+    pub fn uniform(config: &ModelConfig, keep: f64) -> Self {
+        Self::from_keeps(config, |_, _| keep)
+    }
+
+    /// A keep fraction per matrix.
+    pub fn from_keeps(config: &ModelConfig, keep: impl Fn(usize, MatrixKind) -> f64) -> Self {
+        let ranks = matrices(config)
+            .map(|(layer_idx, kind)| {
+                let (rows, cols) = config.matrix_shape(kind);
+                rank_for_keep(keep(layer_idx, kind), rows, cols)
+            })
+            .collect();
+        Self { ranks }
+    }
+
+    /// Rank of one matrix (`None`: dense).
+    pub fn rank(&self, layer_idx: usize, kind: MatrixKind) -> Option<usize> {
+        self.ranks
+            .get(matrix_index(layer_idx, kind))
+            .copied()
+            .flatten()
+    }
+
+    /// Ranks in matrix index order.
+    pub fn ranks(&self) -> &[Option<usize>] {
+        &self.ranks
+    }
+}
+
+/// The three ways of counting what a plan removes (DESIGN section 3), for f32 weights.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reductions {
+    /// `1 − kept / original` over the prunable linears.
+    pub linear_reduction: f64,
+    /// The same over every parameter of the model (embedding, norms, tied head).
+    pub total_reduction: f64,
+    /// Parameters kept in the prunable linears.
+    pub kept_linear_params: usize,
+    /// Parameters of the whole pruned model.
+    pub total_params: usize,
+    /// Bytes of the pruned model's f32 weights (what a device stores, before packing).
+    pub weight_bytes_f32: usize,
+    /// Bytes read per decoded token with f32 weights: every linear, the norms, one embedding
+    /// row and the whole (tied) output head.
+    pub bytes_per_token_f32: usize,
+    /// The same with a task-pruned head that keeps only `n_labels` rows (classification).
+    pub bytes_per_token_f32_task_head: Option<usize>,
+}
+
+/// Accounts for a plan; `n_labels` adds the task-pruned head figure.
+pub fn reductions(config: &ModelConfig, plan: &RankPlan, n_labels: Option<usize>) -> Reductions {
+    let mut original_linear = 0;
+    let mut kept_linear = 0;
+    for (layer_idx, kind) in matrices(config) {
+        let (rows, cols) = config.matrix_shape(kind);
+        original_linear += rows * cols;
+        kept_linear += match plan.rank(layer_idx, kind) {
+            Some(rank) => rank * (rows + cols),
+            None => rows * cols,
+        };
+    }
+    let other = config.total_params() - original_linear;
+    let total = other + kept_linear;
+    let hidden = config.hidden_size;
+    let norms = (2 * config.n_layers + 1) * hidden;
+    let head = config.vocab_size * hidden;
+    let per_token = |head_rows: usize| 4 * (kept_linear + norms + hidden + head_rows * hidden);
+    Reductions {
+        linear_reduction: 1.0 - kept_linear as f64 / original_linear as f64,
+        total_reduction: 1.0 - total as f64 / config.total_params() as f64,
+        kept_linear_params: kept_linear,
+        total_params: total,
+        weight_bytes_f32: 4 * total,
+        bytes_per_token_f32: 4 * (kept_linear + norms + hidden) + 4 * head,
+        bytes_per_token_f32_task_head: n_labels.map(per_token),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::synthetic::tiny_config;
+
+    #[test]
+    fn dense_plan_removes_nothing() {
+        let config = tiny_config();
+        let r = reductions(&config, &RankPlan::dense(&config), Some(2));
+        assert_eq!(r.linear_reduction, 0.0);
+        assert_eq!(r.total_reduction, 0.0);
+        assert_eq!(r.total_params, config.total_params());
+        assert_eq!(r.weight_bytes_f32, 4 * config.total_params());
+    }
+
+    #[test]
+    fn reductions_by_hand() {
+        // SmolLM2-135M at a uniform keep of 0.5: q, o 576×576 → rank 144; k, v 192×576 →
+        // floor(0.5·72)=72 → 72; gate, up, down 1536×576 → floor(0.5·418.9)=209 → 208.
+        let config = whittle_runtime::ModelConfig {
+            n_layers: 30,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            n_heads: 9,
+            n_kv_heads: 3,
+            vocab_size: 49152,
+            max_position_embeddings: 8192,
+            rope_theta: 100_000.0,
+            rms_norm_eps: 1e-5,
+        };
+        let plan = RankPlan::uniform(&config, 0.5);
+        assert_eq!(plan.rank(0, MatrixKind::Q), Some(144));
+        assert_eq!(plan.rank(3, MatrixKind::K), Some(72));
+        assert_eq!(plan.rank(29, MatrixKind::Down), Some(208));
+        let per_layer = 2 * 144 * 1152 + 2 * 72 * 768 + 3 * 208 * 2112;
+        let original = 30 * 3_538_944;
+        let r = reductions(&config, &plan, Some(2));
+        assert_eq!(r.kept_linear_params, 30 * per_layer);
+        let expected = 1.0 - (30 * per_layer) as f64 / original as f64;
+        assert!((r.linear_reduction - expected).abs() < 1e-12);
+        assert_eq!(r.total_params, 134_515_008 - original + 30 * per_layer);
+        let head_saving = 4 * (49152 - 2) * 576;
+        assert_eq!(
+            r.bytes_per_token_f32 - r.bytes_per_token_f32_task_head.unwrap_or(0),
+            head_saving
+        );
+    }
+}

@@ -1,0 +1,151 @@
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use super::RankPlan;
+use crate::eval::{ClassScores, LabelTokens, score_labels};
+use crate::metrics;
+use crate::model::{Llama, LoadedModel};
+use crate::task::{Example, Split, Task};
+
+/// Scores candidate models on a classification task's search split: accuracy after the
+/// per-label bias each candidate fits on (a prefix of) the calibration split, exactly as the
+/// dense model's reported accuracy is computed.
+#[derive(Debug)]
+pub struct Evaluator {
+    base: LoadedModel,
+    labels: LabelTokens,
+    search: Vec<Example>,
+    bias_examples: Vec<Example>,
+    batch_tokens: usize,
+}
+
+/// Accuracy of one candidate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Scored {
+    /// Accuracy with the candidate's own label bias.
+    pub accuracy: f64,
+    /// Accuracy without any bias.
+    pub accuracy_uncalibrated: f64,
+    /// The fitted bias.
+    pub label_bias: Vec<f64>,
+}
+
+impl Evaluator {
+    /// Prepares `split` of `task` (search by default) and up to `bias_examples` calibration
+    /// examples for the bias fit.
+    pub fn new(
+        base: &LoadedModel,
+        task: &Task,
+        split: Split,
+        bias_examples: usize,
+        batch_tokens: usize,
+    ) -> anyhow::Result<Self> {
+        let labels = LabelTokens::new(&base.tokenizer, task.labels())?;
+        let search = task.examples(split)?;
+        if search.is_empty() {
+            anyhow::bail!(
+                "task {} has an empty {split} split; give its task file a {split} fraction",
+                task.name()
+            );
+        }
+        let mut calibration = task.examples(Split::Calibration)?;
+        calibration.truncate(bias_examples);
+        Ok(Self {
+            base: base.clone(),
+            labels,
+            search,
+            bias_examples: calibration,
+            batch_tokens,
+        })
+    }
+
+    /// Scores a candidate decoder (sharing the base model's tokenizer).
+    pub fn score(&self, llama: &Llama, progress: &ProgressBar) -> anyhow::Result<Scored> {
+        let model = self.base.with_llama(llama.clone());
+        let (search, _) = self.scores(&model, &self.search, progress)?;
+        let (calibration, _) = self.scores(&model, &self.bias_examples, progress)?;
+        let bias = metrics::fit_label_bias(&calibration.scores, &calibration.gold);
+        let predictions = metrics::predict_with_bias(&search.scores, &bias);
+        let zero = vec![0.0; bias.len()];
+        let raw = metrics::predict_with_bias(&search.scores, &zero);
+        Ok(Scored {
+            accuracy: metrics::accuracy(&predictions, &search.gold),
+            accuracy_uncalibrated: metrics::accuracy(&raw, &search.gold),
+            label_bias: bias,
+        })
+    }
+
+    fn scores(
+        &self,
+        model: &LoadedModel,
+        examples: &[Example],
+        progress: &ProgressBar,
+    ) -> anyhow::Result<(ClassScores, usize)> {
+        progress.set_position(0);
+        score_labels(model, examples, &self.labels, self.batch_tokens, progress)
+    }
+
+    /// The base (dense) model.
+    pub fn base(&self) -> &LoadedModel {
+        &self.base
+    }
+}
+
+/// The smallest uniform keep fraction that meets the accuracy target.
+#[derive(Clone, Debug, Serialize)]
+pub struct UniformResult {
+    /// Dense accuracy on the split searched.
+    pub dense_accuracy: f64,
+    /// `(1 − ε) · dense_accuracy`.
+    pub target_accuracy: f64,
+    /// The keep fraction found (1.0: nothing could be removed).
+    pub keep: f64,
+    /// Its accuracy on the split searched.
+    pub accuracy: f64,
+    /// Every keep fraction tried and its accuracy, in the order tried.
+    pub trials: Vec<(f64, f64)>,
+}
+
+/// Binary search over `grid` (ascending keep fractions ending in 1.0) for the smallest keep
+/// whose accuracy is at least the target; assumes accuracy grows with keep. `build` turns a
+/// plan into a candidate (e.g. with anchored refit).
+pub fn uniform_search(
+    evaluator: &Evaluator,
+    grid: &[f64],
+    epsilon: f64,
+    build: &dyn Fn(&RankPlan) -> anyhow::Result<Llama>,
+    progress: &ProgressBar,
+) -> anyhow::Result<UniformResult> {
+    let config = *evaluator.base().llama.config();
+    let dense = evaluator.score(&evaluator.base().llama, progress)?;
+    let target = (1.0 - epsilon) * dense.accuracy;
+    let mut trials = Vec::new();
+    if grid.last() != Some(&1.0) {
+        anyhow::bail!("the keep-fraction grid must end at 1.0 (dense)");
+    }
+    // Invariant: grid[hi] meets the target (grid[last] is the dense model) and `best` is its
+    // (keep, accuracy).
+    let (mut lo, mut hi) = (0usize, grid.len() - 1);
+    let mut best = (1.0, dense.accuracy);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let keep = grid[mid];
+        let candidate = build(&RankPlan::uniform(&config, keep))?;
+        let accuracy = evaluator.score(&candidate, progress)?.accuracy;
+        trials.push((keep, accuracy));
+        eprintln!("uniform keep {keep:.2}: accuracy {accuracy:.4} (target {target:.4})");
+        if accuracy >= target {
+            hi = mid;
+            best = (keep, accuracy);
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(UniformResult {
+        dense_accuracy: dense.accuracy,
+        target_accuracy: target,
+        keep: best.0,
+        accuracy: best.1,
+        trials,
+    })
+}
