@@ -34,6 +34,24 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Compare factorization methods: `whittle factorize --compare`.
+    #[command(disable_help_flag = true)]
+    Factorize {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// The uniform baseline at ε: `whittle uniform`.
+    #[command(disable_help_flag = true)]
+    Uniform {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Accuracy against uniform keep fraction, as SVG: `whittle sweep`.
+    #[command(disable_help_flag = true)]
+    Sweep {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Prune the model for a task and a board (not implemented yet).
     #[command(disable_help_flag = true)]
     Prune {
@@ -54,6 +72,9 @@ fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::FetchModel { args } => host::run_host("fetch-model", &args),
         Task::Eval { args } => host::run_host("eval", &args),
+        Task::Factorize { args } => host::run_host("factorize", &args),
+        Task::Uniform { args } => host::run_host("uniform", &args),
+        Task::Sweep { args } => host::run_host("sweep", &args),
         Task::Prune { args } => Ok(prune::run(&args)),
         Task::BenchHost { args } => host::run_bench(&args),
         Task::Test => test::run(),
@@ -79,6 +100,9 @@ mod tests {
         let args = match cli.task {
             Task::FetchModel { args }
             | Task::Eval { args }
+            | Task::Factorize { args }
+            | Task::Uniform { args }
+            | Task::Sweep { args }
             | Task::Prune { args }
             | Task::BenchHost { args } => args,
             Task::Test => panic!("{argv:?} parsed as `test`"),

@@ -480,16 +480,20 @@ impl Llama {
                 (k, v)
             }
         };
-        let k = repeat_kv(k, n_heads / n_kv_heads)?;
-        let v = repeat_kv(v, n_heads / n_kv_heads)?;
+        // Grouped-query attention without copying keys and values: the query heads of one
+        // key/value head are consecutive, so they fold into that head's rows.
+        let n_rep = n_heads / n_kv_heads;
+        let q = q.reshape((b, n_kv_heads, n_rep * t, head_dim))?;
         let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
         let scores = match &pass.mask {
+            Some(mask) if n_rep > 1 => scores.broadcast_add(&mask.repeat((n_rep, 1))?)?,
             Some(mask) => scores.broadcast_add(mask)?,
             None => scores,
         };
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
         weights
-            .matmul(&v.contiguous()?)?
+            .matmul(&v)?
+            .reshape((b, n_heads, t, head_dim))?
             .transpose(1, 2)?
             .reshape((b * t, self.config.hidden_size))
     }
@@ -513,16 +517,6 @@ fn causal_mask(seq_len: usize, offset: usize, device: &Device) -> Result<Option<
         })
         .collect();
     Tensor::from_vec(mask, (seq_len, total), device).map(Some)
-}
-
-/// `(b, kv_heads, t, d)` → `(b, kv_heads · n_rep, t, d)`, each key/value head repeated for the
-/// query heads of its group.
-fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x);
-    }
-    let (b, n_kv_heads, t, d) = x.dims4()?;
-    Tensor::cat(&vec![&x; n_rep], 2)?.reshape((b, n_kv_heads * n_rep, t, d))
 }
 
 /// Log-softmax over the last dimension.
