@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use whittle_runtime::{MatrixKind, ModelConfig};
 
 use crate::eval::prompt_ids;
-use crate::model::{Batch, InputSite, LoadedModel, Observer};
+use crate::model::{Batch, InputSite, Llama, LoadedModel, Observer};
 use crate::task::{Metric, Split, Task};
 
 /// Bumped whenever the cached statistics would change for the same inputs.
@@ -197,13 +197,36 @@ pub fn calibrate(
         }
     }
     let sequences = calibration_sequences(model, task, settings)?;
+    progress.set_message(format!("calibrating {} ({})", task.name(), settings.split));
+    let calibration = accumulate(
+        &model.llama,
+        &sequences,
+        model.tokenizer.pad_id(),
+        batch_tokens,
+        settings.clone(),
+        progress,
+    )?;
+    write_cache(&path, &calibration)?;
+    Ok(calibration)
+}
+
+/// Streams `sequences` through `llama` (length-sorted batches of at most `batch_tokens`
+/// padded tokens) and returns the statistics of every linear input.
+pub fn accumulate(
+    llama: &Llama,
+    sequences: &[Vec<u32>],
+    pad_id: u32,
+    batch_tokens: usize,
+    settings: CalibrationSettings,
+    progress: &ProgressBar,
+) -> anyhow::Result<Calibration> {
+    let config = *llama.config();
     let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
     let total: usize = lengths.iter().sum();
     progress.set_length(total as u64);
     progress.set_position(0);
-    progress.set_message(format!("calibrating {} ({})", task.name(), settings.split));
     let mut accumulator = Accumulator::new(config.n_layers);
-    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    let mut order: Vec<usize> = (0..sequences.len()).filter(|&i| lengths[i] > 0).collect();
     order.sort_by_key(|&i| lengths[i]);
     let mut start = 0;
     while start < order.len() {
@@ -215,18 +238,12 @@ pub fn calibrate(
             .iter()
             .map(|&i| sequences[i].clone())
             .collect();
-        let batch = Batch::new(
-            &batch_sequences,
-            model.tokenizer.pad_id(),
-            model.llama.device(),
-        )?;
-        model.llama.forward_hidden(&batch, Some(&mut accumulator))?;
+        let batch = Batch::new(&batch_sequences, pad_id, llama.device())?;
+        llama.forward_hidden(&batch, Some(&mut accumulator))?;
         progress.inc(batch.lengths().iter().sum::<usize>() as u64);
         start = end;
     }
-    let calibration = finish(accumulator, &config, settings.clone(), total as u64)?;
-    write_cache(&path, &calibration)?;
-    Ok(calibration)
+    finish(accumulator, &config, settings, total as u64)
 }
 
 fn finish(
@@ -288,7 +305,7 @@ struct CacheHeader {
     n_tokens: u64,
 }
 
-fn write_cache(path: &Path, calibration: &Calibration) -> anyhow::Result<()> {
+pub(crate) fn write_cache(path: &Path, calibration: &Calibration) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| {
         format!(
@@ -323,7 +340,7 @@ fn write_cache(path: &Path, calibration: &Calibration) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_cache(
+pub(crate) fn read_cache(
     path: &Path,
     config: &ModelConfig,
     settings: &CalibrationSettings,
@@ -399,4 +416,131 @@ pub fn peak_resident_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::model::synthetic::{tiny_config, tiny_tensors};
+
+    fn tiny() -> Llama {
+        let config = tiny_config();
+        let tensors = tiny_tensors(&config, 21, &Device::Cpu).expect("tensors");
+        Llama::from_tensors(config, &tensors, &Device::Cpu).expect("llama")
+    }
+
+    fn settings() -> CalibrationSettings {
+        CalibrationSettings {
+            split: "calibration".into(),
+            max_tokens: 1000,
+            wikitext_share: 0.0,
+        }
+    }
+
+    fn sequences() -> Vec<Vec<u32>> {
+        vec![
+            vec![1, 2, 3, 4, 5],
+            vec![9, 8],
+            vec![7, 7, 7, 30, 31, 32, 33],
+            vec![60],
+        ]
+    }
+
+    fn run(batch_tokens: usize) -> Calibration {
+        accumulate(
+            &tiny(),
+            &sequences(),
+            0,
+            batch_tokens,
+            settings(),
+            &ProgressBar::hidden(),
+        )
+        .expect("calibration")
+    }
+
+    #[test]
+    fn statistics_do_not_depend_on_batching_and_skip_padding() {
+        let one_by_one = run(1);
+        let batched = run(64);
+        assert_eq!(batched.n_tokens, 15);
+        for (a, b) in one_by_one
+            .sites
+            .iter()
+            .flatten()
+            .zip(batched.sites.iter().flatten())
+        {
+            assert_eq!(a.dim, b.dim);
+            let diff = a
+                .second_moment
+                .iter()
+                .zip(&b.second_moment)
+                .map(|(x, y)| (x - y).abs() / (1.0 + x.abs()))
+                .fold(0.0, f64::max);
+            assert!(diff < 1e-5, "{diff}");
+        }
+    }
+
+    struct Rows(Vec<Tensor>);
+
+    impl Observer for Rows {
+        fn observe(
+            &mut self,
+            layer: usize,
+            site: InputSite,
+            rows: &Tensor,
+        ) -> candle_core::Result<()> {
+            if layer == 1 && site == InputSite::Down {
+                self.0.push(rows.clone());
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn second_moment_is_the_gram_matrix_of_the_inputs() -> anyhow::Result<()> {
+        let llama = tiny();
+        let mut rows = Rows(Vec::new());
+        for sequence in sequences() {
+            let batch = Batch::new(&[sequence], 0, &Device::Cpu)?;
+            llama.forward_hidden(&batch, Some(&mut rows))?;
+        }
+        let x = Tensor::cat(&rows.0, 0)?.to_dtype(DType::F64)?;
+        let gram: Vec<f64> = x.t()?.matmul(&x)?.flatten_all()?.to_vec1()?;
+        let abs: Vec<f64> = x.abs()?.sum(0)?.to_vec1()?;
+        let site = &run(64).sites[1][3];
+        assert_eq!(site.dim, tiny_config().intermediate_size);
+        for (a, b) in gram.iter().zip(&site.second_moment) {
+            assert!((a - b).abs() < 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
+        }
+        for (a, b) in abs.iter().zip(&site.abs_sum) {
+            assert!((a - b).abs() < 1e-4 * (1.0 + a.abs()));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn cache_round_trips_and_rejects_other_settings() {
+        let calibration = run(64);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.calib");
+        write_cache(&path, &calibration).expect("write");
+        let read = read_cache(&path, &tiny_config(), &settings()).expect("read");
+        assert_eq!(read.n_tokens, calibration.n_tokens);
+        for (a, b) in read
+            .sites
+            .iter()
+            .flatten()
+            .zip(calibration.sites.iter().flatten())
+        {
+            assert_eq!(a.second_moment, b.second_moment);
+            assert_eq!(a.abs_sum, b.abs_sum);
+        }
+        let mut other = settings();
+        other.max_tokens = 999;
+        assert!(read_cache(&path, &tiny_config(), &other).is_err());
+        std::fs::write(&path, b"garbage").expect("write");
+        assert!(read_cache(&path, &tiny_config(), &settings()).is_err());
+    }
 }

@@ -81,12 +81,14 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
             let plan = RankPlan::uniform(&config, keep);
             let scored = evaluator.score(&bank.apply(&base.llama, &plan)?, &progress)?;
             let linear_reduction = reductions(&config, &plan, None).linear_reduction;
-            progress.println(format!(
-                "{} keep {keep:.2} (linear reduction {:.1}%): accuracy {:.4}",
-                method.name(),
-                100.0 * linear_reduction,
-                scored.accuracy
-            ));
+            progress.suspend(|| {
+                eprintln!(
+                    "{} keep {keep:.2} (linear reduction {:.1}%): accuracy {:.4}",
+                    method.name(),
+                    100.0 * linear_reduction,
+                    scored.accuracy
+                )
+            });
             line.push((keep, scored.accuracy));
             points.push(Point {
                 method: method.name(),

@@ -104,7 +104,14 @@ pub fn run(args: UniformArgs) -> anyhow::Result<()> {
         )
     };
     let evaluator = Evaluator::new(base, &task, Split::Search, args.bias_examples, batch_tokens)?;
-    let result = uniform_search(&evaluator, &keep_grid(), args.epsilon, &build, &progress)?;
+    let dense = evaluator.score(&base.llama, &progress)?;
+    let mut accuracy_at = |keep: f64| -> anyhow::Result<f64> {
+        let candidate = build(&RankPlan::uniform(&config, keep))?;
+        let accuracy = evaluator.score(&candidate, &progress)?.accuracy;
+        progress.suspend(|| eprintln!("uniform keep {keep:.2}: search accuracy {accuracy:.4}"));
+        Ok(accuracy)
+    };
+    let result = uniform_search(&keep_grid(), args.epsilon, dense.accuracy, &mut accuracy_at)?;
     let plan = RankPlan::uniform(&config, result.keep);
     let chosen = build(&plan)?;
     let test = Evaluator::new(base, &task, Split::Test, args.bias_examples, batch_tokens)?;

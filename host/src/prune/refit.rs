@@ -147,3 +147,72 @@ fn batches(
     }
     Ok(batches)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+    use indicatif::ProgressBar;
+
+    use super::*;
+    use crate::calibrate::{CalibrationSettings, accumulate};
+    use crate::factorize::Method;
+    use crate::model::synthetic::{tiny_config, tiny_tensors};
+    use crate::prune::FactorBank;
+
+    fn sequences(seed: u32) -> Vec<Vec<u32>> {
+        (0..48u32)
+            .map(|row| {
+                (0..16u32)
+                    .map(|t| (row * 7 + t * t * 3 + row * t + seed) % 64)
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn hidden_error(
+        reference: &Llama,
+        candidate: &Llama,
+        data: &[Vec<u32>],
+    ) -> anyhow::Result<f32> {
+        let batch = Batch::new(data, 0, &Device::Cpu)?;
+        let a = reference.forward_hidden(&batch, None)?;
+        let b = candidate.forward_hidden(&batch, None)?;
+        Ok((a - b)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?)
+    }
+
+    #[test]
+    fn refit_corrects_the_error_of_earlier_layers() -> anyhow::Result<()> {
+        let config = tiny_config();
+        let tensors = tiny_tensors(&config, 31, &Device::Cpu)?;
+        let dense = Llama::from_tensors(config, &tensors, &Device::Cpu)?;
+        let calibration_data = sequences(0);
+        let settings = CalibrationSettings {
+            split: "calibration".into(),
+            max_tokens: 1000,
+            wikitext_share: 0.0,
+        };
+        let progress = ProgressBar::hidden();
+        let calibration = accumulate(&dense, &calibration_data, 0, 64, settings, &progress)?;
+        let bank = FactorBank::build(&dense, &calibration, Method::OutputAligned, &progress)?;
+        let plan = RankPlan::uniform(&config, 0.5);
+        assert_eq!(plan.rank(1, MatrixKind::Q), Some(8));
+        let pruned = bank.apply(&dense, &plan)?;
+        assert_eq!(
+            pruned.linear(1, MatrixKind::Up).and_then(Linear::rank),
+            Some(8)
+        );
+        let refit = anchored_refit(&dense, &pruned, &plan, &calibration_data, 0, 64, &progress)?;
+        assert_eq!(
+            refit.linear(0, MatrixKind::Down).and_then(Linear::rank),
+            Some(8)
+        );
+        let before = hidden_error(&dense, &pruned, &calibration_data)?;
+        let after = hidden_error(&dense, &refit, &calibration_data)?;
+        assert!(after < 0.9 * before, "refit {after} vs plain {before}");
+        let held_out = sequences(1000);
+        let before = hidden_error(&dense, &pruned, &held_out)?;
+        let after = hidden_error(&dense, &refit, &held_out)?;
+        assert!(after < before, "held out: refit {after} vs plain {before}");
+        Ok(())
+    }
+}

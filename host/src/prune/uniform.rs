@@ -1,7 +1,6 @@
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::RankPlan;
 use crate::eval::{ClassScores, LabelTokens, score_labels};
 use crate::metrics;
 use crate::model::{Llama, LoadedModel};
@@ -106,34 +105,29 @@ pub struct UniformResult {
     pub trials: Vec<(f64, f64)>,
 }
 
-/// Binary search over `grid` (ascending keep fractions ending in 1.0) for the smallest keep
-/// whose accuracy is at least the target; assumes accuracy grows with keep. `build` turns a
-/// plan into a candidate (e.g. with anchored refit).
+/// Binary search over `grid` (ascending keep fractions ending in 1.0, the dense model) for
+/// the smallest keep whose accuracy is at least `(1 − ε) · dense_accuracy`; assumes accuracy
+/// grows with keep. `accuracy_at` scores the uniform plan of a keep fraction.
 pub fn uniform_search(
-    evaluator: &Evaluator,
     grid: &[f64],
     epsilon: f64,
-    build: &dyn Fn(&RankPlan) -> anyhow::Result<Llama>,
-    progress: &ProgressBar,
+    dense_accuracy: f64,
+    accuracy_at: &mut dyn FnMut(f64) -> anyhow::Result<f64>,
 ) -> anyhow::Result<UniformResult> {
-    let config = *evaluator.base().llama.config();
-    let dense = evaluator.score(&evaluator.base().llama, progress)?;
-    let target = (1.0 - epsilon) * dense.accuracy;
-    let mut trials = Vec::new();
-    if grid.last() != Some(&1.0) {
-        anyhow::bail!("the keep-fraction grid must end at 1.0 (dense)");
+    let target = (1.0 - epsilon) * dense_accuracy;
+    if grid.last() != Some(&1.0) || grid.windows(2).any(|w| w[0] >= w[1]) {
+        anyhow::bail!("the keep-fraction grid must ascend and end at 1.0 (dense)");
     }
     // Invariant: grid[hi] meets the target (grid[last] is the dense model) and `best` is its
     // (keep, accuracy).
     let (mut lo, mut hi) = (0usize, grid.len() - 1);
-    let mut best = (1.0, dense.accuracy);
+    let mut best = (1.0, dense_accuracy);
+    let mut trials = Vec::new();
     while lo < hi {
         let mid = (lo + hi) / 2;
         let keep = grid[mid];
-        let candidate = build(&RankPlan::uniform(&config, keep))?;
-        let accuracy = evaluator.score(&candidate, progress)?.accuracy;
+        let accuracy = accuracy_at(keep)?;
         trials.push((keep, accuracy));
-        eprintln!("uniform keep {keep:.2}: accuracy {accuracy:.4} (target {target:.4})");
         if accuracy >= target {
             hi = mid;
             best = (keep, accuracy);
@@ -142,10 +136,43 @@ pub fn uniform_search(
         }
     }
     Ok(UniformResult {
-        dense_accuracy: dense.accuracy,
+        dense_accuracy,
         target_accuracy: target,
         keep: best.0,
         accuracy: best.1,
         trials,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(threshold: f64, expected_keep: f64, max_trials: usize) {
+        let grid: Vec<f64> = (2..=20).map(|i| f64::from(i) * 0.05).collect();
+        let mut calls = 0;
+        let mut accuracy_at = |keep: f64| {
+            calls += 1;
+            Ok(if keep >= threshold - 1e-9 { 0.80 } else { 0.5 })
+        };
+        let result = uniform_search(&grid, 0.05, 0.82, &mut accuracy_at).expect("search");
+        assert!((result.keep - expected_keep).abs() < 1e-9, "{result:?}");
+        assert!(calls <= max_trials, "{calls} evaluations");
+        assert_eq!(result.trials.len(), calls);
+    }
+
+    #[test]
+    fn finds_the_smallest_passing_keep() {
+        check(0.6, 0.6, 5);
+        check(0.1, 0.1, 5);
+        check(1.01, 1.0, 5);
+        check(0.95, 0.95, 5);
+    }
+
+    #[test]
+    fn rejects_a_grid_without_dense() {
+        let mut never = |_: f64| -> anyhow::Result<f64> { Ok(0.0) };
+        assert!(uniform_search(&[0.5, 0.9], 0.05, 0.8, &mut never).is_err());
+        assert!(uniform_search(&[0.9, 0.5, 1.0], 0.05, 0.8, &mut never).is_err());
+    }
 }
