@@ -9,7 +9,7 @@ use whittle_host::calibrate::peak_resident_bytes;
 use whittle_host::factorize::{self, Job, Method, max_useful_rank, rank_for_keep};
 use whittle_host::model::InputSite;
 use whittle_host::prune::{matrices, stats_to_faer};
-use whittle_host::task::Task;
+use whittle_host::task::{Split, Task};
 use whittle_runtime::MatrixKind;
 
 use super::ModelArgs;
@@ -25,6 +25,9 @@ pub struct FactorizeArgs {
     /// Compare output-aligned, SVD, input PCA and ASVD on held-out (test-split) tokens.
     #[arg(long)]
     compare: bool,
+    /// Split whose tokens measure the error (`calibration` gives the in-sample error).
+    #[arg(long, default_value = "test")]
+    held_out: Split,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -45,6 +48,7 @@ struct ErrorRow {
 #[derive(Serialize)]
 struct Report {
     task: String,
+    held_out_split: String,
     calibration_tokens: u64,
     held_out_tokens: u64,
     factorize_seconds: BTreeMap<&'static str, f64>,
@@ -63,7 +67,7 @@ pub fn run(args: FactorizeArgs) -> anyhow::Result<()> {
     let session = Session::open(&args.model)?;
     let config = *session.model.llama.config();
     let calibration = session.calibrate(&task, &args.calibration, "calibration")?;
-    let held_out = session.calibrate(&task, &args.calibration, "test")?;
+    let held_out = session.calibrate(&task, &args.calibration, args.held_out.name())?;
     let calibration_stats: Vec<Vec<_>> = calibration
         .sites
         .iter()
@@ -190,6 +194,7 @@ pub fn run(args: FactorizeArgs) -> anyhow::Result<()> {
     if args.json {
         let report = Report {
             task: task.name().to_owned(),
+            held_out_split: args.held_out.to_string(),
             calibration_tokens: calibration.n_tokens,
             held_out_tokens: held_out.n_tokens,
             factorize_seconds,
