@@ -1,4 +1,4 @@
-use crate::{BoardError, BoardProfile};
+use crate::{BoardError, BoardProfile, HOST_BOARD_NAME};
 
 /// Every built-in profile: (file name, text).
 const PROFILES: [(&str, &str); 7] = [
@@ -30,18 +30,25 @@ const PROFILES: [(&str, &str); 7] = [
 ];
 
 impl BoardProfile {
-    /// The built-in profile with this name or alias.
+    /// The built-in profile with this name or alias; `host` is the measured profile of this
+    /// machine ([`BoardProfile::measured_host`]).
     pub fn builtin(name_or_alias: &str) -> Result<Self, BoardError> {
+        if name_or_alias == HOST_BOARD_NAME {
+            return Self::measured_host();
+        }
         Self::all()
             .into_iter()
             .find(|profile| profile.answers_to(name_or_alias))
             .ok_or_else(|| BoardError::UnknownBoard {
                 name: name_or_alias.to_owned(),
-                known: Self::builtin_names().join(", "),
+                known: format!(
+                    "{}, or {HOST_BOARD_NAME} (this machine, once measured)",
+                    Self::builtin_names().join(", ")
+                ),
             })
     }
 
-    /// Every built-in profile, in a fixed order.
+    /// Every profile committed with the crate, in a fixed order (never `host`).
     pub fn all() -> Vec<Self> {
         PROFILES
             .iter()
@@ -54,7 +61,7 @@ impl BoardProfile {
             .collect()
     }
 
-    /// Canonical names of the built-in profiles.
+    /// Canonical names of the profiles committed with the crate.
     pub fn builtin_names() -> Vec<String> {
         Self::all()
             .into_iter()
@@ -103,7 +110,7 @@ mod tests {
             assert_eq!(format!("{}.toml", profile.name), file);
             assert!(!profile.sources.is_empty());
             assert!(profile.model_memory_share > 0.0 && profile.model_memory_share <= 1.0);
-            assert!(profile.model_memory_bytes() > 0);
+            assert!(profile.memory_budget_bytes() > 0);
         }
         assert_eq!(BoardProfile::all().len(), PROFILES.len());
     }
@@ -148,7 +155,7 @@ mod tests {
     #[test]
     fn the_mcu_is_too_small_for_smollm2() {
         let board = BoardProfile::builtin("stm32h743").expect("stm32h743 is built in");
-        assert!(board.model_memory_bytes() < 135_000_000);
+        assert!(board.memory_budget_bytes() < 135_000_000);
         assert_eq!(board.gpu_fp32_flops, None);
     }
 
@@ -188,10 +195,88 @@ mod tests {
         );
         check_rejected(&good.replace("https://", "http://"), "https://");
         check_rejected(
+            &good.replace("cpu_f32_flops = 144_000_000_000.0", "cpu_f32_flops = 0.0"),
+            "cpu_f32_flops must be a positive number",
+        );
+        check_rejected(
+            &good.replace("cpu_f32_flops = 144_000_000_000.0\n", ""),
+            "missing field `cpu_f32_flops`",
+        );
+        check_rejected(
+            &good.replace(
+                "model_memory_share = 0.6",
+                "model_memory_share = 0.6\nobjective_weight = 1.5",
+            ),
+            "objective_weight must be in [0, 1]",
+        );
+        check_rejected(
+            &good.replace(
+                "model_memory_share = 0.6",
+                "model_memory_share = 0.6\ncontext_length = 0",
+            ),
+            "context_length must be positive",
+        );
+        check_rejected(
+            &good.replace(
+                "model_memory_share = 0.6",
+                "model_memory_share = 0.6\nlayer_overhead_us = -1.0",
+            ),
+            "layer_overhead_us",
+        );
+        check_rejected(
             &format!("{good}\nfavourite_colour = \"green\"\n"),
             "unknown field",
         );
         check_rejected("name = \"x\"", "does not parse");
+    }
+
+    #[test]
+    fn unset_whittle_defaults_take_the_documented_values() {
+        let board = match BoardProfile::from_toml_str(&good_profile(), "good.toml") {
+            Ok(board) => board,
+            Err(error) => panic!("{error}"),
+        };
+        assert_eq!(
+            board.objective_weight,
+            BoardProfile::DEFAULT_OBJECTIVE_WEIGHT
+        );
+        assert_eq!(board.context_length, BoardProfile::DEFAULT_CONTEXT_LENGTH);
+        assert_eq!(
+            board.layer_overhead_us,
+            BoardProfile::DEFAULT_LAYER_OVERHEAD_US
+        );
+        assert_eq!(
+            board.gpu_layer_overhead_us,
+            BoardProfile::DEFAULT_GPU_LAYER_OVERHEAD_US
+        );
+        assert_eq!(board.memory_budget_bytes(), 5_153_960_755);
+    }
+
+    #[test]
+    fn host_is_measured_never_committed() {
+        for profile in BoardProfile::all() {
+            assert!(!profile.answers_to(HOST_BOARD_NAME), "{}", profile.name);
+            assert!(profile.sources.iter().all(|source| !source.measured));
+        }
+        let message = match BoardProfile::builtin("no-such-board") {
+            Ok(profile) => panic!("resolved to {}", profile.name),
+            Err(error) => error.to_string(),
+        };
+        assert!(message.contains("or host (this machine, once measured)"));
+    }
+
+    #[test]
+    fn a_profile_round_trips_through_toml() {
+        for profile in BoardProfile::all() {
+            let text = match toml::to_string(&profile) {
+                Ok(text) => text,
+                Err(error) => panic!("{}: {error}", profile.name),
+            };
+            match BoardProfile::from_toml_str(&text, &profile.name) {
+                Ok(parsed) => assert_eq!(parsed, profile),
+                Err(error) => panic!("{}: {error}\n{text}", profile.name),
+            }
+        }
     }
 
     #[test]

@@ -1,10 +1,12 @@
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What the cost model knows about one board, as read from a profile file.
 ///
-/// Vendor figures are cited in [`BoardProfile::sources`]. `model_memory_share` and
-/// `latency_budget_ms_per_token` are whittle's defaults for the board, not vendor figures.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+/// Vendor figures are cited in [`BoardProfile::sources`]. `model_memory_share`,
+/// `latency_budget_ms_per_token`, `objective_weight`, `context_length` and the two layer
+/// overheads are whittle's defaults for the board, not vendor figures. The `host` profile is
+/// measured on the machine by `whittle-device profile`, never written by hand.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BoardProfile {
     /// Canonical name, lowercase words joined by `-` (`jetson-orin-nano-8gb`).
@@ -14,59 +16,112 @@ pub struct BoardProfile {
     pub aliases: Vec<String>,
     /// One sentence: which product, which configuration.
     pub description: String,
-    /// The application processor.
-    pub cpu: CpuProfile,
     /// Main memory (shared by CPU and GPU where the board has one), in bytes.
     pub memory_bytes: u64,
     /// Fraction of `memory_bytes` the model (weights, KV cache, arena) may use, in (0, 1].
     pub model_memory_share: f64,
-    /// Peak main-memory bandwidth, in bytes per second.
+    /// Main-memory read bandwidth, in bytes per second: the vendor's peak for a datasheet
+    /// board, the sustained all-core figure for a measured one.
     pub bandwidth_bytes_per_s: u64,
+    /// CPU single-precision matrix-multiply throughput of all cores together, in FLOP/s: the
+    /// computed peak (cores × clock × FLOP per cycle) for a datasheet board, the sustained
+    /// sgemm figure for a measured one.
+    pub cpu_f32_flops: f64,
     /// GPU single-precision throughput in FLOP/s, absent where no GPU is usable.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_fp32_flops: Option<f64>,
     /// Built-in non-volatile storage (eMMC, flash) in bytes, absent where it is external.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_bytes: Option<u64>,
     /// Default decode latency budget per token, absent until one is chosen for the board.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_budget_ms_per_token: Option<f64>,
+    /// Weight `w` of bytes against latency in the search's objective
+    /// `w·bytes/bytes_dense + (1 − w)·latency/latency_dense`, in [0, 1];
+    /// default [`BoardProfile::DEFAULT_OBJECTIVE_WEIGHT`].
+    #[serde(default = "default_objective_weight")]
+    pub objective_weight: f64,
+    /// Tokens of context the KV cache and the attention are sized for (prompt and generated
+    /// tokens together; capped at the model's own limit); default
+    /// [`BoardProfile::DEFAULT_CONTEXT_LENGTH`].
+    #[serde(default = "default_context_length")]
+    pub context_length: usize,
+    /// Fixed CPU time per transformer block per decoded token, in microseconds: thread
+    /// hand-offs, norms, rotary embedding, softmax; default
+    /// [`BoardProfile::DEFAULT_LAYER_OVERHEAD_US`].
+    #[serde(default = "default_layer_overhead_us")]
+    pub layer_overhead_us: f64,
+    /// The same on the GPU (kernel launches); default
+    /// [`BoardProfile::DEFAULT_GPU_LAYER_OVERHEAD_US`]. Unused without `gpu_fp32_flops`.
+    #[serde(default = "default_gpu_layer_overhead_us")]
+    pub gpu_layer_overhead_us: f64,
     /// Rust target triple of the code that runs on the board.
     pub target_triple: String,
+    /// The application processor.
+    pub cpu: CpuProfile,
     /// Where the figures come from.
     pub sources: Vec<Source>,
 }
 
 /// The application processor of a board.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CpuProfile {
     /// Number of cores the runtime may use.
     pub cores: u32,
     /// Core microarchitecture, lowercase (`cortex-a78ae`).
     pub core: String,
-    /// Highest sustained core clock, in GHz.
-    pub clock_ghz: f64,
+    /// Highest sustained core clock, in GHz; absent where the machine does not report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_ghz: Option<f64>,
     /// ISA extensions, named as Rust's `target_feature` names them (`neon`, `dotprod`).
     pub isa_features: Vec<String>,
 }
 
-/// One cited document.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// One cited document, or one measurement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
-    /// Which figures the document gives, or how a figure was computed from it.
+    /// Which figures the document gives, or how a figure was computed or measured.
     pub what: String,
-    /// Where the document is.
-    pub url: String,
+    /// Where the document is; required unless `measured` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// `false` when the figure is derived or the document could not be checked (for example
     /// behind a login); such figures are the first to confirm.
-    #[serde(default = "verified_by_default")]
+    #[serde(default = "verified_by_default", skip_serializing_if = "is_true")]
     pub verified: bool,
+    /// `true` when `whittle-device profile` measured the figures on the machine itself.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub measured: bool,
 }
 
 fn verified_by_default() -> bool {
     true
+}
+
+fn is_true(flag: &bool) -> bool {
+    *flag
+}
+
+fn is_false(flag: &bool) -> bool {
+    !*flag
+}
+
+fn default_objective_weight() -> f64 {
+    BoardProfile::DEFAULT_OBJECTIVE_WEIGHT
+}
+
+fn default_context_length() -> usize {
+    BoardProfile::DEFAULT_CONTEXT_LENGTH
+}
+
+fn default_layer_overhead_us() -> f64 {
+    BoardProfile::DEFAULT_LAYER_OVERHEAD_US
+}
+
+fn default_gpu_layer_overhead_us() -> f64 {
+    BoardProfile::DEFAULT_GPU_LAYER_OVERHEAD_US
 }
 
 /// Why a board profile cannot be used.
@@ -101,9 +156,39 @@ pub enum BoardError {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// `host` was asked for but has not been measured on this machine.
+    #[error(
+        "board `host` has not been measured on this machine (no {path}); run `cargo xtask boards --measure-host` (or `whittle-device profile --out {path}`)"
+    )]
+    HostNotMeasured {
+        /// Where the measured profile is looked for.
+        path: String,
+    },
+    /// The measured `host` profile exists but cannot be read.
+    #[error(
+        "cannot read the measured host profile {path}: {message}; measure it again with `cargo xtask boards --measure-host`"
+    )]
+    HostUnreadable {
+        /// The profile's path.
+        path: String,
+        /// The operating system's message.
+        message: String,
+    },
 }
 
 impl BoardProfile {
+    /// `objective_weight` when a profile does not set it: bytes and latency count alike.
+    pub const DEFAULT_OBJECTIVE_WEIGHT: f64 = 0.5;
+    /// `context_length` when a profile does not set it: a prompt with a passage and a short
+    /// answer (the tasks of DESIGN section 4) fits.
+    pub const DEFAULT_CONTEXT_LENGTH: usize = 2048;
+    /// `layer_overhead_us` when a profile does not set it: a few thread hand-offs of a
+    /// microsecond or two each, plus the norms, rotary embedding and softmax of one block.
+    pub const DEFAULT_LAYER_OVERHEAD_US: f64 = 10.0;
+    /// `gpu_layer_overhead_us` when a profile does not set it: about ten kernel launches of
+    /// about 5 µs each per block.
+    pub const DEFAULT_GPU_LAYER_OVERHEAD_US: f64 = 50.0;
+
     /// Parses and validates a profile; `origin` names it in errors (a file name, say).
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, BoardError> {
         let profile: Self = toml::from_str(text).map_err(|error| BoardError::Parse {
@@ -142,8 +227,11 @@ impl BoardProfile {
                 "must be lowercase letters, digits and `-`",
             ));
         }
-        if !is_positive(self.cpu.clock_ghz) {
-            return Err(invalid("cpu.clock_ghz", "must be a positive number"));
+        if self.cpu.clock_ghz.is_some_and(|ghz| !is_positive(ghz)) {
+            return Err(invalid(
+                "cpu.clock_ghz",
+                "must be a positive number when present",
+            ));
         }
         if self.memory_bytes == 0 {
             return Err(invalid("memory_bytes", "must be positive"));
@@ -153,6 +241,9 @@ impl BoardProfile {
         }
         if self.bandwidth_bytes_per_s == 0 {
             return Err(invalid("bandwidth_bytes_per_s", "must be positive"));
+        }
+        if !is_positive(self.cpu_f32_flops) {
+            return Err(invalid("cpu_f32_flops", "must be a positive number"));
         }
         if self.gpu_fp32_flops.is_some_and(|flops| !is_positive(flops)) {
             return Err(invalid("gpu_fp32_flops", "must be positive when present"));
@@ -169,20 +260,34 @@ impl BoardProfile {
                 "must be positive when present",
             ));
         }
+        if !(0.0..=1.0).contains(&self.objective_weight) {
+            return Err(invalid("objective_weight", "must be in [0, 1]"));
+        }
+        if self.context_length == 0 {
+            return Err(invalid("context_length", "must be positive"));
+        }
+        if !(self.layer_overhead_us.is_finite() && self.layer_overhead_us >= 0.0) {
+            return Err(invalid(
+                "layer_overhead_us",
+                "must be a number of at least 0",
+            ));
+        }
+        if !(self.gpu_layer_overhead_us.is_finite() && self.gpu_layer_overhead_us >= 0.0) {
+            return Err(invalid(
+                "gpu_layer_overhead_us",
+                "must be a number of at least 0",
+            ));
+        }
         if self.target_triple.split('-').count() < 3 {
             return Err(invalid("target_triple", "is not a target triple"));
         }
         if self.sources.is_empty() {
             return Err(invalid("sources", "is empty, every figure needs a source"));
         }
-        if self
-            .sources
-            .iter()
-            .any(|source| source.what.trim().is_empty() || !source.url.starts_with("https://"))
-        {
+        if !self.sources.iter().all(Source::is_well_formed) {
             return Err(invalid(
                 "sources",
-                "need a non-empty `what` and an https:// `url`",
+                "need a non-empty `what` and an https:// `url` (or `measured = true`)",
             ));
         }
         Ok(())
@@ -193,10 +298,21 @@ impl BoardProfile {
         self.name == name || self.aliases.iter().any(|alias| alias == name)
     }
 
-    /// Bytes the model may occupy: `memory_bytes × model_memory_share`, rounded down.
-    pub fn model_memory_bytes(&self) -> u64 {
+    /// Bytes the model (weights, KV cache, arena) may occupy:
+    /// `memory_bytes × model_memory_share`, rounded down.
+    pub fn memory_budget_bytes(&self) -> u64 {
         // f64 holds every memory size below 2^53 bytes exactly, far above any board.
         (self.memory_bytes as f64 * self.model_memory_share) as u64
+    }
+}
+
+impl Source {
+    fn is_well_formed(&self) -> bool {
+        let url_ok = match &self.url {
+            Some(url) => url.starts_with("https://"),
+            None => self.measured,
+        };
+        !self.what.trim().is_empty() && url_ok
     }
 }
 

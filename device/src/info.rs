@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 /// Where Linux reports the memory size.
-const MEMINFO_PATH: &str = "/proc/meminfo";
+pub const MEMINFO_PATH: &str = "/proc/meminfo";
 
 /// The machine facts, as printed by `info`.
 #[derive(Debug, Serialize)]
@@ -67,7 +67,7 @@ impl MachineInfo {
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
-fn read_mem_total_bytes(path: &str) -> anyhow::Result<u64> {
+pub fn read_mem_total_bytes(path: &str) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read {path}; total memory is reported on Linux only"))?;
     parse_mem_total_bytes(&text).with_context(|| format!("unexpected contents in {path}"))
@@ -96,7 +96,7 @@ fn parse_mem_total_bytes(meminfo: &str) -> anyhow::Result<u64> {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn detected_simd_features() -> Vec<&'static str> {
+pub fn detected_simd_features() -> Vec<&'static str> {
     let mut features = Vec::new();
     if std::arch::is_x86_feature_detected!("avx2") {
         features.push("avx2");
@@ -114,7 +114,7 @@ fn detected_simd_features() -> Vec<&'static str> {
 }
 
 #[cfg(target_arch = "aarch64")]
-fn detected_simd_features() -> Vec<&'static str> {
+pub fn detected_simd_features() -> Vec<&'static str> {
     let mut features = Vec::new();
     if std::arch::is_aarch64_feature_detected!("neon") {
         features.push("neon");
@@ -132,7 +132,7 @@ fn detected_simd_features() -> Vec<&'static str> {
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn detected_simd_features() -> Vec<&'static str> {
+pub fn detected_simd_features() -> Vec<&'static str> {
     Vec::new()
 }
 

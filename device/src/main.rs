@@ -1,9 +1,15 @@
 //! `whittle-device`: the tool that runs on the board itself.
 //!
-//! Today it reports the machine facts the cost model needs (`info`); running and benchmarking
-//! bundles arrive with the bundle and runtime issues.
+//! It reports the machine facts a board profile records (`info`), measures the machine into
+//! the `host` board profile (`profile`) and lists the board profiles the cost model knows
+//! (`boards`); running and benchmarking bundles arrive with the bundle and runtime issues.
 
+mod boards;
 mod info;
+mod measure;
+mod profile;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -23,10 +29,59 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure this machine (memory read bandwidth, f32 matrix throughput, memory, cores) into
+    /// the `host` board profile; prints it as TOML unless it writes a file.
+    Profile {
+        /// Print the profile as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Write the profile (TOML) to this file, atomically.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        /// Write the profile where the board named `host` is read from:
+        /// $WHITTLE_CACHE_DIR/boards/host.toml, by default ~/.cache/whittle/cache/boards/host.toml.
+        #[arg(long)]
+        install: bool,
+    },
+    /// List the board profiles: every built-in one and, once measured, `host`.
+    Boards {
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Info { json } => info::run(json),
+        Command::Profile { json, out, install } => profile::run(json, out, install),
+        Command::Boards { json } => boards::run(json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_parses(argv: &[&str], expected: &str) {
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => assert_eq!(format!("{:?}", cli.command), expected, "for {argv:?}"),
+            Err(error) => panic!("{argv:?} does not parse: {error}"),
+        }
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        check_parses(&["whittle-device", "info", "--json"], "Info { json: true }");
+        check_parses(
+            &["whittle-device", "profile", "--out", "/tmp/h.toml"],
+            "Profile { json: false, out: Some(\"/tmp/h.toml\"), install: false }",
+        );
+        check_parses(
+            &["whittle-device", "profile", "--install", "--json"],
+            "Profile { json: true, out: None, install: true }",
+        );
+        check_parses(&["whittle-device", "boards"], "Boards { json: false }");
+        assert!(Cli::try_parse_from(["whittle-device", "boards", "--measure"]).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the workspace's automation, in Rust. It drives cargo and never links the
 //! heavy crates itself.
 
+mod boards;
 mod cargo;
 mod host;
 mod prerequisites;
@@ -64,6 +65,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// List the board profiles (`whittle-device boards`), with `host` once measured.
+    Boards {
+        /// First measure this machine into the `host` profile (`whittle-device profile
+        /// --install`, about a minute).
+        #[arg(long)]
+        measure_host: bool,
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Install what a fresh machine lacks, then run every check of the workspace.
     Test,
 }
@@ -77,6 +88,7 @@ fn main() -> ExitCode {
         Task::Sweep { args } => host::run_host("sweep", &args),
         Task::Prune { args } => Ok(prune::run(&args)),
         Task::BenchHost { args } => host::run_bench(&args),
+        Task::Boards { measure_host, json } => boards::run(measure_host, json),
         Task::Test => test::run(),
     };
     match result {
@@ -105,7 +117,7 @@ mod tests {
             | Task::Sweep { args }
             | Task::Prune { args }
             | Task::BenchHost { args } => args,
-            Task::Test => panic!("{argv:?} parsed as `test`"),
+            task @ (Task::Test | Task::Boards { .. }) => panic!("{argv:?} parsed as {task:?}"),
         };
         let expected: Vec<OsString> = expected.iter().map(OsString::from).collect();
         assert_eq!(args, expected, "for {argv:?}");
@@ -133,6 +145,28 @@ mod tests {
             &["xtask", "bench-host", "--save-baseline", "main"],
             &["--save-baseline", "main"],
         );
+    }
+
+    fn check_boards(argv: &[&str], expected: Option<(bool, bool)>) {
+        let parsed = match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                task: Task::Boards { measure_host, json },
+            }) => Some((measure_host, json)),
+            Ok(cli) => panic!("{argv:?} parsed as {cli:?}"),
+            Err(_) => None,
+        };
+        assert_eq!(parsed, expected, "for {argv:?}");
+    }
+
+    #[test]
+    fn boards_takes_its_two_flags() {
+        check_boards(&["xtask", "boards"], Some((false, false)));
+        check_boards(&["xtask", "boards", "--measure-host"], Some((true, false)));
+        check_boards(
+            &["xtask", "boards", "--json", "--measure-host"],
+            Some((true, true)),
+        );
+        check_boards(&["xtask", "boards", "--board", "rpi5"], None);
     }
 
     #[test]

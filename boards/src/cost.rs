@@ -1,0 +1,398 @@
+//! The board cost model (DESIGN section 6): what a rank plan costs on one board, in bytes and
+//! in time per token.
+//!
+//! Bytes follow the parameter accounting of DESIGN section 3 (the host's `Reductions`): a
+//! dense `rows × cols` matrix stores `rows·cols` parameters, a low-rank pair of rank `r`
+//! stores `A` (`r × cols`) and `B` (`rows × r`), the tied embedding and output head are stored
+//! once, norms stay f32.
+//!
+//! Time per token is a roofline sum: every piece of work (a matrix, the head, the attention of
+//! one block) takes `max(bytes / bandwidth, flops / throughput)`, the pieces run one after the
+//! other, and every block adds the board's fixed per-layer overhead. Decoding is predicted for
+//! the last token of a full context (`context_length`, the worst case a latency budget must
+//! hold for); prefill is throughput-bound.
+
+use serde::Serialize;
+use whittle_runtime::{ConfigError, MatrixKind, ModelConfig};
+
+use crate::BoardProfile;
+
+/// How the weight matrices are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 4 bytes per parameter.
+    F32,
+    /// 1 byte per parameter plus one f32 scale per row of every stored matrix (for a low-rank
+    /// pair: a scale per row of `B`, `rows` of them, and per row of `A`, `rank` of them).
+    ///
+    /// Only the weights shrink: norms, the KV cache and the activations stay f32. Compute is
+    /// modelled as the same `2·params` FLOPs at the f32 rate (dequantize, then multiply-add),
+    /// which is conservative where the CPU has an int8 dot product; decoding a q8 model is
+    /// bandwidth-bound on every board with a cache hierarchy anyway.
+    Q8,
+}
+
+impl Dtype {
+    /// Lowercase name (`f32`, `q8`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Q8 => "q8",
+        }
+    }
+
+    /// Bytes of one stored `rows × cols` matrix.
+    pub fn matrix_bytes(self, rows: usize, cols: usize) -> u64 {
+        match self {
+            Self::F32 => product(&[F32_BYTES, rows, cols]),
+            Self::Q8 => product(&[rows, cols]).saturating_add(product(&[F32_BYTES, rows])),
+        }
+    }
+}
+
+/// What one plan costs on one board.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Prediction {
+    /// What the device stores: today the tensor data, `weight_bytes` (the bundle's header,
+    /// tokenizer and alignment padding are added when the bundle format lands).
+    pub bundle_bytes: u64,
+    /// Every weight by dtype: the prunable linears, the embedding (which is also the tied
+    /// head), a task-pruned head when there is one, and the f32 norms.
+    pub weight_bytes: u64,
+    /// `n_layers · 2 · kv_dim · context · 4`: keys and values are kept in f32 for every dtype.
+    pub kv_cache_bytes: u64,
+    /// The runtime's scratch memory for one decoded token, in f32:
+    /// `4 · (4·hidden + 2·kv_dim + 2·intermediate + max(hidden, intermediate)
+    /// + n_heads·context + logits)`: residual, normed input, query, attention output and
+    /// MLP output; key and value; gate and up; the middle of a low-rank pair; attention
+    /// scores; and the logits (`vocab_size`, or `head_rows` with a task-pruned head).
+    pub arena_bytes: u64,
+    /// `weight_bytes + kv_cache_bytes + arena_bytes`: what the model needs in the board's
+    /// memory (weights kept in RAM, not executed in place from flash).
+    pub runtime_memory_bytes: u64,
+    /// Weight bytes read to decode one token: every linear, the norms, one embedding row and
+    /// the whole head (DESIGN section 3). The KV cache read adds to this in the latency.
+    pub bytes_read_per_token: u64,
+    /// Decode time of the last token of a full context on the CPU, in milliseconds.
+    pub decode_ms_per_token_cpu: f64,
+    /// Prefill time per token of a full-context prompt on the CPU, in milliseconds.
+    pub prefill_ms_per_token_cpu: f64,
+    /// The same decode time on the GPU, where the board has one.
+    pub decode_ms_per_token_gpu: Option<f64>,
+    /// The same prefill time on the GPU, where the board has one.
+    pub prefill_ms_per_token_gpu: Option<f64>,
+    /// The context the prediction is for: the board's `context_length`, capped at the
+    /// model's `max_position_embeddings`.
+    pub context_length: usize,
+}
+
+impl Prediction {
+    /// The decode time the board achieves: the GPU's where it has one and it is faster, else
+    /// the CPU's.
+    pub fn decode_ms_per_token(&self) -> f64 {
+        self.decode_ms_per_token_gpu
+            .map_or(self.decode_ms_per_token_cpu, |gpu| {
+                gpu.min(self.decode_ms_per_token_cpu)
+            })
+    }
+}
+
+/// Why a plan cannot be costed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CostError {
+    /// The model's hyper-parameters are inconsistent.
+    #[error("the model config is invalid: {0}; fix the model's hyper-parameters")]
+    Config(ConfigError),
+    /// The plan has not one entry per prunable matrix.
+    #[error(
+        "the rank plan has {got} entries but the model has {expected} prunable matrices (n_layers × 7); build the plan for this model"
+    )]
+    PlanLength {
+        /// `n_layers · 7`.
+        expected: usize,
+        /// The plan's length.
+        got: usize,
+    },
+    /// A rank exceeds what the matrix can have.
+    #[error(
+        "layer {layer_idx} `{kind}` has rank {rank} but a {rows}×{cols} matrix has at most rank {max}; lower the rank or keep the matrix dense (None)"
+    )]
+    RankTooLarge {
+        /// Block of the matrix.
+        layer_idx: usize,
+        /// Kind of the matrix (`q`, `gate`, …).
+        kind: &'static str,
+        /// The rank asked for.
+        rank: usize,
+        /// `d_out` of the matrix.
+        rows: usize,
+        /// `d_in` of the matrix.
+        cols: usize,
+        /// `min(rows, cols)`.
+        max: usize,
+    },
+    /// A task-pruned head must keep between one row and the whole vocabulary.
+    #[error(
+        "a task-pruned head of {head_rows} rows is outside 1..={vocab_size}; pass the number of label tokens, or None for the tied head"
+    )]
+    HeadRows {
+        /// The rows asked for.
+        head_rows: usize,
+        /// The model's vocabulary.
+        vocab_size: usize,
+    },
+}
+
+/// Predicts bytes, memory and latency of `ranks` (one entry per prunable matrix, index
+/// `layer_idx · 7 + kind` in [`MatrixKind::ALL`] order, `None` dense) stored as `dtype` on
+/// `profile`. `head_rows` is the row count of a task-pruned head (stored apart from the
+/// embedding), `None` for the tied head.
+pub fn predict(
+    profile: &BoardProfile,
+    config: &ModelConfig,
+    ranks: &[Option<usize>],
+    dtype: Dtype,
+    head_rows: Option<usize>,
+) -> Result<Prediction, CostError> {
+    config.validate().map_err(CostError::Config)?;
+    if ranks.len() != config.n_prunable_matrices() {
+        return Err(CostError::PlanLength {
+            expected: config.n_prunable_matrices(),
+            got: ranks.len(),
+        });
+    }
+    if let Some(rows) = head_rows
+        && !(1..=config.vocab_size).contains(&rows)
+    {
+        return Err(CostError::HeadRows {
+            head_rows: rows,
+            vocab_size: config.vocab_size,
+        });
+    }
+    let context = profile.context_length.min(config.max_position_embeddings);
+    let workload = Workload::new(config, ranks, dtype, head_rows, context)?;
+
+    let hidden = config.hidden_size;
+    let embedding_bytes = dtype.matrix_bytes(config.vocab_size, hidden);
+    let norm_bytes = norm_bytes(config);
+    let task_head_bytes = head_rows.map_or(0, |rows| dtype.matrix_bytes(rows, hidden));
+    let weight_bytes = workload
+        .linear_bytes
+        .saturating_add(embedding_bytes)
+        .saturating_add(norm_bytes)
+        .saturating_add(task_head_bytes);
+    let kv_cache_bytes = product(&[config.n_layers, 2, config.kv_dim(), context, F32_BYTES]);
+    let logits = head_rows.unwrap_or(config.vocab_size);
+    let arena_floats = [
+        product(&[4, hidden]),
+        product(&[2, config.kv_dim()]),
+        product(&[2, config.intermediate_size]),
+        hidden.max(config.intermediate_size) as u64,
+        product(&[config.n_heads, context]),
+        logits as u64,
+    ]
+    .into_iter()
+    .fold(0u64, u64::saturating_add);
+    let arena_bytes = arena_floats.saturating_mul(F32_BYTES as u64);
+
+    let cpu = Engine::cpu(profile);
+    let gpu = Engine::gpu(profile);
+    Ok(Prediction {
+        bundle_bytes: weight_bytes,
+        weight_bytes,
+        kv_cache_bytes,
+        arena_bytes,
+        runtime_memory_bytes: weight_bytes
+            .saturating_add(kv_cache_bytes)
+            .saturating_add(arena_bytes),
+        bytes_read_per_token: workload.weight_bytes_read(),
+        decode_ms_per_token_cpu: workload.decode_seconds(&cpu) * MS_PER_S,
+        prefill_ms_per_token_cpu: workload.prefill_seconds(&cpu) * MS_PER_S,
+        decode_ms_per_token_gpu: gpu
+            .as_ref()
+            .map(|gpu| workload.decode_seconds(gpu) * MS_PER_S),
+        prefill_ms_per_token_gpu: gpu
+            .as_ref()
+            .map(|gpu| workload.prefill_seconds(gpu) * MS_PER_S),
+        context_length: context,
+    })
+}
+
+const F32_BYTES: usize = 4;
+const MS_PER_S: f64 = 1e3;
+
+/// The product of sizes, saturating: a size too large for `u64` never fits a board anyway.
+fn product(factors: &[usize]) -> u64 {
+    factors
+        .iter()
+        .fold(1u64, |acc, &factor| acc.saturating_mul(factor as u64))
+}
+
+/// Two RMSNorm weight vectors per block and the final norm, in f32.
+fn norm_bytes(config: &ModelConfig) -> u64 {
+    let n_norms = config.n_layers.saturating_mul(2).saturating_add(1);
+    product(&[F32_BYTES, n_norms, config.hidden_size])
+}
+
+/// A processor as the roofline sees it.
+#[derive(Clone, Copy, Debug)]
+struct Engine {
+    bytes_per_s: f64,
+    flops_per_s: f64,
+    layer_overhead_s: f64,
+}
+
+impl Engine {
+    fn cpu(profile: &BoardProfile) -> Self {
+        Self {
+            bytes_per_s: profile.bandwidth_bytes_per_s as f64,
+            flops_per_s: profile.cpu_f32_flops,
+            layer_overhead_s: profile.layer_overhead_us * 1e-6,
+        }
+    }
+
+    /// The GPU shares the board's memory, hence its bandwidth.
+    fn gpu(profile: &BoardProfile) -> Option<Self> {
+        profile.gpu_fp32_flops.map(|flops_per_s| Self {
+            bytes_per_s: profile.bandwidth_bytes_per_s as f64,
+            flops_per_s,
+            layer_overhead_s: profile.gpu_layer_overhead_us * 1e-6,
+        })
+    }
+}
+
+/// One step of decoding a token: the bytes it reads and the FLOPs it performs.
+#[derive(Clone, Copy, Debug, Default)]
+struct Work {
+    bytes: u64,
+    flops: u64,
+}
+
+impl Work {
+    fn seconds(self, engine: &Engine) -> f64 {
+        (self.bytes as f64 / engine.bytes_per_s).max(self.flops as f64 / engine.flops_per_s)
+    }
+}
+
+/// What decoding and prefilling one token cost, before a board is chosen.
+#[derive(Debug)]
+struct Workload {
+    /// Every prunable matrix, the head, the norms with the embedding row, in that order.
+    weight_steps: Vec<Work>,
+    /// The attention of one block over the whole context (the same in every block).
+    attention_per_layer: Work,
+    n_layers: usize,
+    linear_bytes: u64,
+    prefill_flops_per_token: f64,
+}
+
+impl Workload {
+    fn new(
+        config: &ModelConfig,
+        ranks: &[Option<usize>],
+        dtype: Dtype,
+        head_rows: Option<usize>,
+        context: usize,
+    ) -> Result<Self, CostError> {
+        let hidden = config.hidden_size;
+        let mut weight_steps = Vec::with_capacity(ranks.len() + 2);
+        let mut linear_flops = 0u64;
+        for (index, rank) in ranks.iter().enumerate() {
+            let layer_idx = index / MatrixKind::ALL.len();
+            let kind = MatrixKind::ALL[index % MatrixKind::ALL.len()];
+            let work = linear_work(config, layer_idx, kind, *rank, dtype)?;
+            linear_flops = linear_flops.saturating_add(work.flops);
+            weight_steps.push(work);
+        }
+        let linear_bytes = weight_steps
+            .iter()
+            .fold(0u64, |sum, work| sum.saturating_add(work.bytes));
+        let head_rows = head_rows.unwrap_or(config.vocab_size);
+        weight_steps.push(Work {
+            bytes: dtype.matrix_bytes(head_rows, hidden),
+            flops: product(&[2, head_rows, hidden]),
+        });
+        weight_steps.push(Work {
+            bytes: norm_bytes(config).saturating_add(dtype.matrix_bytes(1, hidden)),
+            flops: 0,
+        });
+        // Scores q·k and the weighted sum of v: 2·head_dim FLOPs each, per head and position.
+        let attention_per_layer = Work {
+            bytes: product(&[2, config.kv_dim(), context, F32_BYTES]),
+            flops: product(&[4, hidden, context]),
+        };
+        // A prompt of `context` tokens: the token at position p attends to p positions, so on
+        // average to (context + 1) / 2.
+        let mean_attended = (context as f64 + 1.0) / 2.0;
+        let prefill_flops_per_token =
+            linear_flops as f64 + config.n_layers as f64 * 4.0 * hidden as f64 * mean_attended;
+        Ok(Self {
+            weight_steps,
+            attention_per_layer,
+            n_layers: config.n_layers,
+            linear_bytes,
+            prefill_flops_per_token,
+        })
+    }
+
+    fn weight_bytes_read(&self) -> u64 {
+        self.weight_steps
+            .iter()
+            .fold(0u64, |sum, work| sum.saturating_add(work.bytes))
+    }
+
+    fn decode_seconds(&self, engine: &Engine) -> f64 {
+        let weights: f64 = self
+            .weight_steps
+            .iter()
+            .map(|work| work.seconds(engine))
+            .sum();
+        let per_layer = self.attention_per_layer.seconds(engine) + engine.layer_overhead_s;
+        weights + self.n_layers as f64 * per_layer
+    }
+
+    /// Prefill runs batched matrix products, so it is throughput-bound; the head runs once
+    /// per prompt (last position) and the per-layer overhead once per batch, both left out.
+    fn prefill_seconds(&self, engine: &Engine) -> f64 {
+        self.prefill_flops_per_token / engine.flops_per_s
+    }
+}
+
+fn linear_work(
+    config: &ModelConfig,
+    layer_idx: usize,
+    kind: MatrixKind,
+    rank: Option<usize>,
+    dtype: Dtype,
+) -> Result<Work, CostError> {
+    let (rows, cols) = config.matrix_shape(kind);
+    let Some(rank) = rank else {
+        return Ok(Work {
+            bytes: dtype.matrix_bytes(rows, cols),
+            flops: product(&[2, rows, cols]),
+        });
+    };
+    let max = rows.min(cols);
+    if rank > max {
+        return Err(CostError::RankTooLarge {
+            layer_idx,
+            kind: kind.name(),
+            rank,
+            rows,
+            cols,
+            max,
+        });
+    }
+    Ok(Work {
+        bytes: dtype
+            .matrix_bytes(rank, cols)
+            .saturating_add(dtype.matrix_bytes(rows, rank)),
+        flops: product(&[2, rank, rows.saturating_add(cols)]),
+    })
+}
+
+#[cfg(test)]
+#[path = "cost_tests.rs"]
+mod tests;

@@ -1,0 +1,512 @@
+//! Hand-computed cases for the cost model. The arithmetic is in the comments.
+
+use super::*;
+use crate::feasibility::{feasibility, objective_cost};
+
+/// 2 blocks, hidden 32, intermediate 64, 4 heads of 8, 2 KV heads (kv_dim 16), vocab 100.
+/// Matrices: q, o 32×32 = 1024; k, v 16×32 = 512; gate, up 64×32 = 2048; down 32×64 = 2048;
+/// 9216 per block, 18432 in all. Embedding 100×32 = 3200; norms (2·2 + 1)·32 = 160.
+fn tiny_config() -> ModelConfig {
+    ModelConfig {
+        n_layers: 2,
+        hidden_size: 32,
+        intermediate_size: 64,
+        n_heads: 4,
+        n_kv_heads: 2,
+        vocab_size: 100,
+        max_position_embeddings: 64,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+    }
+}
+
+fn smollm2_135m() -> ModelConfig {
+    ModelConfig {
+        n_layers: 30,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        n_heads: 9,
+        n_kv_heads: 3,
+        vocab_size: 49152,
+        max_position_embeddings: 8192,
+        rope_theta: 100_000.0,
+        rms_norm_eps: 1e-5,
+    }
+}
+
+/// Round figures: 1 byte and 1 FLOP per nanosecond on the CPU, a GPU at a quarter of that
+/// (so it is the slower one), the default overheads (10 µs CPU, 50 µs GPU per block), a
+/// context of 16 and a budget of 500,000 bytes.
+fn round_board(extra: &str) -> BoardProfile {
+    let text = format!(
+        r#"
+name = "round"
+description = "A synthetic board with round figures."
+memory_bytes = 1_000_000
+model_memory_share = 0.5
+bandwidth_bytes_per_s = 1_000_000_000
+cpu_f32_flops = 1_000_000_000.0
+gpu_fp32_flops = 250_000_000.0
+context_length = 16
+target_triple = "aarch64-unknown-linux-gnu"
+{extra}
+[cpu]
+cores = 1
+core = "synthetic"
+isa_features = []
+
+[[sources]]
+what = "invented for the tests"
+url = "https://example.invalid/round"
+"#
+    );
+    match BoardProfile::from_toml_str(&text, "round.toml") {
+        Ok(board) => board,
+        Err(error) => panic!("{error}"),
+    }
+}
+
+fn builtin(name: &str) -> BoardProfile {
+    match BoardProfile::builtin(name) {
+        Ok(board) => board,
+        Err(error) => panic!("{error}"),
+    }
+}
+
+/// Layer 0: gate, up, down at rank 4; layer 1: q at rank 8; the rest dense.
+fn tiny_low_rank_plan() -> Vec<Option<usize>> {
+    let mut ranks = vec![None; 14];
+    ranks[4] = Some(4);
+    ranks[5] = Some(4);
+    ranks[6] = Some(4);
+    ranks[7] = Some(8);
+    ranks
+}
+
+#[derive(Debug)]
+struct Expected {
+    weight_bytes: u64,
+    kv_cache_bytes: u64,
+    arena_bytes: u64,
+    bytes_read_per_token: u64,
+    decode_ns_cpu: f64,
+    prefill_ns_cpu: f64,
+    decode_ns_gpu: Option<f64>,
+}
+
+fn predicted(
+    board: &BoardProfile,
+    config: &ModelConfig,
+    ranks: &[Option<usize>],
+    dtype: Dtype,
+    head_rows: Option<usize>,
+) -> Prediction {
+    match predict(board, config, ranks, dtype, head_rows) {
+        Ok(prediction) => prediction,
+        Err(error) => panic!("{error}"),
+    }
+}
+
+fn check(ranks: &[Option<usize>], dtype: Dtype, head_rows: Option<usize>, expected: Expected) {
+    let p = predicted(&round_board(""), &tiny_config(), ranks, dtype, head_rows);
+    let context = format!("{dtype:?}, head {head_rows:?}, {ranks:?}");
+    assert_eq!(p.weight_bytes, expected.weight_bytes, "{context}");
+    assert_eq!(p.bundle_bytes, expected.weight_bytes, "{context}");
+    assert_eq!(p.kv_cache_bytes, expected.kv_cache_bytes, "{context}");
+    assert_eq!(p.arena_bytes, expected.arena_bytes, "{context}");
+    assert_eq!(
+        p.runtime_memory_bytes,
+        expected.weight_bytes + expected.kv_cache_bytes + expected.arena_bytes,
+        "{context}"
+    );
+    assert_eq!(
+        p.bytes_read_per_token, expected.bytes_read_per_token,
+        "{context}"
+    );
+    assert_eq!(p.context_length, 16);
+    let close = |got: f64, ns: f64| (got - ns * 1e-6).abs() < 1e-9;
+    assert!(
+        close(p.decode_ms_per_token_cpu, expected.decode_ns_cpu),
+        "{context}: decode {} ms",
+        p.decode_ms_per_token_cpu
+    );
+    assert!(
+        close(p.prefill_ms_per_token_cpu, expected.prefill_ns_cpu),
+        "{context}: prefill {} ms",
+        p.prefill_ms_per_token_cpu
+    );
+    match (p.decode_ms_per_token_gpu, expected.decode_ns_gpu) {
+        (Some(got), Some(ns)) => assert!(close(got, ns), "{context}: gpu decode {got} ms"),
+        (_, None) => {}
+        (None, Some(_)) => panic!("{context}: no GPU prediction"),
+    }
+    // The GPU of the round board is slower, so the board decodes on the CPU.
+    assert_eq!(p.decode_ms_per_token(), p.decode_ms_per_token_cpu);
+}
+
+#[test]
+fn tiny_dense_f32_by_hand() {
+    check(
+        &[None; 14],
+        Dtype::F32,
+        None,
+        Expected {
+            // 4 · (18432 + 3200 + 160) = 4 · 21792.
+            weight_bytes: 87_168,
+            // 2 layers · 2 · kv_dim 16 · context 16 · 4 B.
+            kv_cache_bytes: 4_096,
+            // 4 · (4·32 + 2·16 + 2·64 + max(32, 64) + 4 heads·16 + 100 logits) = 4 · 516.
+            arena_bytes: 2_064,
+            // 4 · (18432 linears + 160 norms + 32 embedding row) + 4 · 3200 head.
+            bytes_read_per_token: 87_296,
+            // Matrices at max(4p B, 2p FLOP) ns = 4 · 18432 = 73728; head max(12800, 6400);
+            // norms and embedding row 640 + 128 = 768; per block attention max(2·16·16·4 B,
+            // 4·32·16 FLOP) = 2048 plus 10000 overhead, twice = 24096.
+            decode_ns_cpu: 73_728.0 + 12_800.0 + 768.0 + 24_096.0,
+            // 2 · 18432 FLOPs + 2 blocks · 4·32 · (16 + 1)/2 = 36864 + 2176.
+            prefill_ns_cpu: 39_040.0,
+            // GPU at 4 ns per FLOP: 8 · 18432 = 147456; head max(12800, 25600); 768;
+            // per block max(2048, 8192) + 50000, twice = 116384.
+            decode_ns_gpu: Some(147_456.0 + 25_600.0 + 768.0 + 116_384.0),
+        },
+    );
+}
+
+#[test]
+fn tiny_dense_q8_by_hand() {
+    check(
+        &[None; 14],
+        Dtype::Q8,
+        None,
+        Expected {
+            // Per block: q, o 1024 + 4·32 = 1152; k, v 512 + 4·16 = 576; gate, up
+            // 2048 + 4·64 = 2304; down 2048 + 4·32 = 2176: 10240, twice 20480.
+            // Embedding 3200 + 4·100 = 3600; norms stay f32, 640.
+            weight_bytes: 20_480 + 3_600 + 640,
+            kv_cache_bytes: 4_096,
+            arena_bytes: 2_064,
+            // Linears 20480 + norms 640 + one q8 row 32 + 4 + the whole head 3600.
+            bytes_read_per_token: 24_756,
+            // Compute-bound at 1 ns per FLOP: per block 2·2048 + 2·1024 + 3·4096 = 18432,
+            // twice 36864; head max(3600, 6400); norms and row 676; blocks 24096.
+            decode_ns_cpu: 36_864.0 + 6_400.0 + 676.0 + 24_096.0,
+            prefill_ns_cpu: 39_040.0,
+            decode_ns_gpu: None,
+        },
+    );
+}
+
+#[test]
+fn tiny_low_rank_f32_by_hand() {
+    check(
+        &tiny_low_rank_plan(),
+        Dtype::F32,
+        None,
+        Expected {
+            // Layer 0: q, k, v, o dense 3072; gate, up 4·(64 + 32) = 384 each; down
+            // 4·(32 + 64) = 384: 4224. Layer 1: q 8·(32 + 32) = 512, the rest 8192: 8704.
+            // Linears 12928; 4 · (12928 + 3200 + 160).
+            weight_bytes: 65_152,
+            kv_cache_bytes: 4_096,
+            arena_bytes: 2_064,
+            // 4 · (12928 + 160 + 32) + 12800.
+            bytes_read_per_token: 65_280,
+            // 4 · 12928 = 51712, then as dense.
+            decode_ns_cpu: 51_712.0 + 12_800.0 + 768.0 + 24_096.0,
+            // 2 · 12928 + 2176.
+            prefill_ns_cpu: 28_032.0,
+            // 8 · 12928 = 103424, then as dense.
+            decode_ns_gpu: Some(103_424.0 + 25_600.0 + 768.0 + 116_384.0),
+        },
+    );
+}
+
+#[test]
+fn tiny_low_rank_q8_by_hand() {
+    check(
+        &tiny_low_rank_plan(),
+        Dtype::Q8,
+        None,
+        Expected {
+            // Gate rank 4: A 4×32 (128 + 4·4) + B 64×4 (256 + 4·64) = 656, up the same;
+            // down: A 4×64 (256 + 16) + B 32×4 (128 + 128) = 528. Layer 0: 1152 + 576 + 576
+            // + 1152 + 656 + 656 + 528 = 5296. Layer 1 q rank 8: A 8×32 (256 + 32) + B 32×8
+            // (256 + 128) = 672; + 576 + 576 + 1152 + 2304 + 2304 + 2176 = 9760.
+            weight_bytes: 5_296 + 9_760 + 3_600 + 640,
+            kv_cache_bytes: 4_096,
+            arena_bytes: 2_064,
+            bytes_read_per_token: 15_056 + 640 + 36 + 3_600,
+            // Layer 0: 2048 + 1024 + 1024 + 2048 + 3 · max(≤656, 768) = 8448; layer 1:
+            // max(672, 1024) + 1024 + 1024 + 2048 + 3 · 4096 = 17408.
+            decode_ns_cpu: 8_448.0 + 17_408.0 + 6_400.0 + 676.0 + 24_096.0,
+            prefill_ns_cpu: 28_032.0,
+            decode_ns_gpu: None,
+        },
+    );
+}
+
+#[test]
+fn a_task_pruned_head_is_stored_apart_and_read_instead() {
+    check(
+        &[None; 14],
+        Dtype::F32,
+        Some(2),
+        Expected {
+            // The embedding stays for the input; the head adds 4 · 2 · 32 = 256.
+            weight_bytes: 87_168 + 256,
+            kv_cache_bytes: 4_096,
+            // 2 logits instead of 100: 4 · (516 − 98).
+            arena_bytes: 1_672,
+            // 4 · (18432 + 160 + 32) + 256.
+            bytes_read_per_token: 74_752,
+            // Head max(256, 128).
+            decode_ns_cpu: 73_728.0 + 256.0 + 768.0 + 24_096.0,
+            prefill_ns_cpu: 39_040.0,
+            decode_ns_gpu: None,
+        },
+    );
+}
+
+#[test]
+fn smollm2_dense_f32_weighs_four_bytes_per_parameter() {
+    let board = builtin("jetson-orin");
+    let config = smollm2_135m();
+    let dense = vec![None; 210];
+    let p = predicted(&board, &config, &dense, Dtype::F32, None);
+    assert_eq!(p.weight_bytes, 4 * 134_515_008);
+    // The host's `bytes_per_token_f32`: 4 · (linears + norms + one row) + 4 · head, which is
+    // the weights plus one embedding row.
+    assert_eq!(p.bytes_read_per_token, 4 * 134_515_008 + 4 * 576);
+    // 30 · 2 · 192 · 2048 · 4.
+    assert_eq!(p.kv_cache_bytes, 94_371_840);
+    // Bandwidth-bound on the CPU: at least the weights over 68 GB/s, about 7.9 ms.
+    assert!(p.decode_ms_per_token_cpu > 538_062_336.0 / 68e9 * 1e3);
+    assert!(p.decode_ms_per_token_gpu.is_some());
+}
+
+#[test]
+fn smollm2_does_not_fit_the_mcu_and_says_by_how_much() {
+    let board = builtin("stm32h743");
+    let dense = vec![None; 210];
+    let p = predicted(&board, &smollm2_135m(), &dense, Dtype::Q8, None);
+    // Weights 30 · 3,559,680 + 28,508,160 + 140,544 = 135,439,104; KV at the board's context
+    // of 256: 30 · 2 · 192 · 256 · 4 = 11,796,480; arena 4 · (2304 + 384 + 3072 + 1536 +
+    // 2304 + 49152) = 235,008.
+    assert_eq!(p.weight_bytes, 135_439_104);
+    assert_eq!(p.runtime_memory_bytes, 147_470_592);
+    let verdict = feasibility(&board, &p);
+    assert!(!verdict.fits);
+    // Budget 1,048,576 · 0.75 = 786,432.
+    assert_eq!(verdict.memory_excess_bytes, 147_470_592 - 786_432);
+    assert_eq!(
+        verdict.to_string(),
+        "stm32h743: the model needs 147.5 MB at runtime but the board allows 0.8 MB \
+         (188× too large); choose a larger board or a smaller model"
+    );
+}
+
+fn check_verdict(board: &BoardProfile, ranks: &[Option<usize>], fits: bool, message: &str) {
+    let p = predicted(board, &tiny_config(), ranks, Dtype::F32, None);
+    let verdict = feasibility(board, &p);
+    assert_eq!(verdict.fits, fits, "{verdict}");
+    assert_eq!(verdict.to_string(), message);
+}
+
+#[test]
+fn feasibility_names_what_exceeds_and_the_fix() {
+    let dense = [None; 14];
+    check_verdict(
+        &round_board(""),
+        &dense,
+        true,
+        "round: fits: needs 93.3 kB at runtime of the 0.5 MB the board allows, decodes in \
+         0.111 ms per token",
+    );
+    let with_budget = round_board("latency_budget_ms_per_token = 0.1");
+    check_verdict(
+        &with_budget,
+        &dense,
+        false,
+        "round: decoding takes 0.111 ms per token but the budget is 0.100 ms (1.1× too slow); \
+         prune further, choose a faster board or raise latency_budget_ms_per_token",
+    );
+    // The plan decodes in 0.089376 ms.
+    check_verdict(
+        &with_budget,
+        &tiny_low_rank_plan(),
+        true,
+        "round: fits: needs 71.3 kB at runtime of the 0.5 MB the board allows, decodes in \
+         0.089 ms per token (budget 0.100 ms)",
+    );
+    let small = round_board("latency_budget_ms_per_token = 0.1");
+    let small = BoardProfile {
+        memory_bytes: 100_000,
+        ..small
+    };
+    // Budget 50,000 bytes; 93,328 needed.
+    check_verdict(
+        &small,
+        &dense,
+        false,
+        "round: the model needs 93.3 kB at runtime but the board allows 50.0 kB (1.9× too \
+         large) and decoding takes 0.111 ms per token but the budget is 0.100 ms (1.1× too \
+         slow); choose a larger board or a smaller model",
+    );
+    let p = predicted(&small, &tiny_config(), &dense, Dtype::F32, None);
+    let verdict = feasibility(&small, &p);
+    assert_eq!(verdict.memory_excess_bytes, 43_328);
+    assert!((verdict.latency_excess_ms - 0.011_392).abs() < 1e-9);
+}
+
+#[test]
+fn the_objective_weighs_bytes_against_latency() {
+    let board = round_board("objective_weight = 0.25");
+    let config = tiny_config();
+    let dense = predicted(&board, &config, &[None; 14], Dtype::F32, None);
+    let plan = predicted(&board, &config, &tiny_low_rank_plan(), Dtype::F32, None);
+    assert!((objective_cost(&board, &dense, &dense) - 1.0).abs() < 1e-12);
+    let expected = 0.25 * 65_152.0 / 87_168.0 + 0.75 * 89_376.0 / 111_392.0;
+    assert!((objective_cost(&board, &plan, &dense) - expected).abs() < 1e-12);
+}
+
+/// Ranks at a keep fraction of each matrix (`floor(keep · m·n / (m + n))`), dense at 1.
+fn keep_plan(config: &ModelConfig, keep: f64) -> Vec<Option<usize>> {
+    (0..config.n_prunable_matrices())
+        .map(|index| {
+            let (rows, cols) = config.matrix_shape(MatrixKind::ALL[index % 7]);
+            (keep < 1.0).then(|| (keep * (rows * cols) as f64 / (rows + cols) as f64) as usize)
+        })
+        .collect()
+}
+
+fn check_never_costlier(
+    board: &BoardProfile,
+    config: &ModelConfig,
+    larger: &[Option<usize>],
+    smaller: &[Option<usize>],
+) {
+    for dtype in [Dtype::F32, Dtype::Q8] {
+        for head_rows in [None, Some(3)] {
+            let big = predicted(board, config, larger, dtype, head_rows);
+            let small = predicted(board, config, smaller, dtype, head_rows);
+            let context = format!("{} {dtype:?} {head_rows:?}", board.name);
+            assert!(small.weight_bytes < big.weight_bytes, "{context}");
+            assert!(
+                small.runtime_memory_bytes < big.runtime_memory_bytes,
+                "{context}"
+            );
+            assert!(
+                small.bytes_read_per_token < big.bytes_read_per_token,
+                "{context}"
+            );
+            assert!(
+                small.decode_ms_per_token_cpu <= big.decode_ms_per_token_cpu,
+                "{context}"
+            );
+            assert!(
+                small.prefill_ms_per_token_cpu < big.prefill_ms_per_token_cpu,
+                "{context}"
+            );
+            let gpu_pair = small
+                .decode_ms_per_token_gpu
+                .zip(big.decode_ms_per_token_gpu);
+            assert!(gpu_pair.is_none_or(|(s, b)| s <= b), "{context}");
+        }
+    }
+}
+
+#[test]
+fn lower_ranks_never_cost_more() {
+    let config = smollm2_135m();
+    let keeps = [1.0, 0.9, 0.7, 0.5, 0.3, 0.1, 0.02];
+    for board in [
+        builtin("jetson-orin"),
+        builtin("raspberry-pi-5"),
+        builtin("stm32h743"),
+    ] {
+        for pair in keeps.windows(2) {
+            let larger = keep_plan(&config, pair[0]);
+            let smaller = keep_plan(&config, pair[1]);
+            check_never_costlier(&board, &config, &larger, &smaller);
+        }
+        // One matrix at a time, from dense down to the most pruned plan.
+        let mut plan = vec![None; config.n_prunable_matrices()];
+        let target = keep_plan(&config, 0.1);
+        for index in [0, 11, 33, 70, 209] {
+            let before = plan.clone();
+            plan[index] = target[index];
+            check_never_costlier(&board, &config, &before, &plan);
+        }
+    }
+}
+
+fn check_error(
+    config: ModelConfig,
+    ranks: &[Option<usize>],
+    head_rows: Option<usize>,
+    fragment: &str,
+) {
+    match predict(&round_board(""), &config, ranks, Dtype::F32, head_rows) {
+        Ok(p) => panic!("predicted {p:?}"),
+        Err(error) => {
+            let message = error.to_string();
+            assert!(message.contains(fragment), "`{message}` lacks `{fragment}`");
+            assert!(!message.contains('\n'), "not one line: {message}");
+        }
+    }
+}
+
+#[test]
+fn bad_plans_are_errors_not_panics() {
+    let config = tiny_config();
+    check_error(
+        config,
+        &[None; 13],
+        None,
+        "the rank plan has 13 entries but the model has 14",
+    );
+    check_error(config, &[], None, "has 0 entries");
+    let mut too_large = [None; 14];
+    too_large[1] = Some(17);
+    check_error(
+        config,
+        &too_large,
+        None,
+        "layer 0 `k` has rank 17 but a 16×32 matrix has at most rank 16",
+    );
+    check_error(config, &[None; 14], Some(0), "outside 1..=100");
+    check_error(config, &[None; 14], Some(101), "outside 1..=100");
+    let broken = ModelConfig {
+        n_heads: 5,
+        ..config
+    };
+    check_error(broken, &[None; 14], None, "the model config is invalid");
+}
+
+#[test]
+fn a_rank_of_zero_removes_the_matrix() {
+    let mut ranks = [None; 14];
+    ranks[0] = Some(0);
+    let dense = predicted(
+        &round_board(""),
+        &tiny_config(),
+        &[None; 14],
+        Dtype::F32,
+        None,
+    );
+    let p = predicted(&round_board(""), &tiny_config(), &ranks, Dtype::F32, None);
+    assert_eq!(dense.weight_bytes - p.weight_bytes, 4 * 1024);
+}
+
+#[test]
+fn the_context_is_capped_at_the_models_limit() {
+    let board = round_board("");
+    let board = BoardProfile {
+        context_length: 1_000,
+        ..board
+    };
+    let p = predicted(&board, &tiny_config(), &[None; 14], Dtype::F32, None);
+    assert_eq!(p.context_length, 64);
+    // 2 · 2 · 16 · 64 · 4.
+    assert_eq!(p.kv_cache_bytes, 16_384);
+}

@@ -1,0 +1,272 @@
+//! Micro-benchmarks for the `host` profile: memory read bandwidth and f32 matrix throughput.
+//! Each figure is the best of several runs, so a briefly busy machine lowers it less.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+/// Memory read bandwidth, in bytes per second.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bandwidth {
+    /// Bytes in the buffer that is read.
+    pub buffer_bytes: usize,
+    /// Threads of the all-threads figure.
+    pub threads: usize,
+    /// Runs per figure; the best is kept.
+    pub runs: usize,
+    /// One thread summing the whole buffer.
+    pub one_thread_bytes_per_s: f64,
+    /// `threads` threads summing one slice of the buffer each, at once.
+    pub all_threads_bytes_per_s: f64,
+}
+
+impl Bandwidth {
+    /// The better of the two figures.
+    pub fn best_bytes_per_s(&self) -> f64 {
+        self.one_thread_bytes_per_s
+            .max(self.all_threads_bytes_per_s)
+    }
+}
+
+/// Reads a buffer of `buffer_bytes` (rounded down to whole `u64` words) by summing its words,
+/// on one thread and on `threads` threads; the buffer should be several times larger than the
+/// last-level cache.
+pub fn read_bandwidth(buffer_bytes: usize, threads: usize, runs: usize) -> Bandwidth {
+    let words = (buffer_bytes / size_of::<u64>()).max(1);
+    let threads = threads.clamp(1, words);
+    let runs = runs.max(1);
+    // Distinct values: a buffer of zeros could be backed by one shared zero page.
+    let buffer: Vec<u64> = (0..words as u64).collect();
+    let bytes = (words * size_of::<u64>()) as f64;
+    let slice_len = words.div_ceil(threads);
+    let one_thread_s = best_seconds(runs, || {
+        black_box(sum_words(&buffer));
+    });
+    let all_threads_s = best_seconds(runs, || {
+        std::thread::scope(|scope| {
+            for slice in buffer.chunks(slice_len) {
+                scope.spawn(move || black_box(sum_words(slice)));
+            }
+        });
+    });
+    Bandwidth {
+        buffer_bytes: words * size_of::<u64>(),
+        threads,
+        runs,
+        one_thread_bytes_per_s: bytes / one_thread_s,
+        all_threads_bytes_per_s: bytes / all_threads_s,
+    }
+}
+
+/// f32 matrix-multiply throughput, in FLOP/s.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Throughput {
+    /// `n` of the `n×n` by `n×n` products.
+    pub size: usize,
+    /// Products per thread per run.
+    pub products_per_run: usize,
+    /// Threads of the all-threads figure.
+    pub threads: usize,
+    /// Runs per figure; the best is kept.
+    pub runs: usize,
+    /// One thread.
+    pub one_thread_flops: f64,
+    /// `threads` threads, each multiplying its own matrices, at once.
+    pub all_threads_flops: f64,
+}
+
+impl Throughput {
+    /// The better of the two figures.
+    pub fn best_flops(&self) -> f64 {
+        self.one_thread_flops.max(self.all_threads_flops)
+    }
+}
+
+/// Times `products_per_run` sgemm products of `size×size` matrices (`2·size³` FLOPs each) on
+/// one thread, then on `threads` threads at once, each with its own matrices; matrixmultiply
+/// runs single-threaded inside each.
+pub fn sgemm_throughput(
+    size: usize,
+    products_per_run: usize,
+    threads: usize,
+    runs: usize,
+) -> Throughput {
+    let size = size.max(1);
+    let products_per_run = products_per_run.max(1);
+    let threads = threads.max(1);
+    let runs = runs.max(1);
+    let flops_per_thread = 2.0 * (size as f64).powi(3) * products_per_run as f64;
+    let mut workspaces: Vec<Sgemm> = (0..threads).map(|_| Sgemm::new(size)).collect();
+    let one_thread_s = match workspaces.first_mut() {
+        Some(workspace) => best_seconds(runs, || workspace.multiply(products_per_run)),
+        None => f64::INFINITY,
+    };
+    let all_threads_s = best_seconds(runs, || {
+        std::thread::scope(|scope| {
+            for workspace in &mut workspaces {
+                scope.spawn(move || workspace.multiply(products_per_run));
+            }
+        });
+    });
+    Throughput {
+        size,
+        products_per_run,
+        threads,
+        runs,
+        one_thread_flops: flops_per_thread / one_thread_s,
+        all_threads_flops: flops_per_thread * threads as f64 / all_threads_s,
+    }
+}
+
+/// The wrapping sum of the words: reads every one, and vectorizes.
+fn sum_words(words: &[u64]) -> u64 {
+    words.iter().fold(0u64, |sum, &word| sum.wrapping_add(word))
+}
+
+/// The shortest wall time of `runs` calls, in seconds (never zero).
+fn best_seconds(runs: usize, mut work: impl FnMut()) -> f64 {
+    (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            work();
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+        .max(f64::MIN_POSITIVE)
+}
+
+/// Square row-major matrices for `c = a · b`.
+#[derive(Debug)]
+struct Sgemm {
+    size: usize,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+}
+
+impl Sgemm {
+    fn new(size: usize) -> Self {
+        let len = size * size;
+        let fill = |seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 7 + seed) % 13) as f32 / 13.0 - 0.5)
+                .collect()
+        };
+        Self {
+            size,
+            a: fill(1),
+            b: fill(5),
+            c: vec![0.0; len],
+        }
+    }
+
+    fn multiply(&mut self, products: usize) {
+        for _ in 0..products {
+            sgemm_row_major(
+                self.size,
+                self.size,
+                self.size,
+                &self.a,
+                &self.b,
+                &mut self.c,
+            );
+        }
+        black_box(&self.c);
+    }
+}
+
+/// `c = a · b` for row-major `a` (`m×k`), `b` (`k×n`) and `c` (`m×n`).
+///
+/// # Panics
+/// When a slice's length is not its shape's: a programming error, never input.
+#[allow(unsafe_code)]
+fn sgemm_row_major(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    assert_eq!(a.len(), m * k, "a is not m×k");
+    assert_eq!(b.len(), k * n, "b is not k×n");
+    assert_eq!(c.len(), m * n, "c is not m×n");
+    let (k_stride, n_stride) = (k as isize, n as isize);
+    // SAFETY: the lengths checked above cover every element matrixmultiply addresses through
+    // these row-major strides, `c` is borrowed mutably so nothing else aliases it, and with
+    // beta = 0 its previous contents are never read.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k_stride,
+            1,
+            b.as_ptr(),
+            n_stride,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            n_stride,
+            1,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sgemm_multiplies_row_major_matrices() {
+        // [1 2 3; 4 5 6] · [1 0; 0 1; 1 1] = [4 5; 10 11].
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let b = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let mut c = [f32::NAN; 4];
+        sgemm_row_major(2, 3, 2, &a, &b, &mut c);
+        assert_eq!(c, [4.0, 5.0, 10.0, 11.0]);
+    }
+
+    #[test]
+    fn sgemm_agrees_with_the_naive_product_at_odd_sizes() {
+        let (m, k, n) = (33, 17, 29);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 3) % 7) as f32 - 3.0).collect();
+        let mut c = vec![f32::NAN; m * n];
+        sgemm_row_major(m, k, n, &a, &b, &mut c);
+        for row in 0..m {
+            for col in 0..n {
+                let expected: f32 = (0..k).map(|i| a[row * k + i] * b[i * n + col]).sum();
+                // Small integers: every partial sum is exact in f32.
+                assert_eq!(c[row * n + col], expected, "at ({row}, {col})");
+            }
+        }
+    }
+
+    #[test]
+    fn words_sum_wrapping() {
+        assert_eq!(sum_words(&[1, 2, 3]), 6);
+        assert_eq!(sum_words(&[u64::MAX, 2]), 1);
+        assert_eq!(sum_words(&[]), 0);
+    }
+
+    #[test]
+    fn small_measurements_give_positive_finite_figures() {
+        // Sizes only; these machines are shared, so no timing is asserted.
+        let bandwidth = read_bandwidth(1 << 16, 3, 2);
+        assert_eq!(bandwidth.buffer_bytes, 1 << 16);
+        assert_eq!(bandwidth.threads, 3);
+        for figure in [
+            bandwidth.one_thread_bytes_per_s,
+            bandwidth.all_threads_bytes_per_s,
+        ] {
+            assert!(figure.is_finite() && figure > 0.0, "{bandwidth:?}");
+        }
+        let throughput = sgemm_throughput(16, 2, 2, 2);
+        for figure in [throughput.one_thread_flops, throughput.all_threads_flops] {
+            assert!(figure.is_finite() && figure > 0.0, "{throughput:?}");
+        }
+    }
+
+    #[test]
+    fn degenerate_sizes_do_not_panic() {
+        let bandwidth = read_bandwidth(0, 0, 0);
+        assert_eq!((bandwidth.buffer_bytes, bandwidth.threads), (8, 1));
+        let throughput = sgemm_throughput(0, 0, 0, 0);
+        assert_eq!((throughput.size, throughput.threads), (1, 1));
+    }
+}

@@ -1,0 +1,343 @@
+//! `whittle-device profile`: measures this machine and writes its `host` board profile, the
+//! one `BoardProfile::builtin("host")` reads.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use whittle_boards::{BoardProfile, CpuProfile, HOST_BOARD_NAME, Source, host_profile_path};
+
+use crate::info;
+use crate::measure::{self, Bandwidth, Throughput};
+
+/// Where Linux describes the CPU.
+const CPUINFO_PATH: &str = "/proc/cpuinfo";
+/// Where Linux reports the highest clock of the first core, in kHz.
+const MAX_FREQ_PATH: &str = "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq";
+/// Where Linux describes the first core's caches, one `index*` folder per cache.
+const CACHE_DIR: &str = "/sys/devices/system/cpu/cpu0/cache";
+/// The bandwidth buffer is at least this large, and at least 8× the last-level cache.
+const MIN_BUFFER_BYTES: usize = 512 << 20;
+/// Runs per figure; the best is kept.
+const RUNS: usize = 5;
+/// `n` of the `n×n·n×n` sgemm: 3 MiB of matrices per thread, about the size of the model's
+/// larger weight matrices.
+const SGEMM_SIZE: usize = 512;
+/// Products per thread per timed run: about 2.7 GFLOP.
+const SGEMM_PRODUCTS_PER_RUN: usize = 10;
+/// The share of the host's memory the model may use: whittle's choice, since a development
+/// machine runs other work beside it.
+const HOST_MODEL_MEMORY_SHARE: f64 = 0.5;
+
+/// Measures the machine; prints the profile (TOML, or JSON with `json`) unless it writes it to
+/// `out`, or to the cache with `install`.
+pub fn run(json: bool, out: Option<PathBuf>, install: bool) -> anyhow::Result<()> {
+    let facts = MachineFacts::detect()?;
+    let buffer_bytes = bandwidth_buffer_bytes(facts.last_level_cache_bytes, facts.memory_bytes);
+    eprintln!(
+        "measuring memory read bandwidth ({} MiB, 1 and {} threads) ...",
+        buffer_bytes >> 20,
+        facts.cores
+    );
+    let bandwidth = measure::read_bandwidth(buffer_bytes, facts.cores, RUNS);
+    eprintln!(
+        "measuring f32 matrix throughput (sgemm {SGEMM_SIZE}³, 1 and {} threads) ...",
+        facts.cores
+    );
+    let throughput =
+        measure::sgemm_throughput(SGEMM_SIZE, SGEMM_PRODUCTS_PER_RUN, facts.cores, RUNS);
+    let profile = host_profile(
+        &facts,
+        &bandwidth,
+        &throughput,
+        &utc_date(SystemTime::now()),
+    );
+    profile.validate()?;
+    let text = toml::to_string(&profile).context("cannot write the host profile as TOML")?;
+    let targets: Vec<PathBuf> = out
+        .into_iter()
+        .chain(install.then(host_profile_path))
+        .collect();
+    for path in &targets {
+        write_atomically(path, &text)?;
+        eprintln!("wrote {}", path.display());
+    }
+    eprintln!(
+        "host: read bandwidth {:.1} GB/s on 1 thread, {:.1} GB/s on {}; f32 sgemm {:.1} GFLOP/s \
+         on 1 thread, {:.1} GFLOP/s on {}; the profile keeps the better of each",
+        bandwidth.one_thread_bytes_per_s / 1e9,
+        bandwidth.all_threads_bytes_per_s / 1e9,
+        bandwidth.threads,
+        throughput.one_thread_flops / 1e9,
+        throughput.all_threads_flops / 1e9,
+        throughput.threads
+    );
+    if json {
+        println!("{}", serde_json::to_string(&profile)?);
+    } else if targets.is_empty() {
+        print!("{text}");
+    }
+    Ok(())
+}
+
+/// What the operating system says about the machine.
+#[derive(Clone, Debug, PartialEq)]
+struct MachineFacts {
+    cpu_model: String,
+    cores: usize,
+    clock_ghz: Option<f64>,
+    isa_features: Vec<String>,
+    memory_bytes: u64,
+    last_level_cache_bytes: Option<usize>,
+    target_triple: String,
+}
+
+impl MachineFacts {
+    fn detect() -> anyhow::Result<Self> {
+        let cpuinfo = std::fs::read_to_string(CPUINFO_PATH).unwrap_or_default();
+        let max_freq = std::fs::read_to_string(MAX_FREQ_PATH).ok();
+        Ok(Self {
+            cpu_model: parse_cpu_model(&cpuinfo).unwrap_or_else(|| "unknown CPU".to_owned()),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            clock_ghz: max_freq
+                .as_deref()
+                .and_then(parse_khz_as_ghz)
+                .or_else(|| parse_cpuinfo_ghz(&cpuinfo)),
+            isa_features: info::detected_simd_features()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            memory_bytes: info::read_mem_total_bytes(info::MEMINFO_PATH)?,
+            last_level_cache_bytes: last_level_cache_bytes(Path::new(CACHE_DIR)),
+            target_triple: env!("WHITTLE_DEVICE_TARGET").to_owned(),
+        })
+    }
+}
+
+/// The measured profile, named `host`. Bandwidth and throughput are the better of one thread
+/// and all threads: on a busy machine all threads at once can lose to one, and the runtime can
+/// always run on one.
+fn host_profile(
+    facts: &MachineFacts,
+    bandwidth: &Bandwidth,
+    throughput: &Throughput,
+    date: &str,
+) -> BoardProfile {
+    let by = format!(
+        "measured by whittle-device profile on {date}, {}",
+        facts.cpu_model
+    );
+    let measured = |what: String| Source {
+        what: format!("{what}; {by}"),
+        url: None,
+        verified: true,
+        measured: true,
+    };
+    let sources = vec![
+        measured(format!(
+            "memory_bytes: MemTotal of /proc/meminfo; cpu: {} logical cores, the clock and model \
+             from /proc/cpuinfo or cpufreq, ISA features by runtime detection",
+            facts.cores
+        )),
+        measured(format!(
+            "bandwidth_bytes_per_s: the better of 1 thread ({:.1} GB/s) and {} threads at once \
+             ({:.1} GB/s), each the best of {} sums of a {} MiB buffer of u64 words",
+            bandwidth.one_thread_bytes_per_s / 1e9,
+            bandwidth.threads,
+            bandwidth.all_threads_bytes_per_s / 1e9,
+            bandwidth.runs,
+            bandwidth.buffer_bytes >> 20
+        )),
+        measured(format!(
+            "cpu_f32_flops: the better of 1 thread ({:.1} GFLOP/s) and {} threads at once \
+             ({:.1} GFLOP/s, each multiplying its own matrices), each the best of {} runs of {} \
+             matrixmultiply sgemm products {n}x{n}x{n} per thread",
+            throughput.one_thread_flops / 1e9,
+            throughput.threads,
+            throughput.all_threads_flops / 1e9,
+            throughput.runs,
+            throughput.products_per_run,
+            n = throughput.size
+        )),
+    ];
+    BoardProfile {
+        name: HOST_BOARD_NAME.to_owned(),
+        aliases: Vec::new(),
+        description: format!(
+            "The machine whittle-device profile ran on: {}, {} logical cores; sustained \
+             figures measured on {date}, not vendor peaks.",
+            facts.cpu_model, facts.cores
+        ),
+        memory_bytes: facts.memory_bytes,
+        model_memory_share: HOST_MODEL_MEMORY_SHARE,
+        bandwidth_bytes_per_s: bandwidth.best_bytes_per_s() as u64,
+        cpu_f32_flops: throughput.best_flops().round(),
+        gpu_fp32_flops: None,
+        storage_bytes: None,
+        latency_budget_ms_per_token: None,
+        objective_weight: BoardProfile::DEFAULT_OBJECTIVE_WEIGHT,
+        context_length: BoardProfile::DEFAULT_CONTEXT_LENGTH,
+        layer_overhead_us: BoardProfile::DEFAULT_LAYER_OVERHEAD_US,
+        gpu_layer_overhead_us: BoardProfile::DEFAULT_GPU_LAYER_OVERHEAD_US,
+        target_triple: facts.target_triple.clone(),
+        cpu: CpuProfile {
+            cores: u32::try_from(facts.cores).unwrap_or(u32::MAX),
+            core: kebab_case(&facts.cpu_model),
+            clock_ghz: facts.clock_ghz,
+            isa_features: facts.isa_features.clone(),
+        },
+        sources,
+    }
+}
+
+/// `max(512 MiB, 8 × last-level cache)`, but at most a quarter of the memory.
+fn bandwidth_buffer_bytes(last_level_cache_bytes: Option<usize>, memory_bytes: u64) -> usize {
+    let wanted = last_level_cache_bytes
+        .map_or(0, |bytes| bytes.saturating_mul(8))
+        .max(MIN_BUFFER_BYTES);
+    let quarter = usize::try_from(memory_bytes / 4).unwrap_or(usize::MAX);
+    wanted.min(quarter).max(1 << 20)
+}
+
+/// Writes `text` to a temporary file beside `path` and renames it into place.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(folder).with_context(|| {
+        format!(
+            "cannot create {}; pass --out with a writable folder or set WHITTLE_CACHE_DIR",
+            folder.display()
+        )
+    })?;
+    let mut file = tempfile::NamedTempFile::new_in(folder)
+        .with_context(|| format!("cannot create a temporary file in {}", folder.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.flush())
+        .with_context(|| format!("cannot write a temporary file in {}", folder.display()))?;
+    file.persist(path)
+        .with_context(|| format!("cannot rename the profile into {}", path.display()))?;
+    Ok(())
+}
+
+/// The CPU's name: `model name` (x86), else the Arm implementer and part numbers.
+fn parse_cpu_model(cpuinfo: &str) -> Option<String> {
+    let field = |key: &str| {
+        cpuinfo.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            (name.trim() == key && !value.trim().is_empty()).then(|| value.trim().to_owned())
+        })
+    };
+    field("model name").or_else(|| {
+        let implementer = field("CPU implementer")?;
+        let part = field("CPU part")?;
+        Some(format!("Arm implementer {implementer} part {part}"))
+    })
+}
+
+/// The highest `cpu MHz` of any core in `/proc/cpuinfo`, in GHz.
+fn parse_cpuinfo_ghz(cpuinfo: &str) -> Option<f64> {
+    cpuinfo
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            (name.trim() == "cpu MHz").then_some(())?;
+            value.trim().parse::<f64>().ok()
+        })
+        .filter(|mhz| mhz.is_finite() && *mhz > 0.0)
+        .fold(None, |best: Option<f64>, mhz| {
+            Some(best.map_or(mhz, |b| b.max(mhz)))
+        })
+        .map(|mhz| mhz / 1e3)
+}
+
+/// `cpuinfo_max_freq` (kHz) in GHz.
+fn parse_khz_as_ghz(text: &str) -> Option<f64> {
+    let khz: u64 = text.trim().parse().ok()?;
+    (khz > 0).then(|| khz as f64 / 1e6)
+}
+
+/// A sysfs cache size (`32768K`, `1M`, `512`) in bytes.
+fn parse_cache_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((split, _)) => text.split_at(split),
+        None => (text, ""),
+    };
+    let value: usize = digits.parse().ok()?;
+    let scale = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return None,
+    };
+    value.checked_mul(scale)
+}
+
+/// The size of the highest-level cache of the first core, from sysfs.
+fn last_level_cache_bytes(cache_dir: &Path) -> Option<usize> {
+    std::fs::read_dir(cache_dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let level: u32 = std::fs::read_to_string(entry.path().join("level"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            let size = parse_cache_size(&std::fs::read_to_string(entry.path().join("size")).ok()?)?;
+            Some((level, size))
+        })
+        .max()
+        .map(|(_, size)| size)
+}
+
+/// Lowercase letters and digits joined by single `-` (`Intel(R) Xeon(R)` → `intel-r-xeon-r`).
+fn kebab_case(text: &str) -> String {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if words.is_empty() {
+        "unknown".to_owned()
+    } else {
+        words.join("-")
+    }
+}
+
+/// The UTC calendar date of `time`, `YYYY-MM-DD`.
+fn utc_date(time: SystemTime) -> String {
+    let days = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() / 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Year, month and day of the proleptic Gregorian calendar, `days` after 1970-01-01
+/// (H. Hinnant's `civil_from_days`, for non-negative days).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+#[path = "profile_tests.rs"]
+mod tests;
