@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod model;
 pub mod plot;
 pub mod prune;
+pub mod search;
 pub mod task;
 pub mod tokenizer;

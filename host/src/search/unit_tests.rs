@@ -1,0 +1,242 @@
+//! The search's parts on their own: settings, fitness, genomes, operators, water-filling.
+
+use super::operators::{generation_rng, mutate, uniform_crossover};
+use super::*;
+use crate::model::synthetic::tiny_config;
+use crate::prune::RankPlan;
+
+fn check_invalid(change: impl FnOnce(&mut SearchConfig), setting: &str) {
+    let mut config = SearchConfig::default();
+    change(&mut config);
+    let error = config.validate().expect_err("the config must be refused");
+    let message = error.to_string();
+    assert!(
+        message.contains(setting),
+        "{message:?} does not name {setting}"
+    );
+    assert!(message.contains("fix"), "{message:?} gives no fix");
+}
+
+#[test]
+fn default_config_is_valid() {
+    assert!(SearchConfig::default().validate().is_ok());
+    let config = SearchConfig::default();
+    assert_eq!(config.mutation_probability(210), 2.0 / 210.0);
+    assert_eq!(config.mutation_probability(1), 1.0);
+}
+
+#[test]
+fn settings_out_of_range_are_refused() {
+    check_invalid(|c| c.population = 1, "population");
+    check_invalid(|c| c.tournament = 0, "tournament");
+    check_invalid(|c| c.tournament = 33, "tournament");
+    check_invalid(|c| c.elitism = 32, "elitism");
+    check_invalid(|c| c.crossover_p = 1.5, "crossover_p");
+    check_invalid(|c| c.crossover_p = -0.1, "crossover_p");
+    check_invalid(|c| c.crossover_p = f64::NAN, "crossover_p");
+    check_invalid(|c| c.mutation_p = Some(2.0), "mutation_p");
+    check_invalid(|c| c.epsilon = 0.0, "epsilon");
+    check_invalid(|c| c.epsilon = 1.0, "epsilon");
+    check_invalid(|c| c.patience = 0, "patience");
+    check_invalid(|c| c.max_generations = 0, "max_generations");
+    check_invalid(|c| c.early_reject_margin = -0.01, "early_reject_margin");
+    check_invalid(|c| c.sigmoid_sharpness = 0.0, "sigmoid_sharpness");
+    check_invalid(|c| c.infeasibility_penalty = 0.0, "infeasibility_penalty");
+    check_invalid(|c| c.uniform_seed_levels = vec![11], "uniform_seed_levels");
+}
+
+#[test]
+fn levels_must_descend_from_one() {
+    for keeps in [
+        vec![0.9, 0.5],
+        vec![1.0],
+        vec![1.0, 0.5, 0.5],
+        vec![1.0, 0.5, 0.7],
+        vec![1.0, 0.5, 0.0],
+    ] {
+        let unchecked: Levels =
+            serde_json::from_value(serde_json::json!(keeps)).expect("a list of numbers");
+        check_invalid(|c| c.levels = unchecked, "levels");
+        assert!(Levels::new(keeps).is_err());
+    }
+    assert!(Levels::new(vec![1.0, f64::NAN]).is_err());
+    assert!(Levels::new(vec![1.0; 257]).is_err());
+    assert!(Levels::new(vec![1.0, 0.5, 0.25]).is_ok());
+}
+
+#[test]
+fn config_reads_from_toml_with_defaults() {
+    let config: SearchConfig =
+        toml::from_str("population = 16\nseed = 7\nabsolute = true").expect("a valid config");
+    assert_eq!(config.population, 16);
+    assert_eq!(config.seed, 7);
+    assert!(config.absolute);
+    assert_eq!(config.tournament, 3);
+    assert!(toml::from_str::<SearchConfig>("populaton = 16").is_err());
+}
+
+#[test]
+fn target_is_relative_or_absolute() {
+    let relative = SearchConfig::default();
+    assert!((target_accuracy(0.8, &relative) - 0.76).abs() < 1e-12);
+    let absolute = SearchConfig {
+        absolute: true,
+        epsilon: 0.02,
+        ..SearchConfig::default()
+    };
+    assert!((target_accuracy(0.8, &absolute) - 0.78).abs() < 1e-12);
+}
+
+fn over_budget(cost: f64, memory_excess: f64, latency_excess: f64) -> Cost {
+    Cost {
+        cost,
+        memory_excess,
+        latency_excess,
+    }
+}
+
+fn check_fitness(accuracy: f64, cost: Cost, expected: f64) {
+    let got = fitness(accuracy, 0.8, &cost, &SearchConfig::default());
+    assert!(
+        (got - expected).abs() < 1e-9,
+        "{accuracy} {cost:?}: {got}, not {expected}"
+    );
+}
+
+#[test]
+fn fitness_by_hand() {
+    check_fitness(0.8, Cost::fits(0.5), 0.25);
+    check_fitness(0.8, Cost::fits(1.0), 0.0);
+    check_fitness(0.8, Cost::fits(1.5), 0.0);
+    check_fitness(0.8 + 0.02, Cost::fits(0.0), 1.0 / (1.0 + (-1.0f64).exp()));
+    check_fitness(0.8, over_budget(0.5, 0.2, 0.0), 0.25 - 1.0 - 0.2);
+    check_fitness(0.8, over_budget(0.5, 0.1, 0.3), 0.25 - 1.0 - 0.4);
+}
+
+#[test]
+fn over_budget_genomes_rank_below_every_genome_within_budget() {
+    let config = SearchConfig::default();
+    let accuracies = [0.0, 0.5, 0.79, 0.8, 0.81, 0.9, 1.0];
+    let costs = [0.0, 0.1, 0.5, 0.99, 1.0];
+    let excesses = [1e-12, 1e-3, 0.1, 1.0, 10.0];
+    for &accuracy in &accuracies {
+        let worst_within = costs
+            .iter()
+            .map(|&c| fitness(accuracy, 0.8, &Cost::fits(c), &config))
+            .fold(f64::INFINITY, f64::min);
+        for &cost in &costs {
+            let mut previous = f64::INFINITY;
+            for &excess in &excesses {
+                let f = fitness(accuracy, 0.8, &over_budget(cost, excess, 0.0), &config);
+                assert!(
+                    f < worst_within,
+                    "{accuracy} {cost} {excess}: {f} ≥ {worst_within}"
+                );
+                assert!(f < previous, "a larger excess must rank lower");
+                previous = f;
+                let latency = fitness(accuracy, 0.8, &over_budget(cost, 0.0, excess), &config);
+                assert_eq!(f, latency);
+            }
+        }
+    }
+}
+
+#[test]
+fn genome_to_plan_uses_the_levels_keep_fractions() {
+    let config = tiny_config();
+    let levels = Levels::default();
+    let n = config.n_prunable_matrices();
+    let dense = Genome::uniform(n, 0).to_plan(&config, &levels);
+    assert_eq!(dense.ok(), Some(RankPlan::dense(&config)));
+    let half = Genome::uniform(n, 5).to_plan(&config, &levels);
+    assert_eq!(half.ok(), Some(RankPlan::uniform(&config, 0.5)));
+    let mut mixed = Genome::uniform(n, 0);
+    mixed.0[crate::prune::matrix_index(1, whittle_runtime::MatrixKind::Up)] = 5;
+    let plan = mixed.to_plan(&config, &levels).expect("a valid genome");
+    let expected = RankPlan::uniform(&config, 0.5);
+    assert_eq!(
+        plan.rank(1, whittle_runtime::MatrixKind::Up),
+        expected.rank(1, whittle_runtime::MatrixKind::Up)
+    );
+    assert_eq!(plan.rank(0, whittle_runtime::MatrixKind::Up), None);
+    assert!(matches!(
+        Genome::uniform(n - 1, 0).to_plan(&config, &levels),
+        Err(SearchError::GenomeLength { .. })
+    ));
+    assert!(matches!(
+        Genome::uniform(n, 11).to_plan(&config, &levels),
+        Err(SearchError::LevelOutOfRange { level: 11, .. })
+    ));
+}
+
+#[test]
+fn mutation_moves_genes_one_level_within_range() {
+    let mut rng = generation_rng(1, 0);
+    let parent = Genome(vec![0, 5, 10, 0, 5, 10]);
+    for _ in 0..50 {
+        let mut child = parent.clone();
+        mutate(&mut rng, &mut child, 1.0, 11);
+        for (&p, &c) in parent.levels().iter().zip(child.levels()) {
+            assert!(c <= 10 && p.abs_diff(c) <= 1, "{p} → {c}");
+        }
+    }
+    let mut unchanged = parent.clone();
+    mutate(&mut rng, &mut unchanged, 0.0, 11);
+    assert_eq!(unchanged, parent);
+}
+
+#[test]
+fn crossover_takes_each_gene_from_a_parent() {
+    let mut rng = generation_rng(2, 0);
+    let (first, second) = (Genome(vec![0; 64]), Genome(vec![9; 64]));
+    let child = uniform_crossover(&mut rng, &first, &second);
+    assert!(child.levels().iter().all(|&l| l == 0 || l == 9));
+    assert!(child.levels().contains(&0) && child.levels().contains(&9));
+}
+
+#[test]
+fn generation_streams_differ_and_repeat() {
+    use rand::Rng;
+    let draw = |seed, generation| generation_rng(seed, generation).random::<u64>();
+    assert_eq!(draw(1, 3), draw(1, 3));
+    assert_ne!(draw(1, 3), draw(1, 4));
+    assert_ne!(draw(1, 3), draw(2, 3));
+}
+
+/// Three levels (dense, half, a tenth) and 100, 50, 10 bytes per matrix.
+fn check_water_filling(errors: &[[f64; 3]], budget_fraction: f64, expected: &[u8]) {
+    let errors: Vec<Vec<f64>> = errors.iter().map(|e| e.to_vec()).collect();
+    let bytes = vec![vec![100.0, 50.0, 10.0]; errors.len()];
+    let genome = water_filling(&errors, &bytes, budget_fraction).expect("valid curves");
+    assert_eq!(genome.levels(), expected, "budget {budget_fraction}");
+}
+
+#[test]
+fn water_filling_gives_levels_where_error_drops_steeply() {
+    let steep_then_flat = [[0.0, 0.5, 1.0], [0.0, 0.01, 0.02]];
+    check_water_filling(&steep_then_flat, 0.0, &[2, 2]);
+    check_water_filling(&steep_then_flat, 0.35, &[1, 2]);
+    check_water_filling(&steep_then_flat, 0.55, &[0, 2]);
+    check_water_filling(&steep_then_flat, 0.8, &[0, 1]);
+    check_water_filling(&steep_then_flat, 1.0, &[0, 0]);
+    let flat_then_steep = [[0.0, 0.01, 0.02], [0.0, 0.5, 1.0]];
+    check_water_filling(&flat_then_steep, 0.35, &[2, 1]);
+    // Equal curves: ties go to the lower matrix index.
+    check_water_filling(&[[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]], 0.35, &[1, 2]);
+}
+
+#[test]
+fn water_filling_takes_free_levels_and_refuses_bad_curves() {
+    let errors = vec![vec![0.0, 0.0, 1.0], vec![0.0, 0.3, 0.6]];
+    let bytes = vec![vec![50.0, 50.0, 10.0], vec![100.0, 50.0, 10.0]];
+    let genome = water_filling(&errors, &bytes, 0.4).expect("valid curves");
+    assert_eq!(genome.levels(), &[0, 2]);
+    let seeds = water_filling_seeds(&errors, &bytes, &[0.0, 0.4, 0.41, 1.0]).expect("valid");
+    assert_eq!(seeds.len(), 3);
+    assert!(water_filling(&errors, &bytes[..1], 0.5).is_err());
+    assert!(water_filling(&errors, &bytes, -0.5).is_err());
+    let nan = vec![vec![0.0, f64::NAN, 1.0], vec![0.0, 0.3, 0.6]];
+    assert!(water_filling(&nan, &bytes, 0.5).is_err());
+    let ragged = vec![vec![0.0, 1.0], vec![0.0, 0.3, 0.6]];
+    assert!(water_filling(&ragged, &bytes, 0.5).is_err());
+}
