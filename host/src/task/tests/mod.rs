@@ -195,8 +195,8 @@ fn prompts_are_rendered_from_the_source_fields() {
         first_row.prompt,
         Prompt {
             system: None,
-            user: "Review: it 's a charming and often affecting journey . \nIs the sentiment of \
-                   this review positive or negative?"
+            user: "What is the sentiment of the following movie review, positive or negative?\n\n\
+                   it 's a charming and often affecting journey . "
                 .to_string(),
             assistant_prefix: "The sentiment of this review is".to_string(),
             chat: true,
