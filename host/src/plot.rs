@@ -102,6 +102,70 @@ pub fn line_chart_svg(
     write_atomically(path, svg.as_bytes())
 }
 
+/// A heat map of kept rank per (layer × matrix type): `keep[kind][layer]` in [0, 1]
+/// (1 = dense), the "bottleneck matrices" picture.
+pub fn rank_map_svg(
+    path: &Path,
+    title: &str,
+    kinds: &[&str],
+    keep: &[Vec<f64>],
+    labels: &[Vec<String>],
+) -> anyhow::Result<()> {
+    let n_layers = keep.first().map_or(0, Vec::len);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(
+            &mut svg,
+            (
+                60 + 34 * n_layers as u32 + 40,
+                120 + 40 * kinds.len() as u32,
+            ),
+        )
+        .into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(52)
+            .build_cartesian_2d(0..n_layers, 0..kinds.len())
+            .map_err(plot_error)?;
+        let kind_names: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("layer")
+            .x_labels(n_layers.min(30))
+            .y_labels(kinds.len())
+            .y_label_formatter(&|y| kind_names.get(*y).cloned().unwrap_or_default())
+            .draw()
+            .map_err(plot_error)?;
+        for (kind_idx, row) in keep.iter().enumerate() {
+            for (layer_idx, &value) in row.iter().enumerate() {
+                let shade = (255.0 * (1.0 - value.clamp(0.0, 1.0))) as u8;
+                let color = RGBColor(shade, shade, 255);
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(layer_idx, kind_idx), (layer_idx + 1, kind_idx + 1)],
+                        color.filled(),
+                    )))
+                    .map_err(plot_error)?;
+                if let Some(label) = labels.get(kind_idx).and_then(|r| r.get(layer_idx)) {
+                    chart
+                        .draw_series(std::iter::once(Text::new(
+                            label.clone(),
+                            (layer_idx, kind_idx + 1),
+                            ("sans-serif", 10),
+                        )))
+                        .map_err(plot_error)?;
+                }
+            }
+        }
+        root.present().map_err(plot_error)?;
+    }
+    write_atomically(path, svg.as_bytes())
+}
+
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (min, max) = values
         .filter(|v| v.is_finite())

@@ -89,3 +89,58 @@ fn real_model_eval_prints_json_on_the_last_line() {
     assert!((0.0..=1.0).contains(&value), "{value}");
     assert!(report["details"]["accuracy_uncalibrated"].is_number());
 }
+
+#[test]
+fn prune_rejects_bad_arguments_before_loading_a_model() {
+    check_error(
+        &["prune", "--board", "jetson-nano-2gb"],
+        &[
+            "jetson-nano-2gb",
+            "jetson-orin-nano-8gb",
+            "raspberry-pi-5-8gb",
+            "stm32h743",
+        ],
+    );
+    check_error(
+        &["prune", "--epsilon", "1.5"],
+        &["--epsilon 1.5 is outside (0, 1)"],
+    );
+    check_error(&["prune", "--epsilon", "0"], &["outside (0, 1)"]);
+    check_error(
+        &["prune", "--task", "wikitext2"],
+        &["needs a classification task"],
+    );
+    check_error(&["prune", "--dtype", "int4"], &["--dtype int4 is unknown"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let out = file.join("out").to_string_lossy().into_owned();
+    check_error(&["prune", "--out", &out], &["cannot be created", "--out"]);
+}
+
+#[test]
+fn prune_needs_a_search_split() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data.tsv");
+    let rows: String = (0..20).map(|i| format!("text {i}\t{}\n", i % 2)).collect();
+    std::fs::write(&data, format!("sentence\tlabel\n{rows}")).expect("write data");
+    let task = dir.path().join("nosearch.toml");
+    std::fs::write(
+        &task,
+        "name = \"nosearch\"\ndescription = \"\"\nmetric = \"accuracy\"\n\n[data]\npath = \"data.tsv\"\nformat = \"tsv\"\nlabel = \"label\"\n\n[data.fields]\nsentence = \"sentence\"\n\n[prompt]\nuser = \"{sentence}\"\nassistant_prefix = \"\"\nchat = true\n\n[[labels]]\nvalue = \"0\"\nverbalizer = \" no\"\n\n[[labels]]\nvalue = \"1\"\nverbalizer = \" yes\"\n\n[splits]\nseed = 0\ncalibration = 0.5\nsearch = 0.0\ntest = 0.5\n",
+    )
+    .expect("write task");
+    let task = task.to_string_lossy().into_owned();
+    check_error(
+        &["prune", "--task", &task],
+        &["split `search`", "is empty", "splits.search"],
+    );
+}
+
+#[test]
+fn real_model_prune_says_by_how_much_a_microcontroller_is_too_small() {
+    check_error(
+        &["prune", "--board", "stm32h743", "--task", "sst2"],
+        &["does not fit", "stm32h743", "too large"],
+    );
+}

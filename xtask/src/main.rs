@@ -5,7 +5,6 @@ mod boards;
 mod cargo;
 mod host;
 mod prerequisites;
-mod prune;
 mod test;
 
 use std::ffi::OsString;
@@ -53,7 +52,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Prune the model for a task and a board (not implemented yet).
+    /// Prune the model for a task and a board: `whittle prune` (arguments pass through).
     #[command(disable_help_flag = true)]
     Prune {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -86,7 +85,7 @@ fn main() -> ExitCode {
         Task::Factorize { args } => host::run_host("factorize", &args),
         Task::Uniform { args } => host::run_host("uniform", &args),
         Task::Sweep { args } => host::run_host("sweep", &args),
-        Task::Prune { args } => Ok(prune::run(&args)),
+        Task::Prune { args } => host::run_host("prune", &args),
         Task::BenchHost { args } => host::run_bench(&args),
         Task::Boards { measure_host, json } => boards::run(measure_host, json),
         Task::Test => test::run(),

@@ -3,6 +3,7 @@
 mod eval;
 mod factorize;
 mod fetch;
+mod prune;
 mod session;
 mod sweep;
 mod uniform;
@@ -36,6 +37,8 @@ enum Command {
     Uniform(uniform::UniformArgs),
     /// Accuracy against a uniform keep fraction for several methods, as an SVG figure.
     Sweep(sweep::SweepArgs),
+    /// Board-aware genetic search for a rank per matrix; writes the pruned model and reports.
+    Prune(prune::PruneArgs),
 }
 
 /// Which model to use and where it runs.
@@ -85,5 +88,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Factorize(args) => factorize::run(args),
         Command::Uniform(args) => uniform::run(args),
         Command::Sweep(args) => sweep::run(args),
+        Command::Prune(args) => prune::run(args),
     }
 }

@@ -5,10 +5,12 @@
 //! (DESIGN section 3).
 
 mod bank;
+mod problem;
 mod refit;
 mod uniform;
 
 pub use bank::{FactorBank, dense_weight, stats_to_faer};
+pub use problem::TaskProblem;
 pub use refit::anchored_refit;
 pub use uniform::{Evaluator, UniformResult, uniform_search};
 

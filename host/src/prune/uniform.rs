@@ -27,6 +27,9 @@ pub struct Scored {
     pub accuracy_uncalibrated: f64,
     /// The fitted bias.
     pub label_bias: Vec<f64>,
+    /// Mean log-probability of the gold label among the labels, after the bias: a
+    /// lower-variance signal than accuracy.
+    pub gold_log_prob: f64,
 }
 
 impl Evaluator {
@@ -67,10 +70,23 @@ impl Evaluator {
         let predictions = metrics::predict_with_bias(&search.scores, &bias);
         let zero = vec![0.0; bias.len()];
         let raw = metrics::predict_with_bias(&search.scores, &zero);
+        let gold_log_prob = search
+            .scores
+            .iter()
+            .zip(&search.gold)
+            .map(|(scores, &gold)| {
+                let shifted: Vec<f64> = scores.iter().zip(&bias).map(|(s, b)| s + b).collect();
+                let max = shifted.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let log_sum = shifted.iter().map(|s| (s - max).exp()).sum::<f64>().ln() + max;
+                shifted[gold] - log_sum
+            })
+            .sum::<f64>()
+            / search.gold.len().max(1) as f64;
         Ok(Scored {
             accuracy: metrics::accuracy(&predictions, &search.gold),
             accuracy_uncalibrated: metrics::accuracy(&raw, &search.gold),
             label_bias: bias,
+            gold_log_prob,
         })
     }
 
@@ -82,6 +98,28 @@ impl Evaluator {
     ) -> anyhow::Result<(ClassScores, usize)> {
         progress.set_position(0);
         score_labels(model, examples, &self.labels, self.batch_tokens, progress)
+    }
+
+    /// The same evaluator on the first `1/parts` of its examples (at least one).
+    pub fn fraction(&self, parts: usize) -> Self {
+        let keep = (self.search.len() / parts.max(1)).max(1);
+        Self {
+            base: self.base.clone(),
+            labels: self.labels.clone(),
+            search: self.search[..keep].to_vec(),
+            bias_examples: self.bias_examples.clone(),
+            batch_tokens: self.batch_tokens,
+        }
+    }
+
+    /// Number of examples scored.
+    pub fn len(&self) -> usize {
+        self.search.len()
+    }
+
+    /// Whether no example is scored.
+    pub fn is_empty(&self) -> bool {
+        self.search.is_empty()
     }
 
     /// The base (dense) model.
