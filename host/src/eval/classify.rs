@@ -181,8 +181,18 @@ pub(super) fn evaluate(
         score_labels(model, examples, &labels, options.batch_tokens, progress)?;
     let raw_predictions: Vec<usize> = scored.scores.iter().map(|s| argmax(s)).collect();
     let raw_accuracy = metrics::accuracy(&raw_predictions, &scored.gold);
+    let mut counts = vec![0usize; task.labels().len()];
+    for &gold in &scored.gold {
+        if let Some(count) = counts.get_mut(gold) {
+            *count += 1;
+        }
+    }
+    let majority =
+        counts.iter().copied().max().unwrap_or(0) as f64 / scored.gold.len().max(1) as f64;
     let mut details = json!({
         "accuracy_uncalibrated": raw_accuracy,
+        "majority_class_accuracy": majority,
+        "gold_label_counts": counts,
         "labels": task.labels().iter().map(|l| &l.value).collect::<Vec<_>>(),
     });
     if task.labels().len() == 2 {

@@ -210,11 +210,18 @@ fn prompts_are_rendered_from_the_source_fields() {
         .find(|e| e.id == "12377809")
         .expect("official test PMID");
     assert!(
-        example.prompt.user.starts_with("Context: "),
+        example
+            .prompt
+            .user
+            .contains("\n\nBased on the abstract above, answer the question with yes, no or maybe.\nQuestion: "),
         "{}",
         example.prompt.user
     );
-    assert!(example.prompt.user.ends_with("?\nAnswer yes, no or maybe."));
+    assert!(
+        example.prompt.user.ends_with('?'),
+        "{}",
+        example.prompt.user
+    );
     assert!(
         example.prompt.user.matches('\n').count() >= 3,
         "CONTEXTS joined with newlines"
