@@ -1,8 +1,10 @@
-//! The whittle host: loads a Llama-family GGUF model, evaluates it on tasks, and (in later
-//! stages) calibrates, factorizes and searches a pruned model for a board.
+//! The whittle host: loads a Llama-family GGUF model, evaluates it on tasks, calibrates,
+//! factorizes and searches a pruned model for a board.
 //!
-//! The pipeline is a chain of typed stages; today: [`fetch`] → [`gguf`] → [`model`] with
-//! [`tokenizer`] → [`eval`] on a [`task`] with [`metrics`].
+//! The pipeline is a chain of typed stages: [`fetch`] → [`gguf`] → [`model`] with
+//! [`tokenizer`] → [`calibrate`] (a `Calibration`) → [`factorize`] / [`prune`] (a
+//! `FactorBank`) → [`search`] (a `Genome`) → a pruned `Llama` (a `RankPlan` applied to the
+//! frozen base), each judged by [`eval`] on a [`task`] with [`metrics`].
 
 pub mod calibrate;
 pub mod eval;

@@ -60,7 +60,7 @@ pub struct PruneArgs {
     /// Calibration tokens the anchored refit streams.
     #[arg(long, default_value_t = 8192)]
     refit_tokens: usize,
-    /// Output folder [default: out/<task>-<board>].
+    /// Output folder [default: `out/<task>-<board>`].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue the search from the checkpoint in the output folder.
