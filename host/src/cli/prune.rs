@@ -223,10 +223,9 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         settings.max_tokens = args.refit_tokens;
         whittle_host::calibrate::calibration_sequences(base, &task, &settings)?
     };
-    let finish = |genome: &Genome,
+    let finish = |plan: RankPlan,
                   search_accuracy: f64|
      -> anyhow::Result<(Outcome, whittle_host::model::Llama, RankPlan)> {
-        let plan = problem.plan(genome)?;
         let pruned = problem.bank().apply(&base.llama, &plan)?;
         // The refit is kept only when it does not lower the search-split accuracy (on SST-2
         // it can; see docs/RESULTS.md).
@@ -266,9 +265,10 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
             plan,
         ))
     };
-    let (uniform_outcome, _, _) = finish(&uniform_genome, uniform.accuracy)?;
+    let (uniform_outcome, _, _) =
+        finish(RankPlan::uniform(&config, uniform.keep), uniform.accuracy)?;
     let (searched_outcome, pruned_model, plan) =
-        finish(&result.best, result.best_evaluation.accuracy)?;
+        finish(problem.plan(&result.best)?, result.best_evaluation.accuracy)?;
     let dense_test = test.score(&base.llama, &progress)?.accuracy;
     progress.finish_and_clear();
     let fit = feasibility(&board, &problem.prediction(&plan)?);
