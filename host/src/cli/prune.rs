@@ -442,7 +442,10 @@ fn report_markdown(report: &serde_json::Value) -> String {
         report["target_accuracy"].as_f64().unwrap_or(f64::NAN),
         report["dense_test_accuracy"].as_f64().unwrap_or(f64::NAN),
         row(
-            &format!("uniform (keep {})", report["uniform_keep"]),
+            &format!(
+                "uniform (keep {:.2})",
+                report["uniform_keep"].as_f64().unwrap_or(f64::NAN)
+            ),
             &report["uniform"]
         ),
         row("searched", &report["searched"]),
