@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use candle_core::{DType, Tensor};
@@ -397,17 +397,6 @@ pub(crate) fn read_cache(
         sites,
         n_tokens: header.n_tokens,
     })
-}
-
-/// Default folder of derived caches: `$WHITTLE_CACHE_DIR`, else `<user cache>/whittle/cache`.
-pub fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("WHITTLE_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    dirs::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("whittle")
-        .join("cache")
 }
 
 /// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.

@@ -51,7 +51,7 @@ impl CalibrationArgs {
     pub fn cache_dir(&self) -> PathBuf {
         self.cache_dir
             .clone()
-            .unwrap_or_else(calibrate::default_cache_dir)
+            .unwrap_or_else(whittle_boards::default_cache_dir)
     }
 }
 
