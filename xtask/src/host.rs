@@ -5,21 +5,9 @@ use std::process::ExitCode;
 
 use crate::cargo;
 
-/// Whether cargo prints its build progress before the host binary runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CargoOutput {
-    /// `--quiet`: only the host binary's own output.
-    Quiet,
-    /// Cargo's usual progress lines.
-    Normal,
-}
-
 /// Cargo arguments that run `whittle <subcommand> <args...>` from a release build.
-pub fn host_cargo_args(subcommand: &str, args: &[OsString], output: CargoOutput) -> Vec<OsString> {
-    let mut cargo_args: Vec<OsString> = vec!["run".into(), "--release".into()];
-    if output == CargoOutput::Quiet {
-        cargo_args.push("--quiet".into());
-    }
+pub fn host_cargo_args(subcommand: &str, args: &[OsString]) -> Vec<OsString> {
+    let mut cargo_args: Vec<OsString> = vec!["run".into(), "--release".into(), "--quiet".into()];
     cargo_args.extend(
         ["-p", "whittle-host", "--bin", "whittle", "--", subcommand]
             .into_iter()
@@ -42,7 +30,7 @@ pub fn bench_cargo_args(args: &[OsString]) -> Vec<OsString> {
 
 /// Runs `whittle <subcommand> <args...>` and exits as it does.
 pub fn run_host(subcommand: &str, args: &[OsString]) -> anyhow::Result<ExitCode> {
-    let mut command = cargo::cargo(host_cargo_args(subcommand, args, CargoOutput::Quiet));
+    let mut command = cargo::cargo(host_cargo_args(subcommand, args));
     Ok(cargo::exit_code(cargo::status(&mut command)?))
 }
 
@@ -63,11 +51,7 @@ mod tests {
     #[test]
     fn host_arguments_follow_the_subcommand_verbatim() {
         assert_eq!(
-            host_cargo_args(
-                "eval",
-                &os(&["--task", "sst2", "--json"]),
-                CargoOutput::Quiet
-            ),
+            host_cargo_args("eval", &os(&["--task", "sst2", "--json"])),
             os(&[
                 "run",
                 "--release",
@@ -81,19 +65,6 @@ mod tests {
                 "--task",
                 "sst2",
                 "--json",
-            ])
-        );
-        assert_eq!(
-            host_cargo_args("fetch-model", &[], CargoOutput::Normal),
-            os(&[
-                "run",
-                "--release",
-                "-p",
-                "whittle-host",
-                "--bin",
-                "whittle",
-                "--",
-                "fetch-model",
             ])
         );
     }

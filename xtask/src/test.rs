@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::{cargo, host, prerequisites};
+use crate::{cargo, prerequisites};
 
 /// One stage of the suite.
 struct Step {
@@ -99,12 +99,21 @@ fn check_formatting() -> anyhow::Result<()> {
         .context("the code is not formatted; run `cargo fmt --all`")
 }
 
+/// Builds the whole workspace with the test build's feature set (building `-p whittle-host`
+/// alone would unify features differently and compile candle a second time), then fetches the
+/// model with the built binary.
 fn fetch_model() -> anyhow::Result<()> {
-    cargo::run(&mut cargo::cargo(host::host_cargo_args(
-        "fetch-model",
-        &[],
-        host::CargoOutput::Normal,
-    )))
+    cargo::run(&mut cargo::cargo([
+        "build",
+        "--workspace",
+        "--release",
+        "--all-targets",
+    ]))?;
+    let whittle = cargo::target_dir().join("release").join("whittle");
+    cargo::run(&mut cargo::program(
+        &whittle.to_string_lossy(),
+        ["fetch-model"],
+    ))
 }
 
 fn workspace_tests() -> anyhow::Result<()> {
