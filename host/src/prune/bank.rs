@@ -87,12 +87,32 @@ impl FactorBank {
         progress.set_position(jobs.len() as u64);
         let device = llama.device().clone();
         let mut entries = Vec::with_capacity(results.len());
+        // One line per distinct warning, with the matrices it concerns, not one per matrix.
+        let mut warnings: Vec<(String, Vec<String>)> = Vec::new();
         for ((layer_idx, kind), result) in matrices(&config).zip(results) {
             let factors = result?;
             for warning in &factors.warnings {
-                eprintln!("warning: layer {layer_idx} {}: {warning}", kind.name());
+                let matrix = format!("{layer_idx}.{}", kind.name());
+                match warnings.iter_mut().find(|(w, _)| w == warning) {
+                    Some((_, where_)) => where_.push(matrix),
+                    None => warnings.push((warning.clone(), vec![matrix])),
+                }
             }
             entries.push(Entry::from_factors(factors, &device)?);
+        }
+        for (warning, where_) in warnings {
+            let shown: Vec<&str> = where_.iter().take(6).map(String::as_str).collect();
+            let more = where_.len().saturating_sub(shown.len());
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "warning: {} matrices ({}{more}): {warning}",
+                where_.len(),
+                shown.join(", ")
+            );
         }
         Ok(Self {
             method,
