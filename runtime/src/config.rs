@@ -118,13 +118,13 @@ impl ModelConfig {
         if sizes.contains(&0) {
             return Err(ConfigError::ZeroSize);
         }
-        if self.hidden_size % self.n_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.n_heads) {
             return Err(ConfigError::HiddenNotDivisibleByHeads);
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(ConfigError::HeadsNotDivisibleByKvHeads);
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(ConfigError::OddHeadDim);
         }
         let positive = |x: f32| x.is_finite() && x > 0.0;
