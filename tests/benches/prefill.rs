@@ -6,14 +6,12 @@
 
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::ModelWeights;
 use indicatif::ProgressBar;
 use whittle_host::eval::{EvalOptions, evaluate};
-use whittle_host::model::{self, Batch};
+use whittle_host::model::Batch;
 use whittle_host::task::{Split, Task};
-use whittle_tests::real_model_path;
+use whittle_tests::real_model_and_reference;
 
 const PROMPT_TOKENS: usize = 256;
 const REPEATS: usize = 5;
@@ -23,16 +21,9 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-#[allow(unsafe_code)]
 fn main() -> anyhow::Result<()> {
-    // SAFETY: set before any other thread exists; candle reads it once per thread.
-    unsafe { std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1") };
-    let path = real_model_path();
+    let (ours, mut reference) = real_model_and_reference()?;
     let device = Device::Cpu;
-    let ours = model::load(&path, &device)?;
-    let mut file = std::fs::File::open(&path)?;
-    let content = gguf_file::Content::read(&mut file)?;
-    let mut reference = ModelWeights::from_gguf(content, &mut file, &device)?;
 
     let text = include_str!("../../data/wikitext2/wikitext2-test-raw.txt");
     let all_ids = ours.tokenizer.encode(&text[..200_000])?;

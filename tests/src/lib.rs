@@ -70,3 +70,27 @@ pub fn write_tiny_gguf(path: &Path, architecture: &str, seed: u64, skip: &[&str]
     gguf_file::write(&mut file, &metadata, &tensor_refs).expect("write gguf");
     config
 }
+
+/// The real model twice: the host's [`LoadedModel`](whittle_host::model::LoadedModel) and
+/// candle-transformers' `quantized_llama` with every weight dequantized to f32, the reference
+/// the host is checked and benchmarked against.
+#[allow(unsafe_code)]
+pub fn real_model_and_reference() -> anyhow::Result<(
+    whittle_host::model::LoadedModel,
+    candle_transformers::models::quantized_llama::ModelWeights,
+)> {
+    // SAFETY: callers (a test binary's only test, the benchmark's main) call this before any
+    // other thread reads the environment; candle reads the variable once per thread when it
+    // first builds a QMatMul.
+    unsafe { std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1") };
+    let path = real_model_path();
+    let ours = whittle_host::model::load(&path, &Device::Cpu)?;
+    let mut file = std::fs::File::open(&path)?;
+    let content = gguf_file::Content::read(&mut file)?;
+    let reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+        content,
+        &mut file,
+        &Device::Cpu,
+    )?;
+    Ok((ours, reference))
+}

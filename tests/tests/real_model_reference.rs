@@ -1,11 +1,9 @@
 //! Real model (downloads SmolLM2-135M-Instruct, 98 MB, once): the host's forward pass against
 //! candle-transformers' `quantized_llama` run with every weight dequantized to f32.
 
-use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::ModelWeights;
-use whittle_host::model::{self, Batch};
-use whittle_tests::real_model_path;
+use whittle_host::model::Batch;
+use whittle_tests::real_model_and_reference;
 
 const PROMPTS: [&str; 3] = [
     "The capital of France is",
@@ -21,18 +19,9 @@ fn top5(logits: &[f32]) -> Vec<usize> {
 }
 
 #[test]
-#[allow(unsafe_code)]
 fn real_model_logits_match_dequantized_quantized_llama() -> anyhow::Result<()> {
-    // SAFETY: set before any thread of this test binary reads the environment; candle reads
-    // this variable once per thread when it first builds a QMatMul.
-    unsafe { std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1") };
-    let path = real_model_path();
+    let (ours, mut reference) = real_model_and_reference()?;
     let device = Device::Cpu;
-    let ours = model::load(&path, &device)?;
-
-    let mut file = std::fs::File::open(&path)?;
-    let content = gguf_file::Content::read(&mut file)?;
-    let mut reference = ModelWeights::from_gguf(content, &mut file, &device)?;
 
     for prompt in PROMPTS {
         let ids = ours.tokenizer.encode(prompt)?;
