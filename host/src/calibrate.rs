@@ -61,10 +61,7 @@ pub struct Calibration {
 impl Calibration {
     /// Statistics of the input a matrix reads.
     pub fn stats(&self, layer_idx: usize, kind: MatrixKind) -> Option<&SiteStats> {
-        let site = InputSite::ALL
-            .iter()
-            .position(|&s| s == InputSite::of(kind))?;
-        self.sites.get(layer_idx)?.get(site)
+        self.sites.get(layer_idx)?.get(InputSite::of(kind).index())
     }
 }
 
@@ -84,15 +81,6 @@ impl Accumulator {
     }
 }
 
-fn site_index(site: InputSite) -> usize {
-    match site {
-        InputSite::Qkv => 0,
-        InputSite::O => 1,
-        InputSite::GateUp => 2,
-        InputSite::Down => 3,
-    }
-}
-
 impl Observer for Accumulator {
     fn observe(
         &mut self,
@@ -103,7 +91,7 @@ impl Observer for Accumulator {
         let rows = rows.to_dtype(DType::F64)?;
         let gram = rows.t()?.matmul(&rows)?;
         let abs = rows.abs()?.sum(0)?;
-        let slot = site_index(site);
+        let slot = site.index();
         let add = |acc: &mut Option<Tensor>, x: Tensor| -> candle_core::Result<()> {
             *acc = Some(match acc.take() {
                 Some(previous) => (previous + x)?,

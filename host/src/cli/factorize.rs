@@ -91,12 +91,7 @@ pub fn run(args: FactorizeArgs) -> anyhow::Result<()> {
             kind,
         )?);
     }
-    let site_of = |kind: MatrixKind| {
-        InputSite::ALL
-            .iter()
-            .position(|&s| s == InputSite::of(kind))
-            .unwrap_or(0)
-    };
+    let site_of = |kind: MatrixKind| InputSite::of(kind).index();
     // sums[(kind, keep index, method)] = (Σ relative error, count)
     let mut sums: BTreeMap<(MatrixKind, usize, Method), (f64, usize)> = BTreeMap::new();
     let mut factorize_seconds = BTreeMap::new();

@@ -181,7 +181,10 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let mut accuracy_at = |keep: f64| -> anyhow::Result<f64> {
         let plan = RankPlan::uniform(&config, keep);
         let candidate = problem.bank().apply(&base.llama, &plan)?;
-        Ok(test_free_score(&problem, &candidate, &progress)?)
+        Ok(problem
+            .full_evaluator()
+            .score(&candidate, &progress)?
+            .accuracy)
     };
     let uniform = uniform_search(
         &keep_grid(),
@@ -330,17 +333,6 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         println!("{report}");
     }
     Ok(())
-}
-
-fn test_free_score(
-    problem: &TaskProblem,
-    candidate: &whittle_host::model::Llama,
-    progress: &indicatif::ProgressBar,
-) -> anyhow::Result<f64> {
-    Ok(problem
-        .full_evaluator()
-        .score(candidate, progress)?
-        .accuracy)
 }
 
 fn write_factors(

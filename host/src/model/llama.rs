@@ -72,7 +72,8 @@ impl Batch {
             .enumerate()
             .flat_map(|(row, &len)| (0..len).map(move |t| (row * width + t) as u32))
             .collect();
-        Tensor::from_vec(rows.clone(), rows.len(), self.tokens.device())
+        let n_rows = rows.len();
+        Tensor::from_vec(rows, n_rows, self.tokens.device())
     }
 
     /// Indices of every row's last real position in the flattened rows.

@@ -21,6 +21,16 @@ impl InputSite {
     /// Every site, in data-flow order.
     pub const ALL: [InputSite; 4] = [Self::Qkv, Self::O, Self::GateUp, Self::Down];
 
+    /// Position in [`InputSite::ALL`], for per-site arrays.
+    pub const fn index(self) -> usize {
+        match self {
+            Self::Qkv => 0,
+            Self::O => 1,
+            Self::GateUp => 2,
+            Self::Down => 3,
+        }
+    }
+
     /// The site a matrix reads.
     pub const fn of(kind: MatrixKind) -> Self {
         match kind {

@@ -67,10 +67,7 @@ impl FactorBank {
         let mut jobs = Vec::with_capacity(weights.len());
         for ((layer_idx, kind), weight) in matrices(&config).zip(&weights) {
             let (rows, cols) = config.matrix_shape(kind);
-            let site = crate::model::InputSite::ALL
-                .iter()
-                .position(|&s| s == crate::model::InputSite::of(kind))
-                .unwrap_or(0);
+            let site = crate::model::InputSite::of(kind).index();
             jobs.push(Job {
                 weight,
                 rows,
