@@ -28,5 +28,6 @@
 #![warn(missing_docs)]
 
 mod config;
+pub mod kernels;
 
 pub use config::{ConfigError, MatrixKind, ModelConfig};

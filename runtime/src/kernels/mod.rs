@@ -1,0 +1,57 @@
+//! Matrix kernels behind one trait, so per-architecture implementations (AVX2/FMA,
+//! AVX-512/VNNI, NEON/dotprod) can replace the portable one without touching the model code.
+//!
+//! Layout conventions, shared by every implementation:
+//! - weights are row-major, `rows × cols` (a linear layer `y = W x` has `rows = d_out`,
+//!   `cols = d_in`);
+//! - activations are row-major, `tokens × cols`; outputs `tokens × rows`;
+//! - `tokens == 1` is decode (matrix–vector), `tokens > 1` is prefill (matrix–matrix).
+//!
+//! A low-rank layer `y = B (A x)` is two calls: `A` (`r × d_in`) then `B` (`d_out × r`).
+//! Kernels never allocate; the caller owns every buffer.
+
+mod portable;
+
+pub use portable::Portable;
+
+/// A row-major f32 matrix borrowed from a bundle.
+#[derive(Clone, Copy, Debug)]
+pub struct F32Matrix<'a> {
+    /// Number of rows (outputs).
+    pub rows: usize,
+    /// Number of columns (inputs).
+    pub cols: usize,
+    /// `rows * cols` values, row-major.
+    pub data: &'a [f32],
+}
+
+/// A row-major int8 matrix with one f32 scale per row: `w[i][j] = scales[i] * data[i*cols + j]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Q8Matrix<'a> {
+    /// Number of rows (outputs).
+    pub rows: usize,
+    /// Number of columns (inputs).
+    pub cols: usize,
+    /// `rows * cols` quantized values, row-major.
+    pub data: &'a [i8],
+    /// One scale per row.
+    pub scales: &'a [f32],
+}
+
+/// Matrix products for one thread. Every method computes `out = x · Wᵀ`, that is
+/// `out[t][i] = Σ_j W[i][j] · x[t][j]`, for `t < tokens`, overwriting `out`.
+///
+/// Callers guarantee `x.len() == tokens * w.cols` and `out.len() == tokens * w.rows`
+/// (the model code checks shapes once when a bundle is parsed); implementations may
+/// debug-assert it but must not panic in release builds on any input: on a length mismatch
+/// they compute over the common prefix.
+pub trait Kernels {
+    /// A short name for reports and benchmarks (`"portable"`, `"avx2"`, `"neon"`, …).
+    fn name(&self) -> &'static str;
+
+    /// f32 weights.
+    fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]);
+
+    /// int8 weights with per-row scales; activations stay f32.
+    fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]);
+}

@@ -1,0 +1,105 @@
+//! The reference kernels: plain Rust, every target, the oracle the others are tested against.
+
+use super::{F32Matrix, Kernels, Q8Matrix};
+
+/// Portable scalar kernels (the compiler auto-vectorises the inner dot products).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Portable;
+
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent partial sums let the compiler vectorise without reassociating.
+    let mut acc = [0.0f32; 8];
+    let mut a_chunks = a.chunks_exact(8);
+    let mut b_chunks = b.chunks_exact(8);
+    for (ca, cb) in (&mut a_chunks).zip(&mut b_chunks) {
+        for k in 0..8 {
+            acc[k] += ca[k] * cb[k];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
+        tail += x * y;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn dot_q8(a: &[i8], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut a_chunks = a.chunks_exact(8);
+    let mut b_chunks = b.chunks_exact(8);
+    for (ca, cb) in (&mut a_chunks).zip(&mut b_chunks) {
+        for k in 0..8 {
+            acc[k] += f32::from(ca[k]) * cb[k];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
+        tail += f32::from(*x) * y;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+impl Kernels for Portable {
+    fn name(&self) -> &'static str {
+        "portable"
+    }
+
+    fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        if w.cols == 0 || w.rows == 0 {
+            out.iter_mut().for_each(|o| *o = 0.0);
+            return;
+        }
+        for (xt, ot) in x
+            .chunks_exact(w.cols)
+            .zip(out.chunks_exact_mut(w.rows))
+            .take(tokens)
+        {
+            for (row, o) in w.data.chunks_exact(w.cols).zip(ot.iter_mut()) {
+                *o = dot_f32(row, xt);
+            }
+        }
+    }
+
+    fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        if w.cols == 0 || w.rows == 0 {
+            out.iter_mut().for_each(|o| *o = 0.0);
+            return;
+        }
+        for (xt, ot) in x
+            .chunks_exact(w.cols)
+            .zip(out.chunks_exact_mut(w.rows))
+            .take(tokens)
+        {
+            for ((row, scale), o) in w
+                .data
+                .chunks_exact(w.cols)
+                .zip(w.scales)
+                .zip(ot.iter_mut())
+            {
+                *o = scale * dot_q8(row, xt);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_matches_hand_computed() {
+        // W = [[1, 2, 3], [4, 5, 6]], x = [[1, 0, -1], [2, 1, 0]].
+        let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let x = [1.0, 0.0, -1.0, 2.0, 1.0, 0.0];
+        let mut out = [0.0; 4];
+        let m = F32Matrix { rows: 2, cols: 3, data: &w };
+        Portable.gemm_f32(m, &x, 2, &mut out);
+        assert_eq!(out, [-2.0, -2.0, 4.0, 13.0]);
+
+        let q = [1i8, 2, 3, 4, 5, 6];
+        let scales = [0.5, 2.0];
+        let m = Q8Matrix { rows: 2, cols: 3, data: &q, scales: &scales };
+        Portable.gemm_q8(m, &x, 2, &mut out);
+        assert_eq!(out, [-1.0, -4.0, 2.0, 26.0]);
+    }
+}
