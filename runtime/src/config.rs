@@ -1,5 +1,5 @@
 /// Hyper-parameters of a Llama-family decoder, named as in the Hugging Face config.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
     /// Number of transformer blocks.
     pub n_layers: usize,
@@ -54,7 +54,9 @@ impl core::fmt::Display for ConfigError {
 impl core::error::Error for ConfigError {}
 
 /// The seven prunable weight matrices of a Llama block, in data-flow order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum MatrixKind {
     /// Query projection.
     Q,

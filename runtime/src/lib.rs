@@ -1,33 +1,76 @@
 //! The on-device half of whittle: `no_std`, allocation-free by default.
 //!
-//! Today this crate holds the schema both sides agree on: the hyper-parameters of a
-//! Llama-family model ([`ModelConfig`]) and the names of its prunable matrices
-//! ([`MatrixKind`]). The host builds these from a GGUF file; the bundle parser and the
-//! kernels that execute a bundle arrive with the bundle issue.
+//! A bundle (`docs/bundle-format.md`) is parsed from a byte slice without copying
+//! ([`Bundle::parse`]); the caller asks how many arena bytes a context length needs
+//! ([`Bundle::arena_bytes`]), passes that buffer to a [`Session`], and classifies or generates
+//! text. Matrix products go through the [`kernels::Kernels`] trait, so per-architecture kernels
+//! plug in without touching the model code.
 //!
 //! ```
-//! use whittle_runtime::{MatrixKind, ModelConfig};
+//! use whittle_runtime::{Bundle, Error, Session, kernels::Portable};
 //!
-//! let config = ModelConfig {
-//!     n_layers: 30,
-//!     hidden_size: 576,
-//!     intermediate_size: 1536,
-//!     n_heads: 9,
-//!     n_kv_heads: 3,
-//!     vocab_size: 49152,
-//!     max_position_embeddings: 8192,
-//!     rope_theta: 100_000.0,
-//!     rms_norm_eps: 1e-5,
-//! };
-//! config.validate().unwrap();
-//! assert_eq!(config.head_dim(), 64);
-//! assert_eq!(config.matrix_shape(MatrixKind::K), (192, 576));
-//! assert_eq!(config.n_prunable_matrices(), 210);
+//! fn classify(bytes: &[u8], arena: &mut [u8], text: &str) -> Result<usize, Error> {
+//!     let bundle = Bundle::parse(bytes)?;
+//!     if arena.len() < bundle.arena_bytes(256) {
+//!         return Err(Error::ArenaTooSmall { needed: bundle.arena_bytes(256), given: arena.len() });
+//!     }
+//!     let mut session = Session::<_, 256>::new(&bundle, Portable, arena)?;
+//!     Ok(session.classify(text)?.label_index)
+//! }
+//! assert_eq!(classify(b"not a bundle", &mut [], "great film"), Err(Error::BadMagic));
 //! ```
+//!
+//! Features: `alloc` (the bundle writer and [`AlignedBytes`]), `std`, and at most one of
+//! `defmt` / `log` for diagnostics.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
+#[cfg(any(test, feature = "alloc"))]
+extern crate alloc;
+
+#[cfg(any(test, feature = "alloc"))]
+mod aligned;
+mod bundle;
 mod config;
+mod error;
+mod fmt;
+pub mod format;
+// The kernels (another owner, performance work) index fixed-width tiles whose bounds their
+// loops establish; the no-panic lints apply to the model code, not to them.
+#[allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 pub mod kernels;
+mod model;
+mod session;
+mod tokenizer;
+#[cfg(any(test, feature = "alloc"))]
+pub mod writer;
 
+#[cfg(any(test, feature = "alloc"))]
+pub use aligned::AlignedBytes;
+pub use bundle::{Bundle, LinearWeights, Weight};
 pub use config::{ConfigError, MatrixKind, ModelConfig};
+pub use error::Error;
+pub use model::{Model, PREFILL_CHUNK};
+pub use session::{Classification, Session};
+pub use tokenizer::Tokenizer;
+
+impl Bundle<'_> {
+    /// Bytes of arena a session with `context` tokens needs; sessions refuse smaller arenas.
+    pub fn arena_bytes(&self, context: usize) -> usize {
+        model::arena_bytes(self, context)
+    }
+}

@@ -1,0 +1,450 @@
+//! Zero-copy parsing and validation of a bundle: every offset, length, alignment, shape and
+//! checksum is checked once in [`Bundle::parse`], so the model code can trust the references.
+
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+
+use crate::config::MatrixKind;
+use crate::error::Error;
+use crate::format::{
+    ALIGN, CRC32, Dtype, FLAG_SIGNED, FORMAT_VERSION, HeadRef, Header, LayerRef, LinearRef, MAGIC,
+    MERGE_RECORD_LEN, MatrixRef, NO_TOKEN, PREAMBLE_LEN, SIGNATURE_LEN, Span, TaskKind, align_up,
+};
+use crate::kernels::{F32Matrix, Q8Matrix};
+
+/// A parsed, validated bundle borrowing its bytes.
+#[derive(Clone, Debug)]
+pub struct Bundle<'a> {
+    header: Header<'a>,
+    blob: &'a [u8],
+    signed_part: &'a [u8],
+    signature: Option<&'a [u8]>,
+    len: usize,
+}
+
+/// A matrix borrowed from the blob, ready for the kernels.
+#[derive(Clone, Copy, Debug)]
+pub enum Weight<'a> {
+    /// f32 values.
+    F32(F32Matrix<'a>),
+    /// int8 values with per-row scales.
+    Q8(Q8Matrix<'a>),
+}
+
+impl<'a> Weight<'a> {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::F32(m) => m.rows,
+            Self::Q8(m) => m.rows,
+        }
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        match self {
+            Self::F32(m) => m.cols,
+            Self::Q8(m) => m.cols,
+        }
+    }
+
+    /// One row as a `1 × cols` matrix (empty if out of range).
+    pub fn row(&self, index: usize) -> Weight<'a> {
+        let cols = self.cols();
+        let range = index * cols..(index + 1) * cols;
+        match self {
+            Self::F32(m) => Self::F32(F32Matrix {
+                rows: 1,
+                cols,
+                data: m.data.get(range).unwrap_or(&[]),
+            }),
+            Self::Q8(m) => Self::Q8(Q8Matrix {
+                rows: 1,
+                cols,
+                data: m.data.get(range).unwrap_or(&[]),
+                scales: m.scales.get(index..index + 1).unwrap_or(&[]),
+            }),
+        }
+    }
+
+    /// Writes row `index`, dequantized, into `out` (`cols` values).
+    pub fn copy_row(&self, index: usize, out: &mut [f32]) {
+        match self.row(index) {
+            Self::F32(m) => out.iter_mut().zip(m.data).for_each(|(o, &w)| *o = w),
+            Self::Q8(m) => {
+                let scale = m.scales.first().copied().unwrap_or(0.0);
+                out.iter_mut()
+                    .zip(m.data)
+                    .for_each(|(o, &w)| *o = scale * f32::from(w));
+            }
+        }
+    }
+}
+
+/// A linear layer borrowed from the blob.
+#[derive(Clone, Copy, Debug)]
+pub enum LinearWeights<'a> {
+    /// `W`.
+    Dense(Weight<'a>),
+    /// `B (A x)`.
+    LowRank {
+        /// `(rank, d_in)`.
+        a: Weight<'a>,
+        /// `(d_out, rank)`.
+        b: Weight<'a>,
+    },
+}
+
+impl<'a> Bundle<'a> {
+    /// Parses and validates `bytes`; a signature trailer, if present, is not checked (see
+    /// [`Bundle::parse_signed`]).
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
+        let preamble = bytes.get(..PREAMBLE_LEN).ok_or(Error::Truncated)?;
+        if preamble.get(..8) != Some(&MAGIC[..]) {
+            return Err(Error::BadMagic);
+        }
+        let version = u16::from_le_bytes(array(preamble, 8)?);
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion { found: version });
+        }
+        let flags = u16::from_le_bytes(array(preamble, 10)?);
+        if flags & !FLAG_SIGNED != 0 {
+            return Err(Error::UnknownFlags);
+        }
+        let header_len = to_usize(u32::from_le_bytes(array(preamble, 12)?))?;
+        let blob_len = usize::try_from(u64::from_le_bytes(array(preamble, 16)?))
+            .map_err(|_| Error::Truncated)?;
+        let header_end = PREAMBLE_LEN
+            .checked_add(header_len)
+            .ok_or(Error::Truncated)?;
+        let crc_end = header_end.checked_add(4).ok_or(Error::Truncated)?;
+        let blob_start = align_up(crc_end);
+        let blob_end = blob_start.checked_add(blob_len).ok_or(Error::Truncated)?;
+        let blob_crc_end = blob_end.checked_add(4).ok_or(Error::Truncated)?;
+        let end = match flags & FLAG_SIGNED != 0 {
+            true => blob_crc_end
+                .checked_add(SIGNATURE_LEN)
+                .ok_or(Error::Truncated)?,
+            false => blob_crc_end,
+        };
+        if bytes.len() < end {
+            return Err(Error::Truncated);
+        }
+        if bytes.len() > end {
+            return Err(Error::TrailingBytes);
+        }
+        let covered = bytes.get(..header_end).ok_or(Error::Truncated)?;
+        if CRC32.checksum(covered) != u32::from_le_bytes(array(bytes, header_end)?) {
+            return Err(Error::HeaderChecksum);
+        }
+        let blob = bytes.get(blob_start..blob_end).ok_or(Error::Truncated)?;
+        if CRC32.checksum(blob) != u32::from_le_bytes(array(bytes, blob_end)?) {
+            return Err(Error::BlobChecksum);
+        }
+        if !(bytes.as_ptr() as usize).is_multiple_of(4) {
+            return Err(Error::MisalignedBundle);
+        }
+        let header_bytes = bytes
+            .get(PREAMBLE_LEN..header_end)
+            .ok_or(Error::Truncated)?;
+        let (header, rest) = postcard::take_from_bytes::<Header<'a>>(header_bytes)
+            .map_err(|_| Error::HeaderDecode)?;
+        if !rest.is_empty() {
+            return Err(Error::HeaderDecode);
+        }
+        let signature = match flags & FLAG_SIGNED != 0 {
+            true => Some(bytes.get(blob_crc_end..end).ok_or(Error::Truncated)?),
+            false => None,
+        };
+        let bundle = Self {
+            header,
+            blob,
+            signed_part: bytes.get(..blob_crc_end).ok_or(Error::Truncated)?,
+            signature,
+            len: end,
+        };
+        bundle.validate()?;
+        crate::fmt::debug!("bundle parsed: {} bytes", end);
+        Ok(bundle)
+    }
+
+    /// Parses `bytes` and requires a signature that verifies with the ed25519 public key
+    /// `public_key`.
+    pub fn parse_signed(bytes: &'a [u8], public_key: &[u8; 32]) -> Result<Self, Error> {
+        let bundle = Self::parse(bytes)?;
+        bundle.verify(public_key)?;
+        Ok(bundle)
+    }
+
+    /// Checks the signature trailer against `public_key`.
+    pub fn verify(&self, public_key: &[u8; 32]) -> Result<(), Error> {
+        let signature = self.signature.ok_or(Error::SignatureMissing)?;
+        let key = VerifyingKey::from_bytes(public_key).map_err(|_| Error::SignatureInvalid)?;
+        let signature = Signature::from_slice(signature).map_err(|_| Error::SignatureInvalid)?;
+        key.verify(self.signed_part, &signature)
+            .map_err(|_| Error::SignatureInvalid)
+    }
+
+    /// Whether the bundle carries a signature trailer.
+    pub fn is_signed(&self) -> bool {
+        self.signature.is_some()
+    }
+
+    /// The decoded header.
+    pub fn header(&self) -> &Header<'a> {
+        &self.header
+    }
+
+    /// Total length of the bundle in bytes.
+    pub fn len_bytes(&self) -> usize {
+        self.len
+    }
+
+    /// Length of the tensor blob in bytes.
+    pub fn blob_len(&self) -> usize {
+        self.blob.len()
+    }
+
+    /// The record of layer `layer_idx`.
+    pub fn layer(&self, layer_idx: usize) -> Result<LayerRef, Error> {
+        let mut rest = self.header.layers.0;
+        let mut index = 0;
+        loop {
+            let (layer, tail) =
+                postcard::take_from_bytes::<LayerRef>(rest).map_err(|_| Error::BadLayer)?;
+            if index == layer_idx {
+                return Ok(layer);
+            }
+            rest = tail;
+            index += 1;
+        }
+    }
+
+    /// The bytes of a span (validated at parse time).
+    pub fn span(&self, span: Span) -> &'a [u8] {
+        let start = span.offset as usize;
+        self.blob
+            .get(start..start.saturating_add(span.len as usize))
+            .unwrap_or(&[])
+    }
+
+    /// A span of f32 values.
+    pub fn f32s(&self, span: Span) -> &'a [f32] {
+        bytemuck::try_cast_slice(self.span(span)).unwrap_or(&[])
+    }
+
+    /// A matrix ready for the kernels.
+    pub fn weight(&self, matrix: &MatrixRef) -> Weight<'a> {
+        let (rows, cols) = (matrix.rows as usize, matrix.cols as usize);
+        match (matrix.dtype, matrix.scales) {
+            (Dtype::Q8, Some(scales)) => Weight::Q8(Q8Matrix {
+                rows,
+                cols,
+                data: bytemuck::cast_slice(self.span(matrix.data)),
+                scales: self.f32s(scales),
+            }),
+            _ => Weight::F32(F32Matrix {
+                rows,
+                cols,
+                data: self.f32s(matrix.data),
+            }),
+        }
+    }
+
+    /// A linear layer ready for the kernels.
+    pub fn linear(&self, linear: &LinearRef) -> LinearWeights<'a> {
+        match linear {
+            LinearRef::Dense(w) => LinearWeights::Dense(self.weight(w)),
+            LinearRef::LowRank { a, b } => LinearWeights::LowRank {
+                a: self.weight(a),
+                b: self.weight(b),
+            },
+        }
+    }
+
+    /// The largest rank of any low-rank layer (0 when all are dense).
+    pub fn max_rank(&self) -> usize {
+        let mut max = 0;
+        for layer_idx in 0..self.header.config.n_layers {
+            if let Ok(layer) = self.layer(layer_idx) {
+                for linear in &layer.linears {
+                    if let LinearRef::LowRank { a, .. } = linear {
+                        max = max.max(a.rows as usize);
+                    }
+                }
+            }
+        }
+        max
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let config = &self.header.config;
+        config.validate()?;
+        let dtype = self.header.dtype;
+        let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+        self.check_matrix(&self.header.embedding, vocab, hidden, dtype)?;
+        self.check_f32s(self.header.final_norm, hidden)?;
+        let n_labels = self.header.task.labels.len();
+        match &self.header.head {
+            HeadRef::Tied => {}
+            HeadRef::Full(m) => self.check_matrix(m, vocab, hidden, dtype)?,
+            HeadRef::Labels(m) => {
+                if n_labels == 0 || self.header.task.kind != TaskKind::Classification {
+                    return Err(Error::BadTask);
+                }
+                self.check_matrix(m, n_labels, hidden, dtype)?;
+            }
+        }
+        let mut rest = self.header.layers.0;
+        for _ in 0..config.n_layers {
+            let (layer, tail) =
+                postcard::take_from_bytes::<LayerRef>(rest).map_err(|_| Error::BadLayer)?;
+            rest = tail;
+            self.check_f32s(layer.attn_norm, hidden)?;
+            self.check_f32s(layer.ffn_norm, hidden)?;
+            for (kind, linear) in MatrixKind::ALL.into_iter().zip(&layer.linears) {
+                let (rows, cols) = config.matrix_shape(kind);
+                match linear {
+                    LinearRef::Dense(w) => self.check_matrix(w, rows, cols, dtype)?,
+                    LinearRef::LowRank { a, b } => {
+                        let rank = a.rows as usize;
+                        if rank == 0 || rank > rows.min(cols) {
+                            return Err(Error::BadShape);
+                        }
+                        self.check_matrix(a, rank, cols, dtype)?;
+                        self.check_matrix(b, rows, rank, dtype)?;
+                    }
+                }
+            }
+        }
+        if !rest.is_empty() {
+            return Err(Error::BadLayer);
+        }
+        self.validate_tokenizer()?;
+        self.validate_task()
+    }
+
+    fn validate_task(&self) -> Result<(), Error> {
+        let task = &self.header.task;
+        let vocab = self.header.config.vocab_size;
+        if task.kind == TaskKind::Classification && task.labels.len() < 2 {
+            return Err(Error::BadTask);
+        }
+        for label in &task.labels {
+            if label.token_id as usize >= vocab || !label.bias.is_finite() {
+                return Err(Error::BadTask);
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tokenizer(&self) -> Result<(), Error> {
+        let tokenizer = &self.header.tokenizer;
+        let vocab = self.header.config.vocab_size;
+        let bad = Error::BadTokenizer;
+        let offsets = self
+            .checked_span(tokenizer.vocab_offsets)
+            .map_err(|_| bad)?;
+        let vocab_bytes = self.checked_span(tokenizer.vocab_bytes).map_err(|_| bad)?;
+        if offsets.len() != (vocab + 1) * 4 {
+            return Err(bad);
+        }
+        let mut previous = 0u32;
+        for chunk in offsets.chunks_exact(4) {
+            let offset = u32::from_le_bytes(array(chunk, 0)?);
+            if offset < previous || offset as usize > vocab_bytes.len() {
+                return Err(bad);
+            }
+            previous = offset;
+        }
+        let merges = self.checked_span(tokenizer.merges).map_err(|_| bad)?;
+        if !merges.len().is_multiple_of(MERGE_RECORD_LEN) {
+            return Err(bad);
+        }
+        let mut previous_pair = None;
+        for record in merges.chunks_exact(MERGE_RECORD_LEN) {
+            let left = u32::from_le_bytes(array(record, 0)?);
+            let right = u32::from_le_bytes(array(record, 4)?);
+            let merged = u32::from_le_bytes(array(record, 12)?);
+            if [left, right, merged].iter().any(|&id| id as usize >= vocab) {
+                return Err(bad);
+            }
+            if previous_pair.is_some_and(|pair| pair >= (left, right)) {
+                return Err(bad);
+            }
+            previous_pair = Some((left, right));
+        }
+        let byte_tokens = self.checked_span(tokenizer.byte_tokens).map_err(|_| bad)?;
+        if byte_tokens.len() != 256 * 4 {
+            return Err(bad);
+        }
+        for chunk in byte_tokens.chunks_exact(4) {
+            let id = u32::from_le_bytes(array(chunk, 0)?);
+            if id != NO_TOKEN && id as usize >= vocab {
+                return Err(bad);
+            }
+        }
+        for span in [tokenizer.special_ids, tokenizer.stop_ids] {
+            let ids = self.checked_span(span).map_err(|_| bad)?;
+            if !ids.len().is_multiple_of(4) {
+                return Err(bad);
+            }
+            for chunk in ids.chunks_exact(4) {
+                let id = u32::from_le_bytes(array(chunk, 0)?);
+                if id as usize >= vocab {
+                    return Err(bad);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn checked_span(&self, span: Span) -> Result<&'a [u8], Error> {
+        let start = span.offset as usize;
+        if !start.is_multiple_of(ALIGN) {
+            return Err(Error::BadSpan);
+        }
+        let end = start.checked_add(span.len as usize).ok_or(Error::BadSpan)?;
+        self.blob.get(start..end).ok_or(Error::BadSpan)
+    }
+
+    fn check_f32s(&self, span: Span, count: usize) -> Result<(), Error> {
+        self.checked_span(span)?;
+        if span.len as usize != count * 4 {
+            return Err(Error::BadShape);
+        }
+        Ok(())
+    }
+
+    fn check_matrix(
+        &self,
+        matrix: &MatrixRef,
+        rows: usize,
+        cols: usize,
+        dtype: Dtype,
+    ) -> Result<(), Error> {
+        if matrix.rows as usize != rows || matrix.cols as usize != cols || matrix.dtype != dtype {
+            return Err(Error::BadShape);
+        }
+        let count = rows.checked_mul(cols).ok_or(Error::BadShape)?;
+        self.checked_span(matrix.data)?;
+        match (dtype, matrix.scales) {
+            (Dtype::F32, None) if matrix.data.len as usize == count * 4 => Ok(()),
+            (Dtype::Q8, Some(scales)) if matrix.data.len as usize == count => {
+                self.check_f32s(scales, rows)
+            }
+            _ => Err(Error::BadShape),
+        }
+    }
+}
+
+fn to_usize(n: u32) -> Result<usize, Error> {
+    usize::try_from(n).map_err(|_| Error::Truncated)
+}
+
+/// `N` bytes of `bytes` at `at`.
+pub(crate) fn array<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], Error> {
+    bytes
+        .get(at..at.saturating_add(N))
+        .and_then(|slice| slice.try_into().ok())
+        .ok_or(Error::Truncated)
+}

@@ -1,0 +1,235 @@
+//! The bundle's wire schema (`docs/bundle-format.md`), shared by the host's writer and the
+//! runtime's parser: the fixed preamble, the postcard-encoded [`Header`] and the references it
+//! holds into the tensor blob.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ModelConfig;
+
+/// The first eight bytes of every bundle.
+pub const MAGIC: [u8; 8] = *b"WHITTLE\0";
+/// The format version this crate reads and writes.
+pub const FORMAT_VERSION: u16 = 1;
+/// Bytes before the header: magic, version, flags, header length, blob length.
+pub const PREAMBLE_LEN: usize = 24;
+/// Alignment of the blob and of every tensor in it, in bytes.
+pub const ALIGN: usize = 64;
+/// Flag bit: a 64-byte ed25519 signature trailer follows the blob checksum.
+pub const FLAG_SIGNED: u16 = 1;
+/// Length of the signature trailer.
+pub const SIGNATURE_LEN: usize = 64;
+/// Most labels a classification bundle may carry.
+pub const MAX_LABELS: usize = 16;
+/// Length of one merge record: left id, right id, rank, merged id (`u32` LE each).
+pub const MERGE_RECORD_LEN: usize = 16;
+/// Marks a byte with no token of its own in the byte table.
+pub const NO_TOKEN: u32 = u32::MAX;
+
+/// CRC-32 (ISO-HDLC, the zlib/PNG polynomial) of the preamble + header and of the blob.
+pub const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// Rounds `n` up to the next multiple of [`ALIGN`].
+pub const fn align_up(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// A byte range of the blob: `offset` from the blob's start (a multiple of [`ALIGN`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// Start, relative to the blob.
+    pub offset: u32,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// How the weights of a matrix are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Dtype {
+    /// Little-endian f32, row-major.
+    F32,
+    /// int8, row-major, with one f32 scale per row: `w[i][j] = scale[i] · q[i][j]`.
+    Q8,
+}
+
+impl Dtype {
+    /// `f32` or `q8`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Q8 => "q8",
+        }
+    }
+}
+
+/// A row-major matrix in the blob; `scales` is present exactly for [`Dtype::Q8`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatrixRef {
+    /// Number of rows (outputs).
+    pub rows: u32,
+    /// Number of columns (inputs).
+    pub cols: u32,
+    /// Storage type.
+    pub dtype: Dtype,
+    /// The values: `rows · cols · 4` bytes (f32) or `rows · cols` bytes (q8).
+    pub data: Span,
+    /// One f32 per row (q8 only).
+    pub scales: Option<Span>,
+}
+
+/// A prunable linear layer: whole, or as `y = B (A x)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinearRef {
+    /// `(d_out, d_in)`.
+    Dense(MatrixRef),
+    /// `a` is `(rank, d_in)`, `b` is `(d_out, rank)`.
+    LowRank {
+        /// The input-side factor.
+        a: MatrixRef,
+        /// The output-side factor.
+        b: MatrixRef,
+    },
+}
+
+/// One transformer block: two norms and the seven linears in [`crate::MatrixKind::ALL`] order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRef {
+    /// RMSNorm weight before attention (`hidden_size` f32).
+    pub attn_norm: Span,
+    /// RMSNorm weight before the MLP (`hidden_size` f32).
+    pub ffn_norm: Span,
+    /// q, k, v, o, gate, up, down.
+    pub linears: [LinearRef; 7],
+}
+
+/// The output projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HeadRef {
+    /// The token embedding serves as the head.
+    Tied,
+    /// A separate `(vocab_size, hidden_size)` head.
+    Full(MatrixRef),
+    /// Task-pruned: only the label tokens' rows, `(n_labels, hidden_size)`, in label order.
+    Labels(MatrixRef),
+}
+
+/// The byte-level BPE tokenizer's tables in the blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizerRef {
+    /// `vocab_size + 1` `u32` offsets into `vocab_bytes`; token `i` is `[off[i], off[i+1])`.
+    pub vocab_offsets: Span,
+    /// Every token's raw bytes (byte-level decoded; special tokens as written).
+    pub vocab_bytes: Span,
+    /// Merge records sorted by (left, right): see [`MERGE_RECORD_LEN`].
+    pub merges: Span,
+    /// 256 `u32`: the token of every single byte ([`NO_TOKEN`] if none).
+    pub byte_tokens: Span,
+    /// Ids of the special tokens, matched literally in text and skipped when decoding.
+    pub special_ids: Span,
+    /// Ids that end generation.
+    pub stop_ids: Span,
+}
+
+/// One label of a classification task.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabelRef<'a> {
+    /// The label's value in the task's data (`"0"`, `"yes"`).
+    pub name: &'a str,
+    /// The single verbalizer token scored for it.
+    pub token_id: u32,
+    /// Per-label bias fitted on the calibration split, added to the logit.
+    pub bias: f32,
+}
+
+/// What the bundle's task asks of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// Argmax over the labels' verbalizer logits plus bias.
+    Classification,
+    /// Greedy generation.
+    Generation,
+}
+
+/// The task: how input text becomes a prompt, and what is read off the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRef<'a> {
+    /// Task name.
+    pub name: &'a str,
+    /// Classification or generation.
+    pub kind: TaskKind,
+    /// Prompt text before the input (chat template included).
+    pub prompt_prefix: &'a str,
+    /// Prompt text after the input.
+    pub prompt_suffix: &'a str,
+    /// Labels (classification); empty otherwise.
+    #[serde(borrow)]
+    pub labels: heapless::Vec<LabelRef<'a>, MAX_LABELS>,
+    /// Default token budget for generation.
+    pub max_new_tokens: u32,
+}
+
+/// Where the bundle came from.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Provenance<'a> {
+    /// sha256 of the source GGUF file (hex).
+    pub model_digest: &'a str,
+    /// sha256 of the prune folder's `factors.safetensors` (hex), empty for a dense bundle.
+    pub factors_digest: &'a str,
+    /// The prune folder's genome (`genome.json`) digest (hex), empty for a dense bundle.
+    pub genome_digest: &'a str,
+    /// Task name.
+    pub task: &'a str,
+    /// Board the model was pruned for, empty for a dense bundle.
+    pub board: &'a str,
+    /// Relative accuracy tolerance of the search.
+    pub epsilon: Option<f64>,
+    /// Seed of the search.
+    pub seed: Option<u64>,
+    /// Dense accuracy on the test split, if measured.
+    pub dense_accuracy: Option<f64>,
+    /// Pruned accuracy on the test split, if measured.
+    pub pruned_accuracy: Option<f64>,
+    /// Version of the tool that wrote the bundle.
+    pub tool_version: &'a str,
+}
+
+/// Opaque postcard-encoded [`LayerRef`] records, one per layer, decoded on demand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerRecords<'a>(pub &'a [u8]);
+
+impl Serialize for LayerRecords<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for LayerRecords<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <&'de [u8]>::deserialize(deserializer).map(LayerRecords)
+    }
+}
+
+/// Everything the runtime needs besides the blob.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header<'a> {
+    /// Model hyper-parameters.
+    pub config: ModelConfig,
+    /// Storage type of every matrix (norms are always f32).
+    pub dtype: Dtype,
+    /// Tokenizer tables.
+    pub tokenizer: TokenizerRef,
+    /// The task.
+    #[serde(borrow)]
+    pub task: TaskRef<'a>,
+    /// Token embedding, `(vocab_size, hidden_size)`.
+    pub embedding: MatrixRef,
+    /// Final RMSNorm weight.
+    pub final_norm: Span,
+    /// Output head.
+    pub head: HeadRef,
+    /// `n_layers` [`LayerRef`] records.
+    #[serde(borrow)]
+    pub layers: LayerRecords<'a>,
+    /// Provenance.
+    #[serde(borrow)]
+    pub provenance: Provenance<'a>,
+}

@@ -1,0 +1,470 @@
+//! The forward pass over a bundle, in the caller's arena: RMSNorm, interleaved ("rope_i")
+//! rotary embeddings, grouped-query attention with a KV cache, SwiGLU, and the output head.
+//! It mirrors the host's `Llama` (host/src/model/llama.rs) operation for operation.
+
+use crate::bundle::{Bundle, LinearWeights, Weight};
+use crate::config::{MatrixKind, ModelConfig};
+use crate::error::Error;
+use crate::format::{HeadRef, LayerRef};
+use crate::kernels::Kernels;
+
+/// Tokens run through the blocks together during prefill.
+pub const PREFILL_CHUNK: usize = 16;
+
+/// Sizes, in f32 values, of the arena's regions for one bundle and context length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    context: usize,
+    chunk: usize,
+    kv_cache: usize,
+    hidden_rows: usize,
+    kv_rows: usize,
+    inter_rows: usize,
+    rank_rows: usize,
+    rope: usize,
+    scores: usize,
+    logits: usize,
+}
+
+impl Layout {
+    fn new(bundle: &Bundle<'_>, context: usize) -> Self {
+        let config = &bundle.header().config;
+        let chunk = PREFILL_CHUNK.min(context).max(1);
+        let logits = match bundle.header().head {
+            HeadRef::Labels(m) => m.rows as usize,
+            HeadRef::Tied | HeadRef::Full(_) => config.vocab_size,
+        };
+        Self {
+            context,
+            chunk,
+            kv_cache: config.n_layers * context * config.kv_dim(),
+            hidden_rows: chunk * config.hidden_size,
+            kv_rows: chunk * config.kv_dim(),
+            inter_rows: chunk * config.intermediate_size,
+            rank_rows: chunk * bundle.max_rank(),
+            rope: chunk * config.head_dim(),
+            scores: context,
+            logits,
+        }
+    }
+
+    fn total_f32(&self) -> usize {
+        2 * self.kv_cache
+            + 5 * self.hidden_rows
+            + 2 * self.kv_rows
+            + 2 * self.inter_rows
+            + self.rank_rows
+            + self.rope
+            + self.scores
+            + self.logits
+    }
+}
+
+/// Bytes of arena a session over `bundle` with `context` tokens needs.
+pub fn arena_bytes(bundle: &Bundle<'_>, context: usize) -> usize {
+    Layout::new(bundle, context).total_f32() * 4
+}
+
+fn take<'b>(rest: &mut &'b mut [f32], n: usize) -> Result<&'b mut [f32], Error> {
+    let whole = core::mem::take(rest);
+    let given = whole.len() * 4;
+    let (head, tail) = whole.split_at_mut_checked(n).ok_or(Error::ArenaTooSmall {
+        needed: n * 4,
+        given,
+    })?;
+    *rest = tail;
+    Ok(head)
+}
+
+/// Working buffers carved from the arena.
+#[derive(Debug)]
+struct Buffers<'b> {
+    k_cache: &'b mut [f32],
+    v_cache: &'b mut [f32],
+    x: &'b mut [f32],
+    normed: &'b mut [f32],
+    q: &'b mut [f32],
+    k: &'b mut [f32],
+    v: &'b mut [f32],
+    attn: &'b mut [f32],
+    proj: &'b mut [f32],
+    gate: &'b mut [f32],
+    up: &'b mut [f32],
+    low: &'b mut [f32],
+    rope: &'b mut [f32],
+    scores: &'b mut [f32],
+    logits: &'b mut [f32],
+}
+
+/// A model bound to its arena and kernels; keeps the KV cache of the positions run so far.
+#[derive(Debug)]
+pub struct Model<'b, 'a, K: Kernels> {
+    bundle: &'b Bundle<'a>,
+    kernels: K,
+    layout: Layout,
+    buffers: Buffers<'b>,
+    position: usize,
+}
+
+impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
+    /// Binds `bundle` to `arena` for up to `context` positions.
+    pub fn new(
+        bundle: &'b Bundle<'a>,
+        kernels: K,
+        context: usize,
+        arena: &'b mut [u8],
+    ) -> Result<Self, Error> {
+        let config = &bundle.header().config;
+        if context == 0 || context > config.max_position_embeddings {
+            return Err(Error::ContextTooLong);
+        }
+        let layout = Layout::new(bundle, context);
+        let needed = layout.total_f32() * 4;
+        if arena.len() < needed {
+            return Err(Error::ArenaTooSmall {
+                needed,
+                given: arena.len(),
+            });
+        }
+        let arena = arena
+            .get_mut(..needed)
+            .ok_or(Error::ArenaTooSmall { needed, given: 0 })?;
+        let mut rest: &mut [f32] =
+            bytemuck::try_cast_slice_mut(arena).map_err(|_| Error::MisalignedArena)?;
+        let buffers = Buffers {
+            k_cache: take(&mut rest, layout.kv_cache)?,
+            v_cache: take(&mut rest, layout.kv_cache)?,
+            x: take(&mut rest, layout.hidden_rows)?,
+            normed: take(&mut rest, layout.hidden_rows)?,
+            q: take(&mut rest, layout.hidden_rows)?,
+            k: take(&mut rest, layout.kv_rows)?,
+            v: take(&mut rest, layout.kv_rows)?,
+            attn: take(&mut rest, layout.hidden_rows)?,
+            proj: take(&mut rest, layout.hidden_rows)?,
+            gate: take(&mut rest, layout.inter_rows)?,
+            up: take(&mut rest, layout.inter_rows)?,
+            low: take(&mut rest, layout.rank_rows)?,
+            rope: take(&mut rest, layout.rope)?,
+            scores: take(&mut rest, layout.scores)?,
+            logits: take(&mut rest, layout.logits)?,
+        };
+        Ok(Self {
+            bundle,
+            kernels,
+            layout,
+            buffers,
+            position: 0,
+        })
+    }
+
+    /// Number of positions in the KV cache.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// The context length the arena was sized for.
+    pub fn context(&self) -> usize {
+        self.layout.context
+    }
+
+    /// Forgets every position.
+    pub fn reset(&mut self) {
+        self.position = 0;
+    }
+
+    /// Runs `tokens` after the cached positions; the hidden state of the last one is kept for
+    /// [`Model::logits`] / [`Model::label_logits`].
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<(), Error> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        if self.position + tokens.len() > self.layout.context {
+            return Err(Error::InputTooLong);
+        }
+        let vocab = self.bundle.header().config.vocab_size;
+        if tokens.iter().any(|&t| t as usize >= vocab) {
+            return Err(Error::InputTooLong);
+        }
+        let mut last_len = 0;
+        for chunk in tokens.chunks(self.layout.chunk) {
+            self.forward_chunk(chunk)?;
+            last_len = chunk.len();
+        }
+        let hidden = self.bundle.header().config.hidden_size;
+        let eps = self.bundle.header().config.rms_norm_eps;
+        let norm = self.bundle.f32s(self.bundle.header().final_norm);
+        let start = (last_len - 1) * hidden;
+        let (x, normed) = (&self.buffers.x, &mut self.buffers.normed);
+        if let (Some(x), Some(out)) = (x.get(start..start + hidden), normed.get_mut(..hidden)) {
+            rms_norm(x, norm, eps, out);
+        }
+        Ok(())
+    }
+
+    /// Logits over the whole vocabulary at the last fed position.
+    pub fn logits(&mut self) -> Result<&[f32], Error> {
+        let header = self.bundle.header();
+        let head = match &header.head {
+            HeadRef::Tied => self.bundle.weight(&header.embedding),
+            HeadRef::Full(m) => self.bundle.weight(m),
+            HeadRef::Labels(_) => return Err(Error::NoFullHead),
+        };
+        let hidden = header.config.hidden_size;
+        let x = self.buffers.normed.get(..hidden).unwrap_or(&[]);
+        gemm(&self.kernels, head, x, 1, self.buffers.logits);
+        Ok(self.buffers.logits)
+    }
+
+    /// The logit of every label (in label order, bias not added) at the last fed position.
+    pub fn label_logits(&mut self) -> Result<&[f32], Error> {
+        let header = self.bundle.header();
+        let labels = &header.task.labels;
+        let hidden = header.config.hidden_size;
+        let x = self.buffers.normed.get(..hidden).unwrap_or(&[]);
+        let n = labels.len();
+        let out = self.buffers.logits.get_mut(..n).ok_or(Error::BadTask)?;
+        match &header.head {
+            HeadRef::Labels(m) => gemm(&self.kernels, self.bundle.weight(m), x, 1, out),
+            HeadRef::Tied | HeadRef::Full(_) => {
+                let head = match &header.head {
+                    HeadRef::Full(m) => self.bundle.weight(m),
+                    _ => self.bundle.weight(&header.embedding),
+                };
+                for (label, slot) in labels.iter().zip(out.iter_mut()) {
+                    let mut one = [0.0f32];
+                    gemm(
+                        &self.kernels,
+                        head.row(label.token_id as usize),
+                        x,
+                        1,
+                        &mut one,
+                    );
+                    *slot = one[0];
+                }
+            }
+        }
+        Ok(self.buffers.logits.get(..n).unwrap_or(&[]))
+    }
+
+    fn forward_chunk(&mut self, tokens: &[u32]) -> Result<(), Error> {
+        let bundle = self.bundle;
+        let config = bundle.header().config;
+        let hidden = config.hidden_size;
+        let n = tokens.len();
+        let embedding = bundle.weight(&bundle.header().embedding);
+        for (&token, row) in tokens.iter().zip(self.buffers.x.chunks_exact_mut(hidden)) {
+            embedding.copy_row(token as usize, row);
+        }
+        self.fill_rope(n, &config);
+        for layer_idx in 0..config.n_layers {
+            let layer = bundle.layer(layer_idx)?;
+            self.block(layer_idx, &layer, n, &config);
+        }
+        self.position += n;
+        Ok(())
+    }
+
+    fn fill_rope(&mut self, n: usize, config: &ModelConfig) {
+        let head_dim = config.head_dim();
+        let half = head_dim / 2;
+        for (t, row) in self
+            .buffers
+            .rope
+            .chunks_exact_mut(head_dim)
+            .take(n)
+            .enumerate()
+        {
+            let position = (self.position + t) as f32;
+            let (cos, sin) = row.split_at_mut(half);
+            for (i, (c, s)) in cos.iter_mut().zip(sin.iter_mut()).enumerate() {
+                let exponent = (2 * i) as f32 / head_dim as f32;
+                let inverse_frequency = 1.0 / libm::powf(config.rope_theta, exponent);
+                let angle = position * inverse_frequency;
+                *c = libm::cosf(angle);
+                *s = libm::sinf(angle);
+            }
+        }
+    }
+
+    fn block(&mut self, layer_idx: usize, layer: &LayerRef, n: usize, config: &ModelConfig) {
+        let bundle = self.bundle;
+        let (hidden, kv_dim, inter) = (
+            config.hidden_size,
+            config.kv_dim(),
+            config.intermediate_size,
+        );
+        let eps = config.rms_norm_eps;
+        let linear = |kind: MatrixKind| {
+            let index = MatrixKind::ALL.iter().position(|&k| k == kind).unwrap_or(0);
+            layer.linears.get(index).map(|l| bundle.linear(l))
+        };
+        let b = &mut self.buffers;
+        let attn_norm = bundle.f32s(layer.attn_norm);
+        for (x, out) in
+            b.x.chunks_exact(hidden)
+                .zip(b.normed.chunks_exact_mut(hidden))
+                .take(n)
+        {
+            rms_norm(x, attn_norm, eps, out);
+        }
+        let normed = b.normed.get(..n * hidden).unwrap_or(&[]);
+        let k = &self.kernels;
+        apply(k, linear(MatrixKind::Q), normed, n, b.q, b.low);
+        apply(k, linear(MatrixKind::K), normed, n, b.k, b.low);
+        apply(k, linear(MatrixKind::V), normed, n, b.v, b.low);
+        let head_dim = config.head_dim();
+        rotate(b.q, b.rope, n, hidden, head_dim);
+        rotate(b.k, b.rope, n, kv_dim, head_dim);
+        let layer_cache = layer_idx * self.layout.context * kv_dim;
+        for t in 0..n {
+            let at = layer_cache + (self.position + t) * kv_dim;
+            copy(
+                b.k.get(t * kv_dim..(t + 1) * kv_dim),
+                b.k_cache.get_mut(at..at + kv_dim),
+            );
+            copy(
+                b.v.get(t * kv_dim..(t + 1) * kv_dim),
+                b.v_cache.get_mut(at..at + kv_dim),
+            );
+        }
+        attention(b, config, layer_cache, self.position, n);
+        let attn = b.attn.get(..n * hidden).unwrap_or(&[]);
+        apply(k, linear(MatrixKind::O), attn, n, b.proj, b.low);
+        add(b.x, b.proj, n * hidden);
+
+        let ffn_norm = bundle.f32s(layer.ffn_norm);
+        for (x, out) in
+            b.x.chunks_exact(hidden)
+                .zip(b.normed.chunks_exact_mut(hidden))
+                .take(n)
+        {
+            rms_norm(x, ffn_norm, eps, out);
+        }
+        let normed = b.normed.get(..n * hidden).unwrap_or(&[]);
+        apply(k, linear(MatrixKind::Gate), normed, n, b.gate, b.low);
+        apply(k, linear(MatrixKind::Up), normed, n, b.up, b.low);
+        for (g, u) in b.gate.iter_mut().zip(b.up.iter()).take(n * inter) {
+            *g = silu(*g) * u;
+        }
+        let gated = b.gate.get(..n * inter).unwrap_or(&[]);
+        apply(k, linear(MatrixKind::Down), gated, n, b.proj, b.low);
+        add(b.x, b.proj, n * hidden);
+    }
+}
+
+fn attention(
+    b: &mut Buffers<'_>,
+    config: &ModelConfig,
+    layer_cache: usize,
+    start: usize,
+    n: usize,
+) {
+    let (hidden, kv_dim, head_dim) = (config.hidden_size, config.kv_dim(), config.head_dim());
+    let n_rep = config.n_heads / config.n_kv_heads;
+    let scale = 1.0 / libm::sqrtf(head_dim as f32);
+    for t in 0..n {
+        let seen = start + t + 1;
+        for head in 0..config.n_heads {
+            let kv_head = head / n_rep;
+            let q_at = t * hidden + head * head_dim;
+            let q = b.q.get(q_at..q_at + head_dim).unwrap_or(&[]);
+            let scores = b.scores.get_mut(..seen).unwrap_or(&mut []);
+            let mut max = f32::NEG_INFINITY;
+            for (j, score) in scores.iter_mut().enumerate() {
+                let k_at = layer_cache + j * kv_dim + kv_head * head_dim;
+                let key = b.k_cache.get(k_at..k_at + head_dim).unwrap_or(&[]);
+                *score = q.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() * scale;
+                max = max.max(*score);
+            }
+            let mut sum = 0.0;
+            for score in scores.iter_mut() {
+                *score = libm::expf(*score - max);
+                sum += *score;
+            }
+            let out = b.attn.get_mut(q_at..q_at + head_dim).unwrap_or(&mut []);
+            out.iter_mut().for_each(|o| *o = 0.0);
+            for (j, &weight) in scores.iter().enumerate() {
+                let v_at = layer_cache + j * kv_dim + kv_head * head_dim;
+                let value = b.v_cache.get(v_at..v_at + head_dim).unwrap_or(&[]);
+                let weight = weight / sum;
+                for (o, v) in out.iter_mut().zip(value) {
+                    *o += weight * v;
+                }
+            }
+        }
+    }
+}
+
+fn copy(from: Option<&[f32]>, to: Option<&mut [f32]>) {
+    if let (Some(from), Some(to)) = (from, to) {
+        to.iter_mut().zip(from).for_each(|(t, f)| *t = *f);
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32], n: usize) {
+    x.iter_mut().zip(y).take(n).for_each(|(a, b)| *a += b);
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + libm::expf(-x))
+}
+
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
+    let inverse = 1.0 / libm::sqrtf(mean_square + eps);
+    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * inverse * w;
+    }
+}
+
+/// Rotates interleaved pairs `(x[2i], x[2i+1])` of every head of `n` rows of width `width`.
+fn rotate(x: &mut [f32], rope: &[f32], n: usize, width: usize, head_dim: usize) {
+    let half = head_dim / 2;
+    for (row, table) in x
+        .chunks_exact_mut(width)
+        .zip(rope.chunks_exact(head_dim))
+        .take(n)
+    {
+        let (cos, sin) = table.split_at(half);
+        for head in row.chunks_exact_mut(head_dim) {
+            for ((pair, c), s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+                if let [a, b] = pair {
+                    let (x0, x1) = (*a, *b);
+                    *a = x0 * c - x1 * s;
+                    *b = x0 * s + x1 * c;
+                }
+            }
+        }
+    }
+}
+
+fn gemm<K: Kernels>(kernels: &K, w: Weight<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+    let out_len = (tokens * w.rows()).min(out.len());
+    let x_len = (tokens * w.cols()).min(x.len());
+    let (x, out) = (
+        x.get(..x_len).unwrap_or(&[]),
+        out.get_mut(..out_len).unwrap_or(&mut []),
+    );
+    match w {
+        Weight::F32(m) => kernels.gemm_f32(m, x, tokens, out),
+        Weight::Q8(m) => kernels.gemm_q8(m, x, tokens, out),
+    }
+}
+
+fn apply<K: Kernels>(
+    kernels: &K,
+    linear: Option<LinearWeights<'_>>,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+    low: &mut [f32],
+) {
+    match linear {
+        Some(LinearWeights::Dense(w)) => gemm(kernels, w, x, tokens, out),
+        Some(LinearWeights::LowRank { a, b }) => {
+            gemm(kernels, a, x, tokens, low);
+            gemm(kernels, b, low, tokens, out);
+        }
+        None => {}
+    }
+}

@@ -1,0 +1,328 @@
+//! The bundle's byte-level BPE tokenizer, without allocation.
+//!
+//! Encoding follows the host tokenizer (Hugging Face `tokenizers` as the host configures it for
+//! SmolLM2): special tokens are matched literally (leftmost, longest), the rest is split into
+//! single digits and non-digit runs, each run by the GPT-2 pattern
+//! `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`, and every
+//! piece's bytes are merged by rank. `\p{L}` is approximated by `char::is_alphabetic` and
+//! `\p{N}` by `char::is_numeric` (equal for `\p{N}`); a test checks identical ids against the
+//! host tokenizer on every SST-2 sentence.
+//!
+//! The input is a list of text pieces read as one string, so a prompt prefix, the user's text
+//! and a suffix are tokenized together without being copied into one buffer.
+
+use heapless::Vec;
+
+use crate::bundle::{Bundle, array};
+use crate::error::Error;
+use crate::format::{MERGE_RECORD_LEN, NO_TOKEN};
+
+/// The tokenizer tables of a bundle.
+#[derive(Clone, Copy, Debug)]
+pub struct Tokenizer<'a> {
+    offsets: &'a [u8],
+    vocab_bytes: &'a [u8],
+    merges: &'a [u8],
+    byte_tokens: &'a [u8],
+    special_ids: &'a [u8],
+    stop_ids: &'a [u8],
+}
+
+/// Several `&str` read as their concatenation.
+#[derive(Clone, Copy, Debug)]
+struct Text<'t> {
+    pieces: &'t [&'t str],
+    len: usize,
+}
+
+impl<'t> Text<'t> {
+    fn new(pieces: &'t [&'t str]) -> Self {
+        Self {
+            pieces,
+            len: pieces.iter().map(|p| p.len()).sum(),
+        }
+    }
+
+    fn locate(&self, mut at: usize) -> Option<(&'t str, usize)> {
+        for piece in self.pieces {
+            if at < piece.len() {
+                return Some((piece, at));
+            }
+            at -= piece.len();
+        }
+        None
+    }
+
+    fn byte(&self, at: usize) -> Option<u8> {
+        self.locate(at)
+            .and_then(|(piece, offset)| piece.as_bytes().get(offset).copied())
+    }
+
+    fn char(&self, at: usize) -> Option<char> {
+        self.locate(at)
+            .and_then(|(piece, offset)| piece.get(offset..))
+            .and_then(|rest| rest.chars().next())
+    }
+
+    fn starts_with(&self, at: usize, needle: &[u8]) -> bool {
+        !needle.is_empty()
+            && needle
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| self.byte(at + i) == Some(b))
+    }
+}
+
+fn is_letter(c: char) -> bool {
+    c.is_alphabetic()
+}
+
+fn is_other(c: char) -> bool {
+    !c.is_whitespace() && !c.is_alphabetic() && !c.is_numeric()
+}
+
+impl<'a> Tokenizer<'a> {
+    /// The tables of a parsed bundle.
+    pub fn new(bundle: &Bundle<'a>) -> Self {
+        let refs = &bundle.header().tokenizer;
+        Self {
+            offsets: bundle.span(refs.vocab_offsets),
+            vocab_bytes: bundle.span(refs.vocab_bytes),
+            merges: bundle.span(refs.merges),
+            byte_tokens: bundle.span(refs.byte_tokens),
+            special_ids: bundle.span(refs.special_ids),
+            stop_ids: bundle.span(refs.stop_ids),
+        }
+    }
+
+    /// The raw bytes of token `id` (empty for an unknown id).
+    pub fn token_bytes(&self, id: u32) -> &'a [u8] {
+        let at = id as usize * 4;
+        match (
+            array::<4>(self.offsets, at),
+            array::<4>(self.offsets, at + 4),
+        ) {
+            (Ok(start), Ok(end)) => {
+                let (start, end) = (u32::from_le_bytes(start), u32::from_le_bytes(end));
+                self.vocab_bytes
+                    .get(start as usize..end as usize)
+                    .unwrap_or(&[])
+            }
+            _ => &[],
+        }
+    }
+
+    fn ids(table: &'a [u8]) -> impl Iterator<Item = u32> + 'a {
+        table
+            .chunks_exact(4)
+            .map(|c| c.try_into().map(u32::from_le_bytes).unwrap_or(NO_TOKEN))
+    }
+
+    /// Whether `id` is a special token (matched literally, skipped when decoding).
+    pub fn is_special(&self, id: u32) -> bool {
+        Self::ids(self.special_ids).any(|s| s == id)
+    }
+
+    /// Whether `id` ends generation.
+    pub fn is_stop(&self, id: u32) -> bool {
+        Self::ids(self.stop_ids).any(|s| s == id)
+    }
+
+    /// Appends the ids of `pieces` (read as one text) to `out`; [`Error::InputTooLong`] when
+    /// they do not fit.
+    pub fn encode<const N: usize>(
+        &self,
+        pieces: &[&str],
+        out: &mut Vec<u32, N>,
+    ) -> Result<(), Error> {
+        let text = Text::new(pieces);
+        let mut start = 0;
+        let mut at = 0;
+        while at < text.len {
+            match self.special_at(&text, at) {
+                Some((id, len)) => {
+                    self.encode_ordinary(&text, start, at, out)?;
+                    out.push(id).map_err(|_| Error::InputTooLong)?;
+                    at += len;
+                    start = at;
+                }
+                None => at += 1,
+            }
+        }
+        self.encode_ordinary(&text, start, text.len, out)
+    }
+
+    fn special_at(&self, text: &Text<'_>, at: usize) -> Option<(u32, usize)> {
+        let mut best: Option<(u32, usize)> = None;
+        for id in Self::ids(self.special_ids) {
+            let bytes = self.token_bytes(id);
+            if text.starts_with(at, bytes) && best.is_none_or(|(_, len)| bytes.len() > len) {
+                best = Some((id, bytes.len()));
+            }
+        }
+        best
+    }
+
+    /// Digits split off one by one, then the GPT-2 pattern on each non-digit run.
+    fn encode_ordinary<const N: usize>(
+        &self,
+        text: &Text<'_>,
+        start: usize,
+        end: usize,
+        out: &mut Vec<u32, N>,
+    ) -> Result<(), Error> {
+        let mut at = start;
+        let mut run_start = start;
+        while at < end {
+            let Some(c) = text.char(at) else { break };
+            if c.is_numeric() {
+                self.encode_run(text, run_start, at, out)?;
+                self.bpe(text, at, at + c.len_utf8(), out)?;
+                run_start = at + c.len_utf8();
+            }
+            at += c.len_utf8();
+        }
+        self.encode_run(text, run_start, end, out)
+    }
+
+    fn encode_run<const N: usize>(
+        &self,
+        text: &Text<'_>,
+        start: usize,
+        end: usize,
+        out: &mut Vec<u32, N>,
+    ) -> Result<(), Error> {
+        let mut at = start;
+        while at < end {
+            let next = gpt2_piece_end(text, at, end);
+            self.bpe(text, at, next, out)?;
+            at = next;
+        }
+        Ok(())
+    }
+
+    fn bpe<const N: usize>(
+        &self,
+        text: &Text<'_>,
+        start: usize,
+        end: usize,
+        out: &mut Vec<u32, N>,
+    ) -> Result<(), Error> {
+        let first = out.len();
+        for at in start..end {
+            let byte = text.byte(at).unwrap_or(0);
+            let id = array::<4>(self.byte_tokens, byte as usize * 4)
+                .map(u32::from_le_bytes)
+                .unwrap_or(NO_TOKEN);
+            if id != NO_TOKEN {
+                out.push(id).map_err(|_| Error::InputTooLong)?;
+            }
+        }
+        loop {
+            let mut best: Option<(u32, usize, u32)> = None;
+            let symbols = out.get(first..).unwrap_or(&[]);
+            for (i, pair) in symbols.windows(2).enumerate() {
+                if let (Some(&left), Some(&right)) = (pair.first(), pair.get(1))
+                    && let Some((rank, merged)) = self.merge(left, right)
+                    && best.is_none_or(|(best_rank, _, _)| rank < best_rank)
+                {
+                    best = Some((rank, first + i, merged));
+                }
+            }
+            let Some((_, at, merged)) = best else {
+                return Ok(());
+            };
+            if let Some(slot) = out.get_mut(at) {
+                *slot = merged;
+            }
+            if at + 1 < out.len() {
+                out.remove(at + 1);
+            }
+        }
+    }
+
+    /// `(rank, merged id)` of the pair, by binary search over the sorted merge records.
+    fn merge(&self, left: u32, right: u32) -> Option<(u32, u32)> {
+        let n = self.merges.len() / MERGE_RECORD_LEN;
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = mid * MERGE_RECORD_LEN;
+            let key = (
+                u32::from_le_bytes(array(self.merges, at).ok()?),
+                u32::from_le_bytes(array(self.merges, at + 4).ok()?),
+            );
+            match key.cmp(&(left, right)) {
+                core::cmp::Ordering::Less => lo = mid + 1,
+                core::cmp::Ordering::Greater => hi = mid,
+                core::cmp::Ordering::Equal => {
+                    let rank = u32::from_le_bytes(array(self.merges, at + 8).ok()?);
+                    let merged = u32::from_le_bytes(array(self.merges, at + 12).ok()?);
+                    return Some((rank, merged));
+                }
+            }
+        }
+        None
+    }
+
+    /// Writes the text of `ids` (special tokens skipped) into `out`; returns the bytes written,
+    /// stopping early when `out` is full.
+    pub fn decode_into(&self, ids: &[u32], out: &mut [u8]) -> usize {
+        let mut written = 0;
+        for &id in ids {
+            if self.is_special(id) {
+                continue;
+            }
+            for &byte in self.token_bytes(id) {
+                match out.get_mut(written) {
+                    Some(slot) => *slot = byte,
+                    None => return written,
+                }
+                written += 1;
+            }
+        }
+        written
+    }
+}
+
+/// End of the GPT-2 pre-token starting at `at` (before `end`).
+fn gpt2_piece_end(text: &Text<'_>, at: usize, end: usize) -> usize {
+    let char_at = |i: usize| if i < end { text.char(i) } else { None };
+    let Some(c) = char_at(at) else {
+        return end;
+    };
+    if c == '\'' {
+        for suffix in ["s", "t", "re", "ve", "m", "ll", "d"] {
+            if text.starts_with(at + 1, suffix.as_bytes()) && at + 1 + suffix.len() <= end {
+                return at + 1 + suffix.len();
+            }
+        }
+    }
+    let after_space = if c == ' ' { at + 1 } else { at };
+    let class_run = |from: usize, class: fn(char) -> bool| -> Option<usize> {
+        let mut i = from;
+        while let Some(d) = char_at(i).filter(|&d| class(d)) {
+            i += d.len_utf8();
+        }
+        (i > from).then_some(i)
+    };
+    for class in [is_letter as fn(char) -> bool, char::is_numeric, is_other] {
+        if let Some(stop) = class_run(after_space, class) {
+            return stop;
+        }
+    }
+    let mut stop = at;
+    let mut last_start = at;
+    while let Some(d) = char_at(stop).filter(|d| d.is_whitespace()) {
+        last_start = stop;
+        stop += d.len_utf8();
+    }
+    if stop == at {
+        return at + c.len_utf8();
+    }
+    if stop >= end || last_start == at {
+        stop
+    } else {
+        last_start
+    }
+}

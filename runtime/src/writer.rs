@@ -1,0 +1,197 @@
+//! Writing bundles (feature `alloc`): the blob builder, q8 quantization and the framing of
+//! `docs/bundle-format.md`. The host's packer fills a [`Header`] with the spans this returns.
+
+use alloc::vec::Vec;
+
+use crate::format::{
+    ALIGN, CRC32, Dtype, FLAG_SIGNED, FORMAT_VERSION, Header, LayerRef, MAGIC, MatrixRef,
+    PREAMBLE_LEN, Span, TokenizerRef, align_up,
+};
+
+/// Why a bundle could not be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The header does not encode (postcard).
+    Encode,
+    /// The blob or header exceeds the format's 4 GiB offsets.
+    TooLarge,
+}
+
+impl core::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Encode => "the bundle header does not encode; this is a bug, please report it",
+            Self::TooLarge => "the bundle exceeds 4 GiB; prune harder or use --dtype q8",
+        })
+    }
+}
+
+impl core::error::Error for WriteError {}
+
+/// The tokenizer in the form the writer stores it.
+#[derive(Clone, Debug, Default)]
+pub struct TokenizerTables {
+    /// Raw bytes of every token (special tokens as written).
+    pub vocab: Vec<Vec<u8>>,
+    /// `(left, right, merged)` in rank order.
+    pub merges: Vec<(u32, u32, u32)>,
+    /// The token of every single byte ([`crate::format::NO_TOKEN`] if none).
+    pub byte_tokens: Vec<u32>,
+    /// Special tokens (matched literally, skipped on decode).
+    pub special_ids: Vec<u32>,
+    /// Tokens that end generation.
+    pub stop_ids: Vec<u32>,
+}
+
+/// The tensor blob under construction; every push starts at a multiple of 64 bytes.
+#[derive(Clone, Debug, Default)]
+pub struct BlobBuilder {
+    bytes: Vec<u8>,
+}
+
+impl BlobBuilder {
+    /// An empty blob.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The blob so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Appends raw bytes, 64-byte aligned.
+    pub fn push_bytes(&mut self, data: &[u8]) -> Result<Span, WriteError> {
+        self.bytes.resize(align_up(self.bytes.len()), 0);
+        let offset = u32::try_from(self.bytes.len()).map_err(|_| WriteError::TooLarge)?;
+        let len = u32::try_from(data.len()).map_err(|_| WriteError::TooLarge)?;
+        self.bytes.extend_from_slice(data);
+        Ok(Span { offset, len })
+    }
+
+    /// Appends little-endian f32 values.
+    pub fn push_f32(&mut self, values: &[f32]) -> Result<Span, WriteError> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.push_bytes(&bytes)
+    }
+
+    /// Appends little-endian u32 values.
+    pub fn push_u32(&mut self, values: &[u32]) -> Result<Span, WriteError> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.push_bytes(&bytes)
+    }
+
+    /// Appends a row-major `rows × cols` matrix in `dtype` (quantizing for q8).
+    pub fn push_matrix(
+        &mut self,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+        dtype: Dtype,
+    ) -> Result<MatrixRef, WriteError> {
+        let (rows_u32, cols_u32) = (
+            u32::try_from(rows).map_err(|_| WriteError::TooLarge)?,
+            u32::try_from(cols).map_err(|_| WriteError::TooLarge)?,
+        );
+        let (data, scales) = match dtype {
+            Dtype::F32 => (self.push_f32(values)?, None),
+            Dtype::Q8 => {
+                let (q, scales) = quantize_q8(values, cols);
+                let bytes: Vec<u8> = q.iter().map(|&v| v as u8).collect();
+                (self.push_bytes(&bytes)?, Some(self.push_f32(&scales)?))
+            }
+        };
+        Ok(MatrixRef {
+            rows: rows_u32,
+            cols: cols_u32,
+            dtype,
+            data,
+            scales,
+        })
+    }
+
+    /// Appends the tokenizer tables.
+    pub fn push_tokenizer(&mut self, tables: &TokenizerTables) -> Result<TokenizerRef, WriteError> {
+        let mut offsets = Vec::with_capacity(tables.vocab.len() + 1);
+        let mut vocab_bytes = Vec::new();
+        offsets.push(0u32);
+        for token in &tables.vocab {
+            vocab_bytes.extend_from_slice(token);
+            offsets.push(u32::try_from(vocab_bytes.len()).map_err(|_| WriteError::TooLarge)?);
+        }
+        let mut merges: Vec<(u32, u32, u32, u32)> = Vec::with_capacity(tables.merges.len());
+        for (rank, &(left, right, merged)) in tables.merges.iter().enumerate() {
+            let rank = u32::try_from(rank).map_err(|_| WriteError::TooLarge)?;
+            merges.push((left, right, rank, merged));
+        }
+        merges.sort_unstable();
+        merges.dedup_by_key(|m| (m.0, m.1));
+        let merge_words: Vec<u32> = merges.iter().flat_map(|m| [m.0, m.1, m.2, m.3]).collect();
+        Ok(TokenizerRef {
+            vocab_offsets: self.push_u32(&offsets)?,
+            vocab_bytes: self.push_bytes(&vocab_bytes)?,
+            merges: self.push_u32(&merge_words)?,
+            byte_tokens: self.push_u32(&tables.byte_tokens)?,
+            special_ids: self.push_u32(&tables.special_ids)?,
+            stop_ids: self.push_u32(&tables.stop_ids)?,
+        })
+    }
+}
+
+/// Symmetric int8 per row: `scale = max|w| / 127`, `q = round(w / scale)`.
+pub fn quantize_q8(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = Vec::with_capacity(values.len());
+    let mut scales = Vec::new();
+    for row in values.chunks(cols.max(1)) {
+        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        scales.push(scale);
+        q.extend(
+            row.iter()
+                .map(|v| libm::roundf(v / scale).clamp(-127.0, 127.0) as i8),
+        );
+    }
+    (q, scales)
+}
+
+/// The postcard records of the layers, for [`Header::layers`].
+pub fn encode_layers(layers: &[LayerRef]) -> Result<Vec<u8>, WriteError> {
+    let mut out = Vec::new();
+    for layer in layers {
+        out.extend(postcard::to_allocvec(layer).map_err(|_| WriteError::Encode)?);
+    }
+    Ok(out)
+}
+
+/// Signs the bytes before the trailer and returns the 64-byte ed25519 signature.
+pub type Signer<'s> = &'s dyn Fn(&[u8]) -> [u8; 64];
+
+/// Frames `header` and `blob` into a bundle; `sign`, if given, signs every byte before the
+/// trailer and returns the 64-byte ed25519 signature.
+pub fn write_bundle(
+    header: &Header<'_>,
+    blob: &[u8],
+    sign: Option<Signer<'_>>,
+) -> Result<Vec<u8>, WriteError> {
+    let header_bytes = postcard::to_allocvec(header).map_err(|_| WriteError::Encode)?;
+    let header_len = u32::try_from(header_bytes.len()).map_err(|_| WriteError::TooLarge)?;
+    let flags: u16 = if sign.is_some() { FLAG_SIGNED } else { 0 };
+    let mut out = Vec::with_capacity(PREAMBLE_LEN + header_bytes.len() + ALIGN + blob.len() + 68);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&header_len.to_le_bytes());
+    out.extend_from_slice(&(blob.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header_bytes);
+    let crc = CRC32.checksum(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.resize(align_up(out.len()), 0);
+    out.extend_from_slice(blob);
+    out.extend_from_slice(&CRC32.checksum(blob).to_le_bytes());
+    if let Some(sign) = sign {
+        let signature = sign(&out);
+        out.extend_from_slice(&signature);
+    }
+    Ok(out)
+}
