@@ -10,9 +10,30 @@
 //! A low-rank layer `y = B (A x)` is two calls: `A` (`r × d_in`) then `B` (`d_out × r`).
 //! Kernels never allocate; the caller owns every buffer.
 
-mod portable;
+//!
+//! [`best`] picks the fastest implementation this machine offers: at run time under `std`
+//! (CPU feature detection), from the compile-time target features without it. Under `std`,
+//! [`Threaded`] spreads any implementation over a persistent pool of threads.
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod driver;
+mod portable;
+mod select;
+#[cfg(any(test, feature = "std"))]
+mod threaded;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+#[cfg(target_arch = "aarch64")]
+pub use aarch64::Neon;
 pub use portable::Portable;
+pub use select::{AnyKernels, available, best};
+#[cfg(any(test, feature = "std"))]
+pub use threaded::Threaded;
+#[cfg(target_arch = "x86_64")]
+pub use x86_64::{Avx2Fma, Avx512};
 
 /// A row-major f32 matrix borrowed from a bundle.
 #[derive(Clone, Copy, Debug)]
@@ -55,3 +76,6 @@ pub trait Kernels {
     /// int8 weights with per-row scales; activations stay f32.
     fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]);
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,8 +12,8 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut a_chunks = a.chunks_exact(8);
     let mut b_chunks = b.chunks_exact(8);
     for (ca, cb) in (&mut a_chunks).zip(&mut b_chunks) {
-        for k in 0..8 {
-            acc[k] += ca[k] * cb[k];
+        for ((s, x), y) in acc.iter_mut().zip(ca).zip(cb) {
+            *s += x * y;
         }
     }
     let mut tail = 0.0f32;
@@ -28,8 +28,8 @@ fn dot_q8(a: &[i8], b: &[f32]) -> f32 {
     let mut a_chunks = a.chunks_exact(8);
     let mut b_chunks = b.chunks_exact(8);
     for (ca, cb) in (&mut a_chunks).zip(&mut b_chunks) {
-        for k in 0..8 {
-            acc[k] += f32::from(ca[k]) * cb[k];
+        for ((s, x), y) in acc.iter_mut().zip(ca).zip(cb) {
+            *s += f32::from(*x) * y;
         }
     }
     let mut tail = 0.0f32;
@@ -70,12 +70,7 @@ impl Kernels for Portable {
             .zip(out.chunks_exact_mut(w.rows))
             .take(tokens)
         {
-            for ((row, scale), o) in w
-                .data
-                .chunks_exact(w.cols)
-                .zip(w.scales)
-                .zip(ot.iter_mut())
-            {
+            for ((row, scale), o) in w.data.chunks_exact(w.cols).zip(w.scales).zip(ot.iter_mut()) {
                 *o = scale * dot_q8(row, xt);
             }
         }
@@ -92,13 +87,22 @@ mod tests {
         let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let x = [1.0, 0.0, -1.0, 2.0, 1.0, 0.0];
         let mut out = [0.0; 4];
-        let m = F32Matrix { rows: 2, cols: 3, data: &w };
+        let m = F32Matrix {
+            rows: 2,
+            cols: 3,
+            data: &w,
+        };
         Portable.gemm_f32(m, &x, 2, &mut out);
         assert_eq!(out, [-2.0, -2.0, 4.0, 13.0]);
 
         let q = [1i8, 2, 3, 4, 5, 6];
         let scales = [0.5, 2.0];
-        let m = Q8Matrix { rows: 2, cols: 3, data: &q, scales: &scales };
+        let m = Q8Matrix {
+            rows: 2,
+            cols: 3,
+            data: &q,
+            scales: &scales,
+        };
         Portable.gemm_q8(m, &x, 2, &mut out);
         assert_eq!(out, [-1.0, -4.0, 2.0, 26.0]);
     }

@@ -1,0 +1,218 @@
+//! Shape handling and cache blocking shared by the SIMD kernels, in safe Rust.
+//!
+//! An architecture module provides a [`Simd`]: row dot products for decode and one register
+//! tile for prefill. This module trims every call to the common prefix of its buffers (the
+//! same prefix [`Portable`](super::Portable) computes), then either runs the row dot products
+//! once per token or packs blocks of weights into a stack buffer (int8 converted to f32 and
+//! scaled once per block) and reuses each block across every token.
+
+use super::{F32Matrix, Q8Matrix};
+
+/// Columns of one packed weight block: `KC × NR` f32 stay in L1 while every token tile uses them.
+pub(crate) const KC: usize = 256;
+
+/// The widest tile any architecture uses (rows of `W` per packed block).
+pub(crate) const NR_MAX: usize = 32;
+
+/// Below this many tokens the row dot products beat packing.
+const PACK_FROM_TOKENS: usize = 4;
+
+/// What an architecture module provides. Every method is safe: implementations check the
+/// lengths they rely on and do nothing when a caller breaks the stated contract.
+pub(crate) trait Simd {
+    /// Tokens per register tile.
+    const MR: usize;
+    /// Weight rows per register tile (`≤ NR_MAX`).
+    const NR: usize;
+
+    /// `out[i] = Σ_j data[i·cols + j] · x[j]` for every `i < min(out.len(), data.len() / cols)`;
+    /// needs `x.len() ≥ cols`.
+    fn matvec_f32(&self, data: &[f32], cols: usize, x: &[f32], out: &mut [f32]);
+
+    /// As [`Simd::matvec_f32`], times `scales[i]`.
+    fn matvec_q8(&self, data: &[i8], scales: &[f32], cols: usize, x: &[f32], out: &mut [f32]);
+
+    /// `out[t·out_stride + i] (+)= Σ_{k<kc} packed[k·NR + i] · x[t·x_stride + k]` for
+    /// `t < mt ≤ MR`, `i < nr ≤ NR`; adds to `out` when `accumulate`, else overwrites it.
+    #[allow(clippy::too_many_arguments)]
+    fn tile(
+        &self,
+        packed: &[f32],
+        kc: usize,
+        x: &[f32],
+        x_stride: usize,
+        mt: usize,
+        out: &mut [f32],
+        out_stride: usize,
+        nr: usize,
+        accumulate: bool,
+    );
+}
+
+/// The part of a call that every buffer covers.
+#[derive(Clone, Copy, Debug)]
+struct Extent {
+    rows: usize,
+    tokens: usize,
+}
+
+/// `None` when the matrix is empty (the output is then all zeros, as in the portable kernel).
+fn extent(
+    rows: usize,
+    cols: usize,
+    stored_rows: usize,
+    x_len: usize,
+    tokens: usize,
+    out_len: usize,
+) -> Option<Extent> {
+    if rows == 0 || cols == 0 {
+        return None;
+    }
+    Some(Extent {
+        rows: rows.min(stored_rows),
+        tokens: tokens.min(x_len / cols).min(out_len / rows),
+    })
+}
+
+/// The weights a block is packed from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    F32(&'a [f32]),
+    Q8(&'a [i8], &'a [f32]),
+}
+
+/// `out = x · Wᵀ` for f32 weights through `simd`.
+pub(crate) fn gemm_f32<S: Simd>(
+    simd: &S,
+    w: F32Matrix<'_>,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    let Some(e) = extent(
+        w.rows,
+        w.cols,
+        w.data.len() / w.cols.max(1),
+        x.len(),
+        tokens,
+        out.len(),
+    ) else {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    };
+    let data = w.data.get(..e.rows * w.cols).unwrap_or_default();
+    if e.tokens < PACK_FROM_TOKENS {
+        for (xt, ot) in x
+            .chunks_exact(w.cols)
+            .zip(out.chunks_exact_mut(w.rows))
+            .take(e.tokens)
+        {
+            simd.matvec_f32(data, w.cols, xt, ot.get_mut(..e.rows).unwrap_or_default());
+        }
+    } else {
+        blocked(simd, Source::F32(data), w.rows, w.cols, e, x, out);
+    }
+}
+
+/// `out = x · Wᵀ` for int8 weights with per-row scales through `simd`.
+pub(crate) fn gemm_q8<S: Simd>(
+    simd: &S,
+    w: Q8Matrix<'_>,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    let stored = (w.data.len() / w.cols.max(1)).min(w.scales.len());
+    let Some(e) = extent(w.rows, w.cols, stored, x.len(), tokens, out.len()) else {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    };
+    let data = w.data.get(..e.rows * w.cols).unwrap_or_default();
+    let scales = w.scales.get(..e.rows).unwrap_or_default();
+    if e.tokens < PACK_FROM_TOKENS {
+        for (xt, ot) in x
+            .chunks_exact(w.cols)
+            .zip(out.chunks_exact_mut(w.rows))
+            .take(e.tokens)
+        {
+            simd.matvec_q8(
+                data,
+                scales,
+                w.cols,
+                xt,
+                ot.get_mut(..e.rows).unwrap_or_default(),
+            );
+        }
+    } else {
+        blocked(simd, Source::Q8(data, scales), w.rows, w.cols, e, x, out);
+    }
+}
+
+/// Packs `nr` rows from `row0`, columns `k0..k0 + kc`, as `dst[k·stride + r]`, zero-padding
+/// rows `nr..stride`.
+#[allow(clippy::too_many_arguments)]
+fn pack(
+    src: Source<'_>,
+    cols: usize,
+    row0: usize,
+    nr: usize,
+    k0: usize,
+    kc: usize,
+    stride: usize,
+    dst: &mut [f32],
+) {
+    let dst = dst.get_mut(..kc * stride).unwrap_or_default();
+    dst.iter_mut().for_each(|d| *d = 0.0);
+    match src {
+        Source::F32(data) => {
+            for (r, row) in data.chunks_exact(cols).skip(row0).take(nr).enumerate() {
+                let part = row.get(k0..k0 + kc).unwrap_or_default();
+                for (d, &v) in dst.chunks_exact_mut(stride).zip(part) {
+                    if let Some(slot) = d.get_mut(r) {
+                        *slot = v;
+                    }
+                }
+            }
+        }
+        Source::Q8(data, scales) => {
+            let rows = data.chunks_exact(cols).zip(scales).skip(row0).take(nr);
+            for (r, (row, &scale)) in rows.enumerate() {
+                let part = row.get(k0..k0 + kc).unwrap_or_default();
+                for (d, &v) in dst.chunks_exact_mut(stride).zip(part) {
+                    if let Some(slot) = d.get_mut(r) {
+                        *slot = scale * f32::from(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row panels of `NR` outer, column blocks of `KC` next, token tiles of `MR` inner: each packed
+/// block is converted once and used by every token.
+fn blocked<S: Simd>(
+    simd: &S,
+    src: Source<'_>,
+    rows: usize,
+    cols: usize,
+    e: Extent,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let mut packed = [0.0f32; KC * NR_MAX];
+    let nr_full = S::NR.min(NR_MAX);
+    let mr = S::MR.max(1);
+    for row0 in (0..e.rows).step_by(nr_full) {
+        let nr = nr_full.min(e.rows - row0);
+        for k0 in (0..cols).step_by(KC) {
+            let kc = KC.min(cols - k0);
+            pack(src, cols, row0, nr, k0, kc, nr_full, &mut packed);
+            for t0 in (0..e.tokens).step_by(mr) {
+                let mt = mr.min(e.tokens - t0);
+                let xs = x.get(t0 * cols + k0..).unwrap_or_default();
+                let os = out.get_mut(t0 * rows + row0..).unwrap_or_default();
+                simd.tile(&packed, kc, xs, cols, mt, os, rows, nr, k0 > 0);
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Choosing an implementation: every kernel this machine can run, fastest first.
+
+#[cfg(target_arch = "aarch64")]
+use super::Neon;
+#[cfg(target_arch = "x86_64")]
+use super::{Avx2Fma, Avx512};
+use super::{F32Matrix, Kernels, Portable, Q8Matrix};
+
+/// One of the single-threaded implementations, chosen at run time.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum AnyKernels {
+    /// [`Portable`].
+    Portable(Portable),
+    /// [`Avx2Fma`].
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma(Avx2Fma),
+    /// [`Avx512`].
+    #[cfg(target_arch = "x86_64")]
+    Avx512(Avx512),
+    /// [`Neon`].
+    #[cfg(target_arch = "aarch64")]
+    Neon(Neon),
+}
+
+/// The fastest implementation this machine offers (run-time detection under `std`,
+/// compile-time target features without it).
+pub fn best() -> AnyKernels {
+    available().next().unwrap_or(AnyKernels::Portable(Portable))
+}
+
+/// Every implementation this machine can run, fastest first; [`Portable`] is always last.
+pub fn available() -> impl Iterator<Item = AnyKernels> {
+    #[cfg(target_arch = "x86_64")]
+    let simd = [
+        Avx512::detect().map(AnyKernels::Avx512),
+        Avx2Fma::detect().map(AnyKernels::Avx2Fma),
+    ];
+    #[cfg(target_arch = "aarch64")]
+    let simd = [Neon::detect().map(AnyKernels::Neon)];
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let simd: [Option<AnyKernels>; 0] = [];
+    simd.into_iter()
+        .flatten()
+        .chain(core::iter::once(AnyKernels::Portable(Portable)))
+}
+
+impl AnyKernels {
+    fn inner(&self) -> &dyn Kernels {
+        match self {
+            Self::Portable(k) => k,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2Fma(k) => k,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512(k) => k,
+            #[cfg(target_arch = "aarch64")]
+            Self::Neon(k) => k,
+        }
+    }
+}
+
+impl Kernels for AnyKernels {
+    fn name(&self) -> &'static str {
+        self.inner().name()
+    }
+
+    fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        self.inner().gemm_f32(w, x, tokens, out);
+    }
+
+    fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        self.inner().gemm_q8(w, x, tokens, out);
+    }
+}

@@ -1,0 +1,273 @@
+//! One suite, instantiated for every implementation, checked against [`Portable`].
+//!
+//! Results must agree within a tolerance relative to `Σ_j |W[i][j]| · |x[t][j]|` (the SIMD
+//! kernels sum in a different order, and the q8 ones scale before summing), and every
+//! output the portable kernel leaves untouched must stay untouched.
+
+use proptest::prelude::*;
+
+use super::{F32Matrix, Kernels, Portable, Q8Matrix, Threaded};
+
+const SENTINEL: f32 = 12345.0;
+
+/// Deterministic values in [-1, 1) (a small LCG; the suite must not depend on a crate for this).
+fn values(seed: u64, n: usize) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn quantized(seed: u64, n: usize) -> Vec<i8> {
+    values(seed, n)
+        .into_iter()
+        .map(|v| (v * 127.0) as i8)
+        .collect()
+}
+
+/// One product with deliberately odd buffer lengths (each may be short or long).
+#[derive(Clone, Debug)]
+struct Case {
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    data_len: usize,
+    scales_len: usize,
+    x_len: usize,
+    out_len: usize,
+    seed: u64,
+}
+
+impl Case {
+    fn exact(rows: usize, cols: usize, tokens: usize, seed: u64) -> Self {
+        Self {
+            rows,
+            cols,
+            tokens,
+            data_len: rows * cols,
+            scales_len: rows,
+            x_len: tokens * cols,
+            out_len: tokens * rows,
+            seed,
+        }
+    }
+}
+
+fn bound(abs_w: &[f32], rows: usize, cols: usize, x: &[f32], index: usize) -> f32 {
+    let (t, i) = (index / rows.max(1), index % rows.max(1));
+    let row = abs_w.get(i * cols..(i + 1) * cols).unwrap_or(&[]);
+    let xt = x.get(t * cols..(t + 1) * cols).unwrap_or(&[]);
+    row.iter().zip(xt).map(|(w, x)| w * x.abs()).sum::<f32>()
+}
+
+fn compare(
+    kernel: &dyn Kernels,
+    case: &Case,
+    expected: &[f32],
+    got: &[f32],
+    abs_w: &[f32],
+    x: &[f32],
+) {
+    assert_eq!(expected.len(), got.len());
+    for (index, (e, g)) in expected.iter().zip(got).enumerate() {
+        let tolerance = 3e-5 * bound(abs_w, case.rows, case.cols, x, index) + 1e-6;
+        assert!(
+            (e - g).abs() <= tolerance,
+            "{}: {case:?}: out[{index}] = {g}, portable {e} (tolerance {tolerance})",
+            kernel.name(),
+        );
+        assert_eq!(
+            *e == SENTINEL,
+            *g == SENTINEL,
+            "{}: {case:?}: out[{index}]",
+            kernel.name()
+        );
+    }
+}
+
+/// Runs `case` through `kernel` and through [`Portable`], f32 and q8, and compares.
+fn check(kernel: &dyn Kernels, case: &Case) {
+    let x = values(case.seed, case.x_len);
+    let w = values(case.seed ^ 1, case.data_len);
+    let q = quantized(case.seed ^ 2, case.data_len);
+    let scales: Vec<f32> = values(case.seed ^ 3, case.scales_len)
+        .iter()
+        .map(|s| 0.01 + s.abs() / 64.0)
+        .collect();
+
+    let matrix = F32Matrix {
+        rows: case.rows,
+        cols: case.cols,
+        data: &w,
+    };
+    let mut expected = vec![SENTINEL; case.out_len];
+    let mut got = vec![SENTINEL; case.out_len];
+    Portable.gemm_f32(matrix, &x, case.tokens, &mut expected);
+    kernel.gemm_f32(matrix, &x, case.tokens, &mut got);
+    let abs_w: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+    compare(kernel, case, &expected, &got, &abs_w, &x);
+
+    let matrix = Q8Matrix {
+        rows: case.rows,
+        cols: case.cols,
+        data: &q,
+        scales: &scales,
+    };
+    let mut expected = vec![SENTINEL; case.out_len];
+    let mut got = vec![SENTINEL; case.out_len];
+    Portable.gemm_q8(matrix, &x, case.tokens, &mut expected);
+    kernel.gemm_q8(matrix, &x, case.tokens, &mut got);
+    let abs_w: Vec<f32> = q
+        .chunks(case.cols.max(1))
+        .zip(scales.iter().chain(core::iter::repeat(&0.0)))
+        .flat_map(|(row, s)| row.iter().map(move |v| s * f32::from(*v).abs()))
+        .collect();
+    compare(kernel, case, &expected, &got, &abs_w, &x);
+}
+
+fn odd_case() -> impl Strategy<Value = Case> {
+    (0usize..70, 0usize..70, 0usize..=9, any::<u64>())
+        .prop_map(|(rows, cols, tokens, seed)| Case::exact(rows, cols, tokens, seed))
+}
+
+fn mismatched_case() -> impl Strategy<Value = Case> {
+    (
+        0usize..40,
+        0usize..40,
+        0usize..=9,
+        any::<u64>(),
+        prop::array::uniform4(-3i64..3),
+    )
+        .prop_map(|(rows, cols, tokens, seed, d)| {
+            let mut c = Case::exact(rows, cols, tokens, seed);
+            let shift = |n: usize, by: i64, unit: usize| {
+                n.saturating_add_signed(by as isize * unit.max(1) as isize)
+            };
+            c.data_len = shift(c.data_len, d[0], cols);
+            c.scales_len = shift(c.scales_len, d[1], 1);
+            c.x_len = shift(c.x_len, d[2], cols / 2 + 1);
+            c.out_len = shift(c.out_len, d[3], rows / 2 + 1);
+            c
+        })
+}
+
+/// The matrices of SmolLM2-135M and of its low-rank factors.
+const MODEL_SHAPES: [(usize, usize); 8] = [
+    (576, 576),
+    (192, 576),
+    (1536, 576),
+    (576, 1536),
+    (8, 576),
+    (576, 8),
+    (136, 576),
+    (1536, 136),
+];
+
+macro_rules! kernel_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+
+            fn kernel() -> Option<Box<dyn Kernels>> {
+                $make
+            }
+
+            #[test]
+            fn model_shapes_match_portable() {
+                let Some(kernel) = kernel() else { return };
+                for (index, &(rows, cols)) in MODEL_SHAPES.iter().enumerate() {
+                    for tokens in [1, 5, 19] {
+                        check(
+                            kernel.as_ref(),
+                            &Case::exact(rows, cols, tokens, index as u64),
+                        );
+                    }
+                }
+            }
+
+            #[test]
+            fn head_decode_matches_portable() {
+                let Some(kernel) = kernel() else { return };
+                check(kernel.as_ref(), &Case::exact(49152, 576, 1, 7));
+            }
+
+            #[test]
+            fn column_blocks_accumulate() {
+                let Some(kernel) = kernel() else { return };
+                for cols in [255, 256, 257, 513, 1000] {
+                    check(kernel.as_ref(), &Case::exact(37, cols, 11, cols as u64));
+                }
+            }
+
+            #[test]
+            fn empty_matrices_zero_the_output() {
+                let Some(kernel) = kernel() else { return };
+                for (rows, cols, tokens) in [(0, 5, 3), (5, 0, 3), (0, 0, 0), (4, 4, 0)] {
+                    let mut case = Case::exact(rows, cols, tokens, 0);
+                    case.out_len = 6;
+                    check(kernel.as_ref(), &case);
+                }
+            }
+
+            proptest! {
+                #[test]
+                fn odd_shapes_match_portable(case in odd_case()) {
+                    let Some(kernel) = kernel() else { return Ok(()) };
+                    check(kernel.as_ref(), &case);
+                }
+
+                #[test]
+                fn mismatched_lengths_use_the_common_prefix(case in mismatched_case()) {
+                    let Some(kernel) = kernel() else { return Ok(()) };
+                    check(kernel.as_ref(), &case);
+                }
+            }
+        }
+    };
+}
+
+kernel_suite!(portable, Some(Box::new(Portable)));
+#[cfg(target_arch = "x86_64")]
+kernel_suite!(
+    avx2,
+    super::super::Avx2Fma::detect().map(|k| Box::new(k) as Box<dyn Kernels>)
+);
+#[cfg(target_arch = "x86_64")]
+kernel_suite!(
+    avx512,
+    super::super::Avx512::detect().map(|k| Box::new(k) as Box<dyn Kernels>)
+);
+#[cfg(target_arch = "aarch64")]
+kernel_suite!(
+    neon,
+    super::super::Neon::detect().map(|k| Box::new(k) as Box<dyn Kernels>)
+);
+kernel_suite!(best, Some(Box::new(super::super::best())));
+kernel_suite!(
+    threaded_best,
+    Some(Box::new(Threaded::new(super::super::best(), 2)))
+);
+kernel_suite!(
+    threaded_portable,
+    Some(Box::new(Threaded::new(Portable, 3)))
+);
+
+#[test]
+fn best_is_the_first_available() {
+    let best = super::best();
+    let first = super::available().next().map(|k| k.name());
+    assert_eq!(Some(best.name()), first);
+    assert_eq!(
+        super::available().last().map(|k| k.name()),
+        Some("portable")
+    );
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(best.name(), "neon");
+}

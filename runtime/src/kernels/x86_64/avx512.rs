@@ -1,0 +1,331 @@
+//! AVX-512 kernels: 16 f32 lanes, masked loads for row tails, an 8 × 32 register tile.
+//!
+//! `unsafe` is allowed in this module only: the intrinsics need it. Every `#[target_feature]`
+//! function is reached through an [`Avx512`] value, which exists only once the features were
+//! detected (or enabled at compile time), and every raw pointer range is checked by the safe
+//! wrapper that calls it.
+#![allow(unsafe_code)]
+
+use core::arch::x86_64::{
+    __m512, __mmask16, _mm_loadu_si128, _mm_maskz_loadu_epi8, _mm512_add_ps, _mm512_cvtepi8_epi32,
+    _mm512_cvtepi32_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
+    _mm512_maskz_loadu_ps, _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps,
+};
+
+use super::super::driver::{self, Simd};
+use super::super::{F32Matrix, Kernels, Q8Matrix};
+
+/// AVX-512 F/BW/VL kernels. Constructed only by [`Avx512::detect`].
+#[derive(Clone, Copy, Debug)]
+pub struct Avx512 {
+    _detected: (),
+}
+
+impl Avx512 {
+    /// The kernels, if this CPU has AVX-512 F, BW and VL and FMA (at run time under `std`,
+    /// at compile time without it).
+    pub fn detect() -> Option<Self> {
+        detected().then_some(Self { _detected: () })
+    }
+}
+
+#[cfg(any(test, feature = "std"))]
+fn detected() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("fma")
+}
+
+#[cfg(not(any(test, feature = "std")))]
+fn detected() -> bool {
+    cfg!(all(
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vl",
+        target_feature = "fma"
+    ))
+}
+
+impl Kernels for Avx512 {
+    fn name(&self) -> &'static str {
+        "avx512"
+    }
+
+    fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        driver::gemm_f32(self, w, x, tokens, out);
+    }
+
+    fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        driver::gemm_q8(self, w, x, tokens, out);
+    }
+}
+
+const LANES: usize = 16;
+const MR: usize = 8;
+const NR: usize = 32;
+
+impl Simd for Avx512 {
+    const MR: usize = MR;
+    const NR: usize = NR;
+
+    fn matvec_f32(&self, data: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
+        if cols == 0 || x.len() < cols {
+            return;
+        }
+        let rows = out.len().min(data.len() / cols);
+        // SAFETY: `self` proves the features; the callee reads `rows · cols ≤ data.len()`
+        // weights, `cols ≤ x.len()` activations and writes `rows ≤ out.len()` outputs.
+        unsafe { matvec_f32(data.as_ptr(), rows, cols, x.as_ptr(), out.as_mut_ptr()) }
+    }
+
+    fn matvec_q8(&self, data: &[i8], scales: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
+        if cols == 0 || x.len() < cols {
+            return;
+        }
+        let rows = out.len().min(data.len() / cols).min(scales.len());
+        // SAFETY: as for `matvec_f32`, and `rows ≤ scales.len()`.
+        unsafe {
+            matvec_q8(
+                data.as_ptr(),
+                scales.as_ptr(),
+                rows,
+                cols,
+                x.as_ptr(),
+                out.as_mut_ptr(),
+            )
+        }
+    }
+
+    fn tile(
+        &self,
+        packed: &[f32],
+        kc: usize,
+        x: &[f32],
+        x_stride: usize,
+        mt: usize,
+        out: &mut [f32],
+        out_stride: usize,
+        nr: usize,
+        accumulate: bool,
+    ) {
+        if mt == 0 || mt > MR || nr == 0 || nr > NR || kc == 0 {
+            return;
+        }
+        if packed.len() < kc * NR
+            || x.len() < (mt - 1) * x_stride + kc
+            || out.len() < (mt - 1) * out_stride + nr
+        {
+            return;
+        }
+        let t = Tile {
+            packed: packed.as_ptr(),
+            kc,
+            x: x.as_ptr(),
+            x_stride,
+            out: out.as_mut_ptr(),
+            out_stride,
+            nr,
+            accumulate,
+        };
+        // SAFETY: `self` proves the features; the checks above bound every access of the tile:
+        // packed `kc · NR`, x `(mt − 1) · x_stride + kc`, out `(mt − 1) · out_stride + nr`.
+        unsafe {
+            match mt {
+                1 => tile::<1>(t),
+                2 => tile::<2>(t),
+                3 => tile::<3>(t),
+                4 => tile::<4>(t),
+                5 => tile::<5>(t),
+                6 => tile::<6>(t),
+                7 => tile::<7>(t),
+                _ => tile::<8>(t),
+            }
+        }
+    }
+}
+
+fn mask(n: usize) -> __mmask16 {
+    if n >= LANES {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+unsafe fn matvec_f32(data: *const f32, rows: usize, cols: usize, x: *const f32, out: *mut f32) {
+    let full = cols / LANES * LANES;
+    let tail = mask(cols - full);
+    // SAFETY: the caller guarantees `rows · cols` weights, `cols` activations and `rows`
+    // outputs; every offset below is below those bounds, and masked lanes are not read.
+    unsafe {
+        let mut i = 0;
+        while i + 4 <= rows {
+            let r = [
+                data.add(i * cols),
+                data.add((i + 1) * cols),
+                data.add((i + 2) * cols),
+                data.add((i + 3) * cols),
+            ];
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut k = 0;
+            while k < full {
+                let xv = _mm512_loadu_ps(x.add(k));
+                for (a, row) in acc.iter_mut().zip(r) {
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(row.add(k)), xv, *a);
+                }
+                k += LANES;
+            }
+            if full < cols {
+                let xv = _mm512_maskz_loadu_ps(tail, x.add(full));
+                for (a, row) in acc.iter_mut().zip(r) {
+                    *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, row.add(full)), xv, *a);
+                }
+            }
+            for (j, a) in acc.into_iter().enumerate() {
+                *out.add(i + j) = _mm512_reduce_add_ps(a);
+            }
+            i += 4;
+        }
+        while i < rows {
+            let row = data.add(i * cols);
+            let mut acc = _mm512_setzero_ps();
+            let mut k = 0;
+            while k < full {
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(row.add(k)), _mm512_loadu_ps(x.add(k)), acc);
+                k += LANES;
+            }
+            if full < cols {
+                let xv = _mm512_maskz_loadu_ps(tail, x.add(full));
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, row.add(full)), xv, acc);
+            }
+            *out.add(i) = _mm512_reduce_add_ps(acc);
+            i += 1;
+        }
+    }
+}
+
+/// Sixteen int8 weights at `p` (only the `m` lanes) as f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn load_q8(p: *const i8, m: __mmask16) -> __m512 {
+    // SAFETY: the caller guarantees that the lanes in `m` are readable.
+    unsafe {
+        let bytes = if m == 0xffff {
+            _mm_loadu_si128(p.cast())
+        } else {
+            _mm_maskz_loadu_epi8(m, p)
+        };
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+unsafe fn matvec_q8(
+    data: *const i8,
+    scales: *const f32,
+    rows: usize,
+    cols: usize,
+    x: *const f32,
+    out: *mut f32,
+) {
+    let full = cols / LANES * LANES;
+    let tail = mask(cols - full);
+    // SAFETY: the caller guarantees `rows · cols` weights, `rows` scales, `cols` activations and
+    // `rows` outputs; every offset below is below those bounds, and masked lanes are not read.
+    unsafe {
+        let mut i = 0;
+        while i + 4 <= rows {
+            let r = [
+                data.add(i * cols),
+                data.add((i + 1) * cols),
+                data.add((i + 2) * cols),
+                data.add((i + 3) * cols),
+            ];
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut k = 0;
+            while k < full {
+                let xv = _mm512_loadu_ps(x.add(k));
+                for (a, row) in acc.iter_mut().zip(r) {
+                    *a = _mm512_fmadd_ps(load_q8(row.add(k), 0xffff), xv, *a);
+                }
+                k += LANES;
+            }
+            if full < cols {
+                let xv = _mm512_maskz_loadu_ps(tail, x.add(full));
+                for (a, row) in acc.iter_mut().zip(r) {
+                    *a = _mm512_fmadd_ps(load_q8(row.add(full), tail), xv, *a);
+                }
+            }
+            for (j, a) in acc.into_iter().enumerate() {
+                *out.add(i + j) = *scales.add(i + j) * _mm512_reduce_add_ps(a);
+            }
+            i += 4;
+        }
+        while i < rows {
+            let row = data.add(i * cols);
+            let mut acc = _mm512_setzero_ps();
+            let mut k = 0;
+            while k < full {
+                acc = _mm512_fmadd_ps(load_q8(row.add(k), 0xffff), _mm512_loadu_ps(x.add(k)), acc);
+                k += LANES;
+            }
+            if full < cols {
+                let xv = _mm512_maskz_loadu_ps(tail, x.add(full));
+                acc = _mm512_fmadd_ps(load_q8(row.add(full), tail), xv, acc);
+            }
+            *out.add(i) = *scales.add(i) * _mm512_reduce_add_ps(acc);
+            i += 1;
+        }
+    }
+}
+
+/// One register tile's operands (see [`Simd::tile`]).
+#[derive(Clone, Copy)]
+struct Tile {
+    packed: *const f32,
+    kc: usize,
+    x: *const f32,
+    x_stride: usize,
+    out: *mut f32,
+    out_stride: usize,
+    nr: usize,
+    accumulate: bool,
+}
+
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn tile<const MT: usize>(t: Tile) {
+    // SAFETY: the caller checked `kc · NR` packed values, `(MT − 1) · x_stride + kc`
+    // activations and `(MT − 1) · out_stride + nr` outputs; masked lanes are not touched.
+    unsafe {
+        let mut lo = [_mm512_setzero_ps(); MT];
+        let mut hi = [_mm512_setzero_ps(); MT];
+        for k in 0..t.kc {
+            let w0 = _mm512_loadu_ps(t.packed.add(k * NR));
+            let w1 = _mm512_loadu_ps(t.packed.add(k * NR + LANES));
+            for (m, (l, h)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                let xv = _mm512_set1_ps(*t.x.add(m * t.x_stride + k));
+                *l = _mm512_fmadd_ps(w0, xv, *l);
+                *h = _mm512_fmadd_ps(w1, xv, *h);
+            }
+        }
+        let m_lo = mask(t.nr);
+        let m_hi = mask(t.nr.saturating_sub(LANES));
+        for (m, (l, h)) in lo.into_iter().zip(hi).enumerate() {
+            let o = t.out.add(m * t.out_stride);
+            let mut v = l;
+            if t.accumulate {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m_lo, o));
+            }
+            _mm512_mask_storeu_ps(o, m_lo, v);
+            if m_hi != 0 {
+                let o = o.add(LANES);
+                let mut v = h;
+                if t.accumulate {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m_hi, o));
+                }
+                _mm512_mask_storeu_ps(o, m_hi, v);
+            }
+        }
+    }
+}

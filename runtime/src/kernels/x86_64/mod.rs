@@ -1,0 +1,7 @@
+//! x86_64 kernels: AVX2 with FMA, and AVX-512 (F, BW, VL) where present.
+
+mod avx2;
+mod avx512;
+
+pub use avx2::Avx2Fma;
+pub use avx512::Avx512;
