@@ -13,7 +13,7 @@ struct Step {
     run: fn() -> anyhow::Result<()>,
 }
 
-const STEPS: [Step; 7] = [
+const STEPS: [Step; 8] = [
     Step {
         title: "rustup targets",
         run: prerequisites::ensure_targets,
@@ -41,6 +41,10 @@ const STEPS: [Step; 7] = [
     Step {
         title: "aarch64 device tool under qemu",
         run: device_under_qemu,
+    },
+    Step {
+        title: "aarch64 runtime tests (NEON kernels) under qemu",
+        run: runtime_tests_under_qemu,
     },
 ];
 
@@ -150,6 +154,22 @@ fn device_under_qemu() -> anyhow::Result<()> {
     let stdout = cargo::stdout_of(&mut command)?;
     print!("{stdout}");
     check_device_info(&stdout)
+}
+
+/// The runtime's unit tests, NEON kernels included, for aarch64 under qemu (the runner in
+/// `.cargo/config.toml`).
+fn runtime_tests_under_qemu() -> anyhow::Result<()> {
+    cargo::run(&mut cargo::cargo([
+        "test",
+        "-p",
+        "whittle-runtime",
+        "--target",
+        DEVICE_TARGET,
+        "--release",
+        "--features",
+        "std",
+        "--lib",
+    ]))
 }
 
 /// The device tool's `info --json` output must end in a JSON object for an aarch64 machine.
