@@ -6,6 +6,7 @@
 //! `FactorBank`) → [`search`] (a `Genome`) → a pruned `Llama` (a `RankPlan` applied to the
 //! frozen base), each judged by [`eval`] on a [`task`] with [`metrics`].
 
+pub mod bundle;
 pub mod calibrate;
 pub mod eval;
 pub mod factorize;

@@ -96,6 +96,18 @@ impl TextTokenizer {
             .map_err(|e| anyhow::anyhow!("detokenizing failed: {e}"))
     }
 
+    /// The added (special) tokens, matched literally in text: `(id, content)`, by id.
+    pub fn added_tokens(&self) -> Vec<(u32, String)> {
+        let mut tokens: Vec<(u32, String)> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .map(|(id, token)| (id, token.content))
+            .collect();
+        tokens.sort();
+        tokens
+    }
+
     /// Ids that end a generated answer.
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids

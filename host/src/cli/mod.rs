@@ -3,6 +3,10 @@
 mod eval;
 mod factorize;
 mod fetch;
+mod inspect;
+mod keygen;
+mod pack;
+mod parity;
 mod prune;
 mod session;
 mod sweep;
@@ -39,6 +43,14 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// Board-aware genetic search for a rank per matrix; writes the pruned model and reports.
     Prune(prune::PruneArgs),
+    /// Pack a bundle from a prune folder (or the dense model): dtype, head, signature.
+    Pack(pack::PackArgs),
+    /// Validate a bundle and print its header and provenance.
+    Inspect(inspect::InspectArgs),
+    /// Make an ed25519 signing key for `pack --sign`.
+    Keygen(keygen::KeygenArgs),
+    /// Compare the runtime with the host model on the task's test split.
+    Parity(parity::ParityArgs),
 }
 
 /// Which model to use and where it runs.
@@ -89,5 +101,9 @@ pub fn run() -> anyhow::Result<()> {
         Command::Uniform(args) => uniform::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Prune(args) => prune::run(args),
+        Command::Pack(args) => pack::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Parity(args) => parity::run(args),
     }
 }

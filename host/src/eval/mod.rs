@@ -109,17 +109,22 @@ fn limited(mut examples: Vec<Example>, limit: Option<usize>) -> Vec<Example> {
     examples
 }
 
-/// Token ids of a prompt: through the chat template when the task asks for it.
-pub fn prompt_ids(tokenizer: &TextTokenizer, prompt: &Prompt) -> anyhow::Result<Vec<u32>> {
-    let text = if prompt.chat {
+/// The text of a prompt: through the chat template when the task asks for it.
+pub fn prompt_text(tokenizer: &TextTokenizer, prompt: &Prompt) -> anyhow::Result<String> {
+    if prompt.chat {
         tokenizer.chat_prompt(
             prompt.system.as_deref(),
             &prompt.user,
             &prompt.assistant_prefix,
-        )?
+        )
     } else {
-        format!("{}{}", prompt.user, prompt.assistant_prefix)
-    };
+        Ok(format!("{}{}", prompt.user, prompt.assistant_prefix))
+    }
+}
+
+/// Token ids of a prompt: through the chat template when the task asks for it.
+pub fn prompt_ids(tokenizer: &TextTokenizer, prompt: &Prompt) -> anyhow::Result<Vec<u32>> {
+    let text = prompt_text(tokenizer, prompt)?;
     let ids = tokenizer.encode(&text)?;
     if ids.is_empty() {
         anyhow::bail!("a prompt tokenizes to nothing; check the task's prompt template");

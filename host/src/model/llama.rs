@@ -191,6 +191,8 @@ struct Pass<'a> {
     offset: usize,
     mask: Option<Tensor>,
     observer: Option<(&'a mut dyn Observer, Option<Tensor>)>,
+    /// Keys and values `(1, kv_heads, offset, head_dim)` of a prefix every row continues.
+    shared: Option<(Tensor, Tensor)>,
 }
 
 impl Pass<'_> {
@@ -276,6 +278,33 @@ impl Llama {
         &self.device
     }
 
+    /// The token embedding `(vocab, hidden)`.
+    pub fn embedding(&self) -> &Tensor {
+        &self.embedding
+    }
+
+    /// The output head `(vocab, hidden)`; the embedding itself when tied.
+    pub fn head(&self) -> &Tensor {
+        &self.head
+    }
+
+    /// Whether the head is the embedding (tied weights).
+    pub fn head_is_tied(&self) -> bool {
+        self.head.id() == self.embedding.id()
+    }
+
+    /// The final RMSNorm weight.
+    pub fn final_norm(&self) -> &Tensor {
+        &self.final_norm
+    }
+
+    /// The attention and MLP RMSNorm weights of one block.
+    pub fn norms(&self, layer_idx: usize) -> Option<(&Tensor, &Tensor)> {
+        self.blocks
+            .get(layer_idx)
+            .map(|block| (&block.attn_norm, &block.ffn_norm))
+    }
+
     /// One prunable matrix.
     pub fn linear(&self, layer_idx: usize, kind: MatrixKind) -> Option<&Linear> {
         self.blocks.get(layer_idx).map(|block| block.linear(kind))
@@ -311,7 +340,7 @@ impl Llama {
             false => None,
         };
         let observer = observer.map(|observer| (observer, real_rows));
-        self.run(batch.tokens(), 0, None, observer)
+        self.run(batch.tokens(), 0, None, observer, None)
     }
 
     /// Token embeddings of a batch as rows `(batch · width, hidden)`: the input of block 0.
@@ -344,6 +373,7 @@ impl Llama {
             offset: 0,
             mask: causal_mask(t, 0, &self.device)?,
             observer: observer.map(|observer| (observer, real_rows)),
+            shared: None,
         };
         self.block_forward(block, layer_idx, x, &mut pass, None)
     }
@@ -377,11 +407,31 @@ impl Llama {
         hidden.matmul(&rows.t()?)
     }
 
+    /// Keys and values of one prompt prefix, to be shared by every row of later batches
+    /// ([`Llama::last_hidden_after`]).
+    pub fn prefix_cache(&self, prefix: &[u32]) -> Result<KvCache> {
+        let mut cache = KvCache::default();
+        let tokens = Tensor::new(prefix, &self.device)?.unsqueeze(0)?;
+        self.run(&tokens, 0, Some(&mut cache), None, None)?;
+        Ok(cache)
+    }
+
+    /// Hidden state `(batch, hidden)` at every row's last real position, where every row of
+    /// `batch` continues the same `prefix` (positions `prefix.len()` onwards). Equals
+    /// [`Llama::last_hidden`] of the concatenated sequences, computing the prefix once.
+    pub fn last_hidden_after(&self, prefix: &KvCache, batch: &Batch) -> Result<Tensor> {
+        let hidden = self.run(batch.tokens(), prefix.len, None, None, Some(prefix))?;
+        let (b, t, h) = hidden.dims3()?;
+        hidden
+            .reshape((b * t, h))?
+            .index_select(&batch.last_rows()?, 0)
+    }
+
     /// Continues `cache` with `tokens` `(batch, seq)` (no padding); returns the logits of the
     /// last new position, `(batch, vocab)`.
     pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let offset = cache.len;
-        let hidden = self.run(tokens, offset, Some(cache), None)?;
+        let hidden = self.run(tokens, offset, Some(cache), None, None)?;
         let seq_len = hidden.dim(1)?;
         self.logits(&hidden.i((.., seq_len - 1, ..))?.contiguous()?)
     }
@@ -392,6 +442,7 @@ impl Llama {
         offset: usize,
         mut cache: Option<&mut KvCache>,
         observer: Option<(&mut dyn Observer, Option<Tensor>)>,
+        shared: Option<&KvCache>,
     ) -> Result<Tensor> {
         let (batch, seq_len) = tokens.dims2()?;
         if offset + seq_len > self.config.max_position_embeddings {
@@ -407,6 +458,7 @@ impl Llama {
             offset,
             mask: causal_mask(seq_len, offset, &self.device)?,
             observer,
+            shared: None,
         };
         if let Some(cache) = cache.as_deref_mut() {
             cache.layers.resize(self.config.n_layers, None);
@@ -415,6 +467,13 @@ impl Llama {
         let mut x = self.embedding.index_select(&ids, 0)?;
         for (layer_idx, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[layer_idx]);
+            pass.shared = match shared {
+                Some(prefix) => match prefix.layers.get(layer_idx) {
+                    Some(Some(kv)) => Some(kv.clone()),
+                    _ => candle_core::bail!("the prefix cache lacks layer {layer_idx}"),
+                },
+                None => None,
+            };
             x = self.block_forward(block, layer_idx, &x, &mut pass, layer_cache)?;
         }
         if let Some(cache) = cache {
@@ -467,9 +526,22 @@ impl Llama {
         let v = split_heads(block.v.forward(x)?, n_kv_heads)?.contiguous()?;
         let q = self.rope.apply(&q, pass.offset)?;
         let k = self.rope.apply(&k, pass.offset)?;
-        let (k, v) = match layer_cache {
-            None => (k, v),
-            Some(slot) => {
+        let (k, v) = match (layer_cache, &pass.shared) {
+            (None, Some((k_past, v_past))) => {
+                let past = k_past.dims4()?;
+                let shape = (b, past.1, past.2, past.3);
+                (
+                    Tensor::cat(&[&k_past.broadcast_as(shape)?.contiguous()?, &k], 2)?
+                        .contiguous()?,
+                    Tensor::cat(&[&v_past.broadcast_as(shape)?.contiguous()?, &v], 2)?
+                        .contiguous()?,
+                )
+            }
+            (None, None) => (k, v),
+            (Some(_), Some(_)) => {
+                candle_core::bail!("a pass cannot both extend a cache and share a prefix")
+            }
+            (Some(slot), None) => {
                 let (k, v) = match slot.take() {
                     Some((k_past, v_past)) => (
                         Tensor::cat(&[&k_past, &k], 2)?,

@@ -223,6 +223,7 @@ pub struct Task {
     path: PathBuf,
     metric: Metric,
     labels: Vec<Label>,
+    templates: definition::PromptTemplates,
     splits: [Vec<Example>; 3],
 }
 
@@ -274,8 +275,40 @@ impl Task {
             path: definition.path,
             metric: definition.metric,
             labels: definition.labels,
+            templates: definition.prompt,
             splits,
         })
+    }
+
+    /// The names of the prompt templates' placeholders, sorted, without repeats.
+    pub fn prompt_fields(&self) -> Vec<String> {
+        let templates = &self.templates;
+        let mut fields: Vec<String> = templates
+            .system
+            .iter()
+            .chain([&templates.user, &templates.assistant_prefix])
+            .flat_map(|template| template.placeholders().map(str::to_owned))
+            .collect();
+        fields.sort();
+        fields.dedup();
+        fields
+    }
+
+    /// The prompt with every placeholder replaced by `value` (e.g. a marker that shows where
+    /// the input goes).
+    pub fn render_prompt_with(&self, value: &str) -> Prompt {
+        let values: std::collections::BTreeMap<String, String> = self
+            .prompt_fields()
+            .into_iter()
+            .map(|field| (field, value.to_owned()))
+            .collect();
+        let templates = &self.templates;
+        Prompt {
+            system: templates.system.as_ref().map(|t| t.render(&values)),
+            user: templates.user.render(&values),
+            assistant_prefix: templates.assistant_prefix.render(&values),
+            chat: templates.chat,
+        }
     }
 
     /// The task's name.

@@ -1,0 +1,518 @@
+//! Packing a model into a bundle (DESIGN section 7, `docs/bundle-format.md`): the prompt split
+//! around the input, the tokenizer tables, the label tokens and bias, every tensor in f32 or
+//! q8, the output head (full or task-pruned), provenance, and an optional ed25519 signature.
+//! Also rebuilds the host model a bundle was packed from (dense, or base + a prune folder).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle_core::quantized::gguf_file::Value;
+use candle_core::{Device, Tensor};
+use ed25519_dalek::{Signer as _, SigningKey};
+use indicatif::ProgressBar;
+use sha2::{Digest, Sha256};
+use whittle_runtime::format::{
+    Dtype, HeadRef, Header, LabelRef, LayerRecords, LayerRef, LinearRef, MAX_LABELS, NO_TOKEN,
+    Provenance, TaskKind, TaskRef,
+};
+use whittle_runtime::writer::{BlobBuilder, TokenizerTables, encode_layers, write_bundle};
+use whittle_runtime::{MatrixKind, ModelConfig};
+
+use crate::eval::{LabelTokens, prompt_text, score_labels};
+use crate::gguf::GgufFile;
+use crate::metrics;
+use crate::model::{Linear, Llama, LoadedModel};
+use crate::task::{Metric, Split, Task};
+use crate::tokenizer::TextTokenizer;
+
+/// Stands for the input while the prompt template is rendered, then splits it in two.
+const INPUT_MARKER: &str = "\u{1}whittle-input\u{1}";
+
+/// Which output head the bundle carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeadChoice {
+    /// The whole vocabulary (classification and generation).
+    Full,
+    /// Only the label tokens' rows (classification only).
+    Task,
+}
+
+/// Provenance recorded in the header (owned form of the runtime's `Provenance`).
+#[derive(Clone, Debug, Default)]
+pub struct ProvenanceInfo {
+    /// sha256 of the GGUF file.
+    pub model_digest: String,
+    /// sha256 of the prune folder's `factors.safetensors`, empty for dense.
+    pub factors_digest: String,
+    /// sha256 of the prune folder's `genome.json`, empty for dense.
+    pub genome_digest: String,
+    /// The prune folder, empty for dense.
+    pub source: String,
+    /// Board name, empty for dense.
+    pub board: String,
+    /// ε of the search.
+    pub epsilon: Option<f64>,
+    /// Seed of the search.
+    pub seed: Option<u64>,
+    /// Dense test accuracy.
+    pub dense_accuracy: Option<f64>,
+    /// Pruned test accuracy.
+    pub pruned_accuracy: Option<f64>,
+}
+
+/// How to pack.
+#[derive(Debug)]
+pub struct PackOptions {
+    /// Storage type of every matrix.
+    pub dtype: Dtype,
+    /// Output head.
+    pub head: HeadChoice,
+    /// Signs the bundle when given.
+    pub signing_key: Option<SigningKey>,
+    /// Provenance.
+    pub provenance: ProvenanceInfo,
+}
+
+/// A packed bundle and the figures the report states.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    /// The bundle file.
+    pub bytes: Vec<u8>,
+    /// Bytes of the output head as stored (0 when tied to the embedding and full).
+    pub head_bytes: usize,
+    /// Bytes the full vocabulary head would take in this dtype.
+    pub full_head_bytes: usize,
+}
+
+/// The prompt text before and after the input: the task's template must have exactly one
+/// placeholder.
+pub fn prompt_parts(tokenizer: &TextTokenizer, task: &Task) -> anyhow::Result<(String, String)> {
+    let fields = task.prompt_fields();
+    if fields.len() != 1 {
+        bail!(
+            "task {}: the runtime renders prompts with one input field, this task has {} ({}); make a task file whose prompt uses one {{field}}",
+            task.name(),
+            fields.len(),
+            fields.join(", ")
+        );
+    }
+    let text = prompt_text(tokenizer, &task.render_prompt_with(INPUT_MARKER))?;
+    let Some((prefix, suffix)) = text.split_once(INPUT_MARKER) else {
+        bail!(
+            "task {}: the prompt template does not show its input",
+            task.name()
+        );
+    };
+    if suffix.contains(INPUT_MARKER) {
+        bail!(
+            "task {}: the prompt uses its input field twice; the runtime inserts it once",
+            task.name()
+        );
+    }
+    Ok((prefix.to_owned(), suffix.to_owned()))
+}
+
+/// GPT-2's byte ↔ printable-character table: `table[byte]` is the character standing for it.
+fn byte_chars() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut extra = 0u32;
+    for byte in 0..=255u8 {
+        let printable = matches!(byte, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        table[byte as usize] = if printable {
+            char::from(byte)
+        } else {
+            extra += 1;
+            char::from_u32(255 + extra).unwrap_or('\0')
+        };
+    }
+    table
+}
+
+fn string_array(gguf: &GgufFile, key: &str) -> anyhow::Result<Vec<String>> {
+    match gguf.metadata(key) {
+        Some(Value::Array(values)) => values
+            .iter()
+            .map(|v| v.to_string().cloned().map_err(anyhow::Error::from))
+            .collect(),
+        _ => bail!(
+            "{}: no {key} string array; the bundle needs the GGUF's byte-level BPE tokenizer",
+            gguf.path().display()
+        ),
+    }
+}
+
+/// The tokenizer tables of a GGUF byte-level BPE tokenizer.
+pub fn tokenizer_tables(
+    gguf: &GgufFile,
+    tokenizer: &TextTokenizer,
+) -> anyhow::Result<TokenizerTables> {
+    let tokens = string_array(gguf, "tokenizer.ggml.tokens")?;
+    let merges = string_array(gguf, "tokenizer.ggml.merges")?;
+    let chars = byte_chars();
+    let char_to_byte: HashMap<char, u8> = chars
+        .iter()
+        .enumerate()
+        .map(|(byte, &c)| (c, byte as u8))
+        .collect();
+    let ids: HashMap<&str, u32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.as_str(), id as u32))
+        .collect();
+    let special = tokenizer.added_tokens();
+    let mut vocab: Vec<Vec<u8>> = tokens
+        .iter()
+        .map(|token| {
+            let mut bytes = Vec::with_capacity(token.len());
+            for c in token.chars() {
+                match char_to_byte.get(&c) {
+                    Some(&b) => bytes.push(b),
+                    None => bytes.extend_from_slice(c.to_string().as_bytes()),
+                }
+            }
+            bytes
+        })
+        .collect();
+    for (id, content) in &special {
+        if let Some(slot) = vocab.get_mut(*id as usize) {
+            *slot = content.as_bytes().to_vec();
+        }
+    }
+    let mut merge_ids = Vec::with_capacity(merges.len());
+    for merge in &merges {
+        let Some((left, right)) = merge.split_once(' ') else {
+            bail!(
+                "{}: merge {merge:?} is not two tokens",
+                gguf.path().display()
+            );
+        };
+        let merged = format!("{left}{right}");
+        if let (Some(&l), Some(&r), Some(&m)) =
+            (ids.get(left), ids.get(right), ids.get(merged.as_str()))
+        {
+            merge_ids.push((l, r, m));
+        }
+    }
+    let byte_tokens = chars
+        .iter()
+        .map(|c| ids.get(c.to_string().as_str()).copied().unwrap_or(NO_TOKEN))
+        .collect();
+    Ok(TokenizerTables {
+        vocab,
+        merges: merge_ids,
+        byte_tokens,
+        special_ids: special.iter().map(|(id, _)| *id).collect(),
+        stop_ids: tokenizer.stop_ids().to_vec(),
+    })
+}
+
+/// The single verbalizer token of every label.
+pub fn label_token_ids(tokenizer: &TextTokenizer, task: &Task) -> anyhow::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for label in task.labels() {
+        let tokens = tokenizer.encode(&label.verbalizer)?;
+        match tokens.as_slice() {
+            [id] => ids.push(*id),
+            _ => bail!(
+                "label {:?}: verbalizer {:?} is {} tokens; the runtime scores one-token verbalizers, choose one that tokenizes to a single token",
+                label.value,
+                label.verbalizer,
+                tokens.len()
+            ),
+        }
+    }
+    if ids.len() > MAX_LABELS {
+        bail!(
+            "task {} has {} labels; a bundle holds at most {MAX_LABELS}",
+            task.name(),
+            ids.len()
+        );
+    }
+    Ok(ids)
+}
+
+/// The per-label bias, fitted on the calibration split as `eval` does.
+pub fn fit_label_bias(
+    model: &LoadedModel,
+    task: &Task,
+    batch_tokens: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<Vec<f64>> {
+    let labels = LabelTokens::new(&model.tokenizer, task.labels())?;
+    let examples = task.examples(Split::Calibration)?;
+    let (scores, _) = score_labels(model, &examples, &labels, batch_tokens, progress)?;
+    Ok(metrics::fit_label_bias(&scores.scores, &scores.gold))
+}
+
+fn values(tensor: &Tensor) -> anyhow::Result<Vec<f32>> {
+    Ok(tensor.flatten_all()?.to_vec1::<f32>()?)
+}
+
+fn push_tensor(
+    blob: &mut BlobBuilder,
+    tensor: &Tensor,
+    dtype: Dtype,
+) -> anyhow::Result<whittle_runtime::format::MatrixRef> {
+    let (rows, cols) = tensor.dims2()?;
+    Ok(blob.push_matrix(rows, cols, &values(tensor)?, dtype)?)
+}
+
+/// Packs `model` for `task`.
+pub fn pack(
+    model: &LoadedModel,
+    tables: &TokenizerTables,
+    task: &Task,
+    label_bias: &[f64],
+    options: &PackOptions,
+) -> anyhow::Result<Packed> {
+    let llama = &model.llama;
+    let config: ModelConfig = *llama.config();
+    let (prefix, suffix) = prompt_parts(&model.tokenizer, task)?;
+    let kind = match task.metric() {
+        Metric::Accuracy => TaskKind::Classification,
+        Metric::Squad { .. } => TaskKind::Generation,
+        Metric::Perplexity { .. } => bail!(
+            "task {}: perplexity tasks have no input to answer; pack a classification or QA task",
+            task.name()
+        ),
+    };
+    let max_new_tokens = match task.metric() {
+        Metric::Squad { max_new_tokens } => *max_new_tokens as u32,
+        _ => 0,
+    };
+    let mut labels = heapless::Vec::<LabelRef<'_>, MAX_LABELS>::new();
+    let label_ids = match kind {
+        TaskKind::Classification => label_token_ids(&model.tokenizer, task)?,
+        TaskKind::Generation => Vec::new(),
+    };
+    if kind == TaskKind::Classification && label_bias.len() != label_ids.len() {
+        bail!(
+            "{} label biases for {} labels; fit the bias on the calibration split",
+            label_bias.len(),
+            label_ids.len()
+        );
+    }
+    for ((label, &token_id), &bias) in task.labels().iter().zip(&label_ids).zip(label_bias) {
+        labels
+            .push(LabelRef {
+                name: &label.value,
+                token_id,
+                bias: bias as f32,
+            })
+            .map_err(|_| anyhow::anyhow!("too many labels"))?;
+    }
+    if options.head == HeadChoice::Task && kind != TaskKind::Classification {
+        bail!("--head task needs a classification task; use --head full");
+    }
+
+    let dtype = options.dtype;
+    let mut blob = BlobBuilder::new();
+    let tokenizer = blob.push_tokenizer(tables)?;
+    let embedding = push_tensor(&mut blob, llama.embedding(), dtype)?;
+    let final_norm = blob.push_f32(&values(llama.final_norm())?)?;
+    let mut layers = Vec::with_capacity(config.n_layers);
+    for layer_idx in 0..config.n_layers {
+        let Some((attn_norm, ffn_norm)) = llama.norms(layer_idx) else {
+            bail!("layer {layer_idx} is missing");
+        };
+        let attn_norm = blob.push_f32(&values(attn_norm)?)?;
+        let ffn_norm = blob.push_f32(&values(ffn_norm)?)?;
+        let mut linears = Vec::with_capacity(7);
+        for kind in MatrixKind::ALL {
+            let linear = llama
+                .linear(layer_idx, kind)
+                .with_context(|| format!("layer {layer_idx} {} is missing", kind.name()))?;
+            linears.push(match linear {
+                Linear::Dense { weight } => {
+                    LinearRef::Dense(push_tensor(&mut blob, weight, dtype)?)
+                }
+                Linear::LowRank { a, b } => LinearRef::LowRank {
+                    a: push_tensor(&mut blob, a, dtype)?,
+                    b: push_tensor(&mut blob, b, dtype)?,
+                },
+            });
+        }
+        let linears: [LinearRef; 7] = linears
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("a block has seven linears"))?;
+        layers.push(LayerRef {
+            attn_norm,
+            ffn_norm,
+            linears,
+        });
+    }
+    let bytes_per_value = match dtype {
+        Dtype::F32 => 4,
+        Dtype::Q8 => 1,
+    };
+    let row_bytes = |rows: usize| {
+        rows * (config.hidden_size * bytes_per_value + 4 * (dtype == Dtype::Q8) as usize)
+    };
+    let full_head_bytes = row_bytes(config.vocab_size);
+    let (head, head_bytes) = match options.head {
+        HeadChoice::Task => {
+            let ids = Tensor::new(label_ids.as_slice(), llama.device())?;
+            let rows = llama.head().index_select(&ids, 0)?;
+            (
+                HeadRef::Labels(push_tensor(&mut blob, &rows, dtype)?),
+                row_bytes(label_ids.len()),
+            )
+        }
+        HeadChoice::Full if llama.head_is_tied() => (HeadRef::Tied, 0),
+        HeadChoice::Full => (
+            HeadRef::Full(push_tensor(&mut blob, llama.head(), dtype)?),
+            full_head_bytes,
+        ),
+    };
+    let layer_bytes = encode_layers(&layers)?;
+    let info = &options.provenance;
+    let tool_version = env!("CARGO_PKG_VERSION");
+    let header = Header {
+        config,
+        dtype,
+        tokenizer,
+        task: TaskRef {
+            name: task.name(),
+            kind,
+            prompt_prefix: &prefix,
+            prompt_suffix: &suffix,
+            labels,
+            max_new_tokens,
+        },
+        embedding,
+        final_norm,
+        head,
+        layers: LayerRecords(&layer_bytes),
+        provenance: Provenance {
+            model_digest: &info.model_digest,
+            factors_digest: &info.factors_digest,
+            genome_digest: &info.genome_digest,
+            source: &info.source,
+            task: task.name(),
+            board: &info.board,
+            epsilon: info.epsilon,
+            seed: info.seed,
+            dense_accuracy: info.dense_accuracy,
+            pruned_accuracy: info.pruned_accuracy,
+            tool_version,
+        },
+    };
+    let signer = options
+        .signing_key
+        .as_ref()
+        .map(|key| move |bytes: &[u8]| key.sign(bytes).to_bytes());
+    let bytes = match &signer {
+        Some(sign) => write_bundle(&header, blob.bytes(), Some(sign))?,
+        None => write_bundle(&header, blob.bytes(), None)?,
+    };
+    Ok(Packed {
+        bytes,
+        head_bytes,
+        full_head_bytes,
+    })
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read {}; check the path", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// A prune output folder: its factors and genome, and their digests.
+#[derive(Clone, Debug)]
+pub struct PruneFolder {
+    /// The folder.
+    pub dir: PathBuf,
+    /// sha256 of `factors.safetensors`.
+    pub factors_digest: String,
+    /// sha256 of `genome.json`.
+    pub genome_digest: String,
+    /// `report.json`, if present.
+    pub report: Option<serde_json::Value>,
+}
+
+impl PruneFolder {
+    /// Opens `dir`, which must hold `factors.safetensors` and `genome.json`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let factors = dir.join("factors.safetensors");
+        let genome = dir.join("genome.json");
+        for path in [&factors, &genome] {
+            if !path.is_file() {
+                bail!(
+                    "{} is missing; pass the output folder of `whittle prune` (it holds factors.safetensors and genome.json)",
+                    path.display()
+                );
+            }
+        }
+        let report = std::fs::read_to_string(dir.join("report.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        Ok(Self {
+            dir: dir.to_owned(),
+            factors_digest: sha256_file(&factors)?,
+            genome_digest: sha256_file(&genome)?,
+            report,
+        })
+    }
+
+    /// The base model with this folder's low-rank factors swapped in; the ranks must match
+    /// `genome.json`.
+    pub fn apply(&self, base: &Llama, device: &Device) -> anyhow::Result<Llama> {
+        let factors = candle_core::safetensors::load(self.dir.join("factors.safetensors"), device)
+            .with_context(|| format!("cannot read the factors in {}", self.dir.display()))?;
+        let genome: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.dir.join("genome.json"))?)
+                .with_context(|| format!("{}/genome.json is not JSON", self.dir.display()))?;
+        let ranks = genome["ranks"].as_array().cloned().unwrap_or_default();
+        let mut llama = base.clone();
+        let config = *base.config();
+        for layer_idx in 0..config.n_layers {
+            for (k, kind) in MatrixKind::ALL.into_iter().enumerate() {
+                let a = factors.get(&format!("blk.{layer_idx}.{}.a", kind.name()));
+                let b = factors.get(&format!("blk.{layer_idx}.{}.b", kind.name()));
+                let expected = ranks
+                    .get(layer_idx * MatrixKind::ALL.len() + k)
+                    .and_then(|r| r.as_u64());
+                match (a, b) {
+                    (Some(a), Some(b)) => {
+                        let rank = a.dim(0)?;
+                        if expected.is_some_and(|e| e as usize != rank) {
+                            bail!(
+                                "{}: layer {layer_idx} {} has rank {rank} in factors.safetensors but {expected:?} in genome.json; the folder is inconsistent, re-run prune",
+                                self.dir.display(),
+                                kind.name()
+                            );
+                        }
+                        llama.set_linear(
+                            layer_idx,
+                            kind,
+                            Linear::LowRank {
+                                a: a.clone(),
+                                b: b.clone(),
+                            },
+                        )?;
+                    }
+                    (None, None) => {}
+                    _ => bail!(
+                        "{}: layer {layer_idx} {} has only one of its two factors; re-run prune",
+                        self.dir.display(),
+                        kind.name()
+                    ),
+                }
+            }
+        }
+        Ok(llama)
+    }
+}
