@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{EvalOptions, context_check, length_batches, limited, progress_style, prompt_ids};
 use crate::metrics;
-use crate::model::{Batch, LoadedModel, log_softmax};
+use crate::model::{Batch, KvCache, LoadedModel, log_softmax};
 use crate::task::{Example, Label, Split, Task};
 use crate::tokenizer::TextTokenizer;
 
@@ -89,13 +89,28 @@ pub fn score_labels(
     }
     progress.set_length(examples.len() as u64);
     let mut scores = vec![Vec::new(); examples.len()];
-    let mut tokens = 0;
     let single = labels.single_tokens();
-    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    // With single-token labels only the last position is read, so the prompt prefix every
+    // example shares (system message, instruction) is run once and its keys and values are
+    // reused by every batch (DESIGN section 5, cost control).
+    let (prefix, skip) = match &single {
+        Some(_) => match shared_prefix_len(&prompts) {
+            len if len >= MIN_SHARED_PREFIX => {
+                (Some(model.llama.prefix_cache(&prompts[0][..len])?), len)
+            }
+            _ => (None, 0),
+        },
+        None => (None, 0),
+    };
+    let mut tokens = skip;
+    let lengths: Vec<usize> = prompts.iter().map(|p| p.len() - skip).collect();
     for batch_indices in length_batches(&lengths, batch_tokens) {
-        let batch_prompts: Vec<&Vec<u32>> = batch_indices.iter().map(|&i| &prompts[i]).collect();
+        let batch_prompts: Vec<&[u32]> =
+            batch_indices.iter().map(|&i| &prompts[i][skip..]).collect();
         let batch_scores = match &single {
-            Some(label_ids) => score_single_token(model, &batch_prompts, label_ids)?,
+            Some(label_ids) => {
+                score_single_token(model, prefix.as_ref(), &batch_prompts, label_ids)?
+            }
             None => score_multi_token(model, &batch_prompts, labels)?,
         };
         for (&index, row) in batch_indices.iter().zip(batch_scores) {
@@ -107,16 +122,42 @@ pub fn score_labels(
     Ok((ClassScores { scores, gold }, tokens))
 }
 
-/// One forward per batch; the last position's log-softmax over the vocabulary, read at the
-/// label tokens.
+/// A shared prefix shorter than this is not worth a separate pass.
+const MIN_SHARED_PREFIX: usize = 4;
+
+/// Length of the longest token prefix every prompt shares, leaving every prompt at least
+/// one token of its own.
+fn shared_prefix_len(prompts: &[Vec<u32>]) -> usize {
+    let Some((first, rest)) = prompts.split_first() else {
+        return 0;
+    };
+    let mut len = first.len().saturating_sub(1);
+    for prompt in rest {
+        len = len.min(prompt.len().saturating_sub(1));
+        len = first
+            .iter()
+            .zip(prompt)
+            .take(len)
+            .take_while(|(a, b)| a == b)
+            .count();
+    }
+    len
+}
+
+/// One forward per batch (after the shared prefix, if any); the last position's log-softmax
+/// over the vocabulary, read at the label tokens.
 fn score_single_token(
     model: &LoadedModel,
-    prompts: &[&Vec<u32>],
+    prefix: Option<&KvCache>,
+    prompts: &[&[u32]],
     label_ids: &[u32],
 ) -> anyhow::Result<Vec<Vec<f64>>> {
     let sequences: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
     let batch = Batch::new(&sequences, model.tokenizer.pad_id(), model.llama.device())?;
-    let last = model.llama.last_hidden(&batch)?;
+    let last = match prefix {
+        Some(prefix) => model.llama.last_hidden_after(prefix, &batch)?,
+        None => model.llama.last_hidden(&batch)?,
+    };
     let log_probs = log_softmax(&model.llama.logits(&last)?)?;
     let ids = Tensor::new(label_ids, model.llama.device())?;
     let picked: Vec<Vec<f32>> = log_probs.index_select(&ids, 1)?.to_vec2()?;
@@ -129,7 +170,7 @@ fn score_single_token(
 /// One sequence per (prompt, label): the sum of the verbalizer tokens' log-probabilities.
 fn score_multi_token(
     model: &LoadedModel,
-    prompts: &[&Vec<u32>],
+    prompts: &[&[u32]],
     labels: &LabelTokens,
 ) -> anyhow::Result<Vec<Vec<f64>>> {
     let mut sequences = Vec::new();
@@ -238,4 +279,24 @@ fn argmax(values: &[f64]) -> usize {
             if v > best.1 { (i, v) } else { best }
         })
         .0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_prefix_len;
+
+    fn check(prompts: &[&[u32]], expected: usize) {
+        let prompts: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+        assert_eq!(shared_prefix_len(&prompts), expected, "{prompts:?}");
+    }
+
+    #[test]
+    fn shared_prefix_leaves_every_prompt_a_token() {
+        check(&[&[1, 2, 3, 4], &[1, 2, 3, 5, 6]], 3);
+        check(&[&[1, 2, 3], &[1, 2, 3, 4]], 2);
+        check(&[&[1, 2, 3]], 2);
+        check(&[&[7, 2], &[1, 2]], 0);
+        check(&[], 0);
+        check(&[&[1], &[1]], 0);
+    }
 }

@@ -56,6 +56,24 @@ fn last_hidden_picks_each_rows_last_real_position() -> Result<()> {
 }
 
 #[test]
+fn a_shared_prefix_run_once_matches_the_full_prompts() -> Result<()> {
+    let llama = tiny_llama(4)?;
+    let prefix = [1u32, 17, 42, 5, 9];
+    let full: Vec<Vec<u32>> = sequences()
+        .into_iter()
+        .map(|suffix| prefix.iter().copied().chain(suffix).collect())
+        .collect();
+    let expected = llama.last_hidden(&Batch::new(&full, 0, &Device::Cpu)?)?;
+    let cache = llama.prefix_cache(&prefix)?;
+    assert_eq!(cache.len(), prefix.len());
+    let suffixes = Batch::new(&sequences(), 0, &Device::Cpu)?;
+    let shared = llama.last_hidden_after(&cache, &suffixes)?;
+    let diff = max_abs_diff(&shared, &expected)?;
+    assert!(diff < 1e-4, "{diff}");
+    Ok(())
+}
+
+#[test]
 fn cached_decoding_matches_the_full_forward() -> Result<()> {
     let llama = tiny_llama(3)?;
     let sequence = sequences()[0].clone();

@@ -132,7 +132,12 @@ impl Problem for TaskProblem {
             let candidate = self
                 .bank
                 .apply(&evaluator.base().llama, &self.plan(genome)?)?;
-            let scored = evaluator.score(&candidate, &self.progress)?;
+            // The quarter split screens with an in-sample bias (no calibration examples
+            // run); the full split measures with the calibration-fitted bias, as reported.
+            let scored = match stage {
+                Stage::Quarter => evaluator.score_in_sample(&candidate, &self.progress)?,
+                Stage::Full => evaluator.score(&candidate, &self.progress)?,
+            };
             evaluations.push(Evaluation {
                 accuracy: scored.accuracy,
                 signal: scored.gold_log_prob,

@@ -61,12 +61,30 @@ impl Evaluator {
         })
     }
 
-    /// Scores a candidate decoder (sharing the base model's tokenizer).
+    /// Scores a candidate decoder (sharing the base model's tokenizer) with the label bias
+    /// it fits on the calibration examples: the honest measurement, as reported.
     pub fn score(&self, llama: &Llama, progress: &ProgressBar) -> anyhow::Result<Scored> {
         let model = self.base.with_llama(llama.clone());
         let (search, _) = self.scores(&model, &self.search, progress)?;
         let (calibration, _) = self.scores(&model, &self.bias_examples, progress)?;
         let bias = metrics::fit_label_bias(&calibration.scores, &calibration.gold);
+        Ok(Self::scored(&search, bias))
+    }
+
+    /// A cheap screening score: the label bias is fitted on the scored examples themselves,
+    /// so no calibration example is run. The accuracy is optimistic (it can only be at or
+    /// above what a bias fitted elsewhere gives on these examples, up to the fit's
+    /// tolerance), which makes it safe for rejecting candidates that fall clearly below the
+    /// target; `gold_log_prob` becomes the best mean log-likelihood any bias reaches, a
+    /// bias-free, low-variance measure of how well the labels separate.
+    pub fn score_in_sample(&self, llama: &Llama, progress: &ProgressBar) -> anyhow::Result<Scored> {
+        let model = self.base.with_llama(llama.clone());
+        let (search, _) = self.scores(&model, &self.search, progress)?;
+        let bias = metrics::fit_label_bias(&search.scores, &search.gold);
+        Ok(Self::scored(&search, bias))
+    }
+
+    fn scored(search: &ClassScores, bias: Vec<f64>) -> Scored {
         let predictions = metrics::predict_with_bias(&search.scores, &bias);
         let zero = vec![0.0; bias.len()];
         let raw = metrics::predict_with_bias(&search.scores, &zero);
@@ -82,12 +100,12 @@ impl Evaluator {
             })
             .sum::<f64>()
             / search.gold.len().max(1) as f64;
-        Ok(Scored {
+        Scored {
             accuracy: metrics::accuracy(&predictions, &search.gold),
             accuracy_uncalibrated: metrics::accuracy(&raw, &search.gold),
             label_bias: bias,
             gold_log_prob,
-        })
+        }
     }
 
     fn scores(
