@@ -48,6 +48,20 @@ impl BoardProfile {
             })
     }
 
+    /// A built-in profile by name or alias, or a profile file of the same schema when the
+    /// argument ends in `.toml` (a board of the user's own).
+    pub fn resolve(name_or_path: &str) -> Result<Self, BoardError> {
+        if !name_or_path.ends_with(".toml") {
+            return Self::builtin(name_or_path);
+        }
+        let text =
+            std::fs::read_to_string(name_or_path).map_err(|error| BoardError::FileUnreadable {
+                path: name_or_path.to_owned(),
+                message: error.to_string(),
+            })?;
+        Self::from_toml_str(&text, name_or_path)
+    }
+
     /// Every profile committed with the crate, in a fixed order (never `host`).
     pub fn all() -> Vec<Self> {
         PROFILES
@@ -74,6 +88,22 @@ impl BoardProfile {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn a_profile_file_resolves_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let path = dir.path().join("my-board.toml");
+        let text = PROFILES[5].1.replace("raspberry-pi-5-8gb", "my-board");
+        std::fs::write(&path, text).expect("write");
+        let board = BoardProfile::resolve(path.to_str().expect("utf-8")).expect("resolves");
+        assert_eq!(board.name, "my-board");
+        let missing = BoardProfile::resolve("/nonexistent/board.toml").expect_err("missing");
+        assert!(
+            missing.to_string().contains("/nonexistent/board.toml"),
+            "{missing}"
+        );
+        assert!(BoardProfile::resolve("jetson-orin").is_ok());
+    }
 
     fn check_resolves(name_or_alias: &str, expected: &str) {
         match BoardProfile::builtin(name_or_alias) {

@@ -156,6 +156,16 @@ pub enum BoardError {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// A profile file given by path cannot be read.
+    #[error(
+        "cannot read board profile {path}: {message}; check the path (or give a built-in board name)"
+    )]
+    FileUnreadable {
+        /// The file asked for.
+        path: String,
+        /// The operating system's message.
+        message: String,
+    },
     /// `host` was asked for but has not been measured on this machine.
     #[error(
         "board `host` has not been measured on this machine (no {path}); run `cargo xtask boards --measure-host` (or `whittle-device profile --out {path}`)"

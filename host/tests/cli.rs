@@ -111,6 +111,25 @@ fn prune_rejects_bad_arguments_before_loading_a_model() {
         &["needs a classification task"],
     );
     check_error(&["prune", "--dtype", "int4"], &["--dtype int4 is unknown"]);
+    check_error(
+        &["prune", "--board", "rpi5", "--memory-budget-mb", "9000"],
+        &[
+            "--memory-budget-mb 9000 contradicts board raspberry-pi-5-8gb",
+            "8590 MB",
+        ],
+    );
+    check_error(
+        &["prune", "--memory-budget-mb=-5"],
+        &["--memory-budget-mb -5 must be a positive"],
+    );
+    check_error(
+        &["prune", "--latency-budget-ms", "0"],
+        &["--latency-budget-ms 0 must be a positive"],
+    );
+    check_error(
+        &["prune", "--board", "/nonexistent/board.toml"],
+        &["cannot read board profile /nonexistent/board.toml"],
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").expect("write");
@@ -134,6 +153,14 @@ fn prune_needs_a_search_split() {
     check_error(
         &["prune", "--task", &task],
         &["split `search`", "is empty", "splits.search"],
+    );
+}
+
+#[test]
+fn real_model_prune_refuses_a_latency_budget_no_pruning_can_meet() {
+    check_error(
+        &["prune", "--board", "rpi5", "--latency-budget-ms", "0.01"],
+        &["does not fit", "budget is 0.010 ms", "too slow"],
     );
 }
 

@@ -27,7 +27,7 @@ use super::{ModelArgs, progress_bar};
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// Target board (`cargo xtask boards` lists them).
+    /// Target board: a name (`cargo xtask boards` lists them) or a profile file (`.toml`).
     #[arg(long, default_value = "jetson-orin")]
     board: String,
     /// A built-in classification task or a task file (.toml).
@@ -36,6 +36,13 @@ pub struct PruneArgs {
     /// Relative accuracy tolerance: the target is (1 − ε) · dense accuracy on the search split.
     #[arg(long, default_value_t = 0.05)]
     epsilon: f64,
+    /// Memory the model may use on the board, in MB (10⁶ bytes), instead of the profile's
+    /// share of its memory.
+    #[arg(long, value_name = "MB")]
+    memory_budget_mb: Option<f64>,
+    /// Decode latency budget per token, in milliseconds, instead of the profile's.
+    #[arg(long, value_name = "MS")]
+    latency_budget_ms: Option<f64>,
     /// Weight storage the cost model assumes: q8 or f32.
     #[arg(long, default_value = "q8")]
     dtype: String,
@@ -60,6 +67,10 @@ pub struct PruneArgs {
     /// Calibration tokens the anchored refit streams.
     #[arg(long, default_value_t = 8192)]
     refit_tokens: usize,
+    /// Weight λ of the plain objective ‖W X − M X‖² added to the refit's ‖W X − M X̂‖²: 0 is
+    /// the pure anchored refit, large values approach the plain factors.
+    #[arg(long, default_value_t = 0.0, value_name = "λ")]
+    refit_anchor: f64,
     /// Output folder [default: `out/<task>-<board>`].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -95,7 +106,27 @@ fn validate(args: &PruneArgs) -> anyhow::Result<(BoardProfile, Task, Dtype, Path
             args.epsilon
         );
     }
-    let board = BoardProfile::builtin(&args.board)?;
+    let mut board = BoardProfile::resolve(&args.board)?;
+    if let Some(mb) = args.memory_budget_mb {
+        let bytes = mb * 1e6;
+        if !(bytes > 0.0 && bytes.is_finite()) {
+            anyhow::bail!("--memory-budget-mb {mb} must be a positive number of megabytes");
+        }
+        if bytes > board.memory_bytes as f64 {
+            anyhow::bail!(
+                "--memory-budget-mb {mb} contradicts board {}: it has only {:.0} MB of memory; give a budget within it or choose a larger board",
+                board.name,
+                board.memory_bytes as f64 / 1e6
+            );
+        }
+        board.model_memory_share = bytes / board.memory_bytes as f64;
+    }
+    if let Some(ms) = args.latency_budget_ms {
+        if !(ms > 0.0 && ms.is_finite()) {
+            anyhow::bail!("--latency-budget-ms {ms} must be a positive number of milliseconds");
+        }
+        board.latency_budget_ms_per_token = Some(ms);
+    }
     let task = Task::resolve(&args.task)?;
     if *task.metric() != Metric::Accuracy {
         anyhow::bail!(
@@ -158,7 +189,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let smallest_prediction =
         whittle_boards::predict(&board, &config, smallest_plan.ranks(), dtype, head_rows)?;
     let smallest_fit = feasibility(&board, &smallest_prediction);
-    if smallest_fit.memory_excess_bytes > 0 {
+    if !smallest_fit.fits {
         anyhow::bail!("even the most pruned model does not fit: {smallest_fit}");
     }
 
@@ -181,10 +212,12 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let mut accuracy_at = |keep: f64| -> anyhow::Result<f64> {
         let plan = RankPlan::uniform(&config, keep);
         let candidate = problem.bank().apply(&base.llama, &plan)?;
-        Ok(problem
+        let accuracy = problem
             .full_evaluator()
             .score(&candidate, &progress)?
-            .accuracy)
+            .accuracy;
+        progress.suspend(|| eprintln!("uniform keep {keep:.2}: search accuracy {accuracy:.4}"));
+        Ok(accuracy)
     };
     let uniform = uniform_search(
         &keep_grid(),
@@ -213,10 +246,20 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let search_started = Instant::now();
     let result = search.run(|report| {
         progress.set_position(report.generation as u64 + 1);
-        progress.set_message(format!(
+        let line = format!(
             "gen {} · fitness {:.3} · acc {:.3} · cost {:.3}",
             report.generation, report.best_fitness, report.best_accuracy, report.best_cost
-        ));
+        );
+        progress.suspend(|| {
+            eprintln!(
+                "{line} · {} quarter / {} full evaluations, {} rejected early · {:.0} s",
+                report.quarter_evaluations,
+                report.full_evaluations,
+                report.rejected,
+                search_started.elapsed().as_secs_f64()
+            )
+        });
+        progress.set_message(line);
     })?;
     let search_seconds = search_started.elapsed().as_secs_f64();
     let problem = search.into_problem();
@@ -242,6 +285,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
                 &refit_sequences,
                 base.tokenizer.pad_id(),
                 batch_tokens,
+                args.refit_anchor,
                 &progress,
             )?;
             let refit_accuracy = problem.full_evaluator().score(&refit, &progress)?.accuracy;

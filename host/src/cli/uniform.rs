@@ -31,6 +31,10 @@ pub struct UniformArgs {
     /// Calibration tokens the anchored refit streams.
     #[arg(long, default_value_t = 8192)]
     refit_tokens: usize,
+    /// Weight λ of the plain objective ‖W X − M X‖² added to the refit's ‖W X − M X̂‖²: 0 is
+    /// the pure anchored refit, large values approach the plain factors.
+    #[arg(long, default_value_t = 0.0, value_name = "λ")]
+    refit_anchor: f64,
     /// Calibration examples each candidate fits its label bias on.
     #[arg(long, default_value_t = 128)]
     bias_examples: usize,
@@ -100,6 +104,7 @@ pub fn run(args: UniformArgs) -> anyhow::Result<()> {
             &refit_sequences,
             base.tokenizer.pad_id(),
             batch_tokens,
+            args.refit_anchor,
             &progress,
         )
     };

@@ -45,6 +45,8 @@ fn readers(site: InputSite) -> impl Iterator<Item = MatrixKind> {
 /// two streams over `sequences` — the dense model's inputs X and the pruned model's inputs X̂
 /// — and replaces every planned matrix by the rank-r minimiser of ‖W X − M X̂‖, so each
 /// layer corrects the error of the pruned layers before it. Dense matrices stay as they are.
+/// `anchor` λ ≥ 0 adds λ·‖W X − M X‖², the plain output-aligned objective on the dense
+/// inputs, so the solution is pulled toward the plain factors (λ → ∞ gives them back).
 pub fn anchored_refit(
     base: &Llama,
     pruned: &Llama,
@@ -52,6 +54,7 @@ pub fn anchored_refit(
     sequences: &[Vec<u32>],
     pad_id: u32,
     batch_tokens: usize,
+    anchor: f64,
     progress: &ProgressBar,
 ) -> anyhow::Result<Llama> {
     let config = *base.config();
@@ -90,6 +93,11 @@ pub fn anchored_refit(
                 let x = dense.take(site)?.to_dtype(DType::F64)?;
                 c_h = (c_h + x_hat.t()?.matmul(&x_hat)?)?;
                 c_xh = (c_xh + x.t()?.matmul(&x_hat)?)?;
+                if anchor > 0.0 {
+                    let c = (x.t()?.matmul(&x)? * anchor)?;
+                    c_h = (c_h + &c)?;
+                    c_xh = (c_xh + c)?;
+                }
             }
             let c_h = to_faer(&c_h, dim)?;
             let c_xh = to_faer(&c_xh, dim)?;
@@ -201,7 +209,16 @@ mod tests {
             pruned.linear(1, MatrixKind::Up).and_then(Linear::rank),
             Some(8)
         );
-        let refit = anchored_refit(&dense, &pruned, &plan, &calibration_data, 0, 64, &progress)?;
+        let refit = anchored_refit(
+            &dense,
+            &pruned,
+            &plan,
+            &calibration_data,
+            0,
+            64,
+            0.0,
+            &progress,
+        )?;
         assert_eq!(
             refit.linear(0, MatrixKind::Down).and_then(Linear::rank),
             Some(8)

@@ -1,0 +1,75 @@
+//! Diagnostic: search-split accuracy of one uniform plan with the plain factors and with the
+//! anchored refit under several settings (`cargo run --release -p whittle-host --example
+//! refit_probe -- [task] [keep] [refit tokens] [anchor,...] [wikitext share]`).
+
+use indicatif::ProgressBar;
+use whittle_host::calibrate::{self, CalibrationSettings, calibration_sequences};
+use whittle_host::factorize::Method;
+use whittle_host::fetch::{default_model_dir, ensure_default_model, sha256_file};
+use whittle_host::model;
+use whittle_host::prune::{Evaluator, FactorBank, RankPlan, anchored_refit};
+use whittle_host::task::{Split, Task};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
+    let task = Task::resolve(&arg(0, "sst2"))?;
+    let keep: f64 = arg(1, "0.9").parse()?;
+    let refit_tokens: usize = arg(2, "8192").parse()?;
+    let anchors: Vec<f64> = arg(3, "0")
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let wikitext_share: f64 = arg(4, "0").parse()?;
+    let path = ensure_default_model(&default_model_dir())?;
+    let base = model::load(&path, &model::device(false)?)?;
+    let digest = sha256_file(&path)?;
+    let progress = ProgressBar::hidden();
+    let settings = CalibrationSettings {
+        split: "calibration".into(),
+        max_tokens: 16384,
+        wikitext_share: 0.0,
+    };
+    let cache = whittle_boards::default_cache_dir();
+    let stats = calibrate::calibrate(&base, &digest, &task, &settings, &cache, 4096, &progress)?;
+    let bank = FactorBank::build(&base.llama, &stats, Method::OutputAligned, &progress)?;
+    let config = *base.llama.config();
+    let plan = RankPlan::uniform(&config, keep);
+    let pruned = bank.apply(&base.llama, &plan)?;
+    let evaluator = Evaluator::new(&base, &task, Split::Search, 128, 4096)?;
+    let dense = evaluator.score(&base.llama, &progress)?.accuracy;
+    let plain = evaluator.score(&pruned, &progress)?;
+    println!(
+        "{} keep {keep}: dense {dense:.4}, plain {:.4} (gold log-prob {:.4})",
+        task.name(),
+        plain.accuracy,
+        plain.gold_log_prob
+    );
+    let refit_settings = CalibrationSettings {
+        max_tokens: refit_tokens,
+        wikitext_share,
+        ..settings
+    };
+    let sequences = calibration_sequences(&base, &task, &refit_settings)?;
+    for anchor in anchors {
+        let started = std::time::Instant::now();
+        let refit = anchored_refit(
+            &base.llama,
+            &pruned,
+            &plan,
+            &sequences,
+            base.tokenizer.pad_id(),
+            4096,
+            anchor,
+            &progress,
+        )?;
+        let scored = evaluator.score(&refit, &progress)?;
+        println!(
+            "refit tokens {refit_tokens} wikitext {wikitext_share} anchor {anchor}: {:.4} (gold log-prob {:.4}) in {:.0} s",
+            scored.accuracy,
+            scored.gold_log_prob,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
