@@ -55,6 +55,8 @@ pub mod format;
 pub mod kernels;
 mod model;
 mod session;
+#[cfg(test)]
+mod tests;
 mod tokenizer;
 #[cfg(any(test, feature = "alloc"))]
 pub mod writer;

@@ -1,0 +1,330 @@
+//! Tests on a tiny synthetic bundle: golden bytes, every refusal, a bounded fuzz run, the
+//! tokenizer and the arena's high-water mark.
+
+mod fuzz;
+
+use alloc::vec::Vec;
+
+use ed25519_dalek::{Signer, SigningKey};
+
+use crate::format::{
+    Dtype, HeadRef, Header, LabelRef, LayerRecords, LayerRef, LinearRef, Provenance, TaskKind,
+    TaskRef,
+};
+use crate::kernels::Portable;
+use crate::writer::{BlobBuilder, TokenizerTables, encode_layers, write_bundle};
+use crate::{AlignedBytes, Bundle, Error, ModelConfig, Session};
+
+pub(crate) const CONTEXT: usize = 32;
+
+fn tiny_config() -> ModelConfig {
+    ModelConfig {
+        n_layers: 2,
+        hidden_size: 16,
+        intermediate_size: 24,
+        n_heads: 4,
+        n_kv_heads: 2,
+        vocab_size: 260,
+        max_position_embeddings: 64,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+    }
+}
+
+/// Deterministic values in [-0.5, 0.5).
+fn values(seed: u64, n: usize) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+fn tables() -> TokenizerTables {
+    let mut vocab: Vec<Vec<u8>> = (0..=255u8).map(|b| alloc::vec![b]).collect();
+    vocab.push(b"ab".to_vec());
+    vocab.push(b"abc".to_vec());
+    vocab.push(b"<s>".to_vec());
+    vocab.push(b" a".to_vec());
+    TokenizerTables {
+        vocab,
+        merges: alloc::vec![(97, 98, 256), (256, 99, 257), (32, 97, 259)],
+        byte_tokens: (0..256).collect(),
+        special_ids: alloc::vec![258],
+        stop_ids: alloc::vec![258],
+    }
+}
+
+/// The tiny bundle; `dtype`, task head or not, signed with `key` or not.
+pub(crate) fn tiny_bundle(dtype: Dtype, task_head: bool, key: Option<&SigningKey>) -> Vec<u8> {
+    let config = tiny_config();
+    let mut blob = BlobBuilder::new();
+    let tokenizer = blob.push_tokenizer(&tables()).unwrap();
+    let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+    let embedding_values = values(1, vocab * hidden);
+    let embedding = blob
+        .push_matrix(vocab, hidden, &embedding_values, dtype)
+        .unwrap();
+    let norm: Vec<f32> = (0..hidden).map(|i| 1.0 + i as f32 * 0.01).collect();
+    let final_norm = blob.push_f32(&norm).unwrap();
+    let mut layers = Vec::new();
+    for layer_idx in 0..config.n_layers {
+        let attn_norm = blob.push_f32(&norm).unwrap();
+        let ffn_norm = blob.push_f32(&norm).unwrap();
+        let mut linears = Vec::new();
+        for (k, kind) in crate::MatrixKind::ALL.into_iter().enumerate() {
+            let (rows, cols) = config.matrix_shape(kind);
+            let seed = 10 + (layer_idx * 7 + k) as u64;
+            linears.push(if layer_idx == 1 && k % 2 == 0 {
+                let rank = 3;
+                LinearRef::LowRank {
+                    a: blob
+                        .push_matrix(rank, cols, &values(seed, rank * cols), dtype)
+                        .unwrap(),
+                    b: blob
+                        .push_matrix(rows, rank, &values(seed + 100, rows * rank), dtype)
+                        .unwrap(),
+                }
+            } else {
+                LinearRef::Dense(
+                    blob.push_matrix(rows, cols, &values(seed, rows * cols), dtype)
+                        .unwrap(),
+                )
+            });
+        }
+        layers.push(LayerRef {
+            attn_norm,
+            ffn_norm,
+            linears: linears.try_into().unwrap(),
+        });
+    }
+    let label_ids = [97u32, 98];
+    let head = if task_head {
+        let rows: Vec<f32> = label_ids
+            .iter()
+            .flat_map(|&id| {
+                embedding_values[id as usize * hidden..(id as usize + 1) * hidden].to_vec()
+            })
+            .collect();
+        HeadRef::Labels(blob.push_matrix(2, hidden, &rows, dtype).unwrap())
+    } else {
+        HeadRef::Tied
+    };
+    let layer_bytes = encode_layers(&layers).unwrap();
+    let mut labels = heapless::Vec::new();
+    labels
+        .push(LabelRef {
+            name: "0",
+            token_id: 97,
+            bias: 0.25,
+        })
+        .unwrap();
+    labels
+        .push(LabelRef {
+            name: "1",
+            token_id: 98,
+            bias: -0.25,
+        })
+        .unwrap();
+    let header = Header {
+        config,
+        dtype,
+        tokenizer,
+        task: TaskRef {
+            name: "tiny",
+            kind: TaskKind::Classification,
+            prompt_prefix: "<s>review: ",
+            prompt_suffix: "\nsentiment:",
+            labels,
+            max_new_tokens: 4,
+        },
+        embedding,
+        final_norm,
+        head,
+        layers: LayerRecords(&layer_bytes),
+        provenance: Provenance {
+            model_digest: "00",
+            factors_digest: "",
+            genome_digest: "",
+            source: "",
+            task: "tiny",
+            board: "",
+            epsilon: Some(0.05),
+            seed: Some(7),
+            dense_accuracy: None,
+            pruned_accuracy: None,
+            tool_version: "0.1.0",
+        },
+    };
+    match key {
+        Some(key) => {
+            let sign = |bytes: &[u8]| key.sign(bytes).to_bytes();
+            write_bundle(&header, blob.bytes(), Some(&sign)).unwrap()
+        }
+        None => write_bundle(&header, blob.bytes(), None).unwrap(),
+    }
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[7u8; 32])
+}
+
+fn check_refused(bytes: &[u8], expected: Error) {
+    let aligned = AlignedBytes::new(bytes);
+    assert_eq!(Bundle::parse(aligned.as_bytes()).err(), Some(expected));
+}
+
+fn crc(bytes: &[u8]) -> u32 {
+    crate::format::CRC32.checksum(bytes)
+}
+
+#[test]
+fn golden_bytes_of_the_tiny_bundle() {
+    let bytes = tiny_bundle(Dtype::F32, false, None);
+    let preamble: Vec<u8> = bytes[..24].to_vec();
+    let hex: alloc::string::String = preamble.iter().map(|b| alloc::format!("{b:02x}")).collect();
+    // magic "WHITTLE\0", version 1, flags 0, header length, blob length.
+    assert_eq!(&hex[..24], "57484954544c450001000000");
+    assert_eq!(
+        (hex.as_str(), bytes.len(), crc(&bytes)),
+        GOLDEN,
+        "the encoding drifted: update docs/bundle-format.md and the version"
+    );
+}
+
+/// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle.
+const GOLDEN: (&str, usize, u32) = (
+    "57484954544c45000100000042010000407d000000000000",
+    32452,
+    659230439,
+);
+
+#[test]
+fn classifies_generates_and_uses_exactly_the_arena_it_asks_for() {
+    for (dtype, task_head) in [(Dtype::F32, false), (Dtype::Q8, false), (Dtype::F32, true)] {
+        let bytes = AlignedBytes::new(&tiny_bundle(dtype, task_head, None));
+        let bundle = Bundle::parse(bytes.as_bytes()).unwrap();
+        let needed = bundle.arena_bytes(CONTEXT);
+        let mut words = alloc::vec![0x5a5a_5a5a_u32; needed / 4 + 16];
+        let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        let mut session = Session::<_, CONTEXT>::new(&bundle, Portable, arena).unwrap();
+        let label = session.classify("ab abc 12").unwrap();
+        assert!(label.label_index < 2);
+        let tokens = session.tokens().to_vec();
+        assert_eq!(tokens[0], 258, "the special token is matched");
+        if !task_head {
+            let mut out = [0u8; 64];
+            session.generate("abc", 3, &mut out).unwrap();
+        } else {
+            let mut out = [0u8; 64];
+            assert_eq!(session.generate("abc", 3, &mut out), Err(Error::NoFullHead));
+        }
+        drop(session);
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
+        let high_water = bytes
+            .chunks_exact(4)
+            .rposition(|w| w != [0x5a; 4])
+            .map_or(0, |i| 4 * (i + 1));
+        assert_eq!(high_water, needed, "{dtype:?} task head {task_head}");
+        let mut small = alloc::vec![0u32; needed / 4 - 1];
+        let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut small);
+        assert_eq!(
+            Session::<_, CONTEXT>::new(&bundle, Portable, arena).err(),
+            Some(Error::ArenaTooSmall {
+                needed,
+                given: needed - 4
+            })
+        );
+    }
+}
+
+#[test]
+fn tokenizer_merges_by_rank_and_splits_like_gpt2() {
+    let bytes = AlignedBytes::new(&tiny_bundle(Dtype::F32, false, None));
+    let bundle = Bundle::parse(bytes.as_bytes()).unwrap();
+    let tokenizer = crate::Tokenizer::new(&bundle);
+    let check = |pieces: &[&str], expected: &[u32]| {
+        let mut out = heapless::Vec::<u32, 64>::new();
+        tokenizer.encode(pieces, &mut out).unwrap();
+        assert_eq!(out.as_slice(), expected, "{pieces:?}");
+    };
+    check(&["abc"], &[257]);
+    check(&["ab", "c"], &[257]);
+    check(&["x abc"], &[120, 32, 257]);
+    check(&["x a"], &[120, 259]);
+    check(&["<s>a12"], &[258, 97, 49, 50]);
+    check(&["a  b"], &[97, 32, 32, 98]);
+    check(&["it's"], &[105, 116, 39, 115]);
+    let mut text = [0u8; 16];
+    let n = tokenizer.decode_into(&[258, 257, 32], &mut text);
+    assert_eq!(&text[..n], b"abc ");
+    let mut tiny = heapless::Vec::<u32, 2>::new();
+    assert_eq!(
+        tokenizer.encode(&["xyz"], &mut tiny),
+        Err(Error::InputTooLong)
+    );
+}
+
+#[test]
+fn every_refusal_is_distinct() {
+    let good = tiny_bundle(Dtype::F32, false, None);
+    let mut bad_magic = good.clone();
+    bad_magic[0] = b'X';
+    check_refused(&bad_magic, Error::BadMagic);
+    let mut bad_version = good.clone();
+    bad_version[8] = 9;
+    check_refused(&bad_version, Error::UnsupportedVersion { found: 9 });
+    let mut bad_flags = good.clone();
+    bad_flags[10] = 0x80;
+    check_refused(&bad_flags, Error::UnknownFlags);
+    check_refused(&good[..good.len() - 1], Error::Truncated);
+    check_refused(&good[..10], Error::Truncated);
+    let mut trailing = good.clone();
+    trailing.push(0);
+    check_refused(&trailing, Error::TrailingBytes);
+    let mut header_flip = good.clone();
+    header_flip[30] ^= 1;
+    check_refused(&header_flip, Error::HeaderChecksum);
+    let mut blob_flip = good.clone();
+    let at = good.len() - 10;
+    blob_flip[at] ^= 1;
+    check_refused(&blob_flip, Error::BlobChecksum);
+
+    let aligned = AlignedBytes::new(&good);
+    let public = key().verifying_key().to_bytes();
+    assert_eq!(
+        Bundle::parse_signed(aligned.as_bytes(), &public).err(),
+        Some(Error::SignatureMissing)
+    );
+    let signed = AlignedBytes::new(&tiny_bundle(Dtype::F32, false, Some(&key())));
+    assert!(Bundle::parse_signed(signed.as_bytes(), &public).is_ok());
+    let other = SigningKey::from_bytes(&[8u8; 32])
+        .verifying_key()
+        .to_bytes();
+    assert_eq!(
+        Bundle::parse_signed(signed.as_bytes(), &other).err(),
+        Some(Error::SignatureInvalid)
+    );
+    let mut forged = signed.as_bytes().to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let forged = AlignedBytes::new(&forged);
+    assert_eq!(
+        Bundle::parse_signed(forged.as_bytes(), &public).err(),
+        Some(Error::SignatureInvalid)
+    );
+
+    let mut storage = alloc::vec![0u32; good.len() / 4 + 2];
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut storage);
+    bytes[1..=good.len()].copy_from_slice(&good);
+    assert_eq!(
+        Bundle::parse(&bytes[1..=good.len()]).err(),
+        Some(Error::MisalignedBundle)
+    );
+}
