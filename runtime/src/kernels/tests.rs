@@ -271,3 +271,18 @@ fn best_is_the_first_available() {
     #[cfg(target_arch = "aarch64")]
     assert_eq!(best.name(), "neon");
 }
+
+#[test]
+fn threaded_is_shared_safely_between_callers() {
+    let kernel = Threaded::new(super::best(), 2);
+    std::thread::scope(|scope| {
+        for seed in 0..3u64 {
+            let kernel = &kernel;
+            scope.spawn(move || {
+                for tokens in [1, 1, 6] {
+                    check(kernel, &Case::exact(200, 96, tokens, seed));
+                }
+            });
+        }
+    });
+}

@@ -11,8 +11,10 @@ use std::thread::JoinHandle;
 
 use super::{F32Matrix, Kernels, Q8Matrix};
 
-/// Busy-wait iterations before a waiting thread parks.
-const SPIN_ITERATIONS: u32 = 1 << 16;
+/// Busy-wait iterations (a few tens of µs) before a waiting thread parks or yields: enough to
+/// bridge the gap between two products of one decode step, short enough not to steal a core
+/// from other work on a busy machine.
+const SPIN_ITERATIONS: u32 = 1 << 11;
 
 /// Rows below which a split is not worth the handoff.
 const MIN_ROWS_PER_THREAD: usize = 16;
