@@ -58,6 +58,30 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Pack a bundle from a prune folder or the dense model: `whittle pack` (arguments pass through).
+    #[command(disable_help_flag = true)]
+    Pack {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Validate a bundle and print its header and provenance: `whittle inspect` (arguments pass through).
+    #[command(disable_help_flag = true)]
+    Inspect {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Make an ed25519 signing key: `whittle keygen` (arguments pass through).
+    #[command(disable_help_flag = true)]
+    Keygen {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Runtime against host on the task's test split: `whittle parity` (arguments pass through).
+    #[command(disable_help_flag = true)]
+    Parity {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Benchmark the host forward pass (`cargo bench --bench prefill`; arguments pass through).
     #[command(disable_help_flag = true)]
     BenchHost {
@@ -86,6 +110,10 @@ fn main() -> ExitCode {
         Task::Uniform { args } => host::run_host("uniform", &args),
         Task::Sweep { args } => host::run_host("sweep", &args),
         Task::Prune { args } => host::run_host("prune", &args),
+        Task::Pack { args } => host::run_host("pack", &args),
+        Task::Inspect { args } => host::run_host("inspect", &args),
+        Task::Keygen { args } => host::run_host("keygen", &args),
+        Task::Parity { args } => host::run_host("parity", &args),
         Task::BenchHost { args } => host::run_bench(&args),
         Task::Boards { measure_host, json } => boards::run(measure_host, json),
         Task::Test => test::run(),
@@ -115,6 +143,10 @@ mod tests {
             | Task::Uniform { args }
             | Task::Sweep { args }
             | Task::Prune { args }
+            | Task::Pack { args }
+            | Task::Inspect { args }
+            | Task::Keygen { args }
+            | Task::Parity { args }
             | Task::BenchHost { args } => args,
             task @ (Task::Test | Task::Boards { .. }) => panic!("{argv:?} parsed as {task:?}"),
         };
@@ -140,6 +172,11 @@ mod tests {
             &["xtask", "prune", "--board", "jetson-orin"],
             &["--board", "jetson-orin"],
         );
+        check_pass_through(
+            &["xtask", "parity", "--bundle", "b.wbundle", "--json"],
+            &["--bundle", "b.wbundle", "--json"],
+        );
+        check_pass_through(&["xtask", "inspect", "b.wbundle"], &["b.wbundle"]);
         check_pass_through(
             &["xtask", "bench-host", "--save-baseline", "main"],
             &["--save-baseline", "main"],

@@ -13,7 +13,7 @@ struct Step {
     run: fn() -> anyhow::Result<()>,
 }
 
-const STEPS: [Step; 8] = [
+const STEPS: [Step; 9] = [
     Step {
         title: "rustup targets",
         run: prerequisites::ensure_targets,
@@ -37,6 +37,10 @@ const STEPS: [Step; 8] = [
     Step {
         title: "no_std build of the runtime",
         run: runtime_no_std_build,
+    },
+    Step {
+        title: "thumbv7em firmware example (no_std, include_bytes! bundle, fixed arena)",
+        run: firmware_example_build,
     },
     Step {
         title: "aarch64 device tool under qemu",
@@ -133,6 +137,20 @@ fn runtime_no_std_build() -> anyhow::Result<()> {
         "thumbv7em-none-eabihf",
         "--release",
     ]))
+}
+
+/// The example app is its own workspace (a `no_main` binary); its `.cargo/config.toml` sets
+/// the entry symbol, so cargo runs in its folder.
+fn firmware_example_build() -> anyhow::Result<()> {
+    let dir = cargo::workspace_root()
+        .join("runtime")
+        .join("firmware-example");
+    let mut command = cargo::cargo(["build", "--release", "--target", "thumbv7em-none-eabihf"]);
+    command.current_dir(&dir).env(
+        "CARGO_TARGET_DIR",
+        cargo::target_dir().join("firmware-example"),
+    );
+    cargo::run(&mut command)
 }
 
 fn device_under_qemu() -> anyhow::Result<()> {

@@ -191,3 +191,39 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
     println!("{}", describe(&packed, args.head, &args.out));
     Ok(())
 }
+
+/// The bundle `prune` writes into its output folder (`model.wbundle`, the board's dtype, full
+/// head), after `factors.safetensors` and `genome.json`.
+pub fn write_prune_bundle(
+    session: &Session,
+    model_args: &ModelArgs,
+    pruned: &whittle_host::model::Llama,
+    task: &Task,
+    out_dir: &Path,
+    provenance: ProvenanceInfo,
+    dtype: whittle_boards::Dtype,
+) -> anyhow::Result<()> {
+    let dtype = match dtype {
+        whittle_boards::Dtype::Q8 => Dtype::Q8,
+        _ => Dtype::F32,
+    };
+    let folder = PruneFolder::open(out_dir)?;
+    let model = session.model.with_llama(pruned.clone());
+    let path = out_dir.join("model.wbundle");
+    let packed = write_bundle_file(
+        &session.model,
+        &model_args.resolve()?,
+        &session.digest,
+        &model,
+        task,
+        Some(&folder),
+        provenance,
+        dtype,
+        HeadChoice::Full,
+        None,
+        4096,
+        &path,
+    )?;
+    println!("{}", describe(&packed, HeadChoice::Full, &path));
+    Ok(())
+}

@@ -327,6 +327,22 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         &out.join("genome.json"),
         serde_json::to_string_pretty(&genome_json)?.as_bytes(),
     )?;
+    super::pack::write_prune_bundle(
+        &session,
+        &args.model,
+        &pruned_model,
+        &task,
+        &out,
+        whittle_host::bundle::ProvenanceInfo {
+            board: board.name.clone(),
+            epsilon: Some(args.epsilon),
+            seed: Some(args.seed),
+            dense_accuracy: Some(dense_test),
+            pruned_accuracy: Some(searched_outcome.test_accuracy),
+            ..Default::default()
+        },
+        dtype,
+    )?;
     write_rank_map(&out.join("ranks.svg"), &config, &plan, &task, &board)?;
     let report = json!({
         "board": board.name,

@@ -206,6 +206,26 @@ const GOLDEN: (&str, usize, u32) = (
 );
 
 #[test]
+fn the_example_firmware_links_the_current_tiny_bundle() {
+    let bytes = tiny_bundle(Dtype::Q8, true, None);
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/firmware-example/tiny.wbundle");
+    if std::env::var_os("WHITTLE_WRITE_TINY_BUNDLE").is_some() {
+        std::fs::write(path, &bytes).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        bytes,
+        "re-run with WHITTLE_WRITE_TINY_BUNDLE=1"
+    );
+    let aligned = AlignedBytes::new(&bytes);
+    let bundle = Bundle::parse(aligned.as_bytes()).unwrap();
+    assert!(
+        bundle.arena_bytes(CONTEXT) <= 16 * 1024,
+        "raise ARENA_BYTES in firmware-example/src/main.rs"
+    );
+}
+
+#[test]
 fn classifies_generates_and_uses_exactly_the_arena_it_asks_for() {
     for (dtype, task_head) in [(Dtype::F32, false), (Dtype::Q8, false), (Dtype::F32, true)] {
         let bytes = AlignedBytes::new(&tiny_bundle(dtype, task_head, None));
