@@ -176,6 +176,8 @@ pub struct Provenance<'a> {
     pub factors_digest: &'a str,
     /// The prune folder's genome (`genome.json`) digest (hex), empty for a dense bundle.
     pub genome_digest: &'a str,
+    /// The prune folder the factors came from, empty for a dense bundle.
+    pub source: &'a str,
     /// Task name.
     pub task: &'a str,
     /// Board the model was pruned for, empty for a dense bundle.
