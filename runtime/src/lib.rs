@@ -17,7 +17,7 @@
 //!     let mut session = Session::<_, 256>::new(&bundle, Portable, arena)?;
 //!     Ok(session.classify(text)?.label_index)
 //! }
-//! assert_eq!(classify(b"not a bundle", &mut [], "great film"), Err(Error::BadMagic));
+//! assert_eq!(classify(&[0u8; 64], &mut [], "great film"), Err(Error::BadMagic));
 //! ```
 //!
 //! Features: `alloc` (the bundle writer and [`AlignedBytes`]), `std`, and at most one of
