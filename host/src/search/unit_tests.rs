@@ -42,7 +42,7 @@ fn settings_out_of_range_are_refused() {
     check_invalid(|c| c.early_reject_margin = -0.01, "early_reject_margin");
     check_invalid(|c| c.sigmoid_sharpness = 0.0, "sigmoid_sharpness");
     check_invalid(|c| c.infeasibility_penalty = 0.0, "infeasibility_penalty");
-    check_invalid(|c| c.uniform_seed_levels = vec![11], "uniform_seed_levels");
+    check_invalid(|c| c.uniform_seed_levels = vec![12], "uniform_seed_levels");
 }
 
 #[test]
@@ -148,10 +148,10 @@ fn genome_to_plan_uses_the_levels_keep_fractions() {
     let n = config.n_prunable_matrices();
     let dense = Genome::uniform(n, 0).to_plan(&config, &levels);
     assert_eq!(dense.ok(), Some(RankPlan::dense(&config)));
-    let half = Genome::uniform(n, 5).to_plan(&config, &levels);
+    let half = Genome::uniform(n, 6).to_plan(&config, &levels);
     assert_eq!(half.ok(), Some(RankPlan::uniform(&config, 0.5)));
     let mut mixed = Genome::uniform(n, 0);
-    mixed.0[crate::prune::matrix_index(1, whittle_runtime::MatrixKind::Up)] = 5;
+    mixed.0[crate::prune::matrix_index(1, whittle_runtime::MatrixKind::Up)] = 6;
     let plan = mixed.to_plan(&config, &levels).expect("a valid genome");
     let expected = RankPlan::uniform(&config, 0.5);
     assert_eq!(
@@ -164,8 +164,8 @@ fn genome_to_plan_uses_the_levels_keep_fractions() {
         Err(SearchError::GenomeLength { .. })
     ));
     assert!(matches!(
-        Genome::uniform(n, 11).to_plan(&config, &levels),
-        Err(SearchError::LevelOutOfRange { level: 11, .. })
+        Genome::uniform(n, 12).to_plan(&config, &levels),
+        Err(SearchError::LevelOutOfRange { level: 12, .. })
     ));
 }
 
