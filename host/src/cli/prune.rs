@@ -49,15 +49,19 @@ pub struct PruneArgs {
     /// One seed for everything random.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Genomes per generation.
-    #[arg(long, default_value_t = 32)]
+    /// Genomes per generation (DESIGN's 32 halved so that the default run fits 15 minutes
+    /// on 2 cores; see docs/RESULTS.md).
+    #[arg(long, default_value_t = 16)]
     population: usize,
     /// Generation cap.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 6)]
     generations: usize,
     /// Stop after this many generations without improvement.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 3)]
     patience: usize,
+    /// New genomes per generation promoted from the quarter split to the full one.
+    #[arg(long, default_value_t = 4)]
+    promotions: usize,
     /// Calibration examples each candidate fits its label bias on.
     #[arg(long, default_value_t = 64)]
     bias_examples: usize,
@@ -173,6 +177,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         population: args.population,
         max_generations: args.generations,
         patience: args.patience,
+        max_promotions: args.promotions,
         seed: args.seed,
         epsilon: args.epsilon,
         ..SearchConfig::default()

@@ -104,6 +104,10 @@ pub struct SearchConfig {
     /// A genome whose quarter accuracy is below `a* − early_reject_margin` is not promoted to
     /// the full split; its fitness uses the quarter accuracy.
     pub early_reject_margin: f64,
+    /// Of the new genomes that pass the quarter split, at most this many (the best by their
+    /// quarter score) are promoted to the full split per generation; the others rank by their
+    /// quarter score. DESIGN section 5: the full check is for the candidates that matter.
+    pub max_promotions: usize,
     /// `s` in `σ(s·(accuracy − a*))`.
     pub sigmoid_sharpness: f64,
     /// λ: fitness lost per unit of relative budget excess (memory plus latency), on top of the
@@ -135,6 +139,7 @@ impl Default for SearchConfig {
             absolute: false,
             early_rejection: true,
             early_reject_margin: 0.05,
+            max_promotions: 4,
             sigmoid_sharpness: 50.0,
             infeasibility_penalty: 1.0,
             uniform_seed_levels: vec![1, 2, 4, 6, 8, 10],
@@ -189,6 +194,12 @@ impl SearchConfig {
             self.early_reject_margin,
             self.early_reject_margin >= 0.0 && self.early_reject_margin.is_finite(),
             "a finite number ≥ 0",
+        )?;
+        check(
+            "max_promotions",
+            self.max_promotions,
+            self.max_promotions >= 1,
+            "at least 1",
         )?;
         check(
             "sigmoid_sharpness",

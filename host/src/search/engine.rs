@@ -326,7 +326,13 @@ impl<P: Problem> Search<P> {
                 .map(|(genome, _)| genome)
                 .collect();
             rejected = n_new - survivors.len();
-            self.evaluate_stage(&survivors, Stage::Full)?;
+            let scores = self.scores(&survivors)?;
+            let promoted: Vec<Genome> =
+                top_distinct(&survivors, &scores, self.config.max_promotions)
+                    .into_iter()
+                    .map(|i| survivors[i].clone())
+                    .collect();
+            self.evaluate_stage(&promoted, Stage::Full)?;
         } else {
             self.evaluate_stage(&new, Stage::Full)?;
         }

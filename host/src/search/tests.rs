@@ -247,6 +247,27 @@ fn early_rejection_saves_full_evaluations_without_changing_the_answer() {
 }
 
 #[test]
+fn only_the_best_survivors_of_the_quarter_reach_the_full_split() {
+    let settings = SearchConfig {
+        max_promotions: 2,
+        ..config(6)
+    };
+    let (result, _) = run(Synthetic::new(), settings.clone());
+    for report in &result.history {
+        assert!(
+            report.full_evaluations <= settings.max_promotions + settings.elitism,
+            "generation {}: {} full evaluations",
+            report.generation,
+            report.full_evaluations
+        );
+    }
+    assert!(
+        result.best_evaluation.accuracy >= result.target_accuracy,
+        "{result:?}"
+    );
+}
+
+#[test]
 fn a_noisy_quarter_still_gives_an_answer_checked_on_the_full_split() {
     let problem = Synthetic {
         quarter_noise: 0.03,
