@@ -251,8 +251,16 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let search_started = Instant::now();
     let result = search.run(|report| {
         progress.set_position(report.generation as u64 + 1);
+        let megabytes = report
+            .best
+            .to_plan(&config, &levels)
+            .ok()
+            .and_then(|plan| {
+                whittle_boards::predict(&board, &config, plan.ranks(), dtype, head_rows).ok()
+            })
+            .map_or(f64::NAN, |prediction| prediction.bundle_bytes as f64 / 1e6);
         let line = format!(
-            "gen {} · fitness {:.3} · acc {:.3} · cost {:.3}",
+            "gen {} · fitness {:.3} · acc {:.3} · {megabytes:.1} MB · cost {:.3}",
             report.generation, report.best_fitness, report.best_accuracy, report.best_cost
         );
         progress.suspend(|| {
