@@ -123,6 +123,10 @@ fn prune_rejects_bad_arguments_before_loading_a_model() {
         &["--memory-budget-mb -5 must be a positive"],
     );
     check_error(
+        &["prune", "--uniform-keep", "1.5"],
+        &["--uniform-keep 1.5 is outside (0, 1]"],
+    );
+    check_error(
         &["prune", "--latency-budget-ms", "0"],
         &["--latency-budget-ms 0 must be a positive"],
     );

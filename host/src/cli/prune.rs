@@ -14,8 +14,8 @@ use whittle_host::factorize::Method;
 use whittle_host::model::Linear;
 use whittle_host::plot::{rank_map_svg, write_atomically};
 use whittle_host::prune::{
-    Evaluator, FactorBank, RankPlan, TaskProblem, anchored_refit, matrices, reductions,
-    uniform_search,
+    Evaluator, FactorBank, RankPlan, TaskProblem, UniformResult, anchored_refit, matrices,
+    reductions, uniform_search,
 };
 use whittle_host::search::{Genome, Levels, Problem, Search, SearchConfig};
 use whittle_host::task::{Metric, Split, Task};
@@ -65,6 +65,10 @@ pub struct PruneArgs {
     /// Calibration examples each candidate fits its label bias on.
     #[arg(long, default_value_t = 64)]
     bias_examples: usize,
+    /// Use this uniform keep fraction as the baseline instead of binary-searching it (e.g.
+    /// the `keep` a `whittle uniform` run found); in (0, 1].
+    #[arg(long, value_name = "K")]
+    uniform_keep: Option<f64>,
     /// Skip the anchored refit of the chosen genome.
     #[arg(long)]
     no_refit: bool,
@@ -109,6 +113,11 @@ fn validate(args: &PruneArgs) -> anyhow::Result<(BoardProfile, Task, Dtype, Path
             "--epsilon {} is outside (0, 1); e.g. 0.05 for 5%",
             args.epsilon
         );
+    }
+    if let Some(keep) = args.uniform_keep
+        && !(keep > 0.0 && keep <= 1.0)
+    {
+        anyhow::bail!("--uniform-keep {keep} is outside (0, 1]; give a keep fraction such as 0.9");
     }
     let mut board = BoardProfile::resolve(&args.board)?;
     if let Some(mb) = args.memory_budget_mb {
@@ -224,12 +233,26 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         progress.suspend(|| eprintln!("uniform keep {keep:.2}: search accuracy {accuracy:.4}"));
         Ok(accuracy)
     };
-    let uniform = uniform_search(
-        &keep_grid(),
-        args.epsilon,
-        problem.dense_accuracy(),
-        &mut accuracy_at,
-    )?;
+    let uniform = match args.uniform_keep {
+        // A baseline found earlier (e.g. by `whittle uniform`) is scored, not searched again.
+        Some(keep) => {
+            let accuracy = accuracy_at(keep)?;
+            let target = (1.0 - args.epsilon) * problem.dense_accuracy();
+            UniformResult {
+                dense_accuracy: problem.dense_accuracy(),
+                target_accuracy: target,
+                keep,
+                accuracy,
+                trials: vec![(keep, accuracy)],
+            }
+        }
+        None => uniform_search(
+            &keep_grid(),
+            args.epsilon,
+            problem.dense_accuracy(),
+            &mut accuracy_at,
+        )?,
+    };
     let uniform_seconds = uniform_started.elapsed().as_secs_f64();
     let uniform_level = levels
         .keeps()
