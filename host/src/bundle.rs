@@ -82,7 +82,8 @@ pub struct Packed {
     pub bytes: Vec<u8>,
     /// Bytes of the output head as stored (0 when tied to the embedding and full).
     pub head_bytes: usize,
-    /// Bytes the full vocabulary head would take in this dtype.
+    /// Bytes `--head full` would store in this dtype (0 when the model ties its head to the
+    /// embedding, which the bundle stores anyway).
     pub full_head_bytes: usize,
 }
 
@@ -350,7 +351,11 @@ pub fn pack(
     let row_bytes = |rows: usize| {
         rows * (config.hidden_size * bytes_per_value + 4 * (dtype == Dtype::Q8) as usize)
     };
-    let full_head_bytes = row_bytes(config.vocab_size);
+    let full_head_bytes = if llama.head_is_tied() {
+        0
+    } else {
+        row_bytes(config.vocab_size)
+    };
     let (head, head_bytes) = match options.head {
         HeadChoice::Task => {
             let ids = Tensor::new(label_ids.as_slice(), llama.device())?;

@@ -1,5 +1,5 @@
 //! `whittle pack`: a bundle from a prune folder (or the dense model) with the chosen dtype,
-//! head and signature; `prune` calls [`write_bundle_file`] for its default bundle.
+//! head and signature; `prune` calls [`write_prune_bundle`] for its default bundle.
 
 use std::path::{Path, PathBuf};
 
@@ -67,7 +67,6 @@ pub struct PackArgs {
 /// Packs `model` (the base, or the base with `prune`'s factors) for `task` into `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn write_bundle_file(
-    base: &LoadedModel,
     model_path: &Path,
     model_digest: &str,
     model: &LoadedModel,
@@ -80,7 +79,6 @@ pub fn write_bundle_file(
     batch_tokens: usize,
     out: &Path,
 ) -> anyhow::Result<Packed> {
-    let _ = base;
     let gguf = GgufFile::open(model_path)?;
     let tables = tokenizer_tables(&gguf, &model.tokenizer)?;
     let progress = progress_bar();
@@ -121,12 +119,18 @@ pub fn describe(packed: &Packed, head: HeadChoice, out: &Path) -> String {
         packed.bytes.len() as f64 / 1e6
     );
     if head == HeadChoice::Task {
-        line.push_str(&format!(
-            "; task-pruned head {} bytes instead of {} ({:.2} MB saved)",
-            packed.head_bytes,
-            packed.full_head_bytes,
-            (packed.full_head_bytes.saturating_sub(packed.head_bytes)) as f64 / 1e6
-        ));
+        line.push_str(&format!("; task-pruned head {} bytes", packed.head_bytes));
+        if packed.full_head_bytes == 0 {
+            line.push_str(
+                " (the full head is tied to the embedding, which the bundle keeps for the input, so the file is not smaller)",
+            );
+        } else {
+            line.push_str(&format!(
+                " instead of {} ({:.2} MB saved)",
+                packed.full_head_bytes,
+                (packed.full_head_bytes.saturating_sub(packed.head_bytes)) as f64 / 1e6
+            ));
+        }
     }
     line
 }
@@ -175,7 +179,6 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         ..ProvenanceInfo::default()
     };
     let packed = write_bundle_file(
-        &session.model,
         &model_path,
         &session.digest,
         &model,
@@ -211,7 +214,6 @@ pub fn write_prune_bundle(
     let model = session.model.with_llama(pruned.clone());
     let path = out_dir.join("model.wbundle");
     let packed = write_bundle_file(
-        &session.model,
         &model_args.resolve()?,
         &session.digest,
         &model,
