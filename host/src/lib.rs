@@ -15,6 +15,7 @@ pub mod generate;
 pub mod gguf;
 pub mod metrics;
 pub mod model;
+pub mod parity;
 pub mod plot;
 pub mod prune;
 pub mod search;

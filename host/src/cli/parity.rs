@@ -1,26 +1,22 @@
 //! `whittle parity --bundle B`: the runtime (this crate links it, std feature) against the
 //! host model the bundle was packed from, on the task's test split: token ids, predictions
-//! and label logits.
+//! and label logits (`whittle_host::parity`).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use rayon::prelude::*;
 use serde_json::json;
 use whittle_host::bundle::PruneFolder;
-use whittle_host::eval::{prompt_ids, prompt_text};
-use whittle_host::model::Batch;
+use whittle_host::parity::{CONTEXT, compare, host_reference};
+use whittle_host::plot::write_atomically;
 use whittle_host::task::{Split, Task};
 use whittle_runtime::kernels::Portable;
-use whittle_runtime::{AlignedBytes, Bundle, Session};
+use whittle_runtime::{AlignedBytes, Bundle};
 
 use super::ModelArgs;
 use super::session::Session as HostSession;
-
-/// Token capacity of the runtime sessions parity runs.
-const CONTEXT: usize = 512;
 
 #[derive(Debug, Args)]
 pub struct ParityArgs {
@@ -36,21 +32,15 @@ pub struct ParityArgs {
     /// Only the first N test examples.
     #[arg(long)]
     limit: Option<usize>,
+    /// Also write every example's input, predictions and label logits to this JSON file
+    /// (what `examples/replay` of the runtime checks on another machine).
+    #[arg(long, value_name = "PATH")]
+    record: Option<PathBuf>,
     /// Print one JSON object on the last line.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     model: ModelArgs,
-}
-
-fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in values.iter().enumerate() {
-        if values.get(best).is_some_and(|b| v > b) {
-            best = i;
-        }
-    }
-    best
 }
 
 pub fn run(args: ParityArgs) -> anyhow::Result<()> {
@@ -102,95 +92,49 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
     if examples.is_empty() {
         bail!("task {}: the test split is empty", task.name());
     }
-    let labels = &header.task.labels;
-    let label_ids: Vec<u32> = labels.iter().map(|l| l.token_id).collect();
-    let bias: Vec<f32> = labels.iter().map(|l| l.bias).collect();
-    let (prefix, suffix) = (header.task.prompt_prefix, header.task.prompt_suffix);
-
-    let mut inputs = Vec::with_capacity(examples.len());
-    let mut host_ids = Vec::with_capacity(examples.len());
-    let mut gold = Vec::with_capacity(examples.len());
-    for example in &examples {
-        let text = prompt_text(&model.tokenizer, &example.prompt)?;
-        let input = text
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_suffix(suffix))
-            .with_context(|| {
-                format!(
-                    "example {}: its prompt does not match the bundle's prompt template; pass the task the bundle was packed for",
-                    example.id
-                )
-            })?;
-        inputs.push(input.to_owned());
-        host_ids.push(prompt_ids(&model.tokenizer, &example.prompt)?);
-        gold.push(example.label.context("test example without a label")?);
-    }
-
-    let mut host_logits: Vec<Vec<f32>> = Vec::with_capacity(examples.len());
-    for chunk in host_ids.chunks(16) {
-        let batch = Batch::new(chunk, model.tokenizer.pad_id(), model.llama.device())?;
-        let last = model.llama.last_hidden(&batch)?;
-        let logits: Vec<Vec<f32>> = model.llama.logits_for(&last, &label_ids)?.to_vec2()?;
-        host_logits.extend(logits);
-    }
-
-    let arena_bytes = bundle.arena_bytes(CONTEXT);
-    let runtime: Vec<anyhow::Result<(Vec<u32>, Vec<f32>)>> = inputs
-        .par_iter()
-        .map_init(
-            || vec![0u64; arena_bytes.div_ceil(8)],
-            |arena, input| {
-                let arena: &mut [u8] = bytemuck_bytes(arena);
-                let mut session = Session::<_, CONTEXT>::new(&bundle, Portable, arena)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                session
-                    .label_scores(input)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let tokens = session.tokens().to_vec();
-                let logits = session
-                    .label_logits()
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    .to_vec();
-                Ok((tokens, logits))
-            },
-        )
-        .collect();
-
-    let n = examples.len();
-    let (mut agree, mut host_correct, mut runtime_correct, mut token_mismatches) = (0, 0, 0, 0);
-    let mut max_diff = 0f32;
-    for (i, result) in runtime.into_iter().enumerate() {
-        let (tokens, runtime_logits) = result?;
-        if tokens != host_ids[i] {
-            token_mismatches += 1;
-        }
-        let host_scores: Vec<f32> = host_logits[i]
+    let reference = host_reference(&model, &bundle, &examples)?;
+    let parity = compare(&reference, &bundle, Portable)?;
+    let n = parity.cases.len();
+    let max_diff = parity.max_abs_logit_diff;
+    let token_mismatches = parity.token_id_mismatches;
+    let arena_bytes = parity.arena_bytes;
+    if let Some(path) = &args.record {
+        let cases: Vec<serde_json::Value> = parity
+            .cases
             .iter()
-            .zip(&bias)
-            .map(|(l, b)| l + b)
+            .map(|case| {
+                json!({
+                    "id": case.id,
+                    "input": case.input,
+                    "gold": case.gold,
+                    "runtime_prediction": case.runtime_prediction,
+                    "runtime_logits": case.runtime_logits,
+                    "host_prediction": case.host_prediction,
+                    "host_logits": case.host_logits,
+                })
+            })
             .collect();
-        let runtime_scores: Vec<f32> = runtime_logits
-            .iter()
-            .zip(&bias)
-            .map(|(l, b)| l + b)
-            .collect();
-        let (host_prediction, runtime_prediction) = (argmax(&host_scores), argmax(&runtime_scores));
-        agree += usize::from(host_prediction == runtime_prediction);
-        host_correct += usize::from(host_prediction == gold[i]);
-        runtime_correct += usize::from(runtime_prediction == gold[i]);
-        for (h, r) in host_logits[i].iter().zip(&runtime_logits) {
-            max_diff = max_diff.max((h - r).abs());
-        }
+        let record = json!({
+            "bundle": args.bundle,
+            "task": task.name(),
+            "arch": std::env::consts::ARCH,
+            "kernels": "portable",
+            "context": CONTEXT,
+            "cases": cases,
+        });
+        write_atomically(path, format!("{record:#}\n").as_bytes()).with_context(|| {
+            format!("cannot write {}; pass a writable --record", path.display())
+        })?;
     }
     let report = json!({
         "bundle": args.bundle,
         "task": task.name(),
         "dtype": header.dtype.name(),
         "n": n,
-        "agreement": agree as f64 / n as f64,
+        "agreement": parity.agreement,
         "max_abs_logit_diff": max_diff,
-        "host_accuracy": host_correct as f64 / n as f64,
-        "runtime_accuracy": runtime_correct as f64 / n as f64,
+        "host_accuracy": parity.host_accuracy,
+        "runtime_accuracy": parity.runtime_accuracy,
         "token_id_mismatches": token_mismatches,
         "bundle_bytes": raw.len(),
         "arena_bytes": arena_bytes,
@@ -211,9 +155,4 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
         println!("{report}");
     }
     Ok(())
-}
-
-fn bytemuck_bytes(words: &mut [u64]) -> &mut [u8] {
-    // u64 storage keeps the arena 8-byte aligned.
-    bytemuck::cast_slice_mut(words)
 }
