@@ -1,5 +1,6 @@
 //! `cargo xtask test`: prepares a fresh machine, then runs every check of the workspace.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ struct Step {
     run: fn() -> anyhow::Result<()>,
 }
 
-const STEPS: [Step; 9] = [
+const STEPS: [Step; 10] = [
     Step {
         title: "rustup targets",
         run: prerequisites::ensure_targets,
@@ -50,10 +51,18 @@ const STEPS: [Step; 9] = [
         title: "aarch64 runtime tests (NEON kernels) under qemu",
         run: runtime_tests_under_qemu,
     },
+    Step {
+        title: "real sst2 q8 bundle: aarch64 under qemu predicts as x86_64",
+        run: real_bundle_under_qemu,
+    },
 ];
 
 const DEVICE_TARGET: &str = "aarch64-unknown-linux-gnu";
 const QEMU_SYSROOT: &str = "/usr/aarch64-linux-gnu";
+
+/// Test examples replayed under qemu: about 30 s of CPU each there (the whole model, q8, a
+/// 70-token prompt), so few.
+const REPLAY_EXAMPLES: &str = "2";
 
 /// Runs the steps in order, stops at the first failure, and prints a timed summary.
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -188,6 +197,107 @@ fn runtime_tests_under_qemu() -> anyhow::Result<()> {
         "std",
         "--lib",
     ]))
+}
+
+/// `$WHITTLE_CACHE_DIR/bundles`, else `~/.cache/whittle/cache/bundles` (where the host keeps
+/// derived caches; never inside the repository).
+fn bundle_cache_dir() -> anyhow::Result<PathBuf> {
+    let cache = match std::env::var_os("WHITTLE_CACHE_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("HOME")
+            .map(|home| {
+                PathBuf::from(home)
+                    .join(".cache")
+                    .join("whittle")
+                    .join("cache")
+            })
+            .context("neither WHITTLE_CACHE_DIR nor HOME is set; set WHITTLE_CACHE_DIR")?,
+    };
+    Ok(cache.join("bundles"))
+}
+
+/// A real bundle (sst2, q8, task head, packed once by `whittle pack` from the real model and
+/// cached outside the repository); `whittle parity --record` runs a few test examples through
+/// the x86_64 runtime (portable kernels) and records predictions and label logits; the
+/// runtime's `replay` example, built for x86_64 (best kernels) and for aarch64 (NEON, under
+/// qemu), must reproduce them.
+fn real_bundle_under_qemu() -> anyhow::Result<()> {
+    let whittle = cargo::target_dir().join("release").join("whittle");
+    let whittle = whittle.to_string_lossy().into_owned();
+    let dir = bundle_cache_dir()?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create {}; set WHITTLE_CACHE_DIR", dir.display()))?;
+    let bundle = dir.join("sst2-q8-task.wbundle");
+    let record = dir.join("sst2-q8-task.record.json");
+    let pack = || {
+        cargo::run(
+            cargo::program(&whittle, ["pack", "--task", "sst2", "--dtype", "q8"])
+                .args(["--head", "task", "--out"])
+                .arg(&bundle),
+        )
+    };
+    let record_parity = || {
+        cargo::run(
+            cargo::program(&whittle, ["parity", "--limit", REPLAY_EXAMPLES, "--bundle"])
+                .arg(&bundle)
+                .arg("--record")
+                .arg(&record),
+        )
+    };
+    if !bundle.is_file() {
+        pack()?;
+        record_parity()?;
+    } else if record_parity().is_err() {
+        println!("    the cached bundle was refused (older format or model?); packing it again");
+        pack()?;
+        record_parity()?;
+    }
+    cargo::run(&mut cargo::cargo([
+        "build",
+        "-p",
+        "whittle-runtime",
+        "--release",
+        "--features",
+        "std",
+        "--example",
+        "replay",
+    ]))?;
+    cargo::run(
+        cargo::program(
+            &cargo::target_dir()
+                .join("release")
+                .join("examples")
+                .join("replay")
+                .to_string_lossy(),
+            [&bundle, &record],
+        )
+        .arg("--threads")
+        .arg("1"),
+    )?;
+    cargo::run(&mut cargo::cargo([
+        "build",
+        "-p",
+        "whittle-runtime",
+        "--target",
+        DEVICE_TARGET,
+        "--release",
+        "--features",
+        "std",
+        "--example",
+        "replay",
+    ]))?;
+    let replay = cargo::target_dir()
+        .join(DEVICE_TARGET)
+        .join("release")
+        .join("examples")
+        .join("replay");
+    let mut command = cargo::program("qemu-aarch64", ["-L", QEMU_SYSROOT]);
+    command
+        .arg(&replay)
+        .arg(&bundle)
+        .arg(&record)
+        .args(["--threads", "2"]);
+    cargo::run(&mut command)
 }
 
 /// The device tool's `info --json` output must end in a JSON object for an aarch64 machine.
