@@ -44,14 +44,6 @@ mod config;
 mod error;
 mod fmt;
 pub mod format;
-// The kernels (another owner, performance work) index fixed-width tiles whose bounds their
-// loops establish; the no-panic lints apply to the model code, not to them.
-#[allow(
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
 pub mod kernels;
 mod model;
 mod session;
@@ -66,7 +58,7 @@ pub use aligned::AlignedBytes;
 pub use bundle::{Bundle, LinearWeights, Weight};
 pub use config::{ConfigError, MatrixKind, ModelConfig};
 pub use error::Error;
-pub use model::{Model, PREFILL_CHUNK};
+pub use model::{MAX_PREFILL_CHUNK, Model, PREFILL_CHUNK, prefill_chunk};
 pub use session::{Classification, Session};
 pub use tokenizer::Tokenizer;
 
