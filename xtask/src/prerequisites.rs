@@ -29,7 +29,8 @@ pub enum CrossToolsPlan {
     AskUser,
 }
 
-/// Adds the rustup targets that `rustup target list --installed` does not show.
+/// Adds the rustup targets that `rustup target list --installed` does not show, and the
+/// clippy and rustfmt components the suite runs.
 pub fn ensure_targets() -> anyhow::Result<()> {
     let installed = cargo::stdout_of(&mut cargo::program(
         "rustup",
@@ -41,11 +42,16 @@ pub fn ensure_targets() -> anyhow::Result<()> {
     let missing = missing_targets(&installed, &TARGETS);
     if missing.is_empty() {
         println!("    targets already installed: {}", TARGETS.join(", "));
-        return Ok(());
+    } else {
+        cargo::run(&mut cargo::program(
+            "rustup",
+            ["target", "add"].into_iter().chain(missing),
+        ))?;
     }
+    // A minimal toolchain profile lacks these; `component add` is a no-op when present.
     cargo::run(&mut cargo::program(
         "rustup",
-        ["target", "add"].into_iter().chain(missing),
+        ["component", "add", "clippy", "rustfmt"],
     ))
 }
 

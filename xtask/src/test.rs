@@ -36,7 +36,7 @@ const STEPS: [Step; 10] = [
         run: workspace_tests,
     },
     Step {
-        title: "no_std build of the runtime",
+        title: "no_std build and lints of the runtime",
         run: runtime_no_std_build,
     },
     Step {
@@ -137,15 +137,34 @@ fn workspace_tests() -> anyhow::Result<()> {
     cargo::run(&mut cargo::cargo(["test", "--workspace", "--release"]))
 }
 
+/// Builds the runtime for a real `no_std` target, then holds its non-test code to the
+/// no-panic lints (`unwrap`, `expect`, `panic`, unchecked indexing) with clippy, there and with
+/// `std` on the host.
 fn runtime_no_std_build() -> anyhow::Result<()> {
-    cargo::run(&mut cargo::cargo([
-        "build",
-        "-p",
-        "whittle-runtime",
-        "--target",
-        "thumbv7em-none-eabihf",
-        "--release",
-    ]))
+    let thumb = ["--target", "thumbv7em-none-eabihf", "--release"];
+    cargo::run(&mut cargo::cargo(
+        ["build", "-p", "whittle-runtime"].into_iter().chain(thumb),
+    ))?;
+    let deny = ["--", "-D", "warnings"];
+    cargo::run(&mut cargo::cargo(
+        ["clippy", "-p", "whittle-runtime"]
+            .into_iter()
+            .chain(thumb)
+            .chain(deny),
+    ))?;
+    cargo::run(&mut cargo::cargo(
+        [
+            "clippy",
+            "-p",
+            "whittle-runtime",
+            "--release",
+            "--features",
+            "std",
+        ]
+        .into_iter()
+        .chain(deny),
+    ))
+    .context("the runtime breaks its lints; see the clippy output above")
 }
 
 /// The example app is its own workspace (a `no_main` binary); its `.cargo/config.toml` sets
