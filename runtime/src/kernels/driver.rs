@@ -150,6 +150,10 @@ pub(crate) fn gemm_q8<S: Simd>(
 
 /// Packs `nr` rows from `row0`, columns `k0..k0 + kc`, as `dst[k·stride + r]`, zero-padding
 /// rows `nr..stride`.
+///
+/// Each row's columns are first converted (and scaled) into a contiguous buffer, which
+/// vectorizes, then written to the packed layout with plain indexed stores; the padding rows
+/// are zeroed only in a partial panel.
 #[allow(clippy::too_many_arguments)]
 fn pack(
     src: Source<'_>,
@@ -162,28 +166,33 @@ fn pack(
     dst: &mut [f32],
 ) {
     let dst = dst.get_mut(..kc * stride).unwrap_or_default();
-    dst.iter_mut().for_each(|d| *d = 0.0);
-    match src {
-        Source::F32(data) => {
-            for (r, row) in data.chunks_exact(cols).skip(row0).take(nr).enumerate() {
-                let part = row.get(k0..k0 + kc).unwrap_or_default();
-                for (d, &v) in dst.chunks_exact_mut(stride).zip(part) {
-                    if let Some(slot) = d.get_mut(r) {
-                        *slot = v;
-                    }
+    if nr < stride {
+        dst.iter_mut().for_each(|d| *d = 0.0);
+    }
+    let mut line = [0.0f32; KC];
+    let line = line.get_mut(..kc).unwrap_or_default();
+    for r in 0..nr.min(stride) {
+        let start = (row0 + r) * cols + k0;
+        match src {
+            Source::F32(data) => {
+                let Some(part) = data.get(start..start + kc) else {
+                    continue;
+                };
+                line.copy_from_slice(part);
+            }
+            Source::Q8(data, scales) => {
+                let (Some(part), Some(&scale)) =
+                    (data.get(start..start + kc), scales.get(row0 + r))
+                else {
+                    continue;
+                };
+                for (l, &v) in line.iter_mut().zip(part) {
+                    *l = scale * f32::from(v);
                 }
             }
         }
-        Source::Q8(data, scales) => {
-            let rows = data.chunks_exact(cols).zip(scales).skip(row0).take(nr);
-            for (r, (row, &scale)) in rows.enumerate() {
-                let part = row.get(k0..k0 + kc).unwrap_or_default();
-                for (d, &v) in dst.chunks_exact_mut(stride).zip(part) {
-                    if let Some(slot) = d.get_mut(r) {
-                        *slot = scale * f32::from(v);
-                    }
-                }
-            }
+        for (d, &v) in dst.iter_mut().skip(r).step_by(stride).zip(line.iter()) {
+            *d = v;
         }
     }
 }
