@@ -10,7 +10,10 @@
 //! one block) takes `max(bytes / bandwidth, flops / throughput)`, the pieces run one after the
 //! other, and every block adds the board's fixed per-layer overhead. Decoding is predicted for
 //! the last token of a full context (`context_length`, the worst case a latency budget must
-//! hold for); prefill is throughput-bound.
+//! hold for); prefill is throughput-bound. Where the profile carries measured kernel rates
+//! ([`crate::KernelRates`], the `host` profile), the weight matrices stream at the measured
+//! decode rate of their dtype instead of the memory bandwidth, and prefill multiplies them at
+//! the measured prefill rate instead of the sgemm throughput.
 
 use serde::Serialize;
 use whittle_runtime::{ConfigError, MatrixKind, ModelConfig};
@@ -197,7 +200,7 @@ pub fn predict(
     .fold(0u64, u64::saturating_add);
     let arena_bytes = arena_floats.saturating_mul(F32_BYTES as u64);
 
-    let cpu = Engine::cpu(profile);
+    let cpu = Engine::cpu(profile, dtype);
     let gpu = Engine::gpu(profile);
     Ok(Prediction {
         bundle_bytes: weight_bytes,
@@ -241,14 +244,29 @@ fn norm_bytes(config: &ModelConfig) -> u64 {
 struct Engine {
     bytes_per_s: f64,
     flops_per_s: f64,
+    /// How fast the weight matrices stream while decoding (the bandwidth, or the measured
+    /// kernel rate for the dtype).
+    weight_bytes_per_s: f64,
+    /// How fast prefill multiplies by the weight matrices (the throughput, or the measured
+    /// kernel rate for the dtype).
+    weight_flops_per_s: f64,
     layer_overhead_s: f64,
 }
 
 impl Engine {
-    fn cpu(profile: &BoardProfile) -> Self {
+    fn cpu(profile: &BoardProfile, dtype: Dtype) -> Self {
+        let bytes_per_s = profile.bandwidth_bytes_per_s as f64;
+        let flops_per_s = profile.cpu_f32_flops;
+        let (weight_bytes_per_s, weight_flops_per_s) = match (&profile.kernels, dtype) {
+            (Some(k), Dtype::Q8) => (k.q8_decode_bytes_per_s, k.q8_prefill_flops),
+            (Some(k), Dtype::F32) => (k.f32_decode_bytes_per_s, k.f32_prefill_flops),
+            (None, _) => (bytes_per_s, flops_per_s),
+        };
         Self {
-            bytes_per_s: profile.bandwidth_bytes_per_s as f64,
-            flops_per_s: profile.cpu_f32_flops,
+            bytes_per_s,
+            flops_per_s,
+            weight_bytes_per_s,
+            weight_flops_per_s,
             layer_overhead_s: profile.layer_overhead_us * 1e-6,
         }
     }
@@ -258,6 +276,8 @@ impl Engine {
         profile.gpu_fp32_flops.map(|flops_per_s| Self {
             bytes_per_s: profile.bandwidth_bytes_per_s as f64,
             flops_per_s,
+            weight_bytes_per_s: profile.bandwidth_bytes_per_s as f64,
+            weight_flops_per_s: flops_per_s,
             layer_overhead_s: profile.gpu_layer_overhead_us * 1e-6,
         })
     }
@@ -274,6 +294,11 @@ impl Work {
     fn seconds(self, engine: &Engine) -> f64 {
         (self.bytes as f64 / engine.bytes_per_s).max(self.flops as f64 / engine.flops_per_s)
     }
+
+    /// As [`Work::seconds`] for weights: they stream at the engine's weight rate.
+    fn weight_seconds(self, engine: &Engine) -> f64 {
+        (self.bytes as f64 / engine.weight_bytes_per_s).max(self.flops as f64 / engine.flops_per_s)
+    }
 }
 
 /// What decoding and prefilling one token cost, before a board is chosen.
@@ -285,7 +310,10 @@ struct Workload {
     attention_per_layer: Work,
     n_layers: usize,
     linear_bytes: u64,
-    prefill_flops_per_token: f64,
+    /// The prunable matrices' FLOPs per prefilled token.
+    prefill_linear_flops_per_token: f64,
+    /// The attention's FLOPs per prefilled token (mean over a full-context prompt).
+    prefill_attention_flops_per_token: f64,
 }
 
 impl Workload {
@@ -326,14 +354,16 @@ impl Workload {
         // A prompt of `context` tokens: the token at position p attends to p positions, so on
         // average to (context + 1) / 2.
         let mean_attended = (context as f64 + 1.0) / 2.0;
-        let prefill_flops_per_token =
-            linear_flops as f64 + config.n_layers as f64 * 4.0 * hidden as f64 * mean_attended;
         Ok(Self {
             weight_steps,
             attention_per_layer,
             n_layers: config.n_layers,
             linear_bytes,
-            prefill_flops_per_token,
+            prefill_linear_flops_per_token: linear_flops as f64,
+            prefill_attention_flops_per_token: config.n_layers as f64
+                * 4.0
+                * hidden as f64
+                * mean_attended,
         })
     }
 
@@ -347,7 +377,7 @@ impl Workload {
         let weights: f64 = self
             .weight_steps
             .iter()
-            .map(|work| work.seconds(engine))
+            .map(|work| work.weight_seconds(engine))
             .sum();
         let per_layer = self.attention_per_layer.seconds(engine) + engine.layer_overhead_s;
         weights + self.n_layers as f64 * per_layer
@@ -356,7 +386,8 @@ impl Workload {
     /// Prefill runs batched matrix products, so it is throughput-bound; the head runs once
     /// per prompt (last position) and the per-layer overhead once per batch, both left out.
     fn prefill_seconds(&self, engine: &Engine) -> f64 {
-        self.prefill_flops_per_token / engine.flops_per_s
+        self.prefill_linear_flops_per_token / engine.weight_flops_per_s
+            + self.prefill_attention_flops_per_token / engine.flops_per_s
     }
 }
 

@@ -510,3 +510,61 @@ fn the_context_is_capped_at_the_models_limit() {
     // 2 · 2 · 16 · 64 · 4.
     assert_eq!(p.kv_cache_bytes, 16_384);
 }
+
+#[test]
+fn measured_kernel_rates_replace_bandwidth_and_throughput_for_the_weights() {
+    let plain = round_board("");
+    let measured = round_board(
+        "[kernels]\nq8_decode_bytes_per_s = 1e6\nf32_decode_bytes_per_s = 2e6\n\
+         q8_prefill_flops = 1e6\nf32_prefill_flops = 4e6\n",
+    );
+    let config = tiny_config();
+    let dense = vec![None; 14];
+    // Dense tiny model: 2·18432 FLOPs of prunable matrices per prefilled token.
+    let linear_flops = 2.0 * 18432.0;
+    for (dtype, bytes_per_s, flops_per_s) in [(Dtype::Q8, 1e6, 1e6), (Dtype::F32, 2e6, 4e6)] {
+        let (p, m) = match (
+            predict(&plain, &config, &dense, dtype, None),
+            predict(&measured, &config, &dense, dtype, None),
+        ) {
+            (Ok(p), Ok(m)) => (p, m),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(m.bytes_read_per_token, p.bytes_read_per_token);
+        // Every weight byte streams at the measured rate; attention and overhead as before.
+        let weights_ms = m.bytes_read_per_token as f64 / bytes_per_s * 1e3;
+        assert!(
+            m.decode_ms_per_token_cpu >= weights_ms
+                && m.decode_ms_per_token_cpu <= weights_ms + p.decode_ms_per_token_cpu,
+            "{dtype:?}: {} against {weights_ms} + {}",
+            m.decode_ms_per_token_cpu,
+            p.decode_ms_per_token_cpu
+        );
+        let linear_ms = linear_flops / flops_per_s * 1e3;
+        assert!(
+            m.prefill_ms_per_token_cpu >= linear_ms
+                && m.prefill_ms_per_token_cpu <= linear_ms + p.prefill_ms_per_token_cpu,
+            "{dtype:?}: {} against {linear_ms} + {}",
+            m.prefill_ms_per_token_cpu,
+            p.prefill_ms_per_token_cpu
+        );
+        // The GPU keeps the board's bandwidth.
+        assert_eq!(m.decode_ms_per_token_gpu, p.decode_ms_per_token_gpu);
+    }
+}
+
+#[test]
+fn kernel_rates_must_be_positive() {
+    let text = "[kernels]\nq8_decode_bytes_per_s = 0.0\nf32_decode_bytes_per_s = 1.0\n\
+                q8_prefill_flops = 1.0\nf32_prefill_flops = 1.0\n";
+    let board = round_board("");
+    let mut bad = board.clone();
+    bad.kernels = Some(crate::KernelRates {
+        q8_decode_bytes_per_s: 0.0,
+        f32_decode_bytes_per_s: 1.0,
+        q8_prefill_flops: 1.0,
+        f32_prefill_flops: 1.0,
+    });
+    assert!(bad.validate().is_err(), "{text}");
+    assert!(board.validate().is_ok());
+}

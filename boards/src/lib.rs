@@ -52,4 +52,4 @@ mod profile;
 pub use cost::{CostError, Dtype, Prediction, predict};
 pub use feasibility::{Feasibility, feasibility, objective_cost};
 pub use host::{HOST_BOARD_NAME, default_cache_dir, host_profile_path, host_profile_path_in};
-pub use profile::{BoardError, BoardProfile, CpuProfile, Source};
+pub use profile::{BoardError, BoardProfile, CpuProfile, KernelRates, Source};

@@ -57,10 +57,35 @@ pub struct BoardProfile {
     pub gpu_layer_overhead_us: f64,
     /// Rust target triple of the code that runs on the board.
     pub target_triple: String,
+    /// Rates of whittle's own kernels, measured on the board by `whittle-device profile`
+    /// (absent for a datasheet board). Where present, the cost model uses them instead of the
+    /// memory bandwidth and the sgemm throughput for the weight matrices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<KernelRates>,
     /// The application processor.
     pub cpu: CpuProfile,
     /// Where the figures come from.
     pub sources: Vec<Source>,
+}
+
+/// Measured speed of the runtime's matrix products (the fastest kernel on a persistent pool,
+/// the better of one thread and all threads), per weight dtype.
+///
+/// Decoding converts every int8 weight to f32 before the multiply-add; on a core that cannot
+/// convert as fast as memory delivers, the weight stream runs below the memory bandwidth, and
+/// prefill's packing adds to the multiply itself. These figures include both effects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelRates {
+    /// Weight bytes per second of one-token products over q8 matrices larger, in total, than
+    /// the last-level cache.
+    pub q8_decode_bytes_per_s: f64,
+    /// The same for f32 matrices.
+    pub f32_decode_bytes_per_s: f64,
+    /// FLOP/s of prefill-chunk products (64 tokens) over q8 matrices, packing included.
+    pub q8_prefill_flops: f64,
+    /// The same for f32 matrices.
+    pub f32_prefill_flops: f64,
 }
 
 /// The application processor of a board.
@@ -287,6 +312,18 @@ impl BoardProfile {
                 "gpu_layer_overhead_us",
                 "must be a number of at least 0",
             ));
+        }
+        if let Some(k) = &self.kernels
+            && ![
+                k.q8_decode_bytes_per_s,
+                k.f32_decode_bytes_per_s,
+                k.q8_prefill_flops,
+                k.f32_prefill_flops,
+            ]
+            .into_iter()
+            .all(is_positive)
+        {
+            return Err(invalid("kernels", "every rate must be a positive number"));
         }
         if self.target_triple.split('-').count() < 3 {
             return Err(invalid("target_triple", "is not a target triple"));
