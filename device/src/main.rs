@@ -1,9 +1,11 @@
 //! `whittle-device`: the tool that runs on the board itself.
 //!
 //! It reports the machine facts a board profile records (`info`), measures the machine into
-//! the `host` board profile (`profile`) and lists the board profiles the cost model knows
-//! (`boards`); running and benchmarking bundles arrive with the bundle and runtime issues.
+//! the `host` board profile (`profile`), lists the board profiles the cost model knows
+//! (`boards`), runs a bundle on a text (`run`) and benchmarks prefill and decode against the
+//! cost model's prediction (`bench`).
 
+mod bench;
 mod boards;
 mod info;
 mod measure;
@@ -49,6 +51,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a bundle on one text: print the label (classification) or the answer (generation).
+    Run {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// The input text.
+        #[arg(long)]
+        text: String,
+        /// Threads sharing each matrix product.
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+        /// Most tokens to generate [default: the bundle's task setting].
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+    },
+    /// Time prefill and greedy decode of a bundle (medians) beside the cost model's prediction.
+    Bench {
+        /// The bundle file (with a full head to decode: `whittle pack --head full`).
+        bundle: PathBuf,
+        /// Threads sharing each matrix product.
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+        /// Prompt tokens.
+        #[arg(long, default_value_t = 256)]
+        prefill: usize,
+        /// Greedy tokens decoded after the prompt.
+        #[arg(long, default_value_t = 64)]
+        decode: usize,
+        /// Measured repetitions (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Unmeasured repetitions first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Text the prompt is tokenized from (its first 32 KiB) [default: a built-in paragraph].
+        #[arg(long, value_name = "PATH")]
+        prompt_file: Option<PathBuf>,
+        /// Board profile whose cost model is compared (name or .toml file).
+        #[arg(long, default_value = "host")]
+        board: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +105,33 @@ fn main() -> anyhow::Result<()> {
         Command::Info { json } => info::run(json),
         Command::Profile { json, out, install } => profile::run(json, out, install),
         Command::Boards { json } => boards::run(json),
+        Command::Run {
+            bundle,
+            text,
+            threads,
+            max_new_tokens,
+        } => bench::run(&bundle, &text, threads, max_new_tokens),
+        Command::Bench {
+            bundle,
+            threads,
+            prefill,
+            decode,
+            repeats,
+            warmup,
+            prompt_file,
+            board,
+            json,
+        } => bench::bench(&bench::BenchArgs {
+            bundle,
+            threads,
+            prefill,
+            decode,
+            repeats,
+            warmup,
+            prompt_file,
+            board,
+            json,
+        }),
     }
 }
 

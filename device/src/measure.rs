@@ -117,6 +117,132 @@ pub fn sgemm_throughput(
     }
 }
 
+/// The runtime's own products on this machine, per weight dtype: the fastest kernel
+/// ([`whittle_runtime::kernels::best`]) on a persistent pool of one thread and of `threads`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KernelSpeed {
+    /// The kernel's name.
+    pub kernel: &'static str,
+    /// Threads of the all-threads figures.
+    pub threads: usize,
+    /// `rows × cols` of every matrix.
+    pub shape: (usize, usize),
+    /// Bytes of weights the decode figures stream per pass (each dtype).
+    pub decode_bytes: usize,
+    /// Tokens of the prefill products.
+    pub prefill_tokens: usize,
+    /// Weight bytes/s of one-token products, q8 then f32, one thread then all threads.
+    pub q8_decode: [f64; 2],
+    /// As `q8_decode`, f32 weights.
+    pub f32_decode: [f64; 2],
+    /// FLOP/s of `prefill_tokens`-token products, q8, one thread then all threads.
+    pub q8_prefill: [f64; 2],
+    /// As `q8_prefill`, f32 weights.
+    pub f32_prefill: [f64; 2],
+}
+
+impl KernelSpeed {
+    /// The better of one thread and all threads, per figure, as the profile keeps them.
+    pub fn rates(&self) -> whittle_boards::KernelRates {
+        let best = |pair: [f64; 2]| pair[0].max(pair[1]);
+        whittle_boards::KernelRates {
+            q8_decode_bytes_per_s: best(self.q8_decode).round(),
+            f32_decode_bytes_per_s: best(self.f32_decode).round(),
+            q8_prefill_flops: best(self.q8_prefill).round(),
+            f32_prefill_flops: best(self.f32_prefill).round(),
+        }
+    }
+}
+
+/// Times the runtime's kernels: one-token products over `decode_bytes` of weights per dtype
+/// (several times the last-level cache, so they stream from memory, as a model's decode does),
+/// and `prefill_tokens`-token products over a few matrices; `rows × cols` matrices, the best of
+/// `runs`.
+pub fn kernel_speed(
+    shape: (usize, usize),
+    decode_bytes: usize,
+    prefill_tokens: usize,
+    threads: usize,
+    runs: usize,
+) -> KernelSpeed {
+    use whittle_runtime::kernels::{F32Matrix, Kernels, Q8Matrix, Threaded, best};
+    let (rows, cols) = (shape.0.max(1), shape.1.max(1));
+    let size = rows * cols;
+    let q8_count = (decode_bytes / size).max(1);
+    let f32_count = (decode_bytes / (4 * size)).max(1);
+    let q8_data: Vec<i8> = (0..q8_count * size)
+        .map(|i| ((i * 31 % 255) as i32 - 127) as i8)
+        .collect();
+    let f32_data: Vec<f32> = (0..f32_count * size)
+        .map(|i| (i % 97) as f32 * 0.01 - 0.5)
+        .collect();
+    let scales = vec![0.01f32; rows];
+    let q8 = |m: usize| Q8Matrix {
+        rows,
+        cols,
+        data: q8_data.get(m * size..(m + 1) * size).unwrap_or_default(),
+        scales: &scales,
+    };
+    let f32m = |m: usize| F32Matrix {
+        rows,
+        cols,
+        data: f32_data.get(m * size..(m + 1) * size).unwrap_or_default(),
+    };
+    let tokens = prefill_tokens.max(1);
+    let x: Vec<f32> = (0..tokens * cols).map(|i| (i % 13) as f32 * 0.1).collect();
+    let mut out = vec![0.0f32; tokens * rows];
+    let prefill_matrices = 8.min(q8_count).min(f32_count);
+    let prefill_flops = 2.0 * (tokens * size * prefill_matrices) as f64;
+    let runs = runs.max(1);
+    let mut measure = |threads: usize| {
+        let k = Threaded::new(best(), threads);
+        let x1 = x.get(..cols).unwrap_or_default();
+        let q8_decode = best_seconds(runs, || {
+            for m in 0..q8_count {
+                k.gemm_q8(q8(m), x1, 1, out.get_mut(..rows).unwrap_or_default());
+            }
+            black_box(&out);
+        });
+        let f32_decode = best_seconds(runs, || {
+            for m in 0..f32_count {
+                k.gemm_f32(f32m(m), x1, 1, out.get_mut(..rows).unwrap_or_default());
+            }
+            black_box(&out);
+        });
+        let q8_prefill = best_seconds(runs, || {
+            for m in 0..prefill_matrices {
+                k.gemm_q8(q8(m), &x, tokens, &mut out);
+            }
+            black_box(&out);
+        });
+        let f32_prefill = best_seconds(runs, || {
+            for m in 0..prefill_matrices {
+                k.gemm_f32(f32m(m), &x, tokens, &mut out);
+            }
+            black_box(&out);
+        });
+        [
+            (q8_count * size) as f64 / q8_decode,
+            (4 * f32_count * size) as f64 / f32_decode,
+            prefill_flops / q8_prefill,
+            prefill_flops / f32_prefill,
+        ]
+    };
+    let one = measure(1);
+    let all = measure(threads.max(1));
+    KernelSpeed {
+        kernel: best().name(),
+        threads: threads.max(1),
+        shape: (rows, cols),
+        decode_bytes: q8_count * size,
+        prefill_tokens: tokens,
+        q8_decode: [one[0], all[0]],
+        f32_decode: [one[1], all[1]],
+        q8_prefill: [one[2], all[2]],
+        f32_prefill: [one[3], all[3]],
+    }
+}
+
 /// The wrapping sum of the words: reads every one, and vectorizes.
 fn sum_words(words: &[u64]) -> u64 {
     words.iter().fold(0u64, |sum, &word| sum.wrapping_add(word))

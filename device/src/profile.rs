@@ -9,7 +9,7 @@ use anyhow::Context;
 use whittle_boards::{BoardProfile, CpuProfile, HOST_BOARD_NAME, Source, host_profile_path};
 
 use crate::info;
-use crate::measure::{self, Bandwidth, Throughput};
+use crate::measure::{self, Bandwidth, KernelSpeed, Throughput};
 
 /// Where Linux describes the CPU.
 const CPUINFO_PATH: &str = "/proc/cpuinfo";
@@ -26,6 +26,11 @@ const RUNS: usize = 5;
 const SGEMM_SIZE: usize = 512;
 /// Products per thread per timed run: about 2.7 GFLOP.
 const SGEMM_PRODUCTS_PER_RUN: usize = 10;
+/// `rows × cols` of the kernel measurement's matrices: the model's MLP shape.
+const KERNEL_SHAPE: (usize, usize) = (1536, 576);
+/// Weight bytes per dtype the kernel decode figures stream (at least a quarter of the
+/// bandwidth buffer, so several times the last-level cache).
+const KERNEL_DECODE_BYTES: usize = 128 << 20;
 /// The share of the host's memory the model may use: whittle's choice, since a development
 /// machine runs other work beside it.
 const HOST_MODEL_MEMORY_SHARE: f64 = 0.5;
@@ -47,10 +52,26 @@ pub fn run(json: bool, out: Option<PathBuf>, install: bool) -> anyhow::Result<()
     );
     let throughput =
         measure::sgemm_throughput(SGEMM_SIZE, SGEMM_PRODUCTS_PER_RUN, facts.cores, RUNS);
+    eprintln!(
+        "measuring the runtime's kernels (decode over {} MiB of {}x{} matrices, prefill of {} tokens; 1 and {} threads) ...",
+        KERNEL_DECODE_BYTES >> 20,
+        KERNEL_SHAPE.0,
+        KERNEL_SHAPE.1,
+        whittle_runtime::MAX_PREFILL_CHUNK,
+        facts.cores
+    );
+    let kernels = measure::kernel_speed(
+        KERNEL_SHAPE,
+        KERNEL_DECODE_BYTES.max(buffer_bytes / 4),
+        whittle_runtime::MAX_PREFILL_CHUNK,
+        facts.cores,
+        RUNS,
+    );
     let profile = host_profile(
         &facts,
         &bandwidth,
         &throughput,
+        Some(&kernels),
         &utc_date(SystemTime::now()),
     );
     profile.validate()?;
@@ -122,6 +143,7 @@ fn host_profile(
     facts: &MachineFacts,
     bandwidth: &Bandwidth,
     throughput: &Throughput,
+    kernels: Option<&KernelSpeed>,
     date: &str,
 ) -> BoardProfile {
     let by = format!(
@@ -134,7 +156,7 @@ fn host_profile(
         verified: true,
         measured: true,
     };
-    let sources = vec![
+    let mut sources = vec![
         measured(format!(
             "memory_bytes: MemTotal of /proc/meminfo; cpu: {} logical cores, the clock and model \
              from /proc/cpuinfo or cpufreq, ISA features by runtime detection",
@@ -161,6 +183,26 @@ fn host_profile(
             n = throughput.size
         )),
     ];
+    if let Some(k) = kernels {
+        let pair = |p: [f64; 2], scale: f64| format!("{:.1} / {:.1}", p[0] / scale, p[1] / scale);
+        sources.push(measured(format!(
+            "kernels: whittle's {} kernels on a persistent pool, 1 / {} threads, the better kept, \
+             each the best of {} runs: one-token products over {} MiB of {}x{} weights per dtype, \
+             q8 {} GB/s, f32 {} GB/s of weights; {}-token products, q8 {} GFLOP/s, f32 {} \
+             GFLOP/s (packing included)",
+            k.kernel,
+            k.threads,
+            RUNS,
+            k.decode_bytes >> 20,
+            k.shape.0,
+            k.shape.1,
+            pair(k.q8_decode, 1e9),
+            pair(k.f32_decode, 1e9),
+            k.prefill_tokens,
+            pair(k.q8_prefill, 1e9),
+            pair(k.f32_prefill, 1e9),
+        )));
+    }
     BoardProfile {
         name: HOST_BOARD_NAME.to_owned(),
         aliases: Vec::new(),
@@ -181,6 +223,7 @@ fn host_profile(
         layer_overhead_us: BoardProfile::DEFAULT_LAYER_OVERHEAD_US,
         gpu_layer_overhead_us: BoardProfile::DEFAULT_GPU_LAYER_OVERHEAD_US,
         target_triple: facts.target_triple.clone(),
+        kernels: kernels.map(KernelSpeed::rates),
         cpu: CpuProfile {
             cores: u32::try_from(facts.cores).unwrap_or(u32::MAX),
             core: kebab_case(&facts.cpu_model),

@@ -28,7 +28,7 @@ fn measured_profile() -> BoardProfile {
         one_thread_flops: 80e9,
         all_threads_flops: 150e9,
     };
-    host_profile(&facts(), &bandwidth, &throughput, "2026-05-01")
+    host_profile(&facts(), &bandwidth, &throughput, None, "2026-05-01")
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn slow_all_threads() -> (Bandwidth, Throughput) {
 #[test]
 fn a_busy_machine_keeps_its_one_thread_figures() {
     let (bandwidth, throughput) = slow_all_threads();
-    let profile = host_profile(&facts(), &bandwidth, &throughput, "2026-05-01");
+    let profile = host_profile(&facts(), &bandwidth, &throughput, None, "2026-05-01");
     assert_eq!(profile.bandwidth_bytes_per_s, 19_000_000_000);
     assert_eq!(profile.cpu_f32_flops, 200_400_000_000.0);
 }

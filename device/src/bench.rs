@@ -1,0 +1,494 @@
+//! `whittle-device run` and `whittle-device bench`: a bundle on this machine, through the
+//! runtime with the fastest kernels on a persistent thread pool.
+//!
+//! `bench` times, on the same prompt every repetition (KV cache emptied in between), a prefill
+//! of `--prefill` tokens and then greedy decoding of `--decode` tokens (full-vocabulary logits,
+//! argmax, one token fed), and sets the medians beside the board cost model's prediction for
+//! the bundle's rank plan at the same context lengths.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use whittle_boards::{BoardProfile, Prediction};
+use whittle_runtime::format::{Dtype, HeadRef, LinearRef, TaskKind};
+use whittle_runtime::kernels::{AnyKernels, Kernels, Threaded, best};
+use whittle_runtime::{AlignedBytes, Bundle, Model, Session, Tokenizer};
+
+/// Text tokenized for the benchmark prompt when no `--prompt-file` is given.
+const BUILTIN_PROMPT: &str = "The history of the region begins with small farming villages \
+along the river, which grew into market towns as trade with the coast increased. Over the \
+following centuries the towns were fortified, and a network of roads connected them to the \
+capital. ";
+
+/// Bytes of the prompt file read (enough text for several thousand tokens).
+const PROMPT_FILE_BYTES: usize = 32 * 1024;
+
+/// Token capacity of the prompt buffer.
+const PROMPT_CAPACITY: usize = 8192;
+
+/// Token capacity of a `run` session (prompt and answer).
+const RUN_CONTEXT: usize = 1024;
+
+/// A bundle read from a file into 64-byte aligned memory.
+pub struct LoadedBundle {
+    bytes: AlignedBytes,
+    path: PathBuf,
+}
+
+impl LoadedBundle {
+    /// Reads `path`.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let raw = std::fs::read(path)
+            .with_context(|| format!("cannot read {}; check the path", path.display()))?;
+        Ok(Self {
+            bytes: AlignedBytes::new(&raw),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Parses and validates the bundle.
+    pub fn parse(&self) -> anyhow::Result<Bundle<'_>> {
+        Bundle::parse(self.bytes.as_bytes()).map_err(|error| {
+            anyhow::anyhow!(
+                "{} is not a valid bundle: {error}; re-pack it with `whittle pack`",
+                self.path.display()
+            )
+        })
+    }
+}
+
+/// The kernels a command runs on: the fastest single-threaded implementation on `threads`
+/// threads.
+pub fn kernels(threads: usize) -> Threaded<AnyKernels> {
+    Threaded::new(best(), threads.max(1))
+}
+
+/// A zeroed, 4-byte aligned arena of at least `bytes` bytes.
+fn arena(bytes: usize) -> Vec<u32> {
+    vec![0u32; bytes.div_ceil(4)]
+}
+
+/// `whittle-device run`: classifies or generates for `text`, printing the answer.
+pub fn run(
+    bundle: &Path,
+    text: &str,
+    threads: usize,
+    max_new_tokens: Option<usize>,
+) -> anyhow::Result<()> {
+    let loaded = LoadedBundle::read(bundle)?;
+    let bundle = loaded.parse()?;
+    let mut words = arena(bundle.arena_bytes(RUN_CONTEXT));
+    let mut session: Session<'_, '_, _, RUN_CONTEXT> = Session::new(
+        &bundle,
+        kernels(threads),
+        bytemuck::cast_slice_mut(&mut words),
+    )
+    .map_err(|error| anyhow::anyhow!("cannot start a session: {error}"))?;
+    let task = &bundle.header().task;
+    match task.kind {
+        TaskKind::Classification => {
+            let answer = session
+                .classify(text)
+                .map_err(|error| anyhow::anyhow!("cannot classify: {error}"))?;
+            println!("{}", answer.label);
+        }
+        TaskKind::Generation => {
+            let limit = max_new_tokens.unwrap_or(task.max_new_tokens as usize);
+            let mut out = vec![0u8; 16 * limit.max(1)];
+            let answer = session
+                .generate(text, limit, &mut out)
+                .map_err(|error| anyhow::anyhow!("cannot generate: {error}"))?;
+            println!("{answer}");
+        }
+    }
+    Ok(())
+}
+
+/// What `bench` is asked to do.
+#[derive(Clone, Debug)]
+pub struct BenchArgs {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    /// Threads sharing each product.
+    pub threads: usize,
+    /// Prompt tokens.
+    pub prefill: usize,
+    /// Greedy tokens after the prompt.
+    pub decode: usize,
+    /// Measured repetitions.
+    pub repeats: usize,
+    /// Unmeasured repetitions first.
+    pub warmup: usize,
+    /// Text the prompt is tokenized from (its first 32 KiB).
+    pub prompt_file: Option<PathBuf>,
+    /// Board whose cost model is set beside the measurement.
+    pub board: String,
+    /// One JSON object instead of text.
+    pub json: bool,
+}
+
+/// The cost model's figures for one bundle, at the benchmark's context lengths.
+#[derive(Clone, Debug, Serialize)]
+pub struct Predicted {
+    /// The board.
+    pub board: String,
+    /// Its memory bandwidth, bytes/s.
+    pub bandwidth_bytes_per_s: u64,
+    /// Weight bytes read per decoded token.
+    pub bytes_read_per_token: u64,
+    /// Decode latency at context `prefill + decode / 2`, ms per token.
+    pub decode_ms_per_token: f64,
+    /// Prefill latency for a `prefill`-token prompt, ms per token.
+    pub prefill_ms_per_token: f64,
+}
+
+/// One `bench` run.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// The bundle file.
+    pub bundle: String,
+    /// `dense` or `pruned` (from the provenance).
+    pub variant: &'static str,
+    /// `f32` or `q8`.
+    pub dtype: &'static str,
+    /// The single-threaded kernel underneath.
+    pub kernel: &'static str,
+    /// Threads sharing each product.
+    pub threads: usize,
+    /// The prompt's token ids.
+    pub prompt_tokens: Vec<u32>,
+    /// Greedy tokens after the prompt.
+    pub decode_tokens: usize,
+    /// Seconds of every measured prefill.
+    pub prefill_s: Vec<f64>,
+    /// Seconds of every measured decode (all `decode_tokens` of it).
+    pub decode_s: Vec<f64>,
+    /// Process CPU seconds (every thread, user + system; 10 ms ticks) of every prefill.
+    pub prefill_cpu_s: Vec<f64>,
+    /// Process CPU seconds of every decode.
+    pub decode_cpu_s: Vec<f64>,
+    /// Median prefill throughput.
+    pub prefill_tok_s: f64,
+    /// Median decode throughput.
+    pub decode_tok_s: f64,
+    /// The generated token ids (last repetition).
+    pub generated: Vec<u32>,
+    /// The cost model's figures, when the board profile is available.
+    pub predicted: Option<Predicted>,
+    /// Why there is no prediction.
+    pub predicted_error: Option<String>,
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The first `tokens` tokens of `text` under the bundle's tokenizer.
+fn prompt_tokens(tokenizer: &Tokenizer<'_>, text: &str, tokens: usize) -> anyhow::Result<Vec<u32>> {
+    let mut ids: heapless::Vec<u32, PROMPT_CAPACITY> = heapless::Vec::new();
+    let mut cut = text.len().min(PROMPT_FILE_BYTES);
+    while cut > 0 && !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut piece = &text[..cut];
+    // A repeated text when it is short (the built-in prompt).
+    let repeated;
+    if piece.len() < 4 * tokens {
+        repeated = piece.repeat((4 * tokens).div_ceil(piece.len().max(1)));
+        piece = &repeated;
+    }
+    tokenizer.encode(&[piece], &mut ids).map_err(|error| {
+        anyhow::anyhow!("cannot tokenize the prompt: {error}; pass a shorter --prompt-file")
+    })?;
+    if ids.len() < tokens {
+        bail!(
+            "the prompt text has {} tokens, fewer than --prefill {tokens}; pass a longer --prompt-file",
+            ids.len()
+        );
+    }
+    Ok(ids[..tokens].to_vec())
+}
+
+/// The bundle's rank plan (`None` for a dense matrix) in `MatrixKind::ALL` order per layer.
+fn rank_plan(bundle: &Bundle<'_>) -> anyhow::Result<Vec<Option<usize>>> {
+    let config = bundle.header().config;
+    let mut ranks = Vec::with_capacity(config.n_prunable_matrices());
+    for layer_idx in 0..config.n_layers {
+        let layer = bundle
+            .layer(layer_idx)
+            .map_err(|error| anyhow::anyhow!("layer {layer_idx}: {error}"))?;
+        for linear in &layer.linears {
+            ranks.push(match linear {
+                LinearRef::Dense(_) => None,
+                LinearRef::LowRank { a, .. } => Some(a.rows as usize),
+            });
+        }
+    }
+    Ok(ranks)
+}
+
+/// The cost model's figures for `bundle` on `board`: decode at context `prefill + decode / 2`
+/// (the mean position of the measured decode), prefill for a `prefill`-token prompt.
+pub fn predict(
+    bundle: &Bundle<'_>,
+    board: &str,
+    prefill: usize,
+    decode: usize,
+) -> anyhow::Result<Predicted> {
+    let header = bundle.header();
+    let mut profile = BoardProfile::resolve(board).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let ranks = rank_plan(bundle)?;
+    let dtype = match header.dtype {
+        Dtype::F32 => whittle_boards::Dtype::F32,
+        Dtype::Q8 => whittle_boards::Dtype::Q8,
+    };
+    let head_rows = match header.head {
+        HeadRef::Labels(m) => Some(m.rows as usize),
+        HeadRef::Tied | HeadRef::Full(_) => None,
+    };
+    let mut at = |context: usize| -> anyhow::Result<Prediction> {
+        profile.context_length = context.max(1);
+        whittle_boards::predict(&profile, &header.config, &ranks, dtype, head_rows)
+            .map_err(|error| anyhow::anyhow!("{error}"))
+    };
+    let decoding = at(prefill + decode / 2)?;
+    let prefilling = at(prefill)?;
+    Ok(Predicted {
+        board: profile.name.clone(),
+        bandwidth_bytes_per_s: profile.bandwidth_bytes_per_s,
+        bytes_read_per_token: decoding.bytes_read_per_token,
+        decode_ms_per_token: decoding.decode_ms_per_token_cpu,
+        prefill_ms_per_token: prefilling.prefill_ms_per_token_cpu,
+    })
+}
+
+fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_value = f32::NEG_INFINITY;
+    for (i, &value) in values.iter().enumerate() {
+        if value > best_value {
+            best = i;
+            best_value = value;
+        }
+    }
+    best as u32
+}
+
+/// CPU seconds this process has used (user + system, every thread), from `/proc/self/stat`
+/// (fields 14 and 15, in ticks of 1/100 s, Linux's `USER_HZ`); 0 where it cannot be read.
+fn process_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// One measured prefill and decode.
+struct Sample {
+    prefill_s: f64,
+    decode_s: f64,
+    prefill_cpu_s: f64,
+    decode_cpu_s: f64,
+    generated: Vec<u32>,
+}
+
+/// Prefill then greedy decode once from an empty cache.
+fn run_once<K: Kernels>(
+    model: &mut Model<'_, '_, K>,
+    prompt: &[u32],
+    decode: usize,
+) -> anyhow::Result<Sample> {
+    let fail = |error: whittle_runtime::Error| anyhow::anyhow!("the forward pass failed: {error}");
+    model.reset();
+    let (started, cpu) = (Instant::now(), process_cpu_s());
+    model.feed(prompt).map_err(fail)?;
+    let (prefill_s, prefill_cpu_s) = (started.elapsed().as_secs_f64(), process_cpu_s() - cpu);
+    let mut generated = Vec::with_capacity(decode);
+    let (started, cpu) = (Instant::now(), process_cpu_s());
+    for _ in 0..decode {
+        let token = argmax(model.logits().map_err(fail)?);
+        generated.push(token);
+        model.feed(&[token]).map_err(fail)?;
+    }
+    Ok(Sample {
+        prefill_s,
+        decode_s: started.elapsed().as_secs_f64(),
+        prefill_cpu_s,
+        decode_cpu_s: process_cpu_s() - cpu,
+        generated,
+    })
+}
+
+/// `whittle-device bench`.
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.prefill == 0 || args.repeats == 0 {
+        bail!("--prefill and --repeats must be at least 1");
+    }
+    let loaded = LoadedBundle::read(&args.bundle)?;
+    let bundle = loaded.parse()?;
+    let header = bundle.header();
+    if matches!(header.head, HeadRef::Labels(_)) && args.decode > 0 {
+        bail!(
+            "{} has a task-pruned head (label rows only), which cannot decode; pack it with `whittle pack --head full`, or pass --decode 0",
+            args.bundle.display()
+        );
+    }
+    let text = match &args.prompt_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}; check --prompt-file", path.display()))?,
+        None => BUILTIN_PROMPT.to_owned(),
+    };
+    let prompt = prompt_tokens(&Tokenizer::new(&bundle), &text, args.prefill)?;
+    let context = args.prefill + args.decode + 1;
+    if context > header.config.max_position_embeddings {
+        bail!(
+            "--prefill + --decode exceeds the model's {} positions",
+            header.config.max_position_embeddings
+        );
+    }
+    let kernels = kernels(args.threads);
+    let kernel = kernels.inner().name();
+    let mut words = arena(bundle.arena_bytes(context));
+    let mut model = Model::new(
+        &bundle,
+        kernels,
+        context,
+        bytemuck::cast_slice_mut(&mut words),
+    )
+    .map_err(|error| anyhow::anyhow!("cannot bind the bundle: {error}"))?;
+    for _ in 0..args.warmup {
+        run_once(&mut model, &prompt, args.decode)?;
+    }
+    let samples = (0..args.repeats)
+        .map(|_| run_once(&mut model, &prompt, args.decode))
+        .collect::<anyhow::Result<Vec<Sample>>>()?;
+    let pick = |f: fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<f64>>();
+    let (prefill_s, decode_s) = (pick(|s| s.prefill_s), pick(|s| s.decode_s));
+    let (prefill_cpu_s, decode_cpu_s) = (pick(|s| s.prefill_cpu_s), pick(|s| s.decode_cpu_s));
+    let generated = samples
+        .last()
+        .map(|s| s.generated.clone())
+        .unwrap_or_default();
+    let (predicted, predicted_error) =
+        match predict(&bundle, &args.board, args.prefill, args.decode) {
+            Ok(p) => (Some(p), None),
+            Err(error) => (None, Some(format!("{error:#}"))),
+        };
+    let rate = |tokens: usize, seconds: f64| {
+        if seconds > 0.0 {
+            tokens as f64 / seconds
+        } else {
+            0.0
+        }
+    };
+    let report = BenchReport {
+        bundle: args.bundle.display().to_string(),
+        variant: if header.provenance.source.is_empty() {
+            "dense"
+        } else {
+            "pruned"
+        },
+        dtype: match header.dtype {
+            Dtype::F32 => "f32",
+            Dtype::Q8 => "q8",
+        },
+        kernel,
+        threads: args.threads.max(1),
+        prefill_tok_s: rate(args.prefill, median(&prefill_s)),
+        decode_tok_s: rate(args.decode, median(&decode_s)),
+        prompt_tokens: prompt,
+        decode_tokens: args.decode,
+        prefill_s,
+        decode_s,
+        prefill_cpu_s,
+        decode_cpu_s,
+        generated,
+        predicted,
+        predicted_error,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(r: &BenchReport) {
+    println!(
+        "{} ({} {}, kernel {} × {} threads)",
+        r.bundle, r.variant, r.dtype, r.kernel, r.threads
+    );
+    println!(
+        "prefill {} tokens: {:.1} tok/s (median of {})",
+        r.prompt_tokens.len(),
+        r.prefill_tok_s,
+        r.prefill_s.len()
+    );
+    println!(
+        "decode {} tokens: {:.1} tok/s (median of {})",
+        r.decode_tokens,
+        r.decode_tok_s,
+        r.decode_s.len()
+    );
+    match (&r.predicted, &r.predicted_error) {
+        (Some(p), _) => {
+            let measured_decode_ms = 1e3 / r.decode_tok_s.max(f64::MIN_POSITIVE);
+            let measured_prefill_ms = 1e3 / r.prefill_tok_s.max(f64::MIN_POSITIVE);
+            println!(
+                "cost model ({}): decode {:.3} ms/token predicted, {:.3} measured; prefill {:.3} ms/token predicted, {:.3} measured",
+                p.board,
+                p.decode_ms_per_token,
+                measured_decode_ms,
+                p.prefill_ms_per_token,
+                measured_prefill_ms
+            );
+            let ceiling = p.bandwidth_bytes_per_s as f64 / p.bytes_read_per_token.max(1) as f64;
+            println!(
+                "bandwidth ceiling: {:.1} MB read per token at {:.1} GB/s = {:.1} tok/s; decode reaches {:.0}%",
+                p.bytes_read_per_token as f64 / 1e6,
+                p.bandwidth_bytes_per_s as f64 / 1e9,
+                ceiling,
+                100.0 * r.decode_tok_s / ceiling
+            );
+        }
+        (None, Some(error)) => println!("no cost-model prediction: {error}"),
+        (None, None) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_median(values: &[f64], expected: f64) {
+        assert_eq!(median(values), expected, "median of {values:?}");
+    }
+
+    #[test]
+    fn medians() {
+        check_median(&[], 0.0);
+        check_median(&[3.0], 3.0);
+        check_median(&[3.0, 1.0, 2.0], 2.0);
+        check_median(&[4.0, 1.0, 3.0, 2.0], 2.5);
+    }
+}
