@@ -1,6 +1,7 @@
 //! `cargo xtask`: the workspace's automation, in Rust. It drives cargo and never links the
 //! heavy crates itself.
 
+mod bench;
 mod boards;
 mod cargo;
 mod host;
@@ -8,6 +9,7 @@ mod prerequisites;
 mod test;
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -98,6 +100,53 @@ enum Task {
         #[arg(long)]
         json: bool,
     },
+    /// The runtime against llama.cpp (cyllama 0.2.18, installed into its own virtual
+    /// environment) on this machine, side by side: prefill 256 and greedy decode 64 tokens of
+    /// the dense q8 bundle and a pruned q8 bundle, 1 and 2 threads; ratios of medians, the
+    /// decode's fraction of the memory-bandwidth ceiling, and the host cost model's errors.
+    BenchCompare {
+        /// Output folder of `whittle prune` (packed as q8 with a full head, cached in
+        /// ~/.cache/whittle/bench).
+        #[arg(long, value_name = "DIR")]
+        prune_dir: Option<PathBuf>,
+        /// A pruned bundle already packed with `--head full` (instead of --prune-dir).
+        #[arg(long, value_name = "FILE", conflicts_with = "prune_dir")]
+        pruned_bundle: Option<PathBuf>,
+        /// Rounds; every round runs every configuration once.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Prompt tokens.
+        #[arg(long, default_value_t = 256)]
+        prefill: usize,
+        /// Greedy tokens decoded after the prompt.
+        #[arg(long, default_value_t = 64)]
+        decode: usize,
+        /// Thread counts to compare (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+        /// Pack the bundles again even when cached.
+        #[arg(long)]
+        repack: bool,
+        /// Compare the dense bundle only, when no pruned model is at hand (pruned ratios null).
+        #[arg(long, conflicts_with_all = ["prune_dir", "pruned_bundle"])]
+        dense_only: bool,
+        /// Print one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refresh the measured `host` profile (with `--board host`), then benchmark the dense
+    /// bundle (and a pruned one) against the board's cost model.
+    Bench {
+        /// The board profile whose cost model is checked.
+        #[arg(long, default_value = "host")]
+        board: String,
+        /// Output folder of `whittle prune`, to benchmark its bundle too.
+        #[arg(long, value_name = "DIR")]
+        prune_dir: Option<PathBuf>,
+        /// Measured repetitions.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
     /// Install what a fresh machine lacks, then run every check of the workspace.
     Test,
 }
@@ -116,6 +165,32 @@ fn main() -> ExitCode {
         Task::Parity { args } => host::run_host("parity", &args),
         Task::BenchHost { args } => host::run_bench(&args),
         Task::Boards { measure_host, json } => boards::run(measure_host, json),
+        Task::BenchCompare {
+            prune_dir,
+            pruned_bundle,
+            repeats,
+            prefill,
+            decode,
+            threads,
+            repack,
+            dense_only,
+            json,
+        } => bench::compare(&bench::CompareArgs {
+            prune_dir,
+            pruned_bundle,
+            repeats,
+            prefill,
+            decode,
+            threads,
+            repack,
+            dense_only,
+            json,
+        }),
+        Task::Bench {
+            board,
+            prune_dir,
+            repeats,
+        } => bench::bench(&board, prune_dir.as_deref(), repeats),
         Task::Test => test::run(),
     };
     match result {
@@ -148,7 +223,10 @@ mod tests {
             | Task::Keygen { args }
             | Task::Parity { args }
             | Task::BenchHost { args } => args,
-            task @ (Task::Test | Task::Boards { .. }) => panic!("{argv:?} parsed as {task:?}"),
+            task @ (Task::Test
+            | Task::Boards { .. }
+            | Task::BenchCompare { .. }
+            | Task::Bench { .. }) => panic!("{argv:?} parsed as {task:?}"),
         };
         let expected: Vec<OsString> = expected.iter().map(OsString::from).collect();
         assert_eq!(args, expected, "for {argv:?}");

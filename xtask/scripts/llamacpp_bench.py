@@ -1,0 +1,115 @@
+"""llama.cpp side of `cargo xtask bench-compare` (run in the venv that command creates).
+
+Prefill of the given prompt token ids (one batch, logits for the last token only), then greedy
+decode of `--decode` tokens (llama.cpp's own greedy sampler, so no Python argmax is timed), on
+`--threads` threads. Every repetition starts from an empty KV cache. Prints one JSON object:
+the seconds of every measured prefill and decode, and what was run.
+
+The token ids come from whittle's tokenizer (the bundle's tables, which equal the GGUF's), so
+both sides run the same prompt.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, help="the GGUF file")
+    parser.add_argument("--tokens", required=True, help="prompt token ids, comma-separated")
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--decode", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args()
+
+    from cyllama.llama.llama_cpp import (
+        LlamaBatch,
+        LlamaContext,
+        LlamaContextParams,
+        LlamaModel,
+        LlamaModelParams,
+        LlamaSampler,
+        LlamaSamplerChainParams,
+        disable_logging,
+        ggml_backend_load_all,
+    )
+
+    import cyllama
+
+    disable_logging()
+    ggml_backend_load_all()
+    tokens = [int(t) for t in args.tokens.split(",") if t]
+    if not tokens:
+        print("llamacpp_bench: --tokens is empty", file=sys.stderr)
+        return 2
+    model_params = LlamaModelParams()
+    model_params.n_gpu_layers = 0
+    model = LlamaModel(args.model, model_params)
+    ctx_params = LlamaContextParams()
+    ctx_params.n_ctx = len(tokens) + args.decode + 16
+    ctx_params.n_batch = max(len(tokens), 1)
+    ctx_params.n_ubatch = max(len(tokens), 1)
+    ctx_params.n_threads = args.threads
+    ctx_params.n_threads_batch = args.threads
+    ctx = LlamaContext(model, ctx_params)
+    batch = LlamaBatch(n_tokens=max(len(tokens), 1), embd=0, n_seq_max=1)
+
+    def run_once():
+        ctx.kv_cache_clear()
+        sampler = LlamaSampler(LlamaSamplerChainParams())
+        sampler.add_greedy()
+        batch.clear()
+        for i, token in enumerate(tokens):
+            batch.add(token, i, [0], i == len(tokens) - 1)
+        started, cpu = time.perf_counter(), time.process_time()
+        ctx.decode(batch)
+        prefill_s = time.perf_counter() - started
+        prefill_cpu_s = time.process_time() - cpu
+        position = len(tokens)
+        generated = []
+        started, cpu = time.perf_counter(), time.process_time()
+        for _ in range(args.decode):
+            token = sampler.sample(ctx, -1)
+            generated.append(token)
+            batch.clear()
+            batch.add(token, position, [0], True)
+            ctx.decode(batch)
+            position += 1
+        decode_s = time.perf_counter() - started
+        decode_cpu_s = time.process_time() - cpu
+        return prefill_s, decode_s, prefill_cpu_s, decode_cpu_s, generated
+
+    for _ in range(args.warmup):
+        run_once()
+    prefill, decode, prefill_cpu, decode_cpu, generated = [], [], [], [], []
+    for _ in range(args.repeats):
+        p, d, pc, dc, generated = run_once()
+        prefill.append(p)
+        decode.append(d)
+        prefill_cpu.append(pc)
+        decode_cpu.append(dc)
+    print(
+        json.dumps(
+            {
+                "engine": "llama.cpp",
+                "cyllama": getattr(cyllama, "__version__", "unknown"),
+                "model": args.model,
+                "threads": args.threads,
+                "prefill_tokens": len(tokens),
+                "decode_tokens": args.decode,
+                "prefill_s": prefill,
+                "decode_s": decode,
+                "prefill_cpu_s": prefill_cpu,
+                "decode_cpu_s": decode_cpu,
+                "generated": generated,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
