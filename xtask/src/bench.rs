@@ -632,15 +632,20 @@ fn print_summary(args: &CompareArgs, s: &Value) {
             f(c, "decode_tok_per_cpu_s"),
         );
     }
+    let ratio = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_f64)
+            .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}×"))
+    };
     println!("\nratios (runtime ÷ llama.cpp):");
     for r in s["ratios_by_threads"].as_array().into_iter().flatten() {
         println!(
-            "  {} thread(s): dense decode {:.2}×, pruned decode {:.2}×, dense prefill {:.2}×, pruned prefill {:.2}×",
+            "  {} thread(s): dense decode {}, pruned decode {}, dense prefill {}, pruned prefill {}",
             r["threads"],
-            f(r, "dense_decode_ratio"),
-            f(r, "pruned_decode_ratio"),
-            f(r, "prefill_ratio"),
-            f(r, "pruned_prefill_ratio"),
+            ratio(r, "dense_decode_ratio"),
+            ratio(r, "pruned_decode_ratio"),
+            ratio(r, "prefill_ratio"),
+            ratio(r, "pruned_prefill_ratio"),
         );
     }
     println!("\ncost model (host profile) against the runtime (faster thread count):");
