@@ -145,7 +145,8 @@ fn main() {
         // Decode, q8: enough copies of the matrix that every call reads it from memory.
         let copies = DECODE_WORKING_SET.div_ceil(rows * cols).max(2);
         let q8 = quantize(&values(rows * cols, 2)).repeat(copies);
-        let scales = values(rows * copies, 3);
+        let per_matrix = rows * kernels::q8_blocks_per_row(cols);
+        let scales = values(per_matrix * copies, 3);
         let mut decode = Vec::new();
         for (index, (label, kernel)) in implementations.iter().enumerate() {
             let seconds = time_per_call(min_time, rounds, |call| {
@@ -154,7 +155,7 @@ fn main() {
                     rows,
                     cols,
                     data: &q8[c * rows * cols..(c + 1) * rows * cols],
-                    scales: &scales[c * rows..(c + 1) * rows],
+                    scales: &scales[c * per_matrix..(c + 1) * per_matrix],
                 };
                 kernel.gemm_q8(w, &x1, 1, &mut out1);
                 black_box(&out1);
@@ -208,7 +209,7 @@ fn main() {
         let x = values(PREFILL_TOKENS * cols, 5);
         let mut out = vec![0.0f32; PREFILL_TOKENS * rows];
         let q8 = quantize(&values(rows * cols, 6));
-        let scales = values(rows, 7);
+        let scales = values(rows * kernels::q8_blocks_per_row(cols), 7);
         let w32 = values(rows * cols, 8);
         let flops = (2 * rows * cols * PREFILL_TOKENS) as f64;
         for dtype in ["q8", "f32"] {

@@ -7,7 +7,8 @@ use crate::config::MatrixKind;
 use crate::error::Error;
 use crate::format::{
     ALIGN, CRC32, Dtype, FLAG_SIGNED, FORMAT_VERSION, HeadRef, Header, LayerRef, LinearRef, MAGIC,
-    MERGE_RECORD_LEN, MatrixRef, NO_TOKEN, PREAMBLE_LEN, SIGNATURE_LEN, Span, TaskKind, align_up,
+    MERGE_RECORD_LEN, MatrixRef, NO_TOKEN, PREAMBLE_LEN, Q8_BLOCK, SIGNATURE_LEN, Span, TaskKind,
+    align_up, q8_blocks_per_row,
 };
 use crate::kernels::{F32Matrix, Q8Matrix};
 
@@ -26,7 +27,7 @@ pub struct Bundle<'a> {
 pub enum Weight<'a> {
     /// f32 values.
     F32(F32Matrix<'a>),
-    /// int8 values with per-row scales.
+    /// int8 values with one scale per block of 32 values of a row.
     Q8(Q8Matrix<'a>),
 }
 
@@ -57,12 +58,18 @@ impl<'a> Weight<'a> {
                 cols,
                 data: m.data.get(range).unwrap_or(&[]),
             }),
-            Self::Q8(m) => Self::Q8(Q8Matrix {
-                rows: 1,
-                cols,
-                data: m.data.get(range).unwrap_or(&[]),
-                scales: m.scales.get(index..index + 1).unwrap_or(&[]),
-            }),
+            Self::Q8(m) => {
+                let per_row = m.blocks_per_row();
+                Self::Q8(Q8Matrix {
+                    rows: 1,
+                    cols,
+                    data: m.data.get(range).unwrap_or(&[]),
+                    scales: m
+                        .scales
+                        .get(index * per_row..(index + 1) * per_row)
+                        .unwrap_or(&[]),
+                })
+            }
         }
     }
 
@@ -71,10 +78,15 @@ impl<'a> Weight<'a> {
         match self.row(index) {
             Self::F32(m) => out.iter_mut().zip(m.data).for_each(|(o, &w)| *o = w),
             Self::Q8(m) => {
-                let scale = m.scales.first().copied().unwrap_or(0.0);
-                out.iter_mut()
-                    .zip(m.data)
-                    .for_each(|(o, &w)| *o = scale * f32::from(w));
+                for ((o, q), &scale) in out
+                    .chunks_mut(Q8_BLOCK)
+                    .zip(m.data.chunks(Q8_BLOCK))
+                    .zip(m.scales)
+                {
+                    o.iter_mut()
+                        .zip(q)
+                        .for_each(|(o, &w)| *o = scale * f32::from(w));
+                }
             }
         }
     }
@@ -409,7 +421,7 @@ impl<'a> Bundle<'a> {
 
     fn check_f32s(&self, span: Span, count: usize) -> Result<(), Error> {
         self.checked_span(span)?;
-        if span.len as usize != count * 4 {
+        if Some(span.len as usize) != count.checked_mul(4) {
             return Err(Error::BadShape);
         }
         Ok(())
@@ -430,7 +442,10 @@ impl<'a> Bundle<'a> {
         match (dtype, matrix.scales) {
             (Dtype::F32, None) if matrix.data.len as usize == count * 4 => Ok(()),
             (Dtype::Q8, Some(scales)) if matrix.data.len as usize == count => {
-                self.check_f32s(scales, rows)
+                let blocks = rows
+                    .checked_mul(q8_blocks_per_row(cols))
+                    .ok_or(Error::BadShape)?;
+                self.check_f32s(scales, blocks)
             }
             _ => Err(Error::BadShape),
         }

@@ -9,9 +9,17 @@ use crate::config::ModelConfig;
 /// The first eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"WHITTLE\0";
 /// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Bytes before the header: magic, version, flags, header length, blob length.
 pub const PREAMBLE_LEN: usize = 24;
+/// Values per q8 scale: each row of a q8 matrix is cut into blocks of this many consecutive
+/// values (the last one partial when `cols` is not a multiple), one f32 scale each.
+pub const Q8_BLOCK: usize = 32;
+
+/// Scales per row of a q8 matrix with `cols` columns: `ceil(cols / Q8_BLOCK)`.
+pub const fn q8_blocks_per_row(cols: usize) -> usize {
+    cols.div_ceil(Q8_BLOCK)
+}
 /// Alignment of the blob and of every tensor in it, in bytes.
 pub const ALIGN: usize = 64;
 /// Flag bit: a 64-byte ed25519 signature trailer follows the blob checksum.
@@ -47,7 +55,8 @@ pub struct Span {
 pub enum Dtype {
     /// Little-endian f32, row-major.
     F32,
-    /// int8, row-major, with one f32 scale per row: `w[i][j] = scale[i] · q[i][j]`.
+    /// int8, row-major, with one f32 scale per block of [`Q8_BLOCK`] consecutive values of a
+    /// row: `w[i][j] = scale[i · ceil(cols / 32) + j / 32] · q[i][j]`.
     Q8,
 }
 
@@ -72,7 +81,8 @@ pub struct MatrixRef {
     pub dtype: Dtype,
     /// The values: `rows · cols · 4` bytes (f32) or `rows · cols` bytes (q8).
     pub data: Span,
-    /// One f32 per row (q8 only).
+    /// One f32 per block of [`Q8_BLOCK`] values of a row, `rows · ceil(cols / 32)` in all,
+    /// row-major (q8 only).
     pub scales: Option<Span>,
 }
 

@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use crate::format::{
     ALIGN, CRC32, Dtype, FLAG_SIGNED, FORMAT_VERSION, Header, LayerRef, MAGIC, MatrixRef,
-    PREAMBLE_LEN, Span, TokenizerRef, align_up,
+    PREAMBLE_LEN, Q8_BLOCK, Span, TokenizerRef, align_up,
 };
 
 /// Why a bundle could not be written.
@@ -139,18 +139,24 @@ impl BlobBuilder {
     }
 }
 
-/// Symmetric int8 per row: `scale = max|w| / 127`, `q = round(w / scale)`.
+/// Symmetric int8 in blocks of [`Q8_BLOCK`] consecutive values of a row: per block
+/// `scale = max|w| / 127` (1 for an all-zero block), `q = round(w / scale)`. Returns the
+/// values and `rows · ceil(cols / 32)` scales, row-major (block `b` of row `i` at
+/// `i · ceil(cols / 32) + b`); the last block of a row is partial when `cols % 32 != 0`.
 pub fn quantize_q8(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
     let mut q = Vec::with_capacity(values.len());
-    let mut scales = Vec::new();
+    let mut scales = Vec::with_capacity(values.len().div_ceil(Q8_BLOCK));
     for row in values.chunks(cols.max(1)) {
-        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-        scales.push(scale);
-        q.extend(
-            row.iter()
-                .map(|v| libm::roundf(v / scale).clamp(-127.0, 127.0) as i8),
-        );
+        for block in row.chunks(Q8_BLOCK) {
+            let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+            scales.push(scale);
+            q.extend(
+                block
+                    .iter()
+                    .map(|v| libm::roundf(v / scale).clamp(-127.0, 127.0) as i8),
+            );
+        }
     }
     (q, scales)
 }

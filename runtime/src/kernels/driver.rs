@@ -3,13 +3,16 @@
 //! An architecture module provides a [`Simd`]: row dot products for decode and one register
 //! tile for prefill. This module trims every call to the common prefix of its buffers (the
 //! same prefix [`Portable`](super::Portable) computes), then either runs the row dot products
-//! once per token or packs blocks of weights into a stack buffer (int8 converted to f32 and
-//! scaled once per block) and reuses each block across every token.
+//! once per token or packs blocks of weights into a stack buffer (int8 converted to f32, each
+//! run of 32 values times its own scale, once per packed block) and reuses each block across
+//! every token.
 
-use super::{F32Matrix, Q8Matrix};
+use super::{F32Matrix, Q8_BLOCK, Q8Matrix, q8_blocks_per_row};
 
 /// Columns of one packed weight block: `KC × NR` f32 stay in L1 while every token tile uses them.
+/// A multiple of [`Q8_BLOCK`], so a packed block starts on a q8 scale boundary.
 pub(crate) const KC: usize = 256;
+const _: () = assert!(KC.is_multiple_of(Q8_BLOCK));
 
 /// The widest tile any architecture uses (rows of `W` per packed block).
 pub(crate) const NR_MAX: usize = 32;
@@ -29,7 +32,10 @@ pub(crate) trait Simd {
     /// needs `x.len() ≥ cols`.
     fn matvec_f32(&self, data: &[f32], cols: usize, x: &[f32], out: &mut [f32]);
 
-    /// As [`Simd::matvec_f32`], times `scales[i]`.
+    /// As [`Simd::matvec_f32`] for int8 weights with one scale per block of [`Q8_BLOCK`]
+    /// values of a row: `out[i] = Σ_b scales[i·bpr + b] · Σ_{j in block b} data[i·cols + j] · x[j]`
+    /// with `bpr = ceil(cols / 32)`, for every `i < min(out.len(), data.len() / cols,
+    /// scales.len() / bpr)`.
     fn matvec_q8(&self, data: &[i8], scales: &[f32], cols: usize, x: &[f32], out: &mut [f32]);
 
     /// `out[t·out_stride + i] (+)= Σ_{k<kc} packed[k·NR + i] · x[t·x_stride + k]` for
@@ -78,6 +84,7 @@ fn extent(
 #[derive(Clone, Copy)]
 enum Source<'a> {
     F32(&'a [f32]),
+    /// Values and per-block scales (`ceil(cols / 32)` per row).
     Q8(&'a [i8], &'a [f32]),
 }
 
@@ -114,7 +121,7 @@ pub(crate) fn gemm_f32<S: Simd>(
     }
 }
 
-/// `out = x · Wᵀ` for int8 weights with per-row scales through `simd`.
+/// `out = x · Wᵀ` for int8 weights with per-block scales through `simd`.
 pub(crate) fn gemm_q8<S: Simd>(
     simd: &S,
     w: Q8Matrix<'_>,
@@ -122,13 +129,14 @@ pub(crate) fn gemm_q8<S: Simd>(
     tokens: usize,
     out: &mut [f32],
 ) {
-    let stored = (w.data.len() / w.cols.max(1)).min(w.scales.len());
+    let per_row = q8_blocks_per_row(w.cols).max(1);
+    let stored = (w.data.len() / w.cols.max(1)).min(w.scales.len() / per_row);
     let Some(e) = extent(w.rows, w.cols, stored, x.len(), tokens, out.len()) else {
         out.iter_mut().for_each(|o| *o = 0.0);
         return;
     };
     let data = w.data.get(..e.rows * w.cols).unwrap_or_default();
-    let scales = w.scales.get(..e.rows).unwrap_or_default();
+    let scales = w.scales.get(..e.rows * per_row).unwrap_or_default();
     if e.tokens < PACK_FROM_TOKENS {
         for (xt, ot) in x
             .chunks_exact(w.cols)
@@ -181,13 +189,24 @@ fn pack(
                 line.copy_from_slice(part);
             }
             Source::Q8(data, scales) => {
-                let (Some(part), Some(&scale)) =
-                    (data.get(start..start + kc), scales.get(row0 + r))
-                else {
+                // `k0` is a multiple of `KC`, hence of `Q8_BLOCK`: the block scales of these
+                // columns start at block `k0 / 32` of the row.
+                let per_row = q8_blocks_per_row(cols);
+                let first = (row0 + r) * per_row + k0 / Q8_BLOCK;
+                let (Some(part), Some(row_scales)) = (
+                    data.get(start..start + kc),
+                    scales.get(first..first + kc.div_ceil(Q8_BLOCK)),
+                ) else {
                     continue;
                 };
-                for (l, &v) in line.iter_mut().zip(part) {
-                    *l = scale * f32::from(v);
+                for ((l, q), &scale) in line
+                    .chunks_mut(Q8_BLOCK)
+                    .zip(part.chunks(Q8_BLOCK))
+                    .zip(row_scales)
+                {
+                    for (l, &v) in l.iter_mut().zip(q) {
+                        *l = scale * f32::from(v);
+                    }
                 }
             }
         }

@@ -35,6 +35,8 @@ pub use threaded::Threaded;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::{Avx2Fma, Avx512};
 
+pub use crate::format::{Q8_BLOCK, q8_blocks_per_row};
+
 /// A row-major f32 matrix borrowed from a bundle.
 #[derive(Clone, Copy, Debug)]
 pub struct F32Matrix<'a> {
@@ -46,7 +48,12 @@ pub struct F32Matrix<'a> {
     pub data: &'a [f32],
 }
 
-/// A row-major int8 matrix with one f32 scale per row: `w[i][j] = scales[i] * data[i*cols + j]`.
+/// A row-major int8 matrix with one f32 scale per block of [`Q8_BLOCK`] (32) consecutive
+/// values of a row.
+///
+/// Row `i` is cut into `blocks_per_row = ceil(cols / 32)` blocks, the last one partial when
+/// `cols` is not a multiple of 32; scales are row-major by block:
+/// `w[i][j] = scales[i · blocks_per_row + j / 32] · data[i·cols + j]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Q8Matrix<'a> {
     /// Number of rows (outputs).
@@ -55,8 +62,15 @@ pub struct Q8Matrix<'a> {
     pub cols: usize,
     /// `rows * cols` quantized values, row-major.
     pub data: &'a [i8],
-    /// One scale per row.
+    /// `rows * blocks_per_row` scales: `scales[row * blocks_per_row + block]`.
     pub scales: &'a [f32],
+}
+
+impl Q8Matrix<'_> {
+    /// Scales per row: `ceil(cols / Q8_BLOCK)`.
+    pub const fn blocks_per_row(&self) -> usize {
+        q8_blocks_per_row(self.cols)
+    }
 }
 
 /// Matrix products for one thread. Every method computes `out = x · Wᵀ`, that is
@@ -73,7 +87,7 @@ pub trait Kernels {
     /// f32 weights.
     fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]);
 
-    /// int8 weights with per-row scales; activations stay f32.
+    /// int8 weights with per-block scales ([`Q8Matrix`]); activations stay f32.
     fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]);
 }
 

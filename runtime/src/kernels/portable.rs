@@ -1,6 +1,6 @@
 //! The reference kernels: plain Rust, every target, the oracle the others are tested against.
 
-use super::{F32Matrix, Kernels, Q8Matrix};
+use super::{F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
 
 /// Portable scalar kernels (the compiler auto-vectorises the inner dot products).
 #[derive(Clone, Copy, Debug, Default)]
@@ -70,8 +70,19 @@ impl Kernels for Portable {
             .zip(out.chunks_exact_mut(w.rows))
             .take(tokens)
         {
-            for ((row, scale), o) in w.data.chunks_exact(w.cols).zip(w.scales).zip(ot.iter_mut()) {
-                *o = scale * dot_q8(row, xt);
+            let per_row = w.blocks_per_row();
+            for ((row, scales), o) in w
+                .data
+                .chunks_exact(w.cols)
+                .zip(w.scales.chunks_exact(per_row))
+                .zip(ot.iter_mut())
+            {
+                *o = row
+                    .chunks(Q8_BLOCK)
+                    .zip(xt.chunks(Q8_BLOCK))
+                    .zip(scales)
+                    .map(|((q, x), scale)| scale * dot_q8(q, x))
+                    .sum();
             }
         }
     }
@@ -105,5 +116,22 @@ mod tests {
         };
         Portable.gemm_q8(m, &x, 2, &mut out);
         assert_eq!(out, [-1.0, -4.0, 2.0, 26.0]);
+    }
+
+    #[test]
+    fn q8_scales_apply_per_block_of_32() {
+        // One row of 70 ones: blocks of 32, 32 and a partial 6, scaled 1, 2 and 4.
+        let q = [1i8; 70];
+        let scales = [1.0, 2.0, 4.0];
+        let x = [1.0f32; 70];
+        let mut out = [0.0];
+        let m = Q8Matrix {
+            rows: 1,
+            cols: 70,
+            data: &q,
+            scales: &scales,
+        };
+        Portable.gemm_q8(m, &x, 1, &mut out);
+        assert_eq!(out, [32.0 + 64.0 + 24.0]);
     }
 }

@@ -1,12 +1,12 @@
 //! One suite, instantiated for every implementation, checked against [`Portable`].
 //!
 //! Results must agree within a tolerance relative to `Σ_j |W[i][j]| · |x[t][j]|` (the SIMD
-//! kernels sum in a different order, and the q8 ones scale before summing), and every
+//! kernels sum in a different order, and the q8 ones scale each block of 32 before summing), and every
 //! output the portable kernel leaves untouched must stay untouched.
 
 use proptest::prelude::*;
 
-use super::{F32Matrix, Kernels, Portable, Q8Matrix, Threaded};
+use super::{F32Matrix, Kernels, Portable, Q8_BLOCK, Q8Matrix, Threaded, q8_blocks_per_row};
 
 const SENTINEL: f32 = 12345.0;
 
@@ -52,7 +52,7 @@ impl Case {
             cols,
             tokens,
             data_len: rows * cols,
-            scales_len: rows,
+            scales_len: rows * q8_blocks_per_row(cols),
             x_len: tokens * cols,
             out_len: tokens * rows,
             seed,
@@ -124,10 +124,20 @@ fn check(kernel: &dyn Kernels, case: &Case) {
     let mut got = vec![SENTINEL; case.out_len];
     Portable.gemm_q8(matrix, &x, case.tokens, &mut expected);
     kernel.gemm_q8(matrix, &x, case.tokens, &mut got);
+    // Each value times its block's scale (block `j / 32` of its row); 0 past the scales.
+    let per_row = q8_blocks_per_row(case.cols).max(1);
     let abs_w: Vec<f32> = q
         .chunks(case.cols.max(1))
-        .zip(scales.iter().chain(core::iter::repeat(&0.0)))
-        .flat_map(|(row, s)| row.iter().map(move |v| s * f32::from(*v).abs()))
+        .enumerate()
+        .flat_map(|(i, row)| {
+            let scales = &scales;
+            row.chunks(Q8_BLOCK)
+                .enumerate()
+                .flat_map(move |(b, block)| {
+                    let s = scales.get(i * per_row + b).copied().unwrap_or(0.0);
+                    block.iter().map(move |v| s * f32::from(*v).abs())
+                })
+        })
         .collect();
     compare(kernel, case, &expected, &got, &abs_w, &x);
 }
@@ -151,7 +161,13 @@ fn mismatched_case() -> impl Strategy<Value = Case> {
                 n.saturating_add_signed(by as isize * unit.max(1) as isize)
             };
             c.data_len = shift(c.data_len, d[0], cols);
-            c.scales_len = shift(c.scales_len, d[1], 1);
+            // Whole rows of scales or single ones, short or long.
+            let unit = if seed % 2 == 0 {
+                q8_blocks_per_row(cols)
+            } else {
+                1
+            };
+            c.scales_len = shift(c.scales_len, d[1], unit);
             c.x_len = shift(c.x_len, d[2], cols / 2 + 1);
             c.out_len = shift(c.out_len, d[3], rows / 2 + 1);
             c

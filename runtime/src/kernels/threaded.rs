@@ -144,7 +144,8 @@ impl<K: Kernels + Sync> Kernels for Threaded<K> {
     fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
         let usable =
             w.rows > 0 && w.cols > 0 && x.len() >= tokens * w.cols && out.len() >= tokens * w.rows;
-        let whole = w.data.len() >= w.rows * w.cols && w.scales.len() >= w.rows;
+        let per_row = w.blocks_per_row();
+        let whole = w.data.len() >= w.rows * w.cols && w.scales.len() >= w.rows * per_row;
         let Some((split, chunk)) =
             split_of(w.rows, tokens, self.threads()).filter(|_| usable && whole)
         else {
@@ -165,7 +166,10 @@ impl<K: Kernels + Sync> Kernels for Threaded<K> {
                         .data
                         .get(start * w.cols..(start + rows) * w.cols)
                         .unwrap_or_default();
-                    let scales = w.scales.get(start..start + rows).unwrap_or_default();
+                    let scales = w
+                        .scales
+                        .get(start * per_row..(start + rows) * per_row)
+                        .unwrap_or_default();
                     let sub = Q8Matrix {
                         rows,
                         cols: w.cols,

@@ -189,8 +189,8 @@ fn golden_bytes_of_the_tiny_bundle() {
     let bytes = tiny_bundle(Dtype::F32, false, None);
     let preamble: Vec<u8> = bytes[..24].to_vec();
     let hex: alloc::string::String = preamble.iter().map(|b| alloc::format!("{b:02x}")).collect();
-    // magic "WHITTLE\0", version 1, flags 0, header length, blob length.
-    assert_eq!(&hex[..24], "57484954544c450001000000");
+    // magic "WHITTLE\0", version 2, flags 0, header length, blob length.
+    assert_eq!(&hex[..24], "57484954544c450002000000");
     assert_eq!(
         (hex.as_str(), bytes.len(), crc(&bytes)),
         GOLDEN,
@@ -198,11 +198,40 @@ fn golden_bytes_of_the_tiny_bundle() {
     );
 }
 
-/// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle.
+/// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v2: only the version
+/// byte differs from v1; the f32 encoding did not change).
 const GOLDEN: (&str, usize, u32) = (
-    "57484954544c45000100000042010000407d000000000000",
+    "57484954544c45000200000042010000407d000000000000",
     32452,
     659230439,
+);
+
+/// The tiny q8 bundle (format v2, one scale per 32 values of a row): preamble, length, and the
+/// two CRCs it stores (preamble + header, blob), which pin the header and the quantized blob.
+#[test]
+fn golden_bytes_of_the_tiny_q8_bundle() {
+    let bytes = tiny_bundle(Dtype::Q8, false, None);
+    let hex: alloc::string::String = bytes[..24]
+        .iter()
+        .map(|b| alloc::format!("{b:02x}"))
+        .collect();
+    let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    let header_crc =
+        u32::from_le_bytes(bytes[24 + header_len..28 + header_len].try_into().unwrap());
+    let blob_crc = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap());
+    assert_eq!(
+        (hex.as_str(), bytes.len(), header_crc, blob_crc),
+        GOLDEN_Q8,
+        "the q8 encoding drifted: update docs/bundle-format.md and the version"
+    );
+}
+
+/// Preamble (hex), length, header CRC and blob CRC of the tiny q8 bundle, format v2.
+const GOLDEN_Q8: (&str, usize, u32, u32) = (
+    "57484954544c4500020000005d0100008032000000000000",
+    13316,
+    2149101288,
+    2526822772,
 );
 
 #[test]
@@ -347,4 +376,91 @@ fn every_refusal_is_distinct() {
         Bundle::parse(&bytes[1..=good.len()]).err(),
         Some(Error::MisalignedBundle)
     );
+}
+
+#[test]
+fn q8_scales_must_cover_every_block_of_every_row() {
+    let good = AlignedBytes::new(&tiny_bundle(Dtype::Q8, false, None));
+    let bundle = Bundle::parse(good.as_bytes()).unwrap();
+    let blob = bundle.span(crate::format::Span {
+        offset: 0,
+        len: bundle.blob_len() as u32,
+    });
+    let rewrite = |edit: &dyn Fn(&mut Header)| {
+        let mut header = bundle.header().clone();
+        edit(&mut header);
+        write_bundle(&header, blob, None).unwrap()
+    };
+    assert!(Bundle::parse(AlignedBytes::new(&rewrite(&|_| {})).as_bytes()).is_ok());
+    // The embedding is 260 × 16: one block per row, 260 scales; one fewer or one more is
+    // refused, and so is no scale tensor at all.
+    for delta in [-4i64, 4] {
+        let bytes = rewrite(&|h| {
+            let s = h.embedding.scales.unwrap();
+            h.embedding.scales = Some(crate::format::Span {
+                len: (i64::from(s.len) + delta) as u32,
+                ..s
+            });
+        });
+        check_refused(&bytes, Error::BadShape);
+    }
+    check_refused(&rewrite(&|h| h.embedding.scales = None), Error::BadShape);
+    // A version-1 bundle (one scale per row) is refused by its version.
+    let mut v1 = tiny_bundle(Dtype::Q8, false, None);
+    v1[8] = 1;
+    check_refused(&v1, Error::UnsupportedVersion { found: 1 });
+}
+
+#[test]
+fn q8_rows_dequantize_block_by_block() {
+    use crate::Weight;
+    use crate::kernels::{Kernels, Q8Matrix};
+    // Three rows of 70: blocks of 32, 32 and a partial 6.
+    let (rows, cols) = (3, 70);
+    let mut w = values(5, rows * cols);
+    w[32..64].iter_mut().for_each(|v| *v = 0.0);
+    w[70 + 3] = 40.0;
+    let (q, scales) = crate::writer::quantize_q8(&w, cols);
+    assert_eq!((q.len(), scales.len()), (rows * cols, rows * 3));
+    // An all-zero block gets scale 1 and zeros; an outlier widens only its own block.
+    assert_eq!(scales[1], 1.0);
+    assert!(q[32..64].iter().all(|&v| v == 0));
+    assert!((scales[3] - 40.0 / 127.0).abs() < 1e-6);
+    assert!(scales[4] < 0.5 / 127.0 + 1e-6);
+    let weight = Weight::Q8(Q8Matrix {
+        rows,
+        cols,
+        data: &q,
+        scales: &scales,
+    });
+    let mut out = [0.0f32; 70];
+    for i in 0..rows {
+        weight.copy_row(i, &mut out);
+        for (j, (&o, &v)) in out.iter().zip(&w[i * cols..(i + 1) * cols]).enumerate() {
+            let step = scales[i * 3 + j / 32];
+            assert!(
+                (o - v).abs() <= step / 2.0 + 1e-6,
+                "row {i} col {j}: {o} vs {v}"
+            );
+        }
+    }
+    // The product through the kernels is the dequantized matrix times x.
+    let x = values(6, cols);
+    let mut y = [0.0f32; 3];
+    Portable.gemm_q8(
+        Q8Matrix {
+            rows,
+            cols,
+            data: &q,
+            scales: &scales,
+        },
+        &x,
+        1,
+        &mut y,
+    );
+    for (i, &yi) in y.iter().enumerate() {
+        weight.copy_row(i, &mut out);
+        let expected: f32 = out.iter().zip(&x).map(|(a, b)| a * b).sum();
+        assert!((yi - expected).abs() < 1e-4, "row {i}: {yi} vs {expected}");
+    }
 }

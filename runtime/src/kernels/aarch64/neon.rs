@@ -12,7 +12,7 @@ use core::arch::aarch64::{
 };
 
 use super::super::driver::{self, Simd};
-use super::super::{F32Matrix, Kernels, Q8Matrix};
+use super::super::{F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
 
 /// NEON kernels. Constructed only by [`Neon::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -73,8 +73,11 @@ impl Simd for Neon {
         if cols == 0 || x.len() < cols {
             return;
         }
-        let rows = out.len().min(data.len() / cols).min(scales.len());
-        // SAFETY: as for `matvec_f32`, and `rows ≤ scales.len()`.
+        let rows = out
+            .len()
+            .min(data.len() / cols)
+            .min(scales.len() / cols.div_ceil(Q8_BLOCK));
+        // SAFETY: as for `matvec_f32`, and `rows · ceil(cols / 32) ≤ scales.len()`.
         unsafe {
             matvec_q8(
                 data.as_ptr(),
@@ -163,6 +166,89 @@ unsafe fn matvec_f32(data: *const f32, rows: usize, cols: usize, x: *const f32, 
     }
 }
 
+/// Eight int8 weights at `row` times the eight activations at `x`, added to `(lo, hi)`.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn fma8(
+    lo: float32x4_t,
+    hi: float32x4_t,
+    row: *const i8,
+    x: *const f32,
+) -> (float32x4_t, float32x4_t) {
+    // SAFETY: the caller guarantees eight readable weights at `row` and activations at `x`.
+    unsafe {
+        let w = vmovl_s8(vld1_s8(row));
+        (
+            vfmaq_f32(lo, vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), vld1q_f32(x)),
+            vfmaq_f32(
+                hi,
+                vcvtq_f32_s32(vmovl_s16(vget_high_s16(w))),
+                vld1q_f32(x.add(LANES)),
+            ),
+        )
+    }
+}
+
+/// Rows `i .. i + N` of [`matvec_q8`]: a block of 32 weights is four 8-byte loads whose
+/// products are summed in two vectors, then scaled once into the row's accumulator; the last,
+/// partial block takes whole groups of 8 in vectors and the rest in scalars.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn rows_q8<const N: usize>(
+    data: *const i8,
+    scales: *const f32,
+    i: usize,
+    cols: usize,
+    x: *const f32,
+    out: *mut f32,
+) {
+    let per_row = cols.div_ceil(Q8_BLOCK);
+    let full = cols / Q8_BLOCK;
+    let k_rest = full * Q8_BLOCK;
+    let groups = (cols - k_rest) / (2 * LANES);
+    let k_tail = k_rest + groups * 2 * LANES;
+    // SAFETY: the caller guarantees rows `i .. i + N` of `cols` weights and `per_row` scales,
+    // `cols` activations and outputs `i .. i + N`; every offset below is below those bounds.
+    unsafe {
+        let r: [*const i8; N] = core::array::from_fn(|j| data.add((i + j) * cols));
+        let s: [*const f32; N] = core::array::from_fn(|j| scales.add((i + j) * per_row));
+        let mut acc = [vdupq_n_f32(0.0); N];
+        let mut tail = [0.0f32; N];
+        for ((a, t), (row, sc)) in acc
+            .iter_mut()
+            .zip(tail.iter_mut())
+            .zip(r.into_iter().zip(s))
+        {
+            for b in 0..full {
+                let k = b * Q8_BLOCK;
+                let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+                (lo, hi) = fma8(lo, hi, row.add(k), x.add(k));
+                (lo, hi) = fma8(lo, hi, row.add(k + 8), x.add(k + 8));
+                (lo, hi) = fma8(lo, hi, row.add(k + 16), x.add(k + 16));
+                (lo, hi) = fma8(lo, hi, row.add(k + 24), x.add(k + 24));
+                *a = vfmaq_f32(*a, vaddq_f32(lo, hi), vdupq_n_f32(*sc.add(b)));
+            }
+            if k_rest < cols {
+                let scale = *sc.add(full);
+                let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+                for g in 0..groups {
+                    let k = k_rest + g * 2 * LANES;
+                    (lo, hi) = fma8(lo, hi, row.add(k), x.add(k));
+                }
+                *a = vfmaq_f32(*a, vaddq_f32(lo, hi), vdupq_n_f32(scale));
+                let mut sum = 0.0f32;
+                for k in k_tail..cols {
+                    sum += f32::from(*row.add(k)) * *x.add(k);
+                }
+                *t = scale * sum;
+            }
+        }
+        for (j, (a, t)) in acc.into_iter().zip(tail).enumerate() {
+            *out.add(i + j) = vaddvq_f32(a) + t;
+        }
+    }
+}
+
 #[target_feature(enable = "neon")]
 unsafe fn matvec_q8(
     data: *const i8,
@@ -172,64 +258,17 @@ unsafe fn matvec_q8(
     x: *const f32,
     out: *mut f32,
 ) {
-    let full = cols / (2 * LANES) * (2 * LANES);
-    // SAFETY: the caller guarantees `rows · cols` weights, `rows` scales, `cols` activations and
-    // `rows` outputs; every offset below is below those bounds (`vld1_s8` reads eight bytes).
+    // SAFETY: the caller guarantees `rows · cols` weights, `rows · ceil(cols / 32)` scales,
+    // `cols` activations and `rows` outputs; each call below covers rows below `rows`.
     unsafe {
         let mut i = 0;
         while i + 2 <= rows {
-            let r0 = data.add(i * cols);
-            let r1 = r0.add(cols);
-            let (mut a0, mut a1, mut b0, mut b1) = (
-                vdupq_n_f32(0.0),
-                vdupq_n_f32(0.0),
-                vdupq_n_f32(0.0),
-                vdupq_n_f32(0.0),
-            );
-            let mut k = 0;
-            while k < full {
-                let x0 = vld1q_f32(x.add(k));
-                let x1 = vld1q_f32(x.add(k + LANES));
-                let w = vmovl_s8(vld1_s8(r0.add(k)));
-                a0 = vfmaq_f32(a0, vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), x0);
-                a1 = vfmaq_f32(a1, vcvtq_f32_s32(vmovl_s16(vget_high_s16(w))), x1);
-                let w = vmovl_s8(vld1_s8(r1.add(k)));
-                b0 = vfmaq_f32(b0, vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), x0);
-                b1 = vfmaq_f32(b1, vcvtq_f32_s32(vmovl_s16(vget_high_s16(w))), x1);
-                k += 2 * LANES;
-            }
-            let (mut s0, mut s1) = (vaddvq_f32(vaddq_f32(a0, a1)), vaddvq_f32(vaddq_f32(b0, b1)));
-            for k in full..cols {
-                s0 += f32::from(*r0.add(k)) * *x.add(k);
-                s1 += f32::from(*r1.add(k)) * *x.add(k);
-            }
-            *out.add(i) = *scales.add(i) * s0;
-            *out.add(i + 1) = *scales.add(i + 1) * s1;
+            rows_q8::<2>(data, scales, i, cols, x, out);
             i += 2;
         }
-        if i < rows {
-            let row = data.add(i * cols);
-            let (mut a0, mut a1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
-            let mut k = 0;
-            while k < full {
-                let w = vmovl_s8(vld1_s8(row.add(k)));
-                a0 = vfmaq_f32(
-                    a0,
-                    vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))),
-                    vld1q_f32(x.add(k)),
-                );
-                a1 = vfmaq_f32(
-                    a1,
-                    vcvtq_f32_s32(vmovl_s16(vget_high_s16(w))),
-                    vld1q_f32(x.add(k + LANES)),
-                );
-                k += 2 * LANES;
-            }
-            let mut sum = vaddvq_f32(vaddq_f32(a0, a1));
-            for k in full..cols {
-                sum += f32::from(*row.add(k)) * *x.add(k);
-            }
-            *out.add(i) = *scales.add(i) * sum;
+        while i < rows {
+            rows_q8::<1>(data, scales, i, cols, x, out);
+            i += 1;
         }
     }
 }

@@ -9,12 +9,12 @@
 use core::arch::x86_64::{
     __m256, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_loadl_epi64, _mm_movehl_ps, _mm_shuffle_ps,
     _mm256_add_ps, _mm256_castps256_ps128, _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps,
-    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
-    _mm256_storeu_ps,
+    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps,
+    _mm256_setzero_ps, _mm256_storeu_ps,
 };
 
 use super::super::driver::{self, Simd};
-use super::super::{F32Matrix, Kernels, Q8Matrix};
+use super::super::{F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
 
 /// AVX2 + FMA kernels. Constructed only by [`Avx2Fma::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -85,12 +85,15 @@ impl Simd for Avx2Fma {
         if cols == 0 || x.len() < cols {
             return;
         }
-        let rows = out.len().min(data.len() / cols).min(scales.len());
-        // SAFETY: as for `matvec_f32`, and `rows ≤ scales.len()`.
+        let rows = out
+            .len()
+            .min(data.len() / cols)
+            .min(scales.len() / cols.div_ceil(Q8_BLOCK));
+        // SAFETY: as for `matvec_f32`, and `rows · ceil(cols / 32) ≤ scales.len()`.
         unsafe {
-            matvec::<i8>(
+            matvec_q8(
                 data.as_ptr(),
-                Some(scales.as_ptr()),
+                scales.as_ptr(),
                 rows,
                 cols,
                 x.as_ptr(),
@@ -236,6 +239,98 @@ unsafe fn matvec<E: Element>(
                 k += LANES;
             }
             *out.add(i) = scale(i) * (hsum(acc) + tail(row));
+            i += 1;
+        }
+    }
+}
+
+/// Rows `i .. i + N` of [`matvec_q8`]: a block of 32 weights is four 8-byte loads whose
+/// products are summed, then scaled once into the row's accumulator; the last, partial block
+/// takes whole groups of 8 in vectors and the rest in scalars.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn rows_q8<const N: usize>(
+    data: *const i8,
+    scales: *const f32,
+    i: usize,
+    cols: usize,
+    x: *const f32,
+    out: *mut f32,
+) {
+    let per_row = cols.div_ceil(Q8_BLOCK);
+    let full = cols / Q8_BLOCK;
+    let k_rest = full * Q8_BLOCK;
+    let groups = (cols - k_rest) / LANES;
+    let k_tail = k_rest + groups * LANES;
+    // SAFETY: the caller guarantees rows `i .. i + N` of `cols` weights and `per_row` scales,
+    // `cols` activations and outputs `i .. i + N`; every offset below is below those bounds.
+    unsafe {
+        let r: [*const i8; N] = core::array::from_fn(|j| data.add((i + j) * cols));
+        let s: [*const f32; N] = core::array::from_fn(|j| scales.add((i + j) * per_row));
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..full {
+            let k = b * Q8_BLOCK;
+            let xv = [
+                _mm256_loadu_ps(x.add(k)),
+                _mm256_loadu_ps(x.add(k + LANES)),
+                _mm256_loadu_ps(x.add(k + 2 * LANES)),
+                _mm256_loadu_ps(x.add(k + 3 * LANES)),
+            ];
+            for ((a, row), sc) in acc.iter_mut().zip(r).zip(s) {
+                let row = row.add(k);
+                let mut p = _mm256_mul_ps(i8::load8(row), xv[0]);
+                p = _mm256_fmadd_ps(i8::load8(row.add(LANES)), xv[1], p);
+                p = _mm256_fmadd_ps(i8::load8(row.add(2 * LANES)), xv[2], p);
+                p = _mm256_fmadd_ps(i8::load8(row.add(3 * LANES)), xv[3], p);
+                *a = _mm256_fmadd_ps(p, _mm256_set1_ps(*sc.add(b)), *a);
+            }
+        }
+        let mut tail = [0.0f32; N];
+        if k_rest < cols {
+            for ((a, t), (row, sc)) in acc
+                .iter_mut()
+                .zip(tail.iter_mut())
+                .zip(r.into_iter().zip(s))
+            {
+                let scale = *sc.add(full);
+                let mut p = _mm256_setzero_ps();
+                for g in 0..groups {
+                    let k = k_rest + g * LANES;
+                    p = _mm256_fmadd_ps(i8::load8(row.add(k)), _mm256_loadu_ps(x.add(k)), p);
+                }
+                *a = _mm256_fmadd_ps(p, _mm256_set1_ps(scale), *a);
+                let mut sum = 0.0f32;
+                for k in k_tail..cols {
+                    sum += f32::from(*row.add(k)) * *x.add(k);
+                }
+                *t = scale * sum;
+            }
+        }
+        for (j, (a, t)) in acc.into_iter().zip(tail).enumerate() {
+            *out.add(i + j) = hsum(a) + t;
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn matvec_q8(
+    data: *const i8,
+    scales: *const f32,
+    rows: usize,
+    cols: usize,
+    x: *const f32,
+    out: *mut f32,
+) {
+    // SAFETY: the caller guarantees `rows · cols` weights, `rows · ceil(cols / 32)` scales,
+    // `cols` activations and `rows` outputs; each call below covers rows below `rows`.
+    unsafe {
+        let mut i = 0;
+        while i + 4 <= rows {
+            rows_q8::<4>(data, scales, i, cols, x, out);
+            i += 4;
+        }
+        while i < rows {
+            rows_q8::<1>(data, scales, i, cols, x, out);
             i += 1;
         }
     }

@@ -1,4 +1,5 @@
-//! AVX-512 kernels: 16 f32 lanes, masked loads for row tails, an 8 × 32 register tile.
+//! AVX-512 kernels: 16 f32 lanes, masked loads for row tails, an 8 × 32 register tile; a q8
+//! block of 32 weights is two int8 loads, its dot product scaled once.
 //!
 //! `unsafe` is allowed in this module only: the intrinsics need it. Every `#[target_feature]`
 //! function is reached through an [`Avx512`] value, which exists only once the features were
@@ -9,11 +10,11 @@
 use core::arch::x86_64::{
     __m512, __mmask16, _mm_loadu_si128, _mm_maskz_loadu_epi8, _mm512_add_ps, _mm512_cvtepi8_epi32,
     _mm512_cvtepi32_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
-    _mm512_maskz_loadu_ps, _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps,
+    _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps,
 };
 
 use super::super::driver::{self, Simd};
-use super::super::{F32Matrix, Kernels, Q8Matrix};
+use super::super::{F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
 
 /// AVX-512 F/BW/VL kernels. Constructed only by [`Avx512::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -83,8 +84,11 @@ impl Simd for Avx512 {
         if cols == 0 || x.len() < cols {
             return;
         }
-        let rows = out.len().min(data.len() / cols).min(scales.len());
-        // SAFETY: as for `matvec_f32`, and `rows ≤ scales.len()`.
+        let rows = out
+            .len()
+            .min(data.len() / cols)
+            .min(scales.len() / cols.div_ceil(Q8_BLOCK));
+        // SAFETY: as for `matvec_f32`, and `rows · ceil(cols / 32) ≤ scales.len()`.
         unsafe {
             matvec_q8(
                 data.as_ptr(),
@@ -220,6 +224,71 @@ unsafe fn load_q8(p: *const i8, m: __mmask16) -> __m512 {
     }
 }
 
+/// `Σ_j q[j] · x[j]` over one block of 32 int8 weights at `row` (lanes `m0` of the first 16,
+/// `m1` of the next 16) against the activations `x0`, `x1` (zero outside the masks).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+#[inline]
+unsafe fn block_dot(
+    row: *const i8,
+    x0: __m512,
+    x1: __m512,
+    m0: __mmask16,
+    m1: __mmask16,
+) -> __m512 {
+    // SAFETY: the caller guarantees that the lanes in `m0` at `row` and in `m1` at `row + 16`
+    // are readable; `wrapping_add` keeps the address computation defined when `m1` is empty.
+    unsafe {
+        let p = _mm512_mul_ps(load_q8(row, m0), x0);
+        _mm512_fmadd_ps(load_q8(row.wrapping_add(LANES), m1), x1, p)
+    }
+}
+
+/// Rows `i .. i + N` of [`matvec_q8`]: every block's dot product times its scale, summed in
+/// one accumulator per row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+#[inline]
+unsafe fn rows_q8<const N: usize>(
+    data: *const i8,
+    scales: *const f32,
+    i: usize,
+    cols: usize,
+    x: *const f32,
+    out: *mut f32,
+) {
+    let per_row = cols.div_ceil(Q8_BLOCK);
+    let full = cols / Q8_BLOCK;
+    let rest = cols - full * Q8_BLOCK;
+    // SAFETY: the caller guarantees rows `i .. i + N` of `cols` weights and `per_row` scales,
+    // `cols` activations and outputs `i .. i + N`; the last block reads only its `rest` lanes.
+    unsafe {
+        let r: [*const i8; N] = core::array::from_fn(|j| data.add((i + j) * cols));
+        let s: [*const f32; N] = core::array::from_fn(|j| scales.add((i + j) * per_row));
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..full {
+            let k = b * Q8_BLOCK;
+            let x0 = _mm512_loadu_ps(x.add(k));
+            let x1 = _mm512_loadu_ps(x.add(k + LANES));
+            for ((a, row), sc) in acc.iter_mut().zip(r).zip(s) {
+                let p = block_dot(row.add(k), x0, x1, 0xffff, 0xffff);
+                *a = _mm512_fmadd_ps(p, _mm512_set1_ps(*sc.add(b)), *a);
+            }
+        }
+        if rest > 0 {
+            let k = full * Q8_BLOCK;
+            let (m0, m1) = (mask(rest), mask(rest.saturating_sub(LANES)));
+            let x0 = _mm512_maskz_loadu_ps(m0, x.add(k));
+            let x1 = _mm512_maskz_loadu_ps(m1, x.wrapping_add(k + LANES));
+            for ((a, row), sc) in acc.iter_mut().zip(r).zip(s) {
+                let p = block_dot(row.add(k), x0, x1, m0, m1);
+                *a = _mm512_fmadd_ps(p, _mm512_set1_ps(*sc.add(full)), *a);
+            }
+        }
+        for (j, a) in acc.into_iter().enumerate() {
+            *out.add(i + j) = _mm512_reduce_add_ps(a);
+        }
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 unsafe fn matvec_q8(
     data: *const i8,
@@ -229,52 +298,16 @@ unsafe fn matvec_q8(
     x: *const f32,
     out: *mut f32,
 ) {
-    let full = cols / LANES * LANES;
-    let tail = mask(cols - full);
-    // SAFETY: the caller guarantees `rows · cols` weights, `rows` scales, `cols` activations and
-    // `rows` outputs; every offset below is below those bounds, and masked lanes are not read.
+    // SAFETY: the caller guarantees `rows · cols` weights, `rows · ceil(cols / 32)` scales,
+    // `cols` activations and `rows` outputs; each call below covers rows below `rows`.
     unsafe {
         let mut i = 0;
         while i + 4 <= rows {
-            let r = [
-                data.add(i * cols),
-                data.add((i + 1) * cols),
-                data.add((i + 2) * cols),
-                data.add((i + 3) * cols),
-            ];
-            let mut acc = [_mm512_setzero_ps(); 4];
-            let mut k = 0;
-            while k < full {
-                let xv = _mm512_loadu_ps(x.add(k));
-                for (a, row) in acc.iter_mut().zip(r) {
-                    *a = _mm512_fmadd_ps(load_q8(row.add(k), 0xffff), xv, *a);
-                }
-                k += LANES;
-            }
-            if full < cols {
-                let xv = _mm512_maskz_loadu_ps(tail, x.add(full));
-                for (a, row) in acc.iter_mut().zip(r) {
-                    *a = _mm512_fmadd_ps(load_q8(row.add(full), tail), xv, *a);
-                }
-            }
-            for (j, a) in acc.into_iter().enumerate() {
-                *out.add(i + j) = *scales.add(i + j) * _mm512_reduce_add_ps(a);
-            }
+            rows_q8::<4>(data, scales, i, cols, x, out);
             i += 4;
         }
         while i < rows {
-            let row = data.add(i * cols);
-            let mut acc = _mm512_setzero_ps();
-            let mut k = 0;
-            while k < full {
-                acc = _mm512_fmadd_ps(load_q8(row.add(k), 0xffff), _mm512_loadu_ps(x.add(k)), acc);
-                k += LANES;
-            }
-            if full < cols {
-                let xv = _mm512_maskz_loadu_ps(tail, x.add(full));
-                acc = _mm512_fmadd_ps(load_q8(row.add(full), tail), xv, acc);
-            }
-            *out.add(i) = *scales.add(i) * _mm512_reduce_add_ps(acc);
+            rows_q8::<1>(data, scales, i, cols, x, out);
             i += 1;
         }
     }
