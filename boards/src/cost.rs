@@ -26,8 +26,9 @@ use crate::BoardProfile;
 pub enum Dtype {
     /// 4 bytes per parameter.
     F32,
-    /// 1 byte per parameter plus one f32 scale per row of every stored matrix (for a low-rank
-    /// pair: a scale per row of `B`, `rows` of them, and per row of `A`, `rank` of them).
+    /// 1 byte per parameter plus one f32 scale per block of 32 consecutive values of a row, as
+    /// the bundle stores them (format v2): a `rows × cols` matrix has `rows · ceil(cols / 32)`
+    /// scales (for a low-rank pair: `A` is `rank × d_in`, `B` is `d_out × rank`).
     ///
     /// Only the weights shrink: norms, the KV cache and the activations stay f32. Compute is
     /// modelled as the same `2·params` FLOPs at the f32 rate (dequantize, then multiply-add),
@@ -49,10 +50,17 @@ impl Dtype {
     pub fn matrix_bytes(self, rows: usize, cols: usize) -> u64 {
         match self {
             Self::F32 => product(&[F32_BYTES, rows, cols]),
-            Self::Q8 => product(&[rows, cols]).saturating_add(product(&[F32_BYTES, rows])),
+            Self::Q8 => product(&[rows, cols]).saturating_add(product(&[
+                F32_BYTES,
+                rows,
+                cols.div_ceil(Q8_BLOCK),
+            ])),
         }
     }
 }
+
+/// Values per q8 scale (`whittle_runtime::format::Q8_BLOCK`).
+const Q8_BLOCK: usize = whittle_runtime::format::Q8_BLOCK;
 
 /// What one plan costs on one board.
 #[derive(Clone, Debug, PartialEq, Serialize)]

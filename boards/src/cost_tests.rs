@@ -179,14 +179,14 @@ fn tiny_dense_q8_by_hand() {
         Dtype::Q8,
         None,
         Expected {
-            // Per block: q, o 1024 + 4·32 = 1152; k, v 512 + 4·16 = 576; gate, up
-            // 2048 + 4·64 = 2304; down 2048 + 4·32 = 2176: 10240, twice 20480.
-            // Embedding 3200 + 4·100 = 3600; norms stay f32, 640.
-            weight_bytes: 20_480 + 3_600 + 640,
+            // One f32 scale per 32 values of a row. Per block: q, o 1024 + 4·32 = 1152; k, v
+            // 512 + 4·16 = 576; gate, up 2048 + 4·64 = 2304; down 2048 + 4·32·2 = 2304: 10368,
+            // twice 20736. Embedding 3200 + 4·100 = 3600; norms stay f32, 640.
+            weight_bytes: 20_736 + 3_600 + 640,
             kv_cache_bytes: 4_096,
             arena_bytes: 2_064,
-            // Linears 20480 + norms 640 + one q8 row 32 + 4 + the whole head 3600.
-            bytes_read_per_token: 24_756,
+            // Linears 20736 + norms 640 + one q8 row 32 + 4 + the whole head 3600.
+            bytes_read_per_token: 25_012,
             // Compute-bound at 1 ns per FLOP: per block 2·2048 + 2·1024 + 3·4096 = 18432,
             // twice 36864; head max(3600, 6400); norms and row 676; blocks 24096.
             decode_ns_cpu: 36_864.0 + 6_400.0 + 676.0 + 24_096.0,
@@ -229,13 +229,13 @@ fn tiny_low_rank_q8_by_hand() {
         None,
         Expected {
             // Gate rank 4: A 4×32 (128 + 4·4) + B 64×4 (256 + 4·64) = 656, up the same;
-            // down: A 4×64 (256 + 16) + B 32×4 (128 + 128) = 528. Layer 0: 1152 + 576 + 576
-            // + 1152 + 656 + 656 + 528 = 5296. Layer 1 q rank 8: A 8×32 (256 + 32) + B 32×8
-            // (256 + 128) = 672; + 576 + 576 + 1152 + 2304 + 2304 + 2176 = 9760.
-            weight_bytes: 5_296 + 9_760 + 3_600 + 640,
+            // down: A 4×64 (256 + 4·4·2) + B 32×4 (128 + 128) = 544. Layer 0: 1152 + 576 + 576
+            // + 1152 + 656 + 656 + 544 = 5312. Layer 1 q rank 8: A 8×32 (256 + 32) + B 32×8
+            // (256 + 128) = 672; + 576 + 576 + 1152 + 2304 + 2304 + 2304 = 9888.
+            weight_bytes: 5_312 + 9_888 + 3_600 + 640,
             kv_cache_bytes: 4_096,
             arena_bytes: 2_064,
-            bytes_read_per_token: 15_056 + 640 + 36 + 3_600,
+            bytes_read_per_token: 15_200 + 640 + 36 + 3_600,
             // Layer 0: 2048 + 1024 + 1024 + 2048 + 3 · max(≤656, 768) = 8448; layer 1:
             // max(672, 1024) + 1024 + 1024 + 2048 + 3 · 4096 = 17408.
             decode_ns_cpu: 8_448.0 + 17_408.0 + 6_400.0 + 676.0 + 24_096.0,
@@ -289,19 +289,20 @@ fn smollm2_does_not_fit_the_mcu_and_says_by_how_much() {
     let board = builtin("stm32h743");
     let dense = vec![None; 210];
     let p = predicted(&board, &smollm2_135m(), &dense, Dtype::Q8, None);
-    // Weights 30 · 3,559,680 + 28,508,160 + 140,544 = 135,439,104; KV at the board's context
-    // of 256: 30 · 2 · 192 · 256 · 4 = 11,796,480; arena 4 · (2304 + 384 + 3072 + 1536 +
-    // 2304 + 49152) = 235,008.
-    assert_eq!(p.weight_bytes, 135_439_104);
-    assert_eq!(p.runtime_memory_bytes, 147_470_592);
+    // One scale per 32 values: a layer is 3,538,944 int8 + 4 · 110,592 scales = 3,981,312;
+    // the embedding 28,311,552 + 4 · 884,736 = 31,850,496. Weights 30 · 3,981,312 +
+    // 31,850,496 + 140,544 = 151,430,400; KV at the board's context of 256: 30 · 2 · 192 ·
+    // 256 · 4 = 11,796,480; arena 4 · (2304 + 384 + 3072 + 1536 + 2304 + 49152) = 235,008.
+    assert_eq!(p.weight_bytes, 151_430_400);
+    assert_eq!(p.runtime_memory_bytes, 163_461_888);
     let verdict = feasibility(&board, &p);
     assert!(!verdict.fits);
     // Budget 1,048,576 · 0.75 = 786,432.
-    assert_eq!(verdict.memory_excess_bytes, 147_470_592 - 786_432);
+    assert_eq!(verdict.memory_excess_bytes, 163_461_888 - 786_432);
     assert_eq!(
         verdict.to_string(),
-        "stm32h743: the model needs 147.5 MB at runtime but the board allows 0.8 MB \
-         (188× too large); choose a larger board or a smaller model"
+        "stm32h743: the model needs 163.5 MB at runtime but the board allows 0.8 MB \
+         (208× too large); choose a larger board or a smaller model"
     );
 }
 

@@ -165,10 +165,15 @@ pub fn kernel_speed(
     threads: usize,
     runs: usize,
 ) -> KernelSpeed {
-    use whittle_runtime::kernels::{F32Matrix, Kernels, Q8Matrix, Threaded, best};
+    use whittle_runtime::kernels::{
+        F32Matrix, Kernels, Q8Matrix, Threaded, best, q8_blocks_per_row,
+    };
     let (rows, cols) = (shape.0.max(1), shape.1.max(1));
     let size = rows * cols;
-    let q8_count = (decode_bytes / size).max(1);
+    // A q8 matrix as stored: int8 values and one f32 scale per 32 values of a row.
+    let scale_count = rows * q8_blocks_per_row(cols);
+    let q8_bytes = size + 4 * scale_count;
+    let q8_count = (decode_bytes / q8_bytes).max(1);
     let f32_count = (decode_bytes / (4 * size)).max(1);
     let q8_data: Vec<i8> = (0..q8_count * size)
         .map(|i| ((i * 31 % 255) as i32 - 127) as i8)
@@ -176,12 +181,14 @@ pub fn kernel_speed(
     let f32_data: Vec<f32> = (0..f32_count * size)
         .map(|i| (i % 97) as f32 * 0.01 - 0.5)
         .collect();
-    let scales = vec![0.01f32; rows];
+    let scales = vec![0.01f32; q8_count * scale_count];
     let q8 = |m: usize| Q8Matrix {
         rows,
         cols,
         data: q8_data.get(m * size..(m + 1) * size).unwrap_or_default(),
-        scales: &scales,
+        scales: scales
+            .get(m * scale_count..(m + 1) * scale_count)
+            .unwrap_or_default(),
     };
     let f32m = |m: usize| F32Matrix {
         rows,
@@ -222,7 +229,7 @@ pub fn kernel_speed(
             black_box(&out);
         });
         [
-            (q8_count * size) as f64 / q8_decode,
+            (q8_count * q8_bytes) as f64 / q8_decode,
             (4 * f32_count * size) as f64 / f32_decode,
             prefill_flops / q8_prefill,
             prefill_flops / f32_prefill,
@@ -234,7 +241,7 @@ pub fn kernel_speed(
         kernel: best().name(),
         threads: threads.max(1),
         shape: (rows, cols),
-        decode_bytes: q8_count * size,
+        decode_bytes: q8_count * q8_bytes,
         prefill_tokens: tokens,
         q8_decode: [one[0], all[0]],
         f32_decode: [one[1], all[1]],

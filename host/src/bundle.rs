@@ -349,7 +349,9 @@ pub fn pack(
         Dtype::Q8 => 1,
     };
     let row_bytes = |rows: usize| {
-        rows * (config.hidden_size * bytes_per_value + 4 * (dtype == Dtype::Q8) as usize)
+        rows * (config.hidden_size * bytes_per_value
+            + 4 * (dtype == Dtype::Q8) as usize
+                * whittle_runtime::format::q8_blocks_per_row(config.hidden_size))
     };
     let full_head_bytes = if llama.head_is_tied() {
         0
