@@ -187,20 +187,22 @@ fn real_model_f32_bundle_matches_the_host() -> anyhow::Result<()> {
 #[test]
 fn real_model_q8_bundle_stays_close_to_the_host() -> anyhow::Result<()> {
     let report = parity(Dtype::Q8)?;
-    // Quantization moves logits by tenths (docs/RESULTS.md section 4); a prediction may flip
-    // only where the host's margin is that small.
+    // q8 with one scale per 32 values (format v2) moves label logits by at most about 0.18 on
+    // these 16 examples and on the whole test split (docs/RESULTS.md section 4; one scale per
+    // row moved them by up to 0.79); a prediction may flip only where the host's margin is
+    // that small.
     for case in &report.cases {
         if case.host_prediction != case.runtime_prediction {
             let margin = (case.host_logits[0] - case.host_logits[1]).abs();
             assert!(
-                margin < 0.5,
+                margin < 0.35,
                 "{}: flipped with host margin {margin}",
                 case.id
             );
         }
     }
     assert!(
-        report.max_abs_logit_diff < 1.0,
+        report.max_abs_logit_diff < 0.35,
         "{}",
         report.max_abs_logit_diff
     );
