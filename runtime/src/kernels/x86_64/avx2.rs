@@ -69,16 +69,7 @@ impl Simd for Avx2Fma {
         let rows = out.len().min(data.len() / cols);
         // SAFETY: `self` proves the features; the callee reads `rows · cols ≤ data.len()`
         // weights, `cols ≤ x.len()` activations and writes `rows ≤ out.len()` outputs.
-        unsafe {
-            matvec::<f32>(
-                data.as_ptr(),
-                None,
-                rows,
-                cols,
-                x.as_ptr(),
-                out.as_mut_ptr(),
-            )
-        }
+        unsafe { matvec::<f32>(data.as_ptr(), rows, cols, x.as_ptr(), out.as_mut_ptr()) }
     }
 
     fn matvec_q8(&self, data: &[i8], scales: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
@@ -190,17 +181,15 @@ fn hsum(v: __m256) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn matvec<E: Element>(
     data: *const E,
-    scales: Option<*const f32>,
     rows: usize,
     cols: usize,
     x: *const f32,
     out: *mut f32,
 ) {
     let full = cols / LANES * LANES;
-    // SAFETY: the caller guarantees `rows · cols` weights, `rows` scales when present, `cols`
-    // activations and `rows` outputs; every offset below is below those bounds.
+    // SAFETY: the caller guarantees `rows · cols` weights, `cols` activations and `rows`
+    // outputs; every offset below is below those bounds.
     unsafe {
-        let scale = |i: usize| scales.map_or(1.0, |s| *s.add(i));
         let tail = |row: *const E| {
             let mut sum = 0.0f32;
             for k in full..cols {
@@ -226,7 +215,7 @@ unsafe fn matvec<E: Element>(
                 k += LANES;
             }
             for (j, (a, row)) in acc.into_iter().zip(r).enumerate() {
-                *out.add(i + j) = scale(i + j) * (hsum(a) + tail(row));
+                *out.add(i + j) = hsum(a) + tail(row);
             }
             i += 4;
         }
@@ -238,7 +227,7 @@ unsafe fn matvec<E: Element>(
                 acc = _mm256_fmadd_ps(E::load8(row.add(k)), _mm256_loadu_ps(x.add(k)), acc);
                 k += LANES;
             }
-            *out.add(i) = scale(i) * (hsum(acc) + tail(row));
+            *out.add(i) = hsum(acc) + tail(row);
             i += 1;
         }
     }
