@@ -254,6 +254,13 @@ mod tests {
             "layer_overhead_us",
         );
         check_rejected(
+            &good.replace(
+                "model_memory_share = 0.6",
+                "model_memory_share = 0.6\nproduct_overhead_us = -1.0",
+            ),
+            "product_overhead_us",
+        );
+        check_rejected(
             &format!("{good}\nfavourite_colour = \"green\"\n"),
             "unknown field",
         );
@@ -278,6 +285,14 @@ mod tests {
         assert_eq!(
             board.gpu_layer_overhead_us,
             BoardProfile::DEFAULT_GPU_LAYER_OVERHEAD_US
+        );
+        assert_eq!(
+            board.product_overhead_us,
+            BoardProfile::DEFAULT_PRODUCT_OVERHEAD_US
+        );
+        assert_eq!(
+            board.gpu_product_overhead_us,
+            BoardProfile::DEFAULT_GPU_PRODUCT_OVERHEAD_US
         );
         assert_eq!(board.memory_budget_bytes(), 5_153_960_755);
     }

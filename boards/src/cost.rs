@@ -8,7 +8,10 @@
 //!
 //! Time per token is a roofline sum: every piece of work (a matrix, the head, the attention of
 //! one block) takes `max(bytes / bandwidth, flops / throughput)`, the pieces run one after the
-//! other, and every block adds the board's fixed per-layer overhead. Decoding is predicted for
+//! other, every block adds the board's fixed per-layer overhead, and every low-rank pair adds
+//! the overhead of its second matrix product (a thread hand-off on a CPU, a kernel launch on a
+//! GPU): bytes alone do not order genomes by latency, since trimming a matrix a little saves
+//! less streaming time than the extra product costs. Decoding is predicted for
 //! the last token of a full context (`context_length`, the worst case a latency budget must
 //! hold for); prefill is throughput-bound. Where the profile carries measured kernel rates
 //! ([`crate::KernelRates`], the `host` profile), the weight matrices stream at the measured
@@ -259,6 +262,8 @@ struct Engine {
     /// kernel rate for the dtype).
     weight_flops_per_s: f64,
     layer_overhead_s: f64,
+    /// What one more matrix product costs (a low-rank pair is two products).
+    product_overhead_s: f64,
 }
 
 impl Engine {
@@ -276,6 +281,7 @@ impl Engine {
             weight_bytes_per_s,
             weight_flops_per_s,
             layer_overhead_s: profile.layer_overhead_us * 1e-6,
+            product_overhead_s: profile.product_overhead_us * 1e-6,
         }
     }
 
@@ -287,6 +293,7 @@ impl Engine {
             weight_bytes_per_s: profile.bandwidth_bytes_per_s as f64,
             weight_flops_per_s: flops_per_s,
             layer_overhead_s: profile.gpu_layer_overhead_us * 1e-6,
+            product_overhead_s: profile.gpu_product_overhead_us * 1e-6,
         })
     }
 }
@@ -317,6 +324,8 @@ struct Workload {
     /// The attention of one block over the whole context (the same in every block).
     attention_per_layer: Work,
     n_layers: usize,
+    /// Prunable matrices stored as a low-rank pair: each is one product more than dense.
+    n_low_rank: usize,
     linear_bytes: u64,
     /// The prunable matrices' FLOPs per prefilled token.
     prefill_linear_flops_per_token: f64,
@@ -366,6 +375,7 @@ impl Workload {
             weight_steps,
             attention_per_layer,
             n_layers: config.n_layers,
+            n_low_rank: ranks.iter().filter(|rank| rank.is_some()).count(),
             linear_bytes,
             prefill_linear_flops_per_token: linear_flops as f64,
             prefill_attention_flops_per_token: config.n_layers as f64
@@ -388,7 +398,9 @@ impl Workload {
             .map(|work| work.weight_seconds(engine))
             .sum();
         let per_layer = self.attention_per_layer.seconds(engine) + engine.layer_overhead_s;
-        weights + self.n_layers as f64 * per_layer
+        weights
+            + self.n_layers as f64 * per_layer
+            + self.n_low_rank as f64 * engine.product_overhead_s
     }
 
     /// Prefill runs batched matrix products, so it is throughput-bound; the head runs once

@@ -55,6 +55,17 @@ pub struct BoardProfile {
     /// [`BoardProfile::DEFAULT_GPU_LAYER_OVERHEAD_US`]. Unused without `gpu_fp32_flops`.
     #[serde(default = "default_gpu_layer_overhead_us")]
     pub gpu_layer_overhead_us: f64,
+    /// Fixed CPU time of one matrix product of a decoded token, in microseconds: the thread
+    /// hand-off and the wait for the slowest thread. The layer overhead already holds the
+    /// seven products of a dense block; a low-rank pair is two products where the dense
+    /// matrix was one, so each adds this once. Default
+    /// [`BoardProfile::DEFAULT_PRODUCT_OVERHEAD_US`].
+    #[serde(default = "default_product_overhead_us")]
+    pub product_overhead_us: f64,
+    /// The same on the GPU (one kernel launch); default
+    /// [`BoardProfile::DEFAULT_GPU_PRODUCT_OVERHEAD_US`]. Unused without `gpu_fp32_flops`.
+    #[serde(default = "default_gpu_product_overhead_us")]
+    pub gpu_product_overhead_us: f64,
     /// Rust target triple of the code that runs on the board.
     pub target_triple: String,
     /// Rates of whittle's own kernels, measured on the board by `whittle-device profile`
@@ -149,6 +160,14 @@ fn default_gpu_layer_overhead_us() -> f64 {
     BoardProfile::DEFAULT_GPU_LAYER_OVERHEAD_US
 }
 
+fn default_product_overhead_us() -> f64 {
+    BoardProfile::DEFAULT_PRODUCT_OVERHEAD_US
+}
+
+fn default_gpu_product_overhead_us() -> f64 {
+    BoardProfile::DEFAULT_GPU_PRODUCT_OVERHEAD_US
+}
+
 /// Why a board profile cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -223,6 +242,11 @@ impl BoardProfile {
     /// `gpu_layer_overhead_us` when a profile does not set it: about ten kernel launches of
     /// about 5 µs each per block.
     pub const DEFAULT_GPU_LAYER_OVERHEAD_US: f64 = 50.0;
+    /// `product_overhead_us` when a profile does not set it: one thread hand-off and barrier
+    /// of a persistent pool, a microsecond or two on a multi-core application processor.
+    pub const DEFAULT_PRODUCT_OVERHEAD_US: f64 = 2.0;
+    /// `gpu_product_overhead_us` when a profile does not set it: one kernel launch.
+    pub const DEFAULT_GPU_PRODUCT_OVERHEAD_US: f64 = 5.0;
 
     /// Parses and validates a profile; `origin` names it in errors (a file name, say).
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, BoardError> {
@@ -307,11 +331,14 @@ impl BoardProfile {
                 "must be a number of at least 0",
             ));
         }
-        if !(self.gpu_layer_overhead_us.is_finite() && self.gpu_layer_overhead_us >= 0.0) {
-            return Err(invalid(
-                "gpu_layer_overhead_us",
-                "must be a number of at least 0",
-            ));
+        for (field, value) in [
+            ("gpu_layer_overhead_us", self.gpu_layer_overhead_us),
+            ("product_overhead_us", self.product_overhead_us),
+            ("gpu_product_overhead_us", self.gpu_product_overhead_us),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(invalid(field, "must be a number of at least 0"));
+            }
         }
         if let Some(k) = &self.kernels
             && ![

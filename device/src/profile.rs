@@ -222,6 +222,8 @@ fn host_profile(
         context_length: BoardProfile::DEFAULT_CONTEXT_LENGTH,
         layer_overhead_us: BoardProfile::DEFAULT_LAYER_OVERHEAD_US,
         gpu_layer_overhead_us: BoardProfile::DEFAULT_GPU_LAYER_OVERHEAD_US,
+        product_overhead_us: BoardProfile::DEFAULT_PRODUCT_OVERHEAD_US,
+        gpu_product_overhead_us: BoardProfile::DEFAULT_GPU_PRODUCT_OVERHEAD_US,
         target_triple: facts.target_triple.clone(),
         kernels: kernels.map(KernelSpeed::rates),
         cpu: CpuProfile {
