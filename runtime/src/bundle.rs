@@ -7,8 +7,8 @@ use crate::config::MatrixKind;
 use crate::error::Error;
 use crate::format::{
     ALIGN, CRC32, Dtype, FLAG_SIGNED, FORMAT_VERSION, HeadRef, Header, LayerRef, LinearRef, MAGIC,
-    MERGE_RECORD_LEN, MatrixRef, NO_TOKEN, PREAMBLE_LEN, Q8_BLOCK, SIGNATURE_LEN, Span, TaskKind,
-    align_up, q8_blocks_per_row,
+    MERGE_RECORD_LEN, MatrixRef, NO_TOKEN, PREAMBLE_LEN, SIGNATURE_LEN, Span, TaskKind, align_up,
+    q8_blocks_per_row,
 };
 use crate::kernels::{F32Matrix, Q8Matrix};
 
@@ -22,75 +22,7 @@ pub struct Bundle<'a> {
     len: usize,
 }
 
-/// A matrix borrowed from the blob, ready for the kernels.
-#[derive(Clone, Copy, Debug)]
-pub enum Weight<'a> {
-    /// f32 values.
-    F32(F32Matrix<'a>),
-    /// int8 values with one scale per block of 32 values of a row.
-    Q8(Q8Matrix<'a>),
-}
-
-impl<'a> Weight<'a> {
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        match self {
-            Self::F32(m) => m.rows,
-            Self::Q8(m) => m.rows,
-        }
-    }
-
-    /// Number of columns.
-    pub fn cols(&self) -> usize {
-        match self {
-            Self::F32(m) => m.cols,
-            Self::Q8(m) => m.cols,
-        }
-    }
-
-    /// One row as a `1 × cols` matrix (empty if out of range).
-    pub fn row(&self, index: usize) -> Weight<'a> {
-        let cols = self.cols();
-        let range = index * cols..(index + 1) * cols;
-        match self {
-            Self::F32(m) => Self::F32(F32Matrix {
-                rows: 1,
-                cols,
-                data: m.data.get(range).unwrap_or(&[]),
-            }),
-            Self::Q8(m) => {
-                let per_row = m.blocks_per_row();
-                Self::Q8(Q8Matrix {
-                    rows: 1,
-                    cols,
-                    data: m.data.get(range).unwrap_or(&[]),
-                    scales: m
-                        .scales
-                        .get(index * per_row..(index + 1) * per_row)
-                        .unwrap_or(&[]),
-                })
-            }
-        }
-    }
-
-    /// Writes row `index`, dequantized, into `out` (`cols` values).
-    pub fn copy_row(&self, index: usize, out: &mut [f32]) {
-        match self.row(index) {
-            Self::F32(m) => out.iter_mut().zip(m.data).for_each(|(o, &w)| *o = w),
-            Self::Q8(m) => {
-                for ((o, q), &scale) in out
-                    .chunks_mut(Q8_BLOCK)
-                    .zip(m.data.chunks(Q8_BLOCK))
-                    .zip(m.scales)
-                {
-                    o.iter_mut()
-                        .zip(q)
-                        .for_each(|(o, &w)| *o = scale * f32::from(w));
-                }
-            }
-        }
-    }
-}
+pub use crate::kernels::Weight;
 
 /// A linear layer borrowed from the blob.
 #[derive(Clone, Copy, Debug)]

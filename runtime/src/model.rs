@@ -506,16 +506,21 @@ fn rotate(x: &mut [f32], rope: &[f32], n: usize, width: usize, head_dim: usize) 
 }
 
 fn gemm<K: Kernels>(kernels: &K, w: Weight<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
-    let out_len = (tokens * w.rows()).min(out.len());
-    let x_len = (tokens * w.cols()).min(x.len());
-    let (x, out) = (
-        x.get(..x_len).unwrap_or(&[]),
-        out.get_mut(..out_len).unwrap_or(&mut []),
+    kernels.gemm(
+        w,
+        prefix(x, tokens * w.cols()),
+        tokens,
+        prefix_mut(out, tokens * w.rows()),
     );
-    match w {
-        Weight::F32(m) => kernels.gemm_f32(m, x, tokens, out),
-        Weight::Q8(m) => kernels.gemm_q8(m, x, tokens, out),
-    }
+}
+
+fn prefix(values: &[f32], len: usize) -> &[f32] {
+    values.get(..len.min(values.len())).unwrap_or(&[])
+}
+
+fn prefix_mut(values: &mut [f32], len: usize) -> &mut [f32] {
+    let len = len.min(values.len());
+    values.get_mut(..len).unwrap_or(&mut [])
 }
 
 fn apply<K: Kernels>(
@@ -528,10 +533,14 @@ fn apply<K: Kernels>(
 ) {
     match linear {
         Some(LinearWeights::Dense(w)) => gemm(kernels, w, x, tokens, out),
-        Some(LinearWeights::LowRank { a, b }) => {
-            gemm(kernels, a, x, tokens, low);
-            gemm(kernels, b, low, tokens, out);
-        }
+        Some(LinearWeights::LowRank { a, b }) => kernels.gemm_low_rank(
+            a,
+            b,
+            prefix(x, tokens * a.cols()),
+            tokens,
+            prefix_mut(low, tokens * a.rows()),
+            prefix_mut(out, tokens * b.rows()),
+        ),
         None => {}
     }
 }

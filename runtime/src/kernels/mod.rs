@@ -7,7 +7,8 @@
 //! - activations are row-major, `tokens × cols`; outputs `tokens × rows`;
 //! - `tokens == 1` is decode (matrix–vector), `tokens > 1` is prefill (matrix–matrix).
 //!
-//! A low-rank layer `y = B (A x)` is two calls: `A` (`r × d_in`) then `B` (`d_out × r`).
+//! A low-rank layer `y = B (A x)` is two products, `A` (`r × d_in`) then `B` (`d_out × r`):
+//! [`Kernels::gemm_low_rank`], which `Threaded` runs as one pool job in decode.
 //! Kernels never allocate; the caller owns every buffer.
 
 //!
@@ -73,6 +74,92 @@ impl Q8Matrix<'_> {
     }
 }
 
+/// A matrix of either dtype, as the bundle stores it and the kernels take it.
+#[derive(Clone, Copy, Debug)]
+pub enum Weight<'a> {
+    /// f32 values.
+    F32(F32Matrix<'a>),
+    /// int8 values with one scale per block of 32 values of a row.
+    Q8(Q8Matrix<'a>),
+}
+
+impl<'a> Weight<'a> {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::F32(m) => m.rows,
+            Self::Q8(m) => m.rows,
+        }
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        match self {
+            Self::F32(m) => m.cols,
+            Self::Q8(m) => m.cols,
+        }
+    }
+
+    /// Whether the stored values (and scales) cover all `rows × cols`.
+    pub fn is_whole(&self) -> bool {
+        match self {
+            Self::F32(m) => m.data.len() >= m.rows * m.cols,
+            Self::Q8(m) => {
+                m.data.len() >= m.rows * m.cols && m.scales.len() >= m.rows * m.blocks_per_row()
+            }
+        }
+    }
+
+    /// Rows `start .. start + n` as a `n × cols` matrix; the stored part only (empty past the
+    /// end).
+    pub fn row_range(&self, start: usize, n: usize) -> Weight<'a> {
+        let cols = self.cols();
+        let range = start * cols..(start + n) * cols;
+        match self {
+            Self::F32(m) => Self::F32(F32Matrix {
+                rows: n,
+                cols,
+                data: m.data.get(range).unwrap_or(&[]),
+            }),
+            Self::Q8(m) => {
+                let per_row = m.blocks_per_row();
+                Self::Q8(Q8Matrix {
+                    rows: n,
+                    cols,
+                    data: m.data.get(range).unwrap_or(&[]),
+                    scales: m
+                        .scales
+                        .get(start * per_row..(start + n) * per_row)
+                        .unwrap_or(&[]),
+                })
+            }
+        }
+    }
+
+    /// One row as a `1 × cols` matrix (empty if out of range).
+    pub fn row(&self, index: usize) -> Weight<'a> {
+        self.row_range(index, 1)
+    }
+
+    /// Writes row `index`, dequantized, into `out` (`cols` values).
+    pub fn copy_row(&self, index: usize, out: &mut [f32]) {
+        match self.row(index) {
+            Self::F32(m) => out.iter_mut().zip(m.data).for_each(|(o, &w)| *o = w),
+            Self::Q8(m) => {
+                for ((o, q), &scale) in out
+                    .chunks_mut(Q8_BLOCK)
+                    .zip(m.data.chunks(Q8_BLOCK))
+                    .zip(m.scales)
+                {
+                    o.iter_mut()
+                        .zip(q)
+                        .for_each(|(o, &w)| *o = scale * f32::from(w));
+                }
+            }
+        }
+    }
+}
+
 /// Matrix products for one thread. Every method computes `out = x · Wᵀ`, that is
 /// `out[t][i] = Σ_j W[i][j] · x[t][j]`, for `t < tokens`, overwriting `out`.
 ///
@@ -89,6 +176,31 @@ pub trait Kernels {
 
     /// int8 weights with per-block scales ([`Q8Matrix`]); activations stay f32.
     fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]);
+
+    /// Either dtype.
+    fn gemm(&self, w: Weight<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        match w {
+            Weight::F32(m) => self.gemm_f32(m, x, tokens, out),
+            Weight::Q8(m) => self.gemm_q8(m, x, tokens, out),
+        }
+    }
+
+    /// A low-rank layer, `out = (x · Aᵀ) · Bᵀ`, through `low = x · Aᵀ` (`tokens × a.rows`,
+    /// overwritten). Callers guarantee `b.cols == a.rows`, `low.len() == tokens * a.rows` and
+    /// the lengths of [`Kernels::gemm`] for both products; on a mismatch the result is that
+    /// of the two products one after the other, which is what this default does.
+    fn gemm_low_rank(
+        &self,
+        a: Weight<'_>,
+        b: Weight<'_>,
+        x: &[f32],
+        tokens: usize,
+        low: &mut [f32],
+        out: &mut [f32],
+    ) {
+        self.gemm(a, x, tokens, low);
+        self.gemm(b, low, tokens, out);
+    }
 }
 
 #[cfg(test)]

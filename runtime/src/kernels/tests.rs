@@ -6,7 +6,9 @@
 
 use proptest::prelude::*;
 
-use super::{F32Matrix, Kernels, Portable, Q8_BLOCK, Q8Matrix, Threaded, q8_blocks_per_row};
+use super::{
+    F32Matrix, Kernels, Portable, Q8_BLOCK, Q8Matrix, Threaded, Weight, q8_blocks_per_row,
+};
 
 const SENTINEL: f32 = 12345.0;
 
@@ -142,6 +144,144 @@ fn check(kernel: &dyn Kernels, case: &Case) {
     compare(kernel, case, &expected, &got, &abs_w, &x);
 }
 
+/// A low-rank layer: `A` is `rank × cols`, `B` is `rows × rank`.
+#[derive(Clone, Copy, Debug)]
+struct LowRankCase {
+    rank: usize,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    seed: u64,
+}
+
+/// Both factors of `case` in one dtype: f32 values, or int8 values with their block scales.
+struct Factors {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    qa: Vec<i8>,
+    qb: Vec<i8>,
+    sa: Vec<f32>,
+    sb: Vec<f32>,
+}
+
+impl Factors {
+    fn new(case: &LowRankCase) -> Self {
+        let scales = |seed: u64, n: usize| -> Vec<f32> {
+            values(seed, n)
+                .iter()
+                .map(|s| 0.01 + s.abs() / 64.0)
+                .collect()
+        };
+        Self {
+            a: values(case.seed ^ 1, case.rank * case.cols),
+            b: values(case.seed ^ 2, case.rows * case.rank),
+            qa: quantized(case.seed ^ 3, case.rank * case.cols),
+            qb: quantized(case.seed ^ 4, case.rows * case.rank),
+            sa: scales(case.seed ^ 5, case.rank * q8_blocks_per_row(case.cols)),
+            sb: scales(case.seed ^ 6, case.rows * q8_blocks_per_row(case.rank)),
+        }
+    }
+
+    fn weights(&self, case: &LowRankCase, q8: bool) -> (Weight<'_>, Weight<'_>) {
+        if q8 {
+            (
+                Weight::Q8(Q8Matrix {
+                    rows: case.rank,
+                    cols: case.cols,
+                    data: &self.qa,
+                    scales: &self.sa,
+                }),
+                Weight::Q8(Q8Matrix {
+                    rows: case.rows,
+                    cols: case.rank,
+                    data: &self.qb,
+                    scales: &self.sb,
+                }),
+            )
+        } else {
+            (
+                Weight::F32(F32Matrix {
+                    rows: case.rank,
+                    cols: case.cols,
+                    data: &self.a,
+                }),
+                Weight::F32(F32Matrix {
+                    rows: case.rows,
+                    cols: case.rank,
+                    data: &self.b,
+                }),
+            )
+        }
+    }
+}
+
+/// `|W|` with q8 block scales applied, as a dense row-major matrix.
+fn magnitudes(w: Weight<'_>) -> Vec<f32> {
+    let mut row = vec![0.0; w.cols()];
+    (0..w.rows())
+        .flat_map(|i| {
+            w.copy_row(i, &mut row);
+            row.iter().map(|v| v.abs()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Runs `case` through `kernel`'s and [`Portable`]'s `gemm_low_rank`, f32 and q8, and compares
+/// the intermediate and the output within the rounding of two products.
+fn check_low_rank(kernel: &dyn Kernels, case: &LowRankCase) {
+    let factors = Factors::new(case);
+    let x = values(case.seed, case.tokens * case.cols);
+    for q8 in [false, true] {
+        let (a, b) = factors.weights(case, q8);
+        let mut expected_low = vec![SENTINEL; case.tokens * case.rank];
+        let mut expected = vec![SENTINEL; case.tokens * case.rows];
+        Portable.gemm_low_rank(a, b, &x, case.tokens, &mut expected_low, &mut expected);
+        let mut low = vec![SENTINEL; case.tokens * case.rank];
+        let mut got = vec![SENTINEL; case.tokens * case.rows];
+        kernel.gemm_low_rank(a, b, &x, case.tokens, &mut low, &mut got);
+
+        let (abs_a, abs_b) = (magnitudes(a), magnitudes(b));
+        let low_bound: Vec<f32> = (0..case.tokens * case.rank)
+            .map(|index| bound(&abs_a, case.rank, case.cols, &x, index))
+            .collect();
+        for (index, (e, g)) in expected_low.iter().zip(&low).enumerate() {
+            let tolerance = 3e-5 * low_bound[index] + 1e-6;
+            assert!(
+                (e - g).abs() <= tolerance,
+                "{}: {case:?} q8 {q8}: low[{index}] = {g}, portable {e}",
+                kernel.name()
+            );
+        }
+        // Each intermediate carries its own error into every output: bound the output by
+        // `|B| · (|low| + bound(low))`.
+        let carried: Vec<f32> = expected_low
+            .iter()
+            .zip(&low_bound)
+            .map(|(l, b)| l.abs() + b)
+            .collect();
+        for (index, (e, g)) in expected.iter().zip(&got).enumerate() {
+            let tolerance = 1e-4 * bound(&abs_b, case.rows, case.rank, &carried, index) + 1e-6;
+            assert!(
+                (e - g).abs() <= tolerance,
+                "{}: {case:?} q8 {q8}: out[{index}] = {g}, portable {e} (tolerance {tolerance})",
+                kernel.name()
+            );
+        }
+    }
+}
+
+fn low_rank_case() -> impl Strategy<Value = LowRankCase> {
+    (0usize..70, 0usize..70, 0usize..70, 0usize..=9, any::<u64>()).prop_map(
+        |(rank, rows, cols, tokens, seed)| LowRankCase {
+            rank,
+            rows,
+            cols,
+            tokens,
+            seed,
+        },
+    )
+}
+
 fn odd_case() -> impl Strategy<Value = Case> {
     (0usize..70, 0usize..70, 0usize..=9, any::<u64>())
         .prop_map(|(rows, cols, tokens, seed)| Case::exact(rows, cols, tokens, seed))
@@ -186,6 +326,17 @@ const MODEL_SHAPES: [(usize, usize); 8] = [
     (1536, 136),
 ];
 
+/// Low-rank layers of SmolLM2-135M as `(rank, rows, cols)`: q/o, k/v, gate/up and down at a
+/// few ranks, one of them below a thread's share of rows.
+const LOW_RANK_SHAPES: [(usize, usize, usize); 6] = [
+    (136, 576, 576),
+    (24, 192, 576),
+    (400, 1536, 576),
+    (300, 576, 1536),
+    (8, 576, 576),
+    (33, 64, 40),
+];
+
 macro_rules! kernel_suite {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -204,6 +355,23 @@ macro_rules! kernel_suite {
                             kernel.as_ref(),
                             &Case::exact(rows, cols, tokens, index as u64),
                         );
+                    }
+                }
+            }
+
+            #[test]
+            fn model_low_rank_shapes_match_portable() {
+                let Some(kernel) = kernel() else { return };
+                for (index, &(rank, rows, cols)) in LOW_RANK_SHAPES.iter().enumerate() {
+                    for tokens in [1, 5, 19] {
+                        let case = LowRankCase {
+                            rank,
+                            rows,
+                            cols,
+                            tokens,
+                            seed: index as u64,
+                        };
+                        check_low_rank(kernel.as_ref(), &case);
                     }
                 }
             }
@@ -237,6 +405,12 @@ macro_rules! kernel_suite {
                 fn odd_shapes_match_portable(case in odd_case()) {
                     let Some(kernel) = kernel() else { return Ok(()) };
                     check(kernel.as_ref(), &case);
+                }
+
+                #[test]
+                fn odd_low_rank_shapes_match_portable(case in low_rank_case()) {
+                    let Some(kernel) = kernel() else { return Ok(()) };
+                    check_low_rank(kernel.as_ref(), &case);
                 }
 
                 #[test]
