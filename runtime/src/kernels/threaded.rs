@@ -1,15 +1,20 @@
 //! Multi-threaded execution (`std` only): any [`Kernels`] spread over a persistent pool.
 //!
 //! A decode step makes a couple of hundred products of 20–500 µs each, so threads are started
-//! once and wait between calls, spinning briefly and then parking. Decode (one token) splits
-//! the weight rows, prefill splits the tokens: either way every part writes one contiguous
-//! piece of `out`, handed to it through a `Mutex<Option<&mut [f32]>>` slot (no `unsafe`).
+//! once and wait between calls, spinning briefly and then parking. Every product splits the
+//! weight rows, so each thread reads (and, in prefill, converts and packs) only its own share
+//! of the weights. Each part writes its rows of `out`, handed to it through a
+//! `Mutex<Option<…>>` slot (no `unsafe`): directly in decode, through a per-thread scratch in
+//! prefill, where a part's rows are not contiguous in `out`. A low-rank layer in decode is one
+//! job of two phases: the parts of `A` first, then, once all of `low` is written, the parts of
+//! `B`.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use super::{F32Matrix, Kernels, Q8Matrix};
+use super::{F32Matrix, Kernels, Q8Matrix, Weight};
 
 /// Busy-wait iterations (a few tens of µs) before a waiting thread parks or yields: enough to
 /// bridge the gap between two products of one decode step, short enough not to steal a core
@@ -18,6 +23,13 @@ const SPIN_ITERATIONS: u32 = 1 << 11;
 
 /// Rows below which a split is not worth the handoff.
 const MIN_ROWS_PER_THREAD: usize = 16;
+
+/// Rows of the widest register tile of any architecture (the driver's `NR_MAX`): prefill parts
+/// are multiples of it, so no tile is split between two threads.
+const ROW_ALIGN: usize = 32;
+
+/// Phases a job may have (a low-rank layer has two).
+const MAX_PHASES: usize = 2;
 
 /// `inner` on `threads` threads: the calling thread and `threads − 1` pool workers.
 pub struct Threaded<K> {
@@ -54,39 +66,112 @@ impl<K> Threaded<K> {
     pub fn inner(&self) -> &K {
         &self.inner
     }
-}
 
-/// How one product is divided: per thread, a range of rows (decode) or of tokens (prefill).
-#[derive(Clone, Copy)]
-enum Split {
-    Rows,
-    Tokens,
-}
-
-fn split_of(rows: usize, tokens: usize, threads: usize) -> Option<(Split, usize)> {
-    if threads < 2 {
-        None
-    } else if tokens == 1 && rows >= 2 * MIN_ROWS_PER_THREAD {
-        Some((Split::Rows, rows.div_ceil(threads).max(MIN_ROWS_PER_THREAD)))
-    } else if tokens >= 2 {
-        Some((Split::Tokens, tokens.div_ceil(threads)))
-    } else {
-        None
+    /// Rows per part when `rows` rows are split over the pool, or `None` when one thread
+    /// should do it all. Prefill parts are whole register tiles ([`ROW_ALIGN`] rows).
+    fn rows_per_part(&self, rows: usize, tokens: usize) -> Option<usize> {
+        let threads = self.threads();
+        if threads < 2 || rows < 2 * MIN_ROWS_PER_THREAD {
+            return None;
+        }
+        let chunk = rows.div_ceil(threads).max(MIN_ROWS_PER_THREAD);
+        Some(if tokens > 1 {
+            chunk.next_multiple_of(ROW_ALIGN)
+        } else {
+            chunk
+        })
     }
 }
 
-/// Cuts `out` into one slot per thread: `chunk` items each, the last one shorter.
-fn slots(out: &mut [f32], chunk: usize, threads: usize) -> Vec<Mutex<Option<&mut [f32]>>> {
-    let mut slots: Vec<_> = out
-        .chunks_mut(chunk.max(1))
-        .map(|c| Mutex::new(Some(c)))
-        .collect();
-    slots.resize_with(threads.max(slots.len()), || Mutex::new(None));
-    slots
+/// Whether a product's buffers cover the whole of it (otherwise the inner kernel computes the
+/// common prefix on one thread).
+fn covers(w: Weight<'_>, x: &[f32], tokens: usize, out: &[f32]) -> bool {
+    w.rows() > 0
+        && w.cols() > 0
+        && tokens > 0
+        && x.len() >= tokens * w.cols()
+        && out.len() >= tokens * w.rows()
+        && w.is_whole()
 }
 
-fn take<'a>(slots: &[Mutex<Option<&'a mut [f32]>>], index: usize) -> Option<&'a mut [f32]> {
-    lock(slots.get(index)?).take()
+/// One part's rows of `out`: one piece per token.
+type Pieces<'a> = Vec<&'a mut [f32]>;
+
+/// Cuts `out` (`tokens × rows`) into one slot per part: part `p` gets rows
+/// `p · chunk .. (p + 1) · chunk` of every token; parts past the rows get `None`.
+fn row_slots(
+    out: &mut [f32],
+    rows: usize,
+    chunk: usize,
+    parts: usize,
+) -> Vec<Mutex<Option<Pieces<'_>>>> {
+    let chunk = chunk.max(1);
+    let mut pieces: Vec<Pieces<'_>> = (0..parts.max(rows.div_ceil(chunk)))
+        .map(|_| Vec::new())
+        .collect();
+    for token_row in out.chunks_mut(rows.max(1)) {
+        for (part, piece) in pieces.iter_mut().zip(token_row.chunks_mut(chunk)) {
+            part.push(piece);
+        }
+    }
+    pieces
+        .into_iter()
+        .map(|p| Mutex::new(Some(p).filter(|p| !p.is_empty())))
+        .collect()
+}
+
+thread_local! {
+    /// A prefill part's output before it is scattered into `out`.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl<K: Kernels + Sync> Threaded<K> {
+    /// Part `index` of a row-split product: rows `index · chunk ..` of `w`, every token.
+    fn part(
+        &self,
+        w: Weight<'_>,
+        x: &[f32],
+        tokens: usize,
+        chunk: usize,
+        slots: &[Mutex<Option<Pieces<'_>>>],
+        index: usize,
+    ) {
+        let Some(mut pieces) = slots.get(index).and_then(|s| lock(s).take()) else {
+            return;
+        };
+        let n = pieces.first().map_or(0, |p| p.len());
+        let sub = w.row_range(index * chunk, n);
+        if let [only] = pieces.as_mut_slice() {
+            self.inner.gemm(sub, x, tokens.min(1), only);
+            return;
+        }
+        SCRATCH.with(|scratch| {
+            let mut local = Vec::new();
+            let mut borrowed = scratch.try_borrow_mut();
+            let buffer = borrowed.as_deref_mut().unwrap_or(&mut local);
+            buffer.clear();
+            buffer.resize(tokens * n, 0.0);
+            self.inner.gemm(sub, x, tokens, buffer);
+            for (piece, row) in pieces.iter_mut().zip(buffer.chunks_exact(n.max(1))) {
+                piece.copy_from_slice(row);
+            }
+        });
+    }
+
+    fn product(&self, w: Weight<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        let Some(chunk) = self
+            .rows_per_part(w.rows(), tokens)
+            .filter(|_| covers(w, x, tokens, out))
+        else {
+            self.inner.gemm(w, x, tokens, out);
+            return;
+        };
+        let x = x.get(..tokens * w.cols()).unwrap_or_default();
+        let out = out.get_mut(..tokens * w.rows()).unwrap_or_default();
+        let slots = row_slots(out, w.rows(), chunk, self.threads());
+        self.pool
+            .run(1, &|_, index| self.part(w, x, tokens, chunk, &slots, index));
+    }
 }
 
 impl<K: Kernels + Sync> Kernels for Threaded<K> {
@@ -95,121 +180,89 @@ impl<K: Kernels + Sync> Kernels for Threaded<K> {
     }
 
     fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
-        let usable =
-            w.rows > 0 && w.cols > 0 && x.len() >= tokens * w.cols && out.len() >= tokens * w.rows;
-        let whole = w.data.len() >= w.rows * w.cols;
-        let Some((split, chunk)) =
-            split_of(w.rows, tokens, self.threads()).filter(|_| usable && whole)
-        else {
-            self.inner.gemm_f32(w, x, tokens, out);
-            return;
-        };
-        let out = out.get_mut(..tokens * w.rows).unwrap_or_default();
-        match split {
-            Split::Rows => {
-                let slots = slots(out, chunk, self.threads());
-                self.pool.run(&|index| {
-                    let Some(part) = take(&slots, index) else {
-                        return;
-                    };
-                    let start = index * chunk;
-                    let rows = part.len();
-                    let data = w
-                        .data
-                        .get(start * w.cols..(start + rows) * w.cols)
-                        .unwrap_or_default();
-                    let sub = F32Matrix {
-                        rows,
-                        cols: w.cols,
-                        data,
-                    };
-                    self.inner.gemm_f32(sub, x, 1, part);
-                });
-            }
-            Split::Tokens => {
-                let slots = slots(out, chunk * w.rows, self.threads());
-                self.pool.run(&|index| {
-                    let Some(part) = take(&slots, index) else {
-                        return;
-                    };
-                    let t0 = index * chunk;
-                    let n = part.len() / w.rows.max(1);
-                    let xs = x.get(t0 * w.cols..(t0 + n) * w.cols).unwrap_or_default();
-                    self.inner.gemm_f32(w, xs, n, part);
-                });
-            }
-        }
+        self.product(Weight::F32(w), x, tokens, out);
     }
 
     fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
-        let usable =
-            w.rows > 0 && w.cols > 0 && x.len() >= tokens * w.cols && out.len() >= tokens * w.rows;
-        let per_row = w.blocks_per_row();
-        let whole = w.data.len() >= w.rows * w.cols && w.scales.len() >= w.rows * per_row;
-        let Some((split, chunk)) =
-            split_of(w.rows, tokens, self.threads()).filter(|_| usable && whole)
-        else {
-            self.inner.gemm_q8(w, x, tokens, out);
+        self.product(Weight::Q8(w), x, tokens, out);
+    }
+
+    fn gemm(&self, w: Weight<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        self.product(w, x, tokens, out);
+    }
+
+    fn gemm_low_rank(
+        &self,
+        a: Weight<'_>,
+        b: Weight<'_>,
+        x: &[f32],
+        tokens: usize,
+        low: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let rank = a.rows();
+        let fused = tokens == 1
+            && b.cols() == rank
+            && covers(a, x, 1, low)
+            && covers(b, low, 1, out)
+            && self.threads() > 1;
+        let Some(b_chunk) = self.rows_per_part(b.rows(), 1).filter(|_| fused) else {
+            self.product(a, x, tokens, low);
+            self.product(b, low, tokens, out);
             return;
         };
-        let out = out.get_mut(..tokens * w.rows).unwrap_or_default();
-        match split {
-            Split::Rows => {
-                let slots = slots(out, chunk, self.threads());
-                self.pool.run(&|index| {
-                    let Some(part) = take(&slots, index) else {
-                        return;
-                    };
-                    let start = index * chunk;
-                    let rows = part.len();
-                    let data = w
-                        .data
-                        .get(start * w.cols..(start + rows) * w.cols)
-                        .unwrap_or_default();
-                    let scales = w
-                        .scales
-                        .get(start * per_row..(start + rows) * per_row)
-                        .unwrap_or_default();
-                    let sub = Q8Matrix {
-                        rows,
-                        cols: w.cols,
-                        data,
-                        scales,
-                    };
-                    self.inner.gemm_q8(sub, x, 1, part);
-                });
+        let a_chunk = self.rows_per_part(rank, 1).unwrap_or(rank);
+        let x = x.get(..a.cols()).unwrap_or_default();
+        let low_slots = row_slots(
+            low.get_mut(..rank).unwrap_or_default(),
+            rank,
+            a_chunk,
+            self.threads(),
+        );
+        let out_slots = row_slots(
+            out.get_mut(..b.rows()).unwrap_or_default(),
+            b.rows(),
+            b_chunk,
+            self.threads(),
+        );
+        self.pool.run(2, &|phase, index| {
+            if phase == 0 {
+                let mut slot = low_slots.get(index).map(lock);
+                if let Some([piece]) = slot.as_deref_mut().and_then(Option::as_deref_mut) {
+                    self.inner
+                        .gemm(a.row_range(index * a_chunk, piece.len()), x, 1, piece);
+                }
+                return;
             }
-            Split::Tokens => {
-                let slots = slots(out, chunk * w.rows, self.threads());
-                self.pool.run(&|index| {
-                    let Some(part) = take(&slots, index) else {
-                        return;
-                    };
-                    let t0 = index * chunk;
-                    let n = part.len() / w.rows.max(1);
-                    let xs = x.get(t0 * w.cols..(t0 + n) * w.cols).unwrap_or_default();
-                    self.inner.gemm_q8(w, xs, n, part);
-                });
+            let mut gathered = Vec::with_capacity(rank);
+            for slot in &low_slots {
+                if let Some([piece]) = lock(slot).as_deref() {
+                    gathered.extend_from_slice(piece);
+                }
             }
-        }
+            self.part(b, &gathered, 1, b_chunk, &out_slots, index);
+        });
     }
 }
 
-/// A job as the workers see it: called once per part with the part's index.
-type Job = &'static (dyn Fn(usize) + Sync);
+/// A job as the workers see it: called once per part of every phase with `(phase, part)`.
+type Job = &'static (dyn Fn(usize, usize) + Sync);
 
-/// Pool state. A job is cut into one part per thread; whoever is running claims the next
-/// part, so when a worker is descheduled (a busy machine) the caller does its part too
-/// instead of waiting for it.
+/// Pool state. Every phase of a job is cut into one part per thread; whoever is running claims
+/// the next part, so when a worker is descheduled (a busy machine) the caller does its part too
+/// instead of waiting for it. A phase starts once every part of the previous one has finished;
+/// a claimed part is always being run by the thread that claimed it, so the wait ends.
 struct Shared {
     /// Bumped (under `parked`) for every job and for shutdown.
     epoch: AtomicUsize,
     /// The current job; a worker may only start using it while holding this lock.
     job: Mutex<Option<Job>>,
-    /// Next unclaimed part, parts in the job, parts finished.
-    next: AtomicUsize,
+    /// Phases in the current job (at most [`MAX_PHASES`]), parts per phase.
+    phases: AtomicUsize,
     parts: AtomicUsize,
-    finished: AtomicUsize,
+    /// Per phase: next unclaimed part, parts finished.
+    next: [AtomicUsize; MAX_PHASES],
+    finished: [AtomicUsize; MAX_PHASES],
     /// Workers holding a copy of the current job.
     active: AtomicUsize,
     shutdown: AtomicBool,
@@ -221,19 +274,42 @@ struct Shared {
 }
 
 impl Shared {
-    /// Runs parts until none is left to claim.
+    /// Runs parts of every phase until none is left to claim, waiting between phases.
     fn work(&self, job: Job) {
         let parts = self.parts.load(Ordering::Acquire);
-        loop {
-            let part = self.next.fetch_add(1, Ordering::AcqRel);
-            if part >= parts {
+        let phases = self.phases.load(Ordering::Acquire).min(MAX_PHASES);
+        for (phase, (next, finished)) in self.next.iter().zip(&self.finished).enumerate() {
+            if phase >= phases {
                 return;
             }
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(part))).is_err() {
-                self.panicked.store(true, Ordering::Release);
+            if phase > 0 {
+                wait_until(|| {
+                    self.finished
+                        .get(phase - 1)
+                        .is_none_or(|f| f.load(Ordering::Acquire) >= parts)
+                });
             }
-            self.finished.fetch_add(1, Ordering::AcqRel);
+            loop {
+                let part = next.fetch_add(1, Ordering::AcqRel);
+                if part >= parts {
+                    break;
+                }
+                let run = std::panic::AssertUnwindSafe(|| job(phase, part));
+                if std::panic::catch_unwind(run).is_err() {
+                    self.panicked.store(true, Ordering::Release);
+                }
+                finished.fetch_add(1, Ordering::AcqRel);
+            }
         }
+    }
+
+    /// Whether the last phase of the current job has finished.
+    fn done(&self) -> bool {
+        let parts = self.parts.load(Ordering::Acquire);
+        let last = self.phases.load(Ordering::Acquire).clamp(1, MAX_PHASES) - 1;
+        self.finished
+            .get(last)
+            .is_none_or(|f| f.load(Ordering::Acquire) >= parts)
     }
 }
 
@@ -267,9 +343,10 @@ impl Pool {
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
             job: Mutex::new(None),
-            next: AtomicUsize::new(0),
+            phases: AtomicUsize::new(0),
             parts: AtomicUsize::new(0),
-            finished: AtomicUsize::new(0),
+            next: [const { AtomicUsize::new(0) }; MAX_PHASES],
+            finished: [const { AtomicUsize::new(0) }; MAX_PHASES],
             active: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             parked: Mutex::new(0),
@@ -293,11 +370,16 @@ impl Pool {
         }
     }
 
-    /// Calls `job(part)` once for every `part < self.threads`, here and on the workers, and
-    /// returns once every call returned and no worker holds `job` any more.
-    fn run(&self, job: &(dyn Fn(usize) + Sync)) {
+    /// Calls `job(phase, part)` once for every `phase < phases` (at most [`MAX_PHASES`]) and
+    /// `part < self.threads`, here and on the workers, every part of a phase after every part
+    /// of the one before, and returns once every call returned and no worker holds `job` any
+    /// more.
+    fn run(&self, phases: usize, job: &(dyn Fn(usize, usize) + Sync)) {
+        let phases = phases.clamp(1, MAX_PHASES);
         if self.workers.is_empty() {
-            job(0);
+            for phase in 0..phases {
+                job(phase, 0);
+            }
             return;
         }
         let _caller = lock(&self.caller);
@@ -308,12 +390,16 @@ impl Pool {
         // it cannot unwind in between (parts run under `catch_unwind`). So no copy of the
         // reference outlives the borrow, despite the `'static` in its type.
         #[allow(unsafe_code)]
-        let erased: Job = unsafe { core::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(job) };
+        let erased: Job =
+            unsafe { core::mem::transmute::<&(dyn Fn(usize, usize) + Sync), Job>(job) };
         {
             let mut slot = lock(&shared.job);
-            shared.next.store(0, Ordering::Release);
-            shared.finished.store(0, Ordering::Release);
+            for (next, finished) in shared.next.iter().zip(&shared.finished) {
+                next.store(0, Ordering::Release);
+                finished.store(0, Ordering::Release);
+            }
             shared.parts.store(self.threads, Ordering::Release);
+            shared.phases.store(phases, Ordering::Release);
             *slot = Some(erased);
         }
         {
@@ -324,7 +410,7 @@ impl Pool {
             }
         }
         shared.work(erased);
-        wait_until(|| shared.finished.load(Ordering::Acquire) >= self.threads);
+        wait_until(|| shared.done());
         *lock(&shared.job) = None;
         wait_until(|| shared.active.load(Ordering::Acquire) == 0);
         if shared.panicked.swap(false, Ordering::AcqRel) {
