@@ -97,7 +97,14 @@ pub struct PruneArgs {
 
 #[derive(Clone, Debug, Serialize)]
 struct Outcome {
+    /// Measured on the search split.
     search_accuracy: f64,
+    /// Predicted from the paired log-probability difference (`AccuracyModel`).
+    search_predicted: f64,
+    /// One paired standard error of the accuracy difference against dense.
+    search_margin: f64,
+    /// What the target was checked against: `min(predicted − margin, measured)`.
+    search_assured: f64,
     refit_kept: bool,
     test_accuracy: f64,
     linear_reduction: f64,
@@ -224,35 +231,32 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     )?;
 
     let uniform_started = Instant::now();
+    let mut problem = problem;
+    let dense_accuracy = problem.dense_accuracy();
     let mut accuracy_at = |keep: f64| -> anyhow::Result<f64> {
-        let plan = RankPlan::uniform(&config, keep);
-        let candidate = problem.bank().apply(&base.llama, &plan)?;
-        let accuracy = problem
-            .full_evaluator()
-            .score(&candidate, &progress)?
-            .accuracy;
-        progress.suspend(|| eprintln!("uniform keep {keep:.2}: search accuracy {accuracy:.4}"));
-        Ok(accuracy)
+        let (_, estimate) = problem.score_plan(&RankPlan::uniform(&config, keep))?;
+        progress.suspend(|| {
+            eprintln!(
+                "uniform keep {keep:.2}: search accuracy {:.4}, predicted {:.4} ± {:.4}, assured {:.4}",
+                estimate.measured, estimate.predicted, estimate.margin, estimate.assured
+            )
+        });
+        Ok(estimate.assured)
     };
     let uniform = match args.uniform_keep {
         // A baseline found earlier (e.g. by `whittle uniform`) is scored, not searched again.
         Some(keep) => {
             let accuracy = accuracy_at(keep)?;
-            let target = (1.0 - args.epsilon) * problem.dense_accuracy();
+            let target = (1.0 - args.epsilon) * dense_accuracy;
             UniformResult {
-                dense_accuracy: problem.dense_accuracy(),
+                dense_accuracy,
                 target_accuracy: target,
                 keep,
                 accuracy,
                 trials: vec![(keep, accuracy)],
             }
         }
-        None => uniform_search(
-            &keep_grid(),
-            args.epsilon,
-            problem.dense_accuracy(),
-            &mut accuracy_at,
-        )?,
+        None => uniform_search(&keep_grid(), args.epsilon, dense_accuracy, &mut accuracy_at)?,
     };
     let uniform_seconds = uniform_started.elapsed().as_secs_f64();
     let uniform_level = levels
@@ -284,7 +288,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
             })
             .map_or(f64::NAN, |prediction| prediction.bundle_bytes as f64 / 1e6);
         let line = format!(
-            "gen {} · fitness {:.3} · acc {:.3} · {megabytes:.1} MB · cost {:.3}",
+            "gen {} · fitness {:.3} · assured acc {:.3} · {megabytes:.1} MB · cost {:.3}",
             report.generation, report.best_fitness, report.best_accuracy, report.best_cost
         );
         progress.suspend(|| {
@@ -306,10 +310,11 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         settings.max_tokens = args.refit_tokens;
         whittle_host::calibrate::calibration_sequences(base, &task, &settings)?
     };
-    let finish = |plan: RankPlan,
-                  search_accuracy: f64,
-                  try_refit: bool|
+    let mut problem = problem;
+    let mut finish = |plan: RankPlan,
+                      try_refit: bool|
      -> anyhow::Result<(Outcome, whittle_host::model::Llama, RankPlan)> {
+        let (_, estimate) = problem.score_plan(&plan)?;
         let pruned = problem.bank().apply(&base.llama, &plan)?;
         // The refit is kept only when it does not lower the search-split accuracy (on SST-2
         // it can; see docs/RESULTS.md).
@@ -326,8 +331,9 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
                 args.refit_anchor,
                 &progress,
             )?;
-            let refit_accuracy = problem.full_evaluator().score(&refit, &progress)?.accuracy;
-            if refit_accuracy >= search_accuracy {
+            let refit_scored = problem.full_evaluator().score(&refit, &progress)?;
+            let refit_estimate = problem.accuracy_model().estimate(&refit_scored);
+            if refit_estimate.assured >= estimate.assured {
                 (refit, true)
             } else {
                 (pruned, false)
@@ -337,7 +343,10 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         let counted = reductions(&config, &plan, head_rows);
         Ok((
             Outcome {
-                search_accuracy,
+                search_accuracy: estimate.measured,
+                search_predicted: estimate.predicted,
+                search_margin: estimate.margin,
+                search_assured: estimate.assured,
                 refit_kept,
                 test_accuracy: test.score(&model, &progress)?.accuracy,
                 linear_reduction: counted.linear_reduction,
@@ -352,16 +361,10 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     };
     // The uniform baseline is reported as the binary search found it (plain factors); the
     // refit, which costs minutes, is tried on the answer only.
-    let (uniform_outcome, _, _) = finish(
-        RankPlan::uniform(&config, uniform.keep),
-        uniform.accuracy,
-        false,
-    )?;
-    let (searched_outcome, pruned_model, plan) = finish(
-        problem.plan(&result.best)?,
-        result.best_evaluation.accuracy,
-        !args.no_refit,
-    )?;
+    let (uniform_outcome, _, _) = finish(RankPlan::uniform(&config, uniform.keep), false)?;
+    let best_plan = result.best.to_plan(&config, &levels)?;
+    let (searched_outcome, pruned_model, plan) = finish(best_plan, !args.no_refit)?;
+    drop(finish);
     let dense_test = test.score(&base.llama, &progress)?.accuracy;
     progress.finish_and_clear();
     let fit = feasibility(&board, &problem.prediction(&plan)?);
@@ -398,6 +401,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         "dense_accuracy": problem.dense_accuracy(),
         "dense_test_accuracy": dense_test,
         "target_accuracy": uniform.target_accuracy,
+        "accuracy_slope": problem.accuracy_model().slope(),
         "uniform": uniform_outcome,
         "uniform_keep": uniform.keep,
         "searched": searched_outcome,
@@ -519,8 +523,9 @@ fn write_rank_map(
 fn report_markdown(report: &serde_json::Value) -> String {
     let row = |name: &str, outcome: &serde_json::Value| {
         format!(
-            "| {name} | {:.4} | {:.4} | {:.1}% | {:.1}% | {:.1} MB | {:.2} ms |\n",
+            "| {name} | {:.4} | {:.4} | {:.4} | {:.1}% | {:.1}% | {:.1} MB | {:.2} ms |\n",
             outcome["search_accuracy"].as_f64().unwrap_or(f64::NAN),
+            outcome["search_assured"].as_f64().unwrap_or(f64::NAN),
             outcome["test_accuracy"].as_f64().unwrap_or(f64::NAN),
             100.0 * outcome["linear_reduction"].as_f64().unwrap_or(f64::NAN),
             100.0 * outcome["total_reduction"].as_f64().unwrap_or(f64::NAN),
@@ -530,7 +535,10 @@ fn report_markdown(report: &serde_json::Value) -> String {
     };
     format!(
         "# Pruning report: {} on {}\n\nε = {}, seed = {}, dense search accuracy {:.4} (target {:.4}), dense test accuracy {:.4}.\n\n\
-         | plan | search acc | test acc | linear red. | total red. | bundle | decode/token |\n|---|---|---|---|---|---|---|\n{}{}\n\
+         | plan | search acc | assured | test acc | linear red. | total red. | bundle | decode/token |\n|---|---|---|---|---|---|---|---|\n{}{}\n\
+         The target is checked against the assured accuracy: the accuracy predicted from the paired \
+         gold log-probability difference against dense (slope {}), less one paired standard error, \
+         capped by the measured accuracy.\n\n\
          Board fit: {}\n\n![kept rank per layer and matrix](ranks.svg)\n",
         report["task"].as_str().unwrap_or(""),
         report["board"].as_str().unwrap_or(""),
@@ -547,6 +555,10 @@ fn report_markdown(report: &serde_json::Value) -> String {
             &report["uniform"]
         ),
         row("searched", &report["searched"]),
+        report["accuracy_slope"].as_f64().map_or_else(
+            || "none: measured accuracy".to_owned(),
+            |b| format!("{b:.3}")
+        ),
         report["board_fit"].as_str().unwrap_or(""),
     )
 }

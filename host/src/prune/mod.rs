@@ -5,14 +5,16 @@
 //! (DESIGN section 3).
 
 mod bank;
+mod estimate;
 mod problem;
 mod refit;
 mod uniform;
 
 pub use bank::{FactorBank, dense_weight, stats_to_faer};
+pub use estimate::{AccuracyModel, Estimate};
 pub use problem::TaskProblem;
 pub use refit::anchored_refit;
-pub use uniform::{Evaluator, UniformResult, uniform_search};
+pub use uniform::{Evaluator, Scored, UniformResult, uniform_search};
 
 use serde::Serialize;
 use whittle_runtime::{MatrixKind, ModelConfig};
@@ -32,7 +34,7 @@ pub fn matrices(config: &ModelConfig) -> impl Iterator<Item = (usize, MatrixKind
 }
 
 /// The rank of every prunable matrix; `None` keeps a matrix dense.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct RankPlan {
     ranks: Vec<Option<usize>>,
 }

@@ -1,13 +1,20 @@
+use std::collections::HashMap;
+
 use indicatif::ProgressBar;
 use whittle_boards::{BoardProfile, Dtype, Prediction, feasibility, objective_cost, predict};
 use whittle_runtime::ModelConfig;
 
-use super::{Evaluator, FactorBank, RankPlan, matrices};
+use super::{AccuracyModel, Estimate, Evaluator, FactorBank, RankPlan, Scored, matrices};
 use crate::search::{Cost, Evaluation, Genome, Levels, Problem, Stage, water_filling_seeds};
 
 /// The board-aware pruning problem of one task: genomes are rank levels per matrix of the
 /// factor bank, accuracy comes from the task's search split (a quarter of it first), cost from
 /// the board's cost model.
+///
+/// On the full split a candidate's accuracy is the [`Estimate::assured`] one of the
+/// [`AccuracyModel`] (log-probability prediction less one paired standard error, capped by the
+/// measurement), with the slope fitted on [`TaskProblem::PROBE_KEEPS`]; full-split scores are
+/// kept per plan, so the uniform binary search and the search share them.
 #[derive(Debug)]
 pub struct TaskProblem {
     bank: FactorBank,
@@ -19,12 +26,19 @@ pub struct TaskProblem {
     dtype: Dtype,
     head_rows: Option<usize>,
     dense_prediction: Prediction,
-    dense_accuracy: f64,
+    accuracy: AccuracyModel,
+    scored: HashMap<RankPlan, Scored>,
     progress: ProgressBar,
 }
 
 impl TaskProblem {
-    /// Prepares the problem; scores the dense model on the full search split once.
+    /// Uniform keep fractions whose full-split scores fit the slope of the accuracy model:
+    /// far enough from dense to move the log-probability, and the first ones the uniform
+    /// binary search tries, so their scores serve it too.
+    pub const PROBE_KEEPS: [f64; 3] = [0.55, 0.8, 0.9];
+
+    /// Prepares the problem: scores the dense model and the [`Self::PROBE_KEEPS`] uniform
+    /// plans on the full search split and fits the accuracy model.
     pub fn new(
         bank: FactorBank,
         full: Evaluator,
@@ -37,9 +51,11 @@ impl TaskProblem {
         let dense_plan = RankPlan::dense(&config);
         let dense_prediction = predict(&board, &config, dense_plan.ranks(), dtype, head_rows)?;
         let progress = ProgressBar::hidden();
-        let dense_accuracy = full.score(&full.base().llama, &progress)?.accuracy;
+        let dense = full.score(&full.base().llama, &progress)?;
+        let mut scored = HashMap::new();
+        scored.insert(dense_plan, dense.clone());
         let quarter = full.fraction(4);
-        Ok(Self {
+        let mut problem = Self {
             bank,
             config,
             levels,
@@ -49,9 +65,37 @@ impl TaskProblem {
             dtype,
             head_rows,
             dense_prediction,
-            dense_accuracy,
+            accuracy: AccuracyModel::fit(dense.clone(), &[]),
+            scored,
             progress,
-        })
+        };
+        let mut probes = Vec::with_capacity(Self::PROBE_KEEPS.len());
+        for keep in Self::PROBE_KEEPS {
+            probes.push(problem.score_plan(&RankPlan::uniform(&config, keep))?.0);
+        }
+        problem.accuracy = AccuracyModel::fit(dense, &probes);
+        Ok(problem)
+    }
+
+    /// A plan's full-split score and how it stands against the target (computed once per
+    /// plan).
+    pub fn score_plan(&mut self, plan: &RankPlan) -> anyhow::Result<(Scored, Estimate)> {
+        let scored = match self.scored.get(plan) {
+            Some(scored) => scored.clone(),
+            None => {
+                let candidate = self.bank.apply(&self.full.base().llama, plan)?;
+                let scored = self.full.score(&candidate, &self.progress)?;
+                self.scored.insert(plan.clone(), scored.clone());
+                scored
+            }
+        };
+        let estimate = self.accuracy.estimate(&scored);
+        Ok((scored, estimate))
+    }
+
+    /// The accuracy model the target is checked with.
+    pub fn accuracy_model(&self) -> &AccuracyModel {
+        &self.accuracy
     }
 
     /// The cost-model prediction of a plan on the board.
@@ -111,7 +155,7 @@ impl Problem for TaskProblem {
     }
 
     fn dense_accuracy(&self) -> f64 {
-        self.dense_accuracy
+        self.accuracy.dense_accuracy()
     }
 
     fn cost(&self, genome: &Genome) -> Cost {
@@ -123,25 +167,30 @@ impl Problem for TaskProblem {
     }
 
     fn evaluate(&mut self, genomes: &[Genome], stage: Stage) -> anyhow::Result<Vec<Evaluation>> {
-        let evaluator = match stage {
-            Stage::Quarter => &self.quarter,
-            Stage::Full => &self.full,
-        };
         let mut evaluations = Vec::with_capacity(genomes.len());
         for genome in genomes {
-            let candidate = self
-                .bank
-                .apply(&evaluator.base().llama, &self.plan(genome)?)?;
-            // The quarter split screens with an in-sample bias (no calibration examples
-            // run); the full split measures with the calibration-fitted bias, as reported.
-            let scored = match stage {
-                Stage::Quarter => evaluator.score_in_sample(&candidate, &self.progress)?,
-                Stage::Full => evaluator.score(&candidate, &self.progress)?,
+            let plan = self.plan(genome)?;
+            let evaluation = match stage {
+                // The quarter split screens with an in-sample bias (no calibration examples
+                // run): optimistic, so safe for rejecting candidates clearly below the target.
+                Stage::Quarter => {
+                    let candidate = self.bank.apply(&self.quarter.base().llama, &plan)?;
+                    let scored = self.quarter.score_in_sample(&candidate, &self.progress)?;
+                    Evaluation {
+                        accuracy: scored.accuracy,
+                        signal: scored.gold_log_prob,
+                    }
+                }
+                // The full split checks the assured accuracy.
+                Stage::Full => {
+                    let (scored, estimate) = self.score_plan(&plan)?;
+                    Evaluation {
+                        accuracy: estimate.assured,
+                        signal: scored.gold_log_prob,
+                    }
+                }
             };
-            evaluations.push(Evaluation {
-                accuracy: scored.accuracy,
-                signal: scored.gold_log_prob,
-            });
+            evaluations.push(evaluation);
         }
         Ok(evaluations)
     }

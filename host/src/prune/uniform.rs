@@ -30,6 +30,12 @@ pub struct Scored {
     /// Mean log-probability of the gold label among the labels, after the bias: a
     /// lower-variance signal than accuracy.
     pub gold_log_prob: f64,
+    /// Per example, in split order: whether the biased prediction is the gold label.
+    #[serde(skip)]
+    pub correct: Vec<bool>,
+    /// Per example, in split order: the log-probability of the gold label after the bias.
+    #[serde(skip)]
+    pub gold_log_probs: Vec<f64>,
 }
 
 impl Evaluator {
@@ -88,7 +94,7 @@ impl Evaluator {
         let predictions = metrics::predict_with_bias(&search.scores, &bias);
         let zero = vec![0.0; bias.len()];
         let raw = metrics::predict_with_bias(&search.scores, &zero);
-        let gold_log_prob = search
+        let gold_log_probs: Vec<f64> = search
             .scores
             .iter()
             .zip(&search.gold)
@@ -96,15 +102,22 @@ impl Evaluator {
                 let shifted: Vec<f64> = scores.iter().zip(&bias).map(|(s, b)| s + b).collect();
                 let max = shifted.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let log_sum = shifted.iter().map(|s| (s - max).exp()).sum::<f64>().ln() + max;
-                shifted[gold] - log_sum
+                shifted.get(gold).copied().unwrap_or(f64::NEG_INFINITY) - log_sum
             })
-            .sum::<f64>()
-            / search.gold.len().max(1) as f64;
+            .collect();
+        let gold_log_prob = gold_log_probs.iter().sum::<f64>() / search.gold.len().max(1) as f64;
+        let correct = predictions
+            .iter()
+            .zip(&search.gold)
+            .map(|(p, g)| p == g)
+            .collect();
         Scored {
             accuracy: metrics::accuracy(&predictions, &search.gold),
             accuracy_uncalibrated: metrics::accuracy(&raw, &search.gold),
             label_bias: bias,
             gold_log_prob,
+            correct,
+            gold_log_probs,
         }
     }
 
