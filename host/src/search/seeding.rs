@@ -40,17 +40,26 @@ pub(super) fn initial_population(
     population
 }
 
-/// A centre level drawn uniformly, each gene moved up to `spread` levels away from it
-/// (uniformly, clamped), so random genomes cover every size from dense to most pruned.
+/// A share of pruned genes and a centre level, both drawn uniformly; each gene is pruned with
+/// that probability, at a level up to `spread` away from the centre (uniformly, clamped to the
+/// pruned levels), and kept dense otherwise. Random genomes so cover every size from dense to
+/// most pruned, and the sparse ones (a few matrices cut, the rest dense) reach the region next
+/// to dense where a tight accuracy target leaves the admissible genomes.
 fn random_genome(rng: &mut ChaCha8Rng, n_genes: usize, n_levels: usize, spread: u8) -> Genome {
     let last = n_levels.saturating_sub(1) as i64;
-    let centre = rng.random_range(0..=last);
+    let share: f64 = rng.random_range(0.0..=1.0);
+    let centre = rng.random_range(1.min(last)..=last);
     let spread = i64::from(spread);
     Genome(
         (0..n_genes)
             .map(|_| {
-                let level = (centre + rng.random_range(-spread..=spread)).clamp(0, last);
-                u8::try_from(level).unwrap_or(u8::MAX)
+                let pruned = rng.random_bool(share);
+                let level = (centre + rng.random_range(-spread..=spread)).clamp(1.min(last), last);
+                if pruned {
+                    u8::try_from(level).unwrap_or(u8::MAX)
+                } else {
+                    0
+                }
             })
             .collect(),
     )
