@@ -341,7 +341,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
                 b.v_cache.get_mut(at..at + kv_dim),
             );
         }
-        attention(b, config, layer_cache, self.position, n);
+        attention(k, b, config, layer_cache, self.position, n);
         let attn = b.attn.get(..n * hidden).unwrap_or(&[]);
         apply(k, linear(MatrixKind::O), attn, n, b.proj, b.low);
         add(b.x, b.proj, n * hidden);
@@ -366,27 +366,33 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
     }
 }
 
-fn attention(
+fn attention<K: Kernels>(
+    kernels: &K,
     b: &mut Buffers<'_>,
     config: &ModelConfig,
     layer_cache: usize,
     start: usize,
     n: usize,
 ) {
-    let (hidden, kv_dim, head_dim) = (config.hidden_size, config.kv_dim(), config.head_dim());
-    let n_rep = config.n_heads / config.n_kv_heads;
+    let (kv_dim, head_dim, n_heads) = (config.kv_dim(), config.head_dim(), config.n_heads);
+    let n_rep = n_heads / config.n_kv_heads;
     let scale = 1.0 / libm::sqrtf(head_dim as f32);
-    for t in 0..n {
-        let seen = start + t + 1;
-        for head in 0..config.n_heads {
+    let (q, k_cache, v_cache) = (&*b.q, &*b.k_cache, &*b.v_cache);
+    let items = n * n_heads;
+    // Item `t · n_heads + head` is one head of one token; its query and output are the
+    // `head_dim` values at `item · head_dim` (hidden_size = n_heads · head_dim).
+    let out = b.attn.get_mut(..items * head_dim).unwrap_or(&mut []);
+    kernels.for_each_part(items, out, b.scores, &|range, out, scores| {
+        for (item, out) in range.zip(out.chunks_exact_mut(head_dim)) {
+            let (t, head) = (item / n_heads, item % n_heads);
+            let seen = start + t + 1;
             let kv_head = head / n_rep;
-            let q_at = t * hidden + head * head_dim;
-            let q = b.q.get(q_at..q_at + head_dim).unwrap_or(&[]);
-            let scores = b.scores.get_mut(..seen).unwrap_or(&mut []);
+            let q = q.get(item * head_dim..(item + 1) * head_dim).unwrap_or(&[]);
+            let scores = scores.get_mut(..seen).unwrap_or(&mut []);
             let mut max = f32::NEG_INFINITY;
             for (j, score) in scores.iter_mut().enumerate() {
                 let k_at = layer_cache + j * kv_dim + kv_head * head_dim;
-                let key = b.k_cache.get(k_at..k_at + head_dim).unwrap_or(&[]);
+                let key = k_cache.get(k_at..k_at + head_dim).unwrap_or(&[]);
                 *score = dot(q, key) * scale;
                 max = max.max(*score);
             }
@@ -394,18 +400,17 @@ fn attention(
                 .iter_mut()
                 .for_each(|score| *score = exp(*score - max));
             let inverse_sum = 1.0 / sum(scores);
-            let out = b.attn.get_mut(q_at..q_at + head_dim).unwrap_or(&mut []);
             out.iter_mut().for_each(|o| *o = 0.0);
             for (j, &weight) in scores.iter().enumerate() {
                 let v_at = layer_cache + j * kv_dim + kv_head * head_dim;
-                let value = b.v_cache.get(v_at..v_at + head_dim).unwrap_or(&[]);
+                let value = v_cache.get(v_at..v_at + head_dim).unwrap_or(&[]);
                 let weight = weight * inverse_sum;
                 for (o, v) in out.iter_mut().zip(value) {
                     *o += weight * v;
                 }
             }
         }
-    }
+    });
 }
 
 /// `Σ a[i]·b[i]` with eight independent partial sums, so the compiler vectorizes it (a single

@@ -36,6 +36,8 @@ pub use threaded::Threaded;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::{Avx2Fma, Avx512};
 
+use core::ops::Range;
+
 pub use crate::format::{Q8_BLOCK, q8_blocks_per_row};
 
 /// A row-major f32 matrix borrowed from a bundle.
@@ -160,6 +162,9 @@ impl<'a> Weight<'a> {
     }
 }
 
+/// The work of [`Kernels::for_each_part`] on one range of items: `(range, out_part, scratch)`.
+pub type PartJob<'a> = dyn Fn(Range<usize>, &mut [f32], &mut [f32]) + Sync + 'a;
+
 /// Matrix products for one thread. Every method computes `out = x · Wᵀ`, that is
 /// `out[t][i] = Σ_j W[i][j] · x[t][j]`, for `t < tokens`, overwriting `out`.
 ///
@@ -200,6 +205,15 @@ pub trait Kernels {
     ) {
         self.gemm(a, x, tokens, low);
         self.gemm(b, low, tokens, out);
+    }
+
+    /// Runs `job(range, out_part, scratch)` over consecutive ranges of `0..items` that together
+    /// cover it, where `out_part` is the range's share of `out` (`out.len() / items` values per
+    /// item) and `scratch` is a buffer of `scratch.len()` values that no other call sees. The
+    /// calls may run in parallel, for work outside the matrix products (attention) that splits
+    /// into independent items; this default makes one call with everything.
+    fn for_each_part(&self, items: usize, out: &mut [f32], scratch: &mut [f32], job: &PartJob<'_>) {
+        job(0..items, out, scratch);
     }
 }
 

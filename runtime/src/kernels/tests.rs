@@ -462,6 +462,40 @@ fn best_is_the_first_available() {
     assert_eq!(best.name(), "neon");
 }
 
+/// `for_each_part` covers every item once, hands each its own share of `out`, and gives every
+/// call a scratch of the caller's length that no other call writes.
+#[test]
+fn for_each_part_covers_every_item_once() {
+    for threads in [1, 2, 3] {
+        let kernel = Threaded::new(Portable, threads);
+        for items in 0..12 {
+            for per_item in 1..4 {
+                let mut out = vec![-1.0f32; items * per_item];
+                let mut scratch = vec![0.0f32; 5];
+                kernel.for_each_part(items, &mut out, &mut scratch, &|range, out, scratch| {
+                    assert_eq!(out.len(), range.len() * per_item);
+                    assert_eq!(scratch.len(), 5);
+                    for (item, values) in range.zip(out.chunks_exact_mut(per_item)) {
+                        scratch.iter_mut().for_each(|s| *s = item as f32);
+                        for value in values.iter_mut() {
+                            assert_eq!(*value, -1.0, "item {item} written twice");
+                            *value = item as f32;
+                        }
+                        assert!(scratch.iter().all(|&s| s == item as f32));
+                    }
+                });
+                let expected: Vec<f32> = (0..items)
+                    .flat_map(|i| std::iter::repeat_n(i as f32, per_item))
+                    .collect();
+                assert_eq!(
+                    out, expected,
+                    "{items} items × {per_item} on {threads} threads"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn threaded_is_shared_safely_between_callers() {
     let kernel = Threaded::new(super::best(), 2);

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use super::{F32Matrix, Kernels, Q8Matrix, Weight};
+use super::{F32Matrix, Kernels, PartJob, Q8Matrix, Weight};
 
 /// Busy-wait iterations (a few tens of µs) before a waiting thread parks or yields: enough to
 /// bridge the gap between two products of one decode step, short enough not to steal a core
@@ -121,7 +121,8 @@ fn row_slots(
 }
 
 thread_local! {
-    /// A prefill part's output before it is scattered into `out`.
+    /// A prefill part's output before it is scattered into `out`; a part's scratch in
+    /// [`Kernels::for_each_part`].
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -177,6 +178,44 @@ impl<K: Kernels + Sync> Threaded<K> {
 impl<K: Kernels + Sync> Kernels for Threaded<K> {
     fn name(&self) -> &'static str {
         "threaded"
+    }
+
+    fn for_each_part(&self, items: usize, out: &mut [f32], scratch: &mut [f32], job: &PartJob<'_>) {
+        let per_item = out.len() / items.max(1);
+        if self.threads() < 2 || items < 2 || per_item == 0 {
+            job(0..items, out, scratch);
+            return;
+        }
+        let chunk = items.div_ceil(self.threads());
+        let scratch_len = scratch.len();
+        let out = out.get_mut(..items * per_item).unwrap_or_default();
+        let slots = row_slots(out, items * per_item, chunk * per_item, self.threads());
+        // The caller's scratch goes to whichever part comes first; the others use their
+        // thread's own.
+        let callers = Mutex::new(Some(scratch));
+        self.pool.run(1, &|_, index| {
+            let Some(mut pieces) = slots.get(index).and_then(|s| lock(s).take()) else {
+                return;
+            };
+            let Some(piece) = pieces.first_mut() else {
+                return;
+            };
+            let start = index * chunk;
+            let range = start..start + piece.len() / per_item;
+            let caller_scratch = lock(&callers).take();
+            if let Some(scratch) = caller_scratch {
+                job(range, piece, scratch);
+                return;
+            }
+            SCRATCH.with(|own| {
+                let mut local = Vec::new();
+                let mut borrowed = own.try_borrow_mut();
+                let buffer = borrowed.as_deref_mut().unwrap_or(&mut local);
+                buffer.clear();
+                buffer.resize(scratch_len, 0.0);
+                job(range, piece, buffer);
+            });
+        });
     }
 
     fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {

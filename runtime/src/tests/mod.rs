@@ -293,6 +293,36 @@ fn classifies_generates_and_uses_exactly_the_arena_it_asks_for() {
     }
 }
 
+/// Logits after a prompt longer than one prefill chunk and after each of a few decoded tokens.
+fn logits_along_the_way<K: crate::kernels::Kernels>(bundle: &Bundle<'_>, kernels: K) -> Vec<f32> {
+    let needed = bundle.arena_bytes(CONTEXT);
+    let mut words = alloc::vec![0u32; needed / 4];
+    let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+    let mut model = crate::Model::new(bundle, kernels, CONTEXT, arena).unwrap();
+    let prompt: Vec<u32> = (0..20).map(|i| (i * 37 % 250) as u32).collect();
+    model.feed(&prompt).unwrap();
+    let mut seen = model.logits().unwrap().to_vec();
+    for token in [3u32, 250, 97] {
+        model.feed(&[token]).unwrap();
+        seen.extend_from_slice(model.logits().unwrap());
+    }
+    seen
+}
+
+#[test]
+fn threaded_model_matches_portable() {
+    for dtype in [Dtype::F32, Dtype::Q8] {
+        let bytes = AlignedBytes::new(&tiny_bundle(dtype, false, None));
+        let bundle = Bundle::parse(bytes.as_bytes()).unwrap();
+        let expected = logits_along_the_way(&bundle, Portable);
+        for threads in [2, 3, 5] {
+            let got =
+                logits_along_the_way(&bundle, crate::kernels::Threaded::new(Portable, threads));
+            assert_eq!(got, expected, "{dtype:?} on {threads} threads");
+        }
+    }
+}
+
 #[test]
 fn tokenizer_merges_by_rank_and_splits_like_gpt2() {
     let bytes = AlignedBytes::new(&tiny_bundle(Dtype::F32, false, None));
