@@ -195,14 +195,28 @@ impl Problem for TaskProblem {
         Ok(evaluations)
     }
 
+    /// Water-filling on the error curves against the board's own objective: a matrix at a
+    /// level costs `w·bytes/bytes_dense + (1 − w)·time/time_dense` over the prunable matrices
+    /// (time: its stored bytes at the board's weight rate, plus the board's product overhead
+    /// when it is a low-rank pair), so a latency-led board's seeds avoid slight trims that a
+    /// bytes-led board's seeds take.
     fn spectrum_seeds(&self, n: usize) -> Vec<Genome> {
+        let board = &self.board;
+        let rate = match (&board.kernels, self.dtype) {
+            (Some(k), Dtype::Q8) => k.q8_decode_bytes_per_s,
+            (Some(k), Dtype::F32) => k.f32_decode_bytes_per_s,
+            (None, _) => board.bandwidth_bytes_per_s as f64,
+        };
+        let overhead = board.product_overhead_us * 1e-6;
         let mut errors = Vec::with_capacity(self.n_genes());
         let mut bytes = Vec::with_capacity(self.n_genes());
+        let mut times = Vec::with_capacity(self.n_genes());
         for (layer_idx, kind) in matrices(&self.config) {
             let (rows, cols) = self.config.matrix_shape(kind);
             let curve = self.bank.error_curve(layer_idx, kind);
             let mut matrix_errors = Vec::with_capacity(self.levels.len());
             let mut matrix_bytes = Vec::with_capacity(self.levels.len());
+            let mut matrix_times = Vec::with_capacity(self.levels.len());
             for &keep in self.levels.keeps() {
                 let rank = crate::factorize::rank_for_keep(keep, rows, cols);
                 let error = match (rank, curve) {
@@ -210,15 +224,36 @@ impl Problem for TaskProblem {
                     (Some(rank), Some(curve)) => curve.get(rank).copied().unwrap_or(0.0),
                     (Some(_), None) => 1.0 - keep,
                 };
+                let stored = match rank {
+                    None => self.dtype.matrix_bytes(rows, cols) as f64,
+                    Some(r) => {
+                        (self.dtype.matrix_bytes(r, cols) + self.dtype.matrix_bytes(rows, r)) as f64
+                    }
+                };
                 matrix_errors.push(error);
-                matrix_bytes.push(4.0 * rank.map_or(rows * cols, |r| r * (rows + cols)) as f64);
+                matrix_bytes.push(stored);
+                matrix_times.push(stored / rate + if rank.is_some() { overhead } else { 0.0 });
             }
             errors.push(matrix_errors);
             bytes.push(matrix_bytes);
+            times.push(matrix_times);
         }
-        // Byte budgets close to dense (0.97, 0.94, …): a tight accuracy target leaves the
+        let dense_bytes: f64 = bytes.iter().map(|b| b[0]).sum();
+        let dense_time: f64 = times.iter().map(|t| t[0]).sum();
+        let w = board.objective_weight;
+        let costs: Vec<Vec<f64>> = bytes
+            .iter()
+            .zip(&times)
+            .map(|(b, t)| {
+                b.iter()
+                    .zip(t)
+                    .map(|(b, t)| w * b / dense_bytes + (1.0 - w) * t / dense_time)
+                    .collect()
+            })
+            .collect();
+        // Budgets close to dense (0.97, 0.94, …): a tight accuracy target leaves the
         // admissible genomes there.
         let budgets: Vec<f64> = (0..n).map(|i| 1.0 - 0.03 * (i + 1) as f64).collect();
-        water_filling_seeds(&errors, &bytes, &budgets).unwrap_or_default()
+        water_filling_seeds(&errors, &costs, &budgets).unwrap_or_default()
     }
 }
