@@ -24,7 +24,7 @@ use super::{ModelArgs, progress_bar};
 pub enum DtypeArg {
     /// 4 bytes per weight.
     F32,
-    /// int8 with one f32 scale per row.
+    /// int8 with one f32 scale per 32 values of a row (bundle format v2).
     Q8,
 }
 
