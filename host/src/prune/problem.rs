@@ -195,11 +195,12 @@ impl Problem for TaskProblem {
         Ok(evaluations)
     }
 
-    /// Water-filling on the error curves against the board's own objective: a matrix at a
-    /// level costs `w·bytes/bytes_dense + (1 − w)·time/time_dense` over the prunable matrices
-    /// (time: its stored bytes at the board's weight rate, plus the board's product overhead
-    /// when it is a low-rank pair), so a latency-led board's seeds avoid slight trims that a
-    /// bytes-led board's seeds take.
+    /// Water-filling on the error curves, half against the board's own objective, half
+    /// against the stored bytes: under the objective a matrix at a level costs
+    /// `w·bytes/bytes_dense + (1 − w)·time/time_dense` over the prunable matrices (time: its
+    /// stored bytes at the board's weight rate, plus the board's product overhead when it is a
+    /// low-rank pair), so a latency-led board's seeds avoid slight trims that a bytes-led
+    /// board's seeds take.
     fn spectrum_seeds(&self, n: usize) -> Vec<Genome> {
         let board = &self.board;
         let rate = match (&board.kernels, self.dtype) {
@@ -252,8 +253,22 @@ impl Problem for TaskProblem {
             })
             .collect();
         // Budgets close to dense (0.97, 0.94, …): a tight accuracy target leaves the
-        // admissible genomes there.
-        let budgets: Vec<f64> = (0..n).map(|i| 1.0 - 0.03 * (i + 1) as f64).collect();
-        water_filling_seeds(&errors, &costs, &budgets).unwrap_or_default()
+        // admissible genomes there. Half the seeds follow the board's objective, half the
+        // stored bytes alone (on a latency-led board the first may all miss the target where
+        // the second do not).
+        let budgets: Vec<f64> = (0..n.div_ceil(2))
+            .map(|i| 1.0 - 0.03 * (i + 1) as f64)
+            .collect();
+        let by_objective = water_filling_seeds(&errors, &costs, &budgets).unwrap_or_default();
+        let by_bytes = water_filling_seeds(&errors, &bytes, &budgets).unwrap_or_default();
+        let mut seeds = Vec::with_capacity(n);
+        for (a, b) in by_objective.into_iter().zip(by_bytes) {
+            for genome in [a, b] {
+                if seeds.len() < n && !seeds.contains(&genome) {
+                    seeds.push(genome);
+                }
+            }
+        }
+        seeds
     }
 }
