@@ -223,7 +223,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let batch_tokens = args.calibration.batch_tokens.max(1);
     let evaluator = Evaluator::new(base, &task, Split::Search, args.bias_examples, batch_tokens)?;
     let test = Evaluator::new(base, &task, Split::Test, args.bias_examples, batch_tokens)?;
-    let problem = TaskProblem::new(
+    let mut problem = TaskProblem::new(
         bank,
         evaluator,
         levels.clone(),
@@ -233,7 +233,6 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     )?;
 
     let uniform_started = Instant::now();
-    let mut problem = problem;
     let dense_accuracy = problem.dense_accuracy();
     let mut accuracy_at = |keep: f64| -> anyhow::Result<f64> {
         let (_, estimate) = problem.score_plan(&RankPlan::uniform(&config, keep))?;
@@ -305,14 +304,13 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         progress.set_message(line);
     })?;
     let search_seconds = search_started.elapsed().as_secs_f64();
-    let problem = search.into_problem();
+    let mut problem = search.into_problem();
 
     let refit_sequences = {
         let mut settings = args.calibration.settings("calibration")?;
         settings.max_tokens = args.refit_tokens;
         whittle_host::calibrate::calibration_sequences(base, &task, &settings)?
     };
-    let mut problem = problem;
     let mut finish = |plan: RankPlan,
                       try_refit: bool|
      -> anyhow::Result<(Outcome, whittle_host::model::Llama, RankPlan)> {
