@@ -316,10 +316,10 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
      -> anyhow::Result<(Outcome, whittle_host::model::Llama, RankPlan)> {
         let (_, estimate) = problem.score_plan(&plan)?;
         let pruned = problem.bank().apply(&base.llama, &plan)?;
-        // The refit is kept only when it does not lower the search-split accuracy (on SST-2
-        // it can; see docs/RESULTS.md).
-        let (model, refit_kept) = if !try_refit {
-            (pruned, false)
+        // The refit is kept only when it does not lower the assured search-split accuracy (on
+        // SST-2 it does; see docs/RESULTS.md); the outcome reports the model kept.
+        let (model, refit_kept, estimate) = if !try_refit {
+            (pruned, false, estimate)
         } else {
             let refit = anchored_refit(
                 &base.llama,
@@ -334,9 +334,9 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
             let refit_scored = problem.full_evaluator().score(&refit, &progress)?;
             let refit_estimate = problem.accuracy_model().estimate(&refit_scored);
             if refit_estimate.assured >= estimate.assured {
-                (refit, true)
+                (refit, true, refit_estimate)
             } else {
-                (pruned, false)
+                (pruned, false, estimate)
             }
         };
         let prediction = problem.prediction(&plan)?;
