@@ -411,6 +411,27 @@ impl Workload {
     }
 }
 
+/// One prunable matrix's share of [`predict`] on the board's CPU: its stored bytes and its
+/// decode seconds (streaming or computing, whichever is slower, plus the extra product of a
+/// low-rank pair), for `rank` (`None`: dense).
+pub fn matrix_cost(
+    profile: &BoardProfile,
+    config: &ModelConfig,
+    layer_idx: usize,
+    kind: MatrixKind,
+    rank: Option<usize>,
+    dtype: Dtype,
+) -> Result<(u64, f64), CostError> {
+    let engine = Engine::cpu(profile, dtype);
+    let work = linear_work(config, layer_idx, kind, rank, dtype)?;
+    let extra_product = if rank.is_some() {
+        engine.product_overhead_s
+    } else {
+        0.0
+    };
+    Ok((work.bytes, work.weight_seconds(&engine) + extra_product))
+}
+
 fn linear_work(
     config: &ModelConfig,
     layer_idx: usize,

@@ -481,6 +481,39 @@ fn a_slight_trim_saves_bytes_but_costs_time() {
     assert!(p_halved.decode_ms_per_token_cpu < p_dense.decode_ms_per_token_cpu);
 }
 
+#[test]
+fn a_matrix_cost_is_its_share_of_the_prediction() {
+    // Changing one matrix changes the CPU decode time and the weight bytes by exactly the
+    // difference of its matrix costs.
+    let board = builtin("jetson-orin");
+    let config = smollm2_135m();
+    let dense = vec![None; 210];
+    for (index, rank) in [
+        (4, Some(400)),
+        (4, Some(20)),
+        (0, Some(100)),
+        (209, Some(7)),
+    ] {
+        let kind = MatrixKind::ALL[index % 7];
+        let mut plan = dense.clone();
+        plan[index] = rank;
+        let cost = |rank| match matrix_cost(&board, &config, index / 7, kind, rank, Dtype::Q8) {
+            Ok(cost) => cost,
+            Err(error) => panic!("{error}"),
+        };
+        let ((dense_bytes, dense_s), (bytes, s)) = (cost(None), cost(rank));
+        let p_dense = predicted(&board, &config, &dense, Dtype::Q8, None);
+        let p = predicted(&board, &config, &plan, Dtype::Q8, None);
+        assert_eq!(p_dense.weight_bytes - p.weight_bytes, dense_bytes - bytes);
+        let predicted_s = (p.decode_ms_per_token_cpu - p_dense.decode_ms_per_token_cpu) * 1e-3;
+        assert!(
+            (predicted_s - (s - dense_s)).abs() < 1e-12,
+            "{index}: {predicted_s} vs {}",
+            s - dense_s
+        );
+    }
+}
+
 fn check_error(
     config: ModelConfig,
     ranks: &[Option<usize>],

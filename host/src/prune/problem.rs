@@ -1,7 +1,9 @@
 use std::collections::HashMap;
 
 use indicatif::ProgressBar;
-use whittle_boards::{BoardProfile, Dtype, Prediction, feasibility, objective_cost, predict};
+use whittle_boards::{
+    BoardProfile, Dtype, Prediction, feasibility, matrix_cost, objective_cost, predict,
+};
 use whittle_runtime::ModelConfig;
 
 use super::{AccuracyModel, Estimate, Evaluator, FactorBank, RankPlan, Scored, matrices};
@@ -197,18 +199,11 @@ impl Problem for TaskProblem {
 
     /// Water-filling on the error curves, half against the board's own objective, half
     /// against the stored bytes: under the objective a matrix at a level costs
-    /// `w·bytes/bytes_dense + (1 − w)·time/time_dense` over the prunable matrices (time: its
-    /// stored bytes at the board's weight rate, plus the board's product overhead when it is a
-    /// low-rank pair), so a latency-led board's seeds avoid slight trims that a bytes-led
+    /// `w·bytes/bytes_dense + (1 − w)·time/time_dense` over the prunable matrices (bytes and
+    /// time from the cost model's [`matrix_cost`], which counts the extra product of a low-rank
+    /// pair), so a latency-led board's seeds avoid slight trims that a bytes-led
     /// board's seeds take.
     fn spectrum_seeds(&self, n: usize) -> Vec<Genome> {
-        let board = &self.board;
-        let rate = match (&board.kernels, self.dtype) {
-            (Some(k), Dtype::Q8) => k.q8_decode_bytes_per_s,
-            (Some(k), Dtype::F32) => k.f32_decode_bytes_per_s,
-            (None, _) => board.bandwidth_bytes_per_s as f64,
-        };
-        let overhead = board.product_overhead_us * 1e-6;
         let mut errors = Vec::with_capacity(self.n_genes());
         let mut bytes = Vec::with_capacity(self.n_genes());
         let mut times = Vec::with_capacity(self.n_genes());
@@ -225,15 +220,16 @@ impl Problem for TaskProblem {
                     (Some(rank), Some(curve)) => curve.get(rank).copied().unwrap_or(0.0),
                     (Some(_), None) => 1.0 - keep,
                 };
-                let stored = match rank {
-                    None => self.dtype.matrix_bytes(rows, cols) as f64,
-                    Some(r) => {
-                        (self.dtype.matrix_bytes(r, cols) + self.dtype.matrix_bytes(rows, r)) as f64
-                    }
+                // Ranks from a keep fraction are always within the matrix; a cost model that
+                // refused one would leave the search without spectrum seeds, not fail it.
+                let Ok((stored, time)) =
+                    matrix_cost(&self.board, &self.config, layer_idx, kind, rank, self.dtype)
+                else {
+                    return Vec::new();
                 };
                 matrix_errors.push(error);
-                matrix_bytes.push(stored);
-                matrix_times.push(stored / rate + if rank.is_some() { overhead } else { 0.0 });
+                matrix_bytes.push(stored as f64);
+                matrix_times.push(time);
             }
             errors.push(matrix_errors);
             bytes.push(matrix_bytes);
@@ -241,7 +237,7 @@ impl Problem for TaskProblem {
         }
         let dense_bytes: f64 = bytes.iter().map(|b| b[0]).sum();
         let dense_time: f64 = times.iter().map(|t| t[0]).sum();
-        let w = board.objective_weight;
+        let w = self.board.objective_weight;
         let costs: Vec<Vec<f64>> = bytes
             .iter()
             .zip(&times)
