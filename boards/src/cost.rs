@@ -264,6 +264,10 @@ struct Engine {
     layer_overhead_s: f64,
     /// What one more matrix product costs (a low-rank pair is two products).
     product_overhead_s: f64,
+    /// The measured rate of the runtime's attention, where the profile has one.
+    attention_flops_per_s: Option<f64>,
+    /// Fixed time per block per prefilled token.
+    prefill_layer_overhead_s: f64,
 }
 
 impl Engine {
@@ -282,6 +286,13 @@ impl Engine {
             weight_flops_per_s,
             layer_overhead_s: profile.layer_overhead_us * 1e-6,
             product_overhead_s: profile.product_overhead_us * 1e-6,
+            attention_flops_per_s: profile.kernels.as_ref().and_then(|k| k.attention_flops),
+            prefill_layer_overhead_s: profile
+                .kernels
+                .as_ref()
+                .and_then(|k| k.prefill_layer_overhead_us)
+                .unwrap_or(0.0)
+                * 1e-6,
         }
     }
 
@@ -294,6 +305,8 @@ impl Engine {
             weight_flops_per_s: flops_per_s,
             layer_overhead_s: profile.gpu_layer_overhead_us * 1e-6,
             product_overhead_s: profile.gpu_product_overhead_us * 1e-6,
+            attention_flops_per_s: None,
+            prefill_layer_overhead_s: 0.0,
         })
     }
 }
@@ -391,24 +404,102 @@ impl Workload {
             .fold(0u64, |sum, work| sum.saturating_add(work.bytes))
     }
 
-    fn decode_seconds(&self, engine: &Engine) -> f64 {
-        let weights: f64 = self
-            .weight_steps
+    /// Streaming the weights (every matrix, the head, norms and embedding row) once.
+    fn weight_stream_seconds(&self, engine: &Engine) -> f64 {
+        self.weight_steps
             .iter()
             .map(|work| work.weight_seconds(engine))
-            .sum();
-        let per_layer = self.attention_per_layer.seconds(engine) + engine.layer_overhead_s;
-        weights
+            .sum()
+    }
+
+    /// One block's attention for one decoded token: at the measured attention rate where the
+    /// profile has one, else the roofline.
+    fn attention_seconds(&self, engine: &Engine) -> f64 {
+        match engine.attention_flops_per_s {
+            Some(rate) => self.attention_per_layer.flops as f64 / rate,
+            None => self.attention_per_layer.seconds(engine),
+        }
+    }
+
+    fn decode_seconds(&self, engine: &Engine) -> f64 {
+        let per_layer = self.attention_seconds(engine) + engine.layer_overhead_s;
+        self.weight_stream_seconds(engine)
             + self.n_layers as f64 * per_layer
             + self.n_low_rank as f64 * engine.product_overhead_s
     }
 
     /// Prefill runs batched matrix products, so it is throughput-bound; the head runs once
-    /// per prompt (last position) and the per-layer overhead once per batch, both left out.
+    /// per prompt (last position), left out. Each block adds the profile's measured fixed time
+    /// per prefilled token, where it has one.
     fn prefill_seconds(&self, engine: &Engine) -> f64 {
         self.prefill_linear_flops_per_token / engine.weight_flops_per_s
-            + self.prefill_attention_flops_per_token / engine.flops_per_s
+            + self.prefill_attention_flops_per_token
+                / engine.attention_flops_per_s.unwrap_or(engine.flops_per_s)
+            + self.n_layers as f64 * engine.prefill_layer_overhead_s
     }
+}
+
+/// Measured step times of one dense model on the board's runtime, from which
+/// [`fit_overheads`] derives the fixed costs the kernel rates leave out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepTimes {
+    /// `(context, seconds)`: the time to decode one token (one position through every block,
+    /// then the whole head) with `context` positions in the cache, at a short and a long
+    /// context.
+    pub decode: [(usize, f64); 2],
+    /// `(prompt tokens, seconds per token)` of prefilling a prompt from an empty cache.
+    pub prefill: (usize, f64),
+}
+
+/// What [`fit_overheads`] derives: the profile fields the cost model reads besides its rates.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Overheads {
+    /// [`BoardProfile::layer_overhead_us`].
+    pub layer_overhead_us: f64,
+    /// [`crate::KernelRates::attention_flops`]; `None` where the longer context did not take
+    /// longer (noise), so no rate can be read off.
+    pub attention_flops: Option<f64>,
+    /// [`crate::KernelRates::prefill_layer_overhead_us`].
+    pub prefill_layer_overhead_us: f64,
+}
+
+/// The fixed costs that make [`predict`] reproduce `times` for the dense `config` on
+/// `profile` (its rates and product overhead as they are): the attention rate from the
+/// difference between the two decode contexts, then the per-block decode overhead from the
+/// shorter one, then the per-block prefill overhead. Overheads are never negative: where the
+/// rates alone already predict more than was measured, the overhead is 0.
+pub fn fit_overheads(
+    profile: &BoardProfile,
+    config: &ModelConfig,
+    dtype: Dtype,
+    times: &StepTimes,
+) -> Result<Overheads, CostError> {
+    config.validate().map_err(CostError::Config)?;
+    let dense = vec![None; config.n_prunable_matrices()];
+    let mut engine = Engine::cpu(profile, dtype);
+    engine.attention_flops_per_s = None;
+    engine.prefill_layer_overhead_s = 0.0;
+    let [(short, short_s), (long, long_s)] = times.decode;
+    let at = |context: usize| Workload::new(config, &dense, dtype, None, context.max(1));
+    let (short_work, long_work) = (at(short)?, at(long)?);
+    let layers = config.n_layers as f64;
+    let extra_flops = layers
+        * (long_work.attention_per_layer.flops as f64 - short_work.attention_per_layer.flops as f64);
+    let attention_flops = Some(extra_flops / (long_s - short_s))
+        .filter(|rate| rate.is_finite() && *rate > 0.0);
+    engine.attention_flops_per_s = attention_flops;
+    let fixed = short_s
+        - short_work.weight_stream_seconds(&engine)
+        - layers * short_work.attention_seconds(&engine);
+    let layer_overhead_us = (fixed / layers * 1e6).max(0.0);
+    let (prompt, prefill_s) = times.prefill;
+    let prompt_work = at(prompt)?;
+    let prefill_fixed = prefill_s - prompt_work.prefill_seconds(&engine);
+    Ok(Overheads {
+        layer_overhead_us,
+        attention_flops,
+        prefill_layer_overhead_us: (prefill_fixed / layers * 1e6).max(0.0),
+    })
 }
 
 /// One prunable matrix's share of [`predict`] on the board's CPU: its stored bytes and its

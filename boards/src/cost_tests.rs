@@ -638,7 +638,93 @@ fn kernel_rates_must_be_positive() {
         f32_decode_bytes_per_s: 1.0,
         q8_prefill_flops: 1.0,
         f32_prefill_flops: 1.0,
+        attention_flops: None,
+        prefill_layer_overhead_us: None,
     });
     assert!(bad.validate().is_err(), "{text}");
     assert!(board.validate().is_ok());
+}
+
+#[test]
+fn a_measured_attention_rate_and_prefill_overhead_enter_the_prediction() {
+    let rates = "[kernels]\nq8_decode_bytes_per_s = 1e9\nf32_decode_bytes_per_s = 1e9\n\
+                 q8_prefill_flops = 1e9\nf32_prefill_flops = 1e9\n";
+    let plain = round_board(rates);
+    let measured = round_board(&format!(
+        "{rates}attention_flops = 1e6\nprefill_layer_overhead_us = 3.0\n"
+    ));
+    let config = tiny_config();
+    let dense = vec![None; 14];
+    let p = predicted(&plain, &config, &dense, Dtype::F32, None);
+    let m = predicted(&measured, &config, &dense, Dtype::F32, None);
+    // Decode attention per block at context 16: 4·32·16 = 2048 FLOPs. Plain roofline:
+    // max(2·16·16·4 = 2048 bytes at 1 B/ns, 2048 FLOPs at 1 FLOP/ns) = 2.048 µs; measured
+    // rate 1 FLOP/µs: 2048 µs. Two blocks: +2·(2048 − 2.048) µs.
+    let decode_gap_ms = m.decode_ms_per_token_cpu - p.decode_ms_per_token_cpu;
+    assert!((decode_gap_ms - 2.0 * (2048.0 - 2.048) * 1e-3).abs() < 1e-9, "{decode_gap_ms}");
+    // Prefill attention per token: 2 blocks · 4·32·(17/2) = 2176 FLOPs: 2.176 µs plain,
+    // 2176 µs measured; plus 2 blocks · 3 µs.
+    let prefill_gap_ms = m.prefill_ms_per_token_cpu - p.prefill_ms_per_token_cpu;
+    assert!(
+        (prefill_gap_ms - ((2176.0 - 2.176) + 6.0) * 1e-3).abs() < 1e-9,
+        "{prefill_gap_ms}"
+    );
+}
+
+#[test]
+fn fitted_overheads_reproduce_the_step_times_they_come_from() {
+    let rates = "[kernels]\nq8_decode_bytes_per_s = 2e10\nf32_decode_bytes_per_s = 3e10\n\
+                 q8_prefill_flops = 1e11\nf32_prefill_flops = 9e10\n";
+    let truth = round_board(&format!(
+        "layer_overhead_us = 37.0\n{rates}attention_flops = 4e9\nprefill_layer_overhead_us = 5.5\n"
+    ));
+    let config = smollm2_135m();
+    let dense = vec![None; config.n_prunable_matrices()];
+    let at = |board: &BoardProfile, context: usize| {
+        let board = BoardProfile {
+            context_length: context,
+            ..board.clone()
+        };
+        predicted(&board, &config, &dense, Dtype::Q8, None)
+    };
+    let times = StepTimes {
+        decode: [
+            (32, at(&truth, 32).decode_ms_per_token_cpu * 1e-3),
+            (288, at(&truth, 288).decode_ms_per_token_cpu * 1e-3),
+        ],
+        prefill: (256, at(&truth, 256).prefill_ms_per_token_cpu * 1e-3),
+    };
+    // Fitted from a profile that has only the rates (and a different layer overhead).
+    let fitted = match fit_overheads(&round_board(rates), &config, Dtype::Q8, &times) {
+        Ok(fitted) => fitted,
+        Err(error) => panic!("{error}"),
+    };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs();
+    assert!(close(fitted.layer_overhead_us, 37.0), "{fitted:?}");
+    assert!(close(fitted.attention_flops.unwrap_or(0.0), 4e9), "{fitted:?}");
+    assert!(close(fitted.prefill_layer_overhead_us, 5.5), "{fitted:?}");
+}
+
+#[test]
+fn fitted_overheads_are_never_negative_and_noise_gives_no_attention_rate() {
+    let rates = "[kernels]\nq8_decode_bytes_per_s = 2e10\nf32_decode_bytes_per_s = 3e10\n\
+                 q8_prefill_flops = 1e11\nf32_prefill_flops = 9e10\n";
+    let config = smollm2_135m();
+    // Faster than the weights can stream, and the long context no slower than the short one.
+    let times = StepTimes {
+        decode: [(32, 1e-6), (288, 1e-6)],
+        prefill: (256, 1e-9),
+    };
+    let fitted = match fit_overheads(&round_board(rates), &config, Dtype::Q8, &times) {
+        Ok(fitted) => fitted,
+        Err(error) => panic!("{error}"),
+    };
+    assert_eq!(
+        fitted,
+        Overheads {
+            layer_overhead_us: 0.0,
+            attention_flops: None,
+            prefill_layer_overhead_us: 0.0,
+        }
+    );
 }

@@ -49,7 +49,9 @@ mod feasibility;
 mod host;
 mod profile;
 
-pub use cost::{CostError, Dtype, Prediction, matrix_cost, predict};
+pub use cost::{
+    CostError, Dtype, Overheads, Prediction, StepTimes, fit_overheads, matrix_cost, predict,
+};
 pub use feasibility::{Feasibility, feasibility, objective_cost};
 pub use host::{HOST_BOARD_NAME, default_cache_dir, host_profile_path, host_profile_path_in};
 pub use profile::{BoardError, BoardProfile, CpuProfile, KernelRates, Source};

@@ -97,6 +97,17 @@ pub struct KernelRates {
     pub q8_prefill_flops: f64,
     /// The same for f32 matrices.
     pub f32_prefill_flops: f64,
+    /// FLOP/s of the runtime's attention (scores and the weighted sum of values, `4·hidden`
+    /// FLOPs per attended position), key/value reads included; fitted from decode steps of a
+    /// synthetic model at two context lengths. Absent: the roofline of the bandwidth and the
+    /// sgemm throughput.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_flops: Option<f64>,
+    /// Fixed time per transformer block per prefilled token, in microseconds (norms, rotary
+    /// embedding, SiLU, residuals, thread hand-offs); fitted from a synthetic model's prefill.
+    /// Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_layer_overhead_us: Option<f64>,
 }
 
 /// The application processor of a board.
@@ -348,9 +359,20 @@ impl BoardProfile {
                 k.f32_prefill_flops,
             ]
             .into_iter()
+            .chain(k.attention_flops)
             .all(is_positive)
         {
             return Err(invalid("kernels", "every rate must be a positive number"));
+        }
+        if let Some(k) = &self.kernels
+            && k
+                .prefill_layer_overhead_us
+                .is_some_and(|us| !(us.is_finite() && us >= 0.0))
+        {
+            return Err(invalid(
+                "kernels.prefill_layer_overhead_us",
+                "must be a number of at least 0",
+            ));
         }
         if self.target_triple.split('-').count() < 3 {
             return Err(invalid("target_triple", "is not a target triple"));

@@ -150,6 +150,8 @@ impl KernelSpeed {
             f32_decode_bytes_per_s: best(self.f32_decode).round(),
             q8_prefill_flops: best(self.q8_prefill).round(),
             f32_prefill_flops: best(self.f32_prefill).round(),
+            attention_flops: None,
+            prefill_layer_overhead_us: None,
         }
     }
 }
@@ -248,6 +250,125 @@ pub fn kernel_speed(
         q8_prefill: [one[2], all[2]],
         f32_prefill: [one[3], all[3]],
     }
+}
+
+/// Step times of the runtime on a synthetic dense model, and the cost of one more product.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModelSteps {
+    /// The synthetic model's shapes.
+    pub config: whittle_runtime::ModelConfig,
+    /// Threads of the pool.
+    pub threads: usize,
+    /// Runs per figure; the median is kept.
+    pub runs: usize,
+    /// Decode (short and long context) and prefill times, as the cost model's fit takes them.
+    pub times: whittle_boards::StepTimes,
+    /// Seconds of one small product on the pool (64×64 q8, one token): the hand-off and the
+    /// wait for the other threads, with next to no arithmetic.
+    pub product_overhead_s: f64,
+}
+
+/// Tokens decoded per timed decode figure.
+const DECODE_STEPS: usize = 16;
+
+/// Times the runtime (the fastest kernel on a pool of `threads`) on a synthetic dense q8 model
+/// of `config`'s shapes: decoding [`DECODE_STEPS`] tokens (one position, then the whole head)
+/// after prompts of `short` and `long` tokens, prefilling a `long`-token prompt, and small
+/// products; each the median of `runs`, since the wait for the slower thread is part of what a
+/// real step costs.
+pub fn model_steps(
+    config: &whittle_runtime::ModelConfig,
+    short: usize,
+    long: usize,
+    threads: usize,
+    runs: usize,
+) -> anyhow::Result<ModelSteps> {
+    use whittle_runtime::format::Dtype;
+    use whittle_runtime::kernels::{Kernels, Q8Matrix, Threaded, best};
+    use whittle_runtime::{AlignedBytes, Bundle, Model, writer};
+
+    let threads = threads.max(1);
+    let runs = runs.max(1);
+    let bytes = writer::synthetic_bundle(config, Dtype::Q8)
+        .map_err(|error| anyhow::anyhow!("cannot build the synthetic model: {error}"))?;
+    let bytes = AlignedBytes::new(&bytes);
+    let bundle = Bundle::parse(bytes.as_bytes())
+        .map_err(|error| anyhow::anyhow!("the synthetic model does not parse: {error}"))?;
+    let context = long + DECODE_STEPS;
+    let mut words = vec![0u64; bundle.arena_bytes(context).div_ceil(8)];
+    let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+    let mut model = Model::new(&bundle, Threaded::new(best(), threads), context, arena)
+        .map_err(|error| anyhow::anyhow!("cannot run the synthetic model: {error}"))?;
+    let vocab = config.vocab_size.max(1);
+    let prompt: Vec<u32> = (0..long).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
+    let run_err = |error: whittle_runtime::Error| anyhow::anyhow!("the synthetic model failed: {error}");
+    let mut decode_at = |length: usize| -> anyhow::Result<f64> {
+        let mut seconds = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            model.reset();
+            model.feed(prompt.get(..length).unwrap_or_default()).map_err(run_err)?;
+            let started = Instant::now();
+            for step in 0..DECODE_STEPS {
+                model.feed(&[(step % vocab) as u32]).map_err(run_err)?;
+                black_box(model.logits().map_err(run_err)?);
+            }
+            seconds.push(started.elapsed().as_secs_f64() / DECODE_STEPS as f64);
+        }
+        Ok(median(&mut seconds))
+    };
+    let mean_context = |length: usize| length + DECODE_STEPS / 2;
+    let decode = [
+        (mean_context(short), decode_at(short)?),
+        (mean_context(long), decode_at(long)?),
+    ];
+    let mut prefill = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        model.reset();
+        let started = Instant::now();
+        model.feed(&prompt).map_err(run_err)?;
+        prefill.push(started.elapsed().as_secs_f64() / long.max(1) as f64);
+    }
+    let prefill = (long, median(&mut prefill));
+
+    const SMALL: usize = 64;
+    const SMALL_PRODUCTS: usize = 2000;
+    let data = vec![1i8; SMALL * SMALL];
+    let scales = vec![0.01f32; SMALL * whittle_runtime::kernels::q8_blocks_per_row(SMALL)];
+    let small = Q8Matrix {
+        rows: SMALL,
+        cols: SMALL,
+        data: &data,
+        scales: &scales,
+    };
+    let x = vec![0.5f32; SMALL];
+    let mut out = vec![0.0f32; SMALL];
+    let pool = Threaded::new(best(), threads);
+    let mut small_s: Vec<f64> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..SMALL_PRODUCTS {
+                pool.gemm_q8(small, &x, 1, &mut out);
+            }
+            black_box(&out);
+            started.elapsed().as_secs_f64() / SMALL_PRODUCTS as f64
+        })
+        .collect();
+    Ok(ModelSteps {
+        config: *config,
+        threads,
+        runs,
+        times: whittle_boards::StepTimes {
+            decode,
+            prefill: (prefill.0, prefill.1),
+        },
+        product_overhead_s: median(&mut small_s),
+    })
+}
+
+/// The median of `values` (the upper one of an even count); 0 for none.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The wrapping sum of the words: reads every one, and vectorizes.

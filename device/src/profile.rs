@@ -31,6 +31,23 @@ const KERNEL_SHAPE: (usize, usize) = (1536, 576);
 /// Weight bytes per dtype the kernel decode figures stream (at least a quarter of the
 /// bandwidth buffer, so several times the last-level cache).
 const KERNEL_DECODE_BYTES: usize = 128 << 20;
+/// The synthetic model the fixed costs are fitted on: the layer shapes of SmolLM2-135M (the
+/// first model whittle prunes), its 30 blocks (110 MB of q8 weights, several times a
+/// last-level cache, as in the real decode) and a small vocabulary.
+const PROBE_MODEL: whittle_runtime::ModelConfig = whittle_runtime::ModelConfig {
+    n_layers: 30,
+    hidden_size: 576,
+    intermediate_size: 1536,
+    n_heads: 9,
+    n_kv_heads: 3,
+    vocab_size: 1024,
+    max_position_embeddings: 512,
+    rope_theta: 100_000.0,
+    rms_norm_eps: 1e-5,
+};
+/// Prompt lengths of the two decode contexts; the longer one is also the prefill measured.
+const SHORT_PROMPT: usize = 16;
+const LONG_PROMPT: usize = 256;
 /// The share of the host's memory the model may use: whittle's choice, since a development
 /// machine runs other work beside it.
 const HOST_MODEL_MEMORY_SHARE: f64 = 0.5;
@@ -67,13 +84,19 @@ pub fn run(json: bool, out: Option<PathBuf>, install: bool) -> anyhow::Result<()
         facts.cores,
         RUNS,
     );
-    let profile = host_profile(
+    let mut profile = host_profile(
         &facts,
         &bandwidth,
         &throughput,
         Some(&kernels),
         &utc_date(SystemTime::now()),
     );
+    eprintln!(
+        "measuring the runtime on a synthetic {}-block model (decode after {SHORT_PROMPT} and {LONG_PROMPT} tokens, prefill of {LONG_PROMPT}; {} threads) ...",
+        PROBE_MODEL.n_layers, facts.cores
+    );
+    let steps = measure::model_steps(&PROBE_MODEL, SHORT_PROMPT, LONG_PROMPT, facts.cores, RUNS)?;
+    add_overheads(&mut profile, &steps)?;
     profile.validate()?;
     let text = toml::to_string(&profile).context("cannot write the host profile as TOML")?;
     let targets: Vec<PathBuf> = out
@@ -234,6 +257,59 @@ fn host_profile(
         },
         sources,
     }
+}
+
+/// Writes the fixed costs fitted on `steps` into `profile` (whose rates are already
+/// measured): the product overhead as measured, the attention rate and the per-block
+/// overheads from [`whittle_boards::fit_overheads`], with a source that gives the raw times.
+fn add_overheads(profile: &mut BoardProfile, steps: &measure::ModelSteps) -> anyhow::Result<()> {
+    let fitted = whittle_boards::fit_overheads(
+        profile,
+        &steps.config,
+        whittle_boards::Dtype::Q8,
+        &steps.times,
+    )
+    .map_err(|error| anyhow::anyhow!("cannot fit the host's overheads: {error}"))?;
+    profile.product_overhead_us = steps.product_overhead_s * 1e6;
+    profile.layer_overhead_us = fitted.layer_overhead_us;
+    if let Some(kernels) = profile.kernels.as_mut() {
+        kernels.attention_flops = fitted.attention_flops.map(f64::round);
+        kernels.prefill_layer_overhead_us = Some(fitted.prefill_layer_overhead_us);
+    }
+    let [(short, short_s), (long, long_s)] = steps.times.decode;
+    let by = profile
+        .sources
+        .first()
+        .and_then(|s| s.what.rsplit_once("; measured by "))
+        .map_or_else(String::new, |(_, by)| format!("; measured by {by}"));
+    profile.sources.push(Source {
+        what: format!(
+            "product_overhead_us, layer_overhead_us, kernels.attention_flops, \
+             kernels.prefill_layer_overhead_us: the runtime on {} threads, medians of {} runs, \
+             on a synthetic dense q8 model of {} blocks (hidden {}, intermediate {}, {} heads, \
+             {} key/value heads, vocabulary {}): decode {:.3} ms per token at context {short} \
+             and {:.3} ms at {long}, prefill {:.3} ms per token of a {}-token prompt, a 64x64 \
+             product {:.2} us; the overheads are what the kernel rates above leave of these \
+             times (whittle_boards::fit_overheads){by}",
+            steps.threads,
+            steps.runs,
+            steps.config.n_layers,
+            steps.config.hidden_size,
+            steps.config.intermediate_size,
+            steps.config.n_heads,
+            steps.config.n_kv_heads,
+            steps.config.vocab_size,
+            short_s * 1e3,
+            long_s * 1e3,
+            steps.times.prefill.1 * 1e3,
+            steps.times.prefill.0,
+            steps.product_overhead_s * 1e6,
+        ),
+        url: None,
+        verified: true,
+        measured: true,
+    });
+    Ok(())
 }
 
 /// `max(512 MiB, 8 × last-level cache)`, but at most a quarter of the memory.

@@ -3,9 +3,11 @@
 
 use alloc::vec::Vec;
 
+use crate::ModelConfig;
 use crate::format::{
-    ALIGN, CRC32, Dtype, FLAG_SIGNED, FORMAT_VERSION, Header, LayerRef, MAGIC, MatrixRef,
-    PREAMBLE_LEN, Q8_BLOCK, Span, TokenizerRef, align_up,
+    ALIGN, CRC32, Dtype, FLAG_SIGNED, FORMAT_VERSION, HeadRef, Header, LayerRecords, LayerRef,
+    LinearRef, MAGIC, MatrixRef, PREAMBLE_LEN, Provenance, Q8_BLOCK, Span, TaskKind, TaskRef,
+    TokenizerRef, align_up,
 };
 
 /// Why a bundle could not be written.
@@ -200,4 +202,87 @@ pub fn write_bundle(
         out.extend_from_slice(&signature);
     }
     Ok(out)
+}
+
+/// A dense model of `config`'s shapes with deterministic pseudo-random weights (uniform in
+/// ±0.05, norms of 1), a byte-level tokenizer (tokens past 256 are never produced) and a tied
+/// head: what `whittle-device profile` times the runtime on, and what tests need when only the
+/// shapes matter.
+pub fn synthetic_bundle(config: &ModelConfig, dtype: Dtype) -> Result<Vec<u8>, WriteError> {
+    let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut values = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+            })
+            .collect()
+    };
+    let mut blob = BlobBuilder::new();
+    let tables = TokenizerTables {
+        vocab: (0..vocab)
+            .map(|id| match u8::try_from(id) {
+                Ok(byte) => alloc::vec![byte],
+                Err(_) => alloc::format!("<{id}>").into_bytes(),
+            })
+            .collect(),
+        merges: Vec::new(),
+        byte_tokens: (0..256u32).collect(),
+        special_ids: Vec::new(),
+        stop_ids: Vec::new(),
+    };
+    let tokenizer = blob.push_tokenizer(&tables)?;
+    let embedding = blob.push_matrix(vocab, hidden, &values(vocab * hidden), dtype)?;
+    let ones = alloc::vec![1.0f32; hidden];
+    let final_norm = blob.push_f32(&ones)?;
+    let mut layers = Vec::with_capacity(config.n_layers);
+    for _ in 0..config.n_layers {
+        let attn_norm = blob.push_f32(&ones)?;
+        let ffn_norm = blob.push_f32(&ones)?;
+        let mut linears = [LinearRef::Dense(embedding); 7];
+        for (slot, kind) in linears.iter_mut().zip(crate::MatrixKind::ALL) {
+            let (rows, cols) = config.matrix_shape(kind);
+            *slot = LinearRef::Dense(blob.push_matrix(rows, cols, &values(rows * cols), dtype)?);
+        }
+        layers.push(LayerRef {
+            attn_norm,
+            ffn_norm,
+            linears,
+        });
+    }
+    let layer_bytes = encode_layers(&layers)?;
+    let header = Header {
+        config: *config,
+        dtype,
+        tokenizer,
+        task: TaskRef {
+            name: "synthetic",
+            kind: TaskKind::Generation,
+            prompt_prefix: "",
+            prompt_suffix: "",
+            labels: heapless::Vec::new(),
+            max_new_tokens: 1,
+        },
+        embedding,
+        final_norm,
+        head: HeadRef::Tied,
+        layers: LayerRecords(&layer_bytes),
+        provenance: Provenance {
+            model_digest: "synthetic",
+            factors_digest: "",
+            genome_digest: "",
+            source: "",
+            task: "",
+            board: "",
+            epsilon: None,
+            seed: None,
+            dense_accuracy: None,
+            pruned_accuracy: None,
+            tool_version: env!("CARGO_PKG_VERSION"),
+        },
+    };
+    write_bundle(&header, blob.bytes(), None)
 }

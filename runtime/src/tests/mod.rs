@@ -494,3 +494,37 @@ fn q8_rows_dequantize_block_by_block() {
         assert!((yi - expected).abs() < 1e-4, "row {i}: {yi} vs {expected}");
     }
 }
+
+#[test]
+fn a_synthetic_bundle_parses_and_runs_at_its_shapes() {
+    let config = ModelConfig {
+        n_layers: 3,
+        hidden_size: 64,
+        intermediate_size: 96,
+        n_heads: 4,
+        n_kv_heads: 2,
+        vocab_size: 300,
+        max_position_embeddings: 64,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+    };
+    for dtype in [Dtype::F32, Dtype::Q8] {
+        let bytes = AlignedBytes::new(&crate::writer::synthetic_bundle(&config, dtype).unwrap());
+        let bundle = Bundle::parse(bytes.as_bytes()).unwrap();
+        assert_eq!(bundle.header().config, config);
+        assert_eq!(bundle.header().dtype, dtype);
+        assert_eq!(bundle.max_rank(), 0);
+        // Distinct weights per matrix: the logits of two prompts differ, and are finite.
+        let mut words = alloc::vec![0u32; bundle.arena_bytes(CONTEXT) / 4];
+        let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        let mut model = crate::Model::new(&bundle, Portable, CONTEXT, arena).unwrap();
+        model.feed(&[1, 2, 3]).unwrap();
+        let first = model.logits().unwrap().to_vec();
+        model.reset();
+        model.feed(&[299, 2, 3]).unwrap();
+        let second = model.logits().unwrap().to_vec();
+        assert_eq!(first.len(), 300);
+        assert!(first.iter().chain(&second).all(|v| v.is_finite()));
+        assert_ne!(first, second);
+    }
+}
