@@ -6,7 +6,8 @@ use crate::bundle::{Bundle, LinearWeights, Weight};
 use crate::config::{MatrixKind, ModelConfig};
 use crate::error::Error;
 use crate::format::{HeadRef, LayerRef};
-use crate::kernels::Kernels;
+use crate::kernels::math::{dot, exp};
+use crate::kernels::{AttentionHead, Kernels};
 
 /// Tokens run through the blocks together during prefill, at least: the chunk is a quarter of
 /// the context, between this and [`MAX_PREFILL_CHUNK`] (and never more than the context).
@@ -385,47 +386,18 @@ fn attention<K: Kernels>(
     kernels.for_each_part(items, out, b.scores, &|range, out, scores| {
         for (item, out) in range.zip(out.chunks_exact_mut(head_dim)) {
             let (t, head) = (item / n_heads, item % n_heads);
-            let seen = start + t + 1;
-            let kv_head = head / n_rep;
-            let q = q.get(item * head_dim..(item + 1) * head_dim).unwrap_or(&[]);
-            let scores = scores.get_mut(..seen).unwrap_or(&mut []);
-            let mut max = f32::NEG_INFINITY;
-            for (j, score) in scores.iter_mut().enumerate() {
-                let k_at = layer_cache + j * kv_dim + kv_head * head_dim;
-                let key = k_cache.get(k_at..k_at + head_dim).unwrap_or(&[]);
-                *score = dot(q, key) * scale;
-                max = max.max(*score);
-            }
-            scores
-                .iter_mut()
-                .for_each(|score| *score = exp(*score - max));
-            let inverse_sum = 1.0 / sum(scores);
-            out.iter_mut().for_each(|o| *o = 0.0);
-            for (j, &weight) in scores.iter().enumerate() {
-                let v_at = layer_cache + j * kv_dim + kv_head * head_dim;
-                let value = v_cache.get(v_at..v_at + head_dim).unwrap_or(&[]);
-                let weight = weight * inverse_sum;
-                for (o, v) in out.iter_mut().zip(value) {
-                    *o += weight * v;
-                }
-            }
+            let at = layer_cache + (head / n_rep) * head_dim;
+            let head = AttentionHead {
+                q: q.get(item * head_dim..(item + 1) * head_dim).unwrap_or(&[]),
+                keys: k_cache.get(at..).unwrap_or(&[]),
+                values: v_cache.get(at..).unwrap_or(&[]),
+                stride: kv_dim,
+                positions: start + t + 1,
+                scale,
+            };
+            kernels.attend(&head, scores, out);
         }
     });
-}
-
-/// `Σ a[i]·b[i]` with eight independent partial sums, so the compiler vectorizes it (a single
-/// running sum is a chain of dependent additions).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let (a8, a_tail) = a.as_chunks::<8>();
-    let (b8, b_tail) = b.as_chunks::<8>();
-    let mut acc = [0.0f32; 8];
-    for (x, y) in a8.iter().zip(b8) {
-        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
-        }
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 fn copy(from: Option<&[f32]>, to: Option<&mut [f32]>) {
@@ -440,45 +412,6 @@ fn add(x: &mut [f32], y: &[f32], n: usize) {
 
 fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
-}
-
-/// `e^x` without a library call, so loops over it vectorize: `x = n·ln 2 + r` with
-/// `|r| ≤ ln 2 / 2`, a degree-7 Taylor polynomial for `e^r` (relative error below 2·10⁻⁷, as
-/// close as `libm::expf` for these purposes), times `2^n` built in the exponent bits. `x` is
-/// clamped to `[-87, 88]`: below, the result is about 1.6·10⁻³⁸ instead of a denormal or 0,
-/// which is immaterial to a softmax or a SiLU.
-fn exp(x: f32) -> f32 {
-    const LOG2_E: f32 = core::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and subtracting 1.5·2²³ rounds to the nearest integer (|x·log2 e| < 2²²).
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2_E + ROUND) - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 / 5040.0;
-    let p = p * r + 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r + 1.0;
-    let p = p * r + 1.0;
-    // n ∈ [-126, 127]: a normal power of two.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    p * scale
-}
-
-/// `Σ values`, with eight partial sums (vectorizes, as [`dot`]).
-fn sum(values: &[f32]) -> f32 {
-    let (chunks, tail) = values.as_chunks::<8>();
-    let mut acc = [0.0f32; 8];
-    for chunk in chunks {
-        for (s, &v) in acc.iter_mut().zip(chunk) {
-            *s += v;
-        }
-    }
-    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
 }
 
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -547,52 +480,5 @@ fn apply<K: Kernels>(
             prefix_mut(out, tokens * b.rows()),
         ),
         None => {}
-    }
-}
-
-#[cfg(test)]
-mod exp_tests {
-    use super::{exp, sum};
-
-    fn check_exp(x: f32) {
-        let (got, want) = (exp(x), libm::expf(x));
-        let tolerance = 4.0 * f32::EPSILON * want + 1e-37;
-        assert!(
-            (got - want).abs() <= tolerance,
-            "exp({x}) = {got}, libm {want}"
-        );
-    }
-
-    #[test]
-    fn exp_matches_libm() {
-        for i in -8700..=8800 {
-            check_exp(i as f32 / 100.0);
-        }
-        for x in [
-            0.0,
-            -0.0,
-            1e-8,
-            -1e-8,
-            0.346_573_6,
-            -0.346_573_6,
-            88.0,
-            -87.0,
-        ] {
-            check_exp(x);
-        }
-    }
-
-    #[test]
-    fn exp_saturates_instead_of_overflowing() {
-        assert!(exp(-1000.0) >= 0.0 && exp(-1000.0) < 1e-37);
-        assert!(exp(1000.0).is_finite());
-        assert!(exp(f32::NEG_INFINITY) < 1e-37);
-    }
-
-    #[test]
-    fn sums() {
-        let values: Vec<f32> = (1..=21).map(|v| v as f32).collect();
-        assert_eq!(sum(&values), 231.0);
-        assert_eq!(sum(&[]), 0.0);
     }
 }

@@ -20,6 +20,7 @@
 mod aarch64;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod driver;
+pub(crate) mod math;
 mod portable;
 mod select;
 #[cfg(any(test, feature = "std"))]
@@ -29,6 +30,7 @@ mod x86_64;
 
 #[cfg(target_arch = "aarch64")]
 pub use aarch64::Neon;
+pub use math::AttentionHead;
 pub use portable::Portable;
 pub use select::{AnyKernels, available, best};
 #[cfg(any(test, feature = "std"))]
@@ -172,7 +174,10 @@ pub type PartJob<'a> = dyn Fn(Range<usize>, &mut [f32], &mut [f32]) + Sync + 'a;
 /// (the model code checks shapes once when a bundle is parsed); implementations may
 /// debug-assert it but must not panic in release builds on any input: on a length mismatch
 /// they compute over the common prefix.
-pub trait Kernels {
+///
+/// Kernels are `Sync`: the parts of [`Kernels::for_each_part`] may call them from several
+/// threads at once.
+pub trait Kernels: Sync {
     /// A short name for reports and benchmarks (`"portable"`, `"avx2"`, `"neon"`, …).
     fn name(&self) -> &'static str;
 
@@ -214,6 +219,14 @@ pub trait Kernels {
     /// into independent items; this default makes one call with everything.
     fn for_each_part(&self, items: usize, out: &mut [f32], scratch: &mut [f32], job: &PartJob<'_>) {
         job(0..items, out, scratch);
+    }
+
+    /// One query head's attention ([`AttentionHead`]) into `out` (`head_dim` values), with
+    /// `scores` (at least `positions` values) as scratch. The default is the plain-Rust
+    /// version at the crate's baseline instruction set; SIMD kernels compile the same code for
+    /// their registers.
+    fn attend(&self, head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
+        math::attend(head, scores, out);
     }
 }
 

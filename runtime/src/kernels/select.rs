@@ -4,7 +4,7 @@
 use super::Neon;
 #[cfg(target_arch = "x86_64")]
 use super::{Avx2Fma, Avx512};
-use super::{F32Matrix, Kernels, Portable, Q8Matrix};
+use super::{AttentionHead, F32Matrix, Kernels, Portable, Q8Matrix};
 
 /// One of the single-threaded implementations, chosen at run time.
 #[derive(Clone, Copy, Debug)]
@@ -70,5 +70,9 @@ impl Kernels for AnyKernels {
 
     fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
         self.inner().gemm_q8(w, x, tokens, out);
+    }
+
+    fn attend(&self, head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
+        self.inner().attend(head, scores, out);
     }
 }

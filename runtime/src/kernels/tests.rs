@@ -7,7 +7,8 @@
 use proptest::prelude::*;
 
 use super::{
-    F32Matrix, Kernels, Portable, Q8_BLOCK, Q8Matrix, Threaded, Weight, q8_blocks_per_row,
+    AttentionHead, F32Matrix, Kernels, Portable, Q8_BLOCK, Q8Matrix, Threaded, Weight,
+    q8_blocks_per_row,
 };
 
 const SENTINEL: f32 = 12345.0;
@@ -337,6 +338,56 @@ const LOW_RANK_SHAPES: [(usize, usize, usize); 6] = [
     (33, 64, 40),
 ];
 
+/// `kernel.attend` against the softmax computed in f64; also that a scratch shorter than the
+/// positions attends to the ones it holds instead of panicking.
+fn check_attention(kernel: &dyn Kernels, head_dim: usize, stride: usize, positions: usize) {
+    let seed = (head_dim * 1000 + positions) as u64;
+    let q: Vec<f32> = values(seed, head_dim).iter().map(|v| v * 4.0).collect();
+    let keys = values(seed + 1, positions * stride);
+    let cache_values = values(seed + 2, positions * stride);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let head = AttentionHead {
+        q: &q,
+        keys: &keys,
+        values: &cache_values,
+        stride,
+        positions,
+        scale,
+    };
+    let reference = |positions: usize| -> Vec<f64> {
+        let logits: Vec<f64> = (0..positions)
+            .map(|j| {
+                let key = &keys[j * stride..j * stride + head_dim];
+                q.iter().zip(key).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>()
+                    * f64::from(scale)
+            })
+            .collect();
+        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        (0..head_dim)
+            .map(|i| {
+                (0..positions)
+                    .map(|j| weights[j] / total * f64::from(cache_values[j * stride + i]))
+                    .sum()
+            })
+            .collect()
+    };
+    for scratch in [positions, positions.div_ceil(2)] {
+        let mut scores = vec![f32::NAN; scratch];
+        let mut out = vec![f32::NAN; head_dim];
+        kernel.attend(&head, &mut scores, &mut out);
+        for (i, (&got, want)) in out.iter().zip(reference(scratch)).enumerate() {
+            assert!(
+                (f64::from(got) - want).abs() <= 1e-5,
+                "{}: head_dim {head_dim}, stride {stride}, positions {positions}, scratch \
+                 {scratch}, value {i}: {got} against {want}",
+                kernel.name()
+            );
+        }
+    }
+}
+
 macro_rules! kernel_suite {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -397,6 +448,29 @@ macro_rules! kernel_suite {
                     let mut case = Case::exact(rows, cols, tokens, 0);
                     case.out_len = 6;
                     check(kernel.as_ref(), &case);
+                }
+            }
+
+            #[test]
+            fn attention_matches_a_double_precision_softmax() {
+                let Some(kernel) = kernel() else { return };
+                for (head_dim, stride, positions) in
+                    [(64, 192, 1), (64, 192, 300), (7, 9, 5), (33, 40, 77), (64, 64, 1000)]
+                {
+                    check_attention(kernel.as_ref(), head_dim, stride, positions);
+                }
+            }
+
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases(64))]
+                #[test]
+                fn odd_attention_shapes_match(
+                    head_dim in 1usize..80,
+                    extra in 0usize..20,
+                    positions in 1usize..200,
+                ) {
+                    let Some(kernel) = kernel() else { return Ok(()) };
+                    check_attention(kernel.as_ref(), head_dim, head_dim + extra, positions);
                 }
             }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use super::{F32Matrix, Kernels, PartJob, Q8Matrix, Weight};
+use super::{AttentionHead, F32Matrix, Kernels, PartJob, Q8Matrix, Weight};
 
 /// Busy-wait iterations (a few tens of µs) before a waiting thread parks or yields: enough to
 /// bridge the gap between two products of one decode step, short enough not to steal a core
@@ -216,6 +216,10 @@ impl<K: Kernels + Sync> Kernels for Threaded<K> {
                 job(range, piece, buffer);
             });
         });
+    }
+
+    fn attend(&self, head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
+        self.inner.attend(head, scores, out);
     }
 
     fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {

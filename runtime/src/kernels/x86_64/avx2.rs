@@ -14,7 +14,7 @@ use core::arch::x86_64::{
 };
 
 use super::super::driver::{self, Simd};
-use super::super::{F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
+use super::super::{AttentionHead, F32Matrix, Kernels, Q8_BLOCK, Q8Matrix, math};
 
 /// AVX2 + FMA kernels. Constructed only by [`Avx2Fma::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +52,17 @@ impl Kernels for Avx2Fma {
     fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
         driver::gemm_q8(self, w, x, tokens, out);
     }
+
+    fn attend(&self, head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
+        // SAFETY: `self` proves the features; the callee is safe code (slices only).
+        unsafe { attend(head, scores, out) }
+    }
+}
+
+/// [`math::attend`] compiled for these registers.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend(head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
+    math::attend(head, scores, out);
 }
 
 const LANES: usize = 8;

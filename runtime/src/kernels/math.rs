@@ -1,0 +1,157 @@
+//! Plain-Rust numerics shared by the model and the kernels: a dot product, a sum and `e^x`
+//! that vectorize, and one query head's attention. They are `#[inline(always)]`, so each
+//! kernel that calls them from its `#[target_feature]` functions gets them compiled for its
+//! own registers (AVX-512 and AVX2 on x86_64; NEON is the aarch64 baseline already).
+
+/// One query head's attention over the cached positions `0..positions`: position `j`'s key is
+/// `keys[j · stride ..][.. q.len()]`, its value `values[j · stride ..][.. q.len()]`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionHead<'a> {
+    /// The (rotated) query, `head_dim` values.
+    pub q: &'a [f32],
+    /// Keys of this head's key/value head, from position 0, `stride` apart.
+    pub keys: &'a [f32],
+    /// Values, laid out as the keys.
+    pub values: &'a [f32],
+    /// Values between the starts of two positions' keys (the model's `kv_dim`).
+    pub stride: usize,
+    /// Positions attended to (the query's own included).
+    pub positions: usize,
+    /// `1 / sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+/// `out = Σ_j softmax(scale · q·k_j)_j · v_j` over `head.positions` positions, using
+/// `scores` (at least `positions` values) as scratch. Positions whose key or value lies
+/// outside the slices, or beyond `scores`, are left out rather than panicking.
+#[inline(always)]
+pub(crate) fn attend(head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
+    let head_dim = head.q.len();
+    let positions = head.positions.min(scores.len());
+    let scores = scores.get_mut(..positions).unwrap_or_default();
+    let mut max = f32::NEG_INFINITY;
+    for (j, score) in scores.iter_mut().enumerate() {
+        let at = j * head.stride;
+        let key = head.keys.get(at..at + head_dim).unwrap_or(&[]);
+        *score = dot(head.q, key) * head.scale;
+        max = max.max(*score);
+    }
+    scores
+        .iter_mut()
+        .for_each(|score| *score = exp(*score - max));
+    let inverse_sum = 1.0 / sum(scores);
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (j, &weight) in scores.iter().enumerate() {
+        let at = j * head.stride;
+        let value = head.values.get(at..at + head_dim).unwrap_or(&[]);
+        let weight = weight * inverse_sum;
+        for (o, v) in out.iter_mut().zip(value) {
+            *o += weight * v;
+        }
+    }
+}
+
+/// `Σ a[i]·b[i]` with eight independent partial sums, so the compiler vectorizes it (a single
+/// running sum is a chain of dependent additions).
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (a8, a_tail) = a.as_chunks::<8>();
+    let (b8, b_tail) = b.as_chunks::<8>();
+    let mut acc = [0.0f32; 8];
+    for (x, y) in a8.iter().zip(b8) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ values`, with eight partial sums (vectorizes, as [`dot`]).
+#[inline(always)]
+pub(crate) fn sum(values: &[f32]) -> f32 {
+    let (chunks, tail) = values.as_chunks::<8>();
+    let mut acc = [0.0f32; 8];
+    for chunk in chunks {
+        for (s, &v) in acc.iter_mut().zip(chunk) {
+            *s += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
+/// `e^x` without a library call, so loops over it vectorize: `x = n·ln 2 + r` with
+/// `|r| ≤ ln 2 / 2`, a degree-7 Taylor polynomial for `e^r` (relative error below 2·10⁻⁷, as
+/// close as `libm::expf` for these purposes), times `2^n` built in the exponent bits. `x` is
+/// clamped to `[-87, 88]`: below, the result is about 1.6·10⁻³⁸ instead of a denormal or 0,
+/// which is immaterial to a softmax or a SiLU.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2_E: f32 = core::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and subtracting 1.5·2²³ rounds to the nearest integer (|x·log2 e| < 2²²).
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2_E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    // n ∈ [-126, 127]: a normal power of two.
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{exp, sum};
+    use alloc::vec::Vec;
+
+    fn check_exp(x: f32) {
+        let (got, want) = (exp(x), libm::expf(x));
+        let tolerance = 4.0 * f32::EPSILON * want + 1e-37;
+        assert!(
+            (got - want).abs() <= tolerance,
+            "exp({x}) = {got}, libm {want}"
+        );
+    }
+
+    #[test]
+    fn exp_matches_libm() {
+        for i in -8700..=8800 {
+            check_exp(i as f32 / 100.0);
+        }
+        for x in [
+            0.0,
+            -0.0,
+            1e-8,
+            -1e-8,
+            0.346_573_6,
+            -0.346_573_6,
+            88.0,
+            -87.0,
+        ] {
+            check_exp(x);
+        }
+    }
+
+    #[test]
+    fn exp_saturates_instead_of_overflowing() {
+        assert!(exp(-1000.0) >= 0.0 && exp(-1000.0) < 1e-37);
+        assert!(exp(1000.0).is_finite());
+        assert!(exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
+    fn sums() {
+        let values: Vec<f32> = (1..=21).map(|v| v as f32).collect();
+        assert_eq!(sum(&values), 231.0);
+        assert_eq!(sum(&[]), 0.0);
+    }
+}
