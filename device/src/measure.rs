@@ -252,7 +252,7 @@ pub fn kernel_speed(
     }
 }
 
-/// Step times of the runtime on a synthetic dense model, and the cost of one more product.
+/// Step times of the runtime on a synthetic dense model, and the speed of low-rank pairs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ModelSteps {
     /// The synthetic model's shapes.
@@ -263,9 +263,8 @@ pub struct ModelSteps {
     pub runs: usize,
     /// Decode (short and long context) and prefill times, as the cost model's fit takes them.
     pub times: whittle_boards::StepTimes,
-    /// Seconds of one small product on the pool (64×64 q8, one token): the hand-off and the
-    /// wait for the other threads, with next to no arithmetic.
-    pub product_overhead_s: f64,
+    /// Low-rank pairs of the model's shapes, streamed.
+    pub pairs: PairSpeed,
 }
 
 /// Tokens decoded per timed decode figure.
@@ -273,18 +272,19 @@ const DECODE_STEPS: usize = 16;
 
 /// Times the runtime (the fastest kernel on a pool of `threads`) on a synthetic dense q8 model
 /// of `config`'s shapes: decoding [`DECODE_STEPS`] tokens (one position, then the whole head)
-/// after prompts of `short` and `long` tokens, prefilling a `long`-token prompt, and small
-/// products; each the median of `runs`, since the wait for the slower thread is part of what a
+/// after prompts of `short` and `long` tokens, prefilling a `long`-token prompt, and
+/// `pair_bytes` of low-rank pairs of its shapes ([`low_rank_pairs`]); each the median of `runs`, since the wait for the slower thread is part of what a
 /// real step costs.
 pub fn model_steps(
     config: &whittle_runtime::ModelConfig,
     short: usize,
     long: usize,
+    pair_bytes: usize,
     threads: usize,
     runs: usize,
 ) -> anyhow::Result<ModelSteps> {
     use whittle_runtime::format::Dtype;
-    use whittle_runtime::kernels::{Kernels, Q8Matrix, Threaded, best};
+    use whittle_runtime::kernels::{Threaded, best};
     use whittle_runtime::{AlignedBytes, Bundle, Model, writer};
 
     let threads = threads.max(1);
@@ -330,29 +330,7 @@ pub fn model_steps(
     }
     let prefill = (long, median(&mut prefill));
 
-    const SMALL: usize = 64;
-    const SMALL_PRODUCTS: usize = 2000;
-    let data = vec![1i8; SMALL * SMALL];
-    let scales = vec![0.01f32; SMALL * whittle_runtime::kernels::q8_blocks_per_row(SMALL)];
-    let small = Q8Matrix {
-        rows: SMALL,
-        cols: SMALL,
-        data: &data,
-        scales: &scales,
-    };
-    let x = vec![0.5f32; SMALL];
-    let mut out = vec![0.0f32; SMALL];
-    let pool = Threaded::new(best(), threads);
-    let mut small_s: Vec<f64> = (0..runs)
-        .map(|_| {
-            let started = Instant::now();
-            for _ in 0..SMALL_PRODUCTS {
-                pool.gemm_q8(small, &x, 1, &mut out);
-            }
-            black_box(&out);
-            started.elapsed().as_secs_f64() / SMALL_PRODUCTS as f64
-        })
-        .collect();
+    let pairs = low_rank_pairs(config, pair_bytes, threads, runs);
     Ok(ModelSteps {
         config: *config,
         threads,
@@ -361,8 +339,100 @@ pub fn model_steps(
             decode,
             prefill: (prefill.0, prefill.1),
         },
-        product_overhead_s: median(&mut small_s),
+        pairs,
     })
+}
+
+/// Low-rank pairs streamed from memory: what a decode step's pairs cost beside their bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PairSpeed {
+    /// Pairs per pass.
+    pub pairs: usize,
+    /// q8 bytes of `A` and `B` of every pair in a pass (several times the last-level cache).
+    pub bytes: usize,
+    /// The median seconds of a pass.
+    pub seconds: f64,
+}
+
+/// Times one-token low-rank products ([`Kernels::gemm_low_rank`], one pool job of two phases)
+/// over about `pair_bytes` of q8 pairs (at least one of each shape): every matrix shape of `config` at half its parameters
+/// (rank `rows·cols / (2·(rows + cols))`), repeated; the median of `runs` passes.
+fn low_rank_pairs(
+    config: &whittle_runtime::ModelConfig,
+    pair_bytes: usize,
+    threads: usize,
+    runs: usize,
+) -> PairSpeed {
+    use whittle_runtime::MatrixKind;
+    use whittle_runtime::kernels::{Kernels, Q8Matrix, Threaded, Weight, best, q8_blocks_per_row};
+
+    // Per matrix kind: (rows, cols, rank).
+    let shapes: Vec<(usize, usize, usize)> = MatrixKind::ALL
+        .iter()
+        .map(|&kind| {
+            let (rows, cols) = config.matrix_shape(kind);
+            (rows, cols, (rows * cols / (2 * (rows + cols))).max(1))
+        })
+        .collect();
+    let q8_bytes = |rows: usize, cols: usize| rows * cols + 4 * rows * q8_blocks_per_row(cols);
+    let set_bytes: usize = shapes
+        .iter()
+        .map(|&(rows, cols, rank)| q8_bytes(rank, cols) + q8_bytes(rows, rank))
+        .sum();
+    let sets = (pair_bytes / set_bytes.max(1)).max(1);
+    let mut layout = Vec::with_capacity(sets * shapes.len());
+    let (mut values, mut scales) = (0usize, 0usize);
+    for _ in 0..sets {
+        for &(rows, cols, rank) in &shapes {
+            layout.push((rows, cols, rank, values, scales));
+            values += rank * cols + rows * rank;
+            scales += rank * q8_blocks_per_row(cols) + rows * q8_blocks_per_row(rank);
+        }
+    }
+    let data: Vec<i8> = (0..values)
+        .map(|i| ((i * 31 % 255) as i32 - 127) as i8)
+        .collect();
+    let scale_data = vec![0.01f32; scales];
+    let widest = shapes
+        .iter()
+        .map(|&(rows, cols, _)| rows.max(cols))
+        .max()
+        .unwrap_or(1);
+    let x: Vec<f32> = (0..widest).map(|i| (i % 13) as f32 * 0.1).collect();
+    let (mut low, mut out) = (vec![0.0f32; widest], vec![0.0f32; widest]);
+    let pool = Threaded::new(best(), threads);
+    let mut seconds: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let started = Instant::now();
+            for &(rows, cols, rank, at, scale_at) in &layout {
+                let a_len = rank * cols;
+                let a_scales = rank * q8_blocks_per_row(cols);
+                let matrix = |rows: usize, cols: usize, at: usize, scale_at: usize| Q8Matrix {
+                    rows,
+                    cols,
+                    data: data.get(at..at + rows * cols).unwrap_or_default(),
+                    scales: scale_data
+                        .get(scale_at..scale_at + rows * q8_blocks_per_row(cols))
+                        .unwrap_or_default(),
+                };
+                pool.gemm_low_rank(
+                    Weight::Q8(matrix(rank, cols, at, scale_at)),
+                    Weight::Q8(matrix(rows, rank, at + a_len, scale_at + a_scales)),
+                    x.get(..cols).unwrap_or_default(),
+                    1,
+                    low.get_mut(..rank).unwrap_or_default(),
+                    out.get_mut(..rows).unwrap_or_default(),
+                );
+            }
+            black_box(&out);
+            started.elapsed().as_secs_f64()
+        })
+        .collect();
+    PairSpeed {
+        pairs: layout.len(),
+        bytes: sets * set_bytes,
+        seconds: median(&mut seconds),
+    }
 }
 
 /// The median of `values` (the upper one of an even count); 0 for none.
@@ -514,6 +584,35 @@ mod tests {
         for figure in [throughput.one_thread_flops, throughput.all_threads_flops] {
             assert!(figure.is_finite() && figure > 0.0, "{throughput:?}");
         }
+    }
+
+    #[test]
+    fn a_small_synthetic_model_gives_positive_step_times() {
+        let config = whittle_runtime::ModelConfig {
+            n_layers: 2,
+            hidden_size: 64,
+            intermediate_size: 128,
+            n_heads: 4,
+            n_kv_heads: 2,
+            vocab_size: 300,
+            max_position_embeddings: 64,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+        };
+        let steps = match model_steps(&config, 4, 20, 1 << 16, 2, 1) {
+            Ok(steps) => steps,
+            Err(error) => panic!("{error:#}"),
+        };
+        let [(short, short_s), (long, long_s)] = steps.times.decode;
+        assert_eq!((short, long), (4 + DECODE_STEPS / 2, 20 + DECODE_STEPS / 2));
+        assert_eq!(steps.times.prefill.0, 20);
+        // Sizes only: these machines are shared, so no timing is compared.
+        for seconds in [short_s, long_s, steps.times.prefill.1, steps.pairs.seconds] {
+            assert!(seconds.is_finite() && seconds > 0.0, "{steps:?}");
+        }
+        // Every matrix kind at least once, its bytes counted.
+        assert!(steps.pairs.pairs >= 7 && steps.pairs.pairs % 7 == 0, "{steps:?}");
+        assert!(steps.pairs.bytes >= 1 << 15, "{steps:?}");
     }
 
     #[test]

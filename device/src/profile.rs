@@ -95,7 +95,14 @@ pub fn run(json: bool, out: Option<PathBuf>, install: bool) -> anyhow::Result<()
         "measuring the runtime on a synthetic {}-block model (decode after {SHORT_PROMPT} and {LONG_PROMPT} tokens, prefill of {LONG_PROMPT}; {} threads) ...",
         PROBE_MODEL.n_layers, facts.cores
     );
-    let steps = measure::model_steps(&PROBE_MODEL, SHORT_PROMPT, LONG_PROMPT, facts.cores, RUNS)?;
+    let steps = measure::model_steps(
+        &PROBE_MODEL,
+        SHORT_PROMPT,
+        LONG_PROMPT,
+        KERNEL_DECODE_BYTES.max(buffer_bytes / 4),
+        facts.cores,
+        RUNS,
+    )?;
     add_overheads(&mut profile, &steps)?;
     profile.validate()?;
     let text = toml::to_string(&profile).context("cannot write the host profile as TOML")?;
@@ -270,7 +277,14 @@ fn add_overheads(profile: &mut BoardProfile, steps: &measure::ModelSteps) -> any
         &steps.times,
     )
     .map_err(|error| anyhow::anyhow!("cannot fit the host's overheads: {error}"))?;
-    profile.product_overhead_us = steps.product_overhead_s * 1e6;
+    let pairs = &steps.pairs;
+    let q8_rate = profile
+        .kernels
+        .as_ref()
+        .map_or(profile.bandwidth_bytes_per_s as f64, |k| k.q8_decode_bytes_per_s);
+    let pair_overhead_s =
+        (pairs.seconds - pairs.bytes as f64 / q8_rate) / pairs.pairs.max(1) as f64;
+    profile.product_overhead_us = (pair_overhead_s * 1e6).max(0.0);
     profile.layer_overhead_us = fitted.layer_overhead_us;
     if let Some(kernels) = profile.kernels.as_mut() {
         kernels.attention_flops = fitted.attention_flops.map(f64::round);
@@ -288,9 +302,11 @@ fn add_overheads(profile: &mut BoardProfile, steps: &measure::ModelSteps) -> any
              kernels.prefill_layer_overhead_us: the runtime on {} threads, medians of {} runs, \
              on a synthetic dense q8 model of {} blocks (hidden {}, intermediate {}, {} heads, \
              {} key/value heads, vocabulary {}): decode {:.3} ms per token at context {short} \
-             and {:.3} ms at {long}, prefill {:.3} ms per token of a {}-token prompt, a 64x64 \
-             product {:.2} us; the overheads are what the kernel rates above leave of these \
-             times (whittle_boards::fit_overheads){by}",
+             and {:.3} ms at {long}, prefill {:.3} ms per token of a {}-token prompt; {} \
+             one-token low-rank pairs of its matrix shapes at half their parameters, {} MiB of \
+             q8 weights, {:.3} ms; the overheads are what the kernel rates above leave of these \
+             times (the blocks: whittle_boards::fit_overheads; a pair: its time beyond its \
+             bytes at the q8 decode rate){by}",
             steps.threads,
             steps.runs,
             steps.config.n_layers,
@@ -303,7 +319,9 @@ fn add_overheads(profile: &mut BoardProfile, steps: &measure::ModelSteps) -> any
             long_s * 1e3,
             steps.times.prefill.1 * 1e3,
             steps.times.prefill.0,
-            steps.product_overhead_s * 1e6,
+            pairs.pairs,
+            pairs.bytes >> 20,
+            pairs.seconds * 1e3,
         ),
         url: None,
         verified: true,
