@@ -6,7 +6,7 @@ use crate::bundle::{Bundle, LinearWeights, Weight};
 use crate::config::{MatrixKind, ModelConfig};
 use crate::error::Error;
 use crate::format::{HeadRef, LayerRef};
-use crate::kernels::math::{dot, exp};
+use crate::kernels::math::dot;
 use crate::kernels::{AttentionHead, Kernels};
 
 /// Tokens run through the blocks together during prefill, at least: the chunk is a quarter of
@@ -358,9 +358,10 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         let normed = b.normed.get(..n * hidden).unwrap_or(&[]);
         apply(k, linear(MatrixKind::Gate), normed, n, b.gate, b.low);
         apply(k, linear(MatrixKind::Up), normed, n, b.up, b.low);
-        for (g, u) in b.gate.iter_mut().zip(b.up.iter()).take(n * inter) {
-            *g = silu(*g) * u;
-        }
+        k.swiglu(
+            prefix_mut(b.gate, n * inter),
+            prefix(b.up, n * inter),
+        );
         let gated = b.gate.get(..n * inter).unwrap_or(&[]);
         apply(k, linear(MatrixKind::Down), gated, n, b.proj, b.low);
         add(b.x, b.proj, n * hidden);
@@ -410,9 +411,6 @@ fn add(x: &mut [f32], y: &[f32], n: usize) {
     x.iter_mut().zip(y).take(n).for_each(|(a, b)| *a += b);
 }
 
-fn silu(x: f32) -> f32 {
-    x / (1.0 + exp(-x))
-}
 
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let mean_square = dot(x, x) / x.len().max(1) as f32;

@@ -53,6 +53,15 @@ pub(crate) fn attend(head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f3
 
 /// `Σ a[i]·b[i]` with eight independent partial sums, so the compiler vectorizes it (a single
 /// running sum is a chain of dependent additions).
+/// `gate[i] = silu(gate[i]) · up[i]` over the common length (SwiGLU's middle), with
+/// `silu(x) = x / (1 + e^−x)`.
+#[inline(always)]
+pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp(-*g)) * u;
+    }
+}
+
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (a8, a_tail) = a.as_chunks::<8>();

@@ -228,6 +228,12 @@ pub trait Kernels: Sync {
     fn attend(&self, head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
         math::attend(head, scores, out);
     }
+
+    /// `gate[i] = silu(gate[i]) · up[i]` over the common length (the MLP's middle); compiled
+    /// per instruction set as [`Kernels::attend`].
+    fn swiglu(&self, gate: &mut [f32], up: &[f32]) {
+        math::swiglu(gate, up);
+    }
 }
 
 #[cfg(test)]

@@ -75,4 +75,8 @@ impl Kernels for AnyKernels {
     fn attend(&self, head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
         self.inner().attend(head, scores, out);
     }
+
+    fn swiglu(&self, gate: &mut [f32], up: &[f32]) {
+        self.inner().swiglu(gate, up);
+    }
 }

@@ -452,6 +452,32 @@ macro_rules! kernel_suite {
             }
 
             #[test]
+            fn swiglu_matches_a_double_precision_silu() {
+                let Some(kernel) = kernel() else { return };
+                for len in [0, 1, 7, 16, 1536, 1539] {
+                    let mut gate: Vec<f32> =
+                        values(len as u64, len).iter().map(|v| v * 30.0).collect();
+                    let up = values(len as u64 + 1, len);
+                    let want: Vec<f64> = gate
+                        .iter()
+                        .zip(&up)
+                        .map(|(&g, &u)| {
+                            let g = f64::from(g);
+                            g / (1.0 + (-g).exp()) * f64::from(u)
+                        })
+                        .collect();
+                    kernel.swiglu(&mut gate, &up);
+                    for (i, (&got, want)) in gate.iter().zip(want).enumerate() {
+                        assert!(
+                            (f64::from(got) - want).abs() <= 1e-6 * (1.0 + want.abs()) * 16.0,
+                            "{}: length {len}, value {i}: {got} against {want}",
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+
+            #[test]
             fn attention_matches_a_double_precision_softmax() {
                 let Some(kernel) = kernel() else { return };
                 for (head_dim, stride, positions) in

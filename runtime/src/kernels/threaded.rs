@@ -222,6 +222,10 @@ impl<K: Kernels + Sync> Kernels for Threaded<K> {
         self.inner.attend(head, scores, out);
     }
 
+    fn swiglu(&self, gate: &mut [f32], up: &[f32]) {
+        self.inner.swiglu(gate, up);
+    }
+
     fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
         self.product(Weight::F32(w), x, tokens, out);
     }

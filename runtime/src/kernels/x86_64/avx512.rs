@@ -65,12 +65,23 @@ impl Kernels for Avx512 {
         // SAFETY: `self` proves the features; the callee is safe code (slices only).
         unsafe { attend(head, scores, out) }
     }
+
+    fn swiglu(&self, gate: &mut [f32], up: &[f32]) {
+        // SAFETY: as for `attend`.
+        unsafe { swiglu(gate, up) }
+    }
 }
 
 /// [`math::attend`] compiled for these registers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 unsafe fn attend(head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
     math::attend(head, scores, out);
+}
+
+/// [`math::swiglu`] compiled for these registers.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+    math::swiglu(gate, up);
 }
 
 const LANES: usize = 16;
