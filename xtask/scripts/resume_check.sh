@@ -2,11 +2,12 @@
 # Kills a real prune search (SIGKILL) once its checkpoint records the first generation, resumes
 # it with the same arguments, and compares the result with an uninterrupted run.
 # Usage: xtask/scripts/resume_check.sh [OUT_DIR]   (run from the repository root after
-# `cargo build --release`; about 2 × the time of one small search)
+# `cargo build --release`, or with WHITTLE=path/to/whittle; about 2 × the time of one small
+# search)
 set -euo pipefail
 out=${1:-out/resume-check}
-whittle=target/release/whittle
-args=(prune --board rpi5 --latency-budget-ms 11.75 --task sst2 --population 8 --generations 3
+whittle=${WHITTLE:-target/release/whittle}
+args=(prune --board rpi5 --latency-budget-ms 12.7 --task sst2 --population 8 --generations 3
       --patience 3 --seed 1 --no-refit --uniform-keep 1.0 --json)
 rm -rf "$out/whole" "$out/resumed"
 "$whittle" "${args[@]}" --out "$out/whole" > /dev/null
