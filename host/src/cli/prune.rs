@@ -206,6 +206,16 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let base = &session.model;
     let config = *base.llama.config();
     let head_rows = Some(task.labels().len());
+    // A task the runtime cannot render (its prompt has several input fields) is still searched
+    // and reported; only the bundle is left out, and the user hears so before the search.
+    let bundle_skipped = whittle_host::bundle::prompt_parts(&base.tokenizer, &task)
+        .err()
+        .map(|error| format!("{error:#}"));
+    if let Some(reason) = &bundle_skipped {
+        eprintln!(
+            "note: model.wbundle will not be written ({reason}); the search, genome.json, factors.safetensors and the reports will be"
+        );
+    }
 
     // A board that cannot hold even the most pruned genome fails before any search.
     let smallest = Genome::uniform(config.n_prunable_matrices(), (levels.len() - 1) as u8);
@@ -376,22 +386,24 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         &out.join("genome.json"),
         serde_json::to_string_pretty(&genome_json)?.as_bytes(),
     )?;
-    super::pack::write_prune_bundle(
-        &session,
-        &args.model,
-        &pruned_model,
-        &task,
-        &out,
-        whittle_host::bundle::ProvenanceInfo {
-            board: board.name.clone(),
-            epsilon: Some(args.epsilon),
-            seed: Some(args.seed),
-            dense_accuracy: Some(dense_test),
-            pruned_accuracy: Some(searched_outcome.test_accuracy),
-            ..Default::default()
-        },
-        dtype,
-    )?;
+    if bundle_skipped.is_none() {
+        super::pack::write_prune_bundle(
+            &session,
+            &args.model,
+            &pruned_model,
+            &task,
+            &out,
+            whittle_host::bundle::ProvenanceInfo {
+                board: board.name.clone(),
+                epsilon: Some(args.epsilon),
+                seed: Some(args.seed),
+                dense_accuracy: Some(dense_test),
+                pruned_accuracy: Some(searched_outcome.test_accuracy),
+                ..Default::default()
+            },
+            dtype,
+        )?;
+    }
     write_rank_map(&out.join("ranks.svg"), &config, &plan, &task, &board)?;
     let report = json!({
         "board": board.name,
@@ -405,6 +417,8 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         "uniform": uniform_outcome,
         "uniform_keep": uniform.keep,
         "searched": searched_outcome,
+        "bundle": if bundle_skipped.is_none() { json!("model.wbundle") } else { serde_json::Value::Null },
+        "bundle_skipped": bundle_skipped,
         "feasible": result.feasible && fit.fits,
         "board_fit": fit.to_string(),
         "seed": args.seed,
