@@ -87,9 +87,8 @@ pub struct Packed {
     pub full_head_bytes: usize,
 }
 
-/// The prompt text before and after the input: the task's template must have exactly one
-/// placeholder.
-pub fn prompt_parts(tokenizer: &TextTokenizer, task: &Task) -> anyhow::Result<(String, String)> {
+/// Whether a bundle can hold `task`: the runtime renders prompts with exactly one input field.
+pub fn check_bundle_task(task: &Task) -> anyhow::Result<()> {
     let fields = task.prompt_fields();
     if fields.len() != 1 {
         bail!(
@@ -99,6 +98,13 @@ pub fn prompt_parts(tokenizer: &TextTokenizer, task: &Task) -> anyhow::Result<(S
             fields.join(", ")
         );
     }
+    Ok(())
+}
+
+/// The prompt text before and after the input: the task's template must have exactly one
+/// placeholder ([`check_bundle_task`]).
+pub fn prompt_parts(tokenizer: &TextTokenizer, task: &Task) -> anyhow::Result<(String, String)> {
+    check_bundle_task(task)?;
     let text = prompt_text(tokenizer, &task.render_prompt_with(INPUT_MARKER))?;
     let Some((prefix, suffix)) = text.split_once(INPUT_MARKER) else {
         bail!(
@@ -521,5 +527,24 @@ impl PruneFolder {
             }
         }
         Ok(llama)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tasks_with_one_prompt_field_can_be_bundled() -> anyhow::Result<()> {
+        check_bundle_task(&Task::builtin("sst2")?)?;
+        let error = match check_bundle_task(&Task::builtin("pubmedqa")?) {
+            Ok(()) => panic!("pubmedqa has two prompt fields"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            error.contains("one input field") && error.contains("2 (context, question)"),
+            "{error}"
+        );
+        Ok(())
     }
 }

@@ -208,7 +208,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let head_rows = Some(task.labels().len());
     // A task the runtime cannot render (its prompt has several input fields) is still searched
     // and reported; only the bundle is left out, and the user hears so before the search.
-    let bundle_skipped = whittle_host::bundle::prompt_parts(&base.tokenizer, &task)
+    let bundle_skipped = whittle_host::bundle::check_bundle_task(&task)
         .err()
         .map(|error| format!("{error:#}"));
     if let Some(reason) = &bundle_skipped {
