@@ -484,9 +484,10 @@ pub fn fit_overheads(
     let (short_work, long_work) = (at(short)?, at(long)?);
     let layers = config.n_layers as f64;
     let extra_flops = layers
-        * (long_work.attention_per_layer.flops as f64 - short_work.attention_per_layer.flops as f64);
-    let attention_flops = Some(extra_flops / (long_s - short_s))
-        .filter(|rate| rate.is_finite() && *rate > 0.0);
+        * (long_work.attention_per_layer.flops as f64
+            - short_work.attention_per_layer.flops as f64);
+    let attention_flops =
+        Some(extra_flops / (long_s - short_s)).filter(|rate| rate.is_finite() && *rate > 0.0);
     engine.attention_flops_per_s = attention_flops;
     let fixed = short_s
         - short_work.weight_stream_seconds(&engine)

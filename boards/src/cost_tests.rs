@@ -661,7 +661,10 @@ fn a_measured_attention_rate_and_prefill_overhead_enter_the_prediction() {
     // max(2·16·16·4 = 2048 bytes at 1 B/ns, 2048 FLOPs at 1 FLOP/ns) = 2.048 µs; measured
     // rate 1 FLOP/µs: 2048 µs. Two blocks: +2·(2048 − 2.048) µs.
     let decode_gap_ms = m.decode_ms_per_token_cpu - p.decode_ms_per_token_cpu;
-    assert!((decode_gap_ms - 2.0 * (2048.0 - 2.048) * 1e-3).abs() < 1e-9, "{decode_gap_ms}");
+    assert!(
+        (decode_gap_ms - 2.0 * (2048.0 - 2.048) * 1e-3).abs() < 1e-9,
+        "{decode_gap_ms}"
+    );
     // Prefill attention per token: 2 blocks · 4·32·(17/2) = 2176 FLOPs: 2.176 µs plain,
     // 2176 µs measured; plus 2 blocks · 3 µs.
     let prefill_gap_ms = m.prefill_ms_per_token_cpu - p.prefill_ms_per_token_cpu;
@@ -701,7 +704,10 @@ fn fitted_overheads_reproduce_the_step_times_they_come_from() {
     };
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs();
     assert!(close(fitted.layer_overhead_us, 37.0), "{fitted:?}");
-    assert!(close(fitted.attention_flops.unwrap_or(0.0), 4e9), "{fitted:?}");
+    assert!(
+        close(fitted.attention_flops.unwrap_or(0.0), 4e9),
+        "{fitted:?}"
+    );
     assert!(close(fitted.prefill_layer_overhead_us, 5.5), "{fitted:?}");
 }
 

@@ -365,8 +365,7 @@ impl BoardProfile {
             return Err(invalid("kernels", "every rate must be a positive number"));
         }
         if let Some(k) = &self.kernels
-            && k
-                .prefill_layer_overhead_us
+            && k.prefill_layer_overhead_us
                 .is_some_and(|us| !(us.is_finite() && us >= 0.0))
         {
             return Err(invalid(

@@ -301,12 +301,15 @@ pub fn model_steps(
         .map_err(|error| anyhow::anyhow!("cannot run the synthetic model: {error}"))?;
     let vocab = config.vocab_size.max(1);
     let prompt: Vec<u32> = (0..long).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
-    let run_err = |error: whittle_runtime::Error| anyhow::anyhow!("the synthetic model failed: {error}");
+    let run_err =
+        |error: whittle_runtime::Error| anyhow::anyhow!("the synthetic model failed: {error}");
     let mut decode_at = |length: usize| -> anyhow::Result<f64> {
         let mut seconds = Vec::with_capacity(runs);
         for _ in 0..runs {
             model.reset();
-            model.feed(prompt.get(..length).unwrap_or_default()).map_err(run_err)?;
+            model
+                .feed(prompt.get(..length).unwrap_or_default())
+                .map_err(run_err)?;
             let started = Instant::now();
             for step in 0..DECODE_STEPS {
                 model.feed(&[(step % vocab) as u32]).map_err(run_err)?;
@@ -611,7 +614,10 @@ mod tests {
             assert!(seconds.is_finite() && seconds > 0.0, "{steps:?}");
         }
         // Every matrix kind at least once, its bytes counted.
-        assert!(steps.pairs.pairs >= 7 && steps.pairs.pairs % 7 == 0, "{steps:?}");
+        assert!(
+            steps.pairs.pairs >= 7 && steps.pairs.pairs % 7 == 0,
+            "{steps:?}"
+        );
         assert!(steps.pairs.bytes >= 1 << 15, "{steps:?}");
     }
 

@@ -281,7 +281,9 @@ fn add_overheads(profile: &mut BoardProfile, steps: &measure::ModelSteps) -> any
     let q8_rate = profile
         .kernels
         .as_ref()
-        .map_or(profile.bandwidth_bytes_per_s as f64, |k| k.q8_decode_bytes_per_s);
+        .map_or(profile.bandwidth_bytes_per_s as f64, |k| {
+            k.q8_decode_bytes_per_s
+        });
     let pair_overhead_s =
         (pairs.seconds - pairs.bytes as f64 / q8_rate) / pairs.pairs.max(1) as f64;
     profile.product_overhead_us = (pair_overhead_s * 1e6).max(0.0);

@@ -358,10 +358,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         let normed = b.normed.get(..n * hidden).unwrap_or(&[]);
         apply(k, linear(MatrixKind::Gate), normed, n, b.gate, b.low);
         apply(k, linear(MatrixKind::Up), normed, n, b.up, b.low);
-        k.swiglu(
-            prefix_mut(b.gate, n * inter),
-            prefix(b.up, n * inter),
-        );
+        k.swiglu(prefix_mut(b.gate, n * inter), prefix(b.up, n * inter));
         let gated = b.gate.get(..n * inter).unwrap_or(&[]);
         apply(k, linear(MatrixKind::Down), gated, n, b.proj, b.low);
         add(b.x, b.proj, n * hidden);
@@ -410,7 +407,6 @@ fn copy(from: Option<&[f32]>, to: Option<&mut [f32]>) {
 fn add(x: &mut [f32], y: &[f32], n: usize) {
     x.iter_mut().zip(y).take(n).for_each(|(a, b)| *a += b);
 }
-
 
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let mean_square = dot(x, x) / x.len().max(1) as f32;

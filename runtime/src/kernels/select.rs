@@ -2,9 +2,9 @@
 
 #[cfg(target_arch = "aarch64")]
 use super::Neon;
+use super::{AttentionHead, F32Matrix, Kernels, Portable, Q8Matrix};
 #[cfg(target_arch = "x86_64")]
 use super::{Avx2Fma, Avx512};
-use super::{AttentionHead, F32Matrix, Kernels, Portable, Q8Matrix};
 
 /// One of the single-threaded implementations, chosen at run time.
 #[derive(Clone, Copy, Debug)]

@@ -358,7 +358,10 @@ fn check_attention(kernel: &dyn Kernels, head_dim: usize, stride: usize, positio
         let logits: Vec<f64> = (0..positions)
             .map(|j| {
                 let key = &keys[j * stride..j * stride + head_dim];
-                q.iter().zip(key).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>()
+                q.iter()
+                    .zip(key)
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                    .sum::<f64>()
                     * f64::from(scale)
             })
             .collect();
@@ -480,9 +483,13 @@ macro_rules! kernel_suite {
             #[test]
             fn attention_matches_a_double_precision_softmax() {
                 let Some(kernel) = kernel() else { return };
-                for (head_dim, stride, positions) in
-                    [(64, 192, 1), (64, 192, 300), (7, 9, 5), (33, 40, 77), (64, 64, 1000)]
-                {
+                for (head_dim, stride, positions) in [
+                    (64, 192, 1),
+                    (64, 192, 300),
+                    (7, 9, 5),
+                    (33, 40, 77),
+                    (64, 64, 1000),
+                ] {
                     check_attention(kernel.as_ref(), head_dim, stride, positions);
                 }
             }
