@@ -448,13 +448,14 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         fit
     );
     println!("outputs in {}", out.display());
-    if !result.feasible {
-        eprintln!(
-            "no genome met both the accuracy target and the board's budgets; the report shows the closest one"
-        );
-    }
     if args.json {
         println!("{report}");
+    }
+    if !result.feasible {
+        anyhow::bail!(
+            "no genome met both the accuracy target and the board's budgets; {} holds the closest one (report.json: \"feasible\": false); raise --epsilon or the budget, or search longer (--population, --generations)",
+            out.display()
+        );
     }
     Ok(())
 }
