@@ -84,13 +84,8 @@ pub fn run(json: bool, out: Option<PathBuf>, install: bool) -> anyhow::Result<()
         facts.cores,
         RUNS,
     );
-    let mut profile = host_profile(
-        &facts,
-        &bandwidth,
-        &throughput,
-        Some(&kernels),
-        &utc_date(SystemTime::now()),
-    );
+    let date = utc_date(SystemTime::now());
+    let mut profile = host_profile(&facts, &bandwidth, &throughput, Some(&kernels), &date);
     eprintln!(
         "measuring the runtime on a synthetic {}-block model (decode after {SHORT_PROMPT} and {LONG_PROMPT} tokens, prefill of {LONG_PROMPT}; {} threads) ...",
         PROBE_MODEL.n_layers, facts.cores
@@ -103,7 +98,7 @@ pub fn run(json: bool, out: Option<PathBuf>, install: bool) -> anyhow::Result<()
         facts.cores,
         RUNS,
     )?;
-    add_overheads(&mut profile, &steps)?;
+    add_overheads(&mut profile, &steps, &measured_by(&facts, &date))?;
     profile.validate()?;
     let text = toml::to_string(&profile).context("cannot write the host profile as TOML")?;
     let targets: Vec<PathBuf> = out
@@ -176,10 +171,7 @@ fn host_profile(
     kernels: Option<&KernelSpeed>,
     date: &str,
 ) -> BoardProfile {
-    let by = format!(
-        "measured by whittle-device profile on {date}, {}",
-        facts.cpu_model
-    );
+    let by = measured_by(facts, date);
     let measured = |what: String| Source {
         what: format!("{what}; {by}"),
         url: None,
@@ -269,7 +261,11 @@ fn host_profile(
 /// Writes the fixed costs fitted on `steps` into `profile` (whose rates are already
 /// measured): the product overhead as measured, the attention rate and the per-block
 /// overheads from [`whittle_boards::fit_overheads`], with a source that gives the raw times.
-fn add_overheads(profile: &mut BoardProfile, steps: &measure::ModelSteps) -> anyhow::Result<()> {
+fn add_overheads(
+    profile: &mut BoardProfile,
+    steps: &measure::ModelSteps,
+    by: &str,
+) -> anyhow::Result<()> {
     let fitted = whittle_boards::fit_overheads(
         profile,
         &steps.config,
@@ -293,11 +289,6 @@ fn add_overheads(profile: &mut BoardProfile, steps: &measure::ModelSteps) -> any
         kernels.prefill_layer_overhead_us = Some(fitted.prefill_layer_overhead_us);
     }
     let [(short, short_s), (long, long_s)] = steps.times.decode;
-    let by = profile
-        .sources
-        .first()
-        .and_then(|s| s.what.rsplit_once("; measured by "))
-        .map_or_else(String::new, |(_, by)| format!("; measured by {by}"));
     profile.sources.push(Source {
         what: format!(
             "product_overhead_us, layer_overhead_us, kernels.attention_flops, \
@@ -308,7 +299,7 @@ fn add_overheads(profile: &mut BoardProfile, steps: &measure::ModelSteps) -> any
              one-token low-rank pairs of its matrix shapes at half their parameters, {} MiB of \
              q8 weights, {:.3} ms; the overheads are what the kernel rates above leave of these \
              times (the blocks: whittle_boards::fit_overheads; a pair: its time beyond its \
-             bytes at the q8 decode rate){by}",
+             bytes at the q8 decode rate); {by}",
             steps.threads,
             steps.runs,
             steps.config.n_layers,
@@ -330,6 +321,14 @@ fn add_overheads(profile: &mut BoardProfile, steps: &measure::ModelSteps) -> any
         measured: true,
     });
     Ok(())
+}
+
+/// How every measured source ends: who measured, when, on what.
+fn measured_by(facts: &MachineFacts, date: &str) -> String {
+    format!(
+        "measured by whittle-device profile on {date}, {}",
+        facts.cpu_model
+    )
 }
 
 /// `max(512 MiB, 8 × last-level cache)`, but at most a quarter of the memory.

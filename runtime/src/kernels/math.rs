@@ -51,8 +51,6 @@ pub(crate) fn attend(head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f3
     }
 }
 
-/// `Σ a[i]·b[i]` with eight independent partial sums, so the compiler vectorizes it (a single
-/// running sum is a chain of dependent additions).
 /// `gate[i] = silu(gate[i]) · up[i]` over the common length (SwiGLU's middle), with
 /// `silu(x) = x / (1 + e^−x)`.
 #[inline(always)]
@@ -62,6 +60,8 @@ pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// `Σ a[i]·b[i]` with eight independent partial sums, so the compiler vectorizes it (a single
+/// running sum is a chain of dependent additions).
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (a8, a_tail) = a.as_chunks::<8>();
