@@ -126,6 +126,19 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Runs `f` on this thread's [`SCRATCH`], zeroed to `len` values (a fresh buffer if it is
+/// already borrowed further up the stack).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|scratch| {
+        let mut local = Vec::new();
+        let mut borrowed = scratch.try_borrow_mut();
+        let buffer = borrowed.as_deref_mut().unwrap_or(&mut local);
+        buffer.clear();
+        buffer.resize(len, 0.0);
+        f(buffer)
+    })
+}
+
 impl<K: Kernels + Sync> Threaded<K> {
     /// Part `index` of a row-split product: rows `index · chunk ..` of `w`, every token.
     fn part(
@@ -146,12 +159,7 @@ impl<K: Kernels + Sync> Threaded<K> {
             self.inner.gemm(sub, x, tokens.min(1), only);
             return;
         }
-        SCRATCH.with(|scratch| {
-            let mut local = Vec::new();
-            let mut borrowed = scratch.try_borrow_mut();
-            let buffer = borrowed.as_deref_mut().unwrap_or(&mut local);
-            buffer.clear();
-            buffer.resize(tokens * n, 0.0);
+        with_scratch(tokens * n, |buffer| {
             self.inner.gemm(sub, x, tokens, buffer);
             for (piece, row) in pieces.iter_mut().zip(buffer.chunks_exact(n.max(1))) {
                 piece.copy_from_slice(row);
@@ -207,14 +215,7 @@ impl<K: Kernels + Sync> Kernels for Threaded<K> {
                 job(range, piece, scratch);
                 return;
             }
-            SCRATCH.with(|own| {
-                let mut local = Vec::new();
-                let mut borrowed = own.try_borrow_mut();
-                let buffer = borrowed.as_deref_mut().unwrap_or(&mut local);
-                buffer.clear();
-                buffer.resize(scratch_len, 0.0);
-                job(range, piece, buffer);
-            });
+            with_scratch(scratch_len, |buffer| job(range, piece, buffer));
         });
     }
 
