@@ -265,14 +265,15 @@ unsafe fn block_dot(
     }
 }
 
-/// Rows `i .. i + N` of [`matvec_q8`]: every block's dot product times its scale, summed in
-/// one accumulator per row.
+/// Rows `i + j · stride` (`j < N`) of [`matvec_q8`], see there: every block's dot product
+/// times its scale, summed in one accumulator per row.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 #[inline]
 unsafe fn rows_q8<const N: usize>(
     data: *const i8,
     scales: *const f32,
     i: usize,
+    stride: usize,
     cols: usize,
     x: *const f32,
     out: *mut f32,
@@ -280,11 +281,11 @@ unsafe fn rows_q8<const N: usize>(
     let per_row = cols.div_ceil(Q8_BLOCK);
     let full = cols / Q8_BLOCK;
     let rest = cols - full * Q8_BLOCK;
-    // SAFETY: the caller guarantees rows `i .. i + N` of `cols` weights and `per_row` scales,
-    // `cols` activations and outputs `i .. i + N`; the last block reads only its `rest` lanes.
+    // SAFETY: the caller guarantees rows `i + j · stride` (`j < N`) of `cols` weights and
+    // `per_row` scales, `cols` activations and those outputs; the last block reads only its `rest` lanes.
     unsafe {
-        let r: [*const i8; N] = core::array::from_fn(|j| data.add((i + j) * cols));
-        let s: [*const f32; N] = core::array::from_fn(|j| scales.add((i + j) * per_row));
+        let r: [*const i8; N] = core::array::from_fn(|j| data.add((i + j * stride) * cols));
+        let s: [*const f32; N] = core::array::from_fn(|j| scales.add((i + j * stride) * per_row));
         let mut acc = [_mm512_setzero_ps(); N];
         for b in 0..full {
             let k = b * Q8_BLOCK;
@@ -306,7 +307,7 @@ unsafe fn rows_q8<const N: usize>(
             }
         }
         for (j, a) in acc.into_iter().enumerate() {
-            *out.add(i + j) = _mm512_reduce_add_ps(a);
+            *out.add(i + j * stride) = _mm512_reduce_add_ps(a);
         }
     }
 }
@@ -320,17 +321,19 @@ unsafe fn matvec_q8(
     x: *const f32,
     out: *mut f32,
 ) {
+    // Four rows a quarter of the matrix apart at a time: four independent streams from memory
+    // keep the hardware prefetchers busy where four adjacent rows are one stream (decode reads
+    // about twice as fast on one thread, docs/RESULTS.md section 5).
     // SAFETY: the caller guarantees `rows · cols` weights, `rows · ceil(cols / 32)` scales,
-    // `cols` activations and `rows` outputs; each call below covers rows below `rows`.
+    // `cols` activations and `rows` outputs; each call below covers rows below `rows`
+    // (`i + 3 · quarter < 4 · quarter ≤ rows`).
     unsafe {
-        let mut i = 0;
-        while i + 4 <= rows {
-            rows_q8::<4>(data, scales, i, cols, x, out);
-            i += 4;
+        let quarter = rows / 4;
+        for i in 0..quarter {
+            rows_q8::<4>(data, scales, i, quarter, cols, x, out);
         }
-        while i < rows {
-            rows_q8::<1>(data, scales, i, cols, x, out);
-            i += 1;
+        for i in 4 * quarter..rows {
+            rows_q8::<1>(data, scales, i, 0, cols, x, out);
         }
     }
 }
