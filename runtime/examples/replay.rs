@@ -3,8 +3,10 @@
 //! `RECORD` is the JSON file `whittle parity --record` writes (the runtime's predictions and
 //! label logits for some test inputs, computed on the recording machine). Every input is
 //! classified again here with the fastest kernels this machine has; the replay fails when a
-//! prediction differs, or a label logit differs by more than the tolerance. `cargo xtask test`
-//! records on x86_64 and replays the record for aarch64 under `qemu-aarch64`.
+//! prediction differs, or a label logit differs by more than the tolerance (wider where the
+//! kernels round decode activations to int8). `cargo xtask test` records on x86_64 and
+//! replays the record for aarch64 under `qemu-aarch64` twice: on a Cortex-A72 (NEON) and on
+//! qemu's default CPU (NEON with the int8 dot product).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -18,6 +20,12 @@ const CONTEXT: usize = 512;
 
 /// Largest accepted |Δ label logit| between machines: kernels sum in different orders.
 const TOLERANCE: f32 = 2e-3;
+
+/// The same where this machine's kernels round decode activations to int8
+/// (`Kernels::rounds_decode_activations`; the label head is a one-token product): on SST-2
+/// that moves label logits by 0.05–0.07 (two cases, NEON dot product under qemu), about a third
+/// of what rounding the weights to q8 moves them by (docs/RESULTS.md section 4).
+const ROUNDED_TOLERANCE: f32 = 0.2;
 
 #[derive(Deserialize)]
 struct Record {
@@ -72,6 +80,11 @@ fn run() -> Result<(), String> {
     let bundle = Bundle::parse(aligned.as_bytes()).map_err(|e| format!("{bundle_path}: {e}"))?;
     let kernels = Threaded::new(best(), threads);
     let kernel_name = kernels.inner().name();
+    let tolerance = if kernels.rounds_decode_activations() {
+        ROUNDED_TOLERANCE
+    } else {
+        TOLERANCE
+    };
     let mut arena = vec![0u64; bundle.arena_bytes(CONTEXT).div_ceil(8)];
     let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut arena);
     let mut session =
@@ -94,7 +107,7 @@ fn run() -> Result<(), String> {
         max_diff = max_diff.max(diff);
         let ok = prediction == case.runtime_prediction
             && logits.len() == case.runtime_logits.len()
-            && diff <= TOLERANCE;
+            && diff <= tolerance;
         failures += usize::from(!ok);
         println!(
             "case {i}: prediction {prediction} (recorded {}), max |Δlogit| {diff:.2e}{}",
@@ -103,7 +116,7 @@ fn run() -> Result<(), String> {
         );
     }
     println!(
-        "{} cases on {} ({} kernels, {threads} threads) in {:.1}s: {failures} mismatches, max |Δlogit| {max_diff:.2e} (tolerance {TOLERANCE:.0e})",
+        "{} cases on {} ({} kernels, {threads} threads) in {:.1}s: {failures} mismatches, max |Δlogit| {max_diff:.2e} (tolerance {tolerance:.0e})",
         record.cases.len(),
         std::env::consts::ARCH,
         kernel_name,

@@ -7,7 +7,7 @@
 //! run of 32 values times its own scale, once per packed block) and reuses each block across
 //! every token.
 
-use super::{F32Matrix, Q8_BLOCK, Q8Matrix, q8_blocks_per_row};
+use super::{DECODE_BELOW_TOKENS, F32Matrix, Q8_BLOCK, Q8Matrix, q8_blocks_per_row};
 
 /// Columns of one packed weight block: `KC × NR` f32 stay in L1 while every token tile uses them.
 /// A multiple of [`Q8_BLOCK`], so a packed block starts on a q8 scale boundary.
@@ -18,7 +18,7 @@ const _: () = assert!(KC.is_multiple_of(Q8_BLOCK));
 pub(crate) const NR_MAX: usize = 32;
 
 /// Below this many tokens the row dot products beat packing.
-const PACK_FROM_TOKENS: usize = 4;
+const PACK_FROM_TOKENS: usize = DECODE_BELOW_TOKENS;
 
 /// What an architecture module provides. Every method is safe: implementations check the
 /// lengths they rely on and do nothing when a caller breaks the stated contract.

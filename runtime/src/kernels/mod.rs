@@ -29,7 +29,7 @@ mod threaded;
 mod x86_64;
 
 #[cfg(target_arch = "aarch64")]
-pub use aarch64::Neon;
+pub use aarch64::{Neon, NeonDot};
 pub use math::AttentionHead;
 pub use portable::Portable;
 pub use select::{AnyKernels, available, best};
@@ -234,7 +234,21 @@ pub trait Kernels: Sync {
     fn swiglu(&self, gate: &mut [f32], up: &[f32]) {
         math::swiglu(gate, up);
     }
+
+    /// Whether q8 products of fewer than [`DECODE_BELOW_TOKENS`] tokens (decode) round each
+    /// block of 32 activations to int8 first, at a step of `max |x| / 127` over the block, to
+    /// multiply in integers (llama.cpp does the same for its q8 dot products). Their result
+    /// then differs from the exact one by at most `Σ_b scale_b · Σ_{j in b} |q_j| · step_b / 2`
+    /// beyond rounding; prefill and f32 products are unaffected.
+    fn rounds_decode_activations(&self) -> bool {
+        false
+    }
 }
+
+/// Products of fewer tokens than this run as one row dot product per token (decode); from
+/// this many, as blocked matrix–matrix products (prefill). See
+/// [`Kernels::rounds_decode_activations`].
+pub const DECODE_BELOW_TOKENS: usize = 4;
 
 #[cfg(test)]
 mod tests;

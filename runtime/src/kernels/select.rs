@@ -1,10 +1,10 @@
 //! Choosing an implementation: every kernel this machine can run, fastest first.
 
-#[cfg(target_arch = "aarch64")]
-use super::Neon;
 use super::{AttentionHead, F32Matrix, Kernels, Portable, Q8Matrix};
 #[cfg(target_arch = "x86_64")]
 use super::{Avx2Fma, Avx512};
+#[cfg(target_arch = "aarch64")]
+use super::{Neon, NeonDot};
 
 /// One of the single-threaded implementations, chosen at run time.
 #[derive(Clone, Copy, Debug)]
@@ -21,6 +21,9 @@ pub enum AnyKernels {
     /// [`Neon`].
     #[cfg(target_arch = "aarch64")]
     Neon(Neon),
+    /// [`NeonDot`].
+    #[cfg(target_arch = "aarch64")]
+    NeonDot(NeonDot),
 }
 
 /// The fastest implementation this machine offers (run-time detection under `std`,
@@ -37,7 +40,10 @@ pub fn available() -> impl Iterator<Item = AnyKernels> {
         Avx2Fma::detect().map(AnyKernels::Avx2Fma),
     ];
     #[cfg(target_arch = "aarch64")]
-    let simd = [Neon::detect().map(AnyKernels::Neon)];
+    let simd = [
+        NeonDot::detect().map(AnyKernels::NeonDot),
+        Neon::detect().map(AnyKernels::Neon),
+    ];
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let simd: [Option<AnyKernels>; 0] = [];
     simd.into_iter()
@@ -55,6 +61,8 @@ impl AnyKernels {
             Self::Avx512(k) => k,
             #[cfg(target_arch = "aarch64")]
             Self::Neon(k) => k,
+            #[cfg(target_arch = "aarch64")]
+            Self::NeonDot(k) => k,
         }
     }
 }
@@ -78,5 +86,9 @@ impl Kernels for AnyKernels {
 
     fn swiglu(&self, gate: &mut [f32], up: &[f32]) {
         self.inner().swiglu(gate, up);
+    }
+
+    fn rounds_decode_activations(&self) -> bool {
+        self.inner().rounds_decode_activations()
     }
 }

@@ -7,8 +7,8 @@
 use proptest::prelude::*;
 
 use super::{
-    AttentionHead, F32Matrix, Kernels, Portable, Q8_BLOCK, Q8Matrix, Threaded, Weight,
-    q8_blocks_per_row,
+    AttentionHead, DECODE_BELOW_TOKENS, F32Matrix, Kernels, Portable, Q8_BLOCK, Q8Matrix, Threaded,
+    Weight, q8_blocks_per_row,
 };
 
 const SENTINEL: f32 = 12345.0;
@@ -70,17 +70,36 @@ fn bound(abs_w: &[f32], rows: usize, cols: usize, x: &[f32], index: usize) -> f3
     row.iter().zip(xt).map(|(w, x)| w * x.abs()).sum::<f32>()
 }
 
+/// What rounding each block of 32 activations to int8 may add to output `index`:
+/// `Σ_j |W[i][j]| · step(j) / 2`, `step = max |x| / 127` over `x[j]`'s block (see
+/// [`Kernels::rounds_decode_activations`]).
+fn rounding_bound(abs_w: &[f32], rows: usize, cols: usize, x: &[f32], index: usize) -> f32 {
+    let (t, i) = (index / rows.max(1), index % rows.max(1));
+    let row = abs_w.get(i * cols..(i + 1) * cols).unwrap_or(&[]);
+    let xt = x.get(t * cols..(t + 1) * cols).unwrap_or(&[]);
+    row.chunks(Q8_BLOCK)
+        .zip(xt.chunks(Q8_BLOCK))
+        .map(|(w, x)| {
+            let step = x.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+            w.iter().sum::<f32>() * step / 2.0
+        })
+        .sum()
+}
+
 fn compare(
     kernel: &dyn Kernels,
     case: &Case,
     expected: &[f32],
     got: &[f32],
-    abs_w: &[f32],
-    x: &[f32],
+    (abs_w, x): (&[f32], &[f32]),
+    rounded: bool,
 ) {
     assert_eq!(expected.len(), got.len());
     for (index, (e, g)) in expected.iter().zip(got).enumerate() {
-        let tolerance = 3e-5 * bound(abs_w, case.rows, case.cols, x, index) + 1e-6;
+        let mut tolerance = 3e-5 * bound(abs_w, case.rows, case.cols, x, index) + 1e-6;
+        if rounded {
+            tolerance += rounding_bound(abs_w, case.rows, case.cols, x, index);
+        }
         assert!(
             (e - g).abs() <= tolerance,
             "{}: {case:?}: out[{index}] = {g}, portable {e} (tolerance {tolerance})",
@@ -115,7 +134,7 @@ fn check(kernel: &dyn Kernels, case: &Case) {
     Portable.gemm_f32(matrix, &x, case.tokens, &mut expected);
     kernel.gemm_f32(matrix, &x, case.tokens, &mut got);
     let abs_w: Vec<f32> = w.iter().map(|v| v.abs()).collect();
-    compare(kernel, case, &expected, &got, &abs_w, &x);
+    compare(kernel, case, &expected, &got, (&abs_w, &x), false);
 
     let matrix = Q8Matrix {
         rows: case.rows,
@@ -142,7 +161,13 @@ fn check(kernel: &dyn Kernels, case: &Case) {
                 })
         })
         .collect();
-    compare(kernel, case, &expected, &got, &abs_w, &x);
+    // The tokens the buffers cover decide between decode and prefill.
+    let tokens = case
+        .tokens
+        .min(case.x_len / case.cols.max(1))
+        .min(case.out_len / case.rows.max(1));
+    let rounded = kernel.rounds_decode_activations() && tokens < DECODE_BELOW_TOKENS;
+    compare(kernel, case, &expected, &got, (&abs_w, &x), rounded);
 }
 
 /// A low-rank layer: `A` is `rank × cols`, `B` is `rows × rank`.
@@ -242,11 +267,22 @@ fn check_low_rank(kernel: &dyn Kernels, case: &LowRankCase) {
         kernel.gemm_low_rank(a, b, &x, case.tokens, &mut low, &mut got);
 
         let (abs_a, abs_b) = (magnitudes(a), magnitudes(b));
+        let rounded = q8 && kernel.rounds_decode_activations() && case.tokens < DECODE_BELOW_TOKENS;
         let low_bound: Vec<f32> = (0..case.tokens * case.rank)
             .map(|index| bound(&abs_a, case.rank, case.cols, &x, index))
             .collect();
+        // What rounding `x` may add to each intermediate (zero unless this kernel rounds).
+        let low_rounding: Vec<f32> = (0..case.tokens * case.rank)
+            .map(|index| {
+                if rounded {
+                    rounding_bound(&abs_a, case.rank, case.cols, &x, index)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         for (index, (e, g)) in expected_low.iter().zip(&low).enumerate() {
-            let tolerance = 3e-5 * low_bound[index] + 1e-6;
+            let tolerance = 3e-5 * low_bound[index] + low_rounding[index] + 1e-6;
             assert!(
                 (e - g).abs() <= tolerance,
                 "{}: {case:?} q8 {q8}: low[{index}] = {g}, portable {e}",
@@ -254,14 +290,20 @@ fn check_low_rank(kernel: &dyn Kernels, case: &LowRankCase) {
             );
         }
         // Each intermediate carries its own error into every output: bound the output by
-        // `|B| · (|low| + bound(low))`.
+        // `|B| · (|low| + bound(low))`, plus, where activations are rounded, `|B|` times the
+        // intermediate's rounding error and what rounding the intermediate itself may add.
         let carried: Vec<f32> = expected_low
             .iter()
             .zip(&low_bound)
-            .map(|(l, b)| l.abs() + b)
+            .zip(&low_rounding)
+            .map(|((l, b), r)| l.abs() + b + r)
             .collect();
         for (index, (e, g)) in expected.iter().zip(&got).enumerate() {
-            let tolerance = 1e-4 * bound(&abs_b, case.rows, case.rank, &carried, index) + 1e-6;
+            let mut tolerance = 1e-4 * bound(&abs_b, case.rows, case.rank, &carried, index) + 1e-6;
+            if rounded {
+                tolerance += bound(&abs_b, case.rows, case.rank, &low_rounding, index)
+                    + rounding_bound(&abs_b, case.rows, case.rank, &carried, index);
+            }
             assert!(
                 (e - g).abs() <= tolerance,
                 "{}: {case:?} q8 {q8}: out[{index}] = {g}, portable {e} (tolerance {tolerance})",
@@ -546,6 +588,11 @@ kernel_suite!(
     neon,
     super::super::Neon::detect().map(|k| Box::new(k) as Box<dyn Kernels>)
 );
+#[cfg(target_arch = "aarch64")]
+kernel_suite!(
+    neon_dotprod,
+    super::super::NeonDot::detect().map(|k| Box::new(k) as Box<dyn Kernels>)
+);
 kernel_suite!(best, Some(Box::new(super::super::best())));
 kernel_suite!(
     threaded_best,
@@ -566,7 +613,28 @@ fn best_is_the_first_available() {
         Some("portable")
     );
     #[cfg(target_arch = "aarch64")]
-    assert_eq!(best.name(), "neon");
+    assert_eq!(
+        best.name(),
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            "neon-dotprod"
+        } else {
+            "neon"
+        }
+    );
+}
+
+/// Every kernel named in `WHITTLE_REQUIRE_KERNELS` (comma-separated) is available here, so a
+/// suite that returns early for a kernel this machine lacks cannot pass unnoticed where the
+/// kernel is expected (`cargo xtask test` requires `neon-dotprod` under qemu).
+#[test]
+fn required_kernels_are_available() {
+    let Ok(required) = std::env::var("WHITTLE_REQUIRE_KERNELS") else {
+        return;
+    };
+    let names: Vec<&str> = super::available().map(|k| k.name()).collect();
+    for name in required.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        assert!(names.contains(&name), "{name} is not among {names:?}");
+    }
 }
 
 /// `for_each_part` covers every item once, hands each its own share of `out`, and gives every

@@ -227,6 +227,10 @@ impl<K: Kernels + Sync> Kernels for Threaded<K> {
         self.inner.swiglu(gate, up);
     }
 
+    fn rounds_decode_activations(&self) -> bool {
+        self.inner.rounds_decode_activations()
+    }
+
     fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
         self.product(Weight::F32(w), x, tokens, out);
     }
