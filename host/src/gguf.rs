@@ -186,16 +186,16 @@ impl GgufFile {
             path: self.path.clone(),
             source,
         })?;
-        if let Some(rope_dims) = self.optional_usize("llama.rope.dimension_count")? {
-            if rope_dims != config.head_dim() {
-                return Err(ModelError::UnsupportedVariant {
-                    path: self.path.clone(),
-                    what: format!(
-                        "partial rotary embedding ({rope_dims} of {} head dims)",
-                        config.head_dim()
-                    ),
-                });
-            }
+        if let Some(rope_dims) = self.optional_usize("llama.rope.dimension_count")?
+            && rope_dims != config.head_dim()
+        {
+            return Err(ModelError::UnsupportedVariant {
+                path: self.path.clone(),
+                what: format!(
+                    "partial rotary embedding ({rope_dims} of {} head dims)",
+                    config.head_dim()
+                ),
+            });
         }
         if self.metadata("llama.rope.scaling.type").is_some() {
             return Err(ModelError::UnsupportedVariant {

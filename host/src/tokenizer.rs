@@ -59,10 +59,10 @@ impl TextTokenizer {
             .ok_or_else(|| error("no tokenizer.ggml.eos_token_id".to_owned()))?;
         let mut stop_ids = vec![eos];
         for special in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>"] {
-            if let Some(id) = inner.token_to_id(special) {
-                if !stop_ids.contains(&id) {
-                    stop_ids.push(id);
-                }
+            if let Some(id) = inner.token_to_id(special)
+                && !stop_ids.contains(&id)
+            {
+                stop_ids.push(id);
             }
         }
         let pad_id = token_id("tokenizer.ggml.padding_token_id").unwrap_or(eos);

@@ -374,7 +374,6 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let (uniform_outcome, _, _) = finish(RankPlan::uniform(&config, uniform.keep), false)?;
     let best_plan = result.best.to_plan(&config, &levels)?;
     let (searched_outcome, pruned_model, plan) = finish(best_plan, !args.no_refit)?;
-    drop(finish);
     let dense_test = test.score(&base.llama, &progress)?.accuracy;
     progress.finish_and_clear();
     let fit = feasibility(&board, &problem.prediction(&plan)?);

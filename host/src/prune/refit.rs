@@ -47,6 +47,7 @@ fn readers(site: InputSite) -> impl Iterator<Item = MatrixKind> {
 /// layer corrects the error of the pruned layers before it. Dense matrices stay as they are.
 /// `anchor` λ ≥ 0 adds λ·‖W X − M X‖², the plain output-aligned objective on the dense
 /// inputs, so the solution is pulled toward the plain factors (λ → ∞ gives them back).
+#[allow(clippy::too_many_arguments)] // the two models, the plan, the data and its batching, λ, progress
 pub fn anchored_refit(
     base: &Llama,
     pruned: &Llama,
