@@ -244,6 +244,14 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
 
     let uniform_started = Instant::now();
     let dense_accuracy = problem.dense_accuracy();
+    let chance_level = whittle_host::prune::chance_level_warning(
+        dense_accuracy,
+        problem.full_evaluator().majority_rate(),
+        problem.full_evaluator().len(),
+    );
+    if let Some(warning) = &chance_level {
+        eprintln!("warning: {warning}");
+    }
     let mut accuracy_at = |keep: f64| -> anyhow::Result<f64> {
         let (_, estimate) = problem.score_plan(&RankPlan::uniform(&config, keep))?;
         progress.suspend(|| {
@@ -410,6 +418,7 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
         "epsilon": args.epsilon,
         "dtype": args.dtype,
         "dense_accuracy": problem.dense_accuracy(),
+        "chance_level_warning": chance_level,
         "dense_test_accuracy": dense_test,
         "target_accuracy": uniform.target_accuracy,
         "accuracy_slope": problem.accuracy_model().slope(),

@@ -100,8 +100,37 @@ impl AccuracyModel {
     }
 }
 
+/// A warning when the dense model's accuracy on `n` examples is not clearly above always
+/// answering the most frequent label (`majority`): less than two binomial standard errors of
+/// that rate above it. On such a task (this model on PubMedQA or BoolQ) any accuracy target is
+/// met by a model that has lost what it knew, so the search's answer says nothing about the
+/// pruning.
+pub fn chance_level_warning(dense: f64, majority: f64, n: usize) -> Option<String> {
+    let standard_error = (majority * (1.0 - majority) / n.max(1) as f64).sqrt();
+    (dense < majority + 2.0 * standard_error).then(|| {
+        format!(
+            "the dense model's search accuracy {dense:.4} is within two standard errors \
+             ({:.4}) of always answering the most frequent label ({majority:.4}, {n} examples): \
+             this model does not solve the task, so the accuracy target constrains nothing and \
+             any pruning will look admissible; choose a task the model solves, or a larger model",
+            2.0 * standard_error
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn chance_level_is_flagged_only_within_noise_of_the_majority() {
+        // Below the majority rate (a model at chance, as this one on PubMedQA's test split).
+        assert!(super::chance_level_warning(0.536, 0.552, 250).is_some());
+        // Within two standard errors above (2 · 0.0314 on 250 examples at 0.552).
+        assert!(super::chance_level_warning(0.60, 0.552, 250).is_some());
+        // Far above it (SST-2: dense 0.8817 on 262 examples whose labels are about balanced).
+        assert!(super::chance_level_warning(0.8817, 0.51, 262).is_none());
+        assert!(super::chance_level_warning(0.62, 0.552, 250).is_none());
+    }
     use super::*;
 
     fn scored(correct: &[bool], gold_log_prob: f64) -> Scored {

@@ -11,7 +11,7 @@ mod refit;
 mod uniform;
 
 pub use bank::{FactorBank, dense_weight, stats_to_faer};
-pub use estimate::{AccuracyModel, Estimate};
+pub use estimate::{AccuracyModel, Estimate, chance_level_warning};
 pub use problem::TaskProblem;
 pub use refit::anchored_refit;
 pub use uniform::{Evaluator, Scored, UniformResult, uniform_search};

@@ -67,6 +67,16 @@ impl Evaluator {
         })
     }
 
+    /// The accuracy of always answering the split's most frequent gold label.
+    pub fn majority_rate(&self) -> f64 {
+        let mut counts = std::collections::HashMap::new();
+        for label in self.search.iter().filter_map(|e| e.label) {
+            *counts.entry(label).or_insert(0usize) += 1;
+        }
+        let most = counts.values().copied().max().unwrap_or(0);
+        most as f64 / self.search.len().max(1) as f64
+    }
+
     /// Scores a candidate decoder (sharing the base model's tokenizer) with the label bias
     /// it fits on the calibration examples: the honest measurement, as reported.
     pub fn score(&self, llama: &Llama, progress: &ProgressBar) -> anyhow::Result<Scored> {
