@@ -145,41 +145,24 @@ fn runtime_no_std_build() -> anyhow::Result<()> {
     cargo::run(&mut cargo::cargo(
         ["build", "-p", "whittle-runtime"].into_iter().chain(thumb),
     ))?;
-    let deny = ["--", "-D", "warnings"];
-    cargo::run(&mut cargo::cargo(
-        ["clippy", "-p", "whittle-runtime"]
-            .into_iter()
-            .chain(thumb)
-            .chain(deny),
-    ))?;
-    cargo::run(&mut cargo::cargo(
-        [
-            "clippy",
-            "-p",
-            "whittle-runtime",
-            "--release",
-            "--features",
-            "std",
-        ]
-        .into_iter()
-        .chain(deny),
-    ))
-    .context("the runtime breaks its lints; see the clippy output above")?;
-    cargo::run(&mut cargo::cargo(
-        [
-            "clippy",
-            "-p",
-            "whittle-runtime",
-            "--release",
-            "--features",
-            "std",
-            "--target",
-            DEVICE_TARGET,
-        ]
-        .into_iter()
-        .chain(deny),
-    ))
-    .context("the runtime's aarch64 code breaks its lints; see the clippy output above")
+    let host = ["--release", "--features", "std"];
+    let aarch64 = ["--release", "--features", "std", "--target", DEVICE_TARGET];
+    for (target, args) in [
+        ("thumbv7em", &thumb[..]),
+        ("host", &host[..]),
+        ("aarch64", &aarch64[..]),
+    ] {
+        cargo::run(&mut cargo::cargo(
+            ["clippy", "-p", "whittle-runtime"]
+                .into_iter()
+                .chain(args.iter().copied())
+                .chain(["--", "-D", "warnings"]),
+        ))
+        .with_context(|| {
+            format!("the runtime's code for {target} breaks its lints; see the clippy output above")
+        })?;
+    }
+    Ok(())
 }
 
 /// The example app is its own workspace (a `no_main` binary); its `.cargo/config.toml` sets
