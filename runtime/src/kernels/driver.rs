@@ -38,6 +38,25 @@ pub(crate) trait Simd {
     /// scales.len() / bpr)`.
     fn matvec_q8(&self, data: &[i8], scales: &[f32], cols: usize, x: &[f32], out: &mut [f32]);
 
+    /// Packs a block as [`pack`] does with `stride = NR`: rows `row0 .. row0 + nr` (`nr ≤
+    /// NR`), columns `k0 .. k0 + kc` (`k0` a multiple of [`KC`], `kc ≤ KC`) of a `cols`-column
+    /// matrix (q8: each value times its block's scale) into `dst[k·NR + r]`, rows `nr .. NR`
+    /// zero. Returns `false`, leaving `dst` alone, where it does not (the default, and on any
+    /// length it cannot satisfy); the driver then packs in portable code.
+    #[allow(clippy::too_many_arguments)]
+    fn pack(
+        &self,
+        _src: Source<'_>,
+        _cols: usize,
+        _row0: usize,
+        _nr: usize,
+        _k0: usize,
+        _kc: usize,
+        _dst: &mut [f32],
+    ) -> bool {
+        false
+    }
+
     /// `out[t·out_stride + i] (+)= Σ_{k<kc} packed[k·NR + i] · x[t·x_stride + k]` for
     /// `t < mt ≤ MR`, `i < nr ≤ NR`; adds to `out` when `accumulate`, else overwrites it.
     #[allow(clippy::too_many_arguments)]
@@ -82,7 +101,7 @@ fn extent(
 
 /// The weights a block is packed from.
 #[derive(Clone, Copy)]
-enum Source<'a> {
+pub(crate) enum Source<'a> {
     F32(&'a [f32]),
     /// Values and per-block scales (`ceil(cols / 32)` per row).
     Q8(&'a [i8], &'a [f32]),
@@ -234,7 +253,9 @@ fn blocked<S: Simd>(
         let nr = nr_full.min(e.rows - row0);
         for k0 in (0..cols).step_by(KC) {
             let kc = KC.min(cols - k0);
-            pack(src, cols, row0, nr, k0, kc, nr_full, &mut packed);
+            if nr_full != S::NR || !simd.pack(src, cols, row0, nr, k0, kc, &mut packed) {
+                pack(src, cols, row0, nr, k0, kc, nr_full, &mut packed);
+            }
             for t0 in (0..e.tokens).step_by(mr) {
                 let mt = mr.min(e.tokens - t0);
                 let xs = x.get(t0 * cols + k0..).unwrap_or_default();

@@ -9,11 +9,12 @@
 
 use core::arch::x86_64::{
     __m512, __mmask16, _mm_loadu_si128, _mm_maskz_loadu_epi8, _mm512_add_ps, _mm512_cvtepi8_epi32,
-    _mm512_cvtepi32_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
-    _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps,
+    _mm512_cvtepi32_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
+    _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_permutex2var_ps,
+    _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
 };
 
-use super::super::driver::{self, Simd};
+use super::super::driver::{self, Simd, Source};
 use super::super::{AttentionHead, F32Matrix, Kernels, Q8_BLOCK, Q8Matrix, math};
 
 /// AVX-512 F/BW/VL kernels. Constructed only by [`Avx512::detect`].
@@ -121,6 +122,38 @@ impl Simd for Avx512 {
                 out.as_mut_ptr(),
             )
         }
+    }
+
+    fn pack(
+        &self,
+        src: Source<'_>,
+        cols: usize,
+        row0: usize,
+        nr: usize,
+        k0: usize,
+        kc: usize,
+        dst: &mut [f32],
+    ) -> bool {
+        let per_row = cols.div_ceil(Q8_BLOCK);
+        let (rows_stored, rows) = match src {
+            Source::F32(data) => (data.len() / cols.max(1), Rows::F32(data.as_ptr())),
+            Source::Q8(data, scales) => (
+                (data.len() / cols.max(1)).min(scales.len() / per_row),
+                Rows::Q8(data.as_ptr(), scales.as_ptr()),
+            ),
+        };
+        let fits = nr <= NR
+            && kc > 0
+            && k0.is_multiple_of(Q8_BLOCK)
+            && k0 + kc <= cols
+            && dst.len() >= kc * NR
+            && rows_stored >= row0 + nr;
+        if fits {
+            // SAFETY: `self` proves the features; the checks above bound every read (rows
+            // `row0 .. row0 + nr`, columns `k0 .. k0 + kc`, their scales) and write (`kc · NR`).
+            unsafe { pack(rows, cols, row0, nr, k0, kc, dst.as_mut_ptr()) };
+        }
+        fits
     }
 
     fn tile(
@@ -334,6 +367,100 @@ unsafe fn matvec_q8(
         }
         for i in 4 * quarter..rows {
             rows_q8::<1>(data, scales, i, 0, cols, x, out);
+        }
+    }
+}
+
+/// Transposes the 16 × 16 matrix whose rows are `v` in place: four rounds of two-register
+/// permutes, each swapping the off-diagonal blocks of every `2h × 2h` block (`h` = 8, 4, 2, 1).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose16(v: &mut [__m512; 16]) {
+    for h in [8usize, 4, 2, 1] {
+        // Lane `l` of the first output: `a[l]` where `l & h == 0`, else `b[l − h]`; of the
+        // second: `a[l + h]`, else `b[l]` (`b`'s lanes are 16 ..= 31 of the pair).
+        let first: [i32; 16] = core::array::from_fn(|l| {
+            if l & h == 0 {
+                l as i32
+            } else {
+                (16 + l - h) as i32
+            }
+        });
+        let second: [i32; 16] = core::array::from_fn(|l| {
+            if l & h == 0 {
+                (l + h) as i32
+            } else {
+                (16 + l) as i32
+            }
+        });
+        // SAFETY: loads of two 16-lane arrays on the stack.
+        let (first, second) = unsafe {
+            (
+                _mm512_loadu_si512(first.as_ptr().cast()),
+                _mm512_loadu_si512(second.as_ptr().cast()),
+            )
+        };
+        // Rows `i` and `i + h` with `i & h == 0`: the two halves of every run of `2h` rows.
+        for run in v.chunks_exact_mut(2 * h) {
+            let (upper, lower) = run.split_at_mut(h);
+            for (x, y) in upper.iter_mut().zip(lower) {
+                let (a, b) = (*x, *y);
+                *x = _mm512_permutex2var_ps(a, first, b);
+                *y = _mm512_permutex2var_ps(a, second, b);
+            }
+        }
+    }
+}
+
+/// Where [`pack`] reads rows from: f32 values, or int8 values and their block scales.
+#[derive(Clone, Copy)]
+enum Rows {
+    F32(*const f32),
+    Q8(*const i8, *const f32),
+}
+
+/// [`Simd::pack`] for `NR` = 32: each half of the rows, 16 columns at a time, is loaded as 16
+/// rows of 16 values (q8: converted and scaled), transposed in registers and stored as 16
+/// columns of 16 rows; rows past `nr` are zero. One store per 16 values, where the portable
+/// packer stores every value on its own.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn pack(
+    rows: Rows,
+    cols: usize,
+    row0: usize,
+    nr: usize,
+    k0: usize,
+    kc: usize,
+    dst: *mut f32,
+) {
+    let per_row = cols.div_ceil(Q8_BLOCK);
+    // SAFETY: the caller guarantees rows `row0 .. row0 + nr` of `cols` values (and `per_row`
+    // scales), `k0 + kc ≤ cols`, and `kc · NR` values at `dst`; the masks read only columns
+    // below `k0 + kc`, and a 16-column chunk at a multiple of 16 lies in one 32-value block.
+    unsafe {
+        for half in 0..NR / LANES {
+            let rows_here = nr.saturating_sub(half * LANES).min(LANES);
+            for c in (0..kc).step_by(LANES) {
+                let cols_here = (kc - c).min(LANES);
+                let m = mask(cols_here);
+                let block = (k0 + c) / Q8_BLOCK;
+                let mut v = [_mm512_setzero_ps(); LANES];
+                for (j, v) in v.iter_mut().enumerate().take(rows_here) {
+                    let row = row0 + half * LANES + j;
+                    let at = row * cols + k0 + c;
+                    *v = match rows {
+                        Rows::F32(data) => _mm512_maskz_loadu_ps(m, data.add(at)),
+                        Rows::Q8(data, scales) => _mm512_mul_ps(
+                            load_q8(data.add(at), m),
+                            _mm512_set1_ps(*scales.add(row * per_row + block)),
+                        ),
+                    };
+                }
+                transpose16(&mut v);
+                for (j, v) in v.into_iter().enumerate().take(cols_here) {
+                    _mm512_storeu_ps(dst.add((c + j) * NR + half * LANES), v);
+                }
+            }
         }
     }
 }
