@@ -9,11 +9,12 @@
 use core::arch::x86_64::{
     __m256, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_loadl_epi64, _mm_movehl_ps, _mm_shuffle_ps,
     _mm256_add_ps, _mm256_castps256_ps128, _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps,
-    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps,
-    _mm256_setzero_ps, _mm256_storeu_ps,
+    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_permute2f128_ps,
+    _mm256_set1_ps, _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps,
+    _mm256_unpacklo_ps,
 };
 
-use super::super::driver::{self, Simd};
+use super::super::driver::{self, Simd, Source};
 use super::super::{AttentionHead, F32Matrix, Kernels, Q8_BLOCK, Q8Matrix, math};
 
 /// AVX2 + FMA kernels. Constructed only by [`Avx2Fma::detect`].
@@ -113,6 +114,35 @@ impl Simd for Avx2Fma {
                 out.as_mut_ptr(),
             )
         }
+    }
+
+    fn pack(
+        &self,
+        src: Source<'_>,
+        cols: usize,
+        row0: usize,
+        nr: usize,
+        k0: usize,
+        kc: usize,
+        dst: &mut [f32],
+    ) -> bool {
+        let per_row = cols.div_ceil(Q8_BLOCK);
+        let rows_stored = match src {
+            Source::F32(data) => data.len() / cols.max(1),
+            Source::Q8(data, scales) => (data.len() / cols.max(1)).min(scales.len() / per_row),
+        };
+        let fits = nr <= NR
+            && kc > 0
+            && k0.is_multiple_of(Q8_BLOCK)
+            && k0 + kc <= cols
+            && dst.len() >= kc * NR
+            && rows_stored >= row0 + nr;
+        if fits {
+            // SAFETY: `self` proves the features; the checks above bound every read (rows
+            // `row0 .. row0 + nr`, columns `k0 .. k0 + kc`, their scales) and write (`kc · NR`).
+            unsafe { pack(src, cols, row0, nr, k0, kc, dst.as_mut_ptr()) };
+        }
+        fits
     }
 
     fn tile(
@@ -346,6 +376,123 @@ unsafe fn matvec_q8(
         }
         for i in 4 * quarter..rows {
             rows_q8::<1>(data, scales, i, 0, cols, x, out);
+        }
+    }
+}
+
+/// Transposes the 8 × 8 matrix whose rows are `v` (the usual unpack, shuffle and
+/// 128-bit-lane exchange).
+#[target_feature(enable = "avx2")]
+fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+    let [r0, r1, r2, r3, r4, r5, r6, r7] = v;
+    let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+    let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+    let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+    let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+    let (u0, u1) = (
+        _mm256_shuffle_ps::<0x44>(t0, t2),
+        _mm256_shuffle_ps::<0xEE>(t0, t2),
+    );
+    let (u2, u3) = (
+        _mm256_shuffle_ps::<0x44>(t1, t3),
+        _mm256_shuffle_ps::<0xEE>(t1, t3),
+    );
+    let (u4, u5) = (
+        _mm256_shuffle_ps::<0x44>(t4, t6),
+        _mm256_shuffle_ps::<0xEE>(t4, t6),
+    );
+    let (u6, u7) = (
+        _mm256_shuffle_ps::<0x44>(t5, t7),
+        _mm256_shuffle_ps::<0xEE>(t5, t7),
+    );
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
+/// [`Simd::pack`] for `NR` = 16: each half of the rows, 8 columns at a time, is loaded as 8
+/// rows of 8 values (q8: converted and scaled; a last chunk of fewer columns through a
+/// zero-padded copy), transposed in registers and stored as 8 columns of 8 rows; rows past
+/// `nr` are zero.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack(
+    src: Source<'_>,
+    cols: usize,
+    row0: usize,
+    nr: usize,
+    k0: usize,
+    kc: usize,
+    dst: *mut f32,
+) {
+    let per_row = cols.div_ceil(Q8_BLOCK);
+    // SAFETY: the caller guarantees that `src` holds rows `row0 .. row0 + nr` of `cols` values
+    // (and `per_row` scales), `k0 + kc ≤ cols`, and `kc · NR` values at `dst`; a chunk of
+    // fewer than 8 columns is read value by value, and an 8-column chunk at a multiple of 8
+    // lies in one 32-value block.
+    unsafe {
+        for half in 0..NR / LANES {
+            let rows_here = nr.saturating_sub(half * LANES).min(LANES);
+            for c in (0..kc).step_by(LANES) {
+                let cols_here = (kc - c).min(LANES);
+                let block = (k0 + c) / Q8_BLOCK;
+                let mut v = [_mm256_setzero_ps(); LANES];
+                for (j, v) in v.iter_mut().enumerate().take(rows_here) {
+                    let row = row0 + half * LANES + j;
+                    let at = row * cols + k0 + c;
+                    let (values, scale) = match src {
+                        Source::F32(data) => (Chunk::F32(data.as_ptr().add(at)), 1.0),
+                        Source::Q8(data, scales) => (
+                            Chunk::Q8(data.as_ptr().add(at)),
+                            *scales.as_ptr().add(row * per_row + block),
+                        ),
+                    };
+                    *v = _mm256_mul_ps(values.load(cols_here), _mm256_set1_ps(scale));
+                }
+                for (j, v) in transpose8(v).into_iter().enumerate().take(cols_here) {
+                    _mm256_storeu_ps(dst.add((c + j) * NR + half * LANES), v);
+                }
+            }
+        }
+    }
+}
+
+/// One row's chunk of up to 8 values for [`pack`].
+#[derive(Clone, Copy)]
+enum Chunk {
+    F32(*const f32),
+    Q8(*const i8),
+}
+
+impl Chunk {
+    /// The chunk's first `n ≤ 8` values as f32, zero past them.
+    ///
+    /// # Safety
+    /// `n` values are readable at the pointer, and the CPU has AVX2.
+    #[inline(always)]
+    unsafe fn load(self, n: usize) -> __m256 {
+        // SAFETY: forwarded from the caller; a short chunk is copied value by value.
+        unsafe {
+            if n >= LANES {
+                return match self {
+                    Self::F32(p) => f32::load8(p),
+                    Self::Q8(p) => i8::load8(p),
+                };
+            }
+            let mut line = [0.0f32; LANES];
+            for (k, l) in line.iter_mut().enumerate().take(n) {
+                *l = match self {
+                    Self::F32(p) => *p.add(k),
+                    Self::Q8(p) => f32::from(*p.add(k)),
+                };
+            }
+            _mm256_loadu_ps(line.as_ptr())
         }
     }
 }

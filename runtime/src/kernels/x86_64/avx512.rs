@@ -135,12 +135,9 @@ impl Simd for Avx512 {
         dst: &mut [f32],
     ) -> bool {
         let per_row = cols.div_ceil(Q8_BLOCK);
-        let (rows_stored, rows) = match src {
-            Source::F32(data) => (data.len() / cols.max(1), Rows::F32(data.as_ptr())),
-            Source::Q8(data, scales) => (
-                (data.len() / cols.max(1)).min(scales.len() / per_row),
-                Rows::Q8(data.as_ptr(), scales.as_ptr()),
-            ),
+        let rows_stored = match src {
+            Source::F32(data) => data.len() / cols.max(1),
+            Source::Q8(data, scales) => (data.len() / cols.max(1)).min(scales.len() / per_row),
         };
         let fits = nr <= NR
             && kc > 0
@@ -151,7 +148,7 @@ impl Simd for Avx512 {
         if fits {
             // SAFETY: `self` proves the features; the checks above bound every read (rows
             // `row0 .. row0 + nr`, columns `k0 .. k0 + kc`, their scales) and write (`kc · NR`).
-            unsafe { pack(rows, cols, row0, nr, k0, kc, dst.as_mut_ptr()) };
+            unsafe { pack(src, cols, row0, nr, k0, kc, dst.as_mut_ptr()) };
         }
         fits
     }
@@ -412,20 +409,13 @@ fn transpose16(v: &mut [__m512; 16]) {
     }
 }
 
-/// Where [`pack`] reads rows from: f32 values, or int8 values and their block scales.
-#[derive(Clone, Copy)]
-enum Rows {
-    F32(*const f32),
-    Q8(*const i8, *const f32),
-}
-
 /// [`Simd::pack`] for `NR` = 32: each half of the rows, 16 columns at a time, is loaded as 16
 /// rows of 16 values (q8: converted and scaled), transposed in registers and stored as 16
 /// columns of 16 rows; rows past `nr` are zero. One store per 16 values, where the portable
 /// packer stores every value on its own.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn pack(
-    rows: Rows,
+    src: Source<'_>,
     cols: usize,
     row0: usize,
     nr: usize,
@@ -434,8 +424,8 @@ unsafe fn pack(
     dst: *mut f32,
 ) {
     let per_row = cols.div_ceil(Q8_BLOCK);
-    // SAFETY: the caller guarantees rows `row0 .. row0 + nr` of `cols` values (and `per_row`
-    // scales), `k0 + kc ≤ cols`, and `kc · NR` values at `dst`; the masks read only columns
+    // SAFETY: the caller guarantees that `src` holds rows `row0 .. row0 + nr` of `cols` values
+    // (and `per_row` scales), `k0 + kc ≤ cols`, and `kc · NR` values at `dst`; the masks read only columns
     // below `k0 + kc`, and a 16-column chunk at a multiple of 16 lies in one 32-value block.
     unsafe {
         for half in 0..NR / LANES {
@@ -448,11 +438,11 @@ unsafe fn pack(
                 for (j, v) in v.iter_mut().enumerate().take(rows_here) {
                     let row = row0 + half * LANES + j;
                     let at = row * cols + k0 + c;
-                    *v = match rows {
-                        Rows::F32(data) => _mm512_maskz_loadu_ps(m, data.add(at)),
-                        Rows::Q8(data, scales) => _mm512_mul_ps(
-                            load_q8(data.add(at), m),
-                            _mm512_set1_ps(*scales.add(row * per_row + block)),
+                    *v = match src {
+                        Source::F32(data) => _mm512_maskz_loadu_ps(m, data.as_ptr().add(at)),
+                        Source::Q8(data, scales) => _mm512_mul_ps(
+                            load_q8(data.as_ptr().add(at), m),
+                            _mm512_set1_ps(*scales.as_ptr().add(row * per_row + block)),
                         ),
                     };
                 }
