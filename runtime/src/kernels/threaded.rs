@@ -286,13 +286,20 @@ impl<K: Kernels + Sync> Kernels for Threaded<K> {
                 }
                 return;
             }
-            let mut gathered = Vec::with_capacity(rank);
-            for slot in &low_slots {
-                if let Some([piece]) = lock(slot).as_deref() {
-                    gathered.extend_from_slice(piece);
+            // Every part of `B` reads all of `low`: copied from the slots into this thread's
+            // scratch (decode parts of `B` write `out` directly and use no scratch of their own).
+            with_scratch(rank, |gathered| {
+                let mut at = 0;
+                for slot in &low_slots {
+                    if let Some([piece]) = lock(slot).as_deref() {
+                        if let Some(dst) = gathered.get_mut(at..at + piece.len()) {
+                            dst.copy_from_slice(piece);
+                        }
+                        at += piece.len();
+                    }
                 }
-            }
-            self.part(b, &gathered, 1, b_chunk, &out_slots, index);
+                self.part(b, gathered, 1, b_chunk, &out_slots, index);
+            });
         });
     }
 }
