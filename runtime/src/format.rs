@@ -34,7 +34,17 @@ pub const MERGE_RECORD_LEN: usize = 16;
 pub const NO_TOKEN: u32 = u32::MAX;
 
 /// CRC-32 (ISO-HDLC, the zlib/PNG polynomial) of the preamble + header and of the blob.
-pub const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+pub const CRC32: crc::Crc<u32, CrcTable> = crc::Crc::<u32, CrcTable>::new(&crc::CRC_32_ISO_HDLC);
+
+/// The CRC's lookup tables. Under `std` (boards with an OS, where a 150 MB bundle is checked
+/// at every load) sixteen tables of 1 KiB process 16 bytes per step: the 145 MB dense bundle
+/// parses in 29 ms instead of 297 on the development machine. Without it (microcontrollers,
+/// where flash is scarce and bundles are small) one table. The checksum is the same either way.
+#[cfg(feature = "std")]
+pub type CrcTable = crc::Table<16>;
+/// See the `std` variant.
+#[cfg(not(feature = "std"))]
+pub type CrcTable = crc::Table<1>;
 
 /// Rounds `n` up to the next multiple of [`ALIGN`].
 pub const fn align_up(n: usize) -> usize {
@@ -244,4 +254,24 @@ pub struct Header<'a> {
     /// Provenance.
     #[serde(borrow)]
     pub provenance: Provenance<'a>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CRC32;
+
+    /// Every table layout computes CRC-32/ISO-HDLC: the standard check value, and one table
+    /// against sixteen on bytes of every value and odd lengths.
+    #[test]
+    fn crc_is_iso_hdlc_whatever_the_tables() {
+        assert_eq!(CRC32.checksum(b"123456789"), 0xCBF4_3926);
+        let one = crc::Crc::<u32, crc::Table<1>>::new(&crc::CRC_32_ISO_HDLC);
+        let sixteen = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISO_HDLC);
+        let bytes: alloc::vec::Vec<u8> = (0..4099u32).map(|i| (i * 131 % 251) as u8).collect();
+        for len in [0, 1, 15, 16, 17, 1000, 4099] {
+            let part = bytes.get(..len).unwrap_or_default();
+            assert_eq!(one.checksum(part), sixteen.checksum(part), "length {len}");
+            assert_eq!(CRC32.checksum(part), one.checksum(part), "length {len}");
+        }
+    }
 }
