@@ -486,6 +486,16 @@ macro_rules! kernel_suite {
                 }
             }
 
+            /// Rows longer than a kernel's pass over rounded activations (4,096 columns)
+            /// add the passes up, in decode.
+            #[test]
+            fn long_rows_decode() {
+                let Some(kernel) = kernel() else { return };
+                for cols in [4095, 4096, 4097, 8300] {
+                    check(kernel.as_ref(), &Case::exact(9, cols, 1, cols as u64));
+                }
+            }
+
             #[test]
             fn empty_matrices_zero_the_output() {
                 let Some(kernel) = kernel() else { return };
