@@ -13,6 +13,8 @@ struct MachineInfo {
     os: &'static str,
     logical_cores: Option<usize>,
     simd_features: Vec<&'static str>,
+    /// The runtime's kernels this machine can run, the one `run` and `bench` use first.
+    kernels: Vec<&'static str>,
     memory_total_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     memory_error: Option<String>,
@@ -37,6 +39,9 @@ impl MachineInfo {
             os: std::env::consts::OS,
             logical_cores: std::thread::available_parallelism().ok().map(|n| n.get()),
             simd_features: detected_simd_features(),
+            kernels: whittle_runtime::kernels::available()
+                .map(|k| whittle_runtime::kernels::Kernels::name(&k))
+                .collect(),
             memory_error: memory.as_ref().err().map(|error| format!("{error:#}")),
             memory_total_bytes: memory.ok(),
             // The runtime takes its version from the workspace, like this crate.
@@ -59,8 +64,11 @@ impl MachineInfo {
             (None, None) => "unknown".to_owned(),
         };
         format!(
-            "arch: {}\nos: {}\nlogical cores: {cores}\nsimd: {simd}\nmemory: {memory}\nwhittle-runtime: {}\n",
-            self.arch, self.os, self.runtime_version
+            "arch: {}\nos: {}\nlogical cores: {cores}\nsimd: {simd}\nkernels: {} (first: used)\nmemory: {memory}\nwhittle-runtime: {}\n",
+            self.arch,
+            self.os,
+            self.kernels.join(", "),
+            self.runtime_version
         )
     }
 }
