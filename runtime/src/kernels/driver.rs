@@ -107,6 +107,36 @@ pub(crate) enum Source<'a> {
     Q8(&'a [i8], &'a [f32]),
 }
 
+impl Source<'_> {
+    /// Whether a [`Simd::pack`] of rows `row0 .. row0 + nr` (`nr ≤ nr_max`), columns `k0 ..
+    /// k0 + kc` of this `cols`-column matrix into `dst_len` values with `nr_max` rows per
+    /// column is within every buffer (q8: with its scales) and starts on a q8 block.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn packs(
+        &self,
+        cols: usize,
+        row0: usize,
+        nr: usize,
+        k0: usize,
+        kc: usize,
+        dst_len: usize,
+        nr_max: usize,
+    ) -> bool {
+        let stored = match self {
+            Self::F32(data) => data.len() / cols.max(1),
+            Self::Q8(data, scales) => {
+                (data.len() / cols.max(1)).min(scales.len() / q8_blocks_per_row(cols).max(1))
+            }
+        };
+        nr <= nr_max
+            && kc > 0
+            && k0.is_multiple_of(Q8_BLOCK)
+            && k0 + kc <= cols
+            && dst_len >= kc * nr_max
+            && stored >= row0 + nr
+    }
+}
+
 /// `out = x · Wᵀ` for f32 weights through `simd`.
 pub(crate) fn gemm_f32<S: Simd>(
     simd: &S,

@@ -134,20 +134,10 @@ impl Simd for Avx512 {
         kc: usize,
         dst: &mut [f32],
     ) -> bool {
-        let per_row = cols.div_ceil(Q8_BLOCK);
-        let rows_stored = match src {
-            Source::F32(data) => data.len() / cols.max(1),
-            Source::Q8(data, scales) => (data.len() / cols.max(1)).min(scales.len() / per_row),
-        };
-        let fits = nr <= NR
-            && kc > 0
-            && k0.is_multiple_of(Q8_BLOCK)
-            && k0 + kc <= cols
-            && dst.len() >= kc * NR
-            && rows_stored >= row0 + nr;
+        let fits = src.packs(cols, row0, nr, k0, kc, dst.len(), NR);
         if fits {
-            // SAFETY: `self` proves the features; the checks above bound every read (rows
-            // `row0 .. row0 + nr`, columns `k0 .. k0 + kc`, their scales) and write (`kc · NR`).
+            // SAFETY: `self` proves the features; `packs` bounds every read (rows `row0 ..
+            // row0 + nr`, columns `k0 .. k0 + kc`, their scales) and write (`kc · NR`).
             unsafe { pack(src, cols, row0, nr, k0, kc, dst.as_mut_ptr()) };
         }
         fits
