@@ -112,7 +112,6 @@ impl Source<'_> {
     /// k0 + kc` of this `cols`-column matrix into `dst_len` values with `nr_max` rows per
     /// column is within every buffer (q8: with its scales) and starts on a q8 block.
     #[allow(clippy::too_many_arguments)]
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // NEON packs in portable code
     pub(crate) fn packs(
         &self,
         cols: usize,

@@ -8,10 +8,12 @@
 
 use core::arch::aarch64::{
     float32x4_t, vaddq_f32, vaddvq_f32, vcvtq_f32_s32, vdupq_n_f32, vfmaq_f32, vget_high_s16,
-    vget_low_s16, vld1_s8, vld1q_dup_f32, vld1q_f32, vmovl_s8, vmovl_s16, vst1q_f32,
+    vget_low_s16, vld1_s8, vld1q_dup_f32, vld1q_f32, vmovl_s8, vmovl_s16, vmulq_n_f32,
+    vreinterpretq_f32_f64, vreinterpretq_f64_f32, vst1q_f32, vtrn1q_f32, vtrn1q_f64, vtrn2q_f32,
+    vtrn2q_f64,
 };
 
-use super::super::driver::{self, Simd};
+use super::super::driver::{self, Simd, Source};
 use super::super::{F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
 
 /// NEON kernels. Constructed only by [`Neon::detect`].
@@ -90,6 +92,25 @@ impl Simd for Neon {
         }
     }
 
+    fn pack(
+        &self,
+        src: Source<'_>,
+        cols: usize,
+        row0: usize,
+        nr: usize,
+        k0: usize,
+        kc: usize,
+        dst: &mut [f32],
+    ) -> bool {
+        let fits = src.packs(cols, row0, nr, k0, kc, dst.len(), NR);
+        if fits {
+            // SAFETY: `self` proves the feature; `packs` bounds every read (rows `row0 ..
+            // row0 + nr`, columns `k0 .. k0 + kc`, their scales) and write (`kc · NR`).
+            unsafe { pack(src, cols, row0, nr, k0, kc, dst.as_mut_ptr()) };
+        }
+        fits
+    }
+
     fn tile(
         &self,
         packed: &[f32],
@@ -162,6 +183,97 @@ unsafe fn matvec_f32(data: *const f32, rows: usize, cols: usize, x: *const f32, 
                 sum += *row.add(k) * *x.add(k);
             }
             *out.add(i) = sum;
+        }
+    }
+}
+
+/// The columns of the 4 × 4 matrix whose rows are `a`, `b`, `c`, `d`.
+#[target_feature(enable = "neon")]
+fn transpose4(a: float32x4_t, b: float32x4_t, c: float32x4_t, d: float32x4_t) -> [float32x4_t; 4] {
+    let (ab_even, ab_odd) = (vtrn1q_f32(a, b), vtrn2q_f32(a, b));
+    let (cd_even, cd_odd) = (vtrn1q_f32(c, d), vtrn2q_f32(c, d));
+    let pair = |x: float32x4_t, y: float32x4_t| {
+        let (x, y) = (vreinterpretq_f64_f32(x), vreinterpretq_f64_f32(y));
+        (
+            vreinterpretq_f32_f64(vtrn1q_f64(x, y)),
+            vreinterpretq_f32_f64(vtrn2q_f64(x, y)),
+        )
+    };
+    let (c0, c2) = pair(ab_even, cd_even);
+    let (c1, c3) = pair(ab_odd, cd_odd);
+    [c0, c1, c2, c3]
+}
+
+/// [`Simd::pack`] for `NR` = 8: 8 columns at a time, each of the 8 rows is loaded as two
+/// vectors (q8: widened, converted and scaled; a last chunk of fewer columns through a
+/// zero-padded copy), the four 4 × 4 blocks are transposed in registers, and every column is
+/// stored as two vectors; rows past `nr` are zero. Two stores per 8 values, where the portable
+/// packer stores every value on its own.
+#[target_feature(enable = "neon")]
+unsafe fn pack(
+    src: Source<'_>,
+    cols: usize,
+    row0: usize,
+    nr: usize,
+    k0: usize,
+    kc: usize,
+    dst: *mut f32,
+) {
+    let per_row = cols.div_ceil(Q8_BLOCK);
+    // SAFETY: the caller guarantees that `src` holds rows `row0 .. row0 + nr` of `cols` values
+    // (and `per_row` scales), `k0 + kc ≤ cols`, and `kc · NR` values at `dst`; a chunk of
+    // fewer than 8 columns is read value by value, and an 8-column chunk at a multiple of 8
+    // lies in one 32-value block.
+    unsafe {
+        for c in (0..kc).step_by(2 * LANES) {
+            let cols_here = (kc - c).min(2 * LANES);
+            let block = (k0 + c) / Q8_BLOCK;
+            let zero = vdupq_n_f32(0.0);
+            let mut low = [zero; NR];
+            let mut high = [zero; NR];
+            for ((j, l), h) in low.iter_mut().enumerate().zip(high.iter_mut()).take(nr) {
+                let row = row0 + j;
+                let at = row * cols + k0 + c;
+                let mut line = [0.0f32; 2 * LANES];
+                let (scale, values) = match src {
+                    Source::F32(data) if cols_here == 2 * LANES => (1.0, data.as_ptr().add(at)),
+                    Source::F32(data) => {
+                        for (k, v) in line.iter_mut().enumerate().take(cols_here) {
+                            *v = *data.as_ptr().add(at + k);
+                        }
+                        (1.0, line.as_ptr())
+                    }
+                    Source::Q8(data, scales) => {
+                        let scale = *scales.as_ptr().add(row * per_row + block);
+                        if cols_here == 2 * LANES {
+                            let w = vmovl_s8(vld1_s8(data.as_ptr().add(at)));
+                            *l = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), scale);
+                            *h = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w))), scale);
+                            continue;
+                        }
+                        for (k, v) in line.iter_mut().enumerate().take(cols_here) {
+                            *v = f32::from(*data.as_ptr().add(at + k));
+                        }
+                        (scale, line.as_ptr())
+                    }
+                };
+                *l = vmulq_n_f32(vld1q_f32(values), scale);
+                *h = vmulq_n_f32(vld1q_f32(values.add(LANES)), scale);
+            }
+            let [l0, l1, l2, l3, l4, l5, l6, l7] = low;
+            let [h0, h1, h2, h3, h4, h5, h6, h7] = high;
+            // Column `k`: rows 0–3 from the upper blocks, rows 4–7 from the lower ones.
+            let upper = transpose4(l0, l1, l2, l3)
+                .into_iter()
+                .chain(transpose4(h0, h1, h2, h3));
+            let lower = transpose4(l4, l5, l6, l7)
+                .into_iter()
+                .chain(transpose4(h4, h5, h6, h7));
+            for (k, (top, bottom)) in upper.zip(lower).enumerate().take(cols_here) {
+                let column = dst.add((c + k) * NR);
+                vst1q_f32(column, top);
+                vst1q_f32(column.add(LANES), bottom);
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use core::arch::aarch64::{
 };
 use core::arch::asm;
 
-use super::super::driver::{self, Simd};
+use super::super::driver::{self, Simd, Source};
 use super::super::{AttentionHead, F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
 use super::Neon;
 
@@ -129,6 +129,19 @@ impl Simd for NeonDot {
                 );
             }
         }
+    }
+
+    fn pack(
+        &self,
+        src: Source<'_>,
+        cols: usize,
+        row0: usize,
+        nr: usize,
+        k0: usize,
+        kc: usize,
+        dst: &mut [f32],
+    ) -> bool {
+        self.base.pack(src, cols, row0, nr, k0, kc, dst)
     }
 
     fn tile(
