@@ -17,9 +17,6 @@ const _: () = assert!(KC.is_multiple_of(Q8_BLOCK));
 /// The widest tile any architecture uses (rows of `W` per packed block).
 pub(crate) const NR_MAX: usize = 32;
 
-/// Below this many tokens the row dot products beat packing.
-const PACK_FROM_TOKENS: usize = DECODE_BELOW_TOKENS;
-
 /// What an architecture module provides. Every method is safe: implementations check the
 /// lengths they rely on and do nothing when a caller breaks the stated contract.
 pub(crate) trait Simd {
@@ -157,7 +154,7 @@ pub(crate) fn gemm_f32<S: Simd>(
         return;
     };
     let data = w.data.get(..e.rows * w.cols).unwrap_or_default();
-    if e.tokens < PACK_FROM_TOKENS {
+    if e.tokens < DECODE_BELOW_TOKENS {
         for (xt, ot) in x
             .chunks_exact(w.cols)
             .zip(out.chunks_exact_mut(w.rows))
@@ -186,7 +183,7 @@ pub(crate) fn gemm_q8<S: Simd>(
     };
     let data = w.data.get(..e.rows * w.cols).unwrap_or_default();
     let scales = w.scales.get(..e.rows * per_row).unwrap_or_default();
-    if e.tokens < PACK_FROM_TOKENS {
+    if e.tokens < DECODE_BELOW_TOKENS {
         for (xt, ot) in x
             .chunks_exact(w.cols)
             .zip(out.chunks_exact_mut(w.rows))

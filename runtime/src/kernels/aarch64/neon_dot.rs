@@ -4,11 +4,12 @@
 //! its q8 dot products) and multiplies them with the weights in integers. `sdot` sums four
 //! int8 products into each of four 32-bit lanes: a block of 32 weights is two loads and two
 //! `sdot`, then one conversion and one multiply-add with the two scales, where [`Neon`]
-//! widens every weight to f32 (about 40 instructions per block against 8).
+//! widens every weight to f32 (in the release build, 42 instructions per row and block
+//! against 10.5; ARCHITECTURE.md has the count).
 //!
-//! Decode on these cores is bound by arithmetic, not memory: an A78 at 1.5 GHz widening int8
-//! to f32 gets through about 3 GB/s of weights per core, while an Orin Nano's memory gives
-//! each of its six cores about 11 GB/s. Rows are taken four at a time, a quarter of the matrix
+//! Decode on these cores should be bound by arithmetic, not memory: by that count an A78 at
+//! 1.5 GHz widening int8 to f32 gets through about 3 GB/s of weights per core, while an Orin
+//! Nano's memory gives each of its six cores about 11 GB/s (not yet timed on a board). Rows are taken four at a time, a quarter of the matrix
 //! apart (four memory streams, as on x86).
 //!
 //! `sdot` is written with `asm!`: its intrinsic (`vdotq_s32`) is not stable Rust yet.
