@@ -23,47 +23,12 @@ use whittle_runtime::{ConfigError, MatrixKind, ModelConfig};
 
 use crate::BoardProfile;
 
-/// How the weight matrices are stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    /// 4 bytes per parameter.
-    F32,
-    /// 1 byte per parameter plus one f32 scale per block of 32 consecutive values of a row, as
-    /// the bundle stores them (format v2): a `rows × cols` matrix has `rows · ceil(cols / 32)`
-    /// scales (for a low-rank pair: `A` is `rank × d_in`, `B` is `d_out × rank`).
-    ///
-    /// Only the weights shrink: norms, the KV cache and the activations stay f32. Compute is
-    /// modelled as the same `2·params` FLOPs at the f32 rate (dequantize, then multiply-add),
-    /// which is conservative where the CPU has an int8 dot product; decoding a q8 model is
-    /// bandwidth-bound on every board with a cache hierarchy anyway.
-    Q8,
-}
-
-impl Dtype {
-    /// Lowercase name (`f32`, `q8`).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::Q8 => "q8",
-        }
-    }
-
-    /// Bytes of one stored `rows × cols` matrix.
-    pub fn matrix_bytes(self, rows: usize, cols: usize) -> u64 {
-        match self {
-            Self::F32 => product(&[F32_BYTES, rows, cols]),
-            Self::Q8 => product(&[rows, cols]).saturating_add(product(&[
-                F32_BYTES,
-                rows,
-                cols.div_ceil(Q8_BLOCK),
-            ])),
-        }
-    }
-}
-
-/// Values per q8 scale (`whittle_runtime::format::Q8_BLOCK`).
-const Q8_BLOCK: usize = whittle_runtime::format::Q8_BLOCK;
+/// How the weight matrices are stored: the bundle format's own type, whose
+/// [`Dtype::matrix_bytes`] the cost model uses. Only the weights shrink: norms, the KV cache and
+/// the activations stay f32. Compute is modelled as the same `2·params` FLOPs at the f32 rate
+/// (dequantize, then multiply-add), which is conservative where the CPU has an int8 dot
+/// product; decoding a q8 model is bandwidth-bound on every board with a cache hierarchy anyway.
+pub use whittle_runtime::format::Dtype;
 
 /// What one plan costs on one board.
 #[derive(Clone, Debug, PartialEq, Serialize)]

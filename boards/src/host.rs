@@ -3,23 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{BoardError, BoardProfile};
+use crate::{BoardError, BoardProfile, default_cache_dir};
 
 /// The name that selects the measured profile of the machine whittle runs on.
 pub const HOST_BOARD_NAME: &str = "host";
-
-/// whittle's cache folder: `WHITTLE_CACHE_DIR` when set and non-empty, else
-/// `<user cache dir>/whittle/cache` (`~/.cache/whittle/cache` on Linux), the same folder the
-/// host's calibration cache uses.
-pub fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("WHITTLE_CACHE_DIR").filter(|dir| !dir.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    dirs::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("whittle")
-        .join("cache")
-}
 
 /// Where the measured `host` profile lives inside a cache folder: `<cache>/boards/host.toml`.
 pub fn host_profile_path_in(cache_dir: &Path) -> PathBuf {

@@ -46,12 +46,15 @@
 mod builtin;
 mod cost;
 mod feasibility;
+pub mod files;
 mod host;
 mod profile;
+pub mod stats;
 
 pub use cost::{
     CostError, Dtype, Overheads, Prediction, StepTimes, fit_overheads, matrix_cost, predict,
 };
 pub use feasibility::{Feasibility, feasibility, objective_cost};
-pub use host::{HOST_BOARD_NAME, default_cache_dir, host_profile_path, host_profile_path_in};
+pub use files::{default_cache_dir, default_model_dir};
+pub use host::{HOST_BOARD_NAME, host_profile_path, host_profile_path_in};
 pub use profile::{BoardError, BoardProfile, CpuProfile, KernelRates, Source};

@@ -60,8 +60,12 @@ pub struct Span {
     pub len: u32,
 }
 
-/// How the weights of a matrix are stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How the weights of a matrix are stored. The one dtype type of the workspace: the bundle
+/// stores it, the cost model prices it ([`Dtype::matrix_bytes`]) and the CLIs parse it (with
+/// the `clap` feature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
 pub enum Dtype {
     /// Little-endian f32, row-major.
     F32,
@@ -76,6 +80,21 @@ impl Dtype {
         match self {
             Self::F32 => "f32",
             Self::Q8 => "q8",
+        }
+    }
+
+    /// Bytes of one stored `rows × cols` matrix, scales included (saturating).
+    pub fn matrix_bytes(self, rows: usize, cols: usize) -> u64 {
+        let product = |factors: &[usize]| {
+            factors
+                .iter()
+                .fold(1u64, |acc, &factor| acc.saturating_mul(factor as u64))
+        };
+        match self {
+            Self::F32 => product(&[4, rows, cols]),
+            Self::Q8 => {
+                product(&[rows, cols]).saturating_add(product(&[4, rows, cols.div_ceil(Q8_BLOCK)]))
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use whittle_host::bundle::{
     HeadChoice, PackOptions, Packed, ProvenanceInfo, PruneFolder, fit_label_bias, pack,
     tokenizer_tables,
@@ -19,24 +19,6 @@ use super::keygen::read_signing_key;
 use super::session::Session;
 use super::{ModelArgs, progress_bar};
 
-/// Storage type of the bundle's matrices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DtypeArg {
-    /// 4 bytes per weight.
-    F32,
-    /// int8 with one f32 scale per 32 values of a row (bundle format v2).
-    Q8,
-}
-
-impl From<DtypeArg> for Dtype {
-    fn from(dtype: DtypeArg) -> Self {
-        match dtype {
-            DtypeArg::F32 => Dtype::F32,
-            DtypeArg::Q8 => Dtype::Q8,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct PackArgs {
     /// Output folder of `whittle prune`; without it the dense model is packed.
@@ -47,7 +29,7 @@ pub struct PackArgs {
     task: Option<String>,
     /// Storage type of every matrix.
     #[arg(long, value_enum, default_value = "f32")]
-    dtype: DtypeArg,
+    dtype: Dtype,
     /// Output head: the whole vocabulary, or the label rows only (classification).
     #[arg(long, value_enum, default_value = "full")]
     head: HeadChoice,
@@ -185,7 +167,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         &task,
         prune.as_ref(),
         provenance,
-        args.dtype.into(),
+        args.dtype,
         args.head,
         args.sign.as_deref(),
         args.batch_tokens,
@@ -204,12 +186,8 @@ pub fn write_prune_bundle(
     task: &Task,
     out_dir: &Path,
     provenance: ProvenanceInfo,
-    dtype: whittle_boards::Dtype,
+    dtype: Dtype,
 ) -> anyhow::Result<()> {
-    let dtype = match dtype {
-        whittle_boards::Dtype::Q8 => Dtype::Q8,
-        _ => Dtype::F32,
-    };
     let folder = PruneFolder::open(out_dir)?;
     let model = session.model.with_llama(pruned.clone());
     let path = out_dir.join("model.wbundle");
