@@ -323,8 +323,7 @@ impl Workload {
         let mut weight_steps = Vec::with_capacity(ranks.len() + 2);
         let mut linear_flops = 0u64;
         for (index, rank) in ranks.iter().enumerate() {
-            let layer_idx = index / MatrixKind::ALL.len();
-            let kind = MatrixKind::ALL[index % MatrixKind::ALL.len()];
+            let (layer_idx, kind) = whittle_runtime::matrix_at(index);
             let work = linear_work(config, layer_idx, kind, *rank, dtype)?;
             linear_flops = linear_flops.saturating_add(work.flops);
             weight_steps.push(work);

@@ -15,17 +15,7 @@ fn main() -> anyhow::Result<()> {
         .split(',')
         .map(BoardProfile::resolve)
         .collect::<Result<_, _>>()?;
-    let config = ModelConfig {
-        n_layers: 30,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        n_heads: 9,
-        n_kv_heads: 3,
-        vocab_size: 49152,
-        max_position_embeddings: 8192,
-        rope_theta: 100_000.0,
-        rms_norm_eps: 1e-5,
-    };
+    let config = ModelConfig::SMOLLM2_135M;
     let dense = vec![None; config.n_prunable_matrices()];
     for dir in dirs {
         let text = std::fs::read_to_string(format!("{dir}/genome.json"))?;

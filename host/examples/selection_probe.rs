@@ -35,9 +35,10 @@ fn main() -> anyhow::Result<()> {
     let config = *base.llama.config();
     let labels = LabelTokens::new(&base.tokenizer, task.labels())?;
     let mut records: Vec<_> = checkpoint
+        .state
         .cache
         .iter()
-        .filter_map(|r| r.full.map(|f| (r.genome.clone(), f)))
+        .filter_map(|(genome, cached)| cached.full.map(|f| (genome.clone(), f)))
         .collect();
     records.sort_by(|a, b| b.1.accuracy.total_cmp(&a.1.accuracy));
     records.truncate(top);

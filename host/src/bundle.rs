@@ -4,15 +4,13 @@
 //! Also rebuilds the host model a bundle was packed from (dense, or base + a prune folder).
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
+use candle_core::Tensor;
 use candle_core::quantized::gguf_file::Value;
-use candle_core::{Device, Tensor};
 use ed25519_dalek::{Signer as _, SigningKey};
 use indicatif::ProgressBar;
-use sha2::{Digest, Sha256};
 use whittle_runtime::format::{
     Dtype, HeadRef, Header, LabelRef, LayerRecords, LayerRef, LinearRef, MAX_LABELS, NO_TOKEN,
     Provenance, TaskKind, TaskRef,
@@ -23,9 +21,12 @@ use whittle_runtime::{MatrixKind, ModelConfig};
 use crate::eval::{LabelTokens, prompt_text, score_labels};
 use crate::gguf::GgufFile;
 use crate::metrics;
-use crate::model::{Linear, Llama, LoadedModel};
+use crate::model::{BaseModel, Linear, LoadedModel};
+use crate::progress::progress_bar;
+use crate::prune::PruneFolder;
 use crate::task::{Metric, Split, Task};
 use crate::tokenizer::TextTokenizer;
+use whittle_boards::files::write_atomically;
 
 /// Stands for the input while the prompt template is rendered, then splits it in two.
 const INPUT_MARKER: &str = "\u{1}whittle-input\u{1}";
@@ -85,6 +86,69 @@ pub struct Packed {
     /// Bytes `--head full` would store in this dtype (0 when the model ties its head to the
     /// embedding, which the bundle stores anyway).
     pub full_head_bytes: usize,
+}
+
+/// Packs `model` (the base, or the base with a prune folder's factors) for `task` and writes
+/// the bundle atomically to `out`: reads the tokenizer tables from the base file, fits the
+/// label bias on the calibration split (classification), and records the base's digest and
+/// the prune folder's in the provenance.
+pub fn pack_to_file(
+    base: &BaseModel,
+    model: &LoadedModel,
+    task: &Task,
+    prune: Option<&PruneFolder>,
+    mut options: PackOptions,
+    batch_tokens: usize,
+    out: &Path,
+) -> anyhow::Result<Packed> {
+    let gguf = GgufFile::open(&base.path)?;
+    let tables = tokenizer_tables(&gguf, &model.tokenizer)?;
+    let progress = progress_bar();
+    progress.set_message(format!("{} calibration (label bias)", task.name()));
+    let bias = match task.metric() {
+        Metric::Accuracy => fit_label_bias(model, task, batch_tokens.max(1), &progress)?,
+        _ => Vec::new(),
+    };
+    progress.finish_and_clear();
+    let provenance = &mut options.provenance;
+    provenance.model_digest = base.digest.clone();
+    if let Some(prune) = prune {
+        provenance.factors_digest = prune.factors_digest.clone();
+        provenance.genome_digest = prune.genome_digest.clone();
+        let dir = prune
+            .dir
+            .canonicalize()
+            .unwrap_or_else(|_| prune.dir.clone());
+        provenance.source = dir.display().to_string();
+    }
+    let packed = pack(model, &tables, task, &bias, &options)?;
+    write_atomically(out, &packed.bytes)
+        .with_context(|| format!("cannot write {}; pass a writable --out", out.display()))?;
+    Ok(packed)
+}
+
+/// One line on what was written, with the task-head saving.
+pub fn describe(packed: &Packed, head: HeadChoice, out: &Path) -> String {
+    let mut line = format!(
+        "wrote {} ({:.2} MB)",
+        out.display(),
+        packed.bytes.len() as f64 / 1e6
+    );
+    if head == HeadChoice::Task {
+        line.push_str(&format!("; task-pruned head {} bytes", packed.head_bytes));
+        if packed.full_head_bytes == 0 {
+            line.push_str(
+                " (the full head is tied to the embedding, which the bundle keeps for the input, so the file is not smaller)",
+            );
+        } else {
+            line.push_str(&format!(
+                " instead of {} ({:.2} MB saved)",
+                packed.full_head_bytes,
+                (packed.full_head_bytes.saturating_sub(packed.head_bytes)) as f64 / 1e6
+            ));
+        }
+    }
+    line
 }
 
 /// Whether a bundle can hold `task`: the runtime renders prompts with exactly one input field.
@@ -425,109 +489,6 @@ pub fn pack(
         head_bytes,
         full_head_bytes,
     })
-}
-
-/// Hex sha256 of a file.
-pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut file = std::fs::File::open(path)
-        .with_context(|| format!("cannot read {}; check the path", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(format!("{:x}", hasher.finalize()))
-}
-
-/// A prune output folder: its factors and genome, and their digests.
-#[derive(Clone, Debug)]
-pub struct PruneFolder {
-    /// The folder.
-    pub dir: PathBuf,
-    /// sha256 of `factors.safetensors`.
-    pub factors_digest: String,
-    /// sha256 of `genome.json`.
-    pub genome_digest: String,
-    /// `report.json`, if present.
-    pub report: Option<serde_json::Value>,
-}
-
-impl PruneFolder {
-    /// Opens `dir`, which must hold `factors.safetensors` and `genome.json`.
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        let factors = dir.join("factors.safetensors");
-        let genome = dir.join("genome.json");
-        for path in [&factors, &genome] {
-            if !path.is_file() {
-                bail!(
-                    "{} is missing; pass the output folder of `whittle prune` (it holds factors.safetensors and genome.json)",
-                    path.display()
-                );
-            }
-        }
-        let report = std::fs::read_to_string(dir.join("report.json"))
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok());
-        Ok(Self {
-            dir: dir.to_owned(),
-            factors_digest: sha256_file(&factors)?,
-            genome_digest: sha256_file(&genome)?,
-            report,
-        })
-    }
-
-    /// The base model with this folder's low-rank factors swapped in; the ranks must match
-    /// `genome.json`.
-    pub fn apply(&self, base: &Llama, device: &Device) -> anyhow::Result<Llama> {
-        let factors = candle_core::safetensors::load(self.dir.join("factors.safetensors"), device)
-            .with_context(|| format!("cannot read the factors in {}", self.dir.display()))?;
-        let genome: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(self.dir.join("genome.json"))?)
-                .with_context(|| format!("{}/genome.json is not JSON", self.dir.display()))?;
-        let ranks = genome["ranks"].as_array().cloned().unwrap_or_default();
-        let mut llama = base.clone();
-        let config = *base.config();
-        for layer_idx in 0..config.n_layers {
-            for (k, kind) in MatrixKind::ALL.into_iter().enumerate() {
-                let a = factors.get(&format!("blk.{layer_idx}.{}.a", kind.name()));
-                let b = factors.get(&format!("blk.{layer_idx}.{}.b", kind.name()));
-                let expected = ranks
-                    .get(layer_idx * MatrixKind::ALL.len() + k)
-                    .and_then(|r| r.as_u64());
-                match (a, b) {
-                    (Some(a), Some(b)) => {
-                        let rank = a.dim(0)?;
-                        if expected.is_some_and(|e| e as usize != rank) {
-                            bail!(
-                                "{}: layer {layer_idx} {} has rank {rank} in factors.safetensors but {expected:?} in genome.json; the folder is inconsistent, re-run prune",
-                                self.dir.display(),
-                                kind.name()
-                            );
-                        }
-                        llama.set_linear(
-                            layer_idx,
-                            kind,
-                            Linear::LowRank {
-                                a: a.clone(),
-                                b: b.clone(),
-                            },
-                        )?;
-                    }
-                    (None, None) => {}
-                    _ => bail!(
-                        "{}: layer {layer_idx} {} has only one of its two factors; re-run prune",
-                        self.dir.display(),
-                        kind.name()
-                    ),
-                }
-            }
-        }
-        Ok(llama)
-    }
 }
 
 #[cfg(test)]

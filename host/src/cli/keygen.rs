@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use ed25519_dalek::SigningKey;
-use whittle_host::plot::write_atomically;
+use whittle_boards::files::write_atomically;
 
 #[derive(Debug, Args)]
 pub struct KeygenArgs {

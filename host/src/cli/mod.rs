@@ -15,8 +15,8 @@ mod uniform;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use whittle_host::fetch::{MODEL_DIR_ENV, default_model_dir, ensure_default_model};
+use whittle_host::progress::progress_bar;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,24 +73,12 @@ impl ModelArgs {
     }
 
     /// The model file: the given path, or the default model, fetched if missing.
-    fn resolve(&self) -> anyhow::Result<PathBuf> {
+    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
         match &self.model {
             Some(path) => Ok(path.clone()),
             None => Ok(ensure_default_model(&self.model_dir())?),
         }
     }
-}
-
-/// A progress bar with an estimate, on stderr (hidden when stderr is not a terminal).
-fn progress_bar() -> ProgressBar {
-    let bar = ProgressBar::new(0);
-    let style =
-        ProgressStyle::with_template("{msg:>28} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .map(|s| s.progress_chars("=> "));
-    if let Ok(style) = style {
-        bar.set_style(style);
-    }
-    bar
 }
 
 pub fn run() -> anyhow::Result<()> {

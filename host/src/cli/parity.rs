@@ -8,15 +8,15 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
-use whittle_host::bundle::PruneFolder;
+use whittle_boards::files::write_atomically;
 use whittle_host::parity::{CONTEXT, compare, host_reference};
-use whittle_host::plot::write_atomically;
+use whittle_host::prune::PruneFolder;
 use whittle_host::task::{Split, Task};
 use whittle_runtime::kernels::Portable;
 use whittle_runtime::{AlignedBytes, Bundle};
 
 use super::ModelArgs;
-use super::session::Session as HostSession;
+use super::session::open_base;
 
 #[derive(Debug, Args)]
 pub struct ParityArgs {
@@ -52,7 +52,7 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.bundle.display()))?;
     let header = bundle.header();
     let provenance = header.provenance;
-    let host = HostSession::open(&args.model)?;
+    let host = open_base(&args.model)?;
     if host.digest != provenance.model_digest {
         bail!(
             "{} was packed from a model with sha256 {}, but the given model has {}; pass the same --model",

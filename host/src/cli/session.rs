@@ -1,14 +1,14 @@
-//! What the pruning subcommands share: the loaded model with its digest, and calibration.
+//! What the pruning subcommands share: opening the base model, and calibration arguments.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use whittle_host::calibrate::{self, Calibration, CalibrationSettings};
-use whittle_host::fetch::sha256_file;
-use whittle_host::model::{self, LoadedModel};
+use whittle_host::model::{self, BaseModel};
+use whittle_host::progress::progress_bar;
 use whittle_host::task::Task;
 
-use super::{ModelArgs, progress_bar};
+use super::ModelArgs;
 
 /// Default calibration token budget (see docs/RESULTS.md for how it was chosen).
 pub const DEFAULT_CALIBRATION_TOKENS: usize = 16384;
@@ -55,39 +55,29 @@ impl CalibrationArgs {
     }
 }
 
-/// A loaded model and the digest its caches are keyed by.
-pub struct Session {
-    pub model: LoadedModel,
-    pub digest: String,
+/// The model `args` names (fetched if it is the default and missing), loaded and hashed.
+pub fn open_base(args: &ModelArgs) -> anyhow::Result<BaseModel> {
+    let path = args.resolve()?;
+    BaseModel::open(&path, &model::device(args.cuda)?)
 }
 
-impl Session {
-    pub fn open(args: &ModelArgs) -> anyhow::Result<Self> {
-        let path = args.resolve()?;
-        let device = model::device(args.cuda)?;
-        let model = model::load(&path, &device)?;
-        let digest = sha256_file(&path)?;
-        Ok(Self { model, digest })
-    }
-
-    /// Calibration statistics of `split` (cached on disk).
-    pub fn calibrate(
-        &self,
-        task: &Task,
-        args: &CalibrationArgs,
-        split: &str,
-    ) -> anyhow::Result<Calibration> {
-        let progress = progress_bar();
-        let calibration = calibrate::calibrate(
-            &self.model,
-            &self.digest,
-            task,
-            &args.settings(split)?,
-            &args.cache_dir(),
-            args.batch_tokens.max(1),
-            &progress,
-        )?;
-        progress.finish_and_clear();
-        Ok(calibration)
-    }
+/// Calibration statistics of `split` (cached on disk), with a progress bar.
+pub fn calibrate(
+    base: &BaseModel,
+    task: &Task,
+    args: &CalibrationArgs,
+    split: &str,
+) -> anyhow::Result<Calibration> {
+    let progress = progress_bar();
+    let calibration = calibrate::calibrate(
+        &base.model,
+        &base.digest,
+        task,
+        &args.settings(split)?,
+        &args.cache_dir(),
+        args.batch_tokens.max(1),
+        &progress,
+    )?;
+    progress.finish_and_clear();
+    Ok(calibration)
 }

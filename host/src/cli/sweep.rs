@@ -10,7 +10,7 @@ use whittle_host::plot::{Series, line_chart_svg};
 use whittle_host::prune::{Evaluator, FactorBank, RankPlan, reductions};
 use whittle_host::task::{Split, Task};
 
-use super::session::{CalibrationArgs, Session};
+use super::session::{CalibrationArgs, calibrate, open_base};
 use super::{ModelArgs, progress_bar};
 
 #[derive(Debug, Args)]
@@ -64,10 +64,10 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         anyhow::bail!("keep fraction {bad} is outside (0, 1]");
     }
     let task = Task::resolve(&args.task)?;
-    let session = Session::open(&args.model)?;
+    let session = open_base(&args.model)?;
     let base = &session.model;
     let config = *base.llama.config();
-    let calibration = session.calibrate(&task, &args.calibration, "calibration")?;
+    let calibration = calibrate(&session, &task, &args.calibration, "calibration")?;
     let batch_tokens = args.calibration.batch_tokens.max(1);
     let evaluator = Evaluator::new(base, &task, args.split, args.bias_examples, batch_tokens)?;
     let progress = progress_bar();

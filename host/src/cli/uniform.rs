@@ -14,7 +14,7 @@ use whittle_host::prune::{
 };
 use whittle_host::task::{Split, Task};
 
-use super::session::{CalibrationArgs, Session};
+use super::session::{CalibrationArgs, calibrate, open_base};
 use super::{ModelArgs, progress_bar};
 
 #[derive(Debug, Args)]
@@ -68,11 +68,6 @@ struct Report {
     seconds: f64,
 }
 
-/// The keep fractions the uniform search may pick, ascending, ending at dense.
-pub fn keep_grid() -> Vec<f64> {
-    (2..=20).map(|i| f64::from(i) * 0.05).collect()
-}
-
 pub fn run(args: UniformArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     if !(args.epsilon > 0.0 && args.epsilon < 1.0) {
@@ -82,10 +77,10 @@ pub fn run(args: UniformArgs) -> anyhow::Result<()> {
         );
     }
     let task = Task::resolve(&args.task)?;
-    let session = Session::open(&args.model)?;
+    let session = open_base(&args.model)?;
     let base = &session.model;
     let config = *base.llama.config();
-    let calibration = session.calibrate(&task, &args.calibration, "calibration")?;
+    let calibration = calibrate(&session, &task, &args.calibration, "calibration")?;
     let progress = progress_bar();
     let bank = FactorBank::build(&base.llama, &calibration, args.method, &progress)?;
     let batch_tokens = args.calibration.batch_tokens.max(1);
@@ -116,7 +111,12 @@ pub fn run(args: UniformArgs) -> anyhow::Result<()> {
         progress.suspend(|| eprintln!("uniform keep {keep:.2}: search accuracy {accuracy:.4}"));
         Ok(accuracy)
     };
-    let result = uniform_search(&keep_grid(), args.epsilon, dense.accuracy, &mut accuracy_at)?;
+    let result = uniform_search(
+        &whittle_host::prune::keep_grid(),
+        args.epsilon,
+        dense.accuracy,
+        &mut accuracy_at,
+    )?;
     let plan = RankPlan::uniform(&config, result.keep);
     let chosen = build(&plan)?;
     let test = Evaluator::new(base, &task, Split::Test, args.bias_examples, batch_tokens)?;
@@ -159,7 +159,7 @@ pub fn run(args: UniformArgs) -> anyhow::Result<()> {
     };
     let json = serde_json::to_string(&report)?;
     if let Some(path) = &args.report {
-        whittle_host::plot::write_atomically(path, json.as_bytes())?;
+        whittle_boards::files::write_atomically(path, json.as_bytes())?;
     }
     if args.json {
         println!("{json}");

@@ -1,4 +1,5 @@
 use super::*;
+use crate::test_rng::Rng;
 
 fn check_normalized(input: &str, expected: &str) {
     assert_eq!(
@@ -90,40 +91,17 @@ fn predict_with_bias_takes_the_first_argmax() {
     assert_eq!(predict_with_bias(&scores, &[]), [1, 0, 0]);
 }
 
-/// SplitMix64: a small deterministic generator for synthetic data.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let u = self.uniform().max(1e-300);
-        let v = self.uniform();
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-
-    /// A label drawn from `softmax(logits)`.
-    fn categorical(&mut self, logits: &[f64]) -> usize {
-        let probabilities = softmax_shifted(logits, &vec![0.0; logits.len()]);
-        let mut u = self.uniform();
-        for (k, p) in probabilities.iter().enumerate() {
-            if u < *p {
-                return k;
-            }
-            u -= p;
+/// A label drawn from `softmax(logits)`.
+fn categorical(rng: &mut Rng, logits: &[f64]) -> usize {
+    let probabilities = softmax_shifted(logits, &vec![0.0; logits.len()]);
+    let mut u = rng.uniform();
+    for (k, p) in probabilities.iter().enumerate() {
+        if u < *p {
+            return k;
         }
-        logits.len() - 1
+        u -= p;
     }
+    logits.len() - 1
 }
 
 /// Scores whose labels are drawn from `softmax(scores + true_bias)`.
@@ -136,7 +114,7 @@ fn biased_sample(seed: u64, n: usize, true_bias: &[f64]) -> (Vec<Vec<f64>>, Vec<
         .iter()
         .map(|row| {
             let shifted: Vec<f64> = row.iter().zip(true_bias).map(|(s, b)| s + b).collect();
-            rng.categorical(&shifted)
+            categorical(&mut rng, &shifted)
         })
         .collect();
     (scores, gold)

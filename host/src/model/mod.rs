@@ -8,7 +8,7 @@ pub mod synthetic;
 #[cfg(test)]
 mod tests;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
@@ -35,6 +35,31 @@ impl LoadedModel {
             llama,
             tokenizer: self.tokenizer.clone(),
         }
+    }
+}
+
+/// The base model a pruning run starts from: the loaded model, its file, and the file's
+/// sha256, which keys every derived cache and is recorded in bundles.
+#[derive(Clone, Debug)]
+pub struct BaseModel {
+    /// The model and tokenizer.
+    pub model: LoadedModel,
+    /// The GGUF file it was loaded from.
+    pub path: PathBuf,
+    /// Lowercase hex sha256 of that file.
+    pub digest: String,
+}
+
+impl BaseModel {
+    /// Loads `path` onto `device` and hashes it.
+    pub fn open(path: &Path, device: &Device) -> anyhow::Result<Self> {
+        let model = load(path, device)?;
+        let digest = crate::fetch::sha256_file(path)?;
+        Ok(Self {
+            model,
+            path: path.to_owned(),
+            digest,
+        })
     }
 }
 

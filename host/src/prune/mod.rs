@@ -6,26 +6,27 @@
 
 mod bank;
 mod estimate;
+pub mod folder;
+pub mod pipeline;
 mod problem;
 mod refit;
+pub mod report;
 mod uniform;
 
 pub use bank::{FactorBank, dense_weight, stats_to_faer};
 pub use estimate::{AccuracyModel, Estimate, chance_level_warning};
+pub use folder::PruneFolder;
+pub use pipeline::{PruneOptions, RefitOptions, keep_grid, prune};
 pub use problem::TaskProblem;
 pub use refit::anchored_refit;
+pub use report::{Outcome, PruneReport};
 pub use uniform::{Evaluator, Scored, UniformResult, uniform_search};
+pub use whittle_runtime::matrix_index;
 
 use serde::Serialize;
 use whittle_runtime::{MatrixKind, ModelConfig};
 
 use crate::factorize::rank_for_keep;
-
-/// Index of a prunable matrix in plans and banks: `layer_idx · 7 + kind`.
-pub fn matrix_index(layer_idx: usize, kind: MatrixKind) -> usize {
-    let kind_idx = MatrixKind::ALL.iter().position(|&k| k == kind).unwrap_or(0);
-    layer_idx * MatrixKind::ALL.len() + kind_idx
-}
 
 /// Every prunable matrix in index order.
 pub fn matrices(config: &ModelConfig) -> impl Iterator<Item = (usize, MatrixKind)> + use<> {
@@ -145,17 +146,7 @@ mod tests {
     fn reductions_by_hand() {
         // SmolLM2-135M at a uniform keep of 0.5: q, o 576×576 → rank 144; k, v 192×576 →
         // floor(0.5·72)=72 → 72; gate, up, down 1536×576 → floor(0.5·418.9)=209 → 208.
-        let config = whittle_runtime::ModelConfig {
-            n_layers: 30,
-            hidden_size: 576,
-            intermediate_size: 1536,
-            n_heads: 9,
-            n_kv_heads: 3,
-            vocab_size: 49152,
-            max_position_embeddings: 8192,
-            rope_theta: 100_000.0,
-            rms_norm_eps: 1e-5,
-        };
+        let config = whittle_runtime::ModelConfig::SMOLLM2_135M;
         let plan = RankPlan::uniform(&config, 0.5);
         assert_eq!(plan.rank(0, MatrixKind::Q), Some(144));
         assert_eq!(plan.rank(3, MatrixKind::K), Some(72));

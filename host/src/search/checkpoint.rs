@@ -1,41 +1,19 @@
 //! The search state saved after every generation (JSON, written atomically) and its checks on
 //! resume.
 
-use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::State;
-use super::{Evaluation, GenerationReport, Genome, SearchConfig, SearchError};
+use super::state::State;
+use super::{SearchConfig, SearchError};
 
 /// Version of the checkpoint layout; a checkpoint of another version is refused.
 pub const CHECKPOINT_FORMAT: u32 = 1;
 
-/// What is known of one genome.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub(super) struct Cached {
-    pub quarter: Option<Evaluation>,
-    pub full: Option<Evaluation>,
-}
-
-/// One genome's evaluations in a checkpoint.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CacheRecord {
-    /// The genome.
-    pub genome: Genome,
-    /// Its evaluation on the quarter split, if it had one.
-    pub quarter: Option<Evaluation>,
-    /// Its evaluation on the full split, if it had one.
-    pub full: Option<Evaluation>,
-}
-
 /// Everything needed to continue a search after a generation. No random state is saved: each
 /// generation's random stream is derived from the seed and the generation index.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     /// [`CHECKPOINT_FORMAT`] of the writer.
     pub format: u32,
@@ -45,22 +23,9 @@ pub struct Checkpoint {
     pub dense_accuracy: f64,
     /// The settings, seed included.
     pub config: SearchConfig,
-    /// Generations completed.
-    pub generations: usize,
-    /// The last generation's genomes.
-    pub population: Vec<Genome>,
-    /// Every genome evaluated, sorted by genome.
-    pub cache: Vec<CacheRecord>,
-    /// The best genome so far.
-    pub best: Option<Genome>,
-    /// Generations in a row without a better best genome.
-    pub stale_generations: usize,
-    /// One report per generation.
-    pub history: Vec<GenerationReport>,
-    /// Genomes evaluated on the quarter split so far.
-    pub quarter_evaluations: usize,
-    /// Genomes evaluated on the full split so far.
-    pub full_evaluations: usize,
+    /// The engine's state.
+    #[serde(flatten)]
+    pub state: State,
 }
 
 impl Checkpoint {
@@ -83,16 +48,8 @@ impl Checkpoint {
             path: path.to_path_buf(),
             source,
         };
-        let dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        std::fs::create_dir_all(dir).map_err(fail)?;
         let bytes = serde_json::to_vec(self).map_err(|e| fail(e.into()))?;
-        let mut file = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
-        file.write_all(&bytes).map_err(fail)?;
-        file.persist(path).map_err(|e| fail(e.error))?;
-        Ok(())
+        whittle_boards::files::write_atomically(path, &bytes).map_err(fail)
     }
 
     pub(super) fn from_state(
@@ -101,29 +58,12 @@ impl Checkpoint {
         dense_accuracy: f64,
         config: &SearchConfig,
     ) -> Self {
-        let mut cache: Vec<CacheRecord> = state
-            .cache
-            .iter()
-            .map(|(genome, cached)| CacheRecord {
-                genome: genome.clone(),
-                quarter: cached.quarter,
-                full: cached.full,
-            })
-            .collect();
-        cache.sort_by(|a, b| a.genome.cmp(&b.genome));
         Self {
             format: CHECKPOINT_FORMAT,
             n_genes,
             dense_accuracy,
             config: config.clone(),
-            generations: state.next_generation,
-            population: state.population.clone(),
-            cache,
-            best: state.best.clone(),
-            stale_generations: state.stale_generations,
-            history: state.history.clone(),
-            quarter_evaluations: state.quarter_evaluations,
-            full_evaluations: state.full_evaluations,
+            state: state.clone(),
         }
     }
 
@@ -168,69 +108,45 @@ impl Checkpoint {
                 path: path.to_path_buf(),
                 reason,
             })?;
-        let cache: HashMap<Genome, Cached> = self
-            .cache
-            .into_iter()
-            .map(|r| {
-                let cached = Cached {
-                    quarter: r.quarter,
-                    full: r.full,
-                };
-                (r.genome, cached)
-            })
-            .collect();
-        Ok(State {
-            next_generation: self.generations,
-            population: self.population,
-            cache,
-            best: self.best,
-            stale_generations: self.stale_generations,
-            history: self.history,
-            quarter_evaluations: self.quarter_evaluations,
-            full_evaluations: self.full_evaluations,
-        })
+        Ok(self.state)
     }
 
     fn check_consistency(&self, config: &SearchConfig) -> Result<(), String> {
-        if self.generations == 0 || self.history.len() != self.generations {
+        let state = &self.state;
+        if state.next_generation == 0 || state.history.len() != state.next_generation {
             return Err(format!(
                 "{} generations but {} reports",
-                self.generations,
-                self.history.len()
+                state.next_generation,
+                state.history.len()
             ));
         }
-        if self.population.len() != config.population {
+        if state.population.len() != config.population {
             return Err(format!(
                 "a population of {}, not {}",
-                self.population.len(),
+                state.population.len(),
                 config.population
             ));
         }
         let n_levels = config.levels.len();
-        let genomes = self
+        let genomes = state
             .population
             .iter()
-            .chain(self.cache.iter().map(|r| &r.genome))
-            .chain(&self.best);
+            .chain(state.cache.keys())
+            .chain(&state.best);
         for genome in genomes {
             genome
                 .validate(self.n_genes, n_levels)
                 .map_err(|e| format!("a genome does not fit: {e}"))?;
         }
-        let mut cache = HashMap::with_capacity(self.cache.len());
-        for record in &self.cache {
-            if record.quarter.is_none() && record.full.is_none() {
-                return Err("a cached genome has no evaluation".into());
-            }
-            if cache.insert(&record.genome, record).is_some() {
-                return Err("a genome is cached twice".into());
-            }
-        }
-        if self.population.iter().any(|g| !cache.contains_key(g)) {
+        if state
+            .population
+            .iter()
+            .any(|g| !state.cache.contains_key(g))
+        {
             return Err("a genome of the population was never evaluated".into());
         }
-        match self.best.as_ref().and_then(|g| cache.get(g)) {
-            Some(record) if record.full.is_some() => Ok(()),
+        match state.best.as_ref().and_then(|g| state.cache.get(g)) {
+            Some(cached) if cached.full.is_some() => Ok(()),
             _ => Err("the best genome has no evaluation on the full split".into()),
         }
     }

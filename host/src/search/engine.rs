@@ -1,14 +1,15 @@
 //! The generation loop: evaluate (quarter split, then full split for the survivors), keep the
 //! best, breed the next generation, checkpoint.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{Cached, Checkpoint};
+use super::checkpoint::Checkpoint;
 use super::operators::{Breeding, Score, breed, generation_rng};
 use super::seeding::initial_population;
+use super::state::State;
 use super::{
     Cost, Evaluation, Genome, Problem, SearchConfig, SearchError, Stage, fitness, target_accuracy,
 };
@@ -93,19 +94,6 @@ struct Best {
     cost: Cost,
     fitness: f64,
     feasible: bool,
-}
-
-/// Everything a checkpoint restores.
-#[derive(Clone, Debug, Default)]
-pub(super) struct State {
-    pub next_generation: usize,
-    pub population: Vec<Genome>,
-    pub cache: HashMap<Genome, Cached>,
-    pub best: Option<Genome>,
-    pub stale_generations: usize,
-    pub history: Vec<GenerationReport>,
-    pub quarter_evaluations: usize,
-    pub full_evaluations: usize,
 }
 
 impl<P: Problem> Search<P> {

@@ -49,6 +49,7 @@ mod engine;
 mod genome;
 mod operators;
 mod seeding;
+mod state;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -58,11 +59,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use checkpoint::{CHECKPOINT_FORMAT, CacheRecord, Checkpoint};
+pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint};
 pub use config::{Levels, SearchConfig};
 pub use engine::{GenerationReport, Search, SearchResult};
 pub use genome::{Genome, fitness, target_accuracy};
 pub use seeding::{water_filling, water_filling_seeds};
+pub use state::{CacheRecord, Cached, State};
 
 /// Which part of the search split a candidate is scored on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

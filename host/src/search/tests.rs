@@ -431,7 +431,7 @@ fn resume_refuses_corrupt_and_foreign_checkpoints() {
 
     let mut checkpoint = Checkpoint::read(&path).expect("the checkpoint loads");
     checkpoint.n_genes = N_GENES;
-    checkpoint.population[0].0.pop();
+    checkpoint.state.population[0].0.pop();
     checkpoint.write(&path).expect("written");
     check_resume_error(&path, resumable_config(), &["is corrupt", "41 genes"]);
 }

@@ -1,0 +1,228 @@
+//! The prune output folder: one module writes and reads it.
+//!
+//! | file | what | written by |
+//! |---|---|---|
+//! | `genome.json` | [`GenomeFile`]: the level grid, the genome, the rank per matrix | [`write_genome`] |
+//! | `factors.safetensors` | `blk.{layer}.{kind}.a` (rank × d_in) and `.b` (d_out × rank) per low-rank matrix | [`write_factors`] |
+//! | `report.json`, `report.md` | [`PruneReport`] | [`write_report`] |
+//! | `ranks.svg` | the rank map | `pipeline` |
+//! | `model.wbundle` | the bundle for the board | `pipeline` |
+//! | `checkpoint.json` | the search state, for `--resume` | `search` |
+//!
+//! [`PruneFolder`] reads a finished folder back: the base model with its factors swapped in,
+//! and the digests a bundle's provenance records.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use whittle_boards::files::{write_atomically, write_atomically_with};
+use whittle_runtime::{MatrixKind, ModelConfig};
+
+use super::report::PruneReport;
+use super::{RankPlan, matrices, matrix_index};
+use crate::fetch::sha256_file;
+use crate::model::{Linear, Llama};
+
+/// The genome and the ranks it stands for.
+pub const GENOME_FILE: &str = "genome.json";
+/// The low-rank factors of the pruned matrices.
+pub const FACTORS_FILE: &str = "factors.safetensors";
+/// The typed report.
+pub const REPORT_FILE: &str = "report.json";
+/// The report for people.
+pub const REPORT_MARKDOWN_FILE: &str = "report.md";
+/// The rank map figure.
+pub const RANK_MAP_FILE: &str = "ranks.svg";
+/// The bundle for the board.
+pub const BUNDLE_FILE: &str = "model.wbundle";
+/// The search checkpoint.
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
+
+/// `genome.json`. Fields in alphabetical order, as earlier versions wrote them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenomeFile {
+    /// One level index per prunable matrix, in `matrix_index` order.
+    pub genome: Vec<u8>,
+    /// The keep fraction of each level.
+    pub levels: Vec<f64>,
+    /// The rank of each prunable matrix; `None` (null) keeps it dense.
+    pub ranks: Vec<Option<usize>>,
+}
+
+/// The tensor names of one matrix's factors in `factors.safetensors`: `(a, b)`.
+pub fn factor_names(layer_idx: usize, kind: MatrixKind) -> (String, String) {
+    (
+        format!("blk.{layer_idx}.{}.a", kind.name()),
+        format!("blk.{layer_idx}.{}.b", kind.name()),
+    )
+}
+
+/// Writes `genome.json` into `dir`.
+pub fn write_genome(dir: &Path, genome: &GenomeFile) -> anyhow::Result<()> {
+    write_atomically(
+        &dir.join(GENOME_FILE),
+        serde_json::to_string_pretty(genome)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Writes `factors.safetensors` into `dir`: the factors of every matrix `plan` gives a rank.
+pub fn write_factors(dir: &Path, model: &Llama, plan: &RankPlan) -> anyhow::Result<()> {
+    let mut tensors = HashMap::new();
+    for (layer_idx, kind) in matrices(model.config()) {
+        if plan.rank(layer_idx, kind).is_none() {
+            continue;
+        }
+        if let Some(Linear::LowRank { a, b }) = model.linear(layer_idx, kind) {
+            let (a_name, b_name) = factor_names(layer_idx, kind);
+            tensors.insert(a_name, a.contiguous()?);
+            tensors.insert(b_name, b.contiguous()?);
+        }
+    }
+    let bytes = safetensors::serialize(&tensors, None)?;
+    write_atomically_with(&dir.join(FACTORS_FILE), |file| {
+        std::io::Write::write_all(file, &bytes)
+    })?;
+    Ok(())
+}
+
+/// Writes `report.json` and `report.md` into `dir`.
+pub fn write_report(dir: &Path, report: &PruneReport) -> anyhow::Result<()> {
+    write_atomically(
+        &dir.join(REPORT_FILE),
+        serde_json::to_string_pretty(report)?.as_bytes(),
+    )?;
+    write_atomically(
+        &dir.join(REPORT_MARKDOWN_FILE),
+        report.markdown().as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// A finished prune output folder: its factors and genome, and their digests.
+#[derive(Clone, Debug)]
+pub struct PruneFolder {
+    /// The folder.
+    pub dir: PathBuf,
+    /// sha256 of `factors.safetensors`.
+    pub factors_digest: String,
+    /// sha256 of `genome.json`.
+    pub genome_digest: String,
+    /// `report.json`, if present and readable.
+    pub report: Option<PruneReport>,
+}
+
+impl PruneFolder {
+    /// Opens `dir`, which must hold `factors.safetensors` and `genome.json`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let factors = dir.join(FACTORS_FILE);
+        let genome = dir.join(GENOME_FILE);
+        for path in [&factors, &genome] {
+            if !path.is_file() {
+                bail!(
+                    "{} is missing; pass the output folder of `whittle prune` (it holds {FACTORS_FILE} and {GENOME_FILE})",
+                    path.display()
+                );
+            }
+        }
+        let report = std::fs::read_to_string(dir.join(REPORT_FILE))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        Ok(Self {
+            dir: dir.to_owned(),
+            factors_digest: sha256_file(&factors)?,
+            genome_digest: sha256_file(&genome)?,
+            report,
+        })
+    }
+
+    /// `genome.json`.
+    pub fn genome(&self) -> anyhow::Result<GenomeFile> {
+        let path = self.dir.join(GENOME_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a genome file of this version; re-run prune",
+                path.display()
+            )
+        })
+    }
+
+    /// The base model with this folder's low-rank factors swapped in; the ranks must match
+    /// `genome.json`.
+    pub fn apply(&self, base: &Llama, device: &Device) -> anyhow::Result<Llama> {
+        let factors = candle_core::safetensors::load(self.dir.join(FACTORS_FILE), device)
+            .with_context(|| format!("cannot read the factors in {}", self.dir.display()))?;
+        let ranks = self.genome()?.ranks;
+        let config: ModelConfig = *base.config();
+        let mut llama = base.clone();
+        for (layer_idx, kind) in matrices(&config) {
+            let (a_name, b_name) = factor_names(layer_idx, kind);
+            let expected = ranks.get(matrix_index(layer_idx, kind)).copied().flatten();
+            match (factors.get(&a_name), factors.get(&b_name)) {
+                (Some(a), Some(b)) => {
+                    let rank = a.dim(0)?;
+                    if expected.is_some_and(|e| e != rank) {
+                        bail!(
+                            "{}: layer {layer_idx} {} has rank {rank} in {FACTORS_FILE} but {expected:?} in {GENOME_FILE}; the folder is inconsistent, re-run prune",
+                            self.dir.display(),
+                            kind.name()
+                        );
+                    }
+                    llama.set_linear(
+                        layer_idx,
+                        kind,
+                        Linear::LowRank {
+                            a: a.clone(),
+                            b: b.clone(),
+                        },
+                    )?;
+                }
+                (None, None) => {}
+                _ => bail!(
+                    "{}: layer {layer_idx} {} has only one of its two factors; re-run prune",
+                    self.dir.display(),
+                    kind.name()
+                ),
+            }
+        }
+        Ok(llama)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn genome_file_round_trips_with_dense_matrices_as_null() -> anyhow::Result<()> {
+        let file = GenomeFile {
+            genome: vec![0, 3],
+            levels: vec![1.0, 0.5],
+            ranks: vec![None, Some(144)],
+        };
+        let text = serde_json::to_string(&file)?;
+        assert_eq!(
+            text,
+            r#"{"genome":[0,3],"levels":[1.0,0.5],"ranks":[null,144]}"#
+        );
+        assert_eq!(serde_json::from_str::<GenomeFile>(&text)?, file);
+        Ok(())
+    }
+
+    #[test]
+    fn a_folder_without_factors_names_what_to_pass() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let error = PruneFolder::open(dir.path()).err().map(|e| e.to_string());
+        let error = error.unwrap_or_default();
+        assert!(
+            error.contains(FACTORS_FILE) && error.contains("whittle prune"),
+            "{error}"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! The report of one prune run: one typed value, rendered as `report.json`, `report.md` and
+//! the `--json` line, and read back by `pack` for a bundle's provenance.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use whittle_boards::Dtype;
+
+/// How one plan (the uniform baseline or the searched answer) did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Measured on the search split.
+    pub search_accuracy: f64,
+    /// Predicted from the paired log-probability difference (`AccuracyModel`).
+    pub search_predicted: f64,
+    /// One paired standard error of the accuracy difference against dense.
+    pub search_margin: f64,
+    /// What the target was checked against: `min(predicted − margin, measured)`.
+    pub search_assured: f64,
+    /// Whether the anchored refit was kept (it is kept only when it does not lower the
+    /// assured accuracy).
+    pub refit_kept: bool,
+    /// Accuracy on the test split.
+    pub test_accuracy: f64,
+    /// DESIGN section 3.
+    pub linear_reduction: f64,
+    /// DESIGN section 3.
+    pub total_reduction: f64,
+    /// Predicted bundle bytes on the board.
+    pub bundle_bytes: u64,
+    /// Predicted decode time per token on the board.
+    pub predicted_decode_ms: f64,
+    /// Predicted memory the model needs on the board.
+    pub runtime_memory_bytes: u64,
+}
+
+/// Everything a prune run reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PruneReport {
+    /// Board profile name.
+    pub board: String,
+    /// Task name.
+    pub task: String,
+    /// Relative accuracy tolerance.
+    pub epsilon: f64,
+    /// Weight storage the cost model assumed and the bundle uses.
+    pub dtype: Dtype,
+    /// Dense accuracy on the search split.
+    pub dense_accuracy: f64,
+    /// Set when the dense model is within noise of the majority-class rate.
+    pub chance_level_warning: Option<String>,
+    /// Dense accuracy on the test split.
+    pub dense_test_accuracy: f64,
+    /// `(1 − ε) · dense_accuracy`.
+    pub target_accuracy: f64,
+    /// Slope of the assured-accuracy model; `None` when accuracy is measured directly.
+    pub accuracy_slope: Option<f64>,
+    /// The uniform baseline.
+    pub uniform: Outcome,
+    /// The uniform baseline's keep fraction.
+    pub uniform_keep: f64,
+    /// The searched answer.
+    pub searched: Outcome,
+    /// The bundle file in the output folder, when one was written.
+    pub bundle: Option<String>,
+    /// Why no bundle was written.
+    pub bundle_skipped: Option<String>,
+    /// The answer meets the target and fits the board.
+    pub feasible: bool,
+    /// The board-fit verdict, in words.
+    pub board_fit: String,
+    /// The one seed.
+    pub seed: u64,
+    /// Generations run.
+    pub generations: usize,
+    /// Genomes evaluated.
+    pub evaluations: usize,
+    /// Whether the anchored refit was tried.
+    pub refit: bool,
+    /// Wall time of the uniform baseline.
+    pub uniform_seconds: f64,
+    /// Wall time of the search.
+    pub search_seconds: f64,
+    /// Wall time of the whole run.
+    pub seconds: f64,
+    /// The output folder.
+    pub output_dir: PathBuf,
+}
+
+impl PruneReport {
+    /// The one-line summary the CLI prints.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "{} on {}: dense {:.4} → searched {:.4} test (uniform keep {:.2}: {:.4}); linear reduction {:.1}% vs uniform {:.1}%; {}",
+            self.task,
+            self.board,
+            self.dense_test_accuracy,
+            self.searched.test_accuracy,
+            self.uniform_keep,
+            self.uniform.test_accuracy,
+            100.0 * self.searched.linear_reduction,
+            100.0 * self.uniform.linear_reduction,
+            self.board_fit
+        )
+    }
+
+    /// `report.md`.
+    pub fn markdown(&self) -> String {
+        let row = |name: &str, outcome: &Outcome| {
+            format!(
+                "| {name} | {:.4} | {:.4} | {:.4} | {:.1}% | {:.1}% | {:.1} MB | {:.2} ms |\n",
+                outcome.search_accuracy,
+                outcome.search_assured,
+                outcome.test_accuracy,
+                100.0 * outcome.linear_reduction,
+                100.0 * outcome.total_reduction,
+                outcome.bundle_bytes as f64 / 1e6,
+                outcome.predicted_decode_ms,
+            )
+        };
+        format!(
+            "# Pruning report: {} on {}\n\nε = {}, seed = {}, dense search accuracy {:.4} (target {:.4}), dense test accuracy {:.4}.\n\n\
+             | plan | search acc | assured | test acc | linear red. | total red. | bundle | decode/token |\n|---|---|---|---|---|---|---|---|\n{}{}\n\
+             The target is checked against the assured accuracy: the accuracy predicted from the paired \
+             gold log-probability difference against dense (slope {}), less one paired standard error, \
+             capped by the measured accuracy.\n\n\
+             Board fit: {}\n\n![kept rank per layer and matrix](ranks.svg)\n",
+            self.task,
+            self.board,
+            self.epsilon,
+            self.seed,
+            self.dense_accuracy,
+            self.target_accuracy,
+            self.dense_test_accuracy,
+            row(
+                &format!("uniform (keep {:.2})", self.uniform_keep),
+                &self.uniform
+            ),
+            row("searched", &self.searched),
+            self.accuracy_slope.map_or_else(
+                || "none: measured accuracy".to_owned(),
+                |b| format!("{b:.3}")
+            ),
+            self.board_fit,
+        )
+    }
+}
