@@ -1,33 +1,8 @@
 use crate::{BoardError, BoardProfile, HOST_BOARD_NAME};
 
-/// Every built-in profile: (file name, text).
-const PROFILES: [(&str, &str); 7] = [
-    (
-        "jetson-orin-nano-4gb.toml",
-        include_str!("../profiles/jetson-orin-nano-4gb.toml"),
-    ),
-    (
-        "jetson-orin-nano-8gb.toml",
-        include_str!("../profiles/jetson-orin-nano-8gb.toml"),
-    ),
-    (
-        "jetson-orin-nano-super-8gb.toml",
-        include_str!("../profiles/jetson-orin-nano-super-8gb.toml"),
-    ),
-    (
-        "jetson-orin-nx-16gb.toml",
-        include_str!("../profiles/jetson-orin-nx-16gb.toml"),
-    ),
-    (
-        "jetson-agx-orin-64gb.toml",
-        include_str!("../profiles/jetson-agx-orin-64gb.toml"),
-    ),
-    (
-        "raspberry-pi-5-8gb.toml",
-        include_str!("../profiles/raspberry-pi-5-8gb.toml"),
-    ),
-    ("stm32h743.toml", include_str!("../profiles/stm32h743.toml")),
-];
+// Every built-in profile: `PROFILES`, (file name, text) of each `profiles/*.toml`, sorted by
+// file name; written by `build.rs`.
+include!(concat!(env!("OUT_DIR"), "/profiles.rs"));
 
 impl BoardProfile {
     /// The built-in profile with this name or alias; `host` is the measured profile of this
@@ -62,9 +37,10 @@ impl BoardProfile {
         Self::from_toml_str(&text, name_or_path)
     }
 
-    /// Every profile committed with the crate, in a fixed order (never `host`).
+    /// Every profile committed with the crate (never `host`), grouped by maker (the first word
+    /// of the name, in alphabetical order), smallest memory first within a maker.
     pub fn all() -> Vec<Self> {
-        PROFILES
+        let mut profiles: Vec<Self> = PROFILES
             .iter()
             .map(|(file, text)| {
                 // The tests parse and validate every embedded file, so this cannot fail in a
@@ -72,7 +48,15 @@ impl BoardProfile {
                 Self::from_toml_str(text, file)
                     .unwrap_or_else(|error| panic!("built-in profile is broken: {error}"))
             })
-            .collect()
+            .collect();
+        profiles.sort_by(|a, b| a.listing_key().cmp(&b.listing_key()));
+        profiles
+    }
+
+    /// Where a profile stands in [`BoardProfile::all`].
+    fn listing_key(&self) -> (&str, u64, &str) {
+        let maker = self.name.split('-').next().unwrap_or_default();
+        (maker, self.memory_bytes, &self.name)
     }
 
     /// Canonical names of the profiles committed with the crate.
@@ -93,7 +77,8 @@ mod tests {
     fn a_profile_file_resolves_and_a_missing_one_is_named() {
         let dir = tempfile::tempdir().expect("temporary folder");
         let path = dir.path().join("my-board.toml");
-        let text = PROFILES[5].1.replace("raspberry-pi-5-8gb", "my-board");
+        let text =
+            profile_text("raspberry-pi-5-8gb.toml").replace("raspberry-pi-5-8gb", "my-board");
         std::fs::write(&path, text).expect("write");
         let board = BoardProfile::resolve(path.to_str().expect("utf-8")).expect("resolves");
         assert_eq!(board.name, "my-board");
@@ -126,8 +111,47 @@ mod tests {
         }
     }
 
+    /// The embedded text of `profiles/<file>`.
+    fn profile_text(file: &str) -> &'static str {
+        match PROFILES.iter().find(|(name, _)| *name == file) {
+            Some((_, text)) => text,
+            None => panic!("{file} is not embedded"),
+        }
+    }
+
     fn good_profile() -> String {
-        PROFILES[1].1.to_owned()
+        profile_text("jetson-orin-nano-8gb.toml").to_owned()
+    }
+
+    #[test]
+    fn every_file_in_the_profiles_folder_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let mut files: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".toml"))
+                .collect(),
+            Err(error) => panic!("{}: {error}", dir.display()),
+        };
+        files.sort();
+        let embedded: Vec<&str> = PROFILES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(embedded, files);
+    }
+
+    #[test]
+    fn the_list_is_grouped_by_maker_smallest_memory_first() {
+        let all = BoardProfile::all();
+        assert!(
+            all.windows(2)
+                .all(|pair| pair[0].listing_key() < pair[1].listing_key())
+        );
+        let names = BoardProfile::builtin_names();
+        assert_eq!(
+            names.first().map(String::as_str),
+            Some("jetson-orin-nano-4gb")
+        );
+        assert_eq!(names.last().map(String::as_str), Some("stm32h743"));
     }
 
     #[test]
@@ -192,74 +216,60 @@ mod tests {
     #[test]
     fn bad_profiles_are_rejected_on_one_line() {
         let good = good_profile();
-        check_rejected(
-            &good.replace("model_memory_share = 0.6", "model_memory_share = 1.5"),
-            "model_memory_share must be in (0, 1]",
-        );
-        check_rejected(
-            &good.replace("model_memory_share = 0.6", "model_memory_share = 0.0"),
-            "model_memory_share",
-        );
-        check_rejected(
-            &good.replace(
+        let share = "model_memory_share = 0.6";
+        // (text replaced in the good profile, its replacement, what the error must say)
+        let edits = [
+            (
+                share,
+                "model_memory_share = 1.5",
+                "model_memory_share must be in (0, 1]",
+            ),
+            (share, "model_memory_share = 0.0", "model_memory_share"),
+            (
                 "bandwidth_bytes_per_s = 68_000_000_000",
                 "bandwidth_bytes_per_s = 0",
+                "bandwidth_bytes_per_s must be positive",
             ),
-            "bandwidth_bytes_per_s must be positive",
-        );
-        check_rejected(&good.replace("cores = 6", "cores = 0"), "cpu.cores");
-        check_rejected(
-            &good.replace("clock_ghz = 1.5", "clock_ghz = -1.5"),
-            "cpu.clock_ghz",
-        );
-        check_rejected(
-            &good.replace(
+            ("cores = 6", "cores = 0", "cpu.cores"),
+            ("clock_ghz = 1.5", "clock_ghz = -1.5", "cpu.clock_ghz"),
+            (
                 "gpu_fp32_flops = 1_280_000_000_000.0",
                 "gpu_fp32_flops = 0.0",
+                "gpu_fp32_flops",
             ),
-            "gpu_fp32_flops",
-        );
-        check_rejected(
-            &good.replace("name = \"jetson-orin-nano-8gb\"", "name = \"Jetson Orin\""),
-            "name must be lowercase",
-        );
-        check_rejected(&good.replace("https://", "http://"), "https://");
-        check_rejected(
-            &good.replace("cpu_f32_flops = 144_000_000_000.0", "cpu_f32_flops = 0.0"),
-            "cpu_f32_flops must be a positive number",
-        );
-        check_rejected(
-            &good.replace("cpu_f32_flops = 144_000_000_000.0\n", ""),
-            "missing field `cpu_f32_flops`",
-        );
-        check_rejected(
-            &good.replace(
-                "model_memory_share = 0.6",
-                "model_memory_share = 0.6\nobjective_weight = 1.5",
+            (
+                "name = \"jetson-orin-nano-8gb\"",
+                "name = \"Jetson Orin\"",
+                "name must be lowercase",
             ),
-            "objective_weight must be in [0, 1]",
-        );
-        check_rejected(
-            &good.replace(
-                "model_memory_share = 0.6",
-                "model_memory_share = 0.6\ncontext_length = 0",
+            ("https://", "http://", "https://"),
+            (
+                "cpu_f32_flops = 144_000_000_000.0",
+                "cpu_f32_flops = 0.0",
+                "cpu_f32_flops must be a positive number",
             ),
-            "context_length must be positive",
-        );
-        check_rejected(
-            &good.replace(
-                "model_memory_share = 0.6",
-                "model_memory_share = 0.6\nlayer_overhead_us = -1.0",
+            (
+                "cpu_f32_flops = 144_000_000_000.0\n",
+                "",
+                "missing field `cpu_f32_flops`",
             ),
-            "layer_overhead_us",
-        );
-        check_rejected(
-            &good.replace(
-                "model_memory_share = 0.6",
-                "model_memory_share = 0.6\nproduct_overhead_us = -1.0",
+        ];
+        for (from, to, fragment) in edits {
+            check_rejected(&good.replace(from, to), fragment);
+        }
+        // (a line added after `model_memory_share`, what the error must say)
+        let additions = [
+            (
+                "objective_weight = 1.5",
+                "objective_weight must be in [0, 1]",
             ),
-            "product_overhead_us",
-        );
+            ("context_length = 0", "context_length must be positive"),
+            ("layer_overhead_us = -1.0", "layer_overhead_us"),
+            ("product_overhead_us = -1.0", "product_overhead_us"),
+        ];
+        for (line, fragment) in additions {
+            check_rejected(&good.replace(share, &format!("{share}\n{line}")), fragment);
+        }
         check_rejected(
             &format!("{good}\nfavourite_colour = \"green\"\n"),
             "unknown field",
