@@ -118,7 +118,10 @@ mod tests {
             Err(io::Error::other("cut"))
         });
         let error = result.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(error.contains("out.txt") && error.contains("cut"), "{error}");
+        assert!(
+            error.contains("out.txt") && error.contains("cut"),
+            "{error}"
+        );
         assert_eq!(std::fs::read(&path)?, b"kept");
         assert_eq!(std::fs::read_dir(dir.path())?.count(), 1);
         Ok(())
