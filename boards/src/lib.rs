@@ -20,17 +20,7 @@
 //! assert!(board.memory_budget_bytes() < board.memory_bytes);
 //! assert!(BoardProfile::builtin("jetson-orin-mega").is_err());
 //!
-//! let smollm2 = ModelConfig {
-//!     n_layers: 30,
-//!     hidden_size: 576,
-//!     intermediate_size: 1536,
-//!     n_heads: 9,
-//!     n_kv_heads: 3,
-//!     vocab_size: 49152,
-//!     max_position_embeddings: 8192,
-//!     rope_theta: 100_000.0,
-//!     rms_norm_eps: 1e-5,
-//! };
+//! let smollm2 = ModelConfig::SMOLLM2_135M;
 //! let dense = vec![None; smollm2.n_prunable_matrices()];
 //! let prediction = predict(&board, &smollm2, &dense, Dtype::Q8, None).unwrap();
 //! assert!(feasibility(&board, &prediction).fits);
@@ -43,6 +33,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod bench_record;
 mod builtin;
 mod cost;
 mod feasibility;
@@ -51,6 +42,7 @@ mod host;
 mod profile;
 pub mod stats;
 
+pub use bench_record::{BenchPrediction, BenchRecord, BundleVariant};
 pub use cost::{
     CostError, Dtype, Overheads, Prediction, StepTimes, fit_overheads, matrix_cost, predict,
 };

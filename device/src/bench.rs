@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use serde::Serialize;
-use whittle_boards::{BoardProfile, Prediction};
-use whittle_runtime::format::{Dtype, HeadRef, LinearRef, TaskKind};
+use whittle_boards::stats::median;
+use whittle_boards::{BenchPrediction, BenchRecord, BoardProfile, BundleVariant, Prediction};
+use whittle_runtime::format::{HeadRef, LinearRef, TaskKind};
 use whittle_runtime::kernels::{AnyKernels, Kernels, Threaded, best};
 use whittle_runtime::{AlignedBytes, Bundle, Model, Session, Tokenizer};
 
@@ -106,91 +106,35 @@ pub fn run(
     Ok(())
 }
 
-/// What `bench` is asked to do.
-#[derive(Clone, Debug)]
+/// What `whittle-device bench` is asked to do.
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
-    /// The bundle file.
+    /// The bundle file (with a full head to decode: `whittle pack --head full`).
     pub bundle: PathBuf,
-    /// Threads sharing each product.
+    /// Threads sharing each matrix product.
+    #[arg(long, default_value_t = crate::default_threads())]
     pub threads: usize,
     /// Prompt tokens.
+    #[arg(long, default_value_t = 256)]
     pub prefill: usize,
-    /// Greedy tokens after the prompt.
+    /// Greedy tokens decoded after the prompt.
+    #[arg(long, default_value_t = 64)]
     pub decode: usize,
-    /// Measured repetitions.
+    /// Measured repetitions (medians are reported).
+    #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     /// Unmeasured repetitions first.
+    #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// Text the prompt is tokenized from (its first 32 KiB).
+    /// Text the prompt is tokenized from (its first 32 KiB) [default: a built-in paragraph].
+    #[arg(long, value_name = "PATH")]
     pub prompt_file: Option<PathBuf>,
-    /// Board whose cost model is set beside the measurement.
+    /// Board profile whose cost model is compared (name or .toml file).
+    #[arg(long, default_value = "host")]
     pub board: String,
-    /// One JSON object instead of text.
+    /// Print one JSON object instead of text.
+    #[arg(long)]
     pub json: bool,
-}
-
-/// The cost model's figures for one bundle, at the benchmark's context lengths.
-#[derive(Clone, Debug, Serialize)]
-pub struct Predicted {
-    /// The board.
-    pub board: String,
-    /// Its memory bandwidth, bytes/s.
-    pub bandwidth_bytes_per_s: u64,
-    /// Weight bytes read per decoded token.
-    pub bytes_read_per_token: u64,
-    /// Decode latency at context `prefill + decode / 2`, ms per token.
-    pub decode_ms_per_token: f64,
-    /// Prefill latency for a `prefill`-token prompt, ms per token.
-    pub prefill_ms_per_token: f64,
-}
-
-/// One `bench` run.
-#[derive(Clone, Debug, Serialize)]
-pub struct BenchReport {
-    /// The bundle file.
-    pub bundle: String,
-    /// `dense` or `pruned` (from the provenance).
-    pub variant: &'static str,
-    /// `f32` or `q8`.
-    pub dtype: &'static str,
-    /// The single-threaded kernel underneath.
-    pub kernel: &'static str,
-    /// Threads sharing each product.
-    pub threads: usize,
-    /// The prompt's token ids.
-    pub prompt_tokens: Vec<u32>,
-    /// Greedy tokens after the prompt.
-    pub decode_tokens: usize,
-    /// Seconds of every measured prefill.
-    pub prefill_s: Vec<f64>,
-    /// Seconds of every measured decode (all `decode_tokens` of it).
-    pub decode_s: Vec<f64>,
-    /// Process CPU seconds (every thread, user + system; 10 ms ticks) of every prefill.
-    pub prefill_cpu_s: Vec<f64>,
-    /// Process CPU seconds of every decode.
-    pub decode_cpu_s: Vec<f64>,
-    /// Median prefill throughput.
-    pub prefill_tok_s: f64,
-    /// Median decode throughput.
-    pub decode_tok_s: f64,
-    /// The generated token ids (last repetition).
-    pub generated: Vec<u32>,
-    /// The cost model's figures, when the board profile is available.
-    pub predicted: Option<Predicted>,
-    /// Why there is no prediction.
-    pub predicted_error: Option<String>,
-}
-
-/// The median of `values` (the mean of the middle two for an even count); 0 when empty.
-pub fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    match n {
-        0 => 0.0,
-        _ if n % 2 == 1 => sorted[n / 2],
-        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
 }
 
 /// The first `tokens` tokens of `text` under the bundle's tokenizer.
@@ -244,14 +188,11 @@ pub fn predict(
     board: &str,
     prefill: usize,
     decode: usize,
-) -> anyhow::Result<Predicted> {
+) -> anyhow::Result<BenchPrediction> {
     let header = bundle.header();
     let mut profile = BoardProfile::resolve(board).map_err(|error| anyhow::anyhow!("{error}"))?;
     let ranks = rank_plan(bundle)?;
-    let dtype = match header.dtype {
-        Dtype::F32 => whittle_boards::Dtype::F32,
-        Dtype::Q8 => whittle_boards::Dtype::Q8,
-    };
+    let dtype = header.dtype;
     let head_rows = match header.head {
         HeadRef::Labels(m) => Some(m.rows as usize),
         HeadRef::Tied | HeadRef::Full(_) => None,
@@ -263,7 +204,7 @@ pub fn predict(
     };
     let decoding = at(prefill + decode / 2)?;
     let prefilling = at(prefill)?;
-    Ok(Predicted {
+    Ok(BenchPrediction {
         board: profile.name.clone(),
         bandwidth_bytes_per_s: profile.bandwidth_bytes_per_s,
         bytes_read_per_token: decoding.bytes_read_per_token,
@@ -400,18 +341,15 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             0.0
         }
     };
-    let report = BenchReport {
+    let report = BenchRecord {
         bundle: args.bundle.display().to_string(),
         variant: if header.provenance.source.is_empty() {
-            "dense"
+            BundleVariant::Dense
         } else {
-            "pruned"
+            BundleVariant::Pruned
         },
-        dtype: match header.dtype {
-            Dtype::F32 => "f32",
-            Dtype::Q8 => "q8",
-        },
-        kernel,
+        dtype: header.dtype,
+        kernel: kernel.to_owned(),
         threads: args.threads.max(1),
         prefill_tok_s: rate(args.prefill, median(&prefill_s)),
         decode_tok_s: rate(args.decode, median(&decode_s)),
@@ -433,10 +371,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_report(r: &BenchReport) {
+fn print_report(r: &BenchRecord) {
     println!(
         "{} ({} {}, kernel {} × {} threads)",
-        r.bundle, r.variant, r.dtype, r.kernel, r.threads
+        r.bundle,
+        r.variant.name(),
+        r.dtype.name(),
+        r.kernel,
+        r.threads
     );
     println!(
         "prefill {} tokens: {:.1} tok/s (median of {})",
@@ -473,22 +415,5 @@ fn print_report(r: &BenchReport) {
         }
         (None, Some(error)) => println!("no cost-model prediction: {error}"),
         (None, None) => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check_median(values: &[f64], expected: f64) {
-        assert_eq!(median(values), expected, "median of {values:?}");
-    }
-
-    #[test]
-    fn medians() {
-        check_median(&[], 0.0);
-        check_median(&[3.0], 3.0);
-        check_median(&[3.0, 1.0, 2.0], 2.0);
-        check_median(&[4.0, 1.0, 3.0, 2.0], 2.5);
     }
 }

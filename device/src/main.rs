@@ -41,7 +41,9 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
         /// Write the profile where the board named `host` is read from:
-        /// $WHITTLE_CACHE_DIR/boards/host.toml, by default ~/.cache/whittle/cache/boards/host.toml.
+        /// $WHITTLE_CACHE_DIR/boards/host.toml, by default
+        /// $XDG_CACHE_HOME/whittle/cache/boards/host.toml (~/.cache/whittle/cache/boards/host.toml
+        /// when XDG_CACHE_HOME is unset).
         #[arg(long)]
         install: bool,
     },
@@ -66,37 +68,10 @@ enum Command {
         max_new_tokens: Option<usize>,
     },
     /// Time prefill and greedy decode of a bundle (medians) beside the cost model's prediction.
-    Bench {
-        /// The bundle file (with a full head to decode: `whittle pack --head full`).
-        bundle: PathBuf,
-        /// Threads sharing each matrix product.
-        #[arg(long, default_value_t = default_threads())]
-        threads: usize,
-        /// Prompt tokens.
-        #[arg(long, default_value_t = 256)]
-        prefill: usize,
-        /// Greedy tokens decoded after the prompt.
-        #[arg(long, default_value_t = 64)]
-        decode: usize,
-        /// Measured repetitions (medians are reported).
-        #[arg(long, default_value_t = 5)]
-        repeats: usize,
-        /// Unmeasured repetitions first.
-        #[arg(long, default_value_t = 1)]
-        warmup: usize,
-        /// Text the prompt is tokenized from (its first 32 KiB) [default: a built-in paragraph].
-        #[arg(long, value_name = "PATH")]
-        prompt_file: Option<PathBuf>,
-        /// Board profile whose cost model is compared (name or .toml file).
-        #[arg(long, default_value = "host")]
-        board: String,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(bench::BenchArgs),
 }
 
-fn default_threads() -> usize {
+pub(crate) fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
@@ -111,27 +86,7 @@ fn main() -> anyhow::Result<()> {
             threads,
             max_new_tokens,
         } => bench::run(&bundle, &text, threads, max_new_tokens),
-        Command::Bench {
-            bundle,
-            threads,
-            prefill,
-            decode,
-            repeats,
-            warmup,
-            prompt_file,
-            board,
-            json,
-        } => bench::bench(&bench::BenchArgs {
-            bundle,
-            threads,
-            prefill,
-            decode,
-            repeats,
-            warmup,
-            prompt_file,
-            board,
-            json,
-        }),
+        Command::Bench(args) => bench::bench(&args),
     }
 }
 

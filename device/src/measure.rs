@@ -4,6 +4,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use whittle_boards::stats::median;
+
 /// Memory read bandwidth, in bytes per second.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Bandwidth {
@@ -317,7 +319,7 @@ pub fn model_steps(
             }
             seconds.push(started.elapsed().as_secs_f64() / DECODE_STEPS as f64);
         }
-        Ok(median(&mut seconds))
+        Ok(median(&seconds))
     };
     let mean_context = |length: usize| length + DECODE_STEPS / 2;
     let decode = [
@@ -331,7 +333,7 @@ pub fn model_steps(
         model.feed(&prompt).map_err(run_err)?;
         prefill.push(started.elapsed().as_secs_f64() / long.max(1) as f64);
     }
-    let prefill = (long, median(&mut prefill));
+    let prefill = (long, median(&prefill));
 
     let pairs = low_rank_pairs(config, pair_bytes, threads, runs);
     Ok(ModelSteps {
@@ -404,7 +406,7 @@ fn low_rank_pairs(
     let x: Vec<f32> = (0..widest).map(|i| (i % 13) as f32 * 0.1).collect();
     let (mut low, mut out) = (vec![0.0f32; widest], vec![0.0f32; widest]);
     let pool = Threaded::new(best(), threads);
-    let mut seconds: Vec<f64> = (0..runs.max(1))
+    let seconds: Vec<f64> = (0..runs.max(1))
         .map(|_| {
             let started = Instant::now();
             for &(rows, cols, rank, at, scale_at) in &layout {
@@ -434,14 +436,8 @@ fn low_rank_pairs(
     PairSpeed {
         pairs: layout.len(),
         bytes: sets * set_bytes,
-        seconds: median(&mut seconds),
+        seconds: median(&seconds),
     }
-}
-
-/// The median of `values` (the upper one of an even count); 0 for none.
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The wrapping sum of the words: reads every one, and vectorizes.

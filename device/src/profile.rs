@@ -1,7 +1,6 @@
 //! `whittle-device profile`: measures this machine and writes its `host` board profile, the
 //! one `BoardProfile::builtin("host")` reads.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -106,7 +105,7 @@ pub fn run(json: bool, out: Option<PathBuf>, install: bool) -> anyhow::Result<()
         .chain(install.then(host_profile_path))
         .collect();
     for path in &targets {
-        write_atomically(path, &text)?;
+        write_profile(path, &text)?;
         eprintln!("wrote {}", path.display());
     }
     eprintln!(
@@ -340,26 +339,14 @@ fn bandwidth_buffer_bytes(last_level_cache_bytes: Option<usize>, memory_bytes: u
     wanted.min(quarter).max(1 << 20)
 }
 
-/// Writes `text` to a temporary file beside `path` and renames it into place.
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let folder = match path.parent() {
-        Some(folder) if !folder.as_os_str().is_empty() => folder,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(folder).with_context(|| {
+/// Writes `text` to `path` atomically ([`whittle_boards::files::write_atomically`]).
+fn write_profile(path: &Path, text: &str) -> anyhow::Result<()> {
+    whittle_boards::files::write_atomically(path, text.as_bytes()).with_context(|| {
         format!(
-            "cannot create {}; pass --out with a writable folder or set WHITTLE_CACHE_DIR",
-            folder.display()
+            "cannot write the profile to {}; pass --out with a writable folder or set WHITTLE_CACHE_DIR",
+            path.display()
         )
-    })?;
-    let mut file = tempfile::NamedTempFile::new_in(folder)
-        .with_context(|| format!("cannot create a temporary file in {}", folder.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.flush())
-        .with_context(|| format!("cannot write a temporary file in {}", folder.display()))?;
-    file.persist(path)
-        .with_context(|| format!("cannot rename the profile into {}", path.display()))?;
-    Ok(())
+    })
 }
 
 /// The CPU's name: `model name` (x86), else the Arm implementer and part numbers.

@@ -109,7 +109,7 @@ fn the_profile_is_written_atomically_where_the_host_board_is_read() {
         Err(error) => panic!("{error}"),
     };
     for _ in 0..2 {
-        if let Err(error) = write_atomically(&path, &text) {
+        if let Err(error) = write_profile(&path, &text) {
             panic!("{error:#}");
         }
     }
