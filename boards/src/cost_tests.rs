@@ -20,20 +20,6 @@ fn tiny_config() -> ModelConfig {
     }
 }
 
-fn smollm2_135m() -> ModelConfig {
-    ModelConfig {
-        n_layers: 30,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        n_heads: 9,
-        n_kv_heads: 3,
-        vocab_size: 49152,
-        max_position_embeddings: 8192,
-        rope_theta: 100_000.0,
-        rms_norm_eps: 1e-5,
-    }
-}
-
 /// Round figures: 1 byte and 1 FLOP per nanosecond on the CPU, a GPU at a quarter of that
 /// (so it is the slower one), the default overheads (10 µs CPU, 50 µs GPU per block; 2 µs
 /// CPU, 5 µs GPU per extra product of a low-rank pair), a
@@ -272,7 +258,7 @@ fn a_task_pruned_head_is_stored_apart_and_read_instead() {
 #[test]
 fn smollm2_dense_f32_weighs_four_bytes_per_parameter() {
     let board = builtin("jetson-orin");
-    let config = smollm2_135m();
+    let config = ModelConfig::SMOLLM2_135M;
     let dense = vec![None; 210];
     let p = predicted(&board, &config, &dense, Dtype::F32, None);
     assert_eq!(p.weight_bytes, 4 * 134_515_008);
@@ -290,7 +276,7 @@ fn smollm2_dense_f32_weighs_four_bytes_per_parameter() {
 fn smollm2_does_not_fit_the_mcu_and_says_by_how_much() {
     let board = builtin("stm32h743");
     let dense = vec![None; 210];
-    let p = predicted(&board, &smollm2_135m(), &dense, Dtype::Q8, None);
+    let p = predicted(&board, &ModelConfig::SMOLLM2_135M, &dense, Dtype::Q8, None);
     // One scale per 32 values: a layer is 3,538,944 int8 + 4 · 110,592 scales = 3,981,312;
     // the embedding 28,311,552 + 4 · 884,736 = 31,850,496. Weights 30 · 3,981,312 +
     // 31,850,496 + 140,544 = 151,430,400; KV at the board's context of 256: 30 · 2 · 192 ·
@@ -429,7 +415,7 @@ fn check_never_costlier(
 
 #[test]
 fn lower_ranks_never_cost_more() {
-    let config = smollm2_135m();
+    let config = ModelConfig::SMOLLM2_135M;
     let keeps = [1.0, 0.9, 0.7, 0.5, 0.3, 0.1, 0.02];
     for board in [
         builtin("jetson-orin"),
@@ -459,7 +445,7 @@ fn a_slight_trim_saves_bytes_but_costs_time() {
     // 400 · 576 + 4 · 400 · 18 + 1536 · 400 + 4 · 1536 · 13 = 953,472 bytes, 0.62 µs less,
     // and adds a second product, 2 µs: slower. At keep 0.5 (rank 210) it saves 7.3 µs.
     let board = builtin("jetson-orin");
-    let config = smollm2_135m();
+    let config = ModelConfig::SMOLLM2_135M;
     let dense = vec![None; 210];
     let gate = 4;
     let mut trimmed = dense.clone();
@@ -486,7 +472,7 @@ fn a_matrix_cost_is_its_share_of_the_prediction() {
     // Changing one matrix changes the CPU decode time and the weight bytes by exactly the
     // difference of its matrix costs.
     let board = builtin("jetson-orin");
-    let config = smollm2_135m();
+    let config = ModelConfig::SMOLLM2_135M;
     let dense = vec![None; 210];
     for (index, rank) in [
         (4, Some(400)),
@@ -685,7 +671,7 @@ fn fitted_overheads_reproduce_the_step_times_they_come_from() {
     let truth = round_board(&format!(
         "layer_overhead_us = 37.0\n{rates}attention_flops = 4e9\nprefill_layer_overhead_us = 5.5\n"
     ));
-    let config = smollm2_135m();
+    let config = ModelConfig::SMOLLM2_135M;
     let dense = vec![None; config.n_prunable_matrices()];
     let at = |board: &BoardProfile, context: usize| {
         let board = BoardProfile {
@@ -719,7 +705,7 @@ fn fitted_overheads_reproduce_the_step_times_they_come_from() {
 fn fitted_overheads_are_never_negative_and_noise_gives_no_attention_rate() {
     let rates = "[kernels]\nq8_decode_bytes_per_s = 2e10\nf32_decode_bytes_per_s = 3e10\n\
                  q8_prefill_flops = 1e11\nf32_prefill_flops = 9e10\n";
-    let config = smollm2_135m();
+    let config = ModelConfig::SMOLLM2_135M;
     // Faster than the weights can stream, and the long context no slower than the short one.
     let times = StepTimes {
         decode: [(32, 1e-6), (288, 1e-6)],
