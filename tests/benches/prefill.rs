@@ -2,12 +2,13 @@
 //! measured side by side in one run (real model, fetched on first use), and the throughput
 //! of `eval` on the sst2 search split. Prints ratios; asserts nothing about time.
 //!
-//! `cargo xtask bench-host` (= `cargo bench -p whittle-tests --bench prefill`).
+//! `cargo xtask bench-host` (or `cargo bench -p whittle-tests --bench prefill`).
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
+use whittle_boards::stats::median;
 use whittle_host::eval::{EvalOptions, evaluate};
 use whittle_host::model::Batch;
 use whittle_host::task::{Split, Task};
@@ -15,11 +16,6 @@ use whittle_tests::real_model_and_reference;
 
 const PROMPT_TOKENS: usize = 256;
 const REPEATS: usize = 5;
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
 
 fn main() -> anyhow::Result<()> {
     let (ours, mut reference) = real_model_and_reference()?;
@@ -57,8 +53,8 @@ fn main() -> anyhow::Result<()> {
         }
         // The first run of each warms caches and the allocator.
         let tokens = (batch_size * PROMPT_TOKENS) as f64;
-        let host = tokens / median(host_times[1..].to_vec());
-        let candle = tokens / median(reference_times[1..].to_vec());
+        let host = tokens / median(&host_times[1..]);
+        let candle = tokens / median(&reference_times[1..]);
         println!(
             "{batch_size:>6} {host:>14.0} {candle:>14.0} {:>8.2}",
             host / candle
