@@ -3,11 +3,10 @@
 //! refit_probe -- [task] [keep] [refit tokens] [anchor,...] [wikitext share]`).
 
 use indicatif::ProgressBar;
-use whittle_host::calibrate::{self, CalibrationSettings, calibration_sequences};
-use whittle_host::factorize::Method;
-use whittle_host::fetch::{default_model_dir, ensure_default_model, sha256_file};
+use whittle_host::calibrate::{CalibrationSettings, calibration_sequences};
+use whittle_host::fetch::{default_model_dir, ensure_default_model};
 use whittle_host::model;
-use whittle_host::prune::{Evaluator, FactorBank, RankPlan, anchored_refit};
+use whittle_host::prune::{Evaluator, RankPlan, anchored_refit, calibrated_bank};
 use whittle_host::task::{Split, Task};
 
 fn main() -> anyhow::Result<()> {
@@ -22,21 +21,21 @@ fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let wikitext_share: f64 = arg(4, "0").parse()?;
     let path = ensure_default_model(&default_model_dir())?;
-    let base = model::load(&path, &model::device(false)?)?;
-    let digest = sha256_file(&path)?;
+    let opened = model::BaseModel::open(&path, &model::device(false)?)?;
     let progress = ProgressBar::hidden();
-    let settings = CalibrationSettings {
-        split: "calibration".into(),
-        max_tokens: 16384,
-        wikitext_share: 0.0,
-    };
-    let cache = whittle_boards::default_cache_dir();
-    let stats = calibrate::calibrate(&base, &digest, &task, &settings, &cache, 4096, &progress)?;
-    let bank = FactorBank::build(&base.llama, &stats, Method::OutputAligned, &progress)?;
+    let bank = calibrated_bank(
+        &opened,
+        &task,
+        &CalibrationSettings::default(),
+        &whittle_boards::default_cache_dir(),
+        4096,
+        &progress,
+    )?;
+    let base = &opened.model;
     let config = *base.llama.config();
     let plan = RankPlan::uniform(&config, keep);
     let pruned = bank.apply(&base.llama, &plan)?;
-    let evaluator = Evaluator::new(&base, &task, Split::Search, 128, 4096)?;
+    let evaluator = Evaluator::new(base, &task, Split::Search, 128, 4096)?;
     let dense = evaluator.score(&base.llama, &progress)?.accuracy;
     let plain = evaluator.score(&pruned, &progress)?;
     println!(
@@ -48,9 +47,9 @@ fn main() -> anyhow::Result<()> {
     let refit_settings = CalibrationSettings {
         max_tokens: refit_tokens,
         wikitext_share,
-        ..settings
+        ..CalibrationSettings::default()
     };
-    let sequences = calibration_sequences(&base, &task, &refit_settings)?;
+    let sequences = calibration_sequences(base, &task, &refit_settings)?;
     for anchor in anchors {
         let started = std::time::Instant::now();
         let refit = anchored_refit(

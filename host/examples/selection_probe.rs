@@ -4,12 +4,11 @@
 //! whittle-host --example selection_probe -- CHECKPOINT OUT.json [task] [top N]`).
 
 use indicatif::ProgressBar;
-use whittle_host::calibrate::{self, CalibrationSettings};
+use whittle_host::calibrate::CalibrationSettings;
 use whittle_host::eval::{LabelTokens, score_labels};
-use whittle_host::factorize::Method;
-use whittle_host::fetch::{default_model_dir, ensure_default_model, sha256_file};
+use whittle_host::fetch::{default_model_dir, ensure_default_model};
 use whittle_host::model;
-use whittle_host::prune::FactorBank;
+use whittle_host::prune::calibrated_bank;
 use whittle_host::search::Checkpoint;
 use whittle_host::task::{Split, Task};
 
@@ -21,17 +20,17 @@ fn main() -> anyhow::Result<()> {
     let task = Task::resolve(&arg(2, "sst2"))?;
     let top: usize = arg(3, "12").parse()?;
     let path = ensure_default_model(&default_model_dir())?;
-    let base = model::load(&path, &model::device(false)?)?;
-    let digest = sha256_file(&path)?;
+    let opened = model::BaseModel::open(&path, &model::device(false)?)?;
     let progress = ProgressBar::hidden();
-    let settings = CalibrationSettings {
-        split: "calibration".into(),
-        max_tokens: 16384,
-        wikitext_share: 0.0,
-    };
-    let cache = whittle_boards::default_cache_dir();
-    let stats = calibrate::calibrate(&base, &digest, &task, &settings, &cache, 4096, &progress)?;
-    let bank = FactorBank::build(&base.llama, &stats, Method::OutputAligned, &progress)?;
+    let bank = calibrated_bank(
+        &opened,
+        &task,
+        &CalibrationSettings::default(),
+        &whittle_boards::default_cache_dir(),
+        4096,
+        &progress,
+    )?;
+    let base = &opened.model;
     let config = *base.llama.config();
     let labels = LabelTokens::new(&base.tokenizer, task.labels())?;
     let mut records: Vec<_> = checkpoint

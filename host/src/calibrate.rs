@@ -35,6 +35,20 @@ pub struct CalibrationSettings {
     pub wikitext_share: f64,
 }
 
+/// Default calibration token budget (docs/RESULTS.md, calibration).
+pub const DEFAULT_CALIBRATION_TOKENS: usize = 16384;
+
+impl Default for CalibrationSettings {
+    /// The calibration split, [`DEFAULT_CALIBRATION_TOKENS`], no WikiText-2.
+    fn default() -> Self {
+        Self {
+            split: "calibration".to_owned(),
+            max_tokens: DEFAULT_CALIBRATION_TOKENS,
+            wikitext_share: 0.0,
+        }
+    }
+}
+
 /// Statistics of one linear input.
 #[derive(Clone, Debug)]
 pub struct SiteStats {

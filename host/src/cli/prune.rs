@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 use whittle_boards::{BoardProfile, Dtype};
-use whittle_host::prune::{PruneOptions, RefitOptions, prune};
+use whittle_host::prune::{PruneOptions, prune};
 use whittle_host::search::SearchConfig;
 use whittle_host::task::Task;
 
 use super::ModelArgs;
-use super::session::{CalibrationArgs, open_base};
+use super::session::{CalibrationArgs, RefitArgs, open_base};
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
@@ -55,16 +55,8 @@ pub struct PruneArgs {
     /// the `keep` a `whittle uniform` run found); in (0, 1].
     #[arg(long, value_name = "K")]
     uniform_keep: Option<f64>,
-    /// Skip the anchored refit of the chosen genome.
-    #[arg(long)]
-    no_refit: bool,
-    /// Calibration tokens the anchored refit streams.
-    #[arg(long, default_value_t = 8192)]
-    refit_tokens: usize,
-    /// Weight λ of the plain objective ‖W X − M X‖² added to the refit's ‖W X − M X̂‖²: 0 is
-    /// the pure anchored refit, large values approach the plain factors.
-    #[arg(long, default_value_t = 0.0, value_name = "λ")]
-    refit_anchor: f64,
+    #[command(flatten)]
+    refit: RefitArgs,
     /// Output folder [default: `out/<task>-<board>`].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -128,10 +120,7 @@ fn options(args: &PruneArgs) -> anyhow::Result<PruneOptions> {
         },
         bias_examples: args.bias_examples,
         uniform_keep: args.uniform_keep,
-        refit: (!args.no_refit).then_some(RefitOptions {
-            tokens: args.refit_tokens,
-            anchor: args.refit_anchor,
-        }),
+        refit: args.refit.options(),
         calibration: args.calibration.settings("calibration")?,
         cache_dir: args.calibration.cache_dir(),
         batch_tokens: args.calibration.batch_tokens,

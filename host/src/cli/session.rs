@@ -3,15 +3,14 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use whittle_host::calibrate::{self, Calibration, CalibrationSettings};
+use whittle_host::calibrate::{self, Calibration, CalibrationSettings, DEFAULT_CALIBRATION_TOKENS};
 use whittle_host::model::{self, BaseModel};
 use whittle_host::progress::progress_bar;
+use whittle_host::prune::RefitOptions;
 use whittle_host::task::Task;
 
 use super::ModelArgs;
 
-/// Default calibration token budget (see docs/RESULTS.md for how it was chosen).
-pub const DEFAULT_CALIBRATION_TOKENS: usize = 16384;
 
 #[derive(Debug, Args)]
 pub struct CalibrationArgs {
@@ -28,6 +27,31 @@ pub struct CalibrationArgs {
     /// Upper bound on padded tokens per forward batch.
     #[arg(long, default_value_t = 4096)]
     pub batch_tokens: usize,
+}
+
+/// The anchored refit (DESIGN "Anchored refit").
+#[derive(Debug, Args)]
+pub struct RefitArgs {
+    /// Skip the anchored refit (use the plain truncated factors).
+    #[arg(long)]
+    pub no_refit: bool,
+    /// Calibration tokens the anchored refit streams.
+    #[arg(long, default_value_t = 8192)]
+    pub refit_tokens: usize,
+    /// Weight λ of the plain objective ‖W X − M X‖² added to the refit's ‖W X − M X̂‖²: 0 is
+    /// the pure anchored refit, large values approach the plain factors.
+    #[arg(long, default_value_t = 0.0, value_name = "λ")]
+    pub refit_anchor: f64,
+}
+
+impl RefitArgs {
+    /// `None` with `--no-refit`.
+    pub fn options(&self) -> Option<RefitOptions> {
+        (!self.no_refit).then_some(RefitOptions {
+            tokens: self.refit_tokens,
+            anchor: self.refit_anchor,
+        })
+    }
 }
 
 impl CalibrationArgs {

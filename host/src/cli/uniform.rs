@@ -14,7 +14,7 @@ use whittle_host::prune::{
 };
 use whittle_host::task::{Split, Task};
 
-use super::session::{CalibrationArgs, calibrate, open_base};
+use super::session::{CalibrationArgs, RefitArgs, calibrate, open_base};
 use super::{ModelArgs, progress_bar};
 
 #[derive(Debug, Args)]
@@ -25,16 +25,8 @@ pub struct UniformArgs {
     /// Relative accuracy tolerance: the target is (1 − ε) · dense accuracy on the search split.
     #[arg(long, default_value_t = 0.05)]
     epsilon: f64,
-    /// Skip the anchored refit (use the plain truncated factors).
-    #[arg(long)]
-    no_refit: bool,
-    /// Calibration tokens the anchored refit streams.
-    #[arg(long, default_value_t = 8192)]
-    refit_tokens: usize,
-    /// Weight λ of the plain objective ‖W X − M X‖² added to the refit's ‖W X − M X̂‖²: 0 is
-    /// the pure anchored refit, large values approach the plain factors.
-    #[arg(long, default_value_t = 0.0, value_name = "λ")]
-    refit_anchor: f64,
+    #[command(flatten)]
+    refit: RefitArgs,
     /// Calibration examples each candidate fits its label bias on.
     #[arg(long, default_value_t = 128)]
     bias_examples: usize,
@@ -85,11 +77,11 @@ pub fn run(args: UniformArgs) -> anyhow::Result<()> {
     let bank = FactorBank::build(&base.llama, &calibration, args.method, &progress)?;
     let batch_tokens = args.calibration.batch_tokens.max(1);
     let mut refit_settings = args.calibration.settings("calibration")?;
-    refit_settings.max_tokens = args.refit_tokens;
+    refit_settings.max_tokens = args.refit.refit_tokens;
     let refit_sequences = calibration_sequences(base, &task, &refit_settings)?;
     let build = |plan: &RankPlan| -> anyhow::Result<_> {
         let pruned = bank.apply(&base.llama, plan)?;
-        if args.no_refit {
+        if args.refit.no_refit {
             return Ok(pruned);
         }
         anchored_refit(
@@ -99,7 +91,7 @@ pub fn run(args: UniformArgs) -> anyhow::Result<()> {
             &refit_sequences,
             base.tokenizer.pad_id(),
             batch_tokens,
-            args.refit_anchor,
+            args.refit.refit_anchor,
             &progress,
         )
     };
@@ -128,7 +120,7 @@ pub fn run(args: UniformArgs) -> anyhow::Result<()> {
         "task {} · ε = {} · refit {} · dense search accuracy {:.4} → target {:.4}",
         task.name(),
         args.epsilon,
-        if args.no_refit { "off" } else { "on" },
+        if args.refit.no_refit { "off" } else { "on" },
         result.dense_accuracy,
         result.target_accuracy
     );
@@ -148,7 +140,7 @@ pub fn run(args: UniformArgs) -> anyhow::Result<()> {
         task: task.name().to_owned(),
         method: args.method.name(),
         epsilon: args.epsilon,
-        refit: !args.no_refit,
+        refit: !args.refit.no_refit,
         search: result,
         dense_test_accuracy: dense_test.accuracy,
         test_accuracy: pruned_test.accuracy,

@@ -16,7 +16,7 @@ mod uniform;
 pub use bank::{FactorBank, dense_weight, stats_to_faer};
 pub use estimate::{AccuracyModel, Estimate, chance_level_warning};
 pub use folder::PruneFolder;
-pub use pipeline::{PruneOptions, RefitOptions, keep_grid, prune};
+pub use pipeline::{PruneOptions, RefitOptions, calibrated_bank, keep_grid, prune};
 pub use problem::TaskProblem;
 pub use refit::anchored_refit;
 pub use report::{Outcome, PruneReport};

@@ -118,6 +118,33 @@ impl PruneOptions {
     }
 }
 
+/// Calibration statistics of `task` (cached under `cache_dir`) and the output-aligned factor
+/// bank built from them: the first two stages of [`prune`], also used by the diagnostics.
+pub fn calibrated_bank(
+    base: &BaseModel,
+    task: &Task,
+    settings: &CalibrationSettings,
+    cache_dir: &std::path::Path,
+    batch_tokens: usize,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<FactorBank> {
+    let calibration = calibrate(
+        &base.model,
+        &base.digest,
+        task,
+        settings,
+        cache_dir,
+        batch_tokens.max(1),
+        progress,
+    )?;
+    FactorBank::build(
+        &base.model.llama,
+        &calibration,
+        Method::OutputAligned,
+        progress,
+    )
+}
+
 /// Runs the whole pipeline on `base` and writes the prune folder. A search that finds no
 /// genome meeting both the target and the budgets still writes its outputs and returns its
 /// report with `feasible: false`; the caller decides how to fail.
@@ -157,18 +184,14 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
 
     let batch_tokens = options.batch_tokens.max(1);
     let progress = progress_bar();
-    let calibration = calibrate(
-        model,
-        &base.digest,
+    let bank = calibrated_bank(
+        base,
         task,
         &options.calibration,
         &options.cache_dir,
         batch_tokens,
         &progress,
     )?;
-    progress.finish_and_clear();
-    let progress = progress_bar();
-    let bank = FactorBank::build(&model.llama, &calibration, Method::OutputAligned, &progress)?;
     let evaluator = Evaluator::new(
         model,
         task,
