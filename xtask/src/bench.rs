@@ -10,16 +10,22 @@
 //! `bench` refreshes the measured `host` profile (with `--board host`) and sets each bundle's
 //! measured latency beside the board's cost model.
 
+mod summary;
+
 use std::collections::hash_map::DefaultHasher;
 use std::ffi::OsString;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use whittle_boards::files::{cache_root, default_model_dir};
+use whittle_boards::{BenchPrediction, BenchRecord};
 
 use crate::cargo;
+use crate::workspace::{self, Built, Executable};
 
 /// The llama.cpp Python binding and the version the comparison is pinned to.
 const CYLLAMA: &str = "cyllama==0.2.18";
@@ -32,64 +38,47 @@ const PROMPT_FILE: &str = "data/wikitext2/wikitext2-test-raw.txt";
 /// prompt and labels, which the benchmark does not use).
 const DENSE_TASK: &str = "sst2";
 
-/// What the comparison runs.
-#[derive(Clone, Debug)]
+/// What `cargo xtask bench-compare` runs.
+#[derive(Clone, Debug, clap::Args)]
 pub struct CompareArgs {
-    /// Output folder of `whittle prune` (packed to a q8 bundle with a full head).
+    /// Output folder of `whittle prune` (packed as q8 with a full head, cached in
+    /// $XDG_CACHE_HOME/whittle/bench, by default ~/.cache/whittle/bench).
+    #[arg(long, value_name = "DIR")]
     pub prune_dir: Option<PathBuf>,
-    /// An already packed pruned bundle (full head) instead of `prune_dir`.
+    /// A pruned bundle already packed with `--head full` (instead of --prune-dir).
+    #[arg(long, value_name = "FILE", conflicts_with = "prune_dir")]
     pub pruned_bundle: Option<PathBuf>,
-    /// Rounds (each runs every configuration once).
+    /// Rounds; every round runs every configuration once.
+    #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     /// Prompt tokens.
+    #[arg(long, default_value_t = 256)]
     pub prefill: usize,
-    /// Greedy tokens after the prompt.
+    /// Greedy tokens decoded after the prompt.
+    #[arg(long, default_value_t = 64)]
     pub decode: usize,
-    /// Thread counts.
+    /// Thread counts to compare (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub threads: Vec<usize>,
     /// Pack the bundles again even when cached.
+    #[arg(long)]
     pub repack: bool,
-    /// Compare the dense bundle only (no pruned model at hand).
+    /// Compare the dense bundle only, when no pruned model is at hand (pruned ratios null).
+    #[arg(long, conflicts_with_all = ["prune_dir", "pruned_bundle"])]
     pub dense_only: bool,
-    /// One JSON object on the last line.
+    /// Print one JSON object on the last line.
+    #[arg(long)]
     pub json: bool,
 }
 
-fn home() -> anyhow::Result<PathBuf> {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .context("HOME is not set; set it to a writable folder")
-}
-
-/// Where generated bundles are cached: `~/.cache/whittle/bench`.
-fn bench_dir() -> anyhow::Result<PathBuf> {
-    Ok(home()?.join(".cache/whittle/bench"))
-}
-
-fn model_path() -> anyhow::Result<PathBuf> {
-    let dir = match std::env::var_os("WHITTLE_MODEL_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => home()?.join(".cache/whittle/models"),
-    };
-    Ok(dir.join(GGUF_NAME))
-}
-
-fn release_binary(name: &str) -> PathBuf {
-    cargo::target_dir().join("release").join(name)
-}
-
-/// Builds the release binaries the comparison runs.
-fn build(packages: &[&str]) -> anyhow::Result<()> {
-    let mut args: Vec<&str> = vec!["build", "--release", "--quiet"];
-    for package in packages {
-        args.extend(["-p", package]);
-    }
-    cargo::run(&mut cargo::cargo(args))
+/// Where generated bundles are cached: `<cache root>/bench` (`~/.cache/whittle/bench` on
+/// Linux unless `XDG_CACHE_HOME` is set).
+fn bench_dir() -> PathBuf {
+    cache_root().join("bench")
 }
 
 /// Runs `whittle pack` into `out` (atomically: the packer writes a temporary file and renames).
-fn pack(prune_dir: Option<&Path>, out: &Path) -> anyhow::Result<()> {
-    build(&["whittle-host"])?;
+fn pack(built: &Built, prune_dir: Option<&Path>, out: &Path) -> anyhow::Result<()> {
     let mut args: Vec<OsString> = vec!["pack".into()];
     if let Some(dir) = prune_dir {
         args.extend(["--prune-dir".into(), dir.as_os_str().to_owned()]);
@@ -104,17 +93,14 @@ fn pack(prune_dir: Option<&Path>, out: &Path) -> anyhow::Result<()> {
     args.push(out.as_os_str().to_owned());
     std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))
         .with_context(|| format!("cannot create the folder of {}", out.display()))?;
-    cargo::run(&mut cargo::program(
-        &release_binary("whittle").to_string_lossy(),
-        args,
-    ))
+    cargo::run(&mut built.command(Executable::HostTool, args)?)
 }
 
 /// The dense q8 bundle with a full head, packed once into the cache.
-fn dense_bundle(repack: bool) -> anyhow::Result<PathBuf> {
-    let path = bench_dir()?.join("dense-q8-full.wbundle");
+fn dense_bundle(built: &Built, repack: bool) -> anyhow::Result<PathBuf> {
+    let path = bench_dir().join("dense-q8-full.wbundle");
     if repack || !path.exists() {
-        pack(None, &path)?;
+        pack(built, None, &path)?;
     }
     Ok(path)
 }
@@ -144,7 +130,7 @@ fn prune_key(dir: &Path) -> anyhow::Result<u64> {
 }
 
 /// The pruned bundle: given, or packed (q8, full head) from a prune folder into the cache.
-fn pruned_bundle(args: &CompareArgs) -> anyhow::Result<PathBuf> {
+fn pruned_bundle(built: &Built, args: &CompareArgs) -> anyhow::Result<PathBuf> {
     if let Some(bundle) = &args.pruned_bundle {
         if !bundle.exists() {
             bail!("{} does not exist; check --pruned-bundle", bundle.display());
@@ -156,27 +142,24 @@ fn pruned_bundle(args: &CompareArgs) -> anyhow::Result<PathBuf> {
             "no pruned model: pass --prune-dir DIR, the output folder of `cargo xtask prune --task sst2 --board jetson-orin --out DIR` (ε = 0.05 by default), or --pruned-bundle FILE (packed with --head full)"
         );
     };
-    let path = bench_dir()?.join(format!("pruned-{:016x}-q8-full.wbundle", prune_key(dir)?));
+    let path = bench_dir().join(format!("pruned-{:016x}-q8-full.wbundle", prune_key(dir)?));
     if args.repack || !path.exists() {
-        pack(Some(dir), &path)?;
+        pack(built, Some(dir), &path)?;
     }
     Ok(path)
 }
 
 /// The virtual environment with cyllama, created (and cyllama installed) when missing.
 fn venv_python() -> anyhow::Result<PathBuf> {
-    let venv = home()?.join(".cache/whittle/venvs/cyllama");
+    let venv = cache_root().join("venvs").join("cyllama");
     let python = venv.join("bin/python");
     let version = |python: &Path| {
-        cargo::program(
-            &python.to_string_lossy(),
-            ["-c", "import cyllama; print(cyllama.__version__)"],
-        )
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        cargo::program(python, ["-c", "import cyllama; print(cyllama.__version__)"])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
     if version(&python).as_deref() == Some(CYLLAMA_VERSION) {
         return Ok(python);
@@ -193,7 +176,7 @@ fn venv_python() -> anyhow::Result<PathBuf> {
         .context("cannot create the virtual environment; install python3 with venv (Debian: python3-venv)")?;
     }
     cargo::run(&mut cargo::program(
-        &python.to_string_lossy(),
+        &python,
         ["-m", "pip", "install", "--quiet", CYLLAMA],
     ))
     .with_context(|| format!("cannot install {CYLLAMA} from PyPI"))?;
@@ -203,36 +186,15 @@ fn venv_python() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Parses the last line of `stdout` as JSON.
-fn last_json(stdout: &str, what: &str) -> anyhow::Result<Value> {
+/// Parses the last JSON line of `stdout` (a program's record); a missing field is an error
+/// that names it.
+fn last_json<T: DeserializeOwned>(stdout: &str, what: &str) -> anyhow::Result<T> {
     let line = stdout
         .lines()
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
         .with_context(|| format!("{what} printed no JSON"))?;
     serde_json::from_str(line).with_context(|| format!("{what} printed invalid JSON"))
-}
-
-fn floats(value: &Value, key: &str) -> Vec<f64> {
-    value
-        .get(key)
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default()
-}
-
-/// The median of `values` (the mean of the middle two for an even count); 0 when empty.
-pub fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
 }
 
 /// The engines compared.
@@ -261,95 +223,129 @@ impl Engine {
     }
 }
 
-/// Every sample of one engine at one thread count.
-#[derive(Debug, Default)]
-struct Samples {
+/// The seconds of every measured run, as both engines report them (`whittle-device bench
+/// --json` and `xtask/scripts/llamacpp_bench.py` print these fields).
+#[derive(Debug, Default, Deserialize)]
+struct Timings {
     prefill_s: Vec<f64>,
     decode_s: Vec<f64>,
     prefill_cpu_s: Vec<f64>,
     decode_cpu_s: Vec<f64>,
-    last: Option<Value>,
+}
+
+impl From<BenchRecord> for Timings {
+    fn from(record: BenchRecord) -> Self {
+        Self {
+            prefill_s: record.prefill_s,
+            decode_s: record.decode_s,
+            prefill_cpu_s: record.prefill_cpu_s,
+            decode_cpu_s: record.decode_cpu_s,
+        }
+    }
+}
+
+/// Every sample of one engine at one thread count.
+#[derive(Debug, Default)]
+struct Samples {
+    times: Timings,
+    /// The cost model's figures from the last run (the runtime's engines only).
+    predicted: Option<BenchPrediction>,
 }
 
 impl Samples {
-    fn add(&mut self, report: Value) {
-        self.prefill_s.extend(floats(&report, "prefill_s"));
-        self.decode_s.extend(floats(&report, "decode_s"));
-        self.prefill_cpu_s.extend(floats(&report, "prefill_cpu_s"));
-        self.decode_cpu_s.extend(floats(&report, "decode_cpu_s"));
-        self.last = Some(report);
+    fn add(&mut self, run: Timings, predicted: Option<BenchPrediction>) {
+        self.times.prefill_s.extend(run.prefill_s);
+        self.times.decode_s.extend(run.decode_s);
+        self.times.prefill_cpu_s.extend(run.prefill_cpu_s);
+        self.times.decode_cpu_s.extend(run.decode_cpu_s);
+        self.predicted = predicted;
     }
 }
 
-fn rate(tokens: usize, seconds: f64) -> f64 {
-    if seconds > 0.0 {
-        tokens as f64 / seconds
-    } else {
-        0.0
+/// `whittle-device bench BUNDLE` on the prompt file, with `options` (flag, value).
+fn device_bench(
+    built: &Built,
+    bundle: &Path,
+    options: &[(&str, String)],
+) -> anyhow::Result<Command> {
+    let mut args = vec![OsString::from("bench"), bundle.as_os_str().to_owned()];
+    for (flag, value) in options {
+        args.extend([OsString::from(flag), OsString::from(value)]);
     }
+    args.extend([OsString::from("--prompt-file"), PROMPT_FILE.into()]);
+    built.command(Executable::DeviceTool, args)
 }
 
-/// Runs one engine once (one warm-up, one measured run) and returns its report.
+/// Runs `whittle-device bench --json` once and reads its record.
+fn device_record(
+    built: &Built,
+    bundle: &Path,
+    options: &[(&str, String)],
+) -> anyhow::Result<BenchRecord> {
+    let mut command = device_bench(built, bundle, options)?;
+    command.arg("--json");
+    last_json(&cargo::stdout_of(&mut command)?, "whittle-device bench")
+}
+
+/// What every engine's runs share.
+struct Setup<'a> {
+    built: &'a Built,
+    dense: &'a Path,
+    pruned: Option<&'a Path>,
+    python: &'a Path,
+    model: &'a Path,
+    /// The prompt's token ids, comma-separated.
+    tokens: &'a str,
+}
+
+/// Runs one engine once (one warm-up, one measured run) and returns its times and, for the
+/// runtime, the cost model's figures.
 fn run_engine(
     engine: Engine,
-    bundles: (&Path, &Path),
-    python: &Path,
-    model: &Path,
-    tokens: &str,
+    setup: &Setup<'_>,
     threads: usize,
     args: &CompareArgs,
-) -> anyhow::Result<Value> {
-    let threads_s = threads.to_string();
-    let (prefill, decode) = (args.prefill.to_string(), args.decode.to_string());
-    let mut command = match engine {
-        Engine::Dense | Engine::Pruned => {
-            let bundle = if engine == Engine::Dense {
-                bundles.0
-            } else {
-                bundles.1
-            };
-            cargo::program(
-                &release_binary("whittle-device").to_string_lossy(),
+) -> anyhow::Result<(Timings, Option<BenchPrediction>)> {
+    let bundle = match engine {
+        Engine::Dense => setup.dense,
+        Engine::Pruned => setup.pruned.unwrap_or(setup.dense),
+        Engine::Llama => {
+            let mut command = cargo::program(
+                setup.python,
                 [
-                    OsString::from("bench"),
-                    bundle.as_os_str().to_owned(),
+                    OsString::from("xtask/scripts/llamacpp_bench.py"),
+                    "--model".into(),
+                    setup.model.as_os_str().to_owned(),
+                    "--tokens".into(),
+                    setup.tokens.into(),
                     "--threads".into(),
-                    threads_s.into(),
-                    "--prefill".into(),
-                    prefill.into(),
+                    threads.to_string().into(),
                     "--decode".into(),
-                    decode.into(),
+                    args.decode.to_string().into(),
                     "--repeats".into(),
                     "1".into(),
                     "--warmup".into(),
                     "1".into(),
-                    "--prompt-file".into(),
-                    PROMPT_FILE.into(),
-                    "--json".into(),
                 ],
-            )
+            );
+            let times = last_json(&cargo::stdout_of(&mut command)?, engine.name())?;
+            return Ok((times, None));
         }
-        Engine::Llama => cargo::program(
-            &python.to_string_lossy(),
-            [
-                OsString::from("xtask/scripts/llamacpp_bench.py"),
-                "--model".into(),
-                model.as_os_str().to_owned(),
-                "--tokens".into(),
-                tokens.into(),
-                "--threads".into(),
-                threads_s.into(),
-                "--decode".into(),
-                decode.into(),
-                "--repeats".into(),
-                "1".into(),
-                "--warmup".into(),
-                "1".into(),
-            ],
-        ),
     };
-    let stdout = cargo::stdout_of(&mut command)?;
-    last_json(&stdout, engine.name())
+    let record = device_record(
+        setup.built,
+        bundle,
+        &[
+            ("--threads", threads.to_string()),
+            ("--prefill", args.prefill.to_string()),
+            ("--decode", args.decode.to_string()),
+            ("--repeats", "1".to_owned()),
+            ("--warmup", "1".to_owned()),
+        ],
+    )
+    .with_context(|| engine.name())?;
+    let predicted = record.predicted.clone();
+    Ok((record.into(), predicted))
 }
 
 /// `cargo xtask bench-compare`.
@@ -357,62 +353,48 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     if args.repeats == 0 || args.threads.is_empty() || args.threads.contains(&0) {
         bail!("--repeats and every --threads value must be at least 1");
     }
-    let model = model_path()?;
+    let built = workspace::build()?;
+    let model = default_model_dir().join(GGUF_NAME);
     if !model.exists() {
-        cargo::run(&mut cargo::cargo(crate::host::host_cargo_args(
-            "fetch-model",
-            &[],
-        )))?;
+        cargo::run(&mut built.command(Executable::HostTool, ["fetch-model"])?)?;
     }
     let pruned = if args.dense_only {
         None
     } else {
-        Some(pruned_bundle(args)?)
+        Some(pruned_bundle(&built, args)?)
     };
-    let dense = dense_bundle(args.repack)?;
-    build(&["whittle-device"])?;
+    let dense = dense_bundle(&built, args.repack)?;
     let python = venv_python()?;
 
     // The prompt's token ids, from the runtime's tokenizer (the bundle's tables).
-    let probe = cargo::stdout_of(&mut cargo::program(
-        &release_binary("whittle-device").to_string_lossy(),
-        [
-            OsString::from("bench"),
-            dense.as_os_str().to_owned(),
-            "--threads".into(),
-            "1".into(),
-            "--prefill".into(),
-            args.prefill.to_string().into(),
-            "--decode".into(),
-            "0".into(),
-            "--repeats".into(),
-            "1".into(),
-            "--warmup".into(),
-            "0".into(),
-            "--prompt-file".into(),
-            PROMPT_FILE.into(),
-            "--json".into(),
+    let probe = device_record(
+        &built,
+        &dense,
+        &[
+            ("--threads", "1".to_owned()),
+            ("--prefill", args.prefill.to_string()),
+            ("--decode", "0".to_owned()),
+            ("--repeats", "1".to_owned()),
+            ("--warmup", "0".to_owned()),
         ],
-    ))?;
-    let probe = last_json(&probe, "whittle-device bench")?;
-    let tokens: Vec<String> = probe
-        .get("prompt_tokens")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_u64)
-                .map(|t| t.to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    if tokens.len() != args.prefill {
+    )?;
+    if probe.prompt_tokens.len() != args.prefill {
         bail!(
             "the prompt has {} tokens, not {}",
-            tokens.len(),
+            probe.prompt_tokens.len(),
             args.prefill
         );
     }
+    let tokens: Vec<String> = probe.prompt_tokens.iter().map(u32::to_string).collect();
     let tokens = tokens.join(",");
+    let setup = Setup {
+        built: &built,
+        dense: &dense,
+        pruned: pruned.as_deref(),
+        python: &python,
+        model: &model,
+        tokens: &tokens,
+    };
 
     let engines: Vec<Engine> = [Engine::Dense, Engine::Pruned, Engine::Llama]
         .into_iter()
@@ -434,258 +416,27 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
                     args.repeats,
                     engine.name()
                 );
-                let report = run_engine(
-                    engine,
-                    (&dense, pruned.as_deref().unwrap_or(&dense)),
-                    &python,
-                    &model,
-                    &tokens,
-                    threads,
-                    args,
-                )?;
+                let (times, predicted) = run_engine(engine, &setup, threads, args)?;
                 if let Some((_, s)) = samples.iter_mut().find(|(k, _)| *k == (engine, threads)) {
-                    s.add(report);
+                    s.add(times, predicted);
                 }
             }
         }
     }
-    let summary = summarize(args, &samples, &dense, pruned.as_deref());
-    print_summary(args, &summary);
+    let summary = summary::summarize(args, &samples, &dense, pruned.as_deref());
+    summary::print(args, &summary);
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Medians, ratios, the bandwidth fraction and the cost model's errors as one JSON value.
-fn summarize(
-    args: &CompareArgs,
-    samples: &[((Engine, usize), Samples)],
-    dense: &Path,
-    pruned: Option<&Path>,
-) -> Value {
-    let find = |engine: Engine, threads: usize| {
-        samples
-            .iter()
-            .find(|(k, _)| *k == (engine, threads))
-            .map(|(_, s)| s)
-    };
-    let mut configs = Vec::new();
-    for ((engine, threads), s) in samples {
-        let predicted = s.last.as_ref().and_then(|r| r.get("predicted")).cloned();
-        configs.push(json!({
-            "engine": engine.key(),
-            "threads": threads,
-            "prefill_tok_s": rate(args.prefill, median(&s.prefill_s)),
-            "decode_tok_s": rate(args.decode, median(&s.decode_s)),
-            "prefill_tok_per_cpu_s": rate(args.prefill, median(&s.prefill_cpu_s)),
-            "decode_tok_per_cpu_s": rate(args.decode, median(&s.decode_cpu_s)),
-            "runs": s.decode_s.len(),
-            "predicted": predicted,
-        }));
-    }
-    let tok_s = |engine: Engine, threads: usize, prefill: bool| {
-        find(engine, threads).map_or(0.0, |s| {
-            if prefill {
-                rate(args.prefill, median(&s.prefill_s))
-            } else {
-                rate(args.decode, median(&s.decode_s))
-            }
-        })
-    };
-    let ratio = |a: f64, b: f64| {
-        if a > 0.0 && b > 0.0 {
-            json!(a / b)
-        } else {
-            Value::Null
-        }
-    };
-    let top = args.threads.iter().copied().max().unwrap_or(1);
-    let ratios_at = |threads: usize| {
-        json!({
-            "dense_decode_ratio": ratio(tok_s(Engine::Dense, threads, false), tok_s(Engine::Llama, threads, false)),
-            "pruned_decode_ratio": ratio(tok_s(Engine::Pruned, threads, false), tok_s(Engine::Llama, threads, false)),
-            "prefill_ratio": ratio(tok_s(Engine::Dense, threads, true), tok_s(Engine::Llama, threads, true)),
-            "pruned_prefill_ratio": ratio(tok_s(Engine::Pruned, threads, true), tok_s(Engine::Llama, threads, true)),
-        })
-    };
-    // The cost model against the runtime's faster thread count (the host profile keeps the
-    // better of its one- and all-thread figures too).
-    let mut cost_rows = Vec::new();
-    let mut max_error: f64 = 0.0;
-    let mut max_error_cpu: f64 = 0.0;
-    let mut bandwidth_fraction = json!({});
-    for engine in [Engine::Dense, Engine::Pruned] {
-        let Some(predicted) = args
-            .threads
-            .iter()
-            .find_map(|&t| find(engine, t)?.last.as_ref()?.get("predicted").cloned())
-            .filter(|p| !p.is_null())
-        else {
-            continue;
-        };
-        let get = |key: &str| predicted.get(key).and_then(Value::as_f64).unwrap_or(0.0);
-        for (phase, prefill, key) in [
-            ("decode", false, "decode_ms_per_token"),
-            ("prefill", true, "prefill_ms_per_token"),
-        ] {
-            let best = args
-                .threads
-                .iter()
-                .map(|&t| (t, tok_s(engine, t, prefill)))
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .unwrap_or((1, 0.0));
-            let measured_ms = if best.1 > 0.0 { 1e3 / best.1 } else { 0.0 };
-            // One thread's CPU time: the time the work takes when it has a core to itself.
-            let cpu_ms = find(engine, 1).map_or(0.0, |s| {
-                let (cpu, n) = if prefill {
-                    (median(&s.prefill_cpu_s), args.prefill)
-                } else {
-                    (median(&s.decode_cpu_s), args.decode)
-                };
-                if n > 0 { 1e3 * cpu / n as f64 } else { 0.0 }
-            });
-            let predicted_ms = get(key);
-            let error = if measured_ms > 0.0 {
-                (predicted_ms - measured_ms) / measured_ms
-            } else {
-                0.0
-            };
-            let error_cpu = if cpu_ms > 0.0 {
-                (predicted_ms - cpu_ms) / cpu_ms
-            } else {
-                0.0
-            };
-            max_error = max_error.max(error.abs());
-            max_error_cpu = max_error_cpu.max(error_cpu.abs());
-            cost_rows.push(json!({
-                "bundle": engine.key(),
-                "phase": phase,
-                "predicted_ms_per_token": predicted_ms,
-                "measured_ms_per_token": measured_ms,
-                "measured_threads": best.0,
-                "relative_error": error,
-                "one_thread_cpu_ms_per_token": cpu_ms,
-                "relative_error_to_cpu_time": error_cpu,
-            }));
-        }
-        let bytes = get("bytes_read_per_token");
-        let bandwidth = get("bandwidth_bytes_per_s");
-        let ceiling = if bytes > 0.0 { bandwidth / bytes } else { 0.0 };
-        let best_decode = args
-            .threads
-            .iter()
-            .map(|&t| tok_s(engine, t, false))
-            .fold(0.0, f64::max);
-        bandwidth_fraction[engine.key()] = json!({
-            "bytes_read_per_token": bytes,
-            "bandwidth_bytes_per_s": bandwidth,
-            "ceiling_tok_s": ceiling,
-            "decode_tok_s": best_decode,
-            "fraction": if ceiling > 0.0 { best_decode / ceiling } else { 0.0 },
-        });
-    }
-    let mut summary = ratios_at(top);
-    summary["threads_for_ratios"] = json!(top);
-    summary["ratios_by_threads"] = Value::Array(
-        args.threads
-            .iter()
-            .map(|&t| {
-                let mut r = ratios_at(t);
-                r["threads"] = json!(t);
-                r
-            })
-            .collect(),
-    );
-    summary["cost_model_max_error"] = json!(max_error);
-    summary["cost_model_max_error_to_cpu_time"] = json!(max_error_cpu);
-    summary["cost_model"] = Value::Array(cost_rows);
-    summary["bandwidth"] = bandwidth_fraction;
-    summary["configurations"] = Value::Array(configs);
-    summary["prefill_tokens"] = json!(args.prefill);
-    summary["decode_tokens"] = json!(args.decode);
-    summary["rounds"] = json!(args.repeats);
-    summary["dense_bundle"] = json!(dense.display().to_string());
-    summary["pruned_bundle"] = json!(pruned.map(|p| p.display().to_string()));
-    summary
-}
-
-fn print_summary(args: &CompareArgs, s: &Value) {
-    let f = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-    println!(
-        "\nprefill {} tokens, greedy decode {} tokens; medians of {} rounds (tok/s, wall clock; \
-         tok per CPU-second in brackets)",
-        args.prefill, args.decode, args.repeats
-    );
-    println!(
-        "{:<20} {:>7} {:>20} {:>20}",
-        "engine", "threads", "prefill tok/s", "decode tok/s"
-    );
-    for c in s["configurations"].as_array().into_iter().flatten() {
-        println!(
-            "{:<20} {:>7} {:>10.1} [{:>7.1}] {:>10.1} [{:>7.1}]",
-            c["engine"].as_str().unwrap_or(""),
-            c["threads"],
-            f(c, "prefill_tok_s"),
-            f(c, "prefill_tok_per_cpu_s"),
-            f(c, "decode_tok_s"),
-            f(c, "decode_tok_per_cpu_s"),
-        );
-    }
-    let ratio = |v: &Value, k: &str| {
-        v.get(k)
-            .and_then(Value::as_f64)
-            .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}×"))
-    };
-    println!("\nratios (runtime ÷ llama.cpp):");
-    for r in s["ratios_by_threads"].as_array().into_iter().flatten() {
-        println!(
-            "  {} thread(s): dense decode {}, pruned decode {}, dense prefill {}, pruned prefill {}",
-            r["threads"],
-            ratio(r, "dense_decode_ratio"),
-            ratio(r, "pruned_decode_ratio"),
-            ratio(r, "prefill_ratio"),
-            ratio(r, "pruned_prefill_ratio"),
-        );
-    }
-    println!("\ncost model (host profile) against the runtime (faster thread count):");
-    for row in s["cost_model"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<7} {:<8} predicted {:>7.3} ms/token, measured {:>7.3} ({} thr), error {:+.0}%; 1-thread CPU time {:>7.3}, error {:+.0}%",
-            row["bundle"].as_str().unwrap_or(""),
-            row["phase"].as_str().unwrap_or(""),
-            f(row, "predicted_ms_per_token"),
-            f(row, "measured_ms_per_token"),
-            row["measured_threads"],
-            100.0 * f(row, "relative_error"),
-            f(row, "one_thread_cpu_ms_per_token"),
-            100.0 * f(row, "relative_error_to_cpu_time"),
-        );
-    }
-    for key in ["dense", "pruned"] {
-        if let Some(b) = s["bandwidth"].get(key) {
-            println!(
-                "  {key}: {:.1} MB read per token at {:.1} GB/s: ceiling {:.0} tok/s, decode {:.1} tok/s = {:.0}% of it",
-                f(b, "bytes_read_per_token") / 1e6,
-                f(b, "bandwidth_bytes_per_s") / 1e9,
-                f(b, "ceiling_tok_s"),
-                f(b, "decode_tok_s"),
-                100.0 * f(b, "fraction"),
-            );
-        }
-    }
-}
-
 /// `cargo xtask bench --board B`: refreshes the measured `host` profile (for `host`), then
 /// benchmarks the dense bundle (and the pruned one, given) against the board's cost model.
 pub fn bench(board: &str, prune_dir: Option<&Path>, repeats: usize) -> anyhow::Result<ExitCode> {
-    build(&["whittle-device"])?;
-    let device = release_binary("whittle-device");
+    let built = workspace::build()?;
     if board == "host" {
-        cargo::run(&mut cargo::program(
-            &device.to_string_lossy(),
-            ["profile", "--install"],
-        ))?;
+        cargo::run(&mut built.command(Executable::DeviceTool, ["profile", "--install"])?)?;
     }
     let args = CompareArgs {
         prune_dir: prune_dir.map(Path::to_path_buf),
@@ -698,9 +449,9 @@ pub fn bench(board: &str, prune_dir: Option<&Path>, repeats: usize) -> anyhow::R
         dense_only: prune_dir.is_none(),
         json: false,
     };
-    let mut bundles = vec![dense_bundle(false)?];
+    let mut bundles = vec![dense_bundle(&built, false)?];
     if prune_dir.is_some() {
-        bundles.push(pruned_bundle(&args)?);
+        bundles.push(pruned_bundle(&built, &args)?);
     }
     // One thread and all threads: the profile keeps the better of its one- and all-thread
     // figures, so the better of these two is what its prediction is for.
@@ -711,21 +462,12 @@ pub fn bench(board: &str, prune_dir: Option<&Path>, repeats: usize) -> anyhow::R
     }
     for bundle in &bundles {
         for threads in &thread_counts {
-            cargo::run(&mut cargo::program(
-                &device.to_string_lossy(),
-                [
-                    OsString::from("bench"),
-                    bundle.as_os_str().to_owned(),
-                    "--board".into(),
-                    board.into(),
-                    "--threads".into(),
-                    threads.to_string().into(),
-                    "--repeats".into(),
-                    repeats.to_string().into(),
-                    "--prompt-file".into(),
-                    PROMPT_FILE.into(),
-                ],
-            ))?;
+            let options = [
+                ("--board", board.to_owned()),
+                ("--threads", threads.to_string()),
+                ("--repeats", repeats.to_string()),
+            ];
+            cargo::run(&mut device_bench(&built, bundle, &options)?)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -736,18 +478,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn medians() {
-        assert_eq!(median(&[]), 0.0);
-        assert_eq!(median(&[2.0, 9.0, 1.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
-    }
-
-    #[test]
     fn the_last_json_line_is_parsed() {
-        match last_json("progress\n{\"a\": 1}\n", "x") {
+        match last_json::<serde_json::Value>("progress\n{\"a\": 1}\n", "x") {
             Ok(value) => assert_eq!(value["a"], 1),
             Err(error) => panic!("{error:#}"),
         }
-        assert!(last_json("no json here\n", "x").is_err());
+        assert!(last_json::<serde_json::Value>("no json here\n", "x").is_err());
+    }
+
+    #[test]
+    fn a_record_without_a_field_is_refused_by_name() {
+        let stdout = r#"{"prefill_s":[1.0],"decode_s":[2.0],"prefill_cpu_s":[1.0]}"#;
+        match last_json::<Timings>(stdout, "llama.cpp Q4_1") {
+            Ok(times) => panic!("accepted {times:?}"),
+            Err(error) => {
+                let message = format!("{error:#}");
+                assert!(
+                    message.contains("missing field `decode_cpu_s`"),
+                    "{message}"
+                );
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Running cargo and other programs from the workspace root.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus};
 
@@ -14,13 +14,22 @@ pub fn workspace_root() -> PathBuf {
         .map_or_else(|| xtask_dir.join(".."), Path::to_path_buf)
 }
 
-/// Where cargo writes build outputs: `CARGO_TARGET_DIR`, else `<root>/target`.
-pub fn target_dir() -> PathBuf {
-    let root = workspace_root();
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
+/// Where cargo writes build outputs, as `cargo metadata` reports it (`CARGO_TARGET_DIR`,
+/// `build.target-dir` or `<root>/target`).
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        target_directory: PathBuf,
     }
+    let stdout = stdout_of(&mut cargo([
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+    ]))?;
+    let metadata: Metadata =
+        serde_json::from_str(&stdout).context("cannot read the output of `cargo metadata`")?;
+    Ok(metadata.target_directory)
 }
 
 /// A cargo command (the cargo that runs xtask, by `CARGO`) in the workspace root.
@@ -38,7 +47,7 @@ where
 }
 
 /// Any program, run in the workspace root.
-pub fn program<I, S>(name: &str, args: I) -> Command
+pub fn program<I, S>(name: impl AsRef<OsStr>, args: I) -> Command
 where
     I: IntoIterator<Item = S>,
     S: Into<OsString>,
@@ -131,6 +140,12 @@ mod tests {
     fn the_workspace_root_holds_the_workspace_manifest() {
         assert!(workspace_root().join("Cargo.toml").is_file());
         assert!(workspace_root().join("xtask").is_dir());
+    }
+
+    #[test]
+    fn the_target_folder_is_where_cargo_says() -> anyhow::Result<()> {
+        assert!(target_dir()?.is_absolute());
+        Ok(())
     }
 
     #[test]

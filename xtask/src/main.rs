@@ -7,89 +7,22 @@ mod cargo;
 mod host;
 mod prerequisites;
 mod test;
+mod workspace;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Arg, ArgAction, Command, FromArgMatches, Subcommand, value_parser};
 
-/// Workspace tasks for whittle. Run as `cargo xtask <task>`.
-#[derive(Debug, Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", about)]
-struct Cli {
-    #[command(subcommand)]
-    task: Task,
-}
+use crate::host::{PASS_THROUGH, PassThrough};
 
+const ABOUT: &str = "Workspace tasks for whittle. Run as `cargo xtask <task>`";
+
+// The tasks with arguments of their own (the pass-through ones are `PASS_THROUGH`); no doc
+// comment, since clap would take it for the help text of `cargo xtask`.
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Download the model into the cache (`whittle fetch-model`; arguments pass through).
-    #[command(disable_help_flag = true)]
-    FetchModel {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
-    /// Evaluate the dense model on a task (`whittle eval`; arguments pass through).
-    #[command(disable_help_flag = true)]
-    Eval {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
-    /// Compare factorization methods: `whittle factorize --compare`.
-    #[command(disable_help_flag = true)]
-    Factorize {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
-    /// The uniform baseline at ε: `whittle uniform`.
-    #[command(disable_help_flag = true)]
-    Uniform {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
-    /// Accuracy against uniform keep fraction, as SVG: `whittle sweep`.
-    #[command(disable_help_flag = true)]
-    Sweep {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
-    /// Prune the model for a task and a board: `whittle prune` (arguments pass through).
-    #[command(disable_help_flag = true)]
-    Prune {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
-    /// Pack a bundle from a prune folder or the dense model: `whittle pack` (arguments pass through).
-    #[command(disable_help_flag = true)]
-    Pack {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
-    /// Validate a bundle and print its header and provenance: `whittle inspect` (arguments pass through).
-    #[command(disable_help_flag = true)]
-    Inspect {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
-    /// Make an ed25519 signing key: `whittle keygen` (arguments pass through).
-    #[command(disable_help_flag = true)]
-    Keygen {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
-    /// Runtime against host on the task's test split: `whittle parity` (arguments pass through).
-    #[command(disable_help_flag = true)]
-    Parity {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
-    /// Benchmark the host forward pass (`cargo bench --bench prefill`; arguments pass through).
-    #[command(disable_help_flag = true)]
-    BenchHost {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
     /// List the board profiles (`whittle-device boards`), with `host` once measured.
     Boards {
         /// First measure this machine into the `host` profile (`whittle-device profile
@@ -104,36 +37,7 @@ enum Task {
     /// environment) on this machine, side by side: prefill 256 and greedy decode 64 tokens of
     /// the dense q8 bundle and a pruned q8 bundle, 1 and 2 threads; ratios of medians, the
     /// decode's fraction of the memory-bandwidth ceiling, and the host cost model's errors.
-    BenchCompare {
-        /// Output folder of `whittle prune` (packed as q8 with a full head, cached in
-        /// ~/.cache/whittle/bench).
-        #[arg(long, value_name = "DIR")]
-        prune_dir: Option<PathBuf>,
-        /// A pruned bundle already packed with `--head full` (instead of --prune-dir).
-        #[arg(long, value_name = "FILE", conflicts_with = "prune_dir")]
-        pruned_bundle: Option<PathBuf>,
-        /// Rounds; every round runs every configuration once.
-        #[arg(long, default_value_t = 5)]
-        repeats: usize,
-        /// Prompt tokens.
-        #[arg(long, default_value_t = 256)]
-        prefill: usize,
-        /// Greedy tokens decoded after the prompt.
-        #[arg(long, default_value_t = 64)]
-        decode: usize,
-        /// Thread counts to compare (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "1,2")]
-        threads: Vec<usize>,
-        /// Pack the bundles again even when cached.
-        #[arg(long)]
-        repack: bool,
-        /// Compare the dense bundle only, when no pruned model is at hand (pruned ratios null).
-        #[arg(long, conflicts_with_all = ["prune_dir", "pruned_bundle"])]
-        dense_only: bool,
-        /// Print one JSON object on the last line.
-        #[arg(long)]
-        json: bool,
-    },
+    BenchCompare(bench::CompareArgs),
     /// Refresh the measured `host` profile (with `--board host`), then benchmark the dense
     /// bundle (and a pruned one) against the board's cost model.
     Bench {
@@ -151,47 +55,74 @@ enum Task {
     Test,
 }
 
+/// What the command line asks for.
+#[derive(Debug)]
+enum Invocation {
+    PassThrough(&'static PassThrough, Vec<OsString>),
+    Task(Task),
+}
+
+/// The name of a pass-through task's one argument.
+const PASSED_ARGS: &str = "args";
+
+/// The command line: the pass-through tasks, then [`Task`]'s.
+fn command() -> Command {
+    let top = Command::new("cargo xtask")
+        .bin_name("cargo xtask")
+        .about(ABOUT)
+        .subcommand_required(true)
+        .arg_required_else_help(true);
+    let top = PASS_THROUGH.iter().fold(top, |top, task| {
+        top.subcommand(
+            Command::new(task.name)
+                .about(task.about)
+                .disable_help_flag(true)
+                .arg(
+                    Arg::new(PASSED_ARGS)
+                        .value_name("ARGS")
+                        .action(ArgAction::Append)
+                        .num_args(1..)
+                        .trailing_var_arg(true)
+                        .allow_hyphen_values(true)
+                        .value_parser(value_parser!(OsString)),
+                ),
+        )
+    });
+    Task::augment_subcommands(top)
+}
+
+fn parse_from<I, S>(argv: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString> + Clone,
+{
+    let mut matches = command().try_get_matches_from(argv)?;
+    if let Some((name, passed)) = matches.subcommand()
+        && let Some(task) = host::find(name)
+    {
+        let args = passed
+            .get_many::<OsString>(PASSED_ARGS)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        return Ok(Invocation::PassThrough(task, args));
+    }
+    Task::from_arg_matches_mut(&mut matches).map(Invocation::Task)
+}
+
 fn main() -> ExitCode {
-    let result = match Cli::parse().task {
-        Task::FetchModel { args } => host::run_host("fetch-model", &args),
-        Task::Eval { args } => host::run_host("eval", &args),
-        Task::Factorize { args } => host::run_host("factorize", &args),
-        Task::Uniform { args } => host::run_host("uniform", &args),
-        Task::Sweep { args } => host::run_host("sweep", &args),
-        Task::Prune { args } => host::run_host("prune", &args),
-        Task::Pack { args } => host::run_host("pack", &args),
-        Task::Inspect { args } => host::run_host("inspect", &args),
-        Task::Keygen { args } => host::run_host("keygen", &args),
-        Task::Parity { args } => host::run_host("parity", &args),
-        Task::BenchHost { args } => host::run_bench(&args),
-        Task::Boards { measure_host, json } => boards::run(measure_host, json),
-        Task::BenchCompare {
-            prune_dir,
-            pruned_bundle,
-            repeats,
-            prefill,
-            decode,
-            threads,
-            repack,
-            dense_only,
-            json,
-        } => bench::compare(&bench::CompareArgs {
-            prune_dir,
-            pruned_bundle,
-            repeats,
-            prefill,
-            decode,
-            threads,
-            repack,
-            dense_only,
-            json,
-        }),
-        Task::Bench {
+    let invocation = parse_from(std::env::args_os()).unwrap_or_else(|error| error.exit());
+    let result = match invocation {
+        Invocation::PassThrough(task, args) => task.run(&args),
+        Invocation::Task(Task::Boards { measure_host, json }) => boards::run(measure_host, json),
+        Invocation::Task(Task::BenchCompare(args)) => bench::compare(&args),
+        Invocation::Task(Task::Bench {
             board,
             prune_dir,
             repeats,
-        } => bench::bench(&board, prune_dir.as_deref(), repeats),
-        Task::Test => test::run(),
+        }) => bench::bench(&board, prune_dir.as_deref(), repeats),
+        Invocation::Task(Task::Test) => test::run(),
     };
     match result {
         Ok(code) => code,
@@ -207,26 +138,10 @@ mod tests {
     use super::*;
 
     fn check_pass_through(argv: &[&str], expected: &[&str]) {
-        let cli = match Cli::try_parse_from(argv) {
-            Ok(cli) => cli,
+        let args = match parse_from(argv) {
+            Ok(Invocation::PassThrough(_, args)) => args,
+            Ok(Invocation::Task(task)) => panic!("{argv:?} parsed as {task:?}"),
             Err(error) => panic!("{argv:?} does not parse: {error}"),
-        };
-        let args = match cli.task {
-            Task::FetchModel { args }
-            | Task::Eval { args }
-            | Task::Factorize { args }
-            | Task::Uniform { args }
-            | Task::Sweep { args }
-            | Task::Prune { args }
-            | Task::Pack { args }
-            | Task::Inspect { args }
-            | Task::Keygen { args }
-            | Task::Parity { args }
-            | Task::BenchHost { args } => args,
-            task @ (Task::Test
-            | Task::Boards { .. }
-            | Task::BenchCompare { .. }
-            | Task::Bench { .. }) => panic!("{argv:?} parsed as {task:?}"),
         };
         let expected: Vec<OsString> = expected.iter().map(OsString::from).collect();
         assert_eq!(args, expected, "for {argv:?}");
@@ -262,11 +177,9 @@ mod tests {
     }
 
     fn check_boards(argv: &[&str], expected: Option<(bool, bool)>) {
-        let parsed = match Cli::try_parse_from(argv) {
-            Ok(Cli {
-                task: Task::Boards { measure_host, json },
-            }) => Some((measure_host, json)),
-            Ok(cli) => panic!("{argv:?} parsed as {cli:?}"),
+        let parsed = match parse_from(argv) {
+            Ok(Invocation::Task(Task::Boards { measure_host, json })) => Some((measure_host, json)),
+            Ok(invocation) => panic!("{argv:?} parsed as {invocation:?}"),
             Err(_) => None,
         };
         assert_eq!(parsed, expected, "for {argv:?}");
@@ -285,7 +198,15 @@ mod tests {
 
     #[test]
     fn test_takes_no_arguments() {
-        assert!(Cli::try_parse_from(["xtask", "test"]).is_ok());
-        assert!(Cli::try_parse_from(["xtask", "test", "--fast"]).is_err());
+        assert!(parse_from(["xtask", "test"]).is_ok());
+        assert!(parse_from(["xtask", "test", "--fast"]).is_err());
+    }
+
+    #[test]
+    fn every_pass_through_task_hands_on_its_help_flag() {
+        for task in &PASS_THROUGH {
+            check_pass_through(&["xtask", task.name, "--help"], &["--help"]);
+        }
+        command().debug_assert();
     }
 }

@@ -1,11 +1,13 @@
 //! `cargo xtask test`: prepares a fresh machine, then runs every check of the workspace.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use whittle_boards::files::default_cache_dir;
 
+use crate::workspace::{self, Built, Executable, WORKSPACE_BUILD};
 use crate::{cargo, prerequisites};
 
 /// One stage of the suite.
@@ -116,21 +118,13 @@ fn check_formatting() -> anyhow::Result<()> {
         .context("the code is not formatted; run `cargo fmt --all`")
 }
 
-/// Builds the whole workspace with the test build's feature set (building `-p whittle-host`
-/// alone would unify features differently and compile candle a second time), then fetches the
-/// model with the built binary.
+/// Runs the one workspace build every task shares ([`workspace::build`]; `cargo test
+/// --workspace --release` next resolves the same features and compiles nothing again), then
+/// fetches the model with the built binary.
 fn fetch_model() -> anyhow::Result<()> {
-    cargo::run(&mut cargo::cargo([
-        "build",
-        "--workspace",
-        "--release",
-        "--all-targets",
-    ]))?;
-    let whittle = cargo::target_dir().join("release").join("whittle");
-    cargo::run(&mut cargo::program(
-        &whittle.to_string_lossy(),
-        ["fetch-model"],
-    ))
+    println!("    $ cargo {}", WORKSPACE_BUILD.join(" "));
+    let built = workspace::build()?;
+    cargo::run(&mut built.command(Executable::HostTool, ["fetch-model"])?)
 }
 
 fn workspace_tests() -> anyhow::Result<()> {
@@ -174,68 +168,72 @@ fn firmware_example_build() -> anyhow::Result<()> {
     let mut command = cargo::cargo(["build", "--release", "--target", "thumbv7em-none-eabihf"]);
     command.current_dir(&dir).env(
         "CARGO_TARGET_DIR",
-        cargo::target_dir().join("firmware-example"),
+        cargo::target_dir()?.join("firmware-example"),
     );
     cargo::run(&mut command)
 }
 
-fn device_under_qemu() -> anyhow::Result<()> {
-    cargo::run(&mut cargo::cargo([
+/// The one aarch64 build the qemu steps share: the runtime (with `std`, its unit tests and
+/// the `replay` example) and the device tool, in one invocation so that they resolve one
+/// feature set.
+fn aarch64_build() -> anyhow::Result<Built> {
+    let args = [
         "build",
-        "-p",
-        "whittle-device",
+        "--release",
         "--target",
         DEVICE_TARGET,
-        "--release",
-    ]))?;
-    let binary = cargo::target_dir()
-        .join(DEVICE_TARGET)
-        .join("release")
-        .join("whittle-device");
+        "-p",
+        "whittle-runtime",
+        "-p",
+        "whittle-device",
+        "--features",
+        "whittle-runtime/std",
+        "--lib",
+        "--bins",
+        "--tests",
+        "--examples",
+        "--message-format=json-render-diagnostics",
+    ];
+    println!("    $ cargo {}", args.join(" "));
+    workspace::build_with(args)
+}
+
+/// `executable` of the aarch64 build under `qemu-aarch64`, on `cpu` (qemu's default without).
+fn under_qemu(built: &Built, executable: Executable, cpu: Option<&str>) -> anyhow::Result<Command> {
     let mut command = cargo::program("qemu-aarch64", ["-L", QEMU_SYSROOT]);
-    command.arg(&binary).args(["info", "--json"]);
+    if let Some(cpu) = cpu {
+        command.args(["-cpu", cpu]);
+    }
+    command.arg(built.path(executable)?);
+    Ok(command)
+}
+
+fn device_under_qemu() -> anyhow::Result<()> {
+    let mut command = under_qemu(&aarch64_build()?, Executable::DeviceTool, None)?;
+    command.args(["info", "--json"]);
     println!("    $ {}", cargo::describe(&command));
     let stdout = cargo::stdout_of(&mut command)?;
     print!("{stdout}");
     check_device_info(&stdout)
 }
 
-/// The runtime's unit tests, NEON kernels included, for aarch64 under qemu (the runner in
-/// `.cargo/config.toml`).
+/// The runtime's unit tests, NEON kernels included, for aarch64 under qemu.
 fn runtime_tests_under_qemu() -> anyhow::Result<()> {
+    let built = aarch64_build()?;
+    let mut command = under_qemu(&built, Executable::RuntimeUnitTests, None)?;
     // qemu's default CPU has the int8 dot product: require its kernel, so that its suite
     // cannot skip unnoticed.
-    cargo::run(
-        cargo::cargo([
-            "test",
-            "-p",
-            "whittle-runtime",
-            "--target",
-            DEVICE_TARGET,
-            "--release",
-            "--features",
-            "std",
-            "--lib",
-        ])
-        .env("WHITTLE_REQUIRE_KERNELS", "neon-dotprod"),
-    )
+    command
+        .current_dir(Executable::RuntimeUnitTests.working_dir())
+        .env("WHITTLE_REQUIRE_KERNELS", "neon-dotprod");
+    cargo::run(&mut command)
 }
 
-/// `$WHITTLE_CACHE_DIR/bundles`, else `~/.cache/whittle/cache/bundles` (where the host keeps
-/// derived caches; never inside the repository).
-fn bundle_cache_dir() -> anyhow::Result<PathBuf> {
-    let cache = match std::env::var_os("WHITTLE_CACHE_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::var_os("HOME")
-            .map(|home| {
-                PathBuf::from(home)
-                    .join(".cache")
-                    .join("whittle")
-                    .join("cache")
-            })
-            .context("neither WHITTLE_CACHE_DIR nor HOME is set; set WHITTLE_CACHE_DIR")?,
-    };
-    Ok(cache.join("bundles"))
+/// `$WHITTLE_CACHE_DIR/bundles`, else `<cache root>/cache/bundles` (`~/.cache/whittle/cache/
+/// bundles` on Linux unless `XDG_CACHE_HOME` is set): where the host keeps derived caches,
+/// never inside the repository.
+fn bundle_cache_dir() -> PathBuf {
+    default_cache_dir().join("bundles")
 }
 
 /// A real bundle (sst2, q8, task head, packed once by `whittle pack` from the real model and
@@ -244,27 +242,27 @@ fn bundle_cache_dir() -> anyhow::Result<PathBuf> {
 /// runtime's `replay` example, built for x86_64 (best kernels) and for aarch64 (NEON, under
 /// qemu), must reproduce them.
 fn real_bundle_under_qemu() -> anyhow::Result<()> {
-    let whittle = cargo::target_dir().join("release").join("whittle");
-    let whittle = whittle.to_string_lossy().into_owned();
-    let dir = bundle_cache_dir()?;
+    let built = workspace::build()?;
+    let dir = bundle_cache_dir();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create {}; set WHITTLE_CACHE_DIR", dir.display()))?;
     let bundle = dir.join("sst2-q8-task.wbundle");
     let record = dir.join("sst2-q8-task.record.json");
-    let pack = || {
-        cargo::run(
-            cargo::program(&whittle, ["pack", "--task", "sst2", "--dtype", "q8"])
-                .args(["--head", "task", "--out"])
-                .arg(&bundle),
-        )
+    let pack = || -> anyhow::Result<()> {
+        let mut command = built.command(
+            Executable::HostTool,
+            [
+                "pack", "--task", "sst2", "--dtype", "q8", "--head", "task", "--out",
+            ],
+        )?;
+        cargo::run(command.arg(&bundle))
     };
-    let record_parity = || {
-        cargo::run(
-            cargo::program(&whittle, ["parity", "--limit", REPLAY_EXAMPLES, "--bundle"])
-                .arg(&bundle)
-                .arg("--record")
-                .arg(&record),
-        )
+    let record_parity = || -> anyhow::Result<()> {
+        let mut command = built.command(
+            Executable::HostTool,
+            ["parity", "--limit", REPLAY_EXAMPLES, "--bundle"],
+        )?;
+        cargo::run(command.arg(&bundle).arg("--record").arg(&record))
     };
     if !bundle.is_file() {
         pack()?;
@@ -274,58 +272,14 @@ fn real_bundle_under_qemu() -> anyhow::Result<()> {
         pack()?;
         record_parity()?;
     }
-    cargo::run(&mut cargo::cargo([
-        "build",
-        "-p",
-        "whittle-runtime",
-        "--release",
-        "--features",
-        "std",
-        "--example",
-        "replay",
-    ]))?;
-    cargo::run(
-        cargo::program(
-            &cargo::target_dir()
-                .join("release")
-                .join("examples")
-                .join("replay")
-                .to_string_lossy(),
-            [&bundle, &record],
-        )
-        .arg("--threads")
-        .arg("1"),
-    )?;
-    cargo::run(&mut cargo::cargo([
-        "build",
-        "-p",
-        "whittle-runtime",
-        "--target",
-        DEVICE_TARGET,
-        "--release",
-        "--features",
-        "std",
-        "--example",
-        "replay",
-    ]))?;
-    let replay = cargo::target_dir()
-        .join(DEVICE_TARGET)
-        .join("release")
-        .join("examples")
-        .join("replay");
+    let mut replay = built.command(Executable::ReplayExample, [&bundle, &record])?;
+    cargo::run(replay.args(["--threads", "1"]))?;
+    let aarch64 = aarch64_build()?;
     // A Cortex-A72 has no int8 dot product (the NEON kernels, within 2e-3); qemu's default CPU
     // has it (the dot-product kernels, which round activations).
     for cpu in [Some("cortex-a72"), None] {
-        let mut command = cargo::program("qemu-aarch64", ["-L", QEMU_SYSROOT]);
-        if let Some(cpu) = cpu {
-            command.args(["-cpu", cpu]);
-        }
-        command
-            .arg(&replay)
-            .arg(&bundle)
-            .arg(&record)
-            .args(["--threads", "2"]);
-        cargo::run(&mut command)?;
+        let mut command = under_qemu(&aarch64, Executable::ReplayExample, cpu)?;
+        cargo::run(command.arg(&bundle).arg(&record).args(["--threads", "2"]))?;
     }
     Ok(())
 }
