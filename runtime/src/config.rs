@@ -118,10 +118,16 @@ pub const fn matrix_index(layer_idx: usize, kind: MatrixKind) -> usize {
 
 /// The matrix at `index` in [`matrix_index`] order: `(layer_idx, kind)`.
 pub const fn matrix_at(index: usize) -> (usize, MatrixKind) {
-    (
-        index / MatrixKind::ALL.len(),
-        MatrixKind::ALL[index % MatrixKind::ALL.len()],
-    )
+    let kind = match index % MatrixKind::ALL.len() {
+        0 => MatrixKind::Q,
+        1 => MatrixKind::K,
+        2 => MatrixKind::V,
+        3 => MatrixKind::O,
+        4 => MatrixKind::Gate,
+        5 => MatrixKind::Up,
+        _ => MatrixKind::Down,
+    };
+    (index / MatrixKind::ALL.len(), kind)
 }
 
 impl ModelConfig {
