@@ -1,11 +1,17 @@
-//! Shape handling and cache blocking shared by the SIMD kernels, in safe Rust.
+//! Shape handling and cache blocking shared by the SIMD kernels.
 //!
-//! An architecture module provides a [`Simd`]: row dot products for decode and one register
-//! tile for prefill. This module trims every call to the common prefix of its buffers (the
-//! same prefix [`Portable`](super::Portable) computes), then either runs the row dot products
-//! once per token or packs blocks of weights into a stack buffer (int8 converted to f32, each
-//! run of 32 values times its own scale, once per packed block) and reuses each block across
-//! every token.
+//! An architecture module implements [`Simd`]: row dot products for decode and one register
+//! tile for prefill, each an `unsafe fn …_unchecked` that holds only register code. The safe
+//! methods [`Simd`] provides check every length those functions rely on, once for every
+//! architecture. This module trims every call to the common prefix of its buffers (the same
+//! prefix [`Portable`](super::Portable) computes), then either runs the row dot products once
+//! per token or packs blocks of weights into a stack buffer (int8 converted to f32, each run of
+//! 32 values times its own scale, once per packed block) and reuses each block across every
+//! token.
+//!
+//! `unsafe` is allowed in this module for the declarations of the unchecked functions and the
+//! calls to them, each right after the checks that establish its preconditions.
+#![allow(unsafe_code)]
 
 use super::{DECODE_BELOW_TOKENS, F32Matrix, Q8_BLOCK, Q8Matrix, q8_blocks_per_row};
 
@@ -17,58 +23,172 @@ const _: () = assert!(KC.is_multiple_of(Q8_BLOCK));
 /// The widest tile any architecture uses (rows of `W` per packed block).
 pub(crate) const NR_MAX: usize = 32;
 
-/// What an architecture module provides. Every method is safe: implementations check the
-/// lengths they rely on and do nothing when a caller breaks the stated contract.
+/// The most tokens any architecture's tile takes ([`Simd::MR`]).
+const MR_MAX: usize = 8;
+
+/// What an architecture module provides: register code behind `unsafe fn …_unchecked`, whose
+/// preconditions (lengths only) the provided safe methods check. A value of the implementing
+/// type proves that the CPU has the instructions the register code uses; the unchecked
+/// functions rely on that too.
 pub(crate) trait Simd {
-    /// Tokens per register tile.
+    /// Tokens per register tile (`≤ 8`).
     const MR: usize;
     /// Weight rows per register tile (`≤ NR_MAX`).
     const NR: usize;
 
-    /// `out[i] = Σ_j data[i·cols + j] · x[j]` for every `i < min(out.len(), data.len() / cols)`;
-    /// needs `x.len() ≥ cols`.
-    fn matvec_f32(&self, data: &[f32], cols: usize, x: &[f32], out: &mut [f32]);
+    /// `out[i] = Σ_j w[i][j] · x[j]` for every row `i < w.rows`.
+    ///
+    /// # Safety
+    /// `w.cols > 0`, `w.data.len() == w.rows · w.cols`, `x.len() == w.cols` and
+    /// `out.len() == w.rows`.
+    unsafe fn matvec_f32_unchecked(&self, w: F32Matrix<'_>, x: &[f32], out: &mut [f32]);
 
-    /// As [`Simd::matvec_f32`] for int8 weights with one scale per block of [`Q8_BLOCK`]
-    /// values of a row: `out[i] = Σ_b scales[i·bpr + b] · Σ_{j in block b} data[i·cols + j] · x[j]`
-    /// with `bpr = ceil(cols / 32)`, for every `i < min(out.len(), data.len() / cols,
-    /// scales.len() / bpr)`.
-    fn matvec_q8(&self, data: &[i8], scales: &[f32], cols: usize, x: &[f32], out: &mut [f32]);
+    /// As [`Simd::matvec_f32_unchecked`] for int8 weights with one scale per block of
+    /// [`Q8_BLOCK`] values of a row ([`Q8Matrix`]).
+    ///
+    /// # Safety
+    /// As for [`Simd::matvec_f32_unchecked`], and `w.scales.len() == w.rows · bpr` with
+    /// `bpr = ceil(w.cols / 32)`.
+    unsafe fn matvec_q8_unchecked(&self, w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]);
 
-    /// Packs a block as [`pack`] does with `stride = NR`: rows `row0 .. row0 + nr` (`nr ≤
-    /// NR`), columns `k0 .. k0 + kc` (`k0` a multiple of [`KC`], `kc ≤ KC`) of a `cols`-column
-    /// matrix (q8: each value times its block's scale) into `dst[k·NR + r]`, rows `nr .. NR`
-    /// zero. Returns `false`, leaving `dst` alone, where it does not (the default, and on any
-    /// length it cannot satisfy); the driver then packs in portable code.
-    #[allow(clippy::too_many_arguments)]
-    fn pack(
-        &self,
-        _src: Source<'_>,
-        _cols: usize,
-        _row0: usize,
-        _nr: usize,
-        _k0: usize,
-        _kc: usize,
-        _dst: &mut [f32],
-    ) -> bool {
-        false
-    }
+    /// Packs `panel` of `src` as [`pack`] does with `stride = NR`: value `(row0 + r, k0 + k)`
+    /// (q8: times its block's scale) into `dst[k·NR + r]`, rows `nr .. NR` zero.
+    ///
+    /// # Safety
+    /// `src.packs(panel, dst.len(), Self::NR)`.
+    unsafe fn pack_unchecked(&self, src: Source<'_>, panel: Panel, dst: &mut [f32]);
 
     /// `out[t·out_stride + i] (+)= Σ_{k<kc} packed[k·NR + i] · x[t·x_stride + k]` for
-    /// `t < mt ≤ MR`, `i < nr ≤ NR`; adds to `out` when `accumulate`, else overwrites it.
-    #[allow(clippy::too_many_arguments)]
-    fn tile(
-        &self,
-        packed: &[f32],
-        kc: usize,
-        x: &[f32],
-        x_stride: usize,
-        mt: usize,
-        out: &mut [f32],
-        out_stride: usize,
-        nr: usize,
-        accumulate: bool,
-    );
+    /// `t < MT`, `i < nr` ([`Tile`]).
+    ///
+    /// # Safety
+    /// `1 ≤ MT ≤ MR` and `tile.fits(MT, Self::NR)`.
+    unsafe fn tile_unchecked<const MT: usize>(&self, tile: Tile<'_>);
+
+    /// [`Simd::matvec_f32_unchecked`] for every row `i < min(w.rows, out.len(), stored rows)`;
+    /// does nothing unless `x.len() ≥ w.cols > 0`.
+    fn matvec_f32(&self, w: F32Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        let cols = w.cols;
+        if cols == 0 {
+            return;
+        }
+        let rows = w.rows.min(out.len()).min(w.data.len() / cols);
+        let (Some(data), Some(x), Some(out)) = (
+            w.data.get(..rows * cols),
+            x.get(..cols),
+            out.get_mut(..rows),
+        ) else {
+            return;
+        };
+        let w = F32Matrix { rows, cols, data };
+        // SAFETY: `cols > 0`, and the slices have the lengths the callee requires.
+        unsafe { self.matvec_f32_unchecked(w, x, out) }
+    }
+
+    /// [`Simd::matvec_q8_unchecked`] for every row `i < min(w.rows, out.len(), stored rows)`;
+    /// does nothing unless `x.len() ≥ w.cols > 0`.
+    fn matvec_q8(&self, w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        let cols = w.cols;
+        if cols == 0 {
+            return;
+        }
+        let per_row = q8_blocks_per_row(cols);
+        let rows = w
+            .rows
+            .min(out.len())
+            .min(w.data.len() / cols)
+            .min(w.scales.len() / per_row);
+        let (Some(data), Some(scales), Some(x), Some(out)) = (
+            w.data.get(..rows * cols),
+            w.scales.get(..rows * per_row),
+            x.get(..cols),
+            out.get_mut(..rows),
+        ) else {
+            return;
+        };
+        let w = Q8Matrix {
+            rows,
+            cols,
+            data,
+            scales,
+        };
+        // SAFETY: `cols > 0`, and the slices have the lengths the callee requires.
+        unsafe { self.matvec_q8_unchecked(w, x, out) }
+    }
+
+    /// [`Simd::pack_unchecked`] where `panel` fits every buffer; returns `false`, leaving `dst`
+    /// alone, where it does not (the driver then packs in portable code).
+    fn pack(&self, src: Source<'_>, panel: Panel, dst: &mut [f32]) -> bool {
+        let fits = src.packs(panel, dst.len(), Self::NR);
+        if fits {
+            // SAFETY: `packs` is the callee's precondition.
+            unsafe { self.pack_unchecked(src, panel, dst) };
+        }
+        fits
+    }
+
+    /// [`Simd::tile_unchecked`] for `mt` tokens; does nothing unless `1 ≤ mt ≤ MR` and the
+    /// tile fits its buffers.
+    fn tile(&self, tile: Tile<'_>, mt: usize) {
+        const { assert!(Self::MR <= MR_MAX && Self::NR <= NR_MAX) };
+        if mt > Self::MR || !tile.fits(mt, Self::NR) {
+            return;
+        }
+        // SAFETY: `1 ≤ mt ≤ MR` (`fits` refuses `mt = 0`) and the tile fits its buffers.
+        unsafe {
+            match mt {
+                1 => self.tile_unchecked::<1>(tile),
+                2 => self.tile_unchecked::<2>(tile),
+                3 => self.tile_unchecked::<3>(tile),
+                4 => self.tile_unchecked::<4>(tile),
+                5 => self.tile_unchecked::<5>(tile),
+                6 => self.tile_unchecked::<6>(tile),
+                7 => self.tile_unchecked::<7>(tile),
+                _ => self.tile_unchecked::<8>(tile),
+            }
+        }
+    }
+}
+
+/// Rows `row0 .. row0 + nr` and columns `k0 .. k0 + kc` of a `cols`-column matrix: what one
+/// call of [`Simd::pack`] packs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Panel {
+    pub(crate) cols: usize,
+    pub(crate) row0: usize,
+    pub(crate) nr: usize,
+    pub(crate) k0: usize,
+    pub(crate) kc: usize,
+}
+
+/// One register tile's operands: `nr` rows of `W` packed as `kc` columns of `NR` values, and
+/// the activations and outputs of the tile's tokens, `x_stride` and `out_stride` apart.
+#[derive(Debug)]
+pub(crate) struct Tile<'a> {
+    pub(crate) packed: &'a [f32],
+    pub(crate) kc: usize,
+    pub(crate) x: &'a [f32],
+    pub(crate) x_stride: usize,
+    pub(crate) out: &'a mut [f32],
+    pub(crate) out_stride: usize,
+    pub(crate) nr: usize,
+    /// Adds to `out` instead of overwriting it.
+    pub(crate) accumulate: bool,
+}
+
+impl Tile<'_> {
+    /// Whether `mt > 0` tokens of this tile are within every buffer with `nr_max` rows per
+    /// packed column: `packed` holds `kc · nr_max` values, `x` `(mt − 1) · x_stride + kc` and
+    /// `out` `(mt − 1) · out_stride + nr`, with `0 < nr ≤ nr_max` and `kc > 0`.
+    fn fits(&self, mt: usize, nr_max: usize) -> bool {
+        mt > 0
+            && self.nr > 0
+            && self.nr <= nr_max
+            && self.kc > 0
+            && self.packed.len() >= self.kc * nr_max
+            && self.x.len() >= (mt - 1) * self.x_stride + self.kc
+            && self.out.len() >= (mt - 1) * self.out_stride + self.nr
+    }
 }
 
 /// The part of a call that every buffer covers.
@@ -105,32 +225,23 @@ pub(crate) enum Source<'a> {
 }
 
 impl Source<'_> {
-    /// Whether a [`Simd::pack`] of rows `row0 .. row0 + nr` (`nr ≤ nr_max`), columns `k0 ..
-    /// k0 + kc` of this `cols`-column matrix into `dst_len` values with `nr_max` rows per
-    /// column is within every buffer (q8: with its scales) and starts on a q8 block.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn packs(
-        &self,
-        cols: usize,
-        row0: usize,
-        nr: usize,
-        k0: usize,
-        kc: usize,
-        dst_len: usize,
-        nr_max: usize,
-    ) -> bool {
+    /// Whether `panel` (`nr ≤ nr_max`) of this matrix, packed into `dst_len` values with
+    /// `nr_max` rows per column, is within every buffer (q8: with its scales) and starts on a
+    /// q8 block.
+    pub(crate) fn packs(&self, panel: Panel, dst_len: usize, nr_max: usize) -> bool {
+        let Panel { cols, kc, .. } = panel;
         let stored = match self {
             Self::F32(data) => data.len() / cols.max(1),
             Self::Q8(data, scales) => {
                 (data.len() / cols.max(1)).min(scales.len() / q8_blocks_per_row(cols).max(1))
             }
         };
-        nr <= nr_max
+        panel.nr <= nr_max
             && kc > 0
-            && k0.is_multiple_of(Q8_BLOCK)
-            && k0 + kc <= cols
+            && panel.k0.is_multiple_of(Q8_BLOCK)
+            && panel.k0 + kc <= cols
             && dst_len >= kc * nr_max
-            && stored >= row0 + nr
+            && stored >= panel.row0 + panel.nr
     }
 }
 
@@ -160,7 +271,7 @@ pub(crate) fn gemm_f32<S: Simd>(
             .zip(out.chunks_exact_mut(w.rows))
             .take(e.tokens)
         {
-            simd.matvec_f32(data, w.cols, xt, ot.get_mut(..e.rows).unwrap_or_default());
+            simd.matvec_f32(w, xt, ot);
         }
     } else {
         blocked(simd, Source::F32(data), w.rows, w.cols, e, x, out);
@@ -189,36 +300,20 @@ pub(crate) fn gemm_q8<S: Simd>(
             .zip(out.chunks_exact_mut(w.rows))
             .take(e.tokens)
         {
-            simd.matvec_q8(
-                data,
-                scales,
-                w.cols,
-                xt,
-                ot.get_mut(..e.rows).unwrap_or_default(),
-            );
+            simd.matvec_q8(w, xt, ot);
         }
     } else {
         blocked(simd, Source::Q8(data, scales), w.rows, w.cols, e, x, out);
     }
 }
 
-/// Packs `nr` rows from `row0`, columns `k0..k0 + kc`, as `dst[k·stride + r]`, zero-padding
-/// rows `nr..stride`.
+/// Packs `panel` as `dst[k·stride + r]`, zero-padding rows `nr..stride`.
 ///
 /// Each row's columns are first converted (and scaled) into a contiguous buffer, which
 /// vectorizes, then written to the packed layout with plain indexed stores; the padding rows
 /// are zeroed only in a partial panel.
-#[allow(clippy::too_many_arguments)]
-fn pack(
-    src: Source<'_>,
-    cols: usize,
-    row0: usize,
-    nr: usize,
-    k0: usize,
-    kc: usize,
-    stride: usize,
-    dst: &mut [f32],
-) {
+fn pack(src: Source<'_>, panel: Panel, stride: usize, dst: &mut [f32]) {
+    let (cols, row0, nr, k0, kc) = (panel.cols, panel.row0, panel.nr, panel.k0, panel.kc);
     let dst = dst.get_mut(..kc * stride).unwrap_or_default();
     if nr < stride {
         dst.iter_mut().for_each(|d| *d = 0.0);
@@ -280,14 +375,29 @@ fn blocked<S: Simd>(
         let nr = nr_full.min(e.rows - row0);
         for k0 in (0..cols).step_by(KC) {
             let kc = KC.min(cols - k0);
-            if nr_full != S::NR || !simd.pack(src, cols, row0, nr, k0, kc, &mut packed) {
-                pack(src, cols, row0, nr, k0, kc, nr_full, &mut packed);
+            let panel = Panel {
+                cols,
+                row0,
+                nr,
+                k0,
+                kc,
+            };
+            if nr_full != S::NR || !simd.pack(src, panel, &mut packed) {
+                pack(src, panel, nr_full, &mut packed);
             }
             for t0 in (0..e.tokens).step_by(mr) {
                 let mt = mr.min(e.tokens - t0);
-                let xs = x.get(t0 * cols + k0..).unwrap_or_default();
-                let os = out.get_mut(t0 * rows + row0..).unwrap_or_default();
-                simd.tile(&packed, kc, xs, cols, mt, os, rows, nr, k0 > 0);
+                let tile = Tile {
+                    packed: &packed,
+                    kc,
+                    x: x.get(t0 * cols + k0..).unwrap_or_default(),
+                    x_stride: cols,
+                    out: out.get_mut(t0 * rows + row0..).unwrap_or_default(),
+                    out_stride: rows,
+                    nr,
+                    accumulate: k0 > 0,
+                };
+                simd.tile(tile, mt);
             }
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! `unsafe` is allowed in this module only: the intrinsics need it. Every `#[target_feature]`
 //! function is reached through a [`Neon`] value, which exists only once the feature was
-//! detected (or enabled at compile time), and every raw pointer range is checked by the safe
-//! wrapper that calls it.
+//! detected (or enabled at compile time), and every length it relies on is checked once by the
+//! driver's safe methods ([`Simd`]).
 #![allow(unsafe_code)]
 
 use core::arch::aarch64::{
@@ -13,7 +13,7 @@ use core::arch::aarch64::{
     vtrn2q_f64,
 };
 
-use super::super::driver::{self, Simd, Source};
+use super::super::driver::{self, Panel, Simd, Source, Tile};
 use super::super::{F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
 
 /// NEON kernels. Constructed only by [`Neon::detect`].
@@ -61,128 +61,160 @@ impl Simd for Neon {
     const MR: usize = MR;
     const NR: usize = NR;
 
-    fn matvec_f32(&self, data: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
-        if cols == 0 || x.len() < cols {
-            return;
-        }
-        let rows = out.len().min(data.len() / cols);
-        // SAFETY: `self` proves the feature; the callee reads `rows · cols ≤ data.len()`
-        // weights, `cols ≤ x.len()` activations and writes `rows ≤ out.len()` outputs.
-        unsafe { matvec_f32(data.as_ptr(), rows, cols, x.as_ptr(), out.as_mut_ptr()) }
-    }
-
-    fn matvec_q8(&self, data: &[i8], scales: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
-        if cols == 0 || x.len() < cols {
-            return;
-        }
-        let rows = out
-            .len()
-            .min(data.len() / cols)
-            .min(scales.len() / cols.div_ceil(Q8_BLOCK));
-        // SAFETY: as for `matvec_f32`, and `rows · ceil(cols / 32) ≤ scales.len()`.
+    #[target_feature(enable = "neon")]
+    unsafe fn matvec_f32_unchecked(&self, w: F32Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        let cols = w.cols;
+        let full = cols / (2 * LANES) * (2 * LANES);
+        let (data, x) = (w.data.as_ptr(), x.as_ptr());
+        // SAFETY: the driver guarantees `w.rows · cols` weights, `cols` activations and
+        // `w.rows` outputs; every offset below is below those bounds.
         unsafe {
-            matvec_q8(
-                data.as_ptr(),
-                scales.as_ptr(),
-                rows,
-                cols,
-                x.as_ptr(),
-                out.as_mut_ptr(),
-            )
+            for (i, o) in out.iter_mut().enumerate() {
+                let row = data.add(i * cols);
+                let (mut a0, mut a1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+                let mut k = 0;
+                while k < full {
+                    a0 = vfmaq_f32(a0, vld1q_f32(row.add(k)), vld1q_f32(x.add(k)));
+                    a1 = vfmaq_f32(
+                        a1,
+                        vld1q_f32(row.add(k + LANES)),
+                        vld1q_f32(x.add(k + LANES)),
+                    );
+                    k += 2 * LANES;
+                }
+                let mut sum = vaddvq_f32(vaddq_f32(a0, a1));
+                for k in full..cols {
+                    sum += *row.add(k) * *x.add(k);
+                }
+                *o = sum;
+            }
         }
     }
 
-    fn pack(
-        &self,
-        src: Source<'_>,
-        cols: usize,
-        row0: usize,
-        nr: usize,
-        k0: usize,
-        kc: usize,
-        dst: &mut [f32],
-    ) -> bool {
-        let fits = src.packs(cols, row0, nr, k0, kc, dst.len(), NR);
-        if fits {
-            // SAFETY: `self` proves the feature; `packs` bounds every read (rows `row0 ..
-            // row0 + nr`, columns `k0 .. k0 + kc`, their scales) and write (`kc · NR`).
-            unsafe { pack(src, cols, row0, nr, k0, kc, dst.as_mut_ptr()) };
-        }
-        fits
-    }
-
-    fn tile(
-        &self,
-        packed: &[f32],
-        kc: usize,
-        x: &[f32],
-        x_stride: usize,
-        mt: usize,
-        out: &mut [f32],
-        out_stride: usize,
-        nr: usize,
-        accumulate: bool,
-    ) {
-        if mt == 0 || mt > MR || nr == 0 || nr > NR || kc == 0 {
-            return;
-        }
-        if packed.len() < kc * NR
-            || x.len() < (mt - 1) * x_stride + kc
-            || out.len() < (mt - 1) * out_stride + nr
-        {
-            return;
-        }
-        let t = Tile {
-            packed: packed.as_ptr(),
-            kc,
-            x: x.as_ptr(),
-            x_stride,
-            out: out.as_mut_ptr(),
-            out_stride,
-            nr,
-            accumulate,
-        };
-        // SAFETY: `self` proves the feature; the checks above bound every access of the tile:
-        // packed `kc · NR`, x `(mt − 1) · x_stride + kc`, out `(mt − 1) · out_stride + nr`.
+    #[target_feature(enable = "neon")]
+    unsafe fn matvec_q8_unchecked(&self, w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        let (x, out) = (x.as_ptr(), out.as_mut_ptr());
+        // SAFETY: the driver guarantees a whole `w`, `w.cols` activations and `w.rows`
+        // outputs; each call below covers rows below `w.rows`.
         unsafe {
-            match mt {
-                1 => tile::<1>(t),
-                2 => tile::<2>(t),
-                3 => tile::<3>(t),
-                4 => tile::<4>(t),
-                5 => tile::<5>(t),
-                6 => tile::<6>(t),
-                7 => tile::<7>(t),
-                _ => tile::<8>(t),
+            let mut i = 0;
+            while i + 2 <= w.rows {
+                rows_q8::<2>(w, i, x, out);
+                i += 2;
+            }
+            while i < w.rows {
+                rows_q8::<1>(w, i, x, out);
+                i += 1;
             }
         }
     }
-}
 
-#[target_feature(enable = "neon")]
-unsafe fn matvec_f32(data: *const f32, rows: usize, cols: usize, x: *const f32, out: *mut f32) {
-    let full = cols / (2 * LANES) * (2 * LANES);
-    // SAFETY: the caller guarantees `rows · cols` weights, `cols` activations and `rows`
-    // outputs; every offset below is below those bounds.
-    unsafe {
-        for i in 0..rows {
-            let row = data.add(i * cols);
-            let (mut a0, mut a1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
-            let mut k = 0;
-            while k < full {
-                a0 = vfmaq_f32(a0, vld1q_f32(row.add(k)), vld1q_f32(x.add(k)));
-                a1 = vfmaq_f32(
-                    a1,
-                    vld1q_f32(row.add(k + LANES)),
-                    vld1q_f32(x.add(k + LANES)),
-                );
-                k += 2 * LANES;
+    /// 8 columns at a time, each of the 8 rows is loaded as two vectors (q8: widened,
+    /// converted and scaled; a last chunk of fewer columns through a zero-padded copy), the
+    /// four 4 × 4 blocks are transposed in registers, and every column is stored as two
+    /// vectors; rows past `nr` are zero. Two stores per 8 values, where the portable packer
+    /// stores every value on its own.
+    #[target_feature(enable = "neon")]
+    unsafe fn pack_unchecked(&self, src: Source<'_>, panel: Panel, dst: &mut [f32]) {
+        let (cols, row0, nr, k0, kc) = (panel.cols, panel.row0, panel.nr, panel.k0, panel.kc);
+        let per_row = cols.div_ceil(Q8_BLOCK);
+        let dst = dst.as_mut_ptr();
+        // SAFETY: the driver guarantees that `src` holds rows `row0 .. row0 + nr` of `cols`
+        // values (and `per_row` scales), `k0 + kc ≤ cols`, `k0` a multiple of 32, and `kc · NR`
+        // values at `dst`; a chunk of fewer than 8 columns is read value by value, and an
+        // 8-column chunk at a multiple of 8 lies in one 32-value block.
+        unsafe {
+            for c in (0..kc).step_by(2 * LANES) {
+                let cols_here = (kc - c).min(2 * LANES);
+                let block = (k0 + c) / Q8_BLOCK;
+                let zero = vdupq_n_f32(0.0);
+                let mut low = [zero; NR];
+                let mut high = [zero; NR];
+                for ((j, l), h) in low.iter_mut().enumerate().zip(high.iter_mut()).take(nr) {
+                    let row = row0 + j;
+                    let at = row * cols + k0 + c;
+                    let mut line = [0.0f32; 2 * LANES];
+                    let (scale, values) = match src {
+                        Source::F32(data) if cols_here == 2 * LANES => (1.0, data.as_ptr().add(at)),
+                        Source::F32(data) => {
+                            for (k, v) in line.iter_mut().enumerate().take(cols_here) {
+                                *v = *data.as_ptr().add(at + k);
+                            }
+                            (1.0, line.as_ptr())
+                        }
+                        Source::Q8(data, scales) => {
+                            let scale = *scales.as_ptr().add(row * per_row + block);
+                            if cols_here == 2 * LANES {
+                                let w = vmovl_s8(vld1_s8(data.as_ptr().add(at)));
+                                *l = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), scale);
+                                *h = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w))), scale);
+                                continue;
+                            }
+                            for (k, v) in line.iter_mut().enumerate().take(cols_here) {
+                                *v = f32::from(*data.as_ptr().add(at + k));
+                            }
+                            (scale, line.as_ptr())
+                        }
+                    };
+                    *l = vmulq_n_f32(vld1q_f32(values), scale);
+                    *h = vmulq_n_f32(vld1q_f32(values.add(LANES)), scale);
+                }
+                let [l0, l1, l2, l3, l4, l5, l6, l7] = low;
+                let [h0, h1, h2, h3, h4, h5, h6, h7] = high;
+                // Column `k`: rows 0–3 from the upper blocks, rows 4–7 from the lower ones.
+                let upper = transpose4(l0, l1, l2, l3)
+                    .into_iter()
+                    .chain(transpose4(h0, h1, h2, h3));
+                let lower = transpose4(l4, l5, l6, l7)
+                    .into_iter()
+                    .chain(transpose4(h4, h5, h6, h7));
+                for (k, (top, bottom)) in upper.zip(lower).enumerate().take(cols_here) {
+                    let column = dst.add((c + k) * NR);
+                    vst1q_f32(column, top);
+                    vst1q_f32(column.add(LANES), bottom);
+                }
             }
-            let mut sum = vaddvq_f32(vaddq_f32(a0, a1));
-            for k in full..cols {
-                sum += *row.add(k) * *x.add(k);
+        }
+    }
+
+    #[target_feature(enable = "neon")]
+    unsafe fn tile_unchecked<const MT: usize>(&self, t: Tile<'_>) {
+        let (packed, x, out) = (t.packed.as_ptr(), t.x.as_ptr(), t.out.as_mut_ptr());
+        // SAFETY: the driver checked `kc · NR` packed values, `(MT − 1) · x_stride + kc`
+        // activations and `(MT − 1) · out_stride + nr` outputs; partial rows go through a
+        // local buffer so nothing past `nr` is touched.
+        unsafe {
+            let mut lo: [float32x4_t; MT] = [vdupq_n_f32(0.0); MT];
+            let mut hi: [float32x4_t; MT] = [vdupq_n_f32(0.0); MT];
+            for k in 0..t.kc {
+                let w0 = vld1q_f32(packed.add(k * NR));
+                let w1 = vld1q_f32(packed.add(k * NR + LANES));
+                for (m, (l, h)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                    let xv = vld1q_dup_f32(x.add(m * t.x_stride + k));
+                    *l = vfmaq_f32(*l, w0, xv);
+                    *h = vfmaq_f32(*h, w1, xv);
+                }
             }
-            *out.add(i) = sum;
+            for (m, (l, h)) in lo.into_iter().zip(hi).enumerate() {
+                let o = out.add(m * t.out_stride);
+                if t.nr == NR {
+                    let (mut l, mut h) = (l, h);
+                    if t.accumulate {
+                        l = vaddq_f32(l, vld1q_f32(o));
+                        h = vaddq_f32(h, vld1q_f32(o.add(LANES)));
+                    }
+                    vst1q_f32(o, l);
+                    vst1q_f32(o.add(LANES), h);
+                } else {
+                    let mut buf = [0.0f32; NR];
+                    vst1q_f32(buf.as_mut_ptr(), l);
+                    vst1q_f32(buf.as_mut_ptr().add(LANES), h);
+                    for (j, v) in buf.into_iter().take(t.nr).enumerate() {
+                        let slot = o.add(j);
+                        *slot = if t.accumulate { *slot + v } else { v };
+                    }
+                }
+            }
         }
     }
 }
@@ -202,80 +234,6 @@ fn transpose4(a: float32x4_t, b: float32x4_t, c: float32x4_t, d: float32x4_t) ->
     let (c0, c2) = pair(ab_even, cd_even);
     let (c1, c3) = pair(ab_odd, cd_odd);
     [c0, c1, c2, c3]
-}
-
-/// [`Simd::pack`] for `NR` = 8: 8 columns at a time, each of the 8 rows is loaded as two
-/// vectors (q8: widened, converted and scaled; a last chunk of fewer columns through a
-/// zero-padded copy), the four 4 × 4 blocks are transposed in registers, and every column is
-/// stored as two vectors; rows past `nr` are zero. Two stores per 8 values, where the portable
-/// packer stores every value on its own.
-#[target_feature(enable = "neon")]
-unsafe fn pack(
-    src: Source<'_>,
-    cols: usize,
-    row0: usize,
-    nr: usize,
-    k0: usize,
-    kc: usize,
-    dst: *mut f32,
-) {
-    let per_row = cols.div_ceil(Q8_BLOCK);
-    // SAFETY: the caller guarantees that `src` holds rows `row0 .. row0 + nr` of `cols` values
-    // (and `per_row` scales), `k0 + kc ≤ cols`, and `kc · NR` values at `dst`; a chunk of
-    // fewer than 8 columns is read value by value, and an 8-column chunk at a multiple of 8
-    // lies in one 32-value block.
-    unsafe {
-        for c in (0..kc).step_by(2 * LANES) {
-            let cols_here = (kc - c).min(2 * LANES);
-            let block = (k0 + c) / Q8_BLOCK;
-            let zero = vdupq_n_f32(0.0);
-            let mut low = [zero; NR];
-            let mut high = [zero; NR];
-            for ((j, l), h) in low.iter_mut().enumerate().zip(high.iter_mut()).take(nr) {
-                let row = row0 + j;
-                let at = row * cols + k0 + c;
-                let mut line = [0.0f32; 2 * LANES];
-                let (scale, values) = match src {
-                    Source::F32(data) if cols_here == 2 * LANES => (1.0, data.as_ptr().add(at)),
-                    Source::F32(data) => {
-                        for (k, v) in line.iter_mut().enumerate().take(cols_here) {
-                            *v = *data.as_ptr().add(at + k);
-                        }
-                        (1.0, line.as_ptr())
-                    }
-                    Source::Q8(data, scales) => {
-                        let scale = *scales.as_ptr().add(row * per_row + block);
-                        if cols_here == 2 * LANES {
-                            let w = vmovl_s8(vld1_s8(data.as_ptr().add(at)));
-                            *l = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), scale);
-                            *h = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w))), scale);
-                            continue;
-                        }
-                        for (k, v) in line.iter_mut().enumerate().take(cols_here) {
-                            *v = f32::from(*data.as_ptr().add(at + k));
-                        }
-                        (scale, line.as_ptr())
-                    }
-                };
-                *l = vmulq_n_f32(vld1q_f32(values), scale);
-                *h = vmulq_n_f32(vld1q_f32(values.add(LANES)), scale);
-            }
-            let [l0, l1, l2, l3, l4, l5, l6, l7] = low;
-            let [h0, h1, h2, h3, h4, h5, h6, h7] = high;
-            // Column `k`: rows 0–3 from the upper blocks, rows 4–7 from the lower ones.
-            let upper = transpose4(l0, l1, l2, l3)
-                .into_iter()
-                .chain(transpose4(h0, h1, h2, h3));
-            let lower = transpose4(l4, l5, l6, l7)
-                .into_iter()
-                .chain(transpose4(h4, h5, h6, h7));
-            for (k, (top, bottom)) in upper.zip(lower).enumerate().take(cols_here) {
-                let column = dst.add((c + k) * NR);
-                vst1q_f32(column, top);
-                vst1q_f32(column.add(LANES), bottom);
-            }
-        }
-    }
 }
 
 /// Eight int8 weights at `row` times the eight activations at `x`, added to `(lo, hi)`.
@@ -301,19 +259,13 @@ unsafe fn fma8(
     }
 }
 
-/// Rows `i .. i + N` of [`matvec_q8`]: a block of 32 weights is four 8-byte loads whose
+/// Rows `i .. i + N` of [`Simd::matvec_q8_unchecked`]: a block of 32 weights is four 8-byte loads whose
 /// products are summed in two vectors, then scaled once into the row's accumulator; the last,
 /// partial block takes whole groups of 8 in vectors and the rest in scalars.
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn rows_q8<const N: usize>(
-    data: *const i8,
-    scales: *const f32,
-    i: usize,
-    cols: usize,
-    x: *const f32,
-    out: *mut f32,
-) {
+unsafe fn rows_q8<const N: usize>(w: Q8Matrix<'_>, i: usize, x: *const f32, out: *mut f32) {
+    let (data, scales, cols) = (w.data.as_ptr(), w.scales.as_ptr(), w.cols);
     let per_row = cols.div_ceil(Q8_BLOCK);
     let full = cols / Q8_BLOCK;
     let k_rest = full * Q8_BLOCK;
@@ -357,83 +309,6 @@ unsafe fn rows_q8<const N: usize>(
         }
         for (j, (a, t)) in acc.into_iter().zip(tail).enumerate() {
             *out.add(i + j) = vaddvq_f32(a) + t;
-        }
-    }
-}
-
-#[target_feature(enable = "neon")]
-unsafe fn matvec_q8(
-    data: *const i8,
-    scales: *const f32,
-    rows: usize,
-    cols: usize,
-    x: *const f32,
-    out: *mut f32,
-) {
-    // SAFETY: the caller guarantees `rows · cols` weights, `rows · ceil(cols / 32)` scales,
-    // `cols` activations and `rows` outputs; each call below covers rows below `rows`.
-    unsafe {
-        let mut i = 0;
-        while i + 2 <= rows {
-            rows_q8::<2>(data, scales, i, cols, x, out);
-            i += 2;
-        }
-        while i < rows {
-            rows_q8::<1>(data, scales, i, cols, x, out);
-            i += 1;
-        }
-    }
-}
-
-/// One register tile's operands (see [`Simd::tile`]).
-#[derive(Clone, Copy)]
-struct Tile {
-    packed: *const f32,
-    kc: usize,
-    x: *const f32,
-    x_stride: usize,
-    out: *mut f32,
-    out_stride: usize,
-    nr: usize,
-    accumulate: bool,
-}
-
-#[target_feature(enable = "neon")]
-unsafe fn tile<const MT: usize>(t: Tile) {
-    // SAFETY: the caller checked `kc · NR` packed values, `(MT − 1) · x_stride + kc`
-    // activations and `(MT − 1) · out_stride + nr` outputs; partial rows go through a local
-    // buffer so nothing past `nr` is touched.
-    unsafe {
-        let mut lo: [float32x4_t; MT] = [vdupq_n_f32(0.0); MT];
-        let mut hi: [float32x4_t; MT] = [vdupq_n_f32(0.0); MT];
-        for k in 0..t.kc {
-            let w0 = vld1q_f32(t.packed.add(k * NR));
-            let w1 = vld1q_f32(t.packed.add(k * NR + LANES));
-            for (m, (l, h)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
-                let xv = vld1q_dup_f32(t.x.add(m * t.x_stride + k));
-                *l = vfmaq_f32(*l, w0, xv);
-                *h = vfmaq_f32(*h, w1, xv);
-            }
-        }
-        for (m, (l, h)) in lo.into_iter().zip(hi).enumerate() {
-            let o = t.out.add(m * t.out_stride);
-            if t.nr == NR {
-                let (mut l, mut h) = (l, h);
-                if t.accumulate {
-                    l = vaddq_f32(l, vld1q_f32(o));
-                    h = vaddq_f32(h, vld1q_f32(o.add(LANES)));
-                }
-                vst1q_f32(o, l);
-                vst1q_f32(o.add(LANES), h);
-            } else {
-                let mut buf = [0.0f32; NR];
-                vst1q_f32(buf.as_mut_ptr(), l);
-                vst1q_f32(buf.as_mut_ptr().add(LANES), h);
-                for (j, v) in buf.into_iter().take(t.nr).enumerate() {
-                    let slot = o.add(j);
-                    *slot = if t.accumulate { *slot + v } else { v };
-                }
-            }
         }
     }
 }

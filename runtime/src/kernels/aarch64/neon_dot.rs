@@ -24,7 +24,7 @@ use core::arch::aarch64::{
 };
 use core::arch::asm;
 
-use super::super::driver::{self, Simd, Source};
+use super::super::driver::{self, Panel, Simd, Source, Tile};
 use super::super::{AttentionHead, F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
 use super::Neon;
 
@@ -95,31 +95,28 @@ impl Simd for NeonDot {
     const MR: usize = <Neon as Simd>::MR;
     const NR: usize = <Neon as Simd>::NR;
 
-    fn matvec_f32(&self, data: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
-        self.base.matvec_f32(data, cols, x, out);
+    unsafe fn matvec_f32_unchecked(&self, w: F32Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        // SAFETY: forwarded; `Neon` has the same preconditions.
+        unsafe { self.base.matvec_f32_unchecked(w, x, out) }
     }
 
-    fn matvec_q8(&self, data: &[i8], scales: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
-        if cols == 0 || x.len() < cols {
-            return;
-        }
-        let per_row = cols.div_ceil(Q8_BLOCK);
-        let rows = out.len().min(data.len() / cols).min(scales.len() / per_row);
+    unsafe fn matvec_q8_unchecked(&self, w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        let (rows, cols, per_row) = (w.rows, w.cols, w.blocks_per_row());
         let mut rounded = Rounded {
             q: [0; PASS],
             scales: [0.0; PASS / Q8_BLOCK],
         };
-        for (pass, x) in x.get(..cols).unwrap_or_default().chunks(PASS).enumerate() {
+        for (pass, x) in x.chunks(PASS).enumerate() {
             let k0 = pass * PASS;
-            // SAFETY: `self` proves the features; the product reads, from column `k0`, `x.len()
-            // ≤ PASS` weights and `ceil(x.len() / 32)` scales (block `k0 / 32` on) of every row
-            // `< rows` (`rows · cols ≤ data.len()`, `rows · per_row ≤ scales.len()`), and writes
-            // outputs `< rows ≤ out.len()`.
+            // SAFETY: `self` proves the features; the driver guarantees `rows · cols` weights
+            // and `rows · per_row` scales, so the product reads, from column `k0 < cols`,
+            // `x.len() ≤ PASS` weights and `ceil(x.len() / 32)` scales (block `k0 / 32` on) of
+            // every row `< rows`, and writes the `rows` outputs.
             unsafe {
                 round(x, &mut rounded);
                 matvec(
-                    data.as_ptr().add(k0),
-                    scales.as_ptr().add(k0 / Q8_BLOCK),
+                    w.data.as_ptr().add(k0),
+                    w.scales.as_ptr().add(k0 / Q8_BLOCK),
                     rows,
                     cols,
                     per_row,
@@ -132,33 +129,14 @@ impl Simd for NeonDot {
         }
     }
 
-    fn pack(
-        &self,
-        src: Source<'_>,
-        cols: usize,
-        row0: usize,
-        nr: usize,
-        k0: usize,
-        kc: usize,
-        dst: &mut [f32],
-    ) -> bool {
-        self.base.pack(src, cols, row0, nr, k0, kc, dst)
+    unsafe fn pack_unchecked(&self, src: Source<'_>, panel: Panel, dst: &mut [f32]) {
+        // SAFETY: forwarded; `Neon` has the same `NR`.
+        unsafe { self.base.pack_unchecked(src, panel, dst) }
     }
 
-    fn tile(
-        &self,
-        packed: &[f32],
-        kc: usize,
-        x: &[f32],
-        x_stride: usize,
-        mt: usize,
-        out: &mut [f32],
-        out_stride: usize,
-        nr: usize,
-        accumulate: bool,
-    ) {
-        self.base
-            .tile(packed, kc, x, x_stride, mt, out, out_stride, nr, accumulate);
+    unsafe fn tile_unchecked<const MT: usize>(&self, tile: Tile<'_>) {
+        // SAFETY: forwarded; `Neon` has the same `MR` and `NR`.
+        unsafe { self.base.tile_unchecked::<MT>(tile) }
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! `unsafe` is allowed in this module only: the intrinsics need it. Every `#[target_feature]`
 //! function is reached through an [`Avx2Fma`] value, which exists only once the features were
-//! detected (or enabled at compile time), and every raw pointer range is checked by the safe
-//! wrapper that calls it.
+//! detected (or enabled at compile time), and every length it relies on is checked once by the
+//! driver's safe methods ([`Simd`]).
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
@@ -14,7 +14,7 @@ use core::arch::x86_64::{
     _mm256_unpacklo_ps,
 };
 
-use super::super::driver::{self, Simd, Source};
+use super::super::driver::{self, Panel, Simd, Source, Tile};
 use super::super::{AttentionHead, F32Matrix, Kernels, Q8_BLOCK, Q8Matrix, math};
 
 /// AVX2 + FMA kernels. Constructed only by [`Avx2Fma::detect`].
@@ -85,97 +85,109 @@ impl Simd for Avx2Fma {
     const MR: usize = MR;
     const NR: usize = NR;
 
-    fn matvec_f32(&self, data: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
-        if cols == 0 || x.len() < cols {
-            return;
-        }
-        let rows = out.len().min(data.len() / cols);
-        // SAFETY: `self` proves the features; the callee reads `rows · cols ≤ data.len()`
-        // weights, `cols ≤ x.len()` activations and writes `rows ≤ out.len()` outputs.
-        unsafe { matvec::<f32>(data.as_ptr(), rows, cols, x.as_ptr(), out.as_mut_ptr()) }
+    unsafe fn matvec_f32_unchecked(&self, w: F32Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        let (data, rows, cols) = (w.data.as_ptr(), w.rows, w.cols);
+        // SAFETY: `self` proves the features; the driver guarantees `rows · cols` weights,
+        // `cols` activations and `rows` outputs.
+        unsafe { matvec::<f32>(data, rows, cols, x.as_ptr(), out.as_mut_ptr()) }
     }
 
-    fn matvec_q8(&self, data: &[i8], scales: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
-        if cols == 0 || x.len() < cols {
-            return;
-        }
-        let rows = out
-            .len()
-            .min(data.len() / cols)
-            .min(scales.len() / cols.div_ceil(Q8_BLOCK));
-        // SAFETY: as for `matvec_f32`, and `rows · ceil(cols / 32) ≤ scales.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn matvec_q8_unchecked(&self, w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        let (x, out) = (x.as_ptr(), out.as_mut_ptr());
+        // Four rows a quarter of the matrix apart at a time: four independent streams from
+        // memory keep the hardware prefetchers busy where four adjacent rows are one stream
+        // (decode reads about twice as fast on one thread, docs/RESULTS.md section 5).
+        // SAFETY: the driver guarantees a whole `w`, `w.cols` activations and `w.rows`
+        // outputs; each call below covers rows below `w.rows`
+        // (`i + 3 · quarter < 4 · quarter ≤ w.rows`).
         unsafe {
-            matvec_q8(
-                data.as_ptr(),
-                scales.as_ptr(),
-                rows,
-                cols,
-                x.as_ptr(),
-                out.as_mut_ptr(),
-            )
+            let quarter = w.rows / 4;
+            for i in 0..quarter {
+                rows_q8::<4>(w, i, quarter, x, out);
+            }
+            for i in 4 * quarter..w.rows {
+                rows_q8::<1>(w, i, 0, x, out);
+            }
         }
     }
 
-    fn pack(
-        &self,
-        src: Source<'_>,
-        cols: usize,
-        row0: usize,
-        nr: usize,
-        k0: usize,
-        kc: usize,
-        dst: &mut [f32],
-    ) -> bool {
-        let fits = src.packs(cols, row0, nr, k0, kc, dst.len(), NR);
-        if fits {
-            // SAFETY: `self` proves the features; `packs` bounds every read (rows `row0 ..
-            // row0 + nr`, columns `k0 .. k0 + kc`, their scales) and write (`kc · NR`).
-            unsafe { pack(src, cols, row0, nr, k0, kc, dst.as_mut_ptr()) };
-        }
-        fits
-    }
-
-    fn tile(
-        &self,
-        packed: &[f32],
-        kc: usize,
-        x: &[f32],
-        x_stride: usize,
-        mt: usize,
-        out: &mut [f32],
-        out_stride: usize,
-        nr: usize,
-        accumulate: bool,
-    ) {
-        if mt == 0 || mt > MR || nr == 0 || nr > NR || kc == 0 {
-            return;
-        }
-        if packed.len() < kc * NR
-            || x.len() < (mt - 1) * x_stride + kc
-            || out.len() < (mt - 1) * out_stride + nr
-        {
-            return;
-        }
-        let t = Tile {
-            packed: packed.as_ptr(),
-            kc,
-            x: x.as_ptr(),
-            x_stride,
-            out: out.as_mut_ptr(),
-            out_stride,
-            nr,
-            accumulate,
-        };
-        // SAFETY: `self` proves the features; the checks above bound every access of the tile:
-        // packed `kc · NR`, x `(mt − 1) · x_stride + kc`, out `(mt − 1) · out_stride + nr`.
+    /// Each half of the rows, 8 columns at a time, is loaded as 8 rows of 8 values (q8:
+    /// converted and scaled; a last chunk of fewer columns through a zero-padded copy),
+    /// transposed in registers and stored as 8 columns of 8 rows; rows past `nr` are zero.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pack_unchecked(&self, src: Source<'_>, panel: Panel, dst: &mut [f32]) {
+        let (cols, row0, nr, k0, kc) = (panel.cols, panel.row0, panel.nr, panel.k0, panel.kc);
+        let per_row = cols.div_ceil(Q8_BLOCK);
+        let dst = dst.as_mut_ptr();
+        // SAFETY: the driver guarantees that `src` holds rows `row0 .. row0 + nr` of `cols`
+        // values (and `per_row` scales), `k0 + kc ≤ cols`, `k0` a multiple of 32, and `kc · NR`
+        // values at `dst`; a chunk of fewer than 8 columns is read value by value, and an
+        // 8-column chunk at a multiple of 8 lies in one 32-value block.
         unsafe {
-            match mt {
-                1 => tile::<1>(t),
-                2 => tile::<2>(t),
-                3 => tile::<3>(t),
-                4 => tile::<4>(t),
-                5 => tile::<5>(t),
-                _ => tile::<6>(t),
+            for half in 0..NR / LANES {
+                let rows_here = nr.saturating_sub(half * LANES).min(LANES);
+                for c in (0..kc).step_by(LANES) {
+                    let cols_here = (kc - c).min(LANES);
+                    let block = (k0 + c) / Q8_BLOCK;
+                    let mut v = [_mm256_setzero_ps(); LANES];
+                    for (j, v) in v.iter_mut().enumerate().take(rows_here) {
+                        let row = row0 + half * LANES + j;
+                        let at = row * cols + k0 + c;
+                        let (values, scale) = match src {
+                            Source::F32(data) => (Chunk::F32(data.as_ptr().add(at)), 1.0),
+                            Source::Q8(data, scales) => (
+                                Chunk::Q8(data.as_ptr().add(at)),
+                                *scales.as_ptr().add(row * per_row + block),
+                            ),
+                        };
+                        *v = _mm256_mul_ps(values.load(cols_here), _mm256_set1_ps(scale));
+                    }
+                    for (j, v) in transpose8(v).into_iter().enumerate().take(cols_here) {
+                        _mm256_storeu_ps(dst.add((c + j) * NR + half * LANES), v);
+                    }
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_unchecked<const MT: usize>(&self, t: Tile<'_>) {
+        let (packed, x, out) = (t.packed.as_ptr(), t.x.as_ptr(), t.out.as_mut_ptr());
+        // SAFETY: the driver checked `kc · NR` packed values, `(MT − 1) · x_stride + kc`
+        // activations and `(MT − 1) · out_stride + nr` outputs; partial rows go through a
+        // local buffer so nothing past `nr` is touched.
+        unsafe {
+            let mut lo = [_mm256_setzero_ps(); MT];
+            let mut hi = [_mm256_setzero_ps(); MT];
+            for k in 0..t.kc {
+                let w0 = _mm256_loadu_ps(packed.add(k * NR));
+                let w1 = _mm256_loadu_ps(packed.add(k * NR + LANES));
+                for (m, (l, h)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                    let xv = _mm256_set1_ps(*x.add(m * t.x_stride + k));
+                    *l = _mm256_fmadd_ps(w0, xv, *l);
+                    *h = _mm256_fmadd_ps(w1, xv, *h);
+                }
+            }
+            for (m, (l, h)) in lo.into_iter().zip(hi).enumerate() {
+                let o = out.add(m * t.out_stride);
+                if t.nr == NR {
+                    let (mut l, mut h) = (l, h);
+                    if t.accumulate {
+                        l = _mm256_add_ps(l, _mm256_loadu_ps(o));
+                        h = _mm256_add_ps(h, _mm256_loadu_ps(o.add(LANES)));
+                    }
+                    _mm256_storeu_ps(o, l);
+                    _mm256_storeu_ps(o.add(LANES), h);
+                } else {
+                    let mut buf = [0.0f32; NR];
+                    _mm256_storeu_ps(buf.as_mut_ptr(), l);
+                    _mm256_storeu_ps(buf.as_mut_ptr().add(LANES), h);
+                    for (j, v) in buf.into_iter().take(t.nr).enumerate() {
+                        let slot = o.add(j);
+                        *slot = if t.accumulate { *slot + v } else { v };
+                    }
+                }
             }
         }
     }
@@ -275,20 +287,19 @@ unsafe fn matvec<E: Element>(
     }
 }
 
-/// Rows `i + j · stride` (`j < N`) of [`matvec_q8`], see there; a block of 32 weights is four 8-byte loads whose
+/// Rows `i + j · stride` (`j < N`) of [`Simd::matvec_q8_unchecked`], see there; a block of 32 weights is four 8-byte loads whose
 /// products are summed, then scaled once into the row's accumulator; the last, partial block
 /// takes whole groups of 8 in vectors and the rest in scalars.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn rows_q8<const N: usize>(
-    data: *const i8,
-    scales: *const f32,
+    w: Q8Matrix<'_>,
     i: usize,
     stride: usize,
-    cols: usize,
     x: *const f32,
     out: *mut f32,
 ) {
+    let (data, scales, cols) = (w.data.as_ptr(), w.scales.as_ptr(), w.cols);
     let per_row = cols.div_ceil(Q8_BLOCK);
     let full = cols / Q8_BLOCK;
     let k_rest = full * Q8_BLOCK;
@@ -344,32 +355,6 @@ unsafe fn rows_q8<const N: usize>(
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
-unsafe fn matvec_q8(
-    data: *const i8,
-    scales: *const f32,
-    rows: usize,
-    cols: usize,
-    x: *const f32,
-    out: *mut f32,
-) {
-    // Four rows a quarter of the matrix apart at a time: four independent streams from memory
-    // keep the hardware prefetchers busy where four adjacent rows are one stream (decode reads
-    // about twice as fast on one thread, docs/RESULTS.md section 5).
-    // SAFETY: the caller guarantees `rows · cols` weights, `rows · ceil(cols / 32)` scales,
-    // `cols` activations and `rows` outputs; each call below covers rows below `rows`
-    // (`i + 3 · quarter < 4 · quarter ≤ rows`).
-    unsafe {
-        let quarter = rows / 4;
-        for i in 0..quarter {
-            rows_q8::<4>(data, scales, i, quarter, cols, x, out);
-        }
-        for i in 4 * quarter..rows {
-            rows_q8::<1>(data, scales, i, 0, cols, x, out);
-        }
-    }
-}
-
 /// Transposes the 8 × 8 matrix whose rows are `v` (the usual unpack, shuffle and
 /// 128-bit-lane exchange).
 #[target_feature(enable = "avx2")]
@@ -407,53 +392,7 @@ fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
     ]
 }
 
-/// [`Simd::pack`] for `NR` = 16: each half of the rows, 8 columns at a time, is loaded as 8
-/// rows of 8 values (q8: converted and scaled; a last chunk of fewer columns through a
-/// zero-padded copy), transposed in registers and stored as 8 columns of 8 rows; rows past
-/// `nr` are zero.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pack(
-    src: Source<'_>,
-    cols: usize,
-    row0: usize,
-    nr: usize,
-    k0: usize,
-    kc: usize,
-    dst: *mut f32,
-) {
-    let per_row = cols.div_ceil(Q8_BLOCK);
-    // SAFETY: the caller guarantees that `src` holds rows `row0 .. row0 + nr` of `cols` values
-    // (and `per_row` scales), `k0 + kc ≤ cols`, and `kc · NR` values at `dst`; a chunk of
-    // fewer than 8 columns is read value by value, and an 8-column chunk at a multiple of 8
-    // lies in one 32-value block.
-    unsafe {
-        for half in 0..NR / LANES {
-            let rows_here = nr.saturating_sub(half * LANES).min(LANES);
-            for c in (0..kc).step_by(LANES) {
-                let cols_here = (kc - c).min(LANES);
-                let block = (k0 + c) / Q8_BLOCK;
-                let mut v = [_mm256_setzero_ps(); LANES];
-                for (j, v) in v.iter_mut().enumerate().take(rows_here) {
-                    let row = row0 + half * LANES + j;
-                    let at = row * cols + k0 + c;
-                    let (values, scale) = match src {
-                        Source::F32(data) => (Chunk::F32(data.as_ptr().add(at)), 1.0),
-                        Source::Q8(data, scales) => (
-                            Chunk::Q8(data.as_ptr().add(at)),
-                            *scales.as_ptr().add(row * per_row + block),
-                        ),
-                    };
-                    *v = _mm256_mul_ps(values.load(cols_here), _mm256_set1_ps(scale));
-                }
-                for (j, v) in transpose8(v).into_iter().enumerate().take(cols_here) {
-                    _mm256_storeu_ps(dst.add((c + j) * NR + half * LANES), v);
-                }
-            }
-        }
-    }
-}
-
-/// One row's chunk of up to 8 values for [`pack`].
+/// One row's chunk of up to 8 values for [`Simd::pack_unchecked`].
 #[derive(Clone, Copy)]
 enum Chunk {
     F32(*const f32),
@@ -483,59 +422,6 @@ impl Chunk {
                 };
             }
             _mm256_loadu_ps(line.as_ptr())
-        }
-    }
-}
-
-/// One register tile's operands (see [`Simd::tile`]).
-#[derive(Clone, Copy)]
-struct Tile {
-    packed: *const f32,
-    kc: usize,
-    x: *const f32,
-    x_stride: usize,
-    out: *mut f32,
-    out_stride: usize,
-    nr: usize,
-    accumulate: bool,
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const MT: usize>(t: Tile) {
-    // SAFETY: the caller checked `kc · NR` packed values, `(MT − 1) · x_stride + kc`
-    // activations and `(MT − 1) · out_stride + nr` outputs; partial rows go through a local
-    // buffer so nothing past `nr` is touched.
-    unsafe {
-        let mut lo = [_mm256_setzero_ps(); MT];
-        let mut hi = [_mm256_setzero_ps(); MT];
-        for k in 0..t.kc {
-            let w0 = _mm256_loadu_ps(t.packed.add(k * NR));
-            let w1 = _mm256_loadu_ps(t.packed.add(k * NR + LANES));
-            for (m, (l, h)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
-                let xv = _mm256_set1_ps(*t.x.add(m * t.x_stride + k));
-                *l = _mm256_fmadd_ps(w0, xv, *l);
-                *h = _mm256_fmadd_ps(w1, xv, *h);
-            }
-        }
-        for (m, (l, h)) in lo.into_iter().zip(hi).enumerate() {
-            let o = t.out.add(m * t.out_stride);
-            if t.nr == NR {
-                let (mut l, mut h) = (l, h);
-                if t.accumulate {
-                    l = _mm256_add_ps(l, _mm256_loadu_ps(o));
-                    h = _mm256_add_ps(h, _mm256_loadu_ps(o.add(LANES)));
-                }
-                _mm256_storeu_ps(o, l);
-                _mm256_storeu_ps(o.add(LANES), h);
-            } else {
-                let mut buf = [0.0f32; NR];
-                _mm256_storeu_ps(buf.as_mut_ptr(), l);
-                _mm256_storeu_ps(buf.as_mut_ptr().add(LANES), h);
-                for (j, v) in buf.into_iter().take(t.nr).enumerate() {
-                    let slot = o.add(j);
-                    *slot = if t.accumulate { *slot + v } else { v };
-                }
-            }
         }
     }
 }
