@@ -402,3 +402,90 @@ fn blocked<S: Simd>(
         }
     }
 }
+
+/// The row order of a decode product for kernels that take four rows at a time: `four(i,
+/// quarter)` for rows `i + j · quarter` (`j < 4`) for every `i < quarter = rows / 4`, then
+/// `one(i)` for every row `i` from `4 · quarter` on. Four rows a quarter of the matrix apart
+/// are four independent streams from memory, which keep the hardware prefetchers busy where
+/// four adjacent rows are one stream (decode reads about twice as fast on one thread,
+/// docs/RESULTS.md section 5). Inlined, so that the calls compile with the caller's target
+/// features.
+#[inline(always)]
+pub(crate) fn by_quarters(
+    rows: usize,
+    mut four: impl FnMut(usize, usize),
+    mut one: impl FnMut(usize),
+) {
+    let quarter = rows / 4;
+    for i in 0..quarter {
+        four(i, quarter);
+    }
+    for i in 4 * quarter..rows {
+        one(i);
+    }
+}
+
+/// Implements [`Kernels`](super::Kernels) for a [`Simd`] type: its name, the products
+/// through this driver and, given `math: "<target features>"`, attention and SwiGLU
+/// ([`math`](super::math)) compiled with those features enabled (without, they run at the
+/// crate's baseline). A value of the type must prove that the CPU has those features.
+macro_rules! simd_kernels {
+    ($simd:ty, $name:literal $(, math: $features:literal)?) => {
+        impl $crate::kernels::Kernels for $simd {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn gemm_f32(
+                &self,
+                w: $crate::kernels::F32Matrix<'_>,
+                x: &[f32],
+                tokens: usize,
+                out: &mut [f32],
+            ) {
+                $crate::kernels::driver::gemm_f32(self, w, x, tokens, out);
+            }
+
+            fn gemm_q8(
+                &self,
+                w: $crate::kernels::Q8Matrix<'_>,
+                x: &[f32],
+                tokens: usize,
+                out: &mut [f32],
+            ) {
+                $crate::kernels::driver::gemm_q8(self, w, x, tokens, out);
+            }
+
+            $(
+                fn attend(
+                    &self,
+                    head: &$crate::kernels::AttentionHead<'_>,
+                    scores: &mut [f32],
+                    out: &mut [f32],
+                ) {
+                    #[target_feature(enable = $features)]
+                    unsafe fn attend(
+                        head: &$crate::kernels::AttentionHead<'_>,
+                        scores: &mut [f32],
+                        out: &mut [f32],
+                    ) {
+                        $crate::kernels::math::attend(head, scores, out);
+                    }
+                    // SAFETY: `self` proves the features; the callee is safe code.
+                    unsafe { attend(head, scores, out) }
+                }
+
+                fn swiglu(&self, gate: &mut [f32], up: &[f32]) {
+                    #[target_feature(enable = $features)]
+                    unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+                        $crate::kernels::math::swiglu(gate, up);
+                    }
+                    // SAFETY: as for `attend`.
+                    unsafe { swiglu(gate, up) }
+                }
+            )?
+        }
+    };
+}
+
+pub(crate) use simd_kernels;

@@ -6,6 +6,23 @@ use super::{Avx2Fma, Avx512};
 #[cfg(target_arch = "aarch64")]
 use super::{Neon, NeonDot};
 
+/// Whether the CPU has every one of the target features (string literals): detected at run
+/// time under `std` with `std::arch::$detect` (`is_x86_feature_detected`,
+/// `is_aarch64_feature_detected`), enabled at compile time without it.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! cpu_has {
+    ($detect:ident, $($feature:tt),+) => {{
+        #[cfg(any(test, feature = "std"))]
+        let has = $(std::arch::$detect!($feature))&&+;
+        #[cfg(not(any(test, feature = "std")))]
+        let has = cfg!(all($(target_feature = $feature),+));
+        has
+    }};
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use cpu_has;
+
 /// One of the single-threaded implementations, chosen at run time.
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]

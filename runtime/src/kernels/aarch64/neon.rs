@@ -13,8 +13,9 @@ use core::arch::aarch64::{
     vtrn2q_f64,
 };
 
-use super::super::driver::{self, Panel, Simd, Source, Tile};
-use super::super::{F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
+use super::super::driver::{Panel, Simd, Source, Tile, simd_kernels};
+use super::super::select::cpu_has;
+use super::super::{F32Matrix, Q8_BLOCK, Q8Matrix};
 
 /// NEON kernels. Constructed only by [`Neon::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -25,33 +26,11 @@ pub struct Neon {
 impl Neon {
     /// The kernels, if this CPU has NEON (at run time under `std`, at compile time without it).
     pub fn detect() -> Option<Self> {
-        detected().then_some(Self { _detected: () })
+        cpu_has!(is_aarch64_feature_detected, "neon").then_some(Self { _detected: () })
     }
 }
 
-#[cfg(any(test, feature = "std"))]
-fn detected() -> bool {
-    std::arch::is_aarch64_feature_detected!("neon")
-}
-
-#[cfg(not(any(test, feature = "std")))]
-fn detected() -> bool {
-    cfg!(target_feature = "neon")
-}
-
-impl Kernels for Neon {
-    fn name(&self) -> &'static str {
-        "neon"
-    }
-
-    fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
-        driver::gemm_f32(self, w, x, tokens, out);
-    }
-
-    fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
-        driver::gemm_q8(self, w, x, tokens, out);
-    }
-}
+simd_kernels!(Neon, "neon");
 
 const LANES: usize = 4;
 const MR: usize = 8;

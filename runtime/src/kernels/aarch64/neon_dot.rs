@@ -25,6 +25,7 @@ use core::arch::aarch64::{
 use core::arch::asm;
 
 use super::super::driver::{self, Panel, Simd, Source, Tile};
+use super::super::select::cpu_has;
 use super::super::{AttentionHead, F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
 use super::Neon;
 
@@ -44,18 +45,8 @@ impl NeonDot {
     /// compile time without it).
     pub fn detect() -> Option<Self> {
         let base = Neon::detect()?;
-        detected().then_some(Self { base })
+        cpu_has!(is_aarch64_feature_detected, "dotprod").then_some(Self { base })
     }
-}
-
-#[cfg(any(test, feature = "std"))]
-fn detected() -> bool {
-    std::arch::is_aarch64_feature_detected!("dotprod")
-}
-
-#[cfg(not(any(test, feature = "std")))]
-fn detected() -> bool {
-    cfg!(target_feature = "dotprod")
 }
 
 impl Kernels for NeonDot {
@@ -266,17 +257,14 @@ unsafe fn matvec(
     out: *mut f32,
     accumulate: bool,
 ) {
-    // SAFETY: as for `rows_q8`, which each call below covers for rows below `rows`
-    // (`i + 3 · quarter < 4 · quarter ≤ rows`).
-    unsafe {
-        let quarter = rows / 4;
-        for i in 0..quarter {
+    // SAFETY (both calls): as for `rows_q8`; `by_quarters` passes rows below `rows`.
+    driver::by_quarters(
+        rows,
+        |i, quarter| unsafe {
             rows_q8::<4>(
                 data, scales, i, quarter, cols, per_row, n, r, out, accumulate,
-            );
-        }
-        for i in 4 * quarter..rows {
-            rows_q8::<1>(data, scales, i, 0, cols, per_row, n, r, out, accumulate);
-        }
-    }
+            )
+        },
+        |i| unsafe { rows_q8::<1>(data, scales, i, 0, cols, per_row, n, r, out, accumulate) },
+    );
 }

@@ -14,8 +14,9 @@ use core::arch::x86_64::{
     _mm256_unpacklo_ps,
 };
 
-use super::super::driver::{self, Panel, Simd, Source, Tile};
-use super::super::{AttentionHead, F32Matrix, Kernels, Q8_BLOCK, Q8Matrix, math};
+use super::super::driver::{self, Panel, Simd, Source, Tile, simd_kernels};
+use super::super::select::cpu_has;
+use super::super::{F32Matrix, Q8_BLOCK, Q8Matrix};
 
 /// AVX2 + FMA kernels. Constructed only by [`Avx2Fma::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -27,55 +28,11 @@ impl Avx2Fma {
     /// The kernels, if this CPU has AVX2 and FMA (at run time under `std`, at compile time
     /// without it).
     pub fn detect() -> Option<Self> {
-        detected().then_some(Self { _detected: () })
+        cpu_has!(is_x86_feature_detected, "avx2", "fma").then_some(Self { _detected: () })
     }
 }
 
-#[cfg(any(test, feature = "std"))]
-fn detected() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}
-
-#[cfg(not(any(test, feature = "std")))]
-fn detected() -> bool {
-    cfg!(all(target_feature = "avx2", target_feature = "fma"))
-}
-
-impl Kernels for Avx2Fma {
-    fn name(&self) -> &'static str {
-        "avx2"
-    }
-
-    fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
-        driver::gemm_f32(self, w, x, tokens, out);
-    }
-
-    fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
-        driver::gemm_q8(self, w, x, tokens, out);
-    }
-
-    fn attend(&self, head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
-        // SAFETY: `self` proves the features; the callee is safe code (slices only).
-        unsafe { attend(head, scores, out) }
-    }
-
-    fn swiglu(&self, gate: &mut [f32], up: &[f32]) {
-        // SAFETY: as for `attend`.
-        unsafe { swiglu(gate, up) }
-    }
-}
-
-/// [`math::attend`] compiled for these registers.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend(head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
-    math::attend(head, scores, out);
-}
-
-/// [`math::swiglu`] compiled for these registers.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
-    math::swiglu(gate, up);
-}
+simd_kernels!(Avx2Fma, "avx2", math: "avx2,fma");
 
 const LANES: usize = 8;
 const MR: usize = 6;
@@ -95,21 +52,13 @@ impl Simd for Avx2Fma {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn matvec_q8_unchecked(&self, w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
         let (x, out) = (x.as_ptr(), out.as_mut_ptr());
-        // Four rows a quarter of the matrix apart at a time: four independent streams from
-        // memory keep the hardware prefetchers busy where four adjacent rows are one stream
-        // (decode reads about twice as fast on one thread, docs/RESULTS.md section 5).
-        // SAFETY: the driver guarantees a whole `w`, `w.cols` activations and `w.rows`
-        // outputs; each call below covers rows below `w.rows`
-        // (`i + 3 · quarter < 4 · quarter ≤ w.rows`).
-        unsafe {
-            let quarter = w.rows / 4;
-            for i in 0..quarter {
-                rows_q8::<4>(w, i, quarter, x, out);
-            }
-            for i in 4 * quarter..w.rows {
-                rows_q8::<1>(w, i, 0, x, out);
-            }
-        }
+        // SAFETY (both calls): the driver guarantees a whole `w`, `w.cols` activations and
+        // `w.rows` outputs; `by_quarters` passes rows below `w.rows`.
+        driver::by_quarters(
+            w.rows,
+            |i, quarter| unsafe { rows_q8::<4>(w, i, quarter, x, out) },
+            |i| unsafe { rows_q8::<1>(w, i, 0, x, out) },
+        );
     }
 
     /// Each half of the rows, 8 columns at a time, is loaded as 8 rows of 8 values (q8:
