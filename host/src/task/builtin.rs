@@ -3,10 +3,18 @@
 use std::path::PathBuf;
 
 /// The names of the built-in tasks.
-pub const BUILTIN_TASKS: &[&str] = &["sst2", "pubmedqa", "boolq", "xquad", "wikitext2"];
+pub const BUILTIN_TASKS: &[&str] = &[
+    "sst2",
+    "sst2-dev",
+    "pubmedqa",
+    "boolq",
+    "xquad",
+    "wikitext2",
+];
 
 const SOURCES: &[(&str, &str)] = &[
     ("sst2", include_str!("../../tasks/sst2.toml")),
+    ("sst2-dev", include_str!("../../tasks/sst2-dev.toml")),
     ("pubmedqa", include_str!("../../tasks/pubmedqa.toml")),
     ("boolq", include_str!("../../tasks/boolq.toml")),
     ("xquad", include_str!("../../tasks/xquad.toml")),

@@ -63,6 +63,25 @@ struct RawData {
     answers: Option<String>,
     #[serde(default)]
     fields: BTreeMap<String, String>,
+    sources: Option<RawSources>,
+}
+
+/// `[data.sources]`: a data file per split.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSources {
+    calibration: Option<String>,
+    search: Option<String>,
+    test: Option<String>,
+}
+
+/// `[splits.min_words]`: the fewest words an example's input may have, per split.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMinWords {
+    calibration: Option<usize>,
+    search: Option<usize>,
+    test: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +112,7 @@ struct RawSplits {
     max_test: Option<usize>,
     official_test: Option<String>,
     group_by: Option<String>,
+    min_words: Option<RawMinWords>,
 }
 
 /// A validated task file.
@@ -108,13 +128,28 @@ pub(crate) struct Definition {
     pub(crate) splits: SplitSpec,
 }
 
-/// Where the data is and which source fields play which role.
+/// One data file.
 #[derive(Debug, Clone)]
-pub(crate) struct DataSpec {
+pub(crate) struct DataFile {
     /// The path as written in the task file.
     pub(crate) given: String,
     /// The path resolved against the task file's directory.
     pub(crate) path: PathBuf,
+}
+
+/// Where the examples come from.
+#[derive(Debug, Clone)]
+pub(crate) enum DataFiles {
+    /// `data.path`: one file, cut into the three splits by `[splits]`'s fractions.
+    One(DataFile),
+    /// `[data.sources]`: calibration, search and test each read their own file, whole.
+    PerSplit([DataFile; 3]),
+}
+
+/// Where the data is and which source fields play which role.
+#[derive(Debug, Clone)]
+pub(crate) struct DataSpec {
+    pub(crate) files: DataFiles,
     pub(crate) format: DataFormat,
     pub(crate) id: Option<String>,
     pub(crate) label: Option<String>,
@@ -143,6 +178,9 @@ pub(crate) struct SplitSpec {
     /// The official test file: (as written, resolved).
     pub(crate) official_test: Option<(String, PathBuf)>,
     pub(crate) group_by: Option<String>,
+    /// Per split, the fewest words (whitespace-separated, over every input field) an example
+    /// may have; shorter ones are left out before the cap (per-split sources only).
+    pub(crate) min_words: [Option<usize>; 3],
 }
 
 impl Definition {
@@ -181,7 +219,8 @@ impl Validator<'_> {
         let labels = self.labels(&metric, raw.labels)?;
         let data = self.data(&metric, data, base_dir)?;
         let prompt = self.prompt(prompt, &data.fields)?;
-        let splits = self.splits(splits, base_dir)?;
+        let per_split = matches!(data.files, DataFiles::PerSplit(_));
+        let splits = self.splits(splits, per_split, base_dir)?;
         Ok(Definition {
             path: self.path.to_path_buf(),
             name,
@@ -317,11 +356,36 @@ impl Validator<'_> {
     }
 
     fn data(&self, metric: &Metric, raw: RawData, base_dir: &Path) -> Result<DataSpec, TaskError> {
-        let given = self.require(
-            raw.path,
-            "data.path",
-            "path = \"<data file, relative to this task file>\" to [data]",
-        )?;
+        let file = |given: String| DataFile {
+            path: base_dir.join(&given),
+            given,
+        };
+        let files = match (raw.path, raw.sources) {
+            (Some(_), Some(_)) => {
+                return Err(TaskError::ConflictingOption {
+                    path: self.path.to_path_buf(),
+                    option: "data.path",
+                    with: "[data.sources]",
+                    fix: "remove data.path (each split reads its own file) or [data.sources]",
+                });
+            }
+            (Some(given), None) => DataFiles::One(file(given)),
+            (None, Some(sources)) => {
+                let hint = "calibration, search and test paths to [data.sources]";
+                DataFiles::PerSplit([
+                    file(self.require(sources.calibration, "data.sources.calibration", hint)?),
+                    file(self.require(sources.search, "data.sources.search", hint)?),
+                    file(self.require(sources.test, "data.sources.test", hint)?),
+                ])
+            }
+            (None, None) => {
+                return Err(TaskError::MissingField {
+                    path: self.path.to_path_buf(),
+                    field: "data.path",
+                    hint: "path = \"<data file, relative to this task file>\" (or a [data.sources] table with a file per split) to [data]",
+                });
+            }
+        };
         let format = self.require(
             raw.format,
             "data.format",
@@ -346,8 +410,7 @@ impl Validator<'_> {
             _ => None,
         };
         Ok(DataSpec {
-            path: base_dir.join(&given),
-            given,
+            files,
             format,
             id: raw.id,
             label,
@@ -417,12 +480,52 @@ impl Validator<'_> {
         Ok(template)
     }
 
-    fn splits(&self, raw: RawSplits, base_dir: &Path) -> Result<SplitSpec, TaskError> {
+    fn splits(
+        &self,
+        raw: RawSplits,
+        per_split: bool,
+        base_dir: &Path,
+    ) -> Result<SplitSpec, TaskError> {
         let seed = self.require(
             raw.seed,
             "splits.seed",
             "seed = 0 (any integer) to [splits]",
         )?;
+        let min_words = raw.min_words.unwrap_or_default();
+        let min_words = [min_words.calibration, min_words.search, min_words.test];
+        if per_split {
+            let conflicts = [
+                ("splits.calibration", raw.calibration.is_some()),
+                ("splits.search", raw.search.is_some()),
+                ("splits.test", raw.test.is_some()),
+                ("splits.official_test", raw.official_test.is_some()),
+                ("splits.group_by", raw.group_by.is_some()),
+            ];
+            if let Some((option, _)) = conflicts.into_iter().find(|(_, present)| *present) {
+                return Err(TaskError::ConflictingOption {
+                    path: self.path.to_path_buf(),
+                    option,
+                    with: "[data.sources]",
+                    fix: "remove it: with a file per split, every example of a file belongs to its split",
+                });
+            }
+            return Ok(SplitSpec {
+                seed,
+                fractions: [1.0, 1.0, 1.0],
+                caps: [raw.max_calibration, raw.max_search, raw.max_test],
+                official_test: None,
+                group_by: None,
+                min_words,
+            });
+        }
+        if min_words.iter().any(Option::is_some) {
+            return Err(TaskError::ConflictingOption {
+                path: self.path.to_path_buf(),
+                option: "[splits.min_words]",
+                with: "data.path",
+                fix: "give each split its own file under [data.sources], or remove [splits.min_words]",
+            });
+        }
         let calibration = self.require(
             raw.calibration,
             "splits.calibration",
@@ -473,6 +576,7 @@ impl Validator<'_> {
                 (given, resolved)
             }),
             group_by: raw.group_by,
+            min_words,
         })
     }
 }

@@ -61,6 +61,32 @@ pub enum TaskError {
         /// What the TOML parser said.
         message: String,
     },
+    /// Two options of the task file that exclude each other.
+    #[error("task file {path}: `{option}` conflicts with {with}; {fix}", path = .path.display())]
+    ConflictingOption {
+        /// The task file.
+        path: PathBuf,
+        /// The option to remove.
+        option: &'static str,
+        /// What it conflicts with.
+        with: &'static str,
+        /// What to do.
+        fix: &'static str,
+    },
+    /// An example of the test split has the same input as one of another split.
+    #[error(
+        "task {task}: test example {id} has the same input as {split} example {other}; the test split must be text the method never saw, so remove the duplicate from one of the data files"
+    )]
+    SplitOverlap {
+        /// The task.
+        task: String,
+        /// The test example.
+        id: String,
+        /// The other split.
+        split: Split,
+        /// The example there.
+        other: String,
+    },
     /// A required field is absent from the task file.
     #[error("task file {path}: missing field `{field}`; add {hint}", path = .path.display())]
     MissingField {

@@ -10,7 +10,8 @@
 //! metric = "accuracy"                # or "squad" (max_new_tokens) or "perplexity" (window, stride)
 //!
 //! [data]
-//! path = "../../data/sst2/dev.tsv"   # relative to this file's directory, or absolute
+//! path = "../../data/sst2/dev.tsv"   # relative to this file's directory, or absolute;
+//!                                    # or a file per split, see "Splits"
 //! format = "tsv"                     # tsv | jsonl | pubmedqa | squad | text
 //! label = "label"                    # source field holding the label (accuracy only)
 //! # id = "idx"                       # source field holding a unique id (default: see below)
@@ -64,6 +65,26 @@
 //! would cross the cap ends the split there), so lowering a cap never moves an example to
 //! another split. Within a split, examples are in the hash order of their ids, so a prefix of a
 //! split is a fair subsample.
+//!
+//! A file per split replaces `data.path` and the fractions: every example of a file belongs to
+//! its split (ids become `<split>:<natural id>`), in hash order, up to the split's cap, after
+//! leaving out examples whose input (the prompt fields' values) has fewer words than
+//! `min_words` for that split. A test input that also appears in calibration or search is an
+//! error.
+//!
+//! ```toml
+//! [data.sources]
+//! calibration = "../../data/sst2/train.tsv"
+//! search = "../../data/sst2/train2.tsv"
+//! test = "../../data/sst2/dev.tsv"
+//!
+//! [splits]
+//! seed = 0
+//! max_search = 1000
+//!
+//! [splits.min_words]                 # per split, optional
+//! search = 10
+//! ```
 
 mod builtin;
 mod data;

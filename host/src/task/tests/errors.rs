@@ -34,8 +34,8 @@ fn unknown_names() {
             .map(|t| t.name().to_string())
             .map_err(|e| e.to_string()),
         Err(
-            "unknown task `sst5`; use one of sst2, pubmedqa, boolq, xquad, wikitext2 or a path \
-             to a .toml task file"
+            "unknown task `sst5`; use one of sst2, sst2-dev, pubmedqa, boolq, xquad, wikitext2 or \
+             a path to a .toml task file"
                 .to_string()
         )
     );

@@ -130,7 +130,8 @@ fn check_builtin_sizes(name: &str, expected: [usize; 3]) {
 
 #[test]
 fn builtin_tasks_have_the_documented_split_sizes() {
-    check_builtin_sizes("sst2", [348, 262, 262]);
+    check_builtin_sizes("sst2", [60614, 1000, 872]);
+    check_builtin_sizes("sst2-dev", [348, 262, 262]);
     check_builtin_sizes("pubmedqa", [250, 250, 500]);
     check_builtin_sizes("boolq", [600, 400, 800]);
     check_builtin_sizes("xquad", [513, 308, 369]);
@@ -185,7 +186,7 @@ fn pubmedqa_test_split_is_the_official_one() {
 
 #[test]
 fn prompts_are_rendered_from_the_source_fields() {
-    let sst2 = builtin("sst2");
+    let sst2 = builtin("sst2-dev");
     let first_row = Split::ALL
         .into_iter()
         .flat_map(|split| sst2.examples(split).expect("split"))
@@ -479,5 +480,123 @@ fn split_names_round_trip() {
     assert_eq!(
         "train".parse::<Split>().map_err(|e| e.to_string()),
         Err("unknown split `train`; use calibration, search or test".to_string())
+    );
+}
+
+/// The tiny task with a file per split (`cal.tsv`, `search.tsv`, `test.tsv`) and `splits`.
+fn per_split_task(splits: &str) -> String {
+    tsv_task(0, [0.4, 0.3, 0.3], "")
+        .replace(
+            "path = \"data.tsv\"\n",
+            "",
+        )
+        .replace(
+            "[prompt]",
+            "[data.sources]\ncalibration = \"cal.tsv\"\nsearch = \"search.tsv\"\ntest = \"test.tsv\"\n\n[prompt]",
+        )
+        .replace("calibration = 0.4\nsearch = 0.3\ntest = 0.3\n", splits)
+}
+
+/// Rows `<prefix> <i> <i words of filler>\t(i % 2)`: row i has i + 2 words.
+fn worded_rows(prefix: &str, n: usize) -> String {
+    let mut text = String::from("sentence\tlabel\n");
+    for i in 0..n {
+        let filler = vec!["w"; i].join(" ");
+        text.push_str(&format!("{prefix} {i} {filler}\t{}\n", i % 2));
+    }
+    text
+}
+
+#[test]
+fn a_file_per_split_keeps_each_file_whole_filtered_and_capped() {
+    let splits = "max_search = 3\n\n[splits.min_words]\nsearch = 6\n";
+    let fixture = Fixture::new(
+        &per_split_task(splits),
+        &[
+            ("cal.tsv", &worded_rows("cal", 5)),
+            ("search.tsv", &worded_rows("search", 10)),
+            ("test.tsv", &worded_rows("test", 4)),
+        ],
+    );
+    let task = fixture.load().expect("task loads");
+    assert_eq!(task.split_sizes().expect("sizes"), [5, 3, 4]);
+    check_disjoint(&task);
+    let search = task.examples(Split::Search).expect("search split");
+    for example in &search {
+        assert!(example.id.starts_with("search:"), "{}", example.id);
+        let words = example
+            .prompt
+            .user
+            .trim_start_matches("Say: ")
+            .split_whitespace()
+            .count();
+        assert!(words >= 6, "{} has {words} words", example.id);
+    }
+    // The three kept are the first in hash order of the six with enough words.
+    let mut eligible: Vec<(u64, String)> = (4..10)
+        .map(|row| {
+            let id = format!("search:{}", row + 1);
+            (split::split_hash(0, &id), id)
+        })
+        .collect();
+    eligible.sort();
+    let expected: Vec<String> = eligible.into_iter().take(3).map(|(_, id)| id).collect();
+    assert_eq!(ids(&task, Split::Search), expected);
+    assert_eq!(
+        all_ids(&task),
+        all_ids(&fixture.load().expect("task loads"))
+    );
+}
+
+#[test]
+fn a_test_input_seen_in_search_is_refused() {
+    let fixture = Fixture::new(
+        &per_split_task(""),
+        &[
+            ("cal.tsv", &worded_rows("cal", 3)),
+            ("search.tsv", &worded_rows("shared", 3)),
+            ("test.tsv", &worded_rows("shared", 2)),
+        ],
+    );
+    let message = fixture.error();
+    assert!(
+        message.contains("test example test:")
+            && message.contains("same input as search example search:")
+            && message.contains("remove the duplicate"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_file_per_split_refuses_fractions_and_a_single_path() {
+    let files = [
+        ("cal.tsv", worded_rows("cal", 3)),
+        ("search.tsv", worded_rows("search", 3)),
+        ("test.tsv", worded_rows("test", 3)),
+        ("data.tsv", tsv_rows(10)),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
+    let with_fraction = per_split_task("search = 0.3\n");
+    assert_eq!(
+        Fixture::new(&with_fraction, &files).error(),
+        "task file $DIR/task.toml: `splits.search` conflicts with [data.sources]; remove it: with a file per split, every example of a file belongs to its split"
+    );
+    let with_path = per_split_task("").replace("[data]\n", "[data]\npath = \"data.tsv\"\n");
+    assert_eq!(
+        Fixture::new(&with_path, &files).error(),
+        "task file $DIR/task.toml: `data.path` conflicts with [data.sources]; remove data.path (each split reads its own file) or [data.sources]"
+    );
+    let no_test = per_split_task("").replace("test = \"test.tsv\"\n", "");
+    assert_eq!(
+        Fixture::new(&no_test, &files).error(),
+        "task file $DIR/task.toml: missing field `data.sources.test`; add calibration, search and test paths to [data.sources]"
+    );
+    let missing_file = per_split_task("").replace("test.tsv", "absent.tsv");
+    let message = Fixture::new(&missing_file, &files).error();
+    assert!(message.contains("absent.tsv"), "{message}");
+    let min_words_on_one_file = tsv_task(0, [0.4, 0.3, 0.3], "\n[splits.min_words]\nsearch = 3\n");
+    assert_eq!(
+        Fixture::new(&min_words_on_one_file, &files).error(),
+        "task file $DIR/task.toml: `[splits.min_words]` conflicts with data.path; give each split its own file under [data.sources], or remove [splits.min_words]"
     );
 }
