@@ -23,6 +23,7 @@ pub struct ModelConfig {
 
 /// Why a [`ModelConfig`] cannot describe a working model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum ConfigError {
     /// A size that must be positive is zero.

@@ -5,6 +5,7 @@ use crate::config::ConfigError;
 /// Why a bundle was refused or a session call failed. Each variant's message names the cause
 /// and the fix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Error {
     /// The input is shorter than the fixed preamble or than the lengths it declares.

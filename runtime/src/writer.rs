@@ -12,6 +12,7 @@ use crate::format::{
 
 /// Why a bundle could not be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum WriteError {
     /// The header does not encode (postcard).
