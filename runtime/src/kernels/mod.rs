@@ -1,5 +1,6 @@
-//! Matrix kernels behind one trait, so per-architecture implementations (AVX2/FMA,
-//! AVX-512/VNNI, NEON/dotprod) can replace the portable one without touching the model code.
+//! Matrix kernels behind one trait, so per-architecture implementations (AVX2 with FMA,
+//! AVX-512 F/BW/VL with FMA, NEON with and without the int8 dot product) can replace the
+//! portable one without touching the model code.
 //!
 //! Layout conventions, shared by every implementation:
 //! - weights are row-major, `rows × cols` (a linear layer `y = W x` has `rows = d_out`,
