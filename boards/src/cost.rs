@@ -176,8 +176,8 @@ pub fn predict(
     .fold(0u64, u64::saturating_add);
     let arena_bytes = arena_floats.saturating_mul(F32_BYTES as u64);
 
-    let cpu = Engine::cpu(profile, dtype);
-    let gpu = Engine::gpu(profile);
+    let cpu = Processor::cpu(profile, dtype);
+    let gpu = Processor::gpu(profile);
     Ok(Prediction {
         bundle_bytes: weight_bytes,
         weight_bytes,
@@ -217,7 +217,7 @@ fn norm_bytes(config: &ModelConfig) -> u64 {
 
 /// A processor as the roofline sees it.
 #[derive(Clone, Copy, Debug)]
-struct Engine {
+struct Processor {
     bytes_per_s: f64,
     flops_per_s: f64,
     /// How fast the weight matrices stream while decoding (the bandwidth, or the measured
@@ -235,7 +235,7 @@ struct Engine {
     prefill_layer_overhead_s: f64,
 }
 
-impl Engine {
+impl Processor {
     fn cpu(profile: &BoardProfile, dtype: Dtype) -> Self {
         let bytes_per_s = profile.bandwidth_bytes_per_s as f64;
         let flops_per_s = profile.cpu_f32_flops;
@@ -284,13 +284,13 @@ struct Work {
 }
 
 impl Work {
-    fn seconds(self, engine: &Engine) -> f64 {
-        (self.bytes as f64 / engine.bytes_per_s).max(self.flops as f64 / engine.flops_per_s)
+    fn seconds(self, processor: &Processor) -> f64 {
+        (self.bytes as f64 / processor.bytes_per_s).max(self.flops as f64 / processor.flops_per_s)
     }
 
-    /// As [`Work::seconds`] for weights: they stream at the engine's weight rate.
-    fn weight_seconds(self, engine: &Engine) -> f64 {
-        (self.bytes as f64 / engine.weight_bytes_per_s).max(self.flops as f64 / engine.flops_per_s)
+    /// As [`Work::seconds`] for weights: they stream at the processor's weight rate.
+    fn weight_seconds(self, processor: &Processor) -> f64 {
+        (self.bytes as f64 / processor.weight_bytes_per_s).max(self.flops as f64 / processor.flops_per_s)
     }
 }
 
@@ -369,37 +369,37 @@ impl Workload {
     }
 
     /// Streaming the weights (every matrix, the head, norms and embedding row) once.
-    fn weight_stream_seconds(&self, engine: &Engine) -> f64 {
+    fn weight_stream_seconds(&self, processor: &Processor) -> f64 {
         self.weight_steps
             .iter()
-            .map(|work| work.weight_seconds(engine))
+            .map(|work| work.weight_seconds(processor))
             .sum()
     }
 
     /// One block's attention for one decoded token: at the measured attention rate where the
     /// profile has one, else the roofline.
-    fn attention_seconds(&self, engine: &Engine) -> f64 {
-        match engine.attention_flops_per_s {
+    fn attention_seconds(&self, processor: &Processor) -> f64 {
+        match processor.attention_flops_per_s {
             Some(rate) => self.attention_per_layer.flops as f64 / rate,
-            None => self.attention_per_layer.seconds(engine),
+            None => self.attention_per_layer.seconds(processor),
         }
     }
 
-    fn decode_seconds(&self, engine: &Engine) -> f64 {
-        let per_layer = self.attention_seconds(engine) + engine.layer_overhead_s;
-        self.weight_stream_seconds(engine)
+    fn decode_seconds(&self, processor: &Processor) -> f64 {
+        let per_layer = self.attention_seconds(processor) + processor.layer_overhead_s;
+        self.weight_stream_seconds(processor)
             + self.n_layers as f64 * per_layer
-            + self.n_low_rank as f64 * engine.product_overhead_s
+            + self.n_low_rank as f64 * processor.product_overhead_s
     }
 
     /// Prefill runs batched matrix products, so it is throughput-bound; the head runs once
     /// per prompt (last position), left out. Each block adds the profile's measured fixed time
     /// per prefilled token, where it has one.
-    fn prefill_seconds(&self, engine: &Engine) -> f64 {
-        self.prefill_linear_flops_per_token / engine.weight_flops_per_s
+    fn prefill_seconds(&self, processor: &Processor) -> f64 {
+        self.prefill_linear_flops_per_token / processor.weight_flops_per_s
             + self.prefill_attention_flops_per_token
-                / engine.attention_flops_per_s.unwrap_or(engine.flops_per_s)
-            + self.n_layers as f64 * engine.prefill_layer_overhead_s
+                / processor.attention_flops_per_s.unwrap_or(processor.flops_per_s)
+            + self.n_layers as f64 * processor.prefill_layer_overhead_s
     }
 }
 
@@ -440,9 +440,9 @@ pub fn fit_overheads(
 ) -> Result<Overheads, CostError> {
     config.validate().map_err(CostError::Config)?;
     let dense = vec![None; config.n_prunable_matrices()];
-    let mut engine = Engine::cpu(profile, dtype);
-    engine.attention_flops_per_s = None;
-    engine.prefill_layer_overhead_s = 0.0;
+    let mut processor = Processor::cpu(profile, dtype);
+    processor.attention_flops_per_s = None;
+    processor.prefill_layer_overhead_s = 0.0;
     let [(short, short_s), (long, long_s)] = times.decode;
     let at = |context: usize| Workload::new(config, &dense, dtype, None, context.max(1));
     let (short_work, long_work) = (at(short)?, at(long)?);
@@ -452,14 +452,14 @@ pub fn fit_overheads(
             - short_work.attention_per_layer.flops as f64);
     let attention_flops =
         Some(extra_flops / (long_s - short_s)).filter(|rate| rate.is_finite() && *rate > 0.0);
-    engine.attention_flops_per_s = attention_flops;
+    processor.attention_flops_per_s = attention_flops;
     let fixed = short_s
-        - short_work.weight_stream_seconds(&engine)
-        - layers * short_work.attention_seconds(&engine);
+        - short_work.weight_stream_seconds(&processor)
+        - layers * short_work.attention_seconds(&processor);
     let layer_overhead_us = (fixed / layers * 1e6).max(0.0);
     let (prompt, prefill_s) = times.prefill;
     let prompt_work = at(prompt)?;
-    let prefill_fixed = prefill_s - prompt_work.prefill_seconds(&engine);
+    let prefill_fixed = prefill_s - prompt_work.prefill_seconds(&processor);
     Ok(Overheads {
         layer_overhead_us,
         attention_flops,
@@ -478,14 +478,14 @@ pub fn matrix_cost(
     rank: Option<usize>,
     dtype: Dtype,
 ) -> Result<(u64, f64), CostError> {
-    let engine = Engine::cpu(profile, dtype);
+    let processor = Processor::cpu(profile, dtype);
     let work = linear_work(config, layer_idx, kind, rank, dtype)?;
     let extra_product = if rank.is_some() {
-        engine.product_overhead_s
+        processor.product_overhead_s
     } else {
         0.0
     };
-    Ok((work.bytes, work.weight_seconds(&engine) + extra_product))
+    Ok((work.bytes, work.weight_seconds(&processor) + extra_product))
 }
 
 fn linear_work(

@@ -199,13 +199,13 @@ fn last_json<T: DeserializeOwned>(stdout: &str, what: &str) -> anyhow::Result<T>
 
 /// The engines compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Engine {
+enum Contender {
     Dense,
     Pruned,
     Llama,
 }
 
-impl Engine {
+impl Contender {
     fn name(self) -> &'static str {
         match self {
             Self::Dense => "runtime dense q8",
@@ -301,15 +301,15 @@ struct Setup<'a> {
 /// Runs one engine once (one warm-up, one measured run) and returns its times and, for the
 /// runtime, the cost model's figures.
 fn run_engine(
-    engine: Engine,
+    engine: Contender,
     setup: &Setup<'_>,
     threads: usize,
     args: &CompareArgs,
 ) -> anyhow::Result<(Timings, Option<BenchPrediction>)> {
     let bundle = match engine {
-        Engine::Dense => setup.dense,
-        Engine::Pruned => setup.pruned.unwrap_or(setup.dense),
-        Engine::Llama => {
+        Contender::Dense => setup.dense,
+        Contender::Pruned => setup.pruned.unwrap_or(setup.dense),
+        Contender::Llama => {
             let mut command = cargo::program(
                 setup.python,
                 [
@@ -396,11 +396,11 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
         tokens: &tokens,
     };
 
-    let engines: Vec<Engine> = [Engine::Dense, Engine::Pruned, Engine::Llama]
+    let engines: Vec<Contender> = [Contender::Dense, Contender::Pruned, Contender::Llama]
         .into_iter()
-        .filter(|&e| e != Engine::Pruned || pruned.is_some())
+        .filter(|&e| e != Contender::Pruned || pruned.is_some())
         .collect();
-    let mut samples: Vec<((Engine, usize), Samples)> = Vec::new();
+    let mut samples: Vec<((Contender, usize), Samples)> = Vec::new();
     for &threads in &args.threads {
         for &engine in &engines {
             samples.push(((engine, threads), Samples::default()));

@@ -9,7 +9,7 @@ use serde::Serialize;
 use whittle_boards::BenchPrediction;
 use whittle_boards::stats::median;
 
-use super::{CompareArgs, Engine, Samples};
+use super::{CompareArgs, Contender, Samples};
 
 /// The whole comparison (`--json` prints it on one line).
 #[derive(Debug, Serialize)]
@@ -108,11 +108,11 @@ fn relative_error(predicted: f64, measured: f64) -> f64 {
 /// Medians, ratios, the bandwidth fraction and the cost model's errors.
 pub(super) fn summarize(
     args: &CompareArgs,
-    samples: &[((Engine, usize), Samples)],
+    samples: &[((Contender, usize), Samples)],
     dense: &Path,
     pruned: Option<&Path>,
 ) -> Summary {
-    let find = |engine: Engine, threads: usize| {
+    let find = |engine: Contender, threads: usize| {
         samples
             .iter()
             .find(|(k, _)| *k == (engine, threads))
@@ -131,7 +131,7 @@ pub(super) fn summarize(
             threads: *threads,
         })
         .collect();
-    let tok_s = |engine: Engine, threads: usize, prefill: bool| {
+    let tok_s = |engine: Contender, threads: usize, prefill: bool| {
         find(engine, threads).map_or(0.0, |s| {
             if prefill {
                 rate(args.prefill, median(&s.times.prefill_s))
@@ -141,17 +141,17 @@ pub(super) fn summarize(
         })
     };
     let ratios_at = |threads: usize| {
-        let against_llama = |engine: Engine, prefill: bool| {
+        let against_llama = |engine: Contender, prefill: bool| {
             ratio(
                 tok_s(engine, threads, prefill),
-                tok_s(Engine::Llama, threads, prefill),
+                tok_s(Contender::Llama, threads, prefill),
             )
         };
         Ratios {
-            dense_decode_ratio: against_llama(Engine::Dense, false),
-            prefill_ratio: against_llama(Engine::Dense, true),
-            pruned_decode_ratio: against_llama(Engine::Pruned, false),
-            pruned_prefill_ratio: against_llama(Engine::Pruned, true),
+            dense_decode_ratio: against_llama(Contender::Dense, false),
+            prefill_ratio: against_llama(Contender::Dense, true),
+            pruned_decode_ratio: against_llama(Contender::Pruned, false),
+            pruned_prefill_ratio: against_llama(Contender::Pruned, true),
         }
     };
     let top = args.threads.iter().copied().max().unwrap_or(1);
@@ -159,7 +159,7 @@ pub(super) fn summarize(
     // better of its one- and all-thread figures too).
     let mut cost_model = Vec::new();
     let mut bandwidth = BTreeMap::new();
-    for engine in [Engine::Dense, Engine::Pruned] {
+    for engine in [Contender::Dense, Contender::Pruned] {
         let Some(predicted) = args
             .threads
             .iter()
