@@ -58,7 +58,7 @@ pub use aligned::AlignedBytes;
 pub use bundle::{Bundle, LinearWeights, Weight};
 pub use config::{ConfigError, MatrixKind, ModelConfig, matrix_at, matrix_index};
 pub use error::Error;
-pub use model::{MAX_PREFILL_CHUNK, Model, PREFILL_CHUNK, prefill_chunk};
+pub use model::{MAX_PREFILL_CHUNK, MIN_PREFILL_CHUNK, Model, prefill_chunk};
 pub use session::{Classification, Session};
 pub use tokenizer::Tokenizer;
 

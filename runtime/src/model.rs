@@ -9,11 +9,11 @@ use crate::format::{HeadRef, LayerRef};
 use crate::kernels::math::dot;
 use crate::kernels::{AttentionHead, Kernels};
 
-/// Tokens run through the blocks together during prefill, at least: the chunk is a quarter of
-/// the context, between this and [`MAX_PREFILL_CHUNK`] (and never more than the context).
+/// The shortest prefill chunk (tokens run through the blocks together): the chunk is a quarter
+/// of the context, between this and [`MAX_PREFILL_CHUNK`] (and never more than the context).
 /// Every chunk converts each weight block once, so longer chunks share that cost among more
 /// tokens; short contexts (small boards) keep small buffers.
-pub const PREFILL_CHUNK: usize = 16;
+pub const MIN_PREFILL_CHUNK: usize = 16;
 
 /// The longest prefill chunk.
 pub const MAX_PREFILL_CHUNK: usize = 64;
@@ -21,7 +21,7 @@ pub const MAX_PREFILL_CHUNK: usize = 64;
 /// Tokens per prefill chunk for a context of `context` positions.
 pub fn prefill_chunk(context: usize) -> usize {
     (context / 4)
-        .clamp(PREFILL_CHUNK, MAX_PREFILL_CHUNK)
+        .clamp(MIN_PREFILL_CHUNK, MAX_PREFILL_CHUNK)
         .min(context)
         .max(1)
 }
