@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
     let path = ensure_default_model(&default_model_dir())?;
     let opened = model::BaseModel::open(&path, &model::device(false)?)?;
     let progress = ProgressBar::hidden();
-    let bank = calibrated_bank(
+    let (bank, _) = calibrated_bank(
         &opened,
         &task,
         &CalibrationSettings::default(),

@@ -20,7 +20,7 @@ use crate::model::{Batch, InputSite, Llama, LoadedModel, Observer};
 use crate::task::{Metric, Split, Task};
 
 /// Bumped whenever the cached statistics would change for the same inputs.
-const CACHE_FORMAT: u32 = 1;
+const CACHE_FORMAT: u32 = 2;
 /// Tokens per chunk when a text (perplexity task or mixed-in WikiText) is cut for calibration.
 const TEXT_CHUNK_TOKENS: usize = 256;
 
@@ -119,33 +119,67 @@ impl Observer for Accumulator {
     }
 }
 
-/// Token sequences a calibration streams: the task's prompts (or text chunks), then the
-/// WikiText share, each within the budget.
+/// What a calibration streams: token sequences and, per sequence, the first position whose
+/// linear inputs are counted. Every task prompt shares the chat template and instruction before
+/// its input; that shared prefix is counted in the first sequence only, so the statistics and
+/// the token budget weigh each distinct token once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CalibrationData {
+    /// The sequences, task examples first, then the WikiText share.
+    pub sequences: Vec<Vec<u32>>,
+    /// Per sequence, the first counted position.
+    pub observe_from: Vec<usize>,
+}
+
+impl CalibrationData {
+    /// Positions counted: the budget the settings gave, at least.
+    pub fn counted_tokens(&self) -> usize {
+        self.sequences
+            .iter()
+            .zip(&self.observe_from)
+            .map(|(sequence, &start)| sequence.len().saturating_sub(start))
+            .sum()
+    }
+}
+
+/// The token sequences of [`calibration_data`] (the anchored refit streams them whole).
 pub fn calibration_sequences(
     model: &LoadedModel,
     task: &Task,
     settings: &CalibrationSettings,
 ) -> anyhow::Result<Vec<Vec<u32>>> {
+    Ok(calibration_data(model, task, settings)?.sequences)
+}
+
+/// The task's prompts (or text chunks), then the WikiText share, until each part has counted
+/// its share of `settings.max_tokens` (the shared prompt prefix counted once).
+pub fn calibration_data(
+    model: &LoadedModel,
+    task: &Task,
+    settings: &CalibrationSettings,
+) -> anyhow::Result<CalibrationData> {
     let split: Split = settings.split.parse().map_err(anyhow::Error::msg)?;
     let wikitext_tokens = (settings.max_tokens as f64 * settings.wikitext_share).round() as usize;
     let task_tokens = settings.max_tokens - wikitext_tokens.min(settings.max_tokens);
-    let mut sequences = task_sequences(model, task, split, task_tokens)?;
+    let mut data = task_sequences(model, task, split, task_tokens)?;
     if wikitext_tokens > 0 {
         let wikitext = Task::builtin("wikitext2")?;
-        sequences.extend(task_sequences(
-            model,
-            &wikitext,
-            Split::Calibration,
-            wikitext_tokens,
-        )?);
+        let text = task_sequences(model, &wikitext, Split::Calibration, wikitext_tokens)?;
+        data.sequences.extend(text.sequences);
+        data.observe_from.extend(text.observe_from);
     }
-    if sequences.is_empty() {
+    if data.sequences.is_empty() {
         anyhow::bail!(
             "task {}: the {split} split yields no calibration tokens; raise --calibration-tokens",
             task.name()
         );
     }
-    Ok(sequences)
+    Ok(data)
+}
+
+/// Length of the common prefix of two sequences.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 fn task_sequences(
@@ -153,8 +187,11 @@ fn task_sequences(
     task: &Task,
     split: Split,
     budget: usize,
-) -> anyhow::Result<Vec<Vec<u32>>> {
-    let mut sequences = Vec::new();
+) -> anyhow::Result<CalibrationData> {
+    let mut sequences: Vec<Vec<u32>> = Vec::new();
+    // The prefix every sequence so far shares with the first (it only shrinks); each later
+    // sequence counts from it, so the budget is met with at least the final prefix's count.
+    let mut shared = usize::MAX;
     let mut used = 0;
     for example in task.examples(split)? {
         if used >= budget {
@@ -171,12 +208,26 @@ fn task_sequences(
             if used >= budget {
                 break;
             }
-            chunk.truncate(budget - used);
-            used += chunk.len();
+            let skip = match sequences.first() {
+                None => 0,
+                Some(first) => {
+                    shared = shared.min(common_prefix(first, &chunk));
+                    shared
+                }
+            };
+            chunk.truncate(skip + (budget - used));
+            used += chunk.len().saturating_sub(skip);
             sequences.push(chunk);
         }
     }
-    Ok(sequences)
+    let shared = if sequences.len() > 1 { shared } else { 0 };
+    let observe_from = (0..sequences.len())
+        .map(|i| if i == 0 { 0 } else { shared })
+        .collect();
+    Ok(CalibrationData {
+        sequences,
+        observe_from,
+    })
 }
 
 /// Streams the settings' split through the dense model; reuses the on-disk cache when the
@@ -199,11 +250,11 @@ pub fn calibrate(
             Err(error) => eprintln!("ignoring calibration cache {}: {error:#}", path.display()),
         }
     }
-    let sequences = calibration_sequences(model, task, settings)?;
+    let data = calibration_data(model, task, settings)?;
     progress.set_message(format!("calibrating {} ({})", task.name(), settings.split));
     let calibration = accumulate(
         &model.llama,
-        &sequences,
+        &data,
         model.tokenizer.pad_id(),
         batch_tokens,
         settings.clone(),
@@ -217,19 +268,23 @@ pub fn calibrate(
 /// padded tokens) and returns the statistics of every linear input.
 pub fn accumulate(
     llama: &Llama,
-    sequences: &[Vec<u32>],
+    data: &CalibrationData,
     pad_id: u32,
     batch_tokens: usize,
     settings: CalibrationSettings,
     progress: &ProgressBar,
 ) -> anyhow::Result<Calibration> {
     let config = *llama.config();
+    let sequences = &data.sequences;
+    let start_of = |i: usize| data.observe_from.get(i).copied().unwrap_or(0);
     let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
-    let total: usize = lengths.iter().sum();
+    let total = data.counted_tokens();
     progress.set_length(total as u64);
     progress.set_position(0);
     let mut accumulator = Accumulator::new(config.n_layers);
-    let mut order: Vec<usize> = (0..sequences.len()).filter(|&i| lengths[i] > 0).collect();
+    let mut order: Vec<usize> = (0..sequences.len())
+        .filter(|&i| lengths[i] > start_of(i))
+        .collect();
     order.sort_by_key(|&i| lengths[i]);
     let mut start = 0;
     while start < order.len() {
@@ -237,13 +292,13 @@ pub fn accumulate(
         while end < order.len() && (end - start + 1) * lengths[order[end]] <= batch_tokens {
             end += 1;
         }
-        let batch_sequences: Vec<Vec<u32>> = order[start..end]
-            .iter()
-            .map(|&i| sequences[i].clone())
-            .collect();
-        let batch = Batch::new(&batch_sequences, pad_id, llama.device())?;
+        let members = &order[start..end];
+        let batch_sequences: Vec<Vec<u32>> =
+            members.iter().map(|&i| sequences[i].clone()).collect();
+        let starts: Vec<usize> = members.iter().map(|&i| start_of(i)).collect();
+        let batch = Batch::new(&batch_sequences, pad_id, llama.device())?.observing_from(&starts);
         llama.forward_hidden(&batch, Some(&mut accumulator))?;
-        progress.inc(batch.lengths().iter().sum::<usize>() as u64);
+        progress.inc(batch.observed_tokens() as u64);
         start = end;
     }
     finish(accumulator, &config, settings, total as u64)
@@ -440,10 +495,64 @@ mod tests {
         ]
     }
 
+    fn whole(sequences: Vec<Vec<u32>>) -> CalibrationData {
+        CalibrationData {
+            observe_from: vec![0; sequences.len()],
+            sequences,
+        }
+    }
+
+    fn accumulate_data(data: &CalibrationData, batch_tokens: usize) -> Calibration {
+        accumulate(
+            &tiny(),
+            data,
+            0,
+            batch_tokens,
+            settings(),
+            &ProgressBar::hidden(),
+        )
+        .expect("calibration")
+    }
+
+    /// A shared prefix counted once: the statistics of [p+a, p+b] observed from [0, |p|] are
+    /// those of p+a plus those of p+b less those of p alone (a causal model sees the same
+    /// context at the prefix positions; f32 activations, so equal to 1e-4), and the count is
+    /// |p+a| + |b|.
+    #[test]
+    fn a_shared_prefix_is_counted_once() {
+        let prefix = vec![5u32, 6, 7, 8];
+        let with = |tail: &[u32]| [prefix.clone(), tail.to_vec()].concat();
+        let shared = CalibrationData {
+            sequences: vec![with(&[20, 21]), with(&[30, 31, 32])],
+            observe_from: vec![0, prefix.len()],
+        };
+        assert_eq!(shared.counted_tokens(), 6 + 3);
+        for batch_tokens in [1, 64] {
+            let counted = accumulate_data(&shared, batch_tokens);
+            assert_eq!(counted.n_tokens, 9);
+            let first = accumulate_data(&whole(vec![with(&[20, 21])]), batch_tokens);
+            let second = accumulate_data(&whole(vec![with(&[30, 31, 32])]), batch_tokens);
+            let alone = accumulate_data(&whole(vec![prefix.clone()]), batch_tokens);
+            for (layer_idx, layer) in counted.sites.iter().enumerate() {
+                for (site, stats) in layer.iter().enumerate() {
+                    let part = |c: &Calibration| c.sites[layer_idx][site].second_moment.clone();
+                    let (a, b, p) = (part(&first), part(&second), part(&alone));
+                    for (i, got) in stats.second_moment.iter().enumerate() {
+                        let expected = a[i] + b[i] - p[i];
+                        assert!(
+                            (got - expected).abs() <= 1e-4 * (1.0 + expected.abs()),
+                            "layer {layer_idx} site {site} entry {i}: {got} vs {expected}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn run(batch_tokens: usize) -> Calibration {
         accumulate(
             &tiny(),
-            &sequences(),
+            &whole(sequences()),
             0,
             batch_tokens,
             settings(),

@@ -89,6 +89,10 @@ impl<W: Write> PlainState<W> {
             return Ok(());
         }
         let stage = line.split(STAGE_END).next().unwrap_or(line);
+        if stage.is_empty() || line.starts_with(STAGE_END.trim_start()) {
+            // A bar drawn before its stage has a name says nothing yet.
+            return Ok(());
+        }
         let due = match self.printed_at {
             None => true,
             Some(at) => stage != self.stage || now.duration_since(at) >= PLAIN_LINE_INTERVAL,
@@ -166,6 +170,7 @@ mod tests {
             state.pending = format!("\r{text}   ");
             state.emit(start + at)
         };
+        redraw(" · 0/10 · 0s · eta 0s", Duration::ZERO)?;
         redraw("calibration · 1/10 · 0s · eta 9s", Duration::ZERO)?;
         redraw("calibration · 2/10 · 1s · eta 8s", Duration::from_secs(1))?;
         redraw("calibration · 9/10 · 21s · eta 2s", Duration::from_secs(21))?;

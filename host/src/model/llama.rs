@@ -19,6 +19,8 @@ use crate::gguf::gguf_matrix_name;
 pub struct Batch {
     tokens: Tensor,
     lengths: Vec<usize>,
+    /// Per row, the first position an observer sees (0 for every row unless set).
+    observe_from: Vec<usize>,
 }
 
 impl Batch {
@@ -40,7 +42,27 @@ impl Batch {
         Ok(Self {
             tokens,
             lengths: sequences.iter().map(Vec::len).collect(),
+            observe_from: vec![0; sequences.len()],
         })
+    }
+
+    /// The same batch, with observers seeing row `i` from position `starts[i]` on (for
+    /// example, a prompt prefix every row shares is observed in one row only). Missing
+    /// entries are 0.
+    pub fn observing_from(mut self, starts: &[usize]) -> Self {
+        for (slot, &start) in self.observe_from.iter_mut().zip(starts) {
+            *slot = start;
+        }
+        self
+    }
+
+    /// Positions an observer sees: the real ones from each row's start.
+    pub fn observed_tokens(&self) -> usize {
+        self.lengths
+            .iter()
+            .zip(&self.observe_from)
+            .map(|(&len, &start)| len.saturating_sub(start))
+            .sum()
     }
 
     /// `(batch, width)` token ids.
@@ -58,19 +80,24 @@ impl Batch {
         self.lengths.iter().copied().max().unwrap_or(0)
     }
 
-    fn is_padded(&self) -> bool {
+    /// Whether an observer must skip some rows (padding or positions before a row's start).
+    fn observes_a_subset(&self) -> bool {
         let width = self.width();
-        self.lengths.iter().any(|&len| len != width)
+        self.lengths.iter().any(|&len| len != width) || self.observe_from.iter().any(|&s| s > 0)
     }
 
-    /// Indices of the real positions in the flattened `(batch · width)` rows.
+    /// Indices, in the flattened `(batch · width)` rows, of the positions an observer sees:
+    /// the real ones, from each row's start ([`Batch::observing_from`]).
     pub fn real_rows(&self) -> Result<Tensor> {
         let width = self.width();
         let rows: Vec<u32> = self
             .lengths
             .iter()
+            .zip(&self.observe_from)
             .enumerate()
-            .flat_map(|(row, &len)| (0..len).map(move |t| (row * width + t) as u32))
+            .flat_map(|(row, (&len, &start))| {
+                (start.min(len)..len).map(move |t| (row * width + t) as u32)
+            })
             .collect();
         let n_rows = rows.len();
         Tensor::from_vec(rows, n_rows, self.tokens.device())
@@ -335,7 +362,7 @@ impl Llama {
         batch: &Batch,
         observer: Option<&mut dyn Observer>,
     ) -> Result<Tensor> {
-        let real_rows = match observer.is_some() && batch.is_padded() {
+        let real_rows = match observer.is_some() && batch.observes_a_subset() {
             true => Some(batch.real_rows()?),
             false => None,
         };
@@ -363,7 +390,7 @@ impl Llama {
             candle_core::bail!("layer {layer_idx} does not exist");
         };
         let (b, t) = batch.tokens().dims2()?;
-        let real_rows = match observer.is_some() && batch.is_padded() {
+        let real_rows = match observer.is_some() && batch.observes_a_subset() {
             true => Some(batch.real_rows()?),
             false => None,
         };

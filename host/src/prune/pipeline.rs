@@ -119,7 +119,8 @@ impl PruneOptions {
 }
 
 /// Calibration statistics of `task` (cached under `cache_dir`) and the output-aligned factor
-/// bank built from them: the first two stages of [`prune`], also used by the diagnostics.
+/// bank built from them, with the number of calibration positions counted: the first two
+/// stages of [`prune`], also used by the diagnostics.
 pub fn calibrated_bank(
     base: &BaseModel,
     task: &Task,
@@ -127,7 +128,7 @@ pub fn calibrated_bank(
     cache_dir: &std::path::Path,
     batch_tokens: usize,
     progress: &indicatif::ProgressBar,
-) -> anyhow::Result<FactorBank> {
+) -> anyhow::Result<(FactorBank, u64)> {
     let calibration = calibrate(
         &base.model,
         &base.digest,
@@ -137,12 +138,13 @@ pub fn calibrated_bank(
         batch_tokens.max(1),
         progress,
     )?;
-    FactorBank::build(
+    let bank = FactorBank::build(
         &base.model.llama,
         &calibration,
         Method::OutputAligned,
         progress,
-    )
+    )?;
+    Ok((bank, calibration.n_tokens))
 }
 
 /// Runs the whole pipeline on `base` and writes the prune folder. A search that finds no
@@ -184,7 +186,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
 
     let batch_tokens = options.batch_tokens.max(1);
     let progress = progress_bar();
-    let bank = calibrated_bank(
+    let (bank, calibration_tokens) = calibrated_bank(
         base,
         task,
         &options.calibration,
@@ -216,6 +218,10 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     )?;
 
     let uniform_started = Instant::now();
+    let grid = keep_grid();
+    progress.set_length(grid.len() as u64);
+    progress.set_position(0);
+    progress.set_message("uniform baseline: scoring keep fractions");
     let dense_accuracy = problem.dense_accuracy();
     let chance_level = chance_level_warning(
         dense_accuracy,
@@ -227,6 +233,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     }
     let mut accuracy_at = |keep: f64| -> anyhow::Result<f64> {
         let (_, estimate) = problem.score_plan(&RankPlan::uniform(&config, keep))?;
+        progress.inc(1);
         progress.suspend(|| {
             eprintln!(
                 "uniform keep {keep:.2}: search accuracy {:.4}, predicted {:.4} ± {:.4}, assured {:.4}",
@@ -247,7 +254,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
                 trials: vec![(keep, accuracy)],
             }
         }
-        None => uniform_search(&keep_grid(), epsilon, dense_accuracy, &mut accuracy_at)?,
+        None => uniform_search(&grid, epsilon, dense_accuracy, &mut accuracy_at)?,
     };
     let uniform_seconds = uniform_started.elapsed().as_secs_f64();
     let uniform_level = levels
@@ -267,9 +274,9 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     }
     .with_uniform_baseline(uniform_genome)?
     .checkpoint_to(&checkpoint);
-    progress.set_message("search generations");
     progress.set_length(max_generations as u64);
     progress.set_position(0);
+    progress.set_message("search: generations");
     let search_started = Instant::now();
     let result = search.run(|report| {
         progress.set_position(report.generation as u64 + 1);
@@ -285,13 +292,13 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
             "gen {} · fitness {:.3} · assured acc {:.3} · {megabytes:.1} MB · cost {:.3}",
             report.generation, report.best_fitness, report.best_accuracy, report.best_cost
         );
+        let elapsed = search_started.elapsed().as_secs_f64();
+        let done = report.generation + 1;
+        let left = elapsed / done as f64 * max_generations.saturating_sub(done) as f64;
         progress.suspend(|| {
             eprintln!(
-                "{line} · {} quarter / {} full evaluations, {} rejected early · {:.0} s",
-                report.quarter_evaluations,
-                report.full_evaluations,
-                report.rejected,
-                search_started.elapsed().as_secs_f64()
+                "{line} · {} quarter / {} full evaluations, {} rejected early · {elapsed:.0} s, at most {left:.0} s left",
+                report.quarter_evaluations, report.full_evaluations, report.rejected,
             )
         });
         progress.set_message(line);
@@ -357,6 +364,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     };
     // The uniform baseline is reported as the binary search found it (plain factors); the
     // refit, which costs minutes, is tried on the answer only.
+    progress.set_message("test split: uniform baseline, answer, dense");
     let (uniform_outcome, _, _) = finish(RankPlan::uniform(&config, uniform.keep), None)?;
     let best_plan = result.best.to_plan(&config, &levels)?;
     let (searched_outcome, pruned_llama, plan) = finish(best_plan, options.refit.as_ref())?;
@@ -411,6 +419,9 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         dense_accuracy: problem.dense_accuracy(),
         chance_level_warning: chance_level,
         dense_test_accuracy: dense_test,
+        search_n: problem.full_evaluator().len(),
+        test_n: test.len(),
+        calibration_tokens,
         target_accuracy: uniform.target_accuracy,
         accuracy_slope: problem.accuracy_model().slope(),
         uniform: uniform_outcome,

@@ -201,7 +201,17 @@ mod tests {
             wikitext_share: 0.0,
         };
         let progress = ProgressBar::hidden();
-        let calibration = accumulate(&dense, &calibration_data, 0, 64, settings, &progress)?;
+        let calibration = accumulate(
+            &dense,
+            &crate::calibrate::CalibrationData {
+                observe_from: vec![0; calibration_data.len()],
+                sequences: calibration_data.clone(),
+            },
+            0,
+            64,
+            settings,
+            &progress,
+        )?;
         let bank = FactorBank::build(&dense, &calibration, Method::OutputAligned, &progress)?;
         let plan = RankPlan::uniform(&config, 0.5);
         assert_eq!(plan.rank(1, MatrixKind::Q), Some(8));

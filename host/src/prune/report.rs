@@ -51,6 +51,12 @@ pub struct PruneReport {
     pub chance_level_warning: Option<String>,
     /// Dense accuracy on the test split.
     pub dense_test_accuracy: f64,
+    /// Examples of the search split.
+    pub search_n: usize,
+    /// Examples of the test split every test accuracy is measured on.
+    pub test_n: usize,
+    /// Calibration positions counted (the shared prompt prefix once).
+    pub calibration_tokens: u64,
     /// `(1 − ε) · dense_accuracy`.
     pub target_accuracy: f64,
     /// Slope of the assured-accuracy model; `None` when accuracy is measured directly.
