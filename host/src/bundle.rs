@@ -312,7 +312,8 @@ pub fn fit_label_bias(
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<f64>> {
     let labels = LabelTokens::new(&model.tokenizer, task.labels())?;
-    let examples = task.examples(Split::Calibration)?;
+    let mut examples = task.examples(Split::Calibration)?;
+    examples.truncate(metrics::LABEL_BIAS_EXAMPLES);
     let (scores, _) = score_labels(model, &examples, &labels, batch_tokens, progress)?;
     Ok(metrics::fit_label_bias(&scores.scores, &scores.gold))
 }

@@ -38,7 +38,7 @@ fn fixture() -> &'static Fixture {
         let model = model::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
         let gguf = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
         let tables = tokenizer_tables(&gguf, &model.tokenizer).unwrap_or_else(|e| panic!("{e}"));
-        let task = Task::resolve("sst2").unwrap_or_else(|e| panic!("{e}"));
+        let task = Task::resolve("sst2-dev").unwrap_or_else(|e| panic!("{e}"));
         Fixture {
             model,
             tables,
@@ -188,7 +188,7 @@ fn real_model_f32_bundle_matches_the_host() -> anyhow::Result<()> {
 fn real_model_q8_bundle_stays_close_to_the_host() -> anyhow::Result<()> {
     let report = parity(Dtype::Q8)?;
     // q8 with one scale per 32 values (format v2) moves label logits by at most about 0.18 on
-    // these 16 examples and on the whole test split (docs/RESULTS.md section 4; one scale per
+    // these 16 examples and on the whole test split (docs/RESULTS.md, `#parity`; one scale per
     // row moved them by up to 0.79); a prediction may flip only where the host's margin is
     // that small.
     for case in &report.cases {

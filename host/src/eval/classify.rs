@@ -247,7 +247,8 @@ pub(super) fn evaluate(
     let calibration = if split == Split::Calibration {
         scored.clone()
     } else {
-        let calibration_examples = limited(task.examples(Split::Calibration)?, options.limit);
+        let mut calibration_examples = limited(task.examples(Split::Calibration)?, options.limit);
+        calibration_examples.truncate(metrics::LABEL_BIAS_EXAMPLES);
         progress_style(
             progress,
             calibration_examples.len(),
