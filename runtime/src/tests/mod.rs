@@ -31,8 +31,9 @@ fn tiny_config() -> ModelConfig {
     }
 }
 
-/// Deterministic values in [-0.5, 0.5).
-fn values(seed: u64, n: usize) -> Vec<f32> {
+/// Deterministic values in [-0.5, 0.5): the crate's one test generator (a small LCG; the suites
+/// must not depend on a crate for this).
+pub(crate) fn values(seed: u64, n: usize) -> Vec<f32> {
     let mut state = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
