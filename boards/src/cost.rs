@@ -290,7 +290,8 @@ impl Work {
 
     /// As [`Work::seconds`] for weights: they stream at the processor's weight rate.
     fn weight_seconds(self, processor: &Processor) -> f64 {
-        (self.bytes as f64 / processor.weight_bytes_per_s).max(self.flops as f64 / processor.flops_per_s)
+        (self.bytes as f64 / processor.weight_bytes_per_s)
+            .max(self.flops as f64 / processor.flops_per_s)
     }
 }
 
@@ -398,7 +399,9 @@ impl Workload {
     fn prefill_seconds(&self, processor: &Processor) -> f64 {
         self.prefill_linear_flops_per_token / processor.weight_flops_per_s
             + self.prefill_attention_flops_per_token
-                / processor.attention_flops_per_s.unwrap_or(processor.flops_per_s)
+                / processor
+                    .attention_flops_per_s
+                    .unwrap_or(processor.flops_per_s)
             + self.n_layers as f64 * processor.prefill_layer_overhead_s
     }
 }

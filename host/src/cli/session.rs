@@ -11,7 +11,6 @@ use whittle_host::task::Task;
 
 use super::ModelArgs;
 
-
 #[derive(Debug, Args)]
 pub struct CalibrationArgs {
     /// Calibration token budget: examples of the calibration split are streamed until it is
