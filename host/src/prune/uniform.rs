@@ -16,6 +16,8 @@ pub struct Evaluator {
     search: Vec<Example>,
     bias_examples: Vec<Example>,
     batch_tokens: usize,
+    /// What the progress bar says while scoring.
+    stage: String,
 }
 
 /// Accuracy of one candidate.
@@ -64,6 +66,7 @@ impl Evaluator {
             search,
             bias_examples: calibration,
             batch_tokens,
+            stage: format!("scoring the {} split of {}", split, task.name()),
         })
     }
 
@@ -138,6 +141,7 @@ impl Evaluator {
         progress: &ProgressBar,
     ) -> anyhow::Result<(ClassScores, usize)> {
         progress.set_position(0);
+        progress.set_message(self.stage.clone());
         score_labels(model, examples, &self.labels, self.batch_tokens, progress)
     }
 
@@ -150,6 +154,7 @@ impl Evaluator {
             search: self.search[..keep].to_vec(),
             bias_examples: self.bias_examples.clone(),
             batch_tokens: self.batch_tokens,
+            stage: format!("{} (1/{parts})", self.stage),
         }
     }
 
