@@ -33,9 +33,12 @@ pub fn default_model_dir() -> PathBuf {
 
 /// An environment variable as a path; unset and empty are the same.
 fn from_env(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
+    folder_from(std::env::var_os(name))
+}
+
+/// A variable's value as a folder: `None` when unset or empty.
+fn folder_from(value: Option<std::ffi::OsString>) -> Option<PathBuf> {
+    value.filter(|dir| !dir.is_empty()).map(PathBuf::from)
 }
 
 /// Writes `bytes` to `path` so that a reader sees the old file or the new one, never a part:
@@ -129,8 +132,14 @@ mod tests {
 
     #[test]
     fn an_empty_variable_means_unset() {
-        // Read through the helper rather than mutating the process environment (tests run in
+        // The value is passed in rather than set in the process environment (tests run in
         // parallel threads).
+        assert_eq!(folder_from(None), None);
+        assert_eq!(folder_from(Some("".into())), None);
+        assert_eq!(
+            folder_from(Some("/data/whittle".into())),
+            Some(PathBuf::from("/data/whittle"))
+        );
         assert_eq!(from_env("WHITTLE_TEST_SURELY_UNSET_VARIABLE"), None);
     }
 }
