@@ -23,6 +23,7 @@ use crate::gguf::GgufFile;
 use crate::metrics;
 use crate::model::{BaseModel, Linear, LoadedModel};
 use crate::progress::progress_bar;
+use crate::head::TaskHead;
 use crate::prune::PruneFolder;
 use crate::task::{Metric, Split, Task};
 use crate::tokenizer::TextTokenizer;
@@ -103,10 +104,17 @@ pub fn pack_to_file(
 ) -> anyhow::Result<Packed> {
     let gguf = GgufFile::open(&base.path)?;
     let tables = tokenizer_tables(&gguf, &model.tokenizer)?;
+    let head = prune.map(PruneFolder::head).transpose()?.flatten();
+    if head.is_some() && options.head != HeadChoice::Task {
+        bail!(
+            "the prune folder reads its labels through a fitted task head (head.json), which a bundle stores as the label rows of a task-pruned head; pack it with --head task"
+        );
+    }
     let progress = progress_bar();
     progress.set_message(format!("{} calibration (label bias)", task.name()));
-    let bias = match task.metric() {
-        Metric::Accuracy => fit_label_bias(model, task, batch_tokens.max(1), &progress)?,
+    let bias = match (task.metric(), &head) {
+        (Metric::Accuracy, None) => fit_label_bias(model, task, batch_tokens.max(1), &progress)?,
+        (Metric::Accuracy, Some(head)) => head.bias.iter().map(|&b| f64::from(b)).collect(),
         _ => Vec::new(),
     };
     progress.finish_and_clear();
@@ -121,7 +129,7 @@ pub fn pack_to_file(
             .unwrap_or_else(|_| prune.dir.clone());
         provenance.source = dir.display().to_string();
     }
-    let packed = pack(model, &tables, task, &bias, &options)?;
+    let packed = pack(model, &tables, task, &bias, head.as_ref(), &options)?;
     write_atomically(out, &packed.bytes)
         .with_context(|| format!("cannot write {}; pass a writable --out", out.display()))?;
     Ok(packed)
@@ -331,12 +339,15 @@ fn push_tensor(
     Ok(blob.push_matrix(rows, cols, &values(tensor)?, dtype)?)
 }
 
-/// Packs `model` for `task`.
+/// Packs `model` for `task`. With a fitted task `head`, its rows are the label rows of the
+/// task-pruned head (`options.head` must be [`HeadChoice::Task`]) and `label_bias` should be its
+/// bias; `model` is already cut at the head's exit.
 pub fn pack(
     model: &LoadedModel,
     tables: &TokenizerTables,
     task: &Task,
     label_bias: &[f64],
+    head: Option<&TaskHead>,
     options: &PackOptions,
 ) -> anyhow::Result<Packed> {
     let llama = &model.llama;
@@ -429,14 +440,39 @@ pub fn pack(
     } else {
         row_bytes(config.vocab_size)
     };
+    let fitted = head;
     let (head, head_bytes) = match options.head {
         HeadChoice::Task => {
-            let ids = Tensor::new(label_ids.as_slice(), llama.device())?;
-            let rows = llama.head().index_select(&ids, 0)?;
+            let rows = match fitted {
+                Some(fitted) => {
+                    if fitted.weight.len() != label_ids.len()
+                        || fitted.weight.iter().any(|r| r.len() != config.hidden_size)
+                    {
+                        bail!(
+                            "the task head has {} rows for {} labels of width {}; it belongs to another task or model, re-run prune",
+                            fitted.weight.len(),
+                            label_ids.len(),
+                            config.hidden_size
+                        );
+                    }
+                    let values: Vec<f32> = fitted.weight.concat();
+                    Tensor::from_vec(values, (label_ids.len(), config.hidden_size), llama.device())?
+                }
+                None => {
+                    let ids = Tensor::new(label_ids.as_slice(), llama.device())?;
+                    llama.head().index_select(&ids, 0)?
+                }
+            };
             (
                 HeadRef::Labels(push_tensor(&mut blob, &rows, dtype)?),
                 row_bytes(label_ids.len()),
             )
+        }
+            HeadChoice::Full if fitted.is_some() => {
+            bail!("a fitted task head is stored as label rows; use --head task")
+        }
+        HeadChoice::Full if fitted.is_some() => {
+            bail!("a fitted task head is stored as label rows; use --head task")
         }
         HeadChoice::Full if llama.head_is_tied() => (HeadRef::Tied, 0),
         HeadChoice::Full => (

@@ -13,6 +13,7 @@ pub mod factorize;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
+pub mod head;
 pub mod metrics;
 pub mod model;
 pub mod parity;

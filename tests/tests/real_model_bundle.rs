@@ -57,7 +57,7 @@ fn packed(dtype: Dtype) -> AlignedBytes {
         provenance: ProvenanceInfo::default(),
     };
     let bias = vec![0.0; f.task.labels().len()];
-    let packed = pack(&f.model, &f.tables, &f.task, &bias, &options)
+    let packed = pack(&f.model, &f.tables, &f.task, &bias, None, &options)
         .unwrap_or_else(|e| panic!("packing the real model failed: {e:#}"));
     AlignedBytes::new(&packed.bytes)
 }

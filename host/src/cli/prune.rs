@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use whittle_boards::{BoardProfile, Dtype};
+use whittle_host::head::LabelReading;
 use whittle_host::prune::{PruneOptions, prune};
 use whittle_host::search::SearchConfig;
 use whittle_host::task::Task;
@@ -48,9 +49,18 @@ pub struct PruneArgs {
     /// New genomes per generation promoted from the quarter split to the full one.
     #[arg(long, default_value_t = 4)]
     promotions: usize,
-    /// Calibration examples each candidate fits its label bias on.
+    /// How the labels are read: `head` fits a task head on the hidden state (logistic
+    /// regression pulled toward the verbalizer rows) and lets the search exit early;
+    /// `verbalizer` reads the label tokens' log-probabilities at the last block.
+    #[arg(long, value_enum, default_value = "head")]
+    reading: LabelReading,
+    /// Calibration examples each candidate fits its label bias on (`--reading verbalizer`).
     #[arg(long, default_value_t = 64)]
     bias_examples: usize,
+    /// Calibration examples the task heads measured on the test split (answer, uniform
+    /// baseline, dense) are fitted on (`--reading head`).
+    #[arg(long, default_value_t = 4096)]
+    head_examples: usize,
     /// Use this uniform keep fraction as the baseline instead of binary-searching it (e.g.
     /// the `keep` a `whittle uniform` run found); in (0, 1].
     #[arg(long, value_name = "K")]
@@ -118,7 +128,9 @@ fn options(args: &PruneArgs) -> anyhow::Result<PruneOptions> {
             epsilon: args.epsilon,
             ..SearchConfig::default()
         },
+        reading: args.reading,
         bias_examples: args.bias_examples,
+        head_examples: args.head_examples,
         uniform_keep: args.uniform_keep,
         refit: args.refit.options(),
         calibration: args.calibration.settings("calibration")?,

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{EvalOptions, context_check, length_batches, limited, progress_style, prompt_ids};
 use crate::metrics;
-use crate::model::{Batch, KvCache, LoadedModel, log_softmax};
+use crate::model::{Batch, Llama, LoadedModel, log_softmax};
 use crate::task::{Example, Label, Split, Task};
 use crate::tokenizer::TextTokenizer;
 
@@ -49,6 +49,14 @@ impl LabelTokens {
     }
 }
 
+/// The rows of the output head at each label's first verbalizer token: the verbalizer head
+/// that a fitted task head is pulled toward ([`crate::head`]).
+pub fn verbalizer_rows(llama: &Llama, labels: &LabelTokens) -> anyhow::Result<Vec<Vec<f32>>> {
+    let first: Vec<u32> = labels.ids.iter().filter_map(|ids| ids.first().copied()).collect();
+    let ids = Tensor::new(first.as_slice(), llama.device())?;
+    Ok(llama.head().index_select(&ids, 0)?.to_vec2()?)
+}
+
 /// Per-example label log-probabilities and gold labels.
 #[derive(Clone, Debug, Default)]
 pub struct ClassScores {
@@ -66,6 +74,84 @@ pub fn score_labels(
     batch_tokens: usize,
     progress: &ProgressBar,
 ) -> anyhow::Result<(ClassScores, usize)> {
+    let longest = labels.ids.iter().map(Vec::len).max().unwrap_or(0);
+    let (prompts, gold) = labelled_prompts(model, examples, longest)?;
+    let mut scores = vec![Vec::new(); examples.len()];
+    let tokens = match labels.single_tokens() {
+        // With single-token labels only the last position is read: the label scores are the
+        // log-softmax of the last state's logits, read at the label tokens.
+        Some(label_ids) => {
+            let ids = Tensor::new(label_ids.as_slice(), model.llama.device())?;
+            run_last_states(model, &prompts, batch_tokens, false, progress, |indices, states| {
+                let log_probs = log_softmax(&model.llama.logits(&states[0])?)?;
+                let picked: Vec<Vec<f32>> = log_probs.index_select(&ids, 1)?.to_vec2()?;
+                for (&index, row) in indices.iter().zip(picked) {
+                    scores[index] = row.into_iter().map(f64::from).collect();
+                }
+                Ok(())
+            })?
+        }
+        None => {
+            let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+            progress.set_length(examples.len() as u64);
+            for batch_indices in length_batches(&lengths, batch_tokens) {
+                let batch_prompts: Vec<&[u32]> =
+                    batch_indices.iter().map(|&i| &prompts[i][..]).collect();
+                let batch_scores = score_multi_token(model, &batch_prompts, labels)?;
+                for (&index, row) in batch_indices.iter().zip(batch_scores) {
+                    scores[index] = row;
+                }
+                progress.inc(batch_indices.len() as u64);
+            }
+            lengths.iter().sum()
+        }
+    };
+    Ok((ClassScores { scores, gold }, tokens))
+}
+
+/// The normalised hidden state at every example's last prompt token, and the gold labels:
+/// `states[e][i]` is example `i`'s state after exit `e` (block `e`; with `per_exit` false only
+/// the model's last block, so `states` has one element). Returns the tokens run too.
+pub fn last_states(
+    model: &LoadedModel,
+    examples: &[Example],
+    batch_tokens: usize,
+    per_exit: bool,
+    progress: &ProgressBar,
+) -> anyhow::Result<(Vec<Vec<Vec<f32>>>, Vec<usize>, usize)> {
+    let (prompts, gold) = labelled_prompts(model, examples, 0)?;
+    let n_exits = if per_exit {
+        model.llama.config().n_layers
+    } else {
+        1
+    };
+    let mut states = vec![vec![Vec::new(); examples.len()]; n_exits];
+    let tokens = run_last_states(
+        model,
+        &prompts,
+        batch_tokens,
+        per_exit,
+        progress,
+        |indices, batch_states| {
+            for (exit, tensor) in batch_states.iter().enumerate() {
+                let rows: Vec<Vec<f32>> = tensor.to_vec2()?;
+                for (&index, row) in indices.iter().zip(rows) {
+                    states[exit][index] = row;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok((states, gold, tokens))
+}
+
+/// The token ids of every example's prompt and its gold label, checked to leave `room`
+/// tokens of context after the prompt.
+fn labelled_prompts(
+    model: &LoadedModel,
+    examples: &[Example],
+    room: usize,
+) -> anyhow::Result<(Vec<Vec<u32>>, Vec<usize>)> {
     let mut gold = Vec::with_capacity(examples.len());
     let mut prompts = Vec::with_capacity(examples.len());
     for example in examples {
@@ -76,9 +162,8 @@ pub fn score_labels(
             );
         };
         let ids = prompt_ids(&model.tokenizer, &example.prompt)?;
-        let longest = labels.ids.iter().map(Vec::len).max().unwrap_or(0);
         context_check(&ids[..], model, &example.id)?;
-        if ids.len() + longest > model.llama.config().max_position_embeddings {
+        if ids.len() + room > model.llama.config().max_position_embeddings {
             anyhow::bail!(
                 "example {}: prompt and verbalizer exceed the context",
                 example.id
@@ -87,39 +172,45 @@ pub fn score_labels(
         gold.push(label);
         prompts.push(ids);
     }
-    progress.set_length(examples.len() as u64);
-    let mut scores = vec![Vec::new(); examples.len()];
-    let single = labels.single_tokens();
-    // With single-token labels only the last position is read, so the prompt prefix every
-    // example shares (system message, instruction) is run once and its keys and values are
-    // reused by every batch (DESIGN section 5, cost control).
-    let (prefix, skip) = match &single {
-        Some(_) => match shared_prefix_len(&prompts) {
-            len if len >= MIN_SHARED_PREFIX => {
-                (Some(model.llama.prefix_cache(&prompts[0][..len])?), len)
-            }
-            _ => (None, 0),
-        },
-        None => (None, 0),
+    Ok((prompts, gold))
+}
+
+/// Runs every prompt in length-sorted batches and hands each batch's last-position states to
+/// `each` (`(indices, states)`: one `(batch, hidden)` tensor, or one per exit with
+/// `per_exit`). The prompt prefix every example shares (system message, instruction) is run
+/// once and its keys and values are reused by every batch (DESIGN section 5, cost control).
+/// Returns the tokens run.
+fn run_last_states(
+    model: &LoadedModel,
+    prompts: &[Vec<u32>],
+    batch_tokens: usize,
+    per_exit: bool,
+    progress: &ProgressBar,
+    mut each: impl FnMut(&[usize], &[Tensor]) -> anyhow::Result<()>,
+) -> anyhow::Result<usize> {
+    progress.set_length(prompts.len() as u64);
+    let (prefix, skip) = match shared_prefix_len(prompts) {
+        len if len >= MIN_SHARED_PREFIX => (Some(model.llama.prefix_cache(&prompts[0][..len])?), len),
+        _ => (None, 0),
     };
     let mut tokens = skip;
     let lengths: Vec<usize> = prompts.iter().map(|p| p.len() - skip).collect();
     for batch_indices in length_batches(&lengths, batch_tokens) {
-        let batch_prompts: Vec<&[u32]> =
-            batch_indices.iter().map(|&i| &prompts[i][skip..]).collect();
-        let batch_scores = match &single {
-            Some(label_ids) => {
-                score_single_token(model, prefix.as_ref(), &batch_prompts, label_ids)?
-            }
-            None => score_multi_token(model, &batch_prompts, labels)?,
+        let sequences: Vec<Vec<u32>> = batch_indices
+            .iter()
+            .map(|&i| prompts[i][skip..].to_vec())
+            .collect();
+        let batch = Batch::new(&sequences, model.tokenizer.pad_id(), model.llama.device())?;
+        let states = match (per_exit, &prefix) {
+            (true, prefix) => model.llama.last_hidden_per_exit(prefix.as_ref(), &batch)?,
+            (false, Some(prefix)) => vec![model.llama.last_hidden_after(prefix, &batch)?],
+            (false, None) => vec![model.llama.last_hidden(&batch)?],
         };
-        for (&index, row) in batch_indices.iter().zip(batch_scores) {
-            scores[index] = row;
-        }
+        each(&batch_indices, &states)?;
         tokens += batch_indices.iter().map(|&i| lengths[i]).sum::<usize>();
         progress.inc(batch_indices.len() as u64);
     }
-    Ok((ClassScores { scores, gold }, tokens))
+    Ok(tokens)
 }
 
 /// A shared prefix shorter than this is not worth a separate pass.
@@ -142,29 +233,6 @@ fn shared_prefix_len(prompts: &[Vec<u32>]) -> usize {
             .count();
     }
     len
-}
-
-/// One forward per batch (after the shared prefix, if any); the last position's log-softmax
-/// over the vocabulary, read at the label tokens.
-fn score_single_token(
-    model: &LoadedModel,
-    prefix: Option<&KvCache>,
-    prompts: &[&[u32]],
-    label_ids: &[u32],
-) -> anyhow::Result<Vec<Vec<f64>>> {
-    let sequences: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
-    let batch = Batch::new(&sequences, model.tokenizer.pad_id(), model.llama.device())?;
-    let last = match prefix {
-        Some(prefix) => model.llama.last_hidden_after(prefix, &batch)?,
-        None => model.llama.last_hidden(&batch)?,
-    };
-    let log_probs = log_softmax(&model.llama.logits(&last)?)?;
-    let ids = Tensor::new(label_ids, model.llama.device())?;
-    let picked: Vec<Vec<f32>> = log_probs.index_select(&ids, 1)?.to_vec2()?;
-    Ok(picked
-        .into_iter()
-        .map(|row| row.into_iter().map(f64::from).collect())
-        .collect())
 }
 
 /// One sequence per (prompt, label): the sum of the verbalizer tokens' log-probabilities.

@@ -13,7 +13,7 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-pub use classify::{ClassScores, LabelTokens, score_labels};
+pub use classify::{ClassScores, LabelTokens, last_states, score_labels, verbalizer_rows};
 
 use crate::model::LoadedModel;
 use crate::task::{Example, Metric, Prompt, Split, Task};

@@ -434,6 +434,41 @@ impl Llama {
         hidden.matmul(&rows.t()?)
     }
 
+    /// The model that exits after its first `exit` blocks: the same weights (shared, not
+    /// copied), `n_layers = exit`, the final norm applied to block `exit − 1`'s output.
+    pub fn truncated(&self, exit: usize) -> Result<Self> {
+        if exit == 0 || exit > self.blocks.len() {
+            candle_core::bail!(
+                "exit layer {exit} is outside the model's 1..={} blocks; choose an exit within the model",
+                self.blocks.len()
+            );
+        }
+        let mut model = self.clone();
+        model.blocks.truncate(exit);
+        model.config.n_layers = exit;
+        Ok(model)
+    }
+
+    /// Like [`Llama::last_hidden_after`] (or [`Llama::last_hidden`] without a prefix), for
+    /// every exit at once: element `l` is the final norm of block `l`'s output at every row's
+    /// last real position, `(batch, hidden)`, which is what `self.truncated(l + 1)` returns.
+    pub fn last_hidden_per_exit(
+        &self,
+        prefix: Option<&KvCache>,
+        batch: &Batch,
+    ) -> Result<Vec<Tensor>> {
+        let mut taps = Vec::with_capacity(self.blocks.len());
+        let offset = prefix.map_or(0, |p| p.len);
+        self.run_tapped(batch.tokens(), offset, None, None, prefix, Some(&mut taps))?;
+        let last = batch.last_rows()?;
+        taps.iter()
+            .map(|x| {
+                let rows = x.index_select(&last, 0)?;
+                candle_nn::ops::rms_norm(&rows, &self.final_norm, self.config.rms_norm_eps)
+            })
+            .collect()
+    }
+
     /// Keys and values of one prompt prefix, to be shared by every row of later batches
     /// ([`Llama::last_hidden_after`]).
     pub fn prefix_cache(&self, prefix: &[u32]) -> Result<KvCache> {
@@ -467,9 +502,22 @@ impl Llama {
         &self,
         tokens: &Tensor,
         offset: usize,
+        cache: Option<&mut KvCache>,
+        observer: Option<(&mut dyn Observer, Option<Tensor>)>,
+        shared: Option<&KvCache>,
+    ) -> Result<Tensor> {
+        self.run_tapped(tokens, offset, cache, observer, shared, None)
+    }
+
+    /// [`Llama::run`], pushing every block's output rows `(batch · seq, hidden)` to `taps`.
+    fn run_tapped(
+        &self,
+        tokens: &Tensor,
+        offset: usize,
         mut cache: Option<&mut KvCache>,
         observer: Option<(&mut dyn Observer, Option<Tensor>)>,
         shared: Option<&KvCache>,
+        mut taps: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
         let (batch, seq_len) = tokens.dims2()?;
         if offset + seq_len > self.config.max_position_embeddings {
@@ -502,6 +550,9 @@ impl Llama {
                 None => None,
             };
             x = self.block_forward(block, layer_idx, &x, &mut pass, layer_cache)?;
+            if let Some(taps) = taps.as_deref_mut() {
+                taps.push(x.clone());
+            }
         }
         if let Some(cache) = cache {
             cache.len += seq_len;

@@ -154,10 +154,11 @@ impl FactorBank {
         })
     }
 
-    /// The base model with every planned matrix replaced by its factors; the rest is shared.
+    /// The base model up to the plan's exit, with every planned matrix replaced by its
+    /// factors; the rest is shared.
     pub fn apply(&self, base: &Llama, plan: &RankPlan) -> anyhow::Result<Llama> {
-        let mut pruned = base.clone();
-        for (layer_idx, kind) in matrices(&self.config) {
+        let mut pruned = base.truncated(plan.exit())?;
+        for (layer_idx, kind) in matrices(&plan.kept_config(&self.config)) {
             if let Some(rank) = plan.rank(layer_idx, kind) {
                 pruned.set_linear(layer_idx, kind, self.linear(layer_idx, kind, rank)?)?;
             }

@@ -142,6 +142,7 @@ mod tests {
             gold_log_prob,
             correct: correct.to_vec(),
             gold_log_probs: vec![gold_log_prob; correct.len()],
+            head: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! | file | what | written by |
 //! |---|---|---|
 //! | `genome.json` | [`GenomeFile`]: the level grid, the genome, the rank per matrix | [`write_genome`] |
+//! | `head.json` | [`TaskHead`]: the fitted task head, when the labels are read through one | [`write_head`] |
 //! | `factors.safetensors` | `blk.{layer}.{kind}.a` (rank × d_in) and `.b` (d_out × rank) per low-rank matrix | [`write_factors`] |
 //! | `report.json`, `report.md` | [`PruneReport`] | [`write_report`] |
 //! | `ranks.svg` | the rank map | `pipeline` |
@@ -24,6 +25,7 @@ use whittle_runtime::{MatrixKind, ModelConfig};
 use super::report::PruneReport;
 use super::{RankPlan, matrices, matrix_index};
 use crate::fetch::sha256_file;
+use crate::head::TaskHead;
 use crate::model::{Linear, Llama};
 
 /// The genome and the ranks it stands for.
@@ -34,6 +36,8 @@ pub const FACTORS_FILE: &str = "factors.safetensors";
 pub const REPORT_FILE: &str = "report.json";
 /// The report for people.
 pub const REPORT_MARKDOWN_FILE: &str = "report.md";
+/// The fitted task head.
+pub const HEAD_FILE: &str = "head.json";
 /// The rank map figure.
 pub const RANK_MAP_FILE: &str = "ranks.svg";
 /// The bundle for the board.
@@ -50,6 +54,9 @@ pub struct GenomeFile {
     pub levels: Vec<f64>,
     /// The rank of each prunable matrix; `None` (null) keeps it dense.
     pub ranks: Vec<Option<usize>>,
+    /// Blocks kept (the exit); absent when every block is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<usize>,
 }
 
 /// The tensor names of one matrix's factors in `factors.safetensors`: `(a, b)`.
@@ -86,6 +93,19 @@ pub fn write_factors(dir: &Path, model: &Llama, plan: &RankPlan) -> anyhow::Resu
     write_atomically_with(&dir.join(FACTORS_FILE), |file| {
         std::io::Write::write_all(file, &bytes)
     })?;
+    Ok(())
+}
+
+/// Writes `head.json` into `dir`, or removes a stale one when the labels are read through the
+/// verbalizer.
+pub fn write_head(dir: &Path, head: Option<&TaskHead>) -> anyhow::Result<()> {
+    let path = dir.join(HEAD_FILE);
+    match head {
+        Some(head) => write_atomically(&path, serde_json::to_string_pretty(head)?.as_bytes())?,
+        None if path.exists() => std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the stale {}", path.display()))?,
+        None => {}
+    }
     Ok(())
 }
 
@@ -152,14 +172,40 @@ impl PruneFolder {
         })
     }
 
-    /// The base model with this folder's low-rank factors swapped in; the ranks must match
-    /// `genome.json`.
+    /// `head.json`, when the folder reads its labels through a fitted task head.
+    pub fn head(&self) -> anyhow::Result<Option<TaskHead>> {
+        let path = self.dir.join(HEAD_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let head = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a task head of this version; re-run prune",
+                path.display()
+            )
+        })?;
+        Ok(Some(head))
+    }
+
+    /// The base model up to the folder's exit with its low-rank factors swapped in; the ranks
+    /// must match `genome.json`.
     pub fn apply(&self, base: &Llama, device: &Device) -> anyhow::Result<Llama> {
         let factors = candle_core::safetensors::load(self.dir.join(FACTORS_FILE), device)
             .with_context(|| format!("cannot read the factors in {}", self.dir.display()))?;
-        let ranks = self.genome()?.ranks;
-        let config: ModelConfig = *base.config();
-        let mut llama = base.clone();
+        let genome = self.genome()?;
+        let ranks = genome.ranks;
+        let exit = genome.exit.unwrap_or(base.config().n_layers);
+        if exit == 0 || exit > base.config().n_layers {
+            bail!(
+                "{}: exit {exit} is outside the model's 1..={} blocks; the folder is for another model, re-run prune",
+                self.dir.display(),
+                base.config().n_layers
+            );
+        }
+        let mut llama = base.truncated(exit)?;
+        let config: ModelConfig = *llama.config();
         for (layer_idx, kind) in matrices(&config) {
             let (a_name, b_name) = factor_names(layer_idx, kind);
             let expected = ranks.get(matrix_index(layer_idx, kind)).copied().flatten();
@@ -204,6 +250,7 @@ mod tests {
             genome: vec![0, 3],
             levels: vec![1.0, 0.5],
             ranks: vec![None, Some(144)],
+            exit: None,
         };
         let text = serde_json::to_string(&file)?;
         assert_eq!(

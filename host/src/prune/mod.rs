@@ -34,10 +34,13 @@ pub fn matrices(config: &ModelConfig) -> impl Iterator<Item = (usize, MatrixKind
     (0..n_layers).flat_map(|layer_idx| MatrixKind::ALL.into_iter().map(move |k| (layer_idx, k)))
 }
 
-/// The rank of every prunable matrix; `None` keeps a matrix dense.
+/// The rank of every prunable matrix (`None` keeps a matrix dense) and the exit: the number of
+/// blocks kept. Blocks from the exit on are removed with all their matrices; their ranks are
+/// ignored.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct RankPlan {
     ranks: Vec<Option<usize>>,
+    exit: usize,
 }
 
 impl RankPlan {
@@ -45,7 +48,51 @@ impl RankPlan {
     pub fn dense(config: &ModelConfig) -> Self {
         Self {
             ranks: vec![None; config.n_prunable_matrices()],
+            exit: config.n_layers,
         }
+    }
+
+    /// The same ranks, exiting after the first `exit` blocks (clamped to the model's depth
+    /// and at least one block).
+    pub fn with_exit(mut self, exit: usize) -> Self {
+        let n_layers = self.ranks.len() / MatrixKind::ALL.len();
+        self.exit = exit.clamp(1, n_layers.max(1));
+        self
+    }
+
+    /// Blocks kept.
+    pub fn exit(&self) -> usize {
+        self.exit
+    }
+
+    /// The configuration of the model the plan keeps: `n_layers` is the exit.
+    pub fn kept_config(&self, config: &ModelConfig) -> ModelConfig {
+        ModelConfig {
+            n_layers: self.exit.min(config.n_layers),
+            ..*config
+        }
+    }
+
+    /// Ranks of the kept blocks' matrices, in matrix index order.
+    pub fn kept_ranks(&self) -> &[Option<usize>] {
+        &self.ranks[..(self.exit * MatrixKind::ALL.len()).min(self.ranks.len())]
+    }
+
+    /// The cost model's prediction of the kept model on `board`.
+    pub fn predict(
+        &self,
+        board: &whittle_boards::BoardProfile,
+        config: &ModelConfig,
+        dtype: whittle_boards::Dtype,
+        head_rows: Option<usize>,
+    ) -> Result<whittle_boards::Prediction, whittle_boards::CostError> {
+        whittle_boards::predict(
+            board,
+            &self.kept_config(config),
+            self.kept_ranks(),
+            dtype,
+            head_rows,
+        )
     }
 
     /// One keep fraction for every matrix (DESIGN "Rank from a keep fraction").
@@ -61,10 +108,13 @@ impl RankPlan {
                 rank_for_keep(keep(layer_idx, kind), rows, cols)
             })
             .collect();
-        Self { ranks }
+        Self {
+            ranks,
+            exit: config.n_layers,
+        }
     }
 
-    /// Rank of one matrix (`None`: dense).
+    /// Rank of one matrix (`None`: dense, or removed past the exit).
     pub fn rank(&self, layer_idx: usize, kind: MatrixKind) -> Option<usize> {
         self.ranks
             .get(matrix_index(layer_idx, kind))
@@ -98,7 +148,8 @@ pub struct Reductions {
     pub bytes_per_token_f32_task_head: Option<usize>,
 }
 
-/// Accounts for a plan; `n_labels` adds the task-pruned head figure.
+/// Accounts for a plan; `n_labels` adds the task-pruned head figure. Blocks past the exit
+/// count as removed: their matrices and norms.
 pub fn reductions(config: &ModelConfig, plan: &RankPlan, n_labels: Option<usize>) -> Reductions {
     let mut original_linear = 0;
     let mut kept_linear = 0;
@@ -106,14 +157,22 @@ pub fn reductions(config: &ModelConfig, plan: &RankPlan, n_labels: Option<usize>
         let (rows, cols) = config.matrix_shape(kind);
         original_linear += rows * cols;
         kept_linear += match plan.rank(layer_idx, kind) {
+            _ if layer_idx >= plan.exit() => 0,
             Some(rank) => rank * (rows + cols),
             None => rows * cols,
         };
     }
-    let other = config.total_params() - original_linear;
+    let kept_config = plan.kept_config(config);
+    let kept_original_linear: usize = matrices(&kept_config)
+        .map(|(_, kind)| {
+            let (rows, cols) = config.matrix_shape(kind);
+            rows * cols
+        })
+        .sum();
+    let other = kept_config.total_params() - kept_original_linear;
     let total = other + kept_linear;
     let hidden = config.hidden_size;
-    let norms = (2 * config.n_layers + 1) * hidden;
+    let norms = (2 * kept_config.n_layers + 1) * hidden;
     let head = config.vocab_size * hidden;
     let per_token = |head_rows: usize| 4 * (kept_linear + norms + hidden + head_rows * hidden);
     Reductions {

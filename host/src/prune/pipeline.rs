@@ -12,7 +12,7 @@ use whittle_runtime::{MatrixKind, ModelConfig};
 
 use super::folder::{
     BUNDLE_FILE, CHECKPOINT_FILE, GenomeFile, PruneFolder, RANK_MAP_FILE, write_factors,
-    write_genome, write_report,
+    write_genome, write_head, write_report,
 };
 use super::report::{Outcome, PruneReport};
 use super::{
@@ -22,6 +22,7 @@ use super::{
 use crate::bundle::{HeadChoice, PackOptions, ProvenanceInfo, check_bundle_task, pack_to_file};
 use crate::calibrate::{CalibrationSettings, calibrate, calibration_sequences};
 use crate::factorize::Method;
+use crate::head::{LabelReading, MIN_HEAD_EXAMPLES, TaskHead};
 use crate::model::{BaseModel, Llama};
 use crate::plot::rank_map_svg;
 use crate::progress::progress_bar;
@@ -53,8 +54,13 @@ pub struct PruneOptions {
     pub dtype: Dtype,
     /// The search: levels, population, generations, seed, ε.
     pub search: SearchConfig,
-    /// Calibration examples each candidate fits its label bias on.
+    /// How the labels are read: a fitted task head (with an exit gene) or the verbalizer.
+    pub reading: LabelReading,
+    /// Calibration examples each candidate fits its label bias on (verbalizer reading).
     pub bias_examples: usize,
+    /// Calibration examples the task head of the answer, of the uniform baseline and of the
+    /// dense reference is fitted on before the test split (head reading).
+    pub head_examples: usize,
     /// A uniform keep fraction to score as the baseline instead of binary-searching one.
     pub uniform_keep: Option<f64>,
     /// The refit of the answer; `None` skips it.
@@ -84,6 +90,12 @@ impl PruneOptions {
         {
             anyhow::bail!(
                 "--uniform-keep {keep} is outside (0, 1]; give a keep fraction such as 0.9"
+            );
+        }
+        if self.reading == LabelReading::Head && self.head_examples < MIN_HEAD_EXAMPLES {
+            anyhow::bail!(
+                "--head-examples {} is too few to fit a task head; give at least {MIN_HEAD_EXAMPLES} (default 4096)",
+                self.head_examples
             );
         }
         self.search.validate()?;
@@ -175,10 +187,15 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     }
 
     // A board that cannot hold even the most pruned genome fails before any search.
-    let smallest = Genome::uniform(config.n_prunable_matrices(), (levels.len() - 1) as u8);
+    let reading = options.reading;
+    let most_pruned = (levels.len() - 1) as u8;
+    let mut smallest = Genome::uniform(config.n_prunable_matrices(), most_pruned);
+    if reading == LabelReading::Head {
+        smallest = smallest.with_exit_level(config.n_prunable_matrices(), most_pruned);
+    }
     let smallest_plan = smallest.to_plan(&config, &levels)?;
     let smallest_prediction =
-        whittle_boards::predict(board, &config, smallest_plan.ranks(), dtype, head_rows)?;
+        smallest_plan.predict(board, &config, dtype, head_rows)?;
     let smallest_fit = feasibility(board, &smallest_prediction);
     if !smallest_fit.fits {
         anyhow::bail!("even the most pruned model does not fit: {smallest_fit}");
@@ -194,20 +211,23 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         batch_tokens,
         &progress,
     )?;
+    // The search reads each candidate's labels from the search split alone (a cross-fitted
+    // head, or the bias fitted on a few calibration examples); the test split's reading is
+    // fitted on calibration examples, for the dense model exactly as for the answer.
     let evaluator = Evaluator::new(
         model,
         task,
         Split::Search,
         options.bias_examples,
         batch_tokens,
-    )?;
-    let test = Evaluator::new(
-        model,
-        task,
-        Split::Test,
-        options.bias_examples,
-        batch_tokens,
-    )?;
+    )?
+    .with_reading(reading, true);
+    let test_fit_examples = match reading {
+        LabelReading::Head => options.head_examples,
+        LabelReading::Verbalizer => options.bias_examples,
+    };
+    let test = Evaluator::new(model, task, Split::Test, test_fit_examples, batch_tokens)?
+        .with_reading(reading, false);
     let mut problem = TaskProblem::new(
         bank,
         evaluator,
@@ -262,7 +282,10 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         .iter()
         .rposition(|&k| k >= uniform.keep - 1e-9)
         .unwrap_or(0) as u8;
-    let uniform_genome = Genome::uniform(config.n_prunable_matrices(), uniform_level);
+    let uniform_genome = problem.with_exit_level(
+        Genome::uniform(config.n_prunable_matrices(), uniform_level),
+        0,
+    );
 
     let checkpoint = out.join(CHECKPOINT_FILE);
     let search_config = options.search.clone();
@@ -285,7 +308,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
             .to_plan(&config, &levels)
             .ok()
             .and_then(|plan| {
-                whittle_boards::predict(board, &config, plan.ranks(), dtype, head_rows).ok()
+                plan.predict(board, &config, dtype, head_rows).ok()
             })
             .map_or(f64::NAN, |prediction| prediction.bundle_bytes as f64 / 1e6);
         let line = format!(
@@ -318,7 +341,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     };
     let mut finish = |plan: RankPlan,
                       refit: Option<&RefitOptions>|
-     -> anyhow::Result<(Outcome, Llama, RankPlan)> {
+     -> anyhow::Result<(Outcome, Llama, RankPlan, Option<TaskHead>)> {
         let (_, estimate) = problem.score_plan(&plan)?;
         let pruned = problem.bank().apply(&model.llama, &plan)?;
         // The refit is kept only when it does not lower the assured search-split accuracy (on
@@ -347,28 +370,46 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         };
         let prediction = problem.prediction(&plan)?;
         let counted = reductions(&config, &plan, head_rows);
+        let tested = test.score(&kept, &progress)?;
         let outcome = Outcome {
             search_accuracy: estimate.measured,
             search_predicted: estimate.predicted,
             search_margin: estimate.margin,
             search_assured: estimate.assured,
             refit_kept,
-            test_accuracy: test.score(&kept, &progress)?.accuracy,
+            test_accuracy: tested.accuracy,
+            exit_layer: plan.exit(),
             linear_reduction: counted.linear_reduction,
             total_reduction: counted.total_reduction,
             bundle_bytes: prediction.bundle_bytes,
             predicted_decode_ms: prediction.decode_ms_per_token(),
             runtime_memory_bytes: prediction.runtime_memory_bytes,
         };
-        Ok((outcome, kept, plan))
+        Ok((outcome, kept, plan, tested.head))
     };
     // The uniform baseline is reported as the binary search found it (plain factors); the
     // refit, which costs minutes, is tried on the answer only.
     progress.set_message("test split: uniform baseline, answer, dense");
-    let (uniform_outcome, _, _) = finish(RankPlan::uniform(&config, uniform.keep), None)?;
+    let (uniform_outcome, _, _, _) = finish(RankPlan::uniform(&config, uniform.keep), None)?;
     let best_plan = result.best.to_plan(&config, &levels)?;
-    let (searched_outcome, pruned_llama, plan) = finish(best_plan, options.refit.as_ref())?;
+    let (searched_outcome, pruned_llama, plan, head) =
+        finish(best_plan, options.refit.as_ref())?;
     let dense_test = test.score(&model.llama, &progress)?.accuracy;
+    // The verbalizer reading of the dense model, as `eval` reports it, beside the head's.
+    let dense_test_verbalizer = match reading {
+        LabelReading::Head => Some(
+            Evaluator::new(
+                model,
+                task,
+                Split::Test,
+                crate::metrics::LABEL_BIAS_EXAMPLES,
+                batch_tokens,
+            )?
+            .score(&model.llama, &progress)?
+            .accuracy,
+        ),
+        LabelReading::Verbalizer => None,
+    };
     progress.finish_and_clear();
     let fit = feasibility(board, &problem.prediction(&plan)?);
 
@@ -379,8 +420,15 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
             genome: result.best.0.clone(),
             levels: levels.keeps().to_vec(),
             ranks: plan.ranks().to_vec(),
+            exit: (plan.exit() < config.n_layers).then_some(plan.exit()),
         },
     )?;
+    write_head(out, head.as_ref())?;
+    // A fitted head is stored as the label rows of a task-pruned head.
+    let head_choice = match head {
+        Some(_) => HeadChoice::Task,
+        None => HeadChoice::Full,
+    };
     if bundle_skipped.is_none() {
         let folder = PruneFolder::open(out)?;
         let path = out.join(BUNDLE_FILE);
@@ -391,7 +439,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
             Some(&folder),
             PackOptions {
                 dtype,
-                head: HeadChoice::Full,
+                head: head_choice,
                 signing_key: None,
                 provenance: ProvenanceInfo {
                     board: board.name.clone(),
@@ -407,7 +455,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         )?;
         println!(
             "{}",
-            crate::bundle::describe(&packed, HeadChoice::Full, &path)
+            crate::bundle::describe(&packed, head_choice, &path)
         );
     }
     write_rank_map(out, &config, &plan, task, board)?;
@@ -419,6 +467,9 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         dense_accuracy: problem.dense_accuracy(),
         chance_level_warning: chance_level,
         dense_test_accuracy: dense_test,
+        dense_test_accuracy_verbalizer: dense_test_verbalizer,
+        reading,
+        head_examples: (reading == LabelReading::Head).then_some(options.head_examples),
         search_n: problem.full_evaluator().len(),
         test_n: test.len(),
         calibration_tokens,

@@ -2,11 +2,12 @@ use std::collections::HashMap;
 
 use indicatif::ProgressBar;
 use whittle_boards::{
-    BoardProfile, Dtype, Prediction, feasibility, matrix_cost, objective_cost, predict,
+    BoardProfile, Dtype, Prediction, feasibility, matrix_cost, objective_cost,
 };
 use whittle_runtime::ModelConfig;
 
 use super::{AccuracyModel, Estimate, Evaluator, FactorBank, RankPlan, Scored, matrices};
+use crate::head::LabelReading;
 use crate::search::{Cost, Evaluation, Genome, Levels, Problem, Stage, water_filling_seeds};
 
 /// The board-aware pruning problem of one task: genomes are rank levels per matrix of the
@@ -51,7 +52,7 @@ impl TaskProblem {
     ) -> anyhow::Result<Self> {
         let config = *full.base().llama.config();
         let dense_plan = RankPlan::dense(&config);
-        let dense_prediction = predict(&board, &config, dense_plan.ranks(), dtype, head_rows)?;
+        let dense_prediction = dense_plan.predict(&board, &config, dtype, head_rows)?;
         let progress = ProgressBar::hidden();
         let dense = full.score(&full.base().llama, &progress)?;
         let mut scored = HashMap::new();
@@ -102,13 +103,7 @@ impl TaskProblem {
 
     /// The cost-model prediction of a plan on the board.
     pub fn prediction(&self, plan: &RankPlan) -> anyhow::Result<Prediction> {
-        Ok(predict(
-            &self.board,
-            &self.config,
-            plan.ranks(),
-            self.dtype,
-            self.head_rows,
-        )?)
+        Ok(plan.predict(&self.board, &self.config, self.dtype, self.head_rows)?)
     }
 
     /// The prediction of the dense model.
@@ -151,9 +146,25 @@ impl TaskProblem {
     }
 }
 
+impl TaskProblem {
+    /// Whether genomes carry the exit gene: labels read by a fitted task head can be read
+    /// after any block.
+    pub fn has_exit_gene(&self) -> bool {
+        self.full.reading() == LabelReading::Head
+    }
+
+    /// `genome` with the exit gene at `level` when the problem has one.
+    pub fn with_exit_level(&self, genome: Genome, level: u8) -> Genome {
+        match self.has_exit_gene() {
+            true => genome.with_exit_level(self.config.n_prunable_matrices(), level),
+            false => genome,
+        }
+    }
+}
+
 impl Problem for TaskProblem {
     fn n_genes(&self) -> usize {
-        self.config.n_prunable_matrices()
+        self.config.n_prunable_matrices() + usize::from(self.has_exit_gene())
     }
 
     fn dense_accuracy(&self) -> f64 {
@@ -260,11 +271,24 @@ impl Problem for TaskProblem {
         let mut seeds = Vec::with_capacity(n);
         for (a, b) in by_objective.into_iter().zip(by_bytes) {
             for genome in [a, b] {
+                let genome = self.with_exit_level(genome, 0);
                 if seeds.len() < n && !seeds.contains(&genome) {
                     seeds.push(genome);
                 }
             }
         }
         seeds
+    }
+
+    /// With an exit gene, every exit with the kept blocks dense: the depth the task needs is
+    /// the largest single saving, and these seeds give the search each depth at once.
+    fn structural_seeds(&self) -> Vec<Genome> {
+        if !self.has_exit_gene() {
+            return Vec::new();
+        }
+        let dense = Genome::uniform(self.config.n_prunable_matrices(), 0);
+        (1..self.levels.len())
+            .map(|level| self.with_exit_level(dense.clone(), level as u8))
+            .collect()
     }
 }

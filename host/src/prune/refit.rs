@@ -58,7 +58,8 @@ pub fn anchored_refit(
     anchor: f64,
     progress: &ProgressBar,
 ) -> anyhow::Result<Llama> {
-    let config = *base.config();
+    // The pruned model's blocks: up to its exit.
+    let config = *pruned.config();
     let batches = batches(sequences, pad_id, batch_tokens, base)?;
     let mut dense_states: Vec<Tensor> = Vec::with_capacity(batches.len());
     for batch in &batches {

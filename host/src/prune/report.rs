@@ -6,6 +6,12 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use whittle_boards::Dtype;
 
+use crate::head::LabelReading;
+
+fn verbalizer() -> LabelReading {
+    LabelReading::Verbalizer
+}
+
 /// How one plan (the uniform baseline or the searched answer) did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -22,6 +28,9 @@ pub struct Outcome {
     pub refit_kept: bool,
     /// Accuracy on the test split.
     pub test_accuracy: f64,
+    /// Blocks kept (the exit layer); the model's depth when every block is kept.
+    #[serde(default)]
+    pub exit_layer: usize,
     /// DESIGN section 3.
     pub linear_reduction: f64,
     /// DESIGN section 3.
@@ -49,8 +58,18 @@ pub struct PruneReport {
     pub dense_accuracy: f64,
     /// Set when the dense model is within noise of the majority-class rate.
     pub chance_level_warning: Option<String>,
-    /// Dense accuracy on the test split.
+    /// Dense accuracy on the test split, the labels read as every other accuracy here is.
     pub dense_test_accuracy: f64,
+    /// Dense accuracy on the test split through the verbalizer and its fitted bias (what
+    /// `eval` reports), when the run reads the labels through a task head.
+    #[serde(default)]
+    pub dense_test_accuracy_verbalizer: Option<f64>,
+    /// How the labels are read.
+    #[serde(default = "verbalizer")]
+    pub reading: LabelReading,
+    /// Calibration examples the test-split task heads are fitted on.
+    #[serde(default)]
+    pub head_examples: Option<usize>,
     /// Examples of the search split.
     pub search_n: usize,
     /// Examples of the test split every test accuracy is measured on.

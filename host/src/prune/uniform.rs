@@ -1,14 +1,17 @@
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::eval::{ClassScores, LabelTokens, score_labels};
+use crate::eval::{ClassScores, LabelTokens, last_states, score_labels, verbalizer_rows};
+use crate::head::{LabelReading, TaskHead, cross_fit_scores, fit_head};
 use crate::metrics;
 use crate::model::{Llama, LoadedModel};
 use crate::task::{Example, Split, Task};
 
-/// Scores candidate models on a classification task's search split: accuracy after the
-/// per-label bias each candidate fits on (a prefix of) the calibration split, exactly as the
-/// dense model's reported accuracy is computed.
+/// Scores candidate models on a classification task's split, reading the labels as
+/// [`LabelReading`] says: through the verbalizer with the per-label bias each candidate fits
+/// on (a prefix of) the calibration split, or through a task head fitted for each candidate,
+/// either on those calibration examples or, without running any other example, cross-fitted
+/// on the split's own states ([`cross_fit_scores`]). The dense model is scored the same way.
 #[derive(Debug)]
 pub struct Evaluator {
     base: LoadedModel,
@@ -16,6 +19,11 @@ pub struct Evaluator {
     search: Vec<Example>,
     bias_examples: Vec<Example>,
     batch_tokens: usize,
+    reading: LabelReading,
+    cross_fit: bool,
+    /// The verbalizer rows a head is pulled toward, and the label names.
+    prior: Vec<Vec<f32>>,
+    names: Vec<String>,
     /// What the progress bar says while scoring.
     stage: String,
 }
@@ -38,6 +46,9 @@ pub struct Scored {
     /// Per example, in split order: the log-probability of the gold label after the bias.
     #[serde(skip)]
     pub gold_log_probs: Vec<f64>,
+    /// The task head fitted on the calibration examples, when one was.
+    #[serde(skip)]
+    pub head: Option<TaskHead>,
 }
 
 impl Evaluator {
@@ -60,14 +71,33 @@ impl Evaluator {
         }
         let mut calibration = task.examples(Split::Calibration)?;
         calibration.truncate(bias_examples);
+        let prior = verbalizer_rows(&base.llama, &labels)?;
         Ok(Self {
             base: base.clone(),
             labels,
             search,
             bias_examples: calibration,
             batch_tokens,
+            reading: LabelReading::Verbalizer,
+            cross_fit: false,
+            prior,
+            names: task.labels().iter().map(|l| l.value.clone()).collect(),
             stage: format!("scoring the {} split of {}", split, task.name()),
         })
+    }
+
+    /// Reads the labels as `reading`; with [`LabelReading::Head`] and `cross_fit`, each
+    /// candidate's head is cross-fitted on the split itself (no calibration example is run),
+    /// otherwise fitted on the calibration examples.
+    pub fn with_reading(mut self, reading: LabelReading, cross_fit: bool) -> Self {
+        self.reading = reading;
+        self.cross_fit = cross_fit;
+        self
+    }
+
+    /// How the labels are read.
+    pub fn reading(&self) -> LabelReading {
+        self.reading
     }
 
     /// The accuracy of always answering the split's most frequent gold label.
@@ -84,6 +114,9 @@ impl Evaluator {
     /// it fits on the calibration examples: the honest measurement, as reported.
     pub fn score(&self, llama: &Llama, progress: &ProgressBar) -> anyhow::Result<Scored> {
         let model = self.base.with_llama(llama.clone());
+        if self.reading == LabelReading::Head {
+            return self.score_head(&model, progress);
+        }
         let (search, _) = self.scores(&model, &self.search, progress)?;
         let (calibration, _) = self.scores(&model, &self.bias_examples, progress)?;
         let bias = metrics::fit_label_bias(&calibration.scores, &calibration.gold);
@@ -96,11 +129,46 @@ impl Evaluator {
     /// tolerance), which makes it safe for rejecting candidates that fall clearly below the
     /// target; `gold_log_prob` becomes the best mean log-likelihood any bias reaches, a
     /// bias-free, low-variance measure of how well the labels separate.
+    ///
+    /// With a task head the score is [`Evaluator::score`]'s: a head fitted in sample on a few
+    /// hundred states would separate them perfectly and say nothing.
     pub fn score_in_sample(&self, llama: &Llama, progress: &ProgressBar) -> anyhow::Result<Scored> {
         let model = self.base.with_llama(llama.clone());
+        if self.reading == LabelReading::Head {
+            return self.score_head(&model, progress);
+        }
         let (search, _) = self.scores(&model, &self.search, progress)?;
         let bias = metrics::fit_label_bias(&search.scores, &search.gold);
         Ok(Self::scored(&search, bias))
+    }
+
+    /// Scores with a task head read from the model's last block (the candidate's exit).
+    fn score_head(&self, model: &LoadedModel, progress: &ProgressBar) -> anyhow::Result<Scored> {
+        progress.set_position(0);
+        progress.set_message(self.stage.clone());
+        let (states, gold, _) =
+            last_states(model, &self.search, self.batch_tokens, false, progress)?;
+        let states = states.into_iter().next().unwrap_or_default();
+        let (scores, head) = if self.cross_fit {
+            let scores = cross_fit_scores(&states, &gold, &self.prior, &self.names)?;
+            (scores, None)
+        } else {
+            progress.set_position(0);
+            progress.set_message(format!("{} (task head fit)", self.stage));
+            let (fit_states, fit_gold, _) =
+                last_states(model, &self.bias_examples, self.batch_tokens, false, progress)?;
+            let fit_states = fit_states.into_iter().next().unwrap_or_default();
+            let head = fit_head(&fit_states, &fit_gold, &self.prior, &self.names)?;
+            (head.score_all(&states), Some(head))
+        };
+        let n_labels = self.prior.len();
+        let mut scored = Self::scored(&ClassScores { scores, gold }, vec![0.0; n_labels]);
+        scored.label_bias = head
+            .as_ref()
+            .map(|h| h.bias.iter().map(|&b| f64::from(b)).collect())
+            .unwrap_or_default();
+        scored.head = head;
+        Ok(scored)
     }
 
     fn scored(search: &ClassScores, bias: Vec<f64>) -> Scored {
@@ -131,6 +199,7 @@ impl Evaluator {
             gold_log_prob,
             correct,
             gold_log_probs,
+            head: None,
         }
     }
 
@@ -154,6 +223,10 @@ impl Evaluator {
             search: self.search[..keep].to_vec(),
             bias_examples: self.bias_examples.clone(),
             batch_tokens: self.batch_tokens,
+            reading: self.reading,
+            cross_fit: self.cross_fit,
+            prior: self.prior.clone(),
+            names: self.names.clone(),
             stage: format!("{} (1/{parts})", self.stage),
         }
     }

@@ -203,7 +203,12 @@ impl<P: Problem> Search<P> {
         let population = if generation == 0 {
             let spectrum = self.problem.spectrum_seeds(self.config.spectrum_seeds);
             let mut spectrum_valid = Vec::with_capacity(spectrum.len());
-            for genome in spectrum.into_iter().take(self.config.spectrum_seeds) {
+            let structural = self.problem.structural_seeds();
+            for genome in spectrum
+                .into_iter()
+                .take(self.config.spectrum_seeds)
+                .chain(structural)
+            {
                 genome.validate(self.n_genes, self.config.levels.len())?;
                 spectrum_valid.push(genome);
             }

@@ -6,7 +6,10 @@ use whittle_runtime::ModelConfig;
 use super::{Cost, Levels, SearchConfig, SearchError};
 use crate::prune::{RankPlan, matrix_index};
 
-/// One keep level per prunable matrix, in [`matrix_index`] order; level 0 is dense.
+/// One keep level per prunable matrix, in [`matrix_index`] order (level 0 is dense), and
+/// optionally one more gene, the exit: level 0 keeps every block, higher levels exit earlier
+/// ([`exit_for_level`]). The exit gene shares the keep levels' alphabet, so crossover and
+/// mutation treat it like any other gene.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Genome(pub Vec<u8>);
@@ -56,16 +59,44 @@ impl Genome {
     }
 
     /// The rank plan of this genome: each matrix's keep fraction through
-    /// [`RankPlan::from_keeps`] (DESIGN "Rank from a keep fraction").
+    /// [`RankPlan::from_keeps`] (DESIGN "Rank from a keep fraction"), and the exit of the exit
+    /// gene when the genome has one.
     pub fn to_plan(&self, config: &ModelConfig, levels: &Levels) -> Result<RankPlan, SearchError> {
-        self.validate(config.n_prunable_matrices(), levels.len())?;
-        Ok(RankPlan::from_keeps(config, |layer_idx, kind| {
+        let n_matrices = config.n_prunable_matrices();
+        let with_exit = self.0.len() == n_matrices + 1;
+        self.validate(n_matrices + usize::from(with_exit), levels.len())?;
+        let plan = RankPlan::from_keeps(config, |layer_idx, kind| {
             self.0
                 .get(matrix_index(layer_idx, kind))
                 .and_then(|&level| levels.keep(level))
                 .unwrap_or(1.0)
-        }))
+        });
+        Ok(match self.0.get(n_matrices).filter(|_| with_exit) {
+            Some(&level) => plan.with_exit(exit_for_level(config.n_layers, levels.len(), level)),
+            None => plan,
+        })
     }
+
+    /// The same genome with its exit gene (the gene after the matrices' genes) set to `level`.
+    pub fn with_exit_level(mut self, n_matrices: usize, level: u8) -> Self {
+        self.0.resize(n_matrices + 1, 0);
+        self.0[n_matrices] = level;
+        self
+    }
+}
+
+/// The fewest blocks an exit gene keeps: a quarter of the model (at least one).
+pub fn min_exit(n_layers: usize) -> usize {
+    (n_layers / 4).max(1)
+}
+
+/// The blocks kept at exit-gene `level` of `n_levels`: evenly spaced from every block (level 0)
+/// to [`min_exit`] (the last level).
+pub fn exit_for_level(n_layers: usize, n_levels: usize, level: u8) -> usize {
+    let last = n_levels.saturating_sub(1).max(1) as f64;
+    let span = n_layers.saturating_sub(min_exit(n_layers)) as f64;
+    let drop = (f64::from(level).min(last) * span / last).round() as usize;
+    n_layers.saturating_sub(drop).max(1)
 }
 
 /// The accuracy target a*: `(1 − ε)·dense`, or `dense − ε` with `config.absolute`.

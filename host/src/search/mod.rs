@@ -62,7 +62,7 @@ use serde::{Deserialize, Serialize};
 pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint};
 pub use config::{Levels, SearchConfig};
 pub use engine::{GenerationReport, Search, SearchResult};
-pub use genome::{Genome, fitness, target_accuracy};
+pub use genome::{Genome, exit_for_level, fitness, min_exit, target_accuracy};
 pub use seeding::{water_filling, water_filling_seeds};
 pub use state::{CacheRecord, Cached, State};
 
@@ -140,6 +140,12 @@ pub trait Problem {
     /// error curves) for the first generation.
     fn spectrum_seeds(&self, n: usize) -> Vec<Genome> {
         let _ = n;
+        Vec::new()
+    }
+
+    /// Genomes of the problem's own structure for the first generation, after the spectrum
+    /// seeds (e.g. every exit depth with the kept matrices dense).
+    fn structural_seeds(&self) -> Vec<Genome> {
         Vec::new()
     }
 }
