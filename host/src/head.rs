@@ -19,7 +19,7 @@ use crate::metrics::LABEL_BIAS_L2;
 
 /// Ridges `λ` tried, relative to the mean squared feature `|x|²/d` (so the choice does not
 /// depend on the scale of the hidden state), strongest first.
-pub const RELATIVE_RIDGES: [f64; 6] = [1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5];
+pub const RELATIVE_RIDGES: [f64; 5] = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5];
 
 /// The fewest examples a head is fitted on: below this the held-out quarter is too small to
 /// choose the ridge.
@@ -354,21 +354,32 @@ impl Problem {
             }
             // Hessian blocks (k, l): (1/n) Xᵀ diag(p_k (δ_kl − p_l)) X, plus the penalty.
             let mut hessian = Mat::<f64>::zeros(size, size);
+            // With two labels p₀(1 − p₀) = p₁(1 − p₁) = p₀p₁, so the three blocks are B, −B, B
+            // for one product B.
+            let weighted_gram = |k: usize, l: usize| {
+                let delta = if k == l { 1.0 } else { 0.0 };
+                let weighted = Mat::from_fn(self.design.nrows(), p, |i, j| {
+                    probs[(i, k)] * (delta - probs[(i, l)]) * self.design[(i, j)]
+                });
+                let mut block = Mat::zeros(p, p);
+                matmul::matmul(
+                    block.as_mut(),
+                    Accum::Replace,
+                    self.design.transpose(),
+                    weighted.as_ref(),
+                    1.0 / n,
+                    Par::rayon(0),
+                );
+                block
+            };
+            let shared = (n_labels == 2).then(|| weighted_gram(0, 0));
             for k in 0..n_labels {
                 for l in k..n_labels {
-                    let weighted = Mat::from_fn(self.design.nrows(), p, |i, j| {
-                        let delta = if k == l { 1.0 } else { 0.0 };
-                        probs[(i, k)] * (delta - probs[(i, l)]) * self.design[(i, j)]
-                    });
-                    let mut block = Mat::zeros(p, p);
-                    matmul::matmul(
-                        block.as_mut(),
-                        Accum::Replace,
-                        self.design.transpose(),
-                        weighted.as_ref(),
-                        1.0 / n,
-                        Par::rayon(0),
-                    );
+                    let block = match &shared {
+                        Some(b) if k == l => b.clone(),
+                        Some(b) => Mat::from_fn(p, p, |a, c| -b[(a, c)]),
+                        None => weighted_gram(k, l),
+                    };
                     for a in 0..p {
                         for b in 0..p {
                             hessian[(k * p + a, l * p + b)] = block[(a, b)];

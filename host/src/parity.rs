@@ -3,11 +3,13 @@
 //! and label logits, example by example. `whittle parity` and the real-model tests call it.
 
 use anyhow::Context;
+use candle_core::Tensor;
 use rayon::prelude::*;
 use whittle_runtime::kernels::Kernels;
 use whittle_runtime::{Bundle, Session};
 
 use crate::eval::{prompt_ids, prompt_text};
+use crate::head::TaskHead;
 use crate::model::{Batch, LoadedModel};
 use crate::task::Example;
 
@@ -86,11 +88,15 @@ fn with_bias(logits: &[f32], bias: &[f32]) -> Vec<f32> {
     logits.iter().zip(bias).map(|(l, b)| l + b).collect()
 }
 
-/// Runs the host `model` on `examples` with the prompt template, labels and bias of `bundle`.
+/// Runs the host `model` on `examples` with the prompt template, labels and bias of `bundle`;
+/// the label logits are read through the fitted task `head` when the bundle was packed with
+/// one (without its bias, which the bundle's labels carry), else through the output head's
+/// label rows.
 pub fn host_reference(
     model: &LoadedModel,
     bundle: &Bundle<'_>,
     examples: &[Example],
+    head: Option<&TaskHead>,
 ) -> anyhow::Result<HostReference> {
     let task = &bundle.header().task;
     let label_ids: Vec<u32> = task.labels.iter().map(|l| l.token_id).collect();
@@ -123,11 +129,24 @@ pub fn host_reference(
             .gold
             .push(example.label.context("test example without a label")?);
     }
+    let rows = head
+        .map(|head| {
+            let width = head.weight.first().map_or(0, Vec::len);
+            Tensor::from_vec(
+                head.weight.concat(),
+                (head.weight.len(), width),
+                model.llama.device(),
+            )
+        })
+        .transpose()?;
     for chunk in reference.token_ids.chunks(16) {
         let batch = Batch::new(chunk, model.tokenizer.pad_id(), model.llama.device())?;
         let last = model.llama.last_hidden(&batch)?;
-        let logits: Vec<Vec<f32>> = model.llama.logits_for(&last, &label_ids)?.to_vec2()?;
-        reference.logits.extend(logits);
+        let logits = match &rows {
+            Some(rows) => last.matmul(&rows.t()?)?,
+            None => model.llama.logits_for(&last, &label_ids)?,
+        };
+        reference.logits.extend(logits.to_vec2::<f32>()?);
     }
     Ok(reference)
 }

@@ -4,7 +4,10 @@
 //! prompt) and on the llama.cpp reference strings; the runtime's predictions and label logits
 //! on the first test examples match the host model for an f32 and a q8 bundle.
 //!
-//! The bundles carry a zero label bias (no calibration pass, so the test stays cheap): parity
+//! A third bundle exits after 16 of the 30 blocks and reads the labels through a task head
+//! fitted on 64 calibration examples: the runtime matches the host's head there too.
+//!
+//! The first two bundles carry a zero label bias (no calibration pass, so the test stays cheap): parity
 //! adds the same bias on both sides, so it does not change what is compared.
 
 use std::sync::OnceLock;
@@ -12,7 +15,10 @@ use std::sync::OnceLock;
 use candle_core::Device;
 use serde::Deserialize;
 use whittle_host::bundle::{HeadChoice, PackOptions, ProvenanceInfo, pack, tokenizer_tables};
+use indicatif::ProgressBar;
+use whittle_host::eval::{LabelTokens, last_states, verbalizer_rows};
 use whittle_host::gguf::GgufFile;
+use whittle_host::head::fit_head;
 use whittle_host::model::{self, LoadedModel};
 use whittle_host::parity::{ParityReport, compare, host_reference};
 use whittle_host::task::{Split, Task};
@@ -157,7 +163,7 @@ fn parity(dtype: Dtype) -> anyhow::Result<ParityReport> {
     let bundle = Bundle::parse(bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut examples = f.task.examples(Split::Test)?;
     examples.truncate(PARITY_EXAMPLES);
-    let reference = host_reference(&f.model, &bundle, &examples)?;
+    let reference = host_reference(&f.model, &bundle, &examples, None)?;
     let report = compare(&reference, &bundle, best())?;
     println!(
         "{dtype:?}: agreement {:.4}, max |Δlogit| {:.2e}, host accuracy {:.4}, runtime accuracy {:.4}, token id mismatches {}",
@@ -206,5 +212,50 @@ fn real_model_q8_bundle_stays_close_to_the_host() -> anyhow::Result<()> {
         "{}",
         report.max_abs_logit_diff
     );
+    Ok(())
+}
+
+#[test]
+fn real_model_bundle_with_an_exit_and_a_fitted_head_matches_the_host() -> anyhow::Result<()> {
+    const EXIT: usize = 16;
+    let f = fixture();
+    let model = f.model.with_llama(f.model.llama.truncated(EXIT)?);
+    let labels = LabelTokens::new(&model.tokenizer, f.task.labels())?;
+    let names: Vec<String> = f.task.labels().iter().map(|l| l.value.clone()).collect();
+    let prior = verbalizer_rows(&model.llama, &labels)?;
+    let mut calibration = f.task.examples(Split::Calibration)?;
+    calibration.truncate(64);
+    let hidden = ProgressBar::hidden();
+    let (states, gold, _) = last_states(&model, &calibration, 4096, false, &hidden)?;
+    let head = fit_head(&states[0], &gold, &prior, &names)?;
+    let bias: Vec<f64> = head.bias.iter().map(|&b| f64::from(b)).collect();
+    let options = PackOptions {
+        dtype: Dtype::F32,
+        head: HeadChoice::Task,
+        signing_key: None,
+        provenance: ProvenanceInfo::default(),
+    };
+    let packed = pack(&model, &f.tables, &f.task, &bias, Some(&head), &options)?;
+    let bytes = AlignedBytes::new(&packed.bytes);
+    let bundle = Bundle::parse(bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(bundle.header().config.n_layers, EXIT);
+    let mut examples = f.task.examples(Split::Test)?;
+    examples.truncate(PARITY_EXAMPLES);
+    let reference = host_reference(&model, &bundle, &examples, Some(&head))?;
+    // The reference is what the evaluator scores: the head on the exit's normalised state.
+    let (test_states, _, _) = last_states(&model, &examples, 4096, false, &hidden)?;
+    for (scores, logits) in head.score_all(&test_states[0]).iter().zip(&reference.logits) {
+        for ((score, logit), b) in scores.iter().zip(logits).zip(&head.bias) {
+            assert!((score - f64::from(logit + b)).abs() < 1e-3, "{score} vs {logit} + {b}");
+        }
+    }
+    let report = compare(&reference, &bundle, best())?;
+    println!(
+        "exit {EXIT}, fitted head: agreement {:.4}, max |Δlogit| {:.2e}, host accuracy {:.4}",
+        report.agreement, report.max_abs_logit_diff, report.host_accuracy
+    );
+    assert_eq!(report.token_id_mismatches, 0);
+    assert_eq!(report.agreement, 1.0);
+    assert!(report.max_abs_logit_diff < 1e-3, "{}", report.max_abs_logit_diff);
     Ok(())
 }

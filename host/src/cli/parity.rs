@@ -62,6 +62,7 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
         );
     }
     let mut model = host.model.clone();
+    let mut head = None;
     if !provenance.source.is_empty() {
         let dir = args
             .prune_dir
@@ -78,6 +79,7 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
             );
         }
         model = model.with_llama(folder.apply(&model.llama, model.llama.device())?);
+        head = folder.head()?;
     } else if args.prune_dir.is_some() {
         bail!(
             "{} is a dense bundle; drop --prune-dir",
@@ -92,7 +94,7 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
     if examples.is_empty() {
         bail!("task {}: the test split is empty", task.name());
     }
-    let reference = host_reference(&model, &bundle, &examples)?;
+    let reference = host_reference(&model, &bundle, &examples, head.as_ref())?;
     let parity = compare(&reference, &bundle, Portable)?;
     let n = parity.cases.len();
     let max_diff = parity.max_abs_logit_diff;

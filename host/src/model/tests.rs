@@ -220,3 +220,39 @@ fn llama_final_norm(llama: &Llama) -> Result<Tensor> {
     let config = *llama.config();
     Ok(tiny_tensors(&config, 8, &Device::Cpu)?["output_norm.weight"].clone())
 }
+
+#[test]
+fn every_exit_of_one_pass_equals_the_truncated_model() -> Result<()> {
+    let llama = tiny_llama(9)?;
+    let prefix = [1u32, 17, 42, 5, 9];
+    let cache = llama.prefix_cache(&prefix)?;
+    let batch = Batch::new(&sequences(), 0, &Device::Cpu)?;
+    for shared in [None, Some(&cache)] {
+        let per_exit = llama.last_hidden_per_exit(shared, &batch)?;
+        assert_eq!(per_exit.len(), llama.config().n_layers);
+        for (l, state) in per_exit.iter().enumerate() {
+            let truncated = llama.truncated(l + 1)?;
+            assert_eq!(truncated.config().n_layers, l + 1);
+            let expected = match shared {
+                Some(_) => truncated.last_hidden_after(&truncated.prefix_cache(&prefix)?, &batch)?,
+                None => truncated.last_hidden(&batch)?,
+            };
+            let diff = max_abs_diff(state, &expected)?;
+            assert!(diff < 1e-5, "exit {}: {diff}", l + 1);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn an_exit_outside_the_model_is_an_error() -> Result<()> {
+    let llama = tiny_llama(10)?;
+    let n = llama.config().n_layers;
+    assert!(llama.truncated(n).is_ok());
+    for exit in [0, n + 1] {
+        let message = llama.truncated(exit).unwrap_err().to_string();
+        assert!(message.contains("outside"), "{message}");
+        assert!(message.contains("choose an exit"), "{message}");
+    }
+    Ok(())
+}

@@ -273,3 +273,79 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod exit_tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::model::synthetic::{tiny_config, tiny_tensors};
+
+    fn folder_with(genome: &GenomeFile, head: Option<&str>) -> anyhow::Result<tempfile::TempDir> {
+        let dir = tempfile::tempdir()?;
+        write_genome(dir.path(), genome)?;
+        let empty: HashMap<String, candle_core::Tensor> = HashMap::new();
+        std::fs::write(
+            dir.path().join(FACTORS_FILE),
+            safetensors::serialize(&empty, None)?,
+        )?;
+        if let Some(head) = head {
+            std::fs::write(dir.path().join(HEAD_FILE), head)?;
+        }
+        Ok(dir)
+    }
+
+    fn genome(exit: Option<usize>) -> GenomeFile {
+        let n = tiny_config().n_prunable_matrices();
+        GenomeFile {
+            genome: vec![0; n],
+            levels: vec![1.0, 0.5],
+            ranks: vec![None; n],
+            exit,
+        }
+    }
+
+    #[test]
+    fn the_folder_cuts_the_model_at_its_exit_and_reads_its_head() -> anyhow::Result<()> {
+        let config = tiny_config();
+        let base = Llama::from_tensors(config, &tiny_tensors(&config, 3, &Device::Cpu)?, &Device::Cpu)?;
+        let head = TaskHead {
+            weight: vec![vec![0.5; config.hidden_size]; 2],
+            bias: vec![0.0, 1.0],
+            ridge: 0.1,
+        };
+        let dir = folder_with(&genome(Some(1)), Some(&serde_json::to_string(&head)?))?;
+        let folder = PruneFolder::open(dir.path())?;
+        assert_eq!(folder.apply(&base, &Device::Cpu)?.config().n_layers, 1);
+        assert_eq!(folder.head()?, Some(head));
+        // No exit: every block; no head.json: no head.
+        let dir = folder_with(&genome(None), None)?;
+        let folder = PruneFolder::open(dir.path())?;
+        assert_eq!(folder.apply(&base, &Device::Cpu)?.config().n_layers, config.n_layers);
+        assert_eq!(folder.head()?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn an_exit_outside_the_model_or_a_corrupt_head_names_the_fix() -> anyhow::Result<()> {
+        let config = tiny_config();
+        let base = Llama::from_tensors(config, &tiny_tensors(&config, 3, &Device::Cpu)?, &Device::Cpu)?;
+        for exit in [0, config.n_layers + 1] {
+            let dir = folder_with(&genome(Some(exit)), None)?;
+            let error = PruneFolder::open(dir.path())?
+                .apply(&base, &Device::Cpu)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains("outside") && error.contains("re-run prune"), "{error}");
+        }
+        let dir = folder_with(&genome(None), Some("{\"weight\": 3"))?;
+        let error = PruneFolder::open(dir.path())?
+            .head()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("head.json") && error.contains("re-run prune"), "{error}");
+        Ok(())
+    }
+}

@@ -223,4 +223,30 @@ mod tests {
             head_saving
         );
     }
+
+    #[test]
+    fn blocks_past_the_exit_count_as_removed() {
+        // SmolLM2-135M exiting after 15 of 30 blocks, the kept blocks dense: half the linear
+        // parameters, and the removed blocks' 2 × 576 norm weights each, are gone.
+        let config = whittle_runtime::ModelConfig::SMOLLM2_135M;
+        let plan = RankPlan::dense(&config).with_exit(15);
+        assert_eq!(plan.exit(), 15);
+        assert_eq!(plan.kept_ranks().len(), 15 * 7);
+        assert_eq!(plan.kept_config(&config).n_layers, 15);
+        let r = reductions(&config, &plan, Some(2));
+        assert_eq!(r.kept_linear_params, 15 * 3_538_944);
+        assert!((r.linear_reduction - 0.5).abs() < 1e-12);
+        assert_eq!(
+            r.total_params,
+            134_515_008 - 15 * 3_538_944 - 15 * 2 * 576
+        );
+        // A rank past the exit changes nothing; one before it does.
+        let ranks = RankPlan::uniform(&config, 0.5).with_exit(15);
+        let r_ranks = reductions(&config, &ranks, None);
+        let per_layer = 2 * 144 * 1152 + 2 * 72 * 768 + 3 * 208 * 2112;
+        assert_eq!(r_ranks.kept_linear_params, 15 * per_layer);
+        // The exit is clamped to the model.
+        assert_eq!(RankPlan::dense(&config).with_exit(0).exit(), 1);
+        assert_eq!(RankPlan::dense(&config).with_exit(99).exit(), 30);
+    }
 }

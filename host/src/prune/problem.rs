@@ -280,6 +280,14 @@ impl Problem for TaskProblem {
         seeds
     }
 
+    /// Every matrix at `level`, every block kept.
+    fn uniform_seed(&self, level: u8) -> Genome {
+        self.with_exit_level(
+            Genome::uniform(self.config.n_prunable_matrices(), level),
+            0,
+        )
+    }
+
     /// With an exit gene, every exit with the kept blocks dense: the depth the task needs is
     /// the largest single saving, and these seeds give the search each depth at once.
     fn structural_seeds(&self) -> Vec<Genome> {

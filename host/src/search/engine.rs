@@ -202,23 +202,20 @@ impl<P: Problem> Search<P> {
         let mut rng = generation_rng(self.config.seed, generation);
         let population = if generation == 0 {
             let spectrum = self.problem.spectrum_seeds(self.config.spectrum_seeds);
-            let mut spectrum_valid = Vec::with_capacity(spectrum.len());
             let structural = self.problem.structural_seeds();
-            for genome in spectrum
-                .into_iter()
-                .take(self.config.spectrum_seeds)
-                .chain(structural)
-            {
+            let uniform = self
+                .config
+                .uniform_seed_levels
+                .iter()
+                .map(|&level| self.problem.uniform_seed(level));
+            let mut seeds: Vec<Genome> = self.baseline.iter().cloned().collect();
+            seeds.extend(structural);
+            seeds.extend(uniform);
+            seeds.extend(spectrum.into_iter().take(self.config.spectrum_seeds));
+            for genome in &seeds {
                 genome.validate(self.n_genes, self.config.levels.len())?;
-                spectrum_valid.push(genome);
             }
-            initial_population(
-                &mut rng,
-                self.n_genes,
-                &self.config,
-                self.baseline.as_ref(),
-                spectrum_valid,
-            )
+            initial_population(&mut rng, self.n_genes, &self.config, seeds)
         } else {
             self.next_population(&mut rng)?
         };

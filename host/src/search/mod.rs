@@ -143,10 +143,16 @@ pub trait Problem {
         Vec::new()
     }
 
-    /// Genomes of the problem's own structure for the first generation, after the spectrum
-    /// seeds (e.g. every exit depth with the kept matrices dense).
+    /// Genomes of the problem's own structure for the first generation, right after the
+    /// caller's baseline (e.g. every exit depth with the kept matrices dense).
     fn structural_seeds(&self) -> Vec<Genome> {
         Vec::new()
+    }
+
+    /// The uniform seed genome at `level` (every gene at `level` unless the problem has genes
+    /// of another meaning).
+    fn uniform_seed(&self, level: u8) -> Genome {
+        Genome::uniform(self.n_genes(), level)
     }
 }
 

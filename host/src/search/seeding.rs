@@ -6,22 +6,17 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{Genome, SearchConfig, SearchError};
 
-/// The first generation: `baseline` (if any), the uniform genomes of
-/// `config.uniform_seed_levels`, the spectrum-guided genomes, then random genomes up to the
-/// population; duplicates are dropped before the random fill.
+/// The first generation: `seeds` in order (the caller's baseline, the problem's structural
+/// seeds, the uniform genomes, the spectrum-guided genomes), duplicates dropped and cut at the
+/// population, then random genomes up to the population.
 pub(super) fn initial_population(
     rng: &mut ChaCha8Rng,
     n_genes: usize,
     config: &SearchConfig,
-    baseline: Option<&Genome>,
-    spectrum: Vec<Genome>,
+    seeds: impl IntoIterator<Item = Genome>,
 ) -> Vec<Genome> {
-    let uniform = config
-        .uniform_seed_levels
-        .iter()
-        .map(|&level| Genome::uniform(n_genes, level));
     let mut population: Vec<Genome> = Vec::with_capacity(config.population);
-    for genome in baseline.cloned().into_iter().chain(uniform).chain(spectrum) {
+    for genome in seeds {
         if population.len() == config.population {
             break;
         }

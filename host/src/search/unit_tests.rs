@@ -170,6 +170,33 @@ fn genome_to_plan_uses_the_levels_keep_fractions() {
 }
 
 #[test]
+fn the_exit_gene_spans_every_block_to_a_quarter_of_the_model() {
+    // 30 blocks, 12 levels: level 0 keeps all 30, the last keeps 7, and the exits fall
+    // monotonically between.
+    let exits: Vec<usize> = (0..12).map(|level| exit_for_level(30, 12, level)).collect();
+    assert_eq!(exits[0], 30);
+    assert_eq!(exits[11], min_exit(30));
+    assert_eq!(min_exit(30), 7);
+    assert!(exits.windows(2).all(|w| w[1] < w[0]), "{exits:?}");
+    assert_eq!(exit_for_level(1, 12, 11), 1);
+
+    let config = whittle_runtime::ModelConfig::SMOLLM2_135M;
+    let levels = Levels::default();
+    let n = config.n_prunable_matrices();
+    let plain = Genome::uniform(n, 2);
+    let with_exit = plain.clone().with_exit_level(n, 6);
+    assert_eq!(with_exit.len(), n + 1);
+    let plan = with_exit.to_plan(&config, &levels).expect("a valid genome");
+    assert_eq!(plan.exit(), exit_for_level(30, 12, 6));
+    assert_eq!(plan.ranks(), plain.to_plan(&config, &levels).unwrap().ranks());
+    assert_eq!(plain.to_plan(&config, &levels).unwrap().exit(), 30);
+    assert!(matches!(
+        plain.clone().with_exit_level(n, 12).to_plan(&config, &levels),
+        Err(SearchError::LevelOutOfRange { level: 12, .. })
+    ));
+}
+
+#[test]
 fn mutation_moves_genes_one_level_within_range() {
     let mut rng = generation_rng(1, 0);
     let parent = Genome(vec![0, 5, 10, 0, 5, 10]);

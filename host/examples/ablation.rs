@@ -1,0 +1,175 @@
+//! The compression ablation on the test split (docs/RESULTS.md, `#compression`): test accuracy
+//! at about 20, 40, 60 and 70% linear reduction for the old path and each lever added in turn:
+//!
+//! 1. uniform factor pairs, labels through the verbalizer and its fitted bias, 16,384
+//!    calibration tokens (the path before issue 14);
+//! 2. the same with the default 65,536 calibration tokens (prefix counted once);
+//! 3. the same plans read through a fitted task head;
+//! 4. early exit: the first blocks kept dense, read through the task head.
+//!
+//! `cargo run --release -p whittle-host --example ablation -- [head examples] [svg path]`
+//! (defaults 4096 and `docs/figures/compression.svg`). Prints a markdown table and one JSON
+//! line. Every head is fitted on the first calibration examples, never on the test split.
+
+use indicatif::ProgressBar;
+use whittle_host::calibrate::CalibrationSettings;
+use whittle_host::eval::{LabelTokens, last_states, verbalizer_rows};
+use whittle_host::fetch::{default_model_dir, ensure_default_model};
+use whittle_host::head::{LabelReading, fit_head};
+use whittle_host::metrics;
+use whittle_host::model;
+use whittle_host::plot::{Series, line_chart_svg};
+use whittle_host::prune::{Evaluator, RankPlan, calibrated_bank, reductions};
+use whittle_host::task::{Split, Task};
+
+/// Linear reductions of the table's columns.
+const REDUCTIONS: [f64; 4] = [0.2, 0.4, 0.6, 0.7];
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let head_examples: usize = args.first().map_or("4096", String::as_str).parse()?;
+    let svg = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "docs/figures/compression.svg".into());
+    let task = Task::resolve("sst2")?;
+    let path = ensure_default_model(&default_model_dir())?;
+    let opened = model::BaseModel::open(&path, &model::device(false)?)?;
+    let base = &opened.model;
+    let config = *base.llama.config();
+    let progress = ProgressBar::hidden();
+    let cache = whittle_boards::default_cache_dir();
+    let line = |text: String| eprintln!("{text}");
+
+    let verbalizer = Evaluator::new(
+        base,
+        &task,
+        Split::Test,
+        metrics::LABEL_BIAS_EXAMPLES,
+        4096,
+    )?;
+    let head = Evaluator::new(base, &task, Split::Test, head_examples, 4096)?
+        .with_reading(LabelReading::Head, false);
+    let dense_verbalizer = verbalizer.score(&base.llama, &progress)?.accuracy;
+    line(format!("dense, verbalizer: {dense_verbalizer:.4}"));
+
+    let mut rows: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for (name, tokens) in [
+        ("factor pairs · verbalizer · 16k tokens", 16_384),
+        ("+ 64k calibration tokens", CalibrationSettings::default().max_tokens),
+    ] {
+        let settings = CalibrationSettings {
+            max_tokens: tokens,
+            ..CalibrationSettings::default()
+        };
+        let (bank, _) = calibrated_bank(&opened, &task, &settings, &cache, 4096, &progress)?;
+        let mut points = Vec::new();
+        for reduction in REDUCTIONS {
+            let plan = RankPlan::uniform(&config, 1.0 - reduction);
+            let pruned = bank.apply(&base.llama, &plan)?;
+            let accuracy = verbalizer.score(&pruned, &progress)?.accuracy;
+            let counted = reductions(&config, &plan, None).linear_reduction;
+            line(format!("{name}: {counted:.3} → {accuracy:.4}"));
+            points.push((counted, accuracy));
+        }
+        rows.push((name.to_owned(), points));
+        if tokens == CalibrationSettings::default().max_tokens {
+            let mut points = Vec::new();
+            for reduction in REDUCTIONS {
+                let plan = RankPlan::uniform(&config, 1.0 - reduction);
+                let pruned = bank.apply(&base.llama, &plan)?;
+                let accuracy = head.score(&pruned, &progress)?.accuracy;
+                let counted = reductions(&config, &plan, None).linear_reduction;
+                line(format!("+ task head: {counted:.3} → {accuracy:.4}"));
+                points.push((counted, accuracy));
+            }
+            rows.push(("+ task head".to_owned(), points));
+        }
+    }
+
+    // Every exit from one pass per split: the state after each block, final-normed.
+    let labels = LabelTokens::new(&base.tokenizer, task.labels())?;
+    let names: Vec<String> = task.labels().iter().map(|l| l.value.clone()).collect();
+    let prior = verbalizer_rows(&base.llama, &labels)?;
+    let mut calibration = task.examples(Split::Calibration)?;
+    calibration.truncate(head_examples);
+    let (fit_states, fit_gold, _) = last_states(base, &calibration, 4096, true, &progress)?;
+    let test_examples = task.examples(Split::Test)?;
+    let (test_states, test_gold, _) = last_states(base, &test_examples, 4096, true, &progress)?;
+    let exit_accuracy = |exit: usize| -> anyhow::Result<f64> {
+        let fitted = fit_head(&fit_states[exit - 1], &fit_gold, &prior, &names)?;
+        let scores = fitted.score_all(&test_states[exit - 1]);
+        let predictions = metrics::predict_with_bias(&scores, &[0.0, 0.0]);
+        Ok(metrics::accuracy(&predictions, &test_gold))
+    };
+    let dense_head = exit_accuracy(config.n_layers)?;
+    line(format!("dense, task head: {dense_head:.4}"));
+    let mut points = Vec::new();
+    let mut every_exit = Vec::new();
+    for exit in 1..=config.n_layers {
+        let plan = RankPlan::dense(&config).with_exit(exit);
+        let counted = reductions(&config, &plan, None).linear_reduction;
+        let accuracy = exit_accuracy(exit)?;
+        every_exit.push((exit, counted, accuracy));
+        if REDUCTIONS
+            .iter()
+            .any(|r| (config.n_layers as f64 * (1.0 - r)).round() as usize == exit)
+        {
+            line(format!("+ early exit {exit}: {counted:.3} → {accuracy:.4}"));
+            points.push((counted, accuracy));
+        }
+    }
+    points.reverse();
+    rows.push(("+ early exit (kept blocks dense)".to_owned(), points));
+
+    println!(
+        "dense test accuracy: verbalizer {dense_verbalizer:.4}, task head {dense_head:.4} ({} test sentences, heads fitted on {head_examples} calibration examples)\n",
+        test_examples.len()
+    );
+    println!("| path | ~20% | ~40% | ~60% | ~70% |\n|---|---|---|---|---|");
+    for (name, points) in &rows {
+        let cells: Vec<String> = points
+            .iter()
+            .map(|(r, a)| format!("{a:.4} ({:.0}%)", 100.0 * r))
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+    println!("\n| exit | linear reduction | test accuracy (task head) |\n|---|---|---|");
+    for (exit, counted, accuracy) in &every_exit {
+        println!("| {exit} | {:.1}% | {accuracy:.4} |", 100.0 * counted);
+    }
+    let mut series: Vec<Series> = rows
+        .iter()
+        .map(|(name, points)| Series {
+            name: name.clone(),
+            points: points.clone(),
+        })
+        .collect();
+    series.push(Series {
+        name: "every exit, task head".into(),
+        points: every_exit.iter().map(|&(_, r, a)| (r, a)).collect(),
+    });
+    line_chart_svg(
+        std::path::Path::new(&svg),
+        "SST-2 test accuracy against linear reduction (872 GLUE dev sentences)",
+        "linear parameters removed",
+        "test accuracy",
+        &series,
+        &[
+            ("dense, task head".into(), dense_head),
+            ("0.95 × dense (task head)".into(), 0.95 * dense_head),
+            ("dense, verbalizer".into(), dense_verbalizer),
+        ],
+    )?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "dense_verbalizer": dense_verbalizer,
+            "dense_head": dense_head,
+            "head_examples": head_examples,
+            "rows": rows,
+            "every_exit": every_exit,
+        })
+    );
+    Ok(())
+}
