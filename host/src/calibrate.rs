@@ -341,7 +341,7 @@ fn finish(
 }
 
 /// Key of a cached calibration: model digest, task definition and data, settings, format.
-fn cache_key(
+pub(crate) fn cache_key(
     model_digest: &str,
     task: &Task,
     settings: &CalibrationSettings,

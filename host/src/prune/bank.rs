@@ -118,6 +118,71 @@ impl FactorBank {
         })
     }
 
+    /// Writes the bank to `path` (safetensors, atomically): `{i}.a`, `{i}.bt` and, for
+    /// output-aligned banks, the error curve `{i}.e` of matrix `i` in index order.
+    pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let mut tensors = std::collections::HashMap::new();
+        for (i, entry) in self.entries.iter().enumerate() {
+            tensors.insert(format!("{i}.a"), entry.a.contiguous()?);
+            tensors.insert(format!("{i}.bt"), entry.bt.contiguous()?);
+            if let Some(curve) = &entry.error_curve {
+                let len = curve.len();
+                tensors.insert(
+                    format!("{i}.e"),
+                    Tensor::from_vec(curve.clone(), len, &Device::Cpu)?,
+                );
+            }
+        }
+        let bytes = safetensors::serialize(&tensors, None)?;
+        whittle_boards::files::write_atomically_with(path, |file| {
+            std::io::Write::write_all(file, &bytes)
+        })?;
+        Ok(())
+    }
+
+    /// Reads a bank [`FactorBank::save`] wrote for `config` and `method`; an error when the
+    /// file does not hold one factor pair of the right shapes per prunable matrix.
+    pub fn load(
+        path: &std::path::Path,
+        config: &ModelConfig,
+        method: Method,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let mut tensors = candle_core::safetensors::load(path, device)?;
+        let mut entries = Vec::with_capacity(config.n_prunable_matrices());
+        for (i, (_, kind)) in matrices(config).enumerate() {
+            let (rows, cols) = config.matrix_shape(kind);
+            let (Some(a), Some(bt)) = (
+                tensors.remove(&format!("{i}.a")),
+                tensors.remove(&format!("{i}.bt")),
+            ) else {
+                anyhow::bail!("matrix {i} is missing");
+            };
+            let r_max = a.dim(0)?;
+            if a.dims() != [r_max, cols] || bt.dims() != [r_max, rows] {
+                anyhow::bail!("matrix {i} has factors of shapes {:?} and {:?}", a.dims(), bt.dims());
+            }
+            let error_curve = tensors
+                .remove(&format!("{i}.e"))
+                .map(|e| e.to_vec1::<f64>())
+                .transpose()?;
+            entries.push(Entry {
+                a,
+                bt,
+                r_max,
+                error_curve,
+            });
+        }
+        if !tensors.is_empty() {
+            anyhow::bail!("{} tensors belong to no matrix", tensors.len());
+        }
+        Ok(Self {
+            method,
+            config: *config,
+            entries,
+        })
+    }
+
     /// The method the bank was built with.
     pub fn method(&self) -> Method {
         self.method

@@ -150,14 +150,31 @@ pub fn calibrated_bank(
         batch_tokens.max(1),
         progress,
     )?;
-    let bank = FactorBank::build(
-        &base.model.llama,
-        &calibration,
-        Method::OutputAligned,
-        progress,
-    )?;
+    // The bank is a function of the statistics and the weights: cached beside them, keyed by
+    // the statistics' key, the method and the bank's format.
+    let method = Method::OutputAligned;
+    let key = crate::calibrate::cache_key(&base.digest, task, settings)?;
+    let path = cache_dir.join(format!("{key}.{}.v{BANK_FORMAT}.bank", method.name()));
+    let config = *base.model.llama.config();
+    if path.is_file() {
+        progress.set_message(format!("reading the factor bank {}", path.display()));
+        match FactorBank::load(&path, &config, method, base.model.llama.device()) {
+            Ok(bank) => return Ok((bank, calibration.n_tokens)),
+            Err(error) => eprintln!("ignoring factor bank cache {}: {error:#}", path.display()),
+        }
+    }
+    let bank = FactorBank::build(&base.model.llama, &calibration, method, progress)?;
+    if let Err(error) = bank.save(&path) {
+        eprintln!(
+            "warning: cannot cache the factor bank at {}: {error:#}; the next run factorizes again",
+            path.display()
+        );
+    }
     Ok((bank, calibration.n_tokens))
 }
+
+/// Format of the cached factor bank; bump when the factorization changes.
+const BANK_FORMAT: u32 = 1;
 
 /// Runs the whole pipeline on `base` and writes the prune folder. A search that finds no
 /// genome meeting both the target and the budgets still writes its outputs and returns its
