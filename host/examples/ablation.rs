@@ -7,8 +7,9 @@
 //! 3. the same plans read through a fitted task head;
 //! 4. early exit: the first blocks kept dense, read through the task head.
 //!
-//! `cargo run --release -p whittle-host --example ablation -- [head examples] [svg path]`
-//! (defaults 4096 and `docs/figures/compression.svg`). Prints a markdown table and one JSON
+//! `cargo run --release -p whittle-host --example ablation -- [head examples] [svg path]
+//! [prune folder,...]` (defaults 4096 and `docs/figures/compression.svg`); each prune folder's
+//! `report.json` adds its searched answer to the figure. Prints a markdown table and one JSON
 //! line. Every head is fitted on the first calibration examples, never on the test split.
 
 use indicatif::ProgressBar;
@@ -32,6 +33,17 @@ fn main() -> anyhow::Result<()> {
         .get(1)
         .cloned()
         .unwrap_or_else(|| "docs/figures/compression.svg".into());
+    let answers: Vec<(f64, f64)> = match args.get(2) {
+        Some(dirs) => dirs
+            .split(',')
+            .map(|dir| {
+                let text = std::fs::read_to_string(format!("{dir}/report.json"))?;
+                let report: whittle_host::prune::PruneReport = serde_json::from_str(&text)?;
+                Ok((report.searched.linear_reduction, report.searched.test_accuracy))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        None => Vec::new(),
+    };
     let task = Task::resolve("sst2")?;
     let path = ensure_default_model(&default_model_dir())?;
     let opened = model::BaseModel::open(&path, &model::device(false)?)?;
@@ -149,6 +161,12 @@ fn main() -> anyhow::Result<()> {
         name: "every exit, task head".into(),
         points: every_exit.iter().map(|&(_, r, a)| (r, a)).collect(),
     });
+    if !answers.is_empty() {
+        series.push(Series {
+            name: "the search's answers".into(),
+            points: answers.clone(),
+        });
+    }
     line_chart_svg(
         std::path::Path::new(&svg),
         "SST-2 test accuracy against linear reduction (872 GLUE dev sentences)",
@@ -169,6 +187,7 @@ fn main() -> anyhow::Result<()> {
             "head_examples": head_examples,
             "rows": rows,
             "every_exit": every_exit,
+            "answers": answers,
         })
     );
     Ok(())

@@ -530,6 +530,10 @@ fn write_rank_map(
         let mut label_row = Vec::new();
         for layer_idx in 0..config.n_layers {
             match plan.rank(layer_idx, kind) {
+                _ if layer_idx >= plan.exit() => {
+                    keep_row.push(0.0);
+                    label_row.push("×".to_owned());
+                }
                 Some(rank) => {
                     keep_row.push(rank as f64 / full_rank as f64);
                     label_row.push(rank.to_string());
@@ -546,7 +550,7 @@ fn write_rank_map(
     rank_map_svg(
         &out.join(RANK_MAP_FILE),
         &format!(
-            "kept rank per layer and matrix ({} on {}; D = dense)",
+            "kept rank per layer and matrix ({} on {}; D = dense, × = removed past the exit)",
             task.name(),
             board.name
         ),

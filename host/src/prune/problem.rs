@@ -31,6 +31,8 @@ pub struct TaskProblem {
     dense_prediction: Prediction,
     accuracy: AccuracyModel,
     scored: HashMap<RankPlan, Scored>,
+    /// Quarter-split scores known without a forward pass (every exit of the dense model).
+    quarter_scored: HashMap<RankPlan, Scored>,
     progress: ProgressBar,
 }
 
@@ -54,10 +56,28 @@ impl TaskProblem {
         let dense_plan = RankPlan::dense(&config);
         let dense_prediction = dense_plan.predict(&board, &config, dtype, head_rows)?;
         let progress = ProgressBar::hidden();
-        let dense = full.score(&full.base().llama, &progress)?;
-        let mut scored = HashMap::new();
-        scored.insert(dense_plan, dense.clone());
         let quarter = full.fraction(4);
+        let mut scored = HashMap::new();
+        let mut quarter_scored = HashMap::new();
+        if full.reading() == LabelReading::Head {
+            // One pass of the dense model gives its state after every block: every exit with
+            // the kept blocks dense is scored from it, on both splits (the quarter is the
+            // full split's first quarter), without another forward pass.
+            let (states, gold) = full.every_exit_states(&full.base().llama, &progress)?;
+            let n_quarter = quarter.len().min(gold.len());
+            for (exit, exit_states) in (1..=config.n_layers).zip(&states) {
+                let plan = RankPlan::dense(&config).with_exit(exit);
+                let quarter_score =
+                    quarter.score_states(&exit_states[..n_quarter], &gold[..n_quarter])?;
+                quarter_scored.insert(plan.clone(), quarter_score);
+                scored.insert(plan, full.score_states(exit_states, &gold)?);
+            }
+        }
+        let dense = match scored.get(&dense_plan) {
+            Some(dense) => dense.clone(),
+            None => full.score(&full.base().llama, &progress)?,
+        };
+        scored.insert(dense_plan, dense.clone());
         let mut problem = Self {
             bank,
             config,
@@ -70,6 +90,7 @@ impl TaskProblem {
             dense_prediction,
             accuracy: AccuracyModel::fit(dense.clone(), &[]),
             scored,
+            quarter_scored,
             progress,
         };
         let mut probes = Vec::with_capacity(Self::PROBE_KEEPS.len());
@@ -187,8 +208,13 @@ impl Problem for TaskProblem {
                 // The quarter split screens with an in-sample bias (no calibration examples
                 // run): optimistic, so safe for rejecting candidates clearly below the target.
                 Stage::Quarter => {
-                    let candidate = self.bank.apply(&self.quarter.base().llama, &plan)?;
-                    let scored = self.quarter.score_in_sample(&candidate, &self.progress)?;
+                    let scored = match self.quarter_scored.get(&plan) {
+                        Some(scored) => scored.clone(),
+                        None => {
+                            let candidate = self.bank.apply(&self.quarter.base().llama, &plan)?;
+                            self.quarter.score_in_sample(&candidate, &self.progress)?
+                        }
+                    };
                     Evaluation {
                         accuracy: scored.accuracy,
                         signal: scored.gold_log_prob,

@@ -142,6 +142,28 @@ impl Evaluator {
         Ok(Self::scored(&search, bias))
     }
 
+    /// The states of the split's examples after every block of `llama` (one pass), and the
+    /// gold labels: what [`Evaluator::score_states`] reads for every exit of the model.
+    pub fn every_exit_states(
+        &self,
+        llama: &Llama,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<(Vec<Vec<Vec<f32>>>, Vec<usize>)> {
+        let model = self.base.with_llama(llama.clone());
+        progress.set_position(0);
+        progress.set_message(format!("{} (every exit)", self.stage));
+        let (states, gold, _) = last_states(&model, &self.search, self.batch_tokens, true, progress)?;
+        Ok((states, gold))
+    }
+
+    /// The cross-fitted task head's score of the first `states.len()` examples of the split,
+    /// given their states (the split's own, e.g. from [`Evaluator::every_exit_states`]).
+    pub fn score_states(&self, states: &[Vec<f32>], gold: &[usize]) -> anyhow::Result<Scored> {
+        let scores = cross_fit_scores(states, gold, &self.prior, &self.names)?;
+        let gold = gold.to_vec();
+        Ok(Self::scored(&ClassScores { scores, gold }, vec![0.0; self.prior.len()]))
+    }
+
     /// Scores with a task head read from the model's last block (the candidate's exit).
     fn score_head(&self, model: &LoadedModel, progress: &ProgressBar) -> anyhow::Result<Scored> {
         progress.set_position(0);
@@ -149,10 +171,10 @@ impl Evaluator {
         let (states, gold, _) =
             last_states(model, &self.search, self.batch_tokens, false, progress)?;
         let states = states.into_iter().next().unwrap_or_default();
-        let (scores, head) = if self.cross_fit {
-            let scores = cross_fit_scores(&states, &gold, &self.prior, &self.names)?;
-            (scores, None)
-        } else {
+        if self.cross_fit {
+            return self.score_states(&states, &gold);
+        }
+        let (scores, head) = {
             progress.set_position(0);
             progress.set_message(format!("{} (task head fit)", self.stage));
             let (fit_states, fit_gold, _) =
