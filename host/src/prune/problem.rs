@@ -8,7 +8,9 @@ use whittle_runtime::ModelConfig;
 
 use super::{AccuracyModel, Estimate, Evaluator, FactorBank, RankPlan, Scored, matrices};
 use crate::head::LabelReading;
-use crate::search::{Cost, Evaluation, Genome, Levels, Problem, Stage, water_filling_seeds};
+use crate::search::{
+    Cost, Evaluation, Genome, Levels, Problem, Stage, exit_for_level, water_filling_seeds,
+};
 
 /// The board-aware pruning problem of one task: genomes are rank levels per matrix of the
 /// factor bank, accuracy comes from the task's search split (a quarter of it first), cost from
@@ -60,12 +62,18 @@ impl TaskProblem {
         let mut scored = HashMap::new();
         let mut quarter_scored = HashMap::new();
         if full.reading() == LabelReading::Head {
-            // One pass of the dense model gives its state after every block: every exit with
-            // the kept blocks dense is scored from it, on both splits (the quarter is the
+            // One pass of the dense model gives its state after every block: every exit the
+            // exit gene can take, with the kept blocks dense, is scored from it, on both splits (the quarter is the
             // full split's first quarter), without another forward pass.
             let (states, gold) = full.every_exit_states(&full.base().llama, &progress)?;
             let n_quarter = quarter.len().min(gold.len());
+            let exits: Vec<usize> = (0..levels.len())
+                .map(|level| exit_for_level(config.n_layers, levels.len(), level as u8))
+                .collect();
             for (exit, exit_states) in (1..=config.n_layers).zip(&states) {
+                if !exits.contains(&exit) {
+                    continue;
+                }
                 let plan = RankPlan::dense(&config).with_exit(exit);
                 let quarter_score =
                     quarter.score_states(&exit_states[..n_quarter], &gold[..n_quarter])?;

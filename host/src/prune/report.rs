@@ -116,7 +116,7 @@ impl PruneReport {
     /// The one-line summary the CLI prints.
     pub fn summary_line(&self) -> String {
         format!(
-            "{} on {}: dense {:.4} → searched {:.4} test (uniform keep {:.2}: {:.4}); linear reduction {:.1}% vs uniform {:.1}%; {}",
+            "{} on {}: dense {:.4} → searched {:.4} test (uniform keep {:.2}: {:.4}); linear reduction {:.1}% vs uniform {:.1}% (exit after block {}); {}",
             self.task,
             self.board,
             self.dense_test_accuracy,
@@ -125,8 +125,27 @@ impl PruneReport {
             self.uniform.test_accuracy,
             100.0 * self.searched.linear_reduction,
             100.0 * self.uniform.linear_reduction,
+            self.searched.exit_layer,
             self.board_fit
         )
+    }
+
+    /// How the labels were read, and where the answer exits.
+    fn reading_line(&self) -> String {
+        match (self.reading, self.head_examples) {
+            (LabelReading::Head, Some(n)) => format!(
+                "Labels read through a task head (logistic regression on the exit's hidden state, \
+                 pulled toward the verbalizer rows): cross-fitted on the search split during the \
+                 search, fitted on {n} calibration examples for the test split, the dense model \
+                 exactly as the pruned ones (through the verbalizer, dense test accuracy {}). \
+                 The answer exits after block {}.\n\n",
+                self.dense_test_accuracy_verbalizer
+                    .map_or_else(|| "not measured".to_owned(), |a| format!("{a:.4}")),
+                self.searched.exit_layer
+            ),
+            _ => "Labels read through the verbalizer tokens with a fitted per-label bias.\n\n"
+                .to_owned(),
+        }
     }
 
     /// `report.md`.
@@ -144,7 +163,7 @@ impl PruneReport {
             )
         };
         format!(
-            "# Pruning report: {} on {}\n\nε = {}, seed = {}, dense search accuracy {:.4} (target {:.4}), dense test accuracy {:.4}.\n\n\
+            "# Pruning report: {} on {}\n\nε = {}, seed = {}, dense search accuracy {:.4} (target {:.4}), dense test accuracy {:.4}.\n\n{}\
              | plan | search acc | assured | test acc | linear red. | total red. | bundle | decode/token |\n|---|---|---|---|---|---|---|---|\n{}{}\n\
              The target is checked against the assured accuracy: the accuracy predicted from the paired \
              gold log-probability difference against dense (slope {}), less one paired standard error, \
@@ -157,6 +176,7 @@ impl PruneReport {
             self.dense_accuracy,
             self.target_accuracy,
             self.dense_test_accuracy,
+            self.reading_line(),
             row(
                 &format!("uniform (keep {:.2})", self.uniform_keep),
                 &self.uniform
