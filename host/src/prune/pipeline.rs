@@ -228,21 +228,16 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         batch_tokens,
         &progress,
     )?;
-    // The search reads each candidate's labels from the search split alone (a cross-fitted
-    // head, or the bias fitted on a few calibration examples); the test split's reading is
-    // fitted on calibration examples, for the dense model exactly as for the answer.
-    let evaluator = Evaluator::new(
-        model,
-        task,
-        Split::Search,
-        options.bias_examples,
-        batch_tokens,
-    )?
-    .with_reading(reading, true);
+    // The search reads each candidate's labels from the search split alone (a head cross-fitted
+    // on it, pulled toward the dense model's head at the candidate's exit; or the bias fitted
+    // on a few calibration examples); the test split's reading is fitted on calibration
+    // examples, for the dense model exactly as for the answer.
     let test_fit_examples = match reading {
         LabelReading::Head => options.head_examples,
         LabelReading::Verbalizer => options.bias_examples,
     };
+    let evaluator = Evaluator::new(model, task, Split::Search, test_fit_examples, batch_tokens)?
+        .with_reading(reading, true);
     let test = Evaluator::new(model, task, Split::Test, test_fit_examples, batch_tokens)?
         .with_reading(reading, false);
     let mut problem = TaskProblem::new(

@@ -58,6 +58,16 @@ impl TaskProblem {
         let dense_plan = RankPlan::dense(&config);
         let dense_prediction = dense_plan.predict(&board, &config, dtype, head_rows)?;
         let progress = ProgressBar::hidden();
+        let exits: Vec<usize> = (0..levels.len())
+            .map(|level| exit_for_level(config.n_layers, levels.len(), level as u8))
+            .collect();
+        let full = match full.reading() {
+            LabelReading::Head => {
+                let dense = full.base().llama.clone();
+                full.with_exit_priors(&dense, &exits, &progress)?
+            }
+            LabelReading::Verbalizer => full,
+        };
         let quarter = full.fraction(4);
         let mut scored = HashMap::new();
         let mut quarter_scored = HashMap::new();
@@ -67,18 +77,15 @@ impl TaskProblem {
             // full split's first quarter), without another forward pass.
             let (states, gold) = full.every_exit_states(&full.base().llama, &progress)?;
             let n_quarter = quarter.len().min(gold.len());
-            let exits: Vec<usize> = (0..levels.len())
-                .map(|level| exit_for_level(config.n_layers, levels.len(), level as u8))
-                .collect();
             for (exit, exit_states) in (1..=config.n_layers).zip(&states) {
                 if !exits.contains(&exit) {
                     continue;
                 }
                 let plan = RankPlan::dense(&config).with_exit(exit);
                 let quarter_score =
-                    quarter.score_states(&exit_states[..n_quarter], &gold[..n_quarter])?;
+                    quarter.score_states(&exit_states[..n_quarter], &gold[..n_quarter], exit)?;
                 quarter_scored.insert(plan.clone(), quarter_score);
-                scored.insert(plan, full.score_states(exit_states, &gold)?);
+                scored.insert(plan, full.score_states(exit_states, &gold, exit)?);
             }
         }
         let dense = match scored.get(&dense_plan) {

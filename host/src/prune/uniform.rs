@@ -24,6 +24,9 @@ pub struct Evaluator {
     /// The verbalizer rows a head is pulled toward, and the label names.
     prior: Vec<Vec<f32>>,
     names: Vec<String>,
+    /// Per exit, the rows a cross-fitted head is pulled toward instead (the dense model's
+    /// head at that exit, [`Evaluator::with_exit_priors`]).
+    exit_priors: std::collections::HashMap<usize, Vec<Vec<f32>>>,
     /// What the progress bar says while scoring.
     stage: String,
 }
@@ -82,6 +85,7 @@ impl Evaluator {
             cross_fit: false,
             prior,
             names: task.labels().iter().map(|l| l.value.clone()).collect(),
+            exit_priors: std::collections::HashMap::new(),
             stage: format!("scoring the {} split of {}", split, task.name()),
         })
     }
@@ -93,6 +97,34 @@ impl Evaluator {
         self.reading = reading;
         self.cross_fit = cross_fit;
         self
+    }
+
+    /// Pulls the cross-fitted head of a candidate exiting after block `e` toward the head of
+    /// the dense `llama` at that exit, fitted (toward the verbalizer rows) on this evaluator's
+    /// calibration examples, for every `e` in `exits`: one pass of the dense model. A
+    /// candidate's state at an exit stays close to the dense model's, so a few hundred
+    /// search-split states then correct a good head instead of learning one from nothing, and
+    /// the search's reading of an early exit approaches the calibration-fitted head the test
+    /// split is read with.
+    pub fn with_exit_priors(
+        mut self,
+        llama: &Llama,
+        exits: &[usize],
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Self> {
+        let model = self.base.with_llama(llama.clone());
+        progress.set_position(0);
+        progress.set_message(format!("{} (dense heads at every exit)", self.stage));
+        let (states, gold, _) =
+            last_states(&model, &self.bias_examples, self.batch_tokens, true, progress)?;
+        for &exit in exits {
+            let Some(exit_states) = states.get(exit.wrapping_sub(1)) else {
+                anyhow::bail!("exit {exit} is outside the model's {} blocks", states.len());
+            };
+            let head = fit_head(exit_states, &gold, &self.prior, &self.names)?;
+            self.exit_priors.insert(exit, head.weight);
+        }
+        Ok(self)
     }
 
     /// How the labels are read.
@@ -157,9 +189,16 @@ impl Evaluator {
     }
 
     /// The cross-fitted task head's score of the first `states.len()` examples of the split,
-    /// given their states (the split's own, e.g. from [`Evaluator::every_exit_states`]).
-    pub fn score_states(&self, states: &[Vec<f32>], gold: &[usize]) -> anyhow::Result<Scored> {
-        let scores = cross_fit_scores(states, gold, &self.prior, &self.names)?;
+    /// given their states after block `exit` (the split's own, e.g. from
+    /// [`Evaluator::every_exit_states`]).
+    pub fn score_states(
+        &self,
+        states: &[Vec<f32>],
+        gold: &[usize],
+        exit: usize,
+    ) -> anyhow::Result<Scored> {
+        let prior = self.exit_priors.get(&exit).unwrap_or(&self.prior);
+        let scores = cross_fit_scores(states, gold, prior, &self.names)?;
         let gold = gold.to_vec();
         Ok(Self::scored(&ClassScores { scores, gold }, vec![0.0; self.prior.len()]))
     }
@@ -172,7 +211,7 @@ impl Evaluator {
             last_states(model, &self.search, self.batch_tokens, false, progress)?;
         let states = states.into_iter().next().unwrap_or_default();
         if self.cross_fit {
-            return self.score_states(&states, &gold);
+            return self.score_states(&states, &gold, model.llama.config().n_layers);
         }
         let (scores, head) = {
             progress.set_position(0);
@@ -249,6 +288,7 @@ impl Evaluator {
             cross_fit: self.cross_fit,
             prior: self.prior.clone(),
             names: self.names.clone(),
+            exit_priors: self.exit_priors.clone(),
             stage: format!("{} (1/{parts})", self.stage),
         }
     }

@@ -90,13 +90,17 @@ pub fn min_exit(n_layers: usize) -> usize {
     (n_layers / 4).max(1)
 }
 
-/// The blocks kept at exit-gene `level` of `n_levels`: evenly spaced from every block (level 0)
-/// to [`min_exit`] (the last level).
+/// The blocks kept at exit-gene `level` of `n_levels`: every block at level 0, then one
+/// whole step fewer per level (the step spreads the levels over the model down to about
+/// [`min_exit`]; 2 blocks for 30 blocks and 12 levels: 30, 28, …, 8), never below
+/// [`min_exit`].
 pub fn exit_for_level(n_layers: usize, n_levels: usize, level: u8) -> usize {
     let last = n_levels.saturating_sub(1).max(1) as f64;
     let span = n_layers.saturating_sub(min_exit(n_layers)) as f64;
-    let drop = (f64::from(level).min(last) * span / last).round() as usize;
-    n_layers.saturating_sub(drop).max(1)
+    let step = ((span / last).round() as usize).max(1);
+    n_layers
+        .saturating_sub(usize::from(level) * step)
+        .max(min_exit(n_layers))
 }
 
 /// The accuracy target a*: `(1 − ε)·dense`, or `dense − ε` with `config.absolute`.
