@@ -104,11 +104,14 @@ pub fn pack_to_file(
 ) -> anyhow::Result<Packed> {
     let gguf = GgufFile::open(&base.path)?;
     let tables = tokenizer_tables(&gguf, &model.tokenizer)?;
-    let head = prune.map(PruneFolder::head).transpose()?.flatten();
-    if head.is_some() && options.head != HeadChoice::Task {
-        bail!(
-            "the prune folder reads its labels through a fitted task head (head.json), which a bundle stores as the label rows of a task-pruned head; pack it with --head task"
+    let mut head = prune.map(PruneFolder::head).transpose()?.flatten();
+    if head.is_some() && options.head == HeadChoice::Full {
+        // A full head serves generation and speed measurements; the labels are then read
+        // through the verbalizer rows, which the fitted head replaced.
+        eprintln!(
+            "warning: the prune folder reads its labels through a fitted task head (head.json), which only a task-pruned head stores; this --head full bundle reads them through the verbalizer rows instead (pack with --head task to classify as the prune run measured)"
         );
+        head = None;
     }
     let progress = progress_bar();
     progress.set_message(format!("{} calibration (label bias)", task.name()));

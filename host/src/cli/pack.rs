@@ -24,9 +24,10 @@ pub struct PackArgs {
     /// Storage type of every matrix.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Dtype,
-    /// Output head: the whole vocabulary, or the label rows only (classification).
-    #[arg(long, value_enum, default_value = "full")]
-    head: HeadChoice,
+    /// Output head: the whole vocabulary, or the label rows only (classification)
+    /// [default: `task` for a prune folder with a fitted task head (`head.json`), else `full`].
+    #[arg(long, value_enum)]
+    head: Option<HeadChoice>,
     /// Sign with this key (made by `whittle keygen`).
     #[arg(long, value_name = "KEY")]
     sign: Option<PathBuf>,
@@ -73,9 +74,18 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         },
         None => ProvenanceInfo::default(),
     };
+    let has_head = match &prune {
+        Some(prune) => prune.head()?.is_some(),
+        None => false,
+    };
+    let head = args.head.unwrap_or(if has_head {
+        HeadChoice::Task
+    } else {
+        HeadChoice::Full
+    });
     let options = PackOptions {
         dtype: args.dtype,
-        head: args.head,
+        head,
         signing_key: args.sign.as_deref().map(read_signing_key).transpose()?,
         provenance,
     };
@@ -88,6 +98,6 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         args.batch_tokens,
         &args.out,
     )?;
-    println!("{}", describe(&packed, args.head, &args.out));
+    println!("{}", describe(&packed, head, &args.out));
     Ok(())
 }
