@@ -8,8 +8,10 @@
 //! 4. early exit: the first blocks kept dense, read through the task head.
 //!
 //! `cargo run --release -p whittle-host --example ablation -- [head examples] [svg path]
-//! [prune folder,...]` (defaults 4096 and `docs/figures/compression.svg`); each prune folder's
-//! `report.json` adds its searched answer to the figure. Prints a markdown table and one JSON
+//! [prune folder,...] [16k | replot]` (defaults 4096 and `docs/figures/compression.svg`); each
+//! prune folder's `report.json` adds its searched answer to the figure; row 1 (a second
+//! factorization, minutes) only with the last argument `16k`. The measurements are saved beside
+//! the figure (`.json`); `replot` draws the figure and the table from them again. Prints a markdown table and one JSON
 //! line. Every head is fitted on the first calibration examples, never on the test split.
 
 use indicatif::ProgressBar;
@@ -33,7 +35,7 @@ fn main() -> anyhow::Result<()> {
         .get(1)
         .cloned()
         .unwrap_or_else(|| "docs/figures/compression.svg".into());
-    let answers: Vec<(f64, f64)> = match args.get(2) {
+    let answers: Vec<(f64, f64)> = match args.get(2).filter(|dirs| !dirs.is_empty()) {
         Some(dirs) => dirs
             .split(',')
             .map(|dir| {
@@ -44,6 +46,31 @@ fn main() -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
         None => Vec::new(),
     };
+    let saved = std::path::Path::new(&svg).with_extension("json");
+    let measured: Measured = if args.get(3).is_some_and(|a| a == "replot") {
+        serde_json::from_str(&std::fs::read_to_string(&saved)?)?
+    } else {
+        let measured = measure(head_examples, args.get(3).is_some_and(|a| a == "16k"))?;
+        std::fs::write(&saved, serde_json::to_string_pretty(&measured)?)?;
+        measured
+    };
+    report(&measured, &answers, &svg)
+}
+
+/// What the ablation measured.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Measured {
+    dense_verbalizer: f64,
+    dense_head: f64,
+    head_examples: usize,
+    test_n: usize,
+    /// Per path: (linear reduction, test accuracy) at the table's columns.
+    rows: Vec<(String, Vec<(f64, f64)>)>,
+    /// (exit, linear reduction, test accuracy) for every exit, kept blocks dense.
+    every_exit: Vec<(usize, f64, f64)>,
+}
+
+fn measure(head_examples: usize, with_16k: bool) -> anyhow::Result<Measured> {
     let task = Task::resolve("sst2")?;
     let path = ensure_default_model(&default_model_dir())?;
     let opened = model::BaseModel::open(&path, &model::device(false)?)?;
@@ -66,10 +93,11 @@ fn main() -> anyhow::Result<()> {
     line(format!("dense, verbalizer: {dense_verbalizer:.4}"));
 
     let mut rows: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for (name, tokens) in [
+    let banks = [
         ("factor pairs · verbalizer · 16k tokens", 16_384),
-        ("+ 64k calibration tokens", CalibrationSettings::default().max_tokens),
-    ] {
+        ("factor pairs · verbalizer · 64k tokens", CalibrationSettings::default().max_tokens),
+    ];
+    for (name, tokens) in banks.into_iter().skip(usize::from(!with_16k)) {
         let settings = CalibrationSettings {
             max_tokens: tokens,
             ..CalibrationSettings::default()
@@ -133,13 +161,31 @@ fn main() -> anyhow::Result<()> {
     }
     points.reverse();
     rows.push(("+ early exit (kept blocks dense)".to_owned(), points));
+    Ok(Measured {
+        dense_verbalizer,
+        dense_head,
+        head_examples,
+        test_n: test_examples.len(),
+        rows,
+        every_exit,
+    })
+}
 
+fn report(measured: &Measured, answers: &[(f64, f64)], svg: &str) -> anyhow::Result<()> {
+    let Measured {
+        dense_verbalizer,
+        dense_head,
+        head_examples,
+        test_n,
+        rows,
+        every_exit,
+    } = measured;
+    let (dense_verbalizer, dense_head) = (*dense_verbalizer, *dense_head);
     println!(
-        "dense test accuracy: verbalizer {dense_verbalizer:.4}, task head {dense_head:.4} ({} test sentences, heads fitted on {head_examples} calibration examples)\n",
-        test_examples.len()
+        "dense test accuracy: verbalizer {dense_verbalizer:.4}, task head {dense_head:.4} ({test_n} test sentences, heads fitted on {head_examples} calibration examples)\n"
     );
     println!("| path | ~20% | ~40% | ~60% | ~70% |\n|---|---|---|---|---|");
-    for (name, points) in &rows {
+    for (name, points) in rows {
         let cells: Vec<String> = points
             .iter()
             .map(|(r, a)| format!("{a:.4} ({:.0}%)", 100.0 * r))
@@ -147,7 +193,7 @@ fn main() -> anyhow::Result<()> {
         println!("| {name} | {} |", cells.join(" | "));
     }
     println!("\n| exit | linear reduction | test accuracy (task head) |\n|---|---|---|");
-    for (exit, counted, accuracy) in &every_exit {
+    for (exit, counted, accuracy) in every_exit {
         println!("| {exit} | {:.1}% | {accuracy:.4} |", 100.0 * counted);
     }
     let mut series: Vec<Series> = rows
@@ -164,11 +210,11 @@ fn main() -> anyhow::Result<()> {
     if !answers.is_empty() {
         series.push(Series {
             name: "the search's answers".into(),
-            points: answers.clone(),
+            points: answers.to_vec(),
         });
     }
     line_chart_svg(
-        std::path::Path::new(&svg),
+        std::path::Path::new(svg),
         "SST-2 test accuracy against linear reduction (872 GLUE dev sentences)",
         "linear parameters removed",
         "test accuracy",
@@ -179,16 +225,6 @@ fn main() -> anyhow::Result<()> {
             ("dense, verbalizer".into(), dense_verbalizer),
         ],
     )?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "dense_verbalizer": dense_verbalizer,
-            "dense_head": dense_head,
-            "head_examples": head_examples,
-            "rows": rows,
-            "every_exit": every_exit,
-            "answers": answers,
-        })
-    );
+    println!("{}", serde_json::json!({ "measured": measured, "answers": answers }));
     Ok(())
 }

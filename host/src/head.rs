@@ -424,25 +424,14 @@ impl Problem {
             };
             let step = llt.solve(&gradient);
             let slope: f64 = (0..p).map(|j| gradient[(j, 0)] * step[(j, 0)]).sum();
-            let mut scale = 1.0;
-            let mut accepted = None;
-            for _ in 0..MAX_HALVINGS {
-                let candidate = Mat::from_fn(p, 1, |j, _| theta[(j, 0)] - scale * step[(j, 0)]);
-                let candidate_value = objective(&candidate);
-                if candidate_value <= value - 1e-4 * scale * slope {
-                    accepted = Some((candidate, candidate_value));
-                    break;
+            match damped_step(&theta, &step, slope, value, &objective) {
+                Some((next, next_value, converged)) => {
+                    (theta, value) = (next, next_value);
+                    if converged {
+                        break;
+                    }
                 }
-                scale *= 0.5;
-            }
-            let Some((next, next_value)) = accepted else {
-                break;
-            };
-            let improvement = value - next_value;
-            theta = next;
-            value = next_value;
-            if improvement <= 1e-12 * value.abs().max(1.0) {
-                break;
+                None => break,
             }
         }
         Mat::from_fn(p, 2, |j, k| {
@@ -535,28 +524,18 @@ impl Problem {
             let Ok(llt) = hessian.llt(Side::Lower) else {
                 break;
             };
-            let step = llt.solve(&rhs);
-            let slope: f64 = (0..size).map(|r| rhs_at(&gradient, r, p) * step[(r, 0)]).sum();
-            let mut scale = 1.0;
-            let mut accepted = None;
-            for _ in 0..MAX_HALVINGS {
-                let candidate =
-                    Mat::from_fn(p, n_labels, |j, k| theta[(j, k)] - scale * step[(k * p + j, 0)]);
-                let candidate_value = self.loss(&candidate, ridge);
-                if candidate_value <= value - 1e-4 * scale * slope {
-                    accepted = Some((candidate, candidate_value));
-                    break;
+            let stacked = llt.solve(&rhs);
+            let slope: f64 = (0..size).map(|r| rhs_at(&gradient, r, p) * stacked[(r, 0)]).sum();
+            let step = Mat::from_fn(p, n_labels, |j, k| stacked[(k * p + j, 0)]);
+            let objective = |theta: &Mat<f64>| self.loss(theta, ridge);
+            match damped_step(&theta, &step, slope, value, objective) {
+                Some((next, next_value, converged)) => {
+                    (theta, value) = (next, next_value);
+                    if converged {
+                        break;
+                    }
                 }
-                scale *= 0.5;
-            }
-            let Some((next, next_value)) = accepted else {
-                break;
-            };
-            let improvement = value - next_value;
-            theta = next;
-            value = next_value;
-            if improvement <= 1e-12 * value.abs().max(1.0) {
-                break;
+                None => break,
             }
         }
         theta
@@ -572,6 +551,31 @@ impl Problem {
             ridge,
         }
     }
+}
+
+/// The Newton step `theta − s·step` for the largest `s` of 1, ½, ¼, … that lowers `objective`
+/// by at least `10⁻⁴·s·slope` (Armijo), with its value and whether the decrease was too small to
+/// go on; `None` when no such `s` exists.
+fn damped_step(
+    theta: &Mat<f64>,
+    step: &Mat<f64>,
+    slope: f64,
+    value: f64,
+    objective: impl Fn(&Mat<f64>) -> f64,
+) -> Option<(Mat<f64>, f64, bool)> {
+    let mut scale = 1.0;
+    for _ in 0..MAX_HALVINGS {
+        let candidate = Mat::from_fn(theta.nrows(), theta.ncols(), |i, j| {
+            theta[(i, j)] - scale * step[(i, j)]
+        });
+        let candidate_value = objective(&candidate);
+        if candidate_value <= value - 1e-4 * scale * slope {
+            let converged = value - candidate_value <= 1e-12 * candidate_value.abs().max(1.0);
+            return Some((candidate, candidate_value, converged));
+        }
+        scale *= 0.5;
+    }
+    None
 }
 
 /// `log(1 + eᶻ)` without overflow.
