@@ -41,7 +41,10 @@ fn main() -> anyhow::Result<()> {
             .map(|dir| {
                 let text = std::fs::read_to_string(format!("{dir}/report.json"))?;
                 let report: whittle_host::prune::PruneReport = serde_json::from_str(&text)?;
-                Ok((report.searched.linear_reduction, report.searched.test_accuracy))
+                Ok((
+                    report.searched.linear_reduction,
+                    report.searched.test_accuracy,
+                ))
             })
             .collect::<anyhow::Result<_>>()?,
         None => Vec::new(),
@@ -80,13 +83,7 @@ fn measure(head_examples: usize, with_16k: bool) -> anyhow::Result<Measured> {
     let cache = whittle_boards::default_cache_dir();
     let line = |text: String| eprintln!("{text}");
 
-    let verbalizer = Evaluator::new(
-        base,
-        &task,
-        Split::Test,
-        metrics::LABEL_BIAS_EXAMPLES,
-        4096,
-    )?;
+    let verbalizer = Evaluator::new(base, &task, Split::Test, metrics::LABEL_BIAS_EXAMPLES, 4096)?;
     let head = Evaluator::new(base, &task, Split::Test, head_examples, 4096)?
         .with_reading(LabelReading::Head, false);
     let dense_verbalizer = verbalizer.score(&base.llama, &progress)?.accuracy;
@@ -95,7 +92,10 @@ fn measure(head_examples: usize, with_16k: bool) -> anyhow::Result<Measured> {
     let mut rows: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let banks = [
         ("factor pairs · verbalizer · 16k tokens", 16_384),
-        ("factor pairs · verbalizer · 64k tokens", CalibrationSettings::default().max_tokens),
+        (
+            "factor pairs · verbalizer · 64k tokens",
+            CalibrationSettings::default().max_tokens,
+        ),
     ];
     for (name, tokens) in banks.into_iter().skip(usize::from(!with_16k)) {
         let settings = CalibrationSettings {
@@ -225,6 +225,9 @@ fn report(measured: &Measured, answers: &[(f64, f64)], svg: &str) -> anyhow::Res
             ("dense, verbalizer".into(), dense_verbalizer),
         ],
     )?;
-    println!("{}", serde_json::json!({ "measured": measured, "answers": answers }));
+    println!(
+        "{}",
+        serde_json::json!({ "measured": measured, "answers": answers })
+    );
     Ok(())
 }

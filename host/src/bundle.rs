@@ -20,10 +20,10 @@ use whittle_runtime::{MatrixKind, ModelConfig};
 
 use crate::eval::{LabelTokens, prompt_text, score_labels};
 use crate::gguf::GgufFile;
+use crate::head::TaskHead;
 use crate::metrics;
 use crate::model::{BaseModel, Linear, LoadedModel};
 use crate::progress::progress_bar;
-use crate::head::TaskHead;
 use crate::prune::PruneFolder;
 use crate::task::{Metric, Split, Task};
 use crate::tokenizer::TextTokenizer;
@@ -459,7 +459,11 @@ pub fn pack(
                         );
                     }
                     let values: Vec<f32> = fitted.weight.concat();
-                    Tensor::from_vec(values, (label_ids.len(), config.hidden_size), llama.device())?
+                    Tensor::from_vec(
+                        values,
+                        (label_ids.len(), config.hidden_size),
+                        llama.device(),
+                    )?
                 }
                 None => {
                     let ids = Tensor::new(label_ids.as_slice(), llama.device())?;
@@ -471,7 +475,7 @@ pub fn pack(
                 row_bytes(label_ids.len()),
             )
         }
-            HeadChoice::Full if fitted.is_some() => {
+        HeadChoice::Full if fitted.is_some() => {
             bail!("a fitted task head is stored as label rows; use --head task")
         }
         HeadChoice::Full if fitted.is_some() => {

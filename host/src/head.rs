@@ -171,7 +171,11 @@ pub fn cross_fit_scores(
         let problem = Problem::new(&train_states, &train_gold, prior, labels)?;
         let ridge = *ridge.get_or_insert_with(|| problem.choose_ridge());
         let head = problem.head(&problem.solve(ridge, problem.initial()), ridge);
-        for (i, state) in states.iter().enumerate().filter(|(i, _)| fold_of(*i) == fold) {
+        for (i, state) in states
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| fold_of(*i) == fold)
+        {
             scores[i] = head.scores(state);
         }
     }
@@ -180,8 +184,11 @@ pub fn cross_fit_scores(
 
 /// The fold position `i` belongs to: its Fibonacci hash, scaled to the folds.
 fn fold_of(i: usize) -> usize {
-    let hash = (i as u64).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-    (hash * CROSS_FIT_FOLDS as u64 >> 32) as usize
+    let hash = (i as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        >> 32;
+    ((hash * CROSS_FIT_FOLDS as u64) >> 32) as usize
 }
 
 /// The regression problem: design rows `[x, 1]` as an `n × (d + 1)` matrix.
@@ -209,7 +216,10 @@ impl Problem {
             return Err(HeadError::TooFewExamples { got: n });
         }
         if gold.len() != n {
-            return Err(HeadError::Shape(format!("{n} states but {} labels", gold.len())));
+            return Err(HeadError::Shape(format!(
+                "{n} states but {} labels",
+                gold.len()
+            )));
         }
         let n_labels = prior.len();
         if n_labels < 2 || labels.len() != n_labels {
@@ -235,9 +245,13 @@ impl Problem {
                 n,
             });
         }
-        let design = Mat::from_fn(n, d + 1, |i, j| {
-            if j < d { f64::from(states[i][j]) } else { 1.0 }
-        });
+        let design = Mat::from_fn(
+            n,
+            d + 1,
+            |i, j| {
+                if j < d { f64::from(states[i][j]) } else { 1.0 }
+            },
+        );
         let squares: f64 = states
             .iter()
             .flat_map(|s| s.iter().map(|&x| f64::from(x) * f64::from(x)))
@@ -300,7 +314,9 @@ impl Problem {
             let max = (0..self.n_labels)
                 .map(|k| logits[(i, k)])
                 .fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = (0..self.n_labels).map(|k| (logits[(i, k)] - max).exp()).sum();
+            let sum: f64 = (0..self.n_labels)
+                .map(|k| (logits[(i, k)] - max).exp())
+                .sum();
             for k in 0..self.n_labels {
                 probs[(i, k)] = (logits[(i, k)] - max).exp() / sum;
             }
@@ -352,9 +368,19 @@ impl Problem {
         let offsets: Vec<f64> = (0..rows)
             .map(|i| (0..d).map(|j| prior_gap[j] * self.design[(i, j)]).sum())
             .collect();
-        let targets: Vec<f64> = self.gold.iter().map(|&g| f64::from(u8::from(g == 1))).collect();
+        let targets: Vec<f64> = self
+            .gold
+            .iter()
+            .map(|&g| f64::from(u8::from(g == 1)))
+            .collect();
         let penalty: Vec<f64> = (0..p)
-            .map(|j| if j < d { ridge / 2.0 } else { LABEL_BIAS_L2 / 2.0 })
+            .map(|j| {
+                if j < d {
+                    ridge / 2.0
+                } else {
+                    LABEL_BIAS_L2 / 2.0
+                }
+            })
             .collect();
         let mut theta = Mat::from_fn(p, 1, |j, _| {
             if j < d {
@@ -381,7 +407,9 @@ impl Problem {
                 .zip(&targets)
                 .map(|(&z, &y)| softplus(z) - y * z)
                 .sum();
-            let reg: f64 = (0..p).map(|j| 0.5 * penalty[j] * theta[(j, 0)].powi(2)).sum();
+            let reg: f64 = (0..p)
+                .map(|j| 0.5 * penalty[j] * theta[(j, 0)].powi(2))
+                .sum();
             nll / n + reg
         };
         let mut value = objective(&theta);
@@ -424,7 +452,7 @@ impl Problem {
             };
             let step = llt.solve(&gradient);
             let slope: f64 = (0..p).map(|j| gradient[(j, 0)] * step[(j, 0)]).sum();
-            match damped_step(&theta, &step, slope, value, &objective) {
+            match damped_step(&theta, &step, slope, value, objective) {
                 Some((next, next_value, converged)) => {
                     (theta, value) = (next, next_value);
                     if converged {
@@ -525,7 +553,9 @@ impl Problem {
                 break;
             };
             let stacked = llt.solve(&rhs);
-            let slope: f64 = (0..size).map(|r| rhs_at(&gradient, r, p) * stacked[(r, 0)]).sum();
+            let slope: f64 = (0..size)
+                .map(|r| rhs_at(&gradient, r, p) * stacked[(r, 0)])
+                .sum();
             let step = Mat::from_fn(p, n_labels, |j, k| stacked[(k * p + j, 0)]);
             let objective = |theta: &Mat<f64>| self.loss(theta, ridge);
             match damped_step(&theta, &step, slope, value, objective) {
@@ -684,12 +714,18 @@ mod tests {
     #[test]
     fn the_two_label_shortcut_finds_the_multinomial_minimiser() {
         let (states, gold) = data(120, 6);
-        let prior = vec![vec![0.3, -0.2, 0.1, 0.0, 0.5, 0.0], vec![0.0, 0.4, -0.3, 0.2, 0.0, 0.1]];
+        let prior = vec![
+            vec![0.3, -0.2, 0.1, 0.0, 0.5, 0.0],
+            vec![0.0, 0.4, -0.3, 0.2, 0.0, 0.1],
+        ];
         let problem = Problem::new(&states, &gold, &prior, &labels()).unwrap();
         for ridge in [1e-3, 1e-1] {
             let binary = problem.solve_binary(ridge, &problem.initial());
             let multinomial = problem.solve_multinomial(ridge, problem.initial());
-            let (a, b) = (problem.loss(&binary, ridge), problem.loss(&multinomial, ridge));
+            let (a, b) = (
+                problem.loss(&binary, ridge),
+                problem.loss(&multinomial, ridge),
+            );
             assert!((a - b).abs() < 1e-9, "ridge {ridge}: {a} vs {b}");
             for j in 0..problem.dim() {
                 for k in 0..2 {

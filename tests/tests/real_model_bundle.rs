@@ -13,9 +13,9 @@
 use std::sync::OnceLock;
 
 use candle_core::Device;
+use indicatif::ProgressBar;
 use serde::Deserialize;
 use whittle_host::bundle::{HeadChoice, PackOptions, ProvenanceInfo, pack, tokenizer_tables};
-use indicatif::ProgressBar;
 use whittle_host::eval::{LabelTokens, last_states, verbalizer_rows};
 use whittle_host::gguf::GgufFile;
 use whittle_host::head::fit_head;
@@ -244,9 +244,16 @@ fn real_model_bundle_with_an_exit_and_a_fitted_head_matches_the_host() -> anyhow
     let reference = host_reference(&model, &bundle, &examples, Some(&head))?;
     // The reference is what the evaluator scores: the head on the exit's normalised state.
     let (test_states, _, _) = last_states(&model, &examples, 4096, false, &hidden)?;
-    for (scores, logits) in head.score_all(&test_states[0]).iter().zip(&reference.logits) {
+    for (scores, logits) in head
+        .score_all(&test_states[0])
+        .iter()
+        .zip(&reference.logits)
+    {
         for ((score, logit), b) in scores.iter().zip(logits).zip(&head.bias) {
-            assert!((score - f64::from(logit + b)).abs() < 1e-3, "{score} vs {logit} + {b}");
+            assert!(
+                (score - f64::from(logit + b)).abs() < 1e-3,
+                "{score} vs {logit} + {b}"
+            );
         }
     }
     let report = compare(&reference, &bundle, best())?;
@@ -256,6 +263,10 @@ fn real_model_bundle_with_an_exit_and_a_fitted_head_matches_the_host() -> anyhow
     );
     assert_eq!(report.token_id_mismatches, 0);
     assert_eq!(report.agreement, 1.0);
-    assert!(report.max_abs_logit_diff < 1e-3, "{}", report.max_abs_logit_diff);
+    assert!(
+        report.max_abs_logit_diff < 1e-3,
+        "{}",
+        report.max_abs_logit_diff
+    );
     Ok(())
 }

@@ -52,7 +52,11 @@ impl LabelTokens {
 /// The rows of the output head at each label's first verbalizer token: the verbalizer head
 /// that a fitted task head is pulled toward ([`crate::head`]).
 pub fn verbalizer_rows(llama: &Llama, labels: &LabelTokens) -> anyhow::Result<Vec<Vec<f32>>> {
-    let first: Vec<u32> = labels.ids.iter().filter_map(|ids| ids.first().copied()).collect();
+    let first: Vec<u32> = labels
+        .ids
+        .iter()
+        .filter_map(|ids| ids.first().copied())
+        .collect();
     let ids = Tensor::new(first.as_slice(), llama.device())?;
     Ok(llama.head().index_select(&ids, 0)?.to_vec2()?)
 }
@@ -82,14 +86,21 @@ pub fn score_labels(
         // log-softmax of the last state's logits, read at the label tokens.
         Some(label_ids) => {
             let ids = Tensor::new(label_ids.as_slice(), model.llama.device())?;
-            run_last_states(model, &prompts, batch_tokens, false, progress, |indices, states| {
-                let log_probs = log_softmax(&model.llama.logits(&states[0])?)?;
-                let picked: Vec<Vec<f32>> = log_probs.index_select(&ids, 1)?.to_vec2()?;
-                for (&index, row) in indices.iter().zip(picked) {
-                    scores[index] = row.into_iter().map(f64::from).collect();
-                }
-                Ok(())
-            })?
+            run_last_states(
+                model,
+                &prompts,
+                batch_tokens,
+                false,
+                progress,
+                |indices, states| {
+                    let log_probs = log_softmax(&model.llama.logits(&states[0])?)?;
+                    let picked: Vec<Vec<f32>> = log_probs.index_select(&ids, 1)?.to_vec2()?;
+                    for (&index, row) in indices.iter().zip(picked) {
+                        scores[index] = row.into_iter().map(f64::from).collect();
+                    }
+                    Ok(())
+                },
+            )?
         }
         None => {
             let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
@@ -109,6 +120,9 @@ pub fn score_labels(
     Ok((ClassScores { scores, gold }, tokens))
 }
 
+/// Hidden states by exit, then by example: `states[e][i]` is example `i`'s state after exit `e`.
+pub type ExitStates = Vec<Vec<Vec<f32>>>;
+
 /// The normalised hidden state at every example's last prompt token, and the gold labels:
 /// `states[e][i]` is example `i`'s state after exit `e` (block `e`; with `per_exit` false only
 /// the model's last block, so `states` has one element). Returns the tokens run too.
@@ -118,7 +132,7 @@ pub fn last_states(
     batch_tokens: usize,
     per_exit: bool,
     progress: &ProgressBar,
-) -> anyhow::Result<(Vec<Vec<Vec<f32>>>, Vec<usize>, usize)> {
+) -> anyhow::Result<(ExitStates, Vec<usize>, usize)> {
     let (prompts, gold) = labelled_prompts(model, examples, 0)?;
     let n_exits = if per_exit {
         model.llama.config().n_layers
@@ -190,7 +204,9 @@ fn run_last_states(
 ) -> anyhow::Result<usize> {
     progress.set_length(prompts.len() as u64);
     let (prefix, skip) = match shared_prefix_len(prompts) {
-        len if len >= MIN_SHARED_PREFIX => (Some(model.llama.prefix_cache(&prompts[0][..len])?), len),
+        len if len >= MIN_SHARED_PREFIX => {
+            (Some(model.llama.prefix_cache(&prompts[0][..len])?), len)
+        }
         _ => (None, 0),
     };
     let mut tokens = skip;

@@ -13,7 +13,9 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-pub use classify::{ClassScores, LabelTokens, last_states, score_labels, verbalizer_rows};
+pub use classify::{
+    ClassScores, ExitStates, LabelTokens, last_states, score_labels, verbalizer_rows,
+};
 
 use crate::model::LoadedModel;
 use crate::task::{Example, Metric, Prompt, Split, Task};

@@ -234,7 +234,9 @@ fn every_exit_of_one_pass_equals_the_truncated_model() -> Result<()> {
             let truncated = llama.truncated(l + 1)?;
             assert_eq!(truncated.config().n_layers, l + 1);
             let expected = match shared {
-                Some(_) => truncated.last_hidden_after(&truncated.prefix_cache(&prefix)?, &batch)?,
+                Some(_) => {
+                    truncated.last_hidden_after(&truncated.prefix_cache(&prefix)?, &batch)?
+                }
                 None => truncated.last_hidden(&batch)?,
             };
             let diff = max_abs_diff(state, &expected)?;

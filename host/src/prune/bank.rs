@@ -160,7 +160,11 @@ impl FactorBank {
             };
             let r_max = a.dim(0)?;
             if a.dims() != [r_max, cols] || bt.dims() != [r_max, rows] {
-                anyhow::bail!("matrix {i} has factors of shapes {:?} and {:?}", a.dims(), bt.dims());
+                anyhow::bail!(
+                    "matrix {i} has factors of shapes {:?} and {:?}",
+                    a.dims(),
+                    bt.dims()
+                );
             }
             let error_curve = tensors
                 .remove(&format!("{i}.e"))

@@ -308,7 +308,11 @@ mod exit_tests {
     #[test]
     fn the_folder_cuts_the_model_at_its_exit_and_reads_its_head() -> anyhow::Result<()> {
         let config = tiny_config();
-        let base = Llama::from_tensors(config, &tiny_tensors(&config, 3, &Device::Cpu)?, &Device::Cpu)?;
+        let base = Llama::from_tensors(
+            config,
+            &tiny_tensors(&config, 3, &Device::Cpu)?,
+            &Device::Cpu,
+        )?;
         let head = TaskHead {
             weight: vec![vec![0.5; config.hidden_size]; 2],
             bias: vec![0.0, 1.0],
@@ -321,7 +325,10 @@ mod exit_tests {
         // No exit: every block; no head.json: no head.
         let dir = folder_with(&genome(None), None)?;
         let folder = PruneFolder::open(dir.path())?;
-        assert_eq!(folder.apply(&base, &Device::Cpu)?.config().n_layers, config.n_layers);
+        assert_eq!(
+            folder.apply(&base, &Device::Cpu)?.config().n_layers,
+            config.n_layers
+        );
         assert_eq!(folder.head()?, None);
         Ok(())
     }
@@ -329,7 +336,11 @@ mod exit_tests {
     #[test]
     fn an_exit_outside_the_model_or_a_corrupt_head_names_the_fix() -> anyhow::Result<()> {
         let config = tiny_config();
-        let base = Llama::from_tensors(config, &tiny_tensors(&config, 3, &Device::Cpu)?, &Device::Cpu)?;
+        let base = Llama::from_tensors(
+            config,
+            &tiny_tensors(&config, 3, &Device::Cpu)?,
+            &Device::Cpu,
+        )?;
         for exit in [0, config.n_layers + 1] {
             let dir = folder_with(&genome(Some(exit)), None)?;
             let error = PruneFolder::open(dir.path())?
@@ -337,7 +348,10 @@ mod exit_tests {
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            assert!(error.contains("outside") && error.contains("re-run prune"), "{error}");
+            assert!(
+                error.contains("outside") && error.contains("re-run prune"),
+                "{error}"
+            );
         }
         let dir = folder_with(&genome(None), Some("{\"weight\": 3"))?;
         let error = PruneFolder::open(dir.path())?
@@ -345,7 +359,10 @@ mod exit_tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(error.contains("head.json") && error.contains("re-run prune"), "{error}");
+        assert!(
+            error.contains("head.json") && error.contains("re-run prune"),
+            "{error}"
+        );
         Ok(())
     }
 }

@@ -236,10 +236,7 @@ mod tests {
         let r = reductions(&config, &plan, Some(2));
         assert_eq!(r.kept_linear_params, 15 * 3_538_944);
         assert!((r.linear_reduction - 0.5).abs() < 1e-12);
-        assert_eq!(
-            r.total_params,
-            134_515_008 - 15 * 3_538_944 - 15 * 2 * 576
-        );
+        assert_eq!(r.total_params, 134_515_008 - 15 * 3_538_944 - 15 * 2 * 576);
         // A rank past the exit changes nothing; one before it does.
         let ranks = RankPlan::uniform(&config, 0.5).with_exit(15);
         let r_ranks = reductions(&config, &ranks, None);

@@ -211,8 +211,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         smallest = smallest.with_exit_level(config.n_prunable_matrices(), most_pruned);
     }
     let smallest_plan = smallest.to_plan(&config, &levels)?;
-    let smallest_prediction =
-        smallest_plan.predict(board, &config, dtype, head_rows)?;
+    let smallest_prediction = smallest_plan.predict(board, &config, dtype, head_rows)?;
     let smallest_fit = feasibility(board, &smallest_prediction);
     if !smallest_fit.fits {
         anyhow::bail!("even the most pruned model does not fit: {smallest_fit}");
@@ -404,8 +403,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     progress.set_message("test split: uniform baseline, answer, dense");
     let (uniform_outcome, _, _, _) = finish(RankPlan::uniform(&config, uniform.keep), None)?;
     let best_plan = result.best.to_plan(&config, &levels)?;
-    let (searched_outcome, pruned_llama, plan, head) =
-        finish(best_plan, options.refit.as_ref())?;
+    let (searched_outcome, pruned_llama, plan, head) = finish(best_plan, options.refit.as_ref())?;
     let dense_test = test.score(&model.llama, &progress)?.accuracy;
     // The verbalizer reading of the dense model, as `eval` reports it, beside the head's.
     let dense_test_verbalizer = match reading {
@@ -465,10 +463,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
             4096,
             &path,
         )?;
-        println!(
-            "{}",
-            crate::bundle::describe(&packed, head_choice, &path)
-        );
+        println!("{}", crate::bundle::describe(&packed, head_choice, &path));
     }
     write_rank_map(out, &config, &plan, task, board)?;
     let report = PruneReport {

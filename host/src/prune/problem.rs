@@ -1,9 +1,7 @@
 use std::collections::HashMap;
 
 use indicatif::ProgressBar;
-use whittle_boards::{
-    BoardProfile, Dtype, Prediction, feasibility, matrix_cost, objective_cost,
-};
+use whittle_boards::{BoardProfile, Dtype, Prediction, feasibility, matrix_cost, objective_cost};
 use whittle_runtime::ModelConfig;
 
 use super::{AccuracyModel, Estimate, Evaluator, FactorBank, RankPlan, Scored, matrices};
@@ -323,10 +321,7 @@ impl Problem for TaskProblem {
 
     /// Every matrix at `level`, every block kept.
     fn uniform_seed(&self, level: u8) -> Genome {
-        self.with_exit_level(
-            Genome::uniform(self.config.n_prunable_matrices(), level),
-            0,
-        )
+        self.with_exit_level(Genome::uniform(self.config.n_prunable_matrices(), level), 0)
     }
 
     /// With an exit gene, every exit with the kept blocks dense: the depth the task needs is

@@ -1,7 +1,9 @@
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::eval::{ClassScores, LabelTokens, last_states, score_labels, verbalizer_rows};
+use crate::eval::{
+    ClassScores, ExitStates, LabelTokens, last_states, score_labels, verbalizer_rows,
+};
 use crate::head::{LabelReading, TaskHead, cross_fit_scores, fit_head};
 use crate::metrics;
 use crate::model::{Llama, LoadedModel};
@@ -115,8 +117,13 @@ impl Evaluator {
         let model = self.base.with_llama(llama.clone());
         progress.set_position(0);
         progress.set_message(format!("{} (dense heads at every exit)", self.stage));
-        let (states, gold, _) =
-            last_states(&model, &self.bias_examples, self.batch_tokens, true, progress)?;
+        let (states, gold, _) = last_states(
+            &model,
+            &self.bias_examples,
+            self.batch_tokens,
+            true,
+            progress,
+        )?;
         for &exit in exits {
             let Some(exit_states) = states.get(exit.wrapping_sub(1)) else {
                 anyhow::bail!("exit {exit} is outside the model's {} blocks", states.len());
@@ -180,11 +187,12 @@ impl Evaluator {
         &self,
         llama: &Llama,
         progress: &ProgressBar,
-    ) -> anyhow::Result<(Vec<Vec<Vec<f32>>>, Vec<usize>)> {
+    ) -> anyhow::Result<(ExitStates, Vec<usize>)> {
         let model = self.base.with_llama(llama.clone());
         progress.set_position(0);
         progress.set_message(format!("{} (every exit)", self.stage));
-        let (states, gold, _) = last_states(&model, &self.search, self.batch_tokens, true, progress)?;
+        let (states, gold, _) =
+            last_states(&model, &self.search, self.batch_tokens, true, progress)?;
         Ok((states, gold))
     }
 
@@ -200,7 +208,10 @@ impl Evaluator {
         let prior = self.exit_priors.get(&exit).unwrap_or(&self.prior);
         let scores = cross_fit_scores(states, gold, prior, &self.names)?;
         let gold = gold.to_vec();
-        Ok(Self::scored(&ClassScores { scores, gold }, vec![0.0; self.prior.len()]))
+        Ok(Self::scored(
+            &ClassScores { scores, gold },
+            vec![0.0; self.prior.len()],
+        ))
     }
 
     /// Scores with a task head read from the model's last block (the candidate's exit).
@@ -216,8 +227,13 @@ impl Evaluator {
         let (scores, head) = {
             progress.set_position(0);
             progress.set_message(format!("{} (task head fit)", self.stage));
-            let (fit_states, fit_gold, _) =
-                last_states(model, &self.bias_examples, self.batch_tokens, false, progress)?;
+            let (fit_states, fit_gold, _) = last_states(
+                model,
+                &self.bias_examples,
+                self.batch_tokens,
+                false,
+                progress,
+            )?;
             let fit_states = fit_states.into_iter().next().unwrap_or_default();
             let head = fit_head(&fit_states, &fit_gold, &self.prior, &self.names)?;
             (head.score_all(&states), Some(head))

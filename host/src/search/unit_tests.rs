@@ -186,10 +186,16 @@ fn the_exit_gene_spans_every_block_to_a_quarter_of_the_model() {
     assert_eq!(with_exit.len(), n + 1);
     let plan = with_exit.to_plan(&config, &levels).expect("a valid genome");
     assert_eq!(plan.exit(), exit_for_level(30, 12, 6));
-    assert_eq!(plan.ranks(), plain.to_plan(&config, &levels).unwrap().ranks());
+    assert_eq!(
+        plan.ranks(),
+        plain.to_plan(&config, &levels).unwrap().ranks()
+    );
     assert_eq!(plain.to_plan(&config, &levels).unwrap().exit(), 30);
     assert!(matches!(
-        plain.clone().with_exit_level(n, 12).to_plan(&config, &levels),
+        plain
+            .clone()
+            .with_exit_level(n, 12)
+            .to_plan(&config, &levels),
         Err(SearchError::LevelOutOfRange { level: 12, .. })
     ));
 }
