@@ -8,9 +8,9 @@
 //! 4. early exit: the first blocks kept dense, read through the task head.
 //!
 //! `cargo run --release -p whittle-host --example ablation -- [head examples] [svg path]
-//! [prune folder,...] [16k | replot]` (defaults 4096 and `docs/figures/compression.svg`); each
-//! prune folder's `report.json` adds its searched answer to the figure; row 1 (a second
-//! factorization, minutes) only with the last argument `16k`. The measurements are saved beside
+//! [prune folder,...] [16k | exits | replot]` (defaults 4096 and `docs/figures/compression.svg`);
+//! each prune folder's `report.json` adds its searched answer to the figure; row 1 (a second
+//! factorization, minutes) only with the last argument `16k`, row 4 alone with `exits`. The measurements are saved beside
 //! the figure (`.json`); `replot` draws the figure and the table from them again. Prints a markdown table and one JSON
 //! line. Every head is fitted on the first calibration examples, never on the test split.
 
@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
     let measured: Measured = if args.get(3).is_some_and(|a| a == "replot") {
         serde_json::from_str(&std::fs::read_to_string(&saved)?)?
     } else {
-        let measured = measure(head_examples, args.get(3).is_some_and(|a| a == "16k"))?;
+        let measured = measure(head_examples, args.get(3).map_or("", String::as_str))?;
         std::fs::write(&saved, serde_json::to_string_pretty(&measured)?)?;
         measured
     };
@@ -73,7 +73,8 @@ struct Measured {
     every_exit: Vec<(usize, f64, f64)>,
 }
 
-fn measure(head_examples: usize, with_16k: bool) -> anyhow::Result<Measured> {
+fn measure(head_examples: usize, mode: &str) -> anyhow::Result<Measured> {
+    let with_16k = mode == "16k";
     let task = Task::resolve("sst2")?;
     let path = ensure_default_model(&default_model_dir())?;
     let opened = model::BaseModel::open(&path, &model::device(false)?)?;
@@ -97,7 +98,12 @@ fn measure(head_examples: usize, with_16k: bool) -> anyhow::Result<Measured> {
             CalibrationSettings::default().max_tokens,
         ),
     ];
-    for (name, tokens) in banks.into_iter().skip(usize::from(!with_16k)) {
+    let factor_rows = if mode == "exits" { 0 } else { 2 };
+    for (name, tokens) in banks
+        .into_iter()
+        .skip(usize::from(!with_16k))
+        .take(factor_rows)
+    {
         let settings = CalibrationSettings {
             max_tokens: tokens,
             ..CalibrationSettings::default()
