@@ -266,6 +266,20 @@ impl Problem {
         })
     }
 
+    /// `Xᵀ·m / n` for the design `X` of `n` rows.
+    fn design_t_times(&self, m: &Mat<f64>) -> Mat<f64> {
+        let mut out = Mat::zeros(self.dim(), m.ncols());
+        matmul::matmul(
+            out.as_mut(),
+            Accum::Replace,
+            self.design.transpose(),
+            m.as_ref(),
+            1.0 / self.design.nrows() as f64,
+            Par::rayon(0),
+        );
+        out
+    }
+
     fn dim(&self) -> usize {
         self.design.ncols()
     }
@@ -417,15 +431,7 @@ impl Problem {
             let z = margins(&theta);
             let probs: Vec<f64> = z.iter().map(|&z| sigmoid(z)).collect();
             let residual = Mat::from_fn(rows, 1, |i, _| probs[i] - targets[i]);
-            let mut gradient = Mat::zeros(p, 1);
-            matmul::matmul(
-                gradient.as_mut(),
-                Accum::Replace,
-                self.design.transpose(),
-                residual.as_ref(),
-                1.0 / n,
-                Par::rayon(0),
-            );
+            let mut gradient = self.design_t_times(&residual);
             for j in 0..p {
                 gradient[(j, 0)] += penalty[j] * theta[(j, 0)];
             }
@@ -435,15 +441,7 @@ impl Problem {
             let weighted = Mat::from_fn(rows, p, |i, j| {
                 probs[i] * (1.0 - probs[i]) * self.design[(i, j)]
             });
-            let mut hessian = Mat::zeros(p, p);
-            matmul::matmul(
-                hessian.as_mut(),
-                Accum::Replace,
-                self.design.transpose(),
-                weighted.as_ref(),
-                1.0 / n,
-                Par::rayon(0),
-            );
+            let mut hessian = self.design_t_times(&weighted);
             for j in 0..p {
                 hessian[(j, j)] += penalty[j];
             }
@@ -476,7 +474,6 @@ impl Problem {
     fn solve_multinomial(&self, ridge: f64, mut theta: Mat<f64>) -> Mat<f64> {
         let (p, n_labels) = (self.dim(), self.n_labels);
         let d = p - 1;
-        let n = self.design.nrows() as f64;
         let mut value = self.loss(&theta, ridge);
         for _ in 0..MAX_NEWTON_STEPS {
             let (probs, _) = self.probabilities(&theta);
@@ -485,15 +482,7 @@ impl Problem {
             for (i, &g) in self.gold.iter().enumerate() {
                 residual[(i, g)] -= 1.0;
             }
-            let mut gradient = Mat::zeros(p, n_labels);
-            matmul::matmul(
-                gradient.as_mut(),
-                Accum::Replace,
-                self.design.transpose(),
-                residual.as_ref(),
-                1.0 / n,
-                Par::rayon(0),
-            );
+            let mut gradient = self.design_t_times(&residual);
             for k in 0..n_labels {
                 for j in 0..d {
                     gradient[(j, k)] += ridge * (theta[(j, k)] - self.prior[(k, j)]);
@@ -517,16 +506,7 @@ impl Problem {
                 let weighted = Mat::from_fn(self.design.nrows(), p, |i, j| {
                     probs[(i, k)] * (delta - probs[(i, l)]) * self.design[(i, j)]
                 });
-                let mut block = Mat::zeros(p, p);
-                matmul::matmul(
-                    block.as_mut(),
-                    Accum::Replace,
-                    self.design.transpose(),
-                    weighted.as_ref(),
-                    1.0 / n,
-                    Par::rayon(0),
-                );
-                block
+                self.design_t_times(&weighted)
             };
             let shared = (n_labels == 2).then(|| weighted_gram(0, 0));
             for k in 0..n_labels {
