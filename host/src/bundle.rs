@@ -458,12 +458,7 @@ pub fn pack(
                             config.hidden_size
                         );
                     }
-                    let values: Vec<f32> = fitted.weight.concat();
-                    Tensor::from_vec(
-                        values,
-                        (label_ids.len(), config.hidden_size),
-                        llama.device(),
-                    )?
+                    fitted.rows(llama.device())?
                 }
                 None => {
                     let ids = Tensor::new(label_ids.as_slice(), llama.device())?;
@@ -474,9 +469,6 @@ pub fn pack(
                 HeadRef::Labels(push_tensor(&mut blob, &rows, dtype)?),
                 row_bytes(label_ids.len()),
             )
-        }
-        HeadChoice::Full if fitted.is_some() => {
-            bail!("a fitted task head is stored as label rows; use --head task")
         }
         HeadChoice::Full if fitted.is_some() => {
             bail!("a fitted task head is stored as label rows; use --head task")

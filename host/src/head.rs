@@ -100,6 +100,12 @@ impl TaskHead {
             .collect()
     }
 
+    /// `W` as a `(labels, hidden)` tensor: the label rows a bundle stores.
+    pub fn rows(&self, device: &candle_core::Device) -> candle_core::Result<candle_core::Tensor> {
+        let width = self.weight.first().map_or(0, Vec::len);
+        candle_core::Tensor::from_vec(self.weight.concat(), (self.weight.len(), width), device)
+    }
+
     /// Label scores of every state.
     pub fn score_all(&self, states: &[Vec<f32>]) -> Vec<Vec<f64>> {
         states.iter().map(|s| self.scores(s)).collect()

@@ -3,7 +3,6 @@
 //! and label logits, example by example. `whittle parity` and the real-model tests call it.
 
 use anyhow::Context;
-use candle_core::Tensor;
 use rayon::prelude::*;
 use whittle_runtime::kernels::Kernels;
 use whittle_runtime::{Bundle, Session};
@@ -130,14 +129,7 @@ pub fn host_reference(
             .push(example.label.context("test example without a label")?);
     }
     let rows = head
-        .map(|head| {
-            let width = head.weight.first().map_or(0, Vec::len);
-            Tensor::from_vec(
-                head.weight.concat(),
-                (head.weight.len(), width),
-                model.llama.device(),
-            )
-        })
+        .map(|head| head.rows(model.llama.device()))
         .transpose()?;
     for chunk in reference.token_ids.chunks(16) {
         let batch = Batch::new(chunk, model.tokenizer.pad_id(), model.llama.device())?;

@@ -71,8 +71,8 @@ impl TaskProblem {
         let mut quarter_scored = HashMap::new();
         if full.reading() == LabelReading::Head {
             // One pass of the dense model gives its state after every block: every exit the
-            // exit gene can take, with the kept blocks dense, is scored from it, on both splits (the quarter is the
-            // full split's first quarter), without another forward pass.
+            // exit gene can take, with the kept blocks dense, is scored from it on both splits
+            // (the quarter is the full split's first quarter) without another forward pass.
             let (states, gold) = full.every_exit_states(&full.base().llama, &progress)?;
             let n_quarter = quarter.len().min(gold.len());
             for (exit, exit_states) in (1..=config.n_layers).zip(&states) {
@@ -220,6 +220,7 @@ impl Problem for TaskProblem {
             let evaluation = match stage {
                 // The quarter split screens with an in-sample bias (no calibration examples
                 // run): optimistic, so safe for rejecting candidates clearly below the target.
+                // With a task head it is the cross-fitted score of the quarter.
                 Stage::Quarter => {
                     let scored = match self.quarter_scored.get(&plan) {
                         Some(scored) => scored.clone(),

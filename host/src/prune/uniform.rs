@@ -224,27 +224,21 @@ impl Evaluator {
         if self.cross_fit {
             return self.score_states(&states, &gold, model.llama.config().n_layers);
         }
-        let (scores, head) = {
-            progress.set_position(0);
-            progress.set_message(format!("{} (task head fit)", self.stage));
-            let (fit_states, fit_gold, _) = last_states(
-                model,
-                &self.bias_examples,
-                self.batch_tokens,
-                false,
-                progress,
-            )?;
-            let fit_states = fit_states.into_iter().next().unwrap_or_default();
-            let head = fit_head(&fit_states, &fit_gold, &self.prior, &self.names)?;
-            (head.score_all(&states), Some(head))
-        };
-        let n_labels = self.prior.len();
-        let mut scored = Self::scored(&ClassScores { scores, gold }, vec![0.0; n_labels]);
-        scored.label_bias = head
-            .as_ref()
-            .map(|h| h.bias.iter().map(|&b| f64::from(b)).collect())
-            .unwrap_or_default();
-        scored.head = head;
+        progress.set_position(0);
+        progress.set_message(format!("{} (task head fit)", self.stage));
+        let (fit_states, fit_gold, _) = last_states(
+            model,
+            &self.bias_examples,
+            self.batch_tokens,
+            false,
+            progress,
+        )?;
+        let fit_states = fit_states.into_iter().next().unwrap_or_default();
+        let head = fit_head(&fit_states, &fit_gold, &self.prior, &self.names)?;
+        let scores = head.score_all(&states);
+        let mut scored = Self::scored(&ClassScores { scores, gold }, vec![0.0; self.prior.len()]);
+        scored.label_bias = head.bias.iter().map(|&b| f64::from(b)).collect();
+        scored.head = Some(head);
         Ok(scored)
     }
 
