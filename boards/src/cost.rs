@@ -112,6 +112,20 @@ pub enum CostError {
         /// `min(rows, cols)`.
         max: usize,
     },
+    /// The MLP widths are not one per block, or one is outside the model's MLP.
+    #[error(
+        "the plan's MLP widths ({got} entries, widest {widest}) must be one per block ({n_layers}) within 1..={intermediate_size} neurons, or none for full MLPs; build the plan for this model"
+    )]
+    MlpWidths {
+        /// Entries given.
+        got: usize,
+        /// The largest width given.
+        widest: usize,
+        /// Blocks of the model.
+        n_layers: usize,
+        /// Neurons of a full MLP.
+        intermediate_size: usize,
+    },
     /// A task-pruned head must keep between one row and the whole vocabulary.
     #[error(
         "a task-pruned head of {head_rows} rows is outside 1..={vocab_size}; pass the number of label tokens, or None for the tied head"
@@ -126,12 +140,14 @@ pub enum CostError {
 
 /// Predicts bytes, memory and latency of `ranks` (one entry per prunable matrix, index
 /// `layer_idx · 7 + kind` in [`MatrixKind::ALL`] order, `None` dense) stored as `dtype` on
-/// `profile`. `head_rows` is the row count of a task-pruned head (stored apart from the
-/// embedding), `None` for the tied head.
+/// `profile`. `mlp_widths` holds the neurons each block's MLP keeps (its gate and up rows,
+/// its down columns; empty: every MLP full). `head_rows` is the row count of a task-pruned
+/// head (stored apart from the embedding), `None` for the tied head.
 pub fn predict(
     profile: &BoardProfile,
     config: &ModelConfig,
     ranks: &[Option<usize>],
+    mlp_widths: &[usize],
     dtype: Dtype,
     head_rows: Option<usize>,
 ) -> Result<Prediction, CostError> {
@@ -142,6 +158,7 @@ pub fn predict(
             got: ranks.len(),
         });
     }
+    check_widths(config, mlp_widths, false)?;
     if let Some(rows) = head_rows
         && !(1..=config.vocab_size).contains(&rows)
     {
@@ -151,7 +168,7 @@ pub fn predict(
         });
     }
     let context = profile.context_length.min(config.max_position_embeddings);
-    let workload = Workload::new(config, ranks, dtype, head_rows, context)?;
+    let workload = Workload::new(config, ranks, mlp_widths, dtype, head_rows, context)?;
 
     let hidden = config.hidden_size;
     let embedding_bytes = dtype.matrix_bytes(config.vocab_size, hidden);
@@ -316,6 +333,7 @@ impl Workload {
     fn new(
         config: &ModelConfig,
         ranks: &[Option<usize>],
+        mlp_widths: &[usize],
         dtype: Dtype,
         head_rows: Option<usize>,
         context: usize,
@@ -325,7 +343,11 @@ impl Workload {
         let mut linear_flops = 0u64;
         for (index, rank) in ranks.iter().enumerate() {
             let (layer_idx, kind) = whittle_runtime::matrix_at(index);
-            let work = linear_work(config, layer_idx, kind, *rank, dtype)?;
+            let width = mlp_widths
+                .get(layer_idx)
+                .copied()
+                .unwrap_or(config.intermediate_size);
+            let work = linear_work(config, layer_idx, kind, width, *rank, dtype)?;
             linear_flops = linear_flops.saturating_add(work.flops);
             weight_steps.push(work);
         }
@@ -447,7 +469,7 @@ pub fn fit_overheads(
     processor.attention_flops_per_s = None;
     processor.prefill_layer_overhead_s = 0.0;
     let [(short, short_s), (long, long_s)] = times.decode;
-    let at = |context: usize| Workload::new(config, &dense, dtype, None, context.max(1));
+    let at = |context: usize| Workload::new(config, &dense, &[], dtype, None, context.max(1));
     let (short_work, long_work) = (at(short)?, at(long)?);
     let layers = config.n_layers as f64;
     let extra_flops = layers
@@ -472,17 +494,19 @@ pub fn fit_overheads(
 
 /// One prunable matrix's share of [`predict`] on the board's CPU: its stored bytes and its
 /// decode seconds (streaming or computing, whichever is slower, plus the extra product of a
-/// low-rank pair), for `rank` (`None`: dense).
+/// low-rank pair), for `rank` (`None`: dense) in a block whose MLP keeps `mlp_width` neurons.
 pub fn matrix_cost(
     profile: &BoardProfile,
     config: &ModelConfig,
     layer_idx: usize,
     kind: MatrixKind,
+    mlp_width: usize,
     rank: Option<usize>,
     dtype: Dtype,
 ) -> Result<(u64, f64), CostError> {
+    check_widths(config, &[mlp_width], true)?;
     let processor = Processor::cpu(profile, dtype);
-    let work = linear_work(config, layer_idx, kind, rank, dtype)?;
+    let work = linear_work(config, layer_idx, kind, mlp_width, rank, dtype)?;
     let extra_product = if rank.is_some() {
         processor.product_overhead_s
     } else {
@@ -491,14 +515,39 @@ pub fn matrix_cost(
     Ok((work.bytes, work.weight_seconds(&processor) + extra_product))
 }
 
+/// Empty, or one width per block within the model's MLP; `one_block` checks a single block's.
+fn check_widths(
+    config: &ModelConfig,
+    mlp_widths: &[usize],
+    one_block: bool,
+) -> Result<(), CostError> {
+    let in_range = mlp_widths
+        .iter()
+        .all(|w| (1..=config.intermediate_size).contains(w));
+    let count = match one_block {
+        true => mlp_widths.len() == 1,
+        false => mlp_widths.is_empty() || mlp_widths.len() == config.n_layers,
+    };
+    if in_range && count {
+        return Ok(());
+    }
+    Err(CostError::MlpWidths {
+        got: mlp_widths.len(),
+        widest: mlp_widths.iter().copied().max().unwrap_or(0),
+        n_layers: config.n_layers,
+        intermediate_size: config.intermediate_size,
+    })
+}
+
 fn linear_work(
     config: &ModelConfig,
     layer_idx: usize,
     kind: MatrixKind,
+    mlp_width: usize,
     rank: Option<usize>,
     dtype: Dtype,
 ) -> Result<Work, CostError> {
-    let (rows, cols) = config.matrix_shape(kind);
+    let (rows, cols) = config.matrix_shape_in(kind, mlp_width);
     let Some(rank) = rank else {
         return Ok(Work {
             bytes: dtype.matrix_bytes(rows, cols),

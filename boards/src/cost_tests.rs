@@ -88,7 +88,7 @@ fn predicted(
     dtype: Dtype,
     head_rows: Option<usize>,
 ) -> Prediction {
-    match predict(board, config, ranks, dtype, head_rows) {
+    match predict(board, config, ranks, &[], dtype, head_rows) {
         Ok(prediction) => prediction,
         Err(error) => panic!("{error}"),
     }
@@ -483,7 +483,15 @@ fn a_matrix_cost_is_its_share_of_the_prediction() {
         let kind = MatrixKind::ALL[index % 7];
         let mut plan = dense.clone();
         plan[index] = rank;
-        let cost = |rank| match matrix_cost(&board, &config, index / 7, kind, rank, Dtype::Q8) {
+        let cost = |rank| match matrix_cost(
+            &board,
+            &config,
+            index / 7,
+            kind,
+            config.intermediate_size,
+            rank,
+            Dtype::Q8,
+        ) {
             Ok(cost) => cost,
             Err(error) => panic!("{error}"),
         };
@@ -506,7 +514,7 @@ fn check_error(
     head_rows: Option<usize>,
     fragment: &str,
 ) {
-    match predict(&round_board(""), &config, ranks, Dtype::F32, head_rows) {
+    match predict(&round_board(""), &config, ranks, &[], Dtype::F32, head_rows) {
         Ok(p) => panic!("predicted {p:?}"),
         Err(error) => {
             let message = error.to_string();
@@ -584,8 +592,8 @@ fn measured_kernel_rates_replace_bandwidth_and_throughput_for_the_weights() {
     let linear_flops = 2.0 * 18432.0;
     for (dtype, bytes_per_s, flops_per_s) in [(Dtype::Q8, 1e6, 1e6), (Dtype::F32, 2e6, 4e6)] {
         let (p, m) = match (
-            predict(&plain, &config, &dense, dtype, None),
-            predict(&measured, &config, &dense, dtype, None),
+            predict(&plain, &config, &dense, &[], dtype, None),
+            predict(&measured, &config, &dense, &[], dtype, None),
         ) {
             (Ok(p), Ok(m)) => (p, m),
             other => panic!("{other:?}"),

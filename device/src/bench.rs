@@ -164,13 +164,16 @@ fn prompt_tokens(tokenizer: &Tokenizer<'_>, text: &str, tokens: usize) -> anyhow
 }
 
 /// The bundle's rank plan (`None` for a dense matrix) in `MatrixKind::ALL` order per layer.
-fn rank_plan(bundle: &Bundle<'_>) -> anyhow::Result<Vec<Option<usize>>> {
+/// The bundle's rank per prunable matrix and MLP width per block, as the cost model takes
+/// them.
+fn rank_plan(bundle: &Bundle<'_>) -> anyhow::Result<(Vec<Option<usize>>, Vec<usize>)> {
     let config = bundle.header().config;
     let mut ranks = Vec::with_capacity(config.n_prunable_matrices());
+    let mut widths = Vec::with_capacity(config.n_layers);
     for layer_idx in 0..config.n_layers {
-        let layer = bundle
-            .layer(layer_idx)
-            .map_err(|error| anyhow::anyhow!("layer {layer_idx}: {error}"))?;
+        let layer_error = |error| anyhow::anyhow!("layer {layer_idx}: {error}");
+        let layer = bundle.layer(layer_idx).map_err(layer_error)?;
+        widths.push(bundle.mlp_width(layer_idx).map_err(layer_error)?);
         for linear in &layer.linears {
             ranks.push(match linear {
                 LinearRef::Dense(_) => None,
@@ -178,7 +181,7 @@ fn rank_plan(bundle: &Bundle<'_>) -> anyhow::Result<Vec<Option<usize>>> {
             });
         }
     }
-    Ok(ranks)
+    Ok((ranks, widths))
 }
 
 /// The cost model's figures for `bundle` on `board`: decode at context `prefill + decode / 2`
@@ -191,7 +194,7 @@ pub fn predict(
 ) -> anyhow::Result<BenchPrediction> {
     let header = bundle.header();
     let mut profile = BoardProfile::resolve(board).map_err(|error| anyhow::anyhow!("{error}"))?;
-    let ranks = rank_plan(bundle)?;
+    let (ranks, widths) = rank_plan(bundle)?;
     let dtype = header.dtype;
     let head_rows = match header.head {
         HeadRef::Labels(m) => Some(m.rows as usize),
@@ -199,7 +202,7 @@ pub fn predict(
     };
     let mut at = |context: usize| -> anyhow::Result<Prediction> {
         profile.context_length = context.max(1);
-        whittle_boards::predict(&profile, &header.config, &ranks, dtype, head_rows)
+        whittle_boards::predict(&profile, &header.config, &ranks, &widths, dtype, head_rows)
             .map_err(|error| anyhow::anyhow!("{error}"))
     };
     let decoding = at(prefill + decode / 2)?;

@@ -205,6 +205,12 @@ impl<'a> Bundle<'a> {
         }
     }
 
+    /// Neurons kept by the MLP of block `layer_idx` (`intermediate_size` unless the block's
+    /// MLP was pruned by neurons).
+    pub fn mlp_width(&self, layer_idx: usize) -> Result<usize, Error> {
+        mlp_width(&self.layer(layer_idx)?).ok_or(Error::BadLayer)
+    }
+
     /// The largest rank of any low-rank layer (0 when all are dense).
     pub fn max_rank(&self) -> usize {
         let mut max = 0;
@@ -245,8 +251,14 @@ impl<'a> Bundle<'a> {
             rest = tail;
             self.check_f32s(layer.attn_norm, hidden)?;
             self.check_f32s(layer.ffn_norm, hidden)?;
+            // A block's MLP may keep fewer neurons than `intermediate_size`: gate's output
+            // sets the width, up and down must agree with it.
+            let width = mlp_width(&layer).ok_or(Error::BadLayer)?;
+            if width == 0 || width > config.intermediate_size {
+                return Err(Error::BadShape);
+            }
             for (kind, linear) in MatrixKind::ALL.into_iter().zip(&layer.linears) {
-                let (rows, cols) = config.matrix_shape(kind);
+                let (rows, cols) = config.matrix_shape_in(kind, width);
                 match linear {
                     LinearRef::Dense(w) => self.check_matrix(w, rows, cols, dtype)?,
                     LinearRef::LowRank { a, b } => {
@@ -394,4 +406,15 @@ pub(crate) fn array<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], 
         .get(at..at.saturating_add(N))
         .and_then(|slice| slice.try_into().ok())
         .ok_or(Error::Truncated)
+}
+
+/// The output width of a block's gate projection: the neurons its MLP keeps.
+pub(crate) fn mlp_width(layer: &LayerRef) -> Option<usize> {
+    let index = MatrixKind::ALL
+        .iter()
+        .position(|&k| k == MatrixKind::Gate)?;
+    match layer.linears.get(index)? {
+        LinearRef::Dense(w) => Some(w.rows as usize),
+        LinearRef::LowRank { b, .. } => Some(b.rows as usize),
+    }
 }

@@ -196,6 +196,17 @@ impl ModelConfig {
         }
     }
 
+    /// `(rows, cols)` of a prunable matrix in a block whose MLP keeps `mlp_width` of its
+    /// `intermediate_size` neurons (rows of gate and up, columns of down); attention matrices
+    /// are unaffected.
+    pub const fn matrix_shape_in(&self, kind: MatrixKind, mlp_width: usize) -> (usize, usize) {
+        match kind {
+            MatrixKind::Gate | MatrixKind::Up => (mlp_width, self.hidden_size),
+            MatrixKind::Down => (self.hidden_size, mlp_width),
+            _ => self.matrix_shape(kind),
+        }
+    }
+
     /// Number of prunable matrices in the whole model.
     pub const fn n_prunable_matrices(&self) -> usize {
         self.n_layers * MatrixKind::ALL.len()

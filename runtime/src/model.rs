@@ -303,11 +303,9 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
 
     fn block(&mut self, layer_idx: usize, layer: &LayerRef, n: usize, config: &ModelConfig) {
         let bundle = self.bundle;
-        let (hidden, kv_dim, inter) = (
-            config.hidden_size,
-            config.kv_dim(),
-            config.intermediate_size,
-        );
+        // Validated in `Bundle::parse`: at most `intermediate_size`, which the arena holds.
+        let inter = crate::bundle::mlp_width(layer).unwrap_or(config.intermediate_size);
+        let (hidden, kv_dim) = (config.hidden_size, config.kv_dim());
         let eps = config.rms_norm_eps;
         let linear = |kind: MatrixKind| {
             let index = MatrixKind::ALL.iter().position(|&k| k == kind).unwrap_or(0);

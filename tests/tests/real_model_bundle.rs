@@ -19,13 +19,13 @@ use whittle_host::bundle::{HeadChoice, PackOptions, ProvenanceInfo, pack, tokeni
 use whittle_host::eval::{LabelTokens, last_states, verbalizer_rows};
 use whittle_host::gguf::GgufFile;
 use whittle_host::head::fit_head;
-use whittle_host::model::{self, LoadedModel};
+use whittle_host::model::{self, Linear, LoadedModel};
 use whittle_host::parity::{ParityReport, compare, host_reference};
 use whittle_host::task::{Split, Task};
 use whittle_runtime::format::Dtype;
 use whittle_runtime::kernels::best;
 use whittle_runtime::writer::TokenizerTables;
-use whittle_runtime::{AlignedBytes, Bundle, Tokenizer};
+use whittle_runtime::{AlignedBytes, Bundle, MatrixKind, Tokenizer};
 use whittle_tests::real_model_path;
 
 /// Test examples in the parity check (about 1 s each per core for the runtime).
@@ -216,10 +216,34 @@ fn real_model_q8_bundle_stays_close_to_the_host() -> anyhow::Result<()> {
 }
 
 #[test]
-fn real_model_bundle_with_an_exit_and_a_fitted_head_matches_the_host() -> anyhow::Result<()> {
+fn real_model_bundle_with_an_exit_a_fitted_head_and_narrower_mlps_matches_the_host()
+-> anyhow::Result<()> {
     const EXIT: usize = 16;
     let f = fixture();
-    let model = f.model.with_llama(f.model.llama.truncated(EXIT)?);
+    let mut llama = f.model.llama.truncated(EXIT)?;
+    // Two blocks' MLPs pruned by neurons (every other neuron, then the first 512): the bundle
+    // stores the narrower gate, up and down and the runtime reads the width from them.
+    for (layer_idx, kept) in [
+        (2usize, (0..1536u32).step_by(2).collect::<Vec<_>>()),
+        (9, (0..512u32).collect()),
+    ] {
+        let kept = candle_core::Tensor::new(kept.as_slice(), llama.device())?;
+        let take = |kind: MatrixKind, dim: usize| -> anyhow::Result<Linear> {
+            let Some(Linear::Dense { weight }) = llama.linear(layer_idx, kind) else {
+                anyhow::bail!("block {layer_idx} is not dense");
+            };
+            Ok(Linear::Dense {
+                weight: weight.index_select(&kept, dim)?.contiguous()?,
+            })
+        };
+        let mlp = [
+            take(MatrixKind::Gate, 0)?,
+            take(MatrixKind::Up, 0)?,
+            take(MatrixKind::Down, 1)?,
+        ];
+        llama.set_mlp(layer_idx, mlp)?;
+    }
+    let model = f.model.with_llama(llama);
     let labels = LabelTokens::new(&model.tokenizer, f.task.labels())?;
     let names: Vec<String> = f.task.labels().iter().map(|l| l.value.clone()).collect();
     let prior = verbalizer_rows(&model.llama, &labels)?;
@@ -239,6 +263,9 @@ fn real_model_bundle_with_an_exit_and_a_fitted_head_matches_the_host() -> anyhow
     let bytes = AlignedBytes::new(&packed.bytes);
     let bundle = Bundle::parse(bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(bundle.header().config.n_layers, EXIT);
+    assert_eq!(bundle.mlp_width(2).ok(), Some(768));
+    assert_eq!(bundle.mlp_width(9).ok(), Some(512));
+    assert_eq!(bundle.mlp_width(3).ok(), Some(1536));
     let mut examples = f.task.examples(Split::Test)?;
     examples.truncate(PARITY_EXAMPLES);
     let reference = host_reference(&model, &bundle, &examples, Some(&head))?;
@@ -258,7 +285,7 @@ fn real_model_bundle_with_an_exit_and_a_fitted_head_matches_the_host() -> anyhow
     }
     let report = compare(&reference, &bundle, best())?;
     println!(
-        "exit {EXIT}, fitted head: agreement {:.4}, max |Δlogit| {:.2e}, host accuracy {:.4}",
+        "exit {EXIT}, fitted head, two narrower MLPs: agreement {:.4}, max |Δlogit| {:.2e}, host accuracy {:.4}",
         report.agreement, report.max_abs_logit_diff, report.host_accuracy
     );
     assert_eq!(report.token_id_mismatches, 0);

@@ -23,6 +23,7 @@
 
 mod dense;
 mod methods;
+mod neurons;
 mod refit;
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,7 @@ use std::str::FromStr;
 use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
+pub use neurons::{NeuronSelection, select_neurons};
 pub use refit::refit;
 
 /// A prunable matrix's factorization method.

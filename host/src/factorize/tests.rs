@@ -461,3 +461,101 @@ fn method_names_round_trip() -> Result<()> {
     assert!("pca".parse::<Method>().is_err());
     Ok(())
 }
+
+/// The refitted down of `width` neurons, expanded back to every neuron (zeros elsewhere).
+fn neurons_product(
+    selection: &NeuronSelection,
+    rows: usize,
+    cols: usize,
+    width: usize,
+) -> Mat<f64> {
+    let refit = selection.refit_down(width);
+    let kept = selection.kept(width);
+    let mut m = Mat::zeros(rows, cols);
+    for i in 0..rows {
+        for (s, &j) in kept.iter().enumerate() {
+            m[(i, j)] = f64::from(refit[i * width + s]);
+        }
+    }
+    m
+}
+
+#[test]
+fn neuron_refit_is_the_nystrom_form_and_its_error_curve_is_exact() -> Result<()> {
+    let (rows, cols) = (6, 14);
+    let problem = Problem::new(21, rows, cols, 400, 30.0);
+    let c = problem.stats.second_moment.as_ref();
+    let selection = select_neurons(&problem.weight, rows, cols, c, cols - 1)?;
+    assert_eq!(selection.max_width(), cols - 1);
+    let mut distinct = selection.order.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), cols - 1, "every neuron picked once");
+    let w = problem.w();
+    let total = (&w * c * w.transpose()).diagonal().column_vector().sum();
+    for width in [1, 3, 7, cols - 1] {
+        let kept = selection.kept(width);
+        // W C[:,S] C[S,S]⁻¹ by a dense solve.
+        let c_ss = Mat::from_fn(width, width, |a, b| c[(kept[a], kept[b])]);
+        let w_cs = Mat::from_fn(rows, width, |i, b| {
+            (0..cols).map(|j| w[(i, j)] * c[(j, kept[b])]).sum::<f64>()
+        });
+        let expected =
+            w_cs * faer::linalg::solvers::DenseSolveCore::inverse(&c_ss.partial_piv_lu());
+        let refit = selection.refit_down(width);
+        for i in 0..rows {
+            for b in 0..width {
+                let got = f64::from(refit[i * width + b]);
+                let want = expected[(i, b)];
+                assert!(
+                    (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                    "width {width}: {got} vs {want}"
+                );
+            }
+        }
+        // The curve is the relative output error of that refit on the statistics.
+        let diff = &w - neurons_product(&selection, rows, cols, width);
+        let err = (&diff * c * diff.transpose())
+            .diagonal()
+            .column_vector()
+            .sum()
+            / total;
+        let curve = selection.error_curve[width];
+        assert!(
+            (err - curve).abs() < 1e-4,
+            "width {width}: {err} vs curve {curve}"
+        );
+    }
+    assert!(
+        selection
+            .error_curve
+            .windows(2)
+            .all(|e| e[1] <= e[0] + 1e-12)
+    );
+    // The first pick is the single neuron that explains most of the output.
+    let gain = |j: usize| {
+        let wc: f64 = (0..rows)
+            .map(|i| {
+                (0..cols)
+                    .map(|k| w[(i, k)] * c[(k, j)])
+                    .sum::<f64>()
+                    .powi(2)
+            })
+            .sum();
+        wc / c[(j, j)]
+    };
+    let best = (0..cols)
+        .max_by(|&a, &b| gain(a).total_cmp(&gain(b)))
+        .context("a neuron")?;
+    assert_eq!(selection.order[0], best);
+    Ok(())
+}
+
+#[test]
+fn neuron_selection_refuses_a_wrong_shape() {
+    let c = Mat::<f64>::identity(4, 4);
+    assert!(select_neurons(&[1.0; 12], 3, 5, c.as_ref(), 2).is_err());
+    assert!(select_neurons(&[1.0; 12], 3, 4, c.as_ref(), 2).is_ok());
+    let nan = Mat::from_fn(4, 4, |_, _| f64::NAN);
+    assert!(select_neurons(&[1.0; 12], 3, 4, nan.as_ref(), 2).is_err());
+}

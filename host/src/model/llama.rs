@@ -355,6 +355,33 @@ impl Llama {
         Ok(())
     }
 
+    /// Replaces block `layer_idx`'s gate, up and down by an MLP of another width (the rows of
+    /// gate and up it keeps, down's columns on them); the rest of the model is shared.
+    pub fn set_mlp(&mut self, layer_idx: usize, [gate, up, down]: [Linear; 3]) -> Result<()> {
+        let width = gate.shape()?.0;
+        for (kind, linear) in [
+            (MatrixKind::Gate, &gate),
+            (MatrixKind::Up, &up),
+            (MatrixKind::Down, &down),
+        ] {
+            let expected = self.config.matrix_shape_in(kind, width);
+            if linear.shape()? != expected || width == 0 || width > self.config.intermediate_size {
+                candle_core::bail!(
+                    "layer {layer_idx} {}: an MLP of width {width} needs shape {expected:?}, got {:?}",
+                    kind.name(),
+                    linear.shape()?
+                );
+            }
+        }
+        let Some(block) = self.blocks.get_mut(layer_idx) else {
+            candle_core::bail!("layer {layer_idx} does not exist");
+        };
+        *block.linear_mut(MatrixKind::Gate) = gate;
+        *block.linear_mut(MatrixKind::Up) = up;
+        *block.linear_mut(MatrixKind::Down) = down;
+        Ok(())
+    }
+
     /// Final hidden states `(batch, width, hidden)` of a batch, starting at position 0.
     /// The observer, if any, sees the input of every linear layer at real positions only.
     pub fn forward_hidden(

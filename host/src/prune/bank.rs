@@ -1,20 +1,31 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
+use rayon::prelude::*;
 use whittle_runtime::{MatrixKind, ModelConfig};
 
 use super::{RankPlan, matrices, matrix_index};
 use crate::calibrate::{Calibration, SiteStats};
-use crate::factorize::{self, Factors, InputStats, Job, Method, max_useful_rank};
-use crate::model::{Linear, Llama};
+use crate::factorize::{
+    self, Factors, InputStats, Job, Method, NeuronSelection, max_useful_rank, select_neurons,
+};
+use crate::model::{InputSite, Linear, Llama};
 
 /// One decomposition per prunable matrix, kept as f32 tensors: `a` is `(r_max, d_in)` and
 /// `bt` is `(r_max, d_out)` (B transposed), so the rank-r factors are row prefixes — views,
 /// never copies.
+///
+/// With [`FactorBank::with_neurons`] it also holds, per block, the output-aligned order of the
+/// MLP's neurons; an MLP pruned to a width is built once per (block, width) and shared.
 #[derive(Clone, Debug)]
 pub struct FactorBank {
     method: Method,
     config: ModelConfig,
     entries: Vec<Entry>,
+    neurons: Vec<Arc<NeuronSelection>>,
+    mlps: Arc<Mutex<HashMap<(usize, usize), [Linear; 3]>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -115,7 +126,108 @@ impl FactorBank {
             method,
             config,
             entries,
+            neurons: Vec::new(),
+            mlps: Arc::default(),
         })
+    }
+
+    /// The same bank with every block's MLP neurons ordered for pruning by neurons
+    /// ([`select_neurons`] on down and its input statistics), one block per core.
+    pub fn with_neurons(
+        mut self,
+        llama: &Llama,
+        calibration: &Calibration,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Self> {
+        let config = self.config;
+        let (rows, cols) = config.matrix_shape(MatrixKind::Down);
+        progress.set_length(config.n_layers as u64);
+        progress.set_position(0);
+        progress.set_message("ordering MLP neurons (output-aligned)");
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let selections = (0..config.n_layers)
+            .into_par_iter()
+            .map(|layer_idx| {
+                let down = dense_weight(llama, layer_idx, MatrixKind::Down)?;
+                let Some(stats) = calibration
+                    .sites
+                    .get(layer_idx)
+                    .and_then(|sites| sites.get(InputSite::Down.index()))
+                else {
+                    anyhow::bail!("the calibration has no statistics for block {layer_idx}'s down");
+                };
+                let stats = stats_to_faer(stats);
+                let selection =
+                    select_neurons(&down, rows, cols, stats.second_moment.as_ref(), cols - 1)?;
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                progress.set_position(n);
+                Ok(Arc::new(selection))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.neurons = selections;
+        Ok(self)
+    }
+
+    /// The relative output error `e(w)` of block `layer_idx`'s MLP pruned to `w` neurons, for
+    /// `w = 0..` (after [`FactorBank::with_neurons`]).
+    pub fn neuron_error_curve(&self, layer_idx: usize) -> Option<&[f64]> {
+        self.neurons
+            .get(layer_idx)
+            .map(|selection| selection.error_curve.as_slice())
+    }
+
+    /// Block `layer_idx`'s gate, up and down keeping `width` neurons of `base`: the kept rows
+    /// of gate and up, down refitted on them (built once per block and width).
+    pub fn mlp(&self, base: &Llama, layer_idx: usize, width: usize) -> anyhow::Result<[Linear; 3]> {
+        let key = (layer_idx, width);
+        if let Some(mlp) = self.lock_mlps().get(&key) {
+            return Ok(mlp.clone());
+        }
+        let Some(selection) = self.neurons.get(layer_idx) else {
+            anyhow::bail!(
+                "block {layer_idx}'s MLP neurons are not ordered; build the bank with_neurons"
+            );
+        };
+        if width == 0 || width > selection.max_width() {
+            anyhow::bail!(
+                "an MLP width of {width} for block {layer_idx} is outside 1..={}",
+                selection.max_width()
+            );
+        }
+        let device = base.device();
+        let kept: Vec<u32> = selection
+            .kept(width)
+            .iter()
+            .map(|&j| u32::try_from(j))
+            .collect::<Result<_, _>>()?;
+        let kept = Tensor::new(kept.as_slice(), device)?;
+        let rows_of = |kind: MatrixKind| -> anyhow::Result<Linear> {
+            match base.linear(layer_idx, kind) {
+                Some(Linear::Dense { weight }) => Ok(Linear::Dense {
+                    weight: weight.index_select(&kept, 0)?.contiguous()?,
+                }),
+                _ => anyhow::bail!(
+                    "block {layer_idx} {} is not dense in the base model",
+                    kind.name()
+                ),
+            }
+        };
+        let hidden = self.config.hidden_size;
+        let down = Tensor::from_vec(selection.refit_down(width), (hidden, width), device)?;
+        let mlp = [
+            rows_of(MatrixKind::Gate)?,
+            rows_of(MatrixKind::Up)?,
+            Linear::Dense { weight: down },
+        ];
+        self.lock_mlps().insert(key, mlp.clone());
+        Ok(mlp)
+    }
+
+    fn lock_mlps(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, usize), [Linear; 3]>> {
+        // A panic while holding the lock leaves a map of finished entries: still sound.
+        self.mlps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Writes the bank to `path` (safetensors, atomically): `{i}.a`, `{i}.bt` and, for
@@ -184,6 +296,8 @@ impl FactorBank {
             method,
             config: *config,
             entries,
+            neurons: Vec::new(),
+            mlps: Arc::default(),
         })
     }
 
@@ -224,12 +338,17 @@ impl FactorBank {
     }
 
     /// The base model up to the plan's exit, with every planned matrix replaced by its
-    /// factors; the rest is shared.
+    /// factors and every MLP pruned by neurons to its width; the rest is shared.
     pub fn apply(&self, base: &Llama, plan: &RankPlan) -> anyhow::Result<Llama> {
         let mut pruned = base.truncated(plan.exit())?;
         for (layer_idx, kind) in matrices(&plan.kept_config(&self.config)) {
             if let Some(rank) = plan.rank(layer_idx, kind) {
                 pruned.set_linear(layer_idx, kind, self.linear(layer_idx, kind, rank)?)?;
+            }
+        }
+        for layer_idx in 0..plan.exit() {
+            if let Some(width) = plan.mlp_width(layer_idx) {
+                pruned.set_mlp(layer_idx, self.mlp(base, layer_idx, width)?)?;
             }
         }
         Ok(pruned)

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `genome.json` | [`GenomeFile`]: the level grid, the genome, the rank per matrix | [`write_genome`] |
 //! | `head.json` | [`TaskHead`]: the fitted task head, when the labels are read through one | [`write_head`] |
-//! | `factors.safetensors` | `blk.{layer}.{kind}.a` (rank × d_in) and `.b` (d_out × rank) per low-rank matrix | [`write_factors`] |
+//! | `factors.safetensors` | `blk.{layer}.{kind}.a` (rank × d_in) and `.b` (d_out × rank) per low-rank matrix; `blk.{layer}.{gate,up,down}.w` for an MLP pruned by neurons | [`write_factors`] |
 //! | `report.json`, `report.md` | [`PruneReport`] | [`write_report`] |
 //! | `ranks.svg` | the rank map | `pipeline` |
 //! | `model.wbundle` | the bundle for the board | `pipeline` |
@@ -57,7 +57,18 @@ pub struct GenomeFile {
     /// Blocks kept (the exit); absent when every block is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<usize>,
+    /// Neurons each block's MLP keeps (`None`: all); absent when no MLP is pruned by neurons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_widths: Option<Vec<Option<usize>>>,
 }
+
+/// The tensor name of an MLP matrix pruned by neurons in `factors.safetensors`.
+pub fn neuron_name(layer_idx: usize, kind: MatrixKind) -> String {
+    format!("blk.{layer_idx}.{}.w", kind.name())
+}
+
+/// The three matrices of an MLP.
+const MLP: [MatrixKind; 3] = [MatrixKind::Gate, MatrixKind::Up, MatrixKind::Down];
 
 /// The tensor names of one matrix's factors in `factors.safetensors`: `(a, b)`.
 pub fn factor_names(layer_idx: usize, kind: MatrixKind) -> (String, String) {
@@ -76,10 +87,17 @@ pub fn write_genome(dir: &Path, genome: &GenomeFile) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `factors.safetensors` into `dir`: the factors of every matrix `plan` gives a rank.
+/// Writes `factors.safetensors` into `dir`: the factors of every matrix `plan` gives a rank,
+/// and the matrices of every MLP it prunes by neurons.
 pub fn write_factors(dir: &Path, model: &Llama, plan: &RankPlan) -> anyhow::Result<()> {
     let mut tensors = HashMap::new();
     for (layer_idx, kind) in matrices(model.config()) {
+        if plan.mlp_width(layer_idx).is_some() && MLP.contains(&kind) {
+            if let Some(Linear::Dense { weight }) = model.linear(layer_idx, kind) {
+                tensors.insert(neuron_name(layer_idx, kind), weight.contiguous()?);
+            }
+            continue;
+        }
         if plan.rank(layer_idx, kind).is_none() {
             continue;
         }
@@ -236,6 +254,32 @@ impl PruneFolder {
                 ),
             }
         }
+        let widths = genome.mlp_widths.unwrap_or_default();
+        for layer_idx in 0..config.n_layers {
+            let width = widths.get(layer_idx).copied().flatten();
+            let found: Vec<_> = MLP
+                .iter()
+                .map(|&kind| factors.get(&neuron_name(layer_idx, kind)).cloned())
+                .collect();
+            match (width, found.as_slice()) {
+                (None, [None, None, None]) => {}
+                (Some(width), [Some(gate), Some(up), Some(down)]) if gate.dim(0)? == width => {
+                    let mlp = [gate, up, down].map(|weight| Linear::Dense {
+                        weight: weight.clone(),
+                    });
+                    llama.set_mlp(layer_idx, mlp).with_context(|| {
+                        format!(
+                            "{}: block {layer_idx}'s MLP; re-run prune",
+                            self.dir.display()
+                        )
+                    })?;
+                }
+                _ => bail!(
+                    "{}: block {layer_idx}'s MLP keeps {width:?} neurons in {GENOME_FILE} but {FACTORS_FILE} does not hold its gate, up and down of that width; the folder is inconsistent, re-run prune",
+                    self.dir.display()
+                ),
+            }
+        }
         Ok(llama)
     }
 }
@@ -251,6 +295,7 @@ mod tests {
             levels: vec![1.0, 0.5],
             ranks: vec![None, Some(144)],
             exit: None,
+            mlp_widths: None,
         };
         let text = serde_json::to_string(&file)?;
         assert_eq!(
@@ -302,6 +347,7 @@ mod exit_tests {
             levels: vec![1.0, 0.5],
             ranks: vec![None; n],
             exit,
+            mlp_widths: None,
         }
     }
 

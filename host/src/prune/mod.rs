@@ -34,12 +34,15 @@ pub fn matrices(config: &ModelConfig) -> impl Iterator<Item = (usize, MatrixKind
     (0..n_layers).flat_map(|layer_idx| MatrixKind::ALL.into_iter().map(move |k| (layer_idx, k)))
 }
 
-/// The rank of every prunable matrix (`None` keeps a matrix dense) and the exit: the number of
-/// blocks kept. Blocks from the exit on are removed with all their matrices; their ranks are
-/// ignored.
+/// The rank of every prunable matrix (`None` keeps a matrix dense), the neurons each block's
+/// MLP keeps (`None`: all of them) and the exit: the number of blocks kept. Blocks from the
+/// exit on are removed with all their matrices; their ranks are ignored. A block whose MLP
+/// keeps fewer neurons stores its gate, up and down dense on those neurons (DESIGN section 2,
+/// units that cost nothing to store), never as factor pairs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct RankPlan {
     ranks: Vec<Option<usize>>,
+    widths: Vec<Option<usize>>,
     exit: usize,
 }
 
@@ -48,8 +51,60 @@ impl RankPlan {
     pub fn dense(config: &ModelConfig) -> Self {
         Self {
             ranks: vec![None; config.n_prunable_matrices()],
+            widths: vec![None; config.n_layers],
             exit: config.n_layers,
         }
+    }
+
+    /// The same plan with block `layer_idx`'s MLP keeping `width` neurons (`None`: all): its
+    /// gate, up and down lose their ranks and are stored dense on the kept neurons. A width of
+    /// the whole MLP or more is `None`; zero is one neuron.
+    pub fn with_mlp_width(
+        mut self,
+        config: &ModelConfig,
+        layer_idx: usize,
+        width: Option<usize>,
+    ) -> Self {
+        let width = width
+            .map(|w| w.max(1))
+            .filter(|&w| w < config.intermediate_size);
+        if let Some(slot) = self.widths.get_mut(layer_idx) {
+            *slot = width;
+            if width.is_some() {
+                for kind in [MatrixKind::Gate, MatrixKind::Up, MatrixKind::Down] {
+                    if let Some(rank) = self.ranks.get_mut(matrix_index(layer_idx, kind)) {
+                        *rank = None;
+                    }
+                }
+            }
+        }
+        self
+    }
+
+    /// Neurons kept by block `layer_idx`'s MLP when pruned by neurons (`None`: every neuron,
+    /// or a block past the exit).
+    pub fn mlp_width(&self, layer_idx: usize) -> Option<usize> {
+        self.widths
+            .get(layer_idx)
+            .copied()
+            .flatten()
+            .filter(|_| layer_idx < self.exit)
+    }
+
+    /// Neurons kept per block's MLP (`None`: all), every block including those past the exit.
+    pub fn mlp_widths(&self) -> &[Option<usize>] {
+        &self.widths
+    }
+
+    /// The MLP width of every kept block, `intermediate_size` for a full one (what the cost
+    /// model takes).
+    pub fn kept_widths(&self, config: &ModelConfig) -> Vec<usize> {
+        (0..self.exit.min(config.n_layers))
+            .map(|layer_idx| {
+                self.mlp_width(layer_idx)
+                    .unwrap_or(config.intermediate_size)
+            })
+            .collect()
     }
 
     /// The same ranks, exiting after the first `exit` blocks (clamped to the model's depth
@@ -90,6 +145,7 @@ impl RankPlan {
             board,
             &self.kept_config(config),
             self.kept_ranks(),
+            &self.kept_widths(config),
             dtype,
             head_rows,
         )
@@ -110,6 +166,7 @@ impl RankPlan {
             .collect();
         Self {
             ranks,
+            widths: vec![None; config.n_layers],
             exit: config.n_layers,
         }
     }
@@ -156,10 +213,14 @@ pub fn reductions(config: &ModelConfig, plan: &RankPlan, n_labels: Option<usize>
     for (layer_idx, kind) in matrices(config) {
         let (rows, cols) = config.matrix_shape(kind);
         original_linear += rows * cols;
+        let width = plan
+            .mlp_width(layer_idx)
+            .unwrap_or(config.intermediate_size);
+        let (kept_rows, kept_cols) = config.matrix_shape_in(kind, width);
         kept_linear += match plan.rank(layer_idx, kind) {
             _ if layer_idx >= plan.exit() => 0,
             Some(rank) => rank * (rows + cols),
-            None => rows * cols,
+            None => kept_rows * kept_cols,
         };
     }
     let kept_config = plan.kept_config(config);

@@ -159,7 +159,10 @@ pub fn calibrated_bank(
     if path.is_file() {
         progress.set_message(format!("reading the factor bank {}", path.display()));
         match FactorBank::load(&path, &config, method, base.model.llama.device()) {
-            Ok(bank) => return Ok((bank, calibration.n_tokens)),
+            Ok(bank) => {
+                let bank = bank.with_neurons(&base.model.llama, &calibration, progress)?;
+                return Ok((bank, calibration.n_tokens));
+            }
             Err(error) => eprintln!("ignoring factor bank cache {}: {error:#}", path.display()),
         }
     }
@@ -170,6 +173,7 @@ pub fn calibrated_bank(
             path.display()
         );
     }
+    let bank = bank.with_neurons(&base.model.llama, &calibration, progress)?;
     Ok((bank, calibration.n_tokens))
 }
 
@@ -206,10 +210,13 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     // A board that cannot hold even the most pruned genome fails before any search.
     let reading = options.reading;
     let most_pruned = (levels.len() - 1) as u8;
-    let mut smallest = Genome::uniform(config.n_prunable_matrices(), most_pruned);
-    if reading == LabelReading::Head {
-        smallest = smallest.with_exit_level(config.n_prunable_matrices(), most_pruned);
-    }
+    // Factor pairs at the last level store less than MLPs pruned by neurons to it.
+    let smallest = Genome::assemble(
+        &config,
+        Genome::uniform(config.n_prunable_matrices(), most_pruned),
+        0,
+        (reading == LabelReading::Head).then_some(most_pruned),
+    );
     let smallest_plan = smallest.to_plan(&config, &levels)?;
     let smallest_prediction = smallest_plan.predict(board, &config, dtype, head_rows)?;
     let smallest_fit = feasibility(board, &smallest_prediction);
@@ -293,8 +300,9 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         .iter()
         .rposition(|&k| k >= uniform.keep - 1e-9)
         .unwrap_or(0) as u8;
-    let uniform_genome = problem.with_exit_level(
+    let uniform_genome = problem.genome(
         Genome::uniform(config.n_prunable_matrices(), uniform_level),
+        0,
         0,
     );
 
@@ -390,6 +398,9 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
             refit_kept,
             test_accuracy: tested.accuracy,
             exit_layer: plan.exit(),
+            neuron_pruned_mlps: (0..plan.exit())
+                .filter(|&layer_idx| plan.mlp_width(layer_idx).is_some())
+                .count(),
             linear_reduction: counted.linear_reduction,
             total_reduction: counted.total_reduction,
             bundle_bytes: prediction.bundle_bytes,
@@ -431,6 +442,11 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
             levels: levels.keeps().to_vec(),
             ranks: plan.ranks().to_vec(),
             exit: (plan.exit() < config.n_layers).then_some(plan.exit()),
+            mlp_widths: plan
+                .mlp_widths()
+                .iter()
+                .any(Option::is_some)
+                .then(|| plan.mlp_widths().to_vec()),
         },
     )?;
     write_head(out, head.as_ref())?;
@@ -518,11 +534,19 @@ fn write_rank_map(
         let full_rank = rows.min(cols);
         let mut keep_row = Vec::new();
         let mut label_row = Vec::new();
+        let mlp = matches!(kind, MatrixKind::Gate | MatrixKind::Up | MatrixKind::Down);
         for layer_idx in 0..config.n_layers {
             match plan.rank(layer_idx, kind) {
                 _ if layer_idx >= plan.exit() => {
                     keep_row.push(0.0);
                     label_row.push("×".to_owned());
+                }
+                _ if mlp && plan.mlp_width(layer_idx).is_some() => {
+                    let width = plan
+                        .mlp_width(layer_idx)
+                        .unwrap_or(config.intermediate_size);
+                    keep_row.push(width as f64 / config.intermediate_size as f64);
+                    label_row.push(format!("n{width}"));
                 }
                 Some(rank) => {
                     keep_row.push(rank as f64 / full_rank as f64);
@@ -540,7 +564,7 @@ fn write_rank_map(
     rank_map_svg(
         &out.join(RANK_MAP_FILE),
         &format!(
-            "kept rank per layer and matrix ({} on {}; D = dense, × = removed past the exit)",
+            "kept rank per layer and matrix ({} on {}; D = dense, nW = MLP of W neurons, × = removed past the exit)",
             task.name(),
             board.name
         ),

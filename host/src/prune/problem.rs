@@ -187,18 +187,17 @@ impl TaskProblem {
         self.full.reading() == LabelReading::Head
     }
 
-    /// `genome` with the exit gene at `level` when the problem has one.
-    pub fn with_exit_level(&self, genome: Genome, level: u8) -> Genome {
-        match self.has_exit_gene() {
-            true => genome.with_exit_level(self.config.n_prunable_matrices(), level),
-            false => genome,
-        }
+    /// The problem's genome from the matrices' genes, every MLP-width gene at `width_level`
+    /// and the exit gene, when the problem has one, at `exit_level`.
+    pub fn genome(&self, matrices: Genome, width_level: u8, exit_level: u8) -> Genome {
+        let exit = self.has_exit_gene().then_some(exit_level);
+        Genome::assemble(&self.config, matrices, width_level, exit)
     }
 }
 
 impl Problem for TaskProblem {
     fn n_genes(&self) -> usize {
-        self.config.n_prunable_matrices() + usize::from(self.has_exit_gene())
+        Genome::n_genes(&self.config, self.has_exit_gene())
     }
 
     fn dense_accuracy(&self) -> f64 {
@@ -273,9 +272,15 @@ impl Problem for TaskProblem {
                 };
                 // Ranks from a keep fraction are always within the matrix; a cost model that
                 // refused one would leave the search without spectrum seeds, not fail it.
-                let Ok((stored, time)) =
-                    matrix_cost(&self.board, &self.config, layer_idx, kind, rank, self.dtype)
-                else {
+                let Ok((stored, time)) = matrix_cost(
+                    &self.board,
+                    &self.config,
+                    layer_idx,
+                    kind,
+                    self.config.intermediate_size,
+                    rank,
+                    self.dtype,
+                ) else {
                     return Vec::new();
                 };
                 matrix_errors.push(error);
@@ -311,7 +316,7 @@ impl Problem for TaskProblem {
         let mut seeds = Vec::with_capacity(n);
         for (a, b) in by_objective.into_iter().zip(by_bytes) {
             for genome in [a, b] {
-                let genome = self.with_exit_level(genome, 0);
+                let genome = self.genome(genome, 0, 0);
                 if seeds.len() < n && !seeds.contains(&genome) {
                     seeds.push(genome);
                 }
@@ -320,20 +325,35 @@ impl Problem for TaskProblem {
         seeds
     }
 
-    /// Every matrix at `level`, every block kept.
+    /// Every matrix at `level` as factor pairs, every block kept.
     fn uniform_seed(&self, level: u8) -> Genome {
-        self.with_exit_level(Genome::uniform(self.config.n_prunable_matrices(), level), 0)
+        self.genome(
+            Genome::uniform(self.config.n_prunable_matrices(), level),
+            0,
+            0,
+        )
     }
 
-    /// With an exit gene, every exit with the kept blocks dense: the depth the task needs is
-    /// the largest single saving, and these seeds give the search each depth at once.
+    /// Units the factor pairs cannot reach by small steps: every MLP pruned by neurons at the
+    /// first three levels; with an exit gene, every exit with the kept blocks dense (the depth
+    /// the task needs is the largest single saving; these are scored without a forward pass)
+    /// and every exit with the MLPs at the first neuron level.
     fn structural_seeds(&self) -> Vec<Genome> {
-        if !self.has_exit_gene() {
-            return Vec::new();
-        }
         let dense = Genome::uniform(self.config.n_prunable_matrices(), 0);
-        (1..self.levels.len())
-            .map(|level| self.with_exit_level(dense.clone(), level as u8))
-            .collect()
+        let mut seeds = Vec::new();
+        if self.has_exit_gene() {
+            for level in 1..self.levels.len() {
+                seeds.push(self.genome(dense.clone(), 0, level as u8));
+            }
+        }
+        for width_level in (1..self.levels.len()).take(3) {
+            seeds.push(self.genome(dense.clone(), width_level as u8, 0));
+        }
+        if self.has_exit_gene() {
+            for level in 1..self.levels.len() {
+                seeds.push(self.genome(dense.clone(), 1, level as u8));
+            }
+        }
+        seeds
     }
 }

@@ -31,6 +31,10 @@ pub struct Outcome {
     /// Blocks kept (the exit layer); the model's depth when every block is kept.
     #[serde(default)]
     pub exit_layer: usize,
+    /// Kept blocks whose MLP is pruned by neurons (the rest of their matrices as factor pairs
+    /// or dense).
+    #[serde(default)]
+    pub neuron_pruned_mlps: usize,
     /// DESIGN section 3.
     pub linear_reduction: f64,
     /// DESIGN section 3.

@@ -6,10 +6,12 @@ use whittle_runtime::ModelConfig;
 use super::{Cost, Levels, SearchConfig, SearchError};
 use crate::prune::{RankPlan, matrix_index};
 
-/// One keep level per prunable matrix, in [`matrix_index`] order (level 0 is dense), and
-/// optionally one more gene, the exit: level 0 keeps every block, higher levels exit earlier
-/// ([`exit_for_level`]). The exit gene shares the keep levels' alphabet, so crossover and
-/// mutation treat it like any other gene.
+/// A task's genome: one keep level per prunable matrix, in [`matrix_index`] order (level 0 is
+/// dense), then one MLP-width gene per block (level 0 keeps every neuron; level `l` keeps
+/// [`width_for_keep`] of the level's keep fraction, the block's MLP then pruned by neurons
+/// instead of its matrices' factor pairs), and optionally one more gene, the exit: level 0
+/// keeps every block, higher levels exit earlier ([`exit_for_level`]). Every gene shares the
+/// keep levels' alphabet, so crossover and mutation treat them alike.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Genome(pub Vec<u8>);
@@ -58,31 +60,77 @@ impl Genome {
         }
     }
 
+    /// A genome of `config`'s layout from its matrices' genes (`matrices`, padded with dense
+    /// or cut to the matrix count), every MLP-width gene at `width_level` and, when given, the
+    /// exit gene at `exit_level`.
+    pub fn assemble(
+        config: &ModelConfig,
+        mut matrices: Genome,
+        width_level: u8,
+        exit_level: Option<u8>,
+    ) -> Self {
+        matrices.0.resize(config.n_prunable_matrices(), 0);
+        matrices
+            .0
+            .extend(std::iter::repeat_n(width_level, config.n_layers));
+        matrices.0.extend(exit_level);
+        matrices
+    }
+
+    /// Genes of `config`'s layout: matrices, MLP widths and, with `exit`, the exit gene.
+    pub fn n_genes(config: &ModelConfig, exit: bool) -> usize {
+        config.n_prunable_matrices() + config.n_layers + usize::from(exit)
+    }
+
     /// The rank plan of this genome: each matrix's keep fraction through
-    /// [`RankPlan::from_keeps`] (DESIGN "Rank from a keep fraction"), and the exit of the exit
-    /// gene when the genome has one.
+    /// [`RankPlan::from_keeps`] (DESIGN "Rank from a keep fraction"), each block's MLP width,
+    /// and the exit of the exit gene when the genome has one.
     pub fn to_plan(&self, config: &ModelConfig, levels: &Levels) -> Result<RankPlan, SearchError> {
         let n_matrices = config.n_prunable_matrices();
-        let with_exit = self.0.len() == n_matrices + 1;
-        self.validate(n_matrices + usize::from(with_exit), levels.len())?;
-        let plan = RankPlan::from_keeps(config, |layer_idx, kind| {
+        let with_exit = self.0.len() == Self::n_genes(config, true);
+        self.validate(Self::n_genes(config, with_exit), levels.len())?;
+        let mut plan = RankPlan::from_keeps(config, |layer_idx, kind| {
             self.0
                 .get(matrix_index(layer_idx, kind))
                 .and_then(|&level| levels.keep(level))
                 .unwrap_or(1.0)
         });
-        Ok(match self.0.get(n_matrices).filter(|_| with_exit) {
+        for layer_idx in 0..config.n_layers {
+            let keep = self
+                .0
+                .get(n_matrices + layer_idx)
+                .and_then(|&level| levels.keep(level))
+                .unwrap_or(1.0);
+            let width = width_for_keep(keep, config.intermediate_size);
+            plan = plan.with_mlp_width(config, layer_idx, width);
+        }
+        Ok(match self.0.get(n_matrices + config.n_layers) {
             Some(&level) => plan.with_exit(exit_for_level(config.n_layers, levels.len(), level)),
             None => plan,
         })
     }
 
-    /// The same genome with its exit gene (the gene after the matrices' genes) set to `level`.
-    pub fn with_exit_level(mut self, n_matrices: usize, level: u8) -> Self {
-        self.0.resize(n_matrices + 1, 0);
-        self.0[n_matrices] = level;
+    /// The same genome with its exit gene (the last gene of a genome of `config`'s layout) set
+    /// to `level`.
+    pub fn with_exit_level(mut self, config: &ModelConfig, level: u8) -> Self {
+        self.0.resize(Self::n_genes(config, true), 0);
+        if let Some(exit) = self.0.last_mut() {
+            *exit = level;
+        }
         self
     }
+}
+
+/// Neurons an MLP of `intermediate` keeps at keep fraction `keep`: `floor(keep·intermediate)`
+/// rounded down to a multiple of 8, at least 8 (the parameters fall in the same proportion);
+/// `None` keeps every neuron (`keep ≥ 1`, NaN, or a width of the whole MLP).
+pub fn width_for_keep(keep: f64, intermediate: usize) -> Option<usize> {
+    if keep.is_nan() || keep >= 1.0 {
+        return None;
+    }
+    let ideal = (keep.max(0.0) * intermediate as f64).floor() as usize;
+    let width = (ideal / 8 * 8).max(8);
+    (width < intermediate).then_some(width)
 }
 
 /// The fewest blocks an exit gene keeps: a quarter of the model (at least one).

@@ -145,10 +145,11 @@ fn over_budget_genomes_rank_below_every_genome_within_budget() {
 fn genome_to_plan_uses_the_levels_keep_fractions() {
     let config = tiny_config();
     let levels = Levels::default();
-    let n = config.n_prunable_matrices();
+    let n = Genome::n_genes(&config, false);
     let dense = Genome::uniform(n, 0).to_plan(&config, &levels);
     assert_eq!(dense.ok(), Some(RankPlan::dense(&config)));
-    let half = Genome::uniform(n, 6).to_plan(&config, &levels);
+    let matrices = |level| Genome::uniform(config.n_prunable_matrices(), level);
+    let half = Genome::assemble(&config, matrices(6), 0, None).to_plan(&config, &levels);
     assert_eq!(half.ok(), Some(RankPlan::uniform(&config, 0.5)));
     let mut mixed = Genome::uniform(n, 0);
     mixed.0[crate::prune::matrix_index(1, whittle_runtime::MatrixKind::Up)] = 6;
@@ -170,6 +171,44 @@ fn genome_to_plan_uses_the_levels_keep_fractions() {
 }
 
 #[test]
+fn a_width_gene_prunes_its_blocks_mlp_by_neurons_instead_of_factor_pairs() {
+    use whittle_runtime::MatrixKind;
+    let config = whittle_runtime::ModelConfig::SMOLLM2_135M;
+    let levels = Levels::default();
+    let matrices = Genome::uniform(config.n_prunable_matrices(), 2);
+    let mut genome = Genome::assemble(&config, matrices, 0, None);
+    // Block 3's MLP at level 4 (keep 0.7): floor(0.7 · 1536) = 1075 → 1072 neurons.
+    genome.0[config.n_prunable_matrices() + 3] = 4;
+    let plan = genome.to_plan(&config, &levels).expect("a valid genome");
+    assert_eq!(width_for_keep(0.7, 1536), Some(1072));
+    assert_eq!(plan.mlp_width(3), Some(1072));
+    assert_eq!(plan.mlp_width(2), None);
+    for kind in [MatrixKind::Gate, MatrixKind::Up, MatrixKind::Down] {
+        assert_eq!(plan.rank(3, kind), None, "no factor pair under a width");
+        assert!(plan.rank(2, kind).is_some());
+    }
+    assert!(
+        plan.rank(3, MatrixKind::Q).is_some(),
+        "attention keeps its factor pairs"
+    );
+    // Exact count: the block's MLP keeps 3 · 1072 · 576 parameters.
+    let without = RankPlan::uniform(&config, 0.9);
+    let r = crate::prune::reductions(&config, &plan, None);
+    let r0 = crate::prune::reductions(&config, &without, None);
+    let mlp_ranks: usize = [MatrixKind::Gate, MatrixKind::Up, MatrixKind::Down]
+        .into_iter()
+        .map(|kind| without.rank(3, kind).unwrap_or(0) * 2112)
+        .sum();
+    assert_eq!(
+        r.kept_linear_params,
+        r0.kept_linear_params - mlp_ranks + 3 * 1072 * 576
+    );
+    assert_eq!(width_for_keep(1.0, 1536), None);
+    assert_eq!(width_for_keep(0.001, 1536), Some(8));
+    assert_eq!(width_for_keep(f64::NAN, 1536), None);
+}
+
+#[test]
 fn the_exit_gene_spans_every_block_to_a_quarter_of_the_model() {
     // 30 blocks, 12 levels: 30, 28, …, 8, in whole steps of two blocks, above a quarter.
     let exits: Vec<usize> = (0..12).map(|level| exit_for_level(30, 12, level)).collect();
@@ -180,9 +219,9 @@ fn the_exit_gene_spans_every_block_to_a_quarter_of_the_model() {
 
     let config = whittle_runtime::ModelConfig::SMOLLM2_135M;
     let levels = Levels::default();
-    let n = config.n_prunable_matrices();
+    let n = Genome::n_genes(&config, false);
     let plain = Genome::uniform(n, 2);
-    let with_exit = plain.clone().with_exit_level(n, 6);
+    let with_exit = plain.clone().with_exit_level(&config, 6);
     assert_eq!(with_exit.len(), n + 1);
     let plan = with_exit.to_plan(&config, &levels).expect("a valid genome");
     assert_eq!(plan.exit(), exit_for_level(30, 12, 6));
@@ -194,7 +233,7 @@ fn the_exit_gene_spans_every_block_to_a_quarter_of_the_model() {
     assert!(matches!(
         plain
             .clone()
-            .with_exit_level(n, 12)
+            .with_exit_level(&config, 12)
             .to_plan(&config, &levels),
         Err(SearchError::LevelOutOfRange { level: 12, .. })
     ));
