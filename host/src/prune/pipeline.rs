@@ -358,6 +358,8 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         }
         None => Vec::new(),
     };
+    let mut tested_plans: std::collections::HashMap<RankPlan, super::Scored> =
+        std::collections::HashMap::new();
     let mut finish = |plan: RankPlan,
                       refit: Option<&RefitOptions>|
      -> anyhow::Result<(Outcome, Llama, RankPlan, Option<TaskHead>)> {
@@ -389,7 +391,15 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         };
         let prediction = problem.prediction(&plan)?;
         let counted = reductions(&config, &plan, head_rows);
-        let tested = test.score(&kept, &progress)?;
+        // A plain plan scored before (the uniform baseline at keep 1.0 is the dense model) is
+        // not run again: each test score fits its own head on calibration examples.
+        let tested = match (refit_kept, tested_plans.get(&plan)) {
+            (false, Some(scored)) => scored.clone(),
+            _ => test.score(&kept, &progress)?,
+        };
+        if !refit_kept {
+            tested_plans.insert(plan.clone(), tested.clone());
+        }
         let outcome = Outcome {
             search_accuracy: estimate.measured,
             search_predicted: estimate.predicted,
@@ -411,11 +421,12 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     };
     // The uniform baseline is reported as the binary search found it (plain factors); the
     // refit, which costs minutes, is tried on the answer only.
-    progress.set_message("test split: uniform baseline, answer, dense");
+    progress.set_message("test split: dense, uniform baseline, answer");
+    let (dense_outcome, _, _, _) = finish(RankPlan::dense(&config), None)?;
+    let dense_test = dense_outcome.test_accuracy;
     let (uniform_outcome, _, _, _) = finish(RankPlan::uniform(&config, uniform.keep), None)?;
     let best_plan = result.best.to_plan(&config, &levels)?;
     let (searched_outcome, pruned_llama, plan, head) = finish(best_plan, options.refit.as_ref())?;
-    let dense_test = test.score(&model.llama, &progress)?.accuracy;
     // The verbalizer reading of the dense model, as `eval` reports it, beside the head's.
     let dense_test_verbalizer = match reading {
         LabelReading::Head => Some(

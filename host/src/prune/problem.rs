@@ -334,24 +334,42 @@ impl Problem for TaskProblem {
         )
     }
 
-    /// Units the factor pairs cannot reach by small steps: every MLP pruned by neurons at the
-    /// first three levels; with an exit gene, every exit with the kept blocks dense (the depth
-    /// the task needs is the largest single saving; these are scored without a forward pass)
-    /// and every exit with the MLPs at the first neuron level.
-    fn structural_seeds(&self) -> Vec<Genome> {
+    /// Units the factor pairs cannot reach by small steps. Without an exit gene: every MLP
+    /// pruned by neurons at the first three levels. With one: the exits with the kept blocks
+    /// dense (scored without a forward pass) down to one past the shallowest that assures
+    /// `target` on the search split, and at that exit and the next deeper one, every MLP
+    /// pruned by neurons at the first three levels (the depth the task needs is the largest
+    /// single saving; the MLPs of the kept blocks are the next).
+    fn structural_seeds(&self, target: f64) -> Vec<Genome> {
         let dense = Genome::uniform(self.config.n_prunable_matrices(), 0);
-        let mut seeds = Vec::new();
-        if self.has_exit_gene() {
-            for level in 1..self.levels.len() {
-                seeds.push(self.genome(dense.clone(), 0, level as u8));
-            }
+        let width_levels = (1..self.levels.len()).take(3).map(|l| l as u8);
+        if !self.has_exit_gene() {
+            return width_levels
+                .map(|width| self.genome(dense.clone(), width, 0))
+                .collect();
         }
-        for width_level in (1..self.levels.len()).take(3) {
-            seeds.push(self.genome(dense.clone(), width_level as u8, 0));
-        }
-        if self.has_exit_gene() {
-            for level in 1..self.levels.len() {
-                seeds.push(self.genome(dense.clone(), 1, level as u8));
+        let exit_levels = 1..self.levels.len() as u8;
+        let shallowest = exit_levels
+            .clone()
+            .filter(|&level| {
+                let exit = exit_for_level(self.config.n_layers, self.levels.len(), level);
+                let plan = RankPlan::dense(&self.config).with_exit(exit);
+                self.scored
+                    .get(&plan)
+                    .is_some_and(|scored| self.accuracy.estimate(scored).assured >= target)
+            })
+            .max()
+            .unwrap_or(0);
+        let mut seeds: Vec<Genome> = exit_levels
+            .take_while(|&level| level <= shallowest + 1)
+            .map(|level| self.genome(dense.clone(), 0, level))
+            .collect();
+        for exit in [shallowest, shallowest.saturating_sub(1)] {
+            for width in width_levels.clone() {
+                let genome = self.genome(dense.clone(), width, exit);
+                if !seeds.contains(&genome) {
+                    seeds.push(genome);
+                }
             }
         }
         seeds

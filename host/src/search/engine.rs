@@ -202,7 +202,7 @@ impl<P: Problem> Search<P> {
         let mut rng = generation_rng(self.config.seed, generation);
         let population = if generation == 0 {
             let spectrum = self.problem.spectrum_seeds(self.config.spectrum_seeds);
-            let structural = self.problem.structural_seeds();
+            let structural = self.problem.structural_seeds(self.target);
             let uniform = self
                 .config
                 .uniform_seed_levels

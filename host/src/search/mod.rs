@@ -144,8 +144,10 @@ pub trait Problem {
     }
 
     /// Genomes of the problem's own structure for the first generation, right after the
-    /// caller's baseline (e.g. every exit depth with the kept matrices dense).
-    fn structural_seeds(&self) -> Vec<Genome> {
+    /// caller's baseline (e.g. every exit depth with the kept matrices dense); `target` is the
+    /// accuracy the search must assure.
+    fn structural_seeds(&self, target: f64) -> Vec<Genome> {
+        let _ = target;
         Vec::new()
     }
 
