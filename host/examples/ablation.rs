@@ -5,10 +5,13 @@
 //!    calibration tokens (the path before issue 14);
 //! 2. the same with the default 65,536 calibration tokens (prefix counted once);
 //! 3. the same plans read through a fitted task head;
-//! 4. early exit: the first blocks kept dense, read through the task head.
+//! 4. early exit: the first blocks kept dense, read through the task head;
+//! 5. MLP neurons: the same uniform levels with every MLP pruned by neurons (attention as
+//!    factor pairs), read through the task head (`units` mode, which also compares the MLP
+//!    alone pruned by neurons against the MLP's factor pairs at equal parameter count).
 //!
 //! `cargo run --release -p whittle-host --example ablation -- [head examples] [svg path]
-//! [prune folder,...] [16k | exits | replot]` (defaults 4096 and `docs/figures/compression.svg`);
+//! [prune folder,...] [16k | exits | units | replot]` (defaults 4096 and `docs/figures/compression.svg`);
 //! each prune folder's `report.json` adds its searched answer to the figure; row 1 (a second
 //! factorization, minutes) only with the last argument `16k`, row 4 alone with `exits`. The measurements are saved beside
 //! the figure (`.json`); `replot` draws the figure and the table from them again. Prints a markdown table and one JSON
@@ -22,8 +25,10 @@ use whittle_host::head::{LabelReading, fit_head};
 use whittle_host::metrics;
 use whittle_host::model;
 use whittle_host::plot::{Series, line_chart_svg};
-use whittle_host::prune::{Evaluator, RankPlan, calibrated_bank, reductions};
+use whittle_host::prune::{Evaluator, FactorBank, RankPlan, calibrated_bank, reductions};
+use whittle_host::search::width_for_keep;
 use whittle_host::task::{Split, Task};
+use whittle_runtime::MatrixKind;
 
 /// Linear reductions of the table's columns.
 const REDUCTIONS: [f64; 4] = [0.2, 0.4, 0.6, 0.7];
@@ -50,12 +55,26 @@ fn main() -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let saved = std::path::Path::new(&svg).with_extension("json");
-    let measured: Measured = if args.get(3).is_some_and(|a| a == "replot") {
-        serde_json::from_str(&std::fs::read_to_string(&saved)?)?
-    } else {
-        let measured = measure(head_examples, args.get(3).map_or("", String::as_str))?;
-        std::fs::write(&saved, serde_json::to_string_pretty(&measured)?)?;
-        measured
+    let mode = args.get(3).map_or("", String::as_str);
+    let measured: Measured = match mode {
+        "replot" => serde_json::from_str(&std::fs::read_to_string(&saved)?)?,
+        // The units rows join the saved measurements of the other levers.
+        "units" => {
+            let mut measured: Measured = serde_json::from_str(&std::fs::read_to_string(&saved)?)?;
+            let (rows, comparison) = measure_units(head_examples)?;
+            measured
+                .rows
+                .retain(|(name, _)| !rows.iter().any(|(n, _)| n == name));
+            measured.rows.extend(rows);
+            measured.units = comparison;
+            std::fs::write(&saved, serde_json::to_string_pretty(&measured)?)?;
+            measured
+        }
+        _ => {
+            let measured = measure(head_examples, mode)?;
+            std::fs::write(&saved, serde_json::to_string_pretty(&measured)?)?;
+            measured
+        }
     };
     report(&measured, &answers, &svg)
 }
@@ -71,6 +90,112 @@ struct Measured {
     rows: Vec<(String, Vec<(f64, f64)>)>,
     /// (exit, linear reduction, test accuracy) for every exit, kept blocks dense.
     every_exit: Vec<(usize, f64, f64)>,
+    /// The MLP alone at equal parameter count: factor pairs against neurons.
+    #[serde(default)]
+    units: Vec<UnitPoint>,
+}
+
+/// The MLPs of every block at one keep fraction, attention dense, one unit.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UnitPoint {
+    unit: String,
+    keep: f64,
+    linear_reduction: f64,
+    /// Mean over blocks of the relative squared output error on the calibration statistics:
+    /// for neurons the MLP's output (down after the refit), for factor pairs the mean of
+    /// gate's, up's and down's own outputs.
+    calibration_error: f64,
+    test_accuracy: f64,
+}
+
+/// Rows of the lever "MLP neurons" and the MLP-alone comparison.
+fn measure_units(
+    head_examples: usize,
+) -> anyhow::Result<(Vec<(String, Vec<(f64, f64)>)>, Vec<UnitPoint>)> {
+    let task = Task::resolve("sst2")?;
+    let path = ensure_default_model(&default_model_dir())?;
+    let opened = model::BaseModel::open(&path, &model::device(false)?)?;
+    let base = &opened.model;
+    let config = *base.llama.config();
+    let progress = ProgressBar::hidden();
+    let cache = whittle_boards::default_cache_dir();
+    let head = Evaluator::new(base, &task, Split::Test, head_examples, 4096)?
+        .with_reading(LabelReading::Head, false);
+    let (bank, _) = calibrated_bank(
+        &opened,
+        &task,
+        &CalibrationSettings::default(),
+        &cache,
+        4096,
+        &progress,
+    )?;
+    let with_widths = |plan: RankPlan, keep: f64| {
+        (0..config.n_layers).fold(plan, |plan, layer_idx| {
+            plan.with_mlp_width(
+                &config,
+                layer_idx,
+                width_for_keep(keep, config.intermediate_size),
+            )
+        })
+    };
+    let score = |bank: &FactorBank, plan: &RankPlan| -> anyhow::Result<(f64, f64)> {
+        let pruned = bank.apply(&base.llama, plan)?;
+        let accuracy = head.score(&pruned, &progress)?.accuracy;
+        Ok((reductions(&config, plan, None).linear_reduction, accuracy))
+    };
+    let mut points = Vec::new();
+    for reduction in REDUCTIONS {
+        let keep = 1.0 - reduction;
+        let plan = with_widths(RankPlan::uniform(&config, keep), keep);
+        let (counted, accuracy) = score(&bank, &plan)?;
+        eprintln!("+ MLP neurons: {counted:.3} → {accuracy:.4}");
+        points.push((counted, accuracy));
+    }
+    let rows = vec![(
+        "+ MLP neurons (attention factor pairs), task head".to_owned(),
+        points,
+    )];
+    let mlp = [MatrixKind::Gate, MatrixKind::Up, MatrixKind::Down];
+    let mut comparison = Vec::new();
+    for keep in [0.9, 0.7] {
+        let factor_plan =
+            RankPlan::from_keeps(
+                &config,
+                |_, kind| if mlp.contains(&kind) { keep } else { 1.0 },
+            );
+        let neuron_plan = with_widths(RankPlan::dense(&config), keep);
+        let width =
+            width_for_keep(keep, config.intermediate_size).unwrap_or(config.intermediate_size);
+        let mut factor_error = 0.0;
+        let mut neuron_error = 0.0;
+        for layer_idx in 0..config.n_layers {
+            for kind in mlp {
+                let rank = factor_plan.rank(layer_idx, kind).unwrap_or(0);
+                let curve = bank.error_curve(layer_idx, kind).unwrap_or(&[]);
+                factor_error += curve.get(rank).copied().unwrap_or(f64::NAN) / 3.0;
+            }
+            let curve = bank.neuron_error_curve(layer_idx).unwrap_or(&[]);
+            neuron_error += curve.get(width).copied().unwrap_or(f64::NAN);
+        }
+        let n = config.n_layers as f64;
+        for (unit, plan, error) in [
+            ("factor pairs", &factor_plan, factor_error / n),
+            ("neurons", &neuron_plan, neuron_error / n),
+        ] {
+            let (counted, accuracy) = score(&bank, plan)?;
+            eprintln!(
+                "MLP only, {unit} at keep {keep}: {counted:.3} → {accuracy:.4}, calibration error {error:.4}"
+            );
+            comparison.push(UnitPoint {
+                unit: unit.to_owned(),
+                keep,
+                linear_reduction: counted,
+                calibration_error: error,
+                test_accuracy: accuracy,
+            });
+        }
+    }
+    Ok((rows, comparison))
 }
 
 fn measure(head_examples: usize, mode: &str) -> anyhow::Result<Measured> {
@@ -174,6 +299,7 @@ fn measure(head_examples: usize, mode: &str) -> anyhow::Result<Measured> {
         test_n: test_examples.len(),
         rows,
         every_exit,
+        units: Vec::new(),
     })
 }
 
@@ -185,6 +311,7 @@ fn report(measured: &Measured, answers: &[(f64, f64)], svg: &str) -> anyhow::Res
         test_n,
         rows,
         every_exit,
+        units,
     } = measured;
     let (dense_verbalizer, dense_head) = (*dense_verbalizer, *dense_head);
     println!(
@@ -201,6 +328,21 @@ fn report(measured: &Measured, answers: &[(f64, f64)], svg: &str) -> anyhow::Res
     println!("\n| exit | linear reduction | test accuracy (task head) |\n|---|---|---|");
     for (exit, counted, accuracy) in every_exit {
         println!("| {exit} | {:.1}% | {accuracy:.4} |", 100.0 * counted);
+    }
+    if !units.is_empty() {
+        println!(
+            "\n| MLP only (attention dense) | keep | linear reduction | calibration output error | test accuracy (task head) |\n|---|---|---|---|---|"
+        );
+        for u in units {
+            println!(
+                "| {} | {} | {:.1}% | {:.4} | {:.4} |",
+                u.unit,
+                u.keep,
+                100.0 * u.linear_reduction,
+                u.calibration_error,
+                u.test_accuracy
+            );
+        }
     }
     let mut series: Vec<Series> = rows
         .iter()

@@ -411,4 +411,59 @@ mod exit_tests {
         );
         Ok(())
     }
+
+    #[test]
+    fn an_mlp_pruned_by_neurons_round_trips_and_a_missing_one_is_refused() -> anyhow::Result<()> {
+        let config = tiny_config();
+        let device = Device::Cpu;
+        let base = Llama::from_tensors(config, &tiny_tensors(&config, 3, &device)?, &device)?;
+        let width = config.intermediate_size / 2;
+        let kept: Vec<u32> = (0..width as u32).map(|j| 2 * j).collect();
+        let kept = candle_core::Tensor::new(kept.as_slice(), &device)?;
+        let take = |kind: MatrixKind, dim: usize| -> anyhow::Result<Linear> {
+            let Some(Linear::Dense { weight }) = base.linear(1, kind) else {
+                bail!("not dense");
+            };
+            Ok(Linear::Dense {
+                weight: weight.index_select(&kept, dim)?.contiguous()?,
+            })
+        };
+        let mut pruned = base.clone();
+        let mlp = [
+            take(MatrixKind::Gate, 0)?,
+            take(MatrixKind::Up, 0)?,
+            take(MatrixKind::Down, 1)?,
+        ];
+        pruned.set_mlp(1, mlp)?;
+        let plan = RankPlan::dense(&config).with_mlp_width(&config, 1, Some(width));
+        let mut file = genome(None);
+        file.mlp_widths = Some(plan.mlp_widths().to_vec());
+        let dir = tempfile::tempdir()?;
+        write_genome(dir.path(), &file)?;
+        write_factors(dir.path(), &pruned, &plan)?;
+        let read = PruneFolder::open(dir.path())?.apply(&base, &device)?;
+        for kind in MLP {
+            let shape = |m: &Llama| m.linear(1, kind).map(|l| l.shape()).transpose();
+            assert_eq!(shape(&read)?, Some(config.matrix_shape_in(kind, width)));
+            assert_eq!(shape(&read)?, shape(&pruned)?);
+        }
+        assert_eq!(
+            read.linear(0, MatrixKind::Gate)
+                .map(|l| l.shape())
+                .transpose()?,
+            Some(config.matrix_shape(MatrixKind::Gate))
+        );
+        // genome.json says the MLP is narrower, factors.safetensors does not hold it.
+        let dir = folder_with(&file, None)?;
+        let error = PruneFolder::open(dir.path())?
+            .apply(&base, &device)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("neurons") && error.contains("re-run prune"),
+            "{error}"
+        );
+        Ok(())
+    }
 }
