@@ -253,6 +253,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         board.clone(),
         dtype,
         head_rows,
+        &progress,
     )?;
 
     let uniform_started = Instant::now();

@@ -51,18 +51,18 @@ impl TaskProblem {
         board: BoardProfile,
         dtype: Dtype,
         head_rows: Option<usize>,
+        progress: &ProgressBar,
     ) -> anyhow::Result<Self> {
         let config = *full.base().llama.config();
         let dense_plan = RankPlan::dense(&config);
         let dense_prediction = dense_plan.predict(&board, &config, dtype, head_rows)?;
-        let progress = ProgressBar::hidden();
         let exits: Vec<usize> = (0..levels.len())
             .map(|level| exit_for_level(config.n_layers, levels.len(), level as u8))
             .collect();
         let full = match full.reading() {
             LabelReading::Head => {
                 let dense = full.base().llama.clone();
-                full.with_exit_priors(&dense, &exits, &progress)?
+                full.with_exit_priors(&dense, &exits, progress)?
             }
             LabelReading::Verbalizer => full,
         };
@@ -73,7 +73,7 @@ impl TaskProblem {
             // One pass of the dense model gives its state after every block: every exit the
             // exit gene can take, with the kept blocks dense, is scored from it on both splits
             // (the quarter is the full split's first quarter) without another forward pass.
-            let (states, gold) = full.every_exit_states(&full.base().llama, &progress)?;
+            let (states, gold) = full.every_exit_states(&full.base().llama, progress)?;
             let n_quarter = quarter.len().min(gold.len());
             for (exit, exit_states) in (1..=config.n_layers).zip(&states) {
                 if !exits.contains(&exit) {
@@ -88,7 +88,7 @@ impl TaskProblem {
         }
         let dense = match scored.get(&dense_plan) {
             Some(dense) => dense.clone(),
-            None => full.score(&full.base().llama, &progress)?,
+            None => full.score(&full.base().llama, progress)?,
         };
         scored.insert(dense_plan, dense.clone());
         let mut problem = Self {
@@ -104,13 +104,15 @@ impl TaskProblem {
             accuracy: AccuracyModel::fit(dense.clone(), &[]),
             scored,
             quarter_scored,
-            progress,
+            progress: progress.clone(),
         };
         let mut probes = Vec::with_capacity(Self::PROBE_KEEPS.len());
         for keep in Self::PROBE_KEEPS {
             probes.push(problem.score_plan(&RankPlan::uniform(&config, keep))?.0);
         }
         problem.accuracy = AccuracyModel::fit(dense, &probes);
+        // Candidates of the search are scored quietly: the search prints a line per generation.
+        problem.progress = ProgressBar::hidden();
         Ok(problem)
     }
 
