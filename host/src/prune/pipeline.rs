@@ -394,8 +394,14 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         let counted = reductions(&config, &plan, head_rows);
         // A plain plan scored before (the uniform baseline at keep 1.0 is the dense model) is
         // not run again: each test score fits its own head on calibration examples.
-        let tested = match (refit_kept, tested_plans.get(&plan)) {
-            (false, Some(scored)) => scored.clone(),
+        // The dense model's head at full depth was fitted on the same calibration examples
+        // for the search's priors.
+        let dense_head = (plan == RankPlan::dense(&config))
+            .then(|| problem.full_evaluator().exit_head(config.n_layers))
+            .flatten();
+        let tested = match (refit_kept, tested_plans.get(&plan), dense_head) {
+            (false, Some(scored), _) => scored.clone(),
+            (_, _, Some(head)) => test.score_with_head(&kept, head, &progress)?,
             _ => test.score(&kept, &progress)?,
         };
         if !refit_kept {

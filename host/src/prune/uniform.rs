@@ -28,7 +28,7 @@ pub struct Evaluator {
     names: Vec<String>,
     /// Per exit, the rows a cross-fitted head is pulled toward instead (the dense model's
     /// head at that exit, [`Evaluator::with_exit_priors`]).
-    exit_priors: std::collections::HashMap<usize, Vec<Vec<f32>>>,
+    exit_priors: std::collections::HashMap<usize, TaskHead>,
     /// What the progress bar says while scoring.
     stage: String,
 }
@@ -129,7 +129,7 @@ impl Evaluator {
                 anyhow::bail!("exit {exit} is outside the model's {} blocks", states.len());
             };
             let head = fit_head(exit_states, &gold, &self.prior, &self.names)?;
-            self.exit_priors.insert(exit, head.weight);
+            self.exit_priors.insert(exit, head);
         }
         Ok(self)
     }
@@ -205,7 +205,10 @@ impl Evaluator {
         gold: &[usize],
         exit: usize,
     ) -> anyhow::Result<Scored> {
-        let prior = self.exit_priors.get(&exit).unwrap_or(&self.prior);
+        let prior = self
+            .exit_priors
+            .get(&exit)
+            .map_or(&self.prior, |head| &head.weight);
         let scores = cross_fit_scores(states, gold, prior, &self.names)?;
         let gold = gold.to_vec();
         Ok(Self::scored(
@@ -214,13 +217,50 @@ impl Evaluator {
         ))
     }
 
-    /// Scores with a task head read from the model's last block (the candidate's exit).
-    fn score_head(&self, model: &LoadedModel, progress: &ProgressBar) -> anyhow::Result<Scored> {
+    /// The dense model's head at `exit`, fitted on this evaluator's calibration examples by
+    /// [`Evaluator::with_exit_priors`] (what [`Evaluator::score`] would fit for the dense
+    /// model cut at `exit`).
+    pub fn exit_head(&self, exit: usize) -> Option<&TaskHead> {
+        self.exit_priors.get(&exit)
+    }
+
+    /// Scores `llama` through `head`, fitted elsewhere on the same calibration examples
+    /// (e.g. [`Evaluator::exit_head`]): one pass over the split, none over the examples.
+    pub fn score_with_head(
+        &self,
+        llama: &Llama,
+        head: &TaskHead,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Scored> {
+        let model = self.base.with_llama(llama.clone());
+        let (states, gold) = self.split_states(&model, progress)?;
+        Ok(Self::through(head.clone(), &states, gold))
+    }
+
+    fn split_states(
+        &self,
+        model: &LoadedModel,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<(Vec<Vec<f32>>, Vec<usize>)> {
         progress.set_position(0);
         progress.set_message(self.stage.clone());
         let (states, gold, _) =
             last_states(model, &self.search, self.batch_tokens, false, progress)?;
-        let states = states.into_iter().next().unwrap_or_default();
+        Ok((states.into_iter().next().unwrap_or_default(), gold))
+    }
+
+    fn through(head: TaskHead, states: &[Vec<f32>], gold: Vec<usize>) -> Scored {
+        let scores = head.score_all(states);
+        let n_labels = head.bias.len();
+        let mut scored = Self::scored(&ClassScores { scores, gold }, vec![0.0; n_labels]);
+        scored.label_bias = head.bias.iter().map(|&b| f64::from(b)).collect();
+        scored.head = Some(head);
+        scored
+    }
+
+    /// Scores with a task head read from the model's last block (the candidate's exit).
+    fn score_head(&self, model: &LoadedModel, progress: &ProgressBar) -> anyhow::Result<Scored> {
+        let (states, gold) = self.split_states(model, progress)?;
         if self.cross_fit {
             return self.score_states(&states, &gold, model.llama.config().n_layers);
         }
@@ -235,11 +275,7 @@ impl Evaluator {
         )?;
         let fit_states = fit_states.into_iter().next().unwrap_or_default();
         let head = fit_head(&fit_states, &fit_gold, &self.prior, &self.names)?;
-        let scores = head.score_all(&states);
-        let mut scored = Self::scored(&ClassScores { scores, gold }, vec![0.0; self.prior.len()]);
-        scored.label_bias = head.bias.iter().map(|&b| f64::from(b)).collect();
-        scored.head = Some(head);
-        Ok(scored)
+        Ok(Self::through(head, &states, gold))
     }
 
     fn scored(search: &ClassScores, bias: Vec<f64>) -> Scored {

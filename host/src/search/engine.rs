@@ -316,12 +316,35 @@ impl<P: Problem> Search<P> {
                 .map(|(genome, _)| genome)
                 .collect();
             rejected = n_new - survivors.len();
+            // Promotion mirrors the answer's rule: the survivors that meet the target on the
+            // quarter split, cheapest first, then the others by fitness.
             let scores = self.scores(&survivors)?;
-            let promoted: Vec<Genome> =
-                top_distinct(&survivors, &scores, self.config.max_promotions)
-                    .into_iter()
-                    .map(|i| survivors[i].clone())
-                    .collect();
+            let quarter_ok: Vec<bool> = survivors
+                .iter()
+                .map(|g| {
+                    self.state
+                        .cache
+                        .get(g)
+                        .and_then(|c| c.quarter)
+                        .is_some_and(|e| e.accuracy >= self.target)
+                })
+                .collect();
+            let mut order: Vec<usize> = (0..survivors.len()).collect();
+            order.sort_by(|&a, &b| {
+                let cheaper = match quarter_ok[a] && quarter_ok[b] {
+                    true => scores[a].cost.total_cmp(&scores[b].cost),
+                    false => std::cmp::Ordering::Equal,
+                };
+                quarter_ok[b]
+                    .cmp(&quarter_ok[a])
+                    .then(cheaper)
+                    .then(scores[b].cmp_fitness(&scores[a]))
+            });
+            let promoted: Vec<Genome> = order
+                .into_iter()
+                .take(self.config.max_promotions)
+                .map(|i| survivors[i].clone())
+                .collect();
             self.evaluate_stage(&promoted, Stage::Full)?;
         } else {
             self.evaluate_stage(&new, Stage::Full)?;
@@ -395,6 +418,7 @@ impl<P: Problem> Search<P> {
                     signal: f64::NEG_INFINITY,
                     admissible: false,
                     full: false,
+                    cost: f64::INFINITY,
                 });
             }
         };
@@ -407,6 +431,7 @@ impl<P: Problem> Search<P> {
             signal: evaluation.signal,
             admissible: full && cost.is_within_budget() && evaluation.accuracy >= self.target,
             full,
+            cost: cost.cost,
         })
     }
 

@@ -27,6 +27,8 @@ pub(super) struct Score {
     pub admissible: bool,
     /// Evaluated on the whole search split.
     pub full: bool,
+    /// The board objective's cost (lower is smaller or faster).
+    pub cost: f64,
 }
 
 impl Score {
@@ -37,10 +39,17 @@ impl Score {
             .then(self.signal.total_cmp(&other.signal))
     }
 
-    /// Order of elites and of the best genome: admissible first, then by fitness.
+    /// Order of elites and of the best genome: admissible first; among admissible genomes
+    /// the cheapest (the answer is the smallest model that assures the target within the
+    /// budgets, not the one with the widest accuracy margin), then by fitness.
     pub fn cmp_rank(&self, other: &Self) -> Ordering {
+        let cheaper = match self.admissible && other.admissible {
+            true => other.cost.total_cmp(&self.cost),
+            false => Ordering::Equal,
+        };
         self.admissible
             .cmp(&other.admissible)
+            .then(cheaper)
             .then(self.cmp_fitness(other))
     }
 }

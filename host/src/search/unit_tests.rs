@@ -310,3 +310,28 @@ fn water_filling_takes_free_levels_and_refuses_bad_curves() {
     let ragged = vec![vec![0.0, 1.0], vec![0.0, 0.3, 0.6]];
     assert!(water_filling(&ragged, &bytes, 0.5).is_err());
 }
+
+#[test]
+fn among_admissible_genomes_the_cheapest_ranks_first_whatever_its_margin() {
+    use super::operators::Score;
+    let score = |fitness: f64, admissible: bool, cost: f64| Score {
+        fitness,
+        signal: 0.0,
+        admissible,
+        full: true,
+        cost,
+    };
+    // A wide accuracy margin gives more fitness; the answer is still the smaller model.
+    let wide_margin = score(0.33, true, 0.58);
+    let cheaper = score(0.26, true, 0.55);
+    assert!(cheaper.cmp_rank(&wide_margin).is_gt());
+    // An admissible genome outranks any inadmissible one, however cheap.
+    let too_inaccurate = score(0.30, false, 0.20);
+    assert!(wide_margin.cmp_rank(&too_inaccurate).is_gt());
+    // Among inadmissible genomes fitness decides, so the search can climb out.
+    assert!(
+        score(0.2, false, 0.9)
+            .cmp_rank(&score(0.1, false, 0.1))
+            .is_gt()
+    );
+}
