@@ -366,6 +366,8 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
      -> anyhow::Result<(Outcome, Llama, RankPlan, Option<TaskHead>)> {
         let (_, estimate) = problem.score_plan(&plan)?;
         let pruned = problem.bank().apply(&model.llama, &plan)?;
+        // The refit solves for factor pairs only; a plan without any has nothing to refit.
+        let refit = refit.filter(|_| plan.kept_ranks().iter().any(Option::is_some));
         // The refit is kept only when it does not lower the assured search-split accuracy (on
         // SST-2 it does; see docs/RESULTS.md); the outcome reports the model kept.
         let (kept, refit_kept, estimate) = match refit {
