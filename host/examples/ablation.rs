@@ -20,7 +20,6 @@
 use indicatif::ProgressBar;
 use whittle_host::calibrate::CalibrationSettings;
 use whittle_host::eval::{LabelTokens, last_states, verbalizer_rows};
-use whittle_host::fetch::{default_model_dir, ensure_default_model};
 use whittle_host::head::{LabelReading, fit_head};
 use whittle_host::metrics;
 use whittle_host::model;
@@ -113,8 +112,7 @@ fn measure_units(
     head_examples: usize,
 ) -> anyhow::Result<(Vec<(String, Vec<(f64, f64)>)>, Vec<UnitPoint>)> {
     let task = Task::resolve("sst2")?;
-    let path = ensure_default_model(&default_model_dir())?;
-    let opened = model::BaseModel::open(&path, &model::device(false)?)?;
+    let opened = model::BaseModel::open_default()?;
     let base = &opened.model;
     let config = *base.llama.config();
     let progress = ProgressBar::hidden();
@@ -201,8 +199,7 @@ fn measure_units(
 fn measure(head_examples: usize, mode: &str) -> anyhow::Result<Measured> {
     let with_16k = mode == "16k";
     let task = Task::resolve("sst2")?;
-    let path = ensure_default_model(&default_model_dir())?;
-    let opened = model::BaseModel::open(&path, &model::device(false)?)?;
+    let opened = model::BaseModel::open_default()?;
     let base = &opened.model;
     let config = *base.llama.config();
     let progress = ProgressBar::hidden();

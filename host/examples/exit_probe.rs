@@ -5,7 +5,6 @@
 
 use indicatif::ProgressBar;
 use whittle_host::eval::{LabelTokens, last_states, verbalizer_rows};
-use whittle_host::fetch::{default_model_dir, ensure_default_model};
 use whittle_host::head::{TaskHead, cross_fit_scores, fit_head};
 use whittle_host::model;
 use whittle_host::task::{Split, Task};
@@ -27,8 +26,7 @@ fn main() -> anyhow::Result<()> {
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
     let task = Task::resolve(&arg(0, "sst2"))?;
     let head_examples: usize = arg(1, "4096").parse()?;
-    let path = ensure_default_model(&default_model_dir())?;
-    let opened = model::BaseModel::open(&path, &model::device(false)?)?;
+    let opened = model::BaseModel::open_default()?;
     let base = &opened.model;
     let labels = LabelTokens::new(&base.tokenizer, task.labels())?;
     let names: Vec<String> = task.labels().iter().map(|l| l.value.clone()).collect();

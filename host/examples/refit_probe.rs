@@ -4,7 +4,6 @@
 
 use indicatif::ProgressBar;
 use whittle_host::calibrate::{CalibrationSettings, calibration_sequences};
-use whittle_host::fetch::{default_model_dir, ensure_default_model};
 use whittle_host::model;
 use whittle_host::prune::{Evaluator, RankPlan, anchored_refit, calibrated_bank};
 use whittle_host::task::{Split, Task};
@@ -20,8 +19,7 @@ fn main() -> anyhow::Result<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let wikitext_share: f64 = arg(4, "0").parse()?;
-    let path = ensure_default_model(&default_model_dir())?;
-    let opened = model::BaseModel::open(&path, &model::device(false)?)?;
+    let opened = model::BaseModel::open_default()?;
     let progress = ProgressBar::hidden();
     let (bank, _) = calibrated_bank(
         &opened,

@@ -6,7 +6,6 @@
 use indicatif::ProgressBar;
 use whittle_host::calibrate::CalibrationSettings;
 use whittle_host::eval::{LabelTokens, score_labels};
-use whittle_host::fetch::{default_model_dir, ensure_default_model};
 use whittle_host::model;
 use whittle_host::prune::calibrated_bank;
 use whittle_host::search::Checkpoint;
@@ -19,8 +18,7 @@ fn main() -> anyhow::Result<()> {
     let out = arg(1, "selection.json");
     let task = Task::resolve(&arg(2, "sst2"))?;
     let top: usize = arg(3, "12").parse()?;
-    let path = ensure_default_model(&default_model_dir())?;
-    let opened = model::BaseModel::open(&path, &model::device(false)?)?;
+    let opened = model::BaseModel::open_default()?;
     let progress = ProgressBar::hidden();
     let (bank, _) = calibrated_bank(
         &opened,

@@ -10,7 +10,6 @@
 use indicatif::ProgressBar;
 use whittle_host::calibrate::CalibrationSettings;
 use whittle_host::eval::{EvalOptions, evaluate};
-use whittle_host::fetch::{default_model_dir, ensure_default_model};
 use whittle_host::model;
 use whittle_host::prune::{RankPlan, calibrated_bank, reductions};
 use whittle_host::search::width_for_keep;
@@ -20,8 +19,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let tasks = args.first().map_or("xquad,wikitext2", String::as_str);
     let keep: f64 = args.get(1).map_or("0.9", String::as_str).parse()?;
-    let path = ensure_default_model(&default_model_dir())?;
-    let opened = model::BaseModel::open(&path, &model::device(false)?)?;
+    let opened = model::BaseModel::open_default()?;
     let base = &opened.model;
     let config = *base.llama.config();
     let progress = ProgressBar::hidden();

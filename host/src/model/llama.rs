@@ -340,34 +340,40 @@ impl Llama {
     /// Replaces one prunable matrix (e.g. by its low-rank factors); the rest of the model is
     /// shared, not copied, with any clone it came from.
     pub fn set_linear(&mut self, layer_idx: usize, kind: MatrixKind, linear: Linear) -> Result<()> {
-        let expected = self.config.matrix_shape(kind);
-        if linear.shape()? != expected {
-            candle_core::bail!(
-                "layer {layer_idx} {}: new matrix has shape {:?}, expected {expected:?}",
-                kind.name(),
-                linear.shape()?
-            );
-        }
-        let Some(block) = self.blocks.get_mut(layer_idx) else {
-            candle_core::bail!("layer {layer_idx} does not exist");
-        };
-        *block.linear_mut(kind) = linear;
-        Ok(())
+        self.replace(layer_idx, self.config.intermediate_size, [(kind, linear)])
     }
 
     /// Replaces block `layer_idx`'s gate, up and down by an MLP of another width (the rows of
     /// gate and up it keeps, down's columns on them); the rest of the model is shared.
     pub fn set_mlp(&mut self, layer_idx: usize, [gate, up, down]: [Linear; 3]) -> Result<()> {
         let width = gate.shape()?.0;
-        for (kind, linear) in [
-            (MatrixKind::Gate, &gate),
-            (MatrixKind::Up, &up),
-            (MatrixKind::Down, &down),
-        ] {
-            let expected = self.config.matrix_shape_in(kind, width);
-            if linear.shape()? != expected || width == 0 || width > self.config.intermediate_size {
+        let mlp = [
+            (MatrixKind::Gate, gate),
+            (MatrixKind::Up, up),
+            (MatrixKind::Down, down),
+        ];
+        self.replace(layer_idx, width, mlp)
+    }
+
+    /// Swaps in `linears` of block `layer_idx` after checking each against its shape in a
+    /// block whose MLP has `width` neurons.
+    fn replace<const N: usize>(
+        &mut self,
+        layer_idx: usize,
+        width: usize,
+        linears: [(MatrixKind, Linear); N],
+    ) -> Result<()> {
+        if width == 0 || width > self.config.intermediate_size {
+            candle_core::bail!(
+                "layer {layer_idx}: an MLP of {width} neurons is outside 1..={}",
+                self.config.intermediate_size
+            );
+        }
+        for (kind, linear) in &linears {
+            let expected = self.config.matrix_shape_in(*kind, width);
+            if linear.shape()? != expected {
                 candle_core::bail!(
-                    "layer {layer_idx} {}: an MLP of width {width} needs shape {expected:?}, got {:?}",
+                    "layer {layer_idx} {}: new matrix has shape {:?}, expected {expected:?}",
                     kind.name(),
                     linear.shape()?
                 );
@@ -376,9 +382,9 @@ impl Llama {
         let Some(block) = self.blocks.get_mut(layer_idx) else {
             candle_core::bail!("layer {layer_idx} does not exist");
         };
-        *block.linear_mut(MatrixKind::Gate) = gate;
-        *block.linear_mut(MatrixKind::Up) = up;
-        *block.linear_mut(MatrixKind::Down) = down;
+        for (kind, linear) in linears {
+            *block.linear_mut(kind) = linear;
+        }
         Ok(())
     }
 

@@ -61,6 +61,12 @@ impl BaseModel {
             digest,
         })
     }
+
+    /// The default model (fetched into the default model folder on first use) on the CPU.
+    pub fn open_default() -> anyhow::Result<Self> {
+        let path = crate::fetch::ensure_default_model(&crate::fetch::default_model_dir())?;
+        Self::open(&path, &device(false)?)
+    }
 }
 
 /// Loads a Llama-family GGUF file: validates it, dequantizes every weight to f32 and builds
