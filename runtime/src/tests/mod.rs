@@ -64,6 +64,17 @@ fn tables() -> TokenizerTables {
 
 /// The tiny bundle; `dtype`, task head or not, signed with `key` or not.
 pub(crate) fn tiny_bundle(dtype: Dtype, task_head: bool, key: Option<&SigningKey>) -> Vec<u8> {
+    tiny_bundle_with_mlps(dtype, task_head, key, &[])
+}
+
+/// The tiny bundle whose block `i`'s gate, up and down have `mlp_shapes[i]` =
+/// `(gate rows, up rows, down cols)` (the full intermediate size where not given).
+fn tiny_bundle_with_mlps(
+    dtype: Dtype,
+    task_head: bool,
+    key: Option<&SigningKey>,
+    mlp_shapes: &[(usize, usize, usize)],
+) -> Vec<u8> {
     let config = tiny_config();
     let mut blob = BlobBuilder::new();
     let tokenizer = blob.push_tokenizer(&tables()).unwrap();
@@ -79,8 +90,18 @@ pub(crate) fn tiny_bundle(dtype: Dtype, task_head: bool, key: Option<&SigningKey
         let attn_norm = blob.push_f32(&norm).unwrap();
         let ffn_norm = blob.push_f32(&norm).unwrap();
         let mut linears = Vec::new();
+        let full = config.intermediate_size;
+        let (gate, up, down) = mlp_shapes
+            .get(layer_idx)
+            .copied()
+            .unwrap_or((full, full, full));
         for (k, kind) in crate::MatrixKind::ALL.into_iter().enumerate() {
-            let (rows, cols) = config.matrix_shape(kind);
+            let (rows, cols) = match kind {
+                crate::MatrixKind::Gate => (gate, config.hidden_size),
+                crate::MatrixKind::Up => (up, config.hidden_size),
+                crate::MatrixKind::Down => (config.hidden_size, down),
+                _ => config.matrix_shape(kind),
+            };
             let seed = 10 + (layer_idx * 7 + k) as u64;
             linears.push(if layer_idx == 1 && k % 2 == 0 {
                 let rank = 3;
@@ -290,6 +311,34 @@ fn classifies_generates_and_uses_exactly_the_arena_it_asks_for() {
                 needed,
                 given: needed - 4
             })
+        );
+    }
+}
+
+#[test]
+fn a_block_may_keep_fewer_mlp_neurons_and_must_agree_on_how_many() {
+    // Block 0 keeps 16 of 24 neurons (block 1's gate is a factor pair of 24 rows).
+    let bytes = AlignedBytes::new(&tiny_bundle_with_mlps(
+        Dtype::F32,
+        true,
+        None,
+        &[(16, 16, 16)],
+    ));
+    let bundle = Bundle::parse(bytes.as_bytes()).unwrap();
+    assert_eq!(bundle.mlp_width(0), Ok(16));
+    assert_eq!(bundle.mlp_width(1), Ok(24));
+    let full = AlignedBytes::new(&tiny_bundle(Dtype::F32, true, None));
+    let full = Bundle::parse(full.as_bytes()).unwrap();
+    assert_eq!(bundle.arena_bytes(CONTEXT), full.arena_bytes(CONTEXT));
+    let mut words = alloc::vec![0u32; bundle.arena_bytes(CONTEXT) / 4];
+    let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+    let mut session = Session::<_, CONTEXT>::new(&bundle, Portable, arena).unwrap();
+    assert!(session.classify("ab abc 12").unwrap().label_index < 2);
+    // Up or down disagreeing with gate, or wider than the model's MLP: refused.
+    for shapes in [(16, 24, 16), (16, 16, 24), (32, 32, 32)] {
+        check_refused(
+            &tiny_bundle_with_mlps(Dtype::F32, true, None, &[shapes]),
+            Error::BadShape,
         );
     }
 }
