@@ -78,6 +78,16 @@ fn main() -> anyhow::Result<()> {
     report(&measured, &answers, &svg)
 }
 
+/// SST-2, the default model, a hidden progress bar and the cache folder.
+fn setup() -> anyhow::Result<(Task, model::BaseModel, ProgressBar, std::path::PathBuf)> {
+    Ok((
+        Task::resolve("sst2")?,
+        model::BaseModel::open_default()?,
+        ProgressBar::hidden(),
+        whittle_boards::default_cache_dir(),
+    ))
+}
+
 /// What the ablation measured.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Measured {
@@ -111,12 +121,9 @@ struct UnitPoint {
 fn measure_units(
     head_examples: usize,
 ) -> anyhow::Result<(Vec<(String, Vec<(f64, f64)>)>, Vec<UnitPoint>)> {
-    let task = Task::resolve("sst2")?;
-    let opened = model::BaseModel::open_default()?;
+    let (task, opened, progress, cache) = setup()?;
     let base = &opened.model;
     let config = *base.llama.config();
-    let progress = ProgressBar::hidden();
-    let cache = whittle_boards::default_cache_dir();
     let head = Evaluator::new(base, &task, Split::Test, head_examples, 4096)?
         .with_reading(LabelReading::Head, false);
     let (bank, _) = calibrated_bank(
@@ -198,12 +205,9 @@ fn measure_units(
 
 fn measure(head_examples: usize, mode: &str) -> anyhow::Result<Measured> {
     let with_16k = mode == "16k";
-    let task = Task::resolve("sst2")?;
-    let opened = model::BaseModel::open_default()?;
+    let (task, opened, progress, cache) = setup()?;
     let base = &opened.model;
     let config = *base.llama.config();
-    let progress = ProgressBar::hidden();
-    let cache = whittle_boards::default_cache_dir();
     let line = |text: String| eprintln!("{text}");
 
     let verbalizer = Evaluator::new(base, &task, Split::Test, metrics::LABEL_BIAS_EXAMPLES, 4096)?;
