@@ -456,14 +456,8 @@ impl Problem {
             };
             let step = llt.solve(&gradient);
             let slope: f64 = (0..p).map(|j| gradient[(j, 0)] * step[(j, 0)]).sum();
-            match damped_step(&theta, &step, slope, value, objective) {
-                Some((next, next_value, converged)) => {
-                    (theta, value) = (next, next_value);
-                    if converged {
-                        break;
-                    }
-                }
-                None => break,
+            if !damped_step(&mut theta, &mut value, &step, slope, objective) {
+                break;
             }
         }
         Mat::from_fn(p, 2, |j, k| {
@@ -544,14 +538,8 @@ impl Problem {
                 .sum();
             let step = Mat::from_fn(p, n_labels, |j, k| stacked[(k * p + j, 0)]);
             let objective = |theta: &Mat<f64>| self.loss(theta, ridge);
-            match damped_step(&theta, &step, slope, value, objective) {
-                Some((next, next_value, converged)) => {
-                    (theta, value) = (next, next_value);
-                    if converged {
-                        break;
-                    }
-                }
-                None => break,
+            if !damped_step(&mut theta, &mut value, &step, slope, objective) {
+                break;
             }
         }
         theta
@@ -569,29 +557,30 @@ impl Problem {
     }
 }
 
-/// The Newton step `theta − s·step` for the largest `s` of 1, ½, ¼, … that lowers `objective`
-/// by at least `10⁻⁴·s·slope` (Armijo), with its value and whether the decrease was too small to
-/// go on; `None` when no such `s` exists.
+/// Moves `theta` to `theta − s·step` for the largest `s` of 1, ½, ¼, … that lowers `objective`
+/// by at least `10⁻⁴·s·slope` (Armijo) and `value` to its objective; whether Newton should go
+/// on: false when no such `s` exists (`theta` unchanged) or the decrease was too small.
 fn damped_step(
-    theta: &Mat<f64>,
+    theta: &mut Mat<f64>,
+    value: &mut f64,
     step: &Mat<f64>,
     slope: f64,
-    value: f64,
     objective: impl Fn(&Mat<f64>) -> f64,
-) -> Option<(Mat<f64>, f64, bool)> {
+) -> bool {
     let mut scale = 1.0;
     for _ in 0..MAX_HALVINGS {
         let candidate = Mat::from_fn(theta.nrows(), theta.ncols(), |i, j| {
             theta[(i, j)] - scale * step[(i, j)]
         });
         let candidate_value = objective(&candidate);
-        if candidate_value <= value - 1e-4 * scale * slope {
-            let converged = value - candidate_value <= 1e-12 * candidate_value.abs().max(1.0);
-            return Some((candidate, candidate_value, converged));
+        if candidate_value <= *value - 1e-4 * scale * slope {
+            let converged = *value - candidate_value <= 1e-12 * candidate_value.abs().max(1.0);
+            (*theta, *value) = (candidate, candidate_value);
+            return !converged;
         }
         scale *= 0.5;
     }
-    None
+    false
 }
 
 /// `log(1 + eᶻ)` without overflow.
