@@ -25,8 +25,11 @@ pub struct FactorBank {
     config: ModelConfig,
     entries: Vec<Entry>,
     neurons: Vec<Arc<NeuronSelection>>,
-    mlps: Arc<Mutex<HashMap<(usize, usize), [Linear; 3]>>>,
+    mlps: Arc<Mutex<MlpCache>>,
 }
+
+/// Gate, up and down of a block pruned to a width, by (block, width).
+type MlpCache = HashMap<(usize, usize), [Linear; 3]>;
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -223,7 +226,7 @@ impl FactorBank {
         Ok(mlp)
     }
 
-    fn lock_mlps(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, usize), [Linear; 3]>> {
+    fn lock_mlps(&self) -> std::sync::MutexGuard<'_, MlpCache> {
         // A panic while holding the lock leaves a map of finished entries: still sound.
         self.mlps
             .lock()
