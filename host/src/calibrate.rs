@@ -346,8 +346,19 @@ pub(crate) fn cache_key(
     task: &Task,
     settings: &CalibrationSettings,
 ) -> anyhow::Result<String> {
+    derived_cache_key(CACHE_FORMAT, model_digest, task, settings)
+}
+
+/// Key of anything cached from the model and a task: a format number, the tool version, the
+/// model digest, the task's fingerprint (definition and data) and `settings`.
+pub(crate) fn derived_cache_key(
+    format: u32,
+    model_digest: &str,
+    task: &Task,
+    settings: &impl Serialize,
+) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
-    hasher.update(CACHE_FORMAT.to_le_bytes());
+    hasher.update(format.to_le_bytes());
     hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
     hasher.update(model_digest.as_bytes());
     hasher.update(task.fingerprint().as_bytes());

@@ -133,7 +133,7 @@ pub(super) fn regularized_cholesky(
     let first = if rank_deficient { None } else { Some(0.0) };
     for relative_ridge in first.into_iter().chain(RIDGE_LADDER) {
         let ridge = relative_ridge * scale;
-        let mut lower = Mat::from_fn(n, n, |i, j| {
+        let lower = Mat::from_fn(n, n, |i, j| {
             if i < j {
                 0.0
             } else if i == j {
@@ -142,26 +142,14 @@ pub(super) fn regularized_cholesky(
                 c[(i, j)]
             }
         });
-        let scratch =
-            cholesky::llt::factor::cholesky_in_place_scratch::<f64>(n, par, Default::default());
-        let factored = cholesky::llt::factor::cholesky_in_place(
-            lower.as_mut(),
-            Default::default(),
-            par,
-            MemStack::new(&mut MemBuffer::new(scratch)),
-            Default::default(),
-        );
+        let Some(lower) = cholesky_lower(lower, par) else {
+            continue;
+        };
         let pivots_ok = (0..n).all(|i| {
             let pivot = lower[(i, i)];
             pivot.is_finite() && pivot * pivot >= MIN_RELATIVE_PIVOT * scale
         });
-        if factored.is_ok() && pivots_ok {
-            // faer uses the strict upper triangle as workspace.
-            for j in 1..n {
-                for i in 0..j {
-                    lower[(i, j)] = 0.0;
-                }
-            }
+        if pivots_ok {
             return Ok(RidgedCholesky {
                 lower,
                 relative_ridge,
@@ -173,6 +161,29 @@ pub(super) fn regularized_cholesky(
         rows: n,
         cols: n,
     })
+}
+
+/// The lower Cholesky factor of the symmetric `c` (its lower triangle read), or `None` when a
+/// pivot is not positive.
+pub(super) fn cholesky_lower(mut c: Mat<f64>, par: Par) -> Option<Mat<f64>> {
+    let n = c.nrows();
+    let scratch =
+        cholesky::llt::factor::cholesky_in_place_scratch::<f64>(n, par, Default::default());
+    cholesky::llt::factor::cholesky_in_place(
+        c.as_mut(),
+        Default::default(),
+        par,
+        MemStack::new(&mut MemBuffer::new(scratch)),
+        Default::default(),
+    )
+    .ok()?;
+    // faer uses the strict upper triangle as workspace.
+    for j in 1..n {
+        for i in 0..j {
+            c[(i, j)] = 0.0;
+        }
+    }
+    Some(c)
 }
 
 /// Solves `L · out = rhs` for lower-triangular `L`, in place.

@@ -412,6 +412,16 @@ pub enum FactorizeError {
         rows: usize,
         cols: usize,
     },
+    /// A stored neuron order that is not an order of distinct neurons of this MLP with one
+    /// error per width.
+    #[error(
+        "a neuron order of {len} entries (with {curve} errors) does not fit an MLP of {cols} neurons: delete the neuron cache and run again"
+    )]
+    NeuronOrder {
+        len: usize,
+        curve: usize,
+        cols: usize,
+    },
     /// A method name that is not one of [`Method::ALL`].
     #[error("unknown factorization method `{name}`: use output_aligned, svd, input_pca or asvd")]
     UnknownMethod { name: String },

@@ -13,9 +13,10 @@
 use faer::{Mat, MatRef, Par};
 
 use super::dense::{
-    from_row_major, leading_columns_row_major, product, solve_lower_transpose_in_place,
+    cholesky_lower, from_row_major, leading_columns_row_major, product, solve_lower_in_place,
+    solve_lower_transpose_in_place,
 };
-use super::{FactorizeError, Statistic, check_square, check_weight};
+use super::{Decomposition, FactorizeError, Statistic, check_square, check_weight};
 
 /// A greedy, output-aligned order of an MLP's neurons with what the refit of down needs.
 #[derive(Debug, Clone)]
@@ -48,10 +49,7 @@ pub fn select_neurons(
     check_square(second_moment, cols, Statistic::SecondMoment)?;
     let max_width = max_width.min(cols);
     let w = from_row_major(down, rows, cols);
-    let ridge = RIDGE * (0..cols).map(|j| second_moment[(j, j)]).sum::<f64>() / cols.max(1) as f64;
-    let c = Mat::from_fn(cols, cols, |i, j| {
-        second_moment[(i, j)] + if i == j { ridge } else { 0.0 }
-    });
+    let (c, ridge) = ridged(second_moment);
     // G = W R, R the residual second moment (C at the start); its column j, scaled by
     // 1/√R_jj, is what keeping neuron j adds to the explained output. Columns are stored
     // contiguously (column-major) for the rank-one updates.
@@ -143,7 +141,66 @@ pub fn select_neurons(
     })
 }
 
+/// `C` with [`RIDGE`] (relative to its mean diagonal) added to the diagonal, and that ridge.
+fn ridged(second_moment: MatRef<'_, f64>) -> (Mat<f64>, f64) {
+    let cols = second_moment.ncols();
+    let ridge = RIDGE * (0..cols).map(|j| second_moment[(j, j)]).sum::<f64>() / cols.max(1) as f64;
+    let c = Mat::from_fn(cols, cols, |i, j| {
+        second_moment[(i, j)] + if i == j { ridge } else { 0.0 }
+    });
+    (c, ridge)
+}
+
 impl NeuronSelection {
+    /// The selection [`select_neurons`] made, rebuilt from its `order` and `error_curve`
+    /// (e.g. read from a cache) without the greedy search: `L[S,S]` is the Cholesky factor of
+    /// `C[S,S]` (the pivoted Cholesky in pick order) and `W L = W C[:,S] L[S,S]⁻ᵀ`.
+    pub fn from_order(
+        down: &[f32],
+        rows: usize,
+        cols: usize,
+        second_moment: MatRef<'_, f64>,
+        order: Vec<usize>,
+        error_curve: Vec<f64>,
+    ) -> Result<Self, FactorizeError> {
+        check_weight(down, rows, cols)?;
+        check_square(second_moment, cols, Statistic::SecondMoment)?;
+        let mut seen = vec![false; cols];
+        let distinct = order
+            .iter()
+            .all(|&j| j < cols && !std::mem::replace(&mut seen[j], true));
+        if !distinct || error_curve.len() != order.len() + 1 {
+            return Err(FactorizeError::NeuronOrder {
+                len: order.len(),
+                curve: error_curve.len(),
+                cols,
+            });
+        }
+        let (c, _) = ridged(second_moment);
+        let k = order.len();
+        let kept = Mat::from_fn(k, k, |s, t| c[(order[s], order[t])]);
+        let Some(pivots) = cholesky_lower(kept, Par::Seq) else {
+            return Err(FactorizeError::Decomposition {
+                decomposition: Decomposition::Cholesky,
+                rows: k,
+                cols: k,
+            });
+        };
+        let w = from_row_major(down, rows, cols);
+        let columns = Mat::from_fn(cols, k, |i, t| c[(i, order[t])]);
+        // (W L)ᵀ = L[S,S]⁻¹ (W C[:,S])ᵀ.
+        let mut weighted_t = product(w.as_ref(), columns.as_ref(), Par::Seq)
+            .transpose()
+            .to_owned();
+        solve_lower_in_place(pivots.as_ref(), &mut weighted_t, Par::Seq);
+        Ok(Self {
+            order,
+            error_curve,
+            weighted: weighted_t.transpose().to_owned(),
+            pivots,
+        })
+    }
+
     /// The most neurons a refit is prepared for.
     pub fn max_width(&self) -> usize {
         self.order.len()

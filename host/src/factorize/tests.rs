@@ -559,3 +559,47 @@ fn neuron_selection_refuses_a_wrong_shape() {
     let nan = Mat::from_fn(4, 4, |_, _| f64::NAN);
     assert!(select_neurons(&[1.0; 12], 3, 4, nan.as_ref(), 2).is_err());
 }
+
+#[test]
+fn a_selection_rebuilt_from_its_order_refits_the_same_down() -> Result<()> {
+    let (rows, cols) = (6, 14);
+    let problem = Problem::new(22, rows, cols, 400, 30.0);
+    let c = problem.stats.second_moment.as_ref();
+    let selection = select_neurons(&problem.weight, rows, cols, c, cols - 1)?;
+    let rebuilt = NeuronSelection::from_order(
+        &problem.weight,
+        rows,
+        cols,
+        c,
+        selection.order.clone(),
+        selection.error_curve.clone(),
+    )?;
+    for width in [1, 5, cols - 1] {
+        let (a, b) = (selection.refit_down(width), rebuilt.refit_down(width));
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() < 1e-4 * (1.0 + x.abs()),
+                "width {width}: {x} vs {y}"
+            );
+        }
+    }
+    // An order that repeats a neuron, names one the MLP lacks, or lacks an error per width
+    // is refused.
+    let curve = selection.error_curve.clone();
+    let mut repeated = selection.order.clone();
+    repeated[1] = repeated[0];
+    let mut outside = selection.order.clone();
+    outside[0] = cols;
+    for (order, curve) in [
+        (repeated, curve.clone()),
+        (outside, curve.clone()),
+        (selection.order.clone(), curve[1..].to_vec()),
+    ] {
+        let error = NeuronSelection::from_order(&problem.weight, rows, cols, c, order, curve);
+        assert!(
+            matches!(error, Err(FactorizeError::NeuronOrder { .. })),
+            "{error:?}"
+        );
+    }
+    Ok(())
+}

@@ -28,6 +28,55 @@ pub struct FactorBank {
     mlps: Arc<Mutex<MlpCache>>,
 }
 
+/// Writes every block's neuron order and error curve (safetensors `{l}.order`, `{l}.curve`).
+fn save_neuron_orders(
+    path: &std::path::Path,
+    selections: &[Arc<NeuronSelection>],
+) -> anyhow::Result<()> {
+    let mut tensors = HashMap::new();
+    for (layer_idx, selection) in selections.iter().enumerate() {
+        let order: Vec<u32> = selection.order.iter().map(|&j| j as u32).collect();
+        let (n, m) = (order.len(), selection.error_curve.len());
+        tensors.insert(
+            format!("{layer_idx}.order"),
+            Tensor::from_vec(order, n, &Device::Cpu)?,
+        );
+        tensors.insert(
+            format!("{layer_idx}.curve"),
+            Tensor::from_vec(selection.error_curve.clone(), m, &Device::Cpu)?,
+        );
+    }
+    let bytes = safetensors::serialize(&tensors, None)?;
+    whittle_boards::files::write_atomically_with(path, |file| {
+        std::io::Write::write_all(file, &bytes)
+    })?;
+    Ok(())
+}
+
+/// Reads what [`save_neuron_orders`] wrote for `n_layers` blocks.
+fn load_neuron_orders(
+    path: &std::path::Path,
+    n_layers: usize,
+) -> anyhow::Result<Vec<(Vec<usize>, Vec<f64>)>> {
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+    let orders = (0..n_layers)
+        .map(|layer_idx| {
+            let (Some(order), Some(curve)) = (
+                tensors.remove(&format!("{layer_idx}.order")),
+                tensors.remove(&format!("{layer_idx}.curve")),
+            ) else {
+                anyhow::bail!("block {layer_idx} is missing");
+            };
+            let order = order.to_vec1::<u32>()?.into_iter().map(|j| j as usize);
+            Ok((order.collect(), curve.to_vec1::<f64>()?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !tensors.is_empty() {
+        anyhow::bail!("{} tensors belong to no block", tensors.len());
+    }
+    Ok(orders)
+}
+
 /// Gate, up and down of a block pruned to a width, by (block, width).
 type MlpCache = HashMap<(usize, usize), [Linear; 3]>;
 
@@ -135,22 +184,45 @@ impl FactorBank {
     }
 
     /// The same bank with every block's MLP neurons ordered for pruning by neurons
-    /// ([`select_neurons`] on down and its input statistics), one block per core.
+    /// ([`select_neurons`] on down and its input statistics), one block per core. The orders
+    /// and error curves are cached at `cache` (written after the first run); from there a
+    /// selection is rebuilt by one Cholesky factorization ([`NeuronSelection::from_order`])
+    /// instead of the greedy search. A cache that does not fit is ignored with a line saying so.
     pub fn with_neurons(
         mut self,
         llama: &Llama,
         calibration: &Calibration,
+        cache: &std::path::Path,
         progress: &ProgressBar,
     ) -> anyhow::Result<Self> {
         let config = self.config;
         let (rows, cols) = config.matrix_shape(MatrixKind::Down);
+        let mut cached = match cache.is_file() {
+            true => match load_neuron_orders(cache, config.n_layers) {
+                Ok(orders) => orders.into_iter().map(Some).collect(),
+                Err(error) => {
+                    eprintln!(
+                        "ignoring the neuron order cache {}: {error:#}; ordering again",
+                        cache.display()
+                    );
+                    Vec::new()
+                }
+            },
+            false => Vec::new(),
+        };
+        cached.resize_with(config.n_layers, || None);
+        let from_cache = cached.iter().all(Option::is_some);
         progress.set_length(config.n_layers as u64);
         progress.set_position(0);
-        progress.set_message("ordering MLP neurons (output-aligned)");
+        progress.set_message(match from_cache {
+            true => "rebuilding the MLP neuron orders from the cache",
+            false => "ordering MLP neurons (output-aligned)",
+        });
         let done = std::sync::atomic::AtomicU64::new(0);
-        let selections = (0..config.n_layers)
+        let selections = cached
             .into_par_iter()
-            .map(|layer_idx| {
+            .enumerate()
+            .map(|(layer_idx, cached)| {
                 let down = dense_weight(llama, layer_idx, MatrixKind::Down)?;
                 let Some(stats) = calibration
                     .sites
@@ -159,14 +231,24 @@ impl FactorBank {
                 else {
                     anyhow::bail!("the calibration has no statistics for block {layer_idx}'s down");
                 };
-                let stats = stats_to_faer(stats);
-                let selection =
-                    select_neurons(&down, rows, cols, stats.second_moment.as_ref(), cols - 1)?;
+                let c = stats_to_faer(stats).second_moment;
+                let selection = match cached.filter(|_| from_cache) {
+                    Some((order, curve)) => {
+                        NeuronSelection::from_order(&down, rows, cols, c.as_ref(), order, curve)?
+                    }
+                    None => select_neurons(&down, rows, cols, c.as_ref(), cols - 1)?,
+                };
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 progress.set_position(n);
                 Ok(Arc::new(selection))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        if !from_cache && let Err(error) = save_neuron_orders(cache, &selections) {
+            eprintln!(
+                "warning: cannot cache the neuron orders at {}: {error:#}; the next run orders them again",
+                cache.display()
+            );
+        }
         self.neurons = selections;
         Ok(self)
     }

@@ -16,7 +16,7 @@ use super::folder::{
 };
 use super::report::{Outcome, PruneReport};
 use super::{
-    Evaluator, FactorBank, RankPlan, TaskProblem, UniformResult, anchored_refit,
+    DenseReference, Evaluator, FactorBank, RankPlan, TaskProblem, UniformResult, anchored_refit,
     chance_level_warning, reductions, uniform_search,
 };
 use crate::bundle::{HeadChoice, PackOptions, ProvenanceInfo, check_bundle_task, pack_to_file};
@@ -155,12 +155,14 @@ pub fn calibrated_bank(
     let method = Method::OutputAligned;
     let key = crate::calibrate::cache_key(&base.digest, task, settings)?;
     let path = cache_dir.join(format!("{key}.{}.v{BANK_FORMAT}.bank", method.name()));
+    let neurons = cache_dir.join(format!("{key}.neurons.v{NEURONS_FORMAT}.safetensors"));
     let config = *base.model.llama.config();
     if path.is_file() {
         progress.set_message(format!("reading the factor bank {}", path.display()));
         match FactorBank::load(&path, &config, method, base.model.llama.device()) {
             Ok(bank) => {
-                let bank = bank.with_neurons(&base.model.llama, &calibration, progress)?;
+                let bank =
+                    bank.with_neurons(&base.model.llama, &calibration, &neurons, progress)?;
                 return Ok((bank, calibration.n_tokens));
             }
             Err(error) => eprintln!("ignoring factor bank cache {}: {error:#}", path.display()),
@@ -173,12 +175,15 @@ pub fn calibrated_bank(
             path.display()
         );
     }
-    let bank = bank.with_neurons(&base.model.llama, &calibration, progress)?;
+    let bank = bank.with_neurons(&base.model.llama, &calibration, &neurons, progress)?;
     Ok((bank, calibration.n_tokens))
 }
 
 /// Format of the cached factor bank; bump when the factorization changes.
 const BANK_FORMAT: u32 = 1;
+
+/// Format of the cached MLP neuron orders; bump when the selection changes.
+const NEURONS_FORMAT: u32 = 1;
 
 /// Runs the whole pipeline on `base` and writes the prune folder. A search that finds no
 /// genome meeting both the target and the budgets still writes its outputs and returns its
@@ -246,9 +251,24 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         .with_reading(reading, true);
     let test = Evaluator::new(model, task, Split::Test, test_fit_examples, batch_tokens)?
         .with_reading(reading, false);
+    // Everything the dense model contributes (its heads at every exit, its states on the
+    // search and test splits) is computed once per model and task and cached.
+    let reference = match reading {
+        LabelReading::Head => Some(DenseReference::load_or_compute(
+            base,
+            task,
+            &evaluator,
+            &test,
+            &options.cache_dir,
+            batch_tokens,
+            &progress,
+        )?),
+        LabelReading::Verbalizer => None,
+    };
     let mut problem = TaskProblem::new(
         bank,
         evaluator,
+        reference.as_ref(),
         levels.clone(),
         board.clone(),
         dtype,
@@ -395,15 +415,18 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         let prediction = problem.prediction(&plan)?;
         let counted = reductions(&config, &plan, head_rows);
         // A plain plan scored before (the uniform baseline at keep 1.0 is the dense model) is
-        // not run again: each test score fits its own head on calibration examples.
-        // The dense model's head at full depth was fitted on the same calibration examples
-        // for the search's priors.
-        let dense_head = (plan == RankPlan::dense(&config))
-            .then(|| problem.full_evaluator().exit_head(config.n_layers))
-            .flatten();
-        let tested = match (refit_kept, tested_plans.get(&plan), dense_head) {
+        // not run again: each test score fits its own head on calibration examples. The dense
+        // model's test states and its head at full depth (fitted on the same calibration
+        // examples) come from the dense reference.
+        let dense_reference = (plan == RankPlan::dense(&config))
+            .then_some(reference.as_ref())
+            .flatten()
+            .and_then(|reference| {
+                Some((reference.head(config.n_layers)?, reference.test_states()))
+            });
+        let tested = match (refit_kept, tested_plans.get(&plan), dense_reference) {
             (false, Some(scored), _) => scored.clone(),
-            (_, _, Some(head)) => test.score_with_head(&kept, head, &progress)?,
+            (_, _, Some((head, (states, gold)))) => test.score_states_with_head(head, states, gold),
             _ => test.score(&kept, &progress)?,
         };
         if !refit_kept {
@@ -437,20 +460,9 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     let best_plan = result.best.to_plan(&config, &levels)?;
     let (searched_outcome, pruned_llama, plan, head) = finish(best_plan, options.refit.as_ref())?;
     // The verbalizer reading of the dense model, as `eval` reports it, beside the head's.
-    let dense_test_verbalizer = match reading {
-        LabelReading::Head => Some(
-            Evaluator::new(
-                model,
-                task,
-                Split::Test,
-                crate::metrics::LABEL_BIAS_EXAMPLES,
-                batch_tokens,
-            )?
-            .score(&model.llama, &progress)?
-            .accuracy,
-        ),
-        LabelReading::Verbalizer => None,
-    };
+    let dense_test_verbalizer = reference
+        .as_ref()
+        .map(DenseReference::test_accuracy_verbalizer);
     progress.finish_and_clear();
     let fit = feasibility(board, &problem.prediction(&plan)?);
 

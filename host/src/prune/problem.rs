@@ -4,7 +4,9 @@ use indicatif::ProgressBar;
 use whittle_boards::{BoardProfile, Dtype, Prediction, feasibility, matrix_cost, objective_cost};
 use whittle_runtime::ModelConfig;
 
-use super::{AccuracyModel, Estimate, Evaluator, FactorBank, RankPlan, Scored, matrices};
+use super::{
+    AccuracyModel, DenseReference, Estimate, Evaluator, FactorBank, RankPlan, Scored, matrices,
+};
 use crate::head::LabelReading;
 use crate::search::{
     Cost, Evaluation, Genome, Levels, Problem, Stage, exit_for_level, water_filling_seeds,
@@ -33,6 +35,9 @@ pub struct TaskProblem {
     scored: HashMap<RankPlan, Scored>,
     /// Quarter-split scores known without a forward pass (every exit of the dense model).
     quarter_scored: HashMap<RankPlan, Scored>,
+    /// With a cross-fitted head: each screened plan's states on the quarter split (the full
+    /// split's first quarter) and their gold labels, so its full score runs only the rest.
+    quarter_states: HashMap<RankPlan, (Vec<Vec<f32>>, Vec<usize>)>,
     progress: ProgressBar,
 }
 
@@ -43,10 +48,13 @@ impl TaskProblem {
     pub const PROBE_KEEPS: [f64; 3] = [0.55, 0.8, 0.9];
 
     /// Prepares the problem: scores the dense model and the [`Self::PROBE_KEEPS`] uniform
-    /// plans on the full search split and fits the accuracy model.
+    /// plans on the full search split and fits the accuracy model. With a task head, the
+    /// dense `reference` gives the priors of the candidates' heads and every exit's score.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         bank: FactorBank,
         full: Evaluator,
+        reference: Option<&DenseReference>,
         levels: Levels,
         board: BoardProfile,
         dtype: Dtype,
@@ -59,23 +67,27 @@ impl TaskProblem {
         let exits: Vec<usize> = (0..levels.len())
             .map(|level| exit_for_level(config.n_layers, levels.len(), level as u8))
             .collect();
-        let full = match full.reading() {
-            LabelReading::Head => {
-                let dense = full.base().llama.clone();
-                full.with_exit_priors(&dense, &exits, progress)?
+        let reference = match (full.reading(), reference) {
+            (LabelReading::Head, Some(reference)) => Some(reference),
+            (LabelReading::Head, None) => {
+                anyhow::bail!("a search reading a task head needs the dense reference")
             }
-            LabelReading::Verbalizer => full,
+            (LabelReading::Verbalizer, _) => None,
+        };
+        let full = match reference {
+            Some(reference) => full.with_exit_heads(reference.heads()),
+            None => full,
         };
         let quarter = full.fraction(4);
         let mut scored = HashMap::new();
         let mut quarter_scored = HashMap::new();
-        if full.reading() == LabelReading::Head {
-            // One pass of the dense model gives its state after every block: every exit the
-            // exit gene can take, with the kept blocks dense, is scored from it on both splits
-            // (the quarter is the full split's first quarter) without another forward pass.
-            let (states, gold) = full.every_exit_states(&full.base().llama, progress)?;
+        if let Some(reference) = reference {
+            // The dense model's state after every block gives every exit the exit gene can
+            // take, with the kept blocks dense, on both splits (the quarter is the full
+            // split's first quarter) without a forward pass.
+            let (states, gold) = reference.search_states();
             let n_quarter = quarter.len().min(gold.len());
-            for (exit, exit_states) in (1..=config.n_layers).zip(&states) {
+            for (exit, exit_states) in (1..=config.n_layers).zip(states) {
                 if !exits.contains(&exit) {
                     continue;
                 }
@@ -83,7 +95,7 @@ impl TaskProblem {
                 let quarter_score =
                     quarter.score_states(&exit_states[..n_quarter], &gold[..n_quarter], exit)?;
                 quarter_scored.insert(plan.clone(), quarter_score);
-                scored.insert(plan, full.score_states(exit_states, &gold, exit)?);
+                scored.insert(plan, full.score_states(exit_states, gold, exit)?);
             }
         }
         let dense = match scored.get(&dense_plan) {
@@ -104,6 +116,7 @@ impl TaskProblem {
             accuracy: AccuracyModel::fit(dense.clone(), &[]),
             scored,
             quarter_scored,
+            quarter_states: HashMap::new(),
             progress: progress.clone(),
         };
         let mut probes = Vec::with_capacity(Self::PROBE_KEEPS.len());
@@ -123,7 +136,17 @@ impl TaskProblem {
             Some(scored) => scored.clone(),
             None => {
                 let candidate = self.bank.apply(&self.full.base().llama, plan)?;
-                let scored = self.full.score(&candidate, &self.progress)?;
+                let scored = match self.quarter_states.remove(plan) {
+                    Some((mut states, mut gold)) if self.full.cross_fits() => {
+                        let rest = self.full.skipping(states.len());
+                        let (rest_states, rest_gold) =
+                            rest.split_states(&candidate, &self.progress)?;
+                        states.extend(rest_states);
+                        gold.extend(rest_gold);
+                        self.full.score_states(&states, &gold, plan.exit())?
+                    }
+                    _ => self.full.score(&candidate, &self.progress)?,
+                };
                 self.scored.insert(plan.clone(), scored.clone());
                 scored
             }
@@ -225,6 +248,14 @@ impl Problem for TaskProblem {
                 Stage::Quarter => {
                     let scored = match self.quarter_scored.get(&plan) {
                         Some(scored) => scored.clone(),
+                        None if self.quarter.cross_fits() && !self.scored.contains_key(&plan) => {
+                            let candidate = self.bank.apply(&self.quarter.base().llama, &plan)?;
+                            let (states, gold) =
+                                self.quarter.split_states(&candidate, &self.progress)?;
+                            let scored = self.quarter.score_states(&states, &gold, plan.exit())?;
+                            self.quarter_states.insert(plan.clone(), (states, gold));
+                            scored
+                        }
                         None => {
                             let candidate = self.bank.apply(&self.quarter.base().llama, &plan)?;
                             self.quarter.score_in_sample(&candidate, &self.progress)?

@@ -27,7 +27,7 @@ pub struct Evaluator {
     prior: Vec<Vec<f32>>,
     names: Vec<String>,
     /// Per exit, the rows a cross-fitted head is pulled toward instead (the dense model's
-    /// head at that exit, [`Evaluator::with_exit_priors`]).
+    /// head at that exit, [`Evaluator::with_exit_heads`]).
     exit_priors: std::collections::HashMap<usize, TaskHead>,
     /// What the progress bar says while scoring.
     stage: String,
@@ -101,19 +101,14 @@ impl Evaluator {
         self
     }
 
-    /// Pulls the cross-fitted head of a candidate exiting after block `e` toward the head of
-    /// the dense `llama` at that exit, fitted (toward the verbalizer rows) on this evaluator's
-    /// calibration examples, for every `e` in `exits`: one pass of the dense model. A
-    /// candidate's state at an exit stays close to the dense model's, so a few hundred
-    /// search-split states then correct a good head instead of learning one from nothing, and
-    /// the search's reading of an early exit approaches the calibration-fitted head the test
-    /// split is read with.
-    pub fn with_exit_priors(
-        mut self,
+    /// The dense `llama`'s task head after every block (`heads[e − 1]` reads exit `e`), fitted
+    /// (toward the verbalizer rows) on this evaluator's calibration examples: one pass of the
+    /// model. What [`Evaluator::with_exit_heads`] pulls the search's heads toward.
+    pub fn dense_exit_heads(
+        &self,
         llama: &Llama,
-        exits: &[usize],
         progress: &ProgressBar,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<Vec<TaskHead>> {
         let model = self.base.with_llama(llama.clone());
         progress.set_position(0);
         progress.set_message(format!("{} (dense heads at every exit)", self.stage));
@@ -124,14 +119,20 @@ impl Evaluator {
             true,
             progress,
         )?;
-        for &exit in exits {
-            let Some(exit_states) = states.get(exit.wrapping_sub(1)) else {
-                anyhow::bail!("exit {exit} is outside the model's {} blocks", states.len());
-            };
-            let head = fit_head(exit_states, &gold, &self.prior, &self.names)?;
-            self.exit_priors.insert(exit, head);
-        }
-        Ok(self)
+        Ok(states
+            .iter()
+            .map(|exit_states| fit_head(exit_states, &gold, &self.prior, &self.names))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Pulls the cross-fitted head of a candidate exiting after block `e` toward `heads[e]`,
+    /// the dense model's head at that exit ([`Evaluator::dense_exit_heads`]). A candidate's
+    /// state at an exit stays close to the dense model's, so a few hundred search-split states
+    /// then correct a good head instead of learning one from nothing, and the search's reading
+    /// of an early exit approaches the calibration-fitted head the test split is read with.
+    pub fn with_exit_heads(mut self, heads: impl IntoIterator<Item = (usize, TaskHead)>) -> Self {
+        self.exit_priors.extend(heads);
+        self
     }
 
     /// How the labels are read.
@@ -218,7 +219,7 @@ impl Evaluator {
     }
 
     /// The dense model's head at `exit`, fitted on this evaluator's calibration examples by
-    /// [`Evaluator::with_exit_priors`] (what [`Evaluator::score`] would fit for the dense
+    /// [`Evaluator::dense_exit_heads`] (what [`Evaluator::score`] would fit for the dense
     /// model cut at `exit`).
     pub fn exit_head(&self, exit: usize) -> Option<&TaskHead> {
         self.exit_priors.get(&exit)
@@ -232,20 +233,33 @@ impl Evaluator {
         head: &TaskHead,
         progress: &ProgressBar,
     ) -> anyhow::Result<Scored> {
-        let model = self.base.with_llama(llama.clone());
-        let (states, gold) = self.split_states(&model, progress)?;
+        let (states, gold) = self.split_states(llama, progress)?;
         Ok(Self::through(head.clone(), &states, gold))
     }
 
-    fn split_states(
+    /// Scores states of this split's examples (in split order, e.g. from
+    /// [`Evaluator::split_states`]) through `head`.
+    pub fn score_states_with_head(
         &self,
-        model: &LoadedModel,
+        head: &TaskHead,
+        states: &[Vec<f32>],
+        gold: &[usize],
+    ) -> Scored {
+        Self::through(head.clone(), states, gold.to_vec())
+    }
+
+    /// The normed state at every example's last prompt token after `llama`'s last block, in
+    /// split order, and the gold labels.
+    pub fn split_states(
+        &self,
+        llama: &Llama,
         progress: &ProgressBar,
     ) -> anyhow::Result<(Vec<Vec<f32>>, Vec<usize>)> {
+        let model = self.base.with_llama(llama.clone());
         progress.set_position(0);
         progress.set_message(self.stage.clone());
         let (states, gold, _) =
-            last_states(model, &self.search, self.batch_tokens, false, progress)?;
+            last_states(&model, &self.search, self.batch_tokens, false, progress)?;
         Ok((states.into_iter().next().unwrap_or_default(), gold))
     }
 
@@ -260,7 +274,7 @@ impl Evaluator {
 
     /// Scores with a task head read from the model's last block (the candidate's exit).
     fn score_head(&self, model: &LoadedModel, progress: &ProgressBar) -> anyhow::Result<Scored> {
-        let (states, gold) = self.split_states(model, progress)?;
+        let (states, gold) = self.split_states(&model.llama, progress)?;
         if self.cross_fit {
             return self.score_states(&states, &gold, model.llama.config().n_layers);
         }
@@ -324,10 +338,20 @@ impl Evaluator {
     /// The same evaluator on the first `1/parts` of its examples (at least one).
     pub fn fraction(&self, parts: usize) -> Self {
         let keep = (self.search.len() / parts.max(1)).max(1);
+        self.subset(0..keep, format!("{} (1/{parts})", self.stage))
+    }
+
+    /// The same evaluator without its first `n` examples.
+    pub fn skipping(&self, n: usize) -> Self {
+        let n = n.min(self.search.len());
+        self.subset(n..self.search.len(), self.stage.clone())
+    }
+
+    fn subset(&self, range: std::ops::Range<usize>, stage: String) -> Self {
         Self {
             base: self.base.clone(),
             labels: self.labels.clone(),
-            search: self.search[..keep].to_vec(),
+            search: self.search[range].to_vec(),
             bias_examples: self.bias_examples.clone(),
             batch_tokens: self.batch_tokens,
             reading: self.reading,
@@ -335,8 +359,19 @@ impl Evaluator {
             prior: self.prior.clone(),
             names: self.names.clone(),
             exit_priors: self.exit_priors.clone(),
-            stage: format!("{} (1/{parts})", self.stage),
+            stage,
         }
+    }
+
+    /// Whether [`Evaluator::score`] cross-fits a task head on the split's own states (then a
+    /// score is [`Evaluator::score_states`] of the candidate's states, however they were run).
+    pub fn cross_fits(&self) -> bool {
+        self.reading == LabelReading::Head && self.cross_fit
+    }
+
+    /// Number of calibration examples a head or a label bias is fitted on.
+    pub fn fit_examples(&self) -> usize {
+        self.bias_examples.len()
     }
 
     /// Number of examples scored.
