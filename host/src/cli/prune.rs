@@ -67,6 +67,11 @@ pub struct PruneArgs {
     uniform_keep: Option<f64>,
     #[command(flatten)]
     refit: RefitArgs,
+    /// Recover the answer after the search: train the matrices it changed toward the dense
+    /// model's state at the exit on this many calibration tokens (distillation, no labels);
+    /// kept when it does not lower the assured search accuracy. Off by default.
+    #[arg(long, value_name = "N")]
+    recover_tokens: Option<usize>,
     /// Output folder [default: `out/<task>-<board>`].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -133,6 +138,7 @@ fn options(args: &PruneArgs) -> anyhow::Result<PruneOptions> {
         head_examples: args.head_examples,
         uniform_keep: args.uniform_keep,
         refit: args.refit.options(),
+        recover_tokens: args.recover_tokens,
         calibration: args.calibration.settings("calibration")?,
         cache_dir: args.calibration.cache_dir(),
         batch_tokens: args.calibration.batch_tokens,

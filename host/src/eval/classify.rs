@@ -203,11 +203,9 @@ fn run_last_states(
     mut each: impl FnMut(&[usize], &[Tensor]) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {
     progress.set_length(prompts.len() as u64);
-    let (prefix, skip) = match shared_prefix_len(prompts) {
-        len if len >= MIN_SHARED_PREFIX => {
-            (Some(model.llama.prefix_cache(&prompts[0][..len])?), len)
-        }
-        _ => (None, 0),
+    let (prefix, skip) = match shared_prefix(prompts) {
+        0 => (None, 0),
+        len => (Some(model.llama.prefix_cache(&prompts[0][..len])?), len),
     };
     let mut tokens = skip;
     let lengths: Vec<usize> = prompts.iter().map(|p| p.len() - skip).collect();
@@ -231,6 +229,15 @@ fn run_last_states(
 
 /// A shared prefix shorter than this is not worth a separate pass.
 const MIN_SHARED_PREFIX: usize = 4;
+
+/// The length of the prompt prefix every prompt shares (system message, instruction) when it
+/// is worth running once for all of them, else 0; every prompt keeps at least one token.
+pub fn shared_prefix(prompts: &[Vec<u32>]) -> usize {
+    match shared_prefix_len(prompts) {
+        len if len >= MIN_SHARED_PREFIX => len,
+        _ => 0,
+    }
+}
 
 /// Length of the longest token prefix every prompt shares, leaving every prompt at least
 /// one token of its own.

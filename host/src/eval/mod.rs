@@ -14,7 +14,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 pub use classify::{
-    ClassScores, ExitStates, LabelTokens, last_states, score_labels, verbalizer_rows,
+    ClassScores, ExitStates, LabelTokens, last_states, score_labels, shared_prefix, verbalizer_rows,
 };
 
 use crate::model::LoadedModel;

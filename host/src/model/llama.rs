@@ -162,12 +162,16 @@ impl Rope {
     }
 
     /// Rotates `(batch, heads, seq, head_dim)` whose first position is `offset`; GGUF stores
-    /// q and k permuted for the interleaved-pair form, hence `rope_i`.
-    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+    /// q and k permuted for the interleaved-pair form, hence `rope_i` (its differentiable
+    /// form when the pass is).
+    fn apply(&self, x: &Tensor, offset: usize, differentiable: bool) -> Result<Tensor> {
         let seq_len = x.dim(2)?;
         let cos = self.cos.narrow(0, offset, seq_len)?;
         let sin = self.sin.narrow(0, offset, seq_len)?;
-        candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin)
+        match differentiable {
+            true => candle_nn::rotary_emb::rope_i_slow(&x.contiguous()?, &cos, &sin),
+            false => candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin),
+        }
     }
 }
 
@@ -220,9 +224,26 @@ struct Pass<'a> {
     observer: Option<(&'a mut dyn Observer, Option<Tensor>)>,
     /// Keys and values `(1, kv_heads, offset, head_dim)` of a prefix every row continues.
     shared: Option<(Tensor, Tensor)>,
+    /// Through differentiable operations only ([`Llama::forward_differentiable`]): candle's
+    /// fused RMS norm, softmax and rotary kernels have no backward pass.
+    differentiable: bool,
 }
 
 impl Pass<'_> {
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        match self.differentiable {
+            true => candle_nn::ops::rms_norm_slow(x, weight, eps),
+            false => candle_nn::ops::rms_norm(x, weight, eps),
+        }
+    }
+
+    fn softmax_last_dim(&self, x: &Tensor) -> Result<Tensor> {
+        match self.differentiable {
+            true => candle_nn::ops::softmax(x, D::Minus1),
+            false => candle_nn::ops::softmax_last_dim(x),
+        }
+    }
+
     fn observe(&mut self, layer_idx: usize, site: InputSite, x: &Tensor) -> Result<()> {
         if let Some((observer, real_rows)) = &mut self.observer {
             match real_rows {
@@ -337,10 +358,15 @@ impl Llama {
         self.blocks.get(layer_idx).map(|block| block.linear(kind))
     }
 
-    /// Replaces one prunable matrix (e.g. by its low-rank factors); the rest of the model is
-    /// shared, not copied, with any clone it came from.
+    /// Replaces one prunable matrix (e.g. by its low-rank factors) by one of the same shape
+    /// (an MLP matrix at the block's current width); the rest of the model is shared, not
+    /// copied, with any clone it came from.
     pub fn set_linear(&mut self, layer_idx: usize, kind: MatrixKind, linear: Linear) -> Result<()> {
-        self.replace(layer_idx, self.config.intermediate_size, [(kind, linear)])
+        let Some(block) = self.blocks.get(layer_idx) else {
+            candle_core::bail!("layer {layer_idx} does not exist");
+        };
+        let width = block.gate.shape()?.0;
+        self.replace(layer_idx, width, [(kind, linear)])
     }
 
     /// Replaces block `layer_idx`'s gate, up and down by an MLP of another width (the rows of
@@ -434,6 +460,7 @@ impl Llama {
             mask: causal_mask(t, 0, &self.device)?,
             observer: observer.map(|observer| (observer, real_rows)),
             shared: None,
+            differentiable: false,
         };
         self.block_forward(block, layer_idx, x, &mut pass, None)
     }
@@ -492,7 +519,15 @@ impl Llama {
     ) -> Result<Vec<Tensor>> {
         let mut taps = Vec::with_capacity(self.blocks.len());
         let offset = prefix.map_or(0, |p| p.len);
-        self.run_tapped(batch.tokens(), offset, None, None, prefix, Some(&mut taps))?;
+        self.run_tapped(
+            batch.tokens(),
+            offset,
+            None,
+            None,
+            prefix,
+            Some(&mut taps),
+            false,
+        )?;
         let last = batch.last_rows()?;
         taps.iter()
             .map(|x| {
@@ -539,10 +574,47 @@ impl Llama {
         observer: Option<(&mut dyn Observer, Option<Tensor>)>,
         shared: Option<&KvCache>,
     ) -> Result<Tensor> {
-        self.run_tapped(tokens, offset, cache, observer, shared, None)
+        self.run_tapped(tokens, offset, cache, observer, shared, None, false)
+    }
+
+    /// The final-normed hidden rows of a batch at [`Batch::real_rows`] (rows in batch order,
+    /// each row's positions in order), every row continuing `prefix` when one is given
+    /// ([`Llama::prefix_cache`]). With `differentiable` only operations with a backward pass
+    /// run, so gradients reach every weight, through the prefix's keys and values too when
+    /// they come from [`Llama::differentiable_prefix_cache`]: what training runs through.
+    /// Both ways agree up to rounding.
+    pub fn hidden_rows(
+        &self,
+        batch: &Batch,
+        prefix: Option<&KvCache>,
+        differentiable: bool,
+    ) -> Result<Tensor> {
+        let offset = prefix.map_or(0, KvCache::len);
+        let hidden = self.run_tapped(
+            batch.tokens(),
+            offset,
+            None,
+            None,
+            prefix,
+            None,
+            differentiable,
+        )?;
+        let (b, t, h) = hidden.dims3()?;
+        hidden
+            .reshape((b * t, h))?
+            .index_select(&batch.real_rows()?, 0)
+    }
+
+    /// [`Llama::prefix_cache`] through differentiable operations ([`Llama::hidden_rows`]).
+    pub fn differentiable_prefix_cache(&self, prefix: &[u32]) -> Result<KvCache> {
+        let mut cache = KvCache::default();
+        let tokens = Tensor::new(prefix, &self.device)?.unsqueeze(0)?;
+        self.run_tapped(&tokens, 0, Some(&mut cache), None, None, None, true)?;
+        Ok(cache)
     }
 
     /// [`Llama::run`], pushing every block's output rows `(batch · seq, hidden)` to `taps`.
+    #[allow(clippy::too_many_arguments)]
     fn run_tapped(
         &self,
         tokens: &Tensor,
@@ -551,6 +623,7 @@ impl Llama {
         observer: Option<(&mut dyn Observer, Option<Tensor>)>,
         shared: Option<&KvCache>,
         mut taps: Option<&mut Vec<Tensor>>,
+        differentiable: bool,
     ) -> Result<Tensor> {
         let (batch, seq_len) = tokens.dims2()?;
         if offset + seq_len > self.config.max_position_embeddings {
@@ -567,6 +640,7 @@ impl Llama {
             mask: causal_mask(seq_len, offset, &self.device)?,
             observer,
             shared: None,
+            differentiable,
         };
         if let Some(cache) = cache.as_deref_mut() {
             cache.layers.resize(self.config.n_layers, None);
@@ -590,7 +664,7 @@ impl Llama {
         if let Some(cache) = cache {
             cache.len += seq_len;
         }
-        let x = candle_nn::ops::rms_norm(&x, &self.final_norm, self.config.rms_norm_eps)?;
+        let x = pass.rms_norm(&x, &self.final_norm, self.config.rms_norm_eps)?;
         x.reshape((batch, seq_len, self.config.hidden_size))
     }
 
@@ -603,13 +677,13 @@ impl Llama {
         layer_cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps;
-        let normed = candle_nn::ops::rms_norm(x, &block.attn_norm, eps)?;
+        let normed = pass.rms_norm(x, &block.attn_norm, eps)?;
         pass.observe(layer_idx, InputSite::Qkv, &normed)?;
         let attention = self.attention(block, &normed, pass, layer_cache)?;
         pass.observe(layer_idx, InputSite::O, &attention)?;
         let x = (x + block.o.forward(&attention)?)?;
 
-        let normed = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
+        let normed = pass.rms_norm(&x, &block.ffn_norm, eps)?;
         pass.observe(layer_idx, InputSite::GateUp, &normed)?;
         let gated =
             (candle_nn::ops::silu(&block.gate.forward(&normed)?)? * block.up.forward(&normed)?)?;
@@ -635,8 +709,8 @@ impl Llama {
         let q = split_heads(block.q.forward(x)?, n_heads)?;
         let k = split_heads(block.k.forward(x)?, n_kv_heads)?;
         let v = split_heads(block.v.forward(x)?, n_kv_heads)?.contiguous()?;
-        let q = self.rope.apply(&q, pass.offset)?;
-        let k = self.rope.apply(&k, pass.offset)?;
+        let q = self.rope.apply(&q, pass.offset, pass.differentiable)?;
+        let k = self.rope.apply(&k, pass.offset, pass.differentiable)?;
         let (k, v) = match (layer_cache, &pass.shared) {
             (None, Some((k_past, v_past))) => {
                 let past = k_past.dims4()?;
@@ -674,7 +748,7 @@ impl Llama {
             Some(mask) => scores.broadcast_add(mask)?,
             None => scores,
         };
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let weights = pass.softmax_last_dim(&scores)?;
         weights
             .matmul(&v)?
             .reshape((b, n_heads, t, head_dim))?

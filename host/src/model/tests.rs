@@ -258,3 +258,58 @@ fn an_exit_outside_the_model_is_an_error() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_differentiable_pass_equals_the_fused_one_and_reaches_every_weight() -> Result<()> {
+    let llama = tiny_llama(5)?;
+    let batch = Batch::new(&sequences(), 0, &Device::Cpu)?;
+    let fused = llama.forward_hidden(&batch, None)?;
+    let rows = llama.hidden_rows(&batch, None, true)?;
+    let mut at = 0;
+    for (row, sequence) in sequences().iter().enumerate() {
+        let real = fused.i((row, 0..sequence.len(), ..))?;
+        let mine = rows.narrow(0, at, sequence.len())?;
+        let diff = max_abs_diff(&real, &mine)?;
+        assert!(diff < 1e-4, "row {row}: {diff}");
+        at += sequence.len();
+    }
+    assert_eq!(at, rows.dim(0)?);
+    // After a shared prefix, both ways agree too.
+    let prefix = [5u32, 6, 7, 8];
+    let fused = llama.hidden_rows(&batch, Some(&llama.prefix_cache(&prefix)?), false)?;
+    let shared = llama.differentiable_prefix_cache(&prefix)?;
+    let mine = llama.hidden_rows(&batch, Some(&shared), true)?;
+    assert!(max_abs_diff(&fused, &mine)? < 1e-4);
+    // A trainable down of the first block and q of the last receive gradients.
+    let mut trained = llama.clone();
+    let mut vars = Vec::new();
+    for (layer_idx, kind) in [(0, MatrixKind::Down), (1, MatrixKind::Q)] {
+        let Some(Linear::Dense { weight }) = llama.linear(layer_idx, kind) else {
+            candle_core::bail!("a dense matrix");
+        };
+        let var = candle_core::Var::from_tensor(weight)?;
+        trained.set_linear(
+            layer_idx,
+            kind,
+            Linear::Dense {
+                weight: var.as_tensor().clone(),
+            },
+        )?;
+        vars.push(var);
+    }
+    // With a shared prefix run differentiably, every trained matrix still gets a gradient.
+    let shared = trained.differentiable_prefix_cache(&prefix)?;
+    let loss = trained
+        .hidden_rows(&batch, Some(&shared), true)?
+        .sqr()?
+        .mean_all()?;
+    let grads = loss.backward()?;
+    for var in &vars {
+        let Some(grad) = grads.get(var.as_tensor()) else {
+            candle_core::bail!("no gradient reached a trained matrix");
+        };
+        let norm = grad.sqr()?.sum_all()?.to_scalar::<f32>()?;
+        assert!(norm > 0.0 && norm.is_finite(), "{norm}");
+    }
+    Ok(())
+}

@@ -14,10 +14,10 @@ use super::folder::{
     BUNDLE_FILE, CHECKPOINT_FILE, GenomeFile, PruneFolder, RANK_MAP_FILE, write_factors,
     write_genome, write_head, write_report,
 };
-use super::report::{Outcome, PruneReport};
+use super::report::{Outcome, PruneReport, RecoveryReport};
 use super::{
-    DenseReference, Evaluator, FactorBank, RankPlan, TaskProblem, UniformResult, anchored_refit,
-    chance_level_warning, reductions, uniform_search,
+    DenseReference, Evaluator, FactorBank, LEARNING_RATE, RankPlan, RecoverSettings, TaskProblem,
+    UniformResult, anchored_refit, chance_level_warning, recover, reductions, uniform_search,
 };
 use crate::bundle::{HeadChoice, PackOptions, ProvenanceInfo, check_bundle_task, pack_to_file};
 use crate::calibrate::{CalibrationSettings, calibrate, calibration_sequences};
@@ -65,6 +65,8 @@ pub struct PruneOptions {
     pub uniform_keep: Option<f64>,
     /// The refit of the answer; `None` skips it.
     pub refit: Option<RefitOptions>,
+    /// Calibration tokens the recovery of the answer trains on; `None` skips it.
+    pub recover_tokens: Option<usize>,
     /// What calibration streams.
     pub calibration: CalibrationSettings,
     /// Folder of derived caches.
@@ -96,6 +98,11 @@ impl PruneOptions {
             anyhow::bail!(
                 "--head-examples {} is too few to fit a task head; give at least {MIN_HEAD_EXAMPLES} (default 4096)",
                 self.head_examples
+            );
+        }
+        if self.recover_tokens == Some(0) {
+            anyhow::bail!(
+                "--recover-tokens 0 trains on nothing; give a budget such as 32768, or leave the flag out to skip recovery"
             );
         }
         self.search.validate()?;
@@ -458,7 +465,37 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     let dense_test = dense_outcome.test_accuracy;
     let (uniform_outcome, _, _, _) = finish(RankPlan::uniform(&config, uniform.keep), None)?;
     let best_plan = result.best.to_plan(&config, &levels)?;
-    let (searched_outcome, pruned_llama, plan, head) = finish(best_plan, options.refit.as_ref())?;
+    let (mut searched_outcome, mut pruned_llama, plan, mut head) =
+        finish(best_plan, options.refit.as_ref())?;
+    drop(finish);
+    let recovery = match options.recover_tokens {
+        Some(tokens) => {
+            let recovered = recover_answer(
+                base,
+                options,
+                tokens,
+                &plan,
+                &pruned_llama,
+                &searched_outcome,
+                &problem,
+                &test,
+                &progress,
+            )?;
+            if let Some((llama, report, tested)) = recovered {
+                if report.kept {
+                    pruned_llama = llama;
+                    head = tested.head;
+                    searched_outcome.search_accuracy = report.search_accuracy_after;
+                    searched_outcome.search_assured = report.search_assured_after;
+                    searched_outcome.test_accuracy = report.test_accuracy_after;
+                }
+                Some(report)
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
     // The verbalizer reading of the dense model, as `eval` reports it, beside the head's.
     let dense_test_verbalizer = reference
         .as_ref()
@@ -541,6 +578,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         generations: result.generations,
         evaluations: result.evaluations,
         refit: options.refit.is_some(),
+        recovery,
         uniform_seconds,
         search_seconds,
         seconds: started.elapsed().as_secs_f64(),
@@ -548,6 +586,74 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     };
     write_report(out, &report)?;
     Ok(report)
+}
+
+/// Recovers the answer ([`recover`]) on `tokens` calibration tokens (an eighth more held out
+/// for the loss) and scores it on the search and test splits. `None` when the plan changes
+/// nothing before its exit (the dense model at an exit: nothing to train).
+#[allow(clippy::too_many_arguments)]
+fn recover_answer(
+    base: &BaseModel,
+    options: &PruneOptions,
+    tokens: usize,
+    plan: &RankPlan,
+    pruned: &Llama,
+    before: &Outcome,
+    problem: &TaskProblem,
+    test: &Evaluator,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<Option<(Llama, RecoveryReport, super::Scored)>> {
+    let changed = (0..plan.exit()).any(|layer_idx| {
+        plan.mlp_width(layer_idx).is_some()
+            || MatrixKind::ALL
+                .iter()
+                .any(|&kind| plan.rank(layer_idx, kind).is_some())
+    });
+    if !changed {
+        eprintln!("note: the answer changes no matrix before its exit; nothing to recover");
+        return Ok(None);
+    }
+    let settings = CalibrationSettings {
+        max_tokens: tokens + tokens / 8,
+        ..options.calibration.clone()
+    };
+    let mut sequences = calibration_sequences(&base.model, &options.task, &settings)?;
+    let held_out = sequences.split_off(sequences.len() * 8 / 9);
+    let (recovered, recovery) = recover(
+        &base.model.llama,
+        pruned,
+        plan,
+        &sequences,
+        &held_out,
+        base.model.tokenizer.pad_id(),
+        RecoverSettings {
+            batch_tokens: options.batch_tokens.clamp(1, 1024),
+            learning_rate: LEARNING_RATE,
+            seed: options.search.seed,
+        },
+        progress,
+    )?;
+    let scored = problem.full_evaluator().score(&recovered, progress)?;
+    let estimate = problem.accuracy_model().estimate(&scored);
+    let tested = test.score(&recovered, progress)?;
+    let kept = estimate.assured >= before.search_assured;
+    let report = RecoveryReport {
+        tokens: recovery.tokens,
+        steps: recovery.steps,
+        matrices: recovery.matrices,
+        parameters: recovery.parameters,
+        held_out_loss_before: recovery.held_out_loss_before,
+        held_out_loss_after: recovery.held_out_loss_after,
+        search_accuracy_before: before.search_accuracy,
+        search_accuracy_after: estimate.measured,
+        search_assured_before: before.search_assured,
+        search_assured_after: estimate.assured,
+        test_accuracy_before: before.test_accuracy,
+        test_accuracy_after: tested.accuracy,
+        kept,
+        seconds: recovery.seconds,
+    };
+    Ok(Some((recovered, report, tested)))
 }
 
 /// `ranks.svg`: the kept rank per layer and matrix.

@@ -60,7 +60,7 @@ pub fn anchored_refit(
 ) -> anyhow::Result<Llama> {
     // The pruned model's blocks: up to its exit.
     let config = *pruned.config();
-    let batches = batches(sequences, pad_id, batch_tokens, base)?;
+    let batches = sequence_batches(sequences, pad_id, batch_tokens, base)?;
     let mut dense_states: Vec<Tensor> = Vec::with_capacity(batches.len());
     for batch in &batches {
         dense_states.push(base.embed(batch)?);
@@ -132,7 +132,9 @@ fn to_faer(tensor: &Tensor, dim: usize) -> anyhow::Result<faer::Mat<f64>> {
     Ok(faer::Mat::from_fn(dim, dim, |i, j| values[i * dim + j]))
 }
 
-fn batches(
+/// Length-sorted batches of at most `batch_tokens` padded tokens (one sequence may exceed
+/// it alone); an error when there is no token to run.
+pub(super) fn sequence_batches(
     sequences: &[Vec<u32>],
     pad_id: u32,
     batch_tokens: usize,
@@ -153,7 +155,7 @@ fn batches(
         batches.push(Batch::new(&current, pad_id, llama.device())?);
     }
     if batches.is_empty() {
-        anyhow::bail!("anchored refit needs calibration tokens; none were given");
+        anyhow::bail!("no calibration tokens were given; raise the token budget");
     }
     Ok(batches)
 }

@@ -47,6 +47,32 @@ pub struct Outcome {
     pub runtime_memory_bytes: u64,
 }
 
+/// Recovery of the answer ([`super::recover`]): what it did and the answer before and after.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryReport {
+    /// Tokens trained on and optimizer steps.
+    pub tokens: usize,
+    pub steps: usize,
+    /// Matrices trained and their parameters.
+    pub matrices: usize,
+    pub parameters: usize,
+    /// Relative squared error of the state at the exit against the dense model's, on
+    /// held-out calibration sequences.
+    pub held_out_loss_before: f64,
+    pub held_out_loss_after: f64,
+    /// The answer's search-split accuracy (measured and assured) and test accuracy.
+    pub search_accuracy_before: f64,
+    pub search_accuracy_after: f64,
+    pub search_assured_before: f64,
+    pub search_assured_after: f64,
+    pub test_accuracy_before: f64,
+    pub test_accuracy_after: f64,
+    /// Whether the recovered model is the answer (its assured search accuracy is not lower).
+    pub kept: bool,
+    /// Wall time of the training.
+    pub seconds: f64,
+}
+
 /// Everything a prune run reports.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PruneReport {
@@ -106,6 +132,9 @@ pub struct PruneReport {
     pub evaluations: usize,
     /// Whether the anchored refit was tried.
     pub refit: bool,
+    /// The recovery of the answer, when `--recover-tokens` asked for one.
+    #[serde(default)]
+    pub recovery: Option<RecoveryReport>,
     /// Wall time of the uniform baseline.
     pub uniform_seconds: f64,
     /// Wall time of the search.
@@ -152,6 +181,36 @@ impl PruneReport {
         }
     }
 
+    /// What the recovery did, when there was one.
+    fn recovery_line(&self) -> String {
+        let Some(r) = &self.recovery else {
+            return String::new();
+        };
+        format!(
+            "Recovery: {} tokens ({} steps) trained {} matrices ({} parameters) toward the dense \
+             model's state at the exit in {:.0} s; held-out loss {:.4} → {:.4}; search accuracy \
+             {:.4} → {:.4} (assured {:.4} → {:.4}); test accuracy {:.4} → {:.4}; {}.\n\n",
+            r.tokens,
+            r.steps,
+            r.matrices,
+            r.parameters,
+            r.seconds,
+            r.held_out_loss_before,
+            r.held_out_loss_after,
+            r.search_accuracy_before,
+            r.search_accuracy_after,
+            r.search_assured_before,
+            r.search_assured_after,
+            r.test_accuracy_before,
+            r.test_accuracy_after,
+            if r.kept {
+                "the recovered model is the answer"
+            } else {
+                "not kept (it lowered the assured search accuracy)"
+            }
+        )
+    }
+
     /// `report.md`.
     pub fn markdown(&self) -> String {
         let row = |name: &str, outcome: &Outcome| {
@@ -172,7 +231,7 @@ impl PruneReport {
              The target is checked against the assured accuracy: the accuracy predicted from the paired \
              gold log-probability difference against dense (slope {}), less one paired standard error, \
              capped by the measured accuracy.\n\n\
-             Board fit: {}\n\n![kept rank per layer and matrix](ranks.svg)\n",
+             {}Board fit: {}\n\n![kept rank per layer and matrix](ranks.svg)\n",
             self.task,
             self.board,
             self.epsilon,
@@ -190,6 +249,7 @@ impl PruneReport {
                 || "none: measured accuracy".to_owned(),
                 |b| format!("{b:.3}")
             ),
+            self.recovery_line(),
             self.board_fit,
         )
     }
