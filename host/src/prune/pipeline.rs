@@ -638,12 +638,7 @@ fn recover_answer(
     let tested = test.score(&recovered, progress)?;
     let kept = estimate.assured >= before.search_assured;
     let report = RecoveryReport {
-        tokens: recovery.tokens,
-        steps: recovery.steps,
-        matrices: recovery.matrices,
-        parameters: recovery.parameters,
-        held_out_loss_before: recovery.held_out_loss_before,
-        held_out_loss_after: recovery.held_out_loss_after,
+        training: recovery,
         search_accuracy_before: before.search_accuracy,
         search_accuracy_after: estimate.measured,
         search_assured_before: before.search_assured,
@@ -651,7 +646,6 @@ fn recover_answer(
         test_accuracy_before: before.test_accuracy,
         test_accuracy_after: tested.accuracy,
         kept,
-        seconds: recovery.seconds,
     };
     Ok(Some((recovered, report, tested)))
 }

@@ -18,7 +18,7 @@ use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use indicatif::ProgressBar;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use whittle_runtime::MatrixKind;
 
 use super::refit::sequence_batches;
@@ -42,7 +42,7 @@ pub struct RecoverSettings {
 }
 
 /// What the recovery did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recovery {
     /// Tokens trained on (real positions, every prompt in full).
     pub tokens: usize,

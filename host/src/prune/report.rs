@@ -50,16 +50,9 @@ pub struct Outcome {
 /// Recovery of the answer ([`super::recover`]): what it did and the answer before and after.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RecoveryReport {
-    /// Tokens trained on and optimizer steps.
-    pub tokens: usize,
-    pub steps: usize,
-    /// Matrices trained and their parameters.
-    pub matrices: usize,
-    pub parameters: usize,
-    /// Relative squared error of the state at the exit against the dense model's, on
-    /// held-out calibration sequences.
-    pub held_out_loss_before: f64,
-    pub held_out_loss_after: f64,
+    /// What the training did.
+    #[serde(flatten)]
+    pub training: super::Recovery,
     /// The answer's search-split accuracy (measured and assured) and test accuracy.
     pub search_accuracy_before: f64,
     pub search_accuracy_after: f64,
@@ -69,8 +62,6 @@ pub struct RecoveryReport {
     pub test_accuracy_after: f64,
     /// Whether the recovered model is the answer (its assured search accuracy is not lower).
     pub kept: bool,
-    /// Wall time of the training.
-    pub seconds: f64,
 }
 
 /// Everything a prune run reports.
@@ -186,17 +177,18 @@ impl PruneReport {
         let Some(r) = &self.recovery else {
             return String::new();
         };
+        let t = &r.training;
         format!(
             "Recovery: {} tokens ({} steps) trained {} matrices ({} parameters) toward the dense \
              model's state at the exit in {:.0} s; held-out loss {:.4} → {:.4}; search accuracy \
              {:.4} → {:.4} (assured {:.4} → {:.4}); test accuracy {:.4} → {:.4}; {}.\n\n",
-            r.tokens,
-            r.steps,
-            r.matrices,
-            r.parameters,
-            r.seconds,
-            r.held_out_loss_before,
-            r.held_out_loss_after,
+            t.tokens,
+            t.steps,
+            t.matrices,
+            t.parameters,
+            t.seconds,
+            t.held_out_loss_before,
+            t.held_out_loss_after,
             r.search_accuracy_before,
             r.search_accuracy_after,
             r.search_assured_before,
