@@ -5,7 +5,7 @@
 //! sequences (the next eighth), before and after. No label, no search or test example is read.
 //!
 //! `cargo run --release -p whittle-host --example recovery_probe -- [tokens] [rates]`
-//! (defaults 16384 and `1e-5,3e-5,1e-4`). Prints one line per rate and one JSON line.
+//! (defaults 16384 and `3e-5,1e-4,3e-4`). Prints one line per rate and one JSON line.
 
 use indicatif::ProgressBar;
 use whittle_host::calibrate::{CalibrationSettings, calibration_sequences};
@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
     let tokens: usize = args.first().map_or("16384", String::as_str).parse()?;
     let rates: Vec<f64> = args
         .get(1)
-        .map_or("1e-5,3e-5,1e-4", String::as_str)
+        .map_or("3e-5,1e-4,3e-4", String::as_str)
         .split(',')
         .map(str::parse)
         .collect::<Result<_, _>>()?;
