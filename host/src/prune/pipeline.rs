@@ -481,13 +481,15 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
                 &test,
                 &progress,
             )?;
-            if let Some((llama, report, tested)) = recovered {
+            if let Some((llama, report, tested, estimate)) = recovered {
                 if report.kept {
                     pruned_llama = llama;
                     head = tested.head;
-                    searched_outcome.search_accuracy = report.search_accuracy_after;
-                    searched_outcome.search_assured = report.search_assured_after;
-                    searched_outcome.test_accuracy = report.test_accuracy_after;
+                    searched_outcome.search_accuracy = estimate.measured;
+                    searched_outcome.search_predicted = estimate.predicted;
+                    searched_outcome.search_margin = estimate.margin;
+                    searched_outcome.search_assured = estimate.assured;
+                    searched_outcome.test_accuracy = tested.accuracy;
                 }
                 Some(report)
             } else {
@@ -589,8 +591,9 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
 }
 
 /// Recovers the answer ([`recover`]) on `tokens` calibration tokens (an eighth more held out
-/// for the loss) and scores it on the search and test splits. `None` when the plan changes
-/// nothing before its exit (the dense model at an exit: nothing to train).
+/// for the loss) and scores it on the search split (with its estimate) and the test split.
+/// `None` when the plan changes nothing before its exit (the dense model at an exit: nothing
+/// to train).
 #[allow(clippy::too_many_arguments)]
 fn recover_answer(
     base: &BaseModel,
@@ -602,7 +605,7 @@ fn recover_answer(
     problem: &TaskProblem,
     test: &Evaluator,
     progress: &indicatif::ProgressBar,
-) -> anyhow::Result<Option<(Llama, RecoveryReport, super::Scored)>> {
+) -> anyhow::Result<Option<(Llama, RecoveryReport, super::Scored, super::Estimate)>> {
     let changed = (0..plan.exit()).any(|layer_idx| {
         plan.mlp_width(layer_idx).is_some()
             || MatrixKind::ALL
@@ -647,7 +650,7 @@ fn recover_answer(
         test_accuracy_after: tested.accuracy,
         kept,
     };
-    Ok(Some((recovered, report, tested)))
+    Ok(Some((recovered, report, tested, estimate)))
 }
 
 /// `ranks.svg`: the kept rank per layer and matrix.
