@@ -467,7 +467,6 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     let best_plan = result.best.to_plan(&config, &levels)?;
     let (mut searched_outcome, mut pruned_llama, plan, mut head) =
         finish(best_plan, options.refit.as_ref())?;
-    drop(finish);
     let recovery = match options.recover_tokens {
         Some(tokens) => {
             let recovered = recover_answer(
