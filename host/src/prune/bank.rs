@@ -210,6 +210,7 @@ impl FactorBank {
             },
             false => Vec::new(),
         };
+        // A cache is read whole or not at all.
         cached.resize_with(config.n_layers, || None);
         let from_cache = cached.iter().all(Option::is_some);
         progress.set_length(config.n_layers as u64);
@@ -232,7 +233,7 @@ impl FactorBank {
                     anyhow::bail!("the calibration has no statistics for block {layer_idx}'s down");
                 };
                 let c = stats_to_faer(stats).second_moment;
-                let selection = match cached.filter(|_| from_cache) {
+                let selection = match cached {
                     Some((order, curve)) => {
                         NeuronSelection::from_order(&down, rows, cols, c.as_ref(), order, curve)?
                     }

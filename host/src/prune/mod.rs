@@ -119,6 +119,15 @@ impl RankPlan {
         self
     }
 
+    /// Whether the plan changes block `layer_idx`'s `kind` (factor pairs, or an MLP pruned by
+    /// neurons) in a kept block.
+    pub fn changes(&self, layer_idx: usize, kind: MatrixKind) -> bool {
+        let mlp = matches!(kind, MatrixKind::Gate | MatrixKind::Up | MatrixKind::Down);
+        layer_idx < self.exit
+            && (self.rank(layer_idx, kind).is_some()
+                || (mlp && self.mlp_width(layer_idx).is_some()))
+    }
+
     /// Blocks kept.
     pub fn exit(&self) -> usize {
         self.exit

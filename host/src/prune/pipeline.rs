@@ -17,7 +17,8 @@ use super::folder::{
 use super::report::{Outcome, PruneReport, RecoveryReport};
 use super::{
     DenseReference, Evaluator, FactorBank, LEARNING_RATE, RankPlan, RecoverSettings, TaskProblem,
-    UniformResult, anchored_refit, chance_level_warning, recover, reductions, uniform_search,
+    UniformResult, anchored_refit, chance_level_warning, matrices, recover, reductions,
+    uniform_search,
 };
 use crate::bundle::{HeadChoice, PackOptions, ProvenanceInfo, check_bundle_task, pack_to_file};
 use crate::calibrate::{CalibrationSettings, calibrate, calibration_sequences};
@@ -605,13 +606,8 @@ fn recover_answer(
     test: &Evaluator,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<Option<(Llama, RecoveryReport, super::Scored, super::Estimate)>> {
-    let changed = (0..plan.exit()).any(|layer_idx| {
-        plan.mlp_width(layer_idx).is_some()
-            || MatrixKind::ALL
-                .iter()
-                .any(|&kind| plan.rank(layer_idx, kind).is_some())
-    });
-    if !changed {
+    let config = *base.model.llama.config();
+    if !matrices(&config).any(|(layer_idx, kind)| plan.changes(layer_idx, kind)) {
         eprintln!("note: the answer changes no matrix before its exit; nothing to recover");
         return Ok(None);
     }

@@ -218,25 +218,6 @@ impl Evaluator {
         ))
     }
 
-    /// The dense model's head at `exit`, fitted on this evaluator's calibration examples by
-    /// [`Evaluator::dense_exit_heads`] (what [`Evaluator::score`] would fit for the dense
-    /// model cut at `exit`).
-    pub fn exit_head(&self, exit: usize) -> Option<&TaskHead> {
-        self.exit_priors.get(&exit)
-    }
-
-    /// Scores `llama` through `head`, fitted elsewhere on the same calibration examples
-    /// (e.g. [`Evaluator::exit_head`]): one pass over the split, none over the examples.
-    pub fn score_with_head(
-        &self,
-        llama: &Llama,
-        head: &TaskHead,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<Scored> {
-        let (states, gold) = self.split_states(llama, progress)?;
-        Ok(Self::through(head.clone(), &states, gold))
-    }
-
     /// Scores states of this split's examples (in split order, e.g. from
     /// [`Evaluator::split_states`]) through `head`.
     pub fn score_states_with_head(
