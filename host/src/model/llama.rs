@@ -224,7 +224,7 @@ struct Pass<'a> {
     observer: Option<(&'a mut dyn Observer, Option<Tensor>)>,
     /// Keys and values `(1, kv_heads, offset, head_dim)` of a prefix every row continues.
     shared: Option<(Tensor, Tensor)>,
-    /// Through differentiable operations only ([`Llama::forward_differentiable`]): candle's
+    /// Through differentiable operations only ([`Llama::hidden_rows`]): candle's
     /// fused RMS norm, softmax and rotary kernels have no backward pass.
     differentiable: bool,
 }
