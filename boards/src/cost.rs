@@ -19,7 +19,7 @@
 //! the measured prefill rate instead of the sgemm throughput.
 
 use serde::Serialize;
-use whittle_runtime::{ConfigError, MatrixKind, ModelConfig};
+use whittle_runtime::{BlockWidths, ConfigError, MatrixKind, ModelConfig};
 
 use crate::BoardProfile;
 
@@ -112,19 +112,23 @@ pub enum CostError {
         /// `min(rows, cols)`.
         max: usize,
     },
-    /// The MLP widths are not one per block, or one is outside the model's MLP.
+    /// The block widths are not one per block, or one is outside the model's MLP or heads.
     #[error(
-        "the plan's MLP widths ({got} entries, widest {widest}) must be one per block ({n_layers}) within 1..={intermediate_size} neurons, or none for full MLPs; build the plan for this model"
+        "the plan's block widths ({got} entries, widest MLP {widest_mlp}, widest value head {widest_value}) must be one per block ({n_layers}) within 0..={intermediate_size} neurons and 0..={head_dim} value dimensions, or none for full blocks; build the plan for this model"
     )]
-    MlpWidths {
+    BlockWidths {
         /// Entries given.
         got: usize,
-        /// The largest width given.
-        widest: usize,
+        /// The largest MLP width given.
+        widest_mlp: usize,
+        /// The largest value width given.
+        widest_value: usize,
         /// Blocks of the model.
         n_layers: usize,
         /// Neurons of a full MLP.
         intermediate_size: usize,
+        /// Value dimensions of a full head.
+        head_dim: usize,
     },
     /// A task-pruned head must keep between one row and the whole vocabulary.
     #[error(
@@ -140,14 +144,14 @@ pub enum CostError {
 
 /// Predicts bytes, memory and latency of `ranks` (one entry per prunable matrix, index
 /// `layer_idx · 7 + kind` in [`MatrixKind::ALL`] order, `None` dense) stored as `dtype` on
-/// `profile`. `mlp_widths` holds the neurons each block's MLP keeps (its gate and up rows,
-/// its down columns; empty: every MLP full). `head_rows` is the row count of a task-pruned
+/// `profile`. `widths` holds what each block keeps of its MLP and its value heads (empty:
+/// every block full; zero skips a sub-block, which then costs nothing). `head_rows` is the row count of a task-pruned
 /// head (stored apart from the embedding), `None` for the tied head.
 pub fn predict(
     profile: &BoardProfile,
     config: &ModelConfig,
     ranks: &[Option<usize>],
-    mlp_widths: &[usize],
+    widths: &[BlockWidths],
     dtype: Dtype,
     head_rows: Option<usize>,
 ) -> Result<Prediction, CostError> {
@@ -158,7 +162,7 @@ pub fn predict(
             got: ranks.len(),
         });
     }
-    check_widths(config, mlp_widths, false)?;
+    check_widths(config, widths, false)?;
     if let Some(rows) = head_rows
         && !(1..=config.vocab_size).contains(&rows)
     {
@@ -168,7 +172,7 @@ pub fn predict(
         });
     }
     let context = profile.context_length.min(config.max_position_embeddings);
-    let workload = Workload::new(config, ranks, mlp_widths, dtype, head_rows, context)?;
+    let workload = Workload::new(config, ranks, widths, dtype, head_rows, context)?;
 
     let hidden = config.hidden_size;
     let embedding_bytes = dtype.matrix_bytes(config.vocab_size, hidden);
@@ -317,8 +321,12 @@ impl Work {
 struct Workload {
     /// Every prunable matrix, the head, the norms with the embedding row, in that order.
     weight_steps: Vec<Work>,
-    /// The attention of one block over the whole context (the same in every block).
+    /// The attention of one full block over the whole context.
     attention_per_layer: Work,
+    /// Blocks' attention in full blocks' worth: a block keeping `v` of `head_dim` value
+    /// dimensions reads its keys whole and `v / head_dim` of its values and does as much of
+    /// the weighted sum, `(head_dim + v) / (2·head_dim)` of a full block; a skipped one none.
+    attention_layers: f64,
     n_layers: usize,
     /// Prunable matrices stored as a low-rank pair: each is one product more than dense.
     n_low_rank: usize,
@@ -333,7 +341,7 @@ impl Workload {
     fn new(
         config: &ModelConfig,
         ranks: &[Option<usize>],
-        mlp_widths: &[usize],
+        widths: &[BlockWidths],
         dtype: Dtype,
         head_rows: Option<usize>,
         context: usize,
@@ -343,11 +351,11 @@ impl Workload {
         let mut linear_flops = 0u64;
         for (index, rank) in ranks.iter().enumerate() {
             let (layer_idx, kind) = whittle_runtime::matrix_at(index);
-            let width = mlp_widths
+            let block = widths
                 .get(layer_idx)
                 .copied()
-                .unwrap_or(config.intermediate_size);
-            let work = linear_work(config, layer_idx, kind, width, *rank, dtype)?;
+                .unwrap_or(config.full_widths());
+            let work = linear_work(config, layer_idx, kind, block, *rank, dtype)?;
             linear_flops = linear_flops.saturating_add(work.flops);
             weight_steps.push(work);
         }
@@ -371,14 +379,25 @@ impl Workload {
         // A prompt of `context` tokens: the token at position p attends to p positions, so on
         // average to (context + 1) / 2.
         let mean_attended = (context as f64 + 1.0) / 2.0;
+        let head_dim = config.head_dim() as f64;
+        let attention_layers = (0..config.n_layers)
+            .map(|layer_idx| {
+                let value = widths.get(layer_idx).map_or(head_dim, |w| w.value as f64);
+                match value > 0.0 {
+                    true => (head_dim + value) / (2.0 * head_dim),
+                    false => 0.0,
+                }
+            })
+            .sum::<f64>();
         Ok(Self {
             weight_steps,
             attention_per_layer,
+            attention_layers,
             n_layers: config.n_layers,
             n_low_rank: ranks.iter().filter(|rank| rank.is_some()).count(),
             linear_bytes,
             prefill_linear_flops_per_token: linear_flops as f64,
-            prefill_attention_flops_per_token: config.n_layers as f64
+            prefill_attention_flops_per_token: attention_layers
                 * 4.0
                 * hidden as f64
                 * mean_attended,
@@ -409,9 +428,9 @@ impl Workload {
     }
 
     fn decode_seconds(&self, processor: &Processor) -> f64 {
-        let per_layer = self.attention_seconds(processor) + processor.layer_overhead_s;
         self.weight_stream_seconds(processor)
-            + self.n_layers as f64 * per_layer
+            + self.attention_layers * self.attention_seconds(processor)
+            + self.n_layers as f64 * processor.layer_overhead_s
             + self.n_low_rank as f64 * processor.product_overhead_s
     }
 
@@ -494,19 +513,19 @@ pub fn fit_overheads(
 
 /// One prunable matrix's share of [`predict`] on the board's CPU: its stored bytes and its
 /// decode seconds (streaming or computing, whichever is slower, plus the extra product of a
-/// low-rank pair), for `rank` (`None`: dense) in a block whose MLP keeps `mlp_width` neurons.
+/// low-rank pair), for `rank` (`None`: dense) in a block of `widths`.
 pub fn matrix_cost(
     profile: &BoardProfile,
     config: &ModelConfig,
     layer_idx: usize,
     kind: MatrixKind,
-    mlp_width: usize,
+    widths: BlockWidths,
     rank: Option<usize>,
     dtype: Dtype,
 ) -> Result<(u64, f64), CostError> {
-    check_widths(config, &[mlp_width], true)?;
+    check_widths(config, &[widths], true)?;
     let processor = Processor::cpu(profile, dtype);
-    let work = linear_work(config, layer_idx, kind, mlp_width, rank, dtype)?;
+    let work = linear_work(config, layer_idx, kind, widths, rank, dtype)?;
     let extra_product = if rank.is_some() {
         processor.product_overhead_s
     } else {
@@ -515,27 +534,30 @@ pub fn matrix_cost(
     Ok((work.bytes, work.weight_seconds(&processor) + extra_product))
 }
 
-/// Empty, or one width per block within the model's MLP; `one_block` checks a single block's.
+/// Empty, or one entry per block within the model's MLP and heads; `one_block` checks a
+/// single block's.
 fn check_widths(
     config: &ModelConfig,
-    mlp_widths: &[usize],
+    widths: &[BlockWidths],
     one_block: bool,
 ) -> Result<(), CostError> {
-    let in_range = mlp_widths
+    let in_range = widths
         .iter()
-        .all(|w| (1..=config.intermediate_size).contains(w));
+        .all(|w| w.mlp <= config.intermediate_size && w.value <= config.head_dim());
     let count = match one_block {
-        true => mlp_widths.len() == 1,
-        false => mlp_widths.is_empty() || mlp_widths.len() == config.n_layers,
+        true => widths.len() == 1,
+        false => widths.is_empty() || widths.len() == config.n_layers,
     };
     if in_range && count {
         return Ok(());
     }
-    Err(CostError::MlpWidths {
-        got: mlp_widths.len(),
-        widest: mlp_widths.iter().copied().max().unwrap_or(0),
+    Err(CostError::BlockWidths {
+        got: widths.len(),
+        widest_mlp: widths.iter().map(|w| w.mlp).max().unwrap_or(0),
+        widest_value: widths.iter().map(|w| w.value).max().unwrap_or(0),
         n_layers: config.n_layers,
         intermediate_size: config.intermediate_size,
+        head_dim: config.head_dim(),
     })
 }
 
@@ -543,11 +565,11 @@ fn linear_work(
     config: &ModelConfig,
     layer_idx: usize,
     kind: MatrixKind,
-    mlp_width: usize,
+    widths: BlockWidths,
     rank: Option<usize>,
     dtype: Dtype,
 ) -> Result<Work, CostError> {
-    let (rows, cols) = config.matrix_shape_in(kind, mlp_width);
+    let (rows, cols) = config.matrix_shape_in(kind, widths);
     let Some(rank) = rank else {
         return Ok(Work {
             bytes: dtype.matrix_bytes(rows, cols),

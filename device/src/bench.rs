@@ -14,7 +14,7 @@ use whittle_boards::stats::median;
 use whittle_boards::{BenchPrediction, BenchRecord, BoardProfile, BundleVariant, Prediction};
 use whittle_runtime::format::{HeadRef, LinearRef, TaskKind};
 use whittle_runtime::kernels::{AnyKernels, Kernels, Threaded, best};
-use whittle_runtime::{AlignedBytes, Bundle, Model, Session, Tokenizer};
+use whittle_runtime::{AlignedBytes, BlockWidths, Bundle, Model, Session, Tokenizer};
 
 /// Text tokenized for the benchmark prompt when no `--prompt-file` is given.
 const BUILTIN_PROMPT: &str = "The history of the region begins with small farming villages \
@@ -163,17 +163,16 @@ fn prompt_tokens(tokenizer: &Tokenizer<'_>, text: &str, tokens: usize) -> anyhow
     Ok(ids[..tokens].to_vec())
 }
 
-/// The bundle's rank plan (`None` for a dense matrix) in `MatrixKind::ALL` order per layer.
-/// The bundle's rank per prunable matrix and MLP width per block, as the cost model takes
+/// The bundle's rank per prunable matrix and widths per block, as the cost model takes
 /// them.
-fn rank_plan(bundle: &Bundle<'_>) -> anyhow::Result<(Vec<Option<usize>>, Vec<usize>)> {
+fn rank_plan(bundle: &Bundle<'_>) -> anyhow::Result<(Vec<Option<usize>>, Vec<BlockWidths>)> {
     let config = bundle.header().config;
     let mut ranks = Vec::with_capacity(config.n_prunable_matrices());
     let mut widths = Vec::with_capacity(config.n_layers);
     for layer_idx in 0..config.n_layers {
         let layer_error = |error| anyhow::anyhow!("layer {layer_idx}: {error}");
         let layer = bundle.layer(layer_idx).map_err(layer_error)?;
-        widths.push(bundle.mlp_width(layer_idx).map_err(layer_error)?);
+        widths.push(bundle.block_widths(layer_idx).map_err(layer_error)?);
         for linear in &layer.linears {
             ranks.push(match linear {
                 LinearRef::Dense(_) => None,

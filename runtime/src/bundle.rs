@@ -3,7 +3,7 @@
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 
-use crate::config::MatrixKind;
+use crate::config::{BlockWidths, MatrixKind, ModelConfig};
 use crate::error::Error;
 use crate::format::{
     ALIGN, CRC32, Dtype, FLAG_SIGNED, FORMAT_VERSION, HeadRef, Header, LayerRef, LinearRef, MAGIC,
@@ -205,10 +205,11 @@ impl<'a> Bundle<'a> {
         }
     }
 
-    /// Neurons kept by the MLP of block `layer_idx` (`intermediate_size` unless the block's
-    /// MLP was pruned by neurons).
-    pub fn mlp_width(&self, layer_idx: usize) -> Result<usize, Error> {
-        mlp_width(&self.layer(layer_idx)?).ok_or(Error::BadLayer)
+    /// Neurons kept by the MLP of block `layer_idx` and value dimensions kept per key/value
+    /// head (`intermediate_size` and `head_dim` unless the block was pruned by those units;
+    /// zero: the sub-block is skipped).
+    pub fn block_widths(&self, layer_idx: usize) -> Result<BlockWidths, Error> {
+        block_widths(&self.layer(layer_idx)?, &self.header.config).ok_or(Error::BadLayer)
     }
 
     /// The largest rank of any low-rank layer (0 when all are dense).
@@ -251,14 +252,12 @@ impl<'a> Bundle<'a> {
             rest = tail;
             self.check_f32s(layer.attn_norm, hidden)?;
             self.check_f32s(layer.ffn_norm, hidden)?;
-            // A block's MLP may keep fewer neurons than `intermediate_size`: gate's output
-            // sets the width, up and down must agree with it.
-            let width = mlp_width(&layer).ok_or(Error::BadLayer)?;
-            if width == 0 || width > config.intermediate_size {
-                return Err(Error::BadShape);
-            }
+            // A block may keep fewer MLP neurons than `intermediate_size` (gate's output sets
+            // the width) and fewer value dimensions per key/value head than `head_dim` (v's
+            // output sets them); every other matrix must agree. Zero skips the sub-block.
+            let widths = block_widths(&layer, config).ok_or(Error::BadShape)?;
             for (kind, linear) in MatrixKind::ALL.into_iter().zip(&layer.linears) {
-                let (rows, cols) = config.matrix_shape_in(kind, width);
+                let (rows, cols) = config.matrix_shape_in(kind, widths);
                 match linear {
                     LinearRef::Dense(w) => self.check_matrix(w, rows, cols, dtype)?,
                     LinearRef::LowRank { a, b } => {
@@ -408,13 +407,21 @@ pub(crate) fn array<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], 
         .ok_or(Error::Truncated)
 }
 
-/// The output width of a block's gate projection: the neurons its MLP keeps.
-pub(crate) fn mlp_width(layer: &LayerRef) -> Option<usize> {
-    let index = MatrixKind::ALL
-        .iter()
-        .position(|&k| k == MatrixKind::Gate)?;
-    match layer.linears.get(index)? {
-        LinearRef::Dense(w) => Some(w.rows as usize),
-        LinearRef::LowRank { b, .. } => Some(b.rows as usize),
-    }
+/// The widths a block's matrices imply: gate's output rows (the MLP's neurons) and v's output
+/// rows per key/value head (the value dimensions); `None` when v's rows do not divide into
+/// the heads or a width exceeds the model's.
+pub(crate) fn block_widths(layer: &LayerRef, config: &ModelConfig) -> Option<BlockWidths> {
+    let rows = |kind: MatrixKind| {
+        let index = MatrixKind::ALL.iter().position(|&k| k == kind)?;
+        Some(match layer.linears.get(index)? {
+            LinearRef::Dense(w) => w.rows as usize,
+            LinearRef::LowRank { b, .. } => b.rows as usize,
+        })
+    };
+    let mlp = rows(MatrixKind::Gate)?;
+    let value_rows = rows(MatrixKind::V)?;
+    let value = value_rows / config.n_kv_heads.max(1);
+    let whole = value * config.n_kv_heads == value_rows;
+    (whole && mlp <= config.intermediate_size && value <= config.head_dim())
+        .then_some(BlockWidths { mlp, value })
 }

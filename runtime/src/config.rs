@@ -131,6 +131,18 @@ pub const fn matrix_at(index: usize) -> (usize, MatrixKind) {
     (index / MatrixKind::ALL.len(), kind)
 }
 
+/// What a block keeps of its two sub-blocks: `mlp` of the MLP's `intermediate_size` neurons
+/// and `value` of each key/value head's `head_dim` value dimensions. Zero skips the sub-block
+/// (DESIGN section 2, units that cost nothing to store).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct BlockWidths {
+    /// Neurons the MLP keeps (0: the MLP is skipped).
+    pub mlp: usize,
+    /// Value dimensions per key/value head (0: the attention is skipped).
+    pub value: usize,
+}
+
 impl ModelConfig {
     /// The shape of SmolLM2-135M(-Instruct), the default model: the one constant tests,
     /// examples and docs use for it (`whittle_host` reads the real one from the GGUF file).
@@ -196,14 +208,28 @@ impl ModelConfig {
         }
     }
 
-    /// `(rows, cols)` of a prunable matrix in a block whose MLP keeps `mlp_width` of its
-    /// `intermediate_size` neurons (rows of gate and up, columns of down); attention matrices
-    /// are unaffected.
-    pub const fn matrix_shape_in(&self, kind: MatrixKind, mlp_width: usize) -> (usize, usize) {
+    /// `(rows, cols)` of a prunable matrix in a block of `widths`: its MLP keeps `widths.mlp`
+    /// of its `intermediate_size` neurons (rows of gate and up, columns of down) and each
+    /// key/value head `widths.value` of its `head_dim` value dimensions (rows of v, columns of
+    /// o). A sub-block of width zero is skipped: its matrices have no rows (q and k with the
+    /// attention's values, gate and up with the MLP's neurons) or no columns (o, down).
+    pub const fn matrix_shape_in(&self, kind: MatrixKind, widths: BlockWidths) -> (usize, usize) {
+        let attention = widths.value > 0;
         match kind {
-            MatrixKind::Gate | MatrixKind::Up => (mlp_width, self.hidden_size),
-            MatrixKind::Down => (self.hidden_size, mlp_width),
+            MatrixKind::Q | MatrixKind::K if !attention => (0, self.hidden_size),
+            MatrixKind::V => (self.n_kv_heads * widths.value, self.hidden_size),
+            MatrixKind::O => (self.hidden_size, self.n_heads * widths.value),
+            MatrixKind::Gate | MatrixKind::Up => (widths.mlp, self.hidden_size),
+            MatrixKind::Down => (self.hidden_size, widths.mlp),
             _ => self.matrix_shape(kind),
+        }
+    }
+
+    /// The widths of an unpruned block.
+    pub const fn full_widths(&self) -> BlockWidths {
+        BlockWidths {
+            mlp: self.intermediate_size,
+            value: self.head_dim(),
         }
     }
 

@@ -303,22 +303,59 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
 
     fn block(&mut self, layer_idx: usize, layer: &LayerRef, n: usize, config: &ModelConfig) {
         let bundle = self.bundle;
-        // Validated in `Bundle::parse`: at most `intermediate_size`, which the arena holds.
-        let inter = crate::bundle::mlp_width(layer).unwrap_or(config.intermediate_size);
-        let (hidden, kv_dim) = (config.hidden_size, config.kv_dim());
-        let eps = config.rms_norm_eps;
+        // Validated in `Bundle::parse`: within the model's widths, which the arena holds.
+        let widths = crate::bundle::block_widths(layer, config).unwrap_or(config.full_widths());
         let linear = |kind: MatrixKind| {
             let index = MatrixKind::ALL.iter().position(|&k| k == kind).unwrap_or(0);
             layer.linears.get(index).map(|l| bundle.linear(l))
         };
+        if widths.value > 0 {
+            self.attention_block(layer_idx, layer, n, config, widths.value, &linear);
+        }
+        if widths.mlp == 0 {
+            return;
+        }
+        let (hidden, inter) = (config.hidden_size, widths.mlp);
         let b = &mut self.buffers;
-        let attn_norm = bundle.f32s(layer.attn_norm);
+        let ffn_norm = bundle.f32s(layer.ffn_norm);
         for (x, out) in
             b.x.chunks_exact(hidden)
                 .zip(b.normed.chunks_exact_mut(hidden))
                 .take(n)
         {
-            rms_norm(x, attn_norm, eps, out);
+            rms_norm(x, ffn_norm, config.rms_norm_eps, out);
+        }
+        let normed = b.normed.get(..n * hidden).unwrap_or(&[]);
+        let k = &self.kernels;
+        apply(k, linear(MatrixKind::Gate), normed, n, b.gate, b.low);
+        apply(k, linear(MatrixKind::Up), normed, n, b.up, b.low);
+        k.swiglu(prefix_mut(b.gate, n * inter), prefix(b.up, n * inter));
+        let gated = b.gate.get(..n * inter).unwrap_or(&[]);
+        apply(k, linear(MatrixKind::Down), gated, n, b.proj, b.low);
+        add(b.x, b.proj, n * hidden);
+    }
+
+    /// The attention sub-block of a block whose key/value heads keep `value` dimensions each:
+    /// the values of a position sit at the start of its `kv_dim` slot in the cache.
+    fn attention_block<'w>(
+        &mut self,
+        layer_idx: usize,
+        layer: &LayerRef,
+        n: usize,
+        config: &ModelConfig,
+        value: usize,
+        linear: &impl Fn(MatrixKind) -> Option<LinearWeights<'w>>,
+    ) {
+        let (hidden, kv_dim) = (config.hidden_size, config.kv_dim());
+        let value_dim = config.n_kv_heads * value;
+        let b = &mut self.buffers;
+        let attn_norm = self.bundle.f32s(layer.attn_norm);
+        for (x, out) in
+            b.x.chunks_exact(hidden)
+                .zip(b.normed.chunks_exact_mut(hidden))
+                .take(n)
+        {
+            rms_norm(x, attn_norm, config.rms_norm_eps, out);
         }
         let normed = b.normed.get(..n * hidden).unwrap_or(&[]);
         let k = &self.kernels;
@@ -336,29 +373,13 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
                 b.k_cache.get_mut(at..at + kv_dim),
             );
             copy(
-                b.v.get(t * kv_dim..(t + 1) * kv_dim),
-                b.v_cache.get_mut(at..at + kv_dim),
+                b.v.get(t * value_dim..(t + 1) * value_dim),
+                b.v_cache.get_mut(at..at + value_dim),
             );
         }
-        attention(k, b, config, layer_cache, self.position, n);
-        let attn = b.attn.get(..n * hidden).unwrap_or(&[]);
+        attention(k, b, config, value, layer_cache, self.position, n);
+        let attn = b.attn.get(..n * config.n_heads * value).unwrap_or(&[]);
         apply(k, linear(MatrixKind::O), attn, n, b.proj, b.low);
-        add(b.x, b.proj, n * hidden);
-
-        let ffn_norm = bundle.f32s(layer.ffn_norm);
-        for (x, out) in
-            b.x.chunks_exact(hidden)
-                .zip(b.normed.chunks_exact_mut(hidden))
-                .take(n)
-        {
-            rms_norm(x, ffn_norm, eps, out);
-        }
-        let normed = b.normed.get(..n * hidden).unwrap_or(&[]);
-        apply(k, linear(MatrixKind::Gate), normed, n, b.gate, b.low);
-        apply(k, linear(MatrixKind::Up), normed, n, b.up, b.low);
-        k.swiglu(prefix_mut(b.gate, n * inter), prefix(b.up, n * inter));
-        let gated = b.gate.get(..n * inter).unwrap_or(&[]);
-        apply(k, linear(MatrixKind::Down), gated, n, b.proj, b.low);
         add(b.x, b.proj, n * hidden);
     }
 }
@@ -367,6 +388,7 @@ fn attention<K: Kernels>(
     kernels: &K,
     b: &mut Buffers<'_>,
     config: &ModelConfig,
+    value: usize,
     layer_cache: usize,
     start: usize,
     n: usize,
@@ -376,17 +398,20 @@ fn attention<K: Kernels>(
     let scale = 1.0 / libm::sqrtf(head_dim as f32);
     let (q, k_cache, v_cache) = (&*b.q, &*b.k_cache, &*b.v_cache);
     let items = n * n_heads;
-    // Item `t · n_heads + head` is one head of one token; its query and output are the
-    // `head_dim` values at `item · head_dim` (hidden_size = n_heads · head_dim).
-    let out = b.attn.get_mut(..items * head_dim).unwrap_or(&mut []);
+    // Item `t · n_heads + head` is one head of one token; its query is the `head_dim` values
+    // at `item · head_dim` (hidden_size = n_heads · head_dim), its output the `value` values
+    // at `item · value` (o's input).
+    let out = b.attn.get_mut(..items * value).unwrap_or(&mut []);
     kernels.for_each_part(items, out, b.scores, &|range, out, scores| {
-        for (item, out) in range.zip(out.chunks_exact_mut(head_dim)) {
+        for (item, out) in range.zip(out.chunks_exact_mut(value)) {
             let (t, head) = (item / n_heads, item % n_heads);
-            let at = layer_cache + (head / n_rep) * head_dim;
+            let kv_head = head / n_rep;
             let head = AttentionHead {
                 q: q.get(item * head_dim..(item + 1) * head_dim).unwrap_or(&[]),
-                keys: k_cache.get(at..).unwrap_or(&[]),
-                values: v_cache.get(at..).unwrap_or(&[]),
+                keys: k_cache
+                    .get(layer_cache + kv_head * head_dim..)
+                    .unwrap_or(&[]),
+                values: v_cache.get(layer_cache + kv_head * value..).unwrap_or(&[]),
                 stride: kv_dim,
                 positions: start + t + 1,
                 scale,

@@ -216,7 +216,7 @@ fn real_model_q8_bundle_stays_close_to_the_host() -> anyhow::Result<()> {
 }
 
 #[test]
-fn real_model_bundle_with_an_exit_a_fitted_head_and_narrower_mlps_matches_the_host()
+fn real_model_bundle_with_an_exit_a_fitted_head_narrower_units_and_skipped_sub_blocks_matches_the_host()
 -> anyhow::Result<()> {
     const EXIT: usize = 16;
     let f = fixture();
@@ -243,6 +243,44 @@ fn real_model_bundle_with_an_exit_a_fitted_head_and_narrower_mlps_matches_the_ho
         ];
         llama.set_mlp(layer_idx, mlp)?;
     }
+    // Block 5's key/value heads keep their first 24 value dimensions (v's rows per key/value
+    // head, o's columns per query head); block 7 skips its attention, block 11 its MLP.
+    let config = *llama.config();
+    let (head_dim, hidden, kept) = (config.head_dim(), config.hidden_size, 24);
+    let kept_dims = |heads: usize| -> anyhow::Result<candle_core::Tensor> {
+        let ids: Vec<u32> = (0..heads)
+            .flat_map(|h| (0..kept).map(move |d| (h * head_dim + d) as u32))
+            .collect();
+        Ok(candle_core::Tensor::new(ids.as_slice(), llama.device())?)
+    };
+    let dense_weight = |kind: MatrixKind| -> anyhow::Result<candle_core::Tensor> {
+        match llama.linear(5, kind) {
+            Some(Linear::Dense { weight }) => Ok(weight.clone()),
+            _ => anyhow::bail!("block 5 is not dense"),
+        }
+    };
+    let values = [
+        Linear::Dense {
+            weight: dense_weight(MatrixKind::V)?.index_select(&kept_dims(config.n_kv_heads)?, 0)?,
+        },
+        Linear::Dense {
+            weight: dense_weight(MatrixKind::O)?
+                .index_select(&kept_dims(config.n_heads)?, 1)?
+                .contiguous()?,
+        },
+    ];
+    llama.set_values(5, values)?;
+    let device = llama.device().clone();
+    let empty = |shape| Linear::empty(shape, &device);
+    llama.set_values(7, [empty((0, hidden))?, empty((hidden, 0))?])?;
+    llama.set_mlp(
+        11,
+        [
+            empty((0, hidden))?,
+            empty((0, hidden))?,
+            empty((hidden, 0))?,
+        ],
+    )?;
     let model = f.model.with_llama(llama);
     let labels = LabelTokens::new(&model.tokenizer, f.task.labels())?;
     let names: Vec<String> = f.task.labels().iter().map(|l| l.value.clone()).collect();
@@ -263,9 +301,18 @@ fn real_model_bundle_with_an_exit_a_fitted_head_and_narrower_mlps_matches_the_ho
     let bytes = AlignedBytes::new(&packed.bytes);
     let bundle = Bundle::parse(bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(bundle.header().config.n_layers, EXIT);
-    assert_eq!(bundle.mlp_width(2).ok(), Some(768));
-    assert_eq!(bundle.mlp_width(9).ok(), Some(512));
-    assert_eq!(bundle.mlp_width(3).ok(), Some(1536));
+    let widths = |layer_idx| {
+        bundle
+            .block_widths(layer_idx)
+            .ok()
+            .map(|w| (w.mlp, w.value))
+    };
+    assert_eq!(widths(2), Some((768, 64)));
+    assert_eq!(widths(9), Some((512, 64)));
+    assert_eq!(widths(3), Some((1536, 64)));
+    assert_eq!(widths(5), Some((1536, 24)));
+    assert_eq!(widths(7), Some((1536, 0)));
+    assert_eq!(widths(11), Some((0, 64)));
     let mut examples = f.task.examples(Split::Test)?;
     examples.truncate(PARITY_EXAMPLES);
     let reference = host_reference(&model, &bundle, &examples, Some(&head))?;
@@ -285,7 +332,7 @@ fn real_model_bundle_with_an_exit_a_fitted_head_and_narrower_mlps_matches_the_ho
     }
     let report = compare(&reference, &bundle, best())?;
     println!(
-        "exit {EXIT}, fitted head, two narrower MLPs: agreement {:.4}, max |Δlogit| {:.2e}, host accuracy {:.4}",
+        "exit {EXIT}, fitted head, two narrower MLPs, narrower value heads, a skipped attention and MLP: agreement {:.4}, max |Δlogit| {:.2e}, host accuracy {:.4}",
         report.agreement, report.max_abs_logit_diff, report.host_accuracy
     );
     assert_eq!(report.token_id_mismatches, 0);

@@ -27,6 +27,7 @@ mod neurons;
 mod refit;
 #[cfg(test)]
 mod tests;
+mod values;
 
 use std::fmt;
 use std::str::FromStr;
@@ -36,6 +37,7 @@ use rayon::prelude::*;
 
 pub use neurons::{NeuronSelection, select_neurons};
 pub use refit::refit;
+pub use values::{ValueProjection, project_values};
 
 /// A prunable matrix's factorization method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -362,6 +364,21 @@ impl fmt::Display for Statistic {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FactorizeError {
+    /// Attention heads that cannot be grouped: every key/value head must serve the same
+    /// number of query heads, and no dimension may be zero.
+    #[error(
+        "{n_heads} query heads over {n_kv_heads} key/value heads of {head_dim} dimensions in a {hidden}-wide model cannot be grouped: the model configuration is damaged; re-fetch the model"
+    )]
+    HeadLayout {
+        /// Query heads.
+        n_heads: usize,
+        /// Key/value heads.
+        n_kv_heads: usize,
+        /// Dimensions per head.
+        head_dim: usize,
+        /// The model's width.
+        hidden: usize,
+    },
     /// The weight slice does not hold `rows × cols` values.
     #[error(
         "weight has {len} values, not {rows}×{cols}: pass the matrix's own shape (rows = d_out, cols = d_in)"

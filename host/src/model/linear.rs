@@ -13,6 +13,14 @@ pub enum Linear {
 }
 
 impl Linear {
+    /// A dense layer with no parameters, `(rows, cols)` with one of them zero: a matrix of a
+    /// skipped sub-block.
+    pub fn empty(shape: (usize, usize), device: &candle_core::Device) -> Result<Self> {
+        Ok(Self::Dense {
+            weight: Tensor::zeros(shape, candle_core::DType::F32, device)?,
+        })
+    }
+
     /// Applies the layer to rows: `x` is `(n, d_in)`, the result `(n, d_out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {

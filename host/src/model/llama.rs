@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
-use whittle_runtime::{MatrixKind, ModelConfig};
+use whittle_runtime::{BlockWidths, MatrixKind, ModelConfig};
 
 use super::linear::Linear;
 use super::observe::{InputSite, Observer};
@@ -202,6 +202,15 @@ impl Block {
         }
     }
 
+    /// What the block keeps: gate's rows (neurons) and v's rows per key/value head (value
+    /// dimensions); zero skips the sub-block.
+    fn widths(&self, config: &ModelConfig) -> Result<BlockWidths> {
+        Ok(BlockWidths {
+            mlp: self.gate.shape()?.0,
+            value: self.v.shape()?.0 / config.n_kv_heads.max(1),
+        })
+    }
+
     fn linear_mut(&mut self, kind: MatrixKind) -> &mut Linear {
         match kind {
             MatrixKind::Q => &mut self.q,
@@ -359,44 +368,80 @@ impl Llama {
     }
 
     /// Replaces one prunable matrix (e.g. by its low-rank factors) by one of the same shape
-    /// (an MLP matrix at the block's current width); the rest of the model is shared, not
-    /// copied, with any clone it came from.
+    /// (at the block's current widths); the rest of the model is shared, not copied, with any
+    /// clone it came from.
     pub fn set_linear(&mut self, layer_idx: usize, kind: MatrixKind, linear: Linear) -> Result<()> {
-        let Some(block) = self.blocks.get(layer_idx) else {
-            candle_core::bail!("layer {layer_idx} does not exist");
-        };
-        let width = block.gate.shape()?.0;
-        self.replace(layer_idx, width, [(kind, linear)])
+        let widths = self.block_widths(layer_idx)?;
+        self.replace(layer_idx, widths, [(kind, linear)])
+    }
+
+    /// What block `layer_idx` keeps of its MLP and its value heads.
+    pub fn block_widths(&self, layer_idx: usize) -> Result<BlockWidths> {
+        match self.blocks.get(layer_idx) {
+            Some(block) => block.widths(&self.config),
+            None => candle_core::bail!("layer {layer_idx} does not exist"),
+        }
     }
 
     /// Replaces block `layer_idx`'s gate, up and down by an MLP of another width (the rows of
-    /// gate and up it keeps, down's columns on them); the rest of the model is shared.
+    /// gate and up it keeps, down's columns on them; no rows: the MLP is skipped); the rest of
+    /// the model is shared.
     pub fn set_mlp(&mut self, layer_idx: usize, [gate, up, down]: [Linear; 3]) -> Result<()> {
-        let width = gate.shape()?.0;
+        let widths = BlockWidths {
+            mlp: gate.shape()?.0,
+            ..self.block_widths(layer_idx)?
+        };
         let mlp = [
             (MatrixKind::Gate, gate),
             (MatrixKind::Up, up),
             (MatrixKind::Down, down),
         ];
-        self.replace(layer_idx, width, mlp)
+        self.replace(layer_idx, widths, mlp)
+    }
+
+    /// Replaces block `layer_idx`'s v and o by value heads of another width (v's rows per
+    /// key/value head, o's columns per query head on them); no rows skips the attention, and
+    /// q and k are then dropped too. The rest of the model is shared.
+    pub fn set_values(&mut self, layer_idx: usize, [v, o]: [Linear; 2]) -> Result<()> {
+        let widths = BlockWidths {
+            value: v.shape()?.0 / self.config.n_kv_heads.max(1),
+            ..self.block_widths(layer_idx)?
+        };
+        let values = [(MatrixKind::V, v), (MatrixKind::O, o)];
+        if widths.value > 0 {
+            return self.replace(layer_idx, widths, values);
+        }
+        let empty = || Linear::empty((0, self.config.hidden_size), &self.device);
+        let [(v_kind, v), (o_kind, o)] = values;
+        let skipped = [
+            (MatrixKind::Q, empty()?),
+            (MatrixKind::K, empty()?),
+            (v_kind, v),
+            (o_kind, o),
+        ];
+        self.replace(layer_idx, widths, skipped)
     }
 
     /// Swaps in `linears` of block `layer_idx` after checking each against its shape in a
-    /// block whose MLP has `width` neurons.
+    /// block of `widths`.
     fn replace<const N: usize>(
         &mut self,
         layer_idx: usize,
-        width: usize,
+        widths: BlockWidths,
         linears: [(MatrixKind, Linear); N],
     ) -> Result<()> {
-        if width == 0 || width > self.config.intermediate_size {
+        let full = self.config.full_widths();
+        if widths.mlp > full.mlp || widths.value > full.value {
             candle_core::bail!(
-                "layer {layer_idx}: an MLP of {width} neurons is outside 1..={}",
-                self.config.intermediate_size
+                "layer {layer_idx}: {} neurons and {} value dimensions per head exceed the model's {} and {}",
+                widths.mlp,
+                widths.value,
+                full.mlp,
+                full.value
             );
         }
         for (kind, linear) in &linears {
-            let expected = self.config.matrix_shape_in(*kind, width);
+            let expected = self.config.matrix_shape_in(*kind, widths);
             if linear.shape()? != expected {
                 candle_core::bail!(
                     "layer {layer_idx} {}: new matrix has shape {:?}, expected {expected:?}",
@@ -649,7 +694,9 @@ impl Llama {
         let mut x = self.embedding.index_select(&ids, 0)?;
         for (layer_idx, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[layer_idx]);
+            let attends = block.widths(&self.config)?.value > 0;
             pass.shared = match shared {
+                Some(_) if !attends => None,
                 Some(prefix) => match prefix.layers.get(layer_idx) {
                     Some(Some(kv)) => Some(kv.clone()),
                     _ => candle_core::bail!("the prefix cache lacks layer {layer_idx}"),
@@ -677,12 +724,20 @@ impl Llama {
         layer_cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps;
-        let normed = pass.rms_norm(x, &block.attn_norm, eps)?;
-        pass.observe(layer_idx, InputSite::Qkv, &normed)?;
-        let attention = self.attention(block, &normed, pass, layer_cache)?;
-        pass.observe(layer_idx, InputSite::O, &attention)?;
-        let x = (x + block.o.forward(&attention)?)?;
-
+        let widths = block.widths(&self.config)?;
+        let x = match widths.value {
+            0 => x.clone(),
+            value => {
+                let normed = pass.rms_norm(x, &block.attn_norm, eps)?;
+                pass.observe(layer_idx, InputSite::Qkv, &normed)?;
+                let attention = self.attention(block, value, &normed, pass, layer_cache)?;
+                pass.observe(layer_idx, InputSite::O, &attention)?;
+                (x + block.o.forward(&attention)?)?
+            }
+        };
+        if widths.mlp == 0 {
+            return Ok(x);
+        }
         let normed = pass.rms_norm(&x, &block.ffn_norm, eps)?;
         pass.observe(layer_idx, InputSite::GateUp, &normed)?;
         let gated =
@@ -691,11 +746,12 @@ impl Llama {
         x + block.down.forward(&gated)?
     }
 
-    /// Multi-head attention with grouped key/value heads; returns `(rows, hidden)` before
-    /// the output projection.
+    /// Multi-head attention with grouped key/value heads, each keeping `value` value
+    /// dimensions; returns `(rows, n_heads · value)` before the output projection.
     fn attention(
         &self,
         block: &Block,
+        value: usize,
         x: &Tensor,
         pass: &Pass<'_>,
         layer_cache: Option<&mut Option<(Tensor, Tensor)>>,
@@ -703,24 +759,24 @@ impl Llama {
         let (b, t) = (pass.batch, pass.seq_len);
         let head_dim = self.config.head_dim();
         let (n_heads, n_kv_heads) = (self.config.n_heads, self.config.n_kv_heads);
-        let split_heads = |y: Tensor, heads: usize| -> Result<Tensor> {
-            y.reshape((b, t, heads, head_dim))?.transpose(1, 2)
+        let split_heads = |y: Tensor, heads: usize, dim: usize| -> Result<Tensor> {
+            y.reshape((b, t, heads, dim))?.transpose(1, 2)
         };
-        let q = split_heads(block.q.forward(x)?, n_heads)?;
-        let k = split_heads(block.k.forward(x)?, n_kv_heads)?;
-        let v = split_heads(block.v.forward(x)?, n_kv_heads)?.contiguous()?;
+        let q = split_heads(block.q.forward(x)?, n_heads, head_dim)?;
+        let k = split_heads(block.k.forward(x)?, n_kv_heads, head_dim)?;
+        let v = split_heads(block.v.forward(x)?, n_kv_heads, value)?.contiguous()?;
         let q = self.rope.apply(&q, pass.offset, pass.differentiable)?;
         let k = self.rope.apply(&k, pass.offset, pass.differentiable)?;
         let (k, v) = match (layer_cache, &pass.shared) {
             (None, Some((k_past, v_past))) => {
-                let past = k_past.dims4()?;
-                let shape = (b, past.1, past.2, past.3);
-                (
-                    Tensor::cat(&[&k_past.broadcast_as(shape)?.contiguous()?, &k], 2)?
-                        .contiguous()?,
-                    Tensor::cat(&[&v_past.broadcast_as(shape)?.contiguous()?, &v], 2)?
-                        .contiguous()?,
-                )
+                let grown = |past: &Tensor, new: &Tensor| -> Result<Tensor> {
+                    let (_, heads, positions, dim) = past.dims4()?;
+                    let past = past
+                        .broadcast_as((b, heads, positions, dim))?
+                        .contiguous()?;
+                    Tensor::cat(&[&past, new], 2)?.contiguous()
+                };
+                (grown(k_past, &k)?, grown(v_past, &v)?)
             }
             (None, None) => (k, v),
             (Some(_), Some(_)) => {
@@ -751,9 +807,9 @@ impl Llama {
         let weights = pass.softmax_last_dim(&scores)?;
         weights
             .matmul(&v)?
-            .reshape((b, n_heads, t, head_dim))?
+            .reshape((b, n_heads, t, value))?
             .transpose(1, 2)?
-            .reshape((b * t, self.config.hidden_size))
+            .reshape((b * t, n_heads * value))
     }
 }
 

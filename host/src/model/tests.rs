@@ -313,3 +313,114 @@ fn the_differentiable_pass_equals_the_fused_one_and_reaches_every_weight() -> Re
     }
     Ok(())
 }
+
+/// Block 0 keeps 3 of its 8 value dimensions per key/value head and skips its MLP; block 1
+/// skips its attention. The same model with full-shaped matrices (the missing value rows and o
+/// columns zero, block 0's gate zero so that its MLP adds nothing, block 1's o zero) gives
+/// the same states, through a full pass, a shared prefix and cached decoding alike.
+#[test]
+fn narrower_value_heads_and_skipped_sub_blocks_equal_their_zero_padded_blocks() -> Result<()> {
+    let base = tiny_llama(9)?;
+    let config = *base.config();
+    let (head_dim, hidden, kept) = (config.head_dim(), config.hidden_size, 3);
+    let device = Device::Cpu;
+    let weight = |layer_idx: usize, kind: MatrixKind| -> Result<Tensor> {
+        match base.linear(layer_idx, kind) {
+            Some(Linear::Dense { weight }) => Ok(weight.clone()),
+            _ => candle_core::bail!("not dense"),
+        }
+    };
+    // Kept value rows of v (per key/value head) and columns of o (per query head).
+    let kept_rows = |heads: usize| -> Vec<u32> {
+        (0..heads)
+            .flat_map(|h| (0..kept).map(move |d| (h * head_dim + d) as u32))
+            .collect()
+    };
+    let v_rows = Tensor::new(kept_rows(config.n_kv_heads).as_slice(), &device)?;
+    let o_cols = Tensor::new(kept_rows(config.n_heads).as_slice(), &device)?;
+    let dense = |weight: Tensor| Linear::Dense { weight };
+    let mut narrow = base.clone();
+    narrow.set_values(
+        0,
+        [
+            dense(weight(0, MatrixKind::V)?.index_select(&v_rows, 0)?),
+            dense(weight(0, MatrixKind::O)?.index_select(&o_cols, 1)?),
+        ],
+    )?;
+    let empty = |shape| Linear::empty(shape, &device);
+    narrow.set_mlp(
+        0,
+        [
+            empty((0, hidden))?,
+            empty((0, hidden))?,
+            empty((hidden, 0))?,
+        ],
+    )?;
+    narrow.set_values(1, [empty((0, hidden))?, empty((hidden, 0))?])?;
+    assert_eq!(
+        narrow.block_widths(0)?,
+        whittle_runtime::BlockWidths {
+            mlp: 0,
+            value: kept
+        }
+    );
+    assert_eq!(
+        narrow.linear(1, MatrixKind::Q).map(Linear::n_params),
+        Some(0)
+    );
+
+    // 1 on the kept value dimensions (rows of v, or columns of o), 0 elsewhere.
+    let mask = |(rows, cols): (usize, usize), by_row: bool| -> Result<Tensor> {
+        let keep = |i: usize| f32::from(u8::from(i % head_dim < kept));
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| keep(if by_row { i / cols } else { i % cols }))
+            .collect();
+        Tensor::from_vec(values, (rows, cols), &device)
+    };
+    let mut padded = base.clone();
+    let v = weight(0, MatrixKind::V)?;
+    let o = weight(0, MatrixKind::O)?;
+    let (v_mask, o_mask) = (mask(v.dims2()?, true)?, mask(o.dims2()?, false)?);
+    padded.set_linear(0, MatrixKind::V, dense((v * v_mask)?))?;
+    padded.set_linear(0, MatrixKind::O, dense((o * o_mask)?))?;
+    padded.set_linear(
+        0,
+        MatrixKind::Gate,
+        dense(weight(0, MatrixKind::Gate)?.zeros_like()?),
+    )?;
+    padded.set_linear(
+        1,
+        MatrixKind::O,
+        dense(weight(1, MatrixKind::O)?.zeros_like()?),
+    )?;
+
+    let batch = Batch::new(&sequences(), 0, &device)?;
+    let diff = max_abs_diff(&narrow.forward(&batch)?, &padded.forward(&batch)?)?;
+    assert!(diff < 1e-4, "full pass: {diff}");
+    let prefix = [1u32, 17, 42, 5, 9];
+    let shared = narrow.last_hidden_after(&narrow.prefix_cache(&prefix)?, &batch)?;
+    let expected = padded.last_hidden_after(&padded.prefix_cache(&prefix)?, &batch)?;
+    let diff = max_abs_diff(&shared, &expected)?;
+    assert!(diff < 1e-4, "shared prefix: {diff}");
+    let sequence = &sequences()[0];
+    let mut caches = (KvCache::default(), KvCache::default());
+    for &token in sequence {
+        let token = Tensor::new(&[[token]], &device)?;
+        let a = narrow.forward_cached(&token, &mut caches.0)?;
+        let b = padded.forward_cached(&token, &mut caches.1)?;
+        let diff = max_abs_diff(&a, &b)?;
+        assert!(diff < 1e-4, "cached decoding: {diff}");
+    }
+    // Shapes that disagree with the block's widths are refused.
+    assert!(
+        narrow
+            .set_values(0, [empty((5, hidden))?, empty((hidden, 4 * 3))?])
+            .is_err()
+    );
+    assert!(
+        narrow
+            .set_linear(0, MatrixKind::V, empty((config.kv_dim(), hidden))?)
+            .is_err()
+    );
+    Ok(())
+}

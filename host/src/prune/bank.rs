@@ -9,7 +9,8 @@ use whittle_runtime::{MatrixKind, ModelConfig};
 use super::{RankPlan, matrices, matrix_index};
 use crate::calibrate::{Calibration, SiteStats};
 use crate::factorize::{
-    self, Factors, InputStats, Job, Method, NeuronSelection, max_useful_rank, select_neurons,
+    self, Factors, InputStats, Job, Method, NeuronSelection, ValueProjection, max_useful_rank,
+    project_values, select_neurons,
 };
 use crate::model::{InputSite, Linear, Llama};
 
@@ -17,15 +18,18 @@ use crate::model::{InputSite, Linear, Llama};
 /// `bt` is `(r_max, d_out)` (B transposed), so the rank-r factors are row prefixes — views,
 /// never copies.
 ///
-/// With [`FactorBank::with_neurons`] it also holds, per block, the output-aligned order of the
-/// MLP's neurons; an MLP pruned to a width is built once per (block, width) and shared.
+/// With [`FactorBank::with_units`] it also holds, per block, the output-aligned order of the
+/// MLP's neurons and the output-aligned projection of its value heads; an MLP or a pair of v
+/// and o pruned to a width is built once per (block, width) and shared.
 #[derive(Clone, Debug)]
 pub struct FactorBank {
     method: Method,
     config: ModelConfig,
     entries: Vec<Entry>,
     neurons: Vec<Arc<NeuronSelection>>,
+    values: Vec<Arc<ValueProjection>>,
     mlps: Arc<Mutex<MlpCache>>,
+    attention: Arc<Mutex<ValueCache>>,
 }
 
 /// Writes every block's neuron order and error curve (safetensors `{l}.order`, `{l}.curve`).
@@ -79,6 +83,7 @@ fn load_neuron_orders(
 
 /// Gate, up and down of a block pruned to a width, by (block, width).
 type MlpCache = HashMap<(usize, usize), [Linear; 3]>;
+type ValueCache = HashMap<(usize, usize), [Linear; 2]>;
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -179,16 +184,20 @@ impl FactorBank {
             config,
             entries,
             neurons: Vec::new(),
+            values: Vec::new(),
             mlps: Arc::default(),
+            attention: Arc::default(),
         })
     }
 
     /// The same bank with every block's MLP neurons ordered for pruning by neurons
-    /// ([`select_neurons`] on down and its input statistics), one block per core. The orders
-    /// and error curves are cached at `cache` (written after the first run); from there a
-    /// selection is rebuilt by one Cholesky factorization ([`NeuronSelection::from_order`])
-    /// instead of the greedy search. A cache that does not fit is ignored with a line saying so.
-    pub fn with_neurons(
+    /// ([`select_neurons`] on down and its input statistics) and its value heads projected
+    /// ([`project_values`] on v, o and o's input statistics, a closed form of well under a
+    /// second per block), one block per core. The neuron orders and error curves are cached at
+    /// `cache` (written after the first run); from there a selection is rebuilt by one
+    /// Cholesky factorization ([`NeuronSelection::from_order`]) instead of the greedy search.
+    /// A cache that does not fit is ignored with a line saying so.
+    pub fn with_units(
         mut self,
         llama: &Llama,
         calibration: &Calibration,
@@ -216,34 +225,50 @@ impl FactorBank {
         progress.set_length(config.n_layers as u64);
         progress.set_position(0);
         progress.set_message(match from_cache {
-            true => "rebuilding the MLP neuron orders from the cache",
-            false => "ordering MLP neurons (output-aligned)",
+            true => "rebuilding the MLP neuron orders from the cache, projecting value heads",
+            false => "ordering MLP neurons and projecting value heads (output-aligned)",
         });
         let done = std::sync::atomic::AtomicU64::new(0);
-        let selections = cached
+        let second_moment = |layer_idx: usize, site: InputSite| match calibration
+            .sites
+            .get(layer_idx)
+            .and_then(|sites| sites.get(site.index()))
+        {
+            Some(stats) => Ok(stats_to_faer(stats).second_moment),
+            None => anyhow::bail!(
+                "the calibration has no statistics for block {layer_idx}'s {site:?} input; calibrate again"
+            ),
+        };
+        let units = cached
             .into_par_iter()
             .enumerate()
             .map(|(layer_idx, cached)| {
                 let down = dense_weight(llama, layer_idx, MatrixKind::Down)?;
-                let Some(stats) = calibration
-                    .sites
-                    .get(layer_idx)
-                    .and_then(|sites| sites.get(InputSite::Down.index()))
-                else {
-                    anyhow::bail!("the calibration has no statistics for block {layer_idx}'s down");
-                };
-                let c = stats_to_faer(stats).second_moment;
+                let c = second_moment(layer_idx, InputSite::Down)?;
                 let selection = match cached {
                     Some((order, curve)) => {
                         NeuronSelection::from_order(&down, rows, cols, c.as_ref(), order, curve)?
                     }
                     None => select_neurons(&down, rows, cols, c.as_ref(), cols - 1)?,
                 };
+                let v = dense_weight(llama, layer_idx, MatrixKind::V)?;
+                let o = dense_weight(llama, layer_idx, MatrixKind::O)?;
+                let c = second_moment(layer_idx, InputSite::O)?;
+                let values = project_values(
+                    &v,
+                    &o,
+                    c.as_ref(),
+                    config.hidden_size,
+                    config.n_heads,
+                    config.n_kv_heads,
+                    config.head_dim(),
+                )?;
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 progress.set_position(n);
-                Ok(Arc::new(selection))
+                Ok((Arc::new(selection), Arc::new(values)))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let (selections, values): (Vec<_>, Vec<_>) = units.into_iter().unzip();
         if !from_cache && let Err(error) = save_neuron_orders(cache, &selections) {
             eprintln!(
                 "warning: cannot cache the neuron orders at {}: {error:#}; the next run orders them again",
@@ -251,7 +276,51 @@ impl FactorBank {
             );
         }
         self.neurons = selections;
+        self.values = values;
         Ok(self)
+    }
+
+    /// The relative output error of block `layer_idx`'s attention with its key/value heads
+    /// keeping `w` value dimensions each, for `w = 0..=head_dim` (after
+    /// [`FactorBank::with_units`]).
+    pub fn value_error_curve(&self, layer_idx: usize) -> Option<&[f64]> {
+        self.values
+            .get(layer_idx)
+            .map(|projection| projection.error_curve.as_slice())
+    }
+
+    /// Block `layer_idx`'s v and o with its key/value heads keeping `width` value dimensions
+    /// each (built once per block and width); zero gives the empty v and o of a skipped
+    /// attention.
+    pub fn values(
+        &self,
+        base: &Llama,
+        layer_idx: usize,
+        width: usize,
+    ) -> anyhow::Result<[Linear; 2]> {
+        let key = (layer_idx, width);
+        if let Some(values) = self.lock(&self.attention).get(&key) {
+            return Ok(values.clone());
+        }
+        let Some(projection) = self.values.get(layer_idx) else {
+            anyhow::bail!(
+                "block {layer_idx}'s value heads are not projected; build the bank with_units"
+            );
+        };
+        let (v, o) = projection.weights(width)?;
+        let (hidden, device) = (self.config.hidden_size, base.device());
+        let v_rows = self.config.n_kv_heads * width;
+        let o_cols = self.config.n_heads * width;
+        let values = [
+            Linear::Dense {
+                weight: Tensor::from_vec(v, (v_rows, hidden), device)?,
+            },
+            Linear::Dense {
+                weight: Tensor::from_vec(o, (hidden, o_cols), device)?,
+            },
+        ];
+        self.lock(&self.attention).insert(key, values.clone());
+        Ok(values)
     }
 
     /// The relative output error `e(w)` of block `layer_idx`'s MLP pruned to `w` neurons, for
@@ -266,17 +335,26 @@ impl FactorBank {
     /// of gate and up, down refitted on them (built once per block and width).
     pub fn mlp(&self, base: &Llama, layer_idx: usize, width: usize) -> anyhow::Result<[Linear; 3]> {
         let key = (layer_idx, width);
-        if let Some(mlp) = self.lock_mlps().get(&key) {
+        if let Some(mlp) = self.lock(&self.mlps).get(&key) {
             return Ok(mlp.clone());
+        }
+        let hidden = self.config.hidden_size;
+        if width == 0 {
+            let empty = |shape| Linear::empty(shape, base.device());
+            return Ok([
+                empty((0, hidden))?,
+                empty((0, hidden))?,
+                empty((hidden, 0))?,
+            ]);
         }
         let Some(selection) = self.neurons.get(layer_idx) else {
             anyhow::bail!(
                 "block {layer_idx}'s MLP neurons are not ordered; build the bank with_neurons"
             );
         };
-        if width == 0 || width > selection.max_width() {
+        if width > selection.max_width() {
             anyhow::bail!(
-                "an MLP width of {width} for block {layer_idx} is outside 1..={}",
+                "an MLP width of {width} for block {layer_idx} is outside 0..={}",
                 selection.max_width()
             );
         }
@@ -298,20 +376,19 @@ impl FactorBank {
                 ),
             }
         };
-        let hidden = self.config.hidden_size;
         let down = Tensor::from_vec(selection.refit_down(width), (hidden, width), device)?;
         let mlp = [
             rows_of(MatrixKind::Gate)?,
             rows_of(MatrixKind::Up)?,
             Linear::Dense { weight: down },
         ];
-        self.lock_mlps().insert(key, mlp.clone());
+        self.lock(&self.mlps).insert(key, mlp.clone());
         Ok(mlp)
     }
 
-    fn lock_mlps(&self) -> std::sync::MutexGuard<'_, MlpCache> {
+    fn lock<'m, T>(&self, cache: &'m Mutex<T>) -> std::sync::MutexGuard<'m, T> {
         // A panic while holding the lock leaves a map of finished entries: still sound.
-        self.mlps
+        cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -383,7 +460,9 @@ impl FactorBank {
             config: *config,
             entries,
             neurons: Vec::new(),
+            values: Vec::new(),
             mlps: Arc::default(),
+            attention: Arc::default(),
         })
     }
 
@@ -424,7 +503,8 @@ impl FactorBank {
     }
 
     /// The base model up to the plan's exit, with every planned matrix replaced by its
-    /// factors and every MLP pruned by neurons to its width; the rest is shared.
+    /// factors, every MLP pruned by neurons and every attention by value dimensions to its
+    /// width; the rest is shared.
     pub fn apply(&self, base: &Llama, plan: &RankPlan) -> anyhow::Result<Llama> {
         let mut pruned = base.truncated(plan.exit())?;
         for (layer_idx, kind) in matrices(&plan.kept_config(&self.config)) {
@@ -435,6 +515,9 @@ impl FactorBank {
         for layer_idx in 0..plan.exit() {
             if let Some(width) = plan.mlp_width(layer_idx) {
                 pruned.set_mlp(layer_idx, self.mlp(base, layer_idx, width)?)?;
+            }
+            if let Some(width) = plan.value_width(layer_idx) {
+                pruned.set_values(layer_idx, self.values(base, layer_idx, width)?)?;
             }
         }
         Ok(pruned)

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use whittle_boards::files::{write_atomically, write_atomically_with};
 use whittle_runtime::{MatrixKind, ModelConfig};
@@ -57,18 +57,27 @@ pub struct GenomeFile {
     /// Blocks kept (the exit); absent when every block is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<usize>,
-    /// Neurons each block's MLP keeps (`None`: all); absent when no MLP is pruned by neurons.
+    /// Neurons each block's MLP keeps (`None`: all; 0: skipped); absent when no MLP is pruned
+    /// by neurons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mlp_widths: Option<Vec<Option<usize>>>,
+    /// Value dimensions each block's key/value heads keep (`None`: all; 0: the attention is
+    /// skipped); absent when no block is pruned by value dimensions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_widths: Option<Vec<Option<usize>>>,
 }
 
-/// The tensor name of an MLP matrix pruned by neurons in `factors.safetensors`.
+/// The tensor name of a matrix pruned by its units (an MLP's neurons, a head's value
+/// dimensions) in `factors.safetensors`.
 pub fn neuron_name(layer_idx: usize, kind: MatrixKind) -> String {
     format!("blk.{layer_idx}.{}.w", kind.name())
 }
 
 /// The three matrices of an MLP.
 const MLP: [MatrixKind; 3] = [MatrixKind::Gate, MatrixKind::Up, MatrixKind::Down];
+
+/// The two matrices of the value heads.
+const VALUES: [MatrixKind; 2] = [MatrixKind::V, MatrixKind::O];
 
 /// The tensor names of one matrix's factors in `factors.safetensors`: `(a, b)`.
 pub fn factor_names(layer_idx: usize, kind: MatrixKind) -> (String, String) {
@@ -88,12 +97,19 @@ pub fn write_genome(dir: &Path, genome: &GenomeFile) -> anyhow::Result<()> {
 }
 
 /// Writes `factors.safetensors` into `dir`: the factors of every matrix `plan` gives a rank,
-/// and the matrices of every MLP it prunes by neurons.
+/// and the matrices of every sub-block it prunes by units (none for a skipped one).
 pub fn write_factors(dir: &Path, model: &Llama, plan: &RankPlan) -> anyhow::Result<()> {
     let mut tensors = HashMap::new();
     for (layer_idx, kind) in matrices(model.config()) {
-        if plan.mlp_width(layer_idx).is_some() && MLP.contains(&kind) {
-            if let Some(Linear::Dense { weight }) = model.linear(layer_idx, kind) {
+        let unit_width = match kind {
+            _ if MLP.contains(&kind) => plan.mlp_width(layer_idx),
+            _ if VALUES.contains(&kind) => plan.value_width(layer_idx),
+            _ => None,
+        };
+        if let Some(width) = unit_width {
+            if width > 0
+                && let Some(Linear::Dense { weight }) = model.linear(layer_idx, kind)
+            {
                 tensors.insert(neuron_name(layer_idx, kind), weight.contiguous()?);
             }
             continue;
@@ -254,28 +270,59 @@ impl PruneFolder {
                 ),
             }
         }
-        let widths = genome.mlp_widths.unwrap_or_default();
+        let mlp_widths = genome.mlp_widths.unwrap_or_default();
+        let value_widths = genome.value_widths.unwrap_or_default();
+        let hidden = config.hidden_size;
+        let device = llama.device().clone();
+        let empty = |shape| Linear::empty(shape, &device);
         for layer_idx in 0..config.n_layers {
-            let width = widths.get(layer_idx).copied().flatten();
-            let found: Vec<_> = MLP
-                .iter()
-                .map(|&kind| factors.get(&neuron_name(layer_idx, kind)).cloned())
-                .collect();
-            match (width, found.as_slice()) {
+            let found = |kinds: &[MatrixKind]| -> Vec<_> {
+                kinds
+                    .iter()
+                    .map(|&kind| factors.get(&neuron_name(layer_idx, kind)).cloned())
+                    .collect()
+            };
+            let dense = |weight: &Tensor| Linear::Dense {
+                weight: weight.clone(),
+            };
+            let context = || format!("{}: block {layer_idx}; re-run prune", self.dir.display());
+            let width = mlp_widths.get(layer_idx).copied().flatten();
+            match (width, found(&MLP).as_slice()) {
                 (None, [None, None, None]) => {}
+                (Some(0), [None, None, None]) => llama
+                    .set_mlp(
+                        layer_idx,
+                        [
+                            empty((0, hidden))?,
+                            empty((0, hidden))?,
+                            empty((hidden, 0))?,
+                        ],
+                    )
+                    .with_context(context)?,
                 (Some(width), [Some(gate), Some(up), Some(down)]) if gate.dim(0)? == width => {
-                    let mlp = [gate, up, down].map(|weight| Linear::Dense {
-                        weight: weight.clone(),
-                    });
-                    llama.set_mlp(layer_idx, mlp).with_context(|| {
-                        format!(
-                            "{}: block {layer_idx}'s MLP; re-run prune",
-                            self.dir.display()
-                        )
-                    })?;
+                    llama
+                        .set_mlp(layer_idx, [dense(gate), dense(up), dense(down)])
+                        .with_context(context)?;
                 }
                 _ => bail!(
                     "{}: block {layer_idx}'s MLP keeps {width:?} neurons in {GENOME_FILE} but {FACTORS_FILE} does not hold its gate, up and down of that width; the folder is inconsistent, re-run prune",
+                    self.dir.display()
+                ),
+            }
+            let width = value_widths.get(layer_idx).copied().flatten();
+            let heads = config.n_kv_heads;
+            match (width, found(&VALUES).as_slice()) {
+                (None, [None, None]) => {}
+                (Some(0), [None, None]) => llama
+                    .set_values(layer_idx, [empty((0, hidden))?, empty((hidden, 0))?])
+                    .with_context(context)?,
+                (Some(width), [Some(v), Some(o)]) if v.dim(0)? == width * heads => {
+                    llama
+                        .set_values(layer_idx, [dense(v), dense(o)])
+                        .with_context(context)?;
+                }
+                _ => bail!(
+                    "{}: block {layer_idx}'s value heads keep {width:?} dimensions in {GENOME_FILE} but {FACTORS_FILE} does not hold its v and o of that width; the folder is inconsistent, re-run prune",
                     self.dir.display()
                 ),
             }
@@ -296,6 +343,7 @@ mod tests {
             ranks: vec![None, Some(144)],
             exit: None,
             mlp_widths: None,
+            value_widths: None,
         };
         let text = serde_json::to_string(&file)?;
         assert_eq!(
@@ -348,6 +396,7 @@ mod exit_tests {
             ranks: vec![None; n],
             exit,
             mlp_widths: None,
+            value_widths: None,
         }
     }
 
@@ -444,7 +493,11 @@ mod exit_tests {
         let read = PruneFolder::open(dir.path())?.apply(&base, &device)?;
         for kind in MLP {
             let shape = |m: &Llama| m.linear(1, kind).map(|l| l.shape()).transpose();
-            assert_eq!(shape(&read)?, Some(config.matrix_shape_in(kind, width)));
+            let widths = whittle_runtime::BlockWidths {
+                mlp: width,
+                ..config.full_widths()
+            };
+            assert_eq!(shape(&read)?, Some(config.matrix_shape_in(kind, widths)));
             assert_eq!(shape(&read)?, shape(&pruned)?);
         }
         assert_eq!(

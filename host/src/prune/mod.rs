@@ -28,7 +28,7 @@ pub use uniform::{Evaluator, Scored, UniformResult, uniform_search};
 pub use whittle_runtime::matrix_index;
 
 use serde::Serialize;
-use whittle_runtime::{MatrixKind, ModelConfig};
+use whittle_runtime::{BlockWidths, MatrixKind, ModelConfig};
 
 use crate::factorize::rank_for_keep;
 
@@ -39,14 +39,17 @@ pub fn matrices(config: &ModelConfig) -> impl Iterator<Item = (usize, MatrixKind
 }
 
 /// The rank of every prunable matrix (`None` keeps a matrix dense), the neurons each block's
-/// MLP keeps (`None`: all of them) and the exit: the number of blocks kept. Blocks from the
+/// MLP keeps and the value dimensions each block's key/value heads keep (`None`: all of them;
+/// zero: the sub-block is skipped) and the exit: the number of blocks kept. Blocks from the
 /// exit on are removed with all their matrices; their ranks are ignored. A block whose MLP
-/// keeps fewer neurons stores its gate, up and down dense on those neurons (DESIGN section 2,
-/// units that cost nothing to store), never as factor pairs.
+/// keeps fewer neurons stores its gate, up and down dense on those neurons, and one whose
+/// heads keep fewer value dimensions its v and o dense on them (DESIGN section 2, units that
+/// cost nothing to store), never as factor pairs; a skipped attention drops q and k too.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct RankPlan {
     ranks: Vec<Option<usize>>,
     widths: Vec<Option<usize>>,
+    value_widths: Vec<Option<usize>>,
     exit: usize,
 }
 
@@ -56,33 +59,91 @@ impl RankPlan {
         Self {
             ranks: vec![None; config.n_prunable_matrices()],
             widths: vec![None; config.n_layers],
+            value_widths: vec![None; config.n_layers],
             exit: config.n_layers,
         }
     }
 
-    /// The same plan with block `layer_idx`'s MLP keeping `width` neurons (`None`: all): its
-    /// gate, up and down lose their ranks and are stored dense on the kept neurons. A width of
-    /// the whole MLP or more is `None`; zero is one neuron.
+    /// The same plan with block `layer_idx`'s MLP keeping `width` neurons (`None`: all; zero:
+    /// the MLP is skipped): its gate, up and down lose their ranks and are stored dense on the
+    /// kept neurons. A width of the whole MLP or more is `None`.
     pub fn with_mlp_width(
         mut self,
         config: &ModelConfig,
         layer_idx: usize,
         width: Option<usize>,
     ) -> Self {
-        let width = width
-            .map(|w| w.max(1))
-            .filter(|&w| w < config.intermediate_size);
+        let width = width.filter(|&w| w < config.intermediate_size);
         if let Some(slot) = self.widths.get_mut(layer_idx) {
             *slot = width;
             if width.is_some() {
-                for kind in [MatrixKind::Gate, MatrixKind::Up, MatrixKind::Down] {
-                    if let Some(rank) = self.ranks.get_mut(matrix_index(layer_idx, kind)) {
-                        *rank = None;
-                    }
-                }
+                self.drop_ranks(
+                    layer_idx,
+                    &[MatrixKind::Gate, MatrixKind::Up, MatrixKind::Down],
+                );
             }
         }
         self
+    }
+
+    /// The same plan with block `layer_idx`'s key/value heads keeping `width` value
+    /// dimensions each (`None`: all; zero: the attention is skipped): v and o lose their ranks
+    /// and are stored dense on the kept dimensions, and a skipped attention drops q's and k's
+    /// too. A width of `head_dim` or more is `None`.
+    pub fn with_value_width(
+        mut self,
+        config: &ModelConfig,
+        layer_idx: usize,
+        width: Option<usize>,
+    ) -> Self {
+        let width = width.filter(|&w| w < config.head_dim());
+        if let Some(slot) = self.value_widths.get_mut(layer_idx) {
+            *slot = width;
+            match width {
+                Some(0) => self.drop_ranks(
+                    layer_idx,
+                    &[MatrixKind::Q, MatrixKind::K, MatrixKind::V, MatrixKind::O],
+                ),
+                Some(_) => self.drop_ranks(layer_idx, &[MatrixKind::V, MatrixKind::O]),
+                None => {}
+            }
+        }
+        self
+    }
+
+    fn drop_ranks(&mut self, layer_idx: usize, kinds: &[MatrixKind]) {
+        for &kind in kinds {
+            if let Some(rank) = self.ranks.get_mut(matrix_index(layer_idx, kind)) {
+                *rank = None;
+            }
+        }
+    }
+
+    /// Value dimensions kept per key/value head by block `layer_idx` when pruned by them
+    /// (`None`: every dimension, or a block past the exit).
+    pub fn value_width(&self, layer_idx: usize) -> Option<usize> {
+        self.value_widths
+            .get(layer_idx)
+            .copied()
+            .flatten()
+            .filter(|_| layer_idx < self.exit)
+    }
+
+    /// Value dimensions kept per block's key/value heads (`None`: all), every block
+    /// including those past the exit.
+    pub fn value_widths(&self) -> &[Option<usize>] {
+        &self.value_widths
+    }
+
+    /// What block `layer_idx` keeps of its MLP and its value heads (the model's full widths
+    /// where the plan does not prune them).
+    pub fn block_widths(&self, config: &ModelConfig, layer_idx: usize) -> BlockWidths {
+        BlockWidths {
+            mlp: self
+                .mlp_width(layer_idx)
+                .unwrap_or(config.intermediate_size),
+            value: self.value_width(layer_idx).unwrap_or(config.head_dim()),
+        }
     }
 
     /// Neurons kept by block `layer_idx`'s MLP when pruned by neurons (`None`: every neuron,
@@ -100,14 +161,10 @@ impl RankPlan {
         &self.widths
     }
 
-    /// The MLP width of every kept block, `intermediate_size` for a full one (what the cost
-    /// model takes).
-    pub fn kept_widths(&self, config: &ModelConfig) -> Vec<usize> {
+    /// The widths of every kept block (what the cost model takes).
+    pub fn kept_widths(&self, config: &ModelConfig) -> Vec<BlockWidths> {
         (0..self.exit.min(config.n_layers))
-            .map(|layer_idx| {
-                self.mlp_width(layer_idx)
-                    .unwrap_or(config.intermediate_size)
-            })
+            .map(|layer_idx| self.block_widths(config, layer_idx))
             .collect()
     }
 
@@ -119,13 +176,17 @@ impl RankPlan {
         self
     }
 
-    /// Whether the plan changes block `layer_idx`'s `kind` (factor pairs, or an MLP pruned by
-    /// neurons) in a kept block.
+    /// Whether the plan changes block `layer_idx`'s `kind` (factor pairs, or a sub-block
+    /// pruned by its units) in a kept block.
     pub fn changes(&self, layer_idx: usize, kind: MatrixKind) -> bool {
-        let mlp = matches!(kind, MatrixKind::Gate | MatrixKind::Up | MatrixKind::Down);
-        layer_idx < self.exit
-            && (self.rank(layer_idx, kind).is_some()
-                || (mlp && self.mlp_width(layer_idx).is_some()))
+        let by_units = match kind {
+            MatrixKind::Gate | MatrixKind::Up | MatrixKind::Down => {
+                self.mlp_width(layer_idx).is_some()
+            }
+            MatrixKind::V | MatrixKind::O => self.value_width(layer_idx).is_some(),
+            MatrixKind::Q | MatrixKind::K => self.value_width(layer_idx) == Some(0),
+        };
+        layer_idx < self.exit && (self.rank(layer_idx, kind).is_some() || by_units)
     }
 
     /// Blocks kept.
@@ -180,6 +241,7 @@ impl RankPlan {
         Self {
             ranks,
             widths: vec![None; config.n_layers],
+            value_widths: vec![None; config.n_layers],
             exit: config.n_layers,
         }
     }
@@ -226,10 +288,8 @@ pub fn reductions(config: &ModelConfig, plan: &RankPlan, n_labels: Option<usize>
     for (layer_idx, kind) in matrices(config) {
         let (rows, cols) = config.matrix_shape(kind);
         original_linear += rows * cols;
-        let width = plan
-            .mlp_width(layer_idx)
-            .unwrap_or(config.intermediate_size);
-        let (kept_rows, kept_cols) = config.matrix_shape_in(kind, width);
+        let (kept_rows, kept_cols) =
+            config.matrix_shape_in(kind, plan.block_widths(config, layer_idx));
         kept_linear += match plan.rank(layer_idx, kind) {
             _ if layer_idx >= plan.exit() => 0,
             Some(rank) => rank * (rows + cols),

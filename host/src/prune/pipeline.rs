@@ -169,8 +169,7 @@ pub fn calibrated_bank(
         progress.set_message(format!("reading the factor bank {}", path.display()));
         match FactorBank::load(&path, &config, method, base.model.llama.device()) {
             Ok(bank) => {
-                let bank =
-                    bank.with_neurons(&base.model.llama, &calibration, &neurons, progress)?;
+                let bank = bank.with_units(&base.model.llama, &calibration, &neurons, progress)?;
                 return Ok((bank, calibration.n_tokens));
             }
             Err(error) => eprintln!("ignoring factor bank cache {}: {error:#}", path.display()),
@@ -183,7 +182,7 @@ pub fn calibrated_bank(
             path.display()
         );
     }
-    let bank = bank.with_neurons(&base.model.llama, &calibration, &neurons, progress)?;
+    let bank = bank.with_units(&base.model.llama, &calibration, &neurons, progress)?;
     Ok((bank, calibration.n_tokens))
 }
 
@@ -223,11 +222,11 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     // A board that cannot hold even the most pruned genome fails before any search.
     let reading = options.reading;
     let most_pruned = (levels.len() - 1) as u8;
-    // Factor pairs at the last level store less than MLPs pruned by neurons to it.
+    // Every sub-block skipped: the embedding, the kept blocks' norms and the head.
     let smallest = Genome::assemble(
         &config,
         Genome::uniform(config.n_prunable_matrices(), most_pruned),
-        0,
+        [most_pruned; 2],
         (reading == LabelReading::Head).then_some(most_pruned),
     );
     let smallest_plan = smallest.to_plan(&config, &levels)?;
@@ -331,7 +330,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         .unwrap_or(0) as u8;
     let uniform_genome = problem.genome(
         Genome::uniform(config.n_prunable_matrices(), uniform_level),
-        0,
+        [0, 0],
         0,
     );
 
@@ -451,6 +450,9 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
             neuron_pruned_mlps: (0..plan.exit())
                 .filter(|&layer_idx| plan.mlp_width(layer_idx).is_some())
                 .count(),
+            value_pruned_attentions: (0..plan.exit())
+                .filter(|&layer_idx| plan.value_width(layer_idx).is_some())
+                .count(),
             linear_reduction: counted.linear_reduction,
             total_reduction: counted.total_reduction,
             bundle_bytes: prediction.bundle_bytes,
@@ -518,6 +520,11 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
                 .iter()
                 .any(Option::is_some)
                 .then(|| plan.mlp_widths().to_vec()),
+            value_widths: plan
+                .value_widths()
+                .iter()
+                .any(Option::is_some)
+                .then(|| plan.value_widths().to_vec()),
         },
     )?;
     write_head(out, head.as_ref())?;
@@ -666,10 +673,21 @@ fn write_rank_map(
         let mut label_row = Vec::new();
         let mlp = matches!(kind, MatrixKind::Gate | MatrixKind::Up | MatrixKind::Down);
         for layer_idx in 0..config.n_layers {
+            let skipped = match mlp {
+                true => plan.mlp_width(layer_idx) == Some(0),
+                false => plan.value_width(layer_idx) == Some(0),
+            };
+            let value_width = plan
+                .value_width(layer_idx)
+                .filter(|_| matches!(kind, MatrixKind::V | MatrixKind::O));
             match plan.rank(layer_idx, kind) {
                 _ if layer_idx >= plan.exit() => {
                     keep_row.push(0.0);
                     label_row.push("×".to_owned());
+                }
+                _ if skipped => {
+                    keep_row.push(0.0);
+                    label_row.push("–".to_owned());
                 }
                 _ if mlp && plan.mlp_width(layer_idx).is_some() => {
                     let width = plan
@@ -677,6 +695,11 @@ fn write_rank_map(
                         .unwrap_or(config.intermediate_size);
                     keep_row.push(width as f64 / config.intermediate_size as f64);
                     label_row.push(format!("n{width}"));
+                }
+                _ if value_width.is_some() => {
+                    let width = value_width.unwrap_or(config.head_dim());
+                    keep_row.push(width as f64 / config.head_dim() as f64);
+                    label_row.push(format!("v{width}"));
                 }
                 Some(rank) => {
                     keep_row.push(rank as f64 / full_rank as f64);
@@ -694,7 +717,7 @@ fn write_rank_map(
     rank_map_svg(
         &out.join(RANK_MAP_FILE),
         &format!(
-            "kept rank per layer and matrix ({} on {}; D = dense, nW = MLP of W neurons, × = removed past the exit)",
+            "kept rank per layer and matrix ({} on {}; D = dense, nW = MLP of W neurons, vW = W value dimensions per head, – = sub-block skipped, × = removed past the exit)",
             task.name(),
             board.name
         ),

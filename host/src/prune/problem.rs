@@ -212,11 +212,11 @@ impl TaskProblem {
         self.full.reading() == LabelReading::Head
     }
 
-    /// The problem's genome from the matrices' genes, every MLP-width gene at `width_level`
-    /// and the exit gene, when the problem has one, at `exit_level`.
-    pub fn genome(&self, matrices: Genome, width_level: u8, exit_level: u8) -> Genome {
+    /// The problem's genome from the matrices' genes, every MLP-width and value-width gene
+    /// at `unit_levels` and the exit gene, when the problem has one, at `exit_level`.
+    pub fn genome(&self, matrices: Genome, unit_levels: [u8; 2], exit_level: u8) -> Genome {
         let exit = self.has_exit_gene().then_some(exit_level);
-        Genome::assemble(&self.config, matrices, width_level, exit)
+        Genome::assemble(&self.config, matrices, unit_levels, exit)
     }
 }
 
@@ -310,7 +310,7 @@ impl Problem for TaskProblem {
                     &self.config,
                     layer_idx,
                     kind,
-                    self.config.intermediate_size,
+                    self.config.full_widths(),
                     rank,
                     self.dtype,
                 ) else {
@@ -349,7 +349,7 @@ impl Problem for TaskProblem {
         let mut seeds = Vec::with_capacity(n);
         for (a, b) in by_objective.into_iter().zip(by_bytes) {
             for genome in [a, b] {
-                let genome = self.genome(genome, 0, 0);
+                let genome = self.genome(genome, [0, 0], 0);
                 if seeds.len() < n && !seeds.contains(&genome) {
                     seeds.push(genome);
                 }
@@ -362,23 +362,38 @@ impl Problem for TaskProblem {
     fn uniform_seed(&self, level: u8) -> Genome {
         self.genome(
             Genome::uniform(self.config.n_prunable_matrices(), level),
-            0,
+            [0, 0],
             0,
         )
     }
 
     /// Units the factor pairs cannot reach by small steps. Without an exit gene: every MLP
-    /// pruned by neurons at the first three levels. With one: the exits with the kept blocks
-    /// dense (scored without a forward pass) down to one past the shallowest that assures
-    /// `target` on the search split, and at that exit and the next deeper one, every MLP
-    /// pruned by neurons at the first three levels (the depth the task needs is the largest
-    /// single saving; the MLPs of the kept blocks are the next).
+    /// pruned by neurons at the first three levels, then every value head too. With one: the
+    /// exits with the kept blocks dense (scored without a forward pass) down to one past the
+    /// shallowest that assures `target` on the search split; at that exit every MLP pruned by
+    /// neurons at the first three levels, then at the third with every value head at the first
+    /// three; at the next deeper exit every MLP at the first three levels (the depth the task
+    /// needs is the largest single saving; the MLPs of the kept blocks are the next, their
+    /// attention after).
     fn structural_seeds(&self, target: f64) -> Vec<Genome> {
         let dense = Genome::uniform(self.config.n_prunable_matrices(), 0);
         let width_levels = (1..self.levels.len()).take(3).map(|l| l as u8);
+        let third = width_levels.clone().next_back().unwrap_or(0);
+        let units = |exit: u8, with_values: bool| {
+            let mlp_only = width_levels.clone().map(|width| [width, 0]);
+            let values = width_levels
+                .clone()
+                .filter(move |_| with_values)
+                .map(move |value| [third, value]);
+            mlp_only
+                .chain(values)
+                .map(move |levels| (levels, exit))
+                .collect::<Vec<_>>()
+        };
         if !self.has_exit_gene() {
-            return width_levels
-                .map(|width| self.genome(dense.clone(), width, 0))
+            return units(0, true)
+                .into_iter()
+                .map(|(levels, exit)| self.genome(dense.clone(), levels, exit))
                 .collect();
         }
         let exit_levels = 1..self.levels.len() as u8;
@@ -395,14 +410,16 @@ impl Problem for TaskProblem {
             .unwrap_or(0);
         let mut seeds: Vec<Genome> = exit_levels
             .take_while(|&level| level <= shallowest + 1)
-            .map(|level| self.genome(dense.clone(), 0, level))
+            .map(|level| self.genome(dense.clone(), [0, 0], level))
             .collect();
-        for exit in [shallowest, shallowest.saturating_sub(1)] {
-            for width in width_levels.clone() {
-                let genome = self.genome(dense.clone(), width, exit);
-                if !seeds.contains(&genome) {
-                    seeds.push(genome);
-                }
+        let deeper = shallowest.saturating_sub(1);
+        for (levels, exit) in units(shallowest, true)
+            .into_iter()
+            .chain(units(deeper, false))
+        {
+            let genome = self.genome(dense.clone(), levels, exit);
+            if !seeds.contains(&genome) {
+                seeds.push(genome);
             }
         }
         seeds

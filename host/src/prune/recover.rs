@@ -19,7 +19,6 @@ use indicatif::ProgressBar;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
-use whittle_runtime::MatrixKind;
 
 use super::refit::sequence_batches;
 use super::{RankPlan, matrices};
@@ -185,13 +184,11 @@ fn trainable(pruned: &Llama, plan: &RankPlan) -> anyhow::Result<(Llama, Vec<Vec<
     let mut parameters = 0;
     let exit = pruned.config().n_layers;
     for (layer_idx, kind) in matrices(pruned.config()) {
-        let mlp = matches!(kind, MatrixKind::Gate | MatrixKind::Up | MatrixKind::Down);
-        let changed =
-            plan.rank(layer_idx, kind).is_some() || (mlp && plan.mlp_width(layer_idx).is_some());
-        if layer_idx >= exit || !changed {
+        if layer_idx >= exit || !plan.changes(layer_idx, kind) {
             continue;
         }
-        let Some(linear) = pruned.linear(layer_idx, kind) else {
+        // A skipped sub-block's matrices have nothing to train.
+        let Some(linear) = pruned.linear(layer_idx, kind).filter(|l| l.n_params() > 0) else {
             continue;
         };
         parameters += linear.n_params();
@@ -270,6 +267,7 @@ fn mean_loss(
 #[cfg(test)]
 mod tests {
     use candle_core::Device;
+    use whittle_runtime::MatrixKind;
 
     use super::*;
     use crate::calibrate::{CalibrationData, CalibrationSettings, accumulate};
@@ -319,7 +317,7 @@ mod tests {
         )?;
         let dir = tempfile::tempdir()?;
         let bank = FactorBank::build(&dense, &calibration, Method::OutputAligned, &progress)?
-            .with_neurons(&dense, &calibration, &dir.path().join("n"), &progress)?;
+            .with_units(&dense, &calibration, &dir.path().join("n"), &progress)?;
         let width = config.intermediate_size / 2;
         let plan = RankPlan::dense(&config)
             .with_mlp_width(&config, 0, Some(width))

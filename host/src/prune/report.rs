@@ -35,6 +35,9 @@ pub struct Outcome {
     /// or dense).
     #[serde(default)]
     pub neuron_pruned_mlps: usize,
+    /// Kept blocks whose attention keeps fewer value dimensions per head (or is skipped).
+    #[serde(default)]
+    pub value_pruned_attentions: usize,
     /// DESIGN section 3.
     pub linear_reduction: f64,
     /// DESIGN section 3.

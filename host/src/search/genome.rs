@@ -9,9 +9,12 @@ use crate::prune::{RankPlan, matrix_index};
 /// A task's genome: one keep level per prunable matrix, in [`matrix_index`] order (level 0 is
 /// dense), then one MLP-width gene per block (level 0 keeps every neuron; level `l` keeps
 /// [`width_for_keep`] of the level's keep fraction, the block's MLP then pruned by neurons
-/// instead of its matrices' factor pairs), and optionally one more gene, the exit: level 0
-/// keeps every block, higher levels exit earlier ([`exit_for_level`]). Every gene shares the
-/// keep levels' alphabet, so crossover and mutation treat them alike.
+/// instead of its matrices' factor pairs), then one value-width gene per block (the same for
+/// each key/value head's value dimensions, [`value_width_for_keep`]; v and o then pruned by
+/// them), and optionally one more gene, the exit: level 0 keeps every block, higher levels
+/// exit earlier ([`exit_for_level`]). On a width gene the most pruned level skips the
+/// sub-block (zero neurons, zero value dimensions). Every gene shares the keep levels'
+/// alphabet, so crossover and mutation treat them alike.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Genome(pub Vec<u8>);
@@ -61,25 +64,39 @@ impl Genome {
     }
 
     /// A genome of `config`'s layout from its matrices' genes (`matrices`, padded with dense
-    /// or cut to the matrix count), every MLP-width gene at `width_level` and, when given, the
-    /// exit gene at `exit_level`.
+    /// or cut to the matrix count), every MLP-width gene at `width_level`, every value-width
+    /// gene at `value_level` and, when given, the exit gene at `exit_level`.
     pub fn assemble(
         config: &ModelConfig,
         mut matrices: Genome,
-        width_level: u8,
+        [width_level, value_level]: [u8; 2],
         exit_level: Option<u8>,
     ) -> Self {
         matrices.0.resize(config.n_prunable_matrices(), 0);
         matrices
             .0
             .extend(std::iter::repeat_n(width_level, config.n_layers));
+        matrices
+            .0
+            .extend(std::iter::repeat_n(value_level, config.n_layers));
         matrices.0.extend(exit_level);
         matrices
     }
 
-    /// Genes of `config`'s layout: matrices, MLP widths and, with `exit`, the exit gene.
+    /// Genes of `config`'s layout: matrices, MLP widths, value widths and, with `exit`, the
+    /// exit gene.
     pub fn n_genes(config: &ModelConfig, exit: bool) -> usize {
-        config.n_prunable_matrices() + config.n_layers + usize::from(exit)
+        config.n_prunable_matrices() + 2 * config.n_layers + usize::from(exit)
+    }
+
+    /// The gene of block `layer_idx`'s MLP width in `config`'s layout.
+    pub fn mlp_gene(config: &ModelConfig, layer_idx: usize) -> usize {
+        config.n_prunable_matrices() + layer_idx
+    }
+
+    /// The gene of block `layer_idx`'s value width in `config`'s layout.
+    pub fn value_gene(config: &ModelConfig, layer_idx: usize) -> usize {
+        config.n_prunable_matrices() + config.n_layers + layer_idx
     }
 
     /// The rank plan of this genome: each matrix's keep fraction through
@@ -95,16 +112,23 @@ impl Genome {
                 .and_then(|&level| levels.keep(level))
                 .unwrap_or(1.0)
         });
+        // A width gene's level: `None` keeps the sub-block whole, `Some(None)` skips it (the
+        // most pruned level), else its keep fraction.
+        let unit = |gene: usize| -> Option<Option<f64>> {
+            let level = self.0.get(gene).copied().filter(|&l| l > 0)?;
+            Some((level < levels.most_pruned()).then(|| levels.keep(level).unwrap_or(1.0)))
+        };
         for layer_idx in 0..config.n_layers {
-            let keep = self
-                .0
-                .get(n_matrices + layer_idx)
-                .and_then(|&level| levels.keep(level))
-                .unwrap_or(1.0);
-            let width = width_for_keep(keep, config.intermediate_size);
+            let width = unit(Self::mlp_gene(config, layer_idx)).and_then(|keep| {
+                keep.map_or(Some(0), |k| width_for_keep(k, config.intermediate_size))
+            });
             plan = plan.with_mlp_width(config, layer_idx, width);
+            let value = unit(Self::value_gene(config, layer_idx)).and_then(|keep| {
+                keep.map_or(Some(0), |k| value_width_for_keep(k, config.head_dim()))
+            });
+            plan = plan.with_value_width(config, layer_idx, value);
         }
-        Ok(match self.0.get(n_matrices + config.n_layers) {
+        Ok(match self.0.get(n_matrices + 2 * config.n_layers) {
             Some(&level) => plan.with_exit(exit_for_level(config.n_layers, levels.len(), level)),
             None => plan,
         })
@@ -131,6 +155,17 @@ pub fn width_for_keep(keep: f64, intermediate: usize) -> Option<usize> {
     let ideal = (keep.max(0.0) * intermediate as f64).floor() as usize;
     let width = (ideal / 8 * 8).max(8);
     (width < intermediate).then_some(width)
+}
+
+/// Value dimensions a key/value head of `head_dim` keeps at keep fraction `keep`:
+/// `floor(keep·head_dim)`, at least 1 (v's and o's parameters fall in the same proportion);
+/// `None` keeps every dimension (`keep ≥ 1`, NaN, or the whole head).
+pub fn value_width_for_keep(keep: f64, head_dim: usize) -> Option<usize> {
+    if keep.is_nan() || keep >= 1.0 {
+        return None;
+    }
+    let width = ((keep.max(0.0) * head_dim as f64).floor() as usize).max(1);
+    (width < head_dim).then_some(width)
 }
 
 /// The fewest blocks an exit gene keeps: a quarter of the model (at least one).

@@ -62,7 +62,10 @@ use serde::{Deserialize, Serialize};
 pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint};
 pub use config::{Levels, SearchConfig};
 pub use engine::{GenerationReport, Search, SearchResult};
-pub use genome::{Genome, exit_for_level, fitness, min_exit, target_accuracy, width_for_keep};
+pub use genome::{
+    Genome, exit_for_level, fitness, min_exit, target_accuracy, value_width_for_keep,
+    width_for_keep,
+};
 pub use seeding::{water_filling, water_filling_seeds};
 pub use state::{CacheRecord, Cached, State};
 

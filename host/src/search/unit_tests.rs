@@ -149,7 +149,7 @@ fn genome_to_plan_uses_the_levels_keep_fractions() {
     let dense = Genome::uniform(n, 0).to_plan(&config, &levels);
     assert_eq!(dense.ok(), Some(RankPlan::dense(&config)));
     let matrices = |level| Genome::uniform(config.n_prunable_matrices(), level);
-    let half = Genome::assemble(&config, matrices(6), 0, None).to_plan(&config, &levels);
+    let half = Genome::assemble(&config, matrices(6), [0, 0], None).to_plan(&config, &levels);
     assert_eq!(half.ok(), Some(RankPlan::uniform(&config, 0.5)));
     let mut mixed = Genome::uniform(n, 0);
     mixed.0[crate::prune::matrix_index(1, whittle_runtime::MatrixKind::Up)] = 6;
@@ -176,9 +176,9 @@ fn a_width_gene_prunes_its_blocks_mlp_by_neurons_instead_of_factor_pairs() {
     let config = whittle_runtime::ModelConfig::SMOLLM2_135M;
     let levels = Levels::default();
     let matrices = Genome::uniform(config.n_prunable_matrices(), 2);
-    let mut genome = Genome::assemble(&config, matrices, 0, None);
+    let mut genome = Genome::assemble(&config, matrices, [0, 0], None);
     // Block 3's MLP at level 4 (keep 0.7): floor(0.7 · 1536) = 1075 → 1072 neurons.
-    genome.0[config.n_prunable_matrices() + 3] = 4;
+    genome.0[Genome::mlp_gene(&config, 3)] = 4;
     let plan = genome.to_plan(&config, &levels).expect("a valid genome");
     assert_eq!(width_for_keep(0.7, 1536), Some(1072));
     assert_eq!(plan.mlp_width(3), Some(1072));
@@ -206,6 +206,79 @@ fn a_width_gene_prunes_its_blocks_mlp_by_neurons_instead_of_factor_pairs() {
     assert_eq!(width_for_keep(1.0, 1536), None);
     assert_eq!(width_for_keep(0.001, 1536), Some(8));
     assert_eq!(width_for_keep(f64::NAN, 1536), None);
+}
+
+#[test]
+fn a_value_gene_prunes_its_blocks_value_heads_and_the_last_level_skips_a_sub_block() {
+    use whittle_runtime::{BlockWidths, MatrixKind};
+    let config = whittle_runtime::ModelConfig::SMOLLM2_135M;
+    let levels = Levels::default();
+    let most_pruned = levels.most_pruned();
+    let matrices = Genome::uniform(config.n_prunable_matrices(), 2);
+    let mut genome = Genome::assemble(&config, matrices, [0, 0], None);
+    // Block 3's value heads at level 6 (keep 0.5): 32 of 64 dimensions; block 4's attention
+    // and block 5's MLP at the last level: skipped.
+    genome.0[Genome::value_gene(&config, 3)] = 6;
+    genome.0[Genome::value_gene(&config, 4)] = most_pruned;
+    genome.0[Genome::mlp_gene(&config, 5)] = most_pruned;
+    let plan = genome.to_plan(&config, &levels).expect("a valid genome");
+    assert_eq!(value_width_for_keep(0.5, 64), Some(32));
+    assert_eq!(plan.value_width(3), Some(32));
+    assert_eq!(plan.value_width(4), Some(0));
+    assert_eq!(plan.mlp_width(5), Some(0));
+    assert_eq!(plan.value_width(2), None);
+    for kind in [MatrixKind::V, MatrixKind::O] {
+        assert_eq!(
+            plan.rank(3, kind),
+            None,
+            "no factor pair under a value width"
+        );
+        assert!(plan.changes(3, kind));
+    }
+    assert!(
+        plan.rank(3, MatrixKind::Q).is_some(),
+        "q keeps its factor pair"
+    );
+    for kind in [MatrixKind::Q, MatrixKind::K, MatrixKind::V, MatrixKind::O] {
+        assert_eq!(
+            plan.rank(4, kind),
+            None,
+            "a skipped attention has no factors"
+        );
+        assert!(plan.changes(4, kind));
+    }
+    assert_eq!(
+        plan.block_widths(&config, 4),
+        BlockWidths {
+            mlp: config.intermediate_size,
+            value: 0
+        }
+    );
+    // Exact count: block 3's v and o keep 3·32·576 + 576·9·32; block 4 keeps its MLP's
+    // factor pairs only; block 5 its attention's.
+    let r = crate::prune::reductions(&config, &plan, None);
+    let r0 = crate::prune::reductions(&config, &RankPlan::uniform(&config, 0.9), None);
+    // Every other block's matrices are factor pairs at level 2, as block 2's.
+    let pairs = |kinds: &[MatrixKind]| -> usize {
+        kinds
+            .iter()
+            .map(|&kind| {
+                let (rows, cols) = config.matrix_shape(kind);
+                plan.rank(2, kind).unwrap_or(0) * (rows + cols)
+            })
+            .sum()
+    };
+    let attention = [MatrixKind::Q, MatrixKind::K, MatrixKind::V, MatrixKind::O];
+    let mlp = [MatrixKind::Gate, MatrixKind::Up, MatrixKind::Down];
+    let expected = r0.kept_linear_params - pairs(&[MatrixKind::V, MatrixKind::O])
+        + 3 * 32 * 576
+        + 576 * 9 * 32
+        - pairs(&attention)
+        - pairs(&mlp);
+    assert_eq!(r.kept_linear_params, expected);
+    assert_eq!(value_width_for_keep(1.0, 64), None);
+    assert_eq!(value_width_for_keep(0.001, 64), Some(1));
+    assert_eq!(value_width_for_keep(f64::NAN, 64), None);
 }
 
 #[test]

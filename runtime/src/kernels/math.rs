@@ -11,7 +11,8 @@ pub struct AttentionHead<'a> {
     pub q: &'a [f32],
     /// Keys of this head's key/value head, from position 0, `stride` apart.
     pub keys: &'a [f32],
-    /// Values, laid out as the keys.
+    /// Values of the same head, `stride` apart as the keys; each is as long as the output
+    /// (`head_dim`, or fewer when the block keeps fewer value dimensions).
     pub values: &'a [f32],
     /// Values between the starts of two positions' keys (the model's `kv_dim`).
     pub stride: usize,
@@ -21,7 +22,8 @@ pub struct AttentionHead<'a> {
     pub scale: f32,
 }
 
-/// `out = Σ_j softmax(scale · q·k_j)_j · v_j` over `head.positions` positions, using
+/// `out = Σ_j softmax(scale · q·k_j)_j · v_j` over `head.positions` positions (`v_j` as long
+/// as `out`), using
 /// `scores` (at least `positions` values) as scratch. Positions whose key or value lies
 /// outside the slices, or beyond `scores`, are left out rather than panicking.
 #[inline(always)]
@@ -43,7 +45,7 @@ pub(crate) fn attend(head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f3
     out.iter_mut().for_each(|o| *o = 0.0);
     for (j, &weight) in scores.iter().enumerate() {
         let at = j * head.stride;
-        let value = head.values.get(at..at + head_dim).unwrap_or(&[]);
+        let value = head.values.get(at..at + out.len()).unwrap_or(&[]);
         let weight = weight * inverse_sum;
         for (o, v) in out.iter_mut().zip(value) {
             *o += weight * v;

@@ -222,7 +222,7 @@ pub trait Kernels: Sync {
         job(0..items, out, scratch);
     }
 
-    /// One query head's attention ([`AttentionHead`]) into `out` (`head_dim` values), with
+    /// One query head's attention ([`AttentionHead`]) into `out` (its value width), with
     /// `scores` (at least `positions` values) as scratch. The default is the plain-Rust
     /// version at the crate's baseline instruction set; SIMD kernels compile the same code for
     /// their registers.

@@ -76,6 +76,45 @@ fn tiny_bundle_with_mlps(
     mlp_shapes: &[(usize, usize, usize)],
 ) -> Vec<u8> {
     let config = tiny_config();
+    let full = config.intermediate_size;
+    tiny_bundle_with(dtype, task_head, key, &|layer_idx, kind| {
+        let (gate, up, down) = mlp_shapes
+            .get(layer_idx)
+            .copied()
+            .unwrap_or((full, full, full));
+        let (rows, cols) = match kind {
+            crate::MatrixKind::Gate => (gate, config.hidden_size),
+            crate::MatrixKind::Up => (up, config.hidden_size),
+            crate::MatrixKind::Down => (config.hidden_size, down),
+            _ => config.matrix_shape(kind),
+        };
+        let seed = 10 + (layer_idx * 7 + kind as usize) as u64;
+        TinyMatrix {
+            rows,
+            cols,
+            values: values(seed, rows * cols),
+            rank: (layer_idx == 1 && (kind as usize).is_multiple_of(2)).then_some(3),
+        }
+    })
+}
+
+/// One matrix of a tiny bundle: dense values `rows × cols`, or (with `rank`) a seeded factor
+/// pair of that rank and shape instead.
+struct TinyMatrix {
+    rows: usize,
+    cols: usize,
+    values: Vec<f32>,
+    rank: Option<usize>,
+}
+
+/// The tiny bundle with block `layer`'s matrix `kind` from `matrix(layer, kind)`.
+fn tiny_bundle_with(
+    dtype: Dtype,
+    task_head: bool,
+    key: Option<&SigningKey>,
+    matrix: &dyn Fn(usize, crate::MatrixKind) -> TinyMatrix,
+) -> Vec<u8> {
+    let config = tiny_config();
     let mut blob = BlobBuilder::new();
     let tokenizer = blob.push_tokenizer(&tables()).unwrap();
     let (vocab, hidden) = (config.vocab_size, config.hidden_size);
@@ -90,34 +129,24 @@ fn tiny_bundle_with_mlps(
         let attn_norm = blob.push_f32(&norm).unwrap();
         let ffn_norm = blob.push_f32(&norm).unwrap();
         let mut linears = Vec::new();
-        let full = config.intermediate_size;
-        let (gate, up, down) = mlp_shapes
-            .get(layer_idx)
-            .copied()
-            .unwrap_or((full, full, full));
         for (k, kind) in crate::MatrixKind::ALL.into_iter().enumerate() {
-            let (rows, cols) = match kind {
-                crate::MatrixKind::Gate => (gate, config.hidden_size),
-                crate::MatrixKind::Up => (up, config.hidden_size),
-                crate::MatrixKind::Down => (config.hidden_size, down),
-                _ => config.matrix_shape(kind),
-            };
+            let TinyMatrix {
+                rows,
+                cols,
+                values: dense,
+                rank,
+            } = matrix(layer_idx, kind);
             let seed = 10 + (layer_idx * 7 + k) as u64;
-            linears.push(if layer_idx == 1 && k % 2 == 0 {
-                let rank = 3;
-                LinearRef::LowRank {
+            linears.push(match rank {
+                Some(rank) => LinearRef::LowRank {
                     a: blob
                         .push_matrix(rank, cols, &values(seed, rank * cols), dtype)
                         .unwrap(),
                     b: blob
                         .push_matrix(rows, rank, &values(seed + 100, rows * rank), dtype)
                         .unwrap(),
-                }
-            } else {
-                LinearRef::Dense(
-                    blob.push_matrix(rows, cols, &values(seed, rows * cols), dtype)
-                        .unwrap(),
-                )
+                },
+                None => LinearRef::Dense(blob.push_matrix(rows, cols, &dense, dtype).unwrap()),
             });
         }
         layers.push(LayerRef {
@@ -325,8 +354,8 @@ fn a_block_may_keep_fewer_mlp_neurons_and_must_agree_on_how_many() {
         &[(16, 16, 16)],
     ));
     let bundle = Bundle::parse(bytes.as_bytes()).unwrap();
-    assert_eq!(bundle.mlp_width(0), Ok(16));
-    assert_eq!(bundle.mlp_width(1), Ok(24));
+    assert_eq!(bundle.block_widths(0).map(|w| w.mlp), Ok(16));
+    assert_eq!(bundle.block_widths(1).map(|w| w.mlp), Ok(24));
     let full = AlignedBytes::new(&tiny_bundle(Dtype::F32, true, None));
     let full = Bundle::parse(full.as_bytes()).unwrap();
     assert_eq!(bundle.arena_bytes(CONTEXT), full.arena_bytes(CONTEXT));
@@ -341,6 +370,119 @@ fn a_block_may_keep_fewer_mlp_neurons_and_must_agree_on_how_many() {
             Error::BadShape,
         );
     }
+}
+
+/// Block 0 keeps 2 of 4 value dimensions per key/value head and skips its MLP; block 1 skips
+/// its attention. The same model with every matrix full-shaped (the missing value rows and o
+/// columns zero, block 0's gate zero so that its MLP adds nothing, block 1's o zero) must give
+/// the same logits.
+#[test]
+fn narrower_value_heads_and_skipped_sub_blocks_equal_their_zero_padded_blocks() {
+    use crate::MatrixKind::{Down, Gate, O, Up, V};
+    let config = tiny_config();
+    let (hidden, head_dim, kv) = (config.hidden_size, config.head_dim(), config.n_kv_heads);
+    let narrow_value = 2;
+    let seed =
+        |layer_idx: usize, kind: crate::MatrixKind| 10 + (layer_idx * 7 + kind as usize) as u64;
+    let dense = |rows: usize, cols: usize, values: Vec<f32>| TinyMatrix {
+        rows,
+        cols,
+        values,
+        rank: None,
+    };
+    let narrow = |layer_idx: usize, kind: crate::MatrixKind| {
+        let widths = match layer_idx {
+            0 => crate::BlockWidths {
+                mlp: 0,
+                value: narrow_value,
+            },
+            _ => crate::BlockWidths {
+                mlp: config.intermediate_size,
+                value: 0,
+            },
+        };
+        let (rows, cols) = config.matrix_shape_in(kind, widths);
+        dense(rows, cols, values(seed(layer_idx, kind), rows * cols))
+    };
+    let padded = |layer_idx: usize, kind: crate::MatrixKind| {
+        let (rows, cols) = config.matrix_shape(kind);
+        let full = values(seed(layer_idx, kind), rows * cols);
+        let small = narrow(layer_idx, kind).values;
+        let values = match (layer_idx, kind) {
+            // v: head g's first `narrow_value` rows are the narrow head's, the rest zero.
+            (0, V) => (0..rows)
+                .flat_map(|r| {
+                    let (g, d) = (r / head_dim, r % head_dim);
+                    (0..cols).map(move |c| (g, d, c))
+                })
+                .map(|(g, d, c)| match d < narrow_value {
+                    true => small[(g * narrow_value + d) * cols + c],
+                    false => 0.0,
+                })
+                .collect(),
+            // o: head h's first `narrow_value` columns are the narrow head's, the rest zero.
+            (0, O) => (0..rows * cols)
+                .map(|i| {
+                    let (r, c) = (i / cols, i % cols);
+                    let (h, d) = (c / head_dim, c % head_dim);
+                    let narrow_cols = config.n_heads * narrow_value;
+                    match d < narrow_value {
+                        true => small[r * narrow_cols + h * narrow_value + d],
+                        false => 0.0,
+                    }
+                })
+                .collect(),
+            (0, Gate) | (1, O) => alloc::vec![0.0; rows * cols],
+            _ => full,
+        };
+        dense(rows, cols, values)
+    };
+    let narrow_bytes = AlignedBytes::new(&tiny_bundle_with(Dtype::F32, false, None, &narrow));
+    let padded_bytes = AlignedBytes::new(&tiny_bundle_with(Dtype::F32, false, None, &padded));
+    let narrow_bundle = Bundle::parse(narrow_bytes.as_bytes()).unwrap();
+    let padded_bundle = Bundle::parse(padded_bytes.as_bytes()).unwrap();
+    assert_eq!(
+        narrow_bundle.block_widths(0),
+        Ok(crate::BlockWidths {
+            mlp: 0,
+            value: narrow_value
+        })
+    );
+    assert_eq!(narrow_bundle.block_widths(1).map(|w| w.value), Ok(0));
+    let got = logits_along_the_way(&narrow_bundle, Portable);
+    let expected = logits_along_the_way(&padded_bundle, Portable);
+    let worst = got
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "max |Δlogit| {worst}");
+    // v's rows must split into whole heads no wider than head_dim, and o must agree with them.
+    for (v_rows, o_cols) in [
+        (3, 6),
+        (kv * 2, 4 * 3),
+        (kv * (head_dim + 1), 4 * (head_dim + 1)),
+    ] {
+        let bad = |layer_idx: usize, kind: crate::MatrixKind| match (layer_idx, kind) {
+            (0, V) => dense(v_rows, hidden, alloc::vec![0.1; v_rows * hidden]),
+            (0, O) => dense(hidden, o_cols, alloc::vec![0.1; hidden * o_cols]),
+            _ => narrow(1, kind),
+        };
+        check_refused(
+            &tiny_bundle_with(Dtype::F32, false, None, &bad),
+            Error::BadShape,
+        );
+    }
+    // Up or down disagreeing with a skipped MLP: refused.
+    let bad = |layer_idx: usize, kind: crate::MatrixKind| match (layer_idx, kind) {
+        (0, Up) => dense(4, hidden, alloc::vec![0.1; 4 * hidden]),
+        (0, Down) => dense(hidden, 0, Vec::new()),
+        _ => narrow(layer_idx, kind),
+    };
+    check_refused(
+        &tiny_bundle_with(Dtype::F32, false, None, &bad),
+        Error::BadShape,
+    );
 }
 
 /// Logits after a prompt longer than one prefill chunk and after each of a few decoded tokens.
