@@ -211,6 +211,22 @@ fn exact_error_curve(
 }
 
 impl ValueProjection {
+    /// [`ValueProjection::error_curve`] on other statistics of o's input (held-out ones: the
+    /// projection stays the one fitted, only the error is measured on `c`).
+    pub fn error_curve_on(&self, c: MatRef<'_, f64>) -> Result<Vec<f64>, FactorizeError> {
+        let attention_dim = self.n_heads * self.head_dim;
+        check_square(c, attention_dim, Statistic::HeldOutSecondMoment)?;
+        let o = from_row_major(&self.o, self.hidden, attention_dim);
+        let group_size = self.n_heads / self.n_kv_heads;
+        Ok(exact_error_curve(
+            o.as_ref(),
+            c,
+            &self.encoders,
+            &self.decoders,
+            group_size,
+        ))
+    }
+
     /// The widest projection: `head_dim`, where the weights are the originals.
     pub fn max_width(&self) -> usize {
         self.head_dim
@@ -424,6 +440,36 @@ mod tests {
                 "width {width}: sample error {sampled} vs curve {curve}"
             );
         }
+        // On other statistics (the first 100 samples alone, as a held-out set would be), the
+        // curve is those samples' error of the projection fitted on all of them.
+        let held_out = &block.samples[..100];
+        let dim = block.n_heads * head_dim;
+        let mut c = Mat::<f64>::zeros(dim, dim);
+        for sample in held_out {
+            let z = block.heads_output(v.as_ref(), head_dim, sample);
+            c += &z * z.transpose();
+        }
+        let curve = projection.error_curve_on(c.as_ref())?;
+        for (width, &on) in curve.iter().enumerate() {
+            let map = block_map(&projection, width);
+            let (mut error, mut total) = (0.0, 0.0);
+            for sample in held_out {
+                let exact = &o * block.heads_output(v.as_ref(), head_dim, sample);
+                let z = block.heads_output(v.as_ref(), head_dim, sample);
+                error += (&exact - &o * (&map * &z)).squared_norm_l2();
+                total += exact.squared_norm_l2();
+            }
+            let sampled = error / total;
+            ensure!(
+                (sampled - on).abs() <= 1e-9 * sampled + 1e-13,
+                "held out, width {width}: sample error {sampled} vs curve {on}"
+            );
+        }
+        ensure!(
+            projection
+                .error_curve_on(Mat::<f64>::zeros(3, 3).as_ref())
+                .is_err()
+        );
         Ok(())
     }
 

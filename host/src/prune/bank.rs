@@ -280,6 +280,16 @@ impl FactorBank {
         Ok(self)
     }
 
+    /// Block `layer_idx`'s MLP neuron order (after [`FactorBank::with_units`]).
+    pub fn neuron_selection(&self, layer_idx: usize) -> Option<&NeuronSelection> {
+        self.neurons.get(layer_idx).map(AsRef::as_ref)
+    }
+
+    /// Block `layer_idx`'s value-head projection (after [`FactorBank::with_units`]).
+    pub fn value_projection(&self, layer_idx: usize) -> Option<&ValueProjection> {
+        self.values.get(layer_idx).map(AsRef::as_ref)
+    }
+
     /// The relative output error of block `layer_idx`'s attention with its key/value heads
     /// keeping `w` value dimensions each, for `w = 0..=head_dim` (after
     /// [`FactorBank::with_units`]).
