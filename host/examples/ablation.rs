@@ -70,7 +70,20 @@ fn main() -> anyhow::Result<()> {
             measured
         }
         _ => {
-            let measured = measure(head_examples, mode)?;
+            let mut measured = measure(head_examples, mode)?;
+            // Rows and the units comparison measured before (by other modes) are kept.
+            if let Ok(text) = std::fs::read_to_string(&saved) {
+                let before: Measured = serde_json::from_str(&text)?;
+                let kept: Vec<_> = before
+                    .rows
+                    .into_iter()
+                    .filter(|(name, _)| !measured.rows.iter().any(|(n, _)| n == name))
+                    // The session-7 points added by hand give way to a measured row.
+                    .filter(|(name, _)| !name.starts_with("uniform factor pairs · verbalizer"))
+                    .collect();
+                measured.rows.splice(0..0, kept);
+                measured.units = before.units;
+            }
             std::fs::write(&saved, serde_json::to_string_pretty(&measured)?)?;
             measured
         }

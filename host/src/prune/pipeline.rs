@@ -472,6 +472,9 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         finish(best_plan, options.refit.as_ref())?;
     let recovery = match options.recover_tokens {
         Some(tokens) => {
+            // With a task head the student matches the dense model's label distribution
+            // through the dense head at the answer's exit.
+            let label_head = reference.as_ref().and_then(|r| r.head(plan.exit()));
             let recovered = recover_answer(
                 base,
                 options,
@@ -481,6 +484,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
                 &searched_outcome,
                 &problem,
                 &test,
+                label_head,
                 &progress,
             )?;
             if let Some((llama, report, tested, estimate)) = recovered {
@@ -611,6 +615,7 @@ fn recover_answer(
     before: &Outcome,
     problem: &TaskProblem,
     test: &Evaluator,
+    label_head: Option<&crate::head::TaskHead>,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<Option<(Llama, RecoveryReport, super::Scored, super::Estimate)>> {
     let config = *base.model.llama.config();
@@ -635,6 +640,7 @@ fn recover_answer(
             batch_tokens: options.batch_tokens.clamp(1, 1024),
             learning_rate: LEARNING_RATE,
             seed: options.search.seed,
+            label_head,
         },
         progress,
     )?;

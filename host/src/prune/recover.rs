@@ -6,10 +6,12 @@
 //!
 //! The loss of a batch is the relative squared error `Σ‖s − t‖² / Σ‖t‖²` over its real
 //! positions after the prompt prefix the sequences share (`s` the student's state, `t` the
-//! teacher's; the prefix runs once per step, its keys and values in the graph); AdamW, no weight decay (the pruned
-//! weights are the starting point, not zero), one pass over the training sequences in batches
-//! of at most the batch budget, in a seeded order. The loss on held-out calibration sequences is
-//! reported before and after.
+//! teacher's; the prefix runs once per step, its keys and values in the graph) or, with a label
+//! head, the mean KL divergence from the teacher's label distribution to the student's at each
+//! sequence's last position, both read through the dense model's head at the exit; AdamW, no
+//! weight decay (the pruned weights are the starting point, not zero), one pass over the
+//! training sequences in batches of at most the batch budget, in a seeded order. The losses on
+//! held-out calibration sequences are reported before and after.
 
 use std::time::Instant;
 
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::refit::sequence_batches;
 use super::{RankPlan, matrices};
 use crate::eval::shared_prefix;
+use crate::head::TaskHead;
 use crate::model::{Batch, KvCache, Linear, Llama};
 
 /// AdamW's step size, chosen by the held-out loss on the default SST-2 answer's plan (16,384
@@ -31,13 +34,16 @@ pub const LEARNING_RATE: f64 = 1e-4;
 
 /// How the recovery trains.
 #[derive(Clone, Copy, Debug)]
-pub struct RecoverSettings {
+pub struct RecoverSettings<'a> {
     /// Upper bound on padded tokens per batch (one optimizer step per batch).
     pub batch_tokens: usize,
     /// AdamW's step size ([`LEARNING_RATE`] in `prune`).
     pub learning_rate: f64,
     /// Seeds the order of the batches.
     pub seed: u64,
+    /// With the dense model's task head at the exit: match its label distribution at each
+    /// sequence's last position (KL) instead of the state at every position.
+    pub label_head: Option<&'a TaskHead>,
 }
 
 /// What the recovery did.
@@ -53,6 +59,12 @@ pub struct Recovery {
     /// Relative squared error against the teacher on held-out calibration sequences.
     pub held_out_loss_before: f64,
     pub held_out_loss_after: f64,
+    /// With a label head: the mean KL divergence of the label distributions at the held-out
+    /// sequences' last positions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out_label_kl_before: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out_label_kl_after: Option<f64>,
     /// Training loss of the first and the last step.
     pub first_loss: f64,
     pub last_loss: f64,
@@ -106,12 +118,17 @@ pub fn recover(
     let teacher_prefix = (prefix_len > 0)
         .then(|| teacher.prefix_cache(prefix))
         .transpose()?;
-    let held_out_loss_before = mean_loss(
+    let head = settings
+        .label_head
+        .map(|head| LabelHead::new(head, dense.device()))
+        .transpose()?;
+    let (held_out_loss_before, held_out_label_kl_before) = mean_loss(
         &teacher,
         teacher_prefix.as_ref(),
         pruned,
         prefix,
         &held_out_batches,
+        head.as_ref(),
     )?;
     let mut optimizer = AdamW::new(
         vars.clone(),
@@ -125,7 +142,10 @@ pub fn recover(
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(settings.seed));
     progress.set_length(order.len() as u64);
     progress.set_position(0);
-    progress.set_message("recovery: distilling the dense model's state at the exit");
+    progress.set_message(match head {
+        Some(_) => "recovery: distilling the dense model's label distribution at the exit",
+        None => "recovery: distilling the dense model's state at the exit",
+    });
     let (mut first_loss, mut last_loss, mut tokens) = (f64::NAN, f64::NAN, 0);
     for (step, &index) in order.iter().enumerate() {
         let batch = &train_batches[index];
@@ -136,7 +156,10 @@ pub fn recover(
             .then(|| student.differentiable_prefix_cache(prefix))
             .transpose()?;
         let rows = student.hidden_rows(batch, shared.as_ref(), true)?;
-        let loss = relative_error(&rows, &target)?;
+        let loss = match &head {
+            Some(head) => head.kl(&rows, &target, batch)?,
+            None => relative_error(&rows, &target)?,
+        };
         optimizer.backward_step(&loss)?;
         let value = f64::from(loss.to_scalar::<f32>()?);
         if !value.is_finite() {
@@ -153,12 +176,13 @@ pub fn recover(
         progress.inc(1);
     }
     detach(&mut student, &vars)?;
-    let held_out_loss_after = mean_loss(
+    let (held_out_loss_after, held_out_label_kl_after) = mean_loss(
         &teacher,
         teacher_prefix.as_ref(),
         &student,
         prefix,
         &held_out_batches,
+        head.as_ref(),
     )?;
     Ok((
         student,
@@ -169,6 +193,8 @@ pub fn recover(
             parameters,
             held_out_loss_before,
             held_out_loss_after,
+            held_out_label_kl_before,
+            held_out_label_kl_after,
             first_loss,
             last_loss,
             seconds: started.elapsed().as_secs_f64(),
@@ -243,25 +269,83 @@ fn relative_error(student: &Tensor, teacher: &Tensor) -> anyhow::Result<Tensor> 
 }
 
 /// The relative error of `student` over `batches` (each row continuing `prefix`), weighted by
-/// the teacher's energy.
+/// the teacher's energy, and with `head` the mean label KL at the sequences' last positions.
 fn mean_loss(
     teacher: &Llama,
     teacher_prefix: Option<&KvCache>,
     student: &Llama,
     prefix: &[u32],
     batches: &[Batch],
-) -> anyhow::Result<f64> {
+    head: Option<&LabelHead>,
+) -> anyhow::Result<(f64, Option<f64>)> {
     let student_prefix = (!prefix.is_empty())
         .then(|| student.prefix_cache(prefix))
         .transpose()?;
-    let (mut error, mut scale) = (0.0f64, 0.0f64);
+    let (mut error, mut scale, mut kl, mut sequences) = (0.0f64, 0.0f64, 0.0f64, 0usize);
     for batch in batches {
         let target = teacher.hidden_rows(batch, teacher_prefix, false)?;
         let rows = student.hidden_rows(batch, student_prefix.as_ref(), false)?;
-        error += f64::from((rows - &target)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        error += f64::from((&rows - &target)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
         scale += f64::from(target.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        if let Some(head) = head {
+            let n = batch.lengths().len();
+            kl += n as f64 * f64::from(head.kl(&rows, &target, batch)?.to_scalar::<f32>()?);
+            sequences += n;
+        }
     }
-    Ok(if scale > 0.0 { error / scale } else { 0.0 })
+    let relative = if scale > 0.0 { error / scale } else { 0.0 };
+    Ok((relative, head.map(|_| kl / sequences.max(1) as f64)))
+}
+
+/// The dense model's task head at the exit as tensors: `W` transposed `(hidden, labels)`, `b`.
+struct LabelHead {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl LabelHead {
+    fn new(head: &TaskHead, device: &candle_core::Device) -> anyhow::Result<Self> {
+        let labels = head.weight.len();
+        let hidden = head.weight.first().map_or(0, Vec::len);
+        let flat: Vec<f32> = head.weight.iter().flatten().copied().collect();
+        if labels == 0 || flat.len() != labels * hidden || head.bias.len() != labels {
+            anyhow::bail!("the task head's rows and bias do not agree; fit the head again");
+        }
+        Ok(Self {
+            weight_t: Tensor::from_vec(flat, (labels, hidden), device)?
+                .t()?
+                .contiguous()?,
+            bias: Tensor::new(head.bias.as_slice(), device)?,
+        })
+    }
+
+    /// Mean over the batch's sequences of `KL(p_teacher ‖ p_student)` at each one's last
+    /// position (rows: every real position, sequence after sequence).
+    fn kl(&self, student: &Tensor, teacher: &Tensor, batch: &Batch) -> anyhow::Result<Tensor> {
+        let mut end = 0u32;
+        let last: Vec<u32> = batch
+            .lengths()
+            .iter()
+            .map(|&len| {
+                end += len as u32;
+                end - 1
+            })
+            .collect();
+        let last = Tensor::new(last.as_slice(), student.device())?;
+        let log_probs = |rows: &Tensor| -> anyhow::Result<Tensor> {
+            let logits = rows
+                .index_select(&last, 0)?
+                .matmul(&self.weight_t)?
+                .broadcast_add(&self.bias)?;
+            Ok(candle_nn::ops::log_softmax(
+                &logits,
+                candle_core::D::Minus1,
+            )?)
+        };
+        let (student, teacher) = (log_probs(student)?, log_probs(&teacher.detach())?);
+        let kl = (teacher.exp()? * (&teacher - &student)?)?.sum(candle_core::D::Minus1)?;
+        Ok(kl.mean_all()?)
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +411,7 @@ mod tests {
             batch_tokens: 64,
             learning_rate: 2e-3,
             seed: 0,
+            label_head: None,
         };
         for (train, held_out, prefix) in [
             (data.clone(), sequences(1000, 16), 0),
@@ -360,6 +445,36 @@ mod tests {
                 assert_eq!(moved > 0.0, mlp, "{kind:?} moved by {moved}");
             }
         }
+        // Through a label head (two labels reading the first two hidden dimensions) the
+        // held-out label KL falls too, and it is reported.
+        let hidden = config.hidden_size;
+        let row = |i: usize| (0..hidden).map(|j| f32::from(u8::from(j == i))).collect();
+        let head = TaskHead {
+            weight: vec![row(0), row(1)],
+            bias: vec![0.1, -0.1],
+            ridge: 1.0,
+        };
+        let labels = RecoverSettings {
+            label_head: Some(&head),
+            ..settings
+        };
+        let (_, recovery) = recover(
+            &dense,
+            &pruned,
+            &plan,
+            &prompts(0, 192),
+            &prompts(1000, 16),
+            0,
+            labels,
+            &progress,
+        )?;
+        let (Some(before), Some(after)) = (
+            recovery.held_out_label_kl_before,
+            recovery.held_out_label_kl_after,
+        ) else {
+            anyhow::bail!("no label KL reported: {recovery:?}");
+        };
+        assert!(before > 0.0 && after < before, "{recovery:?}");
         // Nothing to train, or nothing to train on, is refused.
         let held_out = sequences(1000, 16);
         let dense_plan = RankPlan::dense(&config);
