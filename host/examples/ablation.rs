@@ -13,7 +13,8 @@
 //! `cargo run --release -p whittle-host --example ablation -- [head examples] [svg path]
 //! [prune folder,...] [16k | exits | units | replot]` (defaults 4096 and `docs/figures/compression.svg`);
 //! each prune folder's `report.json` adds its searched answer to the figure; row 1 (a second
-//! factorization, minutes) only with the last argument `16k`, row 4 alone with `exits`. The measurements are saved beside
+//! factorization, minutes) only with the last argument `16k`, row 4 alone with `exits`, rows 1
+//! and 3 alone with `missing`. The measurements are saved beside
 //! the figure (`.json`); `replot` draws the figure and the table from them again. Prints a markdown table and one JSON
 //! line. Every head is fitted on the first calibration examples, never on the test split.
 
@@ -79,10 +80,20 @@ fn main() -> anyhow::Result<()> {
                     .into_iter()
                     .filter(|(name, _)| !measured.rows.iter().any(|(n, _)| n == name))
                     // The session-7 points added by hand give way to a measured row.
-                    .filter(|(name, _)| !name.starts_with("uniform factor pairs · verbalizer"))
+                    .filter(|(name, _)| {
+                        let remeasured = measured
+                            .rows
+                            .iter()
+                            .any(|(n, _)| n.ends_with("verbalizer · 64k tokens"));
+                        !(remeasured && name.starts_with("uniform factor pairs · verbalizer"))
+                    })
                     .collect();
                 measured.rows.splice(0..0, kept);
                 measured.units = before.units;
+                if measured.every_exit.is_empty() {
+                    measured.every_exit = before.every_exit;
+                    measured.dense_head = before.dense_head;
+                }
             }
             std::fs::write(&saved, serde_json::to_string_pretty(&measured)?)?;
             measured
@@ -217,7 +228,9 @@ fn measure_units(
 }
 
 fn measure(head_examples: usize, mode: &str) -> anyhow::Result<Measured> {
-    let with_16k = mode == "16k";
+    // `missing`: the 16k verbalizer row and the task-head row alone (the rest is saved).
+    let missing = mode == "missing";
+    let with_16k = mode == "16k" || missing;
     let (task, opened, progress, cache) = setup()?;
     let base = &opened.model;
     let config = *base.llama.config();
@@ -248,16 +261,19 @@ fn measure(head_examples: usize, mode: &str) -> anyhow::Result<Measured> {
             ..CalibrationSettings::default()
         };
         let (bank, _) = calibrated_bank(&opened, &task, &settings, &cache, 4096, &progress)?;
-        let mut points = Vec::new();
-        for reduction in REDUCTIONS {
-            let plan = RankPlan::uniform(&config, 1.0 - reduction);
-            let pruned = bank.apply(&base.llama, &plan)?;
-            let accuracy = verbalizer.score(&pruned, &progress)?.accuracy;
-            let counted = reductions(&config, &plan, None).linear_reduction;
-            line(format!("{name}: {counted:.3} → {accuracy:.4}"));
-            points.push((counted, accuracy));
+        let default_tokens = tokens == CalibrationSettings::default().max_tokens;
+        if !(missing && default_tokens) {
+            let mut points = Vec::new();
+            for reduction in REDUCTIONS {
+                let plan = RankPlan::uniform(&config, 1.0 - reduction);
+                let pruned = bank.apply(&base.llama, &plan)?;
+                let accuracy = verbalizer.score(&pruned, &progress)?.accuracy;
+                let counted = reductions(&config, &plan, None).linear_reduction;
+                line(format!("{name}: {counted:.3} → {accuracy:.4}"));
+                points.push((counted, accuracy));
+            }
+            rows.push((name.to_owned(), points));
         }
-        rows.push((name.to_owned(), points));
         if tokens == CalibrationSettings::default().max_tokens {
             let mut points = Vec::new();
             for reduction in REDUCTIONS {
@@ -272,6 +288,17 @@ fn measure(head_examples: usize, mode: &str) -> anyhow::Result<Measured> {
         }
     }
 
+    if missing {
+        return Ok(Measured {
+            dense_verbalizer,
+            dense_head: f64::NAN,
+            head_examples,
+            test_n: task.examples(Split::Test)?.len(),
+            rows,
+            every_exit: Vec::new(),
+            units: Vec::new(),
+        });
+    }
     // Every exit from one pass per split: the state after each block, final-normed.
     let labels = LabelTokens::new(&base.tokenizer, task.labels())?;
     let names: Vec<String> = task.labels().iter().map(|l| l.value.clone()).collect();

@@ -8,7 +8,8 @@
 //! every test number in the report), for the record only: nothing is chosen on it.
 //!
 //! `cargo run --release -p whittle-host --example sub_blocks -- <prune folder> [max greedy
-//! steps]` (default 12). Prints markdown tables and one JSON line.
+//! steps]` (default 12). Prints markdown tables and one JSON line; `… -- plot <JSON line file>
+//! <svg>` draws the single skips from that line.
 
 use indicatif::ProgressBar;
 use whittle_boards::{BoardProfile, Dtype};
@@ -24,8 +25,14 @@ use whittle_host::task::{Split, Task};
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(folder) = args.first() else {
-        anyhow::bail!("usage: sub_blocks <prune folder> [max greedy steps]");
+        anyhow::bail!("usage: sub_blocks <prune folder> [max greedy steps] | plot <json> <svg>");
     };
+    if folder == "plot" {
+        let (Some(json), Some(svg)) = (args.get(1), args.get(2)) else {
+            anyhow::bail!("usage: sub_blocks plot <JSON line file> <svg>");
+        };
+        return plot(json, svg);
+    }
     let max_steps: usize = args.get(1).map_or("12", String::as_str).parse()?;
     let genome: GenomeFile =
         serde_json::from_str(&std::fs::read_to_string(format!("{folder}/genome.json"))?)?;
@@ -155,4 +162,37 @@ fn main() -> anyhow::Result<()> {
     });
     println!("{json}");
     Ok(())
+}
+
+/// The single skips of a saved JSON line as an SVG: assured search accuracy per block, one line
+/// for the attention and one for the MLP, against the answer's and the target.
+fn plot(json: &str, svg: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(json)?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| anyhow::anyhow!("{json} has no JSON line"))?;
+    let value: serde_json::Value = serde_json::from_str(line)?;
+    let number = |v: &serde_json::Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
+    let singles = value["singles"].as_array().cloned().unwrap_or_default();
+    let series = ["attention", "MLP"].map(|sub_block| whittle_host::plot::Series {
+        name: format!("block's {sub_block} skipped"),
+        points: singles
+            .iter()
+            .filter(|s| s["sub_block"] == sub_block)
+            .map(|s| (number(s, "block"), number(s, "assured").max(0.5)))
+            .collect(),
+    });
+    whittle_host::plot::line_chart_svg(
+        std::path::Path::new(svg),
+        "SST-2: one sub-block of the default answer skipped (search split, assured)",
+        "block",
+        "assured search accuracy (floored at 0.5)",
+        &series,
+        &[
+            ("the answer".to_owned(), number(&value, "answer_assured")),
+            ("target 0.95 × dense".to_owned(), number(&value, "target")),
+        ],
+    )
 }

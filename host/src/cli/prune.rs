@@ -43,8 +43,9 @@ pub struct PruneArgs {
     /// Generation cap.
     #[arg(long, default_value_t = 5)]
     generations: usize,
-    /// Stop after this many generations without improvement.
-    #[arg(long, default_value_t = 2)]
+    /// Stop after this many generations without improvement (1 by default: the greedy
+    /// sub-block refinement spends the time a second stale generation would; docs/RESULTS.md).
+    #[arg(long, default_value_t = 1)]
     patience: usize,
     /// New genomes per generation promoted from the quarter split to the full one.
     #[arg(long, default_value_t = 4)]
@@ -68,10 +69,17 @@ pub struct PruneArgs {
     #[command(flatten)]
     refit: RefitArgs,
     /// Recover the answer after the search: train the matrices it changed toward the dense
-    /// model's state at the exit on this many calibration tokens (distillation, no labels);
+    /// model on this many calibration tokens (distillation, no labels: its label distribution
+    /// through its task head at the exit with `--reading head`, else its state at the exit);
     /// kept when it does not lower the assured search accuracy. Off by default.
     #[arg(long, value_name = "N")]
     recover_tokens: Option<usize>,
+    /// After the search, skip the answer's sub-blocks the task does not need: each kept
+    /// block's attention and MLP is screened alone on a quarter of the search split, then up
+    /// to N of them are added one at a time while the target stays assured on the whole split
+    /// (0: off).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    refine_tries: usize,
     /// Output folder [default: `out/<task>-<board>`].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -139,6 +147,7 @@ fn options(args: &PruneArgs) -> anyhow::Result<PruneOptions> {
         uniform_keep: args.uniform_keep,
         refit: args.refit.options(),
         recover_tokens: args.recover_tokens,
+        refine_tries: args.refine_tries,
         calibration: args.calibration.settings("calibration")?,
         cache_dir: args.calibration.cache_dir(),
         batch_tokens: args.calibration.batch_tokens,

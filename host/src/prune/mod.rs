@@ -19,7 +19,7 @@ pub use bank::{FactorBank, dense_weight, stats_to_faer};
 pub use estimate::{AccuracyModel, Estimate, chance_level_warning};
 pub use folder::PruneFolder;
 pub use pipeline::{PruneOptions, RefitOptions, calibrated_bank, keep_grid, prune};
-pub use problem::TaskProblem;
+pub use problem::{Refinement, TaskProblem};
 pub use recover::{LEARNING_RATE, RecoverSettings, Recovery, recover};
 pub use reference::DenseReference;
 pub use refit::anchored_refit;

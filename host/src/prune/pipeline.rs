@@ -68,6 +68,9 @@ pub struct PruneOptions {
     pub refit: Option<RefitOptions>,
     /// Calibration tokens the recovery of the answer trains on; `None` skips it.
     pub recover_tokens: Option<usize>,
+    /// Skips tried on the full split by the greedy sub-block refinement of the answer
+    /// ([`TaskProblem::refine_sub_blocks`]); 0 leaves the answer as the search found it.
+    pub refine_tries: usize,
     /// What calibration streams.
     pub calibration: CalibrationSettings,
     /// Folder of derived caches.
@@ -375,6 +378,17 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     })?;
     let search_seconds = search_started.elapsed().as_secs_f64();
     let mut problem = search.into_problem();
+    // The answer's sub-blocks the task does not need, skipped one at a time while the target
+    // holds (only an admissible answer is refined).
+    let (best, refinement) = match options.refine_tries {
+        tries if tries > 0 && result.feasible => {
+            progress.set_message("refining: skipping sub-blocks of the answer");
+            let (refined, refinement) =
+                problem.refine_sub_blocks(&result.best, result.target_accuracy, tries)?;
+            (refined, Some(refinement))
+        }
+        _ => (result.best.clone(), None),
+    };
 
     let refit_sequences = match &options.refit {
         Some(refit) => {
@@ -467,7 +481,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     let (dense_outcome, _, _, _) = finish(RankPlan::dense(&config), None)?;
     let dense_test = dense_outcome.test_accuracy;
     let (uniform_outcome, _, _, _) = finish(RankPlan::uniform(&config, uniform.keep), None)?;
-    let best_plan = result.best.to_plan(&config, &levels)?;
+    let best_plan = best.to_plan(&config, &levels)?;
     let (mut searched_outcome, mut pruned_llama, plan, mut head) =
         finish(best_plan, options.refit.as_ref())?;
     let recovery = match options.recover_tokens {
@@ -515,7 +529,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     write_genome(
         out,
         &GenomeFile {
-            genome: result.best.0.clone(),
+            genome: best.0.clone(),
             levels: levels.keeps().to_vec(),
             ranks: plan.ranks().to_vec(),
             exit: (plan.exit() < config.n_layers).then_some(plan.exit()),
@@ -592,6 +606,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         evaluations: result.evaluations,
         refit: options.refit.is_some(),
         recovery,
+        refinement,
         uniform_seconds,
         search_seconds,
         seconds: started.elapsed().as_secs_f64(),

@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 
 use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
 use whittle_boards::{BoardProfile, Dtype, Prediction, feasibility, matrix_cost, objective_cost};
 use whittle_runtime::ModelConfig;
 
@@ -9,7 +10,8 @@ use super::{
 };
 use crate::head::LabelReading;
 use crate::search::{
-    Cost, Evaluation, Genome, Levels, Problem, Stage, exit_for_level, water_filling_seeds,
+    Cost, Evaluation, Genome, Levels, Problem, Stage, exit_for_level, greedy_moves,
+    water_filling_seeds,
 };
 
 /// The board-aware pruning problem of one task: genomes are rank levels per matrix of the
@@ -217,6 +219,74 @@ impl TaskProblem {
     pub fn genome(&self, matrices: Genome, unit_levels: [u8; 2], exit_level: u8) -> Genome {
         let exit = self.has_exit_gene().then_some(exit_level);
         Genome::assemble(&self.config, matrices, unit_levels, exit)
+    }
+}
+
+/// What [`TaskProblem::refine_sub_blocks`] did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Refinement {
+    /// Sub-blocks screened (each skipped alone, on the quarter split).
+    pub screened: usize,
+    /// Skips tried on the full split, in order.
+    pub tried: usize,
+    /// The skips kept, as `"block 7 attention"`.
+    pub skipped: Vec<String>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl TaskProblem {
+    /// Greedy sub-block removal after the search (DESIGN section 5): every attention and MLP
+    /// of the answer's kept blocks that it does not skip already is skipped alone and screened
+    /// on the quarter split; in the order of their quarter accuracy, those at or above `target`
+    /// there (at most `max_tries`) are added one at a time, each kept when the combined genome
+    /// still assures `target` on the full split within the budgets. Returns the refined genome
+    /// (the answer itself when nothing holds).
+    pub fn refine_sub_blocks(
+        &mut self,
+        answer: &Genome,
+        target: f64,
+        max_tries: usize,
+    ) -> anyhow::Result<(Genome, Refinement)> {
+        let started = std::time::Instant::now();
+        let plan = self.plan(answer)?;
+        let skip = self.levels.most_pruned();
+        let moves: Vec<(usize, String)> = (0..plan.exit())
+            .flat_map(|layer_idx| {
+                [
+                    (Genome::value_gene(&self.config, layer_idx), "attention"),
+                    (Genome::mlp_gene(&self.config, layer_idx), "MLP"),
+                ]
+                .map(|(gene, name)| (gene, format!("block {layer_idx} {name}")))
+            })
+            .filter(|(gene, _)| answer.0.get(*gene).is_some_and(|&level| level != skip))
+            .collect();
+        let progress = self.progress.clone();
+        let greedy = greedy_moves(
+            self,
+            answer,
+            &moves,
+            skip,
+            target,
+            max_tries,
+            |name, assured, kept| {
+                progress.suspend(|| {
+                    eprintln!(
+                        "refine: {name} skipped: assured {assured:.4} (target {target:.4}){}",
+                        if kept { "" } else { ", refused" }
+                    )
+                })
+            },
+        )?;
+        Ok((
+            greedy.genome,
+            Refinement {
+                screened: greedy.screened,
+                tried: greedy.tried,
+                skipped: greedy.kept,
+                seconds: started.elapsed().as_secs_f64(),
+            },
+        ))
     }
 }
 

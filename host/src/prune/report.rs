@@ -129,6 +129,9 @@ pub struct PruneReport {
     /// The recovery of the answer, when `--recover-tokens` asked for one.
     #[serde(default)]
     pub recovery: Option<RecoveryReport>,
+    /// The greedy sub-block refinement of the answer, when it ran.
+    #[serde(default)]
+    pub refinement: Option<super::Refinement>,
     /// Wall time of the uniform baseline.
     pub uniform_seconds: f64,
     /// Wall time of the search.

@@ -48,6 +48,7 @@ mod config;
 mod engine;
 mod genome;
 mod operators;
+mod refine;
 mod seeding;
 mod state;
 #[cfg(test)]
@@ -66,6 +67,7 @@ pub use genome::{
     Genome, exit_for_level, fitness, min_exit, target_accuracy, value_width_for_keep,
     width_for_keep,
 };
+pub use refine::{GreedyMoves, greedy_moves};
 pub use seeding::{water_filling, water_filling_seeds};
 pub use state::{CacheRecord, Cached, State};
 

@@ -435,3 +435,61 @@ fn resume_refuses_corrupt_and_foreign_checkpoints() {
     checkpoint.write(&path).expect("written");
     check_resume_error(&path, resumable_config(), &["is corrupt", "41 genes"]);
 }
+
+#[test]
+fn greedy_moves_keep_the_harmless_skips_and_refuse_the_rest() -> anyhow::Result<()> {
+    // From every gene dense, each move sets one gene to the last level (11): a bottleneck
+    // costs 0.55, another gene 0.00022. At a target of 0.89 all 38 harmless moves fit (0.0084
+    // in all) and the bottlenecks fail the quarter screen.
+    let mut problem = Synthetic::new();
+    let answer = Genome::uniform(N_GENES, 0);
+    let last = problem.levels.most_pruned();
+    let moves: Vec<(usize, String)> = (0..N_GENES).map(|g| (g, format!("gene {g}"))).collect();
+    let mut tries = Vec::new();
+    let result = greedy_moves(
+        &mut problem,
+        &answer,
+        &moves,
+        last,
+        0.89,
+        100,
+        |name, a, kept| {
+            tries.push((name.to_owned(), a, kept));
+        },
+    )?;
+    assert_eq!(result.screened, N_GENES);
+    assert_eq!(
+        result.tried,
+        N_GENES - BOTTLENECKS.len(),
+        "bottlenecks fail the screen"
+    );
+    assert_eq!(result.kept.len(), N_GENES - BOTTLENECKS.len());
+    for gene in 0..N_GENES {
+        let expected = if BOTTLENECKS.contains(&gene) { 0 } else { last };
+        assert_eq!(result.genome.levels()[gene], expected, "gene {gene}");
+    }
+    assert!(
+        tries
+            .iter()
+            .all(|(_, assured, kept)| *kept && *assured >= 0.89)
+    );
+    // A tighter target: the harm adds up, and the moves past it are refused.
+    let mut problem = Synthetic::new();
+    let target = 0.9 - 0.00022 * 10.5;
+    let result = greedy_moves(
+        &mut problem,
+        &answer,
+        &moves,
+        last,
+        target,
+        100,
+        |_, _, _| {},
+    )?;
+    assert_eq!(result.kept.len(), 10);
+    assert_eq!(result.tried, N_GENES - BOTTLENECKS.len());
+    // At most `max_tries` full evaluations.
+    let mut problem = Synthetic::new();
+    let result = greedy_moves(&mut problem, &answer, &moves, last, 0.89, 3, |_, _, _| {})?;
+    assert_eq!((result.tried, result.kept.len()), (3, 3));
+    Ok(())
+}
