@@ -43,9 +43,8 @@ pub struct PruneArgs {
     /// Generation cap.
     #[arg(long, default_value_t = 5)]
     generations: usize,
-    /// Stop after this many generations without improvement (1 by default: the greedy
-    /// sub-block refinement spends the time a second stale generation would; docs/RESULTS.md).
-    #[arg(long, default_value_t = 1)]
+    /// Stop after this many generations without improvement.
+    #[arg(long, default_value_t = 2)]
     patience: usize,
     /// New genomes per generation promoted from the quarter split to the full one.
     #[arg(long, default_value_t = 4)]
@@ -77,8 +76,8 @@ pub struct PruneArgs {
     /// After the search, skip the answer's sub-blocks the task does not need: each kept
     /// block's attention and MLP is screened alone on a quarter of the search split, then up
     /// to N of them are added one at a time while the target stays assured on the whole split
-    /// (0: off).
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    /// (0, the default: off; it takes minutes, docs/RESULTS.md).
+    #[arg(long, value_name = "N", default_value_t = 0)]
     refine_tries: usize,
     /// Output folder [default: `out/<task>-<board>`].
     #[arg(long, value_name = "DIR")]
