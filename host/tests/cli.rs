@@ -142,6 +142,21 @@ fn prune_rejects_bad_arguments_before_loading_a_model() {
         &["prune", "--board", "/nonexistent/board.toml"],
         &["cannot read board profile /nonexistent/board.toml"],
     );
+    check_error(
+        &["prune", "--recover-tokens", "0"],
+        &["--recover-tokens 0 trains on nothing"],
+    );
+    check_error(
+        &[
+            "prune",
+            "--recover-tokens",
+            "1024",
+            "--recover-labels",
+            "--reading",
+            "verbalizer",
+        ],
+        &["--recover-labels", "--reading head"],
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").expect("write");

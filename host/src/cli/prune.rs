@@ -68,11 +68,15 @@ pub struct PruneArgs {
     #[command(flatten)]
     refit: RefitArgs,
     /// Recover the answer after the search: train the matrices it changed toward the dense
-    /// model on this many calibration tokens (distillation, no labels: its label distribution
-    /// through its task head at the exit with `--reading head`, else its state at the exit);
+    /// model's state at the exit on this many calibration tokens (distillation, no labels);
     /// kept when it does not lower the assured search accuracy. Off by default.
     #[arg(long, value_name = "N")]
     recover_tokens: Option<usize>,
+    /// With `--recover-tokens`: match the dense model's label distribution through its task
+    /// head at the exit (`--reading head`) instead of its state (experimental: at the state
+    /// objective's learning rate its loss rises; docs/RESULTS.md).
+    #[arg(long, requires = "recover_tokens")]
+    recover_labels: bool,
     /// After the search, skip the answer's sub-blocks the task does not need: each kept
     /// block's attention and MLP is screened alone on a quarter of the search split, then up
     /// to N of them are added one at a time while the target stays assured on the whole split
@@ -146,6 +150,7 @@ fn options(args: &PruneArgs) -> anyhow::Result<PruneOptions> {
         uniform_keep: args.uniform_keep,
         refit: args.refit.options(),
         recover_tokens: args.recover_tokens,
+        recover_labels: args.recover_labels,
         refine_tries: args.refine_tries,
         calibration: args.calibration.settings("calibration")?,
         cache_dir: args.calibration.cache_dir(),

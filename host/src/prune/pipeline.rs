@@ -68,6 +68,9 @@ pub struct PruneOptions {
     pub refit: Option<RefitOptions>,
     /// Calibration tokens the recovery of the answer trains on; `None` skips it.
     pub recover_tokens: Option<usize>,
+    /// Recover toward the dense model's label distribution through its head at the exit
+    /// (needs the head reading) instead of its state there.
+    pub recover_labels: bool,
     /// Skips tried on the full split by the greedy sub-block refinement of the answer
     /// ([`TaskProblem::refine_sub_blocks`]); 0 leaves the answer as the search found it.
     pub refine_tries: usize,
@@ -102,6 +105,11 @@ impl PruneOptions {
             anyhow::bail!(
                 "--head-examples {} is too few to fit a task head; give at least {MIN_HEAD_EXAMPLES} (default 4096)",
                 self.head_examples
+            );
+        }
+        if self.recover_labels && self.reading != LabelReading::Head {
+            anyhow::bail!(
+                "--recover-labels reads the labels through the dense model's task head; use it with --reading head"
             );
         }
         if self.recover_tokens == Some(0) {
@@ -486,9 +494,12 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         finish(best_plan, options.refit.as_ref())?;
     let recovery = match options.recover_tokens {
         Some(tokens) => {
-            // With a task head the student matches the dense model's label distribution
-            // through the dense head at the answer's exit.
-            let label_head = reference.as_ref().and_then(|r| r.head(plan.exit()));
+            // With the label objective the student matches the dense model's label
+            // distribution through the dense head at the answer's exit.
+            let label_head = reference
+                .as_ref()
+                .filter(|_| options.recover_labels)
+                .and_then(|r| r.head(plan.exit()));
             let recovered = recover_answer(
                 base,
                 options,
