@@ -290,15 +290,6 @@ impl FactorBank {
         self.values.get(layer_idx).map(AsRef::as_ref)
     }
 
-    /// The relative output error of block `layer_idx`'s attention with its key/value heads
-    /// keeping `w` value dimensions each, for `w = 0..=head_dim` (after
-    /// [`FactorBank::with_units`]).
-    pub fn value_error_curve(&self, layer_idx: usize) -> Option<&[f64]> {
-        self.values
-            .get(layer_idx)
-            .map(|projection| projection.error_curve.as_slice())
-    }
-
     /// Block `layer_idx`'s v and o with its key/value heads keeping `width` value dimensions
     /// each (built once per block and width); zero gives the empty v and o of a skipped
     /// attention.
