@@ -76,6 +76,7 @@ impl DenseReference {
             REFERENCE_FORMAT,
             &base.digest,
             task,
+            &crate::task::Split::ALL,
             &KeySettings {
                 head_examples: search.fit_examples(),
                 verbalizer_examples: crate::metrics::LABEL_BIAS_EXAMPLES,

@@ -120,9 +120,11 @@ impl Checkpoint {
                 state.history.len()
             ));
         }
-        if state.population.len() != config.population {
+        // Genomes left out as costlier than the answer are not kept, so a population may be
+        // smaller than the configured one, never larger or empty.
+        if state.population.is_empty() || state.population.len() > config.population {
             return Err(format!(
-                "a population of {}, not {}",
+                "a population of {}, not 1 to {}",
                 state.population.len(),
                 config.population
             ));

@@ -39,6 +39,10 @@ pub struct GenerationReport {
     pub full_evaluations: usize,
     /// New genomes dropped after the quarter split in this generation.
     pub rejected: usize,
+    /// New genomes not evaluated because they cost more than the admissible best genome: the
+    /// answer is the cheapest admissible genome, so none of them could have become it.
+    #[serde(default)]
+    pub costlier: usize,
 }
 
 /// The answer of a finished (or stopped) search.
@@ -151,6 +155,11 @@ impl<P: Problem> Search<P> {
         &self.problem
     }
 
+    #[cfg(test)]
+    pub(crate) fn problem_mut(&mut self) -> &mut P {
+        &mut self.problem
+    }
+
     /// Gives the problem back.
     pub fn into_problem(self) -> P {
         self.problem
@@ -221,7 +230,12 @@ impl<P: Problem> Search<P> {
         };
         let (quarter_before, full_before) =
             (self.state.quarter_evaluations, self.state.full_evaluations);
-        let rejected = self.evaluate_population(&population)?;
+        let (rejected, costlier) = self.evaluate_population(&population)?;
+        // The genomes left out as costlier than the answer never enter the population.
+        let population: Vec<Genome> = population
+            .into_iter()
+            .filter(|genome| self.state.cache.contains_key(genome))
+            .collect();
         let scores = self.scores(&population)?;
         let improved = self.update_best(&population, &scores)?;
         self.state.stale_generations = if improved {
@@ -229,7 +243,13 @@ impl<P: Problem> Search<P> {
         } else {
             self.state.stale_generations + 1
         };
-        let report = self.report(generation, improved, rejected, quarter_before, full_before)?;
+        let report = self.report(
+            generation,
+            improved,
+            [rejected, costlier],
+            quarter_before,
+            full_before,
+        )?;
         self.state.population = population;
         self.state.history.push(report.clone());
         self.state.next_generation = generation + 1;
@@ -295,15 +315,40 @@ impl<P: Problem> Search<P> {
         Ok(population)
     }
 
+    /// The cost of the best genome when it is admissible: a genome costing more can never
+    /// become the answer.
+    fn answer_cost(&self) -> Option<f64> {
+        self.best()
+            .filter(|best| best.feasible)
+            .map(|best| best.cost.cost)
+    }
+
+    /// Whether `genome` costs no more than `bound` (always, without one).
+    fn within(&self, bound: Option<f64>, genome: &Genome) -> bool {
+        bound.is_none_or(|bound| self.problem.cost(genome).cost <= bound)
+    }
+
     /// Evaluates the genomes not seen before (quarter split, then the survivors on the full
-    /// split), then makes sure the elites are Full-evaluated. Returns how many were rejected.
-    fn evaluate_population(&mut self, population: &[Genome]) -> Result<usize, SearchError> {
+    /// split), then makes sure the elites are Full-evaluated. Genomes costlier than an
+    /// admissible best are not evaluated (they rank last). Returns how many were rejected
+    /// after the quarter split and how many were left out as costlier.
+    fn evaluate_population(
+        &mut self,
+        population: &[Genome],
+    ) -> Result<(usize, usize), SearchError> {
+        let bound = self.answer_cost();
         let mut seen = HashSet::new();
-        let new: Vec<Genome> = population
+        let unseen: Vec<Genome> = population
             .iter()
             .filter(|g| !self.state.cache.contains_key(*g) && seen.insert(*g))
             .cloned()
             .collect();
+        let n_unseen = unseen.len();
+        let new: Vec<Genome> = unseen
+            .into_iter()
+            .filter(|g| self.within(bound, g))
+            .collect();
+        let costlier = n_unseen - new.len();
         let mut rejected = 0;
         let n_new = new.len();
         if self.config.early_rejection {
@@ -356,11 +401,11 @@ impl<P: Problem> Search<P> {
             let missing: Vec<Genome> =
                 top_distinct(population, &scores, self.config.elitism.max(1))
                     .into_iter()
-                    .filter(|&i| !scores[i].full)
+                    .filter(|&i| !scores[i].full && self.within(bound, &population[i]))
                     .map(|i| population[i].clone())
                     .collect();
             if missing.is_empty() {
-                return Ok(rejected);
+                return Ok((rejected, costlier));
             }
             self.evaluate_stage(&missing, Stage::Full)?;
         }
@@ -461,7 +506,7 @@ impl<P: Problem> Search<P> {
         &self,
         generation: usize,
         improved: bool,
-        rejected: usize,
+        [rejected, costlier]: [usize; 2],
         quarter_before: usize,
         full_before: usize,
     ) -> Result<GenerationReport, SearchError> {
@@ -478,6 +523,7 @@ impl<P: Problem> Search<P> {
             quarter_evaluations: self.state.quarter_evaluations - quarter_before,
             full_evaluations: self.state.full_evaluations - full_before,
             rejected,
+            costlier,
         })
     }
 }

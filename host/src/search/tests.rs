@@ -23,6 +23,9 @@ struct Synthetic {
     full_seen: HashSet<Genome>,
     repeats: usize,
     calls: usize,
+    /// Set by a test: genomes evaluated at a cost above it are counted in `above_bound`.
+    bound: Option<f64>,
+    above_bound: usize,
 }
 
 impl Synthetic {
@@ -36,6 +39,8 @@ impl Synthetic {
             full_seen: HashSet::new(),
             repeats: 0,
             calls: 0,
+            bound: None,
+            above_bound: 0,
         }
     }
 
@@ -98,6 +103,9 @@ impl Problem for Synthetic {
             if !seen.insert(genome.clone()) {
                 self.repeats += 1;
             }
+        }
+        if let Some(bound) = self.bound {
+            self.above_bound += genomes.iter().filter(|g| self.cost(g).cost > bound).count();
         }
         Ok(genomes
             .iter()
@@ -298,6 +306,23 @@ fn no_genome_is_evaluated_twice() {
         "{} calls",
         problem.calls
     );
+}
+
+#[test]
+fn genomes_costlier_than_an_admissible_best_are_not_evaluated() {
+    let mut search = Search::new(Synthetic::new(), config(8)).expect("valid config");
+    let mut left_out = 0;
+    while !search.is_finished() {
+        let report = search.step().expect("a generation runs");
+        left_out += report.costlier;
+        // The next generation must not evaluate anything costlier than an admissible best.
+        let bound = report.feasible.then_some(report.best_cost);
+        search.problem_mut().bound = bound;
+    }
+    let result = search.result().expect("a result");
+    assert!(result.feasible);
+    assert!(left_out > 0, "no genome was left out");
+    assert_eq!(search.problem().above_bound, 0);
 }
 
 #[test]

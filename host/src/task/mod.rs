@@ -372,6 +372,12 @@ impl Task {
     /// A digest of everything the model sees or is scored against: metric, labels and every
     /// rendered example of every split. Caches derived from a task are keyed by it.
     pub fn fingerprint(&self) -> String {
+        self.fingerprint_of(&Split::ALL)
+    }
+
+    /// [`Self::fingerprint`] over the examples of `splits` alone, for what depends on those
+    /// splits only (the calibration statistics are unchanged when the search split grows).
+    pub fn fingerprint_of(&self, splits: &[Split]) -> String {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
         hasher.update(format!("{:?}", self.metric).as_bytes());
@@ -381,8 +387,12 @@ impl Task {
             hasher.update(label.verbalizer.as_bytes());
             hasher.update([0]);
         }
-        for split in &self.splits {
-            hasher.update(serde_json::to_vec(split).unwrap_or_default());
+        for split in Split::ALL {
+            let examples = match splits.contains(&split) {
+                true => serde_json::to_vec(&self.splits[split.index()]).unwrap_or_default(),
+                false => Vec::new(),
+            };
+            hasher.update(examples);
             hasher.update([1]);
         }
         hasher
