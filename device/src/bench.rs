@@ -38,12 +38,19 @@ pub struct LoadedBundle {
 }
 
 impl LoadedBundle {
-    /// Reads `path`.
+    /// Reads `path` once, straight into aligned memory (the bundle is held once: no second
+    /// copy to align it).
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let raw = std::fs::read(path)
-            .with_context(|| format!("cannot read {}; check the path", path.display()))?;
+        use std::io::Read;
+        let cannot = || format!("cannot read {}; check the path", path.display());
+        let mut file = std::fs::File::open(path).with_context(cannot)?;
+        let len = file.metadata().with_context(cannot)?.len();
+        let len = usize::try_from(len)
+            .with_context(|| format!("{} is too large for this machine", path.display()))?;
+        let mut bytes = AlignedBytes::zeroed(len);
+        file.read_exact(bytes.as_bytes_mut()).with_context(cannot)?;
         Ok(Self {
-            bytes: AlignedBytes::new(&raw),
+            bytes,
             path: path.to_owned(),
         })
     }
@@ -70,10 +77,19 @@ fn arena(bytes: usize) -> Vec<u32> {
     vec![0u32; bytes.div_ceil(4)]
 }
 
-/// `whittle-device run`: classifies or generates for `text`, printing the answer.
+/// Where `whittle-device run` takes its inputs from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inputs {
+    /// One text; the answer is printed as plain text.
+    Text(String),
+    /// One input per line of a file (`-`: standard input); one JSON object per line out.
+    Lines(PathBuf),
+}
+
+/// `whittle-device run`: classifies or generates for each input, loading the bundle once.
 pub fn run(
     bundle: &Path,
-    text: &str,
+    inputs: &Inputs,
     threads: usize,
     max_new_tokens: Option<usize>,
 ) -> anyhow::Result<()> {
@@ -87,23 +103,92 @@ pub fn run(
     )
     .map_err(|error| anyhow::anyhow!("cannot start a session: {error}"))?;
     let task = &bundle.header().task;
-    match task.kind {
-        TaskKind::Classification => {
-            let answer = session
-                .classify(text)
-                .map_err(|error| anyhow::anyhow!("cannot classify: {error}"))?;
-            println!("{}", answer.label);
+    let limit = max_new_tokens.unwrap_or(task.max_new_tokens as usize);
+    let answer = |session: &mut Session<'_, '_, _, RUN_CONTEXT>, text: &str| {
+        answer(session, task.kind, text, limit)
+    };
+    match inputs {
+        Inputs::Text(text) => {
+            match answer(&mut session, text)? {
+                Answer::Label { label, .. } => println!("{label}"),
+                Answer::Text(text) => println!("{text}"),
+            }
+            Ok(())
         }
-        TaskKind::Generation => {
-            let limit = max_new_tokens.unwrap_or(task.max_new_tokens as usize);
-            let mut out = vec![0u8; 16 * limit.max(1)];
-            let answer = session
-                .generate(text, limit, &mut out)
-                .map_err(|error| anyhow::anyhow!("cannot generate: {error}"))?;
-            println!("{answer}");
+        Inputs::Lines(path) => {
+            use std::io::{BufRead, Write};
+            let reader: Box<dyn BufRead> = match path.to_str() {
+                Some("-") => Box::new(std::io::stdin().lock()),
+                _ => Box::new(std::io::BufReader::new(
+                    std::fs::File::open(path)
+                        .with_context(|| format!("cannot read {}; check --file", path.display()))?,
+                )),
+            };
+            let mut out = std::io::stdout().lock();
+            let mut failed = 0usize;
+            for (index, line) in reader.lines().enumerate() {
+                let line = line.with_context(|| {
+                    format!("cannot read line {} of the inputs (not UTF-8?)", index + 1)
+                })?;
+                let record = match answer(&mut session, &line) {
+                    Ok(Answer::Label { label, scores }) => {
+                        serde_json::json!({"line": index + 1, "label": label, "scores": scores})
+                    }
+                    Ok(Answer::Text(text)) => {
+                        serde_json::json!({"line": index + 1, "answer": text})
+                    }
+                    Err(error) => {
+                        failed += 1;
+                        serde_json::json!({"line": index + 1, "error": format!("{error:#}")})
+                    }
+                };
+                writeln!(out, "{record}").context("cannot write the answers")?;
+            }
+            out.flush().context("cannot write the answers")?;
+            match failed {
+                0 => Ok(()),
+                n => anyhow::bail!("{n} input(s) failed; their lines carry an \"error\""),
+            }
         }
     }
-    Ok(())
+}
+
+/// One input's answer.
+enum Answer {
+    /// The label and every label's logit plus bias, in label order.
+    Label { label: String, scores: Vec<f32> },
+    /// Generated text.
+    Text(String),
+}
+
+fn answer<K: Kernels>(
+    session: &mut Session<'_, '_, K, RUN_CONTEXT>,
+    kind: TaskKind,
+    text: &str,
+    max_new_tokens: usize,
+) -> anyhow::Result<Answer> {
+    match kind {
+        TaskKind::Classification => {
+            let scores = session
+                .label_scores(text)
+                .map_err(|error| anyhow::anyhow!("cannot classify: {error}"))?
+                .to_vec();
+            let answer = session
+                .classify_scores(&scores)
+                .map_err(|error| anyhow::anyhow!("cannot classify: {error}"))?;
+            Ok(Answer::Label {
+                label: answer.label.to_string(),
+                scores,
+            })
+        }
+        TaskKind::Generation => {
+            let mut out = vec![0u8; 16 * max_new_tokens.max(1)];
+            let answer = session
+                .generate(text, max_new_tokens, &mut out)
+                .map_err(|error| anyhow::anyhow!("cannot generate: {error}"))?;
+            Ok(Answer::Text(answer.to_string()))
+        }
+    }
 }
 
 /// What `whittle-device bench` is asked to do.

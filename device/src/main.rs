@@ -53,13 +53,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a bundle on one text: print the label (classification) or the answer (generation).
+    /// Run a bundle: print the label (classification) or the answer (generation) of one
+    /// `--text`, or of every line of `--file` (`-`: standard input) as JSON lines
+    /// (`{"line", "label", "scores"}` or `{"line", "answer"}`), loading the bundle once.
     Run {
         /// The bundle file.
         bundle: PathBuf,
         /// The input text.
-        #[arg(long)]
-        text: String,
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        text: Option<String>,
+        /// A file of inputs, one per line (`-`: standard input).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
         /// Threads sharing each matrix product.
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
@@ -83,9 +88,17 @@ fn main() -> anyhow::Result<()> {
         Command::Run {
             bundle,
             text,
+            file,
             threads,
             max_new_tokens,
-        } => bench::run(&bundle, &text, threads, max_new_tokens),
+        } => {
+            let inputs = match (text, file) {
+                (Some(text), _) => bench::Inputs::Text(text),
+                (None, Some(file)) => bench::Inputs::Lines(file),
+                (None, None) => anyhow::bail!("give --text TEXT or --file PATH (- for stdin)"),
+            };
+            bench::run(&bundle, &inputs, threads, max_new_tokens)
+        }
         Command::Bench(args) => bench::bench(&args),
     }
 }
@@ -113,6 +126,17 @@ mod tests {
             "Profile { json: true, out: None, install: true }",
         );
         check_parses(&["whittle-device", "boards"], "Boards { json: false }");
+        check_parses(
+            &["whittle-device", "run", "b.wbundle", "--file", "-"],
+            "Run { bundle: \"b.wbundle\", text: None, file: Some(\"-\"), threads: THREADS, max_new_tokens: None }"
+                .replace("THREADS", &default_threads().to_string())
+                .as_str(),
+        );
+        assert!(Cli::try_parse_from(["whittle-device", "run", "b.wbundle"]).is_err());
+        assert!(
+            Cli::try_parse_from(["whittle-device", "run", "b", "--text", "t", "--file", "f"])
+                .is_err()
+        );
         assert!(Cli::try_parse_from(["whittle-device", "boards", "--measure"]).is_err());
     }
 }

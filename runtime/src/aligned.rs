@@ -30,6 +30,21 @@ impl AlignedBytes {
         }
     }
 
+    /// `len` zero bytes, to be filled in place (a file read straight into aligned memory,
+    /// so a bundle is held once).
+    pub fn zeroed(len: usize) -> Self {
+        Self {
+            lines: alloc::vec![Line([0; 64]); len.div_ceil(64)],
+            len,
+        }
+    }
+
+    /// The bytes, writable.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        let storage: &mut [u8] = bytemuck::cast_slice_mut(&mut self.lines);
+        storage.get_mut(..self.len).unwrap_or(&mut [])
+    }
+
     /// The bytes.
     pub fn as_bytes(&self) -> &[u8] {
         let storage: &[u8] = bytemuck::cast_slice(&self.lines);

@@ -90,6 +90,11 @@ impl<'b, 'a, K: Kernels, const CONTEXT: usize> Session<'b, 'a, K, CONTEXT> {
     /// Classifies `input`: argmax over labels of logit + bias (first on ties).
     pub fn classify(&mut self, input: &str) -> Result<Classification<'a>, Error> {
         let scores = self.label_scores(input)?;
+        self.classify_scores(&scores)
+    }
+
+    /// The label of `scores` (from [`Session::label_scores`]): the argmax, first on ties.
+    pub fn classify_scores(&self, scores: &[f32]) -> Result<Classification<'a>, Error> {
         let mut best = 0;
         for (i, score) in scores.iter().enumerate() {
             if scores.get(best).is_some_and(|b| score > b) {

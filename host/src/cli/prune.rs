@@ -73,8 +73,8 @@ pub struct PruneArgs {
     #[arg(long, value_name = "N")]
     recover_tokens: Option<usize>,
     /// With `--recover-tokens`: match the dense model's label distribution through its task
-    /// head at the exit (`--reading head`) instead of its state (experimental: at the state
-    /// objective's learning rate its loss rises; docs/RESULTS.md).
+    /// head at the exit (`--reading head`) instead of its state, at its own learning rate
+    /// (10⁻⁶, chosen on the held-out KL; docs/RESULTS.md).
     #[arg(long, requires = "recover_tokens")]
     recover_labels: bool,
     /// After the search, skip the answer's sub-blocks the task does not need: each kept

@@ -20,7 +20,7 @@ pub use estimate::{AccuracyModel, Estimate, chance_level_warning};
 pub use folder::PruneFolder;
 pub use pipeline::{PruneOptions, RefitOptions, calibrated_bank, keep_grid, prune};
 pub use problem::{Refinement, TaskProblem};
-pub use recover::{LEARNING_RATE, RecoverSettings, Recovery, recover};
+pub use recover::{LABEL_LEARNING_RATE, LEARNING_RATE, RecoverSettings, Recovery, recover};
 pub use reference::DenseReference;
 pub use refit::anchored_refit;
 pub use report::{Outcome, PruneReport};

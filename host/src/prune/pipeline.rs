@@ -16,9 +16,9 @@ use super::folder::{
 };
 use super::report::{Outcome, PruneReport, RecoveryReport};
 use super::{
-    DenseReference, Evaluator, FactorBank, LEARNING_RATE, RankPlan, RecoverSettings, TaskProblem,
-    UniformResult, anchored_refit, chance_level_warning, matrices, recover, reductions,
-    uniform_search,
+    DenseReference, Evaluator, FactorBank, LABEL_LEARNING_RATE, LEARNING_RATE, RankPlan,
+    RecoverSettings, TaskProblem, UniformResult, anchored_refit, chance_level_warning, matrices,
+    recover, reductions, uniform_search,
 };
 use crate::bundle::{HeadChoice, PackOptions, ProvenanceInfo, check_bundle_task, pack_to_file};
 use crate::calibrate::{CalibrationSettings, calibrate, calibration_sequences};
@@ -664,7 +664,10 @@ fn recover_answer(
         base.model.tokenizer.pad_id(),
         RecoverSettings {
             batch_tokens: options.batch_tokens.clamp(1, 1024),
-            learning_rate: LEARNING_RATE,
+            learning_rate: match label_head {
+                Some(_) => LABEL_LEARNING_RATE,
+                None => LEARNING_RATE,
+            },
             seed: options.search.seed,
             label_head,
         },

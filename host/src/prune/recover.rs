@@ -32,6 +32,11 @@ use crate::model::{Batch, KvCache, Linear, Llama};
 /// calibration tokens; 3·10⁻⁵, 10⁻⁴ and 3·10⁻⁴ tried, 10⁻⁴ lowest; docs/RESULTS.md, recovery).
 pub const LEARNING_RATE: f64 = 1e-4;
 
+/// AdamW's step size for the label objective, chosen by the held-out KL on the same plan and
+/// tokens (10⁻⁴ diverges; 10⁻⁵ and 10⁻⁶ tried, 10⁻⁶ lowest; docs/RESULTS.md, recovery): the
+/// two-label distribution at the last position moves far more per step than the state.
+pub const LABEL_LEARNING_RATE: f64 = 1e-6;
+
 /// How the recovery trains.
 #[derive(Clone, Copy, Debug)]
 pub struct RecoverSettings<'a> {
