@@ -114,7 +114,7 @@ pub enum CostError {
     },
     /// The block widths are not one per block, or one is outside the model's MLP or heads.
     #[error(
-        "the plan's block widths ({got} entries, widest MLP {widest_mlp}, widest value head {widest_value}) must be one per block ({n_layers}) within 0..={intermediate_size} neurons and 0..={head_dim} value dimensions, or none for full blocks; build the plan for this model"
+        "the plan's block widths ({got} entries, widest MLP {widest_mlp}, widest value head {widest_value}) must be one per block ({n_layers}) within 0..={intermediate_size} neurons, 0..={head_dim} value dimensions and half as many rotary pairs, or none for full blocks; build the plan for this model"
     )]
     BlockWidths {
         /// Entries given.
@@ -541,9 +541,11 @@ fn check_widths(
     widths: &[BlockWidths],
     one_block: bool,
 ) -> Result<(), CostError> {
-    let in_range = widths
-        .iter()
-        .all(|w| w.mlp <= config.intermediate_size && w.value <= config.head_dim());
+    let in_range = widths.iter().all(|w| {
+        w.mlp <= config.intermediate_size
+            && w.value <= config.head_dim()
+            && w.pairs <= config.head_dim() / 2
+    });
     let count = match one_block {
         true => widths.len() == 1,
         false => widths.is_empty() || widths.len() == config.n_layers,

@@ -734,18 +734,21 @@ fn fitted_overheads_are_never_negative_and_noise_gives_no_attention_rate() {
 }
 
 #[test]
-fn narrower_value_heads_and_skipped_sub_blocks_cost_their_matrices_less() {
+fn narrower_heads_and_skipped_sub_blocks_cost_their_matrices_less() {
     let config = ModelConfig::SMOLLM2_135M;
     let board = round_board("");
     let dense = vec![None; config.n_prunable_matrices()];
     let full = config.full_widths();
     let mut widths = vec![full; config.n_layers];
-    // Block 0 skips both sub-blocks; block 1 keeps 32 of 64 value dimensions per head.
-    widths[0] = BlockWidths { mlp: 0, value: 0 };
-    widths[1] = BlockWidths {
-        mlp: full.mlp,
-        value: 32,
+    // Block 0 skips both sub-blocks; block 1 keeps 32 of 64 value dimensions per head and
+    // block 2 16 of 32 rotary pairs per query/key head.
+    widths[0] = BlockWidths {
+        mlp: 0,
+        value: 0,
+        pairs: 0,
     };
+    widths[1] = BlockWidths { value: 32, ..full };
+    widths[2] = BlockWidths { pairs: 16, ..full };
     let p_dense = predicted(&board, &config, &dense, Dtype::F32, None);
     let p = match predict(&board, &config, &dense, &widths, Dtype::F32, None) {
         Ok(p) => p,
@@ -753,15 +756,18 @@ fn narrower_value_heads_and_skipped_sub_blocks_cost_their_matrices_less() {
     };
     let block = 4 * config.block_linear_params() as u64;
     let halved_values = 4 * (192 * 576 + 576 * 576) as u64 / 2;
-    assert_eq!(p_dense.weight_bytes - p.weight_bytes, block + halved_values);
+    let halved_pairs = 4 * (576 * 576 + 192 * 576) as u64 / 2;
+    assert_eq!(
+        p_dense.weight_bytes - p.weight_bytes,
+        block + halved_values + halved_pairs
+    );
     assert!(p.decode_ms_per_token_cpu < p_dense.decode_ms_per_token_cpu);
-    // A value head wider than head_dim, or an MLP wider than the model's: one-line errors.
+    // A value head wider than head_dim, an MLP wider than the model's, more rotary pairs
+    // than a head has: one-line errors.
     for bad in [
-        BlockWidths { mlp: 0, value: 65 },
-        BlockWidths {
-            mlp: 1537,
-            value: 64,
-        },
+        BlockWidths { value: 65, ..full },
+        BlockWidths { mlp: 1537, ..full },
+        BlockWidths { pairs: 33, ..full },
     ] {
         widths[2] = bad;
         match predict(&board, &config, &dense, &widths, Dtype::F32, None) {

@@ -423,10 +423,22 @@ pub fn pack(
         let linears: [LinearRef; 7] = linears
             .try_into()
             .map_err(|_| anyhow::anyhow!("a block has seven linears"))?;
+        let rotary_pairs = match llama.rotary_pairs(layer_idx) {
+            Some(lists) => {
+                let bytes: Vec<u8> = lists
+                    .iter()
+                    .flatten()
+                    .flat_map(|p| p.to_le_bytes())
+                    .collect();
+                blob.push_bytes(&bytes)?
+            }
+            None => whittle_runtime::format::Span::default(),
+        };
         layers.push(LayerRef {
             attn_norm,
             ffn_norm,
             linears,
+            rotary_pairs,
         });
     }
     let bytes_per_value = match dtype {

@@ -256,6 +256,7 @@ impl<'a> Bundle<'a> {
             // the width) and fewer value dimensions per key/value head than `head_dim` (v's
             // output sets them); every other matrix must agree. Zero skips the sub-block.
             let widths = block_widths(&layer, config).ok_or(Error::BadShape)?;
+            self.check_rotary_pairs(layer.rotary_pairs, widths.pairs, config)?;
             for (kind, linear) in MatrixKind::ALL.into_iter().zip(&layer.linears) {
                 let (rows, cols) = config.matrix_shape_in(kind, widths);
                 match linear {
@@ -370,6 +371,33 @@ impl<'a> Bundle<'a> {
         Ok(())
     }
 
+    /// A block's rotary pairs span: empty when every pair is kept (`pairs` = `head_dim / 2`)
+    /// or the attention is skipped, else in the blob with each key/value head's `pairs`
+    /// indices strictly ascending below `head_dim / 2`.
+    fn check_rotary_pairs(
+        &self,
+        span: Span,
+        pairs: usize,
+        config: &ModelConfig,
+    ) -> Result<(), Error> {
+        let half = config.head_dim() / 2;
+        if span.len == 0 {
+            return Ok(());
+        }
+        let bytes = self.checked_span(span)?;
+        for kv_head in 0..config.n_kv_heads {
+            let mut previous = None;
+            for j in 0..pairs {
+                let pair = rotary_pair(bytes, pairs, kv_head, j);
+                if pair >= half || previous.is_some_and(|p| pair <= p) {
+                    return Err(Error::BadShape);
+                }
+                previous = Some(pair);
+            }
+        }
+        Ok(())
+    }
+
     fn check_matrix(
         &self,
         matrix: &MatrixRef,
@@ -407,9 +435,11 @@ pub(crate) fn array<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], 
         .ok_or(Error::Truncated)
 }
 
-/// The widths a block's matrices imply: gate's output rows (the MLP's neurons) and v's output
-/// rows per key/value head (the value dimensions); `None` when v's rows do not divide into
-/// the heads or a width exceeds the model's.
+/// The widths a block's matrices imply: gate's output rows (the MLP's neurons), v's output
+/// rows per key/value head (the value dimensions) and the rotary pairs list's length per
+/// key/value head (every pair when empty); `None` when rows do not divide into the heads, a
+/// width exceeds the model's, or the pairs list is present without an attention, not whole
+/// or not shorter than a head.
 pub(crate) fn block_widths(layer: &LayerRef, config: &ModelConfig) -> Option<BlockWidths> {
     let rows = |kind: MatrixKind| {
         let index = MatrixKind::ALL.iter().position(|&k| k == kind)?;
@@ -422,6 +452,27 @@ pub(crate) fn block_widths(layer: &LayerRef, config: &ModelConfig) -> Option<Blo
     let value_rows = rows(MatrixKind::V)?;
     let value = value_rows / config.n_kv_heads.max(1);
     let whole = value * config.n_kv_heads == value_rows;
+    let half = config.head_dim() / 2;
+    let listed = layer.rotary_pairs.len as usize / 2;
+    let pairs = match (value, listed) {
+        (0, 0) => 0,
+        (_, 0) => half,
+        (0, _) => return None,
+        (_, listed) => {
+            let per_head = listed / config.n_kv_heads.max(1);
+            let exact = per_head * config.n_kv_heads * 2 == layer.rotary_pairs.len as usize;
+            (exact && per_head > 0 && per_head < half).then_some(per_head)?
+        }
+    };
     (whole && mlp <= config.intermediate_size && value <= config.head_dim())
-        .then_some(BlockWidths { mlp, value })
+        .then_some(BlockWidths { mlp, value, pairs })
+}
+
+/// Pair `j` of key/value head `kv_head`'s list in a `rotary_pairs` span's bytes (`pairs` per
+/// head); 0 past the end (the span is validated at parse time).
+pub(crate) fn rotary_pair(bytes: &[u8], pairs: usize, kv_head: usize, j: usize) -> usize {
+    let at = 2 * (kv_head * pairs + j);
+    bytes
+        .get(at..at + 2)
+        .map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])))
 }

@@ -131,9 +131,10 @@ pub const fn matrix_at(index: usize) -> (usize, MatrixKind) {
     (index / MatrixKind::ALL.len(), kind)
 }
 
-/// What a block keeps of its two sub-blocks: `mlp` of the MLP's `intermediate_size` neurons
-/// and `value` of each key/value head's `head_dim` value dimensions. Zero skips the sub-block
-/// (DESIGN section 2, units that cost nothing to store).
+/// What a block keeps of its two sub-blocks: `mlp` of the MLP's `intermediate_size` neurons,
+/// `value` of each key/value head's `head_dim` value dimensions and `pairs` of each query/key
+/// head's `head_dim / 2` rotary pairs. Zero `mlp` or `value` skips the sub-block (DESIGN
+/// section 2, units that cost nothing to store).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct BlockWidths {
@@ -141,6 +142,9 @@ pub struct BlockWidths {
     pub mlp: usize,
     /// Value dimensions per key/value head (0: the attention is skipped).
     pub value: usize,
+    /// Rotary pairs per query/key head (`head_dim / 2` unless pruned; 0 with a skipped
+    /// attention).
+    pub pairs: usize,
 }
 
 impl ModelConfig {
@@ -209,19 +213,21 @@ impl ModelConfig {
     }
 
     /// `(rows, cols)` of a prunable matrix in a block of `widths`: its MLP keeps `widths.mlp`
-    /// of its `intermediate_size` neurons (rows of gate and up, columns of down) and each
+    /// of its `intermediate_size` neurons (rows of gate and up, columns of down), each
     /// key/value head `widths.value` of its `head_dim` value dimensions (rows of v, columns of
-    /// o). A sub-block of width zero is skipped: its matrices have no rows (q and k with the
+    /// o) and each query/key head `widths.pairs` rotary pairs (two rows of q and k each). A
+    /// sub-block of width zero is skipped: its matrices have no rows (q and k with the
     /// attention's values, gate and up with the MLP's neurons) or no columns (o, down).
     pub const fn matrix_shape_in(&self, kind: MatrixKind, widths: BlockWidths) -> (usize, usize) {
         let attention = widths.value > 0;
         match kind {
             MatrixKind::Q | MatrixKind::K if !attention => (0, self.hidden_size),
+            MatrixKind::Q => (self.n_heads * 2 * widths.pairs, self.hidden_size),
+            MatrixKind::K => (self.n_kv_heads * 2 * widths.pairs, self.hidden_size),
             MatrixKind::V => (self.n_kv_heads * widths.value, self.hidden_size),
             MatrixKind::O => (self.hidden_size, self.n_heads * widths.value),
             MatrixKind::Gate | MatrixKind::Up => (widths.mlp, self.hidden_size),
             MatrixKind::Down => (self.hidden_size, widths.mlp),
-            _ => self.matrix_shape(kind),
         }
     }
 
@@ -230,6 +236,7 @@ impl ModelConfig {
         BlockWidths {
             mlp: self.intermediate_size,
             value: self.head_dim(),
+            pairs: self.head_dim() / 2,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::config::ModelConfig;
 /// The first eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"WHITTLE\0";
 /// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// Bytes before the header: magic, version, flags, header length, blob length.
 pub const PREAMBLE_LEN: usize = 24;
 /// Values per q8 scale: each row of a q8 matrix is cut into blocks of this many consecutive
@@ -138,6 +138,12 @@ pub struct LayerRef {
     pub ffn_norm: Span,
     /// q, k, v, o, gate, up, down.
     pub linears: [LinearRef; 7],
+    /// The rotary pairs the block's query/key heads keep, when not all: `n_kv_heads` lists of
+    /// equal length `p` (`u16` LE, each strictly ascending, below `head_dim / 2`), one per
+    /// key/value head and shared by its query heads. q then has `2p` rows per query head and k
+    /// `2p` per key/value head: the rows of pair `i` (lanes `2i`, `2i + 1`) of each list's
+    /// pairs, in list order. Empty when every pair is kept or the attention is skipped.
+    pub rotary_pairs: Span,
 }
 
 /// The output projection.

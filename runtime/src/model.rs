@@ -310,7 +310,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             layer.linears.get(index).map(|l| bundle.linear(l))
         };
         if widths.value > 0 {
-            self.attention_block(layer_idx, layer, n, config, widths.value, &linear);
+            self.attention_block(layer_idx, layer, n, config, widths, &linear);
         }
         if widths.mlp == 0 {
             return;
@@ -335,17 +335,20 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         add(b.x, b.proj, n * hidden);
     }
 
-    /// The attention sub-block of a block whose key/value heads keep `value` dimensions each:
-    /// the values of a position sit at the start of its `kv_dim` slot in the cache.
+    /// The attention sub-block of a block of `widths`: its key/value heads keep `value`
+    /// dimensions each (the values of a position sit at the start of its `kv_dim` slot in the
+    /// cache) and its query/key heads `pairs` rotary pairs each (spread back to whole heads
+    /// with zeros in the dropped pairs before the rotation).
     fn attention_block<'w>(
         &mut self,
         layer_idx: usize,
         layer: &LayerRef,
         n: usize,
         config: &ModelConfig,
-        value: usize,
+        widths: crate::BlockWidths,
         linear: &impl Fn(MatrixKind) -> Option<LinearWeights<'w>>,
     ) {
+        let value = widths.value;
         let (hidden, kv_dim) = (config.hidden_size, config.kv_dim());
         let value_dim = config.n_kv_heads * value;
         let b = &mut self.buffers;
@@ -363,6 +366,17 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         apply(k, linear(MatrixKind::K), normed, n, b.k, b.low);
         apply(k, linear(MatrixKind::V), normed, n, b.v, b.low);
         let head_dim = config.head_dim();
+        if widths.pairs < head_dim / 2 {
+            let list = self.bundle.span(layer.rotary_pairs);
+            let n_rep = config.n_heads / config.n_kv_heads;
+            let shape = Spread {
+                n,
+                pairs: widths.pairs,
+                head_dim,
+            };
+            spread_pairs(b.q, list, config.n_heads, n_rep, shape);
+            spread_pairs(b.k, list, config.n_kv_heads, 1, shape);
+        }
         rotate(b.q, b.rope, n, hidden, head_dim);
         rotate(b.k, b.rope, n, kv_dim, head_dim);
         let layer_cache = layer_idx * self.layout.context * kv_dim;
@@ -436,6 +450,46 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let inverse = 1.0 / libm::sqrtf(mean_square + eps);
     for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
         *o = v * inverse * w;
+    }
+}
+
+/// Rows, kept pairs per head and head width of a [`spread_pairs`] call.
+#[derive(Clone, Copy)]
+struct Spread {
+    n: usize,
+    pairs: usize,
+    head_dim: usize,
+}
+
+/// Spreads `n` rows of `heads` heads of `2·pairs` values (q's or k's outputs, each head's kept
+/// pairs in list order) into rows of `heads` heads of `head_dim` values, in place: pair `j` of
+/// head `h` goes to lanes `2·list[j]` and `2·list[j] + 1` of key/value head `h / n_rep`'s list,
+/// every other lane is zero (a dropped pair adds nothing to a query-key product). It walks
+/// backwards, so no value is overwritten before it is read (a kept lane never moves left).
+fn spread_pairs(x: &mut [f32], list: &[u8], heads: usize, n_rep: usize, shape: Spread) {
+    let Spread { n, pairs, head_dim } = shape;
+    for item in (0..n * heads).rev() {
+        let kv_head = (item % heads) / n_rep;
+        let (from, to) = (item * 2 * pairs, item * head_dim);
+        let mut j = pairs;
+        for pair in (0..head_dim / 2).rev() {
+            let kept = j > 0 && crate::bundle::rotary_pair(list, pairs, kv_head, j - 1) == pair;
+            let values = match kept {
+                true => {
+                    j -= 1;
+                    [
+                        x.get(from + 2 * j).copied(),
+                        x.get(from + 2 * j + 1).copied(),
+                    ]
+                }
+                false => [Some(0.0); 2],
+            };
+            for (lane, value) in values.into_iter().enumerate() {
+                if let (Some(slot), Some(value)) = (x.get_mut(to + 2 * pair + lane), value) {
+                    *slot = value;
+                }
+            }
+        }
     }
 }
 

@@ -252,6 +252,7 @@ pub fn synthetic_bundle(config: &ModelConfig, dtype: Dtype) -> Result<Vec<u8>, W
             attn_norm,
             ffn_norm,
             linears,
+            rotary_pairs: Span::default(),
         });
     }
     let layer_bytes = encode_layers(&layers)?;

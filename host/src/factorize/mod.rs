@@ -24,6 +24,7 @@
 mod dense;
 mod methods;
 mod neurons;
+mod pairs;
 mod refit;
 #[cfg(test)]
 mod tests;
@@ -36,6 +37,7 @@ use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
 pub use neurons::{NeuronSelection, select_neurons};
+pub use pairs::{PairOrder, order_rotary_pairs};
 pub use refit::refit;
 pub use values::{ValueProjection, project_values};
 

@@ -109,7 +109,7 @@ pub fn project_values(
 }
 
 /// `(n_kv_heads·head_dim, n_heads·head_dim)`, or an error when the heads cannot be grouped.
-fn check_layout(
+pub(super) fn check_layout(
     hidden: usize,
     n_heads: usize,
     n_kv_heads: usize,

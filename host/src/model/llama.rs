@@ -175,10 +175,68 @@ impl Rope {
     }
 }
 
+/// The rotary pairs a block's query/key heads keep (DESIGN section 2): one ascending list per
+/// key/value head, shared by its query heads, and the column each lane of a whole head reads
+/// from q's and k's narrow outputs followed by one zero column (a dropped pair reads zero).
+#[derive(Clone, Debug)]
+struct RotaryPairs {
+    lists: Vec<Vec<u16>>,
+    q_lanes: Tensor,
+    k_lanes: Tensor,
+}
+
+impl RotaryPairs {
+    fn new(config: &ModelConfig, lists: Vec<Vec<u16>>, device: &Device) -> Result<Self> {
+        let half = config.head_dim() / 2;
+        let pairs = lists.first().map_or(0, Vec::len);
+        let well_formed = lists.len() == config.n_kv_heads
+            && pairs > 0
+            && pairs < half
+            && lists.iter().all(|list| {
+                list.len() == pairs
+                    && list.windows(2).all(|w| w[0] < w[1])
+                    && list.iter().all(|&p| usize::from(p) < half)
+            });
+        if !well_formed {
+            candle_core::bail!(
+                "rotary pairs must be {} ascending lists of one length in 1..{half}, each index below {half}",
+                config.n_kv_heads
+            );
+        }
+        let n_rep = config.n_heads / config.n_kv_heads;
+        let lanes = |heads: usize, group: &dyn Fn(usize) -> usize| -> Result<Tensor> {
+            let zero = (heads * 2 * pairs) as u32;
+            let mut index = vec![zero; heads * config.head_dim()];
+            for head in 0..heads {
+                for (j, &pair) in lists[group(head)].iter().enumerate() {
+                    for lane in 0..2 {
+                        index[head * config.head_dim() + 2 * usize::from(pair) + lane] =
+                            (head * 2 * pairs + 2 * j + lane) as u32;
+                    }
+                }
+            }
+            Tensor::from_vec(index, heads * config.head_dim(), device)
+        };
+        Ok(Self {
+            q_lanes: lanes(config.n_heads, &|head| head / n_rep)?,
+            k_lanes: lanes(config.n_kv_heads, &|head| head)?,
+            lists,
+        })
+    }
+
+    /// `(rows, heads · 2p)` narrow outputs spread to `(rows, heads · head_dim)` whole heads.
+    fn spread(x: &Tensor, lanes: &Tensor) -> Result<Tensor> {
+        let zero = Tensor::zeros((x.dim(0)?, 1), x.dtype(), x.device())?;
+        Tensor::cat(&[x, &zero], 1)?.index_select(lanes, 1)
+    }
+}
+
 /// One transformer block: pre-norm attention and pre-norm SwiGLU MLP, both residual.
 #[derive(Clone, Debug)]
 struct Block {
     attn_norm: Tensor,
+    /// Present when q and k keep some of each head's rotary pairs.
+    rotary_pairs: Option<RotaryPairs>,
     q: Linear,
     k: Linear,
     v: Linear,
@@ -202,12 +260,19 @@ impl Block {
         }
     }
 
-    /// What the block keeps: gate's rows (neurons) and v's rows per key/value head (value
-    /// dimensions); zero skips the sub-block.
+    /// What the block keeps: gate's rows (neurons), v's rows per key/value head (value
+    /// dimensions) and the rotary pairs per query/key head; zero skips the sub-block.
     fn widths(&self, config: &ModelConfig) -> Result<BlockWidths> {
+        let value = self.v.shape()?.0 / config.n_kv_heads.max(1);
+        let pairs = match (&self.rotary_pairs, value) {
+            (_, 0) => 0,
+            (Some(pairs), _) => pairs.lists.first().map_or(0, Vec::len),
+            (None, _) => config.head_dim() / 2,
+        };
         Ok(BlockWidths {
             mlp: self.gate.shape()?.0,
-            value: self.v.shape()?.0 / config.n_kv_heads.max(1),
+            value,
+            pairs,
         })
     }
 
@@ -299,6 +364,7 @@ impl Llama {
         for layer_idx in 0..config.n_layers {
             blocks.push(Block {
                 attn_norm: get(&format!("blk.{layer_idx}.attn_norm.weight"))?,
+                rotary_pairs: None,
                 q: dense(layer_idx, MatrixKind::Q)?,
                 k: dense(layer_idx, MatrixKind::K)?,
                 v: dense(layer_idx, MatrixKind::V)?,
@@ -419,7 +485,46 @@ impl Llama {
             (v_kind, v),
             (o_kind, o),
         ];
-        self.replace(layer_idx, widths, skipped)
+        self.replace(layer_idx, widths, skipped)?;
+        if let Some(block) = self.blocks.get_mut(layer_idx) {
+            block.rotary_pairs = None;
+        }
+        Ok(())
+    }
+
+    /// Replaces block `layer_idx`'s q and k by heads keeping the rotary pairs of `lists` (one
+    /// ascending list per key/value head, shared by its query heads; q's rows are each query
+    /// head's kept pairs' two rows in list order, k's likewise per key/value head). The rest of
+    /// the model is shared; the block's attention must not be skipped.
+    pub fn set_rotary_pairs(
+        &mut self,
+        layer_idx: usize,
+        [q, k]: [Linear; 2],
+        lists: Vec<Vec<u16>>,
+    ) -> Result<()> {
+        let pairs = RotaryPairs::new(&self.config, lists, &self.device)?;
+        let widths = BlockWidths {
+            pairs: pairs.lists.first().map_or(0, Vec::len),
+            ..self.block_widths(layer_idx)?
+        };
+        if widths.value == 0 {
+            candle_core::bail!("layer {layer_idx}: a skipped attention keeps no rotary pairs");
+        }
+        self.replace(layer_idx, widths, [(MatrixKind::Q, q), (MatrixKind::K, k)])?;
+        if let Some(block) = self.blocks.get_mut(layer_idx) {
+            block.rotary_pairs = Some(pairs);
+        }
+        Ok(())
+    }
+
+    /// The rotary pairs block `layer_idx`'s query/key heads keep (one list per key/value
+    /// head), when not all.
+    pub fn rotary_pairs(&self, layer_idx: usize) -> Option<&[Vec<u16>]> {
+        self.blocks
+            .get(layer_idx)?
+            .rotary_pairs
+            .as_ref()
+            .map(|pairs| pairs.lists.as_slice())
     }
 
     /// Swaps in `linears` of block `layer_idx` after checking each against its shape in a
@@ -762,8 +867,16 @@ impl Llama {
         let split_heads = |y: Tensor, heads: usize, dim: usize| -> Result<Tensor> {
             y.reshape((b, t, heads, dim))?.transpose(1, 2)
         };
-        let q = split_heads(block.q.forward(x)?, n_heads, head_dim)?;
-        let k = split_heads(block.k.forward(x)?, n_kv_heads, head_dim)?;
+        let (q, k) = (block.q.forward(x)?, block.k.forward(x)?);
+        let (q, k) = match &block.rotary_pairs {
+            Some(pairs) => (
+                RotaryPairs::spread(&q, &pairs.q_lanes)?,
+                RotaryPairs::spread(&k, &pairs.k_lanes)?,
+            ),
+            None => (q, k),
+        };
+        let q = split_heads(q, n_heads, head_dim)?;
+        let k = split_heads(k, n_kv_heads, head_dim)?;
         let v = split_heads(block.v.forward(x)?, n_kv_heads, value)?.contiguous()?;
         let q = self.rope.apply(&q, pass.offset, pass.differentiable)?;
         let k = self.rope.apply(&k, pass.offset, pass.differentiable)?;

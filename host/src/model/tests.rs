@@ -361,7 +361,8 @@ fn narrower_value_heads_and_skipped_sub_blocks_equal_their_zero_padded_blocks() 
         narrow.block_widths(0)?,
         whittle_runtime::BlockWidths {
             mlp: 0,
-            value: kept
+            value: kept,
+            pairs: head_dim / 2,
         }
     );
     assert_eq!(
@@ -422,5 +423,97 @@ fn narrower_value_heads_and_skipped_sub_blocks_equal_their_zero_padded_blocks() 
             .set_linear(0, MatrixKind::V, empty((config.kv_dim(), hidden))?)
             .is_err()
     );
+    Ok(())
+}
+
+/// Block 0's query/key heads keep two of their four rotary pairs (key/value head 0 pairs 1
+/// and 3, head 1 pairs 0 and 2, shared by their query heads). The same model with q's and k's
+/// rows of the dropped pairs zero gives the same states, through a full pass, a shared prefix
+/// and cached decoding; the lists are checked.
+#[test]
+fn kept_rotary_pairs_equal_their_block_with_the_dropped_pairs_rows_zeroed() -> Result<()> {
+    let base = tiny_llama(10)?;
+    let config = *base.config();
+    let (head_dim, n_rep) = (config.head_dim(), config.n_heads / config.n_kv_heads);
+    let device = Device::Cpu;
+    let lists: Vec<Vec<u16>> = vec![vec![1, 3], vec![0, 2]];
+    let weight = |kind: MatrixKind| -> Result<Tensor> {
+        match base.linear(0, kind) {
+            Some(Linear::Dense { weight }) => Ok(weight.clone()),
+            _ => candle_core::bail!("not dense"),
+        }
+    };
+    let group = |kind: MatrixKind, head: usize| match kind {
+        MatrixKind::Q => head / n_rep,
+        _ => head,
+    };
+    let heads = |kind: MatrixKind| match kind {
+        MatrixKind::Q => config.n_heads,
+        _ => config.n_kv_heads,
+    };
+    let kept_rows = |kind: MatrixKind| -> Vec<u32> {
+        (0..heads(kind))
+            .flat_map(|head| {
+                lists[group(kind, head)].iter().flat_map(move |&pair| {
+                    let row = (head * head_dim + 2 * usize::from(pair)) as u32;
+                    [row, row + 1]
+                })
+            })
+            .collect()
+    };
+    let dense = |weight: Tensor| Linear::Dense { weight };
+    let narrow_matrix = |kind: MatrixKind| -> Result<Linear> {
+        let rows = Tensor::new(kept_rows(kind).as_slice(), &device)?;
+        Ok(dense(weight(kind)?.index_select(&rows, 0)?))
+    };
+    let mut narrow = base.clone();
+    narrow.set_rotary_pairs(
+        0,
+        [narrow_matrix(MatrixKind::Q)?, narrow_matrix(MatrixKind::K)?],
+        lists.clone(),
+    )?;
+    assert_eq!(narrow.block_widths(0)?.pairs, 2);
+    assert_eq!(narrow.rotary_pairs(0), Some(lists.as_slice()));
+    assert_eq!(narrow.rotary_pairs(1), None);
+
+    let mut padded = base.clone();
+    for kind in [MatrixKind::Q, MatrixKind::K] {
+        let full = weight(kind)?;
+        let (rows, cols) = full.dims2()?;
+        let kept = kept_rows(kind);
+        let mask: Vec<f32> = (0..rows * cols)
+            .map(|i| f32::from(u8::from(kept.contains(&((i / cols) as u32)))))
+            .collect();
+        let mask = Tensor::from_vec(mask, (rows, cols), &device)?;
+        padded.set_linear(0, kind, dense((full * mask)?))?;
+    }
+
+    let batch = Batch::new(&sequences(), 0, &device)?;
+    let diff = max_abs_diff(&narrow.forward(&batch)?, &padded.forward(&batch)?)?;
+    assert!(diff < 1e-4, "full pass: {diff}");
+    let prefix = [1u32, 17, 42, 5, 9];
+    let shared = narrow.last_hidden_after(&narrow.prefix_cache(&prefix)?, &batch)?;
+    let expected = padded.last_hidden_after(&padded.prefix_cache(&prefix)?, &batch)?;
+    let diff = max_abs_diff(&shared, &expected)?;
+    assert!(diff < 1e-4, "shared prefix: {diff}");
+    let mut caches = (KvCache::default(), KvCache::default());
+    for &token in &sequences()[0] {
+        let token = Tensor::new(&[[token]], &device)?;
+        let a = narrow.forward_cached(&token, &mut caches.0)?;
+        let b = padded.forward_cached(&token, &mut caches.1)?;
+        let diff = max_abs_diff(&a, &b)?;
+        assert!(diff < 1e-4, "cached decoding: {diff}");
+    }
+    // Lists out of order, out of range, of unequal length or keeping every pair are refused.
+    for bad in [
+        vec![vec![3, 1], vec![0, 2]],
+        vec![vec![1, 4], vec![0, 2]],
+        vec![vec![1], vec![0, 2]],
+        vec![vec![0, 1, 2, 3], vec![0, 1, 2, 3]],
+    ] {
+        let q = narrow_matrix(MatrixKind::Q)?;
+        let k = narrow_matrix(MatrixKind::K)?;
+        assert!(base.clone().set_rotary_pairs(0, [q, k], bad).is_err());
+    }
     Ok(())
 }

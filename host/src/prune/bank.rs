@@ -9,8 +9,8 @@ use whittle_runtime::{MatrixKind, ModelConfig};
 use super::{RankPlan, matrices, matrix_index};
 use crate::calibrate::{Calibration, SiteStats};
 use crate::factorize::{
-    self, Factors, InputStats, Job, Method, NeuronSelection, ValueProjection, max_useful_rank,
-    project_values, select_neurons,
+    self, Factors, InputStats, Job, Method, NeuronSelection, PairOrder, ValueProjection,
+    max_useful_rank, order_rotary_pairs, project_values, select_neurons,
 };
 use crate::model::{InputSite, Linear, Llama};
 
@@ -28,8 +28,10 @@ pub struct FactorBank {
     entries: Vec<Entry>,
     neurons: Vec<Arc<NeuronSelection>>,
     values: Vec<Arc<ValueProjection>>,
+    pairs: Vec<Arc<PairOrder>>,
     mlps: Arc<Mutex<MlpCache>>,
     attention: Arc<Mutex<ValueCache>>,
+    rotary: Arc<Mutex<PairCache>>,
 }
 
 /// Writes every block's neuron order and error curve (safetensors `{l}.order`, `{l}.curve`).
@@ -84,6 +86,8 @@ fn load_neuron_orders(
 /// Gate, up and down of a block pruned to a width, by (block, width).
 type MlpCache = HashMap<(usize, usize), [Linear; 3]>;
 type ValueCache = HashMap<(usize, usize), [Linear; 2]>;
+/// q and k of a block keeping some rotary pairs, and the pairs, by (block, pairs per head).
+type PairCache = HashMap<(usize, usize), ([Linear; 2], Vec<Vec<u16>>)>;
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -185,15 +189,18 @@ impl FactorBank {
             entries,
             neurons: Vec::new(),
             values: Vec::new(),
+            pairs: Vec::new(),
             mlps: Arc::default(),
             attention: Arc::default(),
+            rotary: Arc::default(),
         })
     }
 
     /// The same bank with every block's MLP neurons ordered for pruning by neurons
-    /// ([`select_neurons`] on down and its input statistics) and its value heads projected
+    /// ([`select_neurons`] on down and its input statistics), its value heads projected
     /// ([`project_values`] on v, o and o's input statistics, a closed form of well under a
-    /// second per block), one block per core. The neuron orders and error curves are cached at
+    /// second per block) and its rotary pairs ranked ([`order_rotary_pairs`] on q, k and
+    /// their input statistics), one block per core. The neuron orders and error curves are cached at
     /// `cache` (written after the first run); from there a selection is rebuilt by one
     /// Cholesky factorization ([`NeuronSelection::from_order`]) instead of the greedy search.
     /// A cache that does not fit is ignored with a line saying so.
@@ -225,8 +232,12 @@ impl FactorBank {
         progress.set_length(config.n_layers as u64);
         progress.set_position(0);
         progress.set_message(match from_cache {
-            true => "rebuilding the MLP neuron orders from the cache, projecting value heads",
-            false => "ordering MLP neurons and projecting value heads (output-aligned)",
+            true => {
+                "rebuilding the MLP neuron orders from the cache, projecting value heads, ranking rotary pairs"
+            }
+            false => {
+                "ordering MLP neurons, projecting value heads and ranking rotary pairs (output-aligned)"
+            }
         });
         let done = std::sync::atomic::AtomicU64::new(0);
         let second_moment = |layer_idx: usize, site: InputSite| match calibration
@@ -263,12 +274,25 @@ impl FactorBank {
                     config.n_kv_heads,
                     config.head_dim(),
                 )?;
+                let q = dense_weight(llama, layer_idx, MatrixKind::Q)?;
+                let k = dense_weight(llama, layer_idx, MatrixKind::K)?;
+                let c = second_moment(layer_idx, InputSite::Qkv)?;
+                let pairs = order_rotary_pairs(
+                    &q,
+                    &k,
+                    c.as_ref(),
+                    config.hidden_size,
+                    config.n_heads,
+                    config.n_kv_heads,
+                    config.head_dim(),
+                )?;
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 progress.set_position(n);
-                Ok((Arc::new(selection), Arc::new(values)))
+                Ok((Arc::new(selection), (Arc::new(values), Arc::new(pairs))))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let (selections, values): (Vec<_>, Vec<_>) = units.into_iter().unzip();
+        let (selections, attention): (Vec<_>, Vec<_>) = units.into_iter().unzip();
+        let (values, pairs): (Vec<_>, Vec<_>) = attention.into_iter().unzip();
         if !from_cache && let Err(error) = save_neuron_orders(cache, &selections) {
             eprintln!(
                 "warning: cannot cache the neuron orders at {}: {error:#}; the next run orders them again",
@@ -277,7 +301,68 @@ impl FactorBank {
         }
         self.neurons = selections;
         self.values = values;
+        self.pairs = pairs;
         Ok(self)
+    }
+
+    /// Block `layer_idx`'s rotary pair order (after [`FactorBank::with_units`]).
+    pub fn pair_order(&self, layer_idx: usize) -> Option<&PairOrder> {
+        self.pairs.get(layer_idx).map(AsRef::as_ref)
+    }
+
+    /// Block `layer_idx`'s q and k keeping `pairs` rotary pairs per head (each key/value head's
+    /// first `pairs` of its order, shared by its query heads), and the pair lists; built once
+    /// per block and count from the base model's dense q and k.
+    pub fn rotary_pairs(
+        &self,
+        base: &Llama,
+        layer_idx: usize,
+        pairs: usize,
+    ) -> anyhow::Result<([Linear; 2], Vec<Vec<u16>>)> {
+        let key = (layer_idx, pairs);
+        if let Some(found) = self.lock(&self.rotary).get(&key) {
+            return Ok(found.clone());
+        }
+        let Some(order) = self.pairs.get(layer_idx) else {
+            anyhow::bail!(
+                "block {layer_idx}'s rotary pairs are not ranked; build the bank with_units"
+            );
+        };
+        let lists = order.lists(pairs);
+        let config = &self.config;
+        let (head_dim, n_rep) = (config.head_dim(), config.n_heads / config.n_kv_heads);
+        let rows = |heads: usize, group: &dyn Fn(usize) -> usize| -> Vec<u32> {
+            (0..heads)
+                .flat_map(|head| {
+                    lists[group(head)].iter().flat_map(move |&pair| {
+                        let row = head * head_dim + 2 * usize::from(pair);
+                        [row as u32, row as u32 + 1]
+                    })
+                })
+                .collect()
+        };
+        let select = |kind: MatrixKind, rows: Vec<u32>| -> anyhow::Result<Linear> {
+            let Some(Linear::Dense { weight }) = base.linear(layer_idx, kind) else {
+                anyhow::bail!(
+                    "layer {layer_idx} {} is not dense in the base model",
+                    kind.name()
+                );
+            };
+            let n = rows.len();
+            let index = Tensor::from_vec(rows, n, base.device())?;
+            Ok(Linear::Dense {
+                weight: weight.index_select(&index, 0)?.contiguous()?,
+            })
+        };
+        let found = (
+            [
+                select(MatrixKind::Q, rows(config.n_heads, &|head| head / n_rep))?,
+                select(MatrixKind::K, rows(config.n_kv_heads, &|head| head))?,
+            ],
+            lists,
+        );
+        self.lock(&self.rotary).insert(key, found.clone());
+        Ok(found)
     }
 
     /// Block `layer_idx`'s MLP neuron order (after [`FactorBank::with_units`]).
@@ -462,8 +547,10 @@ impl FactorBank {
             entries,
             neurons: Vec::new(),
             values: Vec::new(),
+            pairs: Vec::new(),
             mlps: Arc::default(),
             attention: Arc::default(),
+            rotary: Arc::default(),
         })
     }
 
@@ -504,8 +591,8 @@ impl FactorBank {
     }
 
     /// The base model up to the plan's exit, with every planned matrix replaced by its
-    /// factors, every MLP pruned by neurons and every attention by value dimensions to its
-    /// width; the rest is shared.
+    /// factors, every MLP pruned by neurons, every attention by value dimensions to its
+    /// width and every query/key head by rotary pairs; the rest is shared.
     pub fn apply(&self, base: &Llama, plan: &RankPlan) -> anyhow::Result<Llama> {
         let mut pruned = base.truncated(plan.exit())?;
         for (layer_idx, kind) in matrices(&plan.kept_config(&self.config)) {
@@ -519,6 +606,10 @@ impl FactorBank {
             }
             if let Some(width) = plan.value_width(layer_idx) {
                 pruned.set_values(layer_idx, self.values(base, layer_idx, width)?)?;
+            }
+            if let Some(pairs) = plan.pairs(layer_idx) {
+                let (qk, lists) = self.rotary_pairs(base, layer_idx, pairs)?;
+                pruned.set_rotary_pairs(layer_idx, qk, lists)?;
             }
         }
         Ok(pruned)

@@ -65,6 +65,10 @@ pub struct GenomeFile {
     /// skipped); absent when no block is pruned by value dimensions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_widths: Option<Vec<Option<usize>>>,
+    /// The rotary pairs each block's query/key heads keep (`None`: all; else one ascending
+    /// list per key/value head); absent when no block is pruned by rotary pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotary_pairs: Option<Vec<Option<Vec<Vec<u16>>>>>,
 }
 
 /// The tensor name of a matrix pruned by its units (an MLP's neurons, a head's value
@@ -78,6 +82,9 @@ const MLP: [MatrixKind; 3] = [MatrixKind::Gate, MatrixKind::Up, MatrixKind::Down
 
 /// The two matrices of the value heads.
 const VALUES: [MatrixKind; 2] = [MatrixKind::V, MatrixKind::O];
+
+/// The two matrices of the query/key heads.
+const QUERY_KEY: [MatrixKind; 2] = [MatrixKind::Q, MatrixKind::K];
 
 /// The tensor names of one matrix's factors in `factors.safetensors`: `(a, b)`.
 pub fn factor_names(layer_idx: usize, kind: MatrixKind) -> (String, String) {
@@ -104,7 +111,7 @@ pub fn write_factors(dir: &Path, model: &Llama, plan: &RankPlan) -> anyhow::Resu
         let unit_width = match kind {
             _ if MLP.contains(&kind) => plan.mlp_width(layer_idx),
             _ if VALUES.contains(&kind) => plan.value_width(layer_idx),
-            _ => None,
+            _ => plan.pairs(layer_idx),
         };
         if let Some(width) = unit_width {
             if width > 0
@@ -272,6 +279,7 @@ impl PruneFolder {
         }
         let mlp_widths = genome.mlp_widths.unwrap_or_default();
         let value_widths = genome.value_widths.unwrap_or_default();
+        let rotary_pairs = genome.rotary_pairs.unwrap_or_default();
         let hidden = config.hidden_size;
         let device = llama.device().clone();
         let empty = |shape| Linear::empty(shape, &device);
@@ -306,6 +314,17 @@ impl PruneFolder {
                 }
                 _ => bail!(
                     "{}: block {layer_idx}'s MLP keeps {width:?} neurons in {GENOME_FILE} but {FACTORS_FILE} does not hold its gate, up and down of that width; the folder is inconsistent, re-run prune",
+                    self.dir.display()
+                ),
+            }
+            let lists = rotary_pairs.get(layer_idx).cloned().flatten();
+            match (lists, found(&QUERY_KEY).as_slice()) {
+                (None, [None, None]) => {}
+                (Some(lists), [Some(q), Some(k)]) => llama
+                    .set_rotary_pairs(layer_idx, [dense(q), dense(k)], lists)
+                    .with_context(context)?,
+                (lists, _) => bail!(
+                    "{}: block {layer_idx}'s query/key heads keep the rotary pairs {lists:?} in {GENOME_FILE} but {FACTORS_FILE} does not hold its q and k on them; the folder is inconsistent, re-run prune",
                     self.dir.display()
                 ),
             }
@@ -344,6 +363,7 @@ mod tests {
             exit: None,
             mlp_widths: None,
             value_widths: None,
+            rotary_pairs: None,
         };
         let text = serde_json::to_string(&file)?;
         assert_eq!(
@@ -397,6 +417,7 @@ mod exit_tests {
             exit,
             mlp_widths: None,
             value_widths: None,
+            rotary_pairs: None,
         }
     }
 

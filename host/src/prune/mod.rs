@@ -40,16 +40,19 @@ pub fn matrices(config: &ModelConfig) -> impl Iterator<Item = (usize, MatrixKind
 
 /// The rank of every prunable matrix (`None` keeps a matrix dense), the neurons each block's
 /// MLP keeps and the value dimensions each block's key/value heads keep (`None`: all of them;
-/// zero: the sub-block is skipped) and the exit: the number of blocks kept. Blocks from the
-/// exit on are removed with all their matrices; their ranks are ignored. A block whose MLP
-/// keeps fewer neurons stores its gate, up and down dense on those neurons, and one whose
-/// heads keep fewer value dimensions its v and o dense on them (DESIGN section 2, units that
-/// cost nothing to store), never as factor pairs; a skipped attention drops q and k too.
+/// zero: the sub-block is skipped), the rotary pairs each block's query/key heads keep
+/// (`None`: all) and the exit: the number of blocks kept. Blocks from the exit on are removed
+/// with all their matrices; their ranks are ignored. A block whose MLP keeps fewer neurons
+/// stores its gate, up and down dense on those neurons, one whose heads keep fewer value
+/// dimensions its v and o dense on them, and one whose heads keep fewer rotary pairs its q and
+/// k dense on them (DESIGN section 2, units that cost nothing to store), never as factor
+/// pairs; a skipped attention drops q and k too.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct RankPlan {
     ranks: Vec<Option<usize>>,
     widths: Vec<Option<usize>>,
     value_widths: Vec<Option<usize>>,
+    pairs: Vec<Option<usize>>,
     exit: usize,
 }
 
@@ -60,6 +63,7 @@ impl RankPlan {
             ranks: vec![None; config.n_prunable_matrices()],
             widths: vec![None; config.n_layers],
             value_widths: vec![None; config.n_layers],
+            pairs: vec![None; config.n_layers],
             exit: config.n_layers,
         }
     }
@@ -111,6 +115,43 @@ impl RankPlan {
         self
     }
 
+    /// The same plan with block `layer_idx`'s query/key heads keeping `pairs` of their
+    /// `head_dim / 2` rotary pairs each (`None`: all): q and k lose their ranks and are stored
+    /// dense on the kept pairs. A count of every pair or more is `None`, fewer than one is one.
+    pub fn with_pairs(
+        mut self,
+        config: &ModelConfig,
+        layer_idx: usize,
+        pairs: Option<usize>,
+    ) -> Self {
+        let pairs = pairs
+            .map(|p| p.max(1))
+            .filter(|&p| p < config.head_dim() / 2);
+        if let Some(slot) = self.pairs.get_mut(layer_idx) {
+            *slot = pairs;
+            if pairs.is_some() {
+                self.drop_ranks(layer_idx, &[MatrixKind::Q, MatrixKind::K]);
+            }
+        }
+        self
+    }
+
+    /// Rotary pairs kept per query/key head by block `layer_idx` when pruned by them (`None`:
+    /// every pair, a skipped attention, or a block past the exit).
+    pub fn pairs(&self, layer_idx: usize) -> Option<usize> {
+        self.pairs
+            .get(layer_idx)
+            .copied()
+            .flatten()
+            .filter(|_| layer_idx < self.exit && self.value_width(layer_idx) != Some(0))
+    }
+
+    /// Rotary pairs kept per block's query/key heads (`None`: all), every block including
+    /// those past the exit.
+    pub fn pair_counts(&self) -> &[Option<usize>] {
+        &self.pairs
+    }
+
     fn drop_ranks(&mut self, layer_idx: usize, kinds: &[MatrixKind]) {
         for &kind in kinds {
             if let Some(rank) = self.ranks.get_mut(matrix_index(layer_idx, kind)) {
@@ -135,14 +176,20 @@ impl RankPlan {
         &self.value_widths
     }
 
-    /// What block `layer_idx` keeps of its MLP and its value heads (the model's full widths
-    /// where the plan does not prune them).
+    /// What block `layer_idx` keeps of its MLP, its value heads and its rotary pairs (the
+    /// model's full widths where the plan does not prune them; no pairs in a skipped
+    /// attention).
     pub fn block_widths(&self, config: &ModelConfig, layer_idx: usize) -> BlockWidths {
+        let value = self.value_width(layer_idx).unwrap_or(config.head_dim());
         BlockWidths {
             mlp: self
                 .mlp_width(layer_idx)
                 .unwrap_or(config.intermediate_size),
-            value: self.value_width(layer_idx).unwrap_or(config.head_dim()),
+            value,
+            pairs: match value {
+                0 => 0,
+                _ => self.pairs(layer_idx).unwrap_or(config.head_dim() / 2),
+            },
         }
     }
 
@@ -184,7 +231,9 @@ impl RankPlan {
                 self.mlp_width(layer_idx).is_some()
             }
             MatrixKind::V | MatrixKind::O => self.value_width(layer_idx).is_some(),
-            MatrixKind::Q | MatrixKind::K => self.value_width(layer_idx) == Some(0),
+            MatrixKind::Q | MatrixKind::K => {
+                self.value_width(layer_idx) == Some(0) || self.pairs(layer_idx).is_some()
+            }
         };
         layer_idx < self.exit && (self.rank(layer_idx, kind).is_some() || by_units)
     }
@@ -242,6 +291,7 @@ impl RankPlan {
             ranks,
             widths: vec![None; config.n_layers],
             value_widths: vec![None; config.n_layers],
+            pairs: vec![None; config.n_layers],
             exit: config.n_layers,
         }
     }

@@ -237,7 +237,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     let smallest = Genome::assemble(
         &config,
         Genome::uniform(config.n_prunable_matrices(), most_pruned),
-        [most_pruned; 2],
+        [most_pruned; 3],
         (reading == LabelReading::Head).then_some(most_pruned),
     );
     let smallest_plan = smallest.to_plan(&config, &levels)?;
@@ -341,7 +341,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         .unwrap_or(0) as u8;
     let uniform_genome = problem.genome(
         Genome::uniform(config.n_prunable_matrices(), uniform_level),
-        [0, 0],
+        [0, 0, 0],
         0,
     );
 
@@ -475,6 +475,9 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
             value_pruned_attentions: (0..plan.exit())
                 .filter(|&layer_idx| plan.value_width(layer_idx).is_some())
                 .count(),
+            pair_pruned_attentions: (0..plan.exit())
+                .filter(|&layer_idx| plan.pairs(layer_idx).is_some())
+                .count(),
             linear_reduction: counted.linear_reduction,
             total_reduction: counted.total_reduction,
             bundle_bytes: prediction.bundle_bytes,
@@ -554,6 +557,13 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
                 .iter()
                 .any(Option::is_some)
                 .then(|| plan.value_widths().to_vec()),
+            rotary_pairs: (0..plan.exit())
+                .any(|layer_idx| plan.pairs(layer_idx).is_some())
+                .then(|| {
+                    (0..plan.exit())
+                        .map(|layer_idx| pruned_llama.rotary_pairs(layer_idx).map(<[_]>::to_vec))
+                        .collect()
+                }),
         },
     )?;
     write_head(out, head.as_ref())?;
@@ -715,6 +725,9 @@ fn write_rank_map(
             let value_width = plan
                 .value_width(layer_idx)
                 .filter(|_| matches!(kind, MatrixKind::V | MatrixKind::O));
+            let pairs = plan
+                .pairs(layer_idx)
+                .filter(|_| matches!(kind, MatrixKind::Q | MatrixKind::K));
             match plan.rank(layer_idx, kind) {
                 _ if layer_idx >= plan.exit() => {
                     keep_row.push(0.0);
@@ -736,6 +749,11 @@ fn write_rank_map(
                     keep_row.push(width as f64 / config.head_dim() as f64);
                     label_row.push(format!("v{width}"));
                 }
+                _ if pairs.is_some() => {
+                    let pairs = pairs.unwrap_or(config.head_dim() / 2);
+                    keep_row.push(2.0 * pairs as f64 / config.head_dim() as f64);
+                    label_row.push(format!("p{pairs}"));
+                }
                 Some(rank) => {
                     keep_row.push(rank as f64 / full_rank as f64);
                     label_row.push(rank.to_string());
@@ -752,7 +770,7 @@ fn write_rank_map(
     rank_map_svg(
         &out.join(RANK_MAP_FILE),
         &format!(
-            "kept rank per layer and matrix ({} on {}; D = dense, nW = MLP of W neurons, vW = W value dimensions per head, – = sub-block skipped, × = removed past the exit)",
+            "kept rank per layer and matrix ({} on {}; D = dense, nW = MLP of W neurons, vW = W value dimensions per head, pW = W rotary pairs per query/key head, – = sub-block skipped, × = removed past the exit)",
             task.name(),
             board.name
         ),

@@ -214,9 +214,10 @@ impl TaskProblem {
         self.full.reading() == LabelReading::Head
     }
 
-    /// The problem's genome from the matrices' genes, every MLP-width and value-width gene
-    /// at `unit_levels` and the exit gene, when the problem has one, at `exit_level`.
-    pub fn genome(&self, matrices: Genome, unit_levels: [u8; 2], exit_level: u8) -> Genome {
+    /// The problem's genome from the matrices' genes, every MLP-width, value-width and
+    /// rotary-pair gene at `unit_levels` and the exit gene, when the problem has one, at
+    /// `exit_level`.
+    pub fn genome(&self, matrices: Genome, unit_levels: [u8; 3], exit_level: u8) -> Genome {
         let exit = self.has_exit_gene().then_some(exit_level);
         Genome::assemble(&self.config, matrices, unit_levels, exit)
     }
@@ -419,7 +420,7 @@ impl Problem for TaskProblem {
         let mut seeds = Vec::with_capacity(n);
         for (a, b) in by_objective.into_iter().zip(by_bytes) {
             for genome in [a, b] {
-                let genome = self.genome(genome, [0, 0], 0);
+                let genome = self.genome(genome, [0, 0, 0], 0);
                 if seeds.len() < n && !seeds.contains(&genome) {
                     seeds.push(genome);
                 }
@@ -432,31 +433,39 @@ impl Problem for TaskProblem {
     fn uniform_seed(&self, level: u8) -> Genome {
         self.genome(
             Genome::uniform(self.config.n_prunable_matrices(), level),
-            [0, 0],
+            [0, 0, 0],
             0,
         )
     }
 
     /// Units the factor pairs cannot reach by small steps. Without an exit gene: every MLP
-    /// pruned by neurons at the first three levels, then every value head too. With one: the
+    /// pruned by neurons at the first three levels, then every value head, then the rotary
+    /// pairs too. With one: the
     /// exits with the kept blocks dense (scored without a forward pass) down to one past the
     /// shallowest that assures `target` on the search split; at that exit every MLP pruned by
     /// neurons at the first three levels, then at the third with every value head at the first
-    /// three; at the next deeper exit every MLP at the first three levels (the depth the task
-    /// needs is the largest single saving; the MLPs of the kept blocks are the next, their
-    /// attention after).
+    /// three, then at the third with every value head at the second and every query/key head's
+    /// rotary pairs at the first three; at the next deeper exit every MLP at the first three
+    /// levels (the depth the task needs is the largest single saving; the MLPs of the kept
+    /// blocks are the next, their attention after).
     fn structural_seeds(&self, target: f64) -> Vec<Genome> {
         let dense = Genome::uniform(self.config.n_prunable_matrices(), 0);
         let width_levels = (1..self.levels.len()).take(3).map(|l| l as u8);
         let third = width_levels.clone().next_back().unwrap_or(0);
+        let second = width_levels.clone().nth(1).unwrap_or(0);
         let units = |exit: u8, with_values: bool| {
-            let mlp_only = width_levels.clone().map(|width| [width, 0]);
+            let mlp_only = width_levels.clone().map(|width| [width, 0, 0]);
             let values = width_levels
                 .clone()
                 .filter(move |_| with_values)
-                .map(move |value| [third, value]);
+                .map(move |value| [third, value, 0]);
+            let pairs = width_levels
+                .clone()
+                .filter(move |_| with_values)
+                .map(move |pairs| [third, second, pairs]);
             mlp_only
                 .chain(values)
+                .chain(pairs)
                 .map(move |levels| (levels, exit))
                 .collect::<Vec<_>>()
         };
@@ -480,7 +489,7 @@ impl Problem for TaskProblem {
             .unwrap_or(0);
         let mut seeds: Vec<Genome> = exit_levels
             .take_while(|&level| level <= shallowest + 1)
-            .map(|level| self.genome(dense.clone(), [0, 0], level))
+            .map(|level| self.genome(dense.clone(), [0, 0, 0], level))
             .collect();
         let deeper = shallowest.saturating_sub(1);
         for (levels, exit) in units(shallowest, true)

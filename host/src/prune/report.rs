@@ -38,6 +38,9 @@ pub struct Outcome {
     /// Kept blocks whose attention keeps fewer value dimensions per head (or is skipped).
     #[serde(default)]
     pub value_pruned_attentions: usize,
+    /// Kept blocks whose query/key heads keep fewer rotary pairs.
+    #[serde(default)]
+    pub pair_pruned_attentions: usize,
     /// DESIGN section 3.
     pub linear_reduction: f64,
     /// DESIGN section 3.

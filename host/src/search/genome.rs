@@ -11,10 +11,12 @@ use crate::prune::{RankPlan, matrix_index};
 /// [`width_for_keep`] of the level's keep fraction, the block's MLP then pruned by neurons
 /// instead of its matrices' factor pairs), then one value-width gene per block (the same for
 /// each key/value head's value dimensions, [`value_width_for_keep`]; v and o then pruned by
-/// them), and optionally one more gene, the exit: level 0 keeps every block, higher levels
-/// exit earlier ([`exit_for_level`]). On a width gene the most pruned level skips the
-/// sub-block (zero neurons, zero value dimensions). Every gene shares the keep levels'
-/// alphabet, so crossover and mutation treat them alike.
+/// them), then one rotary-pair gene per block (the pairs each query/key head keeps,
+/// [`pairs_for_keep`]; q and k then pruned by them), and optionally one more gene, the exit:
+/// level 0 keeps every block, higher levels exit earlier ([`exit_for_level`]). On an MLP- or
+/// value-width gene the most pruned level skips the sub-block (zero neurons, zero value
+/// dimensions); a rotary-pair gene keeps at least one pair. Every gene shares the keep
+/// levels' alphabet, so crossover and mutation treat them alike.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Genome(pub Vec<u8>);
@@ -65,28 +67,28 @@ impl Genome {
 
     /// A genome of `config`'s layout from its matrices' genes (`matrices`, padded with dense
     /// or cut to the matrix count), every MLP-width gene at `width_level`, every value-width
-    /// gene at `value_level` and, when given, the exit gene at `exit_level`.
+    /// gene at `value_level`, every rotary-pair gene at `pair_level` and, when given, the exit
+    /// gene at `exit_level`.
     pub fn assemble(
         config: &ModelConfig,
         mut matrices: Genome,
-        [width_level, value_level]: [u8; 2],
+        [width_level, value_level, pair_level]: [u8; 3],
         exit_level: Option<u8>,
     ) -> Self {
         matrices.0.resize(config.n_prunable_matrices(), 0);
-        matrices
-            .0
-            .extend(std::iter::repeat_n(width_level, config.n_layers));
-        matrices
-            .0
-            .extend(std::iter::repeat_n(value_level, config.n_layers));
+        for level in [width_level, value_level, pair_level] {
+            matrices
+                .0
+                .extend(std::iter::repeat_n(level, config.n_layers));
+        }
         matrices.0.extend(exit_level);
         matrices
     }
 
-    /// Genes of `config`'s layout: matrices, MLP widths, value widths and, with `exit`, the
-    /// exit gene.
+    /// Genes of `config`'s layout: matrices, MLP widths, value widths, rotary pairs and, with
+    /// `exit`, the exit gene.
     pub fn n_genes(config: &ModelConfig, exit: bool) -> usize {
-        config.n_prunable_matrices() + 2 * config.n_layers + usize::from(exit)
+        config.n_prunable_matrices() + 3 * config.n_layers + usize::from(exit)
     }
 
     /// The gene of block `layer_idx`'s MLP width in `config`'s layout.
@@ -97,6 +99,11 @@ impl Genome {
     /// The gene of block `layer_idx`'s value width in `config`'s layout.
     pub fn value_gene(config: &ModelConfig, layer_idx: usize) -> usize {
         config.n_prunable_matrices() + config.n_layers + layer_idx
+    }
+
+    /// The gene of block `layer_idx`'s rotary pairs in `config`'s layout.
+    pub fn pair_gene(config: &ModelConfig, layer_idx: usize) -> usize {
+        config.n_prunable_matrices() + 2 * config.n_layers + layer_idx
     }
 
     /// The rank plan of this genome: each matrix's keep fraction through
@@ -127,8 +134,14 @@ impl Genome {
                 keep.map_or(Some(0), |k| value_width_for_keep(k, config.head_dim()))
             });
             plan = plan.with_value_width(config, layer_idx, value);
+            let pairs = self
+                .0
+                .get(Self::pair_gene(config, layer_idx))
+                .and_then(|&level| levels.keep(level))
+                .and_then(|keep| pairs_for_keep(keep, config.head_dim() / 2));
+            plan = plan.with_pairs(config, layer_idx, pairs);
         }
-        Ok(match self.0.get(n_matrices + 2 * config.n_layers) {
+        Ok(match self.0.get(n_matrices + 3 * config.n_layers) {
             Some(&level) => plan.with_exit(exit_for_level(config.n_layers, levels.len(), level)),
             None => plan,
         })
@@ -166,6 +179,13 @@ pub fn value_width_for_keep(keep: f64, head_dim: usize) -> Option<usize> {
     }
     let width = ((keep.max(0.0) * head_dim as f64).floor() as usize).max(1);
     (width < head_dim).then_some(width)
+}
+
+/// Rotary pairs a query/key head of `half` pairs keeps at keep fraction `keep`:
+/// `floor(keep·half)`, at least 1 (q's and k's parameters fall in the same proportion); `None`
+/// keeps every pair (`keep ≥ 1`, NaN, or the whole head).
+pub fn pairs_for_keep(keep: f64, half: usize) -> Option<usize> {
+    value_width_for_keep(keep, half)
 }
 
 /// The fewest blocks an exit gene keeps: a quarter of the model (at least one).

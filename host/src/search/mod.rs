@@ -64,8 +64,8 @@ pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint};
 pub use config::{Levels, SearchConfig};
 pub use engine::{GenerationReport, Search, SearchResult};
 pub use genome::{
-    Genome, exit_for_level, fitness, min_exit, target_accuracy, value_width_for_keep,
-    width_for_keep,
+    Genome, exit_for_level, fitness, min_exit, pairs_for_keep, target_accuracy,
+    value_width_for_keep, width_for_keep,
 };
 pub use refine::{GreedyMoves, greedy_moves};
 pub use seeding::{water_filling, water_filling_seeds};

@@ -149,7 +149,7 @@ fn genome_to_plan_uses_the_levels_keep_fractions() {
     let dense = Genome::uniform(n, 0).to_plan(&config, &levels);
     assert_eq!(dense.ok(), Some(RankPlan::dense(&config)));
     let matrices = |level| Genome::uniform(config.n_prunable_matrices(), level);
-    let half = Genome::assemble(&config, matrices(6), [0, 0], None).to_plan(&config, &levels);
+    let half = Genome::assemble(&config, matrices(6), [0, 0, 0], None).to_plan(&config, &levels);
     assert_eq!(half.ok(), Some(RankPlan::uniform(&config, 0.5)));
     let mut mixed = Genome::uniform(n, 0);
     mixed.0[crate::prune::matrix_index(1, whittle_runtime::MatrixKind::Up)] = 6;
@@ -176,7 +176,7 @@ fn a_width_gene_prunes_its_blocks_mlp_by_neurons_instead_of_factor_pairs() {
     let config = whittle_runtime::ModelConfig::SMOLLM2_135M;
     let levels = Levels::default();
     let matrices = Genome::uniform(config.n_prunable_matrices(), 2);
-    let mut genome = Genome::assemble(&config, matrices, [0, 0], None);
+    let mut genome = Genome::assemble(&config, matrices, [0, 0, 0], None);
     // Block 3's MLP at level 4 (keep 0.7): floor(0.7 · 1536) = 1075 → 1072 neurons.
     genome.0[Genome::mlp_gene(&config, 3)] = 4;
     let plan = genome.to_plan(&config, &levels).expect("a valid genome");
@@ -215,7 +215,7 @@ fn a_value_gene_prunes_its_blocks_value_heads_and_the_last_level_skips_a_sub_blo
     let levels = Levels::default();
     let most_pruned = levels.most_pruned();
     let matrices = Genome::uniform(config.n_prunable_matrices(), 2);
-    let mut genome = Genome::assemble(&config, matrices, [0, 0], None);
+    let mut genome = Genome::assemble(&config, matrices, [0, 0, 0], None);
     // Block 3's value heads at level 6 (keep 0.5): 32 of 64 dimensions; block 4's attention
     // and block 5's MLP at the last level: skipped.
     genome.0[Genome::value_gene(&config, 3)] = 6;
@@ -251,7 +251,8 @@ fn a_value_gene_prunes_its_blocks_value_heads_and_the_last_level_skips_a_sub_blo
         plan.block_widths(&config, 4),
         BlockWidths {
             mlp: config.intermediate_size,
-            value: 0
+            value: 0,
+            pairs: 0,
         }
     );
     // Exact count: block 3's v and o keep 3·32·576 + 576·9·32; block 4 keeps its MLP's
@@ -279,6 +280,69 @@ fn a_value_gene_prunes_its_blocks_value_heads_and_the_last_level_skips_a_sub_blo
     assert_eq!(value_width_for_keep(1.0, 64), None);
     assert_eq!(value_width_for_keep(0.001, 64), Some(1));
     assert_eq!(value_width_for_keep(f64::NAN, 64), None);
+}
+
+#[test]
+fn a_pair_gene_prunes_its_blocks_query_key_heads_by_whole_rotary_pairs() {
+    use whittle_runtime::{BlockWidths, MatrixKind};
+    let config = whittle_runtime::ModelConfig::SMOLLM2_135M;
+    let levels = Levels::default();
+    let most_pruned = levels.most_pruned();
+    let matrices = Genome::uniform(config.n_prunable_matrices(), 2);
+    let mut genome = Genome::assemble(&config, matrices, [0, 0, 0], None);
+    // Block 3's pairs at level 6 (keep 0.5): 16 of 32; block 4's at the last level (0.05):
+    // one pair; block 5's attention skipped, its pair gene then moot.
+    genome.0[Genome::pair_gene(&config, 3)] = 6;
+    genome.0[Genome::pair_gene(&config, 4)] = most_pruned;
+    genome.0[Genome::pair_gene(&config, 5)] = 6;
+    genome.0[Genome::value_gene(&config, 5)] = most_pruned;
+    let plan = genome.to_plan(&config, &levels).expect("a valid genome");
+    assert_eq!(pairs_for_keep(0.5, 32), Some(16));
+    assert_eq!(plan.pairs(3), Some(16));
+    assert_eq!(plan.pairs(4), Some(1));
+    assert_eq!(plan.pairs(5), None, "a skipped attention keeps no pairs");
+    assert_eq!(plan.pairs(2), None);
+    for kind in [MatrixKind::Q, MatrixKind::K] {
+        assert_eq!(
+            plan.rank(3, kind),
+            None,
+            "no factor pair under rotary pairs"
+        );
+        assert!(plan.changes(3, kind));
+    }
+    assert!(
+        plan.rank(3, MatrixKind::V).is_some(),
+        "v keeps its factor pair"
+    );
+    assert_eq!(
+        plan.block_widths(&config, 3),
+        BlockWidths {
+            mlp: config.intermediate_size,
+            value: config.head_dim(),
+            pairs: 16,
+        }
+    );
+    // Exact count against block 2 (factor pairs at level 2): block 3's q and k keep
+    // 9·2·16·576 + 3·2·16·576, block 4's 9·2·576 + 3·2·576.
+    let r = crate::prune::reductions(&config, &plan, None);
+    let r0 = crate::prune::reductions(&config, &RankPlan::uniform(&config, 0.9), None);
+    let factor = |kinds: &[MatrixKind]| -> usize {
+        kinds
+            .iter()
+            .map(|&kind| {
+                let (rows, cols) = config.matrix_shape(kind);
+                plan.rank(2, kind).unwrap_or(0) * (rows + cols)
+            })
+            .sum()
+    };
+    let qk = [MatrixKind::Q, MatrixKind::K];
+    let attention = [MatrixKind::Q, MatrixKind::K, MatrixKind::V, MatrixKind::O];
+    let expected =
+        r0.kept_linear_params - 2 * factor(&qk) + (9 + 3) * 2 * 16 * 576 + (9 + 3) * 2 * 576
+            - factor(&attention);
+    assert_eq!(r.kept_linear_params, expected);
+    assert_eq!(pairs_for_keep(1.0, 32), None);
+    assert_eq!(pairs_for_keep(0.001, 32), Some(1));
 }
 
 #[test]

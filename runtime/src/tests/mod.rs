@@ -114,6 +114,18 @@ fn tiny_bundle_with(
     key: Option<&SigningKey>,
     matrix: &dyn Fn(usize, crate::MatrixKind) -> TinyMatrix,
 ) -> Vec<u8> {
+    tiny_bundle_with_pairs(dtype, task_head, key, matrix, &|_| Vec::new())
+}
+
+/// [`tiny_bundle_with`], block `layer` keeping the rotary pairs `pairs(layer)` (every pair when
+/// empty).
+fn tiny_bundle_with_pairs(
+    dtype: Dtype,
+    task_head: bool,
+    key: Option<&SigningKey>,
+    matrix: &dyn Fn(usize, crate::MatrixKind) -> TinyMatrix,
+    pairs: &dyn Fn(usize) -> Vec<u16>,
+) -> Vec<u8> {
     let config = tiny_config();
     let mut blob = BlobBuilder::new();
     let tokenizer = blob.push_tokenizer(&tables()).unwrap();
@@ -149,10 +161,19 @@ fn tiny_bundle_with(
                 None => LinearRef::Dense(blob.push_matrix(rows, cols, &dense, dtype).unwrap()),
             });
         }
+        let list: Vec<u8> = pairs(layer_idx)
+            .iter()
+            .flat_map(|pair| pair.to_le_bytes())
+            .collect();
+        let rotary_pairs = match list.is_empty() {
+            true => crate::format::Span::default(),
+            false => blob.push_bytes(&list).unwrap(),
+        };
         layers.push(LayerRef {
             attn_norm,
             ffn_norm,
             linears: linears.try_into().unwrap(),
+            rotary_pairs,
         });
     }
     let label_ids = [97u32, 98];
@@ -240,8 +261,8 @@ fn golden_bytes_of_the_tiny_bundle() {
     let bytes = tiny_bundle(Dtype::F32, false, None);
     let preamble: Vec<u8> = bytes[..24].to_vec();
     let hex: alloc::string::String = preamble.iter().map(|b| alloc::format!("{b:02x}")).collect();
-    // magic "WHITTLE\0", version 2, flags 0, header length, blob length.
-    assert_eq!(&hex[..24], "57484954544c450002000000");
+    // magic "WHITTLE\0", version 3, flags 0, header length, blob length.
+    assert_eq!(&hex[..24], "57484954544c450003000000");
     assert_eq!(
         (hex.as_str(), bytes.len(), crc(&bytes)),
         GOLDEN,
@@ -249,12 +270,13 @@ fn golden_bytes_of_the_tiny_bundle() {
     );
 }
 
-/// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v2: only the version
-/// byte differs from v1; the f32 encoding did not change).
+/// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v3: each layer
+/// record ends in its rotary pairs span, two bytes when empty, so the header is 4 bytes longer
+/// than v2's; the blob did not change).
 const GOLDEN: (&str, usize, u32) = (
-    "57484954544c45000200000042010000407d000000000000",
+    "57484954544c45000300000046010000407d000000000000",
     32452,
-    659230439,
+    3923867894,
 );
 
 /// The tiny q8 bundle (format v2, one scale per 32 values of a row): preamble, length, and the
@@ -277,11 +299,11 @@ fn golden_bytes_of_the_tiny_q8_bundle() {
     );
 }
 
-/// Preamble (hex), length, header CRC and blob CRC of the tiny q8 bundle, format v2.
+/// Preamble (hex), length, header CRC and blob CRC of the tiny q8 bundle, format v3.
 const GOLDEN_Q8: (&str, usize, u32, u32) = (
-    "57484954544c4500020000005d0100008032000000000000",
+    "57484954544c450003000000610100008032000000000000",
     13316,
-    2149101288,
+    1600933323,
     2526822772,
 );
 
@@ -377,6 +399,100 @@ fn a_block_may_keep_fewer_mlp_neurons_and_must_agree_on_how_many() {
 /// columns zero, block 0's gate zero so that its MLP adds nothing, block 1's o zero) must give
 /// the same logits.
 #[test]
+fn kept_rotary_pairs_equal_their_block_with_the_dropped_pairs_rows_zeroed() {
+    use crate::MatrixKind::{K, Q};
+    let config = tiny_config();
+    let (head_dim, n_rep) = (config.head_dim(), config.n_heads / config.n_kv_heads);
+    // head_dim 4: two pairs per head; key/value head 0 keeps pair 1, head 1 keeps pair 0.
+    let lists: [u16; 2] = [1, 0];
+    let seed =
+        |layer_idx: usize, kind: crate::MatrixKind| 10 + (layer_idx * 7 + kind as usize) as u64;
+    let dense = |rows: usize, cols: usize, values: Vec<f32>| TinyMatrix {
+        rows,
+        cols,
+        values,
+        rank: None,
+    };
+    let widths = |layer_idx: usize| crate::BlockWidths {
+        pairs: if layer_idx == 0 { 1 } else { head_dim / 2 },
+        ..config.full_widths()
+    };
+    let narrow = |layer_idx: usize, kind: crate::MatrixKind| {
+        let (rows, cols) = config.matrix_shape_in(kind, widths(layer_idx));
+        dense(rows, cols, values(seed(layer_idx, kind), rows * cols))
+    };
+    let padded = |layer_idx: usize, kind: crate::MatrixKind| {
+        let (rows, cols) = config.matrix_shape(kind);
+        if layer_idx != 0 || !matches!(kind, Q | K) {
+            return dense(rows, cols, values(seed(layer_idx, kind), rows * cols));
+        }
+        let small = narrow(layer_idx, kind).values;
+        // Row `head · head_dim + 2 · pair + lane` is the narrow row `head · 2 + lane` when
+        // `pair` is the head's kept one, else zero.
+        let group = |head: usize| if kind == Q { head / n_rep } else { head };
+        let values = (0..rows * cols)
+            .map(|i| {
+                let (r, c) = (i / cols, i % cols);
+                let (head, lane) = (r / head_dim, r % head_dim);
+                match usize::from(lists[group(head)]) == lane / 2 {
+                    true => small[(head * 2 + lane % 2) * cols + c],
+                    false => 0.0,
+                }
+            })
+            .collect();
+        dense(rows, cols, values)
+    };
+    let pairs = |layer_idx: usize| match layer_idx {
+        0 => lists.to_vec(),
+        _ => Vec::new(),
+    };
+    let narrow_bytes = AlignedBytes::new(&tiny_bundle_with_pairs(
+        Dtype::F32,
+        false,
+        None,
+        &narrow,
+        &pairs,
+    ));
+    let padded_bytes = AlignedBytes::new(&tiny_bundle_with(Dtype::F32, false, None, &padded));
+    let narrow_bundle = Bundle::parse(narrow_bytes.as_bytes()).unwrap();
+    let padded_bundle = Bundle::parse(padded_bytes.as_bytes()).unwrap();
+    assert_eq!(narrow_bundle.block_widths(0), Ok(widths(0)));
+    assert_eq!(narrow_bundle.block_widths(1), Ok(config.full_widths()));
+    let got = logits_along_the_way(&narrow_bundle, Portable);
+    let expected = logits_along_the_way(&padded_bundle, Portable);
+    let worst = got
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "max |Δlogit| {worst}");
+    // Lists out of range, of uneven length, or as long as a whole head are refused.
+    for bad in [
+        alloc::vec![1u16, 1, 0, 1],
+        alloc::vec![2, 0],
+        alloc::vec![0, 1, 0],
+    ] {
+        let bad_pairs = |layer_idx: usize| match layer_idx {
+            0 => bad.clone(),
+            _ => Vec::new(),
+        };
+        let wide = |layer_idx: usize, kind: crate::MatrixKind| {
+            let pairs = if layer_idx == 0 { bad.len() / 2 } else { 2 };
+            let widths = crate::BlockWidths {
+                pairs: pairs.max(1),
+                ..config.full_widths()
+            };
+            let (rows, cols) = config.matrix_shape_in(kind, widths);
+            dense(rows, cols, alloc::vec![0.1; rows * cols])
+        };
+        check_refused(
+            &tiny_bundle_with_pairs(Dtype::F32, false, None, &wide, &bad_pairs),
+            Error::BadShape,
+        );
+    }
+}
+
+#[test]
 fn narrower_value_heads_and_skipped_sub_blocks_equal_their_zero_padded_blocks() {
     use crate::MatrixKind::{Down, Gate, O, Up, V};
     let config = tiny_config();
@@ -395,10 +511,12 @@ fn narrower_value_heads_and_skipped_sub_blocks_equal_their_zero_padded_blocks() 
             0 => crate::BlockWidths {
                 mlp: 0,
                 value: narrow_value,
+                pairs: head_dim / 2,
             },
             _ => crate::BlockWidths {
                 mlp: config.intermediate_size,
                 value: 0,
+                pairs: 0,
             },
         };
         let (rows, cols) = config.matrix_shape_in(kind, widths);
@@ -445,7 +563,8 @@ fn narrower_value_heads_and_skipped_sub_blocks_equal_their_zero_padded_blocks() 
         narrow_bundle.block_widths(0),
         Ok(crate::BlockWidths {
             mlp: 0,
-            value: narrow_value
+            value: narrow_value,
+            pairs: head_dim / 2,
         })
     );
     assert_eq!(narrow_bundle.block_widths(1).map(|w| w.value), Ok(0));
