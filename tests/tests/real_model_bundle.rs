@@ -270,6 +270,36 @@ fn real_model_bundle_with_an_exit_a_fitted_head_narrower_units_and_skipped_sub_b
         },
     ];
     llama.set_values(5, values)?;
+    // Block 4's query/key heads keep 12 of their 32 rotary pairs: key/value head g the pairs
+    // g, g + 3, …, shared by its three query heads (q's and k's rows of those pairs).
+    let lists: Vec<Vec<u16>> = (0..config.n_kv_heads as u16)
+        .map(|g| (0..12).map(|j| g + 2 * j).collect())
+        .collect();
+    let n_rep = config.n_heads / config.n_kv_heads;
+    let pair_rows = |heads: usize, group: &dyn Fn(usize) -> usize| -> anyhow::Result<_> {
+        let ids: Vec<u32> = (0..heads)
+            .flat_map(|h| {
+                lists[group(h)].iter().flat_map(move |&p| {
+                    let row = (h * head_dim + 2 * usize::from(p)) as u32;
+                    [row, row + 1]
+                })
+            })
+            .collect();
+        Ok(candle_core::Tensor::new(ids.as_slice(), llama.device())?)
+    };
+    let take_rows = |kind: MatrixKind, rows: candle_core::Tensor| -> anyhow::Result<Linear> {
+        match llama.linear(4, kind) {
+            Some(Linear::Dense { weight }) => Ok(Linear::Dense {
+                weight: weight.index_select(&rows, 0)?,
+            }),
+            _ => anyhow::bail!("block 4 is not dense"),
+        }
+    };
+    let qk = [
+        take_rows(MatrixKind::Q, pair_rows(config.n_heads, &|h| h / n_rep)?)?,
+        take_rows(MatrixKind::K, pair_rows(config.n_kv_heads, &|h| h)?)?,
+    ];
+    llama.set_rotary_pairs(4, qk, lists)?;
     let device = llama.device().clone();
     let empty = |shape| Linear::empty(shape, &device);
     llama.set_values(7, [empty((0, hidden))?, empty((hidden, 0))?])?;
@@ -305,14 +335,15 @@ fn real_model_bundle_with_an_exit_a_fitted_head_narrower_units_and_skipped_sub_b
         bundle
             .block_widths(layer_idx)
             .ok()
-            .map(|w| (w.mlp, w.value))
+            .map(|w| (w.mlp, w.value, w.pairs))
     };
-    assert_eq!(widths(2), Some((768, 64)));
-    assert_eq!(widths(9), Some((512, 64)));
-    assert_eq!(widths(3), Some((1536, 64)));
-    assert_eq!(widths(5), Some((1536, 24)));
-    assert_eq!(widths(7), Some((1536, 0)));
-    assert_eq!(widths(11), Some((0, 64)));
+    assert_eq!(widths(2), Some((768, 64, 32)));
+    assert_eq!(widths(9), Some((512, 64, 32)));
+    assert_eq!(widths(3), Some((1536, 64, 32)));
+    assert_eq!(widths(4), Some((1536, 64, 12)));
+    assert_eq!(widths(5), Some((1536, 24, 32)));
+    assert_eq!(widths(7), Some((1536, 0, 0)));
+    assert_eq!(widths(11), Some((0, 64, 32)));
     let mut examples = f.task.examples(Split::Test)?;
     examples.truncate(PARITY_EXAMPLES);
     let reference = host_reference(&model, &bundle, &examples, Some(&head))?;
@@ -332,7 +363,7 @@ fn real_model_bundle_with_an_exit_a_fitted_head_narrower_units_and_skipped_sub_b
     }
     let report = compare(&reference, &bundle, best())?;
     println!(
-        "exit {EXIT}, fitted head, two narrower MLPs, narrower value heads, a skipped attention and MLP: agreement {:.4}, max |Δlogit| {:.2e}, host accuracy {:.4}",
+        "exit {EXIT}, fitted head, two narrower MLPs, narrower value heads, 12 of 32 rotary pairs, a skipped attention and MLP: agreement {:.4}, max |Δlogit| {:.2e}, host accuracy {:.4}",
         report.agreement, report.max_abs_logit_diff, report.host_accuracy
     );
     assert_eq!(report.token_id_mismatches, 0);
