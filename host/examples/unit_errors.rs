@@ -1,15 +1,17 @@
 //! The units that cost nothing to store against factor pairs at equal parameter count, per
 //! matrix type (docs/RESULTS.md, `#compression`): held-out output error on every block, and
-//! SST-2 test accuracy with every block's v and o pruned one way or the other.
+//! SST-2 test accuracy with every block's v and o, or q and k, pruned one way or the other.
 //!
-//! The units and the factor pairs are fitted on the default calibration statistics (65,536
-//! counted tokens of GLUE train); the held-out statistics are those of the next tokens of the
+//! The units and the factor pairs are fitted on the calibration statistics of the first 65,536
+//! counted tokens of GLUE train; the held-out statistics are those of the next tokens of the
 //! same stream: the statistics of `[held-out budget]` tokens minus the default ones (both are
 //! sums over a prefix of the same token stream, so the difference is exactly the later
 //! tokens'). Errors are relative squared output errors `tr(E C Eᵀ) / tr(W C Wᵀ)`:
 //! - value dimensions: o's output (the block's attention output), exactly, cross-head terms
 //!   included ([`whittle_host::factorize::ValueProjection::error_curve_on`]);
 //! - MLP neurons: down's output (the block's MLP output) after the refit;
+//! - rotary pairs: q's and k's own outputs (the dropped pairs' rows; a ranking, no refit, so
+//!   like the factor pairs' columns, not the attention's output);
 //! - factor pairs: each matrix's own output (v, o; gate, up, down), which for v and gate/up
 //!   is not the sub-block's output, so the columns are not the same quantity.
 //!
@@ -26,7 +28,7 @@ use whittle_host::model::{InputSite, Linear};
 use whittle_host::prune::{
     Evaluator, FactorBank, RankPlan, calibrated_bank, dense_weight, reductions, stats_to_faer,
 };
-use whittle_host::search::{value_width_for_keep, width_for_keep};
+use whittle_host::search::{pairs_for_keep, value_width_for_keep, width_for_keep};
 use whittle_host::task::{Split, Task};
 use whittle_runtime::MatrixKind;
 
@@ -50,7 +52,10 @@ fn main() -> anyhow::Result<()> {
     let cache = whittle_boards::default_cache_dir();
     let llama = &base.model.llama;
     let config = *llama.config();
-    let fitted_settings = CalibrationSettings::default();
+    let fitted_settings = CalibrationSettings {
+        max_tokens: 65_536,
+        ..CalibrationSettings::default()
+    };
     if held_out_budget <= fitted_settings.max_tokens {
         anyhow::bail!(
             "the held-out budget {held_out_budget} must exceed the fitted {} tokens",
@@ -121,13 +126,23 @@ fn main() -> anyhow::Result<()> {
         rows.push((keep, mean));
     }
     println!(
-        "| keep (parameters of the matrices) | value dims (o's output) | v pair | o pair | MLP neurons (down's output) | gate pair | up pair | down pair |"
+        "| keep (parameters of the matrices) | value dims (o's output) | v pair | o pair | MLP neurons (down's output) | gate pair | up pair | down pair | rotary pairs: q | k | q pair | k pair |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (keep, e) in &rows {
         println!(
-            "| {keep} | **{:.4}** | {:.4} | {:.4} | **{:.4}** | {:.4} | {:.4} | {:.4} |",
-            e.values, e.v_pair, e.o_pair, e.neurons, e.gate_pair, e.up_pair, e.down_pair
+            "| {keep} | **{:.4}** | {:.4} | {:.4} | **{:.4}** | {:.4} | {:.4} | {:.4} | **{:.4}** | **{:.4}** | {:.4} | {:.4} |",
+            e.values,
+            e.v_pair,
+            e.o_pair,
+            e.neurons,
+            e.gate_pair,
+            e.up_pair,
+            e.down_pair,
+            e.pairs_q,
+            e.pairs_k,
+            e.q_pair,
+            e.k_pair
         );
     }
 
@@ -139,31 +154,48 @@ fn main() -> anyhow::Result<()> {
         let by_values = (0..config.n_layers).fold(RankPlan::dense(&config), |plan, layer_idx| {
             plan.with_value_width(&config, layer_idx, width)
         });
-        let values = [MatrixKind::V, MatrixKind::O];
-        let by_pairs = RankPlan::from_keeps(&config, |_, kind| match values.contains(&kind) {
-            true => keep,
-            false => 1.0,
+        let pairs = pairs_for_keep(keep, config.head_dim() / 2);
+        let by_rotary = (0..config.n_layers).fold(RankPlan::dense(&config), |plan, layer_idx| {
+            plan.with_pairs(&config, layer_idx, pairs)
         });
-        for (unit, plan) in [("value dimensions", by_values), ("factor pairs", by_pairs)] {
+        let factor_pairs = |kinds: [MatrixKind; 2]| {
+            RankPlan::from_keeps(&config, |_, kind| match kinds.contains(&kind) {
+                true => keep,
+                false => 1.0,
+            })
+        };
+        let values = [MatrixKind::V, MatrixKind::O];
+        let query_key = [MatrixKind::Q, MatrixKind::K];
+        for (matrices, unit, plan) in [
+            ("v and o", "value dimensions", by_values),
+            ("v and o", "factor pairs", factor_pairs(values)),
+            ("q and k", "rotary pairs", by_rotary),
+            ("q and k", "factor pairs", factor_pairs(query_key)),
+        ] {
             let pruned = bank.apply(llama, &plan)?;
             let scored = head.score(&pruned, &progress)?;
             let counted = reductions(&config, &plan, None).linear_reduction;
             eprintln!(
-                "v and o of every block, {unit} at keep {keep}: linear reduction {counted:.4}, test {:.4}",
+                "{matrices} of every block, {unit} at keep {keep}: linear reduction {counted:.4}, test {:.4}",
                 scored.accuracy
             );
-            accuracy.push((unit, keep, counted, scored.accuracy));
+            accuracy.push((matrices, unit, keep, counted, scored.accuracy));
         }
     }
-    println!("\n| v and o of every block | keep | linear reduction | test accuracy (task head) |");
-    println!("|---|---|---|---|");
-    for (unit, keep, counted, test) in &accuracy {
-        println!("| {unit} | {keep} | {:.1}% | {test:.4} |", 100.0 * counted);
+    println!(
+        "\n| matrices of every block | unit | keep | linear reduction | test accuracy (task head) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (matrices, unit, keep, counted, test) in &accuracy {
+        println!(
+            "| {matrices} | {unit} | {keep} | {:.1}% | {test:.4} |",
+            100.0 * counted
+        );
     }
     let json = serde_json::json!({
         "held_out_tokens": longer.n_tokens - fitted.n_tokens,
         "errors": rows.iter().map(|(keep, e)| serde_json::json!({"keep": keep, "mean": format!("{e:?}")})).collect::<Vec<_>>(),
-        "accuracy": accuracy.iter().map(|(unit, keep, counted, test)| serde_json::json!({"unit": unit, "keep": keep, "linear_reduction": counted, "test_accuracy": test})).collect::<Vec<_>>(),
+        "accuracy": accuracy.iter().map(|(matrices, unit, keep, counted, test)| serde_json::json!({"matrices": matrices, "unit": unit, "keep": keep, "linear_reduction": counted, "test_accuracy": test})).collect::<Vec<_>>(),
     });
     println!("{json}");
     Ok(())
@@ -179,6 +211,10 @@ struct Errors {
     gate_pair: f64,
     up_pair: f64,
     down_pair: f64,
+    pairs_q: f64,
+    pairs_k: f64,
+    q_pair: f64,
+    k_pair: f64,
 }
 
 impl Errors {
@@ -190,6 +226,10 @@ impl Errors {
         self.gate_pair += other.gate_pair;
         self.up_pair += other.up_pair;
         self.down_pair += other.down_pair;
+        self.pairs_q += other.pairs_q;
+        self.pairs_k += other.pairs_k;
+        self.q_pair += other.q_pair;
+        self.k_pair += other.k_pair;
     }
 
     fn scaled(&self, s: f64) -> Errors {
@@ -201,6 +241,10 @@ impl Errors {
             gate_pair: self.gate_pair * s,
             up_pair: self.up_pair * s,
             down_pair: self.down_pair * s,
+            pairs_q: self.pairs_q * s,
+            pairs_k: self.pairs_k * s,
+            q_pair: self.q_pair * s,
+            k_pair: self.k_pair * s,
         }
     }
 }
@@ -265,7 +309,42 @@ fn block_errors(
             )
         }
     };
+    // Rotary pairs: the rows of the dropped pairs of q (every query head, its key/value head's
+    // list) and of k are the error.
+    let (pairs_q, pairs_k) = match pairs_for_keep(keep, config.head_dim() / 2) {
+        None => (0.0, 0.0),
+        Some(pairs) => {
+            let Some(order) = bank.pair_order(layer_idx) else {
+                anyhow::bail!("the bank has no rotary pair orders");
+            };
+            let lists = order.lists(pairs);
+            let n_rep = config.n_heads / config.n_kv_heads;
+            let head_dim = config.head_dim();
+            let dropped =
+                |kind: MatrixKind, group: &dyn Fn(usize) -> usize| -> anyhow::Result<f64> {
+                    let w = weight(kind)?;
+                    let mut e = w.clone();
+                    for r in 0..w.nrows() {
+                        let (head, pair) = (r / head_dim, (r % head_dim) / 2);
+                        if lists[group(head)].contains(&(pair as u16)) {
+                            for j in 0..w.ncols() {
+                                e[(r, j)] = 0.0;
+                            }
+                        }
+                    }
+                    Ok(relative_error(w.as_ref(), e.as_ref(), c_qkv.as_ref()))
+                };
+            (
+                dropped(MatrixKind::Q, &|head| head / n_rep)?,
+                dropped(MatrixKind::K, &|head| head)?,
+            )
+        }
+    };
     Ok(Errors {
+        pairs_q,
+        pairs_k,
+        q_pair: pair_error(MatrixKind::Q, c_qkv.as_ref())?,
+        k_pair: pair_error(MatrixKind::K, c_qkv.as_ref())?,
         values,
         v_pair: pair_error(MatrixKind::V, c_qkv.as_ref())?,
         o_pair: pair_error(MatrixKind::O, c_o.as_ref())?,
