@@ -471,8 +471,5 @@ pub(crate) fn block_widths(layer: &LayerRef, config: &ModelConfig) -> Option<Blo
 /// Pair `j` of key/value head `kv_head`'s list in a `rotary_pairs` span's bytes (`pairs` per
 /// head); 0 past the end (the span is validated at parse time).
 pub(crate) fn rotary_pair(bytes: &[u8], pairs: usize, kv_head: usize, j: usize) -> usize {
-    let at = 2 * (kv_head * pairs + j);
-    bytes
-        .get(at..at + 2)
-        .map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+    array::<2>(bytes, 2 * (kv_head * pairs + j)).map_or(0, |b| usize::from(u16::from_le_bytes(b)))
 }
