@@ -260,15 +260,7 @@ fn a_value_gene_prunes_its_blocks_value_heads_and_the_last_level_skips_a_sub_blo
     let r = crate::prune::reductions(&config, &plan, None);
     let r0 = crate::prune::reductions(&config, &RankPlan::uniform(&config, 0.9), None);
     // Every other block's matrices are factor pairs at level 2, as block 2's.
-    let pairs = |kinds: &[MatrixKind]| -> usize {
-        kinds
-            .iter()
-            .map(|&kind| {
-                let (rows, cols) = config.matrix_shape(kind);
-                plan.rank(2, kind).unwrap_or(0) * (rows + cols)
-            })
-            .sum()
-    };
+    let pairs = |kinds: &[MatrixKind]| factor_params(&config, &plan, 2, kinds);
     let attention = [MatrixKind::Q, MatrixKind::K, MatrixKind::V, MatrixKind::O];
     let mlp = [MatrixKind::Gate, MatrixKind::Up, MatrixKind::Down];
     let expected = r0.kept_linear_params - pairs(&[MatrixKind::V, MatrixKind::O])
@@ -326,15 +318,7 @@ fn a_pair_gene_prunes_its_blocks_query_key_heads_by_whole_rotary_pairs() {
     // 9·2·16·576 + 3·2·16·576, block 4's 9·2·576 + 3·2·576.
     let r = crate::prune::reductions(&config, &plan, None);
     let r0 = crate::prune::reductions(&config, &RankPlan::uniform(&config, 0.9), None);
-    let factor = |kinds: &[MatrixKind]| -> usize {
-        kinds
-            .iter()
-            .map(|&kind| {
-                let (rows, cols) = config.matrix_shape(kind);
-                plan.rank(2, kind).unwrap_or(0) * (rows + cols)
-            })
-            .sum()
-    };
+    let factor = |kinds: &[MatrixKind]| factor_params(&config, &plan, 2, kinds);
     let qk = [MatrixKind::Q, MatrixKind::K];
     let attention = [MatrixKind::Q, MatrixKind::K, MatrixKind::V, MatrixKind::O];
     let expected =
@@ -471,4 +455,20 @@ fn among_admissible_genomes_the_cheapest_ranks_first_whatever_its_margin() {
             .cmp_rank(&score(0.1, false, 0.1))
             .is_gt()
     );
+}
+
+/// Parameters of block `layer_idx`'s `kinds` as the factor pairs `plan` gives them.
+fn factor_params(
+    config: &whittle_runtime::ModelConfig,
+    plan: &RankPlan,
+    layer_idx: usize,
+    kinds: &[whittle_runtime::MatrixKind],
+) -> usize {
+    kinds
+        .iter()
+        .map(|&kind| {
+            let (rows, cols) = config.matrix_shape(kind);
+            plan.rank(layer_idx, kind).unwrap_or(0) * (rows + cols)
+        })
+        .sum()
 }
