@@ -104,12 +104,9 @@ pub fn run(
     .map_err(|error| anyhow::anyhow!("cannot start a session: {error}"))?;
     let task = &bundle.header().task;
     let limit = max_new_tokens.unwrap_or(task.max_new_tokens as usize);
-    let answer = |session: &mut Session<'_, '_, _, RUN_CONTEXT>, text: &str| {
-        answer(session, task.kind, text, limit)
-    };
     match inputs {
         Inputs::Text(text) => {
-            match answer(&mut session, text)? {
+            match answer(&mut session, task.kind, text, limit)? {
                 Answer::Label { label, .. } => println!("{label}"),
                 Answer::Text(text) => println!("{text}"),
             }
@@ -130,7 +127,7 @@ pub fn run(
                 let line = line.with_context(|| {
                     format!("cannot read line {} of the inputs (not UTF-8?)", index + 1)
                 })?;
-                let record = match answer(&mut session, &line) {
+                let record = match answer(&mut session, task.kind, &line, limit) {
                     Ok(Answer::Label { label, scores }) => {
                         serde_json::json!({"line": index + 1, "label": label, "scores": scores})
                     }

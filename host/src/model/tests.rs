@@ -16,6 +16,29 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
 }
 
+/// `a` and `b` give the same states (within 1e-4) through a full pass, a shared prefix and
+/// cached decoding.
+fn assert_same_states(a: &Llama, b: &Llama) -> Result<()> {
+    let device = Device::Cpu;
+    let batch = Batch::new(&sequences(), 0, &device)?;
+    let diff = max_abs_diff(&a.forward(&batch)?, &b.forward(&batch)?)?;
+    assert!(diff < 1e-4, "full pass: {diff}");
+    let prefix = [1u32, 17, 42, 5, 9];
+    let shared = a.last_hidden_after(&a.prefix_cache(&prefix)?, &batch)?;
+    let expected = b.last_hidden_after(&b.prefix_cache(&prefix)?, &batch)?;
+    let diff = max_abs_diff(&shared, &expected)?;
+    assert!(diff < 1e-4, "shared prefix: {diff}");
+    let mut caches = (KvCache::default(), KvCache::default());
+    for &token in &sequences()[0] {
+        let token = Tensor::new(&[[token]], &device)?;
+        let x = a.forward_cached(&token, &mut caches.0)?;
+        let y = b.forward_cached(&token, &mut caches.1)?;
+        let diff = max_abs_diff(&x, &y)?;
+        assert!(diff < 1e-4, "cached decoding: {diff}");
+    }
+    Ok(())
+}
+
 fn sequences() -> Vec<Vec<u32>> {
     vec![
         vec![3, 14, 15, 9, 26, 5, 35],
@@ -395,23 +418,7 @@ fn narrower_value_heads_and_skipped_sub_blocks_equal_their_zero_padded_blocks() 
         dense(weight(1, MatrixKind::O)?.zeros_like()?),
     )?;
 
-    let batch = Batch::new(&sequences(), 0, &device)?;
-    let diff = max_abs_diff(&narrow.forward(&batch)?, &padded.forward(&batch)?)?;
-    assert!(diff < 1e-4, "full pass: {diff}");
-    let prefix = [1u32, 17, 42, 5, 9];
-    let shared = narrow.last_hidden_after(&narrow.prefix_cache(&prefix)?, &batch)?;
-    let expected = padded.last_hidden_after(&padded.prefix_cache(&prefix)?, &batch)?;
-    let diff = max_abs_diff(&shared, &expected)?;
-    assert!(diff < 1e-4, "shared prefix: {diff}");
-    let sequence = &sequences()[0];
-    let mut caches = (KvCache::default(), KvCache::default());
-    for &token in sequence {
-        let token = Tensor::new(&[[token]], &device)?;
-        let a = narrow.forward_cached(&token, &mut caches.0)?;
-        let b = padded.forward_cached(&token, &mut caches.1)?;
-        let diff = max_abs_diff(&a, &b)?;
-        assert!(diff < 1e-4, "cached decoding: {diff}");
-    }
+    assert_same_states(&narrow, &padded)?;
     // Shapes that disagree with the block's widths are refused.
     assert!(
         narrow
@@ -488,22 +495,7 @@ fn kept_rotary_pairs_equal_their_block_with_the_dropped_pairs_rows_zeroed() -> R
         padded.set_linear(0, kind, dense((full * mask)?))?;
     }
 
-    let batch = Batch::new(&sequences(), 0, &device)?;
-    let diff = max_abs_diff(&narrow.forward(&batch)?, &padded.forward(&batch)?)?;
-    assert!(diff < 1e-4, "full pass: {diff}");
-    let prefix = [1u32, 17, 42, 5, 9];
-    let shared = narrow.last_hidden_after(&narrow.prefix_cache(&prefix)?, &batch)?;
-    let expected = padded.last_hidden_after(&padded.prefix_cache(&prefix)?, &batch)?;
-    let diff = max_abs_diff(&shared, &expected)?;
-    assert!(diff < 1e-4, "shared prefix: {diff}");
-    let mut caches = (KvCache::default(), KvCache::default());
-    for &token in &sequences()[0] {
-        let token = Tensor::new(&[[token]], &device)?;
-        let a = narrow.forward_cached(&token, &mut caches.0)?;
-        let b = padded.forward_cached(&token, &mut caches.1)?;
-        let diff = max_abs_diff(&a, &b)?;
-        assert!(diff < 1e-4, "cached decoding: {diff}");
-    }
+    assert_same_states(&narrow, &padded)?;
     // Lists out of order, out of range, of unequal length or keeping every pair are refused.
     for bad in [
         vec![vec![3, 1], vec![0, 2]],

@@ -458,14 +458,7 @@ fn kept_rotary_pairs_equal_their_block_with_the_dropped_pairs_rows_zeroed() {
     let padded_bundle = Bundle::parse(padded_bytes.as_bytes()).unwrap();
     assert_eq!(narrow_bundle.block_widths(0), Ok(widths(0)));
     assert_eq!(narrow_bundle.block_widths(1), Ok(config.full_widths()));
-    let got = logits_along_the_way(&narrow_bundle, Portable);
-    let expected = logits_along_the_way(&padded_bundle, Portable);
-    let worst = got
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(worst < 1e-4, "max |Δlogit| {worst}");
+    assert_same_logits(&narrow_bundle, &padded_bundle);
     // Lists out of range, of uneven length, or as long as a whole head are refused.
     for bad in [
         alloc::vec![1u16, 1, 0, 1],
@@ -568,14 +561,7 @@ fn narrower_value_heads_and_skipped_sub_blocks_equal_their_zero_padded_blocks() 
         })
     );
     assert_eq!(narrow_bundle.block_widths(1).map(|w| w.value), Ok(0));
-    let got = logits_along_the_way(&narrow_bundle, Portable);
-    let expected = logits_along_the_way(&padded_bundle, Portable);
-    let worst = got
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(worst < 1e-4, "max |Δlogit| {worst}");
+    assert_same_logits(&narrow_bundle, &padded_bundle);
     // v's rows must split into whole heads no wider than head_dim, and o must agree with them.
     for (v_rows, o_cols) in [
         (3, 6),
@@ -605,6 +591,18 @@ fn narrower_value_heads_and_skipped_sub_blocks_equal_their_zero_padded_blocks() 
 }
 
 /// Logits after a prompt longer than one prefill chunk and after each of a few decoded tokens.
+/// `a` and `b` give the same logits (within 1e-4) all along a prompt and its decoding.
+fn assert_same_logits(a: &Bundle<'_>, b: &Bundle<'_>) {
+    let got = logits_along_the_way(a, Portable);
+    let expected = logits_along_the_way(b, Portable);
+    let worst = got
+        .iter()
+        .zip(&expected)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "max |Δlogit| {worst}");
+}
+
 fn logits_along_the_way<K: crate::kernels::Kernels>(bundle: &Bundle<'_>, kernels: K) -> Vec<f32> {
     let needed = bundle.arena_bytes(CONTEXT);
     let mut words = alloc::vec![0u32; needed / 4];
