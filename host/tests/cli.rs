@@ -149,13 +149,16 @@ fn prune_rejects_bad_arguments_before_loading_a_model() {
     check_error(
         &[
             "prune",
-            "--recover-tokens",
-            "1024",
-            "--recover-labels",
+            "--recover-objective",
+            "labels",
             "--reading",
             "verbalizer",
         ],
-        &["--recover-labels", "--reading head"],
+        &["--recover-objective labels", "--reading head"],
+    );
+    check_error(
+        &["prune", "--no-recover", "--recover-tokens", "1024"],
+        &["--no-recover", "--recover-tokens"],
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("a-file");

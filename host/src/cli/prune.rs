@@ -57,8 +57,9 @@ pub struct PruneArgs {
     /// Calibration examples each candidate fits its label bias on (`--reading verbalizer`).
     #[arg(long, default_value_t = 64)]
     bias_examples: usize,
-    /// Calibration examples the task heads measured on the test split (answer, uniform
-    /// baseline, dense) are fitted on (`--reading head`).
+    /// Calibration examples the dense model's task heads at every exit are fitted on
+    /// (`--reading head`): the priors of the heads the search and the test split read, each
+    /// fitted on its model's search-split states.
     #[arg(long, default_value_t = 4096)]
     head_examples: usize,
     /// Use this uniform keep fraction as the baseline instead of binary-searching it (e.g.
@@ -67,16 +68,20 @@ pub struct PruneArgs {
     uniform_keep: Option<f64>,
     #[command(flatten)]
     refit: RefitArgs,
-    /// Recover the answer after the search: train the matrices it changed toward the dense
-    /// model's state at the exit on this many calibration tokens (distillation, no labels);
-    /// kept when it does not lower the assured search accuracy. Off by default.
-    #[arg(long, value_name = "N")]
-    recover_tokens: Option<usize>,
-    /// With `--recover-tokens`: match the dense model's label distribution through its task
-    /// head at the exit (`--reading head`) instead of its state, at its own learning rate
-    /// (10⁻⁶, chosen on the held-out KL; docs/RESULTS.md).
-    #[arg(long, requires = "recover_tokens")]
-    recover_labels: bool,
+    /// Recover the answer after the search on this many calibration tokens: train the
+    /// matrices it changed toward the dense model (distillation, no labels); kept when it does
+    /// not lower the assured search accuracy (docs/RESULTS.md, recovery).
+    #[arg(long, value_name = "N", default_value_t = 16384)]
+    recover_tokens: usize,
+    /// Leave the answer as the search found it (no recovery).
+    #[arg(long, conflicts_with_all = ["recover_tokens", "recover_objective"])]
+    no_recover: bool,
+    /// What the recovery matches: `labels`, the dense model's label distribution through its
+    /// task head at the exit, at its own learning rate (10⁻⁶, chosen on the held-out KL; the
+    /// default with `--reading head`), or `states`, its state at the exit (the default with
+    /// `--reading verbalizer`).
+    #[arg(long, value_enum)]
+    recover_objective: Option<RecoverObjective>,
     /// After the search, skip the answer's sub-blocks the task does not need: each kept
     /// block's attention and MLP is screened alone on a quarter of the search split, then up
     /// to N of them are added one at a time while the target stays assured on the whole split
@@ -96,6 +101,15 @@ pub struct PruneArgs {
     calibration: CalibrationArgs,
     #[command(flatten)]
     model: ModelArgs,
+}
+
+/// What the recovery of the answer trains toward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RecoverObjective {
+    /// The dense model's label distribution through its task head at the exit.
+    Labels,
+    /// The dense model's normed state at the exit.
+    States,
 }
 
 /// The board with the budget overrides applied.
@@ -149,8 +163,11 @@ fn options(args: &PruneArgs) -> anyhow::Result<PruneOptions> {
         head_examples: args.head_examples,
         uniform_keep: args.uniform_keep,
         refit: args.refit.options(),
-        recover_tokens: args.recover_tokens,
-        recover_labels: args.recover_labels,
+        recover_tokens: (!args.no_recover).then_some(args.recover_tokens),
+        recover_labels: match args.recover_objective {
+            Some(objective) => objective == RecoverObjective::Labels,
+            None => args.reading == LabelReading::Head,
+        },
         refine_tries: args.refine_tries,
         calibration: args.calibration.settings("calibration")?,
         cache_dir: args.calibration.cache_dir(),

@@ -13,6 +13,7 @@ mod recover;
 mod reference;
 mod refit;
 pub mod report;
+mod state_cache;
 mod uniform;
 
 pub use bank::{FactorBank, dense_weight, stats_to_faer};
@@ -24,6 +25,7 @@ pub use recover::{LABEL_LEARNING_RATE, LEARNING_RATE, RecoverSettings, Recovery,
 pub use reference::DenseReference;
 pub use refit::anchored_refit;
 pub use report::{Outcome, PruneReport};
+pub use state_cache::{SplitStates, UniformStateCache};
 pub use uniform::{Evaluator, Scored, UniformResult, uniform_search};
 pub use whittle_runtime::matrix_index;
 

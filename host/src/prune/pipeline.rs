@@ -17,8 +17,8 @@ use super::folder::{
 use super::report::{Outcome, PruneReport, RecoveryReport};
 use super::{
     DenseReference, Evaluator, FactorBank, LABEL_LEARNING_RATE, LEARNING_RATE, RankPlan,
-    RecoverSettings, TaskProblem, UniformResult, anchored_refit, chance_level_warning, matrices,
-    recover, reductions, uniform_search,
+    RecoverSettings, TaskProblem, UniformResult, UniformStateCache, anchored_refit,
+    chance_level_warning, matrices, recover, reductions, uniform_search,
 };
 use crate::bundle::{HeadChoice, PackOptions, ProvenanceInfo, check_bundle_task, pack_to_file};
 use crate::calibrate::{CalibrationSettings, calibrate, calibration_sequences};
@@ -59,14 +59,16 @@ pub struct PruneOptions {
     pub reading: LabelReading,
     /// Calibration examples each candidate fits its label bias on (verbalizer reading).
     pub bias_examples: usize,
-    /// Calibration examples the task head of the answer, of the uniform baseline and of the
-    /// dense reference is fitted on before the test split (head reading).
+    /// Calibration examples the dense model's heads at every exit are fitted on (head
+    /// reading): the priors the search's heads, and the heads the test split reads, are pulled
+    /// toward.
     pub head_examples: usize,
     /// A uniform keep fraction to score as the baseline instead of binary-searching one.
     pub uniform_keep: Option<f64>,
     /// The refit of the answer; `None` skips it.
     pub refit: Option<RefitOptions>,
-    /// Calibration tokens the recovery of the answer trains on; `None` skips it.
+    /// Calibration tokens the recovery of the answer trains on; `None` skips it (the CLI
+    /// default is 16,384).
     pub recover_tokens: Option<usize>,
     /// Recover toward the dense model's label distribution through its head at the exit
     /// (needs the head reading) instead of its state there.
@@ -107,14 +109,17 @@ impl PruneOptions {
                 self.head_examples
             );
         }
-        if self.recover_labels && self.reading != LabelReading::Head {
+        if self.recover_labels
+            && self.recover_tokens.is_some()
+            && self.reading != LabelReading::Head
+        {
             anyhow::bail!(
-                "--recover-labels reads the labels through the dense model's task head; use it with --reading head"
+                "--recover-objective labels reads the labels through the dense model's task head; use it with --reading head, or recover toward the states (--recover-objective states)"
             );
         }
         if self.recover_tokens == Some(0) {
             anyhow::bail!(
-                "--recover-tokens 0 trains on nothing; give a budget such as 32768, or leave the flag out to skip recovery"
+                "--recover-tokens 0 trains on nothing; give a budget such as 16384 (the default), or pass --no-recover to skip recovery"
             );
         }
         self.search.validate()?;
@@ -203,6 +208,10 @@ const BANK_FORMAT: u32 = 1;
 /// Format of the cached MLP neuron orders; bump when the selection changes.
 const NEURONS_FORMAT: u32 = 1;
 
+/// Version of what the uniform plans' cached states depend on besides the bank (the way a
+/// plan is applied and run); bump when that changes.
+const UNIFORM_STATES_FORMAT: u32 = 1;
+
 /// Runs the whole pipeline on `base` and writes the prune folder. A search that finds no
 /// genome meeting both the target and the budgets still writes its outputs and returns its
 /// report with `feasible: false`; the caller decides how to fail.
@@ -267,7 +276,13 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     };
     let evaluator = Evaluator::new(model, task, Split::Search, test_fit_examples, batch_tokens)?
         .with_reading(reading, true);
-    let test = Evaluator::new(model, task, Split::Test, test_fit_examples, batch_tokens)?
+    // With a task head the test split reads each model through the head fitted on its own
+    // search-split states ([`TaskProblem::test_score`]): no calibration example is run.
+    let test_bias_examples = match reading {
+        LabelReading::Head => 0,
+        LabelReading::Verbalizer => options.bias_examples,
+    };
+    let test = Evaluator::new(model, task, Split::Test, test_bias_examples, batch_tokens)?
         .with_reading(reading, false);
     // Everything the dense model contributes (its heads at every exit, its states on the
     // search and test splits) is computed once per model and task and cached.
@@ -283,6 +298,22 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         )?),
         LabelReading::Verbalizer => None,
     };
+    // The uniform plans' states depend on the model, the bank and the search split only.
+    let uniform_cache = UniformStateCache::new(
+        options.cache_dir.clone(),
+        crate::calibrate::derived_cache_key(
+            UNIFORM_STATES_FORMAT,
+            &base.digest,
+            task,
+            &[Split::Search],
+            &(
+                crate::calibrate::cache_key(&base.digest, task, &options.calibration)?,
+                BANK_FORMAT,
+                NEURONS_FORMAT,
+                batch_tokens,
+            ),
+        )?,
+    );
     let mut problem = TaskProblem::new(
         bank,
         evaluator,
@@ -291,6 +322,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         board.clone(),
         dtype,
         head_rows,
+        Some(uniform_cache),
         &progress,
     )?;
 
@@ -309,7 +341,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         eprintln!("warning: {warning}");
     }
     let mut accuracy_at = |keep: f64| -> anyhow::Result<f64> {
-        let (_, estimate) = problem.score_plan(&RankPlan::uniform(&config, keep))?;
+        let (_, estimate) = problem.score_uniform(keep)?;
         progress.inc(1);
         progress.suspend(|| {
             eprintln!(
@@ -419,8 +451,8 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         let refit = refit.filter(|_| plan.kept_ranks().iter().any(Option::is_some));
         // The refit is kept only when it does not lower the assured search-split accuracy (on
         // SST-2 it does; see docs/RESULTS.md); the outcome reports the model kept.
-        let (kept, refit_kept, estimate) = match refit {
-            None => (pruned, false, estimate),
+        let (kept, refit_kept, estimate, refit_states) = match refit {
+            None => (pruned, false, estimate, None),
             Some(refit) => {
                 let refitted = anchored_refit(
                     &model.llama,
@@ -432,31 +464,46 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
                     refit.anchor,
                     &progress,
                 )?;
-                let refit_scored = problem.full_evaluator().score(&refitted, &progress)?;
-                let refit_estimate = problem.accuracy_model().estimate(&refit_scored);
+                let (_, refit_estimate, states) =
+                    problem.score_model(&refitted, plan.exit(), &progress)?;
                 if refit_estimate.assured >= estimate.assured {
-                    (refitted, true, refit_estimate)
+                    (refitted, true, refit_estimate, states)
                 } else {
-                    (pruned, false, estimate)
+                    (pruned, false, estimate, None)
                 }
             }
         };
         let prediction = problem.prediction(&plan)?;
         let counted = reductions(&config, &plan, head_rows);
-        // A plain plan scored before (the uniform baseline at keep 1.0 is the dense model) is
-        // not run again: each test score fits its own head on calibration examples. The dense
-        // model's test states and its head at full depth (fitted on the same calibration
-        // examples) come from the dense reference.
-        let dense_reference = (plan == RankPlan::dense(&config))
+        // A plain plan tested before (the uniform baseline at keep 1.0 is the dense model) is
+        // not run again. The test split reads a plan through the head fitted on its search-split
+        // states (the dense model's, and its test states, come from the dense reference).
+        let dense_test_states = (plan == RankPlan::dense(&config))
             .then_some(reference.as_ref())
             .flatten()
-            .and_then(|reference| {
-                Some((reference.head(config.n_layers)?, reference.test_states()))
-            });
-        let tested = match (refit_kept, tested_plans.get(&plan), dense_reference) {
-            (false, Some(scored), _) => scored.clone(),
-            (_, _, Some((head, (states, gold)))) => test.score_states_with_head(head, states, gold),
-            _ => test.score(&kept, &progress)?,
+            .map(DenseReference::test_states);
+        let tested = match (refit_kept, tested_plans.get(&plan)) {
+            (false, Some(scored)) => scored.clone(),
+            _ => {
+                let search_states = match (&refit_states, reading) {
+                    (Some((states, gold)), _) => Some((states.clone(), gold.clone())),
+                    (None, LabelReading::Head) => {
+                        let (states, gold) = problem.search_states(&plan)?;
+                        Some((states.to_vec(), gold.to_vec()))
+                    }
+                    (None, LabelReading::Verbalizer) => None,
+                };
+                problem.test_score(
+                    &test,
+                    &kept,
+                    plan.exit(),
+                    search_states
+                        .as_ref()
+                        .map(|(states, gold)| (states.as_slice(), gold.as_slice())),
+                    dense_test_states,
+                    &progress,
+                )?
+            }
         };
         if !refit_kept {
             tested_plans.insert(plan.clone(), tested.clone());
@@ -683,9 +730,17 @@ fn recover_answer(
         },
         progress,
     )?;
-    let scored = problem.full_evaluator().score(&recovered, progress)?;
-    let estimate = problem.accuracy_model().estimate(&scored);
-    let tested = test.score(&recovered, progress)?;
+    let (_, estimate, states) = problem.score_model(&recovered, plan.exit(), progress)?;
+    let tested = problem.test_score(
+        test,
+        &recovered,
+        plan.exit(),
+        states
+            .as_ref()
+            .map(|(states, gold)| (states.as_slice(), gold.as_slice())),
+        None,
+        progress,
+    )?;
     let kept = estimate.assured >= before.search_assured;
     let report = RecoveryReport {
         training: recovery,

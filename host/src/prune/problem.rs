@@ -5,10 +5,12 @@ use serde::{Deserialize, Serialize};
 use whittle_boards::{BoardProfile, Dtype, Prediction, feasibility, matrix_cost, objective_cost};
 use whittle_runtime::ModelConfig;
 
+use super::state_cache::{SplitStates, UniformStateCache};
 use super::{
     AccuracyModel, DenseReference, Estimate, Evaluator, FactorBank, RankPlan, Scored, matrices,
 };
 use crate::head::LabelReading;
+use crate::model::Llama;
 use crate::search::{
     Cost, Evaluation, Genome, Levels, Problem, Stage, exit_for_level, greedy_moves,
     water_filling_seeds,
@@ -21,7 +23,9 @@ use crate::search::{
 /// On the full split a candidate's accuracy is the [`Estimate::assured`] one of the
 /// [`AccuracyModel`] (log-probability prediction less one paired standard error, capped by the
 /// measurement), with the slope fitted on [`TaskProblem::PROBE_KEEPS`]; full-split scores are
-/// kept per plan, so the uniform binary search and the search share them.
+/// kept per plan, so the uniform binary search and the search share them. With a task head the
+/// full-split states of every plan scored are kept too: the test split reads a plan through the
+/// head fitted on them.
 #[derive(Debug)]
 pub struct TaskProblem {
     bank: FactorBank,
@@ -39,7 +43,11 @@ pub struct TaskProblem {
     quarter_scored: HashMap<RankPlan, Scored>,
     /// With a cross-fitted head: each screened plan's states on the quarter split (the full
     /// split's first quarter) and their gold labels, so its full score runs only the rest.
-    quarter_states: HashMap<RankPlan, (Vec<Vec<f32>>, Vec<usize>)>,
+    quarter_states: HashMap<RankPlan, SplitStates>,
+    /// With a cross-fitted head: each plan's states on the full split and their gold labels.
+    states: HashMap<RankPlan, SplitStates>,
+    /// Where the uniform plans' full-split states are cached across runs.
+    uniform_cache: Option<UniformStateCache>,
     progress: ProgressBar,
 }
 
@@ -51,7 +59,8 @@ impl TaskProblem {
 
     /// Prepares the problem: scores the dense model and the [`Self::PROBE_KEEPS`] uniform
     /// plans on the full search split and fits the accuracy model. With a task head, the
-    /// dense `reference` gives the priors of the candidates' heads and every exit's score.
+    /// dense `reference` gives the priors of the candidates' heads and every exit's score, and
+    /// `uniform_cache` (when given) the uniform plans' states an earlier run computed.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         bank: FactorBank,
@@ -61,6 +70,7 @@ impl TaskProblem {
         board: BoardProfile,
         dtype: Dtype,
         head_rows: Option<usize>,
+        uniform_cache: Option<UniformStateCache>,
         progress: &ProgressBar,
     ) -> anyhow::Result<Self> {
         let config = *full.base().llama.config();
@@ -81,8 +91,10 @@ impl TaskProblem {
             None => full,
         };
         let quarter = full.fraction(4);
+        let full_cross_fits = full.cross_fits();
         let mut scored = HashMap::new();
         let mut quarter_scored = HashMap::new();
+        let mut plan_states = HashMap::new();
         if let Some(reference) = reference {
             // The dense model's state after every block gives every exit the exit gene can
             // take, with the kept blocks dense, on both splits (the quarter is the full
@@ -97,7 +109,8 @@ impl TaskProblem {
                 let quarter_score =
                     quarter.score_states(&exit_states[..n_quarter], &gold[..n_quarter], exit)?;
                 quarter_scored.insert(plan.clone(), quarter_score);
-                scored.insert(plan, full.score_states(exit_states, gold, exit)?);
+                scored.insert(plan.clone(), full.score_states(exit_states, gold, exit)?);
+                plan_states.insert(plan, (exit_states.clone(), gold.to_vec()));
             }
         }
         let dense = match scored.get(&dense_plan) {
@@ -119,11 +132,13 @@ impl TaskProblem {
             scored,
             quarter_scored,
             quarter_states: HashMap::new(),
+            states: plan_states,
+            uniform_cache: uniform_cache.filter(|_| full_cross_fits),
             progress: progress.clone(),
         };
         let mut probes = Vec::with_capacity(Self::PROBE_KEEPS.len());
         for keep in Self::PROBE_KEEPS {
-            probes.push(problem.score_plan(&RankPlan::uniform(&config, keep))?.0);
+            probes.push(problem.score_uniform(keep)?.0);
         }
         problem.accuracy = AccuracyModel::fit(dense, &probes);
         // Candidates of the search are scored quietly: the search prints a line per generation.
@@ -136,25 +151,116 @@ impl TaskProblem {
     pub fn score_plan(&mut self, plan: &RankPlan) -> anyhow::Result<(Scored, Estimate)> {
         let scored = match self.scored.get(plan) {
             Some(scored) => scored.clone(),
+            None if self.full.cross_fits() => {
+                self.run_search_states(plan)?;
+                let (states, gold) = &self.states[plan];
+                let scored = self.full.score_states(states, gold, plan.exit())?;
+                self.scored.insert(plan.clone(), scored.clone());
+                scored
+            }
             None => {
                 let candidate = self.bank.apply(&self.full.base().llama, plan)?;
-                let scored = match self.quarter_states.remove(plan) {
-                    Some((mut states, mut gold)) if self.full.cross_fits() => {
-                        let rest = self.full.skipping(states.len());
-                        let (rest_states, rest_gold) =
-                            rest.split_states(&candidate, &self.progress)?;
-                        states.extend(rest_states);
-                        gold.extend(rest_gold);
-                        self.full.score_states(&states, &gold, plan.exit())?
-                    }
-                    _ => self.full.score(&candidate, &self.progress)?,
-                };
+                let scored = self.full.score(&candidate, &self.progress)?;
                 self.scored.insert(plan.clone(), scored.clone());
                 scored
             }
         };
         let estimate = self.accuracy.estimate(&scored);
         Ok((scored, estimate))
+    }
+
+    /// [`Self::score_plan`] of the uniform plan keeping `keep`, its states read from the
+    /// uniform cache when an earlier run left them there, and left there otherwise.
+    pub fn score_uniform(&mut self, keep: f64) -> anyhow::Result<(Scored, Estimate)> {
+        let plan = RankPlan::uniform(&self.config, keep);
+        if let Some(cache) = self.uniform_cache.clone()
+            && !self.scored.contains_key(&plan)
+            && !self.states.contains_key(&plan)
+        {
+            match cache.load(keep, self.full.len()) {
+                Some(states) => {
+                    self.states.insert(plan.clone(), states);
+                }
+                None => {
+                    let (states, gold) = self.search_states(&plan)?;
+                    cache.save(keep, states, gold);
+                }
+            }
+        }
+        self.score_plan(&plan)
+    }
+
+    /// A plan's states on the full split and their gold labels (with a cross-fitted head;
+    /// run once per plan, the quarter screened before reused).
+    pub fn search_states(&mut self, plan: &RankPlan) -> anyhow::Result<(&[Vec<f32>], &[usize])> {
+        self.run_search_states(plan)?;
+        let (states, gold) = &self.states[plan];
+        Ok((states, gold))
+    }
+
+    fn run_search_states(&mut self, plan: &RankPlan) -> anyhow::Result<()> {
+        if !self.states.contains_key(plan) {
+            let candidate = self.bank.apply(&self.full.base().llama, plan)?;
+            let states = match self.quarter_states.remove(plan) {
+                Some((mut states, mut gold)) => {
+                    let rest = self.full.skipping(states.len());
+                    let (rest_states, rest_gold) = rest.split_states(&candidate, &self.progress)?;
+                    states.extend(rest_states);
+                    gold.extend(rest_gold);
+                    (states, gold)
+                }
+                None => self.full.split_states(&candidate, &self.progress)?,
+            };
+            self.states.insert(plan.clone(), states);
+        }
+        Ok(())
+    }
+
+    /// The full-split score of a model outside the bank's plans (the refitted or recovered
+    /// answer, exiting after `exit`), its estimate and, with a cross-fitted head, its states.
+    pub fn score_model(
+        &self,
+        llama: &Llama,
+        exit: usize,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<(Scored, Estimate, Option<SplitStates>)> {
+        let (scored, states) = if self.full.cross_fits() {
+            let (states, gold) = self.full.split_states(llama, progress)?;
+            let scored = self.full.score_states(&states, &gold, exit)?;
+            (scored, Some((states, gold)))
+        } else {
+            (self.full.score(llama, progress)?, None)
+        };
+        let estimate = self.accuracy.estimate(&scored);
+        Ok((scored, estimate, states))
+    }
+
+    /// The test score of `llama`, a model exiting after block `exit`. With a task head: the
+    /// head fitted on all of the model's full search-split `search_states` the way the search
+    /// cross-fits on their halves (pulled toward the dense head at that exit), read on the
+    /// test split's states (`test_states` when known, e.g. the dense reference's, else one
+    /// pass). With the verbalizer: [`Evaluator::score`] (the label bias fitted on calibration
+    /// examples).
+    pub fn test_score(
+        &self,
+        test: &Evaluator,
+        llama: &Llama,
+        exit: usize,
+        search_states: Option<(&[Vec<f32>], &[usize])>,
+        test_states: Option<(&[Vec<f32>], &[usize])>,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Scored> {
+        let Some((states, gold)) = search_states.filter(|_| self.full.cross_fits()) else {
+            return test.score(llama, progress);
+        };
+        let head = self.full.head_on_states(states, gold, exit)?;
+        Ok(match test_states {
+            Some((states, gold)) => test.score_states_with_head(&head, states, gold),
+            None => {
+                let (states, gold) = test.split_states(llama, progress)?;
+                test.score_states_with_head(&head, &states, &gold)
+            }
+        })
     }
 
     /// The accuracy model the target is checked with.
