@@ -69,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         board,
         Dtype::Q8,
         Some(2),
+        None,
         &progress,
     )?;
     let target = 0.95 * problem.dense_accuracy();
