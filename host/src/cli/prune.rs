@@ -57,9 +57,8 @@ pub struct PruneArgs {
     /// Calibration examples each candidate fits its label bias on (`--reading verbalizer`).
     #[arg(long, default_value_t = 64)]
     bias_examples: usize,
-    /// Calibration examples the dense model's task heads at every exit are fitted on
-    /// (`--reading head`): the priors of the heads the search and the test split read, each
-    /// fitted on its model's search-split states.
+    /// Calibration examples the task heads measured on the test split (answer, uniform
+    /// baseline, dense) are fitted on (`--reading head`).
     #[arg(long, default_value_t = 4096)]
     head_examples: usize,
     /// Use this uniform keep fraction as the baseline instead of binary-searching it (e.g.

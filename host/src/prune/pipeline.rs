@@ -59,9 +59,8 @@ pub struct PruneOptions {
     pub reading: LabelReading,
     /// Calibration examples each candidate fits its label bias on (verbalizer reading).
     pub bias_examples: usize,
-    /// Calibration examples the dense model's heads at every exit are fitted on (head
-    /// reading): the priors the search's heads, and the heads the test split reads, are pulled
-    /// toward.
+    /// Calibration examples the task head of the answer, of the uniform baseline and of the
+    /// dense reference is fitted on before the test split (head reading).
     pub head_examples: usize,
     /// A uniform keep fraction to score as the baseline instead of binary-searching one.
     pub uniform_keep: Option<f64>,
@@ -276,13 +275,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
     };
     let evaluator = Evaluator::new(model, task, Split::Search, test_fit_examples, batch_tokens)?
         .with_reading(reading, true);
-    // With a task head the test split reads each model through the head fitted on its own
-    // search-split states ([`TaskProblem::test_score`]): no calibration example is run.
-    let test_bias_examples = match reading {
-        LabelReading::Head => 0,
-        LabelReading::Verbalizer => options.bias_examples,
-    };
-    let test = Evaluator::new(model, task, Split::Test, test_bias_examples, batch_tokens)?
+    let test = Evaluator::new(model, task, Split::Test, test_fit_examples, batch_tokens)?
         .with_reading(reading, false);
     // Everything the dense model contributes (its heads at every exit, its states on the
     // search and test splits) is computed once per model and task and cached.
@@ -451,8 +444,8 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         let refit = refit.filter(|_| plan.kept_ranks().iter().any(Option::is_some));
         // The refit is kept only when it does not lower the assured search-split accuracy (on
         // SST-2 it does; see docs/RESULTS.md); the outcome reports the model kept.
-        let (kept, refit_kept, estimate, refit_states) = match refit {
-            None => (pruned, false, estimate, None),
+        let (kept, refit_kept, estimate) = match refit {
+            None => (pruned, false, estimate),
             Some(refit) => {
                 let refitted = anchored_refit(
                     &model.llama,
@@ -464,46 +457,31 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
                     refit.anchor,
                     &progress,
                 )?;
-                let (_, refit_estimate, states) =
-                    problem.score_model(&refitted, plan.exit(), &progress)?;
+                let refit_scored = problem.full_evaluator().score(&refitted, &progress)?;
+                let refit_estimate = problem.accuracy_model().estimate(&refit_scored);
                 if refit_estimate.assured >= estimate.assured {
-                    (refitted, true, refit_estimate, states)
+                    (refitted, true, refit_estimate)
                 } else {
-                    (pruned, false, estimate, None)
+                    (pruned, false, estimate)
                 }
             }
         };
         let prediction = problem.prediction(&plan)?;
         let counted = reductions(&config, &plan, head_rows);
-        // A plain plan tested before (the uniform baseline at keep 1.0 is the dense model) is
-        // not run again. The test split reads a plan through the head fitted on its search-split
-        // states (the dense model's, and its test states, come from the dense reference).
-        let dense_test_states = (plan == RankPlan::dense(&config))
+        // A plain plan scored before (the uniform baseline at keep 1.0 is the dense model) is
+        // not run again: each test score fits its own head on calibration examples. The dense
+        // model's test states and its head at full depth (fitted on the same calibration
+        // examples) come from the dense reference.
+        let dense_reference = (plan == RankPlan::dense(&config))
             .then_some(reference.as_ref())
             .flatten()
-            .map(DenseReference::test_states);
-        let tested = match (refit_kept, tested_plans.get(&plan)) {
-            (false, Some(scored)) => scored.clone(),
-            _ => {
-                let search_states = match (&refit_states, reading) {
-                    (Some((states, gold)), _) => Some((states.clone(), gold.clone())),
-                    (None, LabelReading::Head) => {
-                        let (states, gold) = problem.search_states(&plan)?;
-                        Some((states.to_vec(), gold.to_vec()))
-                    }
-                    (None, LabelReading::Verbalizer) => None,
-                };
-                problem.test_score(
-                    &test,
-                    &kept,
-                    plan.exit(),
-                    search_states
-                        .as_ref()
-                        .map(|(states, gold)| (states.as_slice(), gold.as_slice())),
-                    dense_test_states,
-                    &progress,
-                )?
-            }
+            .and_then(|reference| {
+                Some((reference.head(config.n_layers)?, reference.test_states()))
+            });
+        let tested = match (refit_kept, tested_plans.get(&plan), dense_reference) {
+            (false, Some(scored), _) => scored.clone(),
+            (_, _, Some((head, (states, gold)))) => test.score_states_with_head(head, states, gold),
+            _ => test.score(&kept, &progress)?,
         };
         if !refit_kept {
             tested_plans.insert(plan.clone(), tested.clone());
@@ -730,17 +708,9 @@ fn recover_answer(
         },
         progress,
     )?;
-    let (_, estimate, states) = problem.score_model(&recovered, plan.exit(), progress)?;
-    let tested = problem.test_score(
-        test,
-        &recovered,
-        plan.exit(),
-        states
-            .as_ref()
-            .map(|(states, gold)| (states.as_slice(), gold.as_slice())),
-        None,
-        progress,
-    )?;
+    let scored = problem.full_evaluator().score(&recovered, progress)?;
+    let estimate = problem.accuracy_model().estimate(&scored);
+    let tested = test.score(&recovered, progress)?;
     let kept = estimate.assured >= before.search_assured;
     let report = RecoveryReport {
         training: recovery,

@@ -10,7 +10,6 @@ use super::{
     AccuracyModel, DenseReference, Estimate, Evaluator, FactorBank, RankPlan, Scored, matrices,
 };
 use crate::head::LabelReading;
-use crate::model::Llama;
 use crate::search::{
     Cost, Evaluation, Genome, Levels, Problem, Stage, exit_for_level, greedy_moves,
     water_filling_seeds,
@@ -23,9 +22,7 @@ use crate::search::{
 /// On the full split a candidate's accuracy is the [`Estimate::assured`] one of the
 /// [`AccuracyModel`] (log-probability prediction less one paired standard error, capped by the
 /// measurement), with the slope fitted on [`TaskProblem::PROBE_KEEPS`]; full-split scores are
-/// kept per plan, so the uniform binary search and the search share them. With a task head the
-/// full-split states of every plan scored are kept too: the test split reads a plan through the
-/// head fitted on them.
+/// kept per plan, so the uniform binary search and the search share them.
 #[derive(Debug)]
 pub struct TaskProblem {
     bank: FactorBank,
@@ -44,9 +41,7 @@ pub struct TaskProblem {
     /// With a cross-fitted head: each screened plan's states on the quarter split (the full
     /// split's first quarter) and their gold labels, so its full score runs only the rest.
     quarter_states: HashMap<RankPlan, SplitStates>,
-    /// With a cross-fitted head: each plan's states on the full split and their gold labels.
-    states: HashMap<RankPlan, SplitStates>,
-    /// Where the uniform plans' full-split states are cached across runs.
+    /// Where the uniform plans' full-split states are cached across runs (cross-fitted heads).
     uniform_cache: Option<UniformStateCache>,
     progress: ProgressBar,
 }
@@ -91,10 +86,9 @@ impl TaskProblem {
             None => full,
         };
         let quarter = full.fraction(4);
-        let full_cross_fits = full.cross_fits();
+        let uniform_cache = uniform_cache.filter(|_| full.cross_fits());
         let mut scored = HashMap::new();
         let mut quarter_scored = HashMap::new();
-        let mut plan_states = HashMap::new();
         if let Some(reference) = reference {
             // The dense model's state after every block gives every exit the exit gene can
             // take, with the kept blocks dense, on both splits (the quarter is the full
@@ -109,8 +103,7 @@ impl TaskProblem {
                 let quarter_score =
                     quarter.score_states(&exit_states[..n_quarter], &gold[..n_quarter], exit)?;
                 quarter_scored.insert(plan.clone(), quarter_score);
-                scored.insert(plan.clone(), full.score_states(exit_states, gold, exit)?);
-                plan_states.insert(plan, (exit_states.clone(), gold.to_vec()));
+                scored.insert(plan, full.score_states(exit_states, gold, exit)?);
             }
         }
         let dense = match scored.get(&dense_plan) {
@@ -132,8 +125,7 @@ impl TaskProblem {
             scored,
             quarter_scored,
             quarter_states: HashMap::new(),
-            states: plan_states,
-            uniform_cache: uniform_cache.filter(|_| full_cross_fits),
+            uniform_cache,
             progress: progress.clone(),
         };
         let mut probes = Vec::with_capacity(Self::PROBE_KEEPS.len());
@@ -151,16 +143,14 @@ impl TaskProblem {
     pub fn score_plan(&mut self, plan: &RankPlan) -> anyhow::Result<(Scored, Estimate)> {
         let scored = match self.scored.get(plan) {
             Some(scored) => scored.clone(),
-            None if self.full.cross_fits() => {
-                self.run_search_states(plan)?;
-                let (states, gold) = &self.states[plan];
-                let scored = self.full.score_states(states, gold, plan.exit())?;
-                self.scored.insert(plan.clone(), scored.clone());
-                scored
-            }
             None => {
-                let candidate = self.bank.apply(&self.full.base().llama, plan)?;
-                let scored = self.full.score(&candidate, &self.progress)?;
+                let scored = if self.full.cross_fits() {
+                    let (states, gold) = self.full_states(plan)?;
+                    self.full.score_states(&states, &gold, plan.exit())?
+                } else {
+                    let candidate = self.bank.apply(&self.full.base().llama, plan)?;
+                    self.full.score(&candidate, &self.progress)?
+                };
                 self.scored.insert(plan.clone(), scored.clone());
                 scored
             }
@@ -175,91 +165,34 @@ impl TaskProblem {
         let plan = RankPlan::uniform(&self.config, keep);
         if let Some(cache) = self.uniform_cache.clone()
             && !self.scored.contains_key(&plan)
-            && !self.states.contains_key(&plan)
         {
-            match cache.load(keep, self.full.len()) {
-                Some(states) => {
-                    self.states.insert(plan.clone(), states);
-                }
+            let (states, gold) = match cache.load(keep, self.full.len()) {
+                Some(states) => states,
                 None => {
-                    let (states, gold) = self.search_states(&plan)?;
-                    cache.save(keep, states, gold);
+                    let (states, gold) = self.full_states(&plan)?;
+                    cache.save(keep, &states, &gold);
+                    (states, gold)
                 }
-            }
+            };
+            let scored = self.full.score_states(&states, &gold, plan.exit())?;
+            self.scored.insert(plan.clone(), scored);
         }
         self.score_plan(&plan)
     }
 
-    /// A plan's states on the full split and their gold labels (with a cross-fitted head;
-    /// run once per plan, the quarter screened before reused).
-    pub fn search_states(&mut self, plan: &RankPlan) -> anyhow::Result<(&[Vec<f32>], &[usize])> {
-        self.run_search_states(plan)?;
-        let (states, gold) = &self.states[plan];
-        Ok((states, gold))
-    }
-
-    fn run_search_states(&mut self, plan: &RankPlan) -> anyhow::Result<()> {
-        if !self.states.contains_key(plan) {
-            let candidate = self.bank.apply(&self.full.base().llama, plan)?;
-            let states = match self.quarter_states.remove(plan) {
-                Some((mut states, mut gold)) => {
-                    let rest = self.full.skipping(states.len());
-                    let (rest_states, rest_gold) = rest.split_states(&candidate, &self.progress)?;
-                    states.extend(rest_states);
-                    gold.extend(rest_gold);
-                    (states, gold)
-                }
-                None => self.full.split_states(&candidate, &self.progress)?,
-            };
-            self.states.insert(plan.clone(), states);
-        }
-        Ok(())
-    }
-
-    /// The full-split score of a model outside the bank's plans (the refitted or recovered
-    /// answer, exiting after `exit`), its estimate and, with a cross-fitted head, its states.
-    pub fn score_model(
-        &self,
-        llama: &Llama,
-        exit: usize,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<(Scored, Estimate, Option<SplitStates>)> {
-        let (scored, states) = if self.full.cross_fits() {
-            let (states, gold) = self.full.split_states(llama, progress)?;
-            let scored = self.full.score_states(&states, &gold, exit)?;
-            (scored, Some((states, gold)))
-        } else {
-            (self.full.score(llama, progress)?, None)
-        };
-        let estimate = self.accuracy.estimate(&scored);
-        Ok((scored, estimate, states))
-    }
-
-    /// The test score of `llama`, a model exiting after block `exit`. With a task head: the
-    /// head fitted on all of the model's full search-split `search_states` the way the search
-    /// cross-fits on their halves (pulled toward the dense head at that exit), read on the
-    /// test split's states (`test_states` when known, e.g. the dense reference's, else one
-    /// pass). With the verbalizer: [`Evaluator::score`] (the label bias fitted on calibration
-    /// examples).
-    pub fn test_score(
-        &self,
-        test: &Evaluator,
-        llama: &Llama,
-        exit: usize,
-        search_states: Option<(&[Vec<f32>], &[usize])>,
-        test_states: Option<(&[Vec<f32>], &[usize])>,
-        progress: &ProgressBar,
-    ) -> anyhow::Result<Scored> {
-        let Some((states, gold)) = search_states.filter(|_| self.full.cross_fits()) else {
-            return test.score(llama, progress);
-        };
-        let head = self.full.head_on_states(states, gold, exit)?;
-        Ok(match test_states {
-            Some((states, gold)) => test.score_states_with_head(&head, states, gold),
-            None => {
-                let (states, gold) = test.split_states(llama, progress)?;
-                test.score_states_with_head(&head, &states, &gold)
+    /// A plan's states on the full split and their gold labels (cross-fitted heads): only the
+    /// last three quarters are run when the plan was screened on the first.
+    fn full_states(&mut self, plan: &RankPlan) -> anyhow::Result<SplitStates> {
+        let candidate = self.bank.apply(&self.full.base().llama, plan)?;
+        Ok(match self.quarter_states.remove(plan) {
+            Some((mut states, mut gold)) => {
+                let rest = self.full.skipping(states.len());
+                let (rest_states, rest_gold) = rest.split_states(&candidate, &self.progress)?;
+                states.extend(rest_states);
+                gold.extend(rest_gold);
+                (states, gold)
             }
+            None => self.full.split_states(&candidate, &self.progress)?,
         })
     }
 

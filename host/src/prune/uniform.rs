@@ -218,23 +218,6 @@ impl Evaluator {
         ))
     }
 
-    /// The task head of a model exiting after block `exit`, fitted on all of `states` (this
-    /// split's, in order) and their `gold` labels the way [`Evaluator::score_states`] fits on
-    /// their halves: pulled toward the dense head at that exit when one was given
-    /// ([`Evaluator::with_exit_heads`]), else toward the verbalizer rows.
-    pub fn head_on_states(
-        &self,
-        states: &[Vec<f32>],
-        gold: &[usize],
-        exit: usize,
-    ) -> anyhow::Result<TaskHead> {
-        let prior = self
-            .exit_priors
-            .get(&exit)
-            .map_or(&self.prior, |head| &head.weight);
-        Ok(fit_head(states, gold, prior, &self.names)?)
-    }
-
     /// Scores states of this split's examples (in split order, e.g. from
     /// [`Evaluator::split_states`]) through `head`.
     pub fn score_states_with_head(
