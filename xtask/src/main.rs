@@ -4,6 +4,7 @@
 mod bench;
 mod boards;
 mod cargo;
+mod firmware;
 mod host;
 mod prerequisites;
 mod test;

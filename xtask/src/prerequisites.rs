@@ -8,15 +8,17 @@ use crate::cargo;
 /// Targets the suite builds for besides the host.
 pub const TARGETS: [&str; 2] = ["aarch64-unknown-linux-gnu", "thumbv7em-none-eabihf"];
 
-/// Debian packages that provide the aarch64 linker, C library and user-mode emulator.
-pub const CROSS_PACKAGES: [&str; 3] = [
+/// Debian packages that provide the aarch64 linker, C library and user-mode emulator, and the
+/// system emulator the Cortex-M firmware runs in.
+pub const CROSS_PACKAGES: [&str; 4] = [
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     "qemu-user",
+    "qemu-system-arm",
 ];
 
-/// Programs the cross build and run need on `PATH`.
-pub const CROSS_PROGRAMS: [&str; 2] = ["aarch64-linux-gnu-gcc", "qemu-aarch64"];
+/// Programs the cross builds and runs need on `PATH`.
+pub const CROSS_PROGRAMS: [&str; 3] = ["aarch64-linux-gnu-gcc", "qemu-aarch64", "qemu-system-arm"];
 
 /// What to do about the cross tools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

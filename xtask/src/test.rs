@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use whittle_boards::files::default_cache_dir;
 
 use crate::workspace::{self, Built, Executable, WORKSPACE_BUILD};
-use crate::{cargo, prerequisites};
+use crate::{cargo, firmware, prerequisites};
 
 /// One stage of the suite.
 struct Step {
@@ -42,8 +42,8 @@ const STEPS: [Step; 10] = [
         run: runtime_no_std_build,
     },
     Step {
-        title: "thumbv7em firmware example (no_std, include_bytes! bundle, fixed arena)",
-        run: firmware_example_build,
+        title: "Cortex-M4F firmware in qemu-system-arm (mps2-an386) classifies as the host runtime",
+        run: firmware_under_qemu,
     },
     Step {
         title: "aarch64 device tool under qemu",
@@ -159,19 +159,59 @@ fn runtime_no_std_build() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The example app is its own workspace (a `no_main` binary); its `.cargo/config.toml` sets
-/// the entry symbol, so cargo runs in its folder.
-fn firmware_example_build() -> anyhow::Result<()> {
+/// The firmware (`runtime/firmware-example`, its own workspace) built for the Cortex-M4F with
+/// the tiny bundle and run on QEMU's mps2-an386 by its cargo runner; its label and the exact
+/// bits of its label scores must equal the host runtime's (portable kernels, the same bundle,
+/// input and context).
+fn firmware_under_qemu() -> anyhow::Result<()> {
     let dir = cargo::workspace_root()
         .join("runtime")
         .join("firmware-example");
-    let mut command = cargo::cargo(["build", "--release", "--target", "thumbv7em-none-eabihf"]);
-    command.current_dir(&dir).env(
-        "CARGO_TARGET_DIR",
-        cargo::target_dir()?.join("firmware-example"),
+    let target_dir = cargo::target_dir()?.join("firmware-example");
+    let mut build = cargo::cargo(["build", "--release"]);
+    build
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env_remove("WHITTLE_BUNDLE")
+        .env("WHITTLE_INPUT", FIRMWARE_INPUT);
+    cargo::run(&mut build)?;
+    let elf = target_dir
+        .join("thumbv7em-none-eabihf")
+        .join("release")
+        .join("whittle-firmware-example");
+    // The runner of the firmware's .cargo/config.toml, under a time limit: a firmware that
+    // hangs fails the step instead of the suite.
+    let mut run = cargo::program(
+        "timeout",
+        ["--kill-after=10", "300", "qemu-system-arm"]
+            .into_iter()
+            .chain(firmware::QEMU_ARGS),
     );
-    cargo::run(&mut command)
+    run.arg(&elf);
+    println!("    $ {}", cargo::describe(&run));
+    let output = cargo::stdout_of(&mut run)
+        .context("the firmware failed in QEMU (exit status 124: it ran past 300 s)")?;
+    print!("{output}");
+    let firmware = firmware::parse_output(&output)?;
+    let bundle = std::fs::read(dir.join("tiny.wbundle"))
+        .with_context(|| format!("cannot read {}", dir.join("tiny.wbundle").display()))?;
+    let host = firmware::host_answer(&bundle, FIRMWARE_INPUT, firmware.context)?;
+    firmware::compare(&firmware, &host)?;
+    println!(
+        "    firmware = host runtime: label {} ({}), scores {:?}; flash {} B (bundle {} B), arena {} B, statics {} B",
+        host.label,
+        host.name,
+        host.scores,
+        firmware.flash,
+        firmware.bundle,
+        firmware.arena,
+        firmware.statics
+    );
+    Ok(())
 }
+
+/// The text the firmware step classifies.
+const FIRMWARE_INPUT: &str = "a charming film";
 
 /// The one aarch64 build the qemu steps share: the runtime (with `std`, its unit tests and
 /// the `replay` example) and the device tool, in one invocation so that they resolve one

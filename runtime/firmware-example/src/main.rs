@@ -1,49 +1,98 @@
-//! A firmware-style app: `no_std`, `no_main`, the bundle linked in with `include_bytes!`, a
-//! fixed arena in a static buffer, no allocator. It shows how the runtime links on a
-//! Cortex-M (`cargo build --release --manifest-path runtime/firmware-example/Cargo.toml --target thumbv7em-none-eabihf`);
-//! a real board adds its HAL, a reset handler and a way to report the label.
+//! Firmware that classifies one input with a bundle linked into flash, on a Cortex-M4F
+//! (`thumbv7em-none-eabihf`): `no_std`, no allocator, the arena a fixed buffer on the stack
+//! sized by the build script from the bundle (`Bundle::arena_bytes`). It prints the label and
+//! the label scores over semihosting and exits with the status: 0 when it classified, 1 on an
+//! error, a panic or a HardFault.
 //!
-//! The bundle is `runtime/firmware-example/tiny.wbundle`, a tiny random model made by the runtime's
-//! tests (`WHITTLE_WRITE_TINY_BUNDLE=1 cargo test -p whittle-runtime --lib`).
+//! `cargo run --release` in this folder runs it on QEMU's mps2-an386; `WHITTLE_BUNDLE` and
+//! `WHITTLE_INPUT` choose the bundle and the text at build time (`build.rs`). A real board
+//! swaps `memory.x` for its own and semihosting for its UART or defmt.
 #![no_std]
 #![no_main]
 
+use cortex_m_rt::{ExceptionFrame, entry, exception};
+use cortex_m_semihosting::{debug, hprint, hprintln};
 use whittle_runtime::kernels::Portable;
-use whittle_runtime::{Bundle, Session};
+use whittle_runtime::{Bundle, Error, Session};
 
-/// Tokens of prompt and answer the app supports.
-const CONTEXT: usize = 32;
-/// Arena bytes: at least `Bundle::arena_bytes(CONTEXT)` of the linked bundle (checked at run
-/// time; an arena that is too small is an error, never an overrun).
-const ARENA_BYTES: usize = 16 * 1024;
+mod config {
+    include!(concat!(env!("OUT_DIR"), "/config.rs"));
+}
+use config::{ARENA_BYTES, CONTEXT, INPUT};
 
 #[repr(C, align(64))]
 struct Aligned<T: ?Sized>(T);
 
-static BUNDLE: &Aligned<[u8]> = &Aligned(*include_bytes!("../tiny.wbundle"));
+/// The bundle, in flash, 64-byte aligned as `Bundle::parse` requires.
+static BUNDLE: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/bundle.wbundle")));
 
-/// Returns the label index of `text`, or 255 when the bundle is refused.
-fn classify(arena: &mut [u8], text: &str) -> u8 {
-    let Ok(bundle) = Bundle::parse(&BUNDLE.0) else {
-        return 255;
-    };
-    let Ok(mut session) = Session::<_, CONTEXT>::new(&bundle, Portable, arena) else {
-        return 255;
-    };
-    match session.classify(text) {
-        Ok(label) => label.label_index as u8,
-        Err(_) => 255,
-    }
+unsafe extern "C" {
+    /// Start of `.data`'s initial values in flash: everything before it is code and read-only
+    /// data (cortex-m-rt's `link.x`).
+    static __sidata: u8;
+    static __sdata: u8;
+    static __edata: u8;
+    static __ebss: u8;
 }
 
-/// The entry a reset handler would call.
-#[unsafe(no_mangle)]
-pub extern "C" fn whittle_main() -> u8 {
+#[entry]
+fn main() -> ! {
     let mut arena = Aligned([0u8; ARENA_BYTES]);
-    classify(&mut arena.0, "a charming film")
+    let status = match classify(&mut arena.0) {
+        Ok(()) => debug::EXIT_SUCCESS,
+        Err(error) => {
+            hprintln!("whittle-firmware: error: {}", error);
+            debug::EXIT_FAILURE
+        }
+    };
+    debug::exit(status);
+    loop {}
+}
+
+/// Classifies [`INPUT`] and prints `label=<index> name=<label> scores=<hex bits,...>` (the
+/// exact bits, so a host can compare them) and the memory the firmware takes.
+fn classify(arena: &mut [u8]) -> Result<(), Error> {
+    let bundle = Bundle::parse(&BUNDLE.0)?;
+    let mut session = Session::<_, CONTEXT>::new(&bundle, Portable, arena)?;
+    let scores = session.label_scores(INPUT)?;
+    let label = session.classify_scores(&scores)?;
+    hprint!(
+        "whittle-firmware: label={} name={} scores=",
+        label.label_index,
+        label.label
+    );
+    for (i, score) in scores.iter().enumerate() {
+        let separator = if i == 0 { "" } else { "," };
+        hprint!("{}{:08x}", separator, score.to_bits());
+    }
+    hprintln!();
+    // Only the linker symbols' addresses are taken, never their contents.
+    let address = |symbol: *const u8| symbol as usize;
+    let data = address(&raw const __edata) - address(&raw const __sdata);
+    let flash = address(&raw const __sidata) + data;
+    let statics = address(&raw const __ebss) - address(&raw const __sdata);
+    hprintln!(
+        "whittle-firmware: flash={} bundle={} arena={} statics={} context={}",
+        flash,
+        BUNDLE.0.len(),
+        ARENA_BYTES,
+        statics,
+        CONTEXT
+    );
+    Ok(())
+}
+
+#[exception]
+unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    hprintln!("whittle-firmware: HardFault at pc {:#010x}", frame.pc());
+    debug::exit(debug::EXIT_FAILURE);
+    loop {}
 }
 
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    hprintln!("whittle-firmware: panic: {}", info);
+    debug::exit(debug::EXIT_FAILURE);
     loop {}
 }
