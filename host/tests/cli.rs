@@ -158,7 +158,7 @@ fn prune_rejects_bad_arguments_before_loading_a_model() {
     );
     check_error(
         &["prune", "--no-recover", "--recover-tokens", "1024"],
-        &["--no-recover", "--recover-tokens"],
+        &["--no-recover skips the recovery", "drop one or the other"],
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("a-file");

@@ -69,11 +69,11 @@ pub struct PruneArgs {
     refit: RefitArgs,
     /// Recover the answer after the search on this many calibration tokens: train the
     /// matrices it changed toward the dense model (distillation, no labels); kept when it does
-    /// not lower the assured search accuracy (docs/RESULTS.md, recovery).
-    #[arg(long, value_name = "N", default_value_t = 16384)]
-    recover_tokens: usize,
+    /// not lower the assured search accuracy (docs/RESULTS.md, recovery) [default: 16384].
+    #[arg(long, value_name = "N")]
+    recover_tokens: Option<usize>,
     /// Leave the answer as the search found it (no recovery).
-    #[arg(long, conflicts_with_all = ["recover_tokens", "recover_objective"])]
+    #[arg(long)]
     no_recover: bool,
     /// What the recovery matches: `labels`, the dense model's label distribution through its
     /// task head at the exit, at its own learning rate (10⁻⁶, chosen on the held-out KL; the
@@ -137,7 +137,15 @@ fn board(args: &PruneArgs) -> anyhow::Result<BoardProfile> {
     Ok(board)
 }
 
+/// Calibration tokens the recovery trains on unless `--recover-tokens` says otherwise.
+const DEFAULT_RECOVER_TOKENS: usize = 16384;
+
 fn options(args: &PruneArgs) -> anyhow::Result<PruneOptions> {
+    if args.no_recover && (args.recover_tokens.is_some() || args.recover_objective.is_some()) {
+        anyhow::bail!(
+            "--no-recover skips the recovery, so --recover-tokens and --recover-objective mean nothing with it; drop one or the other"
+        );
+    }
     let board = board(args)?;
     let task = Task::resolve(&args.task)?;
     let out = args
@@ -162,7 +170,8 @@ fn options(args: &PruneArgs) -> anyhow::Result<PruneOptions> {
         head_examples: args.head_examples,
         uniform_keep: args.uniform_keep,
         refit: args.refit.options(),
-        recover_tokens: (!args.no_recover).then_some(args.recover_tokens),
+        recover_tokens: (!args.no_recover)
+            .then_some(args.recover_tokens.unwrap_or(DEFAULT_RECOVER_TOKENS)),
         recover_labels: match args.recover_objective {
             Some(objective) => objective == RecoverObjective::Labels,
             None => args.reading == LabelReading::Head,
