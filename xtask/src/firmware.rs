@@ -7,8 +7,8 @@ use whittle_runtime::{AlignedBytes, Bundle, Session};
 
 /// `qemu-system-arm` arguments before the firmware's ELF (as the firmware's cargo runner has
 /// them): the mps2-an386 board (Cortex-M4F), no display, monitor or serial port, semihosting
-/// to the host's standard output.
-pub const QEMU_ARGS: [&str; 9] = [
+/// to the host's standard output, the ELF to load next.
+pub const QEMU_ARGS: [&str; 10] = [
     "-M",
     "mps2-an386",
     "-nographic",
@@ -18,6 +18,7 @@ pub const QEMU_ARGS: [&str; 9] = [
     "none",
     "-semihosting-config",
     "enable=on,target=native",
+    "-kernel",
 ];
 
 /// What the firmware printed.

@@ -190,7 +190,7 @@ fn firmware_under_qemu() -> anyhow::Result<()> {
     run.arg(&elf);
     println!("    $ {}", cargo::describe(&run));
     let output = cargo::stdout_of(&mut run)
-        .context("the firmware failed in QEMU (exit status 124: it ran past 300 s)")?;
+        .context("the firmware failed in QEMU (status 124: it ran past 300 s)")?;
     print!("{output}");
     let firmware = firmware::parse_output(&output)?;
     let bundle = std::fs::read(dir.join("tiny.wbundle"))
