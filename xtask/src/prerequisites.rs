@@ -8,17 +8,23 @@ use crate::cargo;
 /// Targets the suite builds for besides the host.
 pub const TARGETS: [&str; 2] = ["aarch64-unknown-linux-gnu", "thumbv7em-none-eabihf"];
 
-/// Debian packages that provide the aarch64 linker, C library and user-mode emulator, and the
-/// system emulator the Cortex-M firmware runs in.
-pub const CROSS_PACKAGES: [&str; 4] = [
+/// Debian packages that provide the aarch64 linker, C library and user-mode emulator, the
+/// system emulator the Cortex-M firmware runs in and the C compiler of the C API's example.
+pub const CROSS_PACKAGES: [&str; 5] = [
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     "qemu-user",
     "qemu-system-arm",
+    "gcc-arm-none-eabi",
 ];
 
 /// Programs the cross builds and runs need on `PATH`.
-pub const CROSS_PROGRAMS: [&str; 3] = ["aarch64-linux-gnu-gcc", "qemu-aarch64", "qemu-system-arm"];
+pub const CROSS_PROGRAMS: [&str; 4] = [
+    "aarch64-linux-gnu-gcc",
+    "qemu-aarch64",
+    "qemu-system-arm",
+    "arm-none-eabi-gcc",
+];
 
 /// What to do about the cross tools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
