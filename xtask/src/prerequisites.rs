@@ -110,6 +110,47 @@ pub fn ensure_cross_tools() -> anyhow::Result<()> {
     }
 }
 
+/// `cargo` of the nightly toolchain (through rustup) with `args`, free of the stable
+/// toolchain's environment that `cargo xtask` runs in.
+pub fn nightly_cargo<I, S>(args: I) -> std::process::Command
+where
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString>,
+{
+    let mut command = cargo::program("rustup", ["run", "nightly", "cargo"]);
+    command.args(args.into_iter().map(Into::into));
+    for variable in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "CARGO",
+        "RUSTC_WRAPPER",
+    ] {
+        command.env_remove(variable);
+    }
+    command
+}
+
+/// Makes sure the nightly toolchain and cargo-fuzz are there for the fuzz step: installs the
+/// toolchain with rustup and cargo-fuzz from crates.io when missing (a few minutes, once).
+pub fn ensure_fuzzer() -> anyhow::Result<()> {
+    let toolchains = cargo::stdout_of(&mut cargo::program("rustup", ["toolchain", "list"]))
+        .context("cannot list rustup's toolchains; install rustup from https://rustup.rs")?;
+    if !toolchains.lines().any(|line| line.starts_with("nightly")) {
+        cargo::run(&mut cargo::program(
+            "rustup",
+            ["toolchain", "install", "nightly", "--profile", "minimal"],
+        ))
+        .context("the fuzz step needs the nightly toolchain (libFuzzer's sanitizers); install it with `rustup toolchain install nightly`")?;
+    }
+    if cargo::stdout_of(&mut nightly_cargo(["fuzz", "--version"])).is_err() {
+        cargo::run(&mut nightly_cargo(["install", "cargo-fuzz", "--locked"])).context(
+            "cannot install cargo-fuzz; run `cargo +nightly install cargo-fuzz --locked`",
+        )?;
+    }
+    Ok(())
+}
+
 /// The decision, from whether the programs are present and whether we are root.
 pub fn plan_cross_tools(present: bool, root: bool) -> CrossToolsPlan {
     match (present, root) {

@@ -16,7 +16,7 @@ struct Step {
     run: fn() -> anyhow::Result<()>,
 }
 
-const STEPS: [Step; 11] = [
+const STEPS: [Step; 12] = [
     Step {
         title: "rustup targets",
         run: prerequisites::ensure_targets,
@@ -48,6 +48,10 @@ const STEPS: [Step; 11] = [
     Step {
         title: "C API: a C program (arm-none-eabi-gcc) on the static library in qemu-system-arm classifies as the host runtime",
         run: capi_under_qemu,
+    },
+    Step {
+        title: "coverage-guided fuzzing, short runs (cargo-fuzz: bundle parser and session, tokenizer)",
+        run: fuzz_short_runs,
     },
     Step {
         title: "aarch64 device tool under qemu",
@@ -251,6 +255,35 @@ fn capi_under_qemu() -> anyhow::Result<()> {
     cargo::run(&mut compile)?;
     let output = firmware::run_in_qemu(&elf)?;
     firmware::check_against_host(&output, &bundle, FIRMWARE_INPUT)
+}
+
+/// Executions of each fuzz target in the suite's short run (the long runs are in
+/// docs/RESULTS.md, "Fuzzing").
+const FUZZ_RUNS: [(&str, &str); 2] = [("bundle", "30000"), ("tokenizer", "300000")];
+
+/// `cargo fuzz run` (nightly, libFuzzer with AddressSanitizer) of each target in `fuzz/`, from
+/// its committed seeds, into a corpus under the target folder; a crash, a hang past 10 s or
+/// more than 2 GiB of memory fails the step and leaves the input in `fuzz/artifacts/`.
+fn fuzz_short_runs() -> anyhow::Result<()> {
+    prerequisites::ensure_fuzzer()?;
+    let dir = cargo::workspace_root().join("fuzz");
+    let corpora = cargo::target_dir()?.join("fuzz-corpus");
+    for (target, runs) in FUZZ_RUNS {
+        let corpus = corpora.join(target);
+        std::fs::create_dir_all(&corpus)
+            .with_context(|| format!("cannot create {}", corpus.display()))?;
+        let mut command = prerequisites::nightly_cargo(["fuzz", "run", "--release", target]);
+        command
+            .current_dir(&dir)
+            .arg(&corpus)
+            .arg(dir.join("seeds").join(target))
+            .args(["--", "-max_len=16384", "-timeout=10", "-rss_limit_mb=2048"])
+            .arg(format!("-runs={runs}"));
+        cargo::run(&mut command).with_context(|| {
+            format!("fuzz target {target} failed: the input is in fuzz/artifacts/{target}/; reproduce with `cargo +nightly fuzz run {target} ARTIFACT` in fuzz/")
+        })?;
+    }
+    Ok(())
 }
 
 /// The text the firmware step classifies.
