@@ -4,8 +4,10 @@
 //!   random model made by the runtime's tests). It is parsed here, so a corrupt bundle or one
 //!   whose task is not classification fails the build with the reason.
 //! - `WHITTLE_INPUT`: the text the firmware classifies (default: "a charming film").
-//! - The arena is `Bundle::arena_bytes(CONTEXT)` of that bundle; `memory.x` (the mps2-an386
-//!   memory map) goes to the linker, which refuses a bundle larger than the flash.
+//! - `WHITTLE_MEMORY`: the board's memory map, `memory/<name>.x` (default `mps2-an386`, QEMU's
+//!   Cortex-M4F; `stm32h743`); it goes to the linker as `memory.x`, which refuses a bundle
+//!   larger than the flash, and this script refuses one first, or an arena larger than the RAM.
+//! - The arena is `Bundle::arena_bytes(CONTEXT)` of that bundle.
 
 use std::path::PathBuf;
 
@@ -24,7 +26,8 @@ fn generate() -> Result<(), String> {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("no OUT_DIR")?);
     println!("cargo::rerun-if-env-changed=WHITTLE_BUNDLE");
     println!("cargo::rerun-if-env-changed=WHITTLE_INPUT");
-    println!("cargo::rerun-if-changed=memory.x");
+    println!("cargo::rerun-if-env-changed=WHITTLE_MEMORY");
+    println!("cargo::rerun-if-changed=memory");
     let bundle_path = std::env::var_os("WHITTLE_BUNDLE")
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest.join("tiny.wbundle"));
@@ -62,15 +65,28 @@ fn generate() -> Result<(), String> {
         )
         .as_bytes(),
     )?;
-    let memory = std::fs::read_to_string(manifest.join("memory.x"))
-        .map_err(|error| format!("cannot read memory.x: {error}"))?;
+    let board = std::env::var("WHITTLE_MEMORY").unwrap_or_else(|_| "mps2-an386".to_owned());
+    let map = manifest.join("memory").join(format!("{board}.x"));
+    let memory = std::fs::read_to_string(&map).map_err(|error| {
+        format!(
+            "WHITTLE_MEMORY {board}: cannot read {} ({error}); the memory maps are in runtime/firmware-example/memory/",
+            map.display()
+        )
+    })?;
     // The linker refuses a bundle larger than the flash too; this says it in the user's terms.
-    let flash = flash_bytes(&memory)?;
+    let flash = region_bytes(&memory, "FLASH")?;
     if bytes.len() > flash {
         return Err(format!(
-            "WHITTLE_BUNDLE {} is {} bytes; the board's flash holds {flash} (memory.x) with the code besides: prune for a smaller memory budget (`whittle prune --memory-budget-mb`) or choose a board with more flash",
+            "WHITTLE_BUNDLE {} is {} bytes; the {board} flash holds {flash} with the code besides: prune for a smaller memory budget (`whittle prune --memory-budget-mb`) or choose a board with more flash",
             bundle_path.display(),
             bytes.len()
+        ));
+    }
+    let ram = region_bytes(&memory, "RAM")?;
+    if arena > ram {
+        return Err(format!(
+            "WHITTLE_BUNDLE {}: its arena for {CONTEXT} tokens is {arena} bytes; the {board} RAM holds {ram}: prune for a smaller model or choose a board with more RAM",
+            bundle_path.display()
         ));
     }
     write("memory.x", memory.as_bytes())?;
@@ -78,14 +94,14 @@ fn generate() -> Result<(), String> {
     Ok(())
 }
 
-/// The `LENGTH` of the `FLASH` region in a linker memory map (`4M`, `512K` or bytes).
-fn flash_bytes(memory: &str) -> Result<usize, String> {
+/// The `LENGTH` of region `name` in a linker memory map (`4M`, `512K` or bytes).
+fn region_bytes(memory: &str, name: &str) -> Result<usize, String> {
     let length = memory
         .lines()
-        .find(|line| line.trim_start().starts_with("FLASH"))
+        .find(|line| line.trim_start().starts_with(name))
         .and_then(|line| line.split("LENGTH").nth(1))
         .map(|rest| rest.trim_start_matches([' ', '=']).trim())
-        .ok_or("memory.x has no `FLASH : ORIGIN = …, LENGTH = …` line")?;
+        .ok_or(format!("the memory map has no `{name} : ORIGIN = …, LENGTH = …` line"))?;
     let (digits, scale) = match length.strip_suffix('M') {
         Some(digits) => (digits, 1024 * 1024),
         None => match length.strip_suffix('K') {
@@ -97,5 +113,5 @@ fn flash_bytes(memory: &str) -> Result<usize, String> {
         .trim()
         .parse::<usize>()
         .map(|n| n * scale)
-        .map_err(|_| format!("memory.x's FLASH LENGTH {length} is not a size such as 4M"))
+        .map_err(|_| format!("the memory map's {name} LENGTH {length} is not a size such as 4M"))
 }

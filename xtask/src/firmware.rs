@@ -1,6 +1,8 @@
 //! The Cortex-M firmware's check: what it printed over semihosting, and the host runtime's
 //! answer for the same bundle and input to compare it with.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, bail};
 use whittle_runtime::kernels::Portable;
 use whittle_runtime::{AlignedBytes, Bundle, Session};
@@ -20,6 +22,44 @@ pub const QEMU_ARGS: [&str; 10] = [
     "enable=on,target=native",
     "-kernel",
 ];
+
+/// Builds the firmware (`runtime/firmware-example`, its own workspace) with `bundle` (the
+/// tiny test bundle when `None`) classifying `input`, for the memory map `memory/<memory>.x`;
+/// returns the ELF.
+pub fn build(bundle: Option<&Path>, input: &str, memory: &str) -> anyhow::Result<PathBuf> {
+    let dir = crate::cargo::workspace_root()
+        .join("runtime")
+        .join("firmware-example");
+    let target_dir = crate::cargo::target_dir()?.join(format!("firmware-{memory}"));
+    let mut command = crate::cargo::cargo(["build", "--release"]);
+    command
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("WHITTLE_INPUT", input)
+        .env("WHITTLE_MEMORY", memory);
+    match bundle {
+        Some(bundle) => {
+            let bundle = std::path::absolute(bundle)
+                .with_context(|| format!("cannot resolve {}", bundle.display()))?;
+            command.env("WHITTLE_BUNDLE", bundle)
+        }
+        None => command.env_remove("WHITTLE_BUNDLE"),
+    };
+    crate::cargo::run(&mut command)
+        .context("the firmware did not build; its build script's message above names the cause")?;
+    Ok(target_dir
+        .join("thumbv7em-none-eabihf")
+        .join("release")
+        .join("whittle-firmware-example"))
+}
+
+/// The tiny test bundle the firmware embeds by default.
+pub fn tiny_bundle() -> PathBuf {
+    crate::cargo::workspace_root()
+        .join("runtime")
+        .join("firmware-example")
+        .join("tiny.wbundle")
+}
 
 /// What the firmware printed.
 #[derive(Clone, Debug, PartialEq)]
@@ -137,7 +177,7 @@ fn answer_in<const CONTEXT: usize>(bytes: &[u8], input: &str) -> anyhow::Result<
 
 /// Runs `elf` on QEMU's mps2-an386 under a time limit and returns what it printed (a
 /// firmware that hangs fails instead of the suite).
-pub fn run_in_qemu(elf: &std::path::Path) -> anyhow::Result<String> {
+pub fn run_in_qemu(elf: &Path) -> anyhow::Result<String> {
     let mut run = crate::cargo::program(
         "timeout",
         ["--kill-after=10", "300", "qemu-system-arm"]

@@ -5,6 +5,7 @@ mod bench;
 mod boards;
 mod cargo;
 mod firmware;
+mod flash;
 mod host;
 mod prerequisites;
 mod test;
@@ -52,6 +53,10 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         repeats: usize,
     },
+    /// Put a bundle on a microcontroller inside firmware: build `runtime/firmware-example`
+    /// with it for the board's memory map and run it, in QEMU (`--board qemu-mps2-an386`) or
+    /// through a debug probe with probe-rs (`--board stm32h743`).
+    Flash(flash::FlashArgs),
     /// Install what a fresh machine lacks, then run every check of the workspace.
     Test,
 }
@@ -123,6 +128,7 @@ fn main() -> ExitCode {
             prune_dir,
             repeats,
         }) => bench::bench(&board, prune_dir.as_deref(), repeats),
+        Invocation::Task(Task::Flash(args)) => flash::run(&args).map(|()| ExitCode::SUCCESS),
         Invocation::Task(Task::Test) => test::run(),
     };
     match result {

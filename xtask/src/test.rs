@@ -167,29 +167,14 @@ fn runtime_no_std_build() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The firmware (`runtime/firmware-example`, its own workspace) built for the Cortex-M4F with
-/// the tiny bundle and run on QEMU's mps2-an386 (its cargo runner's arguments, under a time
-/// limit); its label and the exact
+/// `cargo xtask flash --board qemu-mps2-an386` of the tiny bundle: the firmware
+/// (`runtime/firmware-example`) built for the Cortex-M4F and run on QEMU's mps2-an386 under a
+/// time limit; its label and the exact
 /// bits of its label scores must equal the host runtime's (portable kernels, the same bundle,
 /// input and context).
 fn firmware_under_qemu() -> anyhow::Result<()> {
-    let dir = cargo::workspace_root()
-        .join("runtime")
-        .join("firmware-example");
-    let target_dir = cargo::target_dir()?.join("firmware-example");
-    let mut build = cargo::cargo(["build", "--release"]);
-    build
-        .current_dir(&dir)
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env_remove("WHITTLE_BUNDLE")
-        .env("WHITTLE_INPUT", FIRMWARE_INPUT);
-    cargo::run(&mut build)?;
-    let elf = target_dir
-        .join("thumbv7em-none-eabihf")
-        .join("release")
-        .join("whittle-firmware-example");
-    let output = firmware::run_in_qemu(&elf)?;
-    firmware::check_against_host(&output, &dir.join("tiny.wbundle"), FIRMWARE_INPUT)
+    let output = crate::flash::flash_qemu(None, FIRMWARE_INPUT)?;
+    firmware::check_against_host(&output, &firmware::tiny_bundle(), FIRMWARE_INPUT)
 }
 
 /// The C API (`runtime/capi`, its own workspace) built as a static library for the Cortex-M4F,
@@ -216,10 +201,7 @@ fn capi_under_qemu() -> anyhow::Result<()> {
         .join("thumbv7em-none-eabihf")
         .join("release")
         .join("libwhittle_capi.a");
-    let bundle = cargo::workspace_root()
-        .join("runtime")
-        .join("firmware-example")
-        .join("tiny.wbundle");
+    let bundle = firmware::tiny_bundle();
     let elf = target_dir.join("capi-example.elf");
     let example = dir.join("example");
     let mut compile = cargo::program(

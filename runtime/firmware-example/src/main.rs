@@ -6,7 +6,8 @@
 //!
 //! `cargo run --release` in this folder runs it on QEMU's mps2-an386; `WHITTLE_BUNDLE` and
 //! `WHITTLE_INPUT` choose the bundle and the text at build time (`build.rs`). A real board
-//! swaps `memory.x` for its own and semihosting for its UART or defmt.
+//! adds its memory map to `memory/` (`WHITTLE_MEMORY`; `stm32h743` is there) and swaps
+//! semihosting for its UART or defmt where no debugger is attached.
 #![no_std]
 #![no_main]
 
