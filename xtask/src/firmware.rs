@@ -175,8 +175,9 @@ fn answer_in<const CONTEXT: usize>(bytes: &[u8], input: &str) -> anyhow::Result<
     })
 }
 
-/// Runs `elf` on QEMU's mps2-an386 under a time limit and returns what it printed (a
-/// firmware that hangs fails instead of the suite).
+/// Runs `elf` on QEMU's mps2-an386 under a time limit and returns what it printed on either
+/// stream (QEMU sends SYS_WRITE0 to its standard error, SYS_WRITE on handle 1 to its
+/// standard output); a firmware that hangs fails instead of the suite.
 pub fn run_in_qemu(elf: &Path) -> anyhow::Result<String> {
     let mut run = crate::cargo::program(
         "timeout",
@@ -186,10 +187,22 @@ pub fn run_in_qemu(elf: &Path) -> anyhow::Result<String> {
     );
     run.arg(elf);
     println!("    $ {}", crate::cargo::describe(&run));
-    let output = crate::cargo::stdout_of(&mut run)
-        .context("the firmware failed in QEMU (status 124: it ran past 300 s)")?;
-    print!("{output}");
-    Ok(output)
+    let output = run
+        .output()
+        .with_context(|| format!("cannot start `{}`", crate::cargo::describe(&run)))?;
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    print!("{printed}");
+    if !output.status.success() {
+        bail!(
+            "the firmware failed in QEMU ({}; 124: it ran past 300 s); its output is above",
+            output.status
+        );
+    }
+    Ok(printed)
 }
 
 /// Compares what `output` says with the host runtime's answer for `bundle` and `input`, and
