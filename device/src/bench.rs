@@ -55,6 +55,16 @@ impl LoadedBundle {
         })
     }
 
+    /// The file it was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's bytes (64-byte aligned).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.as_bytes()
+    }
+
     /// Parses and validates the bundle.
     pub fn parse(&self) -> anyhow::Result<Bundle<'_>> {
         Bundle::parse(self.bytes.as_bytes()).map_err(|error| {
@@ -88,12 +98,11 @@ pub enum Inputs {
 
 /// `whittle-device run`: classifies or generates for each input, loading the bundle once.
 pub fn run(
-    bundle: &Path,
+    loaded: &LoadedBundle,
     inputs: &Inputs,
     threads: usize,
     max_new_tokens: Option<usize>,
 ) -> anyhow::Result<()> {
-    let loaded = LoadedBundle::read(bundle)?;
     let bundle = loaded.parse()?;
     let mut words = arena(bundle.arena_bytes(RUN_CONTEXT));
     let mut session: Session<'_, '_, _, RUN_CONTEXT> = Session::new(
@@ -191,8 +200,12 @@ fn answer<K: Kernels>(
 /// What `whittle-device bench` is asked to do.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
-    /// The bundle file (with a full head to decode: `whittle pack --head full`).
-    pub bundle: PathBuf,
+    /// The bundle file (with a full head to decode: `whittle pack --head full`) [default: the
+    /// installed current bundle].
+    pub bundle: Option<PathBuf>,
+    /// The store of installed bundles (see `whittle-device install`).
+    #[arg(long, env = crate::install::ROOT_ENV, default_value = crate::install::DEFAULT_ROOT)]
+    pub root: PathBuf,
     /// Threads sharing each matrix product.
     #[arg(long, default_value_t = crate::default_threads())]
     pub threads: usize,
@@ -368,13 +381,13 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if args.prefill == 0 || args.repeats == 0 {
         bail!("--prefill and --repeats must be at least 1");
     }
-    let loaded = LoadedBundle::read(&args.bundle)?;
+    let loaded = crate::install::bundle_to_run(&args.root, args.bundle.as_deref())?;
     let bundle = loaded.parse()?;
     let header = bundle.header();
     if matches!(header.head, HeadRef::Labels(_)) && args.decode > 0 {
         bail!(
             "{} has a task-pruned head (label rows only), which cannot decode; pack it with `whittle pack --head full`, or pass --decode 0",
-            args.bundle.display()
+            loaded.path().display()
         );
     }
     let text = match &args.prompt_file {
@@ -426,7 +439,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         }
     };
     let report = BenchRecord {
-        bundle: args.bundle.display().to_string(),
+        bundle: loaded.path().display().to_string(),
         variant: if header.provenance.source.is_empty() {
             BundleVariant::Dense
         } else {

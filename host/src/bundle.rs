@@ -15,7 +15,9 @@ use whittle_runtime::format::{
     Dtype, HeadRef, Header, LabelRef, LayerRecords, LayerRef, LinearRef, MAX_LABELS, NO_TOKEN,
     Provenance, TaskKind, TaskRef,
 };
-use whittle_runtime::writer::{BlobBuilder, TokenizerTables, encode_layers, write_bundle};
+use whittle_runtime::writer::{
+    BlobBuilder, TokenizerTables, choose_self_check, encode_layers, write_bundle,
+};
 use whittle_runtime::{MatrixKind, ModelConfig};
 
 use crate::eval::{LabelTokens, prompt_text, score_labels};
@@ -75,7 +77,13 @@ pub struct PackOptions {
     pub signing_key: Option<SigningKey>,
     /// Provenance.
     pub provenance: ProvenanceInfo,
+    /// The release number ([`Provenance::sequence`]); the packing time in Unix milliseconds
+    /// when `None`.
+    pub sequence: Option<u64>,
 }
+
+/// Search-split examples tried for the bundle's self-check (the widest margin is kept).
+const SELF_CHECK_CANDIDATES: usize = 8;
 
 /// A packed bundle and the figures the report states.
 #[derive(Clone, Debug)]
@@ -160,6 +168,40 @@ pub fn describe(packed: &Packed, head: HeadChoice, out: &Path) -> String {
         }
     }
     line
+}
+
+/// The packing time in Unix milliseconds (0 on a clock before 1970).
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// The input texts of the first search-split examples (the prompt stripped of the bundle's
+/// prefix and suffix), the candidates of the bundle's self-check.
+fn self_check_candidates(
+    model: &LoadedModel,
+    task: &Task,
+    prefix: &str,
+    suffix: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut inputs = Vec::new();
+    for example in task
+        .examples(Split::Search)?
+        .iter()
+        .take(SELF_CHECK_CANDIDATES)
+    {
+        let text = prompt_text(&model.tokenizer, &example.prompt)?;
+        if let Some(input) = text
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+        {
+            inputs.push(input.to_owned());
+        }
+    }
+    Ok(inputs)
 }
 
 /// Whether a bundle can hold `task`: the runtime renders prompts with exactly one input field.
@@ -494,7 +536,9 @@ pub fn pack(
     let layer_bytes = encode_layers(&layers)?;
     let info = &options.provenance;
     let tool_version = env!("CARGO_PKG_VERSION");
-    let header = Header {
+    let check_inputs = self_check_candidates(model, task, &prefix, &suffix)?;
+    let candidates: Vec<&str> = check_inputs.iter().map(String::as_str).collect();
+    let mut header = Header {
         config,
         dtype,
         tokenizer,
@@ -522,8 +566,14 @@ pub fn pack(
             dense_accuracy: info.dense_accuracy,
             pruned_accuracy: info.pruned_accuracy,
             tool_version,
+            sequence: options.sequence.unwrap_or_else(now_millis),
+            check: None,
         },
     };
+    let probe = write_bundle(&header, blob.bytes(), None)?;
+    header.provenance.check =
+        choose_self_check(&probe, whittle_runtime::kernels::best(), &candidates)
+            .map_err(|error| anyhow::anyhow!("the packed bundle does not run: {error}"))?;
     let signer = options
         .signing_key
         .as_ref()

@@ -9,7 +9,7 @@ use crate::config::ModelConfig;
 /// The first eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"WHITTLE\0";
 /// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// Bytes before the header: magic, version, flags, header length, blob length.
 pub const PREAMBLE_LEN: usize = 24;
 /// Values per q8 scale: each row of a q8 matrix is cut into blocks of this many consecutive
@@ -237,6 +237,26 @@ pub struct Provenance<'a> {
     pub pruned_accuracy: Option<f64>,
     /// Version of the tool that wrote the bundle.
     pub tool_version: &'a str,
+    /// Release number (the packing time in Unix milliseconds unless the packer set one): a
+    /// device refuses a bundle whose number is below that of an installed bundle of the same
+    /// task, so a captured older bundle cannot be replayed (the signature covers it).
+    pub sequence: u64,
+    /// One input and the answer the packer's runtime gave for it, run again when a device
+    /// installs the bundle.
+    #[serde(borrow)]
+    pub check: Option<SelfCheck<'a>>,
+}
+
+/// An input and the answer recorded for it at packing: the label index (classification) or
+/// the first greedy token id (generation); see [`crate::Session::check_answer`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SelfCheck<'a> {
+    /// The input text (without the prompt).
+    pub input: &'a str,
+    /// The answer the packer's runtime gave.
+    pub expected: u32,
+    /// Its margin over the runner-up (label score or logit) there.
+    pub margin: f32,
 }
 
 /// Opaque postcard-encoded [`LayerRef`] records, one per layer, decoded on demand.

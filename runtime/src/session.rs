@@ -114,6 +114,20 @@ impl<'b, 'a, K: Kernels, const CONTEXT: usize> Session<'b, 'a, K, CONTEXT> {
         })
     }
 
+    /// The answer a bundle's [`crate::format::SelfCheck`] records for `input`, and its margin
+    /// over the runner-up: the label index by score (classification) or the first greedy
+    /// token (generation).
+    pub fn check_answer(&mut self, input: &str) -> Result<(u32, f32), Error> {
+        let (best, margin) = if self.bundle.header().task.kind == TaskKind::Classification {
+            let scores = self.label_scores(input)?;
+            top_two(&scores)
+        } else {
+            self.prompt(input)?;
+            top_two(self.model.logits()?)
+        };
+        Ok((u32::try_from(best).map_err(|_| Error::BadTask)?, margin))
+    }
+
     /// Greedy generation after the prompt built from `input`, at most `max_new_tokens` tokens
     /// (stopping at a stop token); the text is written to `out` and returned (cut at the last
     /// whole character if `out` fills up).
@@ -157,4 +171,22 @@ impl<'b, 'a, K: Kernels, const CONTEXT: usize> Session<'b, 'a, K, CONTEXT> {
             }
         })
     }
+}
+
+/// The index of the largest value (first on ties) and its margin over the next largest
+/// (infinite for one value).
+fn top_two(values: &[f32]) -> (usize, f32) {
+    let mut best = 0usize;
+    let mut best_value = f32::NEG_INFINITY;
+    let mut second = f32::NEG_INFINITY;
+    for (i, &value) in values.iter().enumerate() {
+        if value > best_value {
+            second = best_value;
+            best = i;
+            best_value = value;
+        } else if value > second {
+            second = value;
+        }
+    }
+    (best, best_value - second)
 }

@@ -6,8 +6,8 @@ use alloc::vec::Vec;
 use crate::ModelConfig;
 use crate::format::{
     ALIGN, CRC32, Dtype, FLAG_SIGNED, FORMAT_VERSION, HeadRef, Header, LayerRecords, LayerRef,
-    LinearRef, MAGIC, MatrixRef, PREAMBLE_LEN, Provenance, Q8_BLOCK, Span, TaskKind, TaskRef,
-    TokenizerRef, align_up,
+    LinearRef, MAGIC, MatrixRef, PREAMBLE_LEN, Provenance, Q8_BLOCK, SelfCheck, Span, TaskKind,
+    TaskRef, TokenizerRef, align_up,
 };
 
 /// Why a bundle could not be written.
@@ -205,11 +205,116 @@ pub fn write_bundle(
     Ok(out)
 }
 
+/// Context of the session a self-check runs in (prompt and input): 512 tokens, or
+/// [`SELF_CHECK_SMALL_CONTEXT`] for a model with fewer positions.
+pub const SELF_CHECK_CONTEXT: usize = 512;
+
+/// The self-check context of a model with fewer than [`SELF_CHECK_CONTEXT`] positions.
+pub const SELF_CHECK_SMALL_CONTEXT: usize = 64;
+
+/// One input's self-check answer and margin, or why it does not run.
+pub type CheckAnswer = Result<(u32, f32), crate::Error>;
+
+/// The self-check answer and its margin ([`crate::Session::check_answer`]) for each input,
+/// in one session: an error for an input that does not run (too long, say); the outer error
+/// when the bundle does not run at all.
+pub fn self_check_answers<K: crate::kernels::Kernels>(
+    bundle: &crate::Bundle<'_>,
+    kernels: K,
+    inputs: &[&str],
+) -> Result<Vec<CheckAnswer>, crate::Error> {
+    if bundle.header().config.max_position_embeddings >= SELF_CHECK_CONTEXT {
+        answers_in::<K, SELF_CHECK_CONTEXT>(bundle, kernels, inputs)
+    } else {
+        answers_in::<K, SELF_CHECK_SMALL_CONTEXT>(bundle, kernels, inputs)
+    }
+}
+
+fn answers_in<K: crate::kernels::Kernels, const CONTEXT: usize>(
+    bundle: &crate::Bundle<'_>,
+    kernels: K,
+    inputs: &[&str],
+) -> Result<Vec<CheckAnswer>, crate::Error> {
+    let mut words = alloc::vec![0u32; bundle.arena_bytes(CONTEXT).div_ceil(4)];
+    let mut session =
+        crate::Session::<K, CONTEXT>::new(bundle, kernels, bytemuck::cast_slice_mut(&mut words))?;
+    Ok(inputs
+        .iter()
+        .map(|input| session.check_answer(input))
+        .collect())
+}
+
+/// The self-check a packer records ([`crate::format::SelfCheck`]): runs `bundle` (a complete
+/// bundle, its check not yet set) on each candidate input with `kernels` and keeps the one
+/// whose answer has the widest margin, so that another machine's kernels, whose sums round
+/// differently, give the same answer. `None` when no candidate runs (all too long).
+pub fn choose_self_check<'i, K: crate::kernels::Kernels>(
+    bundle: &[u8],
+    kernels: K,
+    candidates: &[&'i str],
+) -> Result<Option<SelfCheck<'i>>, crate::Error> {
+    let bytes = crate::AlignedBytes::new(bundle);
+    let bundle = crate::Bundle::parse(bytes.as_bytes())?;
+    let answers = self_check_answers(&bundle, kernels, candidates)?;
+    let mut chosen: Option<SelfCheck<'i>> = None;
+    for (&input, answer) in candidates.iter().zip(answers) {
+        let Ok((expected, margin)) = answer else {
+            continue;
+        };
+        if chosen.is_none_or(|best| margin > best.margin) {
+            chosen = Some(SelfCheck {
+                input,
+                expected,
+                margin,
+            });
+        }
+    }
+    Ok(chosen)
+}
+
+/// A release of the synthetic model of [`synthetic_bundle`] for a deployment test: task
+/// `task`, release number `sequence`, a self-check chosen by the portable kernels, signed
+/// by `sign` if given.
+pub fn synthetic_release(
+    config: &ModelConfig,
+    task: &str,
+    sequence: u64,
+    sign: Option<Signer<'_>>,
+) -> Result<Vec<u8>, WriteError> {
+    let parts = synthetic_parts(config, Dtype::Q8)?;
+    let mut header = parts.header(&parts.layer_bytes);
+    let blob = &parts.blob;
+    header.task.name = task;
+    header.provenance.task = task;
+    header.provenance.sequence = sequence;
+    let probe = write_bundle(&header, blob.bytes(), None)?;
+    let candidates = ["the film is a delight", "dull and long"];
+    header.provenance.check = choose_self_check(&probe, crate::kernels::Portable, &candidates)
+        .map_err(|_| WriteError::Encode)?;
+    write_bundle(&header, blob.bytes(), sign)
+}
+
 /// A dense model of `config`'s shapes with deterministic pseudo-random weights (uniform in
 /// ±0.05, norms of 1), a byte-level tokenizer (tokens past 256 are never produced) and a tied
 /// head: what `whittle-device profile` times the runtime on, and what tests need when only the
 /// shapes matter.
 pub fn synthetic_bundle(config: &ModelConfig, dtype: Dtype) -> Result<Vec<u8>, WriteError> {
+    let parts = synthetic_parts(config, dtype)?;
+    write_bundle(&parts.header(&parts.layer_bytes), parts.blob.bytes(), None)
+}
+
+/// The blob, layer records and header fields of [`synthetic_bundle`].
+struct SyntheticParts {
+    config: ModelConfig,
+    dtype: Dtype,
+    blob: BlobBuilder,
+    layer_bytes: Vec<u8>,
+    tokenizer: TokenizerRef,
+    embedding: MatrixRef,
+    final_norm: Span,
+}
+
+fn synthetic_parts(config: &ModelConfig, dtype: Dtype) -> Result<SyntheticParts, WriteError> {
     let (vocab, hidden) = (config.vocab_size, config.hidden_size);
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let mut values = |n: usize| -> Vec<f32> {
@@ -256,35 +361,50 @@ pub fn synthetic_bundle(config: &ModelConfig, dtype: Dtype) -> Result<Vec<u8>, W
         });
     }
     let layer_bytes = encode_layers(&layers)?;
-    let header = Header {
+    Ok(SyntheticParts {
         config: *config,
         dtype,
+        blob,
+        layer_bytes,
         tokenizer,
-        task: TaskRef {
-            name: "synthetic",
-            kind: TaskKind::Generation,
-            prompt_prefix: "",
-            prompt_suffix: "",
-            labels: heapless::Vec::new(),
-            max_new_tokens: 1,
-        },
         embedding,
         final_norm,
-        head: HeadRef::Tied,
-        layers: LayerRecords(&layer_bytes),
-        provenance: Provenance {
-            model_digest: "synthetic",
-            factors_digest: "",
-            genome_digest: "",
-            source: "",
-            task: "",
-            board: "",
-            epsilon: None,
-            seed: None,
-            dense_accuracy: None,
-            pruned_accuracy: None,
-            tool_version: env!("CARGO_PKG_VERSION"),
-        },
-    };
-    write_bundle(&header, blob.bytes(), None)
+    })
+}
+
+impl SyntheticParts {
+    fn header<'a>(&self, layer_bytes: &'a [u8]) -> Header<'a> {
+        Header {
+            config: self.config,
+            dtype: self.dtype,
+            tokenizer: self.tokenizer,
+            task: TaskRef {
+                name: "synthetic",
+                kind: TaskKind::Generation,
+                prompt_prefix: "",
+                prompt_suffix: "",
+                labels: heapless::Vec::new(),
+                max_new_tokens: 1,
+            },
+            embedding: self.embedding,
+            final_norm: self.final_norm,
+            head: HeadRef::Tied,
+            layers: LayerRecords(layer_bytes),
+            provenance: Provenance {
+                model_digest: "synthetic",
+                factors_digest: "",
+                genome_digest: "",
+                source: "",
+                task: "",
+                board: "",
+                epsilon: None,
+                seed: None,
+                dense_accuracy: None,
+                pruned_accuracy: None,
+                tool_version: env!("CARGO_PKG_VERSION"),
+                sequence: 0,
+                check: None,
+            },
+        }
+    }
 }

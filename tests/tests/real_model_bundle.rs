@@ -57,6 +57,7 @@ fn fixture() -> &'static Fixture {
 fn packed(dtype: Dtype) -> AlignedBytes {
     let f = fixture();
     let options = PackOptions {
+        sequence: None,
         dtype,
         head: HeadChoice::Task,
         signing_key: None,
@@ -322,6 +323,7 @@ fn real_model_bundle_with_an_exit_a_fitted_head_narrower_units_and_skipped_sub_b
     let head = fit_head(&states[0], &gold, &prior, &names)?;
     let bias: Vec<f64> = head.bias.iter().map(|&b| f64::from(b)).collect();
     let options = PackOptions {
+        sequence: None,
         dtype: Dtype::F32,
         head: HeadChoice::Task,
         signing_key: None,

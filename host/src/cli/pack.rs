@@ -31,6 +31,10 @@ pub struct PackArgs {
     /// Sign with this key (made by `whittle keygen`).
     #[arg(long, value_name = "KEY")]
     sign: Option<PathBuf>,
+    /// Release number: a device refuses a bundle for the same task numbered below the one it
+    /// has installed [default: the packing time in Unix milliseconds].
+    #[arg(long, value_name = "N")]
+    sequence: Option<u64>,
     /// The bundle file to write.
     #[arg(long, value_name = "PATH")]
     out: PathBuf,
@@ -88,6 +92,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         head,
         signing_key: args.sign.as_deref().map(read_signing_key).transpose()?,
         provenance,
+        sequence: args.sequence,
     };
     let packed = pack_to_file(
         &base,

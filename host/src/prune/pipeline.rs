@@ -606,6 +606,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
             task,
             Some(&folder),
             PackOptions {
+                sequence: None,
                 dtype,
                 head: head_choice,
                 signing_key: None,

@@ -8,8 +8,8 @@ use alloc::vec::Vec;
 use ed25519_dalek::{Signer, SigningKey};
 
 use crate::format::{
-    Dtype, HeadRef, Header, LabelRef, LayerRecords, LayerRef, LinearRef, Provenance, TaskKind,
-    TaskRef,
+    Dtype, HeadRef, Header, LabelRef, LayerRecords, LayerRef, LinearRef, Provenance, SelfCheck,
+    TaskKind, TaskRef,
 };
 use crate::kernels::Portable;
 use crate::writer::{BlobBuilder, TokenizerTables, encode_layers, write_bundle};
@@ -232,6 +232,12 @@ fn tiny_bundle_with_pairs(
             dense_accuracy: None,
             pruned_accuracy: None,
             tool_version: "0.1.0",
+            sequence: 1,
+            check: Some(SelfCheck {
+                input: "a charming film",
+                expected: 1,
+                margin: 0.5,
+            }),
         },
     };
     match key {
@@ -261,8 +267,8 @@ fn golden_bytes_of_the_tiny_bundle() {
     let bytes = tiny_bundle(Dtype::F32, false, None);
     let preamble: Vec<u8> = bytes[..24].to_vec();
     let hex: alloc::string::String = preamble.iter().map(|b| alloc::format!("{b:02x}")).collect();
-    // magic "WHITTLE\0", version 3, flags 0, header length, blob length.
-    assert_eq!(&hex[..24], "57484954544c450003000000");
+    // magic "WHITTLE\0", version 4, flags 0, header length, blob length.
+    assert_eq!(&hex[..24], "57484954544c450004000000");
     assert_eq!(
         (hex.as_str(), bytes.len(), crc(&bytes)),
         GOLDEN,
@@ -270,13 +276,13 @@ fn golden_bytes_of_the_tiny_bundle() {
     );
 }
 
-/// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v3: each layer
-/// record ends in its rotary pairs span, two bytes when empty, so the header is 4 bytes longer
-/// than v2's; the blob did not change).
+/// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v4: the provenance
+/// ends in the release number and the self-check, 23 bytes more header than v3, which the
+/// padding before the blob absorbs; the blob did not change).
 const GOLDEN: (&str, usize, u32) = (
-    "57484954544c45000300000046010000407d000000000000",
+    "57484954544c4500040000005d010000407d000000000000",
     32452,
-    3923867894,
+    3109709128,
 );
 
 /// The tiny q8 bundle (format v2, one scale per 32 values of a row): preamble, length, and the
@@ -299,11 +305,11 @@ fn golden_bytes_of_the_tiny_q8_bundle() {
     );
 }
 
-/// Preamble (hex), length, header CRC and blob CRC of the tiny q8 bundle, format v3.
+/// Preamble (hex), length, header CRC and blob CRC of the tiny q8 bundle, format v4.
 const GOLDEN_Q8: (&str, usize, u32, u32) = (
-    "57484954544c450003000000610100008032000000000000",
-    13316,
-    1600933323,
+    "57484954544c450004000000780100008032000000000000",
+    13380,
+    3207204592,
     2526822772,
 );
 
@@ -325,6 +331,43 @@ fn the_example_firmware_links_the_current_tiny_bundle() {
         bundle.arena_bytes(CONTEXT) <= 16 * 1024,
         "raise ARENA_BYTES in firmware-example/src/main.rs"
     );
+}
+
+/// The recorded self-check is what the runtime answers, and a packer's choice keeps the
+/// candidate with the widest margin.
+#[test]
+fn the_self_check_records_the_runtime_answer() {
+    let bytes = tiny_bundle(Dtype::Q8, true, None);
+    let aligned = AlignedBytes::new(&bytes);
+    let bundle = Bundle::parse(aligned.as_bytes()).unwrap();
+    let check = bundle.header().provenance.check.unwrap();
+    let mut words = alloc::vec![0u32; bundle.arena_bytes(64) / 4 + 1];
+    let mut session =
+        Session::<_, 64>::new(&bundle, Portable, bytemuck::cast_slice_mut(&mut words)).unwrap();
+    let (answer, margin) = session.check_answer(check.input).unwrap();
+    assert_eq!(answer, check.expected);
+    assert!(margin > 0.0);
+    let candidates = ["ab", "a charming film", "12 12"];
+    let chosen = crate::writer::choose_self_check(&bytes, Portable, &candidates)
+        .unwrap()
+        .unwrap();
+    for input in candidates {
+        let (_, other) = session.check_answer(input).unwrap();
+        assert!(
+            chosen.margin >= other,
+            "{input}: {other} > {}",
+            chosen.margin
+        );
+    }
+    assert_eq!(
+        session.check_answer(chosen.input).unwrap().0,
+        chosen.expected
+    );
+    let signed = crate::writer::synthetic_release(&tiny_config(), "t", 9, None).unwrap();
+    let aligned = AlignedBytes::new(&signed);
+    let release = Bundle::parse(aligned.as_bytes()).unwrap();
+    assert_eq!(release.header().provenance.sequence, 9);
+    assert!(release.header().provenance.check.is_some());
 }
 
 #[test]
