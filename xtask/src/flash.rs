@@ -1,8 +1,8 @@
-//! `cargo xtask flash`: puts a bundle on a microcontroller inside firmware. The firmware
-//! (`runtime/firmware-example`) is built with the bundle for the board's memory map, then run:
-//! in QEMU for `qemu-mps2-an386` (what `cargo xtask test` does), with probe-rs on a board with
-//! a debug probe. Linux boards take bundles through `whittle-device install`, which is not
-//! built yet.
+//! `cargo xtask flash`: puts a bundle on a board. A microcontroller gets it inside firmware:
+//! `runtime/firmware-example` is built with the bundle for the board's memory map, then run in
+//! QEMU for `qemu-mps2-an386` (what `cargo xtask test` does), or with probe-rs on a board with
+//! a debug probe. A Linux board gets it through `whittle-device install`, over ssh or into a
+//! mounted store (`--to`, [`crate::deploy`]).
 
 use std::path::{Path, PathBuf};
 
@@ -14,15 +14,42 @@ use whittle_runtime::{AlignedBytes, Bundle};
 use crate::{cargo, firmware};
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Linux boards (Jetson Orin, Raspberry Pi 5):
+  cargo xtask flash --board jetson-orin --bundle B --key KEY.pub --to ssh://user@host[:port][/dir]
+  cargo xtask flash --board rpi5 --bundle B --key KEY.pub --to dir:/mnt/sdcard/var/lib/whittle
+  cargo xtask flash --to ssh://user@host --rollback
+  The bundle must be signed (`whittle pack --sign KEY`) by KEY.pub, which a device that trusts
+  no key yet is told to trust; the device checks it again, runs its self-check and switches
+  atomically (`whittle-device status` there shows what is installed).
+Microcontrollers:
+  cargo xtask flash --board qemu-mps2-an386 --bundle B   (QEMU's Cortex-M4F, no hardware)
+  cargo xtask flash --board stm32h743 --bundle B         (a debug probe and probe-rs)")]
 pub struct FlashArgs {
-    /// `qemu-mps2-an386` (QEMU's Cortex-M4F, no hardware needed) or `stm32h743` (with a debug
-    /// probe and probe-rs).
+    /// The board: a Linux board (with --to), `qemu-mps2-an386` (QEMU's Cortex-M4F, no
+    /// hardware needed) or `stm32h743` (with a debug probe and probe-rs).
+    #[arg(long, required_unless_present = "rollback")]
+    board: Option<String>,
+    /// The bundle (`whittle prune` or `whittle pack` output).
+    #[arg(long, required_unless_present = "rollback")]
+    bundle: Option<PathBuf>,
+    /// A Linux board's store: `ssh://[user@]host[:port][/dir]` (dir default /var/lib/whittle)
+    /// or `dir:PATH` (a mounted root file system or SD card).
+    #[arg(long, value_name = "DESTINATION")]
+    to: Option<String>,
+    /// The public key (KEY.pub) the bundle must be signed by.
+    #[arg(long, value_name = "KEY.pub", conflicts_with = "allow_unsigned")]
+    key: Option<PathBuf>,
+    /// Send a bundle without checking a signature (a device that trusts a key still refuses it).
     #[arg(long)]
-    board: String,
-    /// The bundle to embed (`whittle prune` or `whittle pack` output).
-    #[arg(long)]
-    bundle: PathBuf,
-    /// The text the firmware classifies once at start.
+    allow_unsigned: bool,
+    /// Make the device's previous bundle current again (with --to).
+    #[arg(long, requires = "to", conflicts_with_all = ["bundle", "board"])]
+    rollback: bool,
+    /// An ssh option (`-o`), for example `IdentityFile=~/.ssh/board`; repeatable.
+    #[arg(long, value_name = "OPTION")]
+    ssh_option: Vec<String>,
+    /// The text the firmware classifies once at start (microcontrollers).
     #[arg(long, default_value = "a charming film")]
     input: String,
 }
@@ -54,7 +81,7 @@ pub fn target(board: &str) -> anyhow::Result<(Target, &'static str)> {
             "stm32h743",
         )),
         name if profile.target_triple.contains("linux") => bail!(
-            "board {name} runs Linux: its bundles go on with `whittle-device install`, which is not built yet (issue 15); copy the bundle over and run `whittle-device run BUNDLE --text TEXT` there"
+            "board {name} runs Linux: say where its store is with --to ssh://user@host[:port][/dir] or --to dir:/mounted/store (the bundle goes on through whittle-device install)"
         ),
         name => bail!(
             "board {name} has no firmware memory map yet; the firmware targets qemu-mps2-an386 and stm32h743"
@@ -77,27 +104,38 @@ pub fn check_board(bundle: &Path, pruned_for: &str, board: &str) -> anyhow::Resu
 }
 
 pub fn run(args: &FlashArgs) -> anyhow::Result<()> {
-    let (target, memory) = target(&args.board)?;
-    let bytes = std::fs::read(&args.bundle).with_context(|| {
+    if let Some(to) = &args.to {
+        return crate::deploy::run(&crate::deploy::Deploy {
+            to: crate::deploy::Destination::parse(to)?,
+            board: args.board.as_deref(),
+            bundle: args.bundle.as_deref(),
+            key: args.key.as_deref(),
+            allow_unsigned: args.allow_unsigned,
+            rollback: args.rollback,
+            ssh_options: &args.ssh_option,
+        });
+    }
+    let (Some(board), Some(path)) = (args.board.as_deref(), args.bundle.as_deref()) else {
+        bail!("give --board and --bundle");
+    };
+    let (target, memory) = target(board)?;
+    let bytes = std::fs::read(path).with_context(|| {
         format!(
             "cannot read --bundle {}; give a file written by `whittle prune` or `whittle pack`",
-            args.bundle.display()
+            path.display()
         )
     })?;
     let aligned = AlignedBytes::new(&bytes);
     let bundle = Bundle::parse(aligned.as_bytes()).map_err(|error| {
-        anyhow::anyhow!(
-            "--bundle {} is not a valid bundle: {error}",
-            args.bundle.display()
-        )
+        anyhow::anyhow!("--bundle {} is not a valid bundle: {error}", path.display())
     })?;
-    check_board(&args.bundle, bundle.header().provenance.board, &args.board)?;
+    check_board(path, bundle.header().provenance.board, board)?;
     match target {
         Target::Qemu => {
-            flash_qemu(Some(&args.bundle), &args.input)?;
+            flash_qemu(Some(path), &args.input)?;
         }
         Target::Probe { chip } => {
-            let elf = firmware::build(Some(&args.bundle), &args.input, memory)?;
+            let elf = firmware::build(Some(path), &args.input, memory)?;
             flash_probe(&elf, chip)?;
         }
     }
@@ -163,10 +201,7 @@ mod tests {
             )
         );
         let linux = target("jetson-orin").expect_err("a Linux board");
-        assert!(
-            format!("{linux:#}").contains("whittle-device install"),
-            "{linux:#}"
-        );
+        assert!(format!("{linux:#}").contains("--to ssh://"), "{linux:#}");
         let unknown = target("no-such-board").expect_err("an unknown board");
         assert!(
             format!("{unknown:#}").contains("qemu-mps2-an386"),

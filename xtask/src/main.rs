@@ -4,6 +4,8 @@
 mod bench;
 mod boards;
 mod cargo;
+mod deploy;
+mod deploy_suite;
 mod firmware;
 mod flash;
 mod host;
@@ -58,7 +60,11 @@ enum Task {
     /// through a debug probe with probe-rs (`--board stm32h743`).
     Flash(flash::FlashArgs),
     /// Install what a fresh machine lacks, then run every check of the workspace.
-    Test,
+    Test {
+        /// Run only the steps whose title contains this text (the prerequisites still run).
+        #[arg(long, value_name = "TEXT")]
+        only: Option<String>,
+    },
 }
 
 /// What the command line asks for.
@@ -129,7 +135,7 @@ fn main() -> ExitCode {
             repeats,
         }) => bench::bench(&board, prune_dir.as_deref(), repeats),
         Invocation::Task(Task::Flash(args)) => flash::run(&args).map(|()| ExitCode::SUCCESS),
-        Invocation::Task(Task::Test) => test::run(),
+        Invocation::Task(Task::Test { only }) => test::run(only.as_deref()),
     };
     match result {
         Ok(code) => code,

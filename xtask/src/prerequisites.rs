@@ -9,21 +9,24 @@ use crate::cargo;
 pub const TARGETS: [&str; 2] = ["aarch64-unknown-linux-gnu", "thumbv7em-none-eabihf"];
 
 /// Debian packages that provide the aarch64 linker, C library and user-mode emulator, the
-/// system emulator the Cortex-M firmware runs in and the C compiler of the C API's example.
-pub const CROSS_PACKAGES: [&str; 5] = [
+/// system emulator the Cortex-M firmware runs in, the C compiler of the C API's example and the
+/// sshd the deployment check flashes to.
+pub const CROSS_PACKAGES: [&str; 6] = [
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     "qemu-user",
     "qemu-system-arm",
     "gcc-arm-none-eabi",
+    "openssh-server",
 ];
 
 /// Programs the cross builds and runs need on `PATH`.
-pub const CROSS_PROGRAMS: [&str; 4] = [
+pub const CROSS_PROGRAMS: [&str; 5] = [
     "aarch64-linux-gnu-gcc",
     "qemu-aarch64",
     "qemu-system-arm",
     "arm-none-eabi-gcc",
+    "sshd",
 ];
 
 /// What to do about the cross tools.

@@ -16,7 +16,7 @@ struct Step {
     run: fn() -> anyhow::Result<()>,
 }
 
-const STEPS: [Step; 12] = [
+const STEPS: [Step; 13] = [
     Step {
         title: "rustup targets",
         run: prerequisites::ensure_targets,
@@ -54,8 +54,12 @@ const STEPS: [Step; 12] = [
         run: fuzz_short_runs,
     },
     Step {
-        title: "aarch64 device tool under qemu",
+        title: "aarch64 device tool under qemu (info, and the install tests with every fault)",
         run: device_under_qemu,
+    },
+    Step {
+        title: "deploy to Linux boards: flash over ssh to an sshd on 127.0.0.1 and into a dir: store, with faults; install on a full 1 MiB tmpfs",
+        run: deploy_to_linux_boards,
     },
     Step {
         title: "aarch64 runtime tests (NEON kernels) under qemu",
@@ -74,11 +78,19 @@ const QEMU_SYSROOT: &str = "/usr/aarch64-linux-gnu";
 /// 70-token prompt), so few.
 const REPLAY_EXAMPLES: &str = "2";
 
-/// Runs the steps in order, stops at the first failure, and prints a timed summary.
-pub fn run() -> anyhow::Result<ExitCode> {
+/// Runs the steps in order (with `only`, the prerequisites and the steps whose title contains
+/// it), stops at the first failure, and prints a timed summary.
+pub fn run(only: Option<&str>) -> anyhow::Result<ExitCode> {
     let mut finished: Vec<(&Step, Duration)> = Vec::new();
+    let mut skipped = Vec::new();
     let mut failure = None;
     for (index, step) in STEPS.iter().enumerate() {
+        let wanted = only.is_none_or(|text| index < 2 || step.title.contains(text));
+        if !wanted {
+            finished.push((step, Duration::ZERO));
+            skipped.push(index);
+            continue;
+        }
         println!("==> [{}/{}] {}", index + 1, STEPS.len(), step.title);
         let started = Instant::now();
         let result = (step.run)();
@@ -94,6 +106,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             (Some((_, elapsed)), Some((failed, _))) if *failed == index => {
                 format!("FAILED {:>8}", seconds(*elapsed))
             }
+            (Some(_), _) if skipped.contains(&index) => format!("{:<6} {:>8}", "-", "skipped"),
             (Some((_, elapsed)), _) => format!("ok     {:>8}", seconds(*elapsed)),
             (None, _) => format!("{:<6} {:>8}", "-", "not run"),
         };
@@ -102,7 +115,16 @@ pub fn run() -> anyhow::Result<ExitCode> {
     match failure {
         None => {
             let total: Duration = finished.iter().map(|(_, elapsed)| *elapsed).sum();
-            println!("all {} steps passed in {}", STEPS.len(), seconds(total));
+            if skipped.is_empty() {
+                println!("all {} steps passed in {}", STEPS.len(), seconds(total));
+            } else {
+                println!(
+                    "{} of {} steps passed in {} (--only: the others were not run)",
+                    STEPS.len() - skipped.len(),
+                    STEPS.len(),
+                    seconds(total)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some((index, error)) => {
@@ -307,12 +329,39 @@ fn under_qemu(built: &Built, executable: Executable, cpu: Option<&str>) -> anyho
 }
 
 fn device_under_qemu() -> anyhow::Result<()> {
-    let mut command = under_qemu(&aarch64_build()?, Executable::DeviceTool, None)?;
+    let built = aarch64_build()?;
+    let mut command = under_qemu(&built, Executable::DeviceTool, None)?;
     command.args(["info", "--json"]);
     println!("    $ {}", cargo::describe(&command));
     let stdout = cargo::stdout_of(&mut command)?;
     print!("{stdout}");
-    check_device_info(&stdout)
+    check_device_info(&stdout)?;
+    // The install tests of the aarch64 build, the tool they start under qemu too.
+    let mut tests = under_qemu(&built, Executable::DeviceInstallTests, None)?;
+    tests
+        .current_dir(Executable::DeviceInstallTests.working_dir())
+        .env(
+            "WHITTLE_DEVICE_RUNNER",
+            format!("qemu-aarch64 -L {QEMU_SYSROOT}"),
+        );
+    cargo::run(&mut tests)
+}
+
+/// `cargo xtask flash` to Linux boards ([`crate::deploy_suite`]), after the install test that
+/// needs root: a full disk, on a 1 MiB tmpfs.
+fn deploy_to_linux_boards() -> anyhow::Result<()> {
+    cargo::run(&mut cargo::cargo([
+        "test",
+        "--release",
+        "-p",
+        "whittle-device",
+        "--test",
+        "install",
+        "--",
+        "--ignored",
+    ]))
+    .context("the full-disk install test failed (it mounts a tmpfs: run the suite as root)")?;
+    crate::deploy_suite::check()
 }
 
 /// The runtime's unit tests, NEON kernels included, for aarch64 under qemu.

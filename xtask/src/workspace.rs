@@ -38,6 +38,8 @@ pub enum Executable {
     PrefillBench,
     /// The runtime library's unit tests (a test-harness program).
     RuntimeUnitTests,
+    /// The device tool's install tests (`device/tests/install.rs`).
+    DeviceInstallTests,
 }
 
 impl Executable {
@@ -49,13 +51,17 @@ impl Executable {
             Self::ReplayExample => ("example", "replay"),
             Self::PrefillBench => ("bench", "prefill"),
             Self::RuntimeUnitTests => ("lib", "whittle_runtime"),
+            Self::DeviceInstallTests => ("test", "install"),
         }
     }
 
     /// Whether cargo builds it in test mode (`--all-targets` builds benchmarks so; a binary's
     /// test-mode build is its unit tests, not the program).
     fn test_mode(self) -> bool {
-        matches!(self, Self::PrefillBench | Self::RuntimeUnitTests)
+        matches!(
+            self,
+            Self::PrefillBench | Self::RuntimeUnitTests | Self::DeviceInstallTests
+        )
     }
 
     /// The folder it runs in: the workspace root, or, for a benchmark or unit tests, its
@@ -65,6 +71,7 @@ impl Executable {
         match self {
             Self::PrefillBench => root.join("tests"),
             Self::RuntimeUnitTests => root.join("runtime"),
+            Self::DeviceInstallTests => root.join("device"),
             Self::HostTool | Self::DeviceTool | Self::ReplayExample => root,
         }
     }
