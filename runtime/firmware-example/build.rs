@@ -101,7 +101,9 @@ fn region_bytes(memory: &str, name: &str) -> Result<usize, String> {
         .find(|line| line.trim_start().starts_with(name))
         .and_then(|line| line.split("LENGTH").nth(1))
         .map(|rest| rest.trim_start_matches([' ', '=']).trim())
-        .ok_or(format!("the memory map has no `{name} : ORIGIN = …, LENGTH = …` line"))?;
+        .ok_or(format!(
+            "the memory map has no `{name} : ORIGIN = …, LENGTH = …` line"
+        ))?;
     let (digits, scale) = match length.strip_suffix('M') {
         Some(digits) => (digits, 1024 * 1024),
         None => match length.strip_suffix('K') {

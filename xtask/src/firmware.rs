@@ -179,11 +179,17 @@ fn answer_in<const CONTEXT: usize>(bytes: &[u8], input: &str) -> anyhow::Result<
 /// stream (QEMU sends SYS_WRITE0 to its standard error, SYS_WRITE on handle 1 to its
 /// standard output); a firmware that hangs fails instead of the suite.
 pub fn run_in_qemu(elf: &Path) -> anyhow::Result<String> {
+    run_in_qemu_on(elf, "mps2-an386")
+}
+
+/// [`run_in_qemu`] on another QEMU machine of the same memory map (`mps2-an500`: a Cortex-M7).
+pub fn run_in_qemu_on(elf: &Path, machine: &str) -> anyhow::Result<String> {
     let mut run = crate::cargo::program(
         "timeout",
         ["--kill-after=10", "300", "qemu-system-arm"]
             .into_iter()
-            .chain(QEMU_ARGS),
+            .chain(QEMU_ARGS)
+            .map(|arg| if arg == "mps2-an386" { machine } else { arg }),
     );
     run.arg(elf);
     println!("    $ {}", crate::cargo::describe(&run));

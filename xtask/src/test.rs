@@ -42,7 +42,7 @@ const STEPS: [Step; 13] = [
         run: runtime_no_std_build,
     },
     Step {
-        title: "Cortex-M4F firmware in qemu-system-arm (mps2-an386) classifies as the host runtime",
+        title: "Cortex-M firmware in qemu-system-arm (M4F mps2-an386, M7 mps2-an500) classifies as the host runtime",
         run: firmware_under_qemu,
     },
     Step {
@@ -196,7 +196,21 @@ fn runtime_no_std_build() -> anyhow::Result<()> {
 /// input and context).
 fn firmware_under_qemu() -> anyhow::Result<()> {
     let output = crate::flash::flash_qemu(None, FIRMWARE_INPUT)?;
+    require_core(&output, "cortex-m4")?;
+    firmware::check_against_host(&output, &firmware::tiny_bundle(), FIRMWARE_INPUT)?;
+    // The same image on the Cortex-M7 of mps2-an500 (the same memory map).
+    let elf = firmware::build(None, FIRMWARE_INPUT, "mps2-an386")?;
+    let output = firmware::run_in_qemu_on(&elf, "mps2-an500")?;
+    require_core(&output, "cortex-m7")?;
     firmware::check_against_host(&output, &firmware::tiny_bundle(), FIRMWARE_INPUT)
+}
+
+/// The firmware must report running on `core` (its CPUID line).
+fn require_core(output: &str, core: &str) -> anyhow::Result<()> {
+    if !output.contains(&format!("whittle-firmware: cpu={core} ")) {
+        bail!("the firmware did not report cpu={core}; its output is above");
+    }
+    Ok(())
 }
 
 /// The C API (`runtime/capi`, its own workspace) built as a static library for the Cortex-M4F,

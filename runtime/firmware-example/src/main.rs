@@ -54,6 +54,17 @@ fn main() -> ! {
 /// Classifies [`INPUT`] and prints `label=<index> name=<label> scores=<hex bits,...>` (the
 /// exact bits, so a host can compare them) and the memory the firmware takes.
 fn classify(arena: &mut [u8]) -> Result<(), Error> {
+    // The core, from the CPUID register's part number (QEMU's mps2-an386 is a Cortex-M4,
+    // mps2-an500 a Cortex-M7; the same image runs on both).
+    if let Some(peripherals) = cortex_m::Peripherals::take() {
+        let part = (peripherals.CPUID.base.read() >> 4) & 0xfff;
+        let core = match part {
+            0xc24 => "cortex-m4",
+            0xc27 => "cortex-m7",
+            _ => "other",
+        };
+        hprintln!("whittle-firmware: cpu={} part={:#05x}", core, part);
+    }
     let bundle = Bundle::parse(&BUNDLE.0)?;
     let mut session = Session::<_, CONTEXT>::new(&bundle, Portable, arena)?;
     let scores = session.label_scores(INPUT)?;
