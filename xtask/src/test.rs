@@ -50,7 +50,7 @@ const STEPS: [Step; 13] = [
         run: capi_under_qemu,
     },
     Step {
-        title: "coverage-guided fuzzing, short runs (cargo-fuzz: bundle parser and session, tokenizer)",
+        title: "coverage-guided fuzzing, short runs (cargo-fuzz: bundle parser and session, tokenizer, install stream reader)",
         run: fuzz_short_runs,
     },
     Step {
@@ -277,7 +277,11 @@ fn capi_under_qemu() -> anyhow::Result<()> {
 
 /// Executions of each fuzz target in the suite's short run (the long runs are in
 /// docs/RESULTS.md, "Fuzzing").
-const FUZZ_RUNS: [(&str, &str); 2] = [("bundle", "30000"), ("tokenizer", "300000")];
+const FUZZ_RUNS: [(&str, &str); 3] = [
+    ("bundle", "30000"),
+    ("tokenizer", "300000"),
+    ("install_stream", "300000"),
+];
 
 /// `cargo fuzz run` (nightly, libFuzzer with AddressSanitizer) of each target in `fuzz/`, from
 /// its committed seeds, into a corpus under the target folder; a crash, a hang past 10 s or
