@@ -358,6 +358,17 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     if !model.exists() {
         cargo::run(&mut built.command(Executable::HostTool, ["fetch-model"])?)?;
     }
+    // The cost model predicts from the measured `host` profile: measure it first on a machine
+    // that has none, so that its error is a comparison and not an absence.
+    if whittle_boards::BoardProfile::measured_host().is_err() {
+        eprintln!(
+            "no measured host profile: measuring this machine first (whittle-device profile --install)"
+        );
+        cargo::run(&mut built.command(Executable::DeviceTool, ["profile", "--install"])?)?;
+        whittle_boards::BoardProfile::measured_host().map_err(|error| {
+            anyhow::anyhow!("the host profile is still unreadable after measuring it: {error}")
+        })?;
+    }
     let pruned = if args.dense_only {
         None
     } else {

@@ -18,8 +18,9 @@ pub struct Summary {
     bandwidth: BTreeMap<&'static str, Bandwidth>,
     configurations: Vec<Configuration>,
     cost_model: Vec<CostRow>,
-    cost_model_max_error: f64,
-    cost_model_max_error_to_cpu_time: f64,
+    /// The largest relative error of a prediction; `null` when no prediction was made.
+    cost_model_max_error: Option<f64>,
+    cost_model_max_error_to_cpu_time: Option<f64>,
     decode_tokens: usize,
     dense_bundle: String,
     /// The ratios at the largest thread count.
@@ -229,7 +230,7 @@ pub(super) fn summarize(
         cost_model
             .iter()
             .map(|row| error(row).abs())
-            .fold(0.0, f64::max)
+            .reduce(f64::max)
     };
     Summary {
         cost_model_max_error: max_error(|row| row.relative_error),
@@ -290,6 +291,11 @@ pub(super) fn print(args: &CompareArgs, s: &Summary) {
         );
     }
     println!("\ncost model (host profile) against the runtime (faster thread count):");
+    if s.cost_model.is_empty() {
+        println!(
+            "  no predictions: the host profile could not be read (`whittle-device profile --install` measures it)"
+        );
+    }
     for row in &s.cost_model {
         println!(
             "  {:<7} {:<8} predicted {:>7.3} ms/token, measured {:>7.3} ({} thr), error {:+.0}%; 1-thread CPU time {:>7.3}, error {:+.0}%",
@@ -312,5 +318,73 @@ pub(super) fn print(args: &CompareArgs, s: &Summary) {
             b.decode_tok_s,
             100.0 * b.fraction,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Timings;
+
+    fn args() -> CompareArgs {
+        CompareArgs {
+            prune_dir: None,
+            pruned_bundle: None,
+            repeats: 1,
+            prefill: 4,
+            decode: 2,
+            threads: vec![1],
+            repack: false,
+            dense_only: true,
+            json: true,
+        }
+    }
+
+    fn samples(predicted: Option<BenchPrediction>) -> Vec<((Contender, usize), Samples)> {
+        let times = || Timings {
+            prefill_s: vec![0.04],
+            decode_s: vec![0.02],
+            prefill_cpu_s: vec![0.04],
+            decode_cpu_s: vec![0.02],
+        };
+        let mut dense = Samples::default();
+        dense.add(times(), predicted);
+        let mut llama = Samples::default();
+        llama.add(times(), None);
+        vec![
+            ((Contender::Dense, 1), dense),
+            ((Contender::Llama, 1), llama),
+        ]
+    }
+
+    /// Without predictions the error is absent (`null`), never a perfect 0.
+    #[test]
+    fn no_prediction_reports_no_error() {
+        let summary = summarize(&args(), &samples(None), Path::new("d.wbundle"), None);
+        let json = serde_json::to_value(&summary).expect("serializes");
+        assert_eq!(json["cost_model"], serde_json::json!([]));
+        assert!(json["cost_model_max_error"].is_null(), "{json}");
+        assert!(json["cost_model_max_error_to_cpu_time"].is_null(), "{json}");
+    }
+
+    /// With a prediction off by half the measured time, the error says so.
+    #[test]
+    fn a_wrong_prediction_is_an_error() {
+        let predicted = BenchPrediction {
+            board: "host".to_owned(),
+            bandwidth_bytes_per_s: 10_000_000_000,
+            bytes_read_per_token: 100_000_000,
+            decode_ms_per_token: 15.0,
+            prefill_ms_per_token: 10.0,
+        };
+        let summary = summarize(
+            &args(),
+            &samples(Some(predicted)),
+            Path::new("d.wbundle"),
+            None,
+        );
+        let json = serde_json::to_value(&summary).expect("serializes");
+        let error = json["cost_model_max_error"].as_f64().expect("an error");
+        assert!(error > 0.2, "{json}");
     }
 }
