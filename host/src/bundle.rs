@@ -16,7 +16,8 @@ use whittle_runtime::format::{
     Provenance, TaskKind, TaskRef,
 };
 use whittle_runtime::writer::{
-    BlobBuilder, TokenizerTables, choose_self_check, encode_layers, write_bundle,
+    BlobBuilder, TokenizerTables, attach_prefix, choose_self_check, encode_layers, prefix_cache,
+    write_bundle,
 };
 use whittle_runtime::{MatrixKind, ModelConfig};
 
@@ -80,10 +81,15 @@ pub struct PackOptions {
     /// The release number ([`Provenance::sequence`]); the packing time in Unix milliseconds
     /// when `None`.
     pub sequence: Option<u64>,
+    /// Store the prompt prefix's keys and values (`docs/bundle-format.md`, `PrefixRef`).
+    pub store_prefix: bool,
 }
 
 /// Search-split examples tried for the bundle's self-check (the widest margin is kept).
 const SELF_CHECK_CANDIDATES: usize = 8;
+
+/// Search-split inputs the stored prompt prefix must tokenize apart from.
+const PREFIX_CHECK_INPUTS: usize = 256;
 
 /// A packed bundle and the figures the report states.
 #[derive(Clone, Debug)]
@@ -179,20 +185,18 @@ fn now_millis() -> u64 {
         })
 }
 
-/// The input texts of the first search-split examples (the prompt stripped of the bundle's
-/// prefix and suffix), the candidates of the bundle's self-check.
-fn self_check_candidates(
+/// The input texts of the first `count` search-split examples (the prompt stripped of the
+/// bundle's prefix and suffix): the candidates of the bundle's self-check, and the inputs
+/// its stored prompt prefix must tokenize apart from.
+fn task_inputs(
     model: &LoadedModel,
     task: &Task,
     prefix: &str,
     suffix: &str,
+    count: usize,
 ) -> anyhow::Result<Vec<String>> {
     let mut inputs = Vec::new();
-    for example in task
-        .examples(Split::Search)?
-        .iter()
-        .take(SELF_CHECK_CANDIDATES)
-    {
+    for example in task.examples(Split::Search)?.iter().take(count) {
         let text = prompt_text(&model.tokenizer, &example.prompt)?;
         if let Some(input) = text
             .strip_prefix(prefix)
@@ -536,7 +540,8 @@ pub fn pack(
     let layer_bytes = encode_layers(&layers)?;
     let info = &options.provenance;
     let tool_version = env!("CARGO_PKG_VERSION");
-    let check_inputs = self_check_candidates(model, task, &prefix, &suffix)?;
+    let check_inputs = task_inputs(model, task, &prefix, &suffix, SELF_CHECK_CANDIDATES)?;
+    let prefix_inputs = task_inputs(model, task, &prefix, &suffix, PREFIX_CHECK_INPUTS)?;
     let candidates: Vec<&str> = check_inputs.iter().map(String::as_str).collect();
     let mut header = Header {
         config,
@@ -569,7 +574,24 @@ pub fn pack(
             sequence: options.sequence.unwrap_or_else(now_millis),
             check: None,
         },
+        prefix: None,
     };
+    // The prompt prefix, run once here: every input starts after it on the device.
+    let probe = write_bundle(&header, blob.bytes(), None)?;
+    let boundary: Vec<&str> = prefix_inputs.iter().map(String::as_str).collect();
+    let cache = match options.store_prefix {
+        true => prefix_cache(&probe, whittle_runtime::kernels::best(), &boundary)
+            .map_err(|error| anyhow::anyhow!("the packed bundle does not run: {error}"))?,
+        false => None,
+    };
+    match &cache {
+        Some(cache) => attach_prefix(&mut header, &mut blob, cache)?,
+        None if !options.store_prefix => {}
+        None => eprintln!(
+            "note: the prompt prefix of task {} is not stored (it has no tokens that stay apart from the input); every input runs the whole prompt",
+            task.name()
+        ),
+    }
     let probe = write_bundle(&header, blob.bytes(), None)?;
     header.provenance.check =
         choose_self_check(&probe, whittle_runtime::kernels::best(), &candidates)

@@ -38,6 +38,19 @@ pub enum LinearWeights<'a> {
     },
 }
 
+/// A bundle's stored prompt prefix, borrowed from it.
+#[derive(Clone, Copy, Debug)]
+pub struct Prefix<'a> {
+    /// The end of the task's prompt prefix it does not cover (tokenized with the input).
+    pub rest: &'a str,
+    /// Its token ids.
+    pub tokens: &'a [u32],
+    /// Keys, `n_layers × tokens.len() × kv_dim`, layer-major.
+    pub keys: &'a [f32],
+    /// Values, laid out as the keys.
+    pub values: &'a [f32],
+}
+
 impl<'a> Bundle<'a> {
     /// Parses and validates `bytes`; a signature trailer, if present, is not checked (see
     /// [`Bundle::parse_signed`]).
@@ -81,9 +94,6 @@ impl<'a> Bundle<'a> {
             return Err(Error::HeaderChecksum);
         }
         let blob = bytes.get(blob_start..blob_end).ok_or(Error::Truncated)?;
-        if CRC32.checksum(blob) != u32::from_le_bytes(array(bytes, blob_end)?) {
-            return Err(Error::BlobChecksum);
-        }
         if !(bytes.as_ptr() as usize).is_multiple_of(4) {
             return Err(Error::MisalignedBundle);
         }
@@ -94,6 +104,25 @@ impl<'a> Bundle<'a> {
             .map_err(|_| Error::HeaderDecode)?;
         if !rest.is_empty() {
             return Err(Error::HeaderDecode);
+        }
+        // One pass over the blob: the CRC of the bytes before the stored prompt prefix (the
+        // weights it was computed from) on the way to the whole blob's.
+        let cut = header
+            .prefix
+            .map_or(0, |prefix| (prefix.tokens.offset as usize).min(blob.len()));
+        let (weights, after) = blob.split_at(cut);
+        let mut digest = CRC32.digest();
+        digest.update(weights);
+        let weights_crc = digest.clone().finalize();
+        digest.update(after);
+        if digest.finalize() != u32::from_le_bytes(array(bytes, blob_end)?) {
+            return Err(Error::BlobChecksum);
+        }
+        if header
+            .prefix
+            .is_some_and(|prefix| prefix.weights_crc != weights_crc)
+        {
+            return Err(Error::PrefixMismatch);
         }
         let signature = match flags & FLAG_SIGNED != 0 {
             true => Some(bytes.get(blob_crc_end..end).ok_or(Error::Truncated)?),
@@ -276,7 +305,53 @@ impl<'a> Bundle<'a> {
             return Err(Error::BadLayer);
         }
         self.validate_tokenizer()?;
-        self.validate_task()
+        self.validate_task()?;
+        self.validate_prefix()
+    }
+
+    fn validate_prefix(&self) -> Result<(), Error> {
+        let Some(prefix) = self.header.prefix else {
+            return Ok(());
+        };
+        let config = &self.header.config;
+        if !self
+            .header
+            .task
+            .prompt_prefix
+            .is_char_boundary(prefix.text_len as usize)
+        {
+            return Err(Error::BadTask);
+        }
+        let tokens = self.checked_span(prefix.tokens)?;
+        let len = tokens.len() / 4;
+        if len == 0 || !tokens.len().is_multiple_of(4) || len > config.max_position_embeddings {
+            return Err(Error::BadShape);
+        }
+        for chunk in tokens.chunks_exact(4) {
+            if u32::from_le_bytes(array(chunk, 0)?) as usize >= config.vocab_size {
+                return Err(Error::BadTokenizer);
+            }
+        }
+        let values = config
+            .n_layers
+            .checked_mul(len)
+            .and_then(|n| n.checked_mul(config.kv_dim()))
+            .ok_or(Error::BadShape)?;
+        self.check_f32s(prefix.keys, values)?;
+        self.check_f32s(prefix.values, values)
+    }
+
+    /// The stored prompt prefix: its token ids and every layer's keys and values
+    /// ([`crate::format::PrefixRef`]), `None` when the bundle has none.
+    pub fn prefix(&self) -> Option<Prefix<'a>> {
+        let prefix = self.header.prefix?;
+        let text = self.header.task.prompt_prefix;
+        Some(Prefix {
+            rest: text.get(prefix.text_len as usize..).unwrap_or(""),
+            tokens: bytemuck::try_cast_slice(self.span(prefix.tokens)).ok()?,
+            keys: self.f32s(prefix.keys),
+            values: self.f32s(prefix.values),
+        })
     }
 
     fn validate_task(&self) -> Result<(), Error> {

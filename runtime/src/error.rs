@@ -62,6 +62,8 @@ pub enum Error {
     NoFullHead,
     /// The bundle's task is not a classification task.
     NotClassification,
+    /// The stored prompt prefix was computed for other weights than the bundle's.
+    PrefixMismatch,
 }
 
 impl core::fmt::Display for Error {
@@ -134,6 +136,9 @@ impl core::fmt::Display for Error {
             ),
             Self::NotClassification => f.write_str(
                 "the bundle's task is not a classification task; use generate instead",
+            ),
+            Self::PrefixMismatch => f.write_str(
+                "the bundle's stored prompt prefix was computed for other weights; re-pack it with `whittle pack`",
             ),
         }
     }

@@ -299,6 +299,28 @@ pub struct Header<'a> {
     /// Provenance.
     #[serde(borrow)]
     pub provenance: Provenance<'a>,
+    /// The prompt prefix run at packing (every input of the task starts with it).
+    pub prefix: Option<PrefixRef>,
+}
+
+/// The task prompt's prefix, run once by the packer: its tokens and every layer's keys and
+/// values for them, so that a session starts after it and runs only the input and the suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixRef {
+    /// Bytes of the task's `prompt_prefix` it covers (a character boundary): the runtime
+    /// tokenizes the rest of the prefix with the input, so that no token spans the cut.
+    pub text_len: u32,
+    /// The token ids of those bytes (`u32`).
+    pub tokens: Span,
+    /// Keys: `n_layers × len × kv_dim` f32, layer-major, one `kv_dim` slot per position (the
+    /// runtime's KV cache layout).
+    pub keys: Span,
+    /// Values, laid out as the keys (a position's kept value dimensions at the start of each
+    /// key/value head's share of its slot, the rest zero).
+    pub values: Span,
+    /// CRC-32 of the blob's bytes before `tokens`: the weights the keys and values were
+    /// computed from (`Error::PrefixMismatch` when they differ).
+    pub weights_crc: u32,
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ pub mod writer;
 
 #[cfg(any(test, feature = "alloc"))]
 pub use aligned::AlignedBytes;
-pub use bundle::{Bundle, LinearWeights, Weight};
+pub use bundle::{Bundle, LinearWeights, Prefix, Weight};
 pub use config::{BlockWidths, ConfigError, MatrixKind, ModelConfig, matrix_at, matrix_index};
 pub use error::Error;
 pub use model::{MAX_PREFILL_CHUNK, MIN_PREFILL_CHUNK, Model, prefill_chunk};

@@ -187,6 +187,82 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         self.position = 0;
     }
 
+    /// Starts after the bundle's stored prompt prefix ([`Bundle::prefix`]): its keys and
+    /// values copied into the cache and the position set after it; forgets what was cached.
+    /// Returns the prefix's length (0, and an empty cache, without one).
+    pub fn load_prefix(&mut self) -> Result<usize, Error> {
+        self.position = 0;
+        let Some(prefix) = self.bundle.prefix() else {
+            return Ok(0);
+        };
+        let config = &self.bundle.header().config;
+        let (len, kv_dim) = (prefix.tokens.len(), config.kv_dim());
+        if len > self.layout.context {
+            return Err(Error::InputTooLong);
+        }
+        let per_layer = len * kv_dim;
+        let b = &mut self.buffers;
+        for layer in 0..config.n_layers {
+            let at = layer * self.layout.context * kv_dim;
+            copy(
+                prefix.keys.get(layer * per_layer..(layer + 1) * per_layer),
+                b.k_cache.get_mut(at..at + per_layer),
+            );
+            copy(
+                prefix
+                    .values
+                    .get(layer * per_layer..(layer + 1) * per_layer),
+                b.v_cache.get_mut(at..at + per_layer),
+            );
+        }
+        self.position = len;
+        Ok(len)
+    }
+
+    /// Writes the keys and values of the first `len` cached positions, layer-major
+    /// (`n_layers × len × kv_dim` values each, a position's unused value lanes zero): what a
+    /// packer stores as the prompt prefix.
+    pub fn cached_keys_values(
+        &self,
+        len: usize,
+        keys: &mut [f32],
+        values: &mut [f32],
+    ) -> Result<(), Error> {
+        let config = &self.bundle.header().config;
+        let kv_dim = config.kv_dim();
+        let per_layer = len * kv_dim;
+        if len > self.position
+            || keys.len() != config.n_layers * per_layer
+            || values.len() != keys.len()
+        {
+            return Err(Error::BadShape);
+        }
+        for layer in 0..config.n_layers {
+            let value_dim = config.n_kv_heads * self.bundle.block_widths(layer)?.value;
+            let at = layer * self.layout.context * kv_dim;
+            let out = layer * per_layer;
+            copy(
+                self.buffers.k_cache.get(at..at + per_layer),
+                keys.get_mut(out..out + per_layer),
+            );
+            for t in 0..len {
+                let slot = out + t * kv_dim;
+                let (kept, rest) = values
+                    .get_mut(slot..slot + kv_dim)
+                    .unwrap_or(&mut [])
+                    .split_at_mut(value_dim.min(kv_dim));
+                copy(
+                    self.buffers
+                        .v_cache
+                        .get(at + t * kv_dim..at + t * kv_dim + value_dim),
+                    Some(kept),
+                );
+                rest.iter_mut().for_each(|v| *v = 0.0);
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `tokens` after the cached positions; the hidden state of the last one is kept for
     /// [`Model::logits`] / [`Model::label_logits`].
     pub fn feed(&mut self, tokens: &[u32]) -> Result<(), Error> {

@@ -51,15 +51,30 @@ impl<'b, 'a, K: Kernels, const CONTEXT: usize> Session<'b, 'a, K, CONTEXT> {
         &self.tokens
     }
 
+    /// Runs the prompt of `input`: after the bundle's stored prompt prefix when it has one
+    /// (only the input and the suffix are run), else whole.
     fn prompt(&mut self, input: &str) -> Result<(), Error> {
         let task = &self.bundle.header().task;
         self.tokens.clear();
-        self.tokenizer.encode(
-            &[task.prompt_prefix, input, task.prompt_suffix],
-            &mut self.tokens,
-        )?;
-        self.model.reset();
-        self.model.feed(&self.tokens)
+        match self.bundle.prefix() {
+            Some(prefix) => {
+                self.tokens
+                    .extend_from_slice(prefix.tokens)
+                    .map_err(|_| Error::InputTooLong)?;
+                self.tokenizer
+                    .encode(&[prefix.rest, input, task.prompt_suffix], &mut self.tokens)?;
+                let start = self.model.load_prefix()?;
+                self.model.feed(self.tokens.get(start..).unwrap_or(&[]))
+            }
+            None => {
+                self.tokenizer.encode(
+                    &[task.prompt_prefix, input, task.prompt_suffix],
+                    &mut self.tokens,
+                )?;
+                self.model.reset();
+                self.model.feed(&self.tokens)
+            }
+        }
     }
 
     /// The label logits plus bias for `input` (in label order).

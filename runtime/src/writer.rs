@@ -272,6 +272,110 @@ pub fn choose_self_check<'i, K: crate::kernels::Kernels>(
     Ok(chosen)
 }
 
+/// Most tokens a stored prompt prefix (and a prompt checked against it) may have.
+pub const MAX_PREFIX_TOKENS: usize = 2048;
+
+/// Characters a stored prompt prefix may stop short of the task's (see [`prefix_cache`]).
+pub const MAX_PREFIX_BACKOFF: usize = 16;
+
+/// A task prompt's prefix run through a bundle: what [`attach_prefix`] stores.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrefixCache {
+    /// Bytes of the prompt prefix covered.
+    pub text_len: usize,
+    /// The token ids of those bytes.
+    pub tokens: Vec<u32>,
+    /// Keys, `n_layers × tokens.len() × kv_dim`, layer-major.
+    pub keys: Vec<f32>,
+    /// Values, laid out as the keys.
+    pub values: Vec<f32>,
+}
+
+/// Runs the prompt prefix of `bundle` (a complete bundle without a stored prefix) with
+/// `kernels` and returns its tokens, keys and values. The stored part is the longest start of
+/// the prefix (cut at most [`MAX_PREFIX_BACKOFF`] characters early) after which every one of
+/// `inputs` tokenizes apart: the whole prompt's tokens are the stored ones followed by those
+/// of the rest, the input and the suffix (a byte-level BPE pre-tokenizer joins trailing
+/// whitespace to the next word, so a prefix ending in a blank line is cut before it). `None`
+/// when no such start has tokens.
+pub fn prefix_cache<K: crate::kernels::Kernels>(
+    bundle: &[u8],
+    kernels: K,
+    inputs: &[&str],
+) -> Result<Option<PrefixCache>, crate::Error> {
+    let bytes = crate::AlignedBytes::new(bundle);
+    let bundle = crate::Bundle::parse(bytes.as_bytes())?;
+    let task = &bundle.header().task;
+    let tokenizer = crate::Tokenizer::new(&bundle);
+    let text = task.prompt_prefix;
+    let cuts = text
+        .char_indices()
+        .map(|(at, _)| at)
+        .chain([text.len()])
+        .rev()
+        .take(MAX_PREFIX_BACKOFF + 1);
+    let mut chosen = None;
+    'cuts: for cut in cuts {
+        let (head, rest) = text.split_at(cut);
+        let mut tokens = heapless::Vec::<u32, MAX_PREFIX_TOKENS>::new();
+        tokenizer.encode(&[head], &mut tokens)?;
+        if tokens.is_empty() {
+            break;
+        }
+        for input in inputs {
+            let mut whole = heapless::Vec::<u32, MAX_PREFIX_TOKENS>::new();
+            let mut split = tokens.clone();
+            let encoded = tokenizer
+                .encode(&[text, input, task.prompt_suffix], &mut whole)
+                .and_then(|()| tokenizer.encode(&[rest, input, task.prompt_suffix], &mut split));
+            if encoded.is_ok() && whole != split {
+                continue 'cuts;
+            }
+        }
+        chosen = Some((cut, tokens));
+        break;
+    }
+    let Some((text_len, tokens)) = chosen else {
+        return Ok(None);
+    };
+    let config = &bundle.header().config;
+    let len = tokens.len();
+    let mut words = alloc::vec![0u32; bundle.arena_bytes(len).div_ceil(4)];
+    let mut model = crate::Model::new(&bundle, kernels, len, bytemuck::cast_slice_mut(&mut words))?;
+    model.feed(&tokens)?;
+    let values_len = config.n_layers * len * config.kv_dim();
+    let mut keys = alloc::vec![0.0f32; values_len];
+    let mut values = alloc::vec![0.0f32; values_len];
+    model.cached_keys_values(len, &mut keys, &mut values)?;
+    Ok(Some(PrefixCache {
+        text_len,
+        tokens: tokens.to_vec(),
+        keys,
+        values,
+    }))
+}
+
+/// Appends `cache` to `blob` and points `header.prefix` at it, with the CRC-32 of the blob
+/// before it (the weights it was computed from).
+pub fn attach_prefix(
+    header: &mut Header<'_>,
+    blob: &mut BlobBuilder,
+    cache: &PrefixCache,
+) -> Result<(), WriteError> {
+    let tokens = blob.push_u32(&cache.tokens)?;
+    let weights_crc = CRC32.checksum(blob.bytes().get(..tokens.offset as usize).unwrap_or(&[]));
+    let keys = blob.push_f32(&cache.keys)?;
+    let values = blob.push_f32(&cache.values)?;
+    header.prefix = Some(crate::format::PrefixRef {
+        text_len: u32::try_from(cache.text_len).map_err(|_| WriteError::TooLarge)?,
+        tokens,
+        keys,
+        values,
+        weights_crc,
+    });
+    Ok(())
+}
+
 /// A release of the synthetic model of [`synthetic_bundle`] for a deployment test: task
 /// `task`, release number `sequence`, a self-check chosen by the portable kernels, signed
 /// by `sign` if given.
@@ -405,6 +509,7 @@ impl SyntheticParts {
                 sequence: 0,
                 check: None,
             },
+            prefix: None,
         }
     }
 }

@@ -58,6 +58,7 @@ fn packed(dtype: Dtype) -> AlignedBytes {
     let f = fixture();
     let options = PackOptions {
         sequence: None,
+        store_prefix: true,
         dtype,
         head: HeadChoice::Task,
         signing_key: None,
@@ -324,6 +325,7 @@ fn real_model_bundle_with_an_exit_a_fitted_head_narrower_units_and_skipped_sub_b
     let bias: Vec<f64> = head.bias.iter().map(|&b| f64::from(b)).collect();
     let options = PackOptions {
         sequence: None,
+        store_prefix: true,
         dtype: Dtype::F32,
         head: HeadChoice::Task,
         signing_key: None,

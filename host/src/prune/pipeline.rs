@@ -607,6 +607,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
             Some(&folder),
             PackOptions {
                 sequence: None,
+                store_prefix: true,
                 dtype,
                 head: head_choice,
                 signing_key: None,

@@ -239,6 +239,7 @@ fn tiny_bundle_with_pairs(
                 margin: 0.5,
             }),
         },
+        prefix: None,
     };
     match key {
         Some(key) => {
@@ -277,12 +278,13 @@ fn golden_bytes_of_the_tiny_bundle() {
 }
 
 /// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v4: the provenance
-/// ends in the release number and the self-check, 23 bytes more header than v3, which the
-/// padding before the blob absorbs; the blob did not change).
+/// ends in the release number and the self-check and the header in the optional prompt
+/// prefix, 24 bytes more header than v3, which the padding before the blob absorbs; the blob
+/// did not change).
 const GOLDEN: (&str, usize, u32) = (
-    "57484954544c4500040000005d010000407d000000000000",
+    "57484954544c4500040000005e010000407d000000000000",
     32452,
-    3109709128,
+    2812224078,
 );
 
 /// The tiny q8 bundle (format v2, one scale per 32 values of a row): preamble, length, and the
@@ -307,9 +309,9 @@ fn golden_bytes_of_the_tiny_q8_bundle() {
 
 /// Preamble (hex), length, header CRC and blob CRC of the tiny q8 bundle, format v4.
 const GOLDEN_Q8: (&str, usize, u32, u32) = (
-    "57484954544c450004000000780100008032000000000000",
+    "57484954544c450004000000790100008032000000000000",
     13380,
-    3207204592,
+    1057578352,
     2526822772,
 );
 
@@ -879,4 +881,55 @@ fn a_synthetic_bundle_parses_and_runs_at_its_shapes() {
         assert!(first.iter().chain(&second).all(|v| v.is_finite()));
         assert_ne!(first, second);
     }
+}
+
+/// A bundle's blob (between the header's padding and the blob checksum).
+fn blob_of(bytes: &[u8]) -> &[u8] {
+    let blob_len = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
+    let end = bytes.len() - 4 - if bytes[10] & 1 == 1 { 64 } else { 0 };
+    &bytes[end - blob_len..end]
+}
+
+/// The stored prompt prefix: the session runs only the rest, with the scores of the whole
+/// prompt; a prefix ending in a space is cut before it (the pre-tokenizer joins it to the
+/// input's first word); a prefix computed for other weights is refused.
+#[test]
+fn a_stored_prompt_prefix_gives_the_whole_prompts_scores() {
+    let bytes = tiny_bundle(Dtype::F32, true, None);
+    let inputs = ["a charming film", "dull", "12 ab", "x"];
+    let cache = crate::writer::prefix_cache(&bytes, Portable, &inputs)
+        .unwrap()
+        .expect("a prefix");
+    assert_eq!(cache.text_len, "<s>review:".len());
+    let aligned = AlignedBytes::new(&bytes);
+    let plain = Bundle::parse(aligned.as_bytes()).unwrap();
+    let mut header = plain.header().clone();
+    let mut blob = BlobBuilder::new();
+    blob.push_bytes(blob_of(&bytes)).unwrap();
+    crate::writer::attach_prefix(&mut header, &mut blob, &cache).unwrap();
+    let with_prefix = write_bundle(&header, blob.bytes(), None).unwrap();
+    let aligned_prefix = AlignedBytes::new(&with_prefix);
+    let prefixed = Bundle::parse(aligned_prefix.as_bytes()).unwrap();
+    assert_eq!(prefixed.prefix().unwrap().tokens, cache.tokens.as_slice());
+    let mut words = alloc::vec![0u32; plain.arena_bytes(64) / 4 + 1];
+    let mut more = alloc::vec![0u32; prefixed.arena_bytes(64) / 4 + 1];
+    let mut whole =
+        Session::<_, 64>::new(&plain, Portable, bytemuck::cast_slice_mut(&mut words)).unwrap();
+    let mut after =
+        Session::<_, 64>::new(&prefixed, Portable, bytemuck::cast_slice_mut(&mut more)).unwrap();
+    for input in inputs {
+        let expected = whole.label_scores(input).unwrap();
+        let tokens = whole.tokens().to_vec();
+        let got = after.label_scores(input).unwrap();
+        assert_eq!(after.tokens(), tokens.as_slice(), "{input}");
+        for (e, g) in expected.iter().zip(&got) {
+            assert!((e - g).abs() < 1e-5, "{input}: {expected:?} vs {got:?}");
+        }
+    }
+    let mut stale = header.clone();
+    if let Some(prefix) = stale.prefix.as_mut() {
+        prefix.weights_crc ^= 1;
+    }
+    let stale = write_bundle(&stale, blob.bytes(), None).unwrap();
+    check_refused(&stale, Error::PrefixMismatch);
 }
