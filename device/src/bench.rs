@@ -136,12 +136,16 @@ pub fn run(
                 let line = line.with_context(|| {
                     format!("cannot read line {} of the inputs (not UTF-8?)", index + 1)
                 })?;
-                let record = match answer(&mut session, task.kind, &line, limit) {
+                let started = Instant::now();
+                let result = answer(&mut session, task.kind, &line, limit);
+                // Text in to answer out: tokenizing, the forward pass and the head.
+                let ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+                let record = match result {
                     Ok(Answer::Label { label, scores }) => {
-                        serde_json::json!({"line": index + 1, "label": label, "scores": scores})
+                        serde_json::json!({"line": index + 1, "label": label, "scores": scores, "ms": ms})
                     }
                     Ok(Answer::Text(text)) => {
-                        serde_json::json!({"line": index + 1, "answer": text})
+                        serde_json::json!({"line": index + 1, "answer": text, "ms": ms})
                     }
                     Err(error) => {
                         failed += 1;

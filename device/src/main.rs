@@ -57,7 +57,8 @@ enum Command {
     },
     /// Run a bundle: print the label (classification) or the answer (generation) of one
     /// `--text`, or of every line of `--file` (`-`: standard input) as JSON lines
-    /// (`{"line", "label", "scores"}` or `{"line", "answer"}`), loading the bundle once.
+    /// (`{"line", "label", "scores", "ms"}` or `{"line", "answer", "ms"}`; `ms`: text in to
+    /// answer out), loading the bundle once.
     Run {
         /// The bundle file [default: the installed current bundle].
         bundle: Option<PathBuf>,

@@ -1,5 +1,14 @@
 """llama.cpp side of `cargo xtask bench-compare` (run in the venv that command creates).
 
+With `--label-prompts FILE` (a JSON list of whole prompt texts) and `--label-tokens A,B`: time
+to label, as a user of llama.cpp classifies a text: tokenize the prompt (special tokens parsed,
+nothing added), run it from an empty KV cache with logits for the last token, over the full
+vocabulary. The seconds of each prompt (tokenizing and the forward pass; reading the label
+logits out of cyllama's Python list of 49,152 floats is not timed) and its label (the argmax
+over the label tokens' logits) are printed as one JSON object.
+
+Without them:
+
 Prefill of the given prompt token ids (one batch, logits for the last token only), then greedy
 decode of `--decode` tokens (llama.cpp's own greedy sampler, so no Python argmax is timed), on
 `--threads` threads. Every repetition starts from an empty KV cache. Prints one JSON object:
@@ -18,7 +27,9 @@ import time
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="the GGUF file")
-    parser.add_argument("--tokens", required=True, help="prompt token ids, comma-separated")
+    parser.add_argument("--tokens", help="prompt token ids, comma-separated")
+    parser.add_argument("--label-prompts", help="a JSON file: a list of whole prompt texts")
+    parser.add_argument("--label-tokens", help="the label token ids, comma-separated")
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--decode", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
@@ -41,7 +52,9 @@ def main() -> int:
 
     disable_logging()
     ggml_backend_load_all()
-    tokens = [int(t) for t in args.tokens.split(",") if t]
+    if args.label_prompts:
+        return time_to_label(args)
+    tokens = [int(t) for t in (args.tokens or "").split(",") if t]
     if not tokens:
         print("llamacpp_bench: --tokens is empty", file=sys.stderr)
         return 2
@@ -109,6 +122,82 @@ def main() -> int:
         )
     )
     return 0
+
+
+def time_to_label(args) -> int:
+    from cyllama.llama.llama_cpp import (
+        LlamaBatch,
+        LlamaContext,
+        LlamaContextParams,
+        LlamaModel,
+        LlamaModelParams,
+    )
+
+    class Model(LlamaModel):
+        # cyllama 0.2.18's get_logits_ith reads `model.n_vocab`, which its LlamaModel lacks.
+        @property
+        def n_vocab(self):
+            return self.get_vocab().n_vocab
+
+    with open(args.label_prompts, encoding="utf-8") as file:
+        prompts = json.load(file)
+    labels = [int(t) for t in (args.label_tokens or "").split(",") if t]
+    if not prompts or len(labels) < 2:
+        print("llamacpp_bench: need prompts and at least two label tokens", file=sys.stderr)
+        return 2
+    model_params = LlamaModelParams()
+    model_params.n_gpu_layers = 0
+    model = Model(args.model, model_params)
+    vocab = model.get_vocab()
+    ctx_params = LlamaContextParams()
+    ctx_params.n_ctx = 1024
+    ctx_params.n_batch = 1024
+    ctx_params.n_ubatch = 1024
+    ctx_params.n_threads = args.threads
+    ctx_params.n_threads_batch = args.threads
+    ctx = LlamaContext(model, ctx_params)
+    batch = LlamaBatch(n_tokens=1024, embd=0, n_seq_max=1)
+
+    def classify(prompt):
+        started = time.perf_counter()
+        tokens = vocab.tokenize(prompt, add_special=False, parse_special=True)
+        ctx.kv_cache_clear()
+        batch.clear()
+        for i, token in enumerate(tokens):
+            batch.add(token, i, [0], i == len(tokens) - 1)
+        ctx.decode(batch)
+        seconds = time.perf_counter() - started
+        logits = ctx.get_logits_ith(-1)
+        scores = [logits[t] for t in labels]
+        return seconds, scores.index(max(scores)), len(tokens)
+
+    for prompt in prompts[: args.warmup]:
+        classify(prompt)
+    label_s, predicted, lengths = [], [], []
+    for prompt in prompts:
+        seconds, label, length = classify(prompt)
+        label_s.append(seconds)
+        predicted.append(label)
+        lengths.append(length)
+    print(
+        json.dumps(
+            {
+                "engine": "llama.cpp",
+                "cyllama": getattr(cyllama_module(), "__version__", "unknown"),
+                "threads": args.threads,
+                "label_s": label_s,
+                "labels": predicted,
+                "prompt_tokens": lengths,
+            }
+        )
+    )
+    return 0
+
+
+def cyllama_module():
+    import cyllama
+
+    return cyllama
 
 
 if __name__ == "__main__":

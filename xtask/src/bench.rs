@@ -10,6 +10,7 @@
 //! `bench` refreshes the measured `host` profile (with `--board host`) and sets each bundle's
 //! measured latency beside the board's cost model.
 
+mod label;
 mod summary;
 
 use std::collections::hash_map::DefaultHasher;
@@ -66,6 +67,9 @@ pub struct CompareArgs {
     /// Compare the dense bundle only, when no pruned model is at hand (pruned ratios null).
     #[arg(long, conflicts_with_all = ["prune_dir", "pruned_bundle"])]
     pub dense_only: bool,
+    /// SST-2 test sentences timed from text to label on both engines (0: none).
+    #[arg(long, default_value_t = 872)]
+    pub label_sentences: usize,
     /// Print one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
@@ -99,10 +103,18 @@ fn pack(built: &Built, prune_dir: Option<&Path>, out: &Path) -> anyhow::Result<(
 /// The dense q8 bundle with a full head, packed once into the cache.
 fn dense_bundle(built: &Built, repack: bool) -> anyhow::Result<PathBuf> {
     let path = bench_dir().join("dense-q8-full.wbundle");
-    if repack || !path.exists() {
+    if repack || !parses(&path) {
         pack(built, None, &path)?;
     }
     Ok(path)
+}
+
+/// Whether `path` is a bundle this runtime reads (a cached one from an older format is not).
+fn parses(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| {
+        whittle_runtime::Bundle::parse(whittle_runtime::AlignedBytes::new(&bytes).as_bytes())
+            .is_ok()
+    })
 }
 
 /// A cache key for a prune folder: its path and its genome and factor files' contents/sizes.
@@ -434,7 +446,18 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let summary = summary::summarize(args, &samples, &dense, pruned.as_deref());
+    let mut summary = summary::summarize(args, &samples, &dense, pruned.as_deref());
+    if args.label_sentences > 0 {
+        let threads = args.threads.iter().copied().max().unwrap_or(1);
+        summary.set_time_to_label(label::compare(
+            &built,
+            &python,
+            &model,
+            &dense,
+            threads,
+            args.label_sentences,
+        )?);
+    }
     summary::print(args, &summary);
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -458,6 +481,7 @@ pub fn bench(board: &str, prune_dir: Option<&Path>, repeats: usize) -> anyhow::R
         threads: Vec::new(),
         repack: false,
         dense_only: prune_dir.is_none(),
+        label_sentences: 0,
         json: false,
     };
     let mut bundles = vec![dense_bundle(&built, false)?];

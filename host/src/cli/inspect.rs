@@ -95,6 +95,29 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
             label.name, label.token_id, label.bias
         );
     }
+    match (header.prefix, bundle.prefix()) {
+        (Some(stored), Some(prefix)) => println!(
+            "prefix      {} prompt tokens stored with their keys and values ({} bytes; {} of the prefix's {} bytes, the rest runs with the input)",
+            prefix.tokens.len(),
+            u64::from(stored.keys.len)
+                + u64::from(stored.values.len)
+                + u64::from(stored.tokens.len),
+            stored.text_len,
+            header.task.prompt_prefix.len()
+        ),
+        _ => println!("prefix      none stored: every input runs the whole prompt"),
+    }
+    println!(
+        "release     {}; self-check {}",
+        p.sequence,
+        match p.check {
+            Some(check) => format!(
+                "{:?} → {} (margin {:.3})",
+                check.input, check.expected, check.margin
+            ),
+            None => "none".to_owned(),
+        }
+    );
     println!(
         "arena       {} bytes for a context of {}",
         bundle.arena_bytes(args.context),

@@ -31,6 +31,19 @@ pub struct Summary {
     ratios_by_threads: Vec<ThreadRatios>,
     rounds: usize,
     threads_for_ratios: usize,
+    /// Text in to label out over the SST-2 test sentences, both engines.
+    time_to_label: Option<super::label::TimeToLabel>,
+    /// llama.cpp's median time to label ÷ whittle's (dense bundle).
+    time_to_label_ratio: Option<f64>,
+}
+
+impl Summary {
+    /// Adds the time-to-label comparison.
+    pub(super) fn set_time_to_label(&mut self, label: super::label::TimeToLabel) {
+        self.time_to_label_ratio = (label.whittle_median_ms > 0.0)
+            .then(|| label.llama_median_ms / label.whittle_median_ms);
+        self.time_to_label = Some(label);
+    }
 }
 
 /// Runtime ÷ llama.cpp throughput; `null` where either side is missing.
@@ -253,6 +266,8 @@ pub(super) fn summarize(
             .collect(),
         rounds: args.repeats,
         threads_for_ratios: top,
+        time_to_label: None,
+        time_to_label_ratio: None,
     }
 }
 
@@ -309,6 +324,18 @@ pub(super) fn print(args: &CompareArgs, s: &Summary) {
             100.0 * row.relative_error_to_cpu_time,
         );
     }
+    if let (Some(t), Some(ratio)) = (&s.time_to_label, s.time_to_label_ratio) {
+        println!(
+            "\ntime to label ({} SST-2 test sentences, {} thread(s)): whittle {:.1} ms ({} prompt tokens run), llama.cpp {:.1} ms ({} tokens): {ratio:.2}x; labels agree on {:.3}",
+            t.sentences,
+            t.threads,
+            t.whittle_median_ms,
+            t.whittle_median_tokens_run,
+            t.llama_median_ms,
+            t.llama_median_tokens,
+            t.label_agreement
+        );
+    }
     for (key, b) in &s.bandwidth {
         println!(
             "  {key}: {:.1} MB read per token at {:.1} GB/s: ceiling {:.0} tok/s, decode {:.1} tok/s = {:.0}% of it",
@@ -336,6 +363,7 @@ mod tests {
             threads: vec![1],
             repack: false,
             dense_only: true,
+            label_sentences: 0,
             json: true,
         }
     }
