@@ -5,7 +5,8 @@ to label, as a user of llama.cpp classifies a text: tokenize the prompt (special
 nothing added), run it from an empty KV cache with logits for the last token, over the full
 vocabulary. The seconds of each prompt (tokenizing and the forward pass; reading the label
 logits out of cyllama's Python list of 49,152 floats is not timed) and its label (the argmax
-over the label tokens' logits) are printed as one JSON object.
+over the label tokens' logits plus `--label-bias`, the bundle's calibrated bias) are printed
+as one JSON object.
 
 Without them:
 
@@ -30,6 +31,9 @@ def main() -> int:
     parser.add_argument("--tokens", help="prompt token ids, comma-separated")
     parser.add_argument("--label-prompts", help="a JSON file: a list of whole prompt texts")
     parser.add_argument("--label-tokens", help="the label token ids, comma-separated")
+    parser.add_argument(
+        "--label-bias", help="each label's bias (the bundle's calibration), comma-separated"
+    )
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--decode", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
@@ -142,6 +146,7 @@ def time_to_label(args) -> int:
     with open(args.label_prompts, encoding="utf-8") as file:
         prompts = json.load(file)
     labels = [int(t) for t in (args.label_tokens or "").split(",") if t]
+    bias = [float(b) for b in (args.label_bias or "").split(",") if b] or [0.0] * len(labels)
     if not prompts or len(labels) < 2:
         print("llamacpp_bench: need prompts and at least two label tokens", file=sys.stderr)
         return 2
@@ -168,7 +173,7 @@ def time_to_label(args) -> int:
         ctx.decode(batch)
         seconds = time.perf_counter() - started
         logits = ctx.get_logits_ith(-1)
-        scores = [logits[t] for t in labels]
+        scores = [logits[t] + b for t, b in zip(labels, bias)]
         return seconds, scores.index(max(scores)), len(tokens)
 
     for prompt in prompts[: args.warmup]:

@@ -34,7 +34,8 @@ pub struct TimeToLabel {
     pub whittle_median_tokens_run: f64,
     /// Prompt tokens llama.cpp ran per sentence (median).
     pub llama_median_tokens: f64,
-    /// Fraction of sentences both label alike.
+    /// Fraction of sentences both label alike (the bundle's label bias added on both sides;
+    /// llama.cpp runs the Q4_1 weights, whittle their q8 requantization).
     pub label_agreement: f64,
 }
 
@@ -80,6 +81,7 @@ pub fn compare(
     let task = &parsed.header().task;
     let names: Vec<&str> = task.labels.iter().map(|l| l.name).collect();
     let label_tokens: Vec<String> = task.labels.iter().map(|l| l.token_id.to_string()).collect();
+    let label_bias: Vec<String> = task.labels.iter().map(|l| l.bias.to_string()).collect();
     let prompts: Vec<String> = sentences
         .iter()
         .map(|s| format!("{}{s}{}", task.prompt_prefix, task.prompt_suffix))
@@ -129,6 +131,8 @@ pub fn compare(
             prompt_file.as_os_str().to_owned(),
             "--label-tokens".into(),
             label_tokens.join(",").into(),
+            "--label-bias".into(),
+            label_bias.join(",").into(),
             "--threads".into(),
             threads.to_string().into(),
             "--warmup".into(),
