@@ -256,21 +256,13 @@ impl Store {
 fn read_public_key(path: &Path) -> anyhow::Result<TrustedKey> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read public key {}", path.display()))?;
-    let text = text.trim();
-    let mut key = [0u8; 32];
-    let valid = text.len() == 64
-        && key.iter_mut().enumerate().all(|(i, byte)| {
-            text.get(2 * i..2 * i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .map(|value| *byte = value)
-                .is_some()
-        });
-    if !valid || VerifyingKey::from_bytes(&key).is_err() {
+    let key = whittle_runtime::format::public_key_from_hex(&text);
+    let Some(key) = key.filter(|key| VerifyingKey::from_bytes(key).is_ok()) else {
         bail!(
             "{} is not an ed25519 public key (64 hex digits, the KEY.pub `whittle keygen` writes)",
             path.display()
         );
-    }
+    };
     Ok(TrustedKey {
         fingerprint: fingerprint(&key),
         key,

@@ -275,6 +275,20 @@ impl<'de: 'a, 'a> Deserialize<'de> for LayerRecords<'a> {
     }
 }
 
+/// An ed25519 public key written as 64 hex digits (the `KEY.pub` of `whittle keygen`),
+/// surrounding whitespace ignored; `None` for anything else.
+pub fn public_key_from_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
 /// Everything the runtime needs besides the blob.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Header<'a> {
@@ -325,6 +339,16 @@ pub struct PrefixRef {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn public_keys_are_64_hex_digits() {
+        let text = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF\n";
+        let key = super::public_key_from_hex(text);
+        assert_eq!(key.map(|k| (k[0], k[1], k[31])), Some((0x00, 0x11, 0xff)));
+        for bad in ["", "00", &text.trim()[1..], &text.replace('0', "g")] {
+            assert_eq!(super::public_key_from_hex(bad), None, "{bad:?}");
+        }
+    }
+
     use super::CRC32;
 
     /// Every table layout computes CRC-32/ISO-HDLC: the standard check value, and one table

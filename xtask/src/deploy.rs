@@ -379,22 +379,12 @@ fn write_executable(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 fn read_public_key(path: &Path) -> anyhow::Result<[u8; 32]> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read --key {}", path.display()))?;
-    let text = text.trim();
-    let mut key = [0u8; 32];
-    let valid = text.len() == 64
-        && key.iter_mut().enumerate().all(|(i, byte)| {
-            text.get(2 * i..2 * i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .map(|value| *byte = value)
-                .is_some()
-        });
-    if !valid {
-        bail!(
+    whittle_runtime::format::public_key_from_hex(&text).with_context(|| {
+        format!(
             "--key {} is not a public key (64 hex digits, the KEY.pub `whittle keygen` writes)",
             path.display()
-        );
-    }
-    Ok(key)
+        )
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
