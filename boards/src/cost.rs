@@ -261,7 +261,8 @@ impl Processor {
         let bytes_per_s = profile.bandwidth_bytes_per_s as f64;
         let flops_per_s = profile.cpu_f32_flops;
         let (weight_bytes_per_s, weight_flops_per_s) = match (&profile.kernels, dtype) {
-            (Some(k), Dtype::Q8) => (k.q8_decode_bytes_per_s, k.q8_prefill_flops),
+            // No profile measures a q4 kernel yet: its bytes stream at q8's measured rate.
+            (Some(k), Dtype::Q8 | Dtype::Q4) => (k.q8_decode_bytes_per_s, k.q8_prefill_flops),
             (Some(k), Dtype::F32) => (k.f32_decode_bytes_per_s, k.f32_prefill_flops),
             (None, _) => (bytes_per_s, flops_per_s),
         };

@@ -487,14 +487,8 @@ pub fn pack(
             rotary_pairs,
         });
     }
-    let bytes_per_value = match dtype {
-        Dtype::F32 => 4,
-        Dtype::Q8 => 1,
-    };
     let row_bytes = |rows: usize| {
-        rows * (config.hidden_size * bytes_per_value
-            + 4 * (dtype == Dtype::Q8) as usize
-                * whittle_runtime::format::q8_blocks_per_row(config.hidden_size))
+        usize::try_from(dtype.matrix_bytes(rows, config.hidden_size)).unwrap_or(usize::MAX)
     };
     let full_head_bytes = if llama.head_is_tied() {
         0

@@ -10,7 +10,7 @@ use crate::format::{
     MERGE_RECORD_LEN, MatrixRef, NO_TOKEN, PREAMBLE_LEN, SIGNATURE_LEN, Span, TaskKind, align_up,
     q8_blocks_per_row,
 };
-use crate::kernels::{F32Matrix, Q8Matrix};
+use crate::kernels::{F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8Matrix};
 
 /// A parsed, validated bundle borrowing its bytes.
 #[derive(Clone, Debug)]
@@ -214,6 +214,12 @@ impl<'a> Bundle<'a> {
                 cols,
                 data: bytemuck::cast_slice(self.span(matrix.data)),
                 scales: self.f32s(scales),
+            }),
+            (Dtype::Q4, Some(scales)) => Weight::Q4(Q4Matrix {
+                rows,
+                cols,
+                data: self.span(matrix.data),
+                scales: bytemuck::try_cast_slice(self.span(scales)).unwrap_or(&[]),
             }),
             _ => Weight::F32(F32Matrix {
                 rows,
@@ -491,6 +497,16 @@ impl<'a> Bundle<'a> {
                 let blocks = rows
                     .checked_mul(q8_blocks_per_row(cols))
                     .ok_or(Error::BadShape)?;
+                self.check_f32s(scales, blocks)
+            }
+            (Dtype::Q4, Some(scales)) => {
+                let blocks = rows
+                    .checked_mul(q8_blocks_per_row(cols))
+                    .ok_or(Error::BadShape)?;
+                if Some(matrix.data.len as usize) != blocks.checked_mul(Q4_BLOCK_BYTES) {
+                    return Err(Error::BadShape);
+                }
+                // Two f16 a block: the same bytes as one f32.
                 self.check_f32s(scales, blocks)
             }
             _ => Err(Error::BadShape),

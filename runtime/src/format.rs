@@ -72,6 +72,10 @@ pub enum Dtype {
     /// int8, row-major, with one f32 scale per block of [`Q8_BLOCK`] consecutive values of a
     /// row: `w[i][j] = scale[i · ceil(cols / 32) + j / 32] · q[i][j]`.
     Q8,
+    /// 4-bit, in blocks of [`Q8_BLOCK`] (32) consecutive values of a row, each block 16 bytes
+    /// (byte `k` holds value `k` in its low nibble and value `k + 16` in its high nibble) with
+    /// an f16 scale `d` and an f16 minimum `m`: `w = d · q + m`, `q` in `0..=15`.
+    Q4,
 }
 
 impl Dtype {
@@ -80,6 +84,7 @@ impl Dtype {
         match self {
             Self::F32 => "f32",
             Self::Q8 => "q8",
+            Self::Q4 => "q4",
         }
     }
 
@@ -95,11 +100,16 @@ impl Dtype {
             Self::Q8 => {
                 product(&[rows, cols]).saturating_add(product(&[4, rows, cols.div_ceil(Q8_BLOCK)]))
             }
+            Self::Q4 => product(&[Q4_BLOCK_BYTES + 4, rows, cols.div_ceil(Q8_BLOCK)]),
         }
     }
 }
 
-/// A row-major matrix in the blob; `scales` is present exactly for [`Dtype::Q8`].
+/// Bytes of one q4 block's values (32 nibbles); its `(d, m)` pair of f16 is in `scales`.
+pub const Q4_BLOCK_BYTES: usize = 16;
+
+/// A row-major matrix in the blob; `scales` is present exactly for [`Dtype::Q8`] and
+/// [`Dtype::Q4`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MatrixRef {
     /// Number of rows (outputs).
@@ -108,10 +118,11 @@ pub struct MatrixRef {
     pub cols: u32,
     /// Storage type.
     pub dtype: Dtype,
-    /// The values: `rows · cols · 4` bytes (f32) or `rows · cols` bytes (q8).
+    /// The values: `rows · cols · 4` bytes (f32), `rows · cols` bytes (q8) or
+    /// `rows · ceil(cols / 32) · 16` bytes (q4).
     pub data: Span,
-    /// One f32 per block of [`Q8_BLOCK`] values of a row, `rows · ceil(cols / 32)` in all,
-    /// row-major (q8 only).
+    /// Per block of [`Q8_BLOCK`] values of a row, row-major: one f32 (q8) or an f16 scale
+    /// and an f16 minimum (q4); `rows · ceil(cols / 32)` blocks in all.
     pub scales: Option<Span>,
 }
 

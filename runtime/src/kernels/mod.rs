@@ -41,7 +41,7 @@ pub use x86_64::{Avx2Fma, Avx512};
 
 use core::ops::Range;
 
-pub use crate::format::{Q8_BLOCK, q8_blocks_per_row};
+pub use crate::format::{Q4_BLOCK_BYTES, Q8_BLOCK, q8_blocks_per_row};
 
 /// A row-major f32 matrix borrowed from a bundle.
 #[derive(Clone, Copy, Debug)]
@@ -79,13 +79,38 @@ impl Q8Matrix<'_> {
     }
 }
 
-/// A matrix of either dtype, as the bundle stores it and the kernels take it.
+/// A row-major 4-bit matrix ([`crate::format::Dtype::Q4`]): per block of 32 values of a row,
+/// 16 bytes of nibbles (value `k` in the low nibble of byte `k`, value `k + 16` in its high
+/// nibble) and, in `scales`, the f16 bits of its scale `d` and minimum `m`:
+/// `w = d · q + m`. Blocks are row-major; a partial last block of a row is padded.
+#[derive(Clone, Copy, Debug)]
+pub struct Q4Matrix<'a> {
+    /// Number of rows (outputs).
+    pub rows: usize,
+    /// Number of columns (inputs).
+    pub cols: usize,
+    /// `rows · blocks_per_row · 16` bytes.
+    pub data: &'a [u8],
+    /// `rows · blocks_per_row · 2` f16 bits: `d` then `m` of each block.
+    pub scales: &'a [u16],
+}
+
+impl Q4Matrix<'_> {
+    /// Blocks per row: `ceil(cols / 32)`.
+    pub const fn blocks_per_row(&self) -> usize {
+        q8_blocks_per_row(self.cols)
+    }
+}
+
+/// A matrix of any dtype, as the bundle stores it and the kernels take it.
 #[derive(Clone, Copy, Debug)]
 pub enum Weight<'a> {
     /// f32 values.
     F32(F32Matrix<'a>),
     /// int8 values with one scale per block of 32 values of a row.
     Q8(Q8Matrix<'a>),
+    /// 4-bit values with a scale and a minimum per block of 32 values of a row.
+    Q4(Q4Matrix<'a>),
 }
 
 impl<'a> Weight<'a> {
@@ -94,6 +119,7 @@ impl<'a> Weight<'a> {
         match self {
             Self::F32(m) => m.rows,
             Self::Q8(m) => m.rows,
+            Self::Q4(m) => m.rows,
         }
     }
 
@@ -102,6 +128,7 @@ impl<'a> Weight<'a> {
         match self {
             Self::F32(m) => m.cols,
             Self::Q8(m) => m.cols,
+            Self::Q4(m) => m.cols,
         }
     }
 
@@ -111,6 +138,10 @@ impl<'a> Weight<'a> {
             Self::F32(m) => m.data.len() >= m.rows * m.cols,
             Self::Q8(m) => {
                 m.data.len() >= m.rows * m.cols && m.scales.len() >= m.rows * m.blocks_per_row()
+            }
+            Self::Q4(m) => {
+                let blocks = m.rows * m.blocks_per_row();
+                m.data.len() >= blocks * Q4_BLOCK_BYTES && m.scales.len() >= 2 * blocks
             }
         }
     }
@@ -138,6 +169,22 @@ impl<'a> Weight<'a> {
                         .unwrap_or(&[]),
                 })
             }
+            Self::Q4(m) => {
+                let per_row = m.blocks_per_row();
+                let blocks = start * per_row..(start + n) * per_row;
+                Self::Q4(Q4Matrix {
+                    rows: n,
+                    cols,
+                    data: m
+                        .data
+                        .get(blocks.start * Q4_BLOCK_BYTES..blocks.end * Q4_BLOCK_BYTES)
+                        .unwrap_or(&[]),
+                    scales: m
+                        .scales
+                        .get(2 * blocks.start..2 * blocks.end)
+                        .unwrap_or(&[]),
+                })
+            }
         }
     }
 
@@ -161,8 +208,38 @@ impl<'a> Weight<'a> {
                         .for_each(|(o, &w)| *o = scale * f32::from(w));
                 }
             }
+            Self::Q4(m) => {
+                for ((o, block), pair) in out
+                    .chunks_mut(Q8_BLOCK)
+                    .zip(m.data.chunks_exact(Q4_BLOCK_BYTES))
+                    .zip(m.scales.chunks_exact(2))
+                {
+                    let (d, min) = q4_pair(pair);
+                    let values = q4_unpack(block);
+                    o.iter_mut()
+                        .zip(values)
+                        .for_each(|(o, q)| *o = d * f32::from(q) + min);
+                }
+            }
         }
     }
+}
+
+/// The `(d, m)` of a q4 block from its two f16 bits.
+pub fn q4_pair(pair: &[u16]) -> (f32, f32) {
+    let value = |i: usize| half::f16::from_bits(pair.get(i).copied().unwrap_or(0)).to_f32();
+    (value(0), value(1))
+}
+
+/// The 32 values `q` of a q4 block's 16 bytes.
+pub fn q4_unpack(block: &[u8]) -> [u8; Q8_BLOCK] {
+    let mut q = [0u8; Q8_BLOCK];
+    let (low, high) = q.split_at_mut(Q8_BLOCK / 2);
+    for ((&byte, l), h) in block.iter().zip(low).zip(high) {
+        *l = byte & 0x0f;
+        *h = byte >> 4;
+    }
+    q
 }
 
 /// The work of [`Kernels::for_each_part`] on one range of items: `(range, out_part, scratch)`.
@@ -188,11 +265,18 @@ pub trait Kernels: Sync {
     /// int8 weights with per-block scales ([`Q8Matrix`]); activations stay f32.
     fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]);
 
-    /// Either dtype.
+    /// 4-bit weights ([`Q4Matrix`]); activations stay f32. The default is the portable
+    /// kernel; no instruction set has its own yet.
+    fn gemm_q4(&self, w: Q4Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        portable::gemm_q4(w, x, tokens, out);
+    }
+
+    /// Any dtype.
     fn gemm(&self, w: Weight<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
         match w {
             Weight::F32(m) => self.gemm_f32(m, x, tokens, out),
             Weight::Q8(m) => self.gemm_q8(m, x, tokens, out),
+            Weight::Q4(m) => self.gemm_q4(m, x, tokens, out),
         }
     }
 

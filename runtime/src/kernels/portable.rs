@@ -1,6 +1,6 @@
 //! The reference kernels: plain Rust, every target, the oracle the others are tested against.
 
-use super::{F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
+use super::{F32Matrix, Kernels, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_pair, q4_unpack};
 
 /// Portable scalar kernels (the compiler auto-vectorises the inner dot products).
 #[derive(Clone, Copy, Debug, Default)]
@@ -37,6 +37,43 @@ fn dot_q8(a: &[i8], b: &[f32]) -> f32 {
         tail += f32::from(*x) * y;
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// The q4 product every kernel set uses so far: per block, `d · Σ q·x + m · Σ x`.
+pub(crate) fn gemm_q4(w: Q4Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+    if w.cols == 0 || w.rows == 0 {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    }
+    let per_row = w.blocks_per_row();
+    for (xt, ot) in x
+        .chunks_exact(w.cols)
+        .zip(out.chunks_exact_mut(w.rows))
+        .take(tokens)
+    {
+        for ((row, scales), o) in w
+            .data
+            .chunks_exact(per_row * Q4_BLOCK_BYTES)
+            .zip(w.scales.chunks_exact(2 * per_row))
+            .zip(ot.iter_mut())
+        {
+            *o = row
+                .chunks_exact(Q4_BLOCK_BYTES)
+                .zip(xt.chunks(Q8_BLOCK))
+                .zip(scales.chunks_exact(2))
+                .map(|((block, x), pair)| {
+                    let (d, m) = q4_pair(pair);
+                    let q = q4_unpack(block);
+                    let (mut qx, mut sx) = (0.0f32, 0.0f32);
+                    for (&q, &x) in q.iter().zip(x) {
+                        qx += f32::from(q) * x;
+                        sx += x;
+                    }
+                    d * qx + m * sx
+                })
+                .sum();
+        }
+    }
 }
 
 impl Kernels for Portable {

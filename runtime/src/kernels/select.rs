@@ -1,6 +1,6 @@
 //! Choosing an implementation: every kernel this machine can run, fastest first.
 
-use super::{AttentionHead, F32Matrix, Kernels, Portable, Q8Matrix};
+use super::{AttentionHead, F32Matrix, Kernels, Portable, Q4Matrix, Q8Matrix};
 #[cfg(target_arch = "x86_64")]
 use super::{Avx2Fma, Avx512};
 #[cfg(target_arch = "aarch64")]
@@ -95,6 +95,10 @@ impl Kernels for AnyKernels {
 
     fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
         self.inner().gemm_q8(w, x, tokens, out);
+    }
+
+    fn gemm_q4(&self, w: Q4Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        self.inner().gemm_q4(w, x, tokens, out);
     }
 
     fn attend(&self, head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use super::{AttentionHead, F32Matrix, Kernels, PartJob, Q8Matrix, Weight};
+use super::{AttentionHead, F32Matrix, Kernels, PartJob, Q4Matrix, Q8Matrix, Weight};
 
 /// Busy-wait iterations (a few tens of µs) before a waiting thread parks or yields: enough to
 /// bridge the gap between two products of one decode step, short enough not to steal a core
@@ -237,6 +237,10 @@ impl<K: Kernels + Sync> Kernels for Threaded<K> {
 
     fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
         self.product(Weight::Q8(w), x, tokens, out);
+    }
+
+    fn gemm_q4(&self, w: Q4Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        self.product(Weight::Q4(w), x, tokens, out);
     }
 
     fn gemm(&self, w: Weight<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {

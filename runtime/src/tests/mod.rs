@@ -290,8 +290,14 @@ const GOLDEN: (&str, usize, u32) = (
 /// The tiny q8 bundle (format v2, one scale per 32 values of a row): preamble, length, and the
 /// two CRCs it stores (preamble + header, blob), which pin the header and the quantized blob.
 #[test]
-fn golden_bytes_of_the_tiny_q8_bundle() {
-    let bytes = tiny_bundle(Dtype::Q8, false, None);
+fn golden_bytes_of_the_tiny_q8_and_q4_bundles() {
+    for (dtype, golden) in [(Dtype::Q8, GOLDEN_Q8), (Dtype::Q4, GOLDEN_Q4)] {
+        golden_quantized(dtype, golden);
+    }
+}
+
+fn golden_quantized(dtype: Dtype, golden: (&str, usize, u32, u32)) {
+    let bytes = tiny_bundle(dtype, false, None);
     let hex: alloc::string::String = bytes[..24]
         .iter()
         .map(|b| alloc::format!("{b:02x}"))
@@ -302,10 +308,20 @@ fn golden_bytes_of_the_tiny_q8_bundle() {
     let blob_crc = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap());
     assert_eq!(
         (hex.as_str(), bytes.len(), header_crc, blob_crc),
-        GOLDEN_Q8,
-        "the q8 encoding drifted: update docs/bundle-format.md and the version"
+        golden,
+        "the {} encoding drifted: update docs/bundle-format.md and the version",
+        dtype.name()
     );
 }
+
+/// The same for the tiny q4 bundle (nibbles and f16 scale/minimum pairs; larger than q8 here:
+/// rows of 16 and 24 values pad their one block to 32).
+const GOLDEN_Q4: (&str, usize, u32, u32) = (
+    "57484954544c4500040000007d0100008034000000000000",
+    13892,
+    842622278,
+    1891600413,
+);
 
 /// Preamble (hex), length, header CRC and blob CRC of the tiny q8 bundle, format v4.
 const GOLDEN_Q8: (&str, usize, u32, u32) = (
@@ -374,7 +390,13 @@ fn the_self_check_records_the_runtime_answer() {
 
 #[test]
 fn classifies_generates_and_uses_exactly_the_arena_it_asks_for() {
-    for (dtype, task_head) in [(Dtype::F32, false), (Dtype::Q8, false), (Dtype::F32, true)] {
+    for (dtype, task_head) in [
+        (Dtype::F32, false),
+        (Dtype::Q8, false),
+        (Dtype::F32, true),
+        (Dtype::Q4, false),
+        (Dtype::Q4, true),
+    ] {
         let bytes = AlignedBytes::new(&tiny_bundle(dtype, task_head, None));
         let bundle = Bundle::parse(bytes.as_bytes()).unwrap();
         let needed = bundle.arena_bytes(CONTEXT);
@@ -932,4 +954,64 @@ fn a_stored_prompt_prefix_gives_the_whole_prompts_scores() {
     }
     let stale = write_bundle(&stale, blob.bytes(), None).unwrap();
     check_refused(&stale, Error::PrefixMismatch);
+}
+
+/// q4: each value within half a step (plus the f16 rounding of the minimum) of its block's
+/// grid, a constant block exact, and the product equal to the dequantized matrix's f32
+/// product on every kernel set this machine has, threaded too.
+#[test]
+fn q4_rows_dequantize_within_half_a_step_and_multiply_as_dequantized() {
+    use crate::Weight;
+    use crate::kernels::{F32Matrix, Kernels, Q4Matrix, Threaded, available, q4_pair};
+    let (rows, cols) = (5, 70);
+    let mut w = values(11, rows * cols);
+    w[32..64].iter_mut().for_each(|v| *v = 0.25);
+    w[70 + 3] = 40.0;
+    let (data, scales) = crate::writer::quantize_q4(&w, cols);
+    assert_eq!((data.len(), scales.len()), (rows * 3 * 16, rows * 3 * 2));
+    let matrix = Q4Matrix {
+        rows,
+        cols,
+        data: &data,
+        scales: &scales,
+    };
+    let weight = Weight::Q4(matrix);
+    assert!(weight.is_whole());
+    let mut dense = alloc::vec![0.0f32; rows * cols];
+    for (i, row) in dense.chunks_exact_mut(cols).enumerate() {
+        weight.copy_row(i, row);
+        for (j, (&o, &v)) in row.iter().zip(&w[i * cols..(i + 1) * cols]).enumerate() {
+            let (d, m) = q4_pair(&scales[2 * (i * 3 + j / 32)..]);
+            let tolerance = d / 2.0 + m.abs() * 1e-3 + 1e-6;
+            assert!(
+                (o - v).abs() <= tolerance,
+                "row {i} col {j}: {o} vs {v} (d {d})"
+            );
+        }
+    }
+    assert!(
+        dense[32..64].iter().all(|&v| v == 0.25),
+        "a constant block is exact"
+    );
+    let tokens = 5;
+    let x = values(12, tokens * cols);
+    let mut expected = alloc::vec![0.0f32; tokens * rows];
+    let f32_matrix = F32Matrix {
+        rows,
+        cols,
+        data: &dense,
+    };
+    Portable.gemm_f32(f32_matrix, &x, tokens, &mut expected);
+    for kernels in available() {
+        for threads in [1, 2] {
+            let kernels = Threaded::new(kernels, threads);
+            for n in [1, tokens] {
+                let mut out = alloc::vec![0.0f32; n * rows];
+                kernels.gemm(weight, &x[..n * cols], n, &mut out);
+                for (o, e) in out.iter().zip(&expected) {
+                    assert!((o - e).abs() <= 1e-4 * (1.0 + e.abs()), "{o} vs {e}");
+                }
+            }
+        }
+    }
 }
