@@ -320,7 +320,7 @@ const GOLDEN_Q4: (&str, usize, u32, u32) = (
     "57484954544c4500040000007d0100008034000000000000",
     13892,
     842622278,
-    1891600413,
+    1846668381,
 );
 
 /// Preamble (hex), length, header CRC and blob CRC of the tiny q8 bundle, format v4.
