@@ -116,7 +116,7 @@ fn prune_rejects_bad_arguments_before_loading_a_model() {
     assert!(!output.status.success());
     assert!(
         stderr.contains("invalid value 'int4' for '--dtype <DTYPE>'")
-            && stderr.contains("[possible values: f32, q8]"),
+            && stderr.contains("[possible values: f32, q8, q4]"),
         "{stderr}"
     );
     check_error(
