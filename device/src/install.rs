@@ -94,6 +94,16 @@ pub enum Signer {
     Unsigned,
 }
 
+impl std::fmt::Display for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Trusted(key) => write!(f, "signed by {key}"),
+            Self::Untrusted => f.write_str("signed by a key this device does not trust"),
+            Self::Unsigned => f.write_str("unsigned"),
+        }
+    }
+}
+
 /// A trusted public key.
 #[derive(Clone, Debug)]
 pub struct TrustedKey {
@@ -451,13 +461,8 @@ fn install_staged(
     // tidy
     tidy(store, options.keep)?;
     failpoint("tidy");
-    let signed = match signer {
-        Signer::Trusted(key) => format!("signed by {key}"),
-        Signer::Untrusted => "signature not checked".to_owned(),
-        Signer::Unsigned => "unsigned".to_owned(),
-    };
     eprintln!(
-        "installed {digest} as current: task {task}, release {}, {signed}, self-check passed{}",
+        "installed {digest} as current: task {task}, release {}, {signer}, self-check passed{}",
         provenance.sequence,
         old.map(|old| format!("; previous {old}"))
             .unwrap_or_default()
@@ -671,11 +676,7 @@ pub fn print_status(status: &Status) {
         println!("no bundle installed");
     }
     for bundle in &status.bundles {
-        let signed = match &bundle.signer {
-            Signer::Trusted(key) => format!("signed by {key}"),
-            Signer::Untrusted => "signed by an untrusted key".to_owned(),
-            Signer::Unsigned => "unsigned".to_owned(),
-        };
+        let signed = &bundle.signer;
         match &bundle.error {
             Some(error) => println!("{:<8} {}  {error}", bundle.role, bundle.digest),
             None => println!(

@@ -155,16 +155,7 @@ impl<'b, 'a, K: Kernels, const CONTEXT: usize> Session<'b, 'a, K, CONTEXT> {
         self.prompt(input)?;
         let prompt_len = self.tokens.len();
         for _ in 0..max_new_tokens {
-            let logits = self.model.logits()?;
-            let mut best = 0usize;
-            let mut best_value = f32::NEG_INFINITY;
-            for (i, &value) in logits.iter().enumerate() {
-                if value > best_value {
-                    best = i;
-                    best_value = value;
-                }
-            }
-            let token = best as u32;
+            let token = top_two(self.model.logits()?).0 as u32;
             if self.tokenizer.is_stop(token) {
                 break;
             }

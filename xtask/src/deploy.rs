@@ -387,7 +387,8 @@ fn read_public_key(path: &Path) -> anyhow::Result<[u8; 32]> {
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use whittle_runtime::{ModelConfig, writer};
 
 use crate::cargo;
-use crate::deploy::{Deploy, Destination};
+use crate::deploy::{Deploy, Destination, hex};
 
 /// The synthetic model the deployed releases carry.
 const CONFIG: ModelConfig = ModelConfig {
@@ -52,10 +52,6 @@ isa_features = ["avx2"]
 what = "a stand-in for the suite: figures are not used"
 measured = true
 "#;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn sha256(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -193,6 +189,25 @@ fn ssh_options(work: &Path, key: &str) -> Vec<String> {
     ]
 }
 
+/// `cargo xtask flash --board BOARD --bundle BUNDLE --key KEY --to TO` with these ssh options.
+fn flash_to(
+    to: &str,
+    ssh_options: &[String],
+    board: &str,
+    bundle: &Path,
+    key: &Path,
+) -> anyhow::Result<()> {
+    crate::deploy::run(&Deploy {
+        to: Destination::parse(to)?,
+        board: Some(board),
+        bundle: Some(bundle),
+        key: Some(key),
+        allow_unsigned: false,
+        rollback: false,
+        ssh_options,
+    })
+}
+
 /// The whole check (a step of `cargo xtask test`).
 pub fn check() -> anyhow::Result<()> {
     let work = cargo::target_dir()?.join("deploy-suite");
@@ -225,17 +240,8 @@ pub fn check() -> anyhow::Result<()> {
     let store = work.join("device-store");
     let to = format!("ssh://{user}@127.0.0.1:{}{}", sshd.port, store.display());
     let options = ssh_options(&work, "client_key");
-    let flash = |bundle: &Path, key: &Path, board: &str| {
-        crate::deploy::run(&Deploy {
-            to: Destination::parse(&to)?,
-            board: Some(board),
-            bundle: Some(bundle),
-            key: Some(key),
-            allow_unsigned: false,
-            rollback: false,
-            ssh_options: &options,
-        })
-    };
+    let flash =
+        |bundle: &Path, key: &Path, board: &str| flash_to(&to, &options, board, bundle, key);
 
     println!("==> flash over ssh");
     flash(&files[0], &key, &board)?;
@@ -335,29 +341,13 @@ pub fn check() -> anyhow::Result<()> {
     println!("==> bad destinations");
     let unreachable = format!("ssh://{user}@127.0.0.1:{}{}", free_port()?, store.display());
     expect_refused(
-        crate::deploy::run(&Deploy {
-            to: Destination::parse(&unreachable)?,
-            board: Some(&board),
-            bundle: Some(&files[3]),
-            key: Some(&key),
-            allow_unsigned: false,
-            rollback: false,
-            ssh_options: &options,
-        }),
+        flash_to(&unreachable, &options, &board, &files[3], &key),
         "cannot reach 127.0.0.1",
         "an unreachable host",
     )?;
     let stranger_options = ssh_options(&work, "stranger_key");
     expect_refused(
-        crate::deploy::run(&Deploy {
-            to: Destination::parse(&to)?,
-            board: Some(&board),
-            bundle: Some(&files[3]),
-            key: Some(&key),
-            allow_unsigned: false,
-            rollback: false,
-            ssh_options: &stranger_options,
-        }),
+        flash_to(&to, &stranger_options, &board, &files[3], &key),
         "refused the ssh key",
         "a refused ssh key",
     )?;
@@ -371,15 +361,13 @@ pub fn check() -> anyhow::Result<()> {
 
     println!("==> flash into a dir: store for an aarch64 board (its tool under qemu-aarch64)");
     let card = work.join("sdcard").join("var").join("lib").join("whittle");
-    crate::deploy::run(&Deploy {
-        to: Destination::parse(&format!("dir:{}", card.display()))?,
-        board: Some("rpi5"),
-        bundle: Some(&files[3]),
-        key: Some(&key),
-        allow_unsigned: false,
-        rollback: false,
-        ssh_options: &[],
-    })?;
+    flash_to(
+        &format!("dir:{}", card.display()),
+        &[],
+        "rpi5",
+        &files[3],
+        &key,
+    )?;
     expect_current(&card, &bytes(&files[3])?, "flash --to dir: for rpi5")?;
     let mut status = cargo::program("qemu-aarch64", ["-L", "/usr/aarch64-linux-gnu"]);
     status

@@ -30,7 +30,8 @@ pub struct TimeToLabel {
     pub whittle_median_ms: f64,
     /// llama.cpp's median, ms per sentence.
     pub llama_median_ms: f64,
-    /// Prompt tokens whittle ran per sentence (median; after the stored prefix).
+    /// Prompt tokens whittle ran per sentence: llama.cpp's median less the bundle's stored
+    /// prefix (both tokenize the same text alike: `whittle parity` counts the mismatches).
     pub whittle_median_tokens_run: f64,
     /// Prompt tokens llama.cpp ran per sentence (median).
     pub llama_median_tokens: f64,
