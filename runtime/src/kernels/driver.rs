@@ -13,7 +13,10 @@
 //! calls to them, each right after the checks that establish its preconditions.
 #![allow(unsafe_code)]
 
-use super::{DECODE_BELOW_TOKENS, F32Matrix, Q8_BLOCK, Q8Matrix, q8_blocks_per_row};
+use super::{
+    DECODE_BELOW_TOKENS, F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_pair,
+    q4_unpack, q8_blocks_per_row,
+};
 
 /// Columns of one packed weight block: `KC × NR` f32 stay in L1 while every token tile uses them.
 /// A multiple of [`Q8_BLOCK`], so a packed block starts on a q8 scale boundary.
@@ -50,6 +53,13 @@ pub(crate) trait Simd {
     /// As for [`Simd::matvec_f32_unchecked`], and `w.scales.len() == w.rows · bpr` with
     /// `bpr = ceil(w.cols / 32)`.
     unsafe fn matvec_q8_unchecked(&self, w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]);
+
+    /// As [`Simd::matvec_f32_unchecked`] for 4-bit weights ([`Q4Matrix`]).
+    ///
+    /// # Safety
+    /// `w.cols > 0`, `w.data.len() == w.rows · bpr · 16`, `w.scales.len() == w.rows · bpr · 2`
+    /// with `bpr = ceil(w.cols / 32)`, `x.len() == w.cols` and `out.len() == w.rows`.
+    unsafe fn matvec_q4_unchecked(&self, w: Q4Matrix<'_>, x: &[f32], out: &mut [f32]);
 
     /// Packs `panel` of `src` as [`pack`] does with `stride = NR`: value `(row0 + r, k0 + k)`
     /// (q8: times its block's scale) into `dst[k·NR + r]`, rows `nr .. NR` zero.
@@ -114,6 +124,37 @@ pub(crate) trait Simd {
         };
         // SAFETY: `cols > 0`, and the slices have the lengths the callee requires.
         unsafe { self.matvec_q8_unchecked(w, x, out) }
+    }
+
+    /// [`Simd::matvec_q4_unchecked`] for every row `i < min(w.rows, out.len(), stored rows)`;
+    /// does nothing unless `x.len() ≥ w.cols > 0`.
+    fn matvec_q4(&self, w: Q4Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        let cols = w.cols;
+        if cols == 0 {
+            return;
+        }
+        let per_row = q8_blocks_per_row(cols);
+        let rows = w
+            .rows
+            .min(out.len())
+            .min(w.data.len() / (per_row * Q4_BLOCK_BYTES))
+            .min(w.scales.len() / (2 * per_row));
+        let (Some(data), Some(scales), Some(x), Some(out)) = (
+            w.data.get(..rows * per_row * Q4_BLOCK_BYTES),
+            w.scales.get(..rows * per_row * 2),
+            x.get(..cols),
+            out.get_mut(..rows),
+        ) else {
+            return;
+        };
+        let w = Q4Matrix {
+            rows,
+            cols,
+            data,
+            scales,
+        };
+        // SAFETY: `cols > 0`, and the slices have the lengths the callee requires.
+        unsafe { self.matvec_q4_unchecked(w, x, out) }
     }
 
     /// [`Simd::pack_unchecked`] where `panel` fits every buffer; returns `false`, leaving `dst`
@@ -222,6 +263,8 @@ pub(crate) enum Source<'a> {
     F32(&'a [f32]),
     /// Values and per-block scales (`ceil(cols / 32)` per row).
     Q8(&'a [i8], &'a [f32]),
+    /// Nibble blocks and their f16 `(d, m)` pairs ([`Q4Matrix`]).
+    Q4(&'a [u8], &'a [u16]),
 }
 
 impl Source<'_> {
@@ -234,6 +277,10 @@ impl Source<'_> {
             Self::F32(data) => data.len() / cols.max(1),
             Self::Q8(data, scales) => {
                 (data.len() / cols.max(1)).min(scales.len() / q8_blocks_per_row(cols).max(1))
+            }
+            Self::Q4(data, scales) => {
+                let per_row = q8_blocks_per_row(cols).max(1);
+                (data.len() / (per_row * Q4_BLOCK_BYTES)).min(scales.len() / (2 * per_row))
             }
         };
         panel.nr <= nr_max
@@ -307,6 +354,70 @@ pub(crate) fn gemm_q8<S: Simd>(
     }
 }
 
+/// `out = x · Wᵀ` for 4-bit weights through `simd`.
+pub(crate) fn gemm_q4<S: Simd>(
+    simd: &S,
+    w: Q4Matrix<'_>,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    let per_row = q8_blocks_per_row(w.cols).max(1);
+    let stored = (w.data.len() / (per_row * Q4_BLOCK_BYTES)).min(w.scales.len() / (2 * per_row));
+    let Some(e) = extent(w.rows, w.cols, stored, x.len(), tokens, out.len()) else {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    };
+    let data = w
+        .data
+        .get(..e.rows * per_row * Q4_BLOCK_BYTES)
+        .unwrap_or_default();
+    let scales = w.scales.get(..e.rows * per_row * 2).unwrap_or_default();
+    if e.tokens < DECODE_BELOW_TOKENS {
+        for (xt, ot) in x
+            .chunks_exact(w.cols)
+            .zip(out.chunks_exact_mut(w.rows))
+            .take(e.tokens)
+        {
+            simd.matvec_q4(w, xt, ot);
+        }
+    } else {
+        blocked(simd, Source::Q4(data, scales), w.rows, w.cols, e, x, out);
+    }
+}
+
+/// `L` consecutive values of row `row` of a q4 matrix from column `col` (a multiple of `L`,
+/// `L` dividing 16, so that they lie in one block and one nibble half), dequantized; zero
+/// where the matrix does not hold them. The arch packers load this instead of decoding
+/// nibbles in registers: packing is a small part of a prefill.
+#[inline(always)]
+pub(crate) fn q4_lanes<const L: usize>(
+    data: &[u8],
+    scales: &[u16],
+    cols: usize,
+    row: usize,
+    col: usize,
+) -> [f32; L] {
+    let block = row * q8_blocks_per_row(cols) + col / Q8_BLOCK;
+    let within = col % Q8_BLOCK;
+    let (shift, first) = if within < Q8_BLOCK / 2 {
+        (0, within)
+    } else {
+        (4, within - Q8_BLOCK / 2)
+    };
+    let start = block * Q4_BLOCK_BYTES + first;
+    let (Some(bytes), Some(pair)) = (
+        data.get(start..start + L),
+        scales.get(2 * block..2 * block + 2),
+    ) else {
+        return [0.0; L];
+    };
+    let (d, m) = q4_pair(pair);
+    core::array::from_fn(|k| {
+        d * f32::from((bytes.get(k).copied().unwrap_or(0) >> shift) & 0x0f) + m
+    })
+}
+
 /// Packs `panel` as `dst[k·stride + r]`, zero-padding rows `nr..stride`.
 ///
 /// Each row's columns are first converted (and scaled) into a contiguous buffer, which
@@ -347,6 +458,26 @@ fn pack(src: Source<'_>, panel: Panel, stride: usize, dst: &mut [f32]) {
                 {
                     for (l, &v) in l.iter_mut().zip(q) {
                         *l = scale * f32::from(v);
+                    }
+                }
+            }
+            Source::Q4(data, scales) => {
+                let first = (row0 + r) * q8_blocks_per_row(cols) + k0 / Q8_BLOCK;
+                let blocks = kc.div_ceil(Q8_BLOCK);
+                let (Some(part), Some(pairs)) = (
+                    data.get(first * Q4_BLOCK_BYTES..(first + blocks) * Q4_BLOCK_BYTES),
+                    scales.get(2 * first..2 * (first + blocks)),
+                ) else {
+                    continue;
+                };
+                for ((l, block), pair) in line
+                    .chunks_mut(Q8_BLOCK)
+                    .zip(part.chunks_exact(Q4_BLOCK_BYTES))
+                    .zip(pairs.chunks_exact(2))
+                {
+                    let (d, m) = q4_pair(pair);
+                    for (l, q) in l.iter_mut().zip(q4_unpack(block)) {
+                        *l = d * f32::from(q) + m;
                     }
                 }
             }
@@ -454,6 +585,16 @@ macro_rules! simd_kernels {
                 out: &mut [f32],
             ) {
                 $crate::kernels::driver::gemm_q8(self, w, x, tokens, out);
+            }
+
+            fn gemm_q4(
+                &self,
+                w: $crate::kernels::Q4Matrix<'_>,
+                x: &[f32],
+                tokens: usize,
+                out: &mut [f32],
+            ) {
+                $crate::kernels::driver::gemm_q4(self, w, x, tokens, out);
             }
 
             $(

@@ -242,6 +242,19 @@ pub fn q4_unpack(block: &[u8]) -> [u8; Q8_BLOCK] {
     q
 }
 
+/// The dot product of one q4 block (`block`: 16 bytes, `pair`: its f16 `d` and `m`) with up
+/// to 32 activations: the scalar path for a row's partial last block.
+pub(crate) fn q4_block_dot(block: &[u8], pair: &[u16], x: &[f32]) -> f32 {
+    let (d, m) = q4_pair(pair);
+    let q = q4_unpack(block);
+    let (mut qx, mut sx) = (0.0f32, 0.0f32);
+    for (&q, &x) in q.iter().zip(x) {
+        qx += f32::from(q) * x;
+        sx += x;
+    }
+    d * qx + m * sx
+}
+
 /// The work of [`Kernels::for_each_part`] on one range of items: `(range, out_part, scratch)`.
 pub type PartJob<'a> = dyn Fn(Range<usize>, &mut [f32], &mut [f32]) + Sync + 'a;
 
@@ -266,7 +279,7 @@ pub trait Kernels: Sync {
     fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]);
 
     /// 4-bit weights ([`Q4Matrix`]); activations stay f32. The default is the portable
-    /// kernel; no instruction set has its own yet.
+    /// kernel; the SIMD sets have their own decode and pack q4 for their prefill tile.
     fn gemm_q4(&self, w: Q4Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
         portable::gemm_q4(w, x, tokens, out);
     }

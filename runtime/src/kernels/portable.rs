@@ -1,6 +1,6 @@
 //! The reference kernels: plain Rust, every target, the oracle the others are tested against.
 
-use super::{F32Matrix, Kernels, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_pair, q4_unpack};
+use super::{F32Matrix, Kernels, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_block_dot};
 
 /// Portable scalar kernels (the compiler auto-vectorises the inner dot products).
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,16 +61,7 @@ pub(crate) fn gemm_q4(w: Q4Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]
                 .chunks_exact(Q4_BLOCK_BYTES)
                 .zip(xt.chunks(Q8_BLOCK))
                 .zip(scales.chunks_exact(2))
-                .map(|((block, x), pair)| {
-                    let (d, m) = q4_pair(pair);
-                    let q = q4_unpack(block);
-                    let (mut qx, mut sx) = (0.0f32, 0.0f32);
-                    for (&q, &x) in q.iter().zip(x) {
-                        qx += f32::from(q) * x;
-                        sx += x;
-                    }
-                    d * qx + m * sx
-                })
+                .map(|((block, x), pair)| q4_block_dot(block, pair, x))
                 .sum();
         }
     }

@@ -7,8 +7,8 @@
 use proptest::prelude::*;
 
 use super::{
-    AttentionHead, DECODE_BELOW_TOKENS, F32Matrix, Kernels, Portable, Q8_BLOCK, Q8Matrix, Threaded,
-    Weight, q8_blocks_per_row,
+    AttentionHead, DECODE_BELOW_TOKENS, F32Matrix, Kernels, Portable, Q4_BLOCK_BYTES, Q4Matrix,
+    Q8_BLOCK, Q8Matrix, Threaded, Weight, q4_pair, q8_blocks_per_row,
 };
 
 const SENTINEL: f32 = 12345.0;
@@ -108,7 +108,51 @@ fn compare(
     }
 }
 
-/// Runs `case` through `kernel` and through [`Portable`], f32 and q8, and compares.
+/// The q4 form of `case`: random nibbles and f16 `(d, m)` pairs (`m` of either sign, up to
+/// 16 steps, so that `d · q + m` cancels as real blocks do), as many bytes as `data_len`
+/// values in whole rows plus the odd rest, and two halves per scale of `scales_len`.
+fn q4_case(case: &Case) -> (Vec<u8>, Vec<u16>) {
+    let per_row = q8_blocks_per_row(case.cols).max(1);
+    let whole = case.data_len / case.cols.max(1);
+    let len = whole * per_row * Q4_BLOCK_BYTES + case.data_len % case.cols.max(1);
+    let data = values(case.seed ^ 4, len)
+        .iter()
+        .map(|v| ((v + 1.0) * 127.9) as u8)
+        .collect();
+    let scales = values(case.seed ^ 5, case.scales_len)
+        .iter()
+        .flat_map(|s| {
+            let d = 0.01 + s.abs() / 64.0;
+            [d, -8.0 * d * s]
+        })
+        .map(|v| half::f16::from_f32(v).to_bits())
+        .collect();
+    (data, scales)
+}
+
+/// `|d| · q + |m|` for every value of a q4 case (0 past what is stored): the tolerance's
+/// weights, an upper bound on every term either decomposition sums.
+fn q4_magnitudes(case: &Case, data: &[u8], scales: &[u16]) -> Vec<f32> {
+    let per_row = q8_blocks_per_row(case.cols).max(1);
+    let mut abs_w = vec![0.0f32; case.rows * case.cols];
+    for (index, a) in abs_w.iter_mut().enumerate() {
+        let (i, j) = (index / case.cols, index % case.cols);
+        let block = i * per_row + j / Q8_BLOCK;
+        let within = j % Q8_BLOCK;
+        let byte = data
+            .get(block * Q4_BLOCK_BYTES + within % 16)
+            .copied()
+            .unwrap_or(0);
+        let q = if within < 16 { byte & 0x0f } else { byte >> 4 };
+        if let Some(pair) = scales.get(2 * block..2 * block + 2) {
+            let (d, m) = q4_pair(pair);
+            *a = d.abs() * f32::from(q) + m.abs();
+        }
+    }
+    abs_w
+}
+
+/// Runs `case` through `kernel` and through [`Portable`], f32, q8 and q4, and compares.
 fn check(kernel: &dyn Kernels, case: &Case) {
     let x = values(case.seed, case.x_len);
     let w = values(case.seed ^ 1, case.data_len);
@@ -162,6 +206,20 @@ fn check(kernel: &dyn Kernels, case: &Case) {
         .min(case.out_len / case.rows.max(1));
     let rounded = kernel.rounds_decode_activations() && tokens < DECODE_BELOW_TOKENS;
     compare(kernel, case, &expected, &got, (&abs_w, &x), rounded);
+
+    let (data, scales) = q4_case(case);
+    let matrix = Q4Matrix {
+        rows: case.rows,
+        cols: case.cols,
+        data: &data,
+        scales: &scales,
+    };
+    let mut expected = vec![SENTINEL; case.out_len];
+    let mut got = vec![SENTINEL; case.out_len];
+    Portable.gemm_q4(matrix, &x, case.tokens, &mut expected);
+    kernel.gemm_q4(matrix, &x, case.tokens, &mut got);
+    let abs_w = q4_magnitudes(case, &data, &scales);
+    compare(kernel, case, &expected, &got, (&abs_w, &x), false);
 }
 
 /// A low-rank layer: `A` is `rank × cols`, `B` is `rows × rank`.

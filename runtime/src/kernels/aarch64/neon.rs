@@ -7,15 +7,18 @@
 #![allow(unsafe_code)]
 
 use core::arch::aarch64::{
-    float32x4_t, vaddq_f32, vaddvq_f32, vcvtq_f32_s32, vdupq_n_f32, vfmaq_f32, vget_high_s16,
-    vget_low_s16, vld1_s8, vld1q_dup_f32, vld1q_f32, vmovl_s8, vmovl_s16, vmulq_n_f32,
-    vreinterpretq_f32_f64, vreinterpretq_f64_f32, vst1q_f32, vtrn1q_f32, vtrn1q_f64, vtrn2q_f32,
-    vtrn2q_f64,
+    float32x4_t, uint8x16_t, vaddq_f32, vaddvq_f32, vandq_u8, vcvtq_f32_s32, vcvtq_f32_u32,
+    vdupq_n_f32, vdupq_n_u8, vfmaq_f32, vget_high_s16, vget_high_u8, vget_high_u16, vget_low_s16,
+    vget_low_u8, vget_low_u16, vld1_s8, vld1q_dup_f32, vld1q_f32, vld1q_u8, vmovl_s8, vmovl_s16,
+    vmovl_u8, vmovl_u16, vmulq_f32, vmulq_n_f32, vreinterpretq_f32_f64, vreinterpretq_f64_f32,
+    vshrq_n_u8, vst1q_f32, vtrn1q_f32, vtrn1q_f64, vtrn2q_f32, vtrn2q_f64,
 };
 
-use super::super::driver::{Panel, Simd, Source, Tile, simd_kernels};
+use super::super::driver::{self, Panel, Simd, Source, Tile, simd_kernels};
 use super::super::select::cpu_has;
-use super::super::{F32Matrix, Q8_BLOCK, Q8Matrix};
+use super::super::{
+    F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_block_dot, q4_pair,
+};
 
 /// NEON kernels. Constructed only by [`Neon::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -88,8 +91,25 @@ impl Simd for Neon {
         }
     }
 
+    #[target_feature(enable = "neon")]
+    unsafe fn matvec_q4_unchecked(&self, w: Q4Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        let (x, out) = (x.as_ptr(), out.as_mut_ptr());
+        // SAFETY: as for `matvec_q8_unchecked`.
+        unsafe {
+            let mut i = 0;
+            while i + 2 <= w.rows {
+                rows_q4::<2>(w, i, x, out);
+                i += 2;
+            }
+            while i < w.rows {
+                rows_q4::<1>(w, i, x, out);
+                i += 1;
+            }
+        }
+    }
+
     /// 8 columns at a time, each of the 8 rows is loaded as two vectors (q8: widened,
-    /// converted and scaled; a last chunk of fewer columns through a zero-padded copy), the
+    /// converted and scaled; q4: dequantized by [`driver::q4_lanes`]; a last chunk of fewer columns through a zero-padded copy), the
     /// four 4 × 4 blocks are transposed in registers, and every column is stored as two
     /// vectors; rows past `nr` are zero. Two stores per 8 values, where the portable packer
     /// stores every value on its own.
@@ -133,6 +153,11 @@ impl Simd for Neon {
                                 *v = f32::from(*data.as_ptr().add(at + k));
                             }
                             (scale, line.as_ptr())
+                        }
+                        Source::Q4(data, scales) => {
+                            line =
+                                driver::q4_lanes::<{ 2 * LANES }>(data, scales, cols, row, k0 + c);
+                            (1.0, line.as_ptr())
                         }
                     };
                     *l = vmulq_n_f32(vld1q_f32(values), scale);
@@ -288,6 +313,76 @@ unsafe fn rows_q8<const N: usize>(w: Q8Matrix<'_>, i: usize, x: *const f32, out:
         }
         for (j, (a, t)) in acc.into_iter().zip(tail).enumerate() {
             *out.add(i + j) = vaddvq_f32(a) + t;
+        }
+    }
+}
+
+/// The four `f32` vectors of a block's 16 nibbles selected by `half` (low or high nibbles).
+#[target_feature(enable = "neon")]
+#[inline]
+fn widen_nibbles(half: uint8x16_t) -> [float32x4_t; 4] {
+    let (low, high) = (vmovl_u8(vget_low_u8(half)), vmovl_u8(vget_high_u8(half)));
+    [
+        vcvtq_f32_u32(vmovl_u16(vget_low_u16(low))),
+        vcvtq_f32_u32(vmovl_u16(vget_high_u16(low))),
+        vcvtq_f32_u32(vmovl_u16(vget_low_u16(high))),
+        vcvtq_f32_u32(vmovl_u16(vget_high_u16(high))),
+    ]
+}
+
+/// Rows `i .. i + N` of [`Simd::matvec_q4_unchecked`]: per whole block, its low nibbles
+/// (values 0–15) and high nibbles (16–31) widened to eight vectors, `Σ q·x` in two
+/// accumulators, then `d · Σ q·x + m · Σ x` into the row's; the last, partial block in scalars.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn rows_q4<const N: usize>(w: Q4Matrix<'_>, i: usize, x: *const f32, out: *mut f32) {
+    let (data, scales, cols) = (w.data.as_ptr(), w.scales.as_ptr(), w.cols);
+    let per_row = cols.div_ceil(Q8_BLOCK);
+    let full = cols / Q8_BLOCK;
+    // SAFETY: the caller guarantees rows `i .. i + N` of `per_row` blocks of 16 bytes and
+    // `2 · per_row` f16 scales, `cols` activations and outputs `i .. i + N`; every offset below
+    // is below those bounds.
+    unsafe {
+        let r: [*const u8; N] =
+            core::array::from_fn(|j| data.add((i + j) * per_row * Q4_BLOCK_BYTES));
+        let s: [*const u16; N] = core::array::from_fn(|j| scales.add((i + j) * per_row * 2));
+        let nibble = vdupq_n_u8(0x0f);
+        let mut acc = [vdupq_n_f32(0.0); N];
+        for b in 0..full {
+            let k = b * Q8_BLOCK;
+            let xv: [float32x4_t; 8] = core::array::from_fn(|v| vld1q_f32(x.add(k + v * LANES)));
+            let xs = vaddq_f32(
+                vaddq_f32(vaddq_f32(xv[0], xv[1]), vaddq_f32(xv[2], xv[3])),
+                vaddq_f32(vaddq_f32(xv[4], xv[5]), vaddq_f32(xv[6], xv[7])),
+            );
+            for ((a, row), sc) in acc.iter_mut().zip(r).zip(s) {
+                let bytes = vld1q_u8(row.add(b * Q4_BLOCK_BYTES));
+                let [q0, q1, q2, q3] = widen_nibbles(vandq_u8(bytes, nibble));
+                let [q4, q5, q6, q7] = widen_nibbles(vshrq_n_u8::<4>(bytes));
+                let mut lo = vmulq_f32(q0, xv[0]);
+                let mut hi = vmulq_f32(q1, xv[1]);
+                lo = vfmaq_f32(lo, q2, xv[2]);
+                hi = vfmaq_f32(hi, q3, xv[3]);
+                lo = vfmaq_f32(lo, q4, xv[4]);
+                hi = vfmaq_f32(hi, q5, xv[5]);
+                lo = vfmaq_f32(lo, q6, xv[6]);
+                hi = vfmaq_f32(hi, q7, xv[7]);
+                let (d, m) = q4_pair(core::slice::from_raw_parts(sc.add(2 * b), 2));
+                *a = vfmaq_f32(*a, vaddq_f32(lo, hi), vdupq_n_f32(d));
+                *a = vfmaq_f32(*a, xs, vdupq_n_f32(m));
+            }
+        }
+        for (j, ((a, row), sc)) in acc.into_iter().zip(r).zip(s).enumerate() {
+            let mut sum = vaddvq_f32(a);
+            if full < per_row {
+                let block =
+                    core::slice::from_raw_parts(row.add(full * Q4_BLOCK_BYTES), Q4_BLOCK_BYTES);
+                let pair = core::slice::from_raw_parts(sc.add(2 * full), 2);
+                let rest =
+                    core::slice::from_raw_parts(x.add(full * Q8_BLOCK), cols - full * Q8_BLOCK);
+                sum += q4_block_dot(block, pair, rest);
+            }
+            *out.add(i + j) = sum;
         }
     }
 }

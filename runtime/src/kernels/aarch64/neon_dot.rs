@@ -26,7 +26,7 @@ use core::arch::asm;
 
 use super::super::driver::{self, Panel, Simd, Source, Tile};
 use super::super::select::cpu_has;
-use super::super::{AttentionHead, F32Matrix, Kernels, Q8_BLOCK, Q8Matrix};
+use super::super::{AttentionHead, F32Matrix, Kernels, Q4Matrix, Q8_BLOCK, Q8Matrix};
 use super::Neon;
 
 /// Columns of activations rounded at a time: a product with more columns runs in passes of
@@ -64,6 +64,10 @@ impl Kernels for NeonDot {
 
     fn gemm_q8(&self, w: Q8Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
         driver::gemm_q8(self, w, x, tokens, out);
+    }
+
+    fn gemm_q4(&self, w: Q4Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {
+        self.base.gemm_q4(w, x, tokens, out);
     }
 
     fn attend(&self, head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
@@ -118,6 +122,11 @@ impl Simd for NeonDot {
                 );
             }
         }
+    }
+
+    unsafe fn matvec_q4_unchecked(&self, w: Q4Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        // SAFETY: forwarded; `Neon` has the same preconditions.
+        unsafe { self.base.matvec_q4_unchecked(w, x, out) }
     }
 
     unsafe fn pack_unchecked(&self, src: Source<'_>, panel: Panel, dst: &mut [f32]) {

@@ -7,16 +7,19 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m256, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_loadl_epi64, _mm_movehl_ps, _mm_shuffle_ps,
-    _mm256_add_ps, _mm256_castps256_ps128, _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps,
-    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_permute2f128_ps,
-    _mm256_set1_ps, _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps,
-    _mm256_unpacklo_ps,
+    __m256, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_loadl_epi64, _mm_loadu_si128, _mm_movehl_ps,
+    _mm_shuffle_ps, _mm256_add_ps, _mm256_and_si256, _mm256_castps256_ps128, _mm256_cvtepi8_epi32,
+    _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_cvtph_ps, _mm256_extractf128_ps,
+    _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_permute2f128_ps, _mm256_set1_epi32,
+    _mm256_set1_ps, _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_srli_epi32, _mm256_storeu_ps,
+    _mm256_unpackhi_ps, _mm256_unpacklo_ps,
 };
 
 use super::super::driver::{self, Panel, Simd, Source, Tile, simd_kernels};
 use super::super::select::cpu_has;
-use super::super::{F32Matrix, Q8_BLOCK, Q8Matrix};
+use super::super::{
+    F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_block_dot, q4_pair,
+};
 
 /// AVX2 + FMA kernels. Constructed only by [`Avx2Fma::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -25,10 +28,10 @@ pub struct Avx2Fma {
 }
 
 impl Avx2Fma {
-    /// The kernels, if this CPU has AVX2 and FMA (at run time under `std`, at compile time
-    /// without it).
+    /// The kernels, if this CPU has AVX2, FMA and F16C (at run time under `std`, at compile
+    /// time without it). Every CPU with AVX2 and FMA also has F16C, which q4 decode uses.
     pub fn detect() -> Option<Self> {
-        cpu_has!(is_x86_feature_detected, "avx2", "fma").then_some(Self { _detected: () })
+        cpu_has!(is_x86_feature_detected, "avx2", "fma", "f16c").then_some(Self { _detected: () })
     }
 }
 
@@ -61,8 +64,19 @@ impl Simd for Avx2Fma {
         );
     }
 
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn matvec_q4_unchecked(&self, w: Q4Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        let (x, out) = (x.as_ptr(), out.as_mut_ptr());
+        // SAFETY (both calls): as for `matvec_q8_unchecked`.
+        driver::by_quarters(
+            w.rows,
+            |i, quarter| unsafe { rows_q4::<4>(w, i, quarter, x, out) },
+            |i| unsafe { rows_q4::<1>(w, i, 0, x, out) },
+        );
+    }
+
     /// Each half of the rows, 8 columns at a time, is loaded as 8 rows of 8 values (q8:
-    /// converted and scaled; a last chunk of fewer columns through a zero-padded copy),
+    /// converted and scaled; q4: dequantized by [`driver::q4_lanes`]; a last chunk of fewer columns through a zero-padded copy),
     /// transposed in registers and stored as 8 columns of 8 rows; rows past `nr` are zero.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn pack_unchecked(&self, src: Source<'_>, panel: Panel, dst: &mut [f32]) {
@@ -89,6 +103,11 @@ impl Simd for Avx2Fma {
                                 Chunk::Q8(data.as_ptr().add(at)),
                                 *scales.as_ptr().add(row * per_row + block),
                             ),
+                            Source::Q4(data, scales) => {
+                                let line =
+                                    driver::q4_lanes::<LANES>(data, scales, cols, row, k0 + c);
+                                (Chunk::F32(line.as_ptr()), 1.0)
+                            }
                         };
                         *v = _mm256_mul_ps(values.load(cols_here), _mm256_set1_ps(scale));
                     }
@@ -300,6 +319,97 @@ unsafe fn rows_q8<const N: usize>(
         }
         for (j, (a, t)) in acc.into_iter().zip(tail).enumerate() {
             *out.add(i + j * stride) = hsum(a) + t;
+        }
+    }
+}
+
+/// Rows `i + j · stride` (`j < N`) of [`Simd::matvec_q4_unchecked`]: per whole block, each
+/// 8-byte half widened to 8 lanes whose low and high nibbles are the block's values
+/// `0..8 | 8..16` and `16..24 | 24..32`, `acc += d · Σ q·x` and `acc_m += m · Σ x` in vectors;
+/// the `(d, m)` pairs of four blocks converted from f16 at a time; the last, partial block in
+/// scalars.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn rows_q4<const N: usize>(
+    w: Q4Matrix<'_>,
+    i: usize,
+    stride: usize,
+    x: *const f32,
+    out: *mut f32,
+) {
+    const GROUP: usize = LANES / 2;
+    let (data, scales, cols) = (w.data.as_ptr(), w.scales.as_ptr(), w.cols);
+    let per_row = cols.div_ceil(Q8_BLOCK);
+    let full = cols / Q8_BLOCK;
+    // SAFETY: the caller guarantees rows `i + j · stride` (`j < N`) of `per_row` blocks of 16
+    // bytes and `2 · per_row` f16 scales, `cols` activations and those outputs; a group of
+    // fewer than four blocks converts its scales one by one.
+    unsafe {
+        let r: [*const u8; N] =
+            core::array::from_fn(|j| data.add((i + j * stride) * per_row * Q4_BLOCK_BYTES));
+        let s: [*const u16; N] =
+            core::array::from_fn(|j| scales.add((i + j * stride) * per_row * 2));
+        let nibble = _mm256_set1_epi32(0x0f);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc_m = [_mm256_setzero_ps(); N];
+        let mut dm = [[0.0f32; LANES]; N];
+        for g in (0..full).step_by(GROUP) {
+            for (d, sc) in dm.iter_mut().zip(s) {
+                if g + GROUP <= per_row {
+                    _mm256_storeu_ps(
+                        d.as_mut_ptr(),
+                        _mm256_cvtph_ps(_mm_loadu_si128(sc.add(2 * g).cast())),
+                    );
+                } else {
+                    let pairs = core::slice::from_raw_parts(sc.add(2 * g), 2 * (per_row - g));
+                    for (d, pair) in d.chunks_exact_mut(2).zip(pairs.chunks_exact(2)) {
+                        if let [d, m] = d {
+                            (*d, *m) = q4_pair(pair);
+                        }
+                    }
+                }
+            }
+            for b in g..full.min(g + GROUP) {
+                let k = b * Q8_BLOCK;
+                let xv = [
+                    _mm256_loadu_ps(x.add(k)),
+                    _mm256_loadu_ps(x.add(k + LANES)),
+                    _mm256_loadu_ps(x.add(k + 2 * LANES)),
+                    _mm256_loadu_ps(x.add(k + 3 * LANES)),
+                ];
+                let xs = _mm256_add_ps(_mm256_add_ps(xv[0], xv[1]), _mm256_add_ps(xv[2], xv[3]));
+                let at = 2 * (b - g);
+                for (((a, a_m), row), d) in acc.iter_mut().zip(acc_m.iter_mut()).zip(r).zip(&dm) {
+                    let row = row.add(b * Q4_BLOCK_BYTES);
+                    let first = _mm256_cvtepu8_epi32(_mm_loadl_epi64(row.cast()));
+                    let second = _mm256_cvtepu8_epi32(_mm_loadl_epi64(row.add(LANES).cast()));
+                    let low = |v| _mm256_cvtepi32_ps(_mm256_and_si256(v, nibble));
+                    let high = |v| _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v));
+                    let mut p = _mm256_mul_ps(low(first), xv[0]);
+                    p = _mm256_fmadd_ps(low(second), xv[1], p);
+                    p = _mm256_fmadd_ps(high(first), xv[2], p);
+                    p = _mm256_fmadd_ps(high(second), xv[3], p);
+                    *a = _mm256_fmadd_ps(p, _mm256_set1_ps(*d.as_ptr().add(at)), *a);
+                    *a_m = _mm256_fmadd_ps(xs, _mm256_set1_ps(*d.as_ptr().add(at + 1)), *a_m);
+                }
+            }
+        }
+        for (j, ((a, a_m), (row, sc))) in acc
+            .into_iter()
+            .zip(acc_m)
+            .zip(r.into_iter().zip(s))
+            .enumerate()
+        {
+            let mut sum = hsum(_mm256_add_ps(a, a_m));
+            if full < per_row {
+                let block =
+                    core::slice::from_raw_parts(row.add(full * Q4_BLOCK_BYTES), Q4_BLOCK_BYTES);
+                let pair = core::slice::from_raw_parts(sc.add(2 * full), 2);
+                let rest =
+                    core::slice::from_raw_parts(x.add(full * Q8_BLOCK), cols - full * Q8_BLOCK);
+                sum += q4_block_dot(block, pair, rest);
+            }
+            *out.add(i + j * stride) = sum;
         }
     }
 }

@@ -8,15 +8,17 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m512, __mmask16, _mm_loadu_si128, _mm_maskz_loadu_epi8, _mm512_add_ps, _mm512_cvtepi8_epi32,
-    _mm512_cvtepi32_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
+    __m512, __mmask16, _mm_loadu_si128, _mm_maskz_loadu_epi8, _mm256_maskz_loadu_epi16,
+    _mm512_add_ps, _mm512_and_si512, _mm512_cvtepi8_epi32, _mm512_cvtepi32_ps,
+    _mm512_cvtepu8_epi32, _mm512_cvtph_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
     _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_permutex2var_ps,
-    _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    _mm512_reduce_add_ps, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_srli_epi32,
+    _mm512_storeu_ps,
 };
 
 use super::super::driver::{self, Panel, Simd, Source, Tile, simd_kernels};
 use super::super::select::cpu_has;
-use super::super::{F32Matrix, Q8_BLOCK, Q8Matrix};
+use super::super::{F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_block_dot};
 
 /// AVX-512 F/BW/VL kernels. Constructed only by [`Avx512::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -68,8 +70,19 @@ impl Simd for Avx512 {
         );
     }
 
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    unsafe fn matvec_q4_unchecked(&self, w: Q4Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        let (x, out) = (x.as_ptr(), out.as_mut_ptr());
+        // SAFETY (both calls): as for `matvec_q8_unchecked`.
+        driver::by_quarters(
+            w.rows,
+            |i, quarter| unsafe { rows_q4::<4>(w, i, quarter, x, out) },
+            |i| unsafe { rows_q4::<1>(w, i, 0, x, out) },
+        );
+    }
+
     /// Each half of the rows, 16 columns at a time, is loaded as 16 rows of 16 values (q8:
-    /// converted and scaled), transposed in registers and stored as 16 columns of 16 rows; rows
+    /// converted and scaled; q4: dequantized by [`driver::q4_lanes`]), transposed in registers and stored as 16 columns of 16 rows; rows
     /// past `nr` are zero. One store per 16 values, where the portable packer stores every
     /// value on its own.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -97,6 +110,10 @@ impl Simd for Avx512 {
                             Source::Q8(data, scales) => _mm512_mul_ps(
                                 load_q8(data.as_ptr().add(at), m),
                                 _mm512_set1_ps(*scales.as_ptr().add(row * per_row + block)),
+                            ),
+                            Source::Q4(data, scales) => _mm512_maskz_loadu_ps(
+                                m,
+                                driver::q4_lanes::<LANES>(data, scales, cols, row, k0 + c).as_ptr(),
                             ),
                         };
                     }
@@ -284,6 +301,79 @@ unsafe fn rows_q8<const N: usize>(
         }
         for (j, a) in acc.into_iter().enumerate() {
             *out.add(i + j * stride) = _mm512_reduce_add_ps(a);
+        }
+    }
+}
+
+/// Rows `i + j · stride` (`j < N`) of [`Simd::matvec_q4_unchecked`]: per whole block, the 16
+/// bytes widened once to 16 lanes whose low and high nibbles are the block's two halves,
+/// `acc += d · Σ q·x` and `acc_m += m · Σ x` in vectors; the `(d, m)` pairs of eight blocks
+/// converted from f16 at a time into a stack buffer, so each is a broadcast from memory; the
+/// last, partial block in scalars.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+#[inline]
+unsafe fn rows_q4<const N: usize>(
+    w: Q4Matrix<'_>,
+    i: usize,
+    stride: usize,
+    x: *const f32,
+    out: *mut f32,
+) {
+    const GROUP: usize = LANES / 2;
+    let (data, scales, cols) = (w.data.as_ptr(), w.scales.as_ptr(), w.cols);
+    let per_row = cols.div_ceil(Q8_BLOCK);
+    let full = cols / Q8_BLOCK;
+    // SAFETY: the caller guarantees rows `i + j · stride` (`j < N`) of `per_row` blocks of 16
+    // bytes and `2 · per_row` f16 scales, `cols` activations and those outputs; the masked
+    // scale loads read only halves below `2 · per_row` of a row.
+    unsafe {
+        let r: [*const u8; N] =
+            core::array::from_fn(|j| data.add((i + j * stride) * per_row * Q4_BLOCK_BYTES));
+        let s: [*const u16; N] =
+            core::array::from_fn(|j| scales.add((i + j * stride) * per_row * 2));
+        let nibble = _mm512_set1_epi32(0x0f);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut acc_m = [_mm512_setzero_ps(); N];
+        let mut dm = [[0.0f32; LANES]; N];
+        for g in (0..full).step_by(GROUP) {
+            let halves = (2 * (per_row - g)).min(LANES);
+            for (d, sc) in dm.iter_mut().zip(s) {
+                let bits = _mm256_maskz_loadu_epi16(mask(halves), sc.add(2 * g).cast());
+                _mm512_storeu_ps(d.as_mut_ptr(), _mm512_cvtph_ps(bits));
+            }
+            for b in g..full.min(g + GROUP) {
+                let k = b * Q8_BLOCK;
+                let x0 = _mm512_loadu_ps(x.add(k));
+                let x1 = _mm512_loadu_ps(x.add(k + LANES));
+                let xs = _mm512_add_ps(x0, x1);
+                let at = 2 * (b - g);
+                for (((a, a_m), row), d) in acc.iter_mut().zip(acc_m.iter_mut()).zip(r).zip(&dm) {
+                    let wide =
+                        _mm512_cvtepu8_epi32(_mm_loadu_si128(row.add(b * Q4_BLOCK_BYTES).cast()));
+                    let q0 = _mm512_cvtepi32_ps(_mm512_and_si512(wide, nibble));
+                    let q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(wide));
+                    let p = _mm512_fmadd_ps(q1, x1, _mm512_mul_ps(q0, x0));
+                    *a = _mm512_fmadd_ps(p, _mm512_set1_ps(*d.as_ptr().add(at)), *a);
+                    *a_m = _mm512_fmadd_ps(xs, _mm512_set1_ps(*d.as_ptr().add(at + 1)), *a_m);
+                }
+            }
+        }
+        for (j, ((a, a_m), (row, sc))) in acc
+            .into_iter()
+            .zip(acc_m)
+            .zip(r.into_iter().zip(s))
+            .enumerate()
+        {
+            let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(a, a_m));
+            if full < per_row {
+                let block =
+                    core::slice::from_raw_parts(row.add(full * Q4_BLOCK_BYTES), Q4_BLOCK_BYTES);
+                let pair = core::slice::from_raw_parts(sc.add(2 * full), 2);
+                let rest =
+                    core::slice::from_raw_parts(x.add(full * Q8_BLOCK), cols - full * Q8_BLOCK);
+                sum += q4_block_dot(block, pair, rest);
+            }
+            *out.add(i + j * stride) = sum;
         }
     }
 }
