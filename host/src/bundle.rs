@@ -440,9 +440,16 @@ pub fn pack(
     }
 
     let dtype = options.dtype;
+    // The embedding and the head are read row by row, each row straight into the residual
+    // stream or a logit, with nothing after it to average a rounding error away: a q4 bundle
+    // keeps them at 8 bits (docs/RESULTS.md, "q4").
+    let rows_dtype = match dtype {
+        Dtype::Q4 => Dtype::Q8,
+        other => other,
+    };
     let mut blob = BlobBuilder::new();
     let tokenizer = blob.push_tokenizer(tables)?;
-    let embedding = push_tensor(&mut blob, llama.embedding(), dtype)?;
+    let embedding = push_tensor(&mut blob, llama.embedding(), rows_dtype)?;
     let final_norm = blob.push_f32(&values(llama.final_norm())?)?;
     let mut layers = Vec::with_capacity(config.n_layers);
     for layer_idx in 0..config.n_layers {
@@ -488,7 +495,7 @@ pub fn pack(
         });
     }
     let row_bytes = |rows: usize| {
-        usize::try_from(dtype.matrix_bytes(rows, config.hidden_size)).unwrap_or(usize::MAX)
+        usize::try_from(rows_dtype.matrix_bytes(rows, config.hidden_size)).unwrap_or(usize::MAX)
     };
     let full_head_bytes = if llama.head_is_tied() {
         0
@@ -518,7 +525,7 @@ pub fn pack(
                 }
             };
             (
-                HeadRef::Labels(push_tensor(&mut blob, &rows, dtype)?),
+                HeadRef::Labels(push_tensor(&mut blob, &rows, rows_dtype)?),
                 row_bytes(label_ids.len()),
             )
         }
@@ -527,7 +534,7 @@ pub fn pack(
         }
         HeadChoice::Full if llama.head_is_tied() => (HeadRef::Tied, 0),
         HeadChoice::Full => (
-            HeadRef::Full(push_tensor(&mut blob, llama.head(), dtype)?),
+            HeadRef::Full(push_tensor(&mut blob, llama.head(), rows_dtype)?),
             full_head_bytes,
         ),
     };

@@ -484,11 +484,15 @@ impl<'a> Bundle<'a> {
         matrix: &MatrixRef,
         rows: usize,
         cols: usize,
-        dtype: Dtype,
+        bundle: Dtype,
     ) -> Result<(), Error> {
-        if matrix.rows as usize != rows || matrix.cols as usize != cols || matrix.dtype != dtype {
+        if matrix.rows as usize != rows
+            || matrix.cols as usize != cols
+            || !bundle.admits(matrix.dtype)
+        {
             return Err(Error::BadShape);
         }
+        let dtype = matrix.dtype;
         let count = rows.checked_mul(cols).ok_or(Error::BadShape)?;
         self.checked_span(matrix.data)?;
         match (dtype, matrix.scales) {

@@ -88,6 +88,13 @@ impl Dtype {
         }
     }
 
+    /// Whether a bundle of this dtype may store a matrix in `matrix`: its own dtype, and q8 in
+    /// a q4 bundle (mixed precision: the packer keeps the embedding, the head and any
+    /// matrix it finds too sensitive for 4 bits at 8).
+    pub fn admits(self, matrix: Dtype) -> bool {
+        matrix == self || (self == Self::Q4 && matrix == Self::Q8)
+    }
+
     /// Bytes of one stored `rows × cols` matrix, scales included (saturating).
     pub fn matrix_bytes(self, rows: usize, cols: usize) -> u64 {
         let product = |factors: &[usize]| {

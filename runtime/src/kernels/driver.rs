@@ -54,6 +54,11 @@ pub(crate) trait Simd {
     /// `bpr = ceil(w.cols / 32)`.
     unsafe fn matvec_q8_unchecked(&self, w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]);
 
+    /// [`Kernels::rounds_decode_activations`](super::Kernels::rounds_decode_activations).
+    fn rounds_decode_activations(&self) -> bool {
+        false
+    }
+
     /// As [`Simd::matvec_f32_unchecked`] for 4-bit weights ([`Q4Matrix`]).
     ///
     /// # Safety
@@ -565,6 +570,10 @@ macro_rules! simd_kernels {
         impl $crate::kernels::Kernels for $simd {
             fn name(&self) -> &'static str {
                 $name
+            }
+
+            fn rounds_decode_activations(&self) -> bool {
+                <Self as $crate::kernels::driver::Simd>::rounds_decode_activations(self)
             }
 
             fn gemm_f32(

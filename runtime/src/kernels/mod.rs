@@ -333,11 +333,12 @@ pub trait Kernels: Sync {
         math::swiglu(gate, up);
     }
 
-    /// Whether q8 products of fewer than [`DECODE_BELOW_TOKENS`] tokens (decode) round each
-    /// block of 32 activations to int8 first, at a step of `max |x| / 127` over the block, to
-    /// multiply in integers (llama.cpp does the same for its q8 dot products). Their result
-    /// then differs from the exact one by at most `Σ_b scale_b · Σ_{j in b} |q_j| · step_b / 2`
-    /// beyond rounding; prefill and f32 products are unaffected.
+    /// Whether quantized products (q8 or q4) of fewer than [`DECODE_BELOW_TOKENS`] tokens
+    /// (decode) may round each block of 32 activations to int8 first, at a step of
+    /// `max |x| / 127` over the block, to multiply in integers (llama.cpp does the same for its
+    /// quantized dot products). Their result then differs from the exact one by at most
+    /// `Σ_j |w_j| · step_j / 2` beyond rounding (q4: `|d| · q_j`, the minimum's term stays
+    /// exact); prefill and f32 products are unaffected.
     fn rounds_decode_activations(&self) -> bool {
         false
     }

@@ -219,7 +219,7 @@ fn check(kernel: &dyn Kernels, case: &Case) {
     Portable.gemm_q4(matrix, &x, case.tokens, &mut expected);
     kernel.gemm_q4(matrix, &x, case.tokens, &mut got);
     let abs_w = q4_magnitudes(case, &data, &scales);
-    compare(kernel, case, &expected, &got, (&abs_w, &x), false);
+    compare(kernel, case, &expected, &got, (&abs_w, &x), rounded);
 }
 
 /// A low-rank layer: `A` is `rank × cols`, `B` is `rows × rank`.

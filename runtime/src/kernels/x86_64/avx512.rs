@@ -19,11 +19,14 @@ use core::arch::x86_64::{
 use super::super::driver::{self, Panel, Simd, Source, Tile, simd_kernels};
 use super::super::select::cpu_has;
 use super::super::{F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_block_dot};
+use super::vnni;
 
 /// AVX-512 F/BW/VL kernels. Constructed only by [`Avx512::detect`].
 #[derive(Clone, Copy, Debug)]
 pub struct Avx512 {
-    _detected: (),
+    /// The CPU has AVX-512 VNNI: q4 decode multiplies nibbles by activations rounded to int8
+    /// (`vpdpbusd`).
+    vnni: bool,
 }
 
 impl Avx512 {
@@ -37,7 +40,9 @@ impl Avx512 {
             "avx512vl",
             "fma"
         )
-        .then_some(Self { _detected: () })
+        .then(|| Self {
+            vnni: cpu_has!(is_x86_feature_detected, "avx512vnni"),
+        })
     }
 }
 
@@ -70,8 +75,16 @@ impl Simd for Avx512 {
         );
     }
 
+    fn rounds_decode_activations(&self) -> bool {
+        self.vnni
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
     unsafe fn matvec_q4_unchecked(&self, w: Q4Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        if self.vnni {
+            // SAFETY: `vnni` says the CPU has the feature; the rest is forwarded.
+            return unsafe { vnni::matvec_q4(w, x, out) };
+        }
         let (x, out) = (x.as_ptr(), out.as_mut_ptr());
         // SAFETY (both calls): as for `matvec_q8_unchecked`.
         driver::by_quarters(

@@ -2,6 +2,7 @@
 
 mod avx2;
 mod avx512;
+mod vnni;
 
 pub use avx2::Avx2Fma;
 pub use avx512::Avx512;

@@ -1,0 +1,226 @@
+//! q4 decode with AVX-512 VNNI (`vpdpbusd`: unsigned bytes times signed bytes, four products
+//! summed into each 32-bit lane), used by [`Avx512`](super::Avx512) where the CPU has it.
+//!
+//! The activations are rounded to int8 once per call, per block of 32 (`step = max |x| / 127`,
+//! as llama.cpp rounds them for its quantized dot products), and laid out per pair of blocks
+//! `A, B` as `A[0..16] B[0..16] A[16..32] B[16..32]`: the order in which one 32-byte load of
+//! the pair's nibbles, broadcast to both halves of a register, gives its low nibbles (values
+//! `0..16` of each block) in the first half and, shifted right by four, its high nibbles
+//! (values `16..32`) in the second. One `vpdpbusd` then multiplies 64 weights; its lanes are
+//! converted once and scaled by `d · step` of their block. `m · Σ x` uses the exact block sums.
+//! Rows go four a quarter of the matrix apart, as in every x86 decode.
+//!
+//! Against the float q4 decode this is about a third of the instructions per weight (decode
+//! here was bound by arithmetic, not memory: docs/RESULTS.md, "q4 kernels").
+//!
+//! `unsafe` is allowed in this module only, under the same rules as `avx512`'s.
+#![allow(unsafe_code)]
+
+use core::arch::x86_64::{
+    __m512, __m512i, _mm256_loadu_si256, _mm256_maskz_loadu_epi8, _mm256_maskz_loadu_epi16,
+    _mm512_add_ps, _mm512_and_si512, _mm512_broadcast_i64x4, _mm512_cvtepi32_ps, _mm512_cvtph_ps,
+    _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mul_ps,
+    _mm512_permutexvar_ps, _mm512_reduce_add_ps, _mm512_set_epi64, _mm512_set1_epi8,
+    _mm512_setzero_ps, _mm512_setzero_si512, _mm512_srlv_epi64,
+};
+
+use super::super::driver;
+use super::super::{Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, q4_block_dot};
+
+/// Columns rounded at a time: longer rows run in passes of this many, each adding to `out`.
+const PASS: usize = 4096;
+/// Blocks of 32 in a pass.
+const PASS_BLOCKS: usize = PASS / Q8_BLOCK;
+/// Blocks whose `(d, m)` pairs one 16-lane conversion covers.
+const GROUP: usize = 8;
+
+/// One pass of rounded activations.
+struct Rounded {
+    /// Per pair of blocks, 64 bytes in the order the module documentation gives.
+    q: [i8; PASS],
+    /// Per group of eight blocks, lane `2b` the step of block `b`, odd lanes 0.
+    steps: [[f32; 16]; PASS_BLOCKS / GROUP],
+    /// Per group of eight blocks, lane `2b + 1` the exact `Σ x` of block `b`, even lanes 0.
+    sums: [[f32; 16]; PASS_BLOCKS / GROUP],
+}
+
+/// Rounds the `blocks` whole blocks of `x` (at most [`PASS_BLOCKS`]) into `r`, clearing only
+/// what the pass reads: its pairs' bytes and its groups' lanes.
+fn round(x: &[f32], blocks: usize, r: &mut Rounded) {
+    let groups = blocks.div_ceil(GROUP);
+    r.steps.iter_mut().take(groups).for_each(|s| *s = [0.0; 16]);
+    r.sums.iter_mut().take(groups).for_each(|s| *s = [0.0; 16]);
+    let pair_bytes = blocks.div_ceil(2) * 2 * Q8_BLOCK;
+    r.q.iter_mut().take(pair_bytes).for_each(|q| *q = 0);
+    for (b, block) in x.chunks_exact(Q8_BLOCK).take(blocks).enumerate() {
+        let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let inverse = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let (group, lane) = (b / GROUP, 2 * (b % GROUP));
+        if let Some(step) = r.steps.get_mut(group).and_then(|s| s.get_mut(lane)) {
+            *step = amax / 127.0;
+        }
+        if let Some(sum) = r.sums.get_mut(group).and_then(|s| s.get_mut(lane + 1)) {
+            *sum = block.iter().sum();
+        }
+        // Block `b` is `A` (offset 0) or `B` (offset 16) of pair `b / 2`: its values
+        // `0..16` at that offset in the pair's first 32 bytes, `16..32` in its last 32.
+        let at = (b / 2) * 2 * Q8_BLOCK + (b % 2) * 16;
+        let (low, high) = block.split_at(16);
+        for (offset, values) in [(at, low), (at + Q8_BLOCK, high)] {
+            let slots = r.q.get_mut(offset..offset + 16).unwrap_or_default();
+            for (q, &v) in slots.iter_mut().zip(values) {
+                // To nearest, ties to even; |v · inverse| ≤ 127.
+                *q = libm::rintf(v * inverse) as i8;
+            }
+        }
+    }
+}
+
+/// `out = W x` for one token; as [`Simd::matvec_q4_unchecked`](super::super::driver::Simd).
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW, VL and VNNI, and the lengths are those of
+/// `Simd::matvec_q4_unchecked`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+pub(super) unsafe fn matvec_q4(w: Q4Matrix<'_>, x: &[f32], out: &mut [f32]) {
+    let cols = w.cols;
+    let full = cols / Q8_BLOCK;
+    let mut rounded = Rounded {
+        q: [0; PASS],
+        steps: [[0.0; 16]; PASS_BLOCKS / GROUP],
+        sums: [[0.0; 16]; PASS_BLOCKS / GROUP],
+    };
+    let (x_ptr, out_ptr) = (x.as_ptr(), out.as_mut_ptr());
+    for pass in 0..full.div_ceil(PASS_BLOCKS).max(1) {
+        let first = pass * PASS_BLOCKS;
+        let blocks = full.saturating_sub(first).min(PASS_BLOCKS);
+        round(
+            x.get(first * Q8_BLOCK..).unwrap_or_default(),
+            blocks,
+            &mut rounded,
+        );
+        let last = first + blocks == full;
+        let r = &rounded;
+        // SAFETY (both calls): the caller's lengths; `by_quarters` passes rows below `w.rows`,
+        // and the pass reads blocks `first .. first + blocks` (plus the partial block on the
+        // last pass) of each.
+        driver::by_quarters(
+            w.rows,
+            |i, quarter| unsafe {
+                rows::<4>(
+                    w,
+                    i,
+                    quarter,
+                    (first, blocks, last),
+                    r,
+                    x_ptr,
+                    out_ptr,
+                    pass > 0,
+                )
+            },
+            |i| unsafe { rows::<1>(w, i, 0, (first, blocks, last), r, x_ptr, out_ptr, pass > 0) },
+        );
+    }
+}
+
+/// Rows `i + j · stride` (`j < N`) over blocks `first .. first + blocks` (`pass`), adding to
+/// `out` when `add`; on the `last` pass, the row's partial last block in scalars.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows<const N: usize>(
+    w: Q4Matrix<'_>,
+    i: usize,
+    stride: usize,
+    (first, blocks, last): (usize, usize, bool),
+    r: &Rounded,
+    x: *const f32,
+    out: *mut f32,
+    add: bool,
+) {
+    let (data, scales, cols) = (w.data.as_ptr(), w.scales.as_ptr(), w.cols);
+    let per_row = cols.div_ceil(Q8_BLOCK);
+    let full = cols / Q8_BLOCK;
+    // SAFETY: the caller guarantees rows `i + j · stride` of `per_row` blocks and
+    // `2 · per_row` scales, `cols` activations and those outputs; blocks below
+    // `first + blocks ≤ full` are read whole, the odd last one of a pass by a 16-byte masked
+    // load, and the scale loads are masked to halves below `2 · (first + blocks)`.
+    unsafe {
+        let r_rows: [*const u8; N] =
+            core::array::from_fn(|j| data.add((i + j * stride) * per_row * Q4_BLOCK_BYTES));
+        let s_rows: [*const u16; N] =
+            core::array::from_fn(|j| scales.add((i + j * stride) * per_row * 2));
+        let nibble = _mm512_set1_epi8(0x0f);
+        let shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut acc_m = [_mm512_setzero_ps(); N];
+        for g in (0..blocks).step_by(GROUP) {
+            let in_group = (blocks - g).min(GROUP);
+            let steps = _mm512_loadu_ps(r.steps.as_ptr().add(g / GROUP).cast());
+            let sums = _mm512_loadu_ps(r.sums.as_ptr().add(g / GROUP).cast());
+            let half_mask = ((1u32 << (2 * in_group)) - 1) as u16;
+            let mut scale = [_mm512_setzero_ps(); N];
+            for ((s, a_m), row) in scale.iter_mut().zip(acc_m.iter_mut()).zip(s_rows) {
+                let bits = _mm256_maskz_loadu_epi16(half_mask, row.add(2 * (first + g)).cast());
+                let dm = _mm512_cvtph_ps(bits);
+                // Odd lanes: m · Σ x; even lanes: d · step, the int dot product's scale.
+                *a_m = _mm512_fmadd_ps(dm, sums, *a_m);
+                *s = _mm512_mul_ps(dm, steps);
+            }
+            for p in (0..in_group).step_by(2) {
+                let at = first + g + p;
+                let x8 = _mm512_loadu_si512(r.q.as_ptr().add((g + p) * Q8_BLOCK).cast());
+                // Lanes 0–3 and 8–11 take block `p`'s scale (lane 2p), 4–7 and 12–15 block
+                // `p + 1`'s (lane 2p + 2).
+                let (a, b) = (2 * p as i32, 2 * p as i32 + 2);
+                let pick = pattern(a, b);
+                for (((acc, s), row), _) in acc.iter_mut().zip(&scale).zip(r_rows).zip(0..N) {
+                    let at = row.add(at * Q4_BLOCK_BYTES);
+                    let bytes = if p + 1 < in_group {
+                        _mm256_loadu_si256(at.cast())
+                    } else {
+                        _mm256_maskz_loadu_epi8(0x0000_ffff, at.cast())
+                    };
+                    let both = _mm512_broadcast_i64x4(bytes);
+                    let q = _mm512_and_si512(_mm512_srlv_epi64(both, shift), nibble);
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x8);
+                    let lane_scale = _mm512_permutexvar_ps(pick, *s);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), lane_scale, *acc);
+                }
+            }
+        }
+        for (j, ((a, a_m), (row, sc))) in acc
+            .into_iter()
+            .zip(acc_m)
+            .zip(r_rows.into_iter().zip(s_rows))
+            .enumerate()
+        {
+            let mut sum = reduce(a, a_m);
+            if last && full < per_row {
+                let block =
+                    core::slice::from_raw_parts(row.add(full * Q4_BLOCK_BYTES), Q4_BLOCK_BYTES);
+                let pair = core::slice::from_raw_parts(sc.add(2 * full), 2);
+                let rest =
+                    core::slice::from_raw_parts(x.add(full * Q8_BLOCK), cols - full * Q8_BLOCK);
+                sum += q4_block_dot(block, pair, rest);
+            }
+            let o = out.add(i + j * stride);
+            *o = if add { *o + sum } else { sum };
+        }
+    }
+}
+
+/// The lane indices `a ×4, b ×4, a ×4, b ×4`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn pattern(a: i32, b: i32) -> __m512i {
+    let lanes: [i32; 16] = core::array::from_fn(|l| if (l / 4) % 2 == 0 { a } else { b });
+    // SAFETY: a load of a 16-lane array on the stack.
+    unsafe { _mm512_loadu_si512(lanes.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn reduce(a: __m512, b: __m512) -> f32 {
+    _mm512_reduce_add_ps(_mm512_add_ps(a, b))
+}
