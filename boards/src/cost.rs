@@ -175,9 +175,10 @@ pub fn predict(
     let workload = Workload::new(config, ranks, widths, dtype, head_rows, context)?;
 
     let hidden = config.hidden_size;
-    let embedding_bytes = dtype.matrix_bytes(config.vocab_size, hidden);
+    // A q4 bundle keeps its embedding and head at q8 (`Dtype::rows`).
+    let embedding_bytes = dtype.rows().matrix_bytes(config.vocab_size, hidden);
     let norm_bytes = norm_bytes(config);
-    let task_head_bytes = head_rows.map_or(0, |rows| dtype.matrix_bytes(rows, hidden));
+    let task_head_bytes = head_rows.map_or(0, |rows| dtype.rows().matrix_bytes(rows, hidden));
     let weight_bytes = workload
         .linear_bytes
         .saturating_add(embedding_bytes)
@@ -261,8 +262,12 @@ impl Processor {
         let bytes_per_s = profile.bandwidth_bytes_per_s as f64;
         let flops_per_s = profile.cpu_f32_flops;
         let (weight_bytes_per_s, weight_flops_per_s) = match (&profile.kernels, dtype) {
-            // No profile measures a q4 kernel yet: its bytes stream at q8's measured rate.
-            (Some(k), Dtype::Q8 | Dtype::Q4) => (k.q8_decode_bytes_per_s, k.q8_prefill_flops),
+            (Some(k), Dtype::Q8) => (k.q8_decode_bytes_per_s, k.q8_prefill_flops),
+            // A profile measured before q4 has only q8's rates.
+            (Some(k), Dtype::Q4) => (
+                k.q4_decode_bytes_per_s.unwrap_or(k.q8_decode_bytes_per_s),
+                k.q4_prefill_flops.unwrap_or(k.q8_prefill_flops),
+            ),
             (Some(k), Dtype::F32) => (k.f32_decode_bytes_per_s, k.f32_prefill_flops),
             (None, _) => (bytes_per_s, flops_per_s),
         };
@@ -365,11 +370,11 @@ impl Workload {
             .fold(0u64, |sum, work| sum.saturating_add(work.bytes));
         let head_rows = head_rows.unwrap_or(config.vocab_size);
         weight_steps.push(Work {
-            bytes: dtype.matrix_bytes(head_rows, hidden),
+            bytes: dtype.rows().matrix_bytes(head_rows, hidden),
             flops: product(&[2, head_rows, hidden]),
         });
         weight_steps.push(Work {
-            bytes: norm_bytes(config).saturating_add(dtype.matrix_bytes(1, hidden)),
+            bytes: norm_bytes(config).saturating_add(dtype.rows().matrix_bytes(1, hidden)),
             flops: 0,
         });
         // Scores q·k and the weighted sum of v: 2·head_dim FLOPs each, per head and position.

@@ -636,10 +636,24 @@ fn kernel_rates_must_be_positive() {
         f32_decode_bytes_per_s: 1.0,
         q8_prefill_flops: 1.0,
         f32_prefill_flops: 1.0,
+        q4_decode_bytes_per_s: None,
+        q4_prefill_flops: None,
         attention_flops: None,
         prefill_layer_overhead_us: None,
     });
     assert!(bad.validate().is_err(), "{text}");
+    let mut bad_q4 = board.clone();
+    bad_q4.kernels = Some(crate::KernelRates {
+        q8_decode_bytes_per_s: 1.0,
+        f32_decode_bytes_per_s: 1.0,
+        q8_prefill_flops: 1.0,
+        f32_prefill_flops: 1.0,
+        q4_decode_bytes_per_s: Some(-1.0),
+        q4_prefill_flops: None,
+        attention_flops: None,
+        prefill_layer_overhead_us: None,
+    });
+    assert!(bad_q4.validate().is_err(), "a negative q4 rate");
     assert!(board.validate().is_ok());
 }
 

@@ -97,6 +97,12 @@ pub struct KernelRates {
     pub q8_prefill_flops: f64,
     /// The same for f32 matrices.
     pub f32_prefill_flops: f64,
+    /// As `q8_decode_bytes_per_s`, q4 matrices. Absent (a profile measured before q4): q8's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q4_decode_bytes_per_s: Option<f64>,
+    /// As `q8_prefill_flops`, q4 matrices. Absent: q8's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q4_prefill_flops: Option<f64>,
     /// FLOP/s of the runtime's attention (scores and the weighted sum of values, `4·hidden`
     /// FLOPs per attended position), key/value reads included; fitted from decode steps of a
     /// synthetic model at two context lengths. Absent: the roofline of the bandwidth and the
@@ -360,6 +366,8 @@ impl BoardProfile {
             ]
             .into_iter()
             .chain(k.attention_flops)
+            .chain(k.q4_decode_bytes_per_s)
+            .chain(k.q4_prefill_flops)
             .all(is_positive)
         {
             return Err(invalid("kernels", "every rate must be a positive number"));

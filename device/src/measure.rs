@@ -141,6 +141,10 @@ pub struct KernelSpeed {
     pub q8_prefill: [f64; 2],
     /// As `q8_prefill`, f32 weights.
     pub f32_prefill: [f64; 2],
+    /// As `q8_decode`, q4 weights.
+    pub q4_decode: [f64; 2],
+    /// As `q8_prefill`, q4 weights.
+    pub q4_prefill: [f64; 2],
 }
 
 impl KernelSpeed {
@@ -152,6 +156,8 @@ impl KernelSpeed {
             f32_decode_bytes_per_s: best(self.f32_decode).round(),
             q8_prefill_flops: best(self.q8_prefill).round(),
             f32_prefill_flops: best(self.f32_prefill).round(),
+            q4_decode_bytes_per_s: Some(best(self.q4_decode).round()),
+            q4_prefill_flops: Some(best(self.q4_prefill).round()),
             attention_flops: None,
             prefill_layer_overhead_us: None,
         }
@@ -170,7 +176,7 @@ pub fn kernel_speed(
     runs: usize,
 ) -> KernelSpeed {
     use whittle_runtime::kernels::{
-        F32Matrix, Kernels, Q8Matrix, Threaded, best, q8_blocks_per_row,
+        F32Matrix, Kernels, Q4_BLOCK_BYTES, Q4Matrix, Q8Matrix, Threaded, best, q8_blocks_per_row,
     };
     let (rows, cols) = (shape.0.max(1), shape.1.max(1));
     let size = rows * cols;
@@ -186,6 +192,26 @@ pub fn kernel_speed(
         .map(|i| (i % 97) as f32 * 0.01 - 0.5)
         .collect();
     let scales = vec![0.01f32; q8_count * scale_count];
+    // A q4 matrix as stored: 16 bytes of nibbles and an f16 (d, m) pair per 32 values.
+    let q4_data_len = scale_count * Q4_BLOCK_BYTES;
+    let q4_bytes = q4_data_len + 4 * scale_count;
+    let q4_count = (decode_bytes / q4_bytes).max(1);
+    let q4_data: Vec<u8> = (0..q4_count * q4_data_len)
+        .map(|i| (i * 37 % 256) as u8)
+        .collect();
+    let q4_scales: Vec<u16> = (0..2 * q4_count * scale_count)
+        .map(|i| half::f16::from_f32(if i % 2 == 0 { 0.01 } else { -0.08 }).to_bits())
+        .collect();
+    let q4 = |m: usize| Q4Matrix {
+        rows,
+        cols,
+        data: q4_data
+            .get(m * q4_data_len..(m + 1) * q4_data_len)
+            .unwrap_or_default(),
+        scales: q4_scales
+            .get(2 * m * scale_count..2 * (m + 1) * scale_count)
+            .unwrap_or_default(),
+    };
     let q8 = |m: usize| Q8Matrix {
         rows,
         cols,
@@ -202,7 +228,7 @@ pub fn kernel_speed(
     let tokens = prefill_tokens.max(1);
     let x: Vec<f32> = (0..tokens * cols).map(|i| (i % 13) as f32 * 0.1).collect();
     let mut out = vec![0.0f32; tokens * rows];
-    let prefill_matrices = 8.min(q8_count).min(f32_count);
+    let prefill_matrices = 8.min(q8_count).min(f32_count).min(q4_count);
     let prefill_flops = 2.0 * (tokens * size * prefill_matrices) as f64;
     let runs = runs.max(1);
     let mut measure = |threads: usize| {
@@ -232,11 +258,25 @@ pub fn kernel_speed(
             }
             black_box(&out);
         });
+        let q4_decode = best_seconds(runs, || {
+            for m in 0..q4_count {
+                k.gemm_q4(q4(m), x1, 1, out.get_mut(..rows).unwrap_or_default());
+            }
+            black_box(&out);
+        });
+        let q4_prefill = best_seconds(runs, || {
+            for m in 0..prefill_matrices {
+                k.gemm_q4(q4(m), &x, tokens, &mut out);
+            }
+            black_box(&out);
+        });
         [
             (q8_count * q8_bytes) as f64 / q8_decode,
             (4 * f32_count * size) as f64 / f32_decode,
             prefill_flops / q8_prefill,
             prefill_flops / f32_prefill,
+            (q4_count * q4_bytes) as f64 / q4_decode,
+            prefill_flops / q4_prefill,
         ]
     };
     let one = measure(1);
@@ -251,6 +291,8 @@ pub fn kernel_speed(
         f32_decode: [one[1], all[1]],
         q8_prefill: [one[2], all[2]],
         f32_prefill: [one[3], all[3]],
+        q4_decode: [one[4], all[4]],
+        q4_prefill: [one[5], all[5]],
     }
 }
 

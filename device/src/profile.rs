@@ -209,8 +209,8 @@ fn host_profile(
         sources.push(measured(format!(
             "kernels: whittle's {} kernels on a persistent pool, 1 / {} threads, the better kept, \
              each the best of {} runs: one-token products over {} MiB of {}x{} weights per dtype, \
-             q8 {} GB/s, f32 {} GB/s of weights; {}-token products, q8 {} GFLOP/s, f32 {} \
-             GFLOP/s (packing included)",
+             q8 {} GB/s, f32 {} GB/s, q4 {} GB/s of weights; {}-token products, q8 {} GFLOP/s, \
+             f32 {} GFLOP/s, q4 {} GFLOP/s (packing included)",
             k.kernel,
             k.threads,
             RUNS,
@@ -219,9 +219,11 @@ fn host_profile(
             k.shape.1,
             pair(k.q8_decode, 1e9),
             pair(k.f32_decode, 1e9),
+            pair(k.q4_decode, 1e9),
             k.prefill_tokens,
             pair(k.q8_prefill, 1e9),
             pair(k.f32_prefill, 1e9),
+            pair(k.q4_prefill, 1e9),
         )));
     }
     BoardProfile {

@@ -440,13 +440,7 @@ pub fn pack(
     }
 
     let dtype = options.dtype;
-    // The embedding and the head are read row by row, each row straight into the residual
-    // stream or a logit, with nothing after it to average a rounding error away: a q4 bundle
-    // keeps them at 8 bits (docs/RESULTS.md, "q4").
-    let rows_dtype = match dtype {
-        Dtype::Q4 => Dtype::Q8,
-        other => other,
-    };
+    let rows_dtype = dtype.rows();
     let mut blob = BlobBuilder::new();
     let tokenizer = blob.push_tokenizer(tables)?;
     let embedding = push_tensor(&mut blob, llama.embedding(), rows_dtype)?;

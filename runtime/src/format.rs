@@ -95,6 +95,16 @@ impl Dtype {
         matrix == self || (self == Self::Q4 && matrix == Self::Q8)
     }
 
+    /// The dtype a bundle of this dtype stores its embedding and head in: its own, except q8
+    /// for q4 (each row goes straight into the residual stream or a logit, with nothing after
+    /// it to average a 4-bit rounding away; docs/RESULTS.md, "q4").
+    pub const fn rows(self) -> Dtype {
+        match self {
+            Self::Q4 => Self::Q8,
+            other => other,
+        }
+    }
+
     /// Bytes of one stored `rows × cols` matrix, scales included (saturating).
     pub fn matrix_bytes(self, rows: usize, cols: usize) -> u64 {
         let product = |factors: &[usize]| {

@@ -1,7 +1,7 @@
 //! `cargo xtask bench-compare` and `cargo xtask bench`: the runtime's speed on this machine.
 //!
-//! `bench-compare` runs, side by side, `whittle-device bench` on the dense q8 bundle and on a
-//! pruned q8 bundle, and llama.cpp (PyPI `cyllama`, in a virtual environment this command
+//! `bench-compare` runs, side by side, `whittle-device bench` on the dense bundle and on a
+//! pruned bundle, each packed q8 and q4, and llama.cpp (PyPI `cyllama`, in a virtual environment this command
 //! creates) on the same GGUF file and the same prompt token ids: prefill of 256 tokens, greedy
 //! decode of 64, on 1 and 2 threads. Every round runs every configuration once (after one
 //! unmeasured warm-up run, in a fresh process), the order rotating from round to round, so that
@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 use whittle_boards::files::{cache_root, default_model_dir};
 use whittle_boards::{BenchPrediction, BenchRecord};
 
-use crate::cargo;
 use crate::workspace::{self, Built, Executable};
+use crate::{cargo, prerequisites};
 
 /// The llama.cpp Python binding and the version the comparison is pinned to.
 const CYLLAMA: &str = "cyllama==0.2.18";
@@ -81,8 +81,9 @@ fn bench_dir() -> PathBuf {
     cache_root().join("bench")
 }
 
-/// Runs `whittle pack` into `out` (atomically: the packer writes a temporary file and renames).
-fn pack(built: &Built, prune_dir: Option<&Path>, out: &Path) -> anyhow::Result<()> {
+/// Runs `whittle pack` into `out` in `dtype` (atomically: the packer writes a temporary file
+/// and renames).
+fn pack(built: &Built, prune_dir: Option<&Path>, dtype: &str, out: &Path) -> anyhow::Result<()> {
     let mut args: Vec<OsString> = vec!["pack".into()];
     if let Some(dir) = prune_dir {
         args.extend(["--prune-dir".into(), dir.as_os_str().to_owned()]);
@@ -90,7 +91,7 @@ fn pack(built: &Built, prune_dir: Option<&Path>, out: &Path) -> anyhow::Result<(
         args.extend(["--task".into(), DENSE_TASK.into()]);
     }
     args.extend(
-        ["--dtype", "q8", "--head", "full", "--out"]
+        ["--dtype", dtype, "--head", "full", "--out"]
             .into_iter()
             .map(OsString::from),
     );
@@ -100,20 +101,25 @@ fn pack(built: &Built, prune_dir: Option<&Path>, out: &Path) -> anyhow::Result<(
     cargo::run(&mut built.command(Executable::HostTool, args)?)
 }
 
-/// The dense q8 bundle with a full head, packed once into the cache.
-fn dense_bundle(built: &Built, repack: bool) -> anyhow::Result<PathBuf> {
-    let path = bench_dir().join("dense-q8-full.wbundle");
-    if repack || !parses(&path) {
-        pack(built, None, &path)?;
+/// The dense bundle in `dtype` with a full head, packed once into the cache.
+fn dense_bundle(built: &Built, dtype: &str, repack: bool) -> anyhow::Result<PathBuf> {
+    let path = bench_dir().join(format!("dense-{dtype}-full.wbundle"));
+    if repack || !current(&path) {
+        pack(built, None, dtype, &path)?;
     }
     Ok(path)
 }
 
-/// Whether `path` is a bundle this runtime reads (a cached one from an older format is not).
-fn parses(path: &Path) -> bool {
+/// Whether `path` is a bundle this runtime reads and the packer would write the same way (a
+/// cached one from an older format, or a q4 one whose embedding is not q8 as the packer now
+/// keeps it, is not).
+fn current(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|bytes| {
         whittle_runtime::Bundle::parse(whittle_runtime::AlignedBytes::new(&bytes).as_bytes())
-            .is_ok()
+            .is_ok_and(|bundle| {
+                let header = bundle.header();
+                header.embedding.dtype == header.dtype.rows()
+            })
     })
 }
 
@@ -141,30 +147,37 @@ fn prune_key(dir: &Path) -> anyhow::Result<u64> {
     Ok(hasher.finish())
 }
 
-/// The pruned bundle: given, or packed (q8, full head) from a prune folder into the cache.
-fn pruned_bundle(built: &Built, args: &CompareArgs) -> anyhow::Result<PathBuf> {
+/// The pruned bundle in `dtype`: given (q8 only), or packed (full head) from a prune folder
+/// into the cache.
+fn pruned_bundle(
+    built: &Built,
+    args: &CompareArgs,
+    dtype: &str,
+) -> anyhow::Result<Option<PathBuf>> {
     if let Some(bundle) = &args.pruned_bundle {
         if !bundle.exists() {
             bail!("{} does not exist; check --pruned-bundle", bundle.display());
         }
-        return Ok(bundle.clone());
+        return Ok((dtype == "q8").then(|| bundle.clone()));
     }
     let Some(dir) = &args.prune_dir else {
         bail!(
             "no pruned model: pass --prune-dir DIR, the output folder of `cargo xtask prune --task sst2 --board jetson-orin --out DIR` (ε = 0.05 by default), or --pruned-bundle FILE (packed with --head full)"
         );
     };
-    let path = bench_dir().join(format!("pruned-{:016x}-q8-full.wbundle", prune_key(dir)?));
-    if args.repack || !path.exists() {
-        pack(built, Some(dir), &path)?;
+    let path = bench_dir().join(format!(
+        "pruned-{:016x}-{dtype}-full.wbundle",
+        prune_key(dir)?
+    ));
+    if args.repack || !current(&path) {
+        pack(built, Some(dir), dtype, &path)?;
     }
-    Ok(path)
+    Ok(Some(path))
 }
 
 /// The virtual environment with cyllama, created (and cyllama installed) when missing.
 fn venv_python() -> anyhow::Result<PathBuf> {
-    let venv = cache_root().join("venvs").join("cyllama");
-    let python = venv.join("bin/python");
+    let python = prerequisites::virtual_environment("cyllama")?;
     let version = |python: &Path| {
         cargo::program(python, ["-c", "import cyllama; print(cyllama.__version__)"])
             .stderr(std::process::Stdio::null())
@@ -175,17 +188,6 @@ fn venv_python() -> anyhow::Result<PathBuf> {
     };
     if version(&python).as_deref() == Some(CYLLAMA_VERSION) {
         return Ok(python);
-    }
-    if !python.exists() {
-        cargo::run(&mut cargo::program(
-            "python3",
-            [
-                OsString::from("-m"),
-                "venv".into(),
-                venv.as_os_str().to_owned(),
-            ],
-        ))
-        .context("cannot create the virtual environment; install python3 with venv (Debian: python3-venv)")?;
     }
     cargo::run(&mut cargo::program(
         &python,
@@ -213,15 +215,27 @@ fn last_json<T: DeserializeOwned>(stdout: &str, what: &str) -> anyhow::Result<T>
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Contender {
     Dense,
+    DenseQ4,
     Pruned,
+    PrunedQ4,
     Llama,
 }
 
 impl Contender {
+    const ALL: [Self; 5] = [
+        Self::Dense,
+        Self::DenseQ4,
+        Self::Pruned,
+        Self::PrunedQ4,
+        Self::Llama,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Self::Dense => "runtime dense q8",
+            Self::DenseQ4 => "runtime dense q4",
             Self::Pruned => "runtime pruned q8",
+            Self::PrunedQ4 => "runtime pruned q4",
             Self::Llama => "llama.cpp Q4_1",
         }
     }
@@ -229,7 +243,9 @@ impl Contender {
     fn key(self) -> &'static str {
         match self {
             Self::Dense => "dense",
+            Self::DenseQ4 => "dense_q4",
             Self::Pruned => "pruned",
+            Self::PrunedQ4 => "pruned_q4",
             Self::Llama => "llamacpp",
         }
     }
@@ -302,8 +318,8 @@ fn device_record(
 /// What every engine's runs share.
 struct Setup<'a> {
     built: &'a Built,
-    dense: &'a Path,
-    pruned: Option<&'a Path>,
+    /// The runtime's bundles, per engine.
+    bundles: &'a [(Contender, PathBuf)],
     python: &'a Path,
     model: &'a Path,
     /// The prompt's token ids, comma-separated.
@@ -319,8 +335,6 @@ fn run_engine(
     args: &CompareArgs,
 ) -> anyhow::Result<(Timings, Option<BenchPrediction>)> {
     let bundle = match engine {
-        Contender::Dense => setup.dense,
-        Contender::Pruned => setup.pruned.unwrap_or(setup.dense),
         Contender::Llama => {
             let mut command = cargo::program(
                 setup.python,
@@ -343,6 +357,12 @@ fn run_engine(
             let times = last_json(&cargo::stdout_of(&mut command)?, engine.name())?;
             return Ok((times, None));
         }
+        runtime => setup
+            .bundles
+            .iter()
+            .find(|(e, _)| *e == runtime)
+            .map(|(_, path)| path.as_path())
+            .with_context(|| format!("no bundle for {}", runtime.name()))?,
     };
     let record = device_record(
         setup.built,
@@ -381,12 +401,22 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
             anyhow::anyhow!("the host profile is still unreadable after measuring it: {error}")
         })?;
     }
-    let pruned = if args.dense_only {
-        None
-    } else {
-        Some(pruned_bundle(&built, args)?)
-    };
-    let dense = dense_bundle(&built, args.repack)?;
+    let dense = dense_bundle(&built, "q8", args.repack)?;
+    let mut bundles = vec![
+        (Contender::Dense, dense.clone()),
+        (Contender::DenseQ4, dense_bundle(&built, "q4", args.repack)?),
+    ];
+    if !args.dense_only {
+        for (engine, dtype) in [(Contender::Pruned, "q8"), (Contender::PrunedQ4, "q4")] {
+            if let Some(path) = pruned_bundle(&built, args, dtype)? {
+                bundles.push((engine, path));
+            }
+        }
+    }
+    let pruned = bundles
+        .iter()
+        .find(|(e, _)| *e == Contender::Pruned)
+        .map(|(_, p)| p.clone());
     let python = venv_python()?;
 
     // The prompt's token ids, from the runtime's tokenizer (the bundle's tables).
@@ -412,16 +442,15 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     let tokens = tokens.join(",");
     let setup = Setup {
         built: &built,
-        dense: &dense,
-        pruned: pruned.as_deref(),
+        bundles: &bundles,
         python: &python,
         model: &model,
         tokens: &tokens,
     };
 
-    let engines: Vec<Contender> = [Contender::Dense, Contender::Pruned, Contender::Llama]
+    let engines: Vec<Contender> = Contender::ALL
         .into_iter()
-        .filter(|&e| e != Contender::Pruned || pruned.is_some())
+        .filter(|&e| e == Contender::Llama || bundles.iter().any(|(b, _)| *b == e))
         .collect();
     let mut samples: Vec<((Contender, usize), Samples)> = Vec::new();
     for &threads in &args.threads {
@@ -484,9 +513,9 @@ pub fn bench(board: &str, prune_dir: Option<&Path>, repeats: usize) -> anyhow::R
         label_sentences: 0,
         json: false,
     };
-    let mut bundles = vec![dense_bundle(&built, false)?];
+    let mut bundles = vec![dense_bundle(&built, "q8", false)?];
     if prune_dir.is_some() {
-        bundles.push(pruned_bundle(&built, &args)?);
+        bundles.extend(pruned_bundle(&built, &args, "q8")?);
     }
     // One thread and all threads: the profile keeps the better of its one- and all-thread
     // figures, so the better of these two is what its prediction is for.

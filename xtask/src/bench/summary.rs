@@ -46,13 +46,18 @@ impl Summary {
     }
 }
 
-/// Runtime ÷ llama.cpp throughput; `null` where either side is missing.
+/// Runtime ÷ llama.cpp throughput; `null` where either side is missing. Unprefixed: the q8
+/// bundles; `q4_`: the same bundles packed q4.
 #[derive(Debug, Serialize)]
 struct Ratios {
     dense_decode_ratio: Option<f64>,
     prefill_ratio: Option<f64>,
     pruned_decode_ratio: Option<f64>,
     pruned_prefill_ratio: Option<f64>,
+    q4_dense_decode_ratio: Option<f64>,
+    q4_prefill_ratio: Option<f64>,
+    q4_pruned_decode_ratio: Option<f64>,
+    q4_pruned_prefill_ratio: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -166,6 +171,10 @@ pub(super) fn summarize(
             prefill_ratio: against_llama(Contender::Dense, true),
             pruned_decode_ratio: against_llama(Contender::Pruned, false),
             pruned_prefill_ratio: against_llama(Contender::Pruned, true),
+            q4_dense_decode_ratio: against_llama(Contender::DenseQ4, false),
+            q4_prefill_ratio: against_llama(Contender::DenseQ4, true),
+            q4_pruned_decode_ratio: against_llama(Contender::PrunedQ4, false),
+            q4_pruned_prefill_ratio: against_llama(Contender::PrunedQ4, true),
         }
     };
     let top = args.threads.iter().copied().max().unwrap_or(1);
@@ -173,7 +182,10 @@ pub(super) fn summarize(
     // better of its one- and all-thread figures too).
     let mut cost_model = Vec::new();
     let mut bandwidth = BTreeMap::new();
-    for engine in [Contender::Dense, Contender::Pruned] {
+    for engine in Contender::ALL
+        .into_iter()
+        .filter(|&e| e != Contender::Llama)
+    {
         let Some(predicted) = args
             .threads
             .iter()
@@ -297,12 +309,16 @@ pub(super) fn print(args: &CompareArgs, s: &Summary) {
     println!("\nratios (runtime ÷ llama.cpp):");
     for r in &s.ratios_by_threads {
         println!(
-            "  {} thread(s): dense decode {}, pruned decode {}, dense prefill {}, pruned prefill {}",
+            "  {} thread(s): q8: dense decode {}, pruned decode {}, dense prefill {}, pruned prefill {}; q4: dense decode {}, pruned decode {}, dense prefill {}, pruned prefill {}",
             r.threads,
             shown(r.ratios.dense_decode_ratio),
             shown(r.ratios.pruned_decode_ratio),
             shown(r.ratios.prefill_ratio),
             shown(r.ratios.pruned_prefill_ratio),
+            shown(r.ratios.q4_dense_decode_ratio),
+            shown(r.ratios.q4_pruned_decode_ratio),
+            shown(r.ratios.q4_prefill_ratio),
+            shown(r.ratios.q4_pruned_prefill_ratio),
         );
     }
     println!("\ncost model (host profile) against the runtime (faster thread count):");
