@@ -337,6 +337,11 @@ fn the_example_firmware_links_the_current_tiny_bundle() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/firmware-example/tiny.wbundle");
     if std::env::var_os("WHITTLE_WRITE_TINY_BUNDLE").is_some() {
         std::fs::write(path, &bytes).unwrap();
+        // The fuzz target's seeds: this bundle and its q4 form.
+        let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds/bundle");
+        std::fs::write(alloc::format!("{seeds}/tiny.wbundle"), &bytes).unwrap();
+        let q4 = tiny_bundle(Dtype::Q4, false, None);
+        std::fs::write(alloc::format!("{seeds}/tiny-q4.wbundle"), q4).unwrap();
     }
     assert_eq!(
         std::fs::read(path).unwrap(),
