@@ -493,6 +493,9 @@ impl<'a> Bundle<'a> {
             return Err(Error::BadShape);
         }
         let dtype = matrix.dtype;
+        if dtype == Dtype::Q4 && !cfg!(feature = "q4") {
+            return Err(Error::Q4NotBuilt);
+        }
         let count = rows.checked_mul(cols).ok_or(Error::BadShape)?;
         self.checked_span(matrix.data)?;
         match (dtype, matrix.scales) {

@@ -64,6 +64,8 @@ pub enum Error {
     NotClassification,
     /// The stored prompt prefix was computed for other weights than the bundle's.
     PrefixMismatch,
+    /// The bundle holds q4 matrices and this runtime was built without the `q4` feature.
+    Q4NotBuilt,
 }
 
 impl core::fmt::Display for Error {
@@ -139,6 +141,9 @@ impl core::fmt::Display for Error {
             ),
             Self::PrefixMismatch => f.write_str(
                 "the bundle's stored prompt prefix was computed for other weights; re-pack it with `whittle pack`",
+            ),
+            Self::Q4NotBuilt => f.write_str(
+                "the bundle holds 4-bit (q4) weights and this runtime was built without its `q4` feature; enable it (whittle-runtime features = [\"q4\"]) or pack with `--dtype q8`",
             ),
         }
     }

@@ -393,6 +393,23 @@ fn the_self_check_records_the_runtime_answer() {
     assert!(release.header().provenance.check.is_some());
 }
 
+/// A runtime built without the `q4` feature refuses a q4 bundle with its own error (and
+/// reads q8 ones); `cargo xtask test` runs this with `--no-default-features`.
+#[test]
+fn a_q4_bundle_needs_the_q4_feature() {
+    let q4 = tiny_bundle(Dtype::Q4, false, None);
+    let aligned = AlignedBytes::new(&q4);
+    let parsed = Bundle::parse(aligned.as_bytes());
+    if cfg!(feature = "q4") {
+        assert!(parsed.is_ok());
+    } else {
+        assert_eq!(parsed.err(), Some(Error::Q4NotBuilt));
+        assert!(Error::Q4NotBuilt.to_string().contains("--dtype q8"));
+    }
+    let q8 = tiny_bundle(Dtype::Q8, false, None);
+    assert!(Bundle::parse(AlignedBytes::new(&q8).as_bytes()).is_ok());
+}
+
 /// Mixed precision: a q4 bundle may hold q8 matrices (the packer keeps the embedding and the
 /// head at 8 bits); no other bundle holds a matrix of another dtype.
 #[test]
