@@ -1,7 +1,11 @@
-//! What a fresh machine needs before the suite can run: rustup targets and the Debian
-//! cross-compilation tools.
+//! What a fresh machine needs before the suite can run: rustup targets, the Debian
+//! cross-compilation tools, and the virtual environments of Python packages.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use whittle_boards::files::cache_root;
 
 use crate::cargo;
 
@@ -152,6 +156,26 @@ pub fn ensure_fuzzer() -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The Python of the virtual environment `name` (`<cache root>/venvs/<name>`), created with
+/// `python3 -m venv` when missing; what goes into it is the caller's.
+pub fn virtual_environment(name: &str) -> anyhow::Result<PathBuf> {
+    let venv = cache_root().join("venvs").join(name);
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        cargo::run(&mut cargo::program(
+            "python3",
+            [OsString::from("-m"), "venv".into(), venv.clone().into()],
+        ))
+        .with_context(|| {
+            format!(
+                "cannot create the virtual environment {}; install python3 with venv (Debian: python3-venv)",
+                venv.display()
+            )
+        })?;
+    }
+    Ok(python)
 }
 
 /// The decision, from whether the programs are present and whether we are root.
