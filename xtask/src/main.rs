@@ -4,6 +4,7 @@
 mod bench;
 mod boards;
 mod cargo;
+mod cuda;
 mod deploy;
 mod deploy_suite;
 mod firmware;

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use whittle_boards::files::default_cache_dir;
 
 use crate::workspace::{self, Built, Executable, WORKSPACE_BUILD};
-use crate::{cargo, firmware, prerequisites};
+use crate::{cargo, cuda, firmware, prerequisites};
 
 /// One stage of the suite.
 struct Step {
@@ -16,7 +16,7 @@ struct Step {
     run: fn() -> anyhow::Result<()>,
 }
 
-const STEPS: [Step; 13] = [
+const STEPS: [Step; 14] = [
     Step {
         title: "rustup targets",
         run: prerequisites::ensure_targets,
@@ -68,6 +68,10 @@ const STEPS: [Step; 13] = [
     Step {
         title: "real sst2 q8 bundle: aarch64 under qemu predicts as x86_64",
         run: real_bundle_under_qemu,
+    },
+    Step {
+        title: "whittle-host builds with --features cuda (CUDA 13.0 from PyPI wheels, kernels for sm_90; no GPU used)",
+        run: cuda::build,
     },
 ];
 
