@@ -388,6 +388,29 @@ fn push_tensor(
     Ok(blob.push_matrix(rows, cols, &values(tensor)?, dtype)?)
 }
 
+/// The factor pair `(a, b)` of `y = b · (a · x)` with rank component `j` scaled so that `b`'s
+/// column `j` and `a`'s row `j` have the same norm (`b · D`, `D⁻¹ · a`): the product is the
+/// same, and a quantized row of `b`, whose blocks run across rank components, no longer
+/// shares one scale between components of very different sizes (a refit's `B = U Σ` spans
+/// the whole singular spectrum). Components with a zero factor are left as they are.
+fn balanced(a: &Tensor, b: &Tensor) -> anyhow::Result<(Tensor, Tensor)> {
+    let a_norms = a.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
+    let b_norms = b.sqr()?.sum(0)?.sqrt()?.to_vec1::<f32>()?;
+    let scale: Vec<f32> = a_norms
+        .iter()
+        .zip(&b_norms)
+        .map(|(&na, &nb)| {
+            let d = (na / nb).sqrt();
+            if d.is_finite() && d > 0.0 { d } else { 1.0 }
+        })
+        .collect();
+    let rank = scale.len();
+    let scale = Tensor::from_vec(scale, rank, a.device())?;
+    let a = a.broadcast_div(&scale.reshape((rank, 1))?)?;
+    let b = b.broadcast_mul(&scale.reshape((1, rank))?)?;
+    Ok((a, b))
+}
+
 /// Packs `model` for `task`. With a fitted task `head`, its rows are the label rows of the
 /// task-pruned head (`options.head` must be [`HeadChoice::Task`]) and `label_bias` should be its
 /// bias; `model` is already cut at the head's exit.
@@ -461,10 +484,13 @@ pub fn pack(
                 Linear::Dense { weight } => {
                     LinearRef::Dense(push_tensor(&mut blob, weight, dtype)?)
                 }
-                Linear::LowRank { a, b } => LinearRef::LowRank {
-                    a: push_tensor(&mut blob, a, dtype)?,
-                    b: push_tensor(&mut blob, b, dtype)?,
-                },
+                Linear::LowRank { a, b } => {
+                    let (a, b) = balanced(a, b)?;
+                    LinearRef::LowRank {
+                        a: push_tensor(&mut blob, &a, dtype)?,
+                        b: push_tensor(&mut blob, &b, dtype)?,
+                    }
+                }
             });
         }
         let linears: [LinearRef; 7] = linears
@@ -609,6 +635,53 @@ pub fn pack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `B = U Σ`, `A = Vᵀ` with a singular spectrum over three decades: balancing keeps the
+    /// product and lowers the q8 error of the packed pair.
+    #[test]
+    fn balancing_a_factor_pair_keeps_its_product_and_quantizes_it_better() -> anyhow::Result<()> {
+        use candle_core::Device;
+        let (rows, rank, cols) = (48usize, 64usize, 40usize);
+        let mut rng = crate::test_rng::Rng(3);
+        let sigma: Vec<f32> = (0..rank)
+            .map(|j| 10f32.powf(-3.0 * j as f32 / rank as f32))
+            .collect();
+        let b: Vec<f32> = (0..rows * rank)
+            .map(|i| rng.normal() as f32 * sigma[i % rank])
+            .collect();
+        let a: Vec<f32> = (0..rank * cols).map(|_| rng.normal() as f32).collect();
+        let device = Device::Cpu;
+        let b = Tensor::from_vec(b, (rows, rank), &device)?;
+        let a = Tensor::from_vec(a, (rank, cols), &device)?;
+        let (a2, b2) = balanced(&a, &b)?;
+        let product = b.matmul(&a)?;
+        let difference = (b2.matmul(&a2)? - &product)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(difference < 1e-4, "{difference}");
+        let q8_error = |a: &Tensor, b: &Tensor| -> anyhow::Result<f32> {
+            let dequantize = |t: &Tensor| -> anyhow::Result<Tensor> {
+                let (r, c) = t.dims2()?;
+                let (q, scales) = whittle_runtime::writer::quantize_q8(&values(t)?, c);
+                let v: Vec<f32> = q
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &q)| f32::from(q) * scales[(i / c) * c.div_ceil(32) + (i % c) / 32])
+                    .collect();
+                Ok(Tensor::from_vec(v, (r, c), &device)?)
+            };
+            let error = (dequantize(b)?.matmul(&dequantize(a)?)? - &product)?;
+            Ok(error.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?)
+        };
+        let (before, after) = (q8_error(&a, &b)?, q8_error(&a2, &b2)?);
+        // 0.93 before, 0.70 after on this spectrum.
+        assert!(
+            after < 0.9 * before,
+            "q8 error {before} before balancing, {after} after"
+        );
+        Ok(())
+    }
 
     #[test]
     fn only_tasks_with_one_prompt_field_can_be_bundled() -> anyhow::Result<()> {
