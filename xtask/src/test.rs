@@ -66,7 +66,7 @@ const STEPS: [Step; 14] = [
         run: runtime_tests_under_qemu,
     },
     Step {
-        title: "real sst2 q8 bundle: aarch64 under qemu predicts as x86_64",
+        title: "real sst2 q8 and q4 bundles: aarch64 under qemu predicts as x86_64",
         run: real_bundle_under_qemu,
     },
     Step {
@@ -167,7 +167,8 @@ fn workspace_tests() -> anyhow::Result<()> {
 
 /// Builds the runtime for a real `no_std` target, then holds its non-test code to the
 /// no-panic lints (`unwrap`, `expect`, `panic`, unchecked indexing) with clippy, there, with
-/// `std` on the host, and with `std` for aarch64 (the NEON kernels).
+/// `std` on the host, and with `std` for aarch64 (the NEON kernels); and checks that a runtime
+/// without the `q4` feature refuses a q4 bundle.
 fn runtime_no_std_build() -> anyhow::Result<()> {
     let thumb = ["--target", "thumbv7em-none-eabihf", "--release"];
     cargo::run(&mut cargo::cargo(
@@ -190,7 +191,19 @@ fn runtime_no_std_build() -> anyhow::Result<()> {
             format!("the runtime's code for {target} breaks its lints; see the clippy output above")
         })?;
     }
-    Ok(())
+    // Without the `q4` feature (as the firmware and the C API build it) a q4 bundle is refused
+    // with its own error.
+    cargo::run(&mut cargo::cargo([
+        "test",
+        "--release",
+        "-p",
+        "whittle-runtime",
+        "--no-default-features",
+        "--features",
+        "std",
+        "--lib",
+        "a_q4_bundle_needs_the_q4_feature",
+    ]))
 }
 
 /// `cargo xtask flash --board qemu-mps2-an386` of the tiny bundle: the firmware
@@ -405,9 +418,9 @@ fn bundle_cache_dir() -> PathBuf {
     default_cache_dir().join("bundles")
 }
 
-/// A real bundle (sst2, q8, task head, packed once by `whittle pack` from the real model and
-/// cached outside the repository); `whittle parity --record` runs a few test examples through
-/// the x86_64 runtime (portable kernels) and records predictions and label logits; the
+/// Real bundles (sst2, q8 and q4, task head, packed once by `whittle pack` from the real model
+/// and cached outside the repository); `whittle parity --record` runs a few test examples
+/// through the x86_64 runtime (portable kernels) and records predictions and label logits; the
 /// runtime's `replay` example, built for x86_64 (best kernels) and for aarch64 (NEON, under
 /// qemu), must reproduce them.
 fn real_bundle_under_qemu() -> anyhow::Result<()> {
@@ -415,40 +428,44 @@ fn real_bundle_under_qemu() -> anyhow::Result<()> {
     let dir = bundle_cache_dir();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create {}; set WHITTLE_CACHE_DIR", dir.display()))?;
-    let bundle = dir.join("sst2-q8-task.wbundle");
-    let record = dir.join("sst2-q8-task.record.json");
-    let pack = || -> anyhow::Result<()> {
-        let mut command = built.command(
-            Executable::HostTool,
-            [
-                "pack", "--task", "sst2", "--dtype", "q8", "--head", "task", "--out",
-            ],
-        )?;
-        cargo::run(command.arg(&bundle))
-    };
-    let record_parity = || -> anyhow::Result<()> {
-        let mut command = built.command(
-            Executable::HostTool,
-            ["parity", "--limit", REPLAY_EXAMPLES, "--bundle"],
-        )?;
-        cargo::run(command.arg(&bundle).arg("--record").arg(&record))
-    };
-    if !bundle.is_file() {
-        pack()?;
-        record_parity()?;
-    } else if record_parity().is_err() {
-        println!("    the cached bundle was refused (older format or model?); packing it again");
-        pack()?;
-        record_parity()?;
-    }
-    let mut replay = built.command(Executable::ReplayExample, [&bundle, &record])?;
-    cargo::run(replay.args(["--threads", "1"]))?;
     let aarch64 = aarch64_build()?;
-    // A Cortex-A72 has no int8 dot product (the NEON kernels, within 2e-3); qemu's default CPU
-    // has it (the dot-product kernels, which round activations).
-    for cpu in [Some("cortex-a72"), None] {
-        let mut command = under_qemu(&aarch64, Executable::ReplayExample, cpu)?;
-        cargo::run(command.arg(&bundle).arg(&record).args(["--threads", "2"]))?;
+    for dtype in ["q8", "q4"] {
+        let bundle = dir.join(format!("sst2-{dtype}-task.wbundle"));
+        let record = dir.join(format!("sst2-{dtype}-task.record.json"));
+        let pack = || -> anyhow::Result<()> {
+            let mut command = built.command(
+                Executable::HostTool,
+                [
+                    "pack", "--task", "sst2", "--dtype", dtype, "--head", "task", "--out",
+                ],
+            )?;
+            cargo::run(command.arg(&bundle))
+        };
+        let record_parity = || -> anyhow::Result<()> {
+            let mut command = built.command(
+                Executable::HostTool,
+                ["parity", "--limit", REPLAY_EXAMPLES, "--bundle"],
+            )?;
+            cargo::run(command.arg(&bundle).arg("--record").arg(&record))
+        };
+        if !bundle.is_file() {
+            pack()?;
+            record_parity()?;
+        } else if record_parity().is_err() {
+            println!(
+                "    the cached bundle was refused (older format or model?); packing it again"
+            );
+            pack()?;
+            record_parity()?;
+        }
+        let mut replay = built.command(Executable::ReplayExample, [&bundle, &record])?;
+        cargo::run(replay.args(["--threads", "1"]))?;
+        // A Cortex-A72 has no int8 dot product (the NEON kernels, within 2e-3); qemu's default
+        // CPU has it (the dot-product kernels, which round activations).
+        for cpu in [Some("cortex-a72"), None] {
+            let mut command = under_qemu(&aarch64, Executable::ReplayExample, cpu)?;
+            cargo::run(command.arg(&bundle).arg(&record).args(["--threads", "2"]))?;
+        }
     }
     Ok(())
 }
