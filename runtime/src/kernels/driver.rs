@@ -14,8 +14,8 @@
 #![allow(unsafe_code)]
 
 use super::{
-    DECODE_BELOW_TOKENS, F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_pair,
-    q4_unpack, q8_blocks_per_row,
+    DECODE_BELOW_TOKENS, F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_block_dot,
+    q4_pair, q4_unpack, q8_blocks_per_row,
 };
 
 /// Columns of one packed weight block: `KC × NR` f32 stay in L1 while every token tile uses them.
@@ -421,6 +421,32 @@ pub(crate) fn q4_lanes<const L: usize>(
     core::array::from_fn(|k| {
         d * f32::from((bytes.get(k).copied().unwrap_or(0) >> shift) & 0x0f) + m
     })
+}
+
+/// The dot product of a q4 row's partial last block (0 when `cols` is a multiple of 32): the
+/// scalar [`q4_block_dot`] every SIMD decode ends a row with.
+///
+/// # Safety
+/// `row` holds the row's `ceil(cols / 32)` blocks of 16 bytes, `scales` its `2 · ceil(cols / 32)`
+/// halves, and `x` its `cols` activations.
+#[inline]
+pub(crate) unsafe fn q4_partial_block(
+    row: *const u8,
+    scales: *const u16,
+    x: *const f32,
+    cols: usize,
+) -> f32 {
+    let full = cols / Q8_BLOCK;
+    if full * Q8_BLOCK == cols {
+        return 0.0;
+    }
+    // SAFETY: the caller's lengths; block `full` is the row's last.
+    unsafe {
+        let block = core::slice::from_raw_parts(row.add(full * Q4_BLOCK_BYTES), Q4_BLOCK_BYTES);
+        let pair = core::slice::from_raw_parts(scales.add(2 * full), 2);
+        let rest = core::slice::from_raw_parts(x.add(full * Q8_BLOCK), cols - full * Q8_BLOCK);
+        q4_block_dot(block, pair, rest)
+    }
 }
 
 /// Packs `panel` as `dst[k·stride + r]`, zero-padding rows `nr..stride`.

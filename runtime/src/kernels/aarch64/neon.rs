@@ -16,9 +16,7 @@ use core::arch::aarch64::{
 
 use super::super::driver::{self, Panel, Simd, Source, Tile, simd_kernels};
 use super::super::select::cpu_has;
-use super::super::{
-    F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_block_dot, q4_pair,
-};
+use super::super::{F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_pair};
 
 /// NEON kernels. Constructed only by [`Neon::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -374,14 +372,7 @@ unsafe fn rows_q4<const N: usize>(w: Q4Matrix<'_>, i: usize, x: *const f32, out:
         }
         for (j, ((a, row), sc)) in acc.into_iter().zip(r).zip(s).enumerate() {
             let mut sum = vaddvq_f32(a);
-            if full < per_row {
-                let block =
-                    core::slice::from_raw_parts(row.add(full * Q4_BLOCK_BYTES), Q4_BLOCK_BYTES);
-                let pair = core::slice::from_raw_parts(sc.add(2 * full), 2);
-                let rest =
-                    core::slice::from_raw_parts(x.add(full * Q8_BLOCK), cols - full * Q8_BLOCK);
-                sum += q4_block_dot(block, pair, rest);
-            }
+            sum += driver::q4_partial_block(row, sc, x, cols);
             *out.add(i + j) = sum;
         }
     }

@@ -17,9 +17,7 @@ use core::arch::x86_64::{
 
 use super::super::driver::{self, Panel, Simd, Source, Tile, simd_kernels};
 use super::super::select::cpu_has;
-use super::super::{
-    F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_block_dot, q4_pair,
-};
+use super::super::{F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_pair};
 
 /// AVX2 + FMA kernels. Constructed only by [`Avx2Fma::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -401,14 +399,7 @@ unsafe fn rows_q4<const N: usize>(
             .enumerate()
         {
             let mut sum = hsum(_mm256_add_ps(a, a_m));
-            if full < per_row {
-                let block =
-                    core::slice::from_raw_parts(row.add(full * Q4_BLOCK_BYTES), Q4_BLOCK_BYTES);
-                let pair = core::slice::from_raw_parts(sc.add(2 * full), 2);
-                let rest =
-                    core::slice::from_raw_parts(x.add(full * Q8_BLOCK), cols - full * Q8_BLOCK);
-                sum += q4_block_dot(block, pair, rest);
-            }
+            sum += driver::q4_partial_block(row, sc, x, cols);
             *out.add(i + j * stride) = sum;
         }
     }

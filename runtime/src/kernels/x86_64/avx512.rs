@@ -18,7 +18,7 @@ use core::arch::x86_64::{
 
 use super::super::driver::{self, Panel, Simd, Source, Tile, simd_kernels};
 use super::super::select::cpu_has;
-use super::super::{F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix, q4_block_dot};
+use super::super::{F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix};
 use super::vnni;
 
 /// AVX-512 F/BW/VL kernels. Constructed only by [`Avx512::detect`].
@@ -378,14 +378,7 @@ unsafe fn rows_q4<const N: usize>(
             .enumerate()
         {
             let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(a, a_m));
-            if full < per_row {
-                let block =
-                    core::slice::from_raw_parts(row.add(full * Q4_BLOCK_BYTES), Q4_BLOCK_BYTES);
-                let pair = core::slice::from_raw_parts(sc.add(2 * full), 2);
-                let rest =
-                    core::slice::from_raw_parts(x.add(full * Q8_BLOCK), cols - full * Q8_BLOCK);
-                sum += q4_block_dot(block, pair, rest);
-            }
+            sum += driver::q4_partial_block(row, sc, x, cols);
             *out.add(i + j * stride) = sum;
         }
     }

@@ -25,7 +25,7 @@ use core::arch::x86_64::{
 };
 
 use super::super::driver;
-use super::super::{Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, q4_block_dot};
+use super::super::{Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK};
 
 /// Columns rounded at a time: longer rows run in passes of this many, each adding to `out`.
 const PASS: usize = 4096;
@@ -140,7 +140,6 @@ unsafe fn rows<const N: usize>(
 ) {
     let (data, scales, cols) = (w.data.as_ptr(), w.scales.as_ptr(), w.cols);
     let per_row = cols.div_ceil(Q8_BLOCK);
-    let full = cols / Q8_BLOCK;
     // SAFETY: the caller guarantees rows `i + j · stride` of `per_row` blocks and
     // `2 · per_row` scales, `cols` activations and those outputs; blocks below
     // `first + blocks ≤ full` are read whole, the odd last one of a pass by a 16-byte masked
@@ -196,13 +195,8 @@ unsafe fn rows<const N: usize>(
             .enumerate()
         {
             let mut sum = reduce(a, a_m);
-            if last && full < per_row {
-                let block =
-                    core::slice::from_raw_parts(row.add(full * Q4_BLOCK_BYTES), Q4_BLOCK_BYTES);
-                let pair = core::slice::from_raw_parts(sc.add(2 * full), 2);
-                let rest =
-                    core::slice::from_raw_parts(x.add(full * Q8_BLOCK), cols - full * Q8_BLOCK);
-                sum += q4_block_dot(block, pair, rest);
+            if last {
+                sum += driver::q4_partial_block(row, sc, x, cols);
             }
             let o = out.add(i + j * stride);
             *o = if add { *o + sum } else { sum };
