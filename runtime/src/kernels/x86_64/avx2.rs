@@ -95,6 +95,8 @@ impl Simd for Avx2Fma {
                     for (j, v) in v.iter_mut().enumerate().take(rows_here) {
                         let row = row0 + half * LANES + j;
                         let at = row * cols + k0 + c;
+                        // A q4 chunk, dequantized; it must outlive `values`, which points in.
+                        let line: [f32; LANES];
                         let (values, scale) = match src {
                             Source::F32(data) => (Chunk::F32(data.as_ptr().add(at)), 1.0),
                             Source::Q8(data, scales) => (
@@ -102,8 +104,7 @@ impl Simd for Avx2Fma {
                                 *scales.as_ptr().add(row * per_row + block),
                             ),
                             Source::Q4(data, scales) => {
-                                let line =
-                                    driver::q4_lanes::<LANES>(data, scales, cols, row, k0 + c);
+                                line = driver::q4_lanes::<LANES>(data, scales, cols, row, k0 + c);
                                 (Chunk::F32(line.as_ptr()), 1.0)
                             }
                         };
