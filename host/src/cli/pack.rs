@@ -21,7 +21,7 @@ pub struct PackArgs {
     /// Task (built-in name or task file) [default: the prune folder's task].
     #[arg(long)]
     task: Option<String>,
-    /// Storage type of every matrix.
+    /// Storage type of the matrices (q4 keeps the embedding and the head at q8).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Dtype,
     /// Output head: the whole vocabulary, or the label rows only (classification)
