@@ -88,11 +88,12 @@ impl Dtype {
         }
     }
 
-    /// Whether a bundle of this dtype may store a matrix in `matrix`: its own dtype, and q8 in
-    /// a q4 bundle (mixed precision: the packer keeps the embedding, the head and any
-    /// matrix it finds too sensitive for 4 bits at 8).
+    /// Whether a bundle of this dtype may store a matrix in `matrix`: its own dtype, f32 in
+    /// any (the packer keeps a task's label rows exact), and q8 in a q4 bundle (mixed
+    /// precision: the packer keeps the embedding, the head and any matrix it finds too
+    /// sensitive for 4 bits at 8).
     pub fn admits(self, matrix: Dtype) -> bool {
-        matrix == self || (self == Self::Q4 && matrix == Self::Q8)
+        matrix == self || matrix == Self::F32 || (self == Self::Q4 && matrix == Self::Q8)
     }
 
     /// The dtype a bundle of this dtype stores its embedding and head in: its own, except q8

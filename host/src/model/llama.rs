@@ -428,6 +428,25 @@ impl Llama {
             .map(|block| (&block.attn_norm, &block.ffn_norm))
     }
 
+    /// Replaces the attention and MLP RMSNorm weights of one block (same shapes).
+    pub fn set_norms(
+        &mut self,
+        layer_idx: usize,
+        attn_norm: Tensor,
+        ffn_norm: Tensor,
+    ) -> Result<()> {
+        let hidden = self.config.hidden_size;
+        if attn_norm.dims() != [hidden] || ffn_norm.dims() != [hidden] {
+            candle_core::bail!("layer {layer_idx}: norm weights must have {hidden} values");
+        }
+        let Some(block) = self.blocks.get_mut(layer_idx) else {
+            candle_core::bail!("layer {layer_idx} does not exist");
+        };
+        block.attn_norm = attn_norm;
+        block.ffn_norm = ffn_norm;
+        Ok(())
+    }
+
     /// One prunable matrix.
     pub fn linear(&self, layer_idx: usize, kind: MatrixKind) -> Option<&Linear> {
         self.blocks.get(layer_idx).map(|block| block.linear(kind))

@@ -184,7 +184,8 @@ fn tiny_bundle_with_pairs(
                 embedding_values[id as usize * hidden..(id as usize + 1) * hidden].to_vec()
             })
             .collect();
-        HeadRef::Labels(blob.push_matrix(2, hidden, &rows, dtype).unwrap())
+        // f32 in every bundle, as the packer stores label rows.
+        HeadRef::Labels(blob.push_matrix(2, hidden, &rows, Dtype::F32).unwrap())
     } else {
         HeadRef::Tied
     };
@@ -411,15 +412,21 @@ fn a_q4_bundle_needs_the_q4_feature() {
 }
 
 /// Mixed precision: a q4 bundle may hold q8 matrices (the packer keeps the embedding and the
-/// head at 8 bits); no other bundle holds a matrix of another dtype.
+/// head at 8 bits), every bundle f32 ones (the packer keeps a task's label rows exact); no
+/// bundle holds a matrix of a narrower dtype than its own.
 #[test]
-fn only_a_q4_bundle_admits_q8_matrices() {
-    for bundle in [Dtype::F32, Dtype::Q8, Dtype::Q4] {
-        for matrix in [Dtype::F32, Dtype::Q8, Dtype::Q4] {
-            let admitted = matrix == bundle || (bundle == Dtype::Q4 && matrix == Dtype::Q8);
+fn bundles_admit_their_own_dtype_f32_and_q8_in_q4() {
+    use Dtype::{F32, Q4, Q8};
+    let admitted = [
+        (F32, [true, false, false]),
+        (Q8, [true, true, false]),
+        (Q4, [true, true, true]),
+    ];
+    for (bundle, row) in admitted {
+        for (matrix, expected) in [F32, Q8, Q4].into_iter().zip(row) {
             assert_eq!(
                 bundle.admits(matrix),
-                admitted,
+                expected,
                 "{bundle:?} bundle, {matrix:?} matrix"
             );
         }
