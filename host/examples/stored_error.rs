@@ -3,14 +3,15 @@
 //! matrices as the bundle stores them ([`whittle_host::bundle::stored_linear`], the task head
 //! through [`whittle_host::bundle::as_stored`]), the rest f32, on the search split (never the
 //! test split), against the f32 model: largest |Δ label logit| and flipped predictions; then
-//! the label margins and, per matrix type, the weights' largest |value| over their RMS.
+//! the label margins and, per matrix type, the weights' largest |value| over their RMS. The
+//! first row is the bundle's own rounding ([`whittle_host::bundle::StoredModel`]).
 //!
 //! `cargo run --release -p whittle-host --example stored_error -- PRUNE_DIR [q8|q4] [N]
 //! [blocks]` (defaults: q8, 200 examples; `blocks` adds one row per block, N = 0 only the weights).
 
 use candle_core::Tensor;
 use whittle_host::bundle::{
-    InputPower, STORAGE_SCALE_EXAMPLES, as_stored, for_storage, stored_linear,
+    InputMoments, STORAGE_SCALE_EXAMPLES, StoredModel, as_stored, for_storage, stored_linear,
 };
 use whittle_host::eval::prompt_ids;
 use whittle_host::model::{Batch, Linear, Llama, LoadedModel};
@@ -192,10 +193,16 @@ fn main() -> anyhow::Result<()> {
     // What the packer stores: the model rescaled for storage, every matrix rounded, the
     // label rows f32; then each part alone, without the rescaling, to show where the error
     // came from.
-    let power = InputPower::measure(&model, &task, STORAGE_SCALE_EXAMPLES)?;
+    let stored = StoredModel::new(&model, &task, dtype)?;
+    report(
+        "every matrix as the bundle stores it: rescaled, compensated rounding",
+        stored.llama,
+        &rows,
+    )?;
+    let power = InputMoments::measure(&model, &task, STORAGE_SCALE_EXAMPLES)?;
     let scaled = for_storage(&model.llama, dtype, Some(&power))?;
     report(
-        "every matrix, rescaled for storage (the bundle)",
+        "every matrix, rescaled, rounded to nearest",
         with_stored(&scaled, dtype, |_, _| true)?,
         &rows,
     )?;

@@ -11,14 +11,17 @@ use candle_core::Tensor;
 use candle_core::quantized::gguf_file::Value;
 use ed25519_dalek::{Signer as _, SigningKey};
 use indicatif::ProgressBar;
+use rayon::prelude::*;
 use whittle_runtime::format::{
     Dtype, HeadRef, Header, LabelRef, LayerRecords, LayerRef, LinearRef, MAX_LABELS, NO_TOKEN,
     Provenance, Q8_BLOCK, TaskKind, TaskRef,
 };
 use whittle_runtime::writer::{
-    BlobBuilder, TokenizerTables, attach_prefix, choose_self_check, encode_layers, prefix_cache,
-    quantize_q4, quantize_q8, write_bundle,
+    BlobBuilder, BlockScales, TokenizerTables, attach_prefix, choose_self_check, encode_layers,
+    prefix_cache, quantize_q4, quantize_q8, write_bundle,
 };
+
+use crate::factorize::{InverseFactor, round_compensated};
 use whittle_runtime::{MatrixKind, ModelConfig};
 
 use crate::eval::{LabelTokens, prompt_text, score_labels};
@@ -439,13 +442,14 @@ fn scale_rows(linear: &Linear, scale: &Tensor) -> anyhow::Result<Linear> {
     })
 }
 
-/// Mean square of every linear input, per block and site, over some forward passes.
+/// The second moment `E[x xᵀ]` of every linear input, per block and site, over some forward
+/// passes.
 #[derive(Debug, Default)]
-pub struct InputPower {
-    sums: HashMap<(usize, InputSite), (Vec<f64>, usize)>,
+pub struct InputMoments {
+    sums: HashMap<(usize, InputSite), (Vec<f64>, usize, usize)>,
 }
 
-impl Observer for InputPower {
+impl Observer for InputMoments {
     fn observe(
         &mut self,
         layer_idx: usize,
@@ -453,20 +457,20 @@ impl Observer for InputPower {
         rows: &Tensor,
     ) -> candle_core::Result<()> {
         let (n, width) = rows.dims2()?;
-        let squares = rows.sqr()?.sum(0)?.to_vec1::<f32>()?;
-        let (sums, count) = self
+        let gram = rows.t()?.matmul(rows)?.flatten_all()?.to_vec1::<f32>()?;
+        let (sums, count, _) = self
             .sums
             .entry((layer_idx, site))
-            .or_insert_with(|| (vec![0.0; width], 0));
-        for (sum, square) in sums.iter_mut().zip(squares) {
-            *sum += f64::from(square);
+            .or_insert_with(|| (vec![0.0; width * width], 0, width));
+        for (sum, value) in sums.iter_mut().zip(gram) {
+            *sum += f64::from(value);
         }
         *count += n;
         Ok(())
     }
 }
 
-impl InputPower {
+impl InputMoments {
     /// Runs `model` on the prompts of `task`'s calibration split (at most `examples` of them).
     pub fn measure(model: &LoadedModel, task: &Task, examples: usize) -> anyhow::Result<Self> {
         let mut prompts = task.examples(Split::Calibration)?;
@@ -475,19 +479,139 @@ impl InputPower {
             .iter()
             .map(|e| crate::eval::prompt_ids(&model.tokenizer, &e.prompt))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut power = Self::default();
+        let mut moments = Self::default();
         for chunk in ids.chunks(16) {
             let batch = Batch::new(chunk, model.tokenizer.pad_id(), model.llama.device())?;
-            model.llama.forward_hidden(&batch, Some(&mut power))?;
+            model.llama.forward_hidden(&batch, Some(&mut moments))?;
         }
-        Ok(power)
+        Ok(moments)
     }
 
     /// The mean square of each input dimension of `site` in block `layer_idx`.
     fn of(&self, layer_idx: usize, site: InputSite) -> Option<Vec<f64>> {
-        let (sums, count) = self.sums.get(&(layer_idx, site))?;
+        let (sums, count, width) = self.sums.get(&(layer_idx, site))?;
         let n = (*count).max(1) as f64;
-        Some(sums.iter().map(|s| s / n).collect())
+        Some((0..*width).map(|i| sums[i * width + i] / n).collect())
+    }
+
+    /// `E[x xᵀ]` of `site`'s input in block `layer_idx`.
+    fn second_moment(&self, layer_idx: usize, site: InputSite) -> Option<faer::Mat<f64>> {
+        let (sums, count, width) = self.sums.get(&(layer_idx, site))?;
+        let n = (*count).max(1) as f64;
+        Some(faer::Mat::from_fn(*width, *width, |i, j| {
+            sums[i * width + j] / n
+        }))
+    }
+}
+
+/// The model as a bundle of one dtype stores it: rescaled ([`for_storage`]), then every dense
+/// matrix rounded with error compensation against its input's second moment
+/// ([`crate::factorize::round_compensated`], GPTQ with the bundle's blocks) and every factor
+/// pair balanced and rounded to nearest ([`stored_linear`]).
+#[derive(Debug)]
+pub struct StoredModel {
+    /// The model with every matrix holding the values the bundle stores (f32 for f32).
+    pub llama: Llama,
+    /// The block scales of every compensated matrix, which reproduce its values exactly.
+    scales: HashMap<(usize, MatrixKind), BlockScales>,
+}
+
+impl StoredModel {
+    /// Rounds `model` for a bundle of `dtype`, measuring its linear inputs on `task`'s
+    /// calibration prompts (twice: for the rescaling, then on the rescaled model for the
+    /// compensation). f32 is the model as it is.
+    pub fn new(model: &LoadedModel, task: &Task, dtype: Dtype) -> anyhow::Result<Self> {
+        if dtype == Dtype::F32 {
+            return Ok(Self {
+                llama: model.llama.clone(),
+                scales: HashMap::new(),
+            });
+        }
+        let moments = InputMoments::measure(model, task, STORAGE_SCALE_EXAMPLES)?;
+        let scaled = for_storage(&model.llama, dtype, Some(&moments))?;
+        let moments = InputMoments::measure(
+            &model.with_llama(scaled.clone()),
+            task,
+            STORAGE_SCALE_EXAMPLES,
+        )?;
+        let config = *scaled.config();
+        let sites: Vec<(usize, InputSite)> = (0..config.n_layers)
+            .flat_map(|layer| InputSite::ALL.map(|site| (layer, site)))
+            .collect();
+        let factors: HashMap<(usize, InputSite), InverseFactor> = sites
+            .par_iter()
+            .filter_map(|&(layer, site)| {
+                let c = moments.second_moment(layer, site)?;
+                Some(InverseFactor::new(c.as_ref()).map(|f| ((layer, site), f)))
+            })
+            .collect::<Result<_, _>>()?;
+        let rounded: Vec<((usize, MatrixKind), Linear, Option<BlockScales>)> =
+            crate::prune::matrices(&config)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .filter_map(|(layer, kind)| {
+                    let linear = scaled.linear(layer, kind)?;
+                    let result = (|| -> anyhow::Result<_> {
+                        match (linear, factors.get(&(layer, InputSite::of(kind)))) {
+                            (Linear::Dense { weight }, Some(factor)) => {
+                                let (rows, cols) = weight.dims2()?;
+                                if rows == 0 || cols == 0 {
+                                    return Ok((linear.clone(), None));
+                                }
+                                let (values, scales) =
+                                    round_compensated(&values(weight)?, rows, cols, factor, dtype)?;
+                                let weight =
+                                    Tensor::from_vec(values, (rows, cols), weight.device())?;
+                                Ok((Linear::Dense { weight }, scales))
+                            }
+                            _ => Ok((stored_linear(linear, dtype)?, None)),
+                        }
+                    })();
+                    Some(result.map(|(linear, scales)| ((layer, kind), linear, scales)))
+                })
+                .collect::<anyhow::Result<_>>()?;
+        let mut llama = scaled;
+        let mut scales = HashMap::new();
+        for (key, linear, block_scales) in rounded {
+            llama.set_linear(key.0, key.1, linear)?;
+            if let Some(block_scales) = block_scales {
+                scales.insert(key, block_scales);
+            }
+        }
+        Ok(Self { llama, scales })
+    }
+
+    /// Appends matrix `kind` of block `layer_idx` to `blob` as the bundle of `dtype` stores it.
+    fn push(
+        &self,
+        blob: &mut BlobBuilder,
+        layer_idx: usize,
+        kind: MatrixKind,
+        dtype: Dtype,
+    ) -> anyhow::Result<LinearRef> {
+        let linear = self
+            .llama
+            .linear(layer_idx, kind)
+            .with_context(|| format!("layer {layer_idx} {} is missing", kind.name()))?;
+        Ok(match linear {
+            Linear::Dense { weight } => match self.scales.get(&(layer_idx, kind)) {
+                Some(scales) => {
+                    let (rows, cols) = weight.dims2()?;
+                    LinearRef::Dense(blob.push_matrix_with_scales(
+                        rows,
+                        cols,
+                        &values(weight)?,
+                        scales,
+                    )?)
+                }
+                None => LinearRef::Dense(push_tensor(blob, weight, dtype)?),
+            },
+            // Already balanced and rounded: the writer's rounding of these values is exact.
+            Linear::LowRank { a, b } => LinearRef::LowRank {
+                a: push_tensor(blob, a, dtype)?,
+                b: push_tensor(blob, b, dtype)?,
+            },
+        })
     }
 }
 
@@ -638,7 +762,7 @@ fn best_scales(
 pub fn for_storage(
     llama: &Llama,
     dtype: Dtype,
-    power: Option<&InputPower>,
+    power: Option<&InputMoments>,
 ) -> anyhow::Result<Llama> {
     let Some(power) = power.filter(|_| dtype != Dtype::F32) else {
         return Ok(llama.clone());
@@ -810,12 +934,8 @@ pub fn pack(
     head: Option<&TaskHead>,
     options: &PackOptions,
 ) -> anyhow::Result<Packed> {
-    let power = match options.dtype {
-        Dtype::F32 => None,
-        _ => Some(InputPower::measure(model, task, STORAGE_SCALE_EXAMPLES)?),
-    };
-    let scaled = for_storage(&model.llama, options.dtype, power.as_ref())?;
-    let llama = &scaled;
+    let stored = StoredModel::new(model, task, options.dtype)?;
+    let llama = &stored.llama;
     let config: ModelConfig = *llama.config();
     let (prefix, suffix) = prompt_parts(&model.tokenizer, task)?;
     let kind = match task.metric() {
@@ -870,21 +990,7 @@ pub fn pack(
         let ffn_norm = blob.push_f32(&values(ffn_norm)?)?;
         let mut linears = Vec::with_capacity(7);
         for kind in MatrixKind::ALL {
-            let linear = llama
-                .linear(layer_idx, kind)
-                .with_context(|| format!("layer {layer_idx} {} is missing", kind.name()))?;
-            linears.push(match linear {
-                Linear::Dense { weight } => {
-                    LinearRef::Dense(push_tensor(&mut blob, weight, dtype)?)
-                }
-                Linear::LowRank { a, b } => {
-                    let (a, b) = balanced(a, b)?;
-                    LinearRef::LowRank {
-                        a: push_tensor(&mut blob, &a, dtype)?,
-                        b: push_tensor(&mut blob, &b, dtype)?,
-                    }
-                }
-            });
+            linears.push(stored.push(&mut blob, layer_idx, kind, dtype)?);
         }
         let linears: [LinearRef; 7] = linears
             .try_into()
@@ -1121,7 +1227,7 @@ mod tests {
             .map(|i| (0..24u32).map(|t| (i * 7 + t * 13) % 64).collect())
             .collect();
         let batch = crate::model::Batch::new(&sequences, 0, &device)?;
-        let mut power = InputPower::default();
+        let mut power = InputMoments::default();
         llama.forward_hidden(&batch, Some(&mut power))?;
         let reference = llama.forward(&batch)?;
         let error = |model: &Llama| -> anyhow::Result<f32> {

@@ -19,6 +19,8 @@ pub enum WriteError {
     Encode,
     /// The blob or header exceeds the format's 4 GiB offsets.
     TooLarge,
+    /// A matrix's block scales do not match its shape.
+    ScaleCount,
 }
 
 impl core::fmt::Display for WriteError {
@@ -26,6 +28,9 @@ impl core::fmt::Display for WriteError {
         f.write_str(match self {
             Self::Encode => "the bundle header does not encode; this is a bug, please report it",
             Self::TooLarge => "the bundle exceeds 4 GiB; prune harder or use --dtype q8",
+            Self::ScaleCount => {
+                "a matrix's block scales do not match its shape; this is a bug, please report it"
+            }
         })
     }
 }
@@ -83,6 +88,43 @@ impl BlobBuilder {
     pub fn push_u32(&mut self, values: &[u32]) -> Result<Span, WriteError> {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.push_bytes(&bytes)
+    }
+
+    /// Appends a row-major `rows × cols` matrix rounded with the given block `scales` (a
+    /// packer's own choice of scales, e.g. after error-compensating rounding); `values` are
+    /// rounded to them as [`round_q8`] and [`round_q4`] do.
+    pub fn push_matrix_with_scales(
+        &mut self,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+        scales: &BlockScales,
+    ) -> Result<MatrixRef, WriteError> {
+        let (rows_u32, cols_u32) = (
+            u32::try_from(rows).map_err(|_| WriteError::TooLarge)?,
+            u32::try_from(cols).map_err(|_| WriteError::TooLarge)?,
+        );
+        let blocks = rows.saturating_mul(cols.div_ceil(Q8_BLOCK));
+        let (dtype, data, scales) = match scales {
+            BlockScales::Q8(scales) if scales.len() == blocks => {
+                let q = round_q8(values, cols, scales);
+                let bytes: Vec<u8> = q.iter().map(|&v| v as u8).collect();
+                (Dtype::Q8, self.push_bytes(&bytes)?, self.push_f32(scales)?)
+            }
+            BlockScales::Q4(scales) if scales.len() == 2 * blocks => {
+                let data = round_q4(values, cols, scales);
+                let bytes: Vec<u8> = scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (Dtype::Q4, self.push_bytes(&data)?, self.push_bytes(&bytes)?)
+            }
+            _ => return Err(WriteError::ScaleCount),
+        };
+        Ok(MatrixRef {
+            rows: rows_u32,
+            cols: cols_u32,
+            dtype,
+            data,
+            scales: Some(scales),
+        })
     }
 
     /// Appends a row-major `rows × cols` matrix in `dtype` (quantizing for q8).
@@ -147,26 +189,98 @@ impl BlobBuilder {
     }
 }
 
+/// The per-block scales of a quantized matrix, row-major by block: q8's `scale` per block, or
+/// q4's f16 bits of `(d, m)` per block.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BlockScales {
+    /// [`Dtype::Q8`]: `rows · ceil(cols / 32)` scales.
+    Q8(Vec<f32>),
+    /// [`Dtype::Q4`]: `2 · rows · ceil(cols / 32)` f16 bits, `d` then `m` per block.
+    Q4(Vec<u16>),
+}
+
+/// The writer's q8 scales: per block of [`Q8_BLOCK`] consecutive values of a row
+/// `max|w| / 127` (1 for an all-zero block), row-major by block.
+pub fn q8_scales(values: &[f32], cols: usize) -> Vec<f32> {
+    let mut scales = Vec::with_capacity(values.len().div_ceil(Q8_BLOCK));
+    for row in values.chunks(cols.max(1)) {
+        for block in row.chunks(Q8_BLOCK) {
+            let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            scales.push(if max > 0.0 { max / 127.0 } else { 1.0 });
+        }
+    }
+    scales
+}
+
+/// `q = round(w / scale)` clamped to ±127, with `scales` as [`q8_scales`] lays them out.
+pub fn round_q8(values: &[f32], cols: usize, scales: &[f32]) -> Vec<i8> {
+    let mut q = Vec::with_capacity(values.len());
+    let mut scale = scales.iter();
+    for row in values.chunks(cols.max(1)) {
+        for block in row.chunks(Q8_BLOCK) {
+            let s = scale.next().copied().unwrap_or(1.0);
+            q.extend(
+                block
+                    .iter()
+                    .map(|v| libm::roundf(v / s).clamp(-127.0, 127.0) as i8),
+            );
+        }
+    }
+    q
+}
+
 /// Symmetric int8 in blocks of [`Q8_BLOCK`] consecutive values of a row: per block
 /// `scale = max|w| / 127` (1 for an all-zero block), `q = round(w / scale)`. Returns the
 /// values and `rows · ceil(cols / 32)` scales, row-major (block `b` of row `i` at
 /// `i · ceil(cols / 32) + b`); the last block of a row is partial when `cols % 32 != 0`.
 pub fn quantize_q8(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
-    let mut q = Vec::with_capacity(values.len());
-    let mut scales = Vec::with_capacity(values.len().div_ceil(Q8_BLOCK));
+    let scales = q8_scales(values, cols);
+    (round_q8(values, cols, &scales), scales)
+}
+
+/// The writer's q4 scales: per block the minimum `m` and `d = (max − m) / 15`, both rounded to
+/// f16 (`d` after `m`), as f16 bits `(d, m)` per block, row-major by block.
+pub fn q4_scales(values: &[f32], cols: usize) -> Vec<u16> {
+    use half::f16;
+    let mut scales = Vec::with_capacity(2 * values.len().div_ceil(Q8_BLOCK));
     for row in values.chunks(cols.max(1)) {
         for block in row.chunks(Q8_BLOCK) {
-            let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-            scales.push(scale);
-            q.extend(
-                block
-                    .iter()
-                    .map(|v| libm::roundf(v / scale).clamp(-127.0, 127.0) as i8),
-            );
+            let min = block.iter().copied().fold(f32::INFINITY, f32::min);
+            let max = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let m = f16::from_f32(min);
+            let d = f16::from_f32((max - m.to_f32()) / 15.0);
+            scales.push(d.to_bits());
+            scales.push(m.to_bits());
         }
     }
-    (q, scales)
+    scales
+}
+
+/// `q = round((w − m) / d)` clamped to `0..=15` (0 where `d` is 0), with `scales` as
+/// [`q4_scales`] lays them out; 16 bytes per block (byte `k`: value `k` low, `k + 16` high; a
+/// partial last block of a row padded with zeros).
+pub fn round_q4(values: &[f32], cols: usize, scales: &[u16]) -> Vec<u8> {
+    use half::f16;
+    let blocks = values.len().div_ceil(Q8_BLOCK);
+    let mut data = Vec::with_capacity(blocks * crate::format::Q4_BLOCK_BYTES);
+    let mut pairs = scales.chunks(2);
+    for row in values.chunks(cols.max(1)) {
+        for block in row.chunks(Q8_BLOCK) {
+            let (d32, m32) = match pairs.next() {
+                Some(&[d, m]) => (f16::from_bits(d).to_f32(), f16::from_bits(m).to_f32()),
+                _ => (0.0, 0.0),
+            };
+            let mut q = [0u8; Q8_BLOCK];
+            for (slot, &w) in q.iter_mut().zip(block) {
+                if d32 > 0.0 {
+                    *slot = libm::roundf((w - m32) / d32).clamp(0.0, 15.0) as u8;
+                }
+            }
+            let (low, high) = q.split_at(Q8_BLOCK / 2);
+            data.extend(low.iter().zip(high).map(|(l, h)| l | (h << 4)));
+        }
+    }
+    data
 }
 
 /// 4-bit in blocks of [`Q8_BLOCK`] consecutive values of a row ([`Dtype::Q4`]): per block
@@ -177,30 +291,8 @@ pub fn quantize_q8(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
 /// and `m` lowered the largest logit error on SST-2 but not the disagreement with f32:
 /// docs/RESULTS.md, "q4".)
 pub fn quantize_q4(values: &[f32], cols: usize) -> (Vec<u8>, Vec<u16>) {
-    use half::f16;
-    let blocks = values.len().div_ceil(Q8_BLOCK);
-    let mut data = Vec::with_capacity(blocks * crate::format::Q4_BLOCK_BYTES);
-    let mut scales = Vec::with_capacity(2 * blocks);
-    for row in values.chunks(cols.max(1)) {
-        for block in row.chunks(Q8_BLOCK) {
-            let min = block.iter().copied().fold(f32::INFINITY, f32::min);
-            let max = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let m = f16::from_f32(min);
-            let d = f16::from_f32((max - m.to_f32()) / 15.0);
-            let (d32, m32) = (d.to_f32(), m.to_f32());
-            let mut q = [0u8; Q8_BLOCK];
-            for (slot, &w) in q.iter_mut().zip(block) {
-                if d32 > 0.0 {
-                    *slot = libm::roundf((w - m32) / d32).clamp(0.0, 15.0) as u8;
-                }
-            }
-            let (low, high) = q.split_at(Q8_BLOCK / 2);
-            data.extend(low.iter().zip(high).map(|(l, h)| l | (h << 4)));
-            scales.push(d.to_bits());
-            scales.push(m.to_bits());
-        }
-    }
-    (data, scales)
+    let scales = q4_scales(values, cols);
+    (round_q4(values, cols, &scales), scales)
 }
 
 /// The postcard records of the layers, for [`Header::layers`].

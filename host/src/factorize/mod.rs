@@ -26,6 +26,7 @@ mod methods;
 mod neurons;
 mod pairs;
 mod refit;
+mod rounding;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -39,6 +40,7 @@ use rayon::prelude::*;
 pub use neurons::{NeuronSelection, select_neurons};
 pub use pairs::{PairOrder, order_rotary_pairs};
 pub use refit::refit;
+pub use rounding::{InverseFactor, round_compensated};
 pub use values::{ValueProjection, project_values};
 
 /// A prunable matrix's factorization method.
