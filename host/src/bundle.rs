@@ -104,7 +104,28 @@ pub struct Packed {
     /// Bytes `--head full` would store in this dtype (0 when the model ties its head to the
     /// embedding, which the bundle stores anyway).
     pub full_head_bytes: usize,
+    /// q4 classification bundles: the block matrices kept at q8, of those that could be, and
+    /// the search-split agreement with the f32 model that chose them.
+    pub mixed: Option<Mixed>,
 }
+
+/// What a q4 bundle keeps at 8 bits ([`StoredModel::q4_for_labels`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Mixed {
+    /// Block matrices stored q8.
+    pub q8: usize,
+    /// Block matrices that could have been (every compensated one).
+    pub candidates: usize,
+    /// Share of the search-split examples whose label matches the f32 model's.
+    pub agreement: f64,
+}
+
+/// Search-split examples that choose a q4 bundle's q8 matrices.
+pub const MIXED_CHECK_EXAMPLES: usize = 200;
+
+/// The agreement with the f32 model a q4 bundle must reach on those examples (the bar
+/// for q4 parity).
+pub const MIXED_AGREEMENT: f64 = 0.98;
 
 /// Packs `model` (the base, or the base with a prune folder's factors) for `task` and writes
 /// the bundle atomically to `out`: reads the tokenizer tables from the base file, fits the
@@ -175,6 +196,12 @@ pub fn describe(packed: &Packed, head: HeadChoice, out: &Path) -> String {
                 (packed.full_head_bytes.saturating_sub(packed.head_bytes)) as f64 / 1e6
             ));
         }
+    }
+    if let Some(mixed) = &packed.mixed {
+        line.push_str(&format!(
+            "; {} of {} block matrices kept at q8 (search-split agreement with f32 {:.3})",
+            mixed.q8, mixed.candidates, mixed.agreement
+        ));
     }
     line
 }
@@ -514,6 +541,34 @@ pub struct StoredModel {
     pub llama: Llama,
     /// The block scales of every compensated matrix, which reproduce its values exactly.
     scales: HashMap<(usize, MatrixKind), BlockScales>,
+    /// q4: every compensated matrix's q4 and q8 roundings, by decreasing relative output error
+    /// of its q4 rounding (`tr(Δ C Δᵀ) / tr(W C Wᵀ)`), the order in which they go to 8 bits.
+    candidates: Vec<Candidate>,
+}
+
+/// One matrix of a q4 bundle that may be kept at q8.
+#[derive(Debug)]
+struct Candidate {
+    key: (usize, MatrixKind),
+    q4: (Linear, BlockScales),
+    q8: (Linear, BlockScales),
+}
+
+/// `tr(Δ C Δᵀ) / tr(W C Wᵀ)` for the row-major `rows × cols` weight and its rounding.
+fn relative_output_error(weight: &[f32], rounded: &[f32], cols: usize, c: &faer::Mat<f64>) -> f64 {
+    let rows = weight.len() / cols.max(1);
+    let w = faer::Mat::from_fn(rows, cols, |i, j| f64::from(weight[i * cols + j]));
+    let d = faer::Mat::from_fn(rows, cols, |i, j| {
+        f64::from(rounded[i * cols + j] - weight[i * cols + j])
+    });
+    let energy = |m: &faer::Mat<f64>| -> f64 {
+        let mc = m * c;
+        (0..rows)
+            .map(|i| (0..cols).map(|j| mc[(i, j)] * m[(i, j)]).sum::<f64>())
+            .sum()
+    };
+    let total = energy(&w);
+    if total > 0.0 { energy(&d) / total } else { 0.0 }
 }
 
 impl StoredModel {
@@ -521,14 +576,25 @@ impl StoredModel {
     /// calibration prompts (twice: for the rescaling, then on the rescaled model for the
     /// compensation). f32 is the model as it is.
     pub fn new(model: &LoadedModel, task: &Task, dtype: Dtype) -> anyhow::Result<Self> {
+        Self::build(model, task, dtype, dtype)
+    }
+
+    /// [`StoredModel::new`] with the rescaling chosen for rounding to `scaled_for`.
+    fn build(
+        model: &LoadedModel,
+        task: &Task,
+        dtype: Dtype,
+        scaled_for: Dtype,
+    ) -> anyhow::Result<Self> {
         if dtype == Dtype::F32 {
             return Ok(Self {
                 llama: model.llama.clone(),
                 scales: HashMap::new(),
+                candidates: Vec::new(),
             });
         }
         let moments = InputMoments::measure(model, task, STORAGE_SCALE_EXAMPLES)?;
-        let scaled = for_storage(&model.llama, dtype, Some(&moments))?;
+        let scaled = for_storage(&model.llama, scaled_for, Some(&moments))?;
         let moments = InputMoments::measure(
             &model.with_llama(scaled.clone()),
             task,
@@ -545,40 +611,171 @@ impl StoredModel {
                 Some(InverseFactor::new(c.as_ref()).map(|f| ((layer, site), f)))
             })
             .collect::<Result<_, _>>()?;
-        let rounded: Vec<((usize, MatrixKind), Linear, Option<BlockScales>)> =
-            crate::prune::matrices(&config)
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .filter_map(|(layer, kind)| {
-                    let linear = scaled.linear(layer, kind)?;
-                    let result = (|| -> anyhow::Result<_> {
-                        match (linear, factors.get(&(layer, InputSite::of(kind)))) {
-                            (Linear::Dense { weight }, Some(factor)) => {
-                                let (rows, cols) = weight.dims2()?;
-                                if rows == 0 || cols == 0 {
-                                    return Ok((linear.clone(), None));
-                                }
-                                let (values, scales) =
-                                    round_compensated(&values(weight)?, rows, cols, factor, dtype)?;
-                                let weight =
-                                    Tensor::from_vec(values, (rows, cols), weight.device())?;
-                                Ok((Linear::Dense { weight }, scales))
-                            }
-                            _ => Ok((stored_linear(linear, dtype)?, None)),
+        type Rounded = (
+            Linear,
+            Option<BlockScales>,
+            Option<(Linear, BlockScales, f64)>,
+        );
+        let rounded: Vec<((usize, MatrixKind), Rounded)> = crate::prune::matrices(&config)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .filter_map(|(layer, kind)| {
+                let linear = scaled.linear(layer, kind)?;
+                let site = InputSite::of(kind);
+                let result = (|| -> anyhow::Result<Rounded> {
+                    let (Linear::Dense { weight }, Some(factor)) =
+                        (linear, factors.get(&(layer, site)))
+                    else {
+                        return Ok((stored_linear(linear, dtype)?, None, None));
+                    };
+                    let (rows, cols) = weight.dims2()?;
+                    if rows == 0 || cols == 0 {
+                        return Ok((linear.clone(), None, None));
+                    }
+                    let exact = values(weight)?;
+                    let dense = |values: Vec<f32>| -> anyhow::Result<Linear> {
+                        Ok(Linear::Dense {
+                            weight: Tensor::from_vec(values, (rows, cols), weight.device())?,
+                        })
+                    };
+                    let (rounded, scales) = round_compensated(&exact, rows, cols, factor, dtype)?;
+                    // A q4 matrix's q8 alternative and the q4 rounding's relative error.
+                    let alternative = match (dtype, moments.second_moment(layer, site)) {
+                        (Dtype::Q4, Some(c)) => {
+                            let error = relative_output_error(&exact, &rounded, cols, &c);
+                            let (q8, q8_scales) =
+                                round_compensated(&exact, rows, cols, factor, Dtype::Q8)?;
+                            q8_scales.map(|q8_scales| (q8, q8_scales, error))
                         }
-                    })();
-                    Some(result.map(|(linear, scales)| ((layer, kind), linear, scales)))
-                })
-                .collect::<anyhow::Result<_>>()?;
+                        _ => None,
+                    }
+                    .map(|(q8, q8_scales, error)| {
+                        Ok::<_, anyhow::Error>((dense(q8)?, q8_scales, error))
+                    })
+                    .transpose()?;
+                    Ok((dense(rounded)?, scales, alternative))
+                })();
+                Some(result.map(|r| ((layer, kind), r)))
+            })
+            .collect::<anyhow::Result<_>>()?;
         let mut llama = scaled;
         let mut scales = HashMap::new();
-        for (key, linear, block_scales) in rounded {
-            llama.set_linear(key.0, key.1, linear)?;
+        let mut candidates = Vec::new();
+        for (key, (linear, block_scales, alternative)) in rounded {
+            llama.set_linear(key.0, key.1, linear.clone())?;
             if let Some(block_scales) = block_scales {
+                if let Some((q8, q8_scales, error)) = alternative {
+                    candidates.push((
+                        error,
+                        Candidate {
+                            key,
+                            q4: (linear, block_scales.clone()),
+                            q8: (q8, q8_scales),
+                        },
+                    ));
+                }
                 scales.insert(key, block_scales);
             }
         }
-        Ok(Self { llama, scales })
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+        Ok(Self {
+            llama,
+            scales,
+            candidates: candidates.into_iter().map(|(_, c)| c).collect(),
+        })
+    }
+
+    /// Stores the first `n` candidates at q8 and the rest at q4.
+    fn keep_q8(&mut self, n: usize) -> anyhow::Result<()> {
+        for (i, candidate) in self.candidates.iter().enumerate() {
+            let (linear, scales) = if i < n { &candidate.q8 } else { &candidate.q4 };
+            let (layer, kind) = candidate.key;
+            self.llama.set_linear(layer, kind, linear.clone())?;
+            self.scales.insert(candidate.key, scales.clone());
+        }
+        Ok(())
+    }
+
+    /// A q4 bundle for classification: every block matrix at q4 (rescaled for q4) when the
+    /// labels of [`MIXED_CHECK_EXAMPLES`] search-split examples then agree with `reference`
+    /// (the f32 model) on at least [`MIXED_AGREEMENT`] of them; else rescaled for q8 (which
+    /// both roundings must share), the fewest matrices at q8, in the candidates' order, that
+    /// reach it (all at q8 if none does). A binary search over the count: agreement grows with
+    /// it, not strictly, so the count found reaches the target and a smaller one might too.
+    /// Labels are read through the label `rows` plus `bias`.
+    pub fn q4_for_labels(
+        reference: &LoadedModel,
+        task: &Task,
+        rows: &Tensor,
+        bias: &[f32],
+    ) -> anyhow::Result<(Self, Mixed)> {
+        let mut examples = task.examples(Split::Search)?;
+        examples.truncate(MIXED_CHECK_EXAMPLES);
+        let ids = examples
+            .iter()
+            .map(|e| crate::eval::prompt_ids(&reference.tokenizer, &e.prompt))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let labels = |llama: &Llama| -> anyhow::Result<Vec<usize>> {
+            let mut out = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(16) {
+                let batch = Batch::new(chunk, reference.tokenizer.pad_id(), llama.device())?;
+                let logits = llama.last_hidden(&batch)?.matmul(&rows.t()?)?;
+                for row in logits.to_vec2::<f32>()? {
+                    let scored: Vec<f32> = row.iter().zip(bias).map(|(l, b)| l + b).collect();
+                    out.push(
+                        (0..scored.len())
+                            .max_by(|&a, &b| scored[a].total_cmp(&scored[b]))
+                            .unwrap_or(0),
+                    );
+                }
+            }
+            Ok(out)
+        };
+        let expected = labels(&reference.llama)?;
+        let agreement = |stored: &mut Self, n: usize| -> anyhow::Result<f64> {
+            stored.keep_q8(n)?;
+            let got = labels(&stored.llama)?;
+            let same = got.iter().zip(&expected).filter(|(a, b)| a == b).count();
+            Ok(same as f64 / expected.len().max(1) as f64)
+        };
+        let mut plain = Self::build(reference, task, Dtype::Q4, Dtype::Q4)?;
+        let at_zero = agreement(&mut plain, 0)?;
+        if at_zero >= MIXED_AGREEMENT {
+            let candidates = plain.candidates.len();
+            return Ok((
+                plain,
+                Mixed {
+                    q8: 0,
+                    candidates,
+                    agreement: at_zero,
+                },
+            ));
+        }
+        let mut mixed = Self::build(reference, task, Dtype::Q4, Dtype::Q8)?;
+        let candidates = mixed.candidates.len();
+        let mut best = (candidates, agreement(&mut mixed, candidates)?);
+        if best.1 >= MIXED_AGREEMENT {
+            let (mut low, mut high) = (0, candidates);
+            while high - low > 1 {
+                let middle = (low + high) / 2;
+                let a = agreement(&mut mixed, middle)?;
+                if a >= MIXED_AGREEMENT {
+                    high = middle;
+                    best = (middle, a);
+                } else {
+                    low = middle;
+                }
+            }
+        }
+        mixed.keep_q8(best.0)?;
+        Ok((
+            mixed,
+            Mixed {
+                q8: best.0,
+                candidates,
+                agreement: best.1,
+            },
+        ))
     }
 
     /// Appends matrix `kind` of block `layer_idx` to `blob` as the bundle of `dtype` stores it.
@@ -934,9 +1131,8 @@ pub fn pack(
     head: Option<&TaskHead>,
     options: &PackOptions,
 ) -> anyhow::Result<Packed> {
-    let stored = StoredModel::new(model, task, options.dtype)?;
-    let llama = &stored.llama;
-    let config: ModelConfig = *llama.config();
+    let mut stored = None;
+    let config: ModelConfig = *model.llama.config();
     let (prefix, suffix) = prompt_parts(&model.tokenizer, task)?;
     let kind = match task.metric() {
         Metric::Accuracy => TaskKind::Classification,
@@ -974,6 +1170,27 @@ pub fn pack(
     if options.head == HeadChoice::Task && kind != TaskKind::Classification {
         bail!("--head task needs a classification task; use --head full");
     }
+    let mixed = match (options.dtype, kind) {
+        (Dtype::Q4, TaskKind::Classification) => {
+            let rows = match head {
+                Some(head) => head.rows(model.llama.device())?,
+                None => {
+                    let ids = Tensor::new(label_ids.as_slice(), model.llama.device())?;
+                    model.llama.head().index_select(&ids, 0)?
+                }
+            };
+            let bias: Vec<f32> = label_bias.iter().map(|&b| b as f32).collect();
+            let (q4, mixed) = StoredModel::q4_for_labels(model, task, &rows, &bias)?;
+            stored = Some(q4);
+            Some(mixed)
+        }
+        _ => None,
+    };
+    let stored = match stored {
+        Some(stored) => stored,
+        None => StoredModel::new(model, task, options.dtype)?,
+    };
+    let llama = &stored.llama;
 
     let dtype = options.dtype;
     let rows_dtype = dtype.rows();
@@ -1133,6 +1350,7 @@ pub fn pack(
         bytes,
         head_bytes,
         full_head_bytes,
+        mixed,
     })
 }
 
