@@ -24,11 +24,12 @@ use whittle_runtime::writer::{
 use crate::factorize::{InverseFactor, round_compensated};
 use whittle_runtime::{MatrixKind, ModelConfig};
 
+use crate::calibrate::{Calibration, CalibrationData, CalibrationSettings, SiteStats, accumulate};
 use crate::eval::{LabelTokens, prompt_text, score_labels};
 use crate::gguf::GgufFile;
 use crate::head::TaskHead;
 use crate::metrics;
-use crate::model::{BaseModel, Batch, InputSite, Linear, Llama, LoadedModel, Observer};
+use crate::model::{BaseModel, Batch, InputSite, Linear, Llama, LoadedModel};
 use crate::progress::progress_bar;
 use crate::prune::PruneFolder;
 use crate::task::{Metric, Split, Task};
@@ -469,64 +470,72 @@ fn scale_rows(linear: &Linear, scale: &Tensor) -> anyhow::Result<Linear> {
     })
 }
 
-/// The second moment `E[x xᵀ]` of every linear input, per block and site, over some forward
-/// passes.
-#[derive(Debug, Default)]
-pub struct InputMoments {
-    sums: HashMap<(usize, InputSite), (Vec<f64>, usize, usize)>,
-}
+/// The second moment `E[x xᵀ]` of every linear input, per block and site: a [`Calibration`]
+/// of the model being packed (not the dense one) on a few task prompts, each counted whole.
+#[derive(Debug)]
+pub struct InputMoments(Calibration);
 
-impl Observer for InputMoments {
-    fn observe(
-        &mut self,
-        layer_idx: usize,
-        site: InputSite,
-        rows: &Tensor,
-    ) -> candle_core::Result<()> {
-        let (n, width) = rows.dims2()?;
-        let gram = rows.t()?.matmul(rows)?.flatten_all()?.to_vec1::<f32>()?;
-        let (sums, count, _) = self
-            .sums
-            .entry((layer_idx, site))
-            .or_insert_with(|| (vec![0.0; width * width], 0, width));
-        for (sum, value) in sums.iter_mut().zip(gram) {
-            *sum += f64::from(value);
-        }
-        *count += n;
-        Ok(())
-    }
-}
+/// Padded tokens per forward pass of [`InputMoments::of_sequences`].
+const STORAGE_BATCH_TOKENS: usize = 2048;
 
 impl InputMoments {
     /// Runs `model` on the prompts of `task`'s calibration split (at most `examples` of them).
     pub fn measure(model: &LoadedModel, task: &Task, examples: usize) -> anyhow::Result<Self> {
         let mut prompts = task.examples(Split::Calibration)?;
         prompts.truncate(examples);
-        let ids = prompts
+        let sequences = prompts
             .iter()
             .map(|e| crate::eval::prompt_ids(&model.tokenizer, &e.prompt))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut moments = Self::default();
-        for chunk in ids.chunks(16) {
-            let batch = Batch::new(chunk, model.tokenizer.pad_id(), model.llama.device())?;
-            model.llama.forward_hidden(&batch, Some(&mut moments))?;
-        }
-        Ok(moments)
+        Self::of_sequences(&model.llama, sequences, model.tokenizer.pad_id())
+    }
+
+    /// Runs `llama` on `sequences`, every position counted.
+    pub fn of_sequences(
+        llama: &Llama,
+        sequences: Vec<Vec<u32>>,
+        pad_id: u32,
+    ) -> anyhow::Result<Self> {
+        let data = CalibrationData {
+            observe_from: vec![0; sequences.len()],
+            sequences,
+        };
+        let settings = CalibrationSettings {
+            max_tokens: data.counted_tokens(),
+            ..CalibrationSettings::default()
+        };
+        Ok(Self(accumulate(
+            llama,
+            &data,
+            pad_id,
+            STORAGE_BATCH_TOKENS,
+            settings,
+            &ProgressBar::hidden(),
+        )?))
+    }
+
+    fn site(&self, layer_idx: usize, site: InputSite) -> Option<(&SiteStats, f64)> {
+        let stats = self.0.sites.get(layer_idx)?.get(site.index())?;
+        Some((stats, stats.n_tokens.max(1) as f64))
     }
 
     /// The mean square of each input dimension of `site` in block `layer_idx`.
     fn of(&self, layer_idx: usize, site: InputSite) -> Option<Vec<f64>> {
-        let (sums, count, width) = self.sums.get(&(layer_idx, site))?;
-        let n = (*count).max(1) as f64;
-        Some((0..*width).map(|i| sums[i * width + i] / n).collect())
+        let (stats, n) = self.site(layer_idx, site)?;
+        let width = stats.dim;
+        Some(
+            (0..width)
+                .map(|i| stats.second_moment[i * width + i] / n)
+                .collect(),
+        )
     }
 
     /// `E[x xᵀ]` of `site`'s input in block `layer_idx`.
     fn second_moment(&self, layer_idx: usize, site: InputSite) -> Option<faer::Mat<f64>> {
-        let (sums, count, width) = self.sums.get(&(layer_idx, site))?;
-        let n = (*count).max(1) as f64;
-        Some(faer::Mat::from_fn(*width, *width, |i, j| {
-            sums[i * width + j] / n
+        let (stats, n) = self.site(layer_idx, site)?;
+        let width = stats.dim;
+        Some(faer::Mat::from_fn(width, width, |i, j| {
+            stats.second_moment[i * width + j] / n
         }))
     }
 }
@@ -1445,8 +1454,7 @@ mod tests {
             .map(|i| (0..24u32).map(|t| (i * 7 + t * 13) % 64).collect())
             .collect();
         let batch = crate::model::Batch::new(&sequences, 0, &device)?;
-        let mut power = InputMoments::default();
-        llama.forward_hidden(&batch, Some(&mut power))?;
+        let power = InputMoments::of_sequences(&llama, sequences.clone(), 0)?;
         let reference = llama.forward(&batch)?;
         let error = |model: &Llama| -> anyhow::Result<f32> {
             let diff = (model.forward(&batch)? - &reference)?;
