@@ -94,5 +94,9 @@ pub fn device(cuda: bool) -> anyhow::Result<Device> {
             "this build of whittle lacks CUDA; rebuild with `--features cuda` (needs the CUDA toolkit) or drop --cuda"
         );
     }
-    Ok(Device::new_cuda(0)?)
+    Device::new_cuda(0).map_err(|error| {
+        anyhow::anyhow!(
+            "--cuda: no usable CUDA device 0 ({error}); check that an NVIDIA GPU and its driver (R580 or later, for CUDA 13) are present (`nvidia-smi`), or drop --cuda to run on the CPU"
+        )
+    })
 }

@@ -509,3 +509,21 @@ fn kept_rotary_pairs_equal_their_block_with_the_dropped_pairs_rows_zeroed() -> R
     }
     Ok(())
 }
+
+/// `--cuda` where it cannot run (a build without the feature, or no GPU or driver) is a
+/// one-line error naming the fix; it never falls back to the CPU silently.
+#[test]
+fn cuda_that_cannot_run_is_a_one_line_error_with_its_fix() {
+    match device(true) {
+        Ok(device) => assert!(device.is_cuda(), "--cuda gave {device:?}"),
+        Err(error) => {
+            let message = error.to_string();
+            assert!(message.contains("drop --cuda"), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+            if !cfg!(feature = "cuda") {
+                assert!(message.contains("--features cuda"), "{message}");
+            }
+        }
+    }
+    assert!(device(false).is_ok_and(|d| d.is_cpu()));
+}
