@@ -470,6 +470,21 @@ fn scale_rows(linear: &Linear, scale: &Tensor) -> anyhow::Result<Linear> {
     })
 }
 
+/// The prompt token ids of the first `n` examples of `task`'s `split`.
+fn first_prompts(
+    model: &LoadedModel,
+    task: &Task,
+    split: Split,
+    n: usize,
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    let mut examples = task.examples(split)?;
+    examples.truncate(n);
+    examples
+        .iter()
+        .map(|e| crate::eval::prompt_ids(&model.tokenizer, &e.prompt))
+        .collect()
+}
+
 /// The second moment `E[x xᵀ]` of every linear input, per block and site: a [`Calibration`]
 /// of the model being packed (not the dense one) on a few task prompts, each counted whole.
 #[derive(Debug)]
@@ -481,12 +496,7 @@ const STORAGE_BATCH_TOKENS: usize = 2048;
 impl InputMoments {
     /// Runs `model` on the prompts of `task`'s calibration split (at most `examples` of them).
     pub fn measure(model: &LoadedModel, task: &Task, examples: usize) -> anyhow::Result<Self> {
-        let mut prompts = task.examples(Split::Calibration)?;
-        prompts.truncate(examples);
-        let sequences = prompts
-            .iter()
-            .map(|e| crate::eval::prompt_ids(&model.tokenizer, &e.prompt))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let sequences = first_prompts(model, task, Split::Calibration, examples)?;
         Self::of_sequences(&model.llama, sequences, model.tokenizer.pad_id())
     }
 
@@ -550,7 +560,7 @@ pub struct StoredModel {
     pub llama: Llama,
     /// The block scales of every compensated matrix, which reproduce its values exactly.
     scales: HashMap<(usize, MatrixKind), BlockScales>,
-    /// q4: every compensated matrix's q4 and q8 roundings, by decreasing relative output error
+    /// q4 rescaled for q8: every compensated matrix's q4 and q8 roundings, by decreasing relative output error
     /// of its q4 rounding (`tr(Δ C Δᵀ) / tr(W C Wᵀ)`), the order in which they go to 8 bits.
     candidates: Vec<Candidate>,
 }
@@ -585,16 +595,6 @@ impl StoredModel {
     /// calibration prompts (twice: for the rescaling, then on the rescaled model for the
     /// compensation). f32 is the model as it is.
     pub fn new(model: &LoadedModel, task: &Task, dtype: Dtype) -> anyhow::Result<Self> {
-        Self::build(model, task, dtype, dtype)
-    }
-
-    /// [`StoredModel::new`] with the rescaling chosen for rounding to `scaled_for`.
-    fn build(
-        model: &LoadedModel,
-        task: &Task,
-        dtype: Dtype,
-        scaled_for: Dtype,
-    ) -> anyhow::Result<Self> {
         if dtype == Dtype::F32 {
             return Ok(Self {
                 llama: model.llama.clone(),
@@ -603,7 +603,21 @@ impl StoredModel {
             });
         }
         let moments = InputMoments::measure(model, task, STORAGE_SCALE_EXAMPLES)?;
-        let scaled = for_storage(&model.llama, scaled_for, Some(&moments))?;
+        Self::build(model, task, dtype, dtype, &moments)
+    }
+
+    /// [`StoredModel::new`] with the rescaling chosen for rounding to `scaled_for`, from the
+    /// unscaled model's `moments`. A q4 model rescaled for q8 also keeps each matrix's q8
+    /// rounding as a candidate ([`StoredModel::q4_for_labels`]).
+    fn build(
+        model: &LoadedModel,
+        task: &Task,
+        dtype: Dtype,
+        scaled_for: Dtype,
+        moments: &InputMoments,
+    ) -> anyhow::Result<Self> {
+        let scaled = for_storage(&model.llama, scaled_for, Some(moments))?;
+        let with_alternatives = dtype == Dtype::Q4 && scaled_for == Dtype::Q8;
         let moments = InputMoments::measure(
             &model.with_llama(scaled.clone()),
             task,
@@ -649,8 +663,8 @@ impl StoredModel {
                     };
                     let (rounded, scales) = round_compensated(&exact, rows, cols, factor, dtype)?;
                     // A q4 matrix's q8 alternative and the q4 rounding's relative error.
-                    let alternative = match (dtype, moments.second_moment(layer, site)) {
-                        (Dtype::Q4, Some(c)) => {
+                    let alternative = match moments.second_moment(layer, site) {
+                        Some(c) if with_alternatives => {
                             let error = relative_output_error(&exact, &rounded, cols, &c);
                             let (q8, q8_scales) =
                                 round_compensated(&exact, rows, cols, factor, Dtype::Q8)?;
@@ -718,12 +732,7 @@ impl StoredModel {
         rows: &Tensor,
         bias: &[f32],
     ) -> anyhow::Result<(Self, Mixed)> {
-        let mut examples = task.examples(Split::Search)?;
-        examples.truncate(MIXED_CHECK_EXAMPLES);
-        let ids = examples
-            .iter()
-            .map(|e| crate::eval::prompt_ids(&reference.tokenizer, &e.prompt))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ids = first_prompts(reference, task, Split::Search, MIXED_CHECK_EXAMPLES)?;
         let labels = |llama: &Llama| -> anyhow::Result<Vec<usize>> {
             let mut out = Vec::with_capacity(ids.len());
             for chunk in ids.chunks(16) {
@@ -747,10 +756,12 @@ impl StoredModel {
             let same = got.iter().zip(&expected).filter(|(a, b)| a == b).count();
             Ok(same as f64 / expected.len().max(1) as f64)
         };
-        let mut plain = Self::build(reference, task, Dtype::Q4, Dtype::Q4)?;
+        let moments = InputMoments::measure(reference, task, STORAGE_SCALE_EXAMPLES)?;
+        let mut plain = Self::build(reference, task, Dtype::Q4, Dtype::Q4, &moments)?;
         let at_zero = agreement(&mut plain, 0)?;
         if at_zero >= MIXED_AGREEMENT {
-            let candidates = plain.candidates.len();
+            // Every dense block matrix could have been kept at q8.
+            let candidates = plain.scales.len();
             return Ok((
                 plain,
                 Mixed {
@@ -760,7 +771,7 @@ impl StoredModel {
                 },
             ));
         }
-        let mut mixed = Self::build(reference, task, Dtype::Q4, Dtype::Q8)?;
+        let mut mixed = Self::build(reference, task, Dtype::Q4, Dtype::Q8, &moments)?;
         let candidates = mixed.candidates.len();
         let mut best = (candidates, agreement(&mut mixed, candidates)?);
         if best.1 >= MIXED_AGREEMENT {
