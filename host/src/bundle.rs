@@ -34,6 +34,7 @@ use crate::progress::progress_bar;
 use crate::prune::PruneFolder;
 use crate::task::{Metric, Split, Task};
 use crate::tokenizer::TextTokenizer;
+use crate::vocab::{VocabChoice, VocabTrim};
 use whittle_boards::files::write_atomically;
 
 /// Stands for the input while the prompt template is rendered, then splits it in two.
@@ -87,6 +88,8 @@ pub struct PackOptions {
     pub sequence: Option<u64>,
     /// Store the prompt prefix's keys and values (`docs/bundle-format.md`, `PrefixRef`).
     pub store_prefix: bool,
+    /// The whole vocabulary, or the task's part of it ([`VocabTrim`]).
+    pub vocab: VocabChoice,
 }
 
 /// Search-split examples tried for the bundle's self-check (the widest margin is kept).
@@ -108,6 +111,22 @@ pub struct Packed {
     /// q4 classification bundles: the block matrices kept at q8, of those that could be, and
     /// the search-split agreement with the f32 model that chose them.
     pub mixed: Option<Mixed>,
+    /// Task-trimmed bundles: `(kept tokens, source vocabulary)` and the embedding's bytes
+    /// before and after.
+    pub trim: Option<TrimSummary>,
+}
+
+/// What trimming the vocabulary to the task kept ([`VocabTrim`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrimSummary {
+    /// Tokens kept.
+    pub kept: usize,
+    /// Tokens of the source vocabulary.
+    pub source: usize,
+    /// Bytes of the embedding as stored.
+    pub embedding_bytes: u64,
+    /// Bytes it would take with the whole vocabulary.
+    pub full_embedding_bytes: u64,
 }
 
 /// What a q4 bundle keeps at 8 bits ([`StoredModel::q4_for_labels`]).
@@ -202,6 +221,15 @@ pub fn describe(packed: &Packed, head: HeadChoice, out: &Path) -> String {
         line.push_str(&format!(
             "; {} of {} block matrices kept at q8 (search-split agreement with f32 {:.3})",
             mixed.q8, mixed.candidates, mixed.agreement
+        ));
+    }
+    if let Some(trim) = &packed.trim {
+        line.push_str(&format!(
+            "; vocabulary trimmed to the task's {} of {} tokens (embedding {:.2} MB instead of {:.2})",
+            trim.kept,
+            trim.source,
+            trim.embedding_bytes as f64 / 1e6,
+            trim.full_embedding_bytes as f64 / 1e6
         ));
     }
     line
@@ -364,6 +392,7 @@ pub fn tokenizer_tables(
         byte_tokens,
         special_ids: special.iter().map(|(id, _)| *id).collect(),
         stop_ids: tokenizer.stop_ids().to_vec(),
+        trimmed: None,
     })
 }
 
@@ -1152,7 +1181,7 @@ pub fn pack(
     options: &PackOptions,
 ) -> anyhow::Result<Packed> {
     let mut stored = None;
-    let config: ModelConfig = *model.llama.config();
+    let mut config: ModelConfig = *model.llama.config();
     let (prefix, suffix) = prompt_parts(&model.tokenizer, task)?;
     let kind = match task.metric() {
         Metric::Accuracy => TaskKind::Classification,
@@ -1171,6 +1200,24 @@ pub fn pack(
         TaskKind::Classification => label_token_ids(&model.tokenizer, task)?,
         TaskKind::Generation => Vec::new(),
     };
+    let trim = match (options.vocab, kind) {
+        (VocabChoice::Full, _) => None,
+        (VocabChoice::Task, TaskKind::Classification) => Some(VocabTrim::for_task(
+            &model.tokenizer,
+            tables,
+            task,
+            &label_ids,
+        )?),
+        (VocabChoice::Task, TaskKind::Generation) => bail!(
+            "task {}: --vocab task keeps only the tokens of a classification task's inputs, and a generated answer may need any token; pack it with --vocab full",
+            task.name()
+        ),
+    };
+    let trimmed_tables = trim.as_ref().map(|trim| trim.tables(tables)).transpose()?;
+    let tables = trimmed_tables.as_ref().unwrap_or(tables);
+    if let Some(trim) = &trim {
+        config.vocab_size = trim.kept().len();
+    }
     if kind == TaskKind::Classification && label_bias.len() != label_ids.len() {
         bail!(
             "{} label biases for {} labels; fit the bias on the calibration split",
@@ -1182,7 +1229,10 @@ pub fn pack(
         labels
             .push(LabelRef {
                 name: &label.value,
-                token_id,
+                token_id: match &trim {
+                    Some(trim) => trim.required_id(token_id)?,
+                    None => token_id,
+                },
                 bias: bias as f32,
             })
             .map_err(|_| anyhow::anyhow!("too many labels"))?;
@@ -1216,7 +1266,11 @@ pub fn pack(
     let rows_dtype = dtype.rows();
     let mut blob = BlobBuilder::new();
     let tokenizer = blob.push_tokenizer(tables)?;
-    let embedding = push_tensor(&mut blob, llama.embedding(), rows_dtype)?;
+    let vocab_rows = |matrix: &Tensor| match &trim {
+        Some(trim) => trim.rows(matrix),
+        None => Ok(matrix.clone()),
+    };
+    let embedding = push_tensor(&mut blob, &vocab_rows(llama.embedding())?, rows_dtype)?;
     let final_norm = blob.push_f32(&values(llama.final_norm())?)?;
     let mut layers = Vec::with_capacity(config.n_layers);
     for layer_idx in 0..config.n_layers {
@@ -1295,7 +1349,11 @@ pub fn pack(
         }
         HeadChoice::Full if llama.head_is_tied() => (HeadRef::Tied, 0),
         HeadChoice::Full => (
-            HeadRef::Full(push_tensor(&mut blob, llama.head(), rows_dtype)?),
+            HeadRef::Full(push_tensor(
+                &mut blob,
+                &vocab_rows(llama.head())?,
+                rows_dtype,
+            )?),
             full_head_bytes,
         ),
     };
@@ -1366,11 +1424,18 @@ pub fn pack(
         Some(sign) => write_bundle(&header, blob.bytes(), Some(sign))?,
         None => write_bundle(&header, blob.bytes(), None)?,
     };
+    let trim = trim.map(|trim| TrimSummary {
+        kept: trim.kept().len(),
+        source: trim.source_vocab_size(),
+        embedding_bytes: rows_dtype.matrix_bytes(trim.kept().len(), config.hidden_size),
+        full_embedding_bytes: rows_dtype.matrix_bytes(trim.source_vocab_size(), config.hidden_size),
+    });
     Ok(Packed {
         bytes,
         head_bytes,
         full_head_bytes,
         mixed,
+        trim,
     })
 }
 

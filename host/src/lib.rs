@@ -25,3 +25,4 @@ pub mod task;
 #[cfg(test)]
 mod test_rng;
 pub mod tokenizer;
+pub mod vocab;

@@ -61,14 +61,18 @@ pub struct ParityReport {
     pub cases: Vec<ParityCase>,
     /// Share of examples with the same prediction.
     pub agreement: f64,
-    /// Largest |host logit − runtime logit| over every example and label.
+    /// Largest |host logit − runtime logit| over every label of the examples tokenized alike
+    /// (the numerics; a task-trimmed bundle reads an unseen word in other pieces).
     pub max_abs_logit_diff: f32,
     /// Host accuracy.
     pub host_accuracy: f64,
     /// Runtime accuracy.
     pub runtime_accuracy: f64,
-    /// Examples whose prompt token ids differ.
+    /// Examples whose prompt token ids differ (in source ids: only a task-trimmed bundle's
+    /// tokenizer may read an input in other pieces).
     pub token_id_mismatches: usize,
+    /// Share of those examples with the host's prediction, `None` when there are none.
+    pub retokenized_agreement: Option<f64>,
     /// Arena bytes of one session.
     pub arena_bytes: usize,
 }
@@ -163,7 +167,13 @@ pub fn compare<K: Kernels + Clone + Send + Sync>(
                 session
                     .label_scores(input)
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let tokens = session.tokens().to_vec();
+                // In the source model's ids, which a task-trimmed bundle renumbers.
+                let tokenizer = whittle_runtime::Tokenizer::new(bundle);
+                let tokens = session
+                    .tokens()
+                    .iter()
+                    .map(|&id| tokenizer.source_id(id))
+                    .collect();
                 let logits = session
                     .label_logits()
                     .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -179,14 +189,17 @@ pub fn compare<K: Kernels + Clone + Send + Sync>(
     for (i, result) in runtime.into_iter().enumerate() {
         let (tokens, runtime_logits) = result?;
         let host_logits = reference.logits.get(i).cloned().unwrap_or_default();
-        for (h, r) in host_logits.iter().zip(&runtime_logits) {
-            max_diff = max_diff.max((h - r).abs());
+        let same_token_ids = reference.token_ids.get(i) == Some(&tokens);
+        if same_token_ids {
+            for (h, r) in host_logits.iter().zip(&runtime_logits) {
+                max_diff = max_diff.max((h - r).abs());
+            }
         }
         cases.push(ParityCase {
             id: reference.ids.get(i).cloned().unwrap_or_default(),
             input: reference.inputs.get(i).cloned().unwrap_or_default(),
             gold: reference.gold.get(i).copied().unwrap_or(usize::MAX),
-            same_token_ids: reference.token_ids.get(i) == Some(&tokens),
+            same_token_ids,
             host_prediction: argmax(&with_bias(&host_logits, &reference.bias)),
             runtime_prediction: argmax(&with_bias(&runtime_logits, &reference.bias)),
             host_logits,
@@ -200,6 +213,11 @@ pub fn compare<K: Kernels + Clone + Send + Sync>(
         host_accuracy: share(count(&|c| c.host_prediction == c.gold)),
         runtime_accuracy: share(count(&|c| c.runtime_prediction == c.gold)),
         token_id_mismatches: count(&|c| !c.same_token_ids),
+        retokenized_agreement: {
+            let differ = count(&|c| !c.same_token_ids);
+            let agree = count(&|c| !c.same_token_ids && c.host_prediction == c.runtime_prediction);
+            (differ > 0).then(|| agree as f64 / differ as f64)
+        },
         max_abs_logit_diff: max_diff,
         arena_bytes,
         cases,

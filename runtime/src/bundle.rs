@@ -432,6 +432,26 @@ impl<'a> Bundle<'a> {
                 }
             }
         }
+        let source_ids = self.checked_span(tokenizer.source_ids).map_err(|_| bad)?;
+        let source_vocab = tokenizer.source_vocab_size as usize;
+        if source_ids.is_empty() {
+            return if source_vocab == vocab {
+                Ok(())
+            } else {
+                Err(bad)
+            };
+        }
+        if source_ids.len() != vocab * 4 {
+            return Err(bad);
+        }
+        let mut previous = None;
+        for chunk in source_ids.chunks_exact(4) {
+            let id = u32::from_le_bytes(array(chunk, 0)?);
+            if previous.is_some_and(|p| p >= id) || id as usize >= source_vocab {
+                return Err(bad);
+            }
+            previous = Some(id);
+        }
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use crate::config::ModelConfig;
 /// The first eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"WHITTLE\0";
 /// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 /// Bytes before the header: magic, version, flags, header length, blob length.
 pub const PREAMBLE_LEN: usize = 24;
 /// Values per q8 scale: each row of a q8 matrix is cut into blocks of this many consecutive
@@ -201,6 +201,11 @@ pub struct TokenizerRef {
     pub special_ids: Span,
     /// Ids that end generation.
     pub stop_ids: Span,
+    /// Tokens in the source model's vocabulary (`vocab_size` unless trimmed).
+    pub source_vocab_size: u32,
+    /// A task-trimmed vocabulary: the source id of every token (`vocab_size` `u32`, strictly
+    /// ascending, below `source_vocab_size`); empty when the vocabulary is whole.
+    pub source_ids: Span,
 }
 
 /// One label of a classification task.

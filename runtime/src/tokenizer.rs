@@ -26,6 +26,7 @@ pub struct Tokenizer<'a> {
     byte_tokens: &'a [u8],
     special_ids: &'a [u8],
     stop_ids: &'a [u8],
+    source_ids: &'a [u8],
 }
 
 /// Several `&str` read as their concatenation.
@@ -92,7 +93,19 @@ impl<'a> Tokenizer<'a> {
             byte_tokens: bundle.span(refs.byte_tokens),
             special_ids: bundle.span(refs.special_ids),
             stop_ids: bundle.span(refs.stop_ids),
+            source_ids: bundle.span(refs.source_ids),
         }
+    }
+
+    /// The id token `id` has in the source model's vocabulary: itself unless the bundle's
+    /// vocabulary is trimmed to a task ([`crate::format::TokenizerRef::source_ids`]).
+    pub fn source_id(&self, id: u32) -> u32 {
+        if self.source_ids.is_empty() {
+            return id;
+        }
+        array::<4>(self.source_ids, id as usize * 4)
+            .map(u32::from_le_bytes)
+            .unwrap_or(NO_TOKEN)
     }
 
     /// The raw bytes of token `id` (empty for an unknown id).

@@ -50,6 +50,17 @@ pub struct TokenizerTables {
     pub special_ids: Vec<u32>,
     /// Tokens that end generation.
     pub stop_ids: Vec<u32>,
+    /// Set when the vocabulary is a task's part of the source model's.
+    pub trimmed: Option<Trimmed>,
+}
+
+/// What a task-trimmed vocabulary keeps of its source.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Tokens in the source vocabulary.
+    pub source_vocab_size: u32,
+    /// The source id of every kept token, strictly ascending (token `i` was `source_ids[i]`).
+    pub source_ids: Vec<u32>,
 }
 
 /// The tensor blob under construction; every push starts at a multiple of 64 bytes.
@@ -185,6 +196,14 @@ impl BlobBuilder {
             byte_tokens: self.push_u32(&tables.byte_tokens)?,
             special_ids: self.push_u32(&tables.special_ids)?,
             stop_ids: self.push_u32(&tables.stop_ids)?,
+            source_vocab_size: match &tables.trimmed {
+                Some(trimmed) => trimmed.source_vocab_size,
+                None => u32::try_from(tables.vocab.len()).map_err(|_| WriteError::TooLarge)?,
+            },
+            source_ids: match &tables.trimmed {
+                Some(trimmed) => self.push_u32(&trimmed.source_ids)?,
+                None => Span::default(),
+            },
         })
     }
 }
@@ -538,6 +557,20 @@ pub fn synthetic_bundle(config: &ModelConfig, dtype: Dtype) -> Result<Vec<u8>, W
     write_bundle(&parts.header(&parts.layer_bytes), parts.blob.bytes(), None)
 }
 
+/// [`synthetic_bundle`] with the given tokenizer tables (`config`'s vocabulary size taken
+/// from them): what tests of a tokenizer's tables run.
+pub fn synthetic_bundle_with_tables(
+    config: &ModelConfig,
+    tables: &TokenizerTables,
+) -> Result<Vec<u8>, WriteError> {
+    let config = ModelConfig {
+        vocab_size: tables.vocab.len(),
+        ..*config
+    };
+    let parts = synthetic_parts_with(&config, Dtype::F32, tables)?;
+    write_bundle(&parts.header(&parts.layer_bytes), parts.blob.bytes(), None)
+}
+
 /// The blob, layer records and header fields of [`synthetic_bundle`].
 struct SyntheticParts {
     config: ModelConfig,
@@ -550,6 +583,27 @@ struct SyntheticParts {
 }
 
 fn synthetic_parts(config: &ModelConfig, dtype: Dtype) -> Result<SyntheticParts, WriteError> {
+    let tables = TokenizerTables {
+        vocab: (0..config.vocab_size)
+            .map(|id| match u8::try_from(id) {
+                Ok(byte) => alloc::vec![byte],
+                Err(_) => alloc::format!("<{id}>").into_bytes(),
+            })
+            .collect(),
+        merges: Vec::new(),
+        byte_tokens: (0..256u32).collect(),
+        special_ids: Vec::new(),
+        stop_ids: Vec::new(),
+        trimmed: None,
+    };
+    synthetic_parts_with(config, dtype, &tables)
+}
+
+fn synthetic_parts_with(
+    config: &ModelConfig,
+    dtype: Dtype,
+    tables: &TokenizerTables,
+) -> Result<SyntheticParts, WriteError> {
     let (vocab, hidden) = (config.vocab_size, config.hidden_size);
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let mut values = |n: usize| -> Vec<f32> {
@@ -563,19 +617,7 @@ fn synthetic_parts(config: &ModelConfig, dtype: Dtype) -> Result<SyntheticParts,
             .collect()
     };
     let mut blob = BlobBuilder::new();
-    let tables = TokenizerTables {
-        vocab: (0..vocab)
-            .map(|id| match u8::try_from(id) {
-                Ok(byte) => alloc::vec![byte],
-                Err(_) => alloc::format!("<{id}>").into_bytes(),
-            })
-            .collect(),
-        merges: Vec::new(),
-        byte_tokens: (0..256u32).collect(),
-        special_ids: Vec::new(),
-        stop_ids: Vec::new(),
-    };
-    let tokenizer = blob.push_tokenizer(&tables)?;
+    let tokenizer = blob.push_tokenizer(tables)?;
     let embedding = blob.push_matrix(vocab, hidden, &values(vocab * hidden), dtype)?;
     let ones = alloc::vec![1.0f32; hidden];
     let final_norm = blob.push_f32(&ones)?;

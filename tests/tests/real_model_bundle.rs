@@ -22,6 +22,7 @@ use whittle_host::head::fit_head;
 use whittle_host::model::{self, Linear, LoadedModel};
 use whittle_host::parity::{ParityReport, compare, host_reference};
 use whittle_host::task::{Split, Task};
+use whittle_host::vocab::VocabChoice;
 use whittle_runtime::format::Dtype;
 use whittle_runtime::kernels::best;
 use whittle_runtime::writer::TokenizerTables;
@@ -55,10 +56,16 @@ fn fixture() -> &'static Fixture {
 
 /// The sst2 bundle of the real model in `dtype` with the task head, 64-byte aligned.
 fn packed(dtype: Dtype) -> AlignedBytes {
+    packed_with(dtype, VocabChoice::Full)
+}
+
+/// [`packed`] with the vocabulary `vocab`.
+fn packed_with(dtype: Dtype, vocab: VocabChoice) -> AlignedBytes {
     let f = fixture();
     let options = PackOptions {
         sequence: None,
         store_prefix: true,
+        vocab,
         dtype,
         head: HeadChoice::Task,
         signing_key: None,
@@ -178,6 +185,75 @@ fn parity(dtype: Dtype) -> anyhow::Result<ParityReport> {
     assert_eq!(report.cases.len(), PARITY_EXAMPLES);
     assert_eq!(report.token_id_mismatches, 0);
     Ok(report)
+}
+
+/// A bundle trimmed to the task's vocabulary (sst2-dev: the 610 calibration and search
+/// sentences, so most test sentences hold a word they never had): every calibration and search
+/// prompt tokenizes to the host's ids, every test prompt tokenizes and reads back as its text,
+/// the test examples tokenized alike keep f32 logits, and those read in other pieces mostly
+/// keep their label.
+#[test]
+fn real_model_trimmed_vocabulary_reads_the_task_as_before_and_any_input() -> anyhow::Result<()> {
+    let f = fixture();
+    let bytes = packed_with(Dtype::F32, VocabChoice::Task);
+    let bundle = Bundle::parse(bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let header = bundle.header();
+    let (kept, source) = (
+        header.config.vocab_size,
+        header.tokenizer.source_vocab_size as usize,
+    );
+    assert_eq!(source, f.model.tokenizer.vocab_size());
+    assert!(kept < source / 4, "kept {kept} of {source}");
+    let tokenizer = Tokenizer::new(&bundle);
+    let (prefix, suffix) = (header.task.prompt_prefix, header.task.prompt_suffix);
+    let host = &f.model.tokenizer;
+    let mut retokenized = 0;
+    for split in Split::ALL {
+        for example in f.task.examples(split)? {
+            let text = whittle_host::eval::prompt_text(host, &example.prompt)?;
+            let input = text
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
+                .unwrap_or_else(|| panic!("{}: prompt does not match the bundle's", example.id));
+            let got: Vec<u32> = runtime_ids(&tokenizer, &[prefix, input, suffix])
+                .iter()
+                .map(|&id| tokenizer.source_id(id))
+                .collect();
+            let expected = host.encode(&text)?;
+            match split {
+                Split::Test => {
+                    retokenized += usize::from(got != expected);
+                    assert_eq!(
+                        host.decode(&got)?,
+                        host.decode(&expected)?,
+                        "{}",
+                        example.id
+                    );
+                }
+                _ => assert_eq!(got, expected, "{} ({})", example.id, split.name()),
+            }
+        }
+    }
+    let mut examples = f.task.examples(Split::Test)?;
+    let tests = examples.len();
+    examples.truncate(PARITY_EXAMPLES);
+    let reference = host_reference(&f.model, &bundle, &examples, None)?;
+    let report = compare(&reference, &bundle, best())?;
+    println!(
+        "trimmed to {kept} of {source} tokens: {retokenized} of {tests} test prompts in other pieces; first {PARITY_EXAMPLES}: agreement {:.4} ({} retokenized, agreement {:?}), max |Δlogit| where alike {:.2e}",
+        report.agreement,
+        report.token_id_mismatches,
+        report.retokenized_agreement,
+        report.max_abs_logit_diff
+    );
+    assert!(retokenized > 0, "the test split should hold unseen words");
+    assert!(
+        report.max_abs_logit_diff < 1e-3,
+        "{}",
+        report.max_abs_logit_diff
+    );
+    assert!(report.agreement >= 14.0 / 16.0, "{}", report.agreement);
+    Ok(())
 }
 
 #[test]
@@ -326,6 +402,7 @@ fn real_model_bundle_with_an_exit_a_fitted_head_narrower_units_and_skipped_sub_b
     let options = PackOptions {
         sequence: None,
         store_prefix: true,
+        vocab: VocabChoice::Full,
         dtype: Dtype::F32,
         head: HeadChoice::Task,
         signing_key: None,

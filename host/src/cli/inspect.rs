@@ -74,6 +74,13 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         config.n_kv_heads,
         config.vocab_size
     );
+    let source_vocab = header.tokenizer.source_vocab_size as usize;
+    if source_vocab != config.vocab_size {
+        println!(
+            "vocabulary  trimmed to the task: {} of the model's {source_vocab} tokens",
+            config.vocab_size
+        );
+    }
     println!(
         "weights     {}, {} of {} matrices low-rank",
         header.dtype.name(),

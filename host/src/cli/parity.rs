@@ -138,6 +138,9 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
         "host_accuracy": parity.host_accuracy,
         "runtime_accuracy": parity.runtime_accuracy,
         "token_id_mismatches": token_mismatches,
+        "retokenized_agreement": parity.retokenized_agreement,
+        "vocab": header.config.vocab_size,
+        "source_vocab": header.tokenizer.source_vocab_size,
         "bundle_bytes": raw.len(),
         "arena_bytes": arena_bytes,
         "context": CONTEXT,
@@ -153,6 +156,12 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
         report["host_accuracy"].as_f64().unwrap_or(0.0),
         report["runtime_accuracy"].as_f64().unwrap_or(0.0),
     );
+    if let Some(share) = parity.retokenized_agreement {
+        println!(
+            "the trimmed vocabulary ({} of {} tokens) reads {token_mismatches} inputs in other pieces; {share:.4} of them keep the host's label (max |Δlogit| is over the others)",
+            header.config.vocab_size, header.tokenizer.source_vocab_size
+        );
+    }
     if args.json {
         println!("{report}");
     }

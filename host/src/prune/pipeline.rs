@@ -29,6 +29,7 @@ use crate::plot::rank_map_svg;
 use crate::progress::progress_bar;
 use crate::search::{Genome, Problem, Search, SearchConfig};
 use crate::task::{Metric, Split, Task};
+use crate::vocab::VocabChoice;
 
 /// The keep fractions the uniform baseline's binary search chooses from: 0.10, 0.15, …, 1.00.
 pub fn keep_grid() -> Vec<f64> {
@@ -53,6 +54,8 @@ pub struct PruneOptions {
     pub task: Task,
     /// Weight storage the cost model assumes and the bundle uses.
     pub dtype: Dtype,
+    /// The bundle's vocabulary: whole, or trimmed to the task (`crate::vocab`).
+    pub vocab: VocabChoice,
     /// The search: levels, population, generations, seed, ε.
     pub search: SearchConfig,
     /// How the labels are read: a fitted task head (with an exit gene) or the verbalizer.
@@ -608,6 +611,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
             PackOptions {
                 sequence: None,
                 store_prefix: true,
+                vocab: options.vocab,
                 dtype,
                 head: head_choice,
                 signing_key: None,

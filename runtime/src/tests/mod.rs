@@ -59,6 +59,7 @@ fn tables() -> TokenizerTables {
         byte_tokens: (0..256).collect(),
         special_ids: alloc::vec![258],
         stop_ids: alloc::vec![258],
+        trimmed: None,
     }
 }
 
@@ -269,8 +270,8 @@ fn golden_bytes_of_the_tiny_bundle() {
     let bytes = tiny_bundle(Dtype::F32, false, None);
     let preamble: Vec<u8> = bytes[..24].to_vec();
     let hex: alloc::string::String = preamble.iter().map(|b| alloc::format!("{b:02x}")).collect();
-    // magic "WHITTLE\0", version 4, flags 0, header length, blob length.
-    assert_eq!(&hex[..24], "57484954544c450004000000");
+    // magic "WHITTLE\0", version 5, flags 0, header length, blob length.
+    assert_eq!(&hex[..24], "57484954544c450005000000");
     assert_eq!(
         (hex.as_str(), bytes.len(), crc(&bytes)),
         GOLDEN,
@@ -278,14 +279,14 @@ fn golden_bytes_of_the_tiny_bundle() {
     );
 }
 
-/// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v4: the provenance
-/// ends in the release number and the self-check and the header in the optional prompt
-/// prefix, 24 bytes more header than v3, which the padding before the blob absorbs; the blob
-/// did not change).
+/// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v5: the tokenizer
+/// gains the source vocabulary's size and the span of a trimmed vocabulary's source ids, 4
+/// header bytes more than v4, which the padding before the blob absorbs; the blob did not
+/// change).
 const GOLDEN: (&str, usize, u32) = (
-    "57484954544c4500040000005e010000407d000000000000",
+    "57484954544c45000500000062010000407d000000000000",
     32452,
-    2812224078,
+    2381036288,
 );
 
 /// The tiny q8 bundle (format v2, one scale per 32 values of a row): preamble, length, and the
@@ -318,17 +319,18 @@ fn golden_quantized(dtype: Dtype, golden: (&str, usize, u32, u32)) {
 /// The same for the tiny q4 bundle (nibbles and f16 scale/minimum pairs; larger than q8 here:
 /// rows of 16 and 24 values pad their one block to 32).
 const GOLDEN_Q4: (&str, usize, u32, u32) = (
-    "57484954544c4500040000007d0100008034000000000000",
+    "57484954544c450005000000810100008034000000000000",
     13892,
-    842622278,
+    459055504,
     1846668381,
 );
 
-/// Preamble (hex), length, header CRC and blob CRC of the tiny q8 bundle, format v4.
+/// Preamble (hex), length, header CRC and blob CRC of the tiny q8 bundle, format v5 (the
+/// tokenizer's source vocabulary size and source-id span: 4 header bytes more than v4).
 const GOLDEN_Q8: (&str, usize, u32, u32) = (
-    "57484954544c450004000000790100008032000000000000",
+    "57484954544c4500050000007d0100008032000000000000",
     13380,
-    1057578352,
+    359735757,
     2526822772,
 );
 
@@ -860,6 +862,51 @@ fn q8_scales_must_cover_every_block_of_every_row() {
     let mut v1 = tiny_bundle(Dtype::Q8, false, None);
     v1[8] = 1;
     check_refused(&v1, Error::UnsupportedVersion { found: 1 });
+}
+
+/// A task-trimmed vocabulary names each token's source id: strictly ascending, one per token,
+/// below the source vocabulary's size; an untrimmed one names none and the same size.
+#[test]
+fn a_trimmed_vocabulary_names_its_source_ids() {
+    let good = AlignedBytes::new(&tiny_bundle(Dtype::F32, false, None));
+    let bundle = Bundle::parse(good.as_bytes()).unwrap();
+    assert_eq!(bundle.header().tokenizer.source_vocab_size, 260);
+    assert_eq!(crate::Tokenizer::new(&bundle).source_id(7), 7);
+    let mut blob = BlobBuilder::new();
+    let old = blob
+        .push_bytes(bundle.span(crate::format::Span {
+            offset: 0,
+            len: bundle.blob_len() as u32,
+        }))
+        .unwrap();
+    assert_eq!(old.offset, 0);
+    let doubled: Vec<u32> = (0..260).map(|i| 2 * i).collect();
+    let mut unsorted = doubled.clone();
+    unsorted.swap(3, 4);
+    let spans =
+        [&doubled, &unsorted, &doubled[..259].to_vec()].map(|ids| blob.push_u32(ids).unwrap());
+    let rewrite = |source_ids: crate::format::Span, source_vocab_size: u32| {
+        let mut header = bundle.header().clone();
+        header.tokenizer.source_ids = source_ids;
+        header.tokenizer.source_vocab_size = source_vocab_size;
+        write_bundle(&header, blob.bytes(), None).unwrap()
+    };
+    let trimmed = AlignedBytes::new(&rewrite(spans[0], 600));
+    let parsed = Bundle::parse(trimmed.as_bytes()).unwrap();
+    let tokenizer = crate::Tokenizer::new(&parsed);
+    assert_eq!(
+        (tokenizer.source_id(5), tokenizer.source_id(259)),
+        (10, 518)
+    );
+    assert_eq!(tokenizer.source_id(260), crate::format::NO_TOKEN);
+    for (span, size) in [
+        (spans[0], 518),
+        (spans[1], 600),
+        (spans[2], 600),
+        (crate::format::Span::default(), 600),
+    ] {
+        check_refused(&rewrite(span, size), Error::BadTokenizer);
+    }
 }
 
 #[test]

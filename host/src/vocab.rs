@@ -1,0 +1,330 @@
+//! Task-vocabulary trimming: a bundle for one classification task keeps the embedding rows of
+//! the tokens its inputs produce and drops the rest, with ids renumbered in the bundle's
+//! tokenizer so that any input still tokenizes.
+//!
+//! The kept set is every token of the task's calibration and search prompts (the prompt
+//! template included), every single-byte token, the special and stop tokens and the label
+//! tokens, closed under the merges: a kept token keeps the two tokens of every merge that
+//! makes it, so each step of the byte-level BPE that produced a kept token is still there.
+//! The trimmed tokenizer drops the merges that make a dropped token. An input seen while
+//! trimming therefore tokenizes exactly as before (each merge the BPE applied is kept, and
+//! dropping merges it did not apply cannot change which applicable merge ranks lowest); an
+//! input with an unseen word gets that word in smaller kept pieces, never an error (every
+//! byte has a kept token).
+
+use std::collections::HashMap;
+
+use anyhow::{Context, bail};
+use candle_core::Tensor;
+use rayon::prelude::*;
+use whittle_runtime::format::NO_TOKEN;
+use whittle_runtime::writer::{TokenizerTables, Trimmed};
+
+use crate::eval::prompt_ids;
+use crate::task::{Split, Task};
+use crate::tokenizer::TextTokenizer;
+
+/// Which vocabulary a bundle keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VocabChoice {
+    /// The source model's whole vocabulary.
+    Full,
+    /// The tokens of the task's calibration and search inputs ([`VocabTrim::for_task`]);
+    /// classification only.
+    Task,
+}
+
+/// The tokens a task-trimmed bundle keeps, by source id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VocabTrim {
+    /// Source ids of the kept tokens, ascending: kept token `i` is source token `kept[i]`.
+    kept: Vec<u32>,
+    /// The new id of every source token ([`NO_TOKEN`] for a dropped one).
+    new_ids: Vec<u32>,
+}
+
+impl VocabTrim {
+    /// The tokens of `task`'s calibration and search prompts (whole prompts, template
+    /// included) and `label_ids`, with the tables' byte, special and stop tokens, closed under
+    /// the merges.
+    pub fn for_task(
+        tokenizer: &TextTokenizer,
+        tables: &TokenizerTables,
+        task: &Task,
+        label_ids: &[u32],
+    ) -> anyhow::Result<Self> {
+        Self::of_splits(
+            tokenizer,
+            tables,
+            task,
+            &[Split::Calibration, Split::Search],
+            label_ids,
+        )
+    }
+
+    /// The tokens of `splits`' prompts and `label_ids`, with the tables' byte, special and
+    /// stop tokens, closed under the merges.
+    pub fn of_splits(
+        tokenizer: &TextTokenizer,
+        tables: &TokenizerTables,
+        task: &Task,
+        splits: &[Split],
+        label_ids: &[u32],
+    ) -> anyhow::Result<Self> {
+        let mut seen = vec![false; tables.vocab.len()];
+        for &split in splits {
+            let examples = task.examples(split)?;
+            let ids: Vec<Vec<u32>> = examples
+                .par_iter()
+                .map(|example| prompt_ids(tokenizer, &example.prompt))
+                .collect::<anyhow::Result<_>>()
+                .with_context(|| format!("tokenizing the {} split", split.name()))?;
+            for id in ids.iter().flatten() {
+                mark(&mut seen, *id)?;
+            }
+        }
+        for &id in label_ids {
+            mark(&mut seen, id)?;
+        }
+        Self::closed(tables, seen)
+    }
+
+    /// `seen` with every byte, special and stop token added, closed under the merges.
+    fn closed(tables: &TokenizerTables, mut seen: Vec<bool>) -> anyhow::Result<Self> {
+        let fixed = tables.byte_tokens.iter().filter(|&&id| id != NO_TOKEN);
+        for &id in fixed.chain(&tables.special_ids).chain(&tables.stop_ids) {
+            mark(&mut seen, id)?;
+        }
+        let mut makers: HashMap<u32, Vec<(u32, u32)>> = HashMap::new();
+        for &(left, right, merged) in &tables.merges {
+            makers.entry(merged).or_default().push((left, right));
+        }
+        let mut work: Vec<u32> = (0..seen.len() as u32)
+            .filter(|&id| seen[id as usize])
+            .collect();
+        while let Some(id) = work.pop() {
+            for &(left, right) in makers.get(&id).map(Vec::as_slice).unwrap_or(&[]) {
+                for part in [left, right] {
+                    if !std::mem::replace(slot(&mut seen, part)?, true) {
+                        work.push(part);
+                    }
+                }
+            }
+        }
+        let kept: Vec<u32> = (0..seen.len() as u32)
+            .filter(|&id| seen[id as usize])
+            .collect();
+        let mut new_ids = vec![NO_TOKEN; seen.len()];
+        for (new, &source) in kept.iter().enumerate() {
+            new_ids[source as usize] = new as u32;
+        }
+        Ok(Self { kept, new_ids })
+    }
+
+    /// Source ids of the kept tokens, ascending.
+    pub fn kept(&self) -> &[u32] {
+        &self.kept
+    }
+
+    /// Tokens in the source vocabulary.
+    pub fn source_vocab_size(&self) -> usize {
+        self.new_ids.len()
+    }
+
+    /// The kept id of source token `source`, `None` when it is dropped.
+    pub fn id(&self, source: u32) -> Option<u32> {
+        self.new_ids
+            .get(source as usize)
+            .copied()
+            .filter(|&id| id != NO_TOKEN)
+    }
+
+    /// The kept id of a token the trim must hold (a label, a prompt token).
+    pub fn required_id(&self, source: u32) -> anyhow::Result<u32> {
+        self.id(source).with_context(|| {
+            format!("token {source} is not in the trimmed vocabulary; pack with --vocab full")
+        })
+    }
+
+    /// The tables renumbered to the kept tokens: their bytes, the merges among kept tokens in
+    /// rank order, and the byte, special and stop tokens.
+    pub fn tables(&self, tables: &TokenizerTables) -> anyhow::Result<TokenizerTables> {
+        if tables.vocab.len() != self.new_ids.len() {
+            bail!(
+                "a trim of {} tokens applied to a vocabulary of {}; trim the tables it was made from",
+                self.new_ids.len(),
+                tables.vocab.len()
+            );
+        }
+        let vocab = self
+            .kept
+            .iter()
+            .map(|&id| tables.vocab[id as usize].clone())
+            .collect();
+        let merges = tables
+            .merges
+            .iter()
+            .filter_map(|&(l, r, m)| Some((self.id(l)?, self.id(r)?, self.id(m)?)))
+            .collect();
+        let byte_tokens = tables
+            .byte_tokens
+            .iter()
+            .map(|&id| match id {
+                NO_TOKEN => Ok(NO_TOKEN),
+                id => self.required_id(id),
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let ids = |ids: &[u32]| -> anyhow::Result<Vec<u32>> {
+            ids.iter().map(|&id| self.required_id(id)).collect()
+        };
+        Ok(TokenizerTables {
+            vocab,
+            merges,
+            byte_tokens,
+            special_ids: ids(&tables.special_ids)?,
+            stop_ids: ids(&tables.stop_ids)?,
+            trimmed: Some(Trimmed {
+                source_vocab_size: u32::try_from(self.new_ids.len())?,
+                source_ids: self.kept.clone(),
+            }),
+        })
+    }
+
+    /// The kept rows of a `(source vocabulary, hidden)` matrix (the embedding, a full head).
+    pub fn rows(&self, matrix: &Tensor) -> anyhow::Result<Tensor> {
+        let ids = Tensor::new(self.kept.as_slice(), matrix.device())?;
+        Ok(matrix.index_select(&ids, 0)?)
+    }
+}
+
+fn slot(seen: &mut [bool], id: u32) -> anyhow::Result<&mut bool> {
+    let vocab = seen.len();
+    seen.get_mut(id as usize).with_context(|| {
+        format!("token id {id} is outside the vocabulary of {vocab}; the tokenizer does not belong to these tables")
+    })
+}
+
+fn mark(seen: &mut [bool], id: u32) -> anyhow::Result<()> {
+    *slot(seen, id)? = true;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use whittle_runtime::writer::synthetic_bundle_with_tables;
+    use whittle_runtime::{AlignedBytes, Bundle, ModelConfig, Tokenizer};
+
+    /// Bytes 0..=255, then `ab` (256), `abc` (257), `<s>` (258), ` a` (259), `bc` (260),
+    /// `xy` (261).
+    fn tables() -> TokenizerTables {
+        let mut vocab: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        for token in ["ab", "abc", "<s>", " a", "bc", "xy"] {
+            vocab.push(token.as_bytes().to_vec());
+        }
+        TokenizerTables {
+            vocab,
+            merges: vec![
+                (97, 98, 256),
+                (256, 99, 257),
+                (32, 97, 259),
+                (98, 99, 260),
+                (120, 121, 261),
+            ],
+            byte_tokens: (0..256).collect(),
+            special_ids: vec![258],
+            stop_ids: vec![258],
+            trimmed: None,
+        }
+    }
+
+    fn trim(seeds: &[u32]) -> VocabTrim {
+        let tables = tables();
+        let mut seen = vec![false; tables.vocab.len()];
+        for &id in seeds {
+            seen[id as usize] = true;
+        }
+        VocabTrim::closed(&tables, seen).unwrap()
+    }
+
+    fn bundle(tables: &TokenizerTables) -> Vec<u8> {
+        let config = ModelConfig {
+            n_layers: 1,
+            hidden_size: 8,
+            intermediate_size: 8,
+            n_heads: 2,
+            n_kv_heads: 1,
+            vocab_size: 0,
+            max_position_embeddings: 32,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+        };
+        synthetic_bundle_with_tables(&config, tables).unwrap()
+    }
+
+    fn encode(tables: &TokenizerTables, text: &str) -> Vec<u32> {
+        let bytes = bundle(tables);
+        let aligned = AlignedBytes::new(&bytes);
+        let bundle = Bundle::parse(aligned.as_bytes()).unwrap();
+        let tokenizer = Tokenizer::new(&bundle);
+        let mut out = heapless::Vec::<u32, 64>::new();
+        tokenizer.encode(&[text], &mut out).unwrap();
+        out.iter().map(|&id| tokenizer.source_id(id)).collect()
+    }
+
+    #[test]
+    fn a_kept_token_keeps_the_merges_that_make_it() {
+        // `abc` seen: `ab` (its left part) comes with it; `bc`, ` a` and `xy` were never made.
+        let trim = trim(&[257]);
+        assert_eq!(trim.kept().len(), 256 + 3);
+        assert_eq!(trim.id(256), Some(256));
+        assert_eq!(trim.id(257), Some(257));
+        assert_eq!(trim.id(258), Some(258));
+        for dropped in [259, 260, 261] {
+            assert_eq!(trim.id(dropped), None);
+        }
+        let trimmed = trim.tables(&tables()).unwrap();
+        assert_eq!(trimmed.merges, vec![(97, 98, 256), (256, 99, 257)]);
+        assert_eq!(trimmed.vocab[258], b"<s>".to_vec());
+    }
+
+    #[test]
+    fn seen_text_tokenizes_as_before_and_unseen_text_in_smaller_pieces() {
+        let full = tables();
+        let trimmed = trim(&[257]).tables(&full).unwrap();
+        for seen in ["abc", "<s>abc", "cab"] {
+            assert_eq!(encode(&trimmed, seen), encode(&full, seen), "{seen}");
+        }
+        assert_eq!(encode(&full, "xy a"), vec![261, 259]);
+        assert_eq!(encode(&trimmed, "xy a"), vec![120, 121, 32, 97]);
+    }
+
+    #[test]
+    fn the_bundle_records_the_source_ids() {
+        let trimmed = trim(&[261]).tables(&tables()).unwrap();
+        let bytes = bundle(&trimmed);
+        let aligned = AlignedBytes::new(&bytes);
+        let bundle = Bundle::parse(aligned.as_bytes()).unwrap();
+        let refs = bundle.header().tokenizer;
+        assert_eq!(refs.source_vocab_size, 262);
+        assert_eq!(bundle.header().config.vocab_size, 256 + 2);
+        let tokenizer = Tokenizer::new(&bundle);
+        assert_eq!(tokenizer.source_id(257), 261);
+        assert_eq!(tokenizer.token_bytes(257), b"xy");
+    }
+
+    #[test]
+    fn a_token_outside_the_vocabulary_is_an_error() {
+        let tables = tables();
+        let mut seen = vec![false; tables.vocab.len()];
+        assert!(mark(&mut seen, 9_999).is_err());
+        let other = trim(&[]);
+        let mut longer = tables.clone();
+        longer.vocab.push(b"zz".to_vec());
+        let message = other.tables(&longer).unwrap_err().to_string();
+        assert!(
+            message.contains("262 tokens") && message.contains("263"),
+            "{message}"
+        );
+    }
+}
