@@ -5,9 +5,8 @@
 //!
 //! `cargo run --release -p whittle-host --example vocab_coverage -- [TASK]` (default: sst2).
 
-use whittle_host::bundle::{label_token_ids, tokenizer_tables};
+use whittle_host::bundle::label_token_ids;
 use whittle_host::eval::prompt_ids;
-use whittle_host::gguf::GgufFile;
 use whittle_host::task::{Split, Task};
 use whittle_host::vocab::VocabTrim;
 use whittle_runtime::writer::synthetic_bundle_with_tables;
@@ -18,8 +17,7 @@ fn main() -> anyhow::Result<()> {
     let task = Task::resolve(args.first().map_or("sst2", String::as_str))?;
     let base = whittle_host::model::BaseModel::open_default()?;
     let model = &base.model;
-    let gguf = GgufFile::open(&base.path)?;
-    let tables = tokenizer_tables(&gguf, &model.tokenizer)?;
+    let tables = model.tokenizer.tables()?;
     let labels = label_token_ids(&model.tokenizer, &task)?;
     let search: Vec<Vec<u32>> = task
         .examples(Split::Search)?

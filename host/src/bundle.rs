@@ -8,13 +8,12 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use candle_core::Tensor;
-use candle_core::quantized::gguf_file::Value;
 use ed25519_dalek::{Signer as _, SigningKey};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use whittle_runtime::format::{
-    Dtype, HeadRef, Header, LabelRef, LayerRecords, LayerRef, LinearRef, MAX_LABELS, NO_TOKEN,
-    Provenance, Q8_BLOCK, TaskKind, TaskRef,
+    Dtype, HeadRef, Header, LabelRef, LayerRecords, LayerRef, LinearRef, MAX_LABELS, Provenance,
+    Q8_BLOCK, TaskKind, TaskRef,
 };
 use whittle_runtime::writer::{
     BlobBuilder, BlockScales, TokenizerTables, attach_prefix, choose_self_check, encode_layers,
@@ -26,7 +25,6 @@ use whittle_runtime::{MatrixKind, ModelConfig};
 
 use crate::calibrate::{Calibration, CalibrationData, CalibrationSettings, SiteStats, accumulate};
 use crate::eval::{LabelTokens, prompt_text, score_labels};
-use crate::gguf::GgufFile;
 use crate::head::TaskHead;
 use crate::metrics;
 use crate::model::{BaseModel, Batch, InputSite, Linear, Llama, LoadedModel};
@@ -160,8 +158,7 @@ pub fn pack_to_file(
     batch_tokens: usize,
     out: &Path,
 ) -> anyhow::Result<Packed> {
-    let gguf = GgufFile::open(&base.path)?;
-    let tables = tokenizer_tables(&gguf, &model.tokenizer)?;
+    let tables = model.tokenizer.tables()?;
     let mut head = prune.map(PruneFolder::head).transpose()?.flatten();
     if head.is_some() && options.head == HeadChoice::Full {
         // A full head serves generation and speed measurements; the labels are then read
@@ -299,101 +296,6 @@ pub fn prompt_parts(tokenizer: &TextTokenizer, task: &Task) -> anyhow::Result<(S
         );
     }
     Ok((prefix.to_owned(), suffix.to_owned()))
-}
-
-/// GPT-2's byte ↔ printable-character table: `table[byte]` is the character standing for it.
-fn byte_chars() -> [char; 256] {
-    let mut table = ['\0'; 256];
-    let mut extra = 0u32;
-    for byte in 0..=255u8 {
-        let printable = matches!(byte, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        table[byte as usize] = if printable {
-            char::from(byte)
-        } else {
-            extra += 1;
-            char::from_u32(255 + extra).unwrap_or('\0')
-        };
-    }
-    table
-}
-
-fn string_array(gguf: &GgufFile, key: &str) -> anyhow::Result<Vec<String>> {
-    match gguf.metadata(key) {
-        Some(Value::Array(values)) => values
-            .iter()
-            .map(|v| v.to_string().cloned().map_err(anyhow::Error::from))
-            .collect(),
-        _ => bail!(
-            "{}: no {key} string array; the bundle needs the GGUF's byte-level BPE tokenizer",
-            gguf.path().display()
-        ),
-    }
-}
-
-/// The tokenizer tables of a GGUF byte-level BPE tokenizer.
-pub fn tokenizer_tables(
-    gguf: &GgufFile,
-    tokenizer: &TextTokenizer,
-) -> anyhow::Result<TokenizerTables> {
-    let tokens = string_array(gguf, "tokenizer.ggml.tokens")?;
-    let merges = string_array(gguf, "tokenizer.ggml.merges")?;
-    let chars = byte_chars();
-    let char_to_byte: HashMap<char, u8> = chars
-        .iter()
-        .enumerate()
-        .map(|(byte, &c)| (c, byte as u8))
-        .collect();
-    let ids: HashMap<&str, u32> = tokens
-        .iter()
-        .enumerate()
-        .map(|(id, t)| (t.as_str(), id as u32))
-        .collect();
-    let special = tokenizer.added_tokens();
-    let mut vocab: Vec<Vec<u8>> = tokens
-        .iter()
-        .map(|token| {
-            let mut bytes = Vec::with_capacity(token.len());
-            for c in token.chars() {
-                match char_to_byte.get(&c) {
-                    Some(&b) => bytes.push(b),
-                    None => bytes.extend_from_slice(c.to_string().as_bytes()),
-                }
-            }
-            bytes
-        })
-        .collect();
-    for (id, content) in &special {
-        if let Some(slot) = vocab.get_mut(*id as usize) {
-            *slot = content.as_bytes().to_vec();
-        }
-    }
-    let mut merge_ids = Vec::with_capacity(merges.len());
-    for merge in &merges {
-        let Some((left, right)) = merge.split_once(' ') else {
-            bail!(
-                "{}: merge {merge:?} is not two tokens",
-                gguf.path().display()
-            );
-        };
-        let merged = format!("{left}{right}");
-        if let (Some(&l), Some(&r), Some(&m)) =
-            (ids.get(left), ids.get(right), ids.get(merged.as_str()))
-        {
-            merge_ids.push((l, r, m));
-        }
-    }
-    let byte_tokens = chars
-        .iter()
-        .map(|c| ids.get(c.to_string().as_str()).copied().unwrap_or(NO_TOKEN))
-        .collect();
-    Ok(TokenizerTables {
-        vocab,
-        merges: merge_ids,
-        byte_tokens,
-        special_ids: special.iter().map(|(id, _)| *id).collect(),
-        stop_ids: tokenizer.stop_ids().to_vec(),
-        trimmed: None,
-    })
 }
 
 /// The single verbalizer token of every label.

@@ -102,7 +102,13 @@ pub fn host_reference(
     head: Option<&TaskHead>,
 ) -> anyhow::Result<HostReference> {
     let task = &bundle.header().task;
-    let label_ids: Vec<u32> = task.labels.iter().map(|l| l.token_id).collect();
+    // In the source model's ids, which a task-trimmed bundle renumbers.
+    let tokenizer = whittle_runtime::Tokenizer::new(bundle);
+    let label_ids: Vec<u32> = task
+        .labels
+        .iter()
+        .map(|l| tokenizer.source_id(l.token_id))
+        .collect();
     let (prefix, suffix) = (task.prompt_prefix, task.prompt_suffix);
     let mut reference = HostReference {
         ids: Vec::with_capacity(examples.len()),

@@ -12,6 +12,12 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 
+use std::collections::HashMap;
+use std::path::Path;
+
+use whittle_runtime::format::NO_TOKEN;
+use whittle_runtime::writer::TokenizerTables;
+
 use crate::gguf::{GgufFile, ModelError};
 
 /// How a conversation is turned into text.
@@ -57,6 +63,61 @@ impl TextTokenizer {
         };
         let eos = token_id("tokenizer.ggml.eos_token_id")
             .ok_or_else(|| error("no tokenizer.ggml.eos_token_id".to_owned()))?;
+        let pad_id = token_id("tokenizer.ggml.padding_token_id").unwrap_or(eos);
+        let chat_template = gguf
+            .metadata("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .map(|t| parse_chat_template(t))
+            .unwrap_or(ChatTemplate::Unsupported);
+        Ok(Self::from_parts(inner, eos, pad_id, chat_template))
+    }
+
+    /// The tokenizer of a Hugging Face checkpoint: `tokenizer.json` (a byte-level BPE), and
+    /// from `tokenizer_config.json` the chat template and, by name, the end-of-sequence token
+    /// (or `eos` from config.json).
+    pub fn from_hf_dir(dir: &Path, eos: Option<u32>) -> Result<Self, ModelError> {
+        let path = dir.join("tokenizer.json");
+        let error = |reason: String| ModelError::Tokenizer {
+            path: path.clone(),
+            reason,
+        };
+        let inner = Tokenizer::from_file(&path).map_err(|e| error(e.to_string()))?;
+        let kind = serde_json::to_value(&inner)
+            .ok()
+            .and_then(|json| json["model"]["type"].as_str().map(str::to_owned));
+        if kind.as_deref() != Some("BPE") {
+            return Err(error(format!(
+                "its model is {}, a tokenizer type whittle does not implement",
+                kind.unwrap_or_else(|| "unknown".to_owned())
+            )));
+        }
+        let config: serde_json::Value = match std::fs::read(dir.join("tokenizer_config.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| error(format!("tokenizer_config.json is not JSON ({e})")))?,
+            Err(_) => serde_json::Value::Null,
+        };
+        let named = |key: &str| {
+            let token = &config[key];
+            token
+                .as_str()
+                .or_else(|| token["content"].as_str())
+                .and_then(|name| inner.token_to_id(name))
+        };
+        let eos = eos.or_else(|| named("eos_token")).ok_or_else(|| {
+            error(
+                "no eos_token_id in config.json and no eos_token in tokenizer_config.json"
+                    .to_owned(),
+            )
+        })?;
+        let pad_id = named("pad_token").unwrap_or(eos);
+        let chat_template = config["chat_template"]
+            .as_str()
+            .map(parse_chat_template)
+            .unwrap_or(ChatTemplate::Unsupported);
+        Ok(Self::from_parts(inner, eos, pad_id, chat_template))
+    }
+
+    fn from_parts(inner: Tokenizer, eos: u32, pad_id: u32, chat_template: ChatTemplate) -> Self {
         let mut stop_ids = vec![eos];
         for special in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>"] {
             if let Some(id) = inner.token_to_id(special)
@@ -65,17 +126,105 @@ impl TextTokenizer {
                 stop_ids.push(id);
             }
         }
-        let pad_id = token_id("tokenizer.ggml.padding_token_id").unwrap_or(eos);
-        let chat_template = gguf
-            .metadata("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .map(|t| parse_chat_template(t))
-            .unwrap_or(ChatTemplate::Unsupported);
-        Ok(Self {
+        Self {
             inner: std::sync::Arc::new(inner),
             stop_ids,
             pad_id,
             chat_template,
+        }
+    }
+
+    /// Writes `tokenizer.json` and a `tokenizer_config.json` (chat template, end-of-sequence
+    /// token) into `dir`: what [`TextTokenizer::from_hf_dir`] reads.
+    pub fn save_hf(&self, dir: &Path, chat_template: Option<&str>) -> anyhow::Result<()> {
+        let json = self
+            .inner
+            .to_string(false)
+            .map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))?;
+        whittle_boards::files::write_atomically(&dir.join("tokenizer.json"), json.as_bytes())?;
+        let eos = self.decode_special(self.stop_ids[0])?;
+        let config = serde_json::json!({ "eos_token": eos, "chat_template": chat_template });
+        whittle_boards::files::write_atomically(
+            &dir.join("tokenizer_config.json"),
+            serde_json::to_string_pretty(&config)?.as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    fn decode_special(&self, id: u32) -> anyhow::Result<String> {
+        self.inner
+            .id_to_token(id)
+            .ok_or_else(|| anyhow::anyhow!("token {id} is not in the vocabulary"))
+    }
+
+    /// The tables a bundle stores: every token's raw bytes (byte-level decoded; added tokens as
+    /// written), the merges in rank order, the token of each byte, the special and stop ids.
+    pub fn tables(&self) -> anyhow::Result<TokenizerTables> {
+        let json = serde_json::to_value(&*self.inner)?;
+        let model = &json["model"];
+        if model["type"].as_str() != Some("BPE") {
+            anyhow::bail!("the bundle stores byte-level BPE tokenizers; this one is not BPE");
+        }
+        let vocab: HashMap<String, u32> = serde_json::from_value(model["vocab"].clone())?;
+        let special = self.added_tokens();
+        let size = vocab
+            .values()
+            .chain(special.iter().map(|(id, _)| id))
+            .max()
+            .map_or(0, |&id| id as usize + 1);
+        let chars = byte_chars();
+        let char_to_byte: HashMap<char, u8> = chars
+            .iter()
+            .enumerate()
+            .map(|(byte, &c)| (c, byte as u8))
+            .collect();
+        let mut bytes = vec![Vec::new(); size];
+        for (token, &id) in &vocab {
+            let slot = &mut bytes[id as usize];
+            for c in token.chars() {
+                match char_to_byte.get(&c) {
+                    Some(&b) => slot.push(b),
+                    None => slot.extend_from_slice(c.to_string().as_bytes()),
+                }
+            }
+        }
+        for (id, content) in &special {
+            bytes[*id as usize] = content.as_bytes().to_vec();
+        }
+        let mut merges = Vec::new();
+        for merge in model["merges"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let (left, right) = match (merge.as_str(), merge.as_array()) {
+                (Some(text), _) => text.split_once(' ').unwrap_or((text, "")),
+                (_, Some(pair)) => (
+                    pair.first().and_then(|v| v.as_str()).unwrap_or(""),
+                    pair.get(1).and_then(|v| v.as_str()).unwrap_or(""),
+                ),
+                _ => anyhow::bail!("a merge of the tokenizer is neither \"a b\" nor [a, b]"),
+            };
+            if let (Some(&l), Some(&r), Some(&m)) = (
+                vocab.get(left),
+                vocab.get(right),
+                vocab.get(format!("{left}{right}").as_str()),
+            ) {
+                merges.push((l, r, m));
+            }
+        }
+        let byte_tokens = chars
+            .iter()
+            .map(|c| {
+                vocab
+                    .get(c.to_string().as_str())
+                    .copied()
+                    .unwrap_or(NO_TOKEN)
+            })
+            .collect();
+        Ok(TokenizerTables {
+            vocab: bytes,
+            merges,
+            byte_tokens,
+            special_ids: special.iter().map(|(id, _)| *id).collect(),
+            stop_ids: self.stop_ids.clone(),
+            trimmed: None,
         })
     }
 
@@ -150,6 +299,22 @@ impl TextTokenizer {
         text.push_str(assistant_prefix);
         Ok(text)
     }
+}
+
+/// GPT-2's byte ↔ printable-character table: `table[byte]` is the character standing for it.
+fn byte_chars() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut extra = 0u32;
+    for byte in 0..=255u8 {
+        let printable = matches!(byte, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        table[byte as usize] = if printable {
+            char::from(byte)
+        } else {
+            extra += 1;
+            char::from_u32(255 + extra).unwrap_or('\0')
+        };
+    }
+    table
 }
 
 /// Recognises a ChatML Jinja template and the default system message it inserts.

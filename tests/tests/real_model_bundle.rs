@@ -15,9 +15,8 @@ use std::sync::OnceLock;
 use candle_core::Device;
 use indicatif::ProgressBar;
 use serde::Deserialize;
-use whittle_host::bundle::{HeadChoice, PackOptions, ProvenanceInfo, pack, tokenizer_tables};
+use whittle_host::bundle::{HeadChoice, PackOptions, ProvenanceInfo, pack};
 use whittle_host::eval::{LabelTokens, last_states, verbalizer_rows};
-use whittle_host::gguf::GgufFile;
 use whittle_host::head::fit_head;
 use whittle_host::model::{self, Linear, LoadedModel};
 use whittle_host::parity::{ParityReport, compare, host_reference};
@@ -43,8 +42,7 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let path = real_model_path();
         let model = model::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
-        let gguf = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
-        let tables = tokenizer_tables(&gguf, &model.tokenizer).unwrap_or_else(|e| panic!("{e}"));
+        let tables = model.tokenizer.tables().unwrap_or_else(|e| panic!("{e}"));
         let task = Task::resolve("sst2-dev").unwrap_or_else(|e| panic!("{e}"));
         Fixture {
             model,

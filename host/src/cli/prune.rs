@@ -37,7 +37,7 @@ pub struct PruneArgs {
     dtype: Dtype,
     /// The bundle's vocabulary: the model's whole one, or only the tokens the task's
     /// calibration and search inputs produce (an input with unseen words tokenizes into smaller
-    /// kept pieces; on SST-2 a 65 MB instead of an 87 MB q8 bundle, 0.6 points less test
+    /// kept pieces; on SST-2 a 65 MB instead of an 87 MB q8 bundle, 0.5 points less test
     /// accuracy: docs/RESULTS.md, "Task-vocabulary trimming").
     #[arg(long, value_enum, default_value = "full")]
     vocab: VocabChoice,
