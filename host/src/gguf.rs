@@ -71,6 +71,25 @@ pub enum ModelError {
         "{path}: cannot build the tokenizer from the GGUF metadata ({reason}); the model needs a byte-level BPE tokenizer (tokenizer.ggml.model = gpt2)"
     )]
     Tokenizer { path: PathBuf, reason: String },
+    /// A Hugging Face checkpoint folder lacks a file or holds one that cannot be read.
+    #[error(
+        "{path}: {reason}; pass --model a Hugging Face checkpoint folder (config.json, model.safetensors or its shards, tokenizer.json) or a GGUF file"
+    )]
+    Checkpoint { path: PathBuf, reason: String },
+    /// A shard the checkpoint's index names is not in the folder.
+    #[error(
+        "{path}: shard {shard} named by model.safetensors.index.json is missing; download the whole checkpoint"
+    )]
+    MissingShard { path: PathBuf, shard: String },
+    /// A checkpoint tensor is stored in a dtype the loader does not read.
+    #[error(
+        "{path}: tensor `{name}` is {dtype}; whittle reads bf16, f16 and f32 checkpoints: convert it (a quantized checkpoint cannot be read)"
+    )]
+    UnsupportedDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
     /// A tensor operation failed while loading.
     #[error("{path}: {source}")]
     Tensor {

@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod head;
+pub mod hf;
 pub mod metrics;
 pub mod model;
 pub mod parity;

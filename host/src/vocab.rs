@@ -238,16 +238,16 @@ mod tests {
         }
     }
 
-    fn trim(seeds: &[u32]) -> VocabTrim {
+    fn trim(seeds: &[u32]) -> anyhow::Result<VocabTrim> {
         let tables = tables();
         let mut seen = vec![false; tables.vocab.len()];
         for &id in seeds {
-            seen[id as usize] = true;
+            mark(&mut seen, id)?;
         }
-        VocabTrim::closed(&tables, seen).unwrap()
+        VocabTrim::closed(&tables, seen)
     }
 
-    fn bundle(tables: &TokenizerTables) -> Vec<u8> {
+    fn bundle(tables: &TokenizerTables) -> anyhow::Result<Vec<u8>> {
         let config = ModelConfig {
             n_layers: 1,
             hidden_size: 8,
@@ -259,23 +259,25 @@ mod tests {
             rope_theta: 10_000.0,
             rms_norm_eps: 1e-5,
         };
-        synthetic_bundle_with_tables(&config, tables).unwrap()
+        Ok(synthetic_bundle_with_tables(&config, tables)?)
     }
 
-    fn encode(tables: &TokenizerTables, text: &str) -> Vec<u32> {
-        let bytes = bundle(tables);
+    fn encode(tables: &TokenizerTables, text: &str) -> anyhow::Result<Vec<u32>> {
+        let bytes = bundle(tables)?;
         let aligned = AlignedBytes::new(&bytes);
-        let bundle = Bundle::parse(aligned.as_bytes()).unwrap();
+        let bundle = Bundle::parse(aligned.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let tokenizer = Tokenizer::new(&bundle);
         let mut out = heapless::Vec::<u32, 64>::new();
-        tokenizer.encode(&[text], &mut out).unwrap();
-        out.iter().map(|&id| tokenizer.source_id(id)).collect()
+        tokenizer
+            .encode(&[text], &mut out)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(out.iter().map(|&id| tokenizer.source_id(id)).collect())
     }
 
     #[test]
-    fn a_kept_token_keeps_the_merges_that_make_it() {
+    fn a_kept_token_keeps_the_merges_that_make_it() -> anyhow::Result<()> {
         // `abc` seen: `ab` (its left part) comes with it; `bc`, ` a` and `xy` were never made.
-        let trim = trim(&[257]);
+        let trim = trim(&[257])?;
         assert_eq!(trim.kept().len(), 256 + 3);
         assert_eq!(trim.id(256), Some(256));
         assert_eq!(trim.id(257), Some(257));
@@ -283,48 +285,55 @@ mod tests {
         for dropped in [259, 260, 261] {
             assert_eq!(trim.id(dropped), None);
         }
-        let trimmed = trim.tables(&tables()).unwrap();
+        let trimmed = trim.tables(&tables())?;
         assert_eq!(trimmed.merges, vec![(97, 98, 256), (256, 99, 257)]);
         assert_eq!(trimmed.vocab[258], b"<s>".to_vec());
+        Ok(())
     }
 
     #[test]
-    fn seen_text_tokenizes_as_before_and_unseen_text_in_smaller_pieces() {
+    fn seen_text_tokenizes_as_before_and_unseen_text_in_smaller_pieces() -> anyhow::Result<()> {
         let full = tables();
-        let trimmed = trim(&[257]).tables(&full).unwrap();
+        let trimmed = trim(&[257])?.tables(&full)?;
         for seen in ["abc", "<s>abc", "cab"] {
-            assert_eq!(encode(&trimmed, seen), encode(&full, seen), "{seen}");
+            assert_eq!(encode(&trimmed, seen)?, encode(&full, seen)?, "{seen}");
         }
-        assert_eq!(encode(&full, "xy a"), vec![261, 259]);
-        assert_eq!(encode(&trimmed, "xy a"), vec![120, 121, 32, 97]);
+        assert_eq!(encode(&full, "xy a")?, vec![261, 259]);
+        assert_eq!(encode(&trimmed, "xy a")?, vec![120, 121, 32, 97]);
+        Ok(())
     }
 
     #[test]
-    fn the_bundle_records_the_source_ids() {
-        let trimmed = trim(&[261]).tables(&tables()).unwrap();
-        let bytes = bundle(&trimmed);
+    fn the_bundle_records_the_source_ids() -> anyhow::Result<()> {
+        let trimmed = trim(&[261])?.tables(&tables())?;
+        let bytes = bundle(&trimmed)?;
         let aligned = AlignedBytes::new(&bytes);
-        let bundle = Bundle::parse(aligned.as_bytes()).unwrap();
+        let bundle = Bundle::parse(aligned.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let refs = bundle.header().tokenizer;
         assert_eq!(refs.source_vocab_size, 262);
         assert_eq!(bundle.header().config.vocab_size, 256 + 2);
         let tokenizer = Tokenizer::new(&bundle);
         assert_eq!(tokenizer.source_id(257), 261);
         assert_eq!(tokenizer.token_bytes(257), b"xy");
+        Ok(())
     }
 
     #[test]
-    fn a_token_outside_the_vocabulary_is_an_error() {
+    fn a_token_outside_the_vocabulary_is_an_error() -> anyhow::Result<()> {
         let tables = tables();
         let mut seen = vec![false; tables.vocab.len()];
         assert!(mark(&mut seen, 9_999).is_err());
-        let other = trim(&[]);
+        let other = trim(&[])?;
         let mut longer = tables.clone();
         longer.vocab.push(b"zz".to_vec());
-        let message = other.tables(&longer).unwrap_err().to_string();
+        let message = match other.tables(&longer) {
+            Ok(_) => anyhow::bail!("trimmed another vocabulary"),
+            Err(error) => error.to_string(),
+        };
         assert!(
             message.contains("262 tokens") && message.contains("263"),
             "{message}"
         );
+        Ok(())
     }
 }

@@ -56,7 +56,9 @@ enum Command {
 /// Which model to use and where it runs.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A local Llama-family GGUF file; default: SmolLM2-135M-Instruct, fetched on first use.
+    /// A local Llama-family GGUF file, or a Hugging Face checkpoint folder (config.json,
+    /// model.safetensors or its shards, tokenizer.json; LlamaForCausalLM); default:
+    /// SmolLM2-135M-Instruct, fetched on first use.
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     /// Cache folder of the default model [default: $WHITTLE_MODEL_DIR or ~/.cache/whittle/models].

@@ -54,7 +54,10 @@ impl BaseModel {
     /// Loads `path` onto `device` and hashes it.
     pub fn open(path: &Path, device: &Device) -> anyhow::Result<Self> {
         let model = load(path, device)?;
-        let digest = crate::fetch::sha256_file(path)?;
+        let digest = match path.is_dir() {
+            true => crate::hf::digest(path)?,
+            false => crate::fetch::sha256_file(path)?,
+        };
         Ok(Self {
             model,
             path: path.to_owned(),
@@ -69,9 +72,12 @@ impl BaseModel {
     }
 }
 
-/// Loads a Llama-family GGUF file: validates it, dequantizes every weight to f32 and builds
-/// the tokenizer from its metadata.
+/// Loads a Llama-family GGUF file (validated, every weight dequantized to f32, the tokenizer
+/// from its metadata) or, for a folder, a Hugging Face checkpoint ([`crate::hf`]).
 pub fn load(path: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
+    if path.is_dir() {
+        return crate::hf::load(path, device);
+    }
     let mut gguf = GgufFile::open(path)?;
     let config = gguf.config()?;
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;

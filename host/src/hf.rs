@@ -1,0 +1,490 @@
+//! Hugging Face checkpoints: a folder with `config.json`, `model.safetensors` (or shards named
+//! by `model.safetensors.index.json`), `tokenizer.json` and `tokenizer_config.json`, for
+//! Llama-family models (`LlamaForCausalLM`). Tensors may be bf16, f16 or f32; they load as f32
+//! under the GGUF names the model uses, q's and k's rows permuted from Hugging Face's
+//! half-split rotary layout to the interleaved one exactly as llama.cpp's converter does.
+//! [`write_checkpoint`] is the inverse (what the test of this module writes from a GGUF).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use whittle_runtime::{MatrixKind, ModelConfig};
+
+use crate::gguf::{ModelError, gguf_matrix_name, llama_tensor_shapes};
+use crate::model::{Linear, Llama, LoadedModel};
+use crate::tokenizer::TextTokenizer;
+
+/// The architectures (`config.json` `architectures`) this loader reads.
+pub const SUPPORTED: &[&str] = &["LlamaForCausalLM"];
+
+/// The fields of `config.json` the loader reads (others are ignored).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HfConfig {
+    /// Model classes, e.g. `["LlamaForCausalLM"]`.
+    pub architectures: Vec<String>,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention), `num_attention_heads` if absent.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Blocks.
+    pub num_hidden_layers: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Context length.
+    pub max_position_embeddings: usize,
+    /// RoPE base.
+    #[serde(default)]
+    pub rope_theta: Option<f32>,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// Whether the output head is the embedding.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// RoPE scaling (Llama 3.x `llama3`, YaRN, …): not implemented, so it must be absent.
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    /// Biases on q/k/v/o: not implemented for Llama, so absent or false.
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Biases in the MLP: not implemented, so absent or false.
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// End-of-sequence token id (a number or a list; the first is used).
+    #[serde(default)]
+    pub eos_token_id: Option<serde_json::Value>,
+}
+
+impl HfConfig {
+    fn model_config(&self, path: &Path) -> Result<ModelConfig, ModelError> {
+        let refuse = |what: &str| ModelError::UnsupportedVariant {
+            path: path.to_owned(),
+            what: what.to_owned(),
+        };
+        if !self
+            .architectures
+            .iter()
+            .any(|a| SUPPORTED.contains(&a.as_str()))
+        {
+            return Err(ModelError::UnsupportedArchitecture {
+                path: path.to_owned(),
+                architecture: format!(
+                    "{} (Hugging Face; supported: {})",
+                    self.architectures.join(", "),
+                    SUPPORTED.join(", ")
+                ),
+            });
+        }
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(refuse("rope_scaling in config.json"));
+        }
+        if self.attention_bias || self.mlp_bias {
+            return Err(refuse("attention or MLP biases"));
+        }
+        let config = ModelConfig {
+            n_layers: self.num_hidden_layers,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            n_heads: self.num_attention_heads,
+            n_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            vocab_size: self.vocab_size,
+            max_position_embeddings: self.max_position_embeddings,
+            rope_theta: self.rope_theta.unwrap_or(10_000.0),
+            rms_norm_eps: self.rms_norm_eps,
+        };
+        config.validate().map_err(|source| ModelError::Config {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(config)
+    }
+
+    fn eos(&self) -> Option<u32> {
+        let value = self.eos_token_id.as_ref()?;
+        let id = value
+            .as_u64()
+            .or_else(|| value.as_array()?.first()?.as_u64())?;
+        u32::try_from(id).ok()
+    }
+}
+
+/// The Hugging Face name of block `layer_idx`'s matrix `kind`.
+fn hf_matrix_name(layer_idx: usize, kind: MatrixKind) -> String {
+    let name = match kind {
+        MatrixKind::Q => "self_attn.q_proj",
+        MatrixKind::K => "self_attn.k_proj",
+        MatrixKind::V => "self_attn.v_proj",
+        MatrixKind::O => "self_attn.o_proj",
+        MatrixKind::Gate => "mlp.gate_proj",
+        MatrixKind::Up => "mlp.up_proj",
+        MatrixKind::Down => "mlp.down_proj",
+    };
+    format!("model.layers.{layer_idx}.{name}.weight")
+}
+
+/// `(GGUF name, Hugging Face name)` of every tensor of `config`'s model, the output head
+/// last (optional: absent when tied).
+fn names(config: &ModelConfig) -> Vec<(String, String)> {
+    let mut names = vec![
+        (
+            "token_embd.weight".to_owned(),
+            "model.embed_tokens.weight".to_owned(),
+        ),
+        (
+            "output_norm.weight".to_owned(),
+            "model.norm.weight".to_owned(),
+        ),
+    ];
+    for layer_idx in 0..config.n_layers {
+        let layer = format!("model.layers.{layer_idx}");
+        names.push((
+            format!("blk.{layer_idx}.attn_norm.weight"),
+            format!("{layer}.input_layernorm.weight"),
+        ));
+        names.push((
+            format!("blk.{layer_idx}.ffn_norm.weight"),
+            format!("{layer}.post_attention_layernorm.weight"),
+        ));
+        for kind in MatrixKind::ALL {
+            names.push((
+                gguf_matrix_name(layer_idx, kind),
+                hf_matrix_name(layer_idx, kind),
+            ));
+        }
+    }
+    names.push(("output.weight".to_owned(), "lm_head.weight".to_owned()));
+    names
+}
+
+/// Heads whose rows the rotary layout permutes: q's query heads, k's key/value heads.
+fn rotary_heads(gguf_name: &str, config: &ModelConfig) -> Option<usize> {
+    if gguf_name.ends_with(".attn_q.weight") {
+        Some(config.n_heads)
+    } else if gguf_name.ends_with(".attn_k.weight") {
+        Some(config.n_kv_heads)
+    } else {
+        None
+    }
+}
+
+/// Hugging Face's rotary rows (each head's first half, then its second) to the interleaved
+/// order the GGUF uses: llama.cpp's `permute`, `w.reshape(heads, 2, rows/heads/2, cols)
+/// .swapaxes(1, 2)`.
+fn to_interleaved(weight: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, cols) = weight.dims2()?;
+    weight
+        .reshape((heads, 2, rows / heads / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))
+}
+
+/// The inverse of [`to_interleaved`].
+fn to_half_split(weight: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, cols) = weight.dims2()?;
+    weight
+        .reshape((heads, rows / heads / 2, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// The safetensors files of the checkpoint in `dir`: `model.safetensors`, or the shards its
+/// index names (each must exist).
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    let bad = |reason: String| ModelError::Checkpoint {
+        path: dir.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&index_path)
+        .map_err(|_| bad("no model.safetensors and no model.safetensors.index.json".to_owned()))?;
+    let index: ShardIndex = serde_json::from_str(&text).map_err(|e| {
+        bad(format!(
+            "model.safetensors.index.json is not a shard index ({e})"
+        ))
+    })?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for shard in index.weight_map.values() {
+        let path = dir.join(shard);
+        if !path.is_file() {
+            return Err(ModelError::MissingShard {
+                path: dir.to_owned(),
+                shard: shard.clone(),
+            });
+        }
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// Reads `config.json` of the checkpoint in `dir`.
+pub fn read_config(dir: &Path) -> Result<HfConfig, ModelError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Checkpoint {
+        path: path.clone(),
+        reason: format!("config.json is not a model config ({e})"),
+    })
+}
+
+/// Loads the Llama-family checkpoint in `dir` onto `device` as f32.
+pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
+    let hf = read_config(dir)?;
+    let config = hf.model_config(&dir.join("config.json"))?;
+    let tokenizer = TextTokenizer::from_hf_dir(dir, hf.eos())?;
+    let mut raw: HashMap<String, Tensor> = HashMap::new();
+    for file in weight_files(dir)? {
+        let tensors = candle_core::safetensors::load(&file, device).map_err(|source| {
+            ModelError::Checkpoint {
+                path: file.clone(),
+                reason: format!("not a readable safetensors file ({source})"),
+            }
+        })?;
+        raw.extend(tensors);
+    }
+    let shapes: HashMap<String, Vec<usize>> = llama_tensor_shapes(&config).into_iter().collect();
+    let mut tensors = HashMap::new();
+    for (gguf_name, hf_name) in names(&config) {
+        let Some(tensor) = raw.get(&hf_name) else {
+            if gguf_name == "output.weight" {
+                continue; // tied to the embedding
+            }
+            return Err(ModelError::MissingTensor {
+                path: dir.to_owned(),
+                name: hf_name,
+            });
+        };
+        if !matches!(tensor.dtype(), DType::BF16 | DType::F16 | DType::F32) {
+            return Err(ModelError::UnsupportedDtype {
+                path: dir.to_owned(),
+                name: hf_name,
+                dtype: format!("{:?}", tensor.dtype()),
+            });
+        }
+        let expected = match gguf_name.as_str() {
+            "output.weight" => vec![config.vocab_size, config.hidden_size],
+            name => shapes.get(name).cloned().unwrap_or_default(),
+        };
+        if tensor.dims() != expected.as_slice() {
+            return Err(ModelError::BadShape {
+                path: dir.join("config.json"),
+                name: hf_name,
+                expected,
+                actual: tensor.dims().to_vec(),
+            });
+        }
+        let tensor_error = |source| ModelError::Tensor {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut tensor = tensor.to_dtype(DType::F32).map_err(tensor_error)?;
+        if let Some(heads) = rotary_heads(&gguf_name, &config) {
+            tensor = to_interleaved(&tensor, heads).map_err(tensor_error)?;
+        }
+        tensors.insert(gguf_name, tensor);
+    }
+    let llama =
+        Llama::from_tensors(config, &tensors, device).map_err(|source| ModelError::Tensor {
+            path: dir.to_owned(),
+            source,
+        })?;
+    Ok(LoadedModel { llama, tokenizer })
+}
+
+/// sha256 over the checkpoint's files (config, tokenizer and every weight file, each as its
+/// name and its own digest): what keys caches and bundles for a folder model.
+pub fn digest(dir: &Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut files = vec![dir.join("config.json"), dir.join("tokenizer.json")];
+    let config = dir.join("tokenizer_config.json");
+    if config.is_file() {
+        files.push(config);
+    }
+    files.extend(weight_files(dir)?);
+    let mut hasher = Sha256::new();
+    for file in &files {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+        hasher.update(name.unwrap_or_default().as_bytes());
+        hasher.update(crate::fetch::sha256_file(file)?.as_bytes());
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Writes `model` as a Hugging Face checkpoint into `dir` (f32 tensors under their Hugging
+/// Face names, q and k rows in the half-split rotary order, `config.json`, the tokenizer with
+/// `chat_template`): the inverse of [`load`].
+pub fn write_checkpoint(
+    model: &LoadedModel,
+    chat_template: Option<&str>,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let llama = &model.llama;
+    let config = *llama.config();
+    let mut by_gguf_name: HashMap<String, Tensor> = HashMap::from([
+        ("token_embd.weight".to_owned(), llama.embedding().clone()),
+        ("output_norm.weight".to_owned(), llama.final_norm().clone()),
+        ("output.weight".to_owned(), llama.head().clone()),
+    ]);
+    for layer_idx in 0..config.n_layers {
+        let missing = || anyhow::anyhow!("the model has no block {layer_idx}");
+        let (attn_norm, ffn_norm) = llama.norms(layer_idx).ok_or_else(missing)?;
+        by_gguf_name.insert(
+            format!("blk.{layer_idx}.attn_norm.weight"),
+            attn_norm.clone(),
+        );
+        by_gguf_name.insert(format!("blk.{layer_idx}.ffn_norm.weight"), ffn_norm.clone());
+        for kind in MatrixKind::ALL {
+            match llama.linear(layer_idx, kind).ok_or_else(missing)? {
+                Linear::Dense { weight } => {
+                    by_gguf_name.insert(gguf_matrix_name(layer_idx, kind), weight.clone());
+                }
+                Linear::LowRank { .. } => anyhow::bail!(
+                    "block {layer_idx}'s {} is low-rank; a checkpoint holds dense matrices: write the base model",
+                    kind.name()
+                ),
+            }
+        }
+    }
+    let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
+    for (gguf_name, hf_name) in names(&config) {
+        if gguf_name == "output.weight" && llama.head_is_tied() {
+            continue;
+        }
+        let tensor = by_gguf_name
+            .remove(&gguf_name)
+            .ok_or_else(|| anyhow::anyhow!("the model has no tensor {gguf_name}"))?;
+        let tensor = match rotary_heads(&gguf_name, &config) {
+            Some(heads) => to_half_split(&tensor, heads)?,
+            None => tensor,
+        };
+        tensors.insert(hf_name, tensor.contiguous()?);
+    }
+    let bytes = safetensors::serialize(&tensors, None)?;
+    whittle_boards::files::write_atomically(&dir.join("model.safetensors"), &bytes)?;
+    let hf = HfConfig {
+        architectures: vec!["LlamaForCausalLM".to_owned()],
+        hidden_size: config.hidden_size,
+        intermediate_size: config.intermediate_size,
+        num_attention_heads: config.n_heads,
+        num_key_value_heads: Some(config.n_kv_heads),
+        num_hidden_layers: config.n_layers,
+        vocab_size: config.vocab_size,
+        max_position_embeddings: config.max_position_embeddings,
+        rope_theta: Some(config.rope_theta),
+        rms_norm_eps: config.rms_norm_eps,
+        tie_word_embeddings: llama.head_is_tied(),
+        rope_scaling: None,
+        attention_bias: false,
+        mlp_bias: false,
+        eos_token_id: model
+            .tokenizer
+            .stop_ids()
+            .first()
+            .map(|&id| serde_json::Value::from(id)),
+    };
+    whittle_boards::files::write_atomically(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&hf)?.as_bytes(),
+    )?;
+    model.tokenizer.save_hf(dir, chat_template)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rotary_permutation_is_llama_cpps_and_inverts() -> anyhow::Result<()> {
+        // Two heads of four rows (two rotary pairs each), one column: Hugging Face keeps each
+        // head's first half then its second (rows 0, 1 | 2, 3); llama.cpp interleaves them.
+        let rows: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let weight = Tensor::from_vec(rows, (8, 1), &Device::Cpu)?;
+        let interleaved = to_interleaved(&weight, 2)?;
+        assert_eq!(
+            interleaved.flatten_all()?.to_vec1::<f32>()?,
+            vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]
+        );
+        let back = to_half_split(&interleaved, 2)?;
+        assert_eq!(
+            back.flatten_all()?.to_vec1::<f32>()?,
+            weight.flatten_all()?.to_vec1::<f32>()?
+        );
+        Ok(())
+    }
+
+    fn config_json(edit: impl FnOnce(&mut serde_json::Value)) -> serde_json::Result<HfConfig> {
+        let mut json = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 300,
+            "max_position_embeddings": 128, "rms_norm_eps": 1e-5
+        });
+        edit(&mut json);
+        serde_json::from_value(json)
+    }
+
+    fn refusal(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        match config_json(edit).map(|c| c.model_config(Path::new("ckpt/config.json"))) {
+            Ok(Err(error)) => error.to_string(),
+            _ => "accepted".to_owned(),
+        }
+    }
+
+    #[test]
+    fn configs_it_cannot_run_are_refused_with_the_reason() -> anyhow::Result<()> {
+        assert!(config_json(|_| {})?.model_config(Path::new("c")).is_ok());
+        let message = refusal(|j| j["architectures"] = serde_json::json!(["Qwen3ForCausalLM"]));
+        assert!(
+            message.contains("Qwen3ForCausalLM") && message.contains("LlamaForCausalLM"),
+            "{message}"
+        );
+        let message = refusal(|j| j["rope_scaling"] = serde_json::json!({"rope_type": "llama3"}));
+        assert!(message.contains("rope_scaling"), "{message}");
+        let message = refusal(|j| j["attention_bias"] = serde_json::json!(true));
+        assert!(message.contains("biases"), "{message}");
+        let message = refusal(|j| j["num_key_value_heads"] = serde_json::json!(3));
+        assert!(message.contains("invalid model config"), "{message}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_shard_or_weights_are_named() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("whittle-hf-shards-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let message = weight_files(&dir).map_or_else(|e| e.to_string(), |_| String::new());
+        assert!(message.contains("no model.safetensors"), "{message}");
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "model-00001-of-00002.safetensors"}}"#,
+        )?;
+        let message = weight_files(&dir).map_or_else(|e| e.to_string(), |_| String::new());
+        assert!(
+            message.contains("model-00001-of-00002.safetensors"),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,99 @@
+//! Real model (fetches SmolLM2-135M-Instruct, 98 MB, once, into the model cache; writes a
+//! 540 MB checkpoint into a temporary folder): the GGUF written back as a Hugging Face
+//! checkpoint (f32 tensors under their Hugging Face names, q and k rows in the half-split
+//! rotary order, config.json, tokenizer.json and tokenizer_config.json) and loaded through
+//! `--model DIR` gives the GGUF path's token ids, bundle tokenizer tables, chat prompt and
+//! logits exactly.
+
+use candle_core::Device;
+use candle_core::quantized::gguf_file::Value;
+use whittle_host::eval::prompt_ids;
+use whittle_host::gguf::GgufFile;
+use whittle_host::model::{self, BaseModel, Batch};
+use whittle_host::task::{Split, Task};
+use whittle_tests::real_model_path;
+
+#[test]
+fn real_model_hugging_face_checkpoint_equals_the_gguf() -> anyhow::Result<()> {
+    let path = real_model_path();
+    let gguf_model = model::load(&path, &Device::Cpu)?;
+    let gguf = GgufFile::open(&path)?;
+    let template = match gguf.metadata("tokenizer.chat_template") {
+        Some(Value::String(text)) => Some(text.clone()),
+        _ => None,
+    };
+    let dir = tempfile::tempdir()?;
+    whittle_host::hf::write_checkpoint(&gguf_model, template.as_deref(), dir.path())?;
+    let base = BaseModel::open(dir.path(), &Device::Cpu)?;
+    let hf_model = &base.model;
+    assert_eq!(base.digest.len(), 64);
+    assert_eq!(hf_model.llama.config(), gguf_model.llama.config());
+    assert_eq!(
+        hf_model.llama.head_is_tied(),
+        gguf_model.llama.head_is_tied()
+    );
+    assert_eq!(
+        hf_model.tokenizer.stop_ids(),
+        gguf_model.tokenizer.stop_ids()
+    );
+    assert_eq!(
+        hf_model.tokenizer.chat_template(),
+        gguf_model.tokenizer.chat_template()
+    );
+    let (a, b) = (hf_model.tokenizer.tables()?, gguf_model.tokenizer.tables()?);
+    assert_eq!(
+        (&a.vocab, &a.merges, &a.byte_tokens, &a.special_ids),
+        (&b.vocab, &b.merges, &b.byte_tokens, &b.special_ids)
+    );
+
+    let task = Task::resolve("sst2-dev")?;
+    let examples: Vec<_> = task.examples(Split::Test)?.into_iter().take(8).collect();
+    let ids = |m: &model::LoadedModel| -> anyhow::Result<Vec<Vec<u32>>> {
+        examples
+            .iter()
+            .map(|e| prompt_ids(&m.tokenizer, &e.prompt))
+            .collect()
+    };
+    let (hf_ids, gguf_ids) = (ids(hf_model)?, ids(&gguf_model)?);
+    assert_eq!(hf_ids, gguf_ids);
+    let logits = |m: &model::LoadedModel| -> anyhow::Result<Vec<Vec<f32>>> {
+        let batch = Batch::new(&gguf_ids, m.tokenizer.pad_id(), &Device::Cpu)?;
+        let last = m.llama.last_hidden(&batch)?;
+        Ok(m.llama.logits(&last)?.to_vec2::<f32>()?)
+    };
+    let (hf_logits, gguf_logits) = (logits(hf_model)?, logits(&gguf_model)?);
+    assert_eq!(hf_logits.len(), 8);
+    assert!(
+        hf_logits == gguf_logits,
+        "the checkpoint's logits differ from the GGUF's"
+    );
+
+    // A config.json that disagrees with the tensors, and a tokenizer of a type not implemented.
+    let config_path = dir.path().join("config.json");
+    let original = std::fs::read(&config_path)?;
+    let mut config: serde_json::Value = serde_json::from_slice(&original)?;
+    config["intermediate_size"] = 1024.into();
+    std::fs::write(&config_path, serde_json::to_vec(&config)?)?;
+    let refusal = |dir: &std::path::Path| match model::load(dir, &Device::Cpu) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(error) => error.to_string(),
+    };
+    let message = refusal(dir.path());
+    assert!(
+        message.contains("model.layers.0.mlp.gate_proj.weight") && message.contains("[1024, 576]"),
+        "{message}"
+    );
+    std::fs::write(&config_path, original)?;
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"a": 0, "<unk>": 1}, "unk_token": "<unk>"}}"#,
+    )?;
+    let message = refusal(dir.path());
+    assert!(
+        message.contains("WordLevel") && message.contains("not implement"),
+        "{message}"
+    );
+    Ok(())
+}
