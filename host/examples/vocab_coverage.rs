@@ -10,7 +10,7 @@ use whittle_host::eval::prompt_ids;
 use whittle_host::task::{Split, Task};
 use whittle_host::vocab::VocabTrim;
 use whittle_runtime::writer::synthetic_bundle_with_tables;
-use whittle_runtime::{AlignedBytes, Bundle, ModelConfig, Tokenizer};
+use whittle_runtime::{AlignedBytes, Bundle, Tokenizer};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,17 +29,6 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|e| whittle_host::eval::prompt_text(&model.tokenizer, &e.prompt))
         .collect::<anyhow::Result<_>>()?;
-    let config = ModelConfig {
-        n_layers: 1,
-        hidden_size: 8,
-        intermediate_size: 8,
-        n_heads: 2,
-        n_kv_heads: 1,
-        vocab_size: 0,
-        max_position_embeddings: 4096,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-5,
-    };
     let trim = VocabTrim::of_splits(
         &model.tokenizer,
         &tables,
@@ -47,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         &[Split::Calibration],
         &labels,
     )?;
-    let bytes = synthetic_bundle_with_tables(&config, &trim.tables(&tables)?)?;
+    let bytes = synthetic_bundle_with_tables(&trim.tables(&tables)?)?;
     let aligned = AlignedBytes::new(&bytes);
     let bundle = Bundle::parse(aligned.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let tokenizer = Tokenizer::new(&bundle);

@@ -213,7 +213,7 @@ fn mark(seen: &mut [bool], id: u32) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use whittle_runtime::writer::synthetic_bundle_with_tables;
-    use whittle_runtime::{AlignedBytes, Bundle, ModelConfig, Tokenizer};
+    use whittle_runtime::{AlignedBytes, Bundle, Tokenizer};
 
     /// Bytes 0..=255, then `ab` (256), `abc` (257), `<s>` (258), ` a` (259), `bc` (260),
     /// `xy` (261).
@@ -248,18 +248,7 @@ mod tests {
     }
 
     fn bundle(tables: &TokenizerTables) -> anyhow::Result<Vec<u8>> {
-        let config = ModelConfig {
-            n_layers: 1,
-            hidden_size: 8,
-            intermediate_size: 8,
-            n_heads: 2,
-            n_kv_heads: 1,
-            vocab_size: 0,
-            max_position_embeddings: 32,
-            rope_theta: 10_000.0,
-            rms_norm_eps: 1e-5,
-        };
-        Ok(synthetic_bundle_with_tables(&config, tables)?)
+        Ok(synthetic_bundle_with_tables(tables)?)
     }
 
     fn encode(tables: &TokenizerTables, text: &str) -> anyhow::Result<Vec<u32>> {

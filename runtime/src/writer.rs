@@ -557,15 +557,19 @@ pub fn synthetic_bundle(config: &ModelConfig, dtype: Dtype) -> Result<Vec<u8>, W
     write_bundle(&parts.header(&parts.layer_bytes), parts.blob.bytes(), None)
 }
 
-/// [`synthetic_bundle`] with the given tokenizer tables (`config`'s vocabulary size taken
-/// from them): what tests of a tokenizer's tables run.
-pub fn synthetic_bundle_with_tables(
-    config: &ModelConfig,
-    tables: &TokenizerTables,
-) -> Result<Vec<u8>, WriteError> {
+/// A one-block f32 model of width 8 with the given tokenizer tables (its vocabulary as large
+/// as theirs): what tests of a tokenizer's tables run.
+pub fn synthetic_bundle_with_tables(tables: &TokenizerTables) -> Result<Vec<u8>, WriteError> {
     let config = ModelConfig {
+        n_layers: 1,
+        hidden_size: 8,
+        intermediate_size: 8,
+        n_heads: 2,
+        n_kv_heads: 1,
         vocab_size: tables.vocab.len(),
-        ..*config
+        max_position_embeddings: 4096,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
     };
     let parts = synthetic_parts_with(&config, Dtype::F32, tables)?;
     write_bundle(&parts.header(&parts.layer_bytes), parts.blob.bytes(), None)
