@@ -160,6 +160,8 @@ pub fn compare<K: Kernels + Clone + Send + Sync>(
     kernels: K,
 ) -> anyhow::Result<ParityReport> {
     let arena_bytes = bundle.arena_bytes(CONTEXT);
+    // Tokens are compared in the source model's ids, which a task-trimmed bundle renumbers.
+    let tokenizer = whittle_runtime::Tokenizer::new(bundle);
     let runtime: Vec<anyhow::Result<(Vec<u32>, Vec<f32>)>> = reference
         .inputs
         .par_iter()
@@ -173,8 +175,6 @@ pub fn compare<K: Kernels + Clone + Send + Sync>(
                 session
                     .label_scores(input)
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-                // In the source model's ids, which a task-trimmed bundle renumbers.
-                let tokenizer = whittle_runtime::Tokenizer::new(bundle);
                 let tokens = session
                     .tokens()
                     .iter()
