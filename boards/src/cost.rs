@@ -187,7 +187,7 @@ pub fn predict(
     let kv_cache_bytes = product(&[config.n_layers, 2, config.kv_dim(), context, F32_BYTES]);
     let logits = head_rows.unwrap_or(config.vocab_size);
     let arena_floats = [
-        product(&[4, hidden]),
+        product(&[4, hidden.max(config.q_dim())]),
         product(&[2, config.kv_dim()]),
         product(&[2, config.intermediate_size]),
         hidden.max(config.intermediate_size) as u64,
@@ -231,10 +231,12 @@ fn product(factors: &[usize]) -> u64 {
         .fold(1u64, |acc, &factor| acc.saturating_mul(factor as u64))
 }
 
-/// Two RMSNorm weight vectors per block and the final norm, in f32.
+/// Every block's RMSNorm weights (the architecture's post- and query/key norms included) and
+/// the final norm, in f32.
 fn norm_bytes(config: &ModelConfig) -> u64 {
-    let n_norms = config.n_layers.saturating_mul(2).saturating_add(1);
-    product(&[F32_BYTES, n_norms, config.hidden_size])
+    let values = product(&[config.n_layers, config.block_norm_params()])
+        .saturating_add(config.hidden_size as u64);
+    values.saturating_mul(F32_BYTES as u64)
 }
 
 /// A processor as the roofline sees it.

@@ -2,17 +2,20 @@
 
 use super::*;
 use crate::feasibility::{feasibility, objective_cost};
+use whittle_runtime::Architecture;
 
 /// 2 blocks, hidden 32, intermediate 64, 4 heads of 8, 2 KV heads (kv_dim 16), vocab 100.
 /// Matrices: q, o 32×32 = 1024; k, v 16×32 = 512; gate, up 64×32 = 2048; down 32×64 = 2048;
 /// 9216 per block, 18432 in all. Embedding 100×32 = 3200; norms (2·2 + 1)·32 = 160.
 fn tiny_config() -> ModelConfig {
     ModelConfig {
+        arch: Architecture::LLAMA,
         n_layers: 2,
         hidden_size: 32,
         intermediate_size: 64,
         n_heads: 4,
         n_kv_heads: 2,
+        head_dim: 8,
         vocab_size: 100,
         max_position_embeddings: 64,
         rope_theta: 10_000.0,

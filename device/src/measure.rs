@@ -630,11 +630,13 @@ mod tests {
     #[test]
     fn a_small_synthetic_model_gives_positive_step_times() {
         let config = whittle_runtime::ModelConfig {
+            arch: whittle_runtime::Architecture::LLAMA,
             n_layers: 2,
             hidden_size: 64,
             intermediate_size: 128,
             n_heads: 4,
             n_kv_heads: 2,
+            head_dim: 16,
             vocab_size: 300,
             max_position_embeddings: 64,
             rope_theta: 10_000.0,

@@ -34,11 +34,13 @@ const KERNEL_DECODE_BYTES: usize = 128 << 20;
 /// first model whittle prunes), its 30 blocks (110 MB of q8 weights, several times a
 /// last-level cache, as in the real decode) and a small vocabulary.
 const PROBE_MODEL: whittle_runtime::ModelConfig = whittle_runtime::ModelConfig {
+    arch: whittle_runtime::Architecture::LLAMA,
     n_layers: 30,
     hidden_size: 576,
     intermediate_size: 1536,
     n_heads: 9,
     n_kv_heads: 3,
+    head_dim: 64,
     vocab_size: 1024,
     max_position_embeddings: 512,
     rope_theta: 100_000.0,

@@ -14,14 +14,16 @@ use std::process::{Child, Command, Output, Stdio};
 
 use ed25519_dalek::{Signer as _, SigningKey};
 use sha2::{Digest, Sha256};
-use whittle_runtime::{AlignedBytes, Bundle, ModelConfig, writer};
+use whittle_runtime::{AlignedBytes, Architecture, Bundle, ModelConfig, writer};
 
 const CONFIG: ModelConfig = ModelConfig {
+    arch: Architecture::LLAMA,
     n_layers: 1,
     hidden_size: 32,
     intermediate_size: 48,
     n_heads: 2,
     n_kv_heads: 1,
+    head_dim: 16,
     vocab_size: 300,
     max_position_embeddings: 2048,
     rope_theta: 10_000.0,

@@ -6,14 +6,16 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use whittle_runtime::format::Dtype;
-use whittle_runtime::{ModelConfig, writer};
+use whittle_runtime::{Architecture, ModelConfig, writer};
 
 const CONFIG: ModelConfig = ModelConfig {
+    arch: Architecture::LLAMA,
     n_layers: 2,
     hidden_size: 64,
     intermediate_size: 96,
     n_heads: 4,
     n_kv_heads: 2,
+    head_dim: 16,
     vocab_size: 300,
     max_position_embeddings: 2048,
     rope_theta: 10_000.0,

@@ -1181,6 +1181,17 @@ pub fn pack(
         };
         let attn_norm = blob.push_f32(&values(attn_norm)?)?;
         let ffn_norm = blob.push_f32(&values(ffn_norm)?)?;
+        let mut pair = |norms: Option<(&Tensor, &Tensor)>| -> anyhow::Result<_> {
+            Ok(match norms {
+                Some((first, second)) => Some((
+                    blob.push_f32(&values(first)?)?,
+                    blob.push_f32(&values(second)?)?,
+                )),
+                None => None,
+            })
+        };
+        let post_norms = pair(llama.post_norms(layer_idx))?;
+        let qk_norms = pair(llama.qk_norms(layer_idx))?;
         let mut linears = Vec::with_capacity(7);
         for kind in MatrixKind::ALL {
             linears.push(stored.push(&mut blob, layer_idx, kind, dtype)?);
@@ -1203,6 +1214,8 @@ pub fn pack(
             attn_norm,
             ffn_norm,
             linears,
+            post_norms,
+            qk_norms,
             rotary_pairs,
         });
     }

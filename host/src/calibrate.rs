@@ -202,7 +202,7 @@ fn task_sequences(
         }
         let chunks = match task.metric() {
             Metric::Perplexity { .. } => {
-                let ids = model.tokenizer.encode(&example.text)?;
+                let ids = model.tokenizer.encode_prompt(&example.text)?;
                 ids.chunks(TEXT_CHUNK_TOKENS).map(<[u32]>::to_vec).collect()
             }
             _ => vec![prompt_ids(&model.tokenizer, &example.prompt)?],

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::{Device, Tensor};
-use whittle_runtime::{ConfigError, ModelConfig};
+use whittle_runtime::{Architecture, ConfigError, MatrixKind, ModelConfig};
+
+/// The values of `general.architecture` whittle reads.
+pub const SUPPORTED_ARCHITECTURES: [&str; 2] = ["llama", "gemma3"];
 
 /// Why a model file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +40,7 @@ pub enum ModelError {
     },
     /// The file holds a model whose architecture the forward pass does not implement.
     #[error(
-        "{path} holds a `{architecture}` model; whittle supports Llama-family models (GGUF general.architecture = \"llama\"): convert or choose such a model"
+        "{path} holds a `{architecture}` model; whittle supports GGUF architectures llama and gemma3: convert or choose such a model"
     )]
     UnsupportedArchitecture { path: PathBuf, architecture: String },
     /// The model is Llama-shaped but uses a variant the forward pass does not implement.
@@ -68,7 +71,7 @@ pub enum ModelError {
     Config { path: PathBuf, source: ConfigError },
     /// The tokenizer in the metadata cannot be built.
     #[error(
-        "{path}: cannot build the tokenizer from the GGUF metadata ({reason}); the model needs a byte-level BPE tokenizer (tokenizer.ggml.model = gpt2)"
+        "{path}: cannot build the tokenizer from the GGUF metadata ({reason}); whittle reads byte-level BPE (tokenizer.ggml.model = gpt2) and SentencePiece (llama) tokenizers"
     )]
     Tokenizer { path: PathBuf, reason: String },
     /// A Hugging Face checkpoint folder lacks a file or holds one that cannot be read.
@@ -164,48 +167,70 @@ impl GgufFile {
         self.content.metadata.get(key)
     }
 
-    /// Reads the model hyper-parameters; rejects non-Llama architectures.
+    /// Reads the model hyper-parameters of a `llama` or `gemma3` file; refuses other
+    /// architectures, naming the supported ones.
     pub fn config(&self) -> Result<ModelConfig, ModelError> {
         let architecture = self.metadata_string("general.architecture")?;
-        if architecture != "llama" {
+        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
             return Err(ModelError::UnsupportedArchitecture {
                 path: self.path.clone(),
                 architecture,
             });
         }
-        let n_heads = self.metadata_usize("llama.attention.head_count")?;
-        let hidden_size = self.metadata_usize("llama.embedding_length")?;
-        let vocab_size = match self.metadata_usize("llama.vocab_size") {
+        let key = |name: &str| format!("{architecture}.{name}");
+        let n_heads = self.metadata_usize(&key("attention.head_count"))?;
+        let hidden_size = self.metadata_usize(&key("embedding_length"))?;
+        let vocab_size = match self.metadata_usize(&key("vocab_size")) {
             Ok(n) => n,
             Err(_) => self
                 .content
                 .tensor_infos
                 .get("token_embd.weight")
                 .and_then(|info| info.shape.dims().first().copied())
-                .ok_or_else(|| self.metadata_error("llama.vocab_size"))?,
+                .ok_or_else(|| self.metadata_error(&key("vocab_size")))?,
+        };
+        let head_dim = self
+            .optional_usize(&key("attention.key_length"))?
+            .unwrap_or(hidden_size / n_heads.max(1));
+        if let Some(value_length) = self.optional_usize(&key("attention.value_length"))?
+            && value_length != head_dim
+        {
+            return Err(ModelError::UnsupportedVariant {
+                path: self.path.clone(),
+                what: format!("value heads of {value_length} with key heads of {head_dim}"),
+            });
+        }
+        let arch = match architecture.as_str() {
+            // llama.cpp's Gemma 3: local layers with RoPE base 10,000, every sixth global.
+            "gemma3" => {
+                Architecture::gemma3(self.metadata_usize(&key("attention.sliding_window"))?)
+            }
+            _ => Architecture::LLAMA,
         };
         let config = ModelConfig {
-            n_layers: self.metadata_usize("llama.block_count")?,
+            arch,
+            n_layers: self.metadata_usize(&key("block_count"))?,
             hidden_size,
-            intermediate_size: self.metadata_usize("llama.feed_forward_length")?,
+            intermediate_size: self.metadata_usize(&key("feed_forward_length"))?,
             n_heads,
             n_kv_heads: self
-                .optional_usize("llama.attention.head_count_kv")?
+                .optional_usize(&key("attention.head_count_kv"))?
                 .unwrap_or(n_heads),
+            head_dim,
             vocab_size,
-            max_position_embeddings: self.metadata_usize("llama.context_length")?,
+            max_position_embeddings: self.metadata_usize(&key("context_length"))?,
             rope_theta: self
-                .optional_f32("llama.rope.freq_base")?
+                .optional_f32(&key("rope.freq_base"))?
                 .unwrap_or(10_000.0),
             rms_norm_eps: self
-                .optional_f32("llama.attention.layer_norm_rms_epsilon")?
+                .optional_f32(&key("attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-5),
         };
         config.validate().map_err(|source| ModelError::Config {
             path: self.path.clone(),
             source,
         })?;
-        if let Some(rope_dims) = self.optional_usize("llama.rope.dimension_count")?
+        if let Some(rope_dims) = self.optional_usize(&key("rope.dimension_count"))?
             && rope_dims != config.head_dim()
         {
             return Err(ModelError::UnsupportedVariant {
@@ -216,11 +241,17 @@ impl GgufFile {
                 ),
             });
         }
-        if self.metadata("llama.rope.scaling.type").is_some() {
-            return Err(ModelError::UnsupportedVariant {
-                path: self.path.clone(),
-                what: "RoPE scaling".to_owned(),
-            });
+        for unsupported in [
+            "rope.scaling.type",
+            "rope.scaling.factor",
+            "final_logit_softcapping",
+        ] {
+            if self.metadata(&key(unsupported)).is_some() {
+                return Err(ModelError::UnsupportedVariant {
+                    path: self.path.clone(),
+                    what: format!("`{}` ({unsupported})", key(unsupported)),
+                });
+            }
         }
         Ok(config)
     }
@@ -319,15 +350,26 @@ fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or(message).trim().to_owned()
 }
 
-/// Reads every weight of a Llama GGUF as f32, keyed by GGUF tensor name.
+/// Reads every weight of a Llama-family GGUF as f32, keyed by GGUF tensor name, with query
+/// and key rows in the interleaved rotary order ([`Architecture`]): Gemma's half-split rows
+/// (and its query/key norms) are permuted on load.
 pub fn read_llama_tensors(
     gguf: &mut GgufFile,
     config: &ModelConfig,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>, ModelError> {
     let mut tensors = HashMap::new();
+    let half_split = config.arch != Architecture::LLAMA;
     for (name, shape) in llama_tensor_shapes(config) {
-        let tensor = gguf.tensor_f32(&name, &shape, device)?;
+        let mut tensor = gguf.tensor_f32(&name, &shape, device)?;
+        if half_split && is_rotated(&name) {
+            tensor = interleave_rotary_rows(&tensor, config.head_dim()).map_err(|source| {
+                ModelError::Tensor {
+                    path: gguf.path().to_owned(),
+                    source,
+                }
+            })?;
+        }
         tensors.insert(name, tensor);
     }
     if gguf.has_tensor("output.weight") {
@@ -341,7 +383,6 @@ pub fn read_llama_tensors(
 /// Names and shapes (rows, cols) of the tensors a Llama GGUF must hold; `output.weight` is
 /// optional (absent when the head is tied to `token_embd.weight`).
 pub fn llama_tensor_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    use whittle_runtime::MatrixKind;
     let hidden = config.hidden_size;
     let mut shapes = vec![
         (
@@ -353,6 +394,15 @@ pub fn llama_tensor_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     for layer_idx in 0..config.n_layers {
         shapes.push((format!("blk.{layer_idx}.attn_norm.weight"), vec![hidden]));
         shapes.push((format!("blk.{layer_idx}.ffn_norm.weight"), vec![hidden]));
+        if config.arch.post_norms {
+            shapes.push((post_norm_name(layer_idx, PostNorm::Attention), vec![hidden]));
+            shapes.push((post_norm_name(layer_idx, PostNorm::Mlp), vec![hidden]));
+        }
+        if config.arch.qk_norm {
+            for kind in [MatrixKind::Q, MatrixKind::K] {
+                shapes.push((qk_norm_name(layer_idx, kind), vec![config.head_dim()]));
+            }
+        }
         for kind in MatrixKind::ALL {
             let (rows, cols) = config.matrix_shape(kind);
             shapes.push((gguf_matrix_name(layer_idx, kind), vec![rows, cols]));
@@ -361,9 +411,60 @@ pub fn llama_tensor_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     shapes
 }
 
+/// The two sub-block outputs a post-norm ([`Architecture::post_norms`]) follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PostNorm {
+    /// After the attention's output projection.
+    Attention,
+    /// After the MLP's down projection.
+    Mlp,
+}
+
+/// GGUF tensor name of a block's post-norm.
+pub fn post_norm_name(layer_idx: usize, which: PostNorm) -> String {
+    match which {
+        PostNorm::Attention => format!("blk.{layer_idx}.post_attention_norm.weight"),
+        PostNorm::Mlp => format!("blk.{layer_idx}.post_ffw_norm.weight"),
+    }
+}
+
+/// GGUF tensor name of a block's query (`Q`) or key (any other kind) head norm.
+pub fn qk_norm_name(layer_idx: usize, kind: whittle_runtime::MatrixKind) -> String {
+    match kind {
+        whittle_runtime::MatrixKind::Q => format!("blk.{layer_idx}.attn_q_norm.weight"),
+        _ => format!("blk.{layer_idx}.attn_k_norm.weight"),
+    }
+}
+
+/// Whether a tensor's rows (or, for a head norm, its entries) are rotated by RoPE.
+fn is_rotated(name: &str) -> bool {
+    [
+        "attn_q.weight",
+        "attn_k.weight",
+        "attn_q_norm.weight",
+        "attn_k_norm.weight",
+    ]
+    .iter()
+    .any(|suffix| name.ends_with(suffix))
+}
+
+/// Rows (or entries, for a vector) in half-split rotary order `[x_0 … x_{d/2−1}, y_0 …]` per
+/// head of `head_dim`, reordered to interleaved pairs `[x_0, y_0, x_1, y_1, …]`.
+pub fn interleave_rotary_rows(tensor: &Tensor, head_dim: usize) -> candle_core::Result<Tensor> {
+    let rows = tensor.dim(0)?;
+    let half = head_dim / 2;
+    let order: Vec<u32> = (0..rows)
+        .map(|row| {
+            let (head, lane) = (row / head_dim, row % head_dim);
+            (head * head_dim + (lane % 2) * half + lane / 2) as u32
+        })
+        .collect();
+    let order = Tensor::from_vec(order, rows, tensor.device())?;
+    tensor.index_select(&order, 0)
+}
+
 /// GGUF tensor name of a prunable matrix.
 pub fn gguf_matrix_name(layer_idx: usize, kind: whittle_runtime::MatrixKind) -> String {
-    use whittle_runtime::MatrixKind;
     let suffix = match kind {
         MatrixKind::Q => "attn_q",
         MatrixKind::K => "attn_k",

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use whittle_runtime::{MatrixKind, ModelConfig};
+use whittle_runtime::{Architecture, MatrixKind, ModelConfig};
 
 use crate::gguf::{ModelError, gguf_matrix_name, llama_tensor_shapes};
 use crate::model::{Linear, Llama, LoadedModel};
@@ -33,6 +33,9 @@ pub struct HfConfig {
     /// Key/value heads (grouped-query attention), `num_attention_heads` if absent.
     #[serde(default)]
     pub num_key_value_heads: Option<usize>,
+    /// Width of one head, `hidden_size / num_attention_heads` if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
     /// Blocks.
     pub num_hidden_layers: usize,
     /// Vocabulary size.
@@ -88,11 +91,15 @@ impl HfConfig {
             return Err(refuse("attention or MLP biases"));
         }
         let config = ModelConfig {
+            arch: Architecture::LLAMA,
             n_layers: self.num_hidden_layers,
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
             n_heads: self.num_attention_heads,
             n_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            head_dim: self
+                .head_dim
+                .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
             vocab_size: self.vocab_size,
             max_position_embeddings: self.max_position_embeddings,
             rope_theta: self.rope_theta.unwrap_or(10_000.0),
@@ -389,6 +396,7 @@ pub fn write_checkpoint(
         intermediate_size: config.intermediate_size,
         num_attention_heads: config.n_heads,
         num_key_value_heads: Some(config.n_kv_heads),
+        head_dim: Some(config.head_dim),
         num_hidden_layers: config.n_layers,
         vocab_size: config.vocab_size,
         max_position_embeddings: config.max_position_embeddings,

@@ -1,9 +1,14 @@
 //! The tokenizer and chat template, both read from the GGUF metadata.
 //!
-//! candle builds the byte-level BPE from `tokenizer.ggml.*`, but for SmolLM2
-//! (`tokenizer.ggml.pre = "smollm"`) it falls back to GPT-2's pre-tokenizer, which merges
-//! digits and adds a prefix space. llama.cpp splits every digit and adds no prefix space, so
-//! the pre-tokenizer is replaced by digits + byte-level, as in the model's `tokenizer.json`.
+//! Byte-level BPE (`tokenizer.ggml.model = "gpt2"`): candle builds it from `tokenizer.ggml.*`,
+//! but for SmolLM2 (`tokenizer.ggml.pre = "smollm"`) it falls back to GPT-2's pre-tokenizer,
+//! which merges digits and adds a prefix space. llama.cpp splits every digit and adds no prefix
+//! space, so the pre-tokenizer is replaced by digits + byte-level, as in the model's
+//! `tokenizer.json`.
+//!
+//! SentencePiece (`"llama"`, e.g. Gemma 3): the runtime's [`whittle_runtime::spm`], the one
+//! implementation, over tables built from the token texts, scores and types as llama.cpp loads
+//! them (`sentencepiece`).
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
@@ -14,11 +19,15 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use whittle_runtime::format::NO_TOKEN;
 use whittle_runtime::writer::TokenizerTables;
 
 use crate::gguf::{GgufFile, ModelError};
+
+mod sentencepiece;
+use sentencepiece::SentencePiece;
 
 /// How a conversation is turned into text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,13 +39,29 @@ pub enum ChatTemplate {
     Unsupported,
 }
 
-/// Byte-level BPE tokenizer with the model's special tokens and chat template.
+/// The model's tokenizer (byte-level BPE or SentencePiece) with its special tokens and chat
+/// template.
 #[derive(Clone, Debug)]
 pub struct TextTokenizer {
-    inner: std::sync::Arc<Tokenizer>,
+    backend: Backend,
     stop_ids: Vec<u32>,
     pad_id: u32,
     chat_template: ChatTemplate,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Bpe(Arc<Tokenizer>),
+    SentencePiece(Arc<SentencePiece>),
+}
+
+/// A metadata value read as a token id.
+fn token_id(gguf: &GgufFile, key: &str) -> Option<u32> {
+    match gguf.metadata(key) {
+        Some(Value::U32(id)) => Some(*id),
+        Some(Value::I32(id)) => u32::try_from(*id).ok(),
+        _ => None,
+    }
 }
 
 impl TextTokenizer {
@@ -46,30 +71,33 @@ impl TextTokenizer {
             path: gguf.path().to_owned(),
             reason,
         };
-        let mut inner = Tokenizer::from_gguf(gguf.content()).map_err(|e| error(e.to_string()))?;
-        let pre = gguf
-            .metadata("tokenizer.ggml.pre")
-            .and_then(|v| v.to_string().ok())
-            .map(String::as_str);
-        if pre == Some("smollm") {
-            let digits = Digits::new(true);
-            let byte_level = ByteLevel::new(false, true, true);
-            inner.with_pre_tokenizer(Some(Sequence::new(vec![digits.into(), byte_level.into()])));
-        }
-        let token_id = |key: &str| match gguf.metadata(key) {
-            Some(Value::U32(id)) => Some(*id),
-            Some(Value::I32(id)) => u32::try_from(*id).ok(),
-            _ => None,
+        let text = |key: &str| {
+            gguf.metadata(key)
+                .and_then(|v| v.to_string().ok())
+                .map(String::as_str)
         };
-        let eos = token_id("tokenizer.ggml.eos_token_id")
+        let backend = if text("tokenizer.ggml.model") == Some("llama") {
+            Backend::SentencePiece(Arc::new(SentencePiece::from_gguf(gguf).map_err(error)?))
+        } else {
+            let mut inner =
+                Tokenizer::from_gguf(gguf.content()).map_err(|e| error(e.to_string()))?;
+            if text("tokenizer.ggml.pre") == Some("smollm") {
+                let digits = Digits::new(true);
+                let byte_level = ByteLevel::new(false, true, true);
+                inner.with_pre_tokenizer(Some(Sequence::new(vec![
+                    digits.into(),
+                    byte_level.into(),
+                ])));
+            }
+            Backend::Bpe(Arc::new(inner))
+        };
+        let eos = token_id(gguf, "tokenizer.ggml.eos_token_id")
             .ok_or_else(|| error("no tokenizer.ggml.eos_token_id".to_owned()))?;
-        let pad_id = token_id("tokenizer.ggml.padding_token_id").unwrap_or(eos);
-        let chat_template = gguf
-            .metadata("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .map(|t| parse_chat_template(t))
+        let pad_id = token_id(gguf, "tokenizer.ggml.padding_token_id").unwrap_or(eos);
+        let chat_template = text("tokenizer.chat_template")
+            .map(parse_chat_template)
             .unwrap_or(ChatTemplate::Unsupported);
-        Ok(Self::from_parts(inner, eos, pad_id, chat_template))
+        Ok(Self::from_parts(backend, eos, pad_id, chat_template))
     }
 
     /// The tokenizer of a Hugging Face checkpoint: `tokenizer.json` (a byte-level BPE), and
@@ -114,23 +142,36 @@ impl TextTokenizer {
             .as_str()
             .map(parse_chat_template)
             .unwrap_or(ChatTemplate::Unsupported);
-        Ok(Self::from_parts(inner, eos, pad_id, chat_template))
+        Ok(Self::from_parts(
+            Backend::Bpe(Arc::new(inner)),
+            eos,
+            pad_id,
+            chat_template,
+        ))
     }
 
-    fn from_parts(inner: Tokenizer, eos: u32, pad_id: u32, chat_template: ChatTemplate) -> Self {
+    fn from_parts(backend: Backend, eos: u32, pad_id: u32, chat_template: ChatTemplate) -> Self {
         let mut stop_ids = vec![eos];
-        for special in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>"] {
-            if let Some(id) = inner.token_to_id(special)
+        for special in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"] {
+            if let Some(id) = backend.token_to_id(special)
                 && !stop_ids.contains(&id)
             {
                 stop_ids.push(id);
             }
         }
         Self {
-            inner: std::sync::Arc::new(inner),
+            backend,
             stop_ids,
             pad_id,
             chat_template,
+        }
+    }
+
+    /// The byte-level BPE, or an error naming `what` SentencePiece models cannot do yet.
+    fn bpe(&self, what: &str) -> anyhow::Result<&Tokenizer> {
+        match &self.backend {
+            Backend::Bpe(inner) => Ok(inner),
+            Backend::SentencePiece(_) => anyhow::bail!("{what} of SentencePiece models: not yet"),
         }
     }
 
@@ -138,7 +179,7 @@ impl TextTokenizer {
     /// token) into `dir`: what [`TextTokenizer::from_hf_dir`] reads.
     pub fn save_hf(&self, dir: &Path, chat_template: Option<&str>) -> anyhow::Result<()> {
         let json = self
-            .inner
+            .bpe("Hugging Face checkpoints")?
             .to_string(false)
             .map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))?;
         whittle_boards::files::write_atomically(&dir.join("tokenizer.json"), json.as_bytes())?;
@@ -152,7 +193,7 @@ impl TextTokenizer {
     }
 
     fn decode_special(&self, id: u32) -> anyhow::Result<String> {
-        self.inner
+        self.bpe("Hugging Face checkpoints")?
             .id_to_token(id)
             .ok_or_else(|| anyhow::anyhow!("token {id} is not in the vocabulary"))
     }
@@ -160,7 +201,10 @@ impl TextTokenizer {
     /// The tables a bundle stores: every token's raw bytes (byte-level decoded; added tokens as
     /// written), the merges in rank order, the token of each byte, the special and stop ids.
     pub fn tables(&self) -> anyhow::Result<TokenizerTables> {
-        let json = serde_json::to_value(&*self.inner)?;
+        if let Backend::SentencePiece(spm) = &self.backend {
+            return spm.bundle_tables(&self.stop_ids);
+        }
+        let json = serde_json::to_value(self.bpe("bundles")?)?;
         let model = &json["model"];
         if model["type"].as_str() != Some("BPE") {
             anyhow::bail!("the bundle stores byte-level BPE tokenizers; this one is not BPE");
@@ -225,34 +269,64 @@ impl TextTokenizer {
             special_ids: special.iter().map(|(id, _)| *id).collect(),
             stop_ids: self.stop_ids.clone(),
             trimmed: None,
+            sentencepiece: None,
         })
     }
 
-    /// Token ids of `text`; special tokens written in the text (e.g. `<|im_start|>`) map to
-    /// their ids. No BOS is added (SmolLM2's `add_bos_token` is false).
+    /// Token ids of a whole prompt (or document) as llama.cpp's `tokenize(text, add_special =
+    /// true, parse_special = true)` gives them: special tokens written in the text (e.g.
+    /// `<|im_start|>`) map to their ids. BPE adds no BOS (SmolLM2's `add_bos_token` is false);
+    /// SentencePiece adds BOS (and EOS) as `tokenizer.ggml.add_bos_token` (`add_eos_token`)
+    /// say.
+    pub fn encode_prompt(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        match &self.backend {
+            Backend::Bpe(_) => self.encode(text),
+            Backend::SentencePiece(spm) => spm.encode(text, true),
+        }
+    }
+
+    /// Token ids of `text` alone (`add_special = false`): a piece of a prompt, a label's word.
     pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
-        Ok(encoding.get_ids().to_vec())
+        match &self.backend {
+            Backend::Bpe(inner) => {
+                let encoding = inner
+                    .encode(text, false)
+                    .map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
+                Ok(encoding.get_ids().to_vec())
+            }
+            Backend::SentencePiece(spm) => spm.encode(text, false),
+        }
     }
 
     /// Text of token ids, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| anyhow::anyhow!("detokenizing failed: {e}"))
+        match &self.backend {
+            Backend::Bpe(inner) => inner
+                .decode(ids, true)
+                .map_err(|e| anyhow::anyhow!("detokenizing failed: {e}")),
+            Backend::SentencePiece(spm) => spm.decode(ids),
+        }
     }
 
-    /// The added (special) tokens, matched literally in text: `(id, content)`, by id.
+    /// The added (special) tokens, matched literally in text: `(id, content)`, by id. For
+    /// SentencePiece: the control, unknown and user-defined tokens.
     pub fn added_tokens(&self) -> Vec<(u32, String)> {
-        let mut tokens: Vec<(u32, String)> = self
-            .inner
-            .get_added_tokens_decoder()
-            .into_iter()
-            .map(|(id, token)| (id, token.content))
-            .collect();
+        let mut tokens: Vec<(u32, String)> = match &self.backend {
+            Backend::Bpe(inner) => inner
+                .get_added_tokens_decoder()
+                .into_iter()
+                .map(|(id, token)| (id, token.content))
+                .collect(),
+            Backend::SentencePiece(spm) => spm.tables().map_or_else(
+                |_| Vec::new(),
+                |tables| {
+                    (0..tables.vocab_size() as u32)
+                        .filter(|&id| tables.token_type(id).is_literal(true))
+                        .map(|id| (id, String::from_utf8_lossy(tables.token_bytes(id)).into()))
+                        .collect()
+                },
+            ),
+        };
         tokens.sort();
         tokens
     }
@@ -269,7 +343,10 @@ impl TextTokenizer {
 
     /// Number of tokens in the vocabulary, special tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.backend {
+            Backend::Bpe(inner) => inner.get_vocab_size(true),
+            Backend::SentencePiece(spm) => spm.tables.token_types.len(),
+        }
     }
 
     /// The chat template read from the metadata.
@@ -298,6 +375,15 @@ impl TextTokenizer {
         text.push_str("<|im_start|>assistant\n");
         text.push_str(assistant_prefix);
         Ok(text)
+    }
+}
+
+impl Backend {
+    fn token_to_id(&self, text: &str) -> Option<u32> {
+        match self {
+            Self::Bpe(inner) => inner.token_to_id(text),
+            Self::SentencePiece(spm) => spm.tables().ok()?.token_id(text.as_bytes()),
+        }
     }
 }
 

@@ -187,6 +187,7 @@ impl VocabTrim {
                 source_vocab_size: u32::try_from(self.new_ids.len())?,
                 source_ids: self.kept.clone(),
             }),
+            sentencepiece: None,
         })
     }
 
@@ -235,6 +236,7 @@ mod tests {
             special_ids: vec![258],
             stop_ids: vec![258],
             trimmed: None,
+            sentencepiece: None,
         }
     }
 

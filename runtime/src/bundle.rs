@@ -287,6 +287,22 @@ impl<'a> Bundle<'a> {
             rest = tail;
             self.check_f32s(layer.attn_norm, hidden)?;
             self.check_f32s(layer.ffn_norm, hidden)?;
+            match (layer.post_norms, config.arch.post_norms) {
+                (Some((attention, mlp)), true) => {
+                    self.check_f32s(attention, hidden)?;
+                    self.check_f32s(mlp, hidden)?;
+                }
+                (None, false) => {}
+                _ => return Err(Error::BadLayer),
+            }
+            match (layer.qk_norms, config.arch.qk_norm) {
+                (Some((q, k)), true) => {
+                    self.check_f32s(q, config.head_dim())?;
+                    self.check_f32s(k, config.head_dim())?;
+                }
+                (None, false) => {}
+                _ => return Err(Error::BadLayer),
+            }
             // A block may keep fewer MLP neurons than `intermediate_size` (gate's output sets
             // the width) and fewer value dimensions per key/value head than `head_dim` (v's
             // output sets them); every other matrix must agree. Zero skips the sub-block.
@@ -430,6 +446,33 @@ impl<'a> Bundle<'a> {
                 if id as usize >= vocab {
                     return Err(bad);
                 }
+            }
+        }
+        if let Some(spm) = tokenizer.sentencepiece {
+            let tables = crate::spm::SpmTables::new(
+                offsets,
+                vocab_bytes,
+                self.checked_span(spm.scores).map_err(|_| bad)?,
+                self.checked_span(spm.token_types).map_err(|_| bad)?,
+                self.checked_span(spm.sorted_ids).map_err(|_| bad)?,
+                self.checked_span(spm.literal_ids).map_err(|_| bad)?,
+            )
+            .map_err(|_| bad)?;
+            let ids_in_range = |span: Span| -> Result<bool, Error> {
+                let ids = self.checked_span(span).map_err(|_| bad)?;
+                Ok(ids.len().is_multiple_of(4)
+                    && ids.chunks_exact(4).all(|c| {
+                        array(c, 0).is_ok_and(|b| (u32::from_le_bytes(b) as usize) < vocab)
+                    }))
+            };
+            let bos_ok = spm.bos == NO_TOKEN || (spm.bos as usize) < vocab;
+            if !merges.is_empty()
+                || tables.vocab_size() != vocab
+                || !ids_in_range(spm.sorted_ids)?
+                || !ids_in_range(spm.literal_ids)?
+                || !bos_ok
+            {
+                return Err(bad);
             }
         }
         let source_ids = self.checked_span(tokenizer.source_ids).map_err(|_| bad)?;

@@ -1,6 +1,9 @@
 /// Hyper-parameters of a Llama-family decoder, named as in the Hugging Face config.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
+    /// Where the block departs from Llama's (Gemma 3: GELU, sandwich and query/key norms,
+    /// local attention); [`Architecture::LLAMA`] for the Llama family itself.
+    pub arch: Architecture,
     /// Number of transformer blocks.
     pub n_layers: usize,
     /// Width of the residual stream.
@@ -11,14 +14,93 @@ pub struct ModelConfig {
     pub n_heads: usize,
     /// Number of key/value heads (grouped-query attention when below `n_heads`).
     pub n_kv_heads: usize,
+    /// Width of one query, key or value head (`hidden_size / n_heads` in Llama; Gemma 3
+    /// 270M: 4 heads of 256 on a 640-wide stream).
+    pub head_dim: usize,
     /// Number of rows of the token embedding (and of the tied output head).
     pub vocab_size: usize,
     /// Longest context the model was trained for.
     pub max_position_embeddings: usize,
-    /// RoPE base frequency.
+    /// RoPE base frequency (of the global layers when some attend locally).
     pub rope_theta: f32,
     /// Epsilon of every RMSNorm.
     pub rms_norm_eps: f32,
+}
+
+/// How a block computes where model families differ; data read by the one forward pass of
+/// the host and of the runtime. Rotary embeddings always rotate interleaved pairs `(2i, 2i+1)`:
+/// a model trained with half-split ("NEOX") pairs `(i, i + head_dim/2)` is loaded with its query
+/// and key rows (and their norms' weights) permuted into that order, which leaves every score
+/// unchanged (llama.cpp's converter permutes Llama's rows the other way).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Architecture {
+    /// The MLP's gate activation: `act(gate · x) ⊙ (up · x)`.
+    pub activation: Activation,
+    /// RMSNorm of each sub-block's output before it joins the residual stream (Gemma 3's
+    /// `post_attention_norm` and `post_feedforward_norm`).
+    pub post_norms: bool,
+    /// RMSNorm over each query and key head (weights of `head_dim`) before the rotation.
+    pub qk_norm: bool,
+    /// Token embeddings multiplied by `√hidden_size` on input (not in the tied head).
+    pub scale_embeddings: bool,
+    /// Positions a local layer's query sees, its own included (0: every layer is global).
+    pub sliding_window: usize,
+    /// With a window, layer `l` is global when `(l + 1) % global_every == 0` (Gemma 3: 6).
+    pub global_every: usize,
+    /// RoPE base of the local layers.
+    pub rope_theta_local: f32,
+}
+
+/// The activation of the MLP's gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Activation {
+    /// `x · σ(x)` (SwiGLU: Llama, Qwen2).
+    Silu,
+    /// GELU in its tanh approximation (GeGLU: Gemma).
+    GeluTanh,
+}
+
+impl Architecture {
+    /// A Llama block: SiLU, pre-norms only, no query/key norm, every layer global.
+    pub const LLAMA: Architecture = Architecture {
+        activation: Activation::Silu,
+        post_norms: false,
+        qk_norm: false,
+        scale_embeddings: false,
+        sliding_window: 0,
+        global_every: 0,
+        rope_theta_local: 0.0,
+    };
+
+    /// Gemma 3's block with its `sliding_window` (local layers' RoPE base 10,000, every sixth
+    /// layer global).
+    pub const fn gemma3(sliding_window: usize) -> Architecture {
+        Architecture {
+            activation: Activation::GeluTanh,
+            post_norms: true,
+            qk_norm: true,
+            scale_embeddings: true,
+            sliding_window,
+            global_every: 6,
+            rope_theta_local: 10_000.0,
+        }
+    }
+
+    /// Whether layer `layer_idx` attends only to its last `sliding_window` positions.
+    pub const fn is_local(&self, layer_idx: usize) -> bool {
+        self.sliding_window > 0
+            && (self.global_every == 0 || (layer_idx + 1) % self.global_every != 0)
+    }
+
+    /// A short name for messages: `llama` or `gemma3`-like.
+    pub const fn name(&self) -> &'static str {
+        match (self.activation, self.post_norms, self.qk_norm) {
+            (Activation::Silu, false, false) if self.sliding_window == 0 => "llama",
+            (Activation::GeluTanh, true, true) => "gemma3",
+            _ => "custom",
+        }
+    }
 }
 
 /// Why a [`ModelConfig`] cannot describe a working model.
@@ -28,8 +110,6 @@ pub struct ModelConfig {
 pub enum ConfigError {
     /// A size that must be positive is zero.
     ZeroSize,
-    /// `hidden_size` is not a multiple of `n_heads`.
-    HiddenNotDivisibleByHeads,
     /// `n_heads` is not a multiple of `n_kv_heads`.
     HeadsNotDivisibleByKvHeads,
     /// The head dimension is odd, so rotary embeddings cannot pair its lanes.
@@ -42,12 +122,11 @@ impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
             Self::ZeroSize => "a layer count, width, head count or vocabulary size is zero",
-            Self::HiddenNotDivisibleByHeads => "hidden size is not a multiple of the head count",
             Self::HeadsNotDivisibleByKvHeads => {
                 "head count is not a multiple of the key/value head count"
             }
             Self::OddHeadDim => "head dimension is odd, rotary embeddings need it even",
-            Self::BadFloat => "rope base or RMSNorm epsilon is not a positive finite number",
+            Self::BadFloat => "a rope base or the RMSNorm epsilon is not a positive finite number",
         })
     }
 }
@@ -151,11 +230,13 @@ impl ModelConfig {
     /// The shape of SmolLM2-135M(-Instruct), the default model: the one constant tests,
     /// examples and docs use for it (`whittle_host` reads the real one from the GGUF file).
     pub const SMOLLM2_135M: ModelConfig = ModelConfig {
+        arch: Architecture::LLAMA,
         n_layers: 30,
         hidden_size: 576,
         intermediate_size: 1536,
         n_heads: 9,
         n_kv_heads: 3,
+        head_dim: 64,
         vocab_size: 49152,
         max_position_embeddings: 8192,
         rope_theta: 100_000.0,
@@ -170,14 +251,12 @@ impl ModelConfig {
             self.intermediate_size,
             self.n_heads,
             self.n_kv_heads,
+            self.head_dim,
             self.vocab_size,
             self.max_position_embeddings,
         ];
         if sizes.contains(&0) {
             return Err(ConfigError::ZeroSize);
-        }
-        if !self.hidden_size.is_multiple_of(self.n_heads) {
-            return Err(ConfigError::HiddenNotDivisibleByHeads);
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(ConfigError::HeadsNotDivisibleByKvHeads);
@@ -186,7 +265,8 @@ impl ModelConfig {
             return Err(ConfigError::OddHeadDim);
         }
         let positive = |x: f32| x.is_finite() && x > 0.0;
-        if !positive(self.rope_theta) || !positive(self.rms_norm_eps) {
+        let local_theta = self.arch.sliding_window == 0 || positive(self.arch.rope_theta_local);
+        if !positive(self.rope_theta) || !positive(self.rms_norm_eps) || !local_theta {
             return Err(ConfigError::BadFloat);
         }
         Ok(())
@@ -194,7 +274,20 @@ impl ModelConfig {
 
     /// Width of one attention head.
     pub const fn head_dim(&self) -> usize {
-        self.hidden_size / self.n_heads
+        self.head_dim
+    }
+
+    /// Width of the query projection's output (and of the attention output's input).
+    pub const fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// RoPE base of layer `layer_idx`.
+    pub const fn rope_theta_of(&self, layer_idx: usize) -> f32 {
+        match self.arch.is_local(layer_idx) {
+            true => self.arch.rope_theta_local,
+            false => self.rope_theta,
+        }
     }
 
     /// Width of the key (and value) projection's output.
@@ -205,7 +298,8 @@ impl ModelConfig {
     /// `(rows, cols)` = `(d_out, d_in)` of a prunable matrix.
     pub const fn matrix_shape(&self, kind: MatrixKind) -> (usize, usize) {
         match kind {
-            MatrixKind::Q | MatrixKind::O => (self.hidden_size, self.hidden_size),
+            MatrixKind::Q => (self.q_dim(), self.hidden_size),
+            MatrixKind::O => (self.hidden_size, self.q_dim()),
             MatrixKind::K | MatrixKind::V => (self.kv_dim(), self.hidden_size),
             MatrixKind::Gate | MatrixKind::Up => (self.intermediate_size, self.hidden_size),
             MatrixKind::Down => (self.hidden_size, self.intermediate_size),
@@ -256,10 +350,26 @@ impl ModelConfig {
             .sum()
     }
 
+    /// Parameters of one block's norms: the two pre-norms, with the architecture's post-norms
+    /// and query/key norms.
+    pub const fn block_norm_params(&self) -> usize {
+        let post = if self.arch.post_norms {
+            2 * self.hidden_size
+        } else {
+            0
+        };
+        let qk = if self.arch.qk_norm {
+            2 * self.head_dim
+        } else {
+            0
+        };
+        2 * self.hidden_size + post + qk
+    }
+
     /// Every parameter of the model with a tied output head: embedding, blocks, norms.
     pub fn total_params(&self) -> usize {
         let embedding = self.vocab_size * self.hidden_size;
-        let norms_per_block = 2 * self.hidden_size;
+        let norms_per_block = self.block_norm_params();
         embedding
             + self.n_layers * (self.block_linear_params() + norms_per_block)
             + self.hidden_size
@@ -289,21 +399,41 @@ mod tests {
     }
 
     #[test]
+    fn gemma3_270m_has_the_published_parameter_count() {
+        let config = ModelConfig {
+            arch: Architecture::gemma3(512),
+            n_layers: 18,
+            hidden_size: 640,
+            intermediate_size: 2048,
+            n_heads: 4,
+            n_kv_heads: 1,
+            head_dim: 256,
+            vocab_size: 262_144,
+            max_position_embeddings: 32_768,
+            rope_theta: 1_000_000.0,
+            rms_norm_eps: 1e-6,
+        };
+        assert_eq!(config.validate(), Ok(()));
+        // 268,098,176 is the parameter count Hugging Face reports for gemma-3-270m.
+        assert_eq!(config.total_params(), 268_098_176);
+        let local: Vec<bool> = (0..18).map(|l| config.arch.is_local(l)).collect();
+        assert_eq!(local.iter().filter(|&&l| !l).count(), 3);
+        assert!(!local[5] && !local[11] && !local[17] && local[0] && local[6]);
+        assert_eq!(config.rope_theta_of(5), 1_000_000.0);
+        assert_eq!(config.rope_theta_of(4), 10_000.0);
+        assert_eq!(config.matrix_shape(MatrixKind::Q), (1024, 640));
+        assert_eq!(config.matrix_shape(MatrixKind::O), (640, 1024));
+    }
+
+    #[test]
     fn invalid_configs_are_named() {
         check_invalid(|c| c.n_layers = 0, ConfigError::ZeroSize);
-        check_invalid(|c| c.n_heads = 7, ConfigError::HiddenNotDivisibleByHeads);
+        check_invalid(|c| c.head_dim = 0, ConfigError::ZeroSize);
         check_invalid(
             |c| c.n_kv_heads = 2,
             ConfigError::HeadsNotDivisibleByKvHeads,
         );
-        check_invalid(
-            |c| {
-                c.hidden_size = 63;
-                c.n_heads = 1;
-                c.n_kv_heads = 1
-            },
-            ConfigError::OddHeadDim,
-        );
+        check_invalid(|c| c.head_dim = 63, ConfigError::OddHeadDim);
         check_invalid(|c| c.rope_theta = f32::NAN, ConfigError::BadFloat);
         check_invalid(|c| c.rms_norm_eps = 0.0, ConfigError::BadFloat);
     }

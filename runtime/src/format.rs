@@ -9,7 +9,7 @@ use crate::config::ModelConfig;
 /// The first eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"WHITTLE\0";
 /// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u16 = 5;
+pub const FORMAT_VERSION: u16 = 6;
 /// Bytes before the header: magic, version, flags, header length, blob length.
 pub const PREAMBLE_LEN: usize = 24;
 /// Values per q8 scale: each row of a q8 matrix is cut into blocks of this many consecutive
@@ -167,6 +167,12 @@ pub struct LayerRef {
     pub ffn_norm: Span,
     /// q, k, v, o, gate, up, down.
     pub linears: [LinearRef; 7],
+    /// `(after the attention, after the MLP)` output norms (`hidden_size` f32 each): present
+    /// exactly when the config's architecture has post-norms.
+    pub post_norms: Option<(Span, Span)>,
+    /// `(query, key)` head norms (`head_dim` f32 each, in the interleaved rotary order):
+    /// present exactly when the architecture has query/key norms.
+    pub qk_norms: Option<(Span, Span)>,
     /// The rotary pairs the block's query/key heads keep, when not all: `n_kv_heads` lists of
     /// equal length `p` (`u16` LE, each strictly ascending, below `head_dim / 2`), one per
     /// key/value head and shared by its query heads. q then has `2p` rows per query head and k
@@ -186,7 +192,8 @@ pub enum HeadRef {
     Labels(MatrixRef),
 }
 
-/// The byte-level BPE tokenizer's tables in the blob.
+/// The tokenizer's tables in the blob: a byte-level BPE (merges), or a SentencePiece
+/// vocabulary when [`TokenizerRef::sentencepiece`] is present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenizerRef {
     /// `vocab_size + 1` `u32` offsets into `vocab_bytes`; token `i` is `[off[i], off[i+1])`.
@@ -206,6 +213,24 @@ pub struct TokenizerRef {
     /// A task-trimmed vocabulary: the source id of every token (`vocab_size` `u32`, strictly
     /// ascending, below `source_vocab_size`); empty when the vocabulary is whole.
     pub source_ids: Span,
+    /// The SentencePiece tables (llama.cpp's `llama` tokenizer, Gemma 3's): `merges` is then
+    /// empty and `byte_tokens` holds the `<0xXX>` tokens.
+    pub sentencepiece: Option<SentencePieceRef>,
+}
+
+/// A SentencePiece vocabulary's tables beside the token texts ([`crate::spm::SpmTables`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentencePieceRef {
+    /// `vocab_size` `f32`: each token's score (higher merges first).
+    pub scores: Span,
+    /// `vocab_size` bytes: each token's `tokenizer.ggml.token_type`.
+    pub token_types: Span,
+    /// `vocab_size` `u32`: every id, ordered by its token's bytes.
+    pub sorted_ids: Span,
+    /// `u32`: the control, unknown and user-defined tokens, longest text first.
+    pub literal_ids: Span,
+    /// The token every prompt starts with ([`NO_TOKEN`]: none).
+    pub bos: u32,
 }
 
 /// One label of a classification task.

@@ -47,6 +47,7 @@ pub mod format;
 pub mod kernels;
 mod model;
 mod session;
+pub mod spm;
 #[cfg(test)]
 mod tests;
 mod tokenizer;
@@ -56,7 +57,10 @@ pub mod writer;
 #[cfg(any(test, feature = "alloc"))]
 pub use aligned::AlignedBytes;
 pub use bundle::{Bundle, LinearWeights, Prefix, Weight};
-pub use config::{BlockWidths, ConfigError, MatrixKind, ModelConfig, matrix_at, matrix_index};
+pub use config::{
+    Activation, Architecture, BlockWidths, ConfigError, MatrixKind, ModelConfig, matrix_at,
+    matrix_index,
+};
 pub use error::Error;
 pub use model::{MAX_PREFILL_CHUNK, MIN_PREFILL_CHUNK, Model, prefill_chunk};
 pub use session::{Classification, Session};

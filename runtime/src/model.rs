@@ -1,9 +1,11 @@
 //! The forward pass over a bundle, in the caller's arena: RMSNorm, interleaved ("rope_i")
-//! rotary embeddings, grouped-query attention with a KV cache, SwiGLU, and the output head.
-//! It mirrors the host's `Llama` (host/src/model/llama.rs) operation for operation.
+//! rotary embeddings, grouped-query attention with a KV cache, SwiGLU or GeGLU, and the output
+//! head, with what the architecture adds (`Architecture`: Gemma 3's scaled embeddings, query/key
+//! head norms, post-norms and sliding-window local layers with their own RoPE base). It mirrors
+//! the host's `Llama` (host/src/model/llama.rs) operation for operation.
 
 use crate::bundle::{Bundle, LinearWeights, Weight};
-use crate::config::{MatrixKind, ModelConfig};
+use crate::config::{Activation, MatrixKind, ModelConfig};
 use crate::error::Error;
 use crate::format::{HeadRef, LayerRef};
 use crate::kernels::math::dot;
@@ -33,6 +35,7 @@ struct Layout {
     chunk: usize,
     kv_cache: usize,
     hidden_rows: usize,
+    q_rows: usize,
     kv_rows: usize,
     inter_rows: usize,
     rank_rows: usize,
@@ -54,10 +57,12 @@ impl Layout {
             chunk,
             kv_cache: config.n_layers * context * config.kv_dim(),
             hidden_rows: chunk * config.hidden_size,
+            q_rows: chunk * config.q_dim(),
             kv_rows: chunk * config.kv_dim(),
             inter_rows: chunk * config.intermediate_size,
             rank_rows: chunk * bundle.max_rank(),
-            rope: chunk * config.head_dim(),
+            // The global layers' table, then the local layers'.
+            rope: 2 * chunk * config.head_dim(),
             scores: context,
             logits,
         }
@@ -65,7 +70,8 @@ impl Layout {
 
     fn total_f32(&self) -> usize {
         2 * self.kv_cache
-            + 5 * self.hidden_rows
+            + 3 * self.hidden_rows
+            + 2 * self.q_rows
             + 2 * self.kv_rows
             + 2 * self.inter_rows
             + self.rank_rows
@@ -151,10 +157,10 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             v_cache: take(&mut rest, layout.kv_cache)?,
             x: take(&mut rest, layout.hidden_rows)?,
             normed: take(&mut rest, layout.hidden_rows)?,
-            q: take(&mut rest, layout.hidden_rows)?,
+            q: take(&mut rest, layout.q_rows)?,
             k: take(&mut rest, layout.kv_rows)?,
             v: take(&mut rest, layout.kv_rows)?,
-            attn: take(&mut rest, layout.hidden_rows)?,
+            attn: take(&mut rest, layout.q_rows)?,
             proj: take(&mut rest, layout.hidden_rows)?,
             gate: take(&mut rest, layout.inter_rows)?,
             up: take(&mut rest, layout.inter_rows)?,
@@ -343,8 +349,12 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         let hidden = config.hidden_size;
         let n = tokens.len();
         let embedding = bundle.weight(&bundle.header().embedding);
+        let scale = libm::sqrtf(hidden as f32);
         for (&token, row) in tokens.iter().zip(self.buffers.x.chunks_exact_mut(hidden)) {
             embedding.copy_row(token as usize, row);
+            if config.arch.scale_embeddings {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
         }
         self.fill_rope(n, &config);
         for layer_idx in 0..config.n_layers {
@@ -355,24 +365,31 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         Ok(())
     }
 
+    /// The rotation tables of the chunk's `n` positions: the global layers' (base
+    /// `rope_theta`) and, with a sliding window, the local layers' after them.
     fn fill_rope(&mut self, n: usize, config: &ModelConfig) {
         let head_dim = config.head_dim();
         let half = head_dim / 2;
-        for (t, row) in self
+        let table = self.layout.chunk * head_dim;
+        let tables = if config.arch.sliding_window > 0 { 2 } else { 1 };
+        let thetas = [config.rope_theta, config.arch.rope_theta_local];
+        for (rows, theta) in self
             .buffers
             .rope
-            .chunks_exact_mut(head_dim)
-            .take(n)
-            .enumerate()
+            .chunks_exact_mut(table)
+            .zip(thetas)
+            .take(tables)
         {
-            let position = (self.position + t) as f32;
-            let (cos, sin) = row.split_at_mut(half);
-            for (i, (c, s)) in cos.iter_mut().zip(sin.iter_mut()).enumerate() {
-                let exponent = (2 * i) as f32 / head_dim as f32;
-                let inverse_frequency = 1.0 / libm::powf(config.rope_theta, exponent);
-                let angle = position * inverse_frequency;
-                *c = libm::cosf(angle);
-                *s = libm::sinf(angle);
+            for (t, row) in rows.chunks_exact_mut(head_dim).take(n).enumerate() {
+                let position = (self.position + t) as f32;
+                let (cos, sin) = row.split_at_mut(half);
+                for (i, (c, s)) in cos.iter_mut().zip(sin.iter_mut()).enumerate() {
+                    let exponent = (2 * i) as f32 / head_dim as f32;
+                    let inverse_frequency = 1.0 / libm::powf(theta, exponent);
+                    let angle = position * inverse_frequency;
+                    *c = libm::cosf(angle);
+                    *s = libm::sinf(angle);
+                }
             }
         }
     }
@@ -405,10 +422,14 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         let k = &self.kernels;
         apply(k, linear(MatrixKind::Gate), normed, n, b.gate, b.low);
         apply(k, linear(MatrixKind::Up), normed, n, b.up, b.low);
-        k.swiglu(prefix_mut(b.gate, n * inter), prefix(b.up, n * inter));
+        match config.arch.activation {
+            Activation::Silu => k.swiglu(prefix_mut(b.gate, n * inter), prefix(b.up, n * inter)),
+            Activation::GeluTanh => geglu(prefix_mut(b.gate, n * inter), prefix(b.up, n * inter)),
+        }
         let gated = b.gate.get(..n * inter).unwrap_or(&[]);
         apply(k, linear(MatrixKind::Down), gated, n, b.proj, b.low);
-        add(b.x, b.proj, n * hidden);
+        let post = layer.post_norms.map(|(_, mlp)| bundle.f32s(mlp));
+        add_output(b, post, n, hidden, config.rms_norm_eps);
     }
 
     /// The attention sub-block of a block of `widths`: its key/value heads keep `value`
@@ -425,7 +446,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         linear: &impl Fn(MatrixKind) -> Option<LinearWeights<'w>>,
     ) {
         let value = widths.value;
-        let (hidden, kv_dim) = (config.hidden_size, config.kv_dim());
+        let (hidden, q_dim, kv_dim) = (config.hidden_size, config.q_dim(), config.kv_dim());
         let value_dim = config.n_kv_heads * value;
         let b = &mut self.buffers;
         let attn_norm = self.bundle.f32s(layer.attn_norm);
@@ -453,8 +474,23 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             spread_pairs(b.q, list, config.n_heads, n_rep, shape);
             spread_pairs(b.k, list, config.n_kv_heads, 1, shape);
         }
-        rotate(b.q, b.rope, n, hidden, head_dim);
-        rotate(b.k, b.rope, n, kv_dim, head_dim);
+        let eps = config.rms_norm_eps;
+        if let Some((q_norm, k_norm)) = layer.qk_norms {
+            let (q_norm, k_norm) = (self.bundle.f32s(q_norm), self.bundle.f32s(k_norm));
+            let (q, k) = (prefix_mut(b.q, n * q_dim), prefix_mut(b.k, n * kv_dim));
+            q.chunks_exact_mut(head_dim)
+                .for_each(|head| rms_norm_in_place(head, q_norm, eps));
+            k.chunks_exact_mut(head_dim)
+                .for_each(|head| rms_norm_in_place(head, k_norm, eps));
+        }
+        let local = config.arch.is_local(layer_idx);
+        let table = self.layout.chunk * head_dim;
+        let rope = match local {
+            true => b.rope.get(table..).unwrap_or(&[]),
+            false => &*b.rope,
+        };
+        rotate(b.q, rope, n, q_dim, head_dim);
+        rotate(b.k, rope, n, kv_dim, head_dim);
         let layer_cache = layer_idx * self.layout.context * kv_dim;
         for t in 0..n {
             let at = layer_cache + (self.position + t) * kv_dim;
@@ -467,10 +503,62 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
                 b.v_cache.get_mut(at..at + value_dim),
             );
         }
-        attention(k, b, config, value, layer_cache, self.position, n);
+        let window = match local {
+            true => config.arch.sliding_window,
+            false => 0,
+        };
+        let span = Span {
+            layer_cache,
+            start: self.position,
+            n,
+            window,
+        };
+        attention(k, b, config, value, span);
         let attn = b.attn.get(..n * config.n_heads * value).unwrap_or(&[]);
         apply(k, linear(MatrixKind::O), attn, n, b.proj, b.low);
-        add(b.x, b.proj, n * hidden);
+        let post = layer
+            .post_norms
+            .map(|(attention, _)| self.bundle.f32s(attention));
+        add_output(b, post, n, hidden, eps);
+    }
+}
+
+/// Where one layer's attention reads: its cache, the chunk's first position and length, and
+/// its sliding window (0: none; a query sees the keys of its last `window` positions).
+#[derive(Clone, Copy)]
+struct Span {
+    layer_cache: usize,
+    start: usize,
+    n: usize,
+    window: usize,
+}
+
+/// Adds a sub-block's output rows (`proj`) to the residual stream, through the post-norm
+/// `post` when the architecture has one (normalized into `normed`, free by then).
+fn add_output(b: &mut Buffers<'_>, post: Option<&[f32]>, n: usize, hidden: usize, eps: f32) {
+    match post {
+        Some(weight) => {
+            for (row, out) in b
+                .proj
+                .chunks_exact(hidden)
+                .zip(b.normed.chunks_exact_mut(hidden))
+                .take(n)
+            {
+                rms_norm(row, weight, eps, out);
+            }
+            add(b.x, b.normed, n * hidden);
+        }
+        None => add(b.x, b.proj, n * hidden),
+    }
+}
+
+/// `gate ← gelu(gate) ⊙ up`, GELU in its tanh approximation (as the host's candle `gelu`).
+fn geglu(gate: &mut [f32], up: &[f32]) {
+    const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        let inner = SQRT_TWO_OVER_PI * x * (1.0 + 0.044_715 * x * x);
+        *g = 0.5 * x * (1.0 + libm::tanhf(inner)) * u;
     }
 }
 
@@ -479,31 +567,39 @@ fn attention<K: Kernels>(
     b: &mut Buffers<'_>,
     config: &ModelConfig,
     value: usize,
-    layer_cache: usize,
-    start: usize,
-    n: usize,
+    span: Span,
 ) {
+    let Span {
+        layer_cache,
+        start,
+        n,
+        window,
+    } = span;
     let (kv_dim, head_dim, n_heads) = (config.kv_dim(), config.head_dim(), config.n_heads);
     let n_rep = n_heads / config.n_kv_heads;
     let scale = 1.0 / libm::sqrtf(head_dim as f32);
     let (q, k_cache, v_cache) = (&*b.q, &*b.k_cache, &*b.v_cache);
     let items = n * n_heads;
     // Item `t · n_heads + head` is one head of one token; its query is the `head_dim` values
-    // at `item · head_dim` (hidden_size = n_heads · head_dim), its output the `value` values
+    // at `item · head_dim` (q_dim = n_heads · head_dim), its output the `value` values
     // at `item · value` (o's input).
     let out = b.attn.get_mut(..items * value).unwrap_or(&mut []);
     kernels.for_each_part(items, out, b.scores, &|range, out, scores| {
         for (item, out) in range.zip(out.chunks_exact_mut(value)) {
             let (t, head) = (item / n_heads, item % n_heads);
             let kv_head = head / n_rep;
+            let positions = start + t + 1;
+            let first = match window {
+                0 => 0,
+                window => positions.saturating_sub(window),
+            };
+            let cache = layer_cache + first * kv_dim;
             let head = AttentionHead {
                 q: q.get(item * head_dim..(item + 1) * head_dim).unwrap_or(&[]),
-                keys: k_cache
-                    .get(layer_cache + kv_head * head_dim..)
-                    .unwrap_or(&[]),
-                values: v_cache.get(layer_cache + kv_head * value..).unwrap_or(&[]),
+                keys: k_cache.get(cache + kv_head * head_dim..).unwrap_or(&[]),
+                values: v_cache.get(cache + kv_head * value..).unwrap_or(&[]),
                 stride: kv_dim,
-                positions: start + t + 1,
+                positions: positions - first,
                 scale,
             };
             kernels.attend(&head, scores, out);
@@ -519,6 +615,14 @@ fn copy(from: Option<&[f32]>, to: Option<&mut [f32]>) {
 
 fn add(x: &mut [f32], y: &[f32], n: usize) {
     x.iter_mut().zip(y).take(n).for_each(|(a, b)| *a += b);
+}
+
+fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let mean_square = dot(x, x) / x.len().max(1) as f32;
+    let inverse = 1.0 / libm::sqrtf(mean_square + eps);
+    for (v, w) in x.iter_mut().zip(weight) {
+        *v = *v * inverse * w;
+    }
 }
 
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {

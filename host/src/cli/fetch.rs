@@ -9,7 +9,7 @@ pub struct FetchArgs {
 }
 
 pub fn run(args: FetchArgs) -> anyhow::Result<()> {
-    let path = whittle_host::fetch::ensure_default_model(&args.model.model_dir())?;
+    let path = args.model.resolve()?;
     println!("{}", path.display());
     Ok(())
 }

@@ -15,7 +15,9 @@ mod uniform;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use whittle_host::fetch::{MODEL_DIR_ENV, default_model_dir, ensure_default_model};
+use whittle_host::fetch::{
+    MODEL_DIR_ENV, default_model_dir, ensure_default_model, ensure_model, known_model,
+};
 use whittle_host::progress::progress_bar;
 
 #[derive(Debug, Parser)]
@@ -31,7 +33,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Download and verify the default model (SmolLM2-135M-Instruct) into the cache.
+    /// Download and verify a model (default SmolLM2-135M-Instruct; `--model gemma3-270m`) into the cache.
     FetchModel(fetch::FetchArgs),
     /// Evaluate the dense model on one split of a task.
     Eval(eval::EvalArgs),
@@ -56,10 +58,10 @@ enum Command {
 /// Which model to use and where it runs.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A local Llama-family GGUF file, or a Hugging Face checkpoint folder (config.json,
-    /// model.safetensors or its shards, tokenizer.json; LlamaForCausalLM); default:
-    /// SmolLM2-135M-Instruct, fetched on first use.
-    #[arg(long, value_name = "PATH")]
+    /// A model by name, fetched on first use (`smollm2-135m`, the default, or `gemma3-270m`),
+    /// a local GGUF file (architecture llama or gemma3), or a Hugging Face checkpoint folder
+    /// (config.json, model.safetensors or its shards, tokenizer.json; LlamaForCausalLM).
+    #[arg(long, value_name = "NAME|PATH")]
     model: Option<PathBuf>,
     /// Cache folder of the default model [default: $WHITTLE_MODEL_DIR or ~/.cache/whittle/models].
     #[arg(long, value_name = "DIR", env = MODEL_DIR_ENV)]
@@ -74,11 +76,19 @@ impl ModelArgs {
         self.model_dir.clone().unwrap_or_else(default_model_dir)
     }
 
-    /// The model file: the given path, or the default model, fetched if missing.
+    /// The model file: a known model by name (fetched if missing), the given path, or the
+    /// default model.
     pub fn resolve(&self) -> anyhow::Result<PathBuf> {
-        match &self.model {
-            Some(path) => Ok(path.clone()),
-            None => Ok(ensure_default_model(&self.model_dir())?),
+        let known = self
+            .model
+            .as_deref()
+            .filter(|path| !path.exists())
+            .and_then(|path| path.to_str())
+            .and_then(known_model);
+        match (&self.model, known) {
+            (_, Some(model)) => Ok(ensure_model(&self.model_dir(), model)?),
+            (Some(path), None) => Ok(path.clone()),
+            (None, None) => Ok(ensure_default_model(&self.model_dir())?),
         }
     }
 }

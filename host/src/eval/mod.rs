@@ -19,7 +19,7 @@ pub use classify::{
 
 use crate::model::LoadedModel;
 use crate::task::{Example, Metric, Prompt, Split, Task};
-use crate::tokenizer::TextTokenizer;
+use crate::tokenizer::{ChatTemplate, TextTokenizer};
 
 /// How an evaluation runs.
 #[derive(Clone, Debug)]
@@ -113,6 +113,12 @@ fn limited(mut examples: Vec<Example>, limit: Option<usize>) -> Vec<Example> {
 
 /// The text of a prompt: through the chat template when the task asks for it.
 pub fn prompt_text(tokenizer: &TextTokenizer, prompt: &Prompt) -> anyhow::Result<String> {
+    let base_model = *tokenizer.chat_template() == ChatTemplate::Unsupported;
+    if prompt.chat && base_model {
+        return prompt.plain.clone().context(
+            "the model has no chat template (a pretrained base model); give the task a whole prompt for such models: plain = \"...{field}...\" in [prompt], or chat = false",
+        );
+    }
     if prompt.chat {
         tokenizer.chat_prompt(
             prompt.system.as_deref(),
@@ -127,7 +133,7 @@ pub fn prompt_text(tokenizer: &TextTokenizer, prompt: &Prompt) -> anyhow::Result
 /// Token ids of a prompt: through the chat template when the task asks for it.
 pub fn prompt_ids(tokenizer: &TextTokenizer, prompt: &Prompt) -> anyhow::Result<Vec<u32>> {
     let text = prompt_text(tokenizer, prompt)?;
-    let ids = tokenizer.encode(&text)?;
+    let ids = tokenizer.encode_prompt(&text)?;
     if ids.is_empty() {
         anyhow::bail!("a prompt tokenizes to nothing; check the task's prompt template");
     }

@@ -33,7 +33,7 @@ pub(super) fn evaluate(
         .map(|e| e.text.trim())
         .collect::<Vec<_>>()
         .join("\n\n");
-    let ids = model.tokenizer.encode(&text)?;
+    let ids = model.tokenizer.encode_prompt(&text)?;
     if ids.len() < 2 {
         anyhow::bail!("the split's text tokenizes to fewer than two tokens");
     }

@@ -8,11 +8,11 @@
 use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, IndexOp, Result, Tensor};
-use whittle_runtime::{BlockWidths, MatrixKind, ModelConfig};
+use whittle_runtime::{Activation, BlockWidths, MatrixKind, ModelConfig};
 
 use super::linear::Linear;
 use super::observe::{InputSite, Observer};
-use crate::gguf::gguf_matrix_name;
+use crate::gguf::{PostNorm, gguf_matrix_name, post_norm_name, qk_norm_name};
 
 /// Right-padded token ids of one or more prompts.
 #[derive(Clone, Debug)]
@@ -143,11 +143,11 @@ struct Rope {
 }
 
 impl Rope {
-    fn new(config: &ModelConfig, device: &Device) -> Result<Self> {
+    fn new(config: &ModelConfig, theta: f32, device: &Device) -> Result<Self> {
         let head_dim = config.head_dim();
         let inverse_frequencies: Vec<f32> = (0..head_dim)
             .step_by(2)
-            .map(|i| 1f32 / config.rope_theta.powf(i as f32 / head_dim as f32))
+            .map(|i| 1f32 / theta.powf(i as f32 / head_dim as f32))
             .collect();
         let n_freqs = inverse_frequencies.len();
         let inverse_frequencies = Tensor::from_vec(inverse_frequencies, (1, n_freqs), device)?;
@@ -231,10 +231,15 @@ impl RotaryPairs {
     }
 }
 
-/// One transformer block: pre-norm attention and pre-norm SwiGLU MLP, both residual.
+/// One transformer block: pre-norm attention and pre-norm gated MLP, both residual, with the
+/// architecture's post-norms and query/key head norms when it has them.
 #[derive(Clone, Debug)]
 struct Block {
     attn_norm: Tensor,
+    /// Query and key head norms (`head_dim` each), before the rotation.
+    qk_norms: Option<(Tensor, Tensor)>,
+    /// Norms of the attention's and the MLP's outputs, before the residual add.
+    post_norms: Option<(Tensor, Tensor)>,
     /// Present when q and k keep some of each head's rotary pairs.
     rotary_pairs: Option<RotaryPairs>,
     q: Linear,
@@ -295,6 +300,8 @@ struct Pass<'a> {
     seq_len: usize,
     offset: usize,
     mask: Option<Tensor>,
+    /// The mask of the local layers (within the sliding window); `mask` without one.
+    local_mask: Option<Tensor>,
     observer: Option<(&'a mut dyn Observer, Option<Tensor>)>,
     /// Keys and values `(1, kv_heads, offset, head_dim)` of a prefix every row continues.
     shared: Option<(Tensor, Tensor)>,
@@ -338,6 +345,8 @@ pub struct Llama {
     final_norm: Tensor,
     head: Tensor,
     rope: Rope,
+    /// The local layers' tables when their RoPE base differs.
+    local_rope: Option<Rope>,
     device: Device,
 }
 
@@ -362,8 +371,24 @@ impl Llama {
         };
         let mut blocks = Vec::with_capacity(config.n_layers);
         for layer_idx in 0..config.n_layers {
+            let qk_norms = match config.arch.qk_norm {
+                true => Some((
+                    get(&qk_norm_name(layer_idx, MatrixKind::Q))?,
+                    get(&qk_norm_name(layer_idx, MatrixKind::K))?,
+                )),
+                false => None,
+            };
+            let post_norms = match config.arch.post_norms {
+                true => Some((
+                    get(&post_norm_name(layer_idx, PostNorm::Attention))?,
+                    get(&post_norm_name(layer_idx, PostNorm::Mlp))?,
+                )),
+                false => None,
+            };
             blocks.push(Block {
                 attn_norm: get(&format!("blk.{layer_idx}.attn_norm.weight"))?,
+                qk_norms,
+                post_norms,
                 rotary_pairs: None,
                 q: dense(layer_idx, MatrixKind::Q)?,
                 k: dense(layer_idx, MatrixKind::K)?,
@@ -386,7 +411,13 @@ impl Llama {
             blocks,
             final_norm: get("output_norm.weight")?,
             head,
-            rope: Rope::new(&config, device)?,
+            rope: Rope::new(&config, config.rope_theta, device)?,
+            local_rope: match config.arch.sliding_window > 0
+                && config.arch.rope_theta_local != config.rope_theta
+            {
+                true => Some(Rope::new(&config, config.arch.rope_theta_local, device)?),
+                false => None,
+            },
             device: device.clone(),
         })
     }
@@ -419,6 +450,18 @@ impl Llama {
     /// The final RMSNorm weight.
     pub fn final_norm(&self) -> &Tensor {
         &self.final_norm
+    }
+
+    /// The query and key head norms of one block, when the architecture has them.
+    pub fn qk_norms(&self, layer_idx: usize) -> Option<(&Tensor, &Tensor)> {
+        let (q, k) = self.blocks.get(layer_idx)?.qk_norms.as_ref()?;
+        Some((q, k))
+    }
+
+    /// The post-norms of one block's attention and MLP outputs, when the architecture has them.
+    pub fn post_norms(&self, layer_idx: usize) -> Option<(&Tensor, &Tensor)> {
+        let (attention, mlp) = self.blocks.get(layer_idx)?.post_norms.as_ref()?;
+        Some((attention, mlp))
     }
 
     /// The attention and MLP RMSNorm weights of one block.
@@ -521,6 +564,11 @@ impl Llama {
         [q, k]: [Linear; 2],
         lists: Vec<Vec<u16>>,
     ) -> Result<()> {
+        if self.config.arch.qk_norm {
+            candle_core::bail!(
+                "layer {layer_idx}: a model with query/key head norms keeps every rotary pair (the norm spans the whole head)"
+            );
+        }
         let pairs = RotaryPairs::new(&self.config, lists, &self.device)?;
         let widths = BlockWidths {
             pairs: pairs.lists.first().map_or(0, Vec::len),
@@ -600,8 +648,16 @@ impl Llama {
 
     /// Token embeddings of a batch as rows `(batch · width, hidden)`: the input of block 0.
     pub fn embed(&self, batch: &Batch) -> Result<Tensor> {
-        self.embedding
-            .index_select(&batch.tokens().flatten_all()?, 0)
+        self.embed_ids(&batch.tokens().flatten_all()?)
+    }
+
+    /// Embedding rows of `ids`, scaled by `√hidden_size` when the architecture says so.
+    fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        let x = self.embedding.index_select(ids, 0)?;
+        match self.config.arch.scale_embeddings {
+            true => x * f64::from((self.config.hidden_size as f32).sqrt()),
+            false => Ok(x),
+        }
     }
 
     /// Runs one block on rows `(batch · width, hidden)` of `batch` (position 0 onwards);
@@ -626,7 +682,8 @@ impl Llama {
             batch: b,
             seq_len: t,
             offset: 0,
-            mask: causal_mask(t, 0, &self.device)?,
+            mask: causal_mask(t, 0, 0, &self.device)?,
+            local_mask: causal_mask(t, 0, self.config.arch.sliding_window, &self.device)?,
             observer: observer.map(|observer| (observer, real_rows)),
             shared: None,
             differentiable: false,
@@ -802,11 +859,13 @@ impl Llama {
                 self.config.max_position_embeddings
             );
         }
+        let window = self.config.arch.sliding_window;
         let mut pass = Pass {
             batch,
             seq_len,
             offset,
-            mask: causal_mask(seq_len, offset, &self.device)?,
+            mask: causal_mask(seq_len, offset, 0, &self.device)?,
+            local_mask: causal_mask(seq_len, offset, window, &self.device)?,
             observer,
             shared: None,
             differentiable,
@@ -815,7 +874,7 @@ impl Llama {
             cache.layers.resize(self.config.n_layers, None);
         }
         let ids = tokens.flatten_all()?;
-        let mut x = self.embedding.index_select(&ids, 0)?;
+        let mut x = self.embed_ids(&ids)?;
         for (layer_idx, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[layer_idx]);
             let attends = block.widths(&self.config)?.value > 0;
@@ -854,9 +913,14 @@ impl Llama {
             value => {
                 let normed = pass.rms_norm(x, &block.attn_norm, eps)?;
                 pass.observe(layer_idx, InputSite::Qkv, &normed)?;
-                let attention = self.attention(block, value, &normed, pass, layer_cache)?;
+                let attention =
+                    self.attention(block, layer_idx, value, &normed, pass, layer_cache)?;
                 pass.observe(layer_idx, InputSite::O, &attention)?;
-                (x + block.o.forward(&attention)?)?
+                let out = block.o.forward(&attention)?;
+                match &block.post_norms {
+                    Some((post, _)) => (x + pass.rms_norm(&out, post, eps)?)?,
+                    None => (x + out)?,
+                }
             }
         };
         if widths.mlp == 0 {
@@ -864,17 +928,27 @@ impl Llama {
         }
         let normed = pass.rms_norm(&x, &block.ffn_norm, eps)?;
         pass.observe(layer_idx, InputSite::GateUp, &normed)?;
-        let gated =
-            (candle_nn::ops::silu(&block.gate.forward(&normed)?)? * block.up.forward(&normed)?)?;
+        let gate = block.gate.forward(&normed)?;
+        let gate = match self.config.arch.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        let gated = (gate * block.up.forward(&normed)?)?;
         pass.observe(layer_idx, InputSite::Down, &gated)?;
-        x + block.down.forward(&gated)?
+        let out = block.down.forward(&gated)?;
+        match &block.post_norms {
+            Some((_, post)) => x + pass.rms_norm(&out, post, eps)?,
+            None => x + out,
+        }
     }
 
     /// Multi-head attention with grouped key/value heads, each keeping `value` value
     /// dimensions; returns `(rows, n_heads · value)` before the output projection.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         block: &Block,
+        layer_idx: usize,
         value: usize,
         x: &Tensor,
         pass: &Pass<'_>,
@@ -894,11 +968,28 @@ impl Llama {
             ),
             None => (q, k),
         };
+        let (q, k) = match &block.qk_norms {
+            Some((q_norm, k_norm)) => {
+                let eps = self.config.rms_norm_eps;
+                let q = q.reshape((b * t, n_heads, head_dim))?;
+                let k = k.reshape((b * t, n_kv_heads, head_dim))?;
+                (
+                    pass.rms_norm(&q, q_norm, eps)?,
+                    pass.rms_norm(&k, k_norm, eps)?,
+                )
+            }
+            None => (q, k),
+        };
         let q = split_heads(q, n_heads, head_dim)?;
         let k = split_heads(k, n_kv_heads, head_dim)?;
         let v = split_heads(block.v.forward(x)?, n_kv_heads, value)?.contiguous()?;
-        let q = self.rope.apply(&q, pass.offset, pass.differentiable)?;
-        let k = self.rope.apply(&k, pass.offset, pass.differentiable)?;
+        let local = self.config.arch.is_local(layer_idx);
+        let rope = match (&self.local_rope, local) {
+            (Some(rope), true) => rope,
+            _ => &self.rope,
+        };
+        let q = rope.apply(&q, pass.offset, pass.differentiable)?;
+        let k = rope.apply(&k, pass.offset, pass.differentiable)?;
         let (k, v) = match (layer_cache, &pass.shared) {
             (None, Some((k_past, v_past))) => {
                 let grown = |past: &Tensor, new: &Tensor| -> Result<Tensor> {
@@ -931,7 +1022,11 @@ impl Llama {
         let n_rep = n_heads / n_kv_heads;
         let q = q.reshape((b, n_kv_heads, n_rep * t, head_dim))?;
         let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
-        let scores = match &pass.mask {
+        let mask = match local {
+            true => &pass.local_mask,
+            false => &pass.mask,
+        };
+        let scores = match mask {
             Some(mask) if n_rep > 1 => scores.broadcast_add(&mask.repeat((n_rep, 1))?)?,
             Some(mask) => scores.broadcast_add(mask)?,
             None => scores,
@@ -945,16 +1040,25 @@ impl Llama {
     }
 }
 
-/// Additive mask `(seq, offset + seq)`: −∞ where a query would see a later key.
-fn causal_mask(seq_len: usize, offset: usize, device: &Device) -> Result<Option<Tensor>> {
-    if seq_len == 1 {
+/// Additive mask `(seq, offset + seq)`: −∞ where a query would see a later key or, with a
+/// `window` (0: none), a key `window` or more positions back (llama.cpp's standard sliding
+/// window); `None` when nothing is masked.
+fn causal_mask(
+    seq_len: usize,
+    offset: usize,
+    window: usize,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let total = offset + seq_len;
+    let windowed = window > 0 && total > window;
+    if seq_len == 1 && !windowed {
         return Ok(None);
     }
-    let total = offset + seq_len;
     let mask: Vec<f32> = (0..seq_len)
         .flat_map(|i| {
             (0..total).map(move |j| {
-                if j > offset + i {
+                let query = offset + i;
+                if j > query || (window > 0 && query - j >= window) {
                     f32::NEG_INFINITY
                 } else {
                     0.0

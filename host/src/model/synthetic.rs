@@ -3,18 +3,20 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Result, Tensor};
-use whittle_runtime::ModelConfig;
+use whittle_runtime::{Architecture, ModelConfig};
 
 use crate::gguf::llama_tensor_shapes;
 
 /// A 2-layer config with grouped-query attention, small enough for unit tests.
 pub fn tiny_config() -> ModelConfig {
     ModelConfig {
+        arch: Architecture::LLAMA,
         n_layers: 2,
         hidden_size: 32,
         intermediate_size: 48,
         n_heads: 4,
         n_kv_heads: 2,
+        head_dim: 8,
         vocab_size: 64,
         max_position_embeddings: 128,
         rope_theta: 10_000.0,

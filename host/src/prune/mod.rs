@@ -358,7 +358,7 @@ pub fn reductions(config: &ModelConfig, plan: &RankPlan, n_labels: Option<usize>
     let other = kept_config.total_params() - kept_original_linear;
     let total = other + kept_linear;
     let hidden = config.hidden_size;
-    let norms = (2 * kept_config.n_layers + 1) * hidden;
+    let norms = kept_config.n_layers * kept_config.block_norm_params() + hidden;
     let head = config.vocab_size * hidden;
     let per_token = |head_rows: usize| 4 * (kept_linear + norms + hidden + head_rows * hidden);
     Reductions {

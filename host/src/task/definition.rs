@@ -91,6 +91,7 @@ struct RawPrompt {
     user: Option<String>,
     assistant_prefix: Option<String>,
     chat: Option<bool>,
+    plain: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +166,8 @@ pub(crate) struct PromptTemplates {
     pub(crate) user: Template,
     pub(crate) assistant_prefix: Template,
     pub(crate) chat: bool,
+    /// The whole prompt for a model without a chat template (a pretrained base model).
+    pub(crate) plain: Option<Template>,
 }
 
 /// How examples are divided into splits; see [`super::split`].
@@ -442,6 +445,10 @@ impl Validator<'_> {
                 fields,
             )?,
             chat: raw.chat.unwrap_or(true),
+            plain: match raw.plain {
+                Some(plain) => Some(self.template("prompt.plain", &plain, fields)?),
+                None => None,
+            },
         })
     }
 

@@ -284,6 +284,7 @@ fn build_example(
         user: templates.user.render(&values),
         assistant_prefix: templates.assistant_prefix.render(&values),
         chat: templates.chat,
+        plain: templates.plain.as_ref().map(|plain| plain.render(&values)),
     };
     let text = match definition.metric {
         Metric::Perplexity { .. } => prompt.user.clone(),

@@ -218,6 +218,9 @@ pub struct Prompt {
     pub assistant_prefix: String,
     /// Whether to wrap the prompt in the model's chat template.
     pub chat: bool,
+    /// The whole prompt for a model without a chat template (a pretrained base model such as
+    /// Gemma 3 270M), used instead of the chat one for such a model.
+    pub plain: Option<String>,
 }
 
 /// One example of a task.
@@ -308,6 +311,7 @@ impl Task {
             .system
             .iter()
             .chain([&templates.user, &templates.assistant_prefix])
+            .chain(&templates.plain)
             .flat_map(|template| template.placeholders().map(str::to_owned))
             .collect();
         fields.sort();
@@ -329,6 +333,7 @@ impl Task {
             user: templates.user.render(&values),
             assistant_prefix: templates.assistant_prefix.render(&values),
             chat: templates.chat,
+            plain: templates.plain.as_ref().map(|t| t.render(&values)),
         }
     }
 

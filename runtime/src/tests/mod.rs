@@ -3,6 +3,7 @@
 
 mod fuzz;
 
+use crate::Architecture;
 use alloc::vec::Vec;
 
 use ed25519_dalek::{Signer, SigningKey};
@@ -19,11 +20,13 @@ pub(crate) const CONTEXT: usize = 32;
 
 fn tiny_config() -> ModelConfig {
     ModelConfig {
+        arch: Architecture::LLAMA,
         n_layers: 2,
         hidden_size: 16,
         intermediate_size: 24,
         n_heads: 4,
         n_kv_heads: 2,
+        head_dim: 4,
         vocab_size: 260,
         max_position_embeddings: 64,
         rope_theta: 10_000.0,
@@ -60,6 +63,7 @@ fn tables() -> TokenizerTables {
         special_ids: alloc::vec![258],
         stop_ids: alloc::vec![258],
         trimmed: None,
+        sentencepiece: None,
     }
 }
 
@@ -174,6 +178,8 @@ fn tiny_bundle_with_pairs(
             attn_norm,
             ffn_norm,
             linears: linears.try_into().unwrap(),
+            post_norms: None,
+            qk_norms: None,
             rotary_pairs,
         });
     }
@@ -270,8 +276,8 @@ fn golden_bytes_of_the_tiny_bundle() {
     let bytes = tiny_bundle(Dtype::F32, false, None);
     let preamble: Vec<u8> = bytes[..24].to_vec();
     let hex: alloc::string::String = preamble.iter().map(|b| alloc::format!("{b:02x}")).collect();
-    // magic "WHITTLE\0", version 5, flags 0, header length, blob length.
-    assert_eq!(&hex[..24], "57484954544c450005000000");
+    // magic "WHITTLE\0", version 6, flags 0, header length, blob length.
+    assert_eq!(&hex[..24], "57484954544c450006000000");
     assert_eq!(
         (hex.as_str(), bytes.len(), crc(&bytes)),
         GOLDEN,
@@ -279,14 +285,14 @@ fn golden_bytes_of_the_tiny_bundle() {
     );
 }
 
-/// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v5: the tokenizer
-/// gains the source vocabulary's size and the span of a trimmed vocabulary's source ids, 4
-/// header bytes more than v4, which the padding before the blob absorbs; the blob did not
-/// change).
+/// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v6: the config's
+/// architecture and head width, two absent norm pairs per layer, an absent SentencePiece
+/// table: 16 header bytes more than v5, past the padding, so 64 bytes longer; the blob did
+/// not change).
 const GOLDEN: (&str, usize, u32) = (
-    "57484954544c45000500000062010000407d000000000000",
-    32452,
-    2381036288,
+    "57484954544c45000600000072010000407d000000000000",
+    32516,
+    1043336864,
 );
 
 /// The tiny q8 bundle (format v2, one scale per 32 values of a row): preamble, length, and the
@@ -319,18 +325,19 @@ fn golden_quantized(dtype: Dtype, golden: (&str, usize, u32, u32)) {
 /// The same for the tiny q4 bundle (nibbles and f16 scale/minimum pairs; larger than q8 here:
 /// rows of 16 and 24 values pad their one block to 32).
 const GOLDEN_Q4: (&str, usize, u32, u32) = (
-    "57484954544c450005000000810100008034000000000000",
+    "57484954544c450006000000910100008034000000000000",
     13892,
-    459055504,
+    4238997066,
     1846668381,
 );
 
-/// Preamble (hex), length, header CRC and blob CRC of the tiny q8 bundle, format v5 (the
-/// tokenizer's source vocabulary size and source-id span: 4 header bytes more than v4).
+/// Preamble (hex), length, header CRC and blob CRC of the tiny q8 bundle, format v6 (the
+/// architecture, head width, optional norms and SentencePiece table: 16 header bytes more
+/// than v5).
 const GOLDEN_Q8: (&str, usize, u32, u32) = (
-    "57484954544c4500050000007d0100008032000000000000",
+    "57484954544c4500060000008d0100008032000000000000",
     13380,
-    359735757,
+    1932459088,
     2526822772,
 );
 
@@ -966,11 +973,13 @@ fn q8_rows_dequantize_block_by_block() {
 #[test]
 fn a_synthetic_bundle_parses_and_runs_at_its_shapes() {
     let config = ModelConfig {
+        arch: Architecture::LLAMA,
         n_layers: 3,
         hidden_size: 64,
         intermediate_size: 96,
         n_heads: 4,
         n_kv_heads: 2,
+        head_dim: 16,
         vocab_size: 300,
         max_position_embeddings: 64,
         rope_theta: 10_000.0,

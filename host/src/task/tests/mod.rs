@@ -201,6 +201,9 @@ fn prompts_are_rendered_from_the_source_fields() {
                 .to_string(),
             assistant_prefix: "The sentiment of this review is".to_string(),
             chat: true,
+            plain: Some(
+                "Review: it 's a charming and often affecting journey . \nSentiment:".to_string()
+            ),
         }
     );
     assert_eq!(first_row.label, Some(1));
