@@ -76,6 +76,17 @@ impl ModelArgs {
         self.model_dir.clone().unwrap_or_else(default_model_dir)
     }
 
+    /// A short name of a model other than the default (`gemma3-270m`, or a file's or folder's
+    /// name), for default output folders.
+    pub fn slug(&self) -> Option<String> {
+        let model = self.model.as_deref()?;
+        let name = model.file_stem()?.to_str()?;
+        match known_model(name) {
+            Some(known) if std::ptr::eq(known, &whittle_host::fetch::SMOLLM2_135M) => None,
+            _ => Some(name.to_owned()),
+        }
+    }
+
     /// The model file: a known model by name (fetched if missing), the given path, or the
     /// default model.
     pub fn resolve(&self) -> anyhow::Result<PathBuf> {

@@ -94,7 +94,7 @@ pub struct PruneArgs {
     /// (0, the default: off; it takes minutes, docs/RESULTS.md).
     #[arg(long, value_name = "N", default_value_t = 0)]
     refine_tries: usize,
-    /// Output folder [default: `out/<task>-<board>`].
+    /// Output folder [default: `out/<task>-<board>`, `out/<task>-<board>-<model>` for a model other than the default].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue the search from the checkpoint in the output folder.
@@ -155,10 +155,13 @@ fn options(args: &PruneArgs) -> anyhow::Result<PruneOptions> {
     }
     let board = board(args)?;
     let task = Task::resolve(&args.task)?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("out").join(format!("{}-{}", task.name(), board.name)));
+    let out = args.out.clone().unwrap_or_else(|| {
+        let name = format!("{}-{}", task.name(), board.name);
+        match args.model.slug() {
+            Some(model) => PathBuf::from("out").join(format!("{name}-{model}")),
+            None => PathBuf::from("out").join(name),
+        }
+    });
     Ok(PruneOptions {
         board,
         task,

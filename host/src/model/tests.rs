@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{Device, IndexOp, Result, Tensor};
-use whittle_runtime::MatrixKind;
+use whittle_runtime::{MatrixKind, ModelConfig};
 
 use super::synthetic::{tiny_config, tiny_tensors};
 use super::*;
@@ -526,4 +526,51 @@ fn cuda_that_cannot_run_is_a_one_line_error_with_its_fix() {
         }
     }
     assert!(device(false).is_ok_and(|d| d.is_cpu()));
+}
+
+/// A Gemma-3-shaped model (GeGLU, post-norms, query/key norms, scaled embeddings, heads wider
+/// than hidden / heads) with every layer local and a window of 3: two layers see
+/// 2 · (3 − 1) = 4 positions back, so the last of 8 positions does not depend on the first
+/// token, through a full pass, a shared prefix and cached decoding alike; with every layer
+/// global it does.
+#[test]
+fn a_sliding_window_hides_what_lies_beyond_it() -> Result<()> {
+    let device = Device::Cpu;
+    let model = |global_every: usize| -> Result<Llama> {
+        let config = ModelConfig {
+            arch: whittle_runtime::Architecture {
+                global_every,
+                ..whittle_runtime::Architecture::gemma3(3)
+            },
+            head_dim: 24,
+            ..tiny_config()
+        };
+        Llama::from_tensors(config, &tiny_tensors(&config, 3, &device)?, &device)
+    };
+    let last = |llama: &Llama, first: u32| -> Result<(Tensor, Tensor, Tensor)> {
+        let tokens = vec![first, 7, 8, 9, 10, 11, 12, 13];
+        let batch = Batch::new(std::slice::from_ref(&tokens), 0, &device)?;
+        let full = llama.last_hidden(&batch)?;
+        let rest = Batch::new(&[tokens[5..].to_vec()], 0, &device)?;
+        let shared = llama.last_hidden_after(&llama.prefix_cache(&tokens[..5])?, &rest)?;
+        let mut cache = KvCache::default();
+        let mut cached = None;
+        for &token in &tokens {
+            cached = Some(llama.forward_cached(&Tensor::new(&[[token]], &device)?, &mut cache)?);
+        }
+        let cached = cached.expect("eight tokens");
+        Ok((llama.logits(&full)?, llama.logits(&shared)?, cached))
+    };
+    let local = model(0)?;
+    let (full, shared, cached) = last(&local, 1)?;
+    assert!(max_abs_diff(&full, &shared)? < 1e-4);
+    assert!(max_abs_diff(&full, &cached)? < 1e-4);
+    let (other, _, other_cached) = last(&local, 50)?;
+    assert!(max_abs_diff(&full, &other)? < 1e-5);
+    assert!(max_abs_diff(&cached, &other_cached)? < 1e-5);
+    let global = model(1)?;
+    let (full, shared, _) = last(&global, 1)?;
+    assert!(max_abs_diff(&full, &shared)? < 1e-4);
+    assert!(max_abs_diff(&full, &last(&global, 50)?.0)? > 1e-3);
+    Ok(())
 }

@@ -120,6 +120,8 @@ impl RankPlan {
     /// The same plan with block `layer_idx`'s query/key heads keeping `pairs` of their
     /// `head_dim / 2` rotary pairs each (`None`: all): q and k lose their ranks and are stored
     /// dense on the kept pairs. A count of every pair or more is `None`, fewer than one is one.
+    /// A model with query/key head norms (Gemma 3) keeps every pair: the norm spans the whole
+    /// head, so dropping lanes would change the kept ones.
     pub fn with_pairs(
         mut self,
         config: &ModelConfig,
@@ -128,7 +130,7 @@ impl RankPlan {
     ) -> Self {
         let pairs = pairs
             .map(|p| p.max(1))
-            .filter(|&p| p < config.head_dim() / 2);
+            .filter(|&p| p < config.head_dim() / 2 && !config.arch.qk_norm);
         if let Some(slot) = self.pairs.get_mut(layer_idx) {
             *slot = pairs;
             if pairs.is_some() {

@@ -1006,6 +1006,47 @@ fn a_synthetic_bundle_parses_and_runs_at_its_shapes() {
     }
 }
 
+/// A Gemma-3-shaped block (GeGLU, post-norms, query/key norms, scaled embeddings, a head
+/// wider than hidden / heads) runs, and its sliding window holds: with every layer local and a
+/// window of 3, two layers see 2 · (3 − 1) = 4 positions back, so the last position's logits
+/// of an 8-token prompt do not depend on its first token; with every layer global they do.
+#[test]
+fn a_sliding_window_hides_what_lies_beyond_it() {
+    let logits = |global_every: usize, first: u32| -> alloc::vec::Vec<f32> {
+        let config = ModelConfig {
+            arch: Architecture {
+                global_every,
+                ..Architecture::gemma3(3)
+            },
+            n_layers: 2,
+            hidden_size: 32,
+            intermediate_size: 48,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 24,
+            vocab_size: 300,
+            max_position_embeddings: 64,
+            rope_theta: 1_000_000.0,
+            rms_norm_eps: 1e-6,
+        };
+        let bytes = AlignedBytes::new(&crate::writer::synthetic_bundle(&config, Dtype::F32).unwrap());
+        let bundle = Bundle::parse(bytes.as_bytes()).unwrap();
+        let mut words = alloc::vec![0u32; bundle.arena_bytes(CONTEXT) / 4];
+        let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        let mut model = crate::Model::new(&bundle, Portable, CONTEXT, arena).unwrap();
+        // Prefill, then one decode step: both paths mask by the window.
+        model.feed(&[first, 7, 8, 9, 10, 11, 12]).unwrap();
+        model.feed(&[13]).unwrap();
+        let out = model.logits().unwrap().to_vec();
+        assert!(out.iter().all(|v| v.is_finite()));
+        out
+    };
+    // global_every = 0: every layer local.
+    assert_eq!(logits(0, 1), logits(0, 250));
+    // global_every = 1: every layer global.
+    assert_ne!(logits(1, 1), logits(1, 250));
+}
+
 /// A bundle's blob (between the header's padding and the blob checksum).
 fn blob_of(bytes: &[u8]) -> &[u8] {
     let blob_len = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;

@@ -202,7 +202,10 @@ fn prompts_are_rendered_from_the_source_fields() {
             assistant_prefix: "The sentiment of this review is".to_string(),
             chat: true,
             plain: Some(
-                "Review: it 's a charming and often affecting journey . \nSentiment:".to_string()
+                "Review: a gorgeous , witty , seductive movie .\nSentiment: positive\n\n\
+                 Review: the plot is thin and the acting is dreadful .\nSentiment: negative\n\n\
+                 Review: it 's a charming and often affecting journey . \nSentiment:"
+                    .to_string()
             ),
         }
     );
