@@ -285,6 +285,15 @@ impl TextTokenizer {
         }
     }
 
+    /// For a SentencePiece vocabulary, the token of every merge it makes on `text` (what a
+    /// trimmed vocabulary must keep to read `text` as the whole one does); `None` for BPE.
+    pub fn merged_tokens(&self, text: &str) -> anyhow::Result<Option<Vec<u32>>> {
+        match &self.backend {
+            Backend::Bpe(_) => Ok(None),
+            Backend::SentencePiece(spm) => spm.merged_tokens(text).map(Some),
+        }
+    }
+
     /// Token ids of `text` alone (`add_special = false`): a piece of a prompt, a label's word.
     pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         match &self.backend {

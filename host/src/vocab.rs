@@ -11,6 +11,14 @@
 //! dropping merges it did not apply cannot change which applicable merge ranks lowest); an
 //! input with an unseen word gets that word in smaller kept pieces, never an error (every
 //! byte has a kept token).
+//!
+//! A SentencePiece vocabulary (Gemma 3) has no merge list: a piece forms when two adjacent
+//! symbols concatenate to a token, highest score first. The kept set there is every token of
+//! the prompts and every token a merge formed on the way to them (recorded while tokenizing),
+//! with the byte, stop and BOS tokens; control tokens no prompt holds are dropped (written in
+//! an input they then read as text). A seen input tokenizes as before (every merge it made is
+//! still a token, and a candidate that never won cannot change which one wins); an unseen word
+//! falls back to smaller kept pieces or bytes.
 
 use std::collections::HashMap;
 
@@ -18,9 +26,9 @@ use anyhow::{Context, bail};
 use candle_core::Tensor;
 use rayon::prelude::*;
 use whittle_runtime::format::NO_TOKEN;
-use whittle_runtime::writer::{TokenizerTables, Trimmed};
+use whittle_runtime::writer::{SentencePieceTables, TokenizerTables, Trimmed};
 
-use crate::eval::prompt_ids;
+use crate::eval::{prompt_ids, prompt_text};
 use crate::task::{Split, Task};
 use crate::tokenizer::TextTokenizer;
 
@@ -74,13 +82,20 @@ impl VocabTrim {
         let mut seen = vec![false; tables.vocab.len()];
         for &split in splits {
             let examples = task.examples(split)?;
-            let ids: Vec<Vec<u32>> = examples
+            let ids: Vec<(Vec<u32>, Vec<u32>)> = examples
                 .par_iter()
-                .map(|example| prompt_ids(tokenizer, &example.prompt))
+                .map(|example| {
+                    let merged = tokenizer
+                        .merged_tokens(&prompt_text(tokenizer, &example.prompt)?)?
+                        .unwrap_or_default();
+                    Ok((prompt_ids(tokenizer, &example.prompt)?, merged))
+                })
                 .collect::<anyhow::Result<_>>()
                 .with_context(|| format!("tokenizing the {} split", split.name()))?;
-            for id in ids.iter().flatten() {
-                mark(&mut seen, *id)?;
+            for (prompt, merged) in &ids {
+                for id in prompt.iter().chain(merged) {
+                    mark(&mut seen, *id)?;
+                }
             }
         }
         for &id in label_ids {
@@ -89,10 +104,15 @@ impl VocabTrim {
         Self::closed(tables, seen)
     }
 
-    /// `seen` with every byte, special and stop token added, closed under the merges.
+    /// `seen` with every byte, special (BPE) or BOS (SentencePiece) and stop token added,
+    /// closed under the merges.
     fn closed(tables: &TokenizerTables, mut seen: Vec<bool>) -> anyhow::Result<Self> {
         let fixed = tables.byte_tokens.iter().filter(|&&id| id != NO_TOKEN);
-        for &id in fixed.chain(&tables.special_ids).chain(&tables.stop_ids) {
+        let specials: Vec<u32> = match &tables.sentencepiece {
+            Some(spm) => spm.bos.into_iter().collect(),
+            None => tables.special_ids.clone(),
+        };
+        for &id in fixed.chain(&specials).chain(&tables.stop_ids) {
             mark(&mut seen, id)?;
         }
         let mut makers: HashMap<u32, Vec<(u32, u32)>> = HashMap::new();
@@ -177,17 +197,41 @@ impl VocabTrim {
         let ids = |ids: &[u32]| -> anyhow::Result<Vec<u32>> {
             ids.iter().map(|&id| self.required_id(id)).collect()
         };
+        let kept = |values: &[u8]| -> Vec<u8> {
+            self.kept.iter().map(|&id| values[id as usize]).collect()
+        };
+        let sentencepiece = match &tables.sentencepiece {
+            Some(spm) => Some(SentencePieceTables {
+                scores: self
+                    .kept
+                    .iter()
+                    .map(|&id| spm.scores[id as usize])
+                    .collect(),
+                token_types: kept(&spm.token_types),
+                bos: spm.bos.map(|bos| self.required_id(bos)).transpose()?,
+            }),
+            None => None,
+        };
+        let special_ids = match sentencepiece {
+            // Control tokens no prompt held are dropped.
+            Some(_) => tables
+                .special_ids
+                .iter()
+                .filter_map(|&id| self.id(id))
+                .collect(),
+            None => ids(&tables.special_ids)?,
+        };
         Ok(TokenizerTables {
             vocab,
             merges,
             byte_tokens,
-            special_ids: ids(&tables.special_ids)?,
+            special_ids,
             stop_ids: ids(&tables.stop_ids)?,
             trimmed: Some(Trimmed {
                 source_vocab_size: u32::try_from(self.new_ids.len())?,
                 source_ids: self.kept.clone(),
             }),
-            sentencepiece: None,
+            sentencepiece,
         })
     }
 
@@ -306,6 +350,107 @@ mod tests {
         let tokenizer = Tokenizer::new(&bundle);
         assert_eq!(tokenizer.source_id(257), 261);
         assert_eq!(tokenizer.token_bytes(257), b"xy");
+        Ok(())
+    }
+
+    /// A SentencePiece vocabulary: `<pad>`, `<eos>`, `<bos>` (control), the 256 byte tokens,
+    /// then pieces with scores; `▁` is a space.
+    fn spm_tables() -> TokenizerTables {
+        let mut vocab: Vec<Vec<u8>> = ["<pad>", "<eos>", "<bos>", "<unused0>"]
+            .iter()
+            .map(|t| t.as_bytes().to_vec())
+            .collect();
+        let mut scores = vec![0.0f32; 4];
+        let mut token_types = vec![3u8; 4];
+        for byte in 0..=255u8 {
+            vocab.push(format!("<0x{byte:02X}>").into_bytes());
+            scores.push(0.0);
+            token_types.push(6);
+        }
+        let pieces = [
+            ("▁", -1.0),
+            ("a", -2.0),
+            ("b", -3.0),
+            ("c", -4.0),
+            ("ab", -5.0),
+            ("abc", -6.0),
+            ("▁ab", -7.0),
+            ("x", -8.0),
+            ("y", -9.0),
+            ("xy", -1.5),
+            ("bc", -10.0),
+        ];
+        for (piece, score) in pieces {
+            vocab.push(piece.as_bytes().to_vec());
+            scores.push(score);
+            token_types.push(1);
+        }
+        let byte_tokens = (4..260).collect();
+        TokenizerTables {
+            vocab,
+            merges: Vec::new(),
+            byte_tokens,
+            special_ids: vec![0, 1, 2, 3],
+            stop_ids: vec![1],
+            trimmed: None,
+            sentencepiece: Some(SentencePieceTables {
+                scores,
+                token_types,
+                bos: Some(2),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_sentencepiece_trim_keeps_the_merges_of_seen_text() -> anyhow::Result<()> {
+        use whittle_runtime::spm::OwnedSpmTables;
+        let full = spm_tables();
+        let spm = full.sentencepiece.clone().expect("SentencePiece");
+        let owned = OwnedSpmTables::build(&full.vocab, &spm.scores, &spm.token_types)?;
+        let seen_text = "abc ab";
+        let (mut ids, mut merged) = (Vec::new(), Vec::new());
+        owned
+            .tables()?
+            .encode_recording_merges(&[seen_text], true, &mut ids, &mut |id| merged.push(id))?;
+        // `ab` then `abc`, and `▁ab` by way of `ab`: the intermediate `ab` is a merge.
+        let token = |text: &str| full.vocab.iter().position(|t| t == text.as_bytes());
+        let ab = token("ab").expect("ab") as u32;
+        assert!(merged.contains(&ab));
+        let mut seen = vec![false; full.vocab.len()];
+        for &id in ids.iter().chain(&merged) {
+            mark(&mut seen, id)?;
+        }
+        let trim = VocabTrim::closed(&full, seen)?;
+        // Bytes, BOS and EOS, and the pieces seen; `<pad>`, `<unused0>`, `x`, `y`, `xy`, `bc`
+        // dropped.
+        for dropped in ["<pad>", "<unused0>", "xy", "x", "bc"] {
+            assert_eq!(
+                trim.id(token(dropped).expect("a token") as u32),
+                None,
+                "{dropped}"
+            );
+        }
+        let trimmed = trim.tables(&full)?;
+        assert_eq!(
+            trimmed.sentencepiece.as_ref().and_then(|s| s.bos),
+            trim.id(2)
+        );
+        assert_eq!(encode(&trimmed, seen_text)?, encode(&full, seen_text)?);
+        // An unseen word: its bytes, and the text reads back.
+        let unseen = "xy abc";
+        let pieces = encode(&trimmed, unseen)?;
+        assert_ne!(pieces, encode(&full, unseen)?);
+        let bytes = bundle(&trimmed)?;
+        let aligned = AlignedBytes::new(&bytes);
+        let bundle = Bundle::parse(aligned.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let tokenizer = Tokenizer::new(&bundle);
+        let mut out = heapless::Vec::<u32, 64>::new();
+        tokenizer
+            .encode(&[unseen], &mut out)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut text = [0u8; 64];
+        let n = tokenizer.decode_into(&out, &mut text);
+        assert_eq!(&text[..n], unseen.as_bytes());
         Ok(())
     }
 

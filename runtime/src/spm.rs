@@ -222,7 +222,7 @@ impl<'a> SpmTables<'a> {
         parse_special: bool,
         out: &mut Vec<u32, N>,
     ) -> Result<(), Error> {
-        self.encode_into(pieces, parse_special, out)
+        self.encode_into(pieces, parse_special, out, &mut |_| {})
     }
 
     /// [`SpmTables::encode`] into a growing vector (feature `alloc`).
@@ -233,7 +233,21 @@ impl<'a> SpmTables<'a> {
         parse_special: bool,
         out: &mut alloc::vec::Vec<u32>,
     ) -> Result<(), Error> {
-        self.encode_into(pieces, parse_special, out)
+        self.encode_into(pieces, parse_special, out, &mut |_| {})
+    }
+
+    /// [`SpmTables::encode_to_vec`], calling `merged` with the token of every merge on the way
+    /// (feature `alloc`): with those and the output kept, a trimmed vocabulary tokenizes the
+    /// text as the whole one does (a merge that never won cannot change which one wins).
+    #[cfg(any(test, feature = "alloc"))]
+    pub fn encode_recording_merges(
+        &self,
+        pieces: &[&str],
+        parse_special: bool,
+        out: &mut alloc::vec::Vec<u32>,
+        merged: &mut dyn FnMut(u32),
+    ) -> Result<(), Error> {
+        self.encode_into(pieces, parse_special, out, merged)
     }
 
     fn encode_into<B: IdBuffer>(
@@ -241,6 +255,7 @@ impl<'a> SpmTables<'a> {
         pieces: &[&str],
         parse_special: bool,
         out: &mut B,
+        merged: &mut dyn FnMut(u32),
     ) -> Result<(), Error> {
         let text = Text::new(pieces);
         let mut at = 0;
@@ -251,7 +266,7 @@ impl<'a> SpmTables<'a> {
                     at = end;
                 }
                 Item::Raw(end) => {
-                    self.encode_fragment(&text, at, end, out)?;
+                    self.encode_fragment(&text, at, end, out, merged)?;
                     at = end;
                 }
             }
@@ -330,6 +345,7 @@ impl<'a> SpmTables<'a> {
         start: usize,
         end: usize,
         out: &mut B,
+        merged: &mut dyn FnMut(u32),
     ) -> Result<(), Error> {
         let first = out.len();
         let mut at = start;
@@ -339,17 +355,18 @@ impl<'a> SpmTables<'a> {
         }
         let boundary = |out: &B, index: usize| out.get(index).map_or(end, |b| b as usize);
         loop {
-            let mut best: Option<(f32, usize)> = None;
+            let mut best: Option<(f32, usize, u32)> = None;
             for index in first..out.len().saturating_sub(1) {
                 let (left, right_end) = (boundary(out, index), boundary(out, index + 2));
                 if let Some(id) = self.token_of(text, left, right_end) {
                     let score = self.score(id);
-                    if best.is_none_or(|(best_score, _)| score > best_score) {
-                        best = Some((score, index));
+                    if best.is_none_or(|(best_score, _, _)| score > best_score) {
+                        best = Some((score, index, id));
                     }
                 }
             }
-            let Some((_, index)) = best else { break };
+            let Some((_, index, id)) = best else { break };
+            merged(id);
             out.remove(index + 1);
         }
         let mut index = first;

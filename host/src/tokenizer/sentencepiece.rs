@@ -195,6 +195,14 @@ impl SentencePiece {
         })
     }
 
+    /// The token of every merge the SPM makes on `text` (a prompt without BOS).
+    pub(super) fn merged_tokens(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let (mut out, mut merged) = (Vec::new(), Vec::new());
+        self.tables()?
+            .encode_recording_merges(&[text], true, &mut out, &mut |id| merged.push(id))?;
+        Ok(merged)
+    }
+
     pub(super) fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
         let tables = self.tables()?;
         let room = ids.iter().map(|&id| tables.token_bytes(id).len()).sum();

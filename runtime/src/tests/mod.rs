@@ -1029,7 +1029,8 @@ fn a_sliding_window_hides_what_lies_beyond_it() {
             rope_theta: 1_000_000.0,
             rms_norm_eps: 1e-6,
         };
-        let bytes = AlignedBytes::new(&crate::writer::synthetic_bundle(&config, Dtype::F32).unwrap());
+        let bytes =
+            AlignedBytes::new(&crate::writer::synthetic_bundle(&config, Dtype::F32).unwrap());
         let bundle = Bundle::parse(bytes.as_bytes()).unwrap();
         let mut words = alloc::vec![0u32; bundle.arena_bytes(CONTEXT) / 4];
         let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
