@@ -70,6 +70,12 @@ pub struct CompareArgs {
     /// SST-2 test sentences timed from text to label on both engines (0: none).
     #[arg(long, default_value_t = 872)]
     pub label_sentences: usize,
+    /// A model other than the default, by name (`gemma3-270m`): its dense q8 bundle and, with
+    /// --prune-dir (a prune folder of that model), its pruned q8 bundle against llama.cpp on
+    /// its GGUF. Its q4 bundles and the time to label are not compared (pass
+    /// --label-sentences 0).
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
     /// Print one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
@@ -82,9 +88,18 @@ fn bench_dir() -> PathBuf {
 }
 
 /// Runs `whittle pack` into `out` in `dtype` (atomically: the packer writes a temporary file
-/// and renames).
-fn pack(built: &Built, prune_dir: Option<&Path>, dtype: &str, out: &Path) -> anyhow::Result<()> {
+/// and renames), of `model` (the default when `None`).
+fn pack(
+    built: &Built,
+    prune_dir: Option<&Path>,
+    dtype: &str,
+    model: Option<&str>,
+    out: &Path,
+) -> anyhow::Result<()> {
     let mut args: Vec<OsString> = vec!["pack".into()];
+    if let Some(model) = model {
+        args.extend(["--model".into(), model.into()]);
+    }
     if let Some(dir) = prune_dir {
         args.extend(["--prune-dir".into(), dir.as_os_str().to_owned()]);
     } else {
@@ -101,11 +116,21 @@ fn pack(built: &Built, prune_dir: Option<&Path>, dtype: &str, out: &Path) -> any
     cargo::run(&mut built.command(Executable::HostTool, args)?)
 }
 
-/// The dense bundle in `dtype` with a full head, packed once into the cache.
-fn dense_bundle(built: &Built, dtype: &str, repack: bool) -> anyhow::Result<PathBuf> {
-    let path = bench_dir().join(format!("dense-{dtype}-full.wbundle"));
+/// The dense bundle of `model` (the default when `None`) in `dtype` with a full head, packed
+/// once into the cache.
+fn dense_bundle(
+    built: &Built,
+    dtype: &str,
+    model: Option<&str>,
+    repack: bool,
+) -> anyhow::Result<PathBuf> {
+    let name = match model {
+        Some(model) => format!("dense-{model}-{dtype}-full.wbundle"),
+        None => format!("dense-{dtype}-full.wbundle"),
+    };
+    let path = bench_dir().join(name);
     if repack || !current(&path) {
-        pack(built, None, dtype, &path)?;
+        pack(built, None, dtype, model, &path)?;
     }
     Ok(path)
 }
@@ -170,7 +195,7 @@ fn pruned_bundle(
         prune_key(dir)?
     ));
     if args.repack || !current(&path) {
-        pack(built, Some(dir), dtype, &path)?;
+        pack(built, Some(dir), dtype, args.model.as_deref(), &path)?;
     }
     Ok(Some(path))
 }
@@ -385,8 +410,20 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     if args.repeats == 0 || args.threads.is_empty() || args.threads.contains(&0) {
         bail!("--repeats and every --threads value must be at least 1");
     }
+    if args.model.is_some() && args.label_sentences > 0 {
+        bail!(
+            "the time to label is compared for the default model only; pass --label-sentences 0 with --model"
+        );
+    }
     let built = workspace::build()?;
-    let model = default_model_dir().join(GGUF_NAME);
+    let model = match &args.model {
+        Some(name) => {
+            let mut fetch =
+                built.command(Executable::HostTool, ["fetch-model", "--model", name])?;
+            PathBuf::from(cargo::stdout_of(&mut fetch)?.trim())
+        }
+        None => default_model_dir().join(GGUF_NAME),
+    };
     if !model.exists() {
         cargo::run(&mut built.command(Executable::HostTool, ["fetch-model"])?)?;
     }
@@ -401,13 +438,23 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
             anyhow::anyhow!("the host profile is still unreadable after measuring it: {error}")
         })?;
     }
-    let dense = dense_bundle(&built, "q8", args.repack)?;
-    let mut bundles = vec![
-        (Contender::Dense, dense.clone()),
-        (Contender::DenseQ4, dense_bundle(&built, "q4", args.repack)?),
-    ];
+    let name = args.model.as_deref();
+    let dense = dense_bundle(&built, "q8", name, args.repack)?;
+    let mut bundles = vec![(Contender::Dense, dense.clone())];
+    // A non-default model's q4 bundles are not packed: the q4 packer's search for the matrices
+    // that keep the labels (a few minutes for SmolLM2) is not part of this comparison.
+    if name.is_none() {
+        bundles.push((
+            Contender::DenseQ4,
+            dense_bundle(&built, "q4", None, args.repack)?,
+        ));
+    }
     if !args.dense_only {
-        for (engine, dtype) in [(Contender::Pruned, "q8"), (Contender::PrunedQ4, "q4")] {
+        let dtypes: &[(Contender, &str)] = match name {
+            Some(_) => &[(Contender::Pruned, "q8")],
+            None => &[(Contender::Pruned, "q8"), (Contender::PrunedQ4, "q4")],
+        };
+        for &(engine, dtype) in dtypes {
             if let Some(path) = pruned_bundle(&built, args, dtype)? {
                 bundles.push((engine, path));
             }
@@ -511,9 +558,10 @@ pub fn bench(board: &str, prune_dir: Option<&Path>, repeats: usize) -> anyhow::R
         repack: false,
         dense_only: prune_dir.is_none(),
         label_sentences: 0,
+        model: None,
         json: false,
     };
-    let mut bundles = vec![dense_bundle(&built, "q8", false)?];
+    let mut bundles = vec![dense_bundle(&built, "q8", None, false)?];
     if prune_dir.is_some() {
         bundles.extend(pruned_bundle(&built, &args, "q8")?);
     }
