@@ -76,20 +76,28 @@ impl TextTokenizer {
                 .and_then(|v| v.to_string().ok())
                 .map(String::as_str)
         };
-        let backend = if text("tokenizer.ggml.model") == Some("llama") {
-            Backend::SentencePiece(Arc::new(SentencePiece::from_gguf(gguf).map_err(error)?))
-        } else {
-            let mut inner =
-                Tokenizer::from_gguf(gguf.content()).map_err(|e| error(e.to_string()))?;
-            if text("tokenizer.ggml.pre") == Some("smollm") {
-                let digits = Digits::new(true);
-                let byte_level = ByteLevel::new(false, true, true);
-                inner.with_pre_tokenizer(Some(Sequence::new(vec![
-                    digits.into(),
-                    byte_level.into(),
-                ])));
+        let backend = match text("tokenizer.ggml.model") {
+            Some("llama") => {
+                Backend::SentencePiece(Arc::new(SentencePiece::from_gguf(gguf).map_err(error)?))
             }
-            Backend::Bpe(Arc::new(inner))
+            Some(other) if other != "gpt2" => {
+                return Err(error(format!(
+                    "tokenizer.ggml.model = {other} is a tokenizer type whittle does not implement"
+                )));
+            }
+            _ => {
+                let mut inner =
+                    Tokenizer::from_gguf(gguf.content()).map_err(|e| error(e.to_string()))?;
+                if text("tokenizer.ggml.pre") == Some("smollm") {
+                    let digits = Digits::new(true);
+                    let byte_level = ByteLevel::new(false, true, true);
+                    inner.with_pre_tokenizer(Some(Sequence::new(vec![
+                        digits.into(),
+                        byte_level.into(),
+                    ])));
+                }
+                Backend::Bpe(Arc::new(inner))
+            }
         };
         let eos = token_id(gguf, "tokenizer.ggml.eos_token_id")
             .ok_or_else(|| error("no tokenizer.ggml.eos_token_id".to_owned()))?;

@@ -34,6 +34,17 @@ pub fn gemma3_path() -> PathBuf {
 /// Writes a tiny Llama as a GGUF file with f32 tensors and the given architecture name;
 /// `skip` names tensors to leave out.
 pub fn write_tiny_gguf(path: &Path, architecture: &str, seed: u64, skip: &[&str]) -> ModelConfig {
+    write_tiny_gguf_with(path, architecture, seed, skip, &[])
+}
+
+/// [`write_tiny_gguf`] with `extra` metadata.
+pub fn write_tiny_gguf_with(
+    path: &Path,
+    architecture: &str,
+    seed: u64,
+    skip: &[&str],
+    extra: &[(&str, Value)],
+) -> ModelConfig {
     let config = tiny_config();
     let tensors = tiny_tensors(&config, seed, &Device::Cpu).expect("tiny tensors");
     let u32_value = |n: usize| Value::U32(n as u32);
@@ -65,7 +76,11 @@ pub fn write_tiny_gguf(path: &Path, architecture: &str, seed: u64, skip: &[&str]
         ),
         ("llama.vocab_size", u32_value(config.vocab_size)),
     ];
-    let metadata: Vec<(&str, &Value)> = metadata_owned.iter().map(|(k, v)| (*k, v)).collect();
+    let metadata: Vec<(&str, &Value)> = metadata_owned
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (*k, v))
+        .collect();
     let mut qtensors = Vec::new();
     for (name, _) in llama_tensor_shapes(&config) {
         if skip.contains(&name.as_str()) {

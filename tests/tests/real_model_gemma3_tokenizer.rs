@@ -82,6 +82,9 @@ fn real_model_gemma3_tokenizer_metadata() -> anyhow::Result<()> {
     let spm = tables.sentencepiece.expect("SentencePiece tables");
     assert_eq!(spm.bos, Some(2));
     assert_eq!(spm.scores.len(), 262_144);
-    assert_eq!(spm.token_types[212], 3, "`</s>` is a control token, as llama.cpp makes it");
+    assert_eq!(
+        spm.token_types[212], 3,
+        "`</s>` is a control token, as llama.cpp makes it"
+    );
     Ok(())
 }

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use whittle_host::gguf::{GgufFile, read_llama_tensors};
 use whittle_host::model::{Batch, Llama};
-use whittle_tests::write_tiny_gguf;
+use whittle_tests::{write_tiny_gguf, write_tiny_gguf_with};
 
 fn open_error(path: &std::path::Path) -> String {
     match GgufFile::open(path).and_then(|g| g.config().map(|_| g)) {
@@ -86,7 +86,26 @@ fn other_architectures_are_refused() -> anyhow::Result<()> {
     write_tiny_gguf(&path, "gpt2", 1, &[]);
     let message = open_error(&path);
     assert!(message.contains("holds a `gpt2` model"), "{message}");
-    assert!(message.contains("Llama-family"), "{message}");
+    assert!(message.contains("llama and gemma3"), "{message}");
+    Ok(())
+}
+
+#[test]
+fn an_unimplemented_tokenizer_type_is_named() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("wordpiece.gguf");
+    let model = candle_core::quantized::gguf_file::Value::String("bert".to_owned());
+    write_tiny_gguf_with(&path, "llama", 1, &[], &[("tokenizer.ggml.model", model)]);
+    let gguf = GgufFile::open(&path)?;
+    let message = match whittle_host::tokenizer::TextTokenizer::from_gguf(&gguf) {
+        Ok(_) => panic!("a bert tokenizer should be refused"),
+        Err(error) => error.to_string(),
+    };
+    assert!(message.contains("tokenizer.ggml.model = bert"), "{message}");
+    assert!(
+        message.contains("gpt2") && message.contains("llama"),
+        "{message}"
+    );
     Ok(())
 }
 
