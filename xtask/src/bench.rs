@@ -261,7 +261,7 @@ impl Contender {
             Self::DenseQ4 => "runtime dense q4",
             Self::Pruned => "runtime pruned q8",
             Self::PrunedQ4 => "runtime pruned q4",
-            Self::Llama => "llama.cpp Q4_1",
+            Self::Llama => "llama.cpp (the GGUF as published)",
         }
     }
 

@@ -380,6 +380,7 @@ mod tests {
             repack: false,
             dense_only: true,
             label_sentences: 0,
+            model: None,
             json: true,
         }
     }
