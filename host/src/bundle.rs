@@ -52,6 +52,8 @@ pub enum HeadChoice {
 pub struct ProvenanceInfo {
     /// sha256 of the GGUF file.
     pub model_digest: String,
+    /// The terms the model comes under, for a model whittle fetches by name.
+    pub model_licence: String,
     /// sha256 of the prune folder's `factors.safetensors`, empty for dense.
     pub factors_digest: String,
     /// sha256 of the prune folder's `genome.json`, empty for dense.
@@ -178,6 +180,10 @@ pub fn pack_to_file(
     progress.finish_and_clear();
     let provenance = &mut options.provenance;
     provenance.model_digest = base.digest.clone();
+    provenance.model_licence = crate::fetch::KNOWN_MODELS
+        .into_iter()
+        .find(|known| known.sha256 == base.digest)
+        .map_or_else(String::new, |known| known.licence.to_owned());
     if let Some(prune) = prune {
         provenance.factors_digest = prune.factors_digest.clone();
         provenance.genome_digest = prune.genome_digest.clone();
@@ -1296,6 +1302,7 @@ pub fn pack(
         layers: LayerRecords(&layer_bytes),
         provenance: Provenance {
             model_digest: &info.model_digest,
+            model_licence: &info.model_licence,
             factors_digest: &info.factors_digest,
             genome_digest: &info.genome_digest,
             source: &info.source,

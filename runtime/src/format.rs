@@ -276,6 +276,9 @@ pub struct TaskRef<'a> {
 pub struct Provenance<'a> {
     /// sha256 of the source GGUF file (hex).
     pub model_digest: &'a str,
+    /// The terms the source model comes under, when the packer knows them (a model fetched by
+    /// name, e.g. Gemma 3 270M under the Gemma Terms of Use); empty otherwise.
+    pub model_licence: &'a str,
     /// sha256 of the prune folder's `factors.safetensors` (hex), empty for a dense bundle.
     pub factors_digest: &'a str,
     /// The prune folder's genome (`genome.json`) digest (hex), empty for a dense bundle.

@@ -720,6 +720,7 @@ impl SyntheticParts {
             layers: LayerRecords(layer_bytes),
             provenance: Provenance {
                 model_digest: "synthetic",
+                model_licence: "",
                 factors_digest: "",
                 genome_digest: "",
                 source: "",

@@ -170,10 +170,15 @@ fn fetch_model() -> anyhow::Result<()> {
         );
     }
     let model = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    println!(
+        "    $ whittle fetch-model --model {GEMMA3}\n{}",
+        model.display()
+    );
     let reference = default_cache_dir()
         .join("references")
         .join(format!("llamacpp-logits-{GEMMA3_DIGEST_PREFIX}.json"));
     if reference.is_file() {
+        println!("    llama.cpp's logits: {} (recorded)", reference.display());
         return Ok(());
     }
     let python = crate::bench::venv_python()?;

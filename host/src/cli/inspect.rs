@@ -131,6 +131,9 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         args.context
     );
     println!("provenance  model sha256 {}", p.model_digest);
+    if !p.model_licence.is_empty() {
+        println!("            model licence {}", p.model_licence);
+    }
     if !p.source.is_empty() {
         println!(
             "            pruned from {} (factors {}, genome {})",

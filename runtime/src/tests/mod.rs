@@ -230,6 +230,7 @@ fn tiny_bundle_with_pairs(
         layers: LayerRecords(&layer_bytes),
         provenance: Provenance {
             model_digest: "00",
+            model_licence: "",
             factors_digest: "",
             genome_digest: "",
             source: "",
@@ -287,12 +288,12 @@ fn golden_bytes_of_the_tiny_bundle() {
 
 /// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v6: the config's
 /// architecture and head width, two absent norm pairs per layer, an absent SentencePiece
-/// table: 16 header bytes more than v5, past the padding, so 64 bytes longer; the blob did
-/// not change).
+/// table, an empty model licence: 17 header bytes more than v5, past the padding, so 64 bytes
+/// longer; the blob did not change).
 const GOLDEN: (&str, usize, u32) = (
-    "57484954544c45000600000072010000407d000000000000",
+    "57484954544c45000600000073010000407d000000000000",
     32516,
-    1043336864,
+    3310819551,
 );
 
 /// The tiny q8 bundle (format v2, one scale per 32 values of a row): preamble, length, and the
@@ -325,9 +326,9 @@ fn golden_quantized(dtype: Dtype, golden: (&str, usize, u32, u32)) {
 /// The same for the tiny q4 bundle (nibbles and f16 scale/minimum pairs; larger than q8 here:
 /// rows of 16 and 24 values pad their one block to 32).
 const GOLDEN_Q4: (&str, usize, u32, u32) = (
-    "57484954544c450006000000910100008034000000000000",
+    "57484954544c450006000000920100008034000000000000",
     13892,
-    4238997066,
+    3906373077,
     1846668381,
 );
 
@@ -335,9 +336,9 @@ const GOLDEN_Q4: (&str, usize, u32, u32) = (
 /// architecture, head width, optional norms and SentencePiece table: 16 header bytes more
 /// than v5).
 const GOLDEN_Q8: (&str, usize, u32, u32) = (
-    "57484954544c4500060000008d0100008032000000000000",
+    "57484954544c4500060000008e0100008032000000000000",
     13380,
-    1932459088,
+    3563689542,
     2526822772,
 );
 
