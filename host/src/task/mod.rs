@@ -219,7 +219,9 @@ pub struct Prompt {
     /// Whether to wrap the prompt in the model's chat template.
     pub chat: bool,
     /// The whole prompt for a model without a chat template (a pretrained base model such as
-    /// Gemma 3 270M), used instead of the chat one for such a model.
+    /// Gemma 3 270M), used instead of the chat one for such a model. Absent, it is not
+    /// serialized, so the fingerprint of a task without one is what it was before the field.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub plain: Option<String>,
 }
 

@@ -84,7 +84,7 @@ fn toml_errors_name_line_and_column() {
     check_edited(
         "[prompt]",
         "[prompt]\ncolour = \"blue\"",
-        "task file $DIR/task.toml line 14 column 1: unknown field `colour`, expected one of `system`, `user`, `assistant_prefix`, `chat`; fix the task file",
+        "task file $DIR/task.toml line 14 column 1: unknown field `colour`, expected one of `system`, `user`, `assistant_prefix`, `chat`, `plain`; fix the task file",
     );
     check_edited(
         "metric = \"accuracy\"",

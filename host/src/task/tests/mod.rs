@@ -201,12 +201,7 @@ fn prompts_are_rendered_from_the_source_fields() {
                 .to_string(),
             assistant_prefix: "The sentiment of this review is".to_string(),
             chat: true,
-            plain: Some(
-                "Review: a gorgeous , witty , seductive movie .\nSentiment: positive\n\n\
-                 Review: the plot is thin and the acting is dreadful .\nSentiment: negative\n\n\
-                 Review: it 's a charming and often affecting journey . \nSentiment:"
-                    .to_string()
-            ),
+            plain: None,
         }
     );
     assert_eq!(first_row.label, Some(1));
