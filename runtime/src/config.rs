@@ -90,7 +90,7 @@ impl Architecture {
     /// Whether layer `layer_idx` attends only to its last `sliding_window` positions.
     pub const fn is_local(&self, layer_idx: usize) -> bool {
         self.sliding_window > 0
-            && (self.global_every == 0 || (layer_idx + 1) % self.global_every != 0)
+            && (self.global_every == 0 || !(layer_idx + 1).is_multiple_of(self.global_every))
     }
 
     /// A short name for messages: `llama` or `gemma3`-like.
