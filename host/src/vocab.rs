@@ -409,9 +409,12 @@ mod tests {
         let owned = OwnedSpmTables::build(&full.vocab, &spm.scores, &spm.token_types)?;
         let seen_text = "abc ab";
         let (mut ids, mut merged) = (Vec::new(), Vec::new());
-        owned
-            .tables()?
-            .encode_recording_merges(&[seen_text], true, &mut ids, &mut |id| merged.push(id))?;
+        owned.tables()?.encode_to_vec(
+            &[seen_text],
+            true,
+            &mut ids,
+            Some(&mut |id| merged.push(id)),
+        )?;
         // `ab` then `abc`, and `▁ab` by way of `ab`: the intermediate `ab` is a merge.
         let token = |text: &str| full.vocab.iter().position(|t| t == text.as_bytes());
         let ab = token("ab").expect("ab") as u32;

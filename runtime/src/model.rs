@@ -61,8 +61,8 @@ impl Layout {
             kv_rows: chunk * config.kv_dim(),
             inter_rows: chunk * config.intermediate_size,
             rank_rows: chunk * bundle.max_rank(),
-            // The global layers' table, then the local layers'.
-            rope: 2 * chunk * config.head_dim(),
+            // The global layers' table, then (with a sliding window) the local layers'.
+            rope: rope_tables(config) * chunk * config.head_dim(),
             scores: context,
             logits,
         }
@@ -371,7 +371,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         let head_dim = config.head_dim();
         let half = head_dim / 2;
         let table = self.layout.chunk * head_dim;
-        let tables = if config.arch.sliding_window > 0 { 2 } else { 1 };
+        let tables = rope_tables(config);
         let thetas = [config.rope_theta, config.arch.rope_theta_local];
         for (rows, theta) in self
             .buffers
@@ -520,6 +520,15 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             .post_norms
             .map(|(attention, _)| self.bundle.f32s(attention));
         add_output(b, post, n, hidden, eps);
+    }
+}
+
+/// Rotation tables a chunk needs: the global layers', and the local layers' with a sliding
+/// window.
+fn rope_tables(config: &ModelConfig) -> usize {
+    match config.arch.sliding_window {
+        0 => 1,
+        _ => 2,
     }
 }
 

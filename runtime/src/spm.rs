@@ -225,29 +225,22 @@ impl<'a> SpmTables<'a> {
         self.encode_into(pieces, parse_special, out, &mut |_| {})
     }
 
-    /// [`SpmTables::encode`] into a growing vector (feature `alloc`).
+    /// [`SpmTables::encode`] into a growing vector (feature `alloc`), calling `merged`, when
+    /// given, with the token of every merge on the way: with those and the output kept, a
+    /// trimmed vocabulary tokenizes the text as the whole one does (a merge that never won
+    /// cannot change which one wins).
     #[cfg(any(test, feature = "alloc"))]
     pub fn encode_to_vec(
         &self,
         pieces: &[&str],
         parse_special: bool,
         out: &mut alloc::vec::Vec<u32>,
+        merged: Option<&mut dyn FnMut(u32)>,
     ) -> Result<(), Error> {
-        self.encode_into(pieces, parse_special, out, &mut |_| {})
-    }
-
-    /// [`SpmTables::encode_to_vec`], calling `merged` with the token of every merge on the way
-    /// (feature `alloc`): with those and the output kept, a trimmed vocabulary tokenizes the
-    /// text as the whole one does (a merge that never won cannot change which one wins).
-    #[cfg(any(test, feature = "alloc"))]
-    pub fn encode_recording_merges(
-        &self,
-        pieces: &[&str],
-        parse_special: bool,
-        out: &mut alloc::vec::Vec<u32>,
-        merged: &mut dyn FnMut(u32),
-    ) -> Result<(), Error> {
-        self.encode_into(pieces, parse_special, out, merged)
+        match merged {
+            Some(merged) => self.encode_into(pieces, parse_special, out, merged),
+            None => self.encode_into(pieces, parse_special, out, &mut |_| {}),
+        }
     }
 
     fn encode_into<B: IdBuffer>(

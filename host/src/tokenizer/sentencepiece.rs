@@ -144,7 +144,8 @@ impl SentencePiece {
     pub(super) fn encode(&self, text: &str, whole: bool) -> anyhow::Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(text.len() + 2);
         ids.extend(self.bos.filter(|_| whole));
-        self.tables()?.encode_to_vec(&[text], true, &mut ids)?;
+        self.tables()?
+            .encode_to_vec(&[text], true, &mut ids, None)?;
         ids.extend(self.eos.filter(|_| whole));
         Ok(ids)
     }
@@ -199,7 +200,7 @@ impl SentencePiece {
     pub(super) fn merged_tokens(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         let (mut out, mut merged) = (Vec::new(), Vec::new());
         self.tables()?
-            .encode_recording_merges(&[text], true, &mut out, &mut |id| merged.push(id))?;
+            .encode_to_vec(&[text], true, &mut out, Some(&mut |id| merged.push(id)))?;
         Ok(merged)
     }
 

@@ -68,7 +68,7 @@ fn check_special(pieces: &[&str], parse_special: bool, expected: &[u32]) {
     assert_eq!(out.as_slice(), expected, "{pieces:?}");
     let mut grown = StdVec::new();
     tables
-        .encode_to_vec(pieces, parse_special, &mut grown)
+        .encode_to_vec(pieces, parse_special, &mut grown, None)
         .expect("encodes");
     assert_eq!(grown, expected, "{pieces:?}");
 }
@@ -198,7 +198,7 @@ fn round_trips() {
     for text in ["abc cab", "  x\n\nok é😀 <b>", "<bos>bcab"] {
         let mut ids = StdVec::new();
         tables
-            .encode_to_vec(&[text], false, &mut ids)
+            .encode_to_vec(&[text], false, &mut ids, None)
             .expect("encodes");
         let mut out = [0u8; 64];
         let n = tables.decode_into(&ids, &mut out);
