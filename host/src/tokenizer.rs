@@ -289,16 +289,21 @@ impl TextTokenizer {
     pub fn encode_prompt(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         match &self.backend {
             Backend::Bpe(_) => self.encode(text),
-            Backend::SentencePiece(spm) => spm.encode(text, true),
+            Backend::SentencePiece(spm) => spm.encode(text, true, None),
         }
     }
 
-    /// For a SentencePiece vocabulary, the token of every merge it makes on `text` (what a
-    /// trimmed vocabulary must keep to read `text` as the whole one does); `None` for BPE.
-    pub fn merged_tokens(&self, text: &str) -> anyhow::Result<Option<Vec<u32>>> {
+    /// [`Self::encode_prompt`] with, for a SentencePiece vocabulary, the token of every merge
+    /// made on the way (what a trimmed vocabulary must keep to read `text` as the whole one
+    /// does); none for BPE, whose merges the trim reads from its table.
+    pub fn encode_prompt_with_merges(&self, text: &str) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
         match &self.backend {
-            Backend::Bpe(_) => Ok(None),
-            Backend::SentencePiece(spm) => spm.merged_tokens(text).map(Some),
+            Backend::Bpe(_) => Ok((self.encode(text)?, Vec::new())),
+            Backend::SentencePiece(spm) => {
+                let mut merged = Vec::new();
+                let ids = spm.encode(text, true, Some(&mut |id| merged.push(id)))?;
+                Ok((ids, merged))
+            }
         }
     }
 
@@ -311,7 +316,7 @@ impl TextTokenizer {
                     .map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
                 Ok(encoding.get_ids().to_vec())
             }
-            Backend::SentencePiece(spm) => spm.encode(text, false),
+            Backend::SentencePiece(spm) => spm.encode(text, false, None),
         }
     }
 

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use whittle_runtime::format::NO_TOKEN;
 use whittle_runtime::writer::{SentencePieceTables, TokenizerTables, Trimmed};
 
-use crate::eval::{prompt_ids, prompt_text};
+use crate::eval::prompt_text;
 use crate::task::{Split, Task};
 use crate::tokenizer::TextTokenizer;
 
@@ -85,10 +85,7 @@ impl VocabTrim {
             let ids: Vec<(Vec<u32>, Vec<u32>)> = examples
                 .par_iter()
                 .map(|example| {
-                    let merged = tokenizer
-                        .merged_tokens(&prompt_text(tokenizer, &example.prompt)?)?
-                        .unwrap_or_default();
-                    Ok((prompt_ids(tokenizer, &example.prompt)?, merged))
+                    tokenizer.encode_prompt_with_merges(&prompt_text(tokenizer, &example.prompt)?)
                 })
                 .collect::<anyhow::Result<_>>()
                 .with_context(|| format!("tokenizing the {} split", split.name()))?;

@@ -92,15 +92,6 @@ impl Architecture {
         self.sliding_window > 0
             && (self.global_every == 0 || !(layer_idx + 1).is_multiple_of(self.global_every))
     }
-
-    /// A short name for messages: `llama` or `gemma3`-like.
-    pub const fn name(&self) -> &'static str {
-        match (self.activation, self.post_norms, self.qk_norm) {
-            (Activation::Silu, false, false) if self.sliding_window == 0 => "llama",
-            (Activation::GeluTanh, true, true) => "gemma3",
-            _ => "custom",
-        }
-    }
 }
 
 /// Why a [`ModelConfig`] cannot describe a working model.

@@ -570,6 +570,10 @@ pub struct OwnedSpmTables {
     /// `u32` ids of the control, unknown and user-defined tokens, longest text first, then by
     /// id.
     pub literal_ids: alloc::vec::Vec<u8>,
+    /// The longest token's length, found when the tables were built and checked, so that
+    /// borrowing them ([`OwnedSpmTables::tables`], once per text on the host) does not scan
+    /// every offset again.
+    max_token_len: usize,
 }
 
 #[cfg(any(test, feature = "alloc"))]
@@ -612,26 +616,47 @@ impl OwnedSpmTables {
             .collect();
         literals.sort_by(|a, b| text(b).len().cmp(&text(a).len()).then(a.cmp(b)));
         let le_bytes = |ids: &[u32]| ids.iter().flat_map(|id| id.to_le_bytes()).collect();
-        Ok(Self {
+        let mut owned = Self {
             offsets,
             token_bytes,
             scores: scores.iter().flat_map(|s| s.to_le_bytes()).collect(),
             token_types: token_types.to_vec(),
             sorted_ids: le_bytes(&sorted),
             literal_ids: le_bytes(&literals),
-        })
+            max_token_len: 0,
+        };
+        owned.max_token_len = SpmTables::new(
+            &owned.offsets,
+            &owned.token_bytes,
+            &owned.scores,
+            &owned.token_types,
+            &owned.sorted_ids,
+            &owned.literal_ids,
+        )?
+        .max_token_len;
+        Ok(owned)
     }
 
-    /// The tables borrowed from these bytes.
+    /// The tables borrowed from these bytes, checked when they were built ([`Error::BadTokenizer`]
+    /// only if a field's length was changed since).
     pub fn tables(&self) -> Result<SpmTables<'_>, Error> {
-        SpmTables::new(
-            &self.offsets,
-            &self.token_bytes,
-            &self.scores,
-            &self.token_types,
-            &self.sorted_ids,
-            &self.literal_ids,
-        )
+        let n = self.token_types.len();
+        let lengths_agree = self.offsets.len() == (n + 1) * 4
+            && self.scores.len() == n * 4
+            && self.sorted_ids.len() == n * 4
+            && self.literal_ids.len().is_multiple_of(4);
+        if !lengths_agree {
+            return Err(Error::BadTokenizer);
+        }
+        Ok(SpmTables {
+            offsets: &self.offsets,
+            token_bytes: &self.token_bytes,
+            scores: &self.scores,
+            token_types: &self.token_types,
+            sorted_ids: &self.sorted_ids,
+            literal_ids: &self.literal_ids,
+            max_token_len: self.max_token_len,
+        })
     }
 }
 

@@ -59,7 +59,7 @@ fn real_model_gemma3_logits_match_llama_cpp() -> anyhow::Result<()> {
     let device = Device::Cpu;
     let mut gguf = GgufFile::open(&path)?;
     let config = gguf.config()?;
-    assert_eq!(config.arch.name(), "gemma3");
+    assert_eq!(config.arch, whittle_runtime::Architecture::gemma3(512));
     assert_eq!(
         (
             config.n_layers,

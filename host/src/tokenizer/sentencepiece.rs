@@ -140,12 +140,18 @@ impl SentencePiece {
         Ok(self.tables.tables()?)
     }
 
-    /// Ids of `text`, with BOS and EOS around them (as the vocabulary asks) when `whole`.
-    pub(super) fn encode(&self, text: &str, whole: bool) -> anyhow::Result<Vec<u32>> {
+    /// Ids of `text`, with BOS and EOS around them (as the vocabulary asks) when `whole`;
+    /// `merged`, when given, receives the token of every merge on the way.
+    pub(super) fn encode(
+        &self,
+        text: &str,
+        whole: bool,
+        merged: Option<&mut dyn FnMut(u32)>,
+    ) -> anyhow::Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(text.len() + 2);
         ids.extend(self.bos.filter(|_| whole));
         self.tables()?
-            .encode_to_vec(&[text], true, &mut ids, None)?;
+            .encode_to_vec(&[text], true, &mut ids, merged)?;
         ids.extend(self.eos.filter(|_| whole));
         Ok(ids)
     }
@@ -194,14 +200,6 @@ impl SentencePiece {
                 bos: self.bos,
             }),
         })
-    }
-
-    /// The token of every merge the SPM makes on `text` (a prompt without BOS).
-    pub(super) fn merged_tokens(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        let (mut out, mut merged) = (Vec::new(), Vec::new());
-        self.tables()?
-            .encode_to_vec(&[text], true, &mut out, Some(&mut |id| merged.push(id)))?;
-        Ok(merged)
     }
 
     pub(super) fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
