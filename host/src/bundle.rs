@@ -974,11 +974,11 @@ pub fn for_storage(
                     .map(|c| s[(c / value / group) * value + c % value])
                     .collect();
                 let v = current(&out, MatrixKind::V)?;
-                out.set_linear(
-                    layer_idx,
-                    MatrixKind::V,
-                    scale_rows(&v, &vector(inverse(&s))?)?,
-                )?;
+                let rows = vector(inverse(&s))?;
+                out.set_linear(layer_idx, MatrixKind::V, scale_rows(&v, &rows)?)?;
+                if let Some([q_bias, k_bias, v_bias]) = out.qkv_bias(layer_idx).cloned() {
+                    out.set_qkv_bias(layer_idx, [q_bias, k_bias, v_bias.mul(&rows)?])?;
+                }
                 out.set_linear(
                     layer_idx,
                     MatrixKind::O,
@@ -1174,9 +1174,14 @@ pub fn pack(
     let rows_dtype = dtype.rows();
     let mut blob = BlobBuilder::new();
     let tokenizer = blob.push_tokenizer(tables)?;
+    // Rows past the tokenizer's vocabulary (Qwen2.5 pads its 151,665 tokens to 151,936 rows)
+    // are never read: the bundle keeps the tokenizer's.
+    if trim.is_none() && tables.vocab.len() < config.vocab_size {
+        config.vocab_size = tables.vocab.len();
+    }
     let vocab_rows = |matrix: &Tensor| match &trim {
         Some(trim) => trim.rows(matrix),
-        None => Ok(matrix.clone()),
+        None => Ok(matrix.narrow(0, 0, config.vocab_size)?),
     };
     let embedding = push_tensor(&mut blob, &vocab_rows(llama.embedding())?, rows_dtype)?;
     let final_norm = blob.push_f32(&values(llama.final_norm())?)?;
@@ -1216,12 +1221,23 @@ pub fn pack(
             }
             None => whittle_runtime::format::Span::default(),
         };
+        let qkv_bias = match llama.qkv_bias(layer_idx) {
+            Some(biases) => {
+                let mut spans = [whittle_runtime::format::Span::default(); 3];
+                for (span, bias) in spans.iter_mut().zip(biases) {
+                    *span = blob.push_f32(&values(bias)?)?;
+                }
+                Some(spans)
+            }
+            None => None,
+        };
         layers.push(LayerRef {
             attn_norm,
             ffn_norm,
             linears,
             post_norms,
             qk_norms,
+            qkv_bias,
             rotary_pairs,
         });
     }
@@ -1428,10 +1444,21 @@ mod tests {
     /// it makes the q8 and q4 model's outputs closer to the f32 model's than plain rounding.
     #[test]
     fn rescaling_for_storage_keeps_the_function_and_rounds_it_better() -> anyhow::Result<()> {
-        use crate::model::synthetic::{tiny_config, tiny_tensors};
+        use crate::model::synthetic::tiny_config;
+        rescaling_keeps_the_function_and_rounds_it_better(tiny_config())?;
+        // v's bias is rescaled with v's rows.
+        rescaling_keeps_the_function_and_rounds_it_better(ModelConfig {
+            arch: whittle_runtime::Architecture::QWEN2,
+            ..tiny_config()
+        })
+    }
+
+    fn rescaling_keeps_the_function_and_rounds_it_better(
+        config: ModelConfig,
+    ) -> anyhow::Result<()> {
+        use crate::model::synthetic::tiny_tensors;
         use candle_core::Device;
         let device = Device::Cpu;
-        let config = tiny_config();
         let mut tensors = tiny_tensors(&config, 5, &device)?;
         for layer_idx in 0..config.n_layers {
             // One hidden dimension through a norm weight 20× the others, and one o column

@@ -407,8 +407,19 @@ pub fn llama_tensor_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
             let (rows, cols) = config.matrix_shape(kind);
             shapes.push((gguf_matrix_name(layer_idx, kind), vec![rows, cols]));
         }
+        if config.arch.qkv_bias {
+            for kind in [MatrixKind::Q, MatrixKind::K, MatrixKind::V] {
+                let rows = config.matrix_shape(kind).0;
+                shapes.push((bias_name(layer_idx, kind), vec![rows]));
+            }
+        }
     }
     shapes
+}
+
+/// GGUF tensor name of a block's q, k or v bias ([`Architecture::qkv_bias`]).
+pub fn bias_name(layer_idx: usize, kind: MatrixKind) -> String {
+    gguf_matrix_name(layer_idx, kind).replace(".weight", ".bias")
 }
 
 /// The two sub-block outputs a post-norm ([`Architecture::post_norms`]) follows.

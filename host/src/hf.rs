@@ -1,8 +1,10 @@
 //! Hugging Face checkpoints: a folder with `config.json`, `model.safetensors` (or shards named
 //! by `model.safetensors.index.json`), `tokenizer.json` and `tokenizer_config.json`, for
-//! Llama-family models (`LlamaForCausalLM`). Tensors may be bf16, f16 or f32; they load as f32
-//! under the GGUF names the model uses, q's and k's rows permuted from Hugging Face's
-//! half-split rotary layout to the interleaved one exactly as llama.cpp's converter does.
+//! Llama-family models (`LlamaForCausalLM`) and Qwen2 (`Qwen2ForCausalLM`: Llama's block with
+//! biases on q, k and v). Tensors may be bf16, f16 or f32; they load as f32 under the GGUF names
+//! the model uses, q's and k's rows (and their biases) permuted from Hugging Face's half-split
+//! rotary layout to the interleaved one exactly as llama.cpp's converter does for Llama (it
+//! keeps Qwen2's half-split rows and rotates them NEOX-style; the scores are the same).
 //! [`write_checkpoint`] is the inverse (what the test of this module writes from a GGUF).
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,12 +14,15 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use whittle_runtime::{Architecture, MatrixKind, ModelConfig};
 
-use crate::gguf::{ModelError, gguf_matrix_name, llama_tensor_shapes};
+use crate::gguf::{ModelError, bias_name, gguf_matrix_name, llama_tensor_shapes};
 use crate::model::{Linear, Llama, LoadedModel};
 use crate::tokenizer::TextTokenizer;
 
 /// The architectures (`config.json` `architectures`) this loader reads.
-pub const SUPPORTED: &[&str] = &["LlamaForCausalLM"];
+pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "Qwen2ForCausalLM"];
+
+/// The `architectures` entry of a Qwen2 checkpoint.
+const QWEN2: &str = "Qwen2ForCausalLM";
 
 /// The fields of `config.json` the loader reads (others are ignored).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -53,9 +58,16 @@ pub struct HfConfig {
     /// RoPE scaling (Llama 3.x `llama3`, YaRN, …): not implemented, so it must be absent.
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
-    /// Biases on q/k/v/o: not implemented for Llama, so absent or false.
+    /// Biases on q/k/v/o: not implemented for Llama, so absent or false (Qwen2 has q/k/v
+    /// biases without this key).
     #[serde(default)]
     pub attention_bias: bool,
+    /// Qwen2's sliding-window attention: not implemented, so absent or false.
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    /// The MLP's activation: `silu` (SwiGLU) if present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_act: Option<String>,
     /// Biases in the MLP: not implemented, so absent or false.
     #[serde(default)]
     pub mlp_bias: bool,
@@ -90,8 +102,17 @@ impl HfConfig {
         if self.attention_bias || self.mlp_bias {
             return Err(refuse("attention or MLP biases"));
         }
+        if self.use_sliding_window {
+            return Err(refuse("use_sliding_window in config.json"));
+        }
+        if let Some(act) = self.hidden_act.as_deref().filter(|&act| act != "silu") {
+            return Err(refuse(&format!("hidden_act {act} (only silu)")));
+        }
         let config = ModelConfig {
-            arch: Architecture::LLAMA,
+            arch: match self.is_qwen2() {
+                true => Architecture::QWEN2,
+                false => Architecture::LLAMA,
+            },
             n_layers: self.num_hidden_layers,
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
@@ -110,6 +131,10 @@ impl HfConfig {
             source,
         })?;
         Ok(config)
+    }
+
+    fn is_qwen2(&self) -> bool {
+        self.architectures.iter().any(|a| a == QWEN2)
     }
 
     fn eos(&self) -> Option<u32> {
@@ -164,16 +189,25 @@ fn names(config: &ModelConfig) -> Vec<(String, String)> {
                 hf_matrix_name(layer_idx, kind),
             ));
         }
+        if config.arch.qkv_bias {
+            for kind in [MatrixKind::Q, MatrixKind::K, MatrixKind::V] {
+                names.push((
+                    bias_name(layer_idx, kind),
+                    hf_matrix_name(layer_idx, kind).replace(".weight", ".bias"),
+                ));
+            }
+        }
     }
     names.push(("output.weight".to_owned(), "lm_head.weight".to_owned()));
     names
 }
 
-/// Heads whose rows the rotary layout permutes: q's query heads, k's key/value heads.
+/// Heads whose rows the rotary layout permutes: q's (and its bias's) query heads, k's key/value
+/// heads.
 fn rotary_heads(gguf_name: &str, config: &ModelConfig) -> Option<usize> {
-    if gguf_name.ends_with(".attn_q.weight") {
+    if gguf_name.ends_with(".attn_q.weight") || gguf_name.ends_with(".attn_q.bias") {
         Some(config.n_heads)
-    } else if gguf_name.ends_with(".attn_k.weight") {
+    } else if gguf_name.ends_with(".attn_k.weight") || gguf_name.ends_with(".attn_k.bias") {
         Some(config.n_kv_heads)
     } else {
         None
@@ -182,24 +216,26 @@ fn rotary_heads(gguf_name: &str, config: &ModelConfig) -> Option<usize> {
 
 /// Hugging Face's rotary rows (each head's first half, then its second) to the interleaved
 /// order the GGUF uses: llama.cpp's `permute`, `w.reshape(heads, 2, rows/heads/2, cols)
-/// .swapaxes(1, 2)`.
+/// .swapaxes(1, 2)`; a bias is a matrix of one column.
 fn to_interleaved(weight: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-    let (rows, cols) = weight.dims2()?;
+    let rows = weight.dim(0)?;
+    let cols = weight.elem_count() / rows.max(1);
     weight
         .reshape((heads, 2, rows / heads / 2, cols))?
         .transpose(1, 2)?
         .contiguous()?
-        .reshape((rows, cols))
+        .reshape(weight.shape())
 }
 
 /// The inverse of [`to_interleaved`].
 fn to_half_split(weight: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-    let (rows, cols) = weight.dims2()?;
+    let rows = weight.dim(0)?;
+    let cols = weight.elem_count() / rows.max(1);
     weight
         .reshape((heads, rows / heads / 2, 2, cols))?
         .transpose(1, 2)?
         .contiguous()?
-        .reshape((rows, cols))
+        .reshape(weight.shape())
 }
 
 #[derive(Deserialize)]
@@ -255,7 +291,7 @@ pub fn read_config(dir: &Path) -> Result<HfConfig, ModelError> {
     })
 }
 
-/// Loads the Llama-family checkpoint in `dir` onto `device` as f32.
+/// Loads the Llama-family or Qwen2 checkpoint in `dir` onto `device` as f32.
 pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
     let hf = read_config(dir)?;
     let config = hf.model_config(&dir.join("config.json"))?;
@@ -362,6 +398,14 @@ pub fn write_checkpoint(
             attn_norm.clone(),
         );
         by_gguf_name.insert(format!("blk.{layer_idx}.ffn_norm.weight"), ffn_norm.clone());
+        if let Some(biases) = llama.qkv_bias(layer_idx) {
+            for (kind, bias) in [MatrixKind::Q, MatrixKind::K, MatrixKind::V]
+                .into_iter()
+                .zip(biases)
+            {
+                by_gguf_name.insert(bias_name(layer_idx, kind), bias.clone());
+            }
+        }
         for kind in MatrixKind::ALL {
             match llama.linear(layer_idx, kind).ok_or_else(missing)? {
                 Linear::Dense { weight } => {
@@ -391,7 +435,13 @@ pub fn write_checkpoint(
     let bytes = safetensors::serialize(&tensors, None)?;
     whittle_boards::files::write_atomically(&dir.join("model.safetensors"), &bytes)?;
     let hf = HfConfig {
-        architectures: vec!["LlamaForCausalLM".to_owned()],
+        architectures: vec![
+            match config.arch.qkv_bias {
+                true => QWEN2,
+                false => "LlamaForCausalLM",
+            }
+            .to_owned(),
+        ],
         hidden_size: config.hidden_size,
         intermediate_size: config.intermediate_size,
         num_attention_heads: config.n_heads,
@@ -405,6 +455,8 @@ pub fn write_checkpoint(
         tie_word_embeddings: llama.head_is_tied(),
         rope_scaling: None,
         attention_bias: false,
+        use_sliding_window: false,
+        hidden_act: None,
         mlp_bias: false,
         eos_token_id: model
             .tokenizer
@@ -472,6 +524,18 @@ mod tests {
         assert!(message.contains("rope_scaling"), "{message}");
         let message = refusal(|j| j["attention_bias"] = serde_json::json!(true));
         assert!(message.contains("biases"), "{message}");
+        let qwen2 = |j: &mut serde_json::Value| {
+            j["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+        };
+        let config = config_json(qwen2)?.model_config(Path::new("c"))?;
+        assert_eq!(config.arch, Architecture::QWEN2);
+        let message = refusal(|j| {
+            qwen2(j);
+            j["use_sliding_window"] = serde_json::json!(true);
+        });
+        assert!(message.contains("use_sliding_window"), "{message}");
+        let message = refusal(|j| j["hidden_act"] = serde_json::json!("gelu"));
+        assert!(message.contains("hidden_act gelu"), "{message}");
         let message = refusal(|j| j["num_key_value_heads"] = serde_json::json!(3));
         assert!(message.contains("invalid model config"), "{message}");
         Ok(())

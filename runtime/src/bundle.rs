@@ -307,6 +307,15 @@ impl<'a> Bundle<'a> {
             // the width) and fewer value dimensions per key/value head than `head_dim` (v's
             // output sets them); every other matrix must agree. Zero skips the sub-block.
             let widths = block_widths(&layer, config).ok_or(Error::BadShape)?;
+            match (layer.qkv_bias, config.arch.qkv_bias && widths.value > 0) {
+                (Some(biases), true) => {
+                    for (bias, kind) in biases.into_iter().zip(MatrixKind::ALL) {
+                        self.check_f32s(bias, config.matrix_shape_in(kind, widths).0)?;
+                    }
+                }
+                (None, false) => {}
+                _ => return Err(Error::BadLayer),
+            }
             self.check_rotary_pairs(layer.rotary_pairs, widths.pairs, config)?;
             for (kind, linear) in MatrixKind::ALL.into_iter().zip(&layer.linears) {
                 let (rows, cols) = config.matrix_shape_in(kind, widths);

@@ -41,6 +41,8 @@ pub struct Architecture {
     pub post_norms: bool,
     /// RMSNorm over each query and key head (weights of `head_dim`) before the rotation.
     pub qk_norm: bool,
+    /// Biases added to q's, k's and v's outputs (Qwen2).
+    pub qkv_bias: bool,
     /// Token embeddings multiplied by `√hidden_size` on input (not in the tied head).
     pub scale_embeddings: bool,
     /// Positions a local layer's query sees, its own included (0: every layer is global).
@@ -67,10 +69,18 @@ impl Architecture {
         activation: Activation::Silu,
         post_norms: false,
         qk_norm: false,
+        qkv_bias: false,
         scale_embeddings: false,
         sliding_window: 0,
         global_every: 0,
         rope_theta_local: 0.0,
+    };
+
+    /// A Qwen2 block: Llama's with biases on q, k and v (its half-split rotary pairs are
+    /// permuted to interleaved ones on load).
+    pub const QWEN2: Architecture = Architecture {
+        qkv_bias: true,
+        ..Architecture::LLAMA
     };
 
     /// Gemma 3's block with its `sliding_window` (local layers' RoPE base 10,000, every sixth
@@ -80,6 +90,7 @@ impl Architecture {
             activation: Activation::GeluTanh,
             post_norms: true,
             qk_norm: true,
+            qkv_bias: false,
             scale_embeddings: true,
             sliding_window,
             global_every: 6,

@@ -9,7 +9,7 @@ use crate::config::ModelConfig;
 /// The first eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"WHITTLE\0";
 /// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u16 = 6;
+pub const FORMAT_VERSION: u16 = 7;
 /// Bytes before the header: magic, version, flags, header length, blob length.
 pub const PREAMBLE_LEN: usize = 24;
 /// Values per q8 scale: each row of a q8 matrix is cut into blocks of this many consecutive
@@ -173,6 +173,11 @@ pub struct LayerRef {
     /// `(query, key)` head norms (`head_dim` f32 each, in the interleaved rotary order):
     /// present exactly when the architecture has query/key norms.
     pub qk_norms: Option<(Span, Span)>,
+    /// Biases of q, k and v (f32, one per stored output row: q's and k's in the interleaved
+    /// rotary order, and of the kept pairs' rows when the block keeps some; v's of the kept
+    /// value dimensions): present exactly when the architecture has them and the attention is
+    /// not skipped.
+    pub qkv_bias: Option<[Span; 3]>,
     /// The rotary pairs the block's query/key heads keep, when not all: `n_kv_heads` lists of
     /// equal length `p` (`u16` LE, each strictly ascending, below `head_dim / 2`), one per
     /// key/value head and shared by its query heads. q then has `2p` rows per query head and k

@@ -462,6 +462,18 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         apply(k, linear(MatrixKind::Q), normed, n, b.q, b.low);
         apply(k, linear(MatrixKind::K), normed, n, b.k, b.low);
         apply(k, linear(MatrixKind::V), normed, n, b.v, b.low);
+        if let Some([q_bias, k_bias, v_bias]) = layer.qkv_bias {
+            for (out, bias) in [
+                (&mut *b.q, q_bias),
+                (&mut *b.k, k_bias),
+                (&mut *b.v, v_bias),
+            ] {
+                let bias = self.bundle.f32s(bias);
+                let rows = prefix_mut(out, n * bias.len());
+                rows.chunks_exact_mut(bias.len().max(1))
+                    .for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += b));
+            }
+        }
         let head_dim = config.head_dim();
         if widths.pairs < head_dim / 2 {
             let list = self.bundle.span(layer.rotary_pairs);

@@ -679,12 +679,24 @@ fn synthetic_parts_with(
             let (rows, cols) = config.matrix_shape(kind);
             *slot = LinearRef::Dense(blob.push_matrix(rows, cols, &values(rows * cols), dtype)?);
         }
+        let qkv_bias = match config.arch.qkv_bias {
+            true => {
+                let mut bias = |kind| blob.push_f32(&values(config.matrix_shape(kind).0));
+                Some([
+                    bias(crate::MatrixKind::Q)?,
+                    bias(crate::MatrixKind::K)?,
+                    bias(crate::MatrixKind::V)?,
+                ])
+            }
+            false => None,
+        };
         layers.push(LayerRef {
             attn_norm,
             ffn_norm,
             linears,
             post_norms,
             qk_norms,
+            qkv_bias,
             rotary_pairs: Span::default(),
         });
     }

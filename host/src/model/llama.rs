@@ -12,7 +12,7 @@ use whittle_runtime::{Activation, BlockWidths, MatrixKind, ModelConfig};
 
 use super::linear::Linear;
 use super::observe::{InputSite, Observer};
-use crate::gguf::{PostNorm, gguf_matrix_name, post_norm_name, qk_norm_name};
+use crate::gguf::{PostNorm, bias_name, gguf_matrix_name, post_norm_name, qk_norm_name};
 
 /// Right-padded token ids of one or more prompts.
 #[derive(Clone, Debug)]
@@ -242,6 +242,8 @@ struct Block {
     post_norms: Option<(Tensor, Tensor)>,
     /// Present when q and k keep some of each head's rotary pairs.
     rotary_pairs: Option<RotaryPairs>,
+    /// Biases of q's, k's and v's stored rows (Qwen2), absent once the attention is skipped.
+    qkv_bias: Option<[Tensor; 3]>,
     q: Linear,
     k: Linear,
     v: Linear,
@@ -385,11 +387,20 @@ impl Llama {
                 )),
                 false => None,
             };
+            let qkv_bias = match config.arch.qkv_bias {
+                true => Some([
+                    get(&bias_name(layer_idx, MatrixKind::Q))?,
+                    get(&bias_name(layer_idx, MatrixKind::K))?,
+                    get(&bias_name(layer_idx, MatrixKind::V))?,
+                ]),
+                false => None,
+            };
             blocks.push(Block {
                 attn_norm: get(&format!("blk.{layer_idx}.attn_norm.weight"))?,
                 qk_norms,
                 post_norms,
                 rotary_pairs: None,
+                qkv_bias,
                 q: dense(layer_idx, MatrixKind::Q)?,
                 k: dense(layer_idx, MatrixKind::K)?,
                 v: dense(layer_idx, MatrixKind::V)?,
@@ -503,6 +514,32 @@ impl Llama {
         self.replace(layer_idx, widths, [(kind, linear)])
     }
 
+    /// Block `layer_idx`'s biases of q, k and v (of their stored rows), when it has them.
+    pub fn qkv_bias(&self, layer_idx: usize) -> Option<&[Tensor; 3]> {
+        self.blocks.get(layer_idx)?.qkv_bias.as_ref()
+    }
+
+    /// Replaces block `layer_idx`'s biases of q, k and v by ones of the same shapes.
+    pub fn set_qkv_bias(&mut self, layer_idx: usize, biases: [Tensor; 3]) -> Result<()> {
+        let Some(block) = self.blocks.get_mut(layer_idx) else {
+            candle_core::bail!("layer {layer_idx} does not exist");
+        };
+        let Some(current) = &block.qkv_bias else {
+            candle_core::bail!("layer {layer_idx} has no q/k/v biases");
+        };
+        for (old, new) in current.iter().zip(&biases) {
+            if old.dims() != new.dims() {
+                candle_core::bail!(
+                    "layer {layer_idx}: a bias of shape {:?} replaces one of {:?}",
+                    new.dims(),
+                    old.dims()
+                );
+            }
+        }
+        block.qkv_bias = Some(biases);
+        Ok(())
+    }
+
     /// What block `layer_idx` keeps of its MLP and its value heads.
     pub fn block_widths(&self, layer_idx: usize) -> Result<BlockWidths> {
         match self.blocks.get(layer_idx) {
@@ -537,6 +574,11 @@ impl Llama {
         };
         let values = [(MatrixKind::V, v), (MatrixKind::O, o)];
         if widths.value > 0 {
+            if self.config.arch.qkv_bias && widths.value < self.config.head_dim() {
+                candle_core::bail!(
+                    "layer {layer_idx}: a model with q/k/v biases keeps every value dimension or none (the projection of v's bias is not implemented)"
+                );
+            }
             return self.replace(layer_idx, widths, values);
         }
         let empty = || Linear::empty((0, self.config.hidden_size), &self.device);
@@ -550,6 +592,7 @@ impl Llama {
         self.replace(layer_idx, widths, skipped)?;
         if let Some(block) = self.blocks.get_mut(layer_idx) {
             block.rotary_pairs = None;
+            block.qkv_bias = None;
         }
         Ok(())
     }
@@ -577,9 +620,37 @@ impl Llama {
         if widths.value == 0 {
             candle_core::bail!("layer {layer_idx}: a skipped attention keeps no rotary pairs");
         }
+        let Some(block) = self.blocks.get(layer_idx) else {
+            candle_core::bail!("layer {layer_idx} does not exist");
+        };
+        let qkv_bias = match (&block.qkv_bias, &block.rotary_pairs) {
+            (Some(_), Some(_)) => candle_core::bail!(
+                "layer {layer_idx}: the rotary pairs of a block with biases are chosen once"
+            ),
+            // The kept pairs' rows of each whole head's bias, in q's and k's new row order.
+            (Some([q_bias, k_bias, v_bias]), None) => {
+                // Lane `r` of the whole heads reads narrow row `lanes[r]` (past the last: zero).
+                let kept = |bias: &Tensor, lanes: &Tensor, width: usize| -> Result<Tensor> {
+                    let mut rows = vec![0u32; width];
+                    for (row, lane) in lanes.to_vec1::<u32>()?.into_iter().enumerate() {
+                        if let Some(slot) = rows.get_mut(lane as usize) {
+                            *slot = row as u32;
+                        }
+                    }
+                    bias.index_select(&Tensor::new(rows.as_slice(), bias.device())?, 0)
+                };
+                Some([
+                    kept(q_bias, &pairs.q_lanes, q.shape()?.0)?,
+                    kept(k_bias, &pairs.k_lanes, k.shape()?.0)?,
+                    v_bias.clone(),
+                ])
+            }
+            (None, _) => None,
+        };
         self.replace(layer_idx, widths, [(MatrixKind::Q, q), (MatrixKind::K, k)])?;
         if let Some(block) = self.blocks.get_mut(layer_idx) {
             block.rotary_pairs = Some(pairs);
+            block.qkv_bias = qkv_bias;
         }
         Ok(())
     }
@@ -960,7 +1031,13 @@ impl Llama {
         let split_heads = |y: Tensor, heads: usize, dim: usize| -> Result<Tensor> {
             y.reshape((b, t, heads, dim))?.transpose(1, 2)
         };
-        let (q, k) = (block.q.forward(x)?, block.k.forward(x)?);
+        let (mut q, mut k) = (block.q.forward(x)?, block.k.forward(x)?);
+        let mut v = block.v.forward(x)?;
+        if let Some([q_bias, k_bias, v_bias]) = &block.qkv_bias {
+            q = q.broadcast_add(q_bias)?;
+            k = k.broadcast_add(k_bias)?;
+            v = v.broadcast_add(v_bias)?;
+        }
         let (q, k) = match &block.rotary_pairs {
             Some(pairs) => (
                 RotaryPairs::spread(&q, &pairs.q_lanes)?,
@@ -982,7 +1059,7 @@ impl Llama {
         };
         let q = split_heads(q, n_heads, head_dim)?;
         let k = split_heads(k, n_kv_heads, head_dim)?;
-        let v = split_heads(block.v.forward(x)?, n_kv_heads, value)?.contiguous()?;
+        let v = split_heads(v, n_kv_heads, value)?.contiguous()?;
         let local = self.config.arch.is_local(layer_idx);
         let rope = match (&self.local_rope, local) {
             (Some(rope), true) => rope,

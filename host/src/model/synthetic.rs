@@ -25,7 +25,7 @@ pub fn tiny_config() -> ModelConfig {
 }
 
 /// Seeded weights for every tensor of `config`, keyed by GGUF name. Norm weights are near 1,
-/// matrices are scaled by `1/sqrt(d_in)` so activations stay of order one.
+/// biases within ±0.5, matrices are scaled by `1/sqrt(d_in)` so activations stay of order one.
 pub fn tiny_tensors(
     config: &ModelConfig,
     seed: u64,
@@ -43,7 +43,9 @@ pub fn tiny_tensors(
     let mut tensors = HashMap::new();
     for (name, shape) in llama_tensor_shapes(config) {
         let count: usize = shape.iter().product();
-        let values: Vec<f32> = if shape.len() == 1 {
+        let values: Vec<f32> = if name.ends_with(".bias") {
+            (0..count).map(|_| 0.5 * next()).collect()
+        } else if shape.len() == 1 {
             (0..count).map(|_| 1.0 + 0.1 * next()).collect()
         } else {
             let scale = 1.7 / (shape[1] as f32).sqrt();

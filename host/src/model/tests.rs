@@ -439,7 +439,17 @@ fn narrower_value_heads_and_skipped_sub_blocks_equal_their_zero_padded_blocks() 
 /// and cached decoding; the lists are checked.
 #[test]
 fn kept_rotary_pairs_equal_their_block_with_the_dropped_pairs_rows_zeroed() -> Result<()> {
-    let base = tiny_llama(10)?;
+    kept_rotary_pairs_equal_zeroed_rows(tiny_llama(10)?)?;
+    // Qwen2's q and k biases follow their rows.
+    let config = ModelConfig {
+        arch: whittle_runtime::Architecture::QWEN2,
+        ..tiny_config()
+    };
+    let tensors = tiny_tensors(&config, 10, &Device::Cpu)?;
+    kept_rotary_pairs_equal_zeroed_rows(Llama::from_tensors(config, &tensors, &Device::Cpu)?)
+}
+
+fn kept_rotary_pairs_equal_zeroed_rows(base: Llama) -> Result<()> {
     let config = *base.config();
     let (head_dim, n_rep) = (config.head_dim(), config.n_heads / config.n_kv_heads);
     let device = Device::Cpu;
@@ -493,6 +503,21 @@ fn kept_rotary_pairs_equal_their_block_with_the_dropped_pairs_rows_zeroed() -> R
             .collect();
         let mask = Tensor::from_vec(mask, (rows, cols), &device)?;
         padded.set_linear(0, kind, dense((full * mask)?))?;
+    }
+    if let Some([q_bias, k_bias, v_bias]) = base.qkv_bias(0).cloned() {
+        let zeroed = |bias: Tensor, kind: MatrixKind| -> Result<Tensor> {
+            let kept = kept_rows(kind);
+            let mask: Vec<f32> = (0..bias.dim(0)?)
+                .map(|row| f32::from(u8::from(kept.contains(&(row as u32)))))
+                .collect();
+            bias * Tensor::new(mask, &device)?
+        };
+        let biases = [
+            zeroed(q_bias, MatrixKind::Q)?,
+            zeroed(k_bias, MatrixKind::K)?,
+            v_bias,
+        ];
+        padded.set_qkv_bias(0, biases)?;
     }
 
     assert_same_states(&narrow, &padded)?;

@@ -95,14 +95,15 @@ impl RankPlan {
     /// The same plan with block `layer_idx`'s key/value heads keeping `width` value
     /// dimensions each (`None`: all; zero: the attention is skipped): v and o lose their ranks
     /// and are stored dense on the kept dimensions, and a skipped attention drops q's and k's
-    /// too. A width of `head_dim` or more is `None`.
+    /// too. A width of `head_dim` or more is `None`; so is every width but zero for a model
+    /// with q/k/v biases (Qwen2), whose v bias the value projection does not carry.
     pub fn with_value_width(
         mut self,
         config: &ModelConfig,
         layer_idx: usize,
         width: Option<usize>,
     ) -> Self {
-        let width = width.filter(|&w| w < config.head_dim());
+        let width = width.filter(|&w| w < config.head_dim() && (w == 0 || !config.arch.qkv_bias));
         if let Some(slot) = self.value_widths.get_mut(layer_idx) {
             *slot = width;
             match width {

@@ -180,6 +180,7 @@ fn tiny_bundle_with_pairs(
             linears: linears.try_into().unwrap(),
             post_norms: None,
             qk_norms: None,
+            qkv_bias: None,
             rotary_pairs,
         });
     }
@@ -277,8 +278,8 @@ fn golden_bytes_of_the_tiny_bundle() {
     let bytes = tiny_bundle(Dtype::F32, false, None);
     let preamble: Vec<u8> = bytes[..24].to_vec();
     let hex: alloc::string::String = preamble.iter().map(|b| alloc::format!("{b:02x}")).collect();
-    // magic "WHITTLE\0", version 6, flags 0, header length, blob length.
-    assert_eq!(&hex[..24], "57484954544c450006000000");
+    // magic "WHITTLE\0", version 7, flags 0, header length, blob length.
+    assert_eq!(&hex[..24], "57484954544c450007000000");
     assert_eq!(
         (hex.as_str(), bytes.len(), crc(&bytes)),
         GOLDEN,
@@ -289,11 +290,12 @@ fn golden_bytes_of_the_tiny_bundle() {
 /// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v6: the config's
 /// architecture and head width, two absent norm pairs per layer, an absent SentencePiece
 /// table, an empty model licence: 17 header bytes more than v5, past the padding, so 64 bytes
-/// longer; the blob did not change).
+/// longer; the blob did not change. v7: the architecture's `qkv_bias` and an absent bias
+/// triple per layer, 3 header bytes within the same padding).
 const GOLDEN: (&str, usize, u32) = (
-    "57484954544c45000600000073010000407d000000000000",
+    "57484954544c45000700000076010000407d000000000000",
     32516,
-    3310819551,
+    704141916,
 );
 
 /// The tiny q8 bundle (format v2, one scale per 32 values of a row): preamble, length, and the
@@ -326,9 +328,9 @@ fn golden_quantized(dtype: Dtype, golden: (&str, usize, u32, u32)) {
 /// The same for the tiny q4 bundle (nibbles and f16 scale/minimum pairs; larger than q8 here:
 /// rows of 16 and 24 values pad their one block to 32).
 const GOLDEN_Q4: (&str, usize, u32, u32) = (
-    "57484954544c450006000000920100008034000000000000",
+    "57484954544c450007000000950100008034000000000000",
     13892,
-    3906373077,
+    3932964670,
     1846668381,
 );
 
@@ -336,9 +338,9 @@ const GOLDEN_Q4: (&str, usize, u32, u32) = (
 /// architecture, head width, optional norms and SentencePiece table: 16 header bytes more
 /// than v5).
 const GOLDEN_Q8: (&str, usize, u32, u32) = (
-    "57484954544c4500060000008e0100008032000000000000",
+    "57484954544c450007000000910100008032000000000000",
     13380,
-    3563689542,
+    654597536,
     2526822772,
 );
 
@@ -1047,6 +1049,60 @@ fn a_sliding_window_hides_what_lies_beyond_it() {
     assert_eq!(logits(0, 1), logits(0, 250));
     // global_every = 1: every layer global.
     assert_ne!(logits(1, 1), logits(1, 250));
+}
+
+/// A Qwen2-shaped block (q/k/v biases) runs in prefill and decode, and its biases count: the
+/// same weights under a Llama config read differently. A header whose architecture and layer
+/// records disagree about the biases is refused.
+#[test]
+fn q_k_v_biases_are_added_and_must_match_the_architecture() {
+    // One block: the biases are drawn after its matrices, so both bundles share them.
+    let llama = ModelConfig {
+        arch: Architecture::LLAMA,
+        n_layers: 1,
+        hidden_size: 32,
+        intermediate_size: 48,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 8,
+        vocab_size: 300,
+        max_position_embeddings: 64,
+        rope_theta: 1_000_000.0,
+        rms_norm_eps: 1e-6,
+    };
+    let config = ModelConfig {
+        arch: Architecture::QWEN2,
+        ..llama
+    };
+    let logits = |config: &ModelConfig| -> alloc::vec::Vec<f32> {
+        let bytes =
+            AlignedBytes::new(&crate::writer::synthetic_bundle(config, Dtype::F32).unwrap());
+        let bundle = Bundle::parse(bytes.as_bytes()).unwrap();
+        let mut words = alloc::vec![0u32; bundle.arena_bytes(CONTEXT) / 4];
+        let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        let mut model = crate::Model::new(&bundle, Portable, CONTEXT, arena).unwrap();
+        model.feed(&[3, 7, 8, 9]).unwrap();
+        model.feed(&[13]).unwrap();
+        let out = model.logits().unwrap().to_vec();
+        assert!(out.iter().all(|v| v.is_finite()));
+        out
+    };
+    let biased = logits(&config);
+    assert_eq!(biased.len(), config.vocab_size);
+    assert_ne!(biased, logits(&llama));
+
+    let bytes = crate::writer::synthetic_bundle(&config, Dtype::F32).unwrap();
+    let aligned = AlignedBytes::new(&bytes);
+    let bundle = Bundle::parse(aligned.as_bytes()).unwrap();
+    let mut header = bundle.header().clone();
+    header.config.arch = Architecture::LLAMA;
+    let blob = blob_of(&bytes);
+    let relabelled = crate::writer::write_bundle(&header, blob, None).unwrap();
+    let aligned = AlignedBytes::new(&relabelled);
+    assert!(matches!(
+        Bundle::parse(aligned.as_bytes()),
+        Err(Error::BadLayer)
+    ));
 }
 
 /// A bundle's blob (between the header's padding and the blob checksum).
