@@ -64,6 +64,15 @@ fn token_id(gguf: &GgufFile, key: &str) -> Option<u32> {
     }
 }
 
+/// The one byte-level BPE pre-tokenizer the runtime implements (`runtime/src/tokenizer.rs`):
+/// SmolLM2's, single digits then GPT-2's pattern.
+fn runtime_pre_tokenizer() -> Sequence {
+    Sequence::new(vec![
+        Digits::new(true).into(),
+        ByteLevel::new(false, true, true).into(),
+    ])
+}
+
 impl TextTokenizer {
     /// Builds the tokenizer from `tokenizer.ggml.*` metadata.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self, ModelError> {
@@ -89,12 +98,7 @@ impl TextTokenizer {
                 let mut inner =
                     Tokenizer::from_gguf(gguf.content()).map_err(|e| error(e.to_string()))?;
                 if text("tokenizer.ggml.pre") == Some("smollm") {
-                    let digits = Digits::new(true);
-                    let byte_level = ByteLevel::new(false, true, true);
-                    inner.with_pre_tokenizer(Some(Sequence::new(vec![
-                        digits.into(),
-                        byte_level.into(),
-                    ])));
+                    inner.with_pre_tokenizer(Some(runtime_pre_tokenizer()));
                 }
                 Backend::Bpe(Arc::new(inner))
             }
@@ -216,6 +220,12 @@ impl TextTokenizer {
         let model = &json["model"];
         if model["type"].as_str() != Some("BPE") {
             anyhow::bail!("the bundle stores byte-level BPE tokenizers; this one is not BPE");
+        }
+        if json["pre_tokenizer"] != serde_json::to_value(runtime_pre_tokenizer())? {
+            anyhow::bail!(
+                "the runtime's byte-level BPE splits text as SmolLM2's tokenizer does (single digits, then GPT-2's pattern); this tokenizer's pre-tokenizer is another ({}), so a bundle would read some texts in other tokens: its model runs on the host (eval, prune) but cannot be packed yet",
+                json["pre_tokenizer"]
+            );
         }
         let vocab: HashMap<String, u32> = serde_json::from_value(model["vocab"].clone())?;
         let special = self.added_tokens();

@@ -126,13 +126,17 @@ fn write_checkpoint(dir: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
         .map(|(id, c)| (c.to_string(), serde_json::Value::from(id)))
         .collect();
     let byte_level = serde_json::json!({
-        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true
+        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
     });
+    // SmolLM2's pre-tokenizer, the one bundles implement (Qwen2's own splits some texts
+    // otherwise; the host refuses to pack it, below).
+    let pre_tokenizer = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": true}, byte_level]});
     let tokenizer = serde_json::json!({
         "version": "1.0", "truncation": null, "padding": null,
         "added_tokens": [{"id": 256, "content": "<|endoftext|>", "single_word": false,
             "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
-        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": byte_level,
+        "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": byte_level,
         "decoder": byte_level,
         "model": {"type": "BPE", "dropout": null, "unk_token": null,
             "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
@@ -284,5 +288,33 @@ test = 0.3
             report.max_abs_logit_diff
         );
     }
+    Ok(())
+}
+
+/// Qwen2's own pre-tokenizer (its regex splits letters after punctuation and digits otherwise)
+/// is not the runtime's: the model loads and runs on the host, and packing it is refused with
+/// the reason.
+#[test]
+fn a_pre_tokenizer_the_runtime_lacks_is_refused_for_bundles() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    write_checkpoint(dir.path())?;
+    let path = dir.path().join("tokenizer.json");
+    let mut tokenizer: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    tokenizer["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex":
+            "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+            "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]});
+    std::fs::write(&path, serde_json::to_vec(&tokenizer)?)?;
+    let model = whittle_host::model::load(dir.path(), &Device::Cpu)?;
+    assert_eq!(model.tokenizer.encode("(hi")?.len(), 3);
+    let message = match model.tokenizer.tables() {
+        Ok(_) => panic!("a Qwen2 pre-tokenizer was accepted for a bundle"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        message.contains("pre-tokenizer") && message.contains("cannot be packed"),
+        "{message}"
+    );
     Ok(())
 }
