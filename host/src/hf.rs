@@ -1,10 +1,13 @@
 //! Hugging Face checkpoints: a folder with `config.json`, `model.safetensors` (or shards named
 //! by `model.safetensors.index.json`), `tokenizer.json` and `tokenizer_config.json`, for
-//! Llama-family models (`LlamaForCausalLM`) and Qwen2 (`Qwen2ForCausalLM`: Llama's block with
-//! biases on q, k and v). Tensors may be bf16, f16 or f32; they load as f32 under the GGUF names
-//! the model uses, q's and k's rows (and their biases) permuted from Hugging Face's half-split
-//! rotary layout to the interleaved one exactly as llama.cpp's converter does for Llama (it
-//! keeps Qwen2's half-split rows and rotates them NEOX-style; the scores are the same).
+//! Llama-family models (`LlamaForCausalLM`), Qwen2 (`Qwen2ForCausalLM`: Llama's block with
+//! biases on q, k and v) and Gemma 3 (`Gemma3ForCausalLM`, its SentencePiece `tokenizer.model`
+//! instead of `tokenizer.json`). Tensors may be bf16, f16 or f32; they load as f32 under the
+//! GGUF names the model uses, q's and k's rows (their biases, Gemma's head norms) permuted from
+//! Hugging Face's half-split rotary layout to the interleaved one exactly as llama.cpp's
+//! converter does for Llama (it keeps Qwen2's and Gemma's half-split rows and rotates them
+//! NEOX-style; the scores are the same), and Gemma's norm weights `w` (applied as `1 + w`)
+//! stored as `1 + w`, as llama.cpp's converter stores them.
 //! [`write_checkpoint`] is the inverse (what the test of this module writes from a GGUF).
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,17 +15,23 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use whittle_runtime::{Architecture, MatrixKind, ModelConfig};
+use whittle_runtime::{Activation, Architecture, MatrixKind, ModelConfig};
 
-use crate::gguf::{ModelError, bias_name, gguf_matrix_name, llama_tensor_shapes};
+use crate::gguf::{
+    ModelError, PostNorm, bias_name, gguf_matrix_name, llama_tensor_shapes, post_norm_name,
+    qk_norm_name,
+};
 use crate::model::{Linear, Llama, LoadedModel};
 use crate::tokenizer::TextTokenizer;
 
 /// The architectures (`config.json` `architectures`) this loader reads.
-pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "Qwen2ForCausalLM"];
+pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "Qwen2ForCausalLM", "Gemma3ForCausalLM"];
 
 /// The `architectures` entry of a Qwen2 checkpoint.
 const QWEN2: &str = "Qwen2ForCausalLM";
+
+/// The `architectures` entry of a Gemma 3 text checkpoint (270M, 1B).
+const GEMMA3: &str = "Gemma3ForCausalLM";
 
 /// The fields of `config.json` the loader reads (others are ignored).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -68,6 +77,31 @@ pub struct HfConfig {
     /// The MLP's activation: `silu` (SwiGLU) if present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden_act: Option<String>,
+    /// Gemma 3's name for the activation: `gelu_pytorch_tanh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_activation: Option<String>,
+    /// Gemma 3: positions a local layer sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Gemma 3: every `sliding_window_pattern`-th layer is global (older configs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window_pattern: Option<usize>,
+    /// Gemma 3: `sliding_attention` or `full_attention` per layer (newer configs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
+    /// Gemma 3: the local layers' RoPE base (10,000 if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_local_base_freq: Option<f32>,
+    /// Gemma 3: queries are scaled by `query_pre_attn_scalar^-½`; only `head_dim` is
+    /// implemented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<f32>,
+    /// Gemma 2's logit soft-capping: not implemented, so absent or null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<serde_json::Value>,
+    /// Gemma 2's attention soft-capping: not implemented, so absent or null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<serde_json::Value>,
     /// Biases in the MLP: not implemented, so absent or false.
     #[serde(default)]
     pub mlp_bias: bool,
@@ -105,25 +139,53 @@ impl HfConfig {
         if self.use_sliding_window {
             return Err(refuse("use_sliding_window in config.json"));
         }
-        if let Some(act) = self.hidden_act.as_deref().filter(|&act| act != "silu") {
-            return Err(refuse(&format!("hidden_act {act} (only silu)")));
+        let head_dim = self
+            .head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1));
+        let arch = match (self.is_gemma3(), self.is_qwen2()) {
+            (true, _) => self.gemma3().map_err(|what| refuse(&what))?,
+            (false, true) => Architecture::QWEN2,
+            (false, false) => Architecture::LLAMA,
+        };
+        let activation = match arch.activation {
+            Activation::Silu => "silu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+        };
+        for act in [&self.hidden_act, &self.hidden_activation]
+            .into_iter()
+            .flatten()
+        {
+            if act != activation {
+                return Err(refuse(&format!(
+                    "activation {act} (this family's is {activation})"
+                )));
+            }
+        }
+        if self
+            .query_pre_attn_scalar
+            .is_some_and(|scalar| scalar != head_dim as f32)
+        {
+            return Err(refuse("query_pre_attn_scalar other than head_dim"));
+        }
+        let capped =
+            |value: &Option<serde_json::Value>| value.as_ref().is_some_and(|v| !v.is_null());
+        if capped(&self.final_logit_softcapping) || capped(&self.attn_logit_softcapping) {
+            return Err(refuse("logit soft-capping (Gemma 2)"));
         }
         let config = ModelConfig {
-            arch: match self.is_qwen2() {
-                true => Architecture::QWEN2,
-                false => Architecture::LLAMA,
-            },
+            arch,
             n_layers: self.num_hidden_layers,
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
             n_heads: self.num_attention_heads,
             n_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
-            head_dim: self
-                .head_dim
-                .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
+            head_dim,
             vocab_size: self.vocab_size,
             max_position_embeddings: self.max_position_embeddings,
-            rope_theta: self.rope_theta.unwrap_or(10_000.0),
+            rope_theta: self.rope_theta.unwrap_or(match arch.sliding_window {
+                0 => 10_000.0,
+                _ => 1_000_000.0,
+            }),
             rms_norm_eps: self.rms_norm_eps,
         };
         config.validate().map_err(|source| ModelError::Config {
@@ -135,6 +197,45 @@ impl HfConfig {
 
     fn is_qwen2(&self) -> bool {
         self.architectures.iter().any(|a| a == QWEN2)
+    }
+
+    fn is_gemma3(&self) -> bool {
+        self.architectures.iter().any(|a| a == GEMMA3)
+    }
+
+    /// Gemma 3's block: its window, and the period of its global layers from `layer_types`
+    /// (or `sliding_window_pattern`), which must be periodic.
+    fn gemma3(&self) -> Result<Architecture, String> {
+        let window = self
+            .sliding_window
+            .ok_or("a Gemma 3 config without sliding_window")?;
+        let every = match &self.layer_types {
+            Some(types) => {
+                let every = types
+                    .iter()
+                    .position(|t| t == "full_attention")
+                    .map_or(0, |i| i + 1);
+                let periodic = types.len() == self.num_hidden_layers
+                    && types.iter().enumerate().all(|(l, t)| {
+                        let global = every > 0 && (l + 1) % every == 0;
+                        t == if global {
+                            "full_attention"
+                        } else {
+                            "sliding_attention"
+                        }
+                    });
+                if !periodic {
+                    return Err("layer_types that are not every n-th layer global".into());
+                }
+                every
+            }
+            None => self.sliding_window_pattern.unwrap_or(6),
+        };
+        Ok(Architecture {
+            global_every: every,
+            rope_theta_local: self.rope_local_base_freq.unwrap_or(10_000.0),
+            ..Architecture::gemma3(window)
+        })
     }
 
     fn eos(&self) -> Option<u32> {
@@ -179,10 +280,38 @@ fn names(config: &ModelConfig) -> Vec<(String, String)> {
             format!("blk.{layer_idx}.attn_norm.weight"),
             format!("{layer}.input_layernorm.weight"),
         ));
-        names.push((
-            format!("blk.{layer_idx}.ffn_norm.weight"),
-            format!("{layer}.post_attention_layernorm.weight"),
-        ));
+        if config.arch.post_norms {
+            // Gemma 3's sandwich: "post_attention" is the attention's output norm there.
+            for (gguf, hf) in [
+                (
+                    post_norm_name(layer_idx, PostNorm::Attention),
+                    "post_attention_layernorm",
+                ),
+                (
+                    format!("blk.{layer_idx}.ffn_norm.weight"),
+                    "pre_feedforward_layernorm",
+                ),
+                (
+                    post_norm_name(layer_idx, PostNorm::Mlp),
+                    "post_feedforward_layernorm",
+                ),
+            ] {
+                names.push((gguf, format!("{layer}.{hf}.weight")));
+            }
+        } else {
+            names.push((
+                format!("blk.{layer_idx}.ffn_norm.weight"),
+                format!("{layer}.post_attention_layernorm.weight"),
+            ));
+        }
+        if config.arch.qk_norm {
+            for (kind, hf) in [(MatrixKind::Q, "q_norm"), (MatrixKind::K, "k_norm")] {
+                names.push((
+                    qk_norm_name(layer_idx, kind),
+                    format!("{layer}.self_attn.{hf}.weight"),
+                ));
+            }
+        }
         for kind in MatrixKind::ALL {
             names.push((
                 gguf_matrix_name(layer_idx, kind),
@@ -205,13 +334,22 @@ fn names(config: &ModelConfig) -> Vec<(String, String)> {
 /// Heads whose rows the rotary layout permutes: q's (and its bias's) query heads, k's key/value
 /// heads.
 fn rotary_heads(gguf_name: &str, config: &ModelConfig) -> Option<usize> {
-    if gguf_name.ends_with(".attn_q.weight") || gguf_name.ends_with(".attn_q.bias") {
+    if gguf_name.ends_with("_norm.weight") && gguf_name.contains(".attn_") {
+        // A query or key head norm: one head's entries.
+        Some(1)
+    } else if gguf_name.ends_with(".attn_q.weight") || gguf_name.ends_with(".attn_q.bias") {
         Some(config.n_heads)
     } else if gguf_name.ends_with(".attn_k.weight") || gguf_name.ends_with(".attn_k.bias") {
         Some(config.n_kv_heads)
     } else {
         None
     }
+}
+
+/// Whether `gguf_name` is an RMSNorm weight that Gemma's checkpoints store as `w − 1` (Gemma
+/// multiplies by `1 + w`; llama.cpp's converter adds the one, as the loader does).
+fn offset_by_one(gguf_name: &str, config: &ModelConfig) -> bool {
+    config.arch.post_norms && gguf_name.ends_with("norm.weight")
 }
 
 /// Hugging Face's rotary rows (each head's first half, then its second) to the interleaved
@@ -295,7 +433,10 @@ pub fn read_config(dir: &Path) -> Result<HfConfig, ModelError> {
 pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
     let hf = read_config(dir)?;
     let config = hf.model_config(&dir.join("config.json"))?;
-    let tokenizer = TextTokenizer::from_hf_dir(dir, hf.eos())?;
+    let tokenizer = match hf.is_gemma3() {
+        true => TextTokenizer::from_sentencepiece_dir(dir, hf.eos())?,
+        false => TextTokenizer::from_hf_dir(dir, hf.eos())?,
+    };
     let mut raw: HashMap<String, Tensor> = HashMap::new();
     for file in weight_files(dir)? {
         let tensors = candle_core::safetensors::load(&file, device).map_err(|source| {
@@ -342,6 +483,9 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
             source,
         };
         let mut tensor = tensor.to_dtype(DType::F32).map_err(tensor_error)?;
+        if offset_by_one(&gguf_name, &config) {
+            tensor = (tensor + 1.0).map_err(tensor_error)?;
+        }
         if let Some(heads) = rotary_heads(&gguf_name, &config) {
             tensor = to_interleaved(&tensor, heads).map_err(tensor_error)?;
         }
@@ -359,10 +503,11 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
 /// name and its own digest): what keys caches and bundles for a folder model.
 pub fn digest(dir: &Path) -> anyhow::Result<String> {
     use sha2::{Digest, Sha256};
-    let mut files = vec![dir.join("config.json"), dir.join("tokenizer.json")];
-    let config = dir.join("tokenizer_config.json");
-    if config.is_file() {
-        files.push(config);
+    let mut files = vec![dir.join("config.json")];
+    for name in ["tokenizer.json", "tokenizer.model", "tokenizer_config.json"] {
+        if dir.join(name).is_file() {
+            files.push(dir.join(name));
+        }
     }
     files.extend(weight_files(dir)?);
     let mut hasher = Sha256::new();
@@ -375,8 +520,8 @@ pub fn digest(dir: &Path) -> anyhow::Result<String> {
 }
 
 /// Writes `model` as a Hugging Face checkpoint into `dir` (f32 tensors under their Hugging
-/// Face names, q and k rows in the half-split rotary order, `config.json`, the tokenizer with
-/// `chat_template`): the inverse of [`load`].
+/// Face names, q and k rows in the half-split rotary order, Gemma's norms as `w − 1`,
+/// `config.json`, the tokenizer with `chat_template`): the inverse of [`load`].
 pub fn write_checkpoint(
     model: &LoadedModel,
     chat_template: Option<&str>,
@@ -398,6 +543,17 @@ pub fn write_checkpoint(
             attn_norm.clone(),
         );
         by_gguf_name.insert(format!("blk.{layer_idx}.ffn_norm.weight"), ffn_norm.clone());
+        if let Some((attention, mlp)) = llama.post_norms(layer_idx) {
+            by_gguf_name.insert(
+                post_norm_name(layer_idx, PostNorm::Attention),
+                attention.clone(),
+            );
+            by_gguf_name.insert(post_norm_name(layer_idx, PostNorm::Mlp), mlp.clone());
+        }
+        if let Some((q, k)) = llama.qk_norms(layer_idx) {
+            by_gguf_name.insert(qk_norm_name(layer_idx, MatrixKind::Q), q.clone());
+            by_gguf_name.insert(qk_norm_name(layer_idx, MatrixKind::K), k.clone());
+        }
         if let Some(biases) = llama.qkv_bias(layer_idx) {
             for (kind, bias) in [MatrixKind::Q, MatrixKind::K, MatrixKind::V]
                 .into_iter()
@@ -430,15 +586,21 @@ pub fn write_checkpoint(
             Some(heads) => to_half_split(&tensor, heads)?,
             None => tensor,
         };
+        let tensor = match offset_by_one(&gguf_name, &config) {
+            true => (tensor - 1.0)?,
+            false => tensor,
+        };
         tensors.insert(hf_name, tensor.contiguous()?);
     }
     let bytes = safetensors::serialize(&tensors, None)?;
     whittle_boards::files::write_atomically(&dir.join("model.safetensors"), &bytes)?;
+    let gemma3 = config.arch.sliding_window > 0;
     let hf = HfConfig {
         architectures: vec![
-            match config.arch.qkv_bias {
-                true => QWEN2,
-                false => "LlamaForCausalLM",
+            match (gemma3, config.arch.qkv_bias) {
+                (true, _) => GEMMA3,
+                (false, true) => QWEN2,
+                (false, false) => "LlamaForCausalLM",
             }
             .to_owned(),
         ],
@@ -457,6 +619,21 @@ pub fn write_checkpoint(
         attention_bias: false,
         use_sliding_window: false,
         hidden_act: None,
+        hidden_activation: gemma3.then(|| "gelu_pytorch_tanh".to_owned()),
+        sliding_window: gemma3.then_some(config.arch.sliding_window),
+        sliding_window_pattern: None,
+        layer_types: gemma3.then(|| {
+            (0..config.n_layers)
+                .map(|l| match config.arch.is_local(l) {
+                    true => "sliding_attention".to_owned(),
+                    false => "full_attention".to_owned(),
+                })
+                .collect()
+        }),
+        rope_local_base_freq: gemma3.then_some(config.arch.rope_theta_local),
+        query_pre_attn_scalar: gemma3.then_some(config.head_dim as f32),
+        final_logit_softcapping: None,
+        attn_logit_softcapping: None,
         mlp_bias: false,
         eos_token_id: model
             .tokenizer
@@ -534,8 +711,38 @@ mod tests {
             j["use_sliding_window"] = serde_json::json!(true);
         });
         assert!(message.contains("use_sliding_window"), "{message}");
+        let gemma3 = |j: &mut serde_json::Value| {
+            j["architectures"] = serde_json::json!(["Gemma3ForCausalLM"]);
+            j["sliding_window"] = serde_json::json!(16);
+            j["layer_types"] = serde_json::json!(["sliding_attention", "full_attention"]);
+            j["hidden_activation"] = serde_json::json!("gelu_pytorch_tanh");
+        };
+        let config = config_json(gemma3)?.model_config(Path::new("c"))?;
+        assert_eq!(
+            config.arch,
+            Architecture {
+                global_every: 2,
+                ..Architecture::gemma3(16)
+            }
+        );
+        assert_eq!(config.rope_theta, 1_000_000.0);
+        let message = refusal(|j| {
+            gemma3(j);
+            j["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"]);
+        });
+        assert!(message.contains("layer_types"), "{message}");
+        let message = refusal(|j| {
+            gemma3(j);
+            j["final_logit_softcapping"] = serde_json::json!(30.0);
+        });
+        assert!(message.contains("soft-capping"), "{message}");
+        let message = refusal(|j| {
+            gemma3(j);
+            j["query_pre_attn_scalar"] = serde_json::json!(144);
+        });
+        assert!(message.contains("query_pre_attn_scalar"), "{message}");
         let message = refusal(|j| j["hidden_act"] = serde_json::json!("gelu"));
-        assert!(message.contains("hidden_act gelu"), "{message}");
+        assert!(message.contains("activation gelu"), "{message}");
         let message = refusal(|j| j["num_key_value_heads"] = serde_json::json!(3));
         assert!(message.contains("invalid model config"), "{message}");
         Ok(())

@@ -64,6 +64,15 @@ fn token_id(gguf: &GgufFile, key: &str) -> Option<u32> {
     }
 }
 
+/// `tokenizer_config.json` of a checkpoint, `null` when there is none.
+fn read_tokenizer_config(dir: &Path) -> Result<serde_json::Value, String> {
+    match std::fs::read(dir.join("tokenizer_config.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| format!("tokenizer_config.json is not JSON ({e})")),
+        Err(_) => Ok(serde_json::Value::Null),
+    }
+}
+
 /// The one byte-level BPE pre-tokenizer the runtime implements (`runtime/src/tokenizer.rs`):
 /// SmolLM2's, single digits then GPT-2's pattern.
 fn runtime_pre_tokenizer() -> Sequence {
@@ -131,11 +140,7 @@ impl TextTokenizer {
                 kind.unwrap_or_else(|| "unknown".to_owned())
             )));
         }
-        let config: serde_json::Value = match std::fs::read(dir.join("tokenizer_config.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| error(format!("tokenizer_config.json is not JSON ({e})")))?,
-            Err(_) => serde_json::Value::Null,
-        };
+        let config = read_tokenizer_config(dir).map_err(error)?;
         let named = |key: &str| {
             let token = &config[key];
             token
@@ -160,6 +165,40 @@ impl TextTokenizer {
             pad_id,
             chat_template,
         ))
+    }
+
+    /// The SentencePiece tokenizer of a Hugging Face checkpoint (Gemma 3): `tokenizer.model`,
+    /// and from `tokenizer_config.json` whether BOS and EOS are added (`add_bos_token`, true
+    /// if absent; `add_eos_token`) and the chat template; the end-of-sequence token is `eos`
+    /// (from config.json) or the model file's.
+    pub fn from_sentencepiece_dir(dir: &Path, eos: Option<u32>) -> Result<Self, ModelError> {
+        let path = dir.join("tokenizer.model");
+        let error = |reason: String| ModelError::Tokenizer {
+            path: path.clone(),
+            reason,
+        };
+        let bytes = std::fs::read(&path).map_err(|e| {
+            error(format!(
+                "cannot read it ({e}); a Gemma 3 checkpoint carries its SentencePiece model there"
+            ))
+        })?;
+        let config = read_tokenizer_config(dir).map_err(error)?;
+        let flag = |key: &str, default: bool| config[key].as_bool().unwrap_or(default);
+        let (spm, model_eos) = SentencePiece::from_model_proto(
+            &bytes,
+            flag("add_bos_token", true),
+            flag("add_eos_token", false),
+        )
+        .map_err(error)?;
+        let eos = eos
+            .or(model_eos)
+            .ok_or_else(|| error("no end-of-sequence token".to_owned()))?;
+        let chat_template = config["chat_template"]
+            .as_str()
+            .map(parse_chat_template)
+            .unwrap_or(ChatTemplate::Unsupported);
+        let backend = Backend::SentencePiece(Arc::new(spm));
+        Ok(Self::from_parts(backend, eos, eos, chat_template))
     }
 
     fn from_parts(backend: Backend, eos: u32, pad_id: u32, chat_template: ChatTemplate) -> Self {
@@ -188,8 +227,23 @@ impl TextTokenizer {
     }
 
     /// Writes `tokenizer.json` and a `tokenizer_config.json` (chat template, end-of-sequence
-    /// token) into `dir`: what [`TextTokenizer::from_hf_dir`] reads.
+    /// token) into `dir`: what [`TextTokenizer::from_hf_dir`] reads; for a SentencePiece
+    /// vocabulary `tokenizer.model` and a `tokenizer_config.json` with whether BOS and EOS are
+    /// added, what [`TextTokenizer::from_sentencepiece_dir`] reads.
     pub fn save_hf(&self, dir: &Path, chat_template: Option<&str>) -> anyhow::Result<()> {
+        if let Backend::SentencePiece(spm) = &self.backend {
+            let model = spm.model_proto(self.stop_ids[0])?;
+            whittle_boards::files::write_atomically(&dir.join("tokenizer.model"), &model)?;
+            let (add_bos, add_eos) = spm.adds();
+            let config = serde_json::json!({
+                "add_bos_token": add_bos, "add_eos_token": add_eos, "chat_template": chat_template
+            });
+            whittle_boards::files::write_atomically(
+                &dir.join("tokenizer_config.json"),
+                serde_json::to_string_pretty(&config)?.as_bytes(),
+            )?;
+            return Ok(());
+        }
         let json = self
             .bpe("Hugging Face checkpoints")?
             .to_string(false)
