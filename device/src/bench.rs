@@ -244,10 +244,11 @@ fn prompt_tokens(tokenizer: &Tokenizer<'_>, text: &str, tokens: usize) -> anyhow
         cut -= 1;
     }
     let mut piece = &text[..cut];
-    // A repeated text when it is short (the built-in prompt).
+    // A repeated text when it is short (the built-in prompt): English runs 4 to 5 bytes a
+    // token, so 8 bytes a token leave room.
     let repeated;
-    if piece.len() < 4 * tokens {
-        repeated = piece.repeat((4 * tokens).div_ceil(piece.len().max(1)));
+    if piece.len() < 8 * tokens {
+        repeated = piece.repeat((8 * tokens).div_ceil(piece.len().max(1)));
         piece = &repeated;
     }
     tokenizer.encode(&[piece], &mut ids).map_err(|error| {

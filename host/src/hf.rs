@@ -334,7 +334,7 @@ fn names(config: &ModelConfig) -> Vec<(String, String)> {
 /// Heads whose rows the rotary layout permutes: q's (and its bias's) query heads, k's key/value
 /// heads.
 fn rotary_heads(gguf_name: &str, config: &ModelConfig) -> Option<usize> {
-    if gguf_name.ends_with("_norm.weight") && gguf_name.contains(".attn_") {
+    if gguf_name.ends_with(".attn_q_norm.weight") || gguf_name.ends_with(".attn_k_norm.weight") {
         // A query or key head norm: one head's entries.
         Some(1)
     } else if gguf_name.ends_with(".attn_q.weight") || gguf_name.ends_with(".attn_q.bias") {

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use whittle_runtime::format::NO_TOKEN;
+use whittle_runtime::format::{NO_TOKEN, PreTokenizer};
 use whittle_runtime::writer::TokenizerTables;
 
 use crate::gguf::{GgufFile, ModelError};
@@ -73,13 +73,44 @@ fn read_tokenizer_config(dir: &Path) -> Result<serde_json::Value, String> {
     }
 }
 
-/// The one byte-level BPE pre-tokenizer the runtime implements (`runtime/src/tokenizer.rs`):
-/// SmolLM2's, single digits then GPT-2's pattern.
+/// SmolLM2's byte-level BPE pre-tokenizer: single digits, then GPT-2's pattern.
 fn runtime_pre_tokenizer() -> Sequence {
     Sequence::new(vec![
         Digits::new(true).into(),
         ByteLevel::new(false, true, true).into(),
     ])
+}
+
+/// Qwen2's (and Qwen2.5's) split pattern, before a byte-level step without a regex.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Which of the runtime's pre-tokenizers (`runtime/src/tokenizer.rs`) `tokenizer` (its JSON)
+/// uses: SmolLM2's or Qwen2's; any other would read some texts in other tokens in a bundle, so
+/// it is refused. A normalizer may be absent or NFC (Qwen2's), which the runtime does not
+/// apply: text in NFC, as nearly all text is, reads the same.
+fn bundle_pre_tokenizer(tokenizer: &serde_json::Value) -> anyhow::Result<PreTokenizer> {
+    let pre = &tokenizer["pre_tokenizer"];
+    let qwen2 = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated",
+            "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false,
+            "use_regex": false}]});
+    let kind = if *pre == serde_json::to_value(runtime_pre_tokenizer())? {
+        PreTokenizer::Smollm
+    } else if *pre == qwen2 {
+        PreTokenizer::Qwen2
+    } else {
+        anyhow::bail!(
+            "the runtime's byte-level BPE splits text as SmolLM2's or Qwen2's tokenizer does; this tokenizer's pre-tokenizer is another ({pre}), so a bundle would read some texts in other tokens: its model runs on the host (eval, prune) but cannot be packed yet"
+        );
+    };
+    let normalizer = &tokenizer["normalizer"];
+    if !normalizer.is_null() && normalizer["type"].as_str() != Some("NFC") {
+        anyhow::bail!(
+            "the tokenizer normalizes text ({normalizer}), which the runtime does not: a bundle would read some texts in other tokens"
+        );
+    }
+    Ok(kind)
 }
 
 impl TextTokenizer {
@@ -275,12 +306,7 @@ impl TextTokenizer {
         if model["type"].as_str() != Some("BPE") {
             anyhow::bail!("the bundle stores byte-level BPE tokenizers; this one is not BPE");
         }
-        if json["pre_tokenizer"] != serde_json::to_value(runtime_pre_tokenizer())? {
-            anyhow::bail!(
-                "the runtime's byte-level BPE splits text as SmolLM2's tokenizer does (single digits, then GPT-2's pattern); this tokenizer's pre-tokenizer is another ({}), so a bundle would read some texts in other tokens: its model runs on the host (eval, prune) but cannot be packed yet",
-                json["pre_tokenizer"]
-            );
-        }
+        let pre_tokenizer = bundle_pre_tokenizer(&json)?;
         let vocab: HashMap<String, u32> = serde_json::from_value(model["vocab"].clone())?;
         let special = self.added_tokens();
         let size = vocab
@@ -342,6 +368,7 @@ impl TextTokenizer {
             stop_ids: self.stop_ids.clone(),
             trimmed: None,
             sentencepiece: None,
+            pre_tokenizer,
         })
     }
 

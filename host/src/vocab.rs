@@ -229,6 +229,7 @@ impl VocabTrim {
                 source_ids: self.kept.clone(),
             }),
             sentencepiece,
+            pre_tokenizer: tables.pre_tokenizer,
         })
     }
 
@@ -278,6 +279,7 @@ mod tests {
             stop_ids: vec![258],
             trimmed: None,
             sentencepiece: None,
+            pre_tokenizer: Default::default(),
         }
     }
 
@@ -395,6 +397,7 @@ mod tests {
                 token_types,
                 bos: Some(2),
             }),
+            pre_tokenizer: Default::default(),
         }
     }
 

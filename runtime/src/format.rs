@@ -221,6 +221,21 @@ pub struct TokenizerRef {
     /// The SentencePiece tables (llama.cpp's `llama` tokenizer, Gemma 3's): `merges` is then
     /// empty and `byte_tokens` holds the `<0xXX>` tokens.
     pub sentencepiece: Option<SentencePieceRef>,
+    /// How a byte-level BPE splits text before merging (ignored for SentencePiece).
+    pub pre_tokenizer: PreTokenizer,
+}
+
+/// The pre-tokenizer of a byte-level BPE: how text is cut into pieces that merges never cross.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PreTokenizer {
+    /// SmolLM2's: every digit alone, then GPT-2's pattern
+    /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
+    #[default]
+    Smollm,
+    /// Qwen2's pattern `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|
+    /// ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`.
+    Qwen2,
 }
 
 /// A SentencePiece vocabulary's tables beside the token texts ([`crate::spm::SpmTables`]).

@@ -1,12 +1,13 @@
 //! The bundle's byte-level BPE tokenizer, without allocation.
 //!
-//! Encoding follows the host tokenizer (Hugging Face `tokenizers` as the host configures it for
-//! SmolLM2): special tokens are matched literally (leftmost, longest), the rest is split into
+//! Encoding follows the host tokenizer (Hugging Face `tokenizers`): special tokens are matched
+//! literally (leftmost, longest), the rest is cut by the bundle's [`PreTokenizer`] (SmolLM2's:
 //! single digits and non-digit runs, each run by the GPT-2 pattern
-//! `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`, and every
-//! piece's bytes are merged by rank. `\p{L}` is approximated by `char::is_alphabetic` and
-//! `\p{N}` by `char::is_numeric` (equal for `\p{N}`); a test checks identical ids against the
-//! host tokenizer on every SST-2 sentence.
+//! `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`; or Qwen2's
+//! pattern), and every piece's bytes are merged by rank. `\p{L}` is approximated by
+//! `char::is_alphabetic` and `\p{N}` by `char::is_numeric` (equal for `\p{N}`); tests check
+//! identical ids against the host tokenizer on every SST-2 sentence (SmolLM2) and on edge cases
+//! of both patterns.
 //!
 //! The input is a list of text pieces read as one string, so a prompt prefix, the user's text
 //! and a suffix are tokenized together without being copied into one buffer.
@@ -15,7 +16,7 @@ use heapless::Vec;
 
 use crate::bundle::{Bundle, array};
 use crate::error::Error;
-use crate::format::{MERGE_RECORD_LEN, NO_TOKEN};
+use crate::format::{MERGE_RECORD_LEN, NO_TOKEN, PreTokenizer};
 use crate::spm::SpmTables;
 
 /// The tokenizer tables of a bundle: a byte-level BPE, or a SentencePiece vocabulary
@@ -31,6 +32,7 @@ pub struct Tokenizer<'a> {
     special_ids: &'a [u8],
     stop_ids: &'a [u8],
     source_ids: &'a [u8],
+    pre_tokenizer: PreTokenizer,
 }
 
 /// Several `&str` read as their concatenation.
@@ -125,6 +127,7 @@ impl<'a> Tokenizer<'a> {
             special_ids: bundle.span(refs.special_ids),
             stop_ids: bundle.span(refs.stop_ids),
             source_ids: bundle.span(refs.source_ids),
+            pre_tokenizer: refs.pre_tokenizer,
         }
     }
 
@@ -217,7 +220,8 @@ impl<'a> Tokenizer<'a> {
         best
     }
 
-    /// Digits split off one by one, then the GPT-2 pattern on each non-digit run.
+    /// Text between special tokens, cut by the pre-tokenizer: SmolLM2's digits split off one
+    /// by one, then the GPT-2 pattern on each non-digit run; or Qwen2's pattern.
     fn encode_ordinary<const N: usize>(
         &self,
         text: &Text<'_>,
@@ -225,6 +229,15 @@ impl<'a> Tokenizer<'a> {
         end: usize,
         out: &mut Vec<u32, N>,
     ) -> Result<(), Error> {
+        if self.pre_tokenizer == PreTokenizer::Qwen2 {
+            let mut at = start;
+            while at < end {
+                let next = qwen2_piece_end(text, at, end);
+                self.bpe(text, at, next, out)?;
+                at = next;
+            }
+            return Ok(());
+        }
         let mut at = start;
         let mut run_start = start;
         while at < end {
@@ -342,18 +355,93 @@ impl<'a> Tokenizer<'a> {
     }
 }
 
+/// Whether `text` holds one of the contraction suffixes `'s 't 're 've 'm 'll 'd` at `at` (the
+/// apostrophe's position) within `end`, ASCII case ignored when `any_case`; its end.
+fn contraction_end(text: &Text<'_>, at: usize, end: usize, any_case: bool) -> Option<usize> {
+    ["s", "t", "re", "ve", "m", "ll", "d"]
+        .into_iter()
+        .find(|suffix| {
+            at + 1 + suffix.len() <= end
+                && suffix.bytes().enumerate().all(|(i, b)| {
+                    let got = text.byte(at + 1 + i);
+                    got == Some(b) || (any_case && got.map(|g| g.to_ascii_lowercase()) == Some(b))
+                })
+        })
+        .map(|suffix| at + 1 + suffix.len())
+}
+
+/// End of the Qwen2 pre-token starting at `at` (before `end`): the first alternative of
+/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|
+/// \s*[\r\n]+|\s+(?!\S)|\s+` that matches, as the regex's leftmost-first alternation takes it.
+fn qwen2_piece_end(text: &Text<'_>, at: usize, end: usize) -> usize {
+    let char_at = |i: usize| if i < end { text.char(i) } else { None };
+    let Some(c) = char_at(at) else {
+        return end;
+    };
+    let run = |from: usize, class: &dyn Fn(char) -> bool| -> usize {
+        let mut i = from;
+        while let Some(d) = char_at(i).filter(|&d| class(d)) {
+            i += d.len_utf8();
+        }
+        i
+    };
+    let newline = |d: char| d == '\r' || d == '\n';
+    if c == '\''
+        && let Some(stop) = contraction_end(text, at, end, true)
+    {
+        return stop;
+    }
+    // [^\r\n\p{L}\p{N}]?\p{L}+
+    let next = at + c.len_utf8();
+    if !is_letter(c) && !c.is_numeric() && !newline(c) {
+        let stop = run(next, &is_letter);
+        if stop > next {
+            return stop;
+        }
+    }
+    if is_letter(c) {
+        return run(at, &is_letter);
+    }
+    if c.is_numeric() {
+        return next;
+    }
+    // ' '?[^\s\p{L}\p{N}]+[\r\n]*
+    let from = if c == ' ' { next } else { at };
+    let stop = run(from, &is_other);
+    if stop > from {
+        return run(stop, &newline);
+    }
+    // \s*[\r\n]+: the whitespace run up to its last line break.
+    let mut stop = at;
+    let (mut last_start, mut after_newline) = (at, None);
+    while let Some(d) = char_at(stop).filter(|d| d.is_whitespace()) {
+        last_start = stop;
+        stop += d.len_utf8();
+        if newline(d) {
+            after_newline = Some(stop);
+        }
+    }
+    if let Some(stop) = after_newline {
+        return stop;
+    }
+    // \s+(?!\S), else \s+ (`c` is whitespace here: every other character matched above).
+    if stop >= end || last_start == at {
+        stop
+    } else {
+        last_start
+    }
+}
+
 /// End of the GPT-2 pre-token starting at `at` (before `end`).
 fn gpt2_piece_end(text: &Text<'_>, at: usize, end: usize) -> usize {
     let char_at = |i: usize| if i < end { text.char(i) } else { None };
     let Some(c) = char_at(at) else {
         return end;
     };
-    if c == '\'' {
-        for suffix in ["s", "t", "re", "ve", "m", "ll", "d"] {
-            if text.starts_with(at + 1, suffix.as_bytes()) && at + 1 + suffix.len() <= end {
-                return at + 1 + suffix.len();
-            }
-        }
+    if c == '\''
+        && let Some(stop) = contraction_end(text, at, end, false)
+    {
+        return stop;
     }
     let after_space = if c == ' ' { at + 1 } else { at };
     let class_run = |from: usize, class: fn(char) -> bool| -> Option<usize> {

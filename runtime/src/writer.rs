@@ -5,8 +5,8 @@ use alloc::vec::Vec;
 
 use crate::format::{
     ALIGN, CRC32, Dtype, FLAG_SIGNED, FORMAT_VERSION, HeadRef, Header, LayerRecords, LayerRef,
-    LinearRef, MAGIC, MatrixRef, NO_TOKEN, PREAMBLE_LEN, Provenance, Q8_BLOCK, SelfCheck,
-    SentencePieceRef, Span, TaskKind, TaskRef, TokenizerRef, align_up,
+    LinearRef, MAGIC, MatrixRef, NO_TOKEN, PREAMBLE_LEN, PreTokenizer, Provenance, Q8_BLOCK,
+    SelfCheck, SentencePieceRef, Span, TaskKind, TaskRef, TokenizerRef, align_up,
 };
 use crate::{Architecture, ModelConfig};
 
@@ -54,6 +54,8 @@ pub struct TokenizerTables {
     pub trimmed: Option<Trimmed>,
     /// Set for a SentencePiece vocabulary (`merges` empty).
     pub sentencepiece: Option<SentencePieceTables>,
+    /// How a byte-level BPE splits text before merging.
+    pub pre_tokenizer: PreTokenizer,
 }
 
 /// What a SentencePiece vocabulary adds to the token texts.
@@ -235,6 +237,7 @@ impl BlobBuilder {
                 }
                 None => None,
             },
+            pre_tokenizer: tables.pre_tokenizer,
         })
     }
 }
@@ -633,6 +636,7 @@ fn synthetic_parts(config: &ModelConfig, dtype: Dtype) -> Result<SyntheticParts,
         stop_ids: Vec::new(),
         trimmed: None,
         sentencepiece: None,
+        pre_tokenizer: PreTokenizer::Smollm,
     };
     synthetic_parts_with(config, dtype, &tables)
 }

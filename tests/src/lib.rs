@@ -120,3 +120,109 @@ pub fn real_model_and_reference() -> anyhow::Result<(
     )?;
     Ok((ours, reference))
 }
+
+/// Seeded values uniform in `[-scale, scale)`, continuing the sequence of `seed`.
+pub fn seeded_values(seed: &mut u64, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// A two-label task over 60 short made-up reviews (`data.tsv` and `task.toml` in `dir`), a
+/// plain prompt, labels `a` and `b`: what a tiny model's bundle is packed for.
+pub fn write_tiny_task(dir: &Path) -> anyhow::Result<whittle_host::task::Task> {
+    let mut rows = String::from("sentence\tlabel\n");
+    let words = ["good", "bad", "fine", "odd", "grim", "warm"];
+    for i in 0..60 {
+        let sentence = format!("{} {} film {i}", words[i % 6], words[(i * 5 + 1) % 6]);
+        rows.push_str(&format!("{sentence}\t{}\n", i % 2));
+    }
+    std::fs::write(dir.join("data.tsv"), rows)?;
+    let task_path = dir.join("task.toml");
+    std::fs::write(
+        &task_path,
+        r#"name = "tiny"
+description = "two labels of a tiny model"
+metric = "accuracy"
+
+[data]
+path = "data.tsv"
+format = "tsv"
+label = "label"
+
+[data.fields]
+sentence = "sentence"
+
+[prompt]
+user = "Review: {sentence}\nLabel:"
+chat = false
+
+[[labels]]
+value = "0"
+verbalizer = "a"
+
+[[labels]]
+value = "1"
+verbalizer = "b"
+
+[splits]
+seed = 0
+calibration = 0.4
+search = 0.3
+test = 0.3
+"#,
+    )?;
+    Ok(whittle_host::task::Task::from_path(&task_path)?)
+}
+
+/// Packs `model` for `task` in f32 and q8 (full head, prompt prefix stored) and runs both
+/// bundles on the test split in the runtime: the f32 bundle gives the host's label logits
+/// (within 1e-4), the q8 one stays within 0.1, and every prompt tokenizes to the host's ids.
+/// Returns the bundles' model config.
+pub fn runtime_matches_the_host(
+    model: &whittle_host::model::LoadedModel,
+    task: &whittle_host::task::Task,
+) -> anyhow::Result<ModelConfig> {
+    use whittle_host::bundle::{HeadChoice, PackOptions, ProvenanceInfo, pack};
+    use whittle_host::parity::{compare, host_reference};
+    use whittle_runtime::format::Dtype;
+    let tables = model.tokenizer.tables()?;
+    let examples = task.examples(whittle_host::task::Split::Test)?;
+    let mut config = None;
+    for (dtype, bound) in [(Dtype::F32, 1e-4f32), (Dtype::Q8, 0.1)] {
+        let options = PackOptions {
+            sequence: Some(1),
+            store_prefix: true,
+            vocab: whittle_host::vocab::VocabChoice::Full,
+            dtype,
+            head: HeadChoice::Full,
+            signing_key: None,
+            provenance: ProvenanceInfo::default(),
+        };
+        let packed = pack(model, &tables, task, &[0.0, 0.0], None, &options)?;
+        let bytes = whittle_runtime::AlignedBytes::new(&packed.bytes);
+        let bundle =
+            whittle_runtime::Bundle::parse(bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let reference = host_reference(model, &bundle, &examples, None)?;
+        let report = compare(&reference, &bundle, whittle_runtime::kernels::best())?;
+        println!(
+            "{dtype:?} bundle: max |Δ label logit| {:.2e} on {} test prompts, agreement {}",
+            report.max_abs_logit_diff,
+            report.cases.len(),
+            report.agreement
+        );
+        anyhow::ensure!(report.token_id_mismatches == 0, "token ids differ");
+        anyhow::ensure!(
+            report.max_abs_logit_diff < bound,
+            "{dtype:?}: max |Δ label logit| {}",
+            report.max_abs_logit_diff
+        );
+        config.get_or_insert(bundle.header().config);
+    }
+    config.ok_or_else(|| anyhow::anyhow!("nothing packed"))
+}

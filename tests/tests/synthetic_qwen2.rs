@@ -8,14 +8,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::qwen2;
-use whittle_host::bundle::{HeadChoice, PackOptions, ProvenanceInfo, pack};
-use whittle_host::model::{Batch, LoadedModel};
-use whittle_host::parity::{compare, host_reference};
+use whittle_host::model::Batch;
 use whittle_host::task::{Split, Task};
-use whittle_host::vocab::VocabChoice;
-use whittle_runtime::format::Dtype;
-use whittle_runtime::kernels::best;
 use whittle_runtime::{AlignedBytes, Architecture, Bundle};
+use whittle_tests::{runtime_matches_the_host, seeded_values, write_tiny_task};
 
 const HIDDEN: usize = 32;
 const HEADS: usize = 4;
@@ -26,18 +22,6 @@ const LAYERS: usize = 2;
 /// Embedding rows: more than the tokenizer's 257 tokens (256 bytes and `<|endoftext|>`), as
 /// Qwen2.5 pads its vocabulary.
 const VOCAB: usize = 272;
-
-/// Seeded values uniform in `[-scale, scale)`.
-fn values(seed: &mut u64, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 /// GPT-2's byte-to-character map of byte-level BPE vocabularies.
 fn byte_chars() -> Vec<char> {
@@ -57,6 +41,48 @@ fn byte_chars() -> Vec<char> {
         .collect()
 }
 
+/// Qwen2's split pattern, as its `tokenizer.json` spells it.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Writes Qwen2's `tokenizer.json` (NFC, its split pattern, byte-level) over the 256 bytes,
+/// `merges` (pairs of tokens as byte-level strings, in rank order) and `<|endoftext|>`, and a
+/// `tokenizer_config.json` naming it the end of sequence.
+fn write_tokenizer(dir: &Path, merges: &[(String, String)]) -> anyhow::Result<()> {
+    let mut vocab: serde_json::Map<String, serde_json::Value> = byte_chars()
+        .into_iter()
+        .enumerate()
+        .map(|(id, c)| (c.to_string(), serde_json::Value::from(id)))
+        .collect();
+    for (left, right) in merges {
+        let id = vocab.len() + 1; // 256 is <|endoftext|>
+        vocab.insert(format!("{left}{right}"), serde_json::Value::from(id));
+    }
+    let merges: Vec<String> = merges.iter().map(|(l, r)| format!("{l} {r}")).collect();
+    let byte_level = serde_json::json!({
+        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false
+    });
+    let pre_tokenizer = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated",
+            "invert": false},
+        byte_level]});
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 256, "content": "<|endoftext|>", "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": {"type": "NFC"}, "pre_tokenizer": pre_tokenizer,
+        "post_processor": byte_level, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
+    });
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_vec(&tokenizer)?)?;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"eos_token": "<|endoftext|>"}"#,
+    )?;
+    Ok(())
+}
+
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json` and `tokenizer_config.json`
 /// of a tiny Qwen2 into `dir`; returns the tensors by Hugging Face name.
 fn write_checkpoint(dir: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
@@ -65,7 +91,7 @@ fn write_checkpoint(dir: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
     let mut tensor = |shape: &[usize], scale: f32| -> anyhow::Result<Tensor> {
         let n = shape.iter().product();
         Ok(Tensor::from_vec(
-            values(&mut seed, n, scale),
+            seeded_values(&mut seed, n, scale),
             shape,
             &device,
         )?)
@@ -120,33 +146,7 @@ fn write_checkpoint(dir: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
         "hidden_act": "silu", "eos_token_id": 256, "torch_dtype": "float32"
     });
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
-    let vocab: serde_json::Map<String, serde_json::Value> = byte_chars()
-        .into_iter()
-        .enumerate()
-        .map(|(id, c)| (c.to_string(), serde_json::Value::from(id)))
-        .collect();
-    let byte_level = serde_json::json!({
-        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
-    });
-    // SmolLM2's pre-tokenizer, the one bundles implement (Qwen2's own splits some texts
-    // otherwise; the host refuses to pack it, below).
-    let pre_tokenizer = serde_json::json!({"type": "Sequence", "pretokenizers": [
-        {"type": "Digits", "individual_digits": true}, byte_level]});
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [{"id": 256, "content": "<|endoftext|>", "single_word": false,
-            "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
-        "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": byte_level,
-        "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
-            "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": []}
-    });
-    std::fs::write(dir.join("tokenizer.json"), serde_json::to_vec(&tokenizer)?)?;
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        r#"{"eos_token": "<|endoftext|>"}"#,
-    )?;
+    write_tokenizer(dir, &[])?;
     Ok(tensors)
 }
 
@@ -207,109 +207,139 @@ fn a_qwen2_checkpoint_matches_candle_transformers_and_its_bundle_the_host() -> a
         .to_scalar::<f32>()?;
     assert!(moved > 1e-2, "{moved}");
 
-    runtime_matches_the_host(&model, dir.path())
-}
-
-/// The f32 bundle of the tiny Qwen2 (prompt prefix stored, the embedding cut to the
-/// tokenizer's 257 tokens) gives the host's label logits in the runtime; the q8 one stays
-/// close.
-fn runtime_matches_the_host(model: &LoadedModel, dir: &Path) -> anyhow::Result<()> {
-    let mut rows = String::from("sentence\tlabel\n");
-    for i in 0..60 {
-        let words = ["good", "bad", "fine", "odd", "grim", "warm"];
-        let sentence = format!("{} {} film {i}", words[i % 6], words[(i * 5 + 1) % 6]);
-        rows.push_str(&format!("{sentence}\t{}\n", i % 2));
-    }
-    std::fs::write(dir.join("data.tsv"), rows)?;
-    let task_path = dir.join("task.toml");
-    std::fs::write(
-        &task_path,
-        r#"name = "tiny"
-description = "two labels of a tiny model"
-metric = "accuracy"
-
-[data]
-path = "data.tsv"
-format = "tsv"
-label = "label"
-
-[data.fields]
-sentence = "sentence"
-
-[prompt]
-user = "Review: {sentence}\nLabel:"
-chat = false
-
-[[labels]]
-value = "0"
-verbalizer = "a"
-
-[[labels]]
-value = "1"
-verbalizer = "b"
-
-[splits]
-seed = 0
-calibration = 0.4
-search = 0.3
-test = 0.3
-"#,
-    )?;
-    let task = Task::from_path(&task_path)?;
-    let tables = model.tokenizer.tables()?;
-    let examples = task.examples(Split::Test)?;
-    for (dtype, bound) in [(Dtype::F32, 1e-4f32), (Dtype::Q8, 0.1)] {
-        let options = PackOptions {
-            sequence: Some(1),
-            store_prefix: true,
-            vocab: VocabChoice::Full,
-            dtype,
-            head: HeadChoice::Full,
-            signing_key: None,
-            provenance: ProvenanceInfo::default(),
-        };
-        let packed = pack(model, &tables, &task, &[0.0, 0.0], None, &options)?;
-        let bytes = AlignedBytes::new(&packed.bytes);
-        let bundle = Bundle::parse(bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        assert_eq!(bundle.header().config.arch, Architecture::QWEN2);
-        assert_eq!(bundle.header().config.vocab_size, 257);
-        let reference = host_reference(model, &bundle, &examples, None)?;
-        let report = compare(&reference, &bundle, best())?;
-        println!(
-            "qwen2 {dtype:?} bundle: max |Δ label logit| {:.2e} on {} test prompts, agreement {}",
-            report.max_abs_logit_diff,
-            report.cases.len(),
-            report.agreement
-        );
-        assert_eq!(report.token_id_mismatches, 0);
-        assert!(
-            report.max_abs_logit_diff < bound,
-            "{dtype:?}: {}",
-            report.max_abs_logit_diff
-        );
-    }
+    // The f32 bundle (prompt prefix stored, the embedding cut to the tokenizer's 257 tokens)
+    // gives the host's label logits in the runtime; the q8 one stays close.
+    let config = runtime_matches_the_host(&model, &write_tiny_task(dir.path())?)?;
+    assert_eq!(config.arch, Architecture::QWEN2);
+    assert_eq!(config.vocab_size, 257);
     Ok(())
 }
 
-/// Qwen2's own pre-tokenizer (its regex splits letters after punctuation and digits otherwise)
-/// is not the runtime's: the model loads and runs on the host, and packing it is refused with
-/// the reason.
+/// Merges learned on `texts` read whole (so many cross the places where the pre-tokenizer
+/// cuts): `n` rounds of merging the most frequent adjacent pair, as byte-level strings.
+fn merges_across_pieces(texts: &[String], n: usize) -> Vec<(String, String)> {
+    let chars = byte_chars();
+    let mut words: Vec<Vec<String>> = texts
+        .iter()
+        .map(|t| t.bytes().map(|b| chars[b as usize].to_string()).collect())
+        .collect();
+    let mut merges: Vec<(String, String)> = Vec::new();
+    let mut made: std::collections::HashSet<String> = chars.iter().map(|c| c.to_string()).collect();
+    for _ in 0..n {
+        let mut counts: HashMap<(String, String), usize> = HashMap::new();
+        for word in &words {
+            for pair in word.windows(2) {
+                *counts
+                    .entry((pair[0].clone(), pair[1].clone()))
+                    .or_default() += 1;
+            }
+        }
+        // The most frequent pair making a new token (ties by the pair, for determinism).
+        let Some(best) = counts
+            .into_iter()
+            .filter(|(pair, _)| !made.contains(&format!("{}{}", pair.0, pair.1)))
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+            .map(|(pair, _)| pair)
+        else {
+            break;
+        };
+        for word in &mut words {
+            let mut merged = Vec::with_capacity(word.len());
+            let mut i = 0;
+            while i < word.len() {
+                if i + 1 < word.len() && word[i] == best.0 && word[i + 1] == best.1 {
+                    merged.push(format!("{}{}", best.0, best.1));
+                    i += 2;
+                } else {
+                    merged.push(word[i].clone());
+                    i += 1;
+                }
+            }
+            *word = merged;
+        }
+        made.insert(format!("{}{}", best.0, best.1));
+        merges.push(best);
+    }
+    merges
+}
+
+/// The runtime cuts text as Qwen2's pattern does: with merges that cross the pattern's cuts, a
+/// wrong cut changes the ids. Edge cases of each alternative (contractions in any case, a
+/// letter run after punctuation or a tab, single digits, punctuation runs with line breaks,
+/// whitespace runs with and without line breaks, text after a special token) and 300 SST-2
+/// test sentences, against Hugging Face `tokenizers`.
+#[test]
+fn the_runtime_cuts_text_as_qwen2s_pattern() -> anyhow::Result<()> {
+    let mut texts: Vec<String> = [
+        "It's THEY'RE we'Ve I'M you'LL he'd 'tis 'S",
+        "(hello) [world] {x}y \"quoted\" 'apostrophe",
+        "tab\tsep\tvalues and \u{a0}nbsp",
+        "12345 abc123def 3.14159 1,000,000 ٣٤ ½",
+        "Wait...!!!\n\nNext line?\r\n\r\nok",
+        "spaces   between    words   \n   \n  indented",
+        "trailing spaces   ",
+        "  leading",
+        "\n\n\nnewlines first",
+        "café naïve 日本語のテキスト Ελληνικά Русский",
+        "emoji 🎉🎉 party!! :-) <3",
+        "a<|endoftext|>b <|endoftext|> c",
+        "x\n",
+        "''''",
+        "- dash -- double --- triple",
+    ]
+    .iter()
+    .map(|t| t.to_string())
+    .collect();
+    let task = Task::resolve("sst2")?;
+    let sentences: Vec<String> = task
+        .examples(Split::Test)?
+        .into_iter()
+        .take(300)
+        .filter_map(|e| e.prompt.user.lines().last().map(str::to_owned))
+        .collect();
+    texts.extend(sentences);
+    let dir = tempfile::tempdir()?;
+    write_tokenizer(dir.path(), &merges_across_pieces(&texts, 400))?;
+    let host = whittle_host::tokenizer::TextTokenizer::from_hf_dir(dir.path(), None)?;
+    let tables = host.tables()?;
+    assert_eq!(
+        tables.pre_tokenizer,
+        whittle_runtime::format::PreTokenizer::Qwen2
+    );
+    let bytes = whittle_runtime::writer::synthetic_bundle_with_tables(&tables)?;
+    let aligned = AlignedBytes::new(&bytes);
+    let bundle = Bundle::parse(aligned.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = whittle_runtime::Tokenizer::new(&bundle);
+    let mut merged_tokens = 0;
+    for text in &texts {
+        let expected = host.encode(text)?;
+        let mut out = heapless::Vec::<u32, 4096>::new();
+        runtime
+            .encode(&[text], &mut out)
+            .map_err(|e| anyhow::anyhow!("{text:?}: {e}"))?;
+        assert_eq!(out.as_slice(), expected.as_slice(), "{text:?}");
+        merged_tokens += expected.iter().filter(|&&id| id > 256).count();
+    }
+    // The merges are used, so a cut in the wrong place would show.
+    assert!(merged_tokens > 1000, "{merged_tokens}");
+    Ok(())
+}
+
+/// A pre-tokenizer the runtime lacks (Llama 3's: digits in runs of up to three) is refused
+/// for bundles with the reason; the model still loads and runs on the host.
 #[test]
 fn a_pre_tokenizer_the_runtime_lacks_is_refused_for_bundles() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     write_checkpoint(dir.path())?;
     let path = dir.path().join("tokenizer.json");
     let mut tokenizer: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-    tokenizer["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex":
-            "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
-            "behavior": "Isolated", "invert": false},
-        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]});
+    let llama3 = QWEN2_PATTERN.replace(r"|\p{N}|", r"|\p{N}{1,3}|");
+    tokenizer["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = llama3.into();
     std::fs::write(&path, serde_json::to_vec(&tokenizer)?)?;
     let model = whittle_host::model::load(dir.path(), &Device::Cpu)?;
-    assert_eq!(model.tokenizer.encode("(hi")?.len(), 3);
+    assert_eq!(model.tokenizer.encode("123")?.len(), 3);
     let message = match model.tokenizer.tables() {
-        Ok(_) => panic!("a Qwen2 pre-tokenizer was accepted for a bundle"),
+        Ok(_) => panic!("Llama 3's pre-tokenizer was accepted for a bundle"),
         Err(error) => error.to_string(),
     };
     assert!(

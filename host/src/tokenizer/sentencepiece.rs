@@ -308,6 +308,7 @@ impl SentencePiece {
             .filter(|&id| tables.token_type(id) == TokenType::Control)
             .collect();
         Ok(TokenizerTables {
+            pre_tokenizer: Default::default(),
             vocab,
             merges: Vec::new(),
             byte_tokens,

@@ -64,6 +64,7 @@ fn tables() -> TokenizerTables {
         stop_ids: alloc::vec![258],
         trimmed: None,
         sentencepiece: None,
+        pre_tokenizer: crate::format::PreTokenizer::Smollm,
     }
 }
 
@@ -290,12 +291,12 @@ fn golden_bytes_of_the_tiny_bundle() {
 /// Preamble (hex), length and CRC-32 of the whole tiny f32 bundle (format v6: the config's
 /// architecture and head width, two absent norm pairs per layer, an absent SentencePiece
 /// table, an empty model licence: 17 header bytes more than v5, past the padding, so 64 bytes
-/// longer; the blob did not change. v7: the architecture's `qkv_bias` and an absent bias
-/// triple per layer, 3 header bytes within the same padding).
+/// longer; the blob did not change. v7: the architecture's `qkv_bias`, an absent bias triple
+/// per layer and the tokenizer's pre-tokenizer, 4 header bytes within the same padding).
 const GOLDEN: (&str, usize, u32) = (
-    "57484954544c45000700000076010000407d000000000000",
+    "57484954544c45000700000077010000407d000000000000",
     32516,
-    704141916,
+    3132991297,
 );
 
 /// The tiny q8 bundle (format v2, one scale per 32 values of a row): preamble, length, and the
@@ -328,9 +329,9 @@ fn golden_quantized(dtype: Dtype, golden: (&str, usize, u32, u32)) {
 /// The same for the tiny q4 bundle (nibbles and f16 scale/minimum pairs; larger than q8 here:
 /// rows of 16 and 24 values pad their one block to 32).
 const GOLDEN_Q4: (&str, usize, u32, u32) = (
-    "57484954544c450007000000950100008034000000000000",
+    "57484954544c450007000000960100008034000000000000",
     13892,
-    3932964670,
+    1551979473,
     1846668381,
 );
 
@@ -338,9 +339,9 @@ const GOLDEN_Q4: (&str, usize, u32, u32) = (
 /// architecture, head width, optional norms and SentencePiece table: 16 header bytes more
 /// than v5).
 const GOLDEN_Q8: (&str, usize, u32, u32) = (
-    "57484954544c450007000000910100008032000000000000",
+    "57484954544c450007000000920100008032000000000000",
     13380,
-    654597536,
+    2565222189,
     2526822772,
 );
 
