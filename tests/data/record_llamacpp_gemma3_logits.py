@@ -1,4 +1,4 @@
-"""llama.cpp's logits for Gemma 3 270M on three prompts: the reference of
+"""llama.cpp's logits for Gemma 3 270M on four prompts: the reference of
 tests/tests/real_model_gemma3.rs (candle's quantized_gemma3 is not one: its MLP uses SiLU, not
 GELU; huggingface/candle#3745).
 
@@ -20,7 +20,17 @@ PROMPTS = [
     "The capital of France is",
     "Review: a gripping, moving and sometimes funny film.\nSentiment:",
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    # Longer than the 512-position window of the local layers (about 800 tokens): their masks
+    # decide these logits.
+    " ".join(
+        f"Item {i} is {['red', 'green', 'blue', 'old', 'new', 'large', 'small'][i * 3 % 7]}."
+        for i in range(1, 101)
+    )
+    + " Item 1 is",
 ]
+
+# Context and batch: room for the longest prompt.
+N_CTX = 1024
 
 
 def dequantized_copy(source, target):
@@ -73,13 +83,13 @@ def record(path):
     model = Model(path, model_params)
     vocab = model.get_vocab()
     ctx_params = LlamaContextParams()
-    ctx_params.n_ctx = 256
-    ctx_params.n_batch = 256
-    ctx_params.n_ubatch = 256
+    ctx_params.n_ctx = N_CTX
+    ctx_params.n_batch = N_CTX
+    ctx_params.n_ubatch = N_CTX
     ctx_params.n_threads = 1
     ctx_params.n_threads_batch = 1
     ctx = LlamaContext(model, ctx_params)
-    batch = LlamaBatch(n_tokens=256, embd=0, n_seq_max=1)
+    batch = LlamaBatch(n_tokens=N_CTX, embd=0, n_seq_max=1)
     cases = []
     for prompt in PROMPTS:
         ids = list(vocab.tokenize(prompt, add_special=True, parse_special=True))

@@ -176,7 +176,7 @@ fn fetch_model() -> anyhow::Result<()> {
     );
     let reference = default_cache_dir()
         .join("references")
-        .join(format!("llamacpp-logits-{GEMMA3_DIGEST_PREFIX}.json"));
+        .join(format!("llamacpp-logits-v2-{GEMMA3_DIGEST_PREFIX}.json"));
     if reference.is_file() {
         println!("    llama.cpp's logits: {} (recorded)", reference.display());
         return Ok(());
