@@ -60,7 +60,8 @@ enum Command {
 pub struct ModelArgs {
     /// A model by name, fetched on first use (`smollm2-135m`, the default, or `gemma3-270m`),
     /// a local GGUF file (architecture llama or gemma3), or a Hugging Face checkpoint folder
-    /// (config.json, model.safetensors or its shards, tokenizer.json; LlamaForCausalLM).
+    /// (config.json, model.safetensors or its shards, tokenizer.json or Gemma's
+    /// tokenizer.model; LlamaForCausalLM, Qwen2ForCausalLM or Gemma3ForCausalLM).
     #[arg(long, value_name = "NAME|PATH")]
     model: Option<PathBuf>,
     /// Cache folder of the default model [default: $WHITTLE_MODEL_DIR or ~/.cache/whittle/models].
