@@ -1116,8 +1116,14 @@ pub fn pack(
             task,
             &label_ids,
         )?),
-        (VocabChoice::Task, TaskKind::Generation) => bail!(
-            "task {}: --vocab task keeps only the tokens of a classification task's inputs, and a generated answer may need any token; pack it with --vocab full",
+        (VocabChoice::Alphabet, TaskKind::Classification) => Some(VocabTrim::for_alphabet(
+            &model.tokenizer,
+            tables,
+            task,
+            &label_ids,
+        )?),
+        (VocabChoice::Task | VocabChoice::Alphabet, TaskKind::Generation) => bail!(
+            "task {}: --vocab task and alphabet keep only the tokens a classification task's inputs need, and a generated answer may need any token; pack it with --vocab full",
             task.name()
         ),
     };

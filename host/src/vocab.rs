@@ -12,6 +12,9 @@
 //! input with an unseen word gets that word in smaller kept pieces, never an error (every
 //! byte has a kept token).
 //!
+//! The alphabet trim ([`VocabTrim::for_alphabet`], `--vocab alphabet`) keeps instead every token
+//! the bytes of those prompts can spell: larger, but exact on any text written with them.
+//!
 //! A SentencePiece vocabulary (Gemma 3) has no merge list: a piece forms when two adjacent
 //! symbols concatenate to a token, highest score first. The kept set there is every token of
 //! the prompts and every token a merge formed on the way to them (recorded while tokenizing),
@@ -40,6 +43,10 @@ pub enum VocabChoice {
     /// The tokens of the task's calibration and search inputs ([`VocabTrim::for_task`]);
     /// classification only.
     Task,
+    /// Every token the bytes of the task's calibration and search inputs can spell
+    /// ([`VocabTrim::for_alphabet`]): any text written with them tokenizes exactly as with the
+    /// whole vocabulary; classification only.
+    Alphabet,
 }
 
 /// The tokens a task-trimmed bundle keeps, by source id.
@@ -68,6 +75,53 @@ impl VocabTrim {
             &[Split::Calibration, Split::Search],
             label_ids,
         )
+    }
+
+    /// Every token whose bytes all occur in the task's calibration and search prompts (whole
+    /// prompts, template included; a space also allows SentencePiece's `▁`), and `label_ids`,
+    /// with the tables' byte, special and stop tokens. Any text made of those bytes then
+    /// tokenizes as with the whole vocabulary: every token the tokenizer forms on the way is a
+    /// piece of the text (BPE: each merge's result; SentencePiece: each pair it joins), so its
+    /// bytes are the text's, and it is kept. Larger than [`Self::for_task`], which keeps only
+    /// the tokens those prompts produce; exact on unseen words.
+    pub fn for_alphabet(
+        tokenizer: &TextTokenizer,
+        tables: &TokenizerTables,
+        task: &Task,
+        label_ids: &[u32],
+    ) -> anyhow::Result<Self> {
+        let mut allowed = [false; 256];
+        for split in [Split::Calibration, Split::Search] {
+            for example in task.examples(split)? {
+                for byte in prompt_text(tokenizer, &example.prompt)?.bytes() {
+                    allowed[usize::from(byte)] = true;
+                }
+            }
+        }
+        if allowed[usize::from(b' ')] && tables.sentencepiece.is_some() {
+            for byte in "▁".bytes() {
+                allowed[usize::from(byte)] = true;
+            }
+        }
+        Self::spelled_by(tables, &allowed, label_ids)
+    }
+
+    /// Every token made of `allowed` bytes, and `label_ids`, with the tables' byte, special
+    /// and stop tokens ([`Self::for_alphabet`]).
+    fn spelled_by(
+        tables: &TokenizerTables,
+        allowed: &[bool; 256],
+        label_ids: &[u32],
+    ) -> anyhow::Result<Self> {
+        let mut seen: Vec<bool> = tables
+            .vocab
+            .iter()
+            .map(|bytes| !bytes.is_empty() && bytes.iter().all(|&b| allowed[usize::from(b)]))
+            .collect();
+        for &id in label_ids {
+            mark(&mut seen, id)?;
+        }
+        Self::closed(tables, seen)
     }
 
     /// The tokens of `splits`' prompts and `label_ids`, with the tables' byte, special and
@@ -322,6 +376,29 @@ mod tests {
         let trimmed = trim.tables(&tables())?;
         assert_eq!(trimmed.merges, vec![(97, 98, 256), (256, 99, 257)]);
         assert_eq!(trimmed.vocab[258], b"<s>".to_vec());
+        Ok(())
+    }
+
+    /// The alphabet trim keeps every token its bytes spell (and the fixed ones), so any text of
+    /// those bytes, seen or not, tokenizes as with the whole vocabulary.
+    #[test]
+    fn an_alphabet_trim_reads_every_text_of_its_bytes_as_before() -> anyhow::Result<()> {
+        let full = tables();
+        let mut allowed = [false; 256];
+        for byte in "abc a".bytes() {
+            allowed[usize::from(byte)] = true;
+        }
+        let trim = VocabTrim::spelled_by(&full, &allowed, &[])?;
+        for kept in [256, 257, 258, 259, 260] {
+            assert!(trim.id(kept).is_some(), "{kept}");
+        }
+        assert_eq!(trim.id(261), None);
+        let trimmed = trim.tables(&full)?;
+        for text in ["cab bca a", "<s>abcabc", " a a ab", "bbcc"] {
+            assert_eq!(encode(&trimmed, text)?, encode(&full, text)?, "{text}");
+        }
+        // Other bytes still tokenize, in smaller pieces.
+        assert_eq!(encode(&trimmed, "xy")?, vec![120, 121]);
         Ok(())
     }
 

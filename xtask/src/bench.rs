@@ -428,11 +428,21 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
         cargo::run(&mut built.command(Executable::HostTool, ["fetch-model"])?)?;
     }
     // The cost model predicts from the measured `host` profile: measure it first on a machine
-    // that has none, so that its error is a comparison and not an absence.
-    if whittle_boards::BoardProfile::measured_host().is_err() {
-        eprintln!(
-            "no measured host profile: measuring this machine first (whittle-device profile --install)"
-        );
+    // that has none, or one measured before the q4 kernels (whose q4 predictions would be q8's
+    // rates), so that its error is a comparison and not an absence.
+    let stale = match whittle_boards::BoardProfile::measured_host() {
+        Err(_) => Some("no measured host profile"),
+        Ok(profile)
+            if profile.kernels.as_ref().is_none_or(|k| {
+                k.q4_decode_bytes_per_s.is_none() || k.q4_prefill_flops.is_none()
+            }) =>
+        {
+            Some("the host profile has no q4 kernel rates (measured before q4)")
+        }
+        Ok(_) => None,
+    };
+    if let Some(reason) = stale {
+        eprintln!("{reason}: measuring this machine first (whittle-device profile --install)");
         cargo::run(&mut built.command(Executable::DeviceTool, ["profile", "--install"])?)?;
         whittle_boards::BoardProfile::measured_host().map_err(|error| {
             anyhow::anyhow!("the host profile is still unreadable after measuring it: {error}")

@@ -50,6 +50,18 @@ pub const BUILD: [&str; 7] = [
     "--all-targets",
 ];
 
+/// The real-model test `cargo xtask gpu-check` runs on a GPU, built beside [`BUILD`].
+pub const BUILD_GPU_TEST: [&str; 8] = [
+    "build",
+    "--release",
+    "-p",
+    "whittle-tests",
+    "--features",
+    "cuda",
+    "--test",
+    "real_model_cuda",
+];
+
 /// Libraries linked by name whose wheels hold only the versioned file: the link needs
 /// `lib<name>.so`, a symbolic link to it.
 const VERSIONED_LIBRARIES: [(&str, &str); 5] = [
@@ -69,7 +81,8 @@ pub struct Toolkit {
     link_dir: PathBuf,
 }
 
-/// Installs the toolkit when needed and builds `whittle-host --features cuda` ([`BUILD`]) into
+/// Installs the toolkit when needed and builds `whittle-host --features cuda` ([`BUILD`], and
+/// [`BUILD_GPU_TEST`]) into
 /// its own target folder (`<target>/cuda`), so the normal build's artifacts stay valid.
 pub fn build() -> anyhow::Result<()> {
     for program in ["g++", "gcc"] {
@@ -85,12 +98,15 @@ pub fn build() -> anyhow::Result<()> {
         "    CUDA 13.0 from {}; kernels for compute capability {COMPUTE_CAP} (CUDA_COMPUTE_CAP); no GPU is used",
         toolkit.root.display()
     );
-    let mut command = cargo::cargo(BUILD);
-    toolkit.configure(&mut command);
-    command.env("CARGO_TARGET_DIR", &target_dir);
-    cargo::run(&mut command).context(
-        "whittle-host does not build with --features cuda; the compiler output is above (reproduce with `cargo xtask test --only cuda`)",
-    )
+    for build in [&BUILD[..], &BUILD_GPU_TEST[..]] {
+        let mut command = cargo::cargo(build);
+        toolkit.configure(&mut command);
+        command.env("CARGO_TARGET_DIR", &target_dir);
+        cargo::run(&mut command).context(
+            "whittle-host does not build with --features cuda; the compiler output is above (reproduce with `cargo xtask test --only cuda`)",
+        )?;
+    }
+    Ok(())
 }
 
 impl Toolkit {

@@ -9,6 +9,7 @@ mod deploy;
 mod deploy_suite;
 mod firmware;
 mod flash;
+mod gpu_check;
 mod host;
 mod prerequisites;
 mod test;
@@ -60,6 +61,11 @@ enum Task {
     /// with it for the board's memory map and run it, in QEMU (`--board qemu-mps2-an386`) or
     /// through a debug probe with probe-rs (`--board stm32h743`).
     Flash(flash::FlashArgs),
+    /// On a machine with an NVIDIA GPU: build the host with `--features cuda` for it, compare
+    /// the GPU's logits with the CPU's on the real model, time `eval` on the search split and
+    /// a one-generation `prune` on both, and print one JSON line (a bare machine needs PyPI
+    /// for the model and, without `nvcc`, the CUDA wheels).
+    GpuCheck,
     /// Install what a fresh machine lacks, then run every check of the workspace.
     Test {
         /// Run only the steps whose title contains this text (the prerequisites still run).
@@ -136,6 +142,7 @@ fn main() -> ExitCode {
             repeats,
         }) => bench::bench(&board, prune_dir.as_deref(), repeats),
         Invocation::Task(Task::Flash(args)) => flash::run(&args).map(|()| ExitCode::SUCCESS),
+        Invocation::Task(Task::GpuCheck) => gpu_check::run(),
         Invocation::Task(Task::Test { only }) => test::run(only.as_deref()),
     };
     match result {
