@@ -121,16 +121,18 @@ pub fn real_model_and_reference() -> anyhow::Result<(
     Ok((ours, reference))
 }
 
-/// Seeded values uniform in `[-scale, scale)`, continuing the sequence of `seed`.
-pub fn seeded_values(seed: &mut u64, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
+/// A CPU tensor of `shape` with seeded values uniform in `[-scale, scale)`, continuing the
+/// sequence of `seed`.
+pub fn seeded_tensor(seed: &mut u64, shape: &[usize], scale: f32) -> candle_core::Result<Tensor> {
+    let values: Vec<f32> = (0..shape.iter().product::<usize>())
         .map(|_| {
             *seed = seed
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
             ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
-        .collect()
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu)
 }
 
 /// A two-label task over 60 short made-up reviews (`data.tsv` and `task.toml` in `dir`), a

@@ -27,46 +27,7 @@ fn real_model_hugging_face_checkpoint_equals_the_gguf() -> anyhow::Result<()> {
     let base = BaseModel::open(dir.path(), &Device::Cpu)?;
     let hf_model = &base.model;
     assert_eq!(base.digest.len(), 64);
-    assert_eq!(hf_model.llama.config(), gguf_model.llama.config());
-    assert_eq!(
-        hf_model.llama.head_is_tied(),
-        gguf_model.llama.head_is_tied()
-    );
-    assert_eq!(
-        hf_model.tokenizer.stop_ids(),
-        gguf_model.tokenizer.stop_ids()
-    );
-    assert_eq!(
-        hf_model.tokenizer.chat_template(),
-        gguf_model.tokenizer.chat_template()
-    );
-    let (a, b) = (hf_model.tokenizer.tables()?, gguf_model.tokenizer.tables()?);
-    assert_eq!(
-        (&a.vocab, &a.merges, &a.byte_tokens, &a.special_ids),
-        (&b.vocab, &b.merges, &b.byte_tokens, &b.special_ids)
-    );
-
-    let task = Task::resolve("sst2-dev")?;
-    let examples: Vec<_> = task.examples(Split::Test)?.into_iter().take(8).collect();
-    let ids = |m: &model::LoadedModel| -> anyhow::Result<Vec<Vec<u32>>> {
-        examples
-            .iter()
-            .map(|e| prompt_ids(&m.tokenizer, &e.prompt))
-            .collect()
-    };
-    let (hf_ids, gguf_ids) = (ids(hf_model)?, ids(&gguf_model)?);
-    assert_eq!(hf_ids, gguf_ids);
-    let logits = |m: &model::LoadedModel| -> anyhow::Result<Vec<Vec<f32>>> {
-        let batch = Batch::new(&gguf_ids, m.tokenizer.pad_id(), &Device::Cpu)?;
-        let last = m.llama.last_hidden(&batch)?;
-        Ok(m.llama.logits(&last)?.to_vec2::<f32>()?)
-    };
-    let (hf_logits, gguf_logits) = (logits(hf_model)?, logits(&gguf_model)?);
-    assert_eq!(hf_logits.len(), 8);
-    assert!(
-        hf_logits == gguf_logits,
-        "the checkpoint's logits differ from the GGUF's"
-    );
+    reads_as_the_gguf(hf_model, &gguf_model, "sst2-dev", 8)?;
 
     // A config.json that disagrees with the tensors, and a tokenizer of a type not implemented.
     let config_path = dir.path().join("config.json");
@@ -106,44 +67,7 @@ fn real_model_gemma3_hugging_face_checkpoint_equals_the_gguf() -> anyhow::Result
     assert!(dir.path().join("tokenizer.model").is_file());
     let base = BaseModel::open(dir.path(), &Device::Cpu)?;
     let hf_model = &base.model;
-    assert_eq!(hf_model.llama.config(), gguf_model.llama.config());
-    assert_eq!(
-        hf_model.tokenizer.stop_ids(),
-        gguf_model.tokenizer.stop_ids()
-    );
-    let (a, b) = (hf_model.tokenizer.tables()?, gguf_model.tokenizer.tables()?);
-    assert_eq!(
-        (&a.vocab, &a.byte_tokens, &a.special_ids, &a.sentencepiece),
-        (&b.vocab, &b.byte_tokens, &b.special_ids, &b.sentencepiece)
-    );
-
-    let task = Task::resolve("sst2")?;
-    let examples: Vec<_> = task.examples(Split::Test)?.into_iter().take(6).collect();
-    let ids = |m: &model::LoadedModel| -> anyhow::Result<Vec<Vec<u32>>> {
-        examples
-            .iter()
-            .map(|e| prompt_ids(&m.tokenizer, &e.prompt))
-            .collect()
-    };
-    let (hf_ids, gguf_ids) = (ids(hf_model)?, ids(&gguf_model)?);
-    assert_eq!(hf_ids, gguf_ids);
-    let logits = |m: &model::LoadedModel| -> anyhow::Result<Vec<Vec<f32>>> {
-        let batch = Batch::new(&gguf_ids, m.tokenizer.pad_id(), &Device::Cpu)?;
-        let last = m.llama.last_hidden(&batch)?;
-        Ok(m.llama.logits(&last)?.to_vec2::<f32>()?)
-    };
-    let (hf_logits, gguf_logits) = (logits(hf_model)?, logits(&gguf_model)?);
-    let max_diff = hf_logits
-        .iter()
-        .flatten()
-        .zip(gguf_logits.iter().flatten())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    // Every norm weight of this model round-trips through `w − 1` exactly.
-    println!(
-        "gemma3 checkpoint: max |Δ logit| against the GGUF {max_diff:.2e} (6 prompts, 262,144 logits each)"
-    );
-    assert_eq!(max_diff, 0.0);
+    reads_as_the_gguf(hf_model, &gguf_model, "sst2", 6)?;
 
     // Without tokenizer.model the checkpoint names the file it needs.
     std::fs::remove_file(dir.path().join("tokenizer.model"))?;
@@ -152,5 +76,67 @@ fn real_model_gemma3_hugging_face_checkpoint_equals_the_gguf() -> anyhow::Result
         Err(error) => error.to_string(),
     };
     assert!(message.contains("tokenizer.model"), "{message}");
+    Ok(())
+}
+
+/// `hf_model` (a checkpoint written from `gguf_model`) reads as the GGUF does: the same config,
+/// stop ids, chat template and bundle tokenizer tables, the same token ids on the first `n`
+/// test prompts of `task`, and bit-identical logits over the whole vocabulary.
+fn reads_as_the_gguf(
+    hf_model: &model::LoadedModel,
+    gguf_model: &model::LoadedModel,
+    task: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    assert_eq!(hf_model.llama.config(), gguf_model.llama.config());
+    assert_eq!(
+        hf_model.llama.head_is_tied(),
+        gguf_model.llama.head_is_tied()
+    );
+    assert_eq!(
+        hf_model.tokenizer.stop_ids(),
+        gguf_model.tokenizer.stop_ids()
+    );
+    assert_eq!(
+        hf_model.tokenizer.chat_template(),
+        gguf_model.tokenizer.chat_template()
+    );
+    let (a, b) = (hf_model.tokenizer.tables()?, gguf_model.tokenizer.tables()?);
+    assert_eq!(
+        (&a.vocab, &a.merges, &a.byte_tokens, &a.special_ids),
+        (&b.vocab, &b.merges, &b.byte_tokens, &b.special_ids)
+    );
+    assert_eq!(a.sentencepiece, b.sentencepiece);
+    let task = Task::resolve(task)?;
+    let examples: Vec<_> = task.examples(Split::Test)?.into_iter().take(n).collect();
+    let ids = |m: &model::LoadedModel| -> anyhow::Result<Vec<Vec<u32>>> {
+        examples
+            .iter()
+            .map(|e| prompt_ids(&m.tokenizer, &e.prompt))
+            .collect()
+    };
+    let (hf_ids, gguf_ids) = (ids(hf_model)?, ids(gguf_model)?);
+    assert_eq!(hf_ids, gguf_ids);
+    let logits = |m: &model::LoadedModel| -> anyhow::Result<Vec<Vec<f32>>> {
+        let batch = Batch::new(&gguf_ids, m.tokenizer.pad_id(), &Device::Cpu)?;
+        let last = m.llama.last_hidden(&batch)?;
+        Ok(m.llama.logits(&last)?.to_vec2::<f32>()?)
+    };
+    let (hf_logits, gguf_logits) = (logits(hf_model)?, logits(gguf_model)?);
+    assert_eq!(hf_logits.len(), n);
+    let max_diff = hf_logits
+        .iter()
+        .flatten()
+        .zip(gguf_logits.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!(
+        "{}: max |Δ logit| against the GGUF {max_diff:.2e} ({n} prompts, the whole vocabulary)",
+        task.name()
+    );
+    assert!(
+        hf_logits == gguf_logits,
+        "the checkpoint's logits differ from the GGUF's"
+    );
     Ok(())
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::gemma3;
 use whittle_host::model::Batch;
 use whittle_runtime::Architecture;
-use whittle_tests::{runtime_matches_the_host, seeded_values, write_tiny_task};
+use whittle_tests::{runtime_matches_the_host, seeded_tensor, write_tiny_task};
 
 const HIDDEN: usize = 32;
 const HEADS: usize = 2;
@@ -81,16 +81,8 @@ fn tokenizer_model() -> Vec<u8> {
 /// Writes the checkpoint into `dir`; returns its tensors by Hugging Face name (the vocabulary
 /// padded to [`VOCAB`] rows).
 fn write_checkpoint(dir: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
-    let device = Device::Cpu;
     let mut seed = 11u64;
-    let mut tensor = |shape: &[usize], scale: f32| -> anyhow::Result<Tensor> {
-        let n = shape.iter().product();
-        Ok(Tensor::from_vec(
-            seeded_values(&mut seed, n, scale),
-            shape,
-            &device,
-        )?)
-    };
+    let mut tensor = |shape: &[usize], scale: f32| seeded_tensor(&mut seed, shape, scale);
     let mut tensors = HashMap::new();
     let mut put = |name: String, t: Tensor| tensors.insert(name, t);
     put(

@@ -11,7 +11,7 @@ use candle_transformers::models::qwen2;
 use whittle_host::model::Batch;
 use whittle_host::task::{Split, Task};
 use whittle_runtime::{AlignedBytes, Architecture, Bundle};
-use whittle_tests::{runtime_matches_the_host, seeded_values, write_tiny_task};
+use whittle_tests::{runtime_matches_the_host, seeded_tensor, write_tiny_task};
 
 const HIDDEN: usize = 32;
 const HEADS: usize = 4;
@@ -86,16 +86,8 @@ fn write_tokenizer(dir: &Path, merges: &[(String, String)]) -> anyhow::Result<()
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json` and `tokenizer_config.json`
 /// of a tiny Qwen2 into `dir`; returns the tensors by Hugging Face name.
 fn write_checkpoint(dir: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
-    let device = Device::Cpu;
     let mut seed = 7u64;
-    let mut tensor = |shape: &[usize], scale: f32| -> anyhow::Result<Tensor> {
-        let n = shape.iter().product();
-        Ok(Tensor::from_vec(
-            seeded_values(&mut seed, n, scale),
-            shape,
-            &device,
-        )?)
-    };
+    let mut tensor = |shape: &[usize], scale: f32| seeded_tensor(&mut seed, shape, scale);
     let mut tensors = HashMap::new();
     tensors.insert(
         "model.embed_tokens.weight".to_owned(),

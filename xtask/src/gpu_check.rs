@@ -102,36 +102,16 @@ pub fn run() -> anyhow::Result<ExitCode> {
         gpu.name, gpu.driver, gpu.compute_cap
     );
     let start = Instant::now();
-    cargo::run(&mut cuda_cargo(
-        [
-            "build",
-            "--release",
-            "-p",
-            "whittle-host",
-            "--features",
-            "cuda",
-            "--bin",
-            "whittle",
-        ],
-        &gpu,
-    )?)?;
+    // The suite's cuda build, for the `whittle` binary only.
+    let build = crate::cuda::BUILD[..6].iter().chain(&["--bin", "whittle"]);
+    cargo::run(&mut cuda_cargo(build, &gpu)?)?;
     let build_seconds = start.elapsed().as_secs_f64();
     let binary: PathBuf = cargo::target_dir()?.join("cuda/release/whittle");
-    let (_, parity) = timed_json(&mut cuda_cargo(
-        [
-            "test",
-            "--release",
-            "-p",
-            "whittle-tests",
-            "--features",
-            "cuda",
-            "--test",
-            "real_model_cuda",
-            "--",
-            "--nocapture",
-        ],
-        &gpu,
-    )?)?;
+    // The suite builds this test (`cuda::BUILD_GPU_TEST`); here it runs.
+    let test = std::iter::once(&"test")
+        .chain(&crate::cuda::BUILD_GPU_TEST[1..])
+        .chain(&["--", "--nocapture"]);
+    let (_, parity) = timed_json(&mut cuda_cargo(test, &gpu)?)?;
     let eval = ["eval", "--task", "sst2", "--split", "search", "--json"];
     let (eval_cpu, eval_cpu_json) = timed_json(&mut whittle(&binary, &eval, false))?;
     let (eval_gpu, eval_gpu_json) = timed_json(&mut whittle(&binary, &eval, true))?;
