@@ -12,6 +12,7 @@ use whittle_boards::files::write_atomically;
 use whittle_host::parity::{CONTEXT, compare, host_reference};
 use whittle_host::prune::PruneFolder;
 use whittle_host::task::{Split, Task};
+use whittle_runtime::format::HeadRef;
 use whittle_runtime::kernels::Portable;
 use whittle_runtime::{AlignedBytes, Bundle};
 
@@ -79,7 +80,11 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
             );
         }
         model = model.with_llama(folder.apply(&model.llama, model.llama.device())?);
-        head = folder.head()?;
+        // The folder's fitted head is what a task-head bundle stores; a bundle with the full
+        // head reads its labels through the verbalizer rows, and so must the host.
+        if matches!(header.head, HeadRef::Labels(_)) {
+            head = folder.head()?;
+        }
     } else if args.prune_dir.is_some() {
         bail!(
             "{} is a dense bundle; drop --prune-dir",
