@@ -344,3 +344,27 @@ fn a_pre_tokenizer_the_runtime_lacks_is_refused_for_bundles() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// A checkpoint tensor in a dtype the loader does not read (an integer one, as a quantized
+/// export would hold) is refused with the tensor, its dtype and what is read.
+#[test]
+fn a_tensor_of_an_unknown_dtype_is_named() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut tensors = write_checkpoint(dir.path())?;
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let quantized = tensors[name]
+        .abs()?
+        .affine(100.0, 0.0)?
+        .to_dtype(DType::U8)?;
+    tensors.insert(name.to_owned(), quantized);
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors"))?;
+    let message = match whittle_host::model::load(dir.path(), &Device::Cpu) {
+        Ok(_) => panic!("a u8 tensor was read as a weight"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        message.contains(name) && message.contains("U8") && message.contains("bf16, f16 and f32"),
+        "{message}"
+    );
+    Ok(())
+}
