@@ -230,38 +230,35 @@ impl<'a> Tokenizer<'a> {
         out: &mut Vec<u32, N>,
     ) -> Result<(), Error> {
         if self.pre_tokenizer == PreTokenizer::Qwen2 {
-            let mut at = start;
-            while at < end {
-                let next = qwen2_piece_end(text, at, end);
-                self.bpe(text, at, next, out)?;
-                at = next;
-            }
-            return Ok(());
+            return self.encode_run(text, start, end, qwen2_piece_end, out);
         }
         let mut at = start;
         let mut run_start = start;
         while at < end {
             let Some(c) = text.char(at) else { break };
             if c.is_numeric() {
-                self.encode_run(text, run_start, at, out)?;
+                self.encode_run(text, run_start, at, gpt2_piece_end, out)?;
                 self.bpe(text, at, at + c.len_utf8(), out)?;
                 run_start = at + c.len_utf8();
             }
             at += c.len_utf8();
         }
-        self.encode_run(text, run_start, end, out)
+        self.encode_run(text, run_start, end, gpt2_piece_end, out)
     }
 
+    /// `start..end` cut into pieces by `piece_end` (the end of the piece starting at a
+    /// position), each merged on its own.
     fn encode_run<const N: usize>(
         &self,
         text: &Text<'_>,
         start: usize,
         end: usize,
+        piece_end: fn(&Text<'_>, usize, usize) -> usize,
         out: &mut Vec<u32, N>,
     ) -> Result<(), Error> {
         let mut at = start;
         while at < end {
-            let next = gpt2_piece_end(text, at, end);
+            let next = piece_end(text, at, end);
             self.bpe(text, at, next, out)?;
             at = next;
         }
@@ -355,6 +352,65 @@ impl<'a> Tokenizer<'a> {
     }
 }
 
+/// The end of the run of `class` characters starting at `from` (`from` itself when there is
+/// none), before `end`.
+fn class_end(text: &Text<'_>, from: usize, end: usize, class: impl Fn(char) -> bool) -> usize {
+    let mut i = from;
+    while let Some(c) = (i < end)
+        .then(|| text.char(i))
+        .flatten()
+        .filter(|&c| class(c))
+    {
+        i += c.len_utf8();
+    }
+    i
+}
+
+/// The whitespace run starting at `at` (before `end`): its end, where its last character
+/// starts, and where its last line break ends (if it holds one).
+struct Spaces {
+    end: usize,
+    last_start: usize,
+    after_newline: Option<usize>,
+}
+
+impl Spaces {
+    fn at(text: &Text<'_>, at: usize, end: usize) -> Self {
+        let mut run = Self {
+            end: at,
+            last_start: at,
+            after_newline: None,
+        };
+        while let Some(c) = (run.end < end)
+            .then(|| text.char(run.end))
+            .flatten()
+            .filter(|c| c.is_whitespace())
+        {
+            run.last_start = run.end;
+            run.end += c.len_utf8();
+            if is_newline(c) {
+                run.after_newline = Some(run.end);
+            }
+        }
+        run
+    }
+
+    /// `\s+(?!\S)|\s+` on a non-empty run starting at `at`: the whole run at the end of the
+    /// text or when it is one character, else all but its last character (which joins the
+    /// next piece).
+    fn piece_end(&self, at: usize, end: usize) -> usize {
+        if self.end >= end || self.last_start == at {
+            self.end
+        } else {
+            self.last_start
+        }
+    }
+}
+
+fn is_newline(c: char) -> bool {
+    c == '\r' || c == '\n'
+}
+
 /// Whether `text` holds one of the contraction suffixes `'s 't 're 've 'm 'll 'd` at `at` (the
 /// apostrophe's position) within `end`, ASCII case ignored when `any_case`; its end.
 fn contraction_end(text: &Text<'_>, at: usize, end: usize, any_case: bool) -> Option<usize> {
@@ -374,18 +430,9 @@ fn contraction_end(text: &Text<'_>, at: usize, end: usize, any_case: bool) -> Op
 /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|
 /// \s*[\r\n]+|\s+(?!\S)|\s+` that matches, as the regex's leftmost-first alternation takes it.
 fn qwen2_piece_end(text: &Text<'_>, at: usize, end: usize) -> usize {
-    let char_at = |i: usize| if i < end { text.char(i) } else { None };
-    let Some(c) = char_at(at) else {
+    let Some(c) = (at < end).then(|| text.char(at)).flatten() else {
         return end;
     };
-    let run = |from: usize, class: &dyn Fn(char) -> bool| -> usize {
-        let mut i = from;
-        while let Some(d) = char_at(i).filter(|&d| class(d)) {
-            i += d.len_utf8();
-        }
-        i
-    };
-    let newline = |d: char| d == '\r' || d == '\n';
     if c == '\''
         && let Some(stop) = contraction_end(text, at, end, true)
     {
@@ -393,43 +440,30 @@ fn qwen2_piece_end(text: &Text<'_>, at: usize, end: usize) -> usize {
     }
     // [^\r\n\p{L}\p{N}]?\p{L}+
     let next = at + c.len_utf8();
-    if !is_letter(c) && !c.is_numeric() && !newline(c) {
-        let stop = run(next, &is_letter);
+    if !is_letter(c) && !c.is_numeric() && !is_newline(c) {
+        let stop = class_end(text, next, end, is_letter);
         if stop > next {
             return stop;
         }
     }
     if is_letter(c) {
-        return run(at, &is_letter);
+        return class_end(text, at, end, is_letter);
     }
     if c.is_numeric() {
         return next;
     }
     // ' '?[^\s\p{L}\p{N}]+[\r\n]*
     let from = if c == ' ' { next } else { at };
-    let stop = run(from, &is_other);
+    let stop = class_end(text, from, end, is_other);
     if stop > from {
-        return run(stop, &newline);
+        return class_end(text, stop, end, is_newline);
     }
-    // \s*[\r\n]+: the whitespace run up to its last line break.
-    let mut stop = at;
-    let (mut last_start, mut after_newline) = (at, None);
-    while let Some(d) = char_at(stop).filter(|d| d.is_whitespace()) {
-        last_start = stop;
-        stop += d.len_utf8();
-        if newline(d) {
-            after_newline = Some(stop);
-        }
-    }
-    if let Some(stop) = after_newline {
-        return stop;
-    }
-    // \s+(?!\S), else \s+ (`c` is whitespace here: every other character matched above).
-    if stop >= end || last_start == at {
-        stop
-    } else {
-        last_start
-    }
+    // \s*[\r\n]+ (the whitespace run up to its last line break), else \s+(?!\S)|\s+: `c`
+    // is whitespace here, every other character matched above.
+    let spaces = Spaces::at(text, at, end);
+    spaces
+        .after_newline
+        .unwrap_or_else(|| spaces.piece_end(at, end))
 }
 
 /// End of the GPT-2 pre-token starting at `at` (before `end`).
@@ -444,30 +478,15 @@ fn gpt2_piece_end(text: &Text<'_>, at: usize, end: usize) -> usize {
         return stop;
     }
     let after_space = if c == ' ' { at + 1 } else { at };
-    let class_run = |from: usize, class: fn(char) -> bool| -> Option<usize> {
-        let mut i = from;
-        while let Some(d) = char_at(i).filter(|&d| class(d)) {
-            i += d.len_utf8();
-        }
-        (i > from).then_some(i)
-    };
     for class in [is_letter as fn(char) -> bool, char::is_numeric, is_other] {
-        if let Some(stop) = class_run(after_space, class) {
+        let stop = class_end(text, after_space, end, class);
+        if stop > after_space {
             return stop;
         }
     }
-    let mut stop = at;
-    let mut last_start = at;
-    while let Some(d) = char_at(stop).filter(|d| d.is_whitespace()) {
-        last_start = stop;
-        stop += d.len_utf8();
-    }
-    if stop == at {
+    let spaces = Spaces::at(text, at, end);
+    if spaces.end == at {
         return at + c.len_utf8();
     }
-    if stop >= end || last_start == at {
-        stop
-    } else {
-        last_start
-    }
+    spaces.piece_end(at, end)
 }
