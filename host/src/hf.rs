@@ -346,10 +346,15 @@ fn rotary_heads(gguf_name: &str, config: &ModelConfig) -> Option<usize> {
     }
 }
 
+/// Whether `config` is Gemma 3's (of the families read here, the one with post-norms).
+fn is_gemma3(config: &ModelConfig) -> bool {
+    config.arch.post_norms
+}
+
 /// Whether `gguf_name` is an RMSNorm weight that Gemma's checkpoints store as `w − 1` (Gemma
 /// multiplies by `1 + w`; llama.cpp's converter adds the one, as the loader does).
 fn offset_by_one(gguf_name: &str, config: &ModelConfig) -> bool {
-    config.arch.post_norms && gguf_name.ends_with("norm.weight")
+    is_gemma3(config) && gguf_name.ends_with("norm.weight")
 }
 
 /// Hugging Face's rotary rows (each head's first half, then its second) to the interleaved
@@ -429,7 +434,7 @@ pub fn read_config(dir: &Path) -> Result<HfConfig, ModelError> {
     })
 }
 
-/// Loads the Llama-family or Qwen2 checkpoint in `dir` onto `device` as f32.
+/// Loads the Llama, Qwen2 or Gemma 3 checkpoint in `dir` onto `device` as f32.
 pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, ModelError> {
     let hf = read_config(dir)?;
     let config = hf.model_config(&dir.join("config.json"))?;
@@ -594,7 +599,7 @@ pub fn write_checkpoint(
     }
     let bytes = safetensors::serialize(&tensors, None)?;
     whittle_boards::files::write_atomically(&dir.join("model.safetensors"), &bytes)?;
-    let gemma3 = config.arch.sliding_window > 0;
+    let gemma3 = is_gemma3(&config);
     let hf = HfConfig {
         architectures: vec![
             match (gemma3, config.arch.qkv_bias) {

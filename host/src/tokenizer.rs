@@ -74,7 +74,7 @@ fn read_tokenizer_config(dir: &Path) -> Result<serde_json::Value, String> {
 }
 
 /// SmolLM2's byte-level BPE pre-tokenizer: single digits, then GPT-2's pattern.
-fn runtime_pre_tokenizer() -> Sequence {
+fn smollm_pre_tokenizer() -> Sequence {
     Sequence::new(vec![
         Digits::new(true).into(),
         ByteLevel::new(false, true, true).into(),
@@ -95,7 +95,7 @@ fn bundle_pre_tokenizer(tokenizer: &serde_json::Value) -> anyhow::Result<PreToke
             "invert": false},
         {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false,
             "use_regex": false}]});
-    let kind = if *pre == serde_json::to_value(runtime_pre_tokenizer())? {
+    let kind = if *pre == serde_json::to_value(smollm_pre_tokenizer())? {
         PreTokenizer::Smollm
     } else if *pre == qwen2 {
         PreTokenizer::Qwen2
@@ -138,7 +138,7 @@ impl TextTokenizer {
                 let mut inner =
                     Tokenizer::from_gguf(gguf.content()).map_err(|e| error(e.to_string()))?;
                 if text("tokenizer.ggml.pre") == Some("smollm") {
-                    inner.with_pre_tokenizer(Some(runtime_pre_tokenizer()));
+                    inner.with_pre_tokenizer(Some(smollm_pre_tokenizer()));
                 }
                 Backend::Bpe(Arc::new(inner))
             }

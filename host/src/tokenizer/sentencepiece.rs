@@ -111,10 +111,16 @@ impl SentencePiece {
             None => vec![TokenType::Normal as u8; n],
         };
         let id_of = |key: &str| token_id(gguf, key).filter(|&id| (id as usize) < n);
-        let bos = id_of("tokenizer.ggml.bos_token_id")
-            .filter(|_| flag("tokenizer.ggml.add_bos_token", true));
-        let eos = id_of("tokenizer.ggml.eos_token_id")
-            .filter(|_| flag("tokenizer.ggml.add_eos_token", false));
+        let (bos, eos) = added(
+            (
+                id_of("tokenizer.ggml.bos_token_id"),
+                flag("tokenizer.ggml.add_bos_token", true),
+            ),
+            (
+                id_of("tokenizer.ggml.eos_token_id"),
+                flag("tokenizer.ggml.add_eos_token", false),
+            ),
+        )?;
         Self::from_pieces(texts, &scores[..n], types, bos, eos)
     }
 
@@ -185,20 +191,10 @@ impl SentencePiece {
                 .ok()
                 .filter(|&id| (id as usize) < texts.len())
         };
-        let (bos, eos) = (id(bos), id(eos));
-        if (add_bos && bos.is_none()) || (add_eos && eos.is_none()) {
-            return Err(
-                "add_bos_token or add_eos_token is true but the model has no such token".into(),
-            );
-        }
-        let spm = Self::from_pieces(
-            texts,
-            &scores,
-            types,
-            bos.filter(|_| add_bos),
-            eos.filter(|_| add_eos),
-        )?;
-        Ok((spm, eos))
+        let (bos_id, eos_id) = (id(bos), id(eos));
+        let (bos, eos) = added((bos_id, add_bos), (eos_id, add_eos))?;
+        let spm = Self::from_pieces(texts, &scores, types, bos, eos)?;
+        Ok((spm, eos_id))
     }
 
     /// The vocabulary of `texts` with their `scores` and `types` (the texts of
@@ -331,6 +327,18 @@ impl SentencePiece {
         bytes.truncate(written);
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
+}
+
+/// The BOS and EOS a vocabulary adds, from each token's id and whether it is added: an error
+/// when one is asked for but the vocabulary has no such token.
+fn added(
+    (bos, add_bos): (Option<u32>, bool),
+    (eos, add_eos): (Option<u32>, bool),
+) -> Result<(Option<u32>, Option<u32>), String> {
+    if (add_bos && bos.is_none()) || (add_eos && eos.is_none()) {
+        return Err("add_bos_token or add_eos_token is true but the token id is missing".into());
+    }
+    Ok((bos.filter(|_| add_bos), eos.filter(|_| add_eos)))
 }
 
 /// The protobuf wire format, as much of it as a SentencePiece model file needs.
