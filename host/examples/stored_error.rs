@@ -7,7 +7,8 @@
 //! first row is the bundle's own rounding ([`whittle_host::bundle::StoredModel`]).
 //!
 //! `cargo run --release -p whittle-host --example stored_error -- PRUNE_DIR [q8|q4] [N]
-//! [blocks]` (defaults: q8, 200 examples; `blocks` adds one row per block, N = 0 only the weights).
+//! [blocks|embedding]` (defaults: q8, 200 examples; `blocks` adds one row per block, `embedding`
+//! shows only the embedding's q4 rounding as an input table; N = 0 only the weights).
 
 use candle_core::Tensor;
 use whittle_host::bundle::{
@@ -190,6 +191,31 @@ fn main() -> anyhow::Result<()> {
         println!("| {name} | {max:.4} | {flips} |");
         Ok(())
     };
+    if args.get(3).is_some_and(|a| a == "embedding") {
+        // The embedding as an input table only (the task head reads the label rows): at q4
+        // alone, and with every block matrix as a q8 bundle stores it.
+        let embedding = as_stored(model.llama.embedding(), Dtype::Q4)?;
+        report(
+            "the embedding at q4 (input lookups only)",
+            model.llama.clone().with_embedding(embedding.clone())?,
+            &rows,
+        )?;
+        let stored = StoredModel::new(&model, &task, dtype)?;
+        report(
+            &format!("every matrix as a {} bundle stores it", dtype.name()),
+            stored.llama.clone(),
+            &rows,
+        )?;
+        report(
+            &format!(
+                "every matrix as a {} bundle stores it, the embedding at q4",
+                dtype.name()
+            ),
+            stored.llama.with_embedding(embedding)?,
+            &rows,
+        )?;
+        return Ok(());
+    }
     // What the packer stores: the model rescaled for storage, every matrix rounded, the
     // label rows f32; then each part alone, without the rescaling, to show where the error
     // came from.

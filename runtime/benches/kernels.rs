@@ -117,15 +117,31 @@ fn main() {
         all.reverse();
         all
     };
+    // AVX-512 with and without VNNI's rounded-activation decode, side by side.
+    #[cfg(target_arch = "x86_64")]
+    let float_decode = kernels::Avx512::detect().map(kernels::Avx512::without_vnni);
+    #[cfg(target_arch = "x86_64")]
+    let single: Vec<AnyKernels> = {
+        let mut single = single;
+        if let Some(kernels) = float_decode.filter(|_| kernels::best().rounds_decode_activations())
+        {
+            single.insert(single.len() - 1, AnyKernels::Avx512(kernels));
+        }
+        single
+    };
+    let label = |k: &dyn Kernels| match k.rounds_decode_activations() {
+        true => format!("{} int8", k.name()),
+        false => k.name().to_string(),
+    };
     let threaded = Threaded::new(kernels::best(), THREADS);
     let mut implementations: Vec<(String, &dyn Kernels)> = single
         .iter()
-        .map(|k| (k.name().to_string(), k as &dyn Kernels))
+        .map(|k| (label(k), k as &dyn Kernels))
         .collect();
     implementations.push((
         format!(
             "threaded {}x{}",
-            threaded.inner().name(),
+            label(threaded.inner()),
             threaded.threads()
         ),
         &threaded,

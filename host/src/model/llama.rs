@@ -453,6 +453,20 @@ impl Llama {
         &self.head
     }
 
+    /// The same model reading its inputs from `embedding` (same shape); the head stays what
+    /// it was (a tied head keeps the old rows).
+    pub fn with_embedding(mut self, embedding: Tensor) -> Result<Self> {
+        if embedding.dims() != self.embedding.dims() {
+            candle_core::bail!(
+                "embedding of shape {:?} for a model of {:?}",
+                embedding.dims(),
+                self.embedding.dims()
+            );
+        }
+        self.embedding = embedding;
+        Ok(self)
+    }
+
     /// Whether the head is the embedding (tied weights).
     pub fn head_is_tied(&self) -> bool {
         self.head.id() == self.embedding.id()

@@ -24,8 +24,8 @@ use super::vnni;
 /// AVX-512 F/BW/VL kernels. Constructed only by [`Avx512::detect`].
 #[derive(Clone, Copy, Debug)]
 pub struct Avx512 {
-    /// The CPU has AVX-512 VNNI: q4 decode multiplies nibbles by activations rounded to int8
-    /// (`vpdpbusd`).
+    /// The CPU has AVX-512 VNNI: q8 and q4 decode multiply weights by activations rounded to
+    /// int8 (`vpdpbusd`).
     vnni: bool,
 }
 
@@ -43,6 +43,14 @@ impl Avx512 {
         .then(|| Self {
             vnni: cpu_has!(is_x86_feature_detected, "avx512vnni"),
         })
+    }
+}
+
+impl Avx512 {
+    /// The same kernels with the float decode paths where VNNI would round the activations:
+    /// for benchmarks that compare the two.
+    pub fn without_vnni(self) -> Self {
+        Self { vnni: false }
     }
 }
 
@@ -65,6 +73,10 @@ impl Simd for Avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
     unsafe fn matvec_q8_unchecked(&self, w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
+        if self.vnni {
+            // SAFETY: `vnni` says the CPU has the feature; the rest is forwarded.
+            return unsafe { vnni::matvec_q8(w, x, out) };
+        }
         let (x, out) = (x.as_ptr(), out.as_mut_ptr());
         // SAFETY (both calls): the driver guarantees a whole `w`, `w.cols` activations and
         // `w.rows` outputs; `by_quarters` passes rows below `w.rows`.

@@ -1,13 +1,21 @@
-//! q4 decode with AVX-512 VNNI (`vpdpbusd`: unsigned bytes times signed bytes, four products
-//! summed into each 32-bit lane), used by [`Avx512`](super::Avx512) where the CPU has it.
+//! q8 and q4 decode with AVX-512 VNNI (`vpdpbusd`: unsigned bytes times signed bytes, four
+//! products summed into each 32-bit lane), used by [`Avx512`](super::Avx512) where the CPU has
+//! it.
 //!
 //! The activations are rounded to int8 once per call, per block of 32 (`step = max |x| / 127`,
-//! as llama.cpp rounds them for its quantized dot products), and laid out per pair of blocks
+//! as llama.cpp rounds them for its quantized dot products; [`round_block`], in vectors).
+//!
+//! q4: they are laid out per pair of blocks
 //! `A, B` as `A[0..16] B[0..16] A[16..32] B[16..32]`: the order in which one 32-byte load of
 //! the pair's nibbles, broadcast to both halves of a register, gives its low nibbles (values
 //! `0..16` of each block) in the first half and, shifted right by four, its high nibbles
 //! (values `16..32`) in the second. One `vpdpbusd` then multiplies 64 weights; its lanes are
 //! converted once and scaled by `d · step` of their block. `m · Σ x` uses the exact block sums.
+//!
+//! q8 ([`matvec_q8`]): in their natural order, so that one 64-byte load of a row's weights and
+//! one of the activations cover the same two blocks; the signed weights are offset by 128 to
+//! be the unsigned operand, and what that adds is taken off per block.
+//!
 //! Rows go four a quarter of the matrix apart, as in every x86 decode.
 //!
 //! Against the float q4 decode this is about a third of the instructions per weight (decode
@@ -17,15 +25,18 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m512, __m512i, _mm256_loadu_si256, _mm256_maskz_loadu_epi8, _mm256_maskz_loadu_epi16,
-    _mm512_add_ps, _mm512_and_si512, _mm512_broadcast_i64x4, _mm512_cvtepi32_ps, _mm512_cvtph_ps,
-    _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mul_ps,
-    _mm512_permutexvar_ps, _mm512_reduce_add_ps, _mm512_set_epi64, _mm512_set1_epi8,
-    _mm512_setzero_ps, _mm512_setzero_si512, _mm512_srlv_epi64,
+    __m512, __m512i, _mm_storeu_si128, _mm256_loadu_si256, _mm256_maskz_loadu_epi8,
+    _mm256_maskz_loadu_epi16, _mm512_abs_ps, _mm512_add_epi32, _mm512_add_ps, _mm512_and_si512,
+    _mm512_broadcast_i64x4, _mm512_cvtepi32_epi8, _mm512_cvtepi32_ps, _mm512_cvtph_ps,
+    _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
+    _mm512_maskz_loadu_epi8, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_mul_ps,
+    _mm512_permutexvar_ps, _mm512_reduce_add_epi32, _mm512_reduce_add_ps, _mm512_reduce_max_ps,
+    _mm512_set_epi64, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
+    _mm512_srlv_epi64, _mm512_xor_si512,
 };
 
 use super::super::driver;
-use super::super::{Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK};
+use super::super::{Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix};
 
 /// Columns rounded at a time: longer rows run in passes of this many, each adding to `out`.
 const PASS: usize = 4096;
@@ -46,6 +57,7 @@ struct Rounded {
 
 /// Rounds the `blocks` whole blocks of `x` (at most [`PASS_BLOCKS`]) into `r`, clearing only
 /// what the pass reads: its pairs' bytes and its groups' lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn round(x: &[f32], blocks: usize, r: &mut Rounded) {
     let groups = blocks.div_ceil(GROUP);
     r.steps.iter_mut().take(groups).for_each(|s| *s = [0.0; 16]);
@@ -53,11 +65,12 @@ fn round(x: &[f32], blocks: usize, r: &mut Rounded) {
     let pair_bytes = blocks.div_ceil(2) * 2 * Q8_BLOCK;
     r.q.iter_mut().take(pair_bytes).for_each(|q| *q = 0);
     for (b, block) in x.chunks_exact(Q8_BLOCK).take(blocks).enumerate() {
-        let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let inverse = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let Some((q, step, _)) = round_block(block) else {
+            continue;
+        };
         let (group, lane) = (b / GROUP, 2 * (b % GROUP));
-        if let Some(step) = r.steps.get_mut(group).and_then(|s| s.get_mut(lane)) {
-            *step = amax / 127.0;
+        if let Some(slot) = r.steps.get_mut(group).and_then(|s| s.get_mut(lane)) {
+            *slot = step;
         }
         if let Some(sum) = r.sums.get_mut(group).and_then(|s| s.get_mut(lane + 1)) {
             *sum = block.iter().sum();
@@ -65,14 +78,38 @@ fn round(x: &[f32], blocks: usize, r: &mut Rounded) {
         // Block `b` is `A` (offset 0) or `B` (offset 16) of pair `b / 2`: its values
         // `0..16` at that offset in the pair's first 32 bytes, `16..32` in its last 32.
         let at = (b / 2) * 2 * Q8_BLOCK + (b % 2) * 16;
-        let (low, high) = block.split_at(16);
+        let (low, high) = q.split_at(16);
         for (offset, values) in [(at, low), (at + Q8_BLOCK, high)] {
-            let slots = r.q.get_mut(offset..offset + 16).unwrap_or_default();
-            for (q, &v) in slots.iter_mut().zip(values) {
-                // To nearest, ties to even; |v · inverse| ≤ 127.
-                *q = libm::rintf(v * inverse) as i8;
+            if let Some(slots) = r.q.get_mut(offset..offset + 16) {
+                slots.copy_from_slice(values);
             }
         }
+    }
+}
+
+/// One block of 32 activations rounded to int8 at `step = max |x| / 127`, to nearest with
+/// ties to even (the vector conversion in the default rounding mode, as `rintf`): the values,
+/// the step and `Σ q`. `None` when `block` is shorter than 32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn round_block(block: &[f32]) -> Option<([i8; Q8_BLOCK], f32, i32)> {
+    let block = block.get(..Q8_BLOCK)?;
+    // SAFETY: two 16-lane loads of the 32 values just checked, stores into a local array.
+    unsafe {
+        let (low, high) = (
+            _mm512_loadu_ps(block.as_ptr()),
+            _mm512_loadu_ps(block.as_ptr().add(16)),
+        );
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
+        let inverse = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+        // |v · inverse| ≤ 127: the narrowing keeps every value.
+        let q_low = _mm512_cvtps_epi32(_mm512_mul_ps(low, inverse));
+        let q_high = _mm512_cvtps_epi32(_mm512_mul_ps(high, inverse));
+        let mut q = [0i8; Q8_BLOCK];
+        _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q_low));
+        _mm_storeu_si128(q.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(q_high));
+        let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q_low, q_high));
+        Some((q, amax / 127.0, sum))
     }
 }
 
@@ -217,4 +254,190 @@ fn pattern(a: i32, b: i32) -> __m512i {
 #[inline]
 fn reduce(a: __m512, b: __m512) -> f32 {
     _mm512_reduce_add_ps(_mm512_add_ps(a, b))
+}
+
+/// One pass of activations rounded for the q8 decode: natural order, so one 64-byte load
+/// covers two consecutive blocks, as one of a row's weights does.
+struct RoundedQ8 {
+    /// The rounded values; zero past the pass's blocks (an odd last block is read as a pair
+    /// whose second half is zero).
+    q: [i8; PASS + Q8_BLOCK],
+    /// Per block: its step.
+    steps: [f32; PASS_BLOCKS + QUAD],
+    /// Per block: `step · 128 · Σ q`, what the weights' offset of 128 adds (see [`rows_q8`]).
+    offsets: [f32; PASS_BLOCKS + QUAD],
+}
+
+/// Blocks of a row whose scales one 16-lane load covers.
+const QUAD: usize = 16;
+
+/// Rounds the `blocks` whole blocks of `x` (at most [`PASS_BLOCKS`]) into `r`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn round_q8(x: &[f32], blocks: usize, r: &mut RoundedQ8) {
+    r.q.iter_mut()
+        .skip(blocks * Q8_BLOCK)
+        .take(Q8_BLOCK)
+        .for_each(|q| *q = 0);
+    r.steps
+        .iter_mut()
+        .chain(r.offsets.iter_mut())
+        .for_each(|v| *v = 0.0);
+    let blocks_in = x.chunks_exact(Q8_BLOCK).take(blocks);
+    let outs = r.q.chunks_exact_mut(Q8_BLOCK);
+    for ((block, out), (step, offset)) in blocks_in
+        .zip(outs)
+        .zip(r.steps.iter_mut().zip(r.offsets.iter_mut()))
+    {
+        if let Some((q, block_step, sum)) = round_block(block) {
+            out.copy_from_slice(&q);
+            *step = block_step;
+            *offset = block_step * 128.0 * sum as f32;
+        }
+    }
+}
+
+/// `out = W x` for one token of int8 weights; as
+/// [`Simd::matvec_q8_unchecked`](super::super::driver::Simd).
+///
+/// `vpdpbusd` multiplies unsigned by signed bytes, so the weights are read offset by 128
+/// (`w ^ 0x80 = w + 128`, one xor per 64 weights) against the rounded activations `q`:
+/// `Σ (w + 128) q = Σ w q + 128 Σ q`, and the second term, the same for every row, is
+/// taken off per block through [`RoundedQ8::offsets`] times the row's scales. Per 64 weights
+/// and row: an xor, a `vpdpbusd`, a conversion, a permutation of the block scales and one
+/// multiply-add, where the float q8 decode needs sixteen instructions.
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW, VL and VNNI, and the lengths are those of
+/// `Simd::matvec_q8_unchecked`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+pub(super) unsafe fn matvec_q8(w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
+    let full = w.cols / Q8_BLOCK;
+    let mut rounded = RoundedQ8 {
+        q: [0; PASS + Q8_BLOCK],
+        steps: [0.0; PASS_BLOCKS + QUAD],
+        offsets: [0.0; PASS_BLOCKS + QUAD],
+    };
+    let (x_ptr, out_ptr) = (x.as_ptr(), out.as_mut_ptr());
+    for pass in 0..full.div_ceil(PASS_BLOCKS).max(1) {
+        let first = pass * PASS_BLOCKS;
+        let blocks = full.saturating_sub(first).min(PASS_BLOCKS);
+        round_q8(
+            x.get(first * Q8_BLOCK..).unwrap_or_default(),
+            blocks,
+            &mut rounded,
+        );
+        let last = first + blocks == full;
+        let r = &rounded;
+        // SAFETY (both calls): the caller's lengths; `by_quarters` passes rows below `w.rows`,
+        // and the pass reads blocks `first .. first + blocks` (plus the partial block on the
+        // last pass) of each.
+        driver::by_quarters(
+            w.rows,
+            |i, quarter| unsafe {
+                rows_q8::<4>(
+                    w,
+                    i,
+                    quarter,
+                    (first, blocks, last),
+                    r,
+                    x_ptr,
+                    out_ptr,
+                    pass > 0,
+                )
+            },
+            |i| unsafe {
+                rows_q8::<1>(w, i, 0, (first, blocks, last), r, x_ptr, out_ptr, pass > 0)
+            },
+        );
+    }
+}
+
+/// Rows `i + j · stride` (`j < N`) of [`matvec_q8`] over blocks `first .. first + blocks`,
+/// adding to `out` when `add`; on the `last` pass, the row's partial last block in scalars
+/// on the exact activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_q8<const N: usize>(
+    w: Q8Matrix<'_>,
+    i: usize,
+    stride: usize,
+    (first, blocks, last): (usize, usize, bool),
+    r: &RoundedQ8,
+    x: *const f32,
+    out: *mut f32,
+    add: bool,
+) {
+    let (data, scales, cols) = (w.data.as_ptr(), w.scales.as_ptr(), w.cols);
+    let per_row = cols.div_ceil(Q8_BLOCK);
+    // SAFETY: the caller guarantees rows `i + j · stride` of `cols` weights and `per_row`
+    // scales, `cols` activations and those outputs. Whole pairs of blocks below
+    // `first + blocks ≤ full` are read whole, an odd last block by a 32-byte masked load, the
+    // scales by loads masked to the pass's blocks; `r` holds `blocks` blocks plus zeros.
+    unsafe {
+        let w_rows: [*const i8; N] =
+            core::array::from_fn(|j| data.add((i + j * stride) * cols + first * Q8_BLOCK));
+        let s_rows: [*const f32; N] =
+            core::array::from_fn(|j| scales.add((i + j * stride) * per_row + first));
+        let offset = _mm512_set1_epi8(-128);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut acc_offset = [_mm512_setzero_ps(); N];
+        for g in (0..blocks).step_by(QUAD) {
+            let in_quad = (blocks - g).min(QUAD);
+            let mask = ((1u32 << in_quad) - 1) as u16;
+            let steps = _mm512_loadu_ps(r.steps.as_ptr().add(g));
+            let offsets = _mm512_loadu_ps(r.offsets.as_ptr().add(g));
+            let mut scale = [_mm512_setzero_ps(); N];
+            for ((s, a_o), row) in scale.iter_mut().zip(acc_offset.iter_mut()).zip(s_rows) {
+                let d = _mm512_maskz_loadu_ps(mask, row.add(g));
+                *a_o = _mm512_fmadd_ps(d, offsets, *a_o);
+                *s = _mm512_mul_ps(d, steps);
+            }
+            for p in (0..in_quad).step_by(2) {
+                let x8 = _mm512_loadu_si512(r.q.as_ptr().add((g + p) * Q8_BLOCK).cast());
+                let pick = halves(p as i32, p as i32 + 1);
+                for ((acc, s), row) in acc.iter_mut().zip(&scale).zip(w_rows) {
+                    let at = row.add((g + p) * Q8_BLOCK);
+                    let bytes = if p + 1 < in_quad {
+                        _mm512_loadu_si512(at.cast())
+                    } else {
+                        _mm512_maskz_loadu_epi8(0xffff_ffff, at)
+                    };
+                    let unsigned = _mm512_xor_si512(bytes, offset);
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unsigned, x8);
+                    let lane_scale = _mm512_permutexvar_ps(pick, *s);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), lane_scale, *acc);
+                }
+            }
+        }
+        for (j, (a, a_o)) in acc.into_iter().zip(acc_offset).enumerate() {
+            let mut sum = _mm512_reduce_add_ps(a) - _mm512_reduce_add_ps(a_o);
+            if last && full_blocks(cols) < per_row {
+                let row = i + j * stride;
+                let k = full_blocks(cols) * Q8_BLOCK;
+                let scale = *scales.add(row * per_row + per_row - 1);
+                let mut dot = 0.0f32;
+                for c in k..cols {
+                    dot += f32::from(*data.add(row * cols + c)) * *x.add(c);
+                }
+                sum += scale * dot;
+            }
+            let o = out.add(i + j * stride);
+            *o = if add { *o + sum } else { sum };
+        }
+    }
+}
+
+/// Whole blocks of 32 in a row of `cols`.
+const fn full_blocks(cols: usize) -> usize {
+    cols / Q8_BLOCK
+}
+
+/// The lane indices `a ×8, b ×8`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn halves(a: i32, b: i32) -> __m512i {
+    let lanes: [i32; 16] = core::array::from_fn(|l| if l < 8 { a } else { b });
+    // SAFETY: a load of a 16-lane array on the stack.
+    unsafe { _mm512_loadu_si512(lanes.as_ptr().cast()) }
 }
