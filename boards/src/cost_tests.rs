@@ -643,6 +643,7 @@ fn kernel_rates_must_be_positive() {
         q4_prefill_flops: None,
         attention_flops: None,
         prefill_layer_overhead_us: None,
+        revision: None,
     });
     assert!(bad.validate().is_err(), "{text}");
     let mut bad_q4 = board.clone();
@@ -655,6 +656,7 @@ fn kernel_rates_must_be_positive() {
         q4_prefill_flops: None,
         attention_flops: None,
         prefill_layer_overhead_us: None,
+        revision: None,
     });
     assert!(bad_q4.validate().is_err(), "a negative q4 rate");
     assert!(board.validate().is_ok());

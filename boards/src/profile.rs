@@ -82,9 +82,10 @@ pub struct BoardProfile {
 /// Measured speed of the runtime's matrix products (the fastest kernel on a persistent pool,
 /// the better of one thread and all threads), per weight dtype.
 ///
-/// Decoding converts every int8 weight to f32 before the multiply-add; on a core that cannot
-/// convert as fast as memory delivers, the weight stream runs below the memory bandwidth, and
-/// prefill's packing adds to the multiply itself. These figures include both effects.
+/// Decoding converts int8 weights (or, with int8 dot products, the activations) before
+/// multiplying; on a core that cannot convert as fast as memory delivers, the weight stream
+/// runs below the memory bandwidth, and prefill's packing adds to the multiply itself. These
+/// figures include both effects, for the kernels of one [`KernelRates::revision`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KernelRates {
@@ -114,6 +115,10 @@ pub struct KernelRates {
     /// Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefill_layer_overhead_us: Option<f64>,
+    /// The runtime's `kernels::REVISION` these rates were measured with. Absent: measured
+    /// before revisions were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
 }
 
 /// The application processor of a board.

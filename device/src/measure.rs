@@ -160,6 +160,7 @@ impl KernelSpeed {
             q4_prefill_flops: Some(best(self.q4_prefill).round()),
             attention_flops: None,
             prefill_layer_overhead_us: None,
+            revision: Some(whittle_runtime::kernels::REVISION),
         }
     }
 }

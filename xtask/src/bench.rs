@@ -428,18 +428,12 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
         cargo::run(&mut built.command(Executable::HostTool, ["fetch-model"])?)?;
     }
     // The cost model predicts from the measured `host` profile: measure it first on a machine
-    // that has none, or one measured before the q4 kernels (whose q4 predictions would be q8's
-    // rates), so that its error is a comparison and not an absence.
+    // that has none, or one measured with other kernels than these (before the q4 kernels, its
+    // q4 predictions would be q8's rates), so that its error is a comparison and not an
+    // absence or a comparison with older kernels.
     let stale = match whittle_boards::BoardProfile::measured_host() {
-        Err(_) => Some("no measured host profile"),
-        Ok(profile)
-            if profile.kernels.as_ref().is_none_or(|k| {
-                k.q4_decode_bytes_per_s.is_none() || k.q4_prefill_flops.is_none()
-            }) =>
-        {
-            Some("the host profile has no q4 kernel rates (measured before q4)")
-        }
-        Ok(_) => None,
+        Err(_) => Some("no measured host profile".to_owned()),
+        Ok(profile) => stale_kernels(profile.kernels.as_ref()),
     };
     if let Some(reason) = stale {
         eprintln!("{reason}: measuring this machine first (whittle-device profile --install)");
@@ -595,9 +589,58 @@ pub fn bench(board: &str, prune_dir: Option<&Path>, repeats: usize) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
+/// Why a measured profile's kernel rates do not describe this build's kernels, if they do not.
+fn stale_kernels(rates: Option<&whittle_boards::KernelRates>) -> Option<String> {
+    let current = whittle_runtime::kernels::REVISION;
+    match rates {
+        None => Some("the host profile has no kernel rates".to_owned()),
+        Some(k) if k.q4_decode_bytes_per_s.is_none() || k.q4_prefill_flops.is_none() => {
+            Some("the host profile has no q4 kernel rates (measured before q4)".to_owned())
+        }
+        Some(k) if k.revision != Some(current) => Some(format!(
+            "the host profile was measured with the runtime's kernels of revision {} (these are {current})",
+            k.revision
+                .map_or("1 or older".to_owned(), |r| r.to_string())
+        )),
+        Some(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_profile_of_other_kernels_is_measured_again() {
+        let rates = |q4: Option<f64>, revision: Option<u32>| whittle_boards::KernelRates {
+            q8_decode_bytes_per_s: 1e10,
+            f32_decode_bytes_per_s: 1e10,
+            q8_prefill_flops: 1e11,
+            f32_prefill_flops: 1e11,
+            q4_decode_bytes_per_s: q4,
+            q4_prefill_flops: q4,
+            attention_flops: None,
+            prefill_layer_overhead_us: None,
+            revision,
+        };
+        let current = Some(whittle_runtime::kernels::REVISION);
+        assert_eq!(stale_kernels(Some(&rates(Some(1e10), current))), None);
+        for (stale, says) in [
+            (None, "no kernel rates"),
+            (Some(rates(None, current)), "no q4 kernel rates"),
+            (Some(rates(Some(1e10), None)), "revision 1 or older"),
+            (
+                Some(rates(
+                    Some(1e10),
+                    Some(whittle_runtime::kernels::REVISION + 1),
+                )),
+                "measured with the runtime's kernels of revision",
+            ),
+        ] {
+            let reason = stale_kernels(stale.as_ref()).unwrap_or_default();
+            assert!(reason.contains(says), "{reason:?} lacks {says:?}");
+        }
+    }
 
     #[test]
     fn the_last_json_line_is_parsed() {
