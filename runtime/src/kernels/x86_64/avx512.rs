@@ -8,12 +8,15 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m512, __mmask16, _mm_loadu_si128, _mm_maskz_loadu_epi8, _mm256_maskz_loadu_epi16,
-    _mm512_add_ps, _mm512_and_si512, _mm512_cvtepi8_epi32, _mm512_cvtepi32_ps,
-    _mm512_cvtepu8_epi32, _mm512_cvtph_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
-    _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_permutex2var_ps,
-    _mm512_reduce_add_ps, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_srli_epi32,
-    _mm512_storeu_ps,
+    __m128i, __m512, __m512i, __mmask16, _mm_cvtsi32_si128, _mm_loadu_si128, _mm_maskz_loadu_epi8,
+    _mm_setzero_si128, _mm256_maskz_loadu_epi16, _mm512_add_ps, _mm512_and_si512,
+    _mm512_castsi128_si512, _mm512_castsi512_si128, _mm512_cvtepi8_epi32, _mm512_cvtepi32_ps,
+    _mm512_cvtepu8_epi32, _mm512_cvtph_ps, _mm512_extracti32x4_epi32, _mm512_fmadd_ps,
+    _mm512_inserti32x4, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mask_blend_epi32,
+    _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_permutex2var_epi32,
+    _mm512_permutex2var_ps, _mm512_permutexvar_epi32, _mm512_reduce_add_ps, _mm512_set1_epi8,
+    _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
+    _mm512_shuffle_epi8, _mm512_srl_epi16, _mm512_srli_epi32, _mm512_storeu_ps,
 };
 
 use super::super::driver::{self, Panel, Simd, Source, Tile, simd_kernels};
@@ -106,10 +109,13 @@ impl Simd for Avx512 {
         );
     }
 
-    /// Each half of the rows, 16 columns at a time, is loaded as 16 rows of 16 values (q8:
-    /// converted and scaled; q4: dequantized by [`driver::q4_lanes`]), transposed in registers and stored as 16 columns of 16 rows; rows
-    /// past `nr` are zero. One store per 16 values, where the portable packer stores every
-    /// value on its own.
+    /// Each half of the rows, 16 columns at a time: f32 rows are loaded as 16 rows of 16
+    /// values and transposed in registers; q8 and q4 rows as 16 rows of 16 bytes (q4: one
+    /// nibble half of a block), transposed as bytes ([`transpose_bytes`]), then widened,
+    /// converted and scaled (q8: times the rows' block scales; q4: `d · q + m`) one column of
+    /// 16 rows at a time. Stored
+    /// as 16 columns of 16 rows; rows past `nr` are zero. One store per 16 values, where the
+    /// portable packer stores every value on its own.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn pack_unchecked(&self, src: Source<'_>, panel: Panel, dst: &mut [f32]) {
         let (cols, row0, nr, k0, kc) = (panel.cols, panel.row0, panel.nr, panel.k0, panel.kc);
@@ -117,33 +123,80 @@ impl Simd for Avx512 {
         let dst = dst.as_mut_ptr();
         // SAFETY: the driver guarantees that `src` holds rows `row0 .. row0 + nr` of `cols`
         // values (and `per_row` scales), `k0 + kc ≤ cols`, `k0` a multiple of 32, and `kc · NR`
-        // values at `dst`; the masks read only columns below `k0 + kc`, and a 16-column chunk
-        // at a multiple of 16 lies in one 32-value block.
+        // values at `dst`; the masks read only columns below `k0 + kc` and rows below
+        // `row0 + nr`, and a 16-column chunk at a multiple of 16 lies in one 32-value block.
         unsafe {
             for half in 0..NR / LANES {
                 let rows_here = nr.saturating_sub(half * LANES).min(LANES);
+                let first_row = row0 + half * LANES;
                 for c in (0..kc).step_by(LANES) {
                     let cols_here = (kc - c).min(LANES);
                     let m = mask(cols_here);
                     let block = (k0 + c) / Q8_BLOCK;
-                    let mut v = [_mm512_setzero_ps(); LANES];
-                    for (j, v) in v.iter_mut().enumerate().take(rows_here) {
-                        let row = row0 + half * LANES + j;
-                        let at = row * cols + k0 + c;
-                        *v = match src {
-                            Source::F32(data) => _mm512_maskz_loadu_ps(m, data.as_ptr().add(at)),
-                            Source::Q8(data, scales) => _mm512_mul_ps(
-                                load_q8(data.as_ptr().add(at), m),
-                                _mm512_set1_ps(*scales.as_ptr().add(row * per_row + block)),
-                            ),
-                            Source::Q4(data, scales) => _mm512_maskz_loadu_ps(
-                                m,
-                                driver::q4_lanes::<LANES>(data, scales, cols, row, k0 + c).as_ptr(),
-                            ),
-                        };
-                    }
-                    transpose16(&mut v);
-                    for (j, v) in v.into_iter().enumerate().take(cols_here) {
+                    let columns = match src {
+                        Source::F32(data) => {
+                            let mut v = [_mm512_setzero_ps(); LANES];
+                            for (j, v) in v.iter_mut().enumerate().take(rows_here) {
+                                let at = (first_row + j) * cols + k0 + c;
+                                *v = _mm512_maskz_loadu_ps(m, data.as_ptr().add(at));
+                            }
+                            transpose16(&mut v);
+                            v
+                        }
+                        Source::Q8(data, scales) => {
+                            let mut at = [core::ptr::null::<u8>(); LANES];
+                            let mut scale = [0.0f32; LANES];
+                            for (j, (at, s)) in
+                                at.iter_mut().zip(&mut scale).enumerate().take(rows_here)
+                            {
+                                let row = first_row + j;
+                                *at = data.as_ptr().add(row * cols + k0 + c).cast();
+                                *s = *scales.as_ptr().add(row * per_row + block);
+                            }
+                            let scale = _mm512_loadu_ps(scale.as_ptr());
+                            let mut v = [_mm512_setzero_ps(); LANES];
+                            let rows = row_bytes(&at, rows_here, m);
+                            for (v, q) in v.iter_mut().zip(transpose_bytes(rows)) {
+                                let q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+                                *v = _mm512_mul_ps(q, scale);
+                            }
+                            v
+                        }
+                        Source::Q4(data, scales) => {
+                            let mut at = [core::ptr::null::<u8>(); LANES];
+                            let (mut d, mut min) = ([0.0f32; LANES], [0.0f32; LANES]);
+                            for (j, (at, (d, min))) in at
+                                .iter_mut()
+                                .zip(d.iter_mut().zip(&mut min))
+                                .enumerate()
+                                .take(rows_here)
+                            {
+                                let block = (first_row + j) * per_row + block;
+                                *at = data.as_ptr().add(block * Q4_BLOCK_BYTES);
+                                let pair = scales.as_ptr().add(2 * block);
+                                *d = half::f16::from_bits(*pair).to_f32();
+                                *min = half::f16::from_bits(*pair.add(1)).to_f32();
+                            }
+                            let (d, min) =
+                                (_mm512_loadu_ps(d.as_ptr()), _mm512_loadu_ps(min.as_ptr()));
+                            // Values `16 .. 32` of a block are its bytes' high nibbles.
+                            let shift = _mm_cvtsi32_si128(if (k0 + c) % Q8_BLOCK >= Q8_BLOCK / 2 {
+                                4
+                            } else {
+                                0
+                            });
+                            let nibble = _mm512_set1_epi8(0x0f);
+                            let rows = row_bytes(&at, rows_here, 0xffff)
+                                .map(|z| _mm512_and_si512(_mm512_srl_epi16(z, shift), nibble));
+                            let mut v = [_mm512_setzero_ps(); LANES];
+                            for (v, q) in v.iter_mut().zip(transpose_bytes(rows)) {
+                                let q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
+                                *v = _mm512_fmadd_ps(q, d, min);
+                            }
+                            v
+                        }
+                    };
+                    for (j, v) in columns.into_iter().enumerate().take(cols_here) {
                         _mm512_storeu_ps(dst.add((c + j) * NR + half * LANES), v);
                     }
                 }
@@ -394,6 +447,71 @@ unsafe fn rows_q4<const N: usize>(
             *out.add(i + j * stride) = sum;
         }
     }
+}
+
+/// The 16 bytes at each of `at[j]` for `j < rows` (lanes `m`; zero after `rows`), four rows
+/// to a register: row `j` in 128-bit lane `j % 4` of register `j / 4`. Loaded straight into
+/// the lanes (assembling them in memory would make the register's load wait for four
+/// smaller stores).
+///
+/// # Safety
+/// The lanes `m` of 16 bytes at `at[j]` are readable for `j < rows`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+unsafe fn row_bytes(at: &[*const u8; LANES], rows: usize, m: __mmask16) -> [__m512i; 4] {
+    let mut z = [_mm512_setzero_si512(); 4];
+    for (g, (z, four)) in z.iter_mut().zip(at.chunks_exact(4)).enumerate() {
+        let row = |k: usize| match four.get(k) {
+            // SAFETY: the caller's guarantee for rows below `rows`.
+            Some(&p) if 4 * g + k < rows => unsafe { _mm_maskz_loadu_epi8(m, p.cast()) },
+            _ => _mm_setzero_si128(),
+        };
+        let v = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(row(0)), row(1));
+        *z = _mm512_inserti32x4::<3>(_mm512_inserti32x4::<2>(v, row(2)), row(3));
+    }
+    z
+}
+
+/// The 16 × 16 bytes of [`row_bytes`] transposed: column `c` (byte `c` of every row, rows in
+/// order) as element `c`. Per output register two dword permutes gather four columns' dwords
+/// of all 16 rows, a byte shuffle transposes each lane's 4 × 4 bytes and a dword permute puts
+/// the columns in lanes: a quarter of the shuffles of transposing the converted values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn transpose_bytes(z: [__m512i; 4]) -> [__m128i; LANES] {
+    // Lane `l` of `4 × 4` bytes: byte `4c + r` from byte `4r + c`.
+    let within: [i8; 64] = core::array::from_fn(|i| (((i % 16) % 4) * 4 + (i % 16) / 4) as i8);
+    // Dword `4c + l` from dword `4l + c`: columns into lanes.
+    let across: [i32; 16] = core::array::from_fn(|i| ((i % 4) * 4 + i / 4) as i32);
+    // SAFETY: loads of arrays on the stack.
+    let (within, across) = unsafe {
+        (
+            _mm512_loadu_si512(within.as_ptr().cast()),
+            _mm512_loadu_si512(across.as_ptr().cast()),
+        )
+    };
+    let mut out = [_mm_setzero_si128(); LANES];
+    for (q, columns) in out.chunks_exact_mut(4).enumerate() {
+        // Dword `r` of the gathered register: dword `q` (bytes `4q .. 4q + 4`) of row `r`,
+        // which is dword `4 (r % 4) + q` of register `r / 4`; rows 0–7 from the first pair,
+        // 8–15 from the second, with the same indices.
+        let index: [i32; 16] =
+            core::array::from_fn(|r| (((r % 8) / 4) * 16 + (r % 4) * 4 + q) as i32);
+        // SAFETY: a load of a 16-lane array on the stack.
+        let index = unsafe { _mm512_loadu_si512(index.as_ptr().cast()) };
+        let [z0, z1, z2, z3] = z;
+        let low = _mm512_permutex2var_epi32(z0, index, z1);
+        let high = _mm512_permutex2var_epi32(z2, index, z3);
+        let gathered = _mm512_mask_blend_epi32(0xff00, low, high);
+        let t = _mm512_permutexvar_epi32(across, _mm512_shuffle_epi8(gathered, within));
+        if let [a, b, c, d] = columns {
+            *a = _mm512_castsi512_si128(t);
+            *b = _mm512_extracti32x4_epi32::<1>(t);
+            *c = _mm512_extracti32x4_epi32::<2>(t);
+            *d = _mm512_extracti32x4_epi32::<3>(t);
+        }
+    }
+    out
 }
 
 /// Transposes the 16 × 16 matrix whose rows are `v` in place: four rounds of two-register
