@@ -347,7 +347,7 @@ pub trait Kernels: Sync {
 /// The revision of this crate's kernels as a measured speed describes them: it changes
 /// whenever a kernel's speed does, so that a `host` profile measured with older kernels can be
 /// told apart and measured again. 1: the kernels of bundle format 7; 2: q8 decode on AVX-512
-/// VNNI.
+/// VNNI and AVX-512's q8 and q4 prefill packing through bytes.
 pub const REVISION: u32 = 2;
 
 /// Products of fewer tokens than this run as one row dot product per token (decode); from
