@@ -42,6 +42,30 @@ use super::super::{Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix};
 const PASS: usize = 4096;
 /// Blocks of 32 in a pass.
 const PASS_BLOCKS: usize = PASS / Q8_BLOCK;
+/// One pass of a decode: whole blocks `first .. first + blocks` of every row, the `last` pass
+/// (which adds the rows' partial last blocks), added to `out` unless it is the first.
+#[derive(Clone, Copy)]
+struct Pass {
+    first: usize,
+    blocks: usize,
+    last: bool,
+    add: bool,
+}
+
+/// The passes over `full` whole blocks a row (one, empty, when there are none).
+fn passes(full: usize) -> impl Iterator<Item = Pass> {
+    (0..full.div_ceil(PASS_BLOCKS).max(1)).map(move |pass| {
+        let first = pass * PASS_BLOCKS;
+        let blocks = full.saturating_sub(first).min(PASS_BLOCKS);
+        Pass {
+            first,
+            blocks,
+            last: first + blocks == full,
+            add: pass > 0,
+        }
+    })
+}
+
 /// Blocks whose `(d, m)` pairs one 16-lane conversion covers.
 const GROUP: usize = 8;
 
@@ -128,34 +152,19 @@ pub(super) unsafe fn matvec_q4(w: Q4Matrix<'_>, x: &[f32], out: &mut [f32]) {
         sums: [[0.0; 16]; PASS_BLOCKS / GROUP],
     };
     let (x_ptr, out_ptr) = (x.as_ptr(), out.as_mut_ptr());
-    for pass in 0..full.div_ceil(PASS_BLOCKS).max(1) {
-        let first = pass * PASS_BLOCKS;
-        let blocks = full.saturating_sub(first).min(PASS_BLOCKS);
+    for pass in passes(full) {
         round(
-            x.get(first * Q8_BLOCK..).unwrap_or_default(),
-            blocks,
+            x.get(pass.first * Q8_BLOCK..).unwrap_or_default(),
+            pass.blocks,
             &mut rounded,
         );
-        let last = first + blocks == full;
         let r = &rounded;
         // SAFETY (both calls): the caller's lengths; `by_quarters` passes rows below `w.rows`,
-        // and the pass reads blocks `first .. first + blocks` (plus the partial block on the
-        // last pass) of each.
+        // and the pass reads its blocks (plus the partial block on the last pass) of each.
         driver::by_quarters(
             w.rows,
-            |i, quarter| unsafe {
-                rows::<4>(
-                    w,
-                    i,
-                    quarter,
-                    (first, blocks, last),
-                    r,
-                    x_ptr,
-                    out_ptr,
-                    pass > 0,
-                )
-            },
-            |i| unsafe { rows::<1>(w, i, 0, (first, blocks, last), r, x_ptr, out_ptr, pass > 0) },
+            |i, quarter| unsafe { rows::<4>(w, i, quarter, pass, r, x_ptr, out_ptr) },
+            |i| unsafe { rows::<1>(w, i, 0, pass, r, x_ptr, out_ptr) },
         );
     }
 }
@@ -164,17 +173,21 @@ pub(super) unsafe fn matvec_q4(w: Q4Matrix<'_>, x: &[f32], out: &mut [f32]) {
 /// `out` when `add`; on the `last` pass, the row's partial last block in scalars.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
 unsafe fn rows<const N: usize>(
     w: Q4Matrix<'_>,
     i: usize,
     stride: usize,
-    (first, blocks, last): (usize, usize, bool),
+    pass: Pass,
     r: &Rounded,
     x: *const f32,
     out: *mut f32,
-    add: bool,
 ) {
+    let Pass {
+        first,
+        blocks,
+        last,
+        add,
+    } = pass;
     let (data, scales, cols) = (w.data.as_ptr(), w.scales.as_ptr(), w.cols);
     let per_row = cols.div_ceil(Q8_BLOCK);
     // SAFETY: the caller guarantees rows `i + j · stride` of `per_row` blocks and
@@ -318,36 +331,19 @@ pub(super) unsafe fn matvec_q8(w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
         offsets: [0.0; PASS_BLOCKS + QUAD],
     };
     let (x_ptr, out_ptr) = (x.as_ptr(), out.as_mut_ptr());
-    for pass in 0..full.div_ceil(PASS_BLOCKS).max(1) {
-        let first = pass * PASS_BLOCKS;
-        let blocks = full.saturating_sub(first).min(PASS_BLOCKS);
+    for pass in passes(full) {
         round_q8(
-            x.get(first * Q8_BLOCK..).unwrap_or_default(),
-            blocks,
+            x.get(pass.first * Q8_BLOCK..).unwrap_or_default(),
+            pass.blocks,
             &mut rounded,
         );
-        let last = first + blocks == full;
         let r = &rounded;
         // SAFETY (both calls): the caller's lengths; `by_quarters` passes rows below `w.rows`,
-        // and the pass reads blocks `first .. first + blocks` (plus the partial block on the
-        // last pass) of each.
+        // and the pass reads its blocks (plus the partial block on the last pass) of each.
         driver::by_quarters(
             w.rows,
-            |i, quarter| unsafe {
-                rows_q8::<4>(
-                    w,
-                    i,
-                    quarter,
-                    (first, blocks, last),
-                    r,
-                    x_ptr,
-                    out_ptr,
-                    pass > 0,
-                )
-            },
-            |i| unsafe {
-                rows_q8::<1>(w, i, 0, (first, blocks, last), r, x_ptr, out_ptr, pass > 0)
-            },
+            |i, quarter| unsafe { rows_q8::<4>(w, i, quarter, pass, r, x_ptr, out_ptr) },
+            |i| unsafe { rows_q8::<1>(w, i, 0, pass, r, x_ptr, out_ptr) },
         );
     }
 }
@@ -357,17 +353,21 @@ pub(super) unsafe fn matvec_q8(w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
 /// on the exact activations.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
 unsafe fn rows_q8<const N: usize>(
     w: Q8Matrix<'_>,
     i: usize,
     stride: usize,
-    (first, blocks, last): (usize, usize, bool),
+    pass: Pass,
     r: &RoundedQ8,
     x: *const f32,
     out: *mut f32,
-    add: bool,
 ) {
+    let Pass {
+        first,
+        blocks,
+        last,
+        add,
+    } = pass;
     let (data, scales, cols) = (w.data.as_ptr(), w.scales.as_ptr(), w.cols);
     let per_row = cols.div_ceil(Q8_BLOCK);
     // SAFETY: the caller guarantees rows `i + j · stride` of `cols` weights and `per_row`
