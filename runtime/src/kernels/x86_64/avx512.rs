@@ -47,9 +47,7 @@ impl Avx512 {
             vnni: cpu_has!(is_x86_feature_detected, "avx512vnni"),
         })
     }
-}
 
-impl Avx512 {
     /// The same kernels with the float decode paths where VNNI would round the activations:
     /// for benchmarks that compare the two.
     pub fn without_vnni(self) -> Self {
@@ -113,9 +111,8 @@ impl Simd for Avx512 {
     /// values and transposed in registers; q8 and q4 rows as 16 rows of 16 bytes (q4: one
     /// nibble half of a block), transposed as bytes ([`transpose_bytes`]), then widened,
     /// converted and scaled (q8: times the rows' block scales; q4: `d · q + m`) one column of
-    /// 16 rows at a time. Stored
-    /// as 16 columns of 16 rows; rows past `nr` are zero. One store per 16 values, where the
-    /// portable packer stores every value on its own.
+    /// 16 rows at a time. Stored as 16 columns of 16 rows; rows past `nr` are zero. One store
+    /// per 16 values, where the portable packer stores every value on its own.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn pack_unchecked(&self, src: Source<'_>, panel: Panel, dst: &mut [f32]) {
         let (cols, row0, nr, k0, kc) = (panel.cols, panel.row0, panel.nr, panel.k0, panel.kc);

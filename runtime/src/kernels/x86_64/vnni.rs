@@ -412,9 +412,9 @@ unsafe fn rows_q8<const N: usize>(
         }
         for (j, (a, a_o)) in acc.into_iter().zip(acc_offset).enumerate() {
             let mut sum = _mm512_reduce_add_ps(a) - _mm512_reduce_add_ps(a_o);
-            if last && full_blocks(cols) < per_row {
+            let k = cols / Q8_BLOCK * Q8_BLOCK;
+            if last && k < cols {
                 let row = i + j * stride;
-                let k = full_blocks(cols) * Q8_BLOCK;
                 let scale = *scales.add(row * per_row + per_row - 1);
                 let mut dot = 0.0f32;
                 for c in k..cols {
@@ -426,11 +426,6 @@ unsafe fn rows_q8<const N: usize>(
             *o = if add { *o + sum } else { sum };
         }
     }
-}
-
-/// Whole blocks of 32 in a row of `cols`.
-const fn full_blocks(cols: usize) -> usize {
-    cols / Q8_BLOCK
 }
 
 /// The lane indices `a ×8, b ×8`.
