@@ -117,19 +117,18 @@ fn main() {
         all.reverse();
         all
     };
-    // AVX-512 with and without VNNI's rounded-activation decode, side by side.
+    // AVX-512 with and without VNNI's rounded activations, side by side.
     #[cfg(target_arch = "x86_64")]
     let float_decode = kernels::Avx512::detect().map(kernels::Avx512::without_vnni);
     #[cfg(target_arch = "x86_64")]
     let single: Vec<AnyKernels> = {
         let mut single = single;
-        if let Some(kernels) = float_decode.filter(|_| kernels::best().rounds_decode_activations())
-        {
+        if let Some(kernels) = float_decode.filter(|_| kernels::best().rounds_activations(1)) {
             single.insert(single.len() - 1, AnyKernels::Avx512(kernels));
         }
         single
     };
-    let label = |k: &dyn Kernels| match k.rounds_decode_activations() {
+    let label = |k: &dyn Kernels| match k.rounds_activations(1) {
         true => format!("{} int8", k.name()),
         false => k.name().to_string(),
     };

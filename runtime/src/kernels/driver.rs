@@ -54,9 +54,26 @@ pub(crate) trait Simd {
     /// `bpr = ceil(w.cols / 32)`.
     unsafe fn matvec_q8_unchecked(&self, w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]);
 
-    /// [`Kernels::rounds_decode_activations`](super::Kernels::rounds_decode_activations).
-    fn rounds_decode_activations(&self) -> bool {
+    /// [`Kernels::rounds_activations`](super::Kernels::rounds_activations).
+    fn rounds_activations(&self, _tokens: usize) -> bool {
         false
+    }
+
+    /// A prefill product of q8 or q4 weights in integers, where this instruction set
+    /// multiplies bytes (activations rounded as [`Simd::rounds_activations`] says): returns
+    /// whether it computed `product`. The default does not, and the driver packs the weights
+    /// to f32 instead.
+    ///
+    /// # Safety
+    /// `product.fits()`.
+    unsafe fn prefill_integer_unchecked(&self, _product: Product<'_>) -> bool {
+        false
+    }
+
+    /// [`Simd::prefill_integer_unchecked`] where `product` fits its buffers.
+    fn prefill_integer(&self, product: Product<'_>) -> bool {
+        // SAFETY: `fits` is the callee's precondition.
+        product.fits() && unsafe { self.prefill_integer_unchecked(product) }
     }
 
     /// As [`Simd::matvec_f32_unchecked`] for 4-bit weights ([`Q4Matrix`]).
@@ -237,6 +254,42 @@ impl Tile<'_> {
     }
 }
 
+/// A prefill product as the driver hands it to [`Simd::prefill_integer`]: `rows` rows of `src`
+/// (`cols` columns) times `tokens` tokens of `x` (`cols` apart) into `out`, token `t`'s
+/// outputs from `t · out_stride`.
+pub(crate) struct Product<'a> {
+    pub(crate) src: Source<'a>,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) tokens: usize,
+    pub(crate) x: &'a [f32],
+    pub(crate) out: &'a mut [f32],
+    pub(crate) out_stride: usize,
+}
+
+impl Product<'_> {
+    /// Whether every buffer holds what the product reads and writes: `rows` stored rows (q8:
+    /// with their scales; q4: their blocks and pairs), `tokens · cols` activations and
+    /// `(tokens − 1) · out_stride + rows` outputs, with `rows ≤ out_stride`, all counts
+    /// positive.
+    pub(crate) fn fits(&self) -> bool {
+        let Self {
+            src,
+            rows,
+            cols,
+            tokens,
+            ..
+        } = *self;
+        rows > 0
+            && tokens > 0
+            && cols > 0
+            && rows <= self.out_stride
+            && src.stored_rows(cols) >= rows
+            && self.x.len() >= tokens * cols
+            && self.out.len() >= (tokens - 1) * self.out_stride + rows
+    }
+}
+
 /// The part of a call that every buffer covers.
 #[derive(Clone, Copy, Debug)]
 struct Extent {
@@ -278,7 +331,18 @@ impl Source<'_> {
     /// q8 block.
     pub(crate) fn packs(&self, panel: Panel, dst_len: usize, nr_max: usize) -> bool {
         let Panel { cols, kc, .. } = panel;
-        let stored = match self {
+        panel.nr <= nr_max
+            && kc > 0
+            && panel.k0.is_multiple_of(Q8_BLOCK)
+            && panel.k0 + kc <= cols
+            && dst_len >= kc * nr_max
+            && self.stored_rows(cols) >= panel.row0 + panel.nr
+    }
+
+    /// The whole rows of `cols` columns this matrix holds (q8: with their scales; q4: their
+    /// blocks and pairs).
+    pub(crate) fn stored_rows(&self, cols: usize) -> usize {
+        match self {
             Self::F32(data) => data.len() / cols.max(1),
             Self::Q8(data, scales) => {
                 (data.len() / cols.max(1)).min(scales.len() / q8_blocks_per_row(cols).max(1))
@@ -287,13 +351,7 @@ impl Source<'_> {
                 let per_row = q8_blocks_per_row(cols).max(1);
                 (data.len() / (per_row * Q4_BLOCK_BYTES)).min(scales.len() / (2 * per_row))
             }
-        };
-        panel.nr <= nr_max
-            && kc > 0
-            && panel.k0.is_multiple_of(Q8_BLOCK)
-            && panel.k0 + kc <= cols
-            && dst_len >= kc * nr_max
-            && stored >= panel.row0 + panel.nr
+        }
     }
 }
 
@@ -355,7 +413,7 @@ pub(crate) fn gemm_q8<S: Simd>(
             simd.matvec_q8(w, xt, ot);
         }
     } else {
-        blocked(simd, Source::Q8(data, scales), w.rows, w.cols, e, x, out);
+        prefill_quantized(simd, Source::Q8(data, scales), w.rows, w.cols, e, x, out);
     }
 }
 
@@ -387,7 +445,32 @@ pub(crate) fn gemm_q4<S: Simd>(
             simd.matvec_q4(w, xt, ot);
         }
     } else {
-        blocked(simd, Source::Q4(data, scales), w.rows, w.cols, e, x, out);
+        prefill_quantized(simd, Source::Q4(data, scales), w.rows, w.cols, e, x, out);
+    }
+}
+
+/// A q8 or q4 prefill: in integers where `simd` has them ([`Simd::prefill_integer`]), else
+/// [`blocked`].
+fn prefill_quantized<S: Simd>(
+    simd: &S,
+    src: Source<'_>,
+    rows: usize,
+    cols: usize,
+    e: Extent,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let product = Product {
+        src,
+        rows: e.rows,
+        cols,
+        tokens: e.tokens,
+        x,
+        out: &mut *out,
+        out_stride: rows,
+    };
+    if !simd.prefill_integer(product) {
+        blocked(simd, src, rows, cols, e, x, out);
     }
 }
 
@@ -598,8 +681,8 @@ macro_rules! simd_kernels {
                 $name
             }
 
-            fn rounds_decode_activations(&self) -> bool {
-                <Self as $crate::kernels::driver::Simd>::rounds_decode_activations(self)
+            fn rounds_activations(&self, tokens: usize) -> bool {
+                <Self as $crate::kernels::driver::Simd>::rounds_activations(self, tokens)
             }
 
             fn gemm_f32(

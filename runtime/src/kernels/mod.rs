@@ -333,13 +333,15 @@ pub trait Kernels: Sync {
         math::swiglu(gate, up);
     }
 
-    /// Whether quantized products (q8 or q4) of fewer than [`DECODE_BELOW_TOKENS`] tokens
-    /// (decode) may round each block of 32 activations to int8 first, at a step of
-    /// `max |x| / 127` over the block, to multiply in integers (llama.cpp does the same for its
-    /// quantized dot products). Their result then differs from the exact one by at most
-    /// `Σ_j |w_j| · step_j / 2` beyond rounding (q4: `|d| · q_j`, the minimum's term stays
-    /// exact); prefill and f32 products are unaffected.
-    fn rounds_decode_activations(&self) -> bool {
+    /// Whether quantized products (q8 or q4) of `tokens` tokens may round each block of 32
+    /// activations to int8 first, at a step of `max |x| / 127` over the block, to multiply in
+    /// integers (llama.cpp does the same for its quantized dot products). Their result then
+    /// differs from the exact one by at most `Σ_j |w_j| · step_j / 2` beyond rounding (q4:
+    /// `|d| · q_j`, the minimum's term stays exact); f32 products are unaffected. The NEON
+    /// dot-product kernels round in decode (fewer than [`DECODE_BELOW_TOKENS`] tokens), the
+    /// AVX-512 ones with VNNI in decode and prefill.
+    fn rounds_activations(&self, tokens: usize) -> bool {
+        let _ = tokens;
         false
     }
 }
@@ -347,12 +349,13 @@ pub trait Kernels: Sync {
 /// The revision of this crate's kernels as a measured speed describes them: it changes
 /// whenever a kernel's speed does, so that a `host` profile measured with older kernels can be
 /// told apart and measured again. 1: the kernels of bundle format 7; 2: q8 decode on AVX-512
-/// VNNI and AVX-512's q8 and q4 prefill packing through bytes.
-pub const REVISION: u32 = 2;
+/// VNNI and AVX-512's q8 and q4 prefill packing through bytes; 3: q8 and q4 prefill on
+/// AVX-512 VNNI.
+pub const REVISION: u32 = 3;
 
 /// Products of fewer tokens than this run as one row dot product per token (decode); from
 /// this many, as blocked matrix–matrix products (prefill). See
-/// [`Kernels::rounds_decode_activations`].
+/// [`Kernels::rounds_activations`].
 pub const DECODE_BELOW_TOKENS: usize = 4;
 
 #[cfg(test)]

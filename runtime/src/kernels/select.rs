@@ -109,7 +109,7 @@ impl Kernels for AnyKernels {
         self.inner().swiglu(gate, up);
     }
 
-    fn rounds_decode_activations(&self) -> bool {
-        self.inner().rounds_decode_activations()
+    fn rounds_activations(&self, tokens: usize) -> bool {
+        self.inner().rounds_activations(tokens)
     }
 }

@@ -66,7 +66,7 @@ fn bound(abs_w: &[f32], rows: usize, cols: usize, x: &[f32], index: usize) -> f3
 
 /// What rounding each block of 32 activations to int8 may add to output `index`:
 /// `Σ_j |W[i][j]| · step(j) / 2`, `step = max |x| / 127` over `x[j]`'s block (see
-/// [`Kernels::rounds_decode_activations`]).
+/// [`Kernels::rounds_activations`]).
 fn rounding_bound(abs_w: &[f32], rows: usize, cols: usize, x: &[f32], index: usize) -> f32 {
     let (t, i) = (index / rows.max(1), index % rows.max(1));
     let row = abs_w.get(i * cols..(i + 1) * cols).unwrap_or(&[]);
@@ -204,7 +204,7 @@ fn check(kernel: &dyn Kernels, case: &Case) {
         .tokens
         .min(case.x_len / case.cols.max(1))
         .min(case.out_len / case.rows.max(1));
-    let rounded = kernel.rounds_decode_activations() && tokens < DECODE_BELOW_TOKENS;
+    let rounded = kernel.rounds_activations(tokens);
     compare(kernel, case, &expected, &got, (&abs_w, &x), rounded);
 
     let (data, scales) = q4_case(case);
@@ -319,7 +319,7 @@ fn check_low_rank(kernel: &dyn Kernels, case: &LowRankCase) {
         kernel.gemm_low_rank(a, b, &x, case.tokens, &mut low, &mut got);
 
         let (abs_a, abs_b) = (magnitudes(a), magnitudes(b));
-        let rounded = q8 && kernel.rounds_decode_activations() && case.tokens < DECODE_BELOW_TOKENS;
+        let rounded = q8 && kernel.rounds_activations(case.tokens);
         let low_bound: Vec<f32> = (0..case.tokens * case.rank)
             .map(|index| bound(&abs_a, case.rank, case.cols, &x, index))
             .collect();
@@ -548,6 +548,16 @@ macro_rules! kernel_suite {
                 }
             }
 
+            /// Prefill rows longer than the int8 tile packs at once (1,024 columns), and more
+            /// tokens than its rounded activations hold at once (64 KiB), in partial panels.
+            #[test]
+            fn long_rows_prefill() {
+                let Some(kernel) = kernel() else { return };
+                for (rows, cols, tokens) in [(21, 1025, 9), (17, 2100, 40)] {
+                    check(kernel.as_ref(), &Case::exact(rows, cols, tokens, cols as u64));
+                }
+            }
+
             #[test]
             fn empty_matrices_zero_the_output() {
                 let Some(kernel) = kernel() else { return };
@@ -644,6 +654,11 @@ kernel_suite!(
 kernel_suite!(
     avx512,
     super::super::Avx512::detect().map(|k| Box::new(k) as Box<dyn Kernels>)
+);
+#[cfg(target_arch = "x86_64")]
+kernel_suite!(
+    avx512_float,
+    super::super::Avx512::detect().map(|k| Box::new(k.without_vnni()) as Box<dyn Kernels>)
 );
 #[cfg(target_arch = "aarch64")]
 kernel_suite!(

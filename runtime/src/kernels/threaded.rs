@@ -227,8 +227,8 @@ impl<K: Kernels + Sync> Kernels for Threaded<K> {
         self.inner.swiglu(gate, up);
     }
 
-    fn rounds_decode_activations(&self) -> bool {
-        self.inner.rounds_decode_activations()
+    fn rounds_activations(&self, tokens: usize) -> bool {
+        self.inner.rounds_activations(tokens)
     }
 
     fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {

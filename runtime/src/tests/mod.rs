@@ -1212,8 +1212,8 @@ fn q4_rows_dequantize_within_half_a_step_and_multiply_as_dequantized() {
                 let mut out = alloc::vec![0.0f32; n * rows];
                 kernels.gemm(weight, &x[..n * cols], n, &mut out);
                 // A decode that rounds activations to int8 is within half a step of each,
-                // times the weights' magnitudes (`Kernels::rounds_decode_activations`).
-                let rounds = kernels.rounds_decode_activations() && n < DECODE_BELOW_TOKENS;
+                // times the weights' magnitudes (`Kernels::rounds_activations`).
+                let rounds = kernels.rounds_activations(n);
                 for (index, (o, e)) in out.iter().zip(&expected).enumerate() {
                     let mut tolerance = 1e-4 * (1.0 + e.abs());
                     if rounds {

@@ -26,7 +26,9 @@ use core::arch::asm;
 
 use super::super::driver::{self, Panel, Simd, Source, Tile};
 use super::super::select::cpu_has;
-use super::super::{AttentionHead, F32Matrix, Kernels, Q4Matrix, Q8_BLOCK, Q8Matrix};
+use super::super::{
+    AttentionHead, DECODE_BELOW_TOKENS, F32Matrix, Kernels, Q4Matrix, Q8_BLOCK, Q8Matrix,
+};
 use super::Neon;
 
 /// Columns of activations rounded at a time: a product with more columns runs in passes of
@@ -54,8 +56,8 @@ impl Kernels for NeonDot {
         "neon-dotprod"
     }
 
-    fn rounds_decode_activations(&self) -> bool {
-        true
+    fn rounds_activations(&self, tokens: usize) -> bool {
+        tokens < DECODE_BELOW_TOKENS
     }
 
     fn gemm_f32(&self, w: F32Matrix<'_>, x: &[f32], tokens: usize, out: &mut [f32]) {

@@ -19,16 +19,16 @@ use core::arch::x86_64::{
     _mm512_shuffle_epi8, _mm512_srl_epi16, _mm512_srli_epi32, _mm512_storeu_ps,
 };
 
-use super::super::driver::{self, Panel, Simd, Source, Tile, simd_kernels};
+use super::super::driver::{self, Panel, Product, Simd, Source, Tile, simd_kernels};
 use super::super::select::cpu_has;
 use super::super::{F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix};
-use super::vnni;
+use super::{vnni, vnni_prefill};
 
 /// AVX-512 F/BW/VL kernels. Constructed only by [`Avx512::detect`].
 #[derive(Clone, Copy, Debug)]
 pub struct Avx512 {
-    /// The CPU has AVX-512 VNNI: q8 and q4 decode multiply weights by activations rounded to
-    /// int8 (`vpdpbusd`).
+    /// The CPU has AVX-512 VNNI: q8 and q4 products multiply weights by activations rounded
+    /// to int8 (`vpdpbusd`), in decode and prefill.
     vnni: bool,
 }
 
@@ -48,8 +48,8 @@ impl Avx512 {
         })
     }
 
-    /// The same kernels with the float decode paths where VNNI would round the activations:
-    /// for benchmarks that compare the two.
+    /// The same kernels with the float paths where VNNI would round the activations: for
+    /// benchmarks that compare the two.
     pub fn without_vnni(self) -> Self {
         Self { vnni: false }
     }
@@ -88,8 +88,19 @@ impl Simd for Avx512 {
         );
     }
 
-    fn rounds_decode_activations(&self) -> bool {
+    fn rounds_activations(&self, _tokens: usize) -> bool {
         self.vnni
+    }
+
+    unsafe fn prefill_integer_unchecked(&self, product: Product<'_>) -> bool {
+        let quantized = matches!(product.src, Source::Q8(..) | Source::Q4(..));
+        if !(self.vnni && quantized && vnni_prefill::takes(product.cols)) {
+            return false;
+        }
+        // SAFETY: `vnni` says the CPU has the features; the driver checked `fits`, and the
+        // source and width were checked above.
+        unsafe { vnni_prefill::gemm(product) };
+        true
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
@@ -515,7 +526,7 @@ fn transpose_bytes(z: [__m512i; 4]) -> [__m128i; LANES] {
 /// permutes, each swapping the off-diagonal blocks of every `2h × 2h` block (`h` = 8, 4, 2, 1).
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn transpose16(v: &mut [__m512; 16]) {
+pub(super) fn transpose16(v: &mut [__m512; 16]) {
     for h in [8usize, 4, 2, 1] {
         // Lane `l` of the first output: `a[l]` where `l & h == 0`, else `b[l − h]`; of the
         // second: `a[l + h]`, else `b[l]` (`b`'s lanes are 16 ..= 31 of the pair).

@@ -3,6 +3,7 @@
 mod avx2;
 mod avx512;
 mod vnni;
+mod vnni_prefill;
 
 pub use avx2::Avx2Fma;
 pub use avx512::Avx512;

@@ -116,7 +116,7 @@ fn round(x: &[f32], blocks: usize, r: &mut Rounded) {
 /// the step and `Σ q`. `None` when `block` is shorter than 32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
-fn round_block(block: &[f32]) -> Option<([i8; Q8_BLOCK], f32, i32)> {
+pub(super) fn round_block(block: &[f32]) -> Option<([i8; Q8_BLOCK], f32, i32)> {
     let block = block.get(..Q8_BLOCK)?;
     // SAFETY: two 16-lane loads of the 32 values just checked, stores into a local array.
     unsafe {
