@@ -7,8 +7,8 @@
 use proptest::prelude::*;
 
 use super::{
-    AttentionHead, DECODE_BELOW_TOKENS, F32Matrix, Kernels, Portable, Q4_BLOCK_BYTES, Q4Matrix,
-    Q8_BLOCK, Q8Matrix, Threaded, Weight, q4_pair, q8_blocks_per_row,
+    AttentionHead, F32Matrix, Kernels, Portable, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix,
+    Threaded, Weight, q4_pair, q8_blocks_per_row,
 };
 
 const SENTINEL: f32 = 12345.0;
@@ -554,7 +554,10 @@ macro_rules! kernel_suite {
             fn long_rows_prefill() {
                 let Some(kernel) = kernel() else { return };
                 for (rows, cols, tokens) in [(21, 1025, 9), (17, 2100, 40)] {
-                    check(kernel.as_ref(), &Case::exact(rows, cols, tokens, cols as u64));
+                    check(
+                        kernel.as_ref(),
+                        &Case::exact(rows, cols, tokens, cols as u64),
+                    );
                 }
             }
 

@@ -1163,9 +1163,7 @@ fn a_stored_prompt_prefix_gives_the_whole_prompts_scores() {
 #[test]
 fn q4_rows_dequantize_within_half_a_step_and_multiply_as_dequantized() {
     use crate::Weight;
-    use crate::kernels::{
-        DECODE_BELOW_TOKENS, F32Matrix, Kernels, Q4Matrix, Threaded, available, q4_pair,
-    };
+    use crate::kernels::{F32Matrix, Kernels, Q4Matrix, Threaded, available, q4_pair};
     let (rows, cols) = (5, 70);
     let mut w = values(11, rows * cols);
     w[32..64].iter_mut().for_each(|v| *v = 0.25);

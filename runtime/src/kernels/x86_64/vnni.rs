@@ -42,25 +42,22 @@ use super::super::{Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix};
 const PASS: usize = 4096;
 /// Blocks of 32 in a pass.
 const PASS_BLOCKS: usize = PASS / Q8_BLOCK;
-/// One pass of a decode: whole blocks `first .. first + blocks` of every row, the `last` pass
-/// (which adds the rows' partial last blocks), added to `out` unless it is the first.
+/// One pass of a decode: blocks `first .. first + blocks` of every row (a partial last block
+/// of a row counts, its activations padded with zeros), added to `out` unless it is the first.
 #[derive(Clone, Copy)]
 struct Pass {
     first: usize,
     blocks: usize,
-    last: bool,
     add: bool,
 }
 
-/// The passes over `full` whole blocks a row (one, empty, when there are none).
-fn passes(full: usize) -> impl Iterator<Item = Pass> {
-    (0..full.div_ceil(PASS_BLOCKS).max(1)).map(move |pass| {
+/// The passes over `per_row` blocks a row.
+fn passes(per_row: usize) -> impl Iterator<Item = Pass> {
+    (0..per_row.div_ceil(PASS_BLOCKS)).map(move |pass| {
         let first = pass * PASS_BLOCKS;
-        let blocks = full.saturating_sub(first).min(PASS_BLOCKS);
         Pass {
             first,
-            blocks,
-            last: first + blocks == full,
+            blocks: (per_row - first).min(PASS_BLOCKS),
             add: pass > 0,
         }
     })
@@ -79,8 +76,8 @@ struct Rounded {
     sums: [[f32; 16]; PASS_BLOCKS / GROUP],
 }
 
-/// Rounds the `blocks` whole blocks of `x` (at most [`PASS_BLOCKS`]) into `r`, clearing only
-/// what the pass reads: its pairs' bytes and its groups' lanes.
+/// Rounds the first `blocks` blocks of `x` (at most [`PASS_BLOCKS`]; the last may be partial)
+/// into `r`, clearing only what the pass reads: its pairs' bytes and its groups' lanes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn round(x: &[f32], blocks: usize, r: &mut Rounded) {
     let groups = blocks.div_ceil(GROUP);
@@ -88,7 +85,7 @@ fn round(x: &[f32], blocks: usize, r: &mut Rounded) {
     r.sums.iter_mut().take(groups).for_each(|s| *s = [0.0; 16]);
     let pair_bytes = blocks.div_ceil(2) * 2 * Q8_BLOCK;
     r.q.iter_mut().take(pair_bytes).for_each(|q| *q = 0);
-    for (b, block) in x.chunks_exact(Q8_BLOCK).take(blocks).enumerate() {
+    for (b, block) in x.chunks(Q8_BLOCK).take(blocks).enumerate() {
         let Some((q, step, _)) = round_block(block) else {
             continue;
         };
@@ -113,16 +110,24 @@ fn round(x: &[f32], blocks: usize, r: &mut Rounded) {
 
 /// One block of 32 activations rounded to int8 at `step = max |x| / 127`, to nearest with
 /// ties to even (the vector conversion in the default rounding mode, as `rintf`): the values,
-/// the step and `Σ q`. `None` when `block` is shorter than 32.
+/// the step and `Σ q`. A shorter block (a row's partial last one) is padded with zeros; `None`
+/// when `block` is empty.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
 pub(super) fn round_block(block: &[f32]) -> Option<([i8; Q8_BLOCK], f32, i32)> {
-    let block = block.get(..Q8_BLOCK)?;
-    // SAFETY: two 16-lane loads of the 32 values just checked, stores into a local array.
+    let block = block
+        .get(..block.len().min(Q8_BLOCK))
+        .filter(|b| !b.is_empty())?;
+    let lanes = |from: usize| {
+        let n = block.len().saturating_sub(from).min(16);
+        ((1u32 << n) - 1) as u16
+    };
+    // SAFETY: two 16-lane loads masked to the values of `block`, stores into a local array;
+    // `wrapping_add` keeps the second address defined when its mask is empty.
     unsafe {
         let (low, high) = (
-            _mm512_loadu_ps(block.as_ptr()),
-            _mm512_loadu_ps(block.as_ptr().add(16)),
+            _mm512_maskz_loadu_ps(lanes(0), block.as_ptr()),
+            _mm512_maskz_loadu_ps(lanes(16), block.as_ptr().wrapping_add(16)),
         );
         let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
         let inverse = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
@@ -144,15 +149,14 @@ pub(super) fn round_block(block: &[f32]) -> Option<([i8; Q8_BLOCK], f32, i32)> {
 /// `Simd::matvec_q4_unchecked`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 pub(super) unsafe fn matvec_q4(w: Q4Matrix<'_>, x: &[f32], out: &mut [f32]) {
-    let cols = w.cols;
-    let full = cols / Q8_BLOCK;
+    let per_row = w.cols.div_ceil(Q8_BLOCK);
     let mut rounded = Rounded {
         q: [0; PASS],
         steps: [[0.0; 16]; PASS_BLOCKS / GROUP],
         sums: [[0.0; 16]; PASS_BLOCKS / GROUP],
     };
-    let (x_ptr, out_ptr) = (x.as_ptr(), out.as_mut_ptr());
-    for pass in passes(full) {
+    let out_ptr = out.as_mut_ptr();
+    for pass in passes(per_row) {
         round(
             x.get(pass.first * Q8_BLOCK..).unwrap_or_default(),
             pass.blocks,
@@ -160,17 +164,18 @@ pub(super) unsafe fn matvec_q4(w: Q4Matrix<'_>, x: &[f32], out: &mut [f32]) {
         );
         let r = &rounded;
         // SAFETY (both calls): the caller's lengths; `by_quarters` passes rows below `w.rows`,
-        // and the pass reads its blocks (plus the partial block on the last pass) of each.
+        // and the pass reads its blocks of each.
         driver::by_quarters(
             w.rows,
-            |i, quarter| unsafe { rows::<4>(w, i, quarter, pass, r, x_ptr, out_ptr) },
-            |i| unsafe { rows::<1>(w, i, 0, pass, r, x_ptr, out_ptr) },
+            |i, quarter| unsafe { rows::<4>(w, i, quarter, pass, r, out_ptr) },
+            |i| unsafe { rows::<1>(w, i, 0, pass, r, out_ptr) },
         );
     }
 }
 
 /// Rows `i + j · stride` (`j < N`) over blocks `first .. first + blocks` (`pass`), adding to
-/// `out` when `add`; on the `last` pass, the row's partial last block in scalars.
+/// `out` when `add`. A partial last block is stored padded to 16 bytes and its activations
+/// are rounded padded with zeros, so it is read as a whole one.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 #[inline]
 unsafe fn rows<const N: usize>(
@@ -179,21 +184,15 @@ unsafe fn rows<const N: usize>(
     stride: usize,
     pass: Pass,
     r: &Rounded,
-    x: *const f32,
     out: *mut f32,
 ) {
-    let Pass {
-        first,
-        blocks,
-        last,
-        add,
-    } = pass;
-    let (data, scales, cols) = (w.data.as_ptr(), w.scales.as_ptr(), w.cols);
-    let per_row = cols.div_ceil(Q8_BLOCK);
+    let Pass { first, blocks, add } = pass;
+    let (data, scales) = (w.data.as_ptr(), w.scales.as_ptr());
+    let per_row = w.cols.div_ceil(Q8_BLOCK);
     // SAFETY: the caller guarantees rows `i + j · stride` of `per_row` blocks and
-    // `2 · per_row` scales, `cols` activations and those outputs; blocks below
-    // `first + blocks ≤ full` are read whole, the odd last one of a pass by a 16-byte masked
-    // load, and the scale loads are masked to halves below `2 · (first + blocks)`.
+    // `2 · per_row` scales and those outputs; blocks below `first + blocks ≤ per_row` are
+    // read whole, the odd last one of a pass by a 16-byte masked load, and the scale loads are
+    // masked to halves below `2 · (first + blocks)`.
     unsafe {
         let r_rows: [*const u8; N] =
             core::array::from_fn(|j| data.add((i + j * stride) * per_row * Q4_BLOCK_BYTES));
@@ -238,16 +237,8 @@ unsafe fn rows<const N: usize>(
                 }
             }
         }
-        for (j, ((a, a_m), (row, sc))) in acc
-            .into_iter()
-            .zip(acc_m)
-            .zip(r_rows.into_iter().zip(s_rows))
-            .enumerate()
-        {
-            let mut sum = reduce(a, a_m);
-            if last {
-                sum += driver::q4_partial_block(row, sc, x, cols);
-            }
+        for (j, (a, a_m)) in acc.into_iter().zip(acc_m).enumerate() {
+            let sum = reduce(a, a_m);
             let o = out.add(i + j * stride);
             *o = if add { *o + sum } else { sum };
         }
@@ -284,7 +275,8 @@ struct RoundedQ8 {
 /// Blocks of a row whose scales one 16-lane load covers.
 const QUAD: usize = 16;
 
-/// Rounds the `blocks` whole blocks of `x` (at most [`PASS_BLOCKS`]) into `r`.
+/// Rounds the first `blocks` blocks of `x` (at most [`PASS_BLOCKS`]; the last may be partial)
+/// into `r`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn round_q8(x: &[f32], blocks: usize, r: &mut RoundedQ8) {
     r.q.iter_mut()
@@ -295,7 +287,7 @@ fn round_q8(x: &[f32], blocks: usize, r: &mut RoundedQ8) {
         .iter_mut()
         .chain(r.offsets.iter_mut())
         .for_each(|v| *v = 0.0);
-    let blocks_in = x.chunks_exact(Q8_BLOCK).take(blocks);
+    let blocks_in = x.chunks(Q8_BLOCK).take(blocks);
     let outs = r.q.chunks_exact_mut(Q8_BLOCK);
     for ((block, out), (step, offset)) in blocks_in
         .zip(outs)
@@ -324,14 +316,14 @@ fn round_q8(x: &[f32], blocks: usize, r: &mut RoundedQ8) {
 /// `Simd::matvec_q8_unchecked`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 pub(super) unsafe fn matvec_q8(w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
-    let full = w.cols / Q8_BLOCK;
+    let per_row = w.cols.div_ceil(Q8_BLOCK);
     let mut rounded = RoundedQ8 {
         q: [0; PASS + Q8_BLOCK],
         steps: [0.0; PASS_BLOCKS + QUAD],
         offsets: [0.0; PASS_BLOCKS + QUAD],
     };
-    let (x_ptr, out_ptr) = (x.as_ptr(), out.as_mut_ptr());
-    for pass in passes(full) {
+    let out_ptr = out.as_mut_ptr();
+    for pass in passes(per_row) {
         round_q8(
             x.get(pass.first * Q8_BLOCK..).unwrap_or_default(),
             pass.blocks,
@@ -339,18 +331,18 @@ pub(super) unsafe fn matvec_q8(w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
         );
         let r = &rounded;
         // SAFETY (both calls): the caller's lengths; `by_quarters` passes rows below `w.rows`,
-        // and the pass reads its blocks (plus the partial block on the last pass) of each.
+        // and the pass reads its blocks of each.
         driver::by_quarters(
             w.rows,
-            |i, quarter| unsafe { rows_q8::<4>(w, i, quarter, pass, r, x_ptr, out_ptr) },
-            |i| unsafe { rows_q8::<1>(w, i, 0, pass, r, x_ptr, out_ptr) },
+            |i, quarter| unsafe { rows_q8::<4>(w, i, quarter, pass, r, out_ptr) },
+            |i| unsafe { rows_q8::<1>(w, i, 0, pass, r, out_ptr) },
         );
     }
 }
 
 /// Rows `i + j · stride` (`j < N`) of [`matvec_q8`] over blocks `first .. first + blocks`,
-/// adding to `out` when `add`; on the `last` pass, the row's partial last block in scalars
-/// on the exact activations.
+/// adding to `out` when `add`. A row's partial last block is read masked to its columns,
+/// against activations rounded padded with zeros.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 #[inline]
 unsafe fn rows_q8<const N: usize>(
@@ -359,21 +351,15 @@ unsafe fn rows_q8<const N: usize>(
     stride: usize,
     pass: Pass,
     r: &RoundedQ8,
-    x: *const f32,
     out: *mut f32,
 ) {
-    let Pass {
-        first,
-        blocks,
-        last,
-        add,
-    } = pass;
+    let Pass { first, blocks, add } = pass;
     let (data, scales, cols) = (w.data.as_ptr(), w.scales.as_ptr(), w.cols);
     let per_row = cols.div_ceil(Q8_BLOCK);
     // SAFETY: the caller guarantees rows `i + j · stride` of `cols` weights and `per_row`
-    // scales, `cols` activations and those outputs. Whole pairs of blocks below
-    // `first + blocks ≤ full` are read whole, an odd last block by a 32-byte masked load, the
-    // scales by loads masked to the pass's blocks; `r` holds `blocks` blocks plus zeros.
+    // scales and those outputs. Pairs of blocks are read whole where both lie within the
+    // pass and the row, else by a load masked to the row's columns of the pass; the scales by
+    // loads masked to the pass's blocks; `r` holds `blocks` blocks plus zeros.
     unsafe {
         let w_rows: [*const i8; N] =
             core::array::from_fn(|j| data.add((i + j * stride) * cols + first * Q8_BLOCK));
@@ -396,12 +382,16 @@ unsafe fn rows_q8<const N: usize>(
             for p in (0..in_quad).step_by(2) {
                 let x8 = _mm512_loadu_si512(r.q.as_ptr().add((g + p) * Q8_BLOCK).cast());
                 let pick = halves(p as i32, p as i32 + 1);
+                let in_pass = if p + 1 < in_quad { 2 } else { 1 } * Q8_BLOCK;
+                let valid = (cols - (first + g + p) * Q8_BLOCK).min(in_pass);
+                let whole = valid == 2 * Q8_BLOCK;
+                let bytes_mask = if whole { u64::MAX } else { (1u64 << valid) - 1 };
                 for ((acc, s), row) in acc.iter_mut().zip(&scale).zip(w_rows) {
                     let at = row.add((g + p) * Q8_BLOCK);
-                    let bytes = if p + 1 < in_quad {
+                    let bytes = if whole {
                         _mm512_loadu_si512(at.cast())
                     } else {
-                        _mm512_maskz_loadu_epi8(0xffff_ffff, at)
+                        _mm512_maskz_loadu_epi8(bytes_mask, at)
                     };
                     let unsigned = _mm512_xor_si512(bytes, offset);
                     let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unsigned, x8);
@@ -411,17 +401,7 @@ unsafe fn rows_q8<const N: usize>(
             }
         }
         for (j, (a, a_o)) in acc.into_iter().zip(acc_offset).enumerate() {
-            let mut sum = _mm512_reduce_add_ps(a) - _mm512_reduce_add_ps(a_o);
-            let k = cols / Q8_BLOCK * Q8_BLOCK;
-            if last && k < cols {
-                let row = i + j * stride;
-                let scale = *scales.add(row * per_row + per_row - 1);
-                let mut dot = 0.0f32;
-                for c in k..cols {
-                    dot += f32::from(*data.add(row * cols + c)) * *x.add(c);
-                }
-                sum += scale * dot;
-            }
+            let sum = _mm512_reduce_add_ps(a) - _mm512_reduce_add_ps(a_o);
             let o = out.add(i + j * stride);
             *o = if add { *o + sum } else { sum };
         }

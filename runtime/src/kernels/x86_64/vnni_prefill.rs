@@ -157,14 +157,7 @@ fn round(x: &[f32], tokens: usize, cols: usize, held: &mut Activations) {
     let rows = x.chunks(cols).take(tokens);
     for (t, row) in rows.enumerate() {
         for (b, block) in row.chunks(Q8_BLOCK).enumerate() {
-            let mut padded = [0.0f32; Q8_BLOCK];
-            let whole = if block.len() == Q8_BLOCK {
-                block
-            } else {
-                padded.iter_mut().zip(block).for_each(|(p, &v)| *p = v);
-                &padded
-            };
-            let Some((q, step, sum_q)) = round_block(whole) else {
+            let Some((q, step, sum_q)) = round_block(block) else {
                 continue;
             };
             let at = t * per_row + b;
@@ -178,7 +171,7 @@ fn round(x: &[f32], tokens: usize, cols: usize, held: &mut Activations) {
             ) {
                 *s = step;
                 *o = -128 * sum_q;
-                *sum = whole.iter().sum();
+                *sum = block.iter().sum();
             }
         }
     }
