@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 use whittle_boards::files::write_atomically;
 use whittle_host::parity::{CONTEXT, compare, host_reference};
 use whittle_host::prune::PruneFolder;
 use whittle_host::task::{Split, Task};
 use whittle_runtime::format::HeadRef;
-use whittle_runtime::kernels::Portable;
+use whittle_runtime::kernels::{Kernels, Portable, best};
 use whittle_runtime::{AlignedBytes, Bundle};
 
 use super::ModelArgs;
@@ -40,12 +40,26 @@ pub struct ParityArgs {
     /// Print one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// The runtime's kernels: `portable` (the exact reference, the same on every machine) or
+    /// `best`, this machine's fastest, as a device runs the bundle (they may round activations
+    /// to int8, `Kernels::rounds_activations`).
+    #[arg(long, value_enum, default_value_t = KernelChoice::Portable)]
+    kernels: KernelChoice,
     #[command(flatten)]
     model: ModelArgs,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KernelChoice {
+    Portable,
+    Best,
+}
+
 pub fn run(args: ParityArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    if args.record.is_some() && args.kernels != KernelChoice::Portable {
+        bail!("--record writes the exact reference another machine replays; drop --kernels best");
+    }
     let raw = std::fs::read(&args.bundle)
         .with_context(|| format!("cannot read {}; check the path", args.bundle.display()))?;
     let aligned = AlignedBytes::new(&raw);
@@ -100,7 +114,10 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
         bail!("task {}: the test split is empty", task.name());
     }
     let reference = host_reference(&model, &bundle, &examples, head.as_ref())?;
-    let parity = compare(&reference, &bundle, Portable)?;
+    let (parity, kernels) = match args.kernels {
+        KernelChoice::Portable => (compare(&reference, &bundle, Portable)?, Portable.name()),
+        KernelChoice::Best => (compare(&reference, &bundle, best())?, best().name()),
+    };
     let n = parity.cases.len();
     let max_diff = parity.max_abs_logit_diff;
     let token_mismatches = parity.token_id_mismatches;
@@ -149,7 +166,7 @@ pub fn run(args: ParityArgs) -> anyhow::Result<()> {
         "bundle_bytes": raw.len(),
         "arena_bytes": arena_bytes,
         "context": CONTEXT,
-        "kernels": "portable",
+        "kernels": kernels,
         "seconds": started.elapsed().as_secs_f64(),
     });
     println!(

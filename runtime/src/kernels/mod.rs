@@ -339,7 +339,8 @@ pub trait Kernels: Sync {
     /// differs from the exact one by at most `Σ_j |w_j| · step_j / 2` beyond rounding (q4:
     /// `|d| · q_j`, the minimum's term stays exact); f32 products are unaffected. The NEON
     /// dot-product kernels round in decode (fewer than [`DECODE_BELOW_TOKENS`] tokens), the
-    /// AVX-512 ones with VNNI in decode and prefill.
+    /// AVX-512 ones with VNNI in decode and, in two int8 levels whose error is within 1/256 of
+    /// that bound, in prefill.
     fn rounds_activations(&self, tokens: usize) -> bool {
         let _ = tokens;
         false
