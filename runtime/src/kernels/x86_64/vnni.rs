@@ -5,12 +5,12 @@
 //! The activations are rounded to int8 once per call, per block of 32 (`step = max |x| / 127`,
 //! as llama.cpp rounds them for its quantized dot products; [`round_block`], in vectors).
 //!
-//! q4: they are laid out per pair of blocks
-//! `A, B` as `A[0..16] B[0..16] A[16..32] B[16..32]`: the order in which one 32-byte load of
-//! the pair's nibbles, broadcast to both halves of a register, gives its low nibbles (values
-//! `0..16` of each block) in the first half and, shifted right by four, its high nibbles
-//! (values `16..32`) in the second. One `vpdpbusd` then multiplies 64 weights; its lanes are
-//! converted once and scaled by `d · step` of their block. `m · Σ x` uses the exact block sums.
+//! q4: they are laid out per four blocks `A, B, C, D` as `A[0..16] B[0..16] C[0..16] D[0..16]`
+//! then `A[16..32] … D[16..32]`: the order in which one 64-byte load of the four blocks'
+//! nibbles gives, masked, their low nibbles (values `0..16`, one block per 128-bit lane) and,
+//! shifted right by four and masked, their high nibbles (values `16..32`). Two `vpdpbusd` then
+//! multiply 128 weights into lanes that each hold one block's sums; they are converted once
+//! and scaled by `d · step` of their block. `m · Σ x` uses the exact block sums.
 //!
 //! q8 ([`matvec_q8`]): in their natural order, so that one 64-byte load of a row's weights and
 //! one of the activations cover the same two blocks; the signed weights are offset by 128 to
@@ -18,21 +18,20 @@
 //!
 //! Rows go four a quarter of the matrix apart, as in every x86 decode.
 //!
-//! Against the float q4 decode this is about a third of the instructions per weight (decode
+//! Against the float q4 decode this is about a fifth of the instructions per weight (decode
 //! here was bound by arithmetic, not memory: docs/RESULTS.md, "q4 kernels").
 //!
 //! `unsafe` is allowed in this module only, under the same rules as `avx512`'s.
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m512, __m512i, _mm_storeu_si128, _mm256_loadu_si256, _mm256_maskz_loadu_epi8,
-    _mm256_maskz_loadu_epi16, _mm512_abs_ps, _mm512_add_epi32, _mm512_add_ps, _mm512_and_si512,
-    _mm512_broadcast_i64x4, _mm512_cvtepi32_epi8, _mm512_cvtepi32_ps, _mm512_cvtph_ps,
+    __m512, __m512i, _mm_storeu_si128, _mm256_maskz_loadu_epi16, _mm512_abs_ps, _mm512_add_epi32,
+    _mm512_add_ps, _mm512_and_si512, _mm512_cvtepi32_epi8, _mm512_cvtepi32_ps, _mm512_cvtph_ps,
     _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
     _mm512_maskz_loadu_epi8, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_mul_ps,
     _mm512_permutexvar_ps, _mm512_reduce_add_epi32, _mm512_reduce_add_ps, _mm512_reduce_max_ps,
-    _mm512_set_epi64, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
-    _mm512_srlv_epi64, _mm512_xor_si512,
+    _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_srli_epi16,
+    _mm512_xor_si512,
 };
 
 use super::super::driver;
@@ -65,10 +64,12 @@ fn passes(per_row: usize) -> impl Iterator<Item = Pass> {
 
 /// Blocks whose `(d, m)` pairs one 16-lane conversion covers.
 const GROUP: usize = 8;
+/// q4 blocks one 64-byte load of nibbles covers.
+const QUARTET: usize = 4;
 
 /// One pass of rounded activations.
 struct Rounded {
-    /// Per pair of blocks, 64 bytes in the order the module documentation gives.
+    /// Per four blocks, 128 bytes in the order the module documentation gives.
     q: [i8; PASS],
     /// Per group of eight blocks, lane `2b` the step of block `b`, odd lanes 0.
     steps: [[f32; 16]; PASS_BLOCKS / GROUP],
@@ -83,8 +84,8 @@ fn round(x: &[f32], blocks: usize, r: &mut Rounded) {
     let groups = blocks.div_ceil(GROUP);
     r.steps.iter_mut().take(groups).for_each(|s| *s = [0.0; 16]);
     r.sums.iter_mut().take(groups).for_each(|s| *s = [0.0; 16]);
-    let pair_bytes = blocks.div_ceil(2) * 2 * Q8_BLOCK;
-    r.q.iter_mut().take(pair_bytes).for_each(|q| *q = 0);
+    let quartet_bytes = blocks.div_ceil(QUARTET) * QUARTET * Q8_BLOCK;
+    r.q.iter_mut().take(quartet_bytes).for_each(|q| *q = 0);
     for (b, block) in x.chunks(Q8_BLOCK).take(blocks).enumerate() {
         let Some((q, step, _)) = round_block(block) else {
             continue;
@@ -96,11 +97,11 @@ fn round(x: &[f32], blocks: usize, r: &mut Rounded) {
         if let Some(sum) = r.sums.get_mut(group).and_then(|s| s.get_mut(lane + 1)) {
             *sum = block.iter().sum();
         }
-        // Block `b` is `A` (offset 0) or `B` (offset 16) of pair `b / 2`: its values
-        // `0..16` at that offset in the pair's first 32 bytes, `16..32` in its last 32.
-        let at = (b / 2) * 2 * Q8_BLOCK + (b % 2) * 16;
+        // Block `b` is number `b % 4` of quartet `b / 4`: its values `0..16` at `16 · (b % 4)`
+        // in the quartet's first 64 bytes, `16..32` at the same offset in its last 64.
+        let at = (b / QUARTET) * QUARTET * Q8_BLOCK + (b % QUARTET) * 16;
         let (low, high) = q.split_at(16);
-        for (offset, values) in [(at, low), (at + Q8_BLOCK, high)] {
+        for (offset, values) in [(at, low), (at + 64, high)] {
             if let Some(slots) = r.q.get_mut(offset..offset + 16) {
                 slots.copy_from_slice(values);
             }
@@ -199,7 +200,6 @@ unsafe fn rows<const N: usize>(
         let s_rows: [*const u16; N] =
             core::array::from_fn(|j| scales.add((i + j * stride) * per_row * 2));
         let nibble = _mm512_set1_epi8(0x0f);
-        let shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
         let mut acc = [_mm512_setzero_ps(); N];
         let mut acc_m = [_mm512_setzero_ps(); N];
         for g in (0..blocks).step_by(GROUP) {
@@ -215,23 +215,28 @@ unsafe fn rows<const N: usize>(
                 *a_m = _mm512_fmadd_ps(dm, sums, *a_m);
                 *s = _mm512_mul_ps(dm, steps);
             }
-            for p in (0..in_group).step_by(2) {
+            for p in (0..in_group).step_by(QUARTET) {
                 let at = first + g + p;
-                let x8 = _mm512_loadu_si512(r.q.as_ptr().add((g + p) * Q8_BLOCK).cast());
-                // Lanes 0–3 and 8–11 take block `p`'s scale (lane 2p), 4–7 and 12–15 block
-                // `p + 1`'s (lane 2p + 2).
-                let (a, b) = (2 * p as i32, 2 * p as i32 + 2);
-                let pick = pattern(a, b);
-                for (((acc, s), row), _) in acc.iter_mut().zip(&scale).zip(r_rows).zip(0..N) {
-                    let at = row.add(at * Q4_BLOCK_BYTES);
-                    let bytes = if p + 1 < in_group {
-                        _mm256_loadu_si256(at.cast())
-                    } else {
-                        _mm256_maskz_loadu_epi8(0x0000_ffff, at.cast())
-                    };
-                    let both = _mm512_broadcast_i64x4(bytes);
-                    let q = _mm512_and_si512(_mm512_srlv_epi64(both, shift), nibble);
-                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x8);
+                let in_quartet = (in_group - p).min(QUARTET);
+                let q = r.q.as_ptr().add((g + p) * Q8_BLOCK);
+                let (low_x, high_x) = (
+                    _mm512_loadu_si512(q.cast()),
+                    _mm512_loadu_si512(q.add(64).cast()),
+                );
+                // The 128-bit lane `k` holds block `p + k`: its scale is lane `2 (p + k)`.
+                let pick = quartet_lanes(2 * p as i32);
+                let bytes_mask = if in_quartet == QUARTET {
+                    u64::MAX
+                } else {
+                    (1u64 << (16 * in_quartet)) - 1
+                };
+                for ((acc, s), row) in acc.iter_mut().zip(&scale).zip(r_rows) {
+                    let bytes =
+                        _mm512_maskz_loadu_epi8(bytes_mask, row.add(at * Q4_BLOCK_BYTES).cast());
+                    let low = _mm512_and_si512(bytes, nibble);
+                    let high = _mm512_and_si512(_mm512_srli_epi16::<4>(bytes), nibble);
+                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low, low_x);
+                    let dot = _mm512_dpbusd_epi32(dot, high, high_x);
                     let lane_scale = _mm512_permutexvar_ps(pick, *s);
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), lane_scale, *acc);
                 }
@@ -245,11 +250,12 @@ unsafe fn rows<const N: usize>(
     }
 }
 
-/// The lane indices `a ×4, b ×4, a ×4, b ×4`.
+/// The lane indices `a ×4, a + 2 ×4, a + 4 ×4, a + 6 ×4`: the scale lanes of four
+/// consecutive blocks, one per 128-bit lane.
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn pattern(a: i32, b: i32) -> __m512i {
-    let lanes: [i32; 16] = core::array::from_fn(|l| if (l / 4) % 2 == 0 { a } else { b });
+fn quartet_lanes(a: i32) -> __m512i {
+    let lanes: [i32; 16] = core::array::from_fn(|l| a + 2 * (l / 4) as i32);
     // SAFETY: a load of a 16-lane array on the stack.
     unsafe { _mm512_loadu_si512(lanes.as_ptr().cast()) }
 }
