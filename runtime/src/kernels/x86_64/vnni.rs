@@ -109,13 +109,11 @@ fn round(x: &[f32], blocks: usize, r: &mut Rounded) {
     }
 }
 
-/// One block of 32 activations rounded to int8 at `step = max |x| / 127`, to nearest with
-/// ties to even (the vector conversion in the default rounding mode, as `rintf`): the values,
-/// the step and `Σ q`. A shorter block (a row's partial last one) is padded with zeros; `None`
-/// when `block` is empty.
+/// The up to 32 values of `block` in two registers, zero past its end (a row's partial last
+/// block), and `max |x|`; `None` when `block` is empty.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
-pub(super) fn round_block(block: &[f32]) -> Option<([i8; Q8_BLOCK], f32, i32)> {
+pub(super) fn load_block(block: &[f32]) -> Option<([__m512; 2], f32)> {
     let block = block
         .get(..block.len().min(Q8_BLOCK))
         .filter(|b| !b.is_empty())?;
@@ -123,24 +121,37 @@ pub(super) fn round_block(block: &[f32]) -> Option<([i8; Q8_BLOCK], f32, i32)> {
         let n = block.len().saturating_sub(from).min(16);
         ((1u32 << n) - 1) as u16
     };
-    // SAFETY: two 16-lane loads masked to the values of `block`, stores into a local array;
-    // `wrapping_add` keeps the second address defined when its mask is empty.
-    unsafe {
-        let (low, high) = (
+    // SAFETY: two 16-lane loads masked to the values of `block`; `wrapping_add` keeps the
+    // second address defined when its mask is empty.
+    let (low, high) = unsafe {
+        (
             _mm512_maskz_loadu_ps(lanes(0), block.as_ptr()),
             _mm512_maskz_loadu_ps(lanes(16), block.as_ptr().wrapping_add(16)),
-        );
-        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
-        let inverse = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
-        // |v · inverse| ≤ 127: the narrowing keeps every value.
-        let q_low = _mm512_cvtps_epi32(_mm512_mul_ps(low, inverse));
-        let q_high = _mm512_cvtps_epi32(_mm512_mul_ps(high, inverse));
-        let mut q = [0i8; Q8_BLOCK];
+        )
+    };
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
+    Some(([low, high], amax))
+}
+
+/// One block of up to 32 activations rounded to int8 at `step = max |x| / 127`, to nearest
+/// with ties to even (the vector conversion in the default rounding mode, as `rintf`), padded
+/// with zeros ([`load_block`]): the values, the step and `Σ q`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+pub(super) fn round_block(block: &[f32]) -> Option<([i8; Q8_BLOCK], f32, i32)> {
+    let ([low, high], amax) = load_block(block)?;
+    let inverse = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+    // |v · inverse| ≤ 127: the narrowing keeps every value.
+    let q_low = _mm512_cvtps_epi32(_mm512_mul_ps(low, inverse));
+    let q_high = _mm512_cvtps_epi32(_mm512_mul_ps(high, inverse));
+    let mut q = [0i8; Q8_BLOCK];
+    // SAFETY: two 16-byte stores into the local array.
+    unsafe {
         _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q_low));
         _mm_storeu_si128(q.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(q_high));
-        let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q_low, q_high));
-        Some((q, amax / 127.0, sum))
     }
+    let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q_low, q_high));
+    Some((q, amax / 127.0, sum))
 }
 
 /// `out = W x` for one token; as [`Simd::matvec_q4_unchecked`](super::super::driver::Simd).

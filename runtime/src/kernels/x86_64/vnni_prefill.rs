@@ -28,21 +28,21 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m512i, _mm_storeu_si128, _mm256_maskz_loadu_epi8, _mm256_maskz_loadu_epi16, _mm512_abs_ps,
-    _mm512_add_epi32, _mm512_add_ps, _mm512_and_si512, _mm512_castps_si512, _mm512_castsi256_si512,
+    __m512i, _mm_storeu_si128, _mm256_maskz_loadu_epi8, _mm256_maskz_loadu_epi16, _mm512_add_epi32,
+    _mm512_add_ps, _mm512_and_si512, _mm512_castps_si512, _mm512_castsi256_si512,
     _mm512_castsi512_ps, _mm512_cvtepi32_epi8, _mm512_cvtepi32_ps, _mm512_cvtph_ps,
     _mm512_cvtps_epi32, _mm512_cvtsepi32_epi8, _mm512_dpbusd_epi32, _mm512_fmadd_ps,
     _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mask_storeu_ps, _mm512_maskz_loadu_epi8,
-    _mm512_maskz_loadu_ps, _mm512_max_epi32, _mm512_max_ps, _mm512_min_epi32, _mm512_mul_ps,
-    _mm512_permutexvar_epi64, _mm512_reduce_add_epi32, _mm512_reduce_max_ps, _mm512_set_epi64,
-    _mm512_set1_epi8, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
-    _mm512_slli_epi32, _mm512_srlv_epi64, _mm512_storeu_ps, _mm512_storeu_si512, _mm512_sub_ps,
-    _mm512_xor_si512,
+    _mm512_maskz_loadu_ps, _mm512_max_epi32, _mm512_min_epi32, _mm512_mul_ps,
+    _mm512_permutexvar_epi64, _mm512_reduce_add_epi32, _mm512_set_epi64, _mm512_set1_epi8,
+    _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_slli_epi32,
+    _mm512_srlv_epi64, _mm512_storeu_ps, _mm512_storeu_si512, _mm512_sub_ps, _mm512_xor_si512,
 };
 
 use super::super::driver::{Product, Source};
 use super::super::{Q4_BLOCK_BYTES, Q8_BLOCK, q8_blocks_per_row};
 use super::avx512::transpose16;
+use super::vnni::load_block;
 
 /// Rows per panel: one register of 32-bit lanes.
 const NR: usize = 16;
@@ -197,25 +197,10 @@ fn round(x: &[f32], tokens: usize, cols: usize, held: &mut Activations) {
 /// `step / 256 · Σ w · (256 q + r)`. `None` when `block` is empty.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn round_block_fine(block: &[f32]) -> Option<([i8; Q8_BLOCK], [i8; Q8_BLOCK], f32, i32)> {
-    let block = block
-        .get(..block.len().min(Q8_BLOCK))
-        .filter(|b| !b.is_empty())?;
-    let lanes = |from: usize| {
-        let n = block.len().saturating_sub(from).min(16);
-        ((1u32 << n) - 1) as u16
-    };
-    // SAFETY: two 16-lane loads masked to the values of `block`, stores into local arrays;
-    // `wrapping_add` keeps the second address defined when its mask is empty.
+    let (halves, amax) = load_block(block)?;
+    let inverse = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+    // SAFETY: 16-byte stores into the local arrays.
     unsafe {
-        let halves = [
-            _mm512_maskz_loadu_ps(lanes(0), block.as_ptr()),
-            _mm512_maskz_loadu_ps(lanes(16), block.as_ptr().wrapping_add(16)),
-        ];
-        let amax = _mm512_reduce_max_ps(_mm512_max_ps(
-            _mm512_abs_ps(halves[0]),
-            _mm512_abs_ps(halves[1]),
-        ));
-        let inverse = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
         let (mut q, mut r) = ([0i8; Q8_BLOCK], [0i8; Q8_BLOCK]);
         let mut sum = _mm512_setzero_si512();
         for (h, v) in halves.into_iter().enumerate() {
@@ -322,10 +307,10 @@ unsafe fn pack(
                 }
                 Source::Q4(_, scales) => {
                     let (mut db, mut mb) = ([0u16; NR], [0u16; NR]);
-                    for r in 0..nr {
+                    for (r, (db, mb)) in db.iter_mut().zip(&mut mb).enumerate().take(nr) {
                         let pair = scales.as_ptr().add(2 * ((row0 + r) * per_row + block));
-                        db[r] = *pair;
-                        mb[r] = *pair.add(1);
+                        *db = *pair;
+                        *mb = *pair.add(1);
                     }
                     let all = u16::MAX;
                     let cvt = |h: &[u16; NR]| {
