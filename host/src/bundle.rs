@@ -1340,11 +1340,13 @@ pub fn pack(
         },
         prefix: None,
     };
-    // The prompt prefix, run once here: every input starts after it on the device.
+    // The prompt prefix, run once here: every input starts after it on the device. With the
+    // exact kernels: the stored keys and values are then the same whatever machine packs, and
+    // carry no rounding of activations (`Kernels::rounds_activations`) into every input.
     let probe = write_bundle(&header, blob.bytes(), None)?;
     let boundary: Vec<&str> = prefix_inputs.iter().map(String::as_str).collect();
     let cache = match options.store_prefix {
-        true => prefix_cache(&probe, whittle_runtime::kernels::best(), &boundary)
+        true => prefix_cache(&probe, whittle_runtime::kernels::Portable, &boundary)
             .map_err(|error| anyhow::anyhow!("the packed bundle does not run: {error}"))?,
         false => None,
     };
