@@ -7,7 +7,8 @@
 //! prefix [`Portable`](super::Portable) computes), then either runs the row dot products once
 //! per token or packs blocks of weights into a stack buffer (int8 converted to f32, each run of
 //! 32 values times its own scale, once per packed block) and reuses each block across every
-//! token.
+//! token; a q8 or q4 prefill goes to [`Simd::prefill_integer`] first, which an architecture
+//! with integer dot products implements whole (AVX-512 VNNI).
 //!
 //! `unsafe` is allowed in this module for the declarations of the unchecked functions and the
 //! calls to them, each right after the checks that establish its preconditions.
