@@ -59,15 +59,18 @@ pub(super) fn takes(cols: usize) -> bool {
     cols > 0 && q8_blocks_per_row(cols) <= HELD_BLOCKS
 }
 
-/// Rounded activations of a chunk of tokens, `32 · ceil(cols / 32)` bytes per token (a partial
-/// last block zero-padded) and, per token and block, its step and its correction term.
+/// Rounded activations of a chunk of tokens, `32 · ceil(cols / 32)` bytes a level per token (a
+/// partial last block zero-padded) and, per token and block, its step and its correction
+/// term ([`round_block_fine`]).
 #[repr(C, align(64))]
 struct Activations {
+    /// The first level, `round(x / step)`, `step = max |x| / 127`.
     q: [i8; HELD],
     /// The second level, `round(256 · (x / step − q))`.
     r: [i8; HELD],
+    /// `step / 256`, what the joined sum `Σ w · (256 q + r)` is multiplied by.
     steps: [f32; HELD_BLOCKS],
-    /// q8: `−128 · Σ x̂` (the offset weights' extra sum, exact in integers).
+    /// q8: `−128 · Σ (256 q + r)` (the offset weights' extra sum, exact in integers).
     offsets: [i32; HELD_BLOCKS],
     /// q4: the exact `Σ x` (the minimum's term).
     sums: [f32; HELD_BLOCKS],
