@@ -28,7 +28,7 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m512i, _mm_storeu_si128, _mm256_maskz_loadu_epi8, _mm256_maskz_loadu_epi16, _mm512_add_epi32,
+    __m512i, _mm_storeu_si128, _mm256_loadu_si256, _mm256_maskz_loadu_epi8, _mm512_add_epi32,
     _mm512_add_ps, _mm512_and_si512, _mm512_castps_si512, _mm512_castsi256_si512,
     _mm512_castsi512_ps, _mm512_cvtepi32_epi8, _mm512_cvtepi32_ps, _mm512_cvtph_ps,
     _mm512_cvtps_epi32, _mm512_cvtsepi32_epi8, _mm512_dpbusd_epi32, _mm512_fmadd_ps,
@@ -315,10 +315,8 @@ unsafe fn pack(
                         *db = *pair;
                         *mb = *pair.add(1);
                     }
-                    let all = u16::MAX;
-                    let cvt = |h: &[u16; NR]| {
-                        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(all, h.as_ptr().cast()))
-                    };
+                    let cvt =
+                        |h: &[u16; NR]| _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast()));
                     _mm512_storeu_ps(d, cvt(&db));
                     _mm512_storeu_ps(m, cvt(&mb));
                 }
