@@ -144,7 +144,8 @@ pub enum CostError {
 
 /// Predicts bytes, memory and latency of `ranks` (one entry per prunable matrix, index
 /// `layer_idx · 7 + kind` in [`MatrixKind::ALL`] order, `None` dense) stored as `dtype` on
-/// `profile`. `widths` holds what each block keeps of its MLP and its value heads (empty:
+/// `profile`, each matrix as `matrix_dtypes` gives it where that is not empty (a mixed q4
+/// bundle keeps some at q8; same order as `ranks`). `widths` holds what each block keeps of its MLP and its value heads (empty:
 /// every block full; zero skips a sub-block, which then costs nothing). `head_rows` is the row count of a task-pruned
 /// head (stored apart from the embedding), `None` for the tied head.
 pub fn predict(
@@ -153,6 +154,7 @@ pub fn predict(
     ranks: &[Option<usize>],
     widths: &[BlockWidths],
     dtype: Dtype,
+    matrix_dtypes: &[Dtype],
     head_rows: Option<usize>,
 ) -> Result<Prediction, CostError> {
     config.validate().map_err(CostError::Config)?;
@@ -160,6 +162,12 @@ pub fn predict(
         return Err(CostError::PlanLength {
             expected: config.n_prunable_matrices(),
             got: ranks.len(),
+        });
+    }
+    if !matrix_dtypes.is_empty() && matrix_dtypes.len() != ranks.len() {
+        return Err(CostError::PlanLength {
+            expected: ranks.len(),
+            got: matrix_dtypes.len(),
         });
     }
     check_widths(config, widths, false)?;
@@ -172,7 +180,8 @@ pub fn predict(
         });
     }
     let context = profile.context_length.min(config.max_position_embeddings);
-    let workload = Workload::new(config, ranks, widths, dtype, head_rows, context)?;
+    let dtypes = |index: usize| matrix_dtypes.get(index).copied().unwrap_or(dtype);
+    let workload = Workload::new(config, ranks, widths, dtype, &dtypes, head_rows, context)?;
 
     let hidden = config.hidden_size;
     // A q4 bundle keeps its embedding and head at q8 (`Dtype::rows`).
@@ -198,7 +207,7 @@ pub fn predict(
     .fold(0u64, u64::saturating_add);
     let arena_bytes = arena_floats.saturating_mul(F32_BYTES as u64);
 
-    let cpu = Processor::cpu(profile, dtype);
+    let cpu = Processor::cpu(profile);
     let gpu = Processor::gpu(profile);
     Ok(Prediction {
         bundle_bytes: weight_bytes,
@@ -244,12 +253,10 @@ fn norm_bytes(config: &ModelConfig) -> u64 {
 struct Processor {
     bytes_per_s: f64,
     flops_per_s: f64,
-    /// How fast the weight matrices stream while decoding (the bandwidth, or the measured
-    /// kernel rate for the dtype).
-    weight_bytes_per_s: f64,
-    /// How fast prefill multiplies by the weight matrices (the throughput, or the measured
-    /// kernel rate for the dtype).
-    weight_flops_per_s: f64,
+    /// How fast the weight matrices stream while decoding and how fast prefill multiplies by
+    /// them, for f32, q8 and q4 ([`Processor::weight_rates`]): the bandwidth and the
+    /// throughput, or the measured kernel rates of the dtype.
+    weight_rates: [(f64, f64); 3],
     layer_overhead_s: f64,
     /// What one more matrix product costs (a low-rank pair is two products).
     product_overhead_s: f64,
@@ -260,10 +267,10 @@ struct Processor {
 }
 
 impl Processor {
-    fn cpu(profile: &BoardProfile, dtype: Dtype) -> Self {
+    fn cpu(profile: &BoardProfile) -> Self {
         let bytes_per_s = profile.bandwidth_bytes_per_s as f64;
         let flops_per_s = profile.cpu_f32_flops;
-        let (weight_bytes_per_s, weight_flops_per_s) = match (&profile.kernels, dtype) {
+        let rates = |dtype: Dtype| match (&profile.kernels, dtype) {
             (Some(k), Dtype::Q8) => (k.q8_decode_bytes_per_s, k.q8_prefill_flops),
             // A profile measured before q4 has only q8's rates.
             (Some(k), Dtype::Q4) => (
@@ -276,8 +283,7 @@ impl Processor {
         Self {
             bytes_per_s,
             flops_per_s,
-            weight_bytes_per_s,
-            weight_flops_per_s,
+            weight_rates: [rates(Dtype::F32), rates(Dtype::Q8), rates(Dtype::Q4)],
             layer_overhead_s: profile.layer_overhead_us * 1e-6,
             product_overhead_s: profile.product_overhead_us * 1e-6,
             attention_flops_per_s: profile.kernels.as_ref().and_then(|k| k.attention_flops),
@@ -295,8 +301,7 @@ impl Processor {
         profile.gpu_fp32_flops.map(|flops_per_s| Self {
             bytes_per_s: profile.bandwidth_bytes_per_s as f64,
             flops_per_s,
-            weight_bytes_per_s: profile.bandwidth_bytes_per_s as f64,
-            weight_flops_per_s: flops_per_s,
+            weight_rates: [(profile.bandwidth_bytes_per_s as f64, flops_per_s); 3],
             layer_overhead_s: profile.gpu_layer_overhead_us * 1e-6,
             product_overhead_s: profile.gpu_product_overhead_us * 1e-6,
             attention_flops_per_s: None,
@@ -305,11 +310,25 @@ impl Processor {
     }
 }
 
-/// One step of decoding a token: the bytes it reads and the FLOPs it performs.
-#[derive(Clone, Copy, Debug, Default)]
+impl Processor {
+    /// `(bytes per second streamed while decoding, FLOPs per second in prefill)` of weight
+    /// matrices stored as `dtype`.
+    fn weight_rates(&self, dtype: Dtype) -> (f64, f64) {
+        self.weight_rates[match dtype {
+            Dtype::F32 => 0,
+            Dtype::Q8 => 1,
+            Dtype::Q4 => 2,
+        }]
+    }
+}
+
+/// One step of decoding a token: the bytes it reads and the FLOPs it performs, on weights
+/// stored as `dtype` where it streams weights.
+#[derive(Clone, Copy, Debug)]
 struct Work {
     bytes: u64,
     flops: u64,
+    dtype: Dtype,
 }
 
 impl Work {
@@ -319,7 +338,7 @@ impl Work {
 
     /// As [`Work::seconds`] for weights: they stream at the processor's weight rate.
     fn weight_seconds(self, processor: &Processor) -> f64 {
-        (self.bytes as f64 / processor.weight_bytes_per_s)
+        (self.bytes as f64 / processor.weight_rates(self.dtype).0)
             .max(self.flops as f64 / processor.flops_per_s)
     }
 }
@@ -339,8 +358,8 @@ struct Workload {
     /// Prunable matrices stored as a low-rank pair: each is one product more than dense.
     n_low_rank: usize,
     linear_bytes: u64,
-    /// The prunable matrices' FLOPs per prefilled token.
-    prefill_linear_flops_per_token: f64,
+    /// The prunable matrices (the first entries of `weight_steps`).
+    n_linear: usize,
     /// The attention's FLOPs per prefilled token (mean over a full-context prompt).
     prefill_attention_flops_per_token: f64,
 }
@@ -351,21 +370,26 @@ impl Workload {
         ranks: &[Option<usize>],
         widths: &[BlockWidths],
         dtype: Dtype,
+        matrix_dtype: &dyn Fn(usize) -> Dtype,
         head_rows: Option<usize>,
         context: usize,
     ) -> Result<Self, CostError> {
         let hidden = config.hidden_size;
         let mut weight_steps = Vec::with_capacity(ranks.len() + 2);
-        let mut linear_flops = 0u64;
         for (index, rank) in ranks.iter().enumerate() {
             let (layer_idx, kind) = whittle_runtime::matrix_at(index);
             let block = widths
                 .get(layer_idx)
                 .copied()
                 .unwrap_or(config.full_widths());
-            let work = linear_work(config, layer_idx, kind, block, *rank, dtype)?;
-            linear_flops = linear_flops.saturating_add(work.flops);
-            weight_steps.push(work);
+            weight_steps.push(linear_work(
+                config,
+                layer_idx,
+                kind,
+                block,
+                *rank,
+                matrix_dtype(index),
+            )?);
         }
         let linear_bytes = weight_steps
             .iter()
@@ -374,15 +398,18 @@ impl Workload {
         weight_steps.push(Work {
             bytes: dtype.rows().matrix_bytes(head_rows, hidden),
             flops: product(&[2, head_rows, hidden]),
+            dtype: dtype.rows(),
         });
         weight_steps.push(Work {
             bytes: norm_bytes(config).saturating_add(dtype.rows().matrix_bytes(1, hidden)),
             flops: 0,
+            dtype: dtype.rows(),
         });
         // Scores q·k and the weighted sum of v: 2·head_dim FLOPs each, per head and position.
         let attention_per_layer = Work {
             bytes: product(&[2, config.kv_dim(), context, F32_BYTES]),
             flops: product(&[4, hidden, context]),
+            dtype: Dtype::F32,
         };
         // A prompt of `context` tokens: the token at position p attends to p positions, so on
         // average to (context + 1) / 2.
@@ -404,7 +431,7 @@ impl Workload {
             n_layers: config.n_layers,
             n_low_rank: ranks.iter().filter(|rank| rank.is_some()).count(),
             linear_bytes,
-            prefill_linear_flops_per_token: linear_flops as f64,
+            n_linear: ranks.len(),
             prefill_attention_flops_per_token: attention_layers
                 * 4.0
                 * hidden as f64
@@ -446,7 +473,10 @@ impl Workload {
     /// per prompt (last position), left out. Each block adds the profile's measured fixed time
     /// per prefilled token, where it has one.
     fn prefill_seconds(&self, processor: &Processor) -> f64 {
-        self.prefill_linear_flops_per_token / processor.weight_flops_per_s
+        self.weight_steps[..self.n_linear]
+            .iter()
+            .map(|work| work.flops as f64 / processor.weight_rates(work.dtype).1)
+            .sum::<f64>()
             + self.prefill_attention_flops_per_token
                 / processor
                     .attention_flops_per_s
@@ -492,11 +522,13 @@ pub fn fit_overheads(
 ) -> Result<Overheads, CostError> {
     config.validate().map_err(CostError::Config)?;
     let dense = vec![None; config.n_prunable_matrices()];
-    let mut processor = Processor::cpu(profile, dtype);
+    let mut processor = Processor::cpu(profile);
     processor.attention_flops_per_s = None;
     processor.prefill_layer_overhead_s = 0.0;
     let [(short, short_s), (long, long_s)] = times.decode;
-    let at = |context: usize| Workload::new(config, &dense, &[], dtype, None, context.max(1));
+    let at = |context: usize| {
+        Workload::new(config, &dense, &[], dtype, &|_| dtype, None, context.max(1))
+    };
     let (short_work, long_work) = (at(short)?, at(long)?);
     let layers = config.n_layers as f64;
     let extra_flops = layers
@@ -532,7 +564,7 @@ pub fn matrix_cost(
     dtype: Dtype,
 ) -> Result<(u64, f64), CostError> {
     check_widths(config, &[widths], true)?;
-    let processor = Processor::cpu(profile, dtype);
+    let processor = Processor::cpu(profile);
     let work = linear_work(config, layer_idx, kind, widths, rank, dtype)?;
     let extra_product = if rank.is_some() {
         processor.product_overhead_s
@@ -584,6 +616,7 @@ fn linear_work(
         return Ok(Work {
             bytes: dtype.matrix_bytes(rows, cols),
             flops: product(&[2, rows, cols]),
+            dtype,
         });
     };
     let max = rows.min(cols);
@@ -602,6 +635,7 @@ fn linear_work(
             .matrix_bytes(rank, cols)
             .saturating_add(dtype.matrix_bytes(rows, rank)),
         flops: product(&[2, rank, rows.saturating_add(cols)]),
+        dtype,
     })
 }
 

@@ -91,7 +91,7 @@ fn predicted(
     dtype: Dtype,
     head_rows: Option<usize>,
 ) -> Prediction {
-    match predict(board, config, ranks, &[], dtype, head_rows) {
+    match predict(board, config, ranks, &[], dtype, &[], head_rows) {
         Ok(prediction) => prediction,
         Err(error) => panic!("{error}"),
     }
@@ -517,7 +517,7 @@ fn check_error(
     head_rows: Option<usize>,
     fragment: &str,
 ) {
-    match predict(&round_board(""), &config, ranks, &[], Dtype::F32, head_rows) {
+    match predict(&round_board(""), &config, ranks, &[], Dtype::F32, &[], head_rows) {
         Ok(p) => panic!("predicted {p:?}"),
         Err(error) => {
             let message = error.to_string();
@@ -595,8 +595,8 @@ fn measured_kernel_rates_replace_bandwidth_and_throughput_for_the_weights() {
     let linear_flops = 2.0 * 18432.0;
     for (dtype, bytes_per_s, flops_per_s) in [(Dtype::Q8, 1e6, 1e6), (Dtype::F32, 2e6, 4e6)] {
         let (p, m) = match (
-            predict(&plain, &config, &dense, &[], dtype, None),
-            predict(&measured, &config, &dense, &[], dtype, None),
+            predict(&plain, &config, &dense, &[], dtype, &[], None),
+            predict(&measured, &config, &dense, &[], dtype, &[], None),
         ) {
             (Ok(p), Ok(m)) => (p, m),
             other => panic!("{other:?}"),
@@ -769,7 +769,7 @@ fn narrower_heads_and_skipped_sub_blocks_cost_their_matrices_less() {
     widths[1] = BlockWidths { value: 32, ..full };
     widths[2] = BlockWidths { pairs: 16, ..full };
     let p_dense = predicted(&board, &config, &dense, Dtype::F32, None);
-    let p = match predict(&board, &config, &dense, &widths, Dtype::F32, None) {
+    let p = match predict(&board, &config, &dense, &widths, Dtype::F32, &[], None) {
         Ok(p) => p,
         Err(error) => panic!("{error}"),
     };
@@ -789,9 +789,59 @@ fn narrower_heads_and_skipped_sub_blocks_cost_their_matrices_less() {
         BlockWidths { pairs: 33, ..full },
     ] {
         widths[2] = bad;
-        match predict(&board, &config, &dense, &widths, Dtype::F32, None) {
+        match predict(&board, &config, &dense, &widths, Dtype::F32, &[], None) {
             Ok(p) => panic!("predicted {p:?}"),
             Err(error) => assert!(error.to_string().contains("block widths"), "{error}"),
         }
     }
+}
+
+#[test]
+fn a_mixed_plan_costs_each_matrix_at_its_own_dtype() {
+    let board = round_board(
+        "[kernels]\nq8_decode_bytes_per_s = 1e6\nf32_decode_bytes_per_s = 2e6\n\
+         q8_prefill_flops = 1e6\nf32_prefill_flops = 4e6\n\
+         q4_decode_bytes_per_s = 5e5\nq4_prefill_flops = 3e6\n",
+    );
+    let config = tiny_config();
+    let dense = vec![None; 14];
+    let at = |matrix_dtypes: &[Dtype]| match predict(
+        &board,
+        &config,
+        &dense,
+        &[],
+        Dtype::Q4,
+        matrix_dtypes,
+        None,
+    ) {
+        Ok(p) => p,
+        Err(error) => panic!("{error}"),
+    };
+    let q4 = at(&[]);
+    assert_eq!(at(&[Dtype::Q4; 14]), q4);
+    // Matrix 0 (block 0's q) at q8: its bytes at q8's size, its time at q8's rates.
+    let mut one_q8 = [Dtype::Q4; 14];
+    one_q8[0] = Dtype::Q8;
+    let mixed = at(&one_q8);
+    let (rows, cols) = config.matrix_shape(MatrixKind::Q);
+    let (q8_bytes, q4_bytes) = (
+        Dtype::Q8.matrix_bytes(rows, cols),
+        Dtype::Q4.matrix_bytes(rows, cols),
+    );
+    assert_eq!(mixed.bundle_bytes, q4.bundle_bytes - q4_bytes + q8_bytes);
+    let decode_ms = (q8_bytes as f64 / 1e6 - q4_bytes as f64 / 5e5) * 1e3;
+    assert!((mixed.decode_ms_per_token_cpu - q4.decode_ms_per_token_cpu - decode_ms).abs() < 1e-9);
+    let flops = 2.0 * (rows * cols) as f64;
+    let prefill_ms = (flops / 1e6 - flops / 3e6) * 1e3;
+    assert!(
+        (mixed.prefill_ms_per_token_cpu - q4.prefill_ms_per_token_cpu - prefill_ms).abs() < 1e-9
+    );
+    // A list of the wrong length is an error, not a guess.
+    assert!(matches!(
+        predict(&board, &config, &dense, &[], Dtype::Q4, &[Dtype::Q8; 3], None),
+        Err(CostError::PlanLength {
+            expected: 14,
+            got: 3
+        })
+    ));
 }

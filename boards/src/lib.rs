@@ -22,11 +22,11 @@
 //!
 //! let smollm2 = ModelConfig::SMOLLM2_135M;
 //! let dense = vec![None; smollm2.n_prunable_matrices()];
-//! let prediction = predict(&board, &smollm2, &dense, &[], Dtype::Q8, None).unwrap();
+//! let prediction = predict(&board, &smollm2, &dense, &[], Dtype::Q8, &[], None).unwrap();
 //! assert!(feasibility(&board, &prediction).fits);
 //!
 //! let mcu = BoardProfile::builtin("stm32h743").unwrap();
-//! let prediction = predict(&mcu, &smollm2, &dense, &[], Dtype::Q8, None).unwrap();
+//! let prediction = predict(&mcu, &smollm2, &dense, &[], Dtype::Q8, &[], None).unwrap();
 //! let verdict = feasibility(&mcu, &prediction);
 //! assert!(!verdict.fits);
 //! assert!(verdict.to_string().contains("choose a larger board or a smaller model"));

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use whittle_boards::stats::median;
 use whittle_boards::{BenchPrediction, BenchRecord, BoardProfile, BundleVariant, Prediction};
-use whittle_runtime::format::{HeadRef, LinearRef, TaskKind};
+use whittle_runtime::format::{Dtype, HeadRef, LinearRef, TaskKind};
 use whittle_runtime::kernels::{AnyKernels, Kernels, Threaded, best};
 use whittle_runtime::{AlignedBytes, BlockWidths, Bundle, Model, Session, Tokenizer};
 
@@ -263,24 +263,30 @@ fn prompt_tokens(tokenizer: &Tokenizer<'_>, text: &str, tokens: usize) -> anyhow
     Ok(ids[..tokens].to_vec())
 }
 
-/// The bundle's rank per prunable matrix and widths per block, as the cost model takes
-/// them.
-fn rank_plan(bundle: &Bundle<'_>) -> anyhow::Result<(Vec<Option<usize>>, Vec<BlockWidths>)> {
+/// Ranks and dtypes per prunable matrix, widths per block.
+type Plan = (Vec<Option<usize>>, Vec<Dtype>, Vec<BlockWidths>);
+
+/// The bundle's rank and dtype per prunable matrix and widths per block, as the cost model
+/// takes them.
+fn rank_plan(bundle: &Bundle<'_>) -> anyhow::Result<Plan> {
     let config = bundle.header().config;
     let mut ranks = Vec::with_capacity(config.n_prunable_matrices());
+    let mut dtypes = Vec::with_capacity(config.n_prunable_matrices());
     let mut widths = Vec::with_capacity(config.n_layers);
     for layer_idx in 0..config.n_layers {
         let layer_error = |error| anyhow::anyhow!("layer {layer_idx}: {error}");
         let layer = bundle.layer(layer_idx).map_err(layer_error)?;
         widths.push(bundle.block_widths(layer_idx).map_err(layer_error)?);
         for linear in &layer.linears {
-            ranks.push(match linear {
-                LinearRef::Dense(_) => None,
-                LinearRef::LowRank { a, .. } => Some(a.rows as usize),
-            });
+            let (rank, dtype) = match linear {
+                LinearRef::Dense(m) => (None, m.dtype),
+                LinearRef::LowRank { a, .. } => (Some(a.rows as usize), a.dtype),
+            };
+            ranks.push(rank);
+            dtypes.push(dtype);
         }
     }
-    Ok((ranks, widths))
+    Ok((ranks, dtypes, widths))
 }
 
 /// The cost model's figures for `bundle` on `board`: decode at context `prefill + decode / 2`
@@ -293,7 +299,7 @@ pub fn predict(
 ) -> anyhow::Result<BenchPrediction> {
     let header = bundle.header();
     let mut profile = BoardProfile::resolve(board).map_err(|error| anyhow::anyhow!("{error}"))?;
-    let (ranks, widths) = rank_plan(bundle)?;
+    let (ranks, dtypes, widths) = rank_plan(bundle)?;
     let dtype = header.dtype;
     let head_rows = match header.head {
         HeadRef::Labels(m) => Some(m.rows as usize),
@@ -301,7 +307,15 @@ pub fn predict(
     };
     let mut at = |context: usize| -> anyhow::Result<Prediction> {
         profile.context_length = context.max(1);
-        whittle_boards::predict(&profile, &header.config, &ranks, &widths, dtype, head_rows)
+        whittle_boards::predict(
+            &profile,
+            &header.config,
+            &ranks,
+            &widths,
+            dtype,
+            &dtypes,
+            head_rows,
+        )
             .map_err(|error| anyhow::anyhow!("{error}"))
     };
     let decoding = at(prefill + decode / 2)?;

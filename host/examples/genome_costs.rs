@@ -30,8 +30,8 @@ fn main() -> anyhow::Result<()> {
         }
         println!("{dir}: genes per level (keep 1.0, 0.95, 0.9, 0.8, …) {histogram:?}");
         for board in &boards {
-            let p = predict(board, &config, &ranks, &[], Dtype::Q8, Some(2))?;
-            let d = predict(board, &config, &dense, &[], Dtype::Q8, Some(2))?;
+            let p = predict(board, &config, &ranks, &[], Dtype::Q8, &[], Some(2))?;
+            let d = predict(board, &config, &dense, &[], Dtype::Q8, &[], Some(2))?;
             println!(
                 "  on {:<24} w {:.1}: bundle {:.1} MB ({:+.1}% vs dense), decode {:.3} ms ({:+.1}%), cost {:.4}",
                 board.name,
