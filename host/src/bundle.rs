@@ -90,6 +90,9 @@ pub struct PackOptions {
     pub store_prefix: bool,
     /// The whole vocabulary, or the task's part of it ([`VocabTrim`]).
     pub vocab: VocabChoice,
+    /// A q4 bundle's dtype per prunable matrix, as a prune search chose them (matrix index
+    /// order; [`pack_to_file`] reads them from the prune folder); empty: the packer chooses.
+    pub matrix_dtypes: Vec<Dtype>,
 }
 
 /// Search-split examples tried for the bundle's self-check (the widest margin is kept).
@@ -185,6 +188,10 @@ pub fn pack_to_file(
         .find(|known| known.sha256 == base.digest)
         .map_or_else(String::new, |known| known.licence.to_owned());
     if let Some(prune) = prune {
+        if options.dtype == Dtype::Q4 && options.matrix_dtypes.is_empty() {
+            options.matrix_dtypes = prune.genome()?.dtypes.unwrap_or_default();
+        }
+        let provenance = &mut options.provenance;
         provenance.factors_digest = prune.factors_digest.clone();
         provenance.genome_digest = prune.genome_digest.clone();
         let dir = prune
@@ -500,6 +507,9 @@ pub struct StoredModel {
     /// q4 rescaled for q8: every compensated matrix's q4 and q8 roundings, by decreasing relative output error
     /// of its q4 rounding (`tr(Δ C Δᵀ) / tr(W C Wᵀ)`), the order in which they go to 8 bits.
     candidates: Vec<Candidate>,
+    /// The dtype of each prunable matrix as a plan gave it (empty: the bundle's), for the
+    /// matrices stored without block scales (factor pairs).
+    planned: Vec<Dtype>,
 }
 
 /// One matrix of a q4 bundle that may be kept at q8.
@@ -508,6 +518,60 @@ struct Candidate {
     key: (usize, MatrixKind),
     q4: (Linear, BlockScales),
     q8: (Linear, BlockScales),
+}
+
+/// The labels of the first [`MIXED_CHECK_EXAMPLES`] search-split examples as the f32 model
+/// reads them through label `rows` plus `bias`, against which a stored model's are checked.
+struct LabelCheck<'a> {
+    reference: &'a LoadedModel,
+    ids: Vec<Vec<u32>>,
+    rows: &'a Tensor,
+    bias: &'a [f32],
+    expected: Vec<usize>,
+}
+
+impl<'a> LabelCheck<'a> {
+    fn new(
+        reference: &'a LoadedModel,
+        task: &Task,
+        rows: &'a Tensor,
+        bias: &'a [f32],
+    ) -> anyhow::Result<Self> {
+        let ids = first_prompts(reference, task, Split::Search, MIXED_CHECK_EXAMPLES)?;
+        let mut check = Self {
+            reference,
+            ids,
+            rows,
+            bias,
+            expected: Vec::new(),
+        };
+        check.expected = check.labels(&reference.llama)?;
+        Ok(check)
+    }
+
+    fn labels(&self, llama: &Llama) -> anyhow::Result<Vec<usize>> {
+        let mut out = Vec::with_capacity(self.ids.len());
+        for chunk in self.ids.chunks(16) {
+            let batch = Batch::new(chunk, self.reference.tokenizer.pad_id(), llama.device())?;
+            let logits = llama.last_hidden(&batch)?.matmul(&self.rows.t()?)?;
+            for row in logits.to_vec2::<f32>()? {
+                let scored: Vec<f32> = row.iter().zip(self.bias).map(|(l, b)| l + b).collect();
+                out.push(
+                    (0..scored.len())
+                        .max_by(|&a, &b| scored[a].total_cmp(&scored[b]))
+                        .unwrap_or(0),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Share of the examples on which `llama` reads the reference's label.
+    fn agreement(&self, llama: &Llama) -> anyhow::Result<f64> {
+        let got = self.labels(llama)?;
+        let same = got.iter().zip(&self.expected).filter(|(a, b)| a == b).count();
+        Ok(same as f64 / self.expected.len().max(1) as f64)
+    }
 }
 
 /// `tr(Δ C Δᵀ) / tr(W C Wᵀ)` for the row-major `rows × cols` weight and its rounding.
@@ -537,24 +601,30 @@ impl StoredModel {
                 llama: model.llama.clone(),
                 scales: HashMap::new(),
                 candidates: Vec::new(),
+                planned: Vec::new(),
             });
         }
         let moments = InputMoments::measure(model, task, STORAGE_SCALE_EXAMPLES)?;
-        Self::build(model, task, dtype, dtype, &moments)
+        let all = Precision::All(dtype);
+        Self::build(model, task, all, all, &moments)
     }
 
-    /// [`StoredModel::new`] with the rescaling chosen for rounding to `scaled_for`, from the
-    /// unscaled model's `moments`. A q4 model rescaled for q8 also keeps each matrix's q8
-    /// rounding as a candidate ([`StoredModel::q4_for_labels`]).
+    /// [`StoredModel::new`] with each matrix rounded to its dtype in `round` and the rescaling
+    /// chosen for rounding to `scaled_for`, from the unscaled model's `moments`. A q4 model
+    /// rescaled for q8 also keeps each matrix's q8 rounding as a candidate
+    /// ([`StoredModel::q4_for_labels`]).
     fn build(
         model: &LoadedModel,
         task: &Task,
-        dtype: Dtype,
-        scaled_for: Dtype,
+        round: Precision<'_>,
+        scaled_for: Precision<'_>,
         moments: &InputMoments,
     ) -> anyhow::Result<Self> {
-        let scaled = for_storage(&model.llama, scaled_for, Some(moments))?;
-        let with_alternatives = dtype == Dtype::Q4 && scaled_for == Dtype::Q8;
+        let scaled = for_storage_each(&model.llama, scaled_for, Some(moments))?;
+        let with_alternatives = matches!(
+            (round, scaled_for),
+            (Precision::All(Dtype::Q4), Precision::All(Dtype::Q8))
+        );
         let moments = InputMoments::measure(
             &model.with_llama(scaled.clone()),
             task,
@@ -582,6 +652,7 @@ impl StoredModel {
             .filter_map(|(layer, kind)| {
                 let linear = scaled.linear(layer, kind)?;
                 let site = InputSite::of(kind);
+                let dtype = round.of(layer, kind);
                 let result = (|| -> anyhow::Result<Rounded> {
                     let (Linear::Dense { weight }, Some(factor)) =
                         (linear, factors.get(&(layer, site)))
@@ -642,6 +713,10 @@ impl StoredModel {
             llama,
             scales,
             candidates: candidates.into_iter().map(|(_, c)| c).collect(),
+            planned: match round {
+                Precision::Each(dtypes) => dtypes.to_vec(),
+                Precision::All(_) => Vec::new(),
+            },
         })
     }
 
@@ -669,32 +744,14 @@ impl StoredModel {
         rows: &Tensor,
         bias: &[f32],
     ) -> anyhow::Result<(Self, Mixed)> {
-        let ids = first_prompts(reference, task, Split::Search, MIXED_CHECK_EXAMPLES)?;
-        let labels = |llama: &Llama| -> anyhow::Result<Vec<usize>> {
-            let mut out = Vec::with_capacity(ids.len());
-            for chunk in ids.chunks(16) {
-                let batch = Batch::new(chunk, reference.tokenizer.pad_id(), llama.device())?;
-                let logits = llama.last_hidden(&batch)?.matmul(&rows.t()?)?;
-                for row in logits.to_vec2::<f32>()? {
-                    let scored: Vec<f32> = row.iter().zip(bias).map(|(l, b)| l + b).collect();
-                    out.push(
-                        (0..scored.len())
-                            .max_by(|&a, &b| scored[a].total_cmp(&scored[b]))
-                            .unwrap_or(0),
-                    );
-                }
-            }
-            Ok(out)
-        };
-        let expected = labels(&reference.llama)?;
+        let check = LabelCheck::new(reference, task, rows, bias)?;
         let agreement = |stored: &mut Self, n: usize| -> anyhow::Result<f64> {
             stored.keep_q8(n)?;
-            let got = labels(&stored.llama)?;
-            let same = got.iter().zip(&expected).filter(|(a, b)| a == b).count();
-            Ok(same as f64 / expected.len().max(1) as f64)
+            check.agreement(&stored.llama)
         };
         let moments = InputMoments::measure(reference, task, STORAGE_SCALE_EXAMPLES)?;
-        let mut plain = Self::build(reference, task, Dtype::Q4, Dtype::Q4, &moments)?;
+        let q4 = Precision::All(Dtype::Q4);
+        let mut plain = Self::build(reference, task, q4, q4, &moments)?;
         let at_zero = agreement(&mut plain, 0)?;
         if at_zero >= MIXED_AGREEMENT {
             // Every dense block matrix could have been kept at q8.
@@ -708,7 +765,7 @@ impl StoredModel {
                 },
             ));
         }
-        let mut mixed = Self::build(reference, task, Dtype::Q4, Dtype::Q8, &moments)?;
+        let mut mixed = Self::build(reference, task, q4, Precision::All(Dtype::Q8), &moments)?;
         let candidates = mixed.candidates.len();
         let mut best = (candidates, agreement(&mut mixed, candidates)?);
         if best.1 >= MIXED_AGREEMENT {
@@ -735,6 +792,47 @@ impl StoredModel {
         ))
     }
 
+    /// A q4 bundle for classification with each block matrix at the dtype `planned` gives it
+    /// (the prune search's precision genes, matrix index order): rescaled for those dtypes and
+    /// rounded with compensation. When its labels of [`MIXED_CHECK_EXAMPLES`] search-split
+    /// examples agree with `reference` on less than [`MIXED_AGREEMENT`], the packer chooses
+    /// instead ([`StoredModel::q4_for_labels`]) and says so.
+    pub fn q4_as_planned(
+        reference: &LoadedModel,
+        task: &Task,
+        rows: &Tensor,
+        bias: &[f32],
+        planned: &[Dtype],
+    ) -> anyhow::Result<(Self, Mixed)> {
+        let moments = InputMoments::measure(reference, task, STORAGE_SCALE_EXAMPLES)?;
+        let precision = Precision::Each(planned);
+        let stored = Self::build(reference, task, precision, precision, &moments)?;
+        let agreement = LabelCheck::new(reference, task, rows, bias)?.agreement(&stored.llama)?;
+        let config = *reference.llama.config();
+        let kept: Vec<Dtype> = crate::prune::matrices(&config)
+            .filter(|&(layer, kind)| {
+                reference
+                    .llama
+                    .linear(layer, kind)
+                    .is_some_and(|l| l.n_params() > 0)
+            })
+            .map(|(layer, kind)| precision.of(layer, kind))
+            .collect();
+        let mixed = Mixed {
+            q8: kept.iter().filter(|&&d| d == Dtype::Q8).count(),
+            candidates: kept.len(),
+            agreement,
+        };
+        if agreement >= MIXED_AGREEMENT {
+            return Ok((stored, mixed));
+        }
+        eprintln!(
+            "note: the search's precision ({} of {} block matrices at q8) agrees with the f32 model on {agreement:.3} of {MIXED_CHECK_EXAMPLES} search-split labels, under {MIXED_AGREEMENT}; the packer chooses the q8 matrices instead",
+            mixed.q8, mixed.candidates
+        );
+        Self::q4_for_labels(reference, task, rows, bias)
+    }
+
     /// Appends matrix `kind` of block `layer_idx` to `blob` as the bundle of `dtype` stores it.
     fn push(
         &self,
@@ -747,6 +845,10 @@ impl StoredModel {
             .llama
             .linear(layer_idx, kind)
             .with_context(|| format!("layer {layer_idx} {} is missing", kind.name()))?;
+        let dtype = match self.planned.is_empty() {
+            true => dtype,
+            false => Precision::Each(&self.planned).of(layer_idx, kind),
+        };
         Ok(match linear {
             Linear::Dense { weight } => match self.scales.get(&(layer_idx, kind)) {
                 Some(scales) => {
@@ -779,10 +881,9 @@ const SCALE_EXPONENTS: [f32; 9] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0];
 /// multiplied by `s[k]` and the input divided by it: `Σ_i Σ_k (stored − w·s)²_ik · E[x_k²] /
 /// s_k²` (the diagonal of the input's second moment; `power`).
 fn scaled_error(
-    linears: &[&Linear],
+    linears: &[(&Linear, Dtype)],
     s: &[f32],
     power: &[f64],
-    dtype: Dtype,
 ) -> anyhow::Result<f64> {
     let device = candle_core::Device::Cpu;
     let columns = Tensor::from_vec(s.to_vec(), s.len(), &device)?;
@@ -792,7 +893,7 @@ fn scaled_error(
         .map(|(&s, &p)| p / (f64::from(s) * f64::from(s)))
         .collect();
     let mut total = 0.0;
-    for linear in linears {
+    for &(linear, dtype) in linears {
         // The matrix whose columns meet the input: the weight, or `a` of a pair (its error
         // then passes through `b`, which this proxy leaves out).
         let (exact, stored) = match scale_columns(linear, &columns)? {
@@ -847,16 +948,15 @@ fn column_peaks(linears: &[&Linear]) -> anyhow::Result<Vec<f32>> {
 /// normalized to geometric mean 1. `groups[c]` lists the input columns that channel `c`
 /// scales (one `s` per channel, from the mean power and largest peak of its columns).
 fn best_scales(
-    linears: &[&Linear],
+    linears: &[(&Linear, Dtype)],
     power: &[f64],
     groups: &[Vec<usize>],
-    dtype: Dtype,
 ) -> anyhow::Result<Vec<f32>> {
     let channel_power: Vec<f64> = groups
         .iter()
         .map(|g| g.iter().filter_map(|&i| power.get(i)).sum::<f64>() / g.len().max(1) as f64)
         .collect();
-    let peaks = column_peaks(linears)?;
+    let peaks = column_peaks(&linears.iter().map(|&(l, _)| l).collect::<Vec<_>>())?;
     let channel_peak: Vec<f64> = groups
         .iter()
         .map(|g| {
@@ -893,7 +993,7 @@ fn best_scales(
                     }
                 }
             }
-            let error = scaled_error(linears, &columns, power, dtype)?;
+            let error = scaled_error(linears, &columns, power)?;
             if best.as_ref().is_none_or(|(e, _)| error < *e) {
                 best = Some((error, channel));
             }
@@ -918,7 +1018,37 @@ pub fn for_storage(
     dtype: Dtype,
     power: Option<&InputMoments>,
 ) -> anyhow::Result<Llama> {
-    let Some(power) = power.filter(|_| dtype != Dtype::F32) else {
+    for_storage_each(llama, Precision::All(dtype), power)
+}
+
+/// Each block matrix's storage: one dtype for all, or one per prunable matrix in matrix
+/// index order (a mixed q4 bundle as the search planned it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Precision<'a> {
+    All(Dtype),
+    Each(&'a [Dtype]),
+}
+
+impl Precision<'_> {
+    /// The dtype of block `layer_idx`'s `kind` (q8 where a plan has no entry).
+    fn of(self, layer_idx: usize, kind: MatrixKind) -> Dtype {
+        match self {
+            Self::All(dtype) => dtype,
+            Self::Each(dtypes) => dtypes
+                .get(crate::prune::matrix_index(layer_idx, kind))
+                .copied()
+                .unwrap_or(Dtype::Q8),
+        }
+    }
+}
+
+/// [`for_storage`] with each matrix's rounding error counted at its own dtype.
+fn for_storage_each(
+    llama: &Llama,
+    precision: Precision<'_>,
+    power: Option<&InputMoments>,
+) -> anyhow::Result<Llama> {
+    let Some(power) = power.filter(|_| precision != Precision::All(Dtype::F32)) else {
         return Ok(llama.clone());
     };
     let config = *llama.config();
@@ -947,8 +1077,12 @@ pub fn for_storage(
                     .iter()
                     .map(|&k| current(&out, k))
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                let refs: Vec<&Linear> = linears.iter().collect();
-                let s = best_scales(&refs, &p, &singles(p.len()), dtype)?;
+                let refs: Vec<(&Linear, Dtype)> = linears
+                    .iter()
+                    .zip(kinds)
+                    .map(|(linear, kind)| (linear, precision.of(layer_idx, kind)))
+                    .collect();
+                let s = best_scales(&refs, &p, &singles(p.len()))?;
                 let columns = vector(s.clone())?;
                 for (kind, linear) in kinds.into_iter().zip(&linears) {
                     out.set_linear(layer_idx, kind, scale_columns(linear, &columns)?)?;
@@ -969,7 +1103,7 @@ pub fn for_storage(
                     })
                     .collect();
                 let o = current(&out, MatrixKind::O)?;
-                let s = best_scales(&[&o], &p, &groups, dtype)?;
+                let s = best_scales(&[(&o, precision.of(layer_idx, MatrixKind::O))], &p, &groups)?;
                 let columns: Vec<f32> = (0..config.n_heads * value)
                     .map(|c| s[(c / value / group) * value + c % value])
                     .collect();
@@ -993,7 +1127,14 @@ pub fn for_storage(
                     current(&out, MatrixKind::Gate)?,
                     current(&out, MatrixKind::Up)?,
                 );
-                let s = best_scales(&[&gate, &up], &p, &singles(p.len()), dtype)?;
+                let s = best_scales(
+                    &[
+                        (&gate, precision.of(layer_idx, MatrixKind::Gate)),
+                        (&up, precision.of(layer_idx, MatrixKind::Up)),
+                    ],
+                    &p,
+                    &singles(p.len()),
+                )?;
                 let columns = vector(s.clone())?;
                 out.set_linear(layer_idx, MatrixKind::Gate, scale_columns(&gate, &columns)?)?;
                 out.set_linear(layer_idx, MatrixKind::Up, scale_columns(&up, &columns)?)?;
@@ -1002,7 +1143,11 @@ pub fn for_storage(
             // up's rows → down's columns.
             if let Some(p) = power.of(layer_idx, InputSite::Down) {
                 let down = current(&out, MatrixKind::Down)?;
-                let s = best_scales(&[&down], &p, &singles(p.len()), dtype)?;
+                let s = best_scales(
+                    &[(&down, precision.of(layer_idx, MatrixKind::Down))],
+                    &p,
+                    &singles(p.len()),
+                )?;
                 let up = current(&out, MatrixKind::Up)?;
                 out.set_linear(
                     layer_idx,
@@ -1164,7 +1309,16 @@ pub fn pack(
                 }
             };
             let bias: Vec<f32> = label_bias.iter().map(|&b| b as f32).collect();
-            let (q4, mixed) = StoredModel::q4_for_labels(model, task, &rows, &bias)?;
+            let (q4, mixed) = match options.matrix_dtypes.is_empty() {
+                true => StoredModel::q4_for_labels(model, task, &rows, &bias)?,
+                false => StoredModel::q4_as_planned(
+                    model,
+                    task,
+                    &rows,
+                    &bias,
+                    &options.matrix_dtypes,
+                )?,
+            };
             stored = Some(q4);
             Some(mixed)
         }

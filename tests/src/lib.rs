@@ -198,6 +198,7 @@ pub fn runtime_matches_the_host(
     let mut config = None;
     for (dtype, bound) in [(Dtype::F32, 1e-4f32), (Dtype::Q8, 0.1)] {
         let options = PackOptions {
+            matrix_dtypes: Vec::new(),
             sequence: Some(1),
             store_prefix: true,
             vocab: whittle_host::vocab::VocabChoice::Full,

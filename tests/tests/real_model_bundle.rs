@@ -61,6 +61,7 @@ fn packed(dtype: Dtype) -> AlignedBytes {
 fn packed_with(dtype: Dtype, vocab: VocabChoice) -> AlignedBytes {
     let f = fixture();
     let options = PackOptions {
+        matrix_dtypes: Vec::new(),
         sequence: None,
         store_prefix: true,
         vocab,
@@ -398,6 +399,7 @@ fn real_model_bundle_with_an_exit_a_fitted_head_narrower_units_and_skipped_sub_b
     let head = fit_head(&states[0], &gold, &prior, &names)?;
     let bias: Vec<f64> = head.bias.iter().map(|&b| f64::from(b)).collect();
     let options = PackOptions {
+        matrix_dtypes: Vec::new(),
         sequence: None,
         store_prefix: true,
         vocab: VocabChoice::Full,

@@ -101,6 +101,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         HeadChoice::Full
     });
     let options = PackOptions {
+        matrix_dtypes: Vec::new(),
         dtype: args.dtype,
         head,
         signing_key: args.sign.as_deref().map(read_signing_key).transpose()?,

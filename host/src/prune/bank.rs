@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
+use whittle_boards::Dtype;
 use whittle_runtime::{MatrixKind, ModelConfig};
 
 use super::{RankPlan, matrices, matrix_index};
@@ -592,7 +593,8 @@ impl FactorBank {
 
     /// The base model up to the plan's exit, with every planned matrix replaced by its
     /// factors, every MLP pruned by neurons, every attention by value dimensions to its
-    /// width and every query/key head by rotary pairs; the rest is shared.
+    /// width and every query/key head by rotary pairs, and every matrix the plan stores at 4
+    /// bits rounded as the bundle rounds it; the rest is shared.
     pub fn apply(&self, base: &Llama, plan: &RankPlan) -> anyhow::Result<Llama> {
         let mut pruned = base.truncated(plan.exit())?;
         for (layer_idx, kind) in matrices(&plan.kept_config(&self.config)) {
@@ -610,6 +612,17 @@ impl FactorBank {
             if let Some(pairs) = plan.pairs(layer_idx) {
                 let (qk, lists) = self.rotary_pairs(base, layer_idx, pairs)?;
                 pruned.set_rotary_pairs(layer_idx, qk, lists)?;
+            }
+        }
+        // The plan's 4-bit matrices hold what the bundle's rounding to nearest stores (the
+        // packer's compensated rounding only does better), so the search sees their cost.
+        for (layer_idx, kind) in matrices(&plan.kept_config(&self.config)) {
+            if !plan.is_q4(layer_idx, kind) {
+                continue;
+            }
+            if let Some(linear) = pruned.linear(layer_idx, kind).filter(|l| l.n_params() > 0) {
+                let rounded = crate::bundle::stored_linear(linear, Dtype::Q4)?;
+                pruned.set_linear(layer_idx, kind, rounded)?;
             }
         }
         Ok(pruned)

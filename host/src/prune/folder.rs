@@ -20,6 +20,7 @@ use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use whittle_boards::files::{write_atomically, write_atomically_with};
+use whittle_boards::Dtype;
 use whittle_runtime::{MatrixKind, ModelConfig};
 
 use super::report::PruneReport;
@@ -69,6 +70,10 @@ pub struct GenomeFile {
     /// list per key/value head); absent when no block is pruned by rotary pairs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotary_pairs: Option<Vec<Option<Vec<Vec<u16>>>>>,
+    /// The dtype a q4 bundle stores each prunable matrix in (`"q8"` or `"q4"`, the search's
+    /// precision genes); absent when the search had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtypes: Option<Vec<Dtype>>,
 }
 
 /// The tensor name of a matrix pruned by its units (an MLP's neurons, a head's value
@@ -364,6 +369,7 @@ mod tests {
             mlp_widths: None,
             value_widths: None,
             rotary_pairs: None,
+            dtypes: None,
         };
         let text = serde_json::to_string(&file)?;
         assert_eq!(
@@ -418,6 +424,7 @@ mod exit_tests {
             mlp_widths: None,
             value_widths: None,
             rotary_pairs: None,
+            dtypes: None,
         }
     }
 

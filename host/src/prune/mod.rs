@@ -30,6 +30,7 @@ pub use uniform::{Evaluator, Scored, UniformResult, uniform_search};
 pub use whittle_runtime::matrix_index;
 
 use serde::Serialize;
+use whittle_boards::Dtype;
 use whittle_runtime::{BlockWidths, MatrixKind, ModelConfig};
 
 use crate::factorize::rank_for_keep;
@@ -48,7 +49,9 @@ pub fn matrices(config: &ModelConfig) -> impl Iterator<Item = (usize, MatrixKind
 /// stores its gate, up and down dense on those neurons, one whose heads keep fewer value
 /// dimensions its v and o dense on them, and one whose heads keep fewer rotary pairs its q and
 /// k dense on them (DESIGN section 2, units that cost nothing to store), never as factor
-/// pairs; a skipped attention drops q and k too.
+/// pairs; a skipped attention drops q and k too. In a q4 bundle each prunable matrix may be
+/// stored at q8 or q4 (`dtypes`, the search's precision genes; empty: every matrix at the
+/// bundle's dtype); a q4 matrix is evaluated as the bundle rounds it ([`FactorBank::apply`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct RankPlan {
     ranks: Vec<Option<usize>>,
@@ -56,6 +59,8 @@ pub struct RankPlan {
     value_widths: Vec<Option<usize>>,
     pairs: Vec<Option<usize>>,
     exit: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dtypes: Vec<Dtype>,
 }
 
 impl RankPlan {
@@ -67,6 +72,7 @@ impl RankPlan {
             value_widths: vec![None; config.n_layers],
             pairs: vec![None; config.n_layers],
             exit: config.n_layers,
+            dtypes: Vec::new(),
         }
     }
 
@@ -248,6 +254,23 @@ impl RankPlan {
         self.exit
     }
 
+    /// The same plan with every prunable matrix stored as `dtypes` gives it (in matrix index
+    /// order; empty: every matrix at the bundle's dtype).
+    pub fn with_dtypes(mut self, dtypes: Vec<Dtype>) -> Self {
+        self.dtypes = dtypes;
+        self
+    }
+
+    /// The dtype of every prunable matrix, in matrix index order (empty: the bundle's).
+    pub fn dtypes(&self) -> &[Dtype] {
+        &self.dtypes
+    }
+
+    /// Whether block `layer_idx`'s `kind` is stored at 4 bits by the plan's own choice.
+    pub fn is_q4(&self, layer_idx: usize, kind: MatrixKind) -> bool {
+        self.dtypes.get(matrix_index(layer_idx, kind)) == Some(&Dtype::Q4)
+    }
+
     /// The configuration of the model the plan keeps: `n_layers` is the exit.
     pub fn kept_config(&self, config: &ModelConfig) -> ModelConfig {
         ModelConfig {
@@ -269,12 +292,14 @@ impl RankPlan {
         dtype: whittle_boards::Dtype,
         head_rows: Option<usize>,
     ) -> Result<whittle_boards::Prediction, whittle_boards::CostError> {
+        let kept = self.kept_ranks().len();
         whittle_boards::predict(
             board,
             &self.kept_config(config),
             self.kept_ranks(),
             &self.kept_widths(config),
             dtype,
+            self.dtypes.get(..kept).unwrap_or(&[]),
             head_rows,
         )
     }
@@ -298,6 +323,7 @@ impl RankPlan {
             value_widths: vec![None; config.n_layers],
             pairs: vec![None; config.n_layers],
             exit: config.n_layers,
+            dtypes: Vec::new(),
         }
     }
 

@@ -592,6 +592,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
                         .map(|layer_idx| pruned_llama.rotary_pairs(layer_idx).map(<[_]>::to_vec))
                         .collect()
                 }),
+            dtypes: (!plan.dtypes().is_empty()).then(|| plan.dtypes().to_vec()),
         },
     )?;
     write_head(out, head.as_ref())?;
@@ -612,6 +613,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
                 sequence: None,
                 store_prefix: true,
                 vocab: options.vocab,
+                matrix_dtypes: plan.dtypes().to_vec(),
                 dtype,
                 head: head_choice,
                 signing_key: None,
@@ -686,8 +688,12 @@ fn recover_answer(
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<Option<(Llama, RecoveryReport, super::Scored, super::Estimate)>> {
     let config = *base.model.llama.config();
-    if !matrices(&config).any(|(layer_idx, kind)| plan.changes(layer_idx, kind)) {
-        eprintln!("note: the answer changes no matrix before its exit; nothing to recover");
+    if !matrices(&config)
+        .any(|(layer_idx, kind)| plan.changes(layer_idx, kind) && !plan.is_q4(layer_idx, kind))
+    {
+        eprintln!(
+            "note: the answer changes no matrix before its exit that it keeps at 8 bits or more; nothing to recover"
+        );
         return Ok(None);
     }
     let settings = CalibrationSettings {

@@ -253,14 +253,62 @@ impl TaskProblem {
         self.full.reading() == LabelReading::Head
     }
 
+    /// Whether genomes carry precision genes: a q4 bundle stores each matrix at q8 or q4.
+    pub fn has_precision_genes(&self) -> bool {
+        self.dtype == Dtype::Q4
+    }
+
     /// The problem's genome from the matrices' genes, every MLP-width, value-width and
     /// rotary-pair gene at `unit_levels` and the exit gene, when the problem has one, at
-    /// `exit_level`.
+    /// `exit_level`; with precision genes, q4 for every kept matrix that 4 bits store
+    /// near-exactly ([`Self::near_exact_at_q4`]) and q8 for the rest.
     pub fn genome(&self, matrices: Genome, unit_levels: [u8; 3], exit_level: u8) -> Genome {
         let exit = self.has_exit_gene().then_some(exit_level);
-        Genome::assemble(&self.config, matrices, unit_levels, exit)
+        let genome = Genome::assemble(&self.config, matrices, unit_levels, exit);
+        if !self.has_precision_genes() {
+            return genome;
+        }
+        let q4 = self.near_exact_at_q4(&genome).unwrap_or_else(|error| {
+            eprintln!("warning: the seed's matrices at q8: cannot round them to q4 ({error:#})");
+            Vec::new()
+        });
+        genome.with_precision(&self.config, |index| q4.get(index) == Some(&true))
+    }
+
+    /// Which prunable matrices of `genome`'s plan the bundle's 4-bit rounding stores within
+    /// [`NEAR_EXACT_Q4`] relative error (`‖round(W) − W‖ / ‖W‖`, each factor of a pair): the
+    /// matrices a 4-bit source model gave and the plan left whole or cut by rows. False past
+    /// the exit.
+    pub fn near_exact_at_q4(&self, genome: &Genome) -> anyhow::Result<Vec<bool>> {
+        let plan = self.plan(genome)?.with_dtypes(Vec::new());
+        let applied = self.bank.apply(&self.full.base().llama, &plan)?;
+        let relative = |tensor: &candle_core::Tensor| -> anyhow::Result<f64> {
+            let rounded = crate::bundle::as_stored(tensor, Dtype::Q4)?;
+            let norm = f64::from(tensor.sqr()?.sum_all()?.to_scalar::<f32>()?).sqrt();
+            let error = f64::from((rounded - tensor)?.sqr()?.sum_all()?.to_scalar::<f32>()?).sqrt();
+            Ok(if norm > 0.0 { error / norm } else { 0.0 })
+        };
+        matrices(&self.config)
+            .map(|(layer_idx, kind)| {
+                let Some(linear) = applied
+                    .linear(layer_idx, kind)
+                    .filter(|l| layer_idx < plan.exit() && l.n_params() > 0)
+                else {
+                    return Ok(false);
+                };
+                let error = match linear {
+                    crate::model::Linear::Dense { weight } => relative(weight)?,
+                    crate::model::Linear::LowRank { a, b } => relative(a)?.max(relative(b)?),
+                };
+                Ok(error <= NEAR_EXACT_Q4)
+            })
+            .collect()
     }
 }
+
+/// Relative rounding error under which a seed stores a matrix at q4: a 4-bit source's blocks
+/// come back to within their f16 scales' rounding, anything re-blocked or refactored does not.
+pub const NEAR_EXACT_Q4: f64 = 1e-3;
 
 /// What [`TaskProblem::refine_sub_blocks`] did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -332,7 +380,24 @@ impl TaskProblem {
 
 impl Problem for TaskProblem {
     fn n_genes(&self) -> usize {
-        Genome::n_genes(&self.config, self.has_exit_gene())
+        Genome::n_genes(
+            &self.config,
+            self.has_exit_gene(),
+            self.has_precision_genes(),
+        )
+    }
+
+    /// Every gene at the levels' alphabet but the precision genes, which have two.
+    fn highest_levels(&self, n_levels: usize) -> Vec<u8> {
+        let last = u8::try_from(n_levels.saturating_sub(1)).unwrap_or(u8::MAX);
+        let mut highest = vec![last; self.n_genes()];
+        if self.has_precision_genes() {
+            let start = Genome::precision_gene(&self.config, 0);
+            for slot in &mut highest[start..start + self.config.n_prunable_matrices()] {
+                *slot = 1;
+            }
+        }
+        highest
     }
 
     fn dense_accuracy(&self) -> f64 {

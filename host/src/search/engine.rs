@@ -224,7 +224,8 @@ impl<P: Problem> Search<P> {
             for genome in &seeds {
                 genome.validate(self.n_genes, self.config.levels.len())?;
             }
-            initial_population(&mut rng, self.n_genes, &self.config, seeds)
+            let highest = self.problem.highest_levels(self.config.levels.len());
+            initial_population(&mut rng, &highest, &self.config, seeds)
         } else {
             self.next_population(&mut rng)?
         };
@@ -304,11 +305,12 @@ impl<P: Problem> Search<P> {
             .into_iter()
             .map(|i| parents[i].clone())
             .collect();
+        let highest = self.problem.highest_levels(self.config.levels.len());
         let breeding = Breeding {
             tournament: self.config.tournament,
             crossover_p: self.config.crossover_p,
             mutation_p: self.config.mutation_probability(self.n_genes),
-            n_levels: self.config.levels.len(),
+            highest: &highest,
         };
         let n_children = self.config.population - population.len();
         population.extend(breed(rng, &parents, &scores, n_children, breeding));

@@ -1,6 +1,7 @@
 //! Genomes (one level per prunable matrix), the accuracy target and the fitness.
 
 use serde::{Deserialize, Serialize};
+use whittle_boards::Dtype;
 use whittle_runtime::ModelConfig;
 
 use super::{Cost, Levels, SearchConfig, SearchError};
@@ -16,7 +17,9 @@ use crate::prune::{RankPlan, matrix_index};
 /// level 0 keeps every block, higher levels exit earlier ([`exit_for_level`]). On an MLP- or
 /// value-width gene the most pruned level skips the sub-block (zero neurons, zero value
 /// dimensions); a rotary-pair gene keeps at least one pair. Every gene shares the keep
-/// levels' alphabet, so crossover and mutation treat them alike.
+/// levels' alphabet, so crossover and mutation treat them alike. A search for a q4 bundle adds
+/// one precision gene per prunable matrix before the exit gene, of two levels: 0 stores the
+/// matrix at q8, 1 at q4 ([`Genome::with_precision`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Genome(pub Vec<u8>);
@@ -85,10 +88,46 @@ impl Genome {
         matrices
     }
 
-    /// Genes of `config`'s layout: matrices, MLP widths, value widths, rotary pairs and, with
-    /// `exit`, the exit gene.
-    pub fn n_genes(config: &ModelConfig, exit: bool) -> usize {
-        config.n_prunable_matrices() + 3 * config.n_layers + usize::from(exit)
+    /// Genes of `config`'s layout: matrices, MLP widths, value widths, rotary pairs, with
+    /// `precision` one precision gene per matrix and, with `exit`, the exit gene.
+    pub fn n_genes(config: &ModelConfig, exit: bool, precision: bool) -> usize {
+        let precision = if precision {
+            config.n_prunable_matrices()
+        } else {
+            0
+        };
+        config.n_prunable_matrices() + 3 * config.n_layers + precision + usize::from(exit)
+    }
+
+    /// `(precision genes, exit gene)` of a genome of this length in `config`'s layout; `None`
+    /// for a length no layout has.
+    fn layout(&self, config: &ModelConfig) -> Option<(bool, bool)> {
+        [(false, false), (false, true), (true, false), (true, true)]
+            .into_iter()
+            .find(|&(precision, exit)| Self::n_genes(config, exit, precision) == self.0.len())
+    }
+
+    /// The precision gene of prunable matrix `index` (in [`matrix_index`] order).
+    pub fn precision_gene(config: &ModelConfig, index: usize) -> usize {
+        config.n_prunable_matrices() + 3 * config.n_layers + index
+    }
+
+    /// The same genome with precision genes set to 1 (q4) where `q4` holds for the matrix index
+    /// and 0 (q8) elsewhere, added before the exit gene when it had none.
+    pub fn with_precision(mut self, config: &ModelConfig, q4: impl Fn(usize) -> bool) -> Self {
+        let (precision, exit) = self.layout(config).unwrap_or((false, false));
+        let start = Self::precision_gene(config, 0);
+        let genes = (0..config.n_prunable_matrices()).map(|index| u8::from(q4(index)));
+        if precision {
+            for (slot, gene) in self.0[start..].iter_mut().zip(genes) {
+                *slot = gene;
+            }
+        } else {
+            let tail = self.0.split_off(start.min(self.0.len()));
+            self.0.extend(genes);
+            self.0.extend(tail.into_iter().filter(|_| exit));
+        }
+        self
     }
 
     /// The gene of block `layer_idx`'s MLP width in `config`'s layout.
@@ -111,8 +150,11 @@ impl Genome {
     /// and the exit of the exit gene when the genome has one.
     pub fn to_plan(&self, config: &ModelConfig, levels: &Levels) -> Result<RankPlan, SearchError> {
         let n_matrices = config.n_prunable_matrices();
-        let with_exit = self.0.len() == Self::n_genes(config, true);
-        self.validate(Self::n_genes(config, with_exit), levels.len())?;
+        let (with_precision, with_exit) = self.layout(config).unwrap_or((false, false));
+        self.validate(
+            Self::n_genes(config, with_exit, with_precision),
+            levels.len(),
+        )?;
         let mut plan = RankPlan::from_keeps(config, |layer_idx, kind| {
             self.0
                 .get(matrix_index(layer_idx, kind))
@@ -141,7 +183,15 @@ impl Genome {
                 .and_then(|keep| pairs_for_keep(keep, config.head_dim() / 2));
             plan = plan.with_pairs(config, layer_idx, pairs);
         }
-        Ok(match self.0.get(n_matrices + 3 * config.n_layers) {
+        if with_precision {
+            let start = Self::precision_gene(config, 0);
+            let dtypes = self.0[start..start + n_matrices]
+                .iter()
+                .map(|&gene| if gene > 0 { Dtype::Q4 } else { Dtype::Q8 })
+                .collect();
+            plan = plan.with_dtypes(dtypes);
+        }
+        Ok(match with_exit.then(|| self.0.last()).flatten() {
             Some(&level) => plan.with_exit(exit_for_level(config.n_layers, levels.len(), level)),
             None => plan,
         })
@@ -150,7 +200,11 @@ impl Genome {
     /// The same genome with its exit gene (the last gene of a genome of `config`'s layout) set
     /// to `level`.
     pub fn with_exit_level(mut self, config: &ModelConfig, level: u8) -> Self {
-        self.0.resize(Self::n_genes(config, true), 0);
+        match self.layout(config) {
+            Some((_, true)) => {}
+            Some((_, false)) => self.0.push(0),
+            None => self.0.resize(Self::n_genes(config, true, false), 0),
+        }
         if let Some(exit) = self.0.last_mut() {
             *exit = level;
         }

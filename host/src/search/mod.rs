@@ -156,6 +156,13 @@ pub trait Problem {
         Vec::new()
     }
 
+    /// The highest level of every gene, of `n_levels` levels in all: the last for every gene
+    /// unless the problem has genes with fewer levels (a precision gene has two). Seeding and
+    /// mutation keep each gene within its own.
+    fn highest_levels(&self, n_levels: usize) -> Vec<u8> {
+        vec![u8::try_from(n_levels.saturating_sub(1)).unwrap_or(u8::MAX); self.n_genes()]
+    }
+
     /// The uniform seed genome at `level` (every gene at `level` unless the problem has genes
     /// of another meaning).
     fn uniform_seed(&self, level: u8) -> Genome {

@@ -78,12 +78,14 @@ pub(super) fn uniform_crossover(rng: &mut ChaCha8Rng, first: &Genome, second: &G
     )
 }
 
-/// Moves each gene one level up or down with probability `p`, clamped to the levels.
-pub(super) fn mutate(rng: &mut ChaCha8Rng, genome: &mut Genome, p: f64, n_levels: usize) {
-    let last = u8::try_from(n_levels.saturating_sub(1)).unwrap_or(u8::MAX);
-    for level in &mut genome.0 {
+/// Moves each gene one level up or down with probability `p`, clamped to its levels (`highest`:
+/// each gene's highest level). A gene of two levels flips.
+pub(super) fn mutate(rng: &mut ChaCha8Rng, genome: &mut Genome, p: f64, highest: &[u8]) {
+    for (level, &last) in genome.0.iter_mut().zip(highest) {
         if rng.random::<f64>() < p {
-            *level = if rng.random::<bool>() {
+            *level = if last <= 1 {
+                last - (*level).min(last)
+            } else if rng.random::<bool>() {
                 level.saturating_add(1).min(last)
             } else {
                 level.saturating_sub(1)
@@ -94,11 +96,12 @@ pub(super) fn mutate(rng: &mut ChaCha8Rng, genome: &mut Genome, p: f64, n_levels
 
 /// What breeding needs besides the parents.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Breeding {
+pub(super) struct Breeding<'a> {
     pub tournament: usize,
     pub crossover_p: f64,
     pub mutation_p: f64,
-    pub n_levels: usize,
+    /// Each gene's highest level.
+    pub highest: &'a [u8],
 }
 
 /// `n` children of `parents`: two tournament winners, uniform crossover with probability
@@ -108,7 +111,7 @@ pub(super) fn breed(
     parents: &[Genome],
     scores: &[Score],
     n: usize,
-    breeding: Breeding,
+    breeding: Breeding<'_>,
 ) -> Vec<Genome> {
     (0..n)
         .map(|_| {
@@ -119,7 +122,7 @@ pub(super) fn breed(
             } else {
                 first.clone()
             };
-            mutate(rng, &mut child, breeding.mutation_p, breeding.n_levels);
+            mutate(rng, &mut child, breeding.mutation_p, breeding.highest);
             child
         })
         .collect()

@@ -11,7 +11,7 @@ use super::{Genome, SearchConfig, SearchError};
 /// population, then random genomes up to the population.
 pub(super) fn initial_population(
     rng: &mut ChaCha8Rng,
-    n_genes: usize,
+    highest: &[u8],
     config: &SearchConfig,
     seeds: impl IntoIterator<Item = Genome>,
 ) -> Vec<Genome> {
@@ -27,7 +27,7 @@ pub(super) fn initial_population(
     while population.len() < config.population {
         population.push(random_genome(
             rng,
-            n_genes,
+            highest,
             config.levels.len(),
             config.random_seed_spread,
         ));
@@ -39,19 +39,21 @@ pub(super) fn initial_population(
 /// that probability, at a level up to `spread` away from the centre (uniformly, clamped to the
 /// pruned levels), and kept dense otherwise. Random genomes so cover every size from dense to
 /// most pruned, and the sparse ones (a few matrices cut, the rest dense) reach the region next
-/// to dense where a tight accuracy target leaves the admissible genomes.
-fn random_genome(rng: &mut ChaCha8Rng, n_genes: usize, n_levels: usize, spread: u8) -> Genome {
+/// to dense where a tight accuracy target leaves the admissible genomes. A gene with fewer
+/// levels (`highest`: each gene's highest) is clamped to its own.
+fn random_genome(rng: &mut ChaCha8Rng, highest: &[u8], n_levels: usize, spread: u8) -> Genome {
     let last = n_levels.saturating_sub(1) as i64;
     let share: f64 = rng.random_range(0.0..=1.0);
     let centre = rng.random_range(1.min(last)..=last);
     let spread = i64::from(spread);
     Genome(
-        (0..n_genes)
-            .map(|_| {
+        highest
+            .iter()
+            .map(|&gene_last| {
                 let pruned = rng.random_bool(share);
                 let level = (centre + rng.random_range(-spread..=spread)).clamp(1.min(last), last);
                 if pruned {
-                    u8::try_from(level).unwrap_or(u8::MAX)
+                    u8::try_from(level).unwrap_or(u8::MAX).min(gene_last)
                 } else {
                     0
                 }

@@ -145,7 +145,7 @@ fn over_budget_genomes_rank_below_every_genome_within_budget() {
 fn genome_to_plan_uses_the_levels_keep_fractions() {
     let config = tiny_config();
     let levels = Levels::default();
-    let n = Genome::n_genes(&config, false);
+    let n = Genome::n_genes(&config, false, false);
     let dense = Genome::uniform(n, 0).to_plan(&config, &levels);
     assert_eq!(dense.ok(), Some(RankPlan::dense(&config)));
     let matrices = |level| Genome::uniform(config.n_prunable_matrices(), level);
@@ -340,7 +340,7 @@ fn the_exit_gene_spans_every_block_to_a_quarter_of_the_model() {
 
     let config = whittle_runtime::ModelConfig::SMOLLM2_135M;
     let levels = Levels::default();
-    let n = Genome::n_genes(&config, false);
+    let n = Genome::n_genes(&config, false, false);
     let plain = Genome::uniform(n, 2);
     let with_exit = plain.clone().with_exit_level(&config, 6);
     assert_eq!(with_exit.len(), n + 1);
@@ -366,14 +366,25 @@ fn mutation_moves_genes_one_level_within_range() {
     let parent = Genome(vec![0, 5, 10, 0, 5, 10]);
     for _ in 0..50 {
         let mut child = parent.clone();
-        mutate(&mut rng, &mut child, 1.0, 11);
+        mutate(&mut rng, &mut child, 1.0, &[10; 6]);
         for (&p, &c) in parent.levels().iter().zip(child.levels()) {
             assert!(c <= 10 && p.abs_diff(c) <= 1, "{p} → {c}");
         }
     }
     let mut unchanged = parent.clone();
-    mutate(&mut rng, &mut unchanged, 0.0, 11);
+    mutate(&mut rng, &mut unchanged, 0.0, &[10; 6]);
     assert_eq!(unchanged, parent);
+}
+
+#[test]
+fn a_two_level_gene_flips_and_stays_within_its_levels() {
+    let mut rng = generation_rng(3, 0);
+    let parent = Genome(vec![0, 1, 5]);
+    for _ in 0..20 {
+        let mut child = parent.clone();
+        mutate(&mut rng, &mut child, 1.0, &[1, 1, 10]);
+        assert_eq!(&child.levels()[..2], &[1, 0]);
+    }
 }
 
 #[test]
