@@ -517,7 +517,15 @@ fn check_error(
     head_rows: Option<usize>,
     fragment: &str,
 ) {
-    match predict(&round_board(""), &config, ranks, &[], Dtype::F32, &[], head_rows) {
+    match predict(
+        &round_board(""),
+        &config,
+        ranks,
+        &[],
+        Dtype::F32,
+        &[],
+        head_rows,
+    ) {
         Ok(p) => panic!("predicted {p:?}"),
         Err(error) => {
             let message = error.to_string();
@@ -838,7 +846,15 @@ fn a_mixed_plan_costs_each_matrix_at_its_own_dtype() {
     );
     // A list of the wrong length is an error, not a guess.
     assert!(matches!(
-        predict(&board, &config, &dense, &[], Dtype::Q4, &[Dtype::Q8; 3], None),
+        predict(
+            &board,
+            &config,
+            &dense,
+            &[],
+            Dtype::Q4,
+            &[Dtype::Q8; 3],
+            None
+        ),
         Err(CostError::PlanLength {
             expected: 14,
             got: 3

@@ -316,7 +316,7 @@ pub fn predict(
             &dtypes,
             head_rows,
         )
-            .map_err(|error| anyhow::anyhow!("{error}"))
+        .map_err(|error| anyhow::anyhow!("{error}"))
     };
     let decoding = at(prefill + decode / 2)?;
     let prefilling = at(prefill)?;

@@ -569,7 +569,11 @@ impl<'a> LabelCheck<'a> {
     /// Share of the examples on which `llama` reads the reference's label.
     fn agreement(&self, llama: &Llama) -> anyhow::Result<f64> {
         let got = self.labels(llama)?;
-        let same = got.iter().zip(&self.expected).filter(|(a, b)| a == b).count();
+        let same = got
+            .iter()
+            .zip(&self.expected)
+            .filter(|(a, b)| a == b)
+            .count();
         Ok(same as f64 / self.expected.len().max(1) as f64)
     }
 }
@@ -880,11 +884,7 @@ const SCALE_EXPONENTS: [f32; 9] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0];
 /// The output error of storing `linears` (all reading the same input) with input column `k`
 /// multiplied by `s[k]` and the input divided by it: `Σ_i Σ_k (stored − w·s)²_ik · E[x_k²] /
 /// s_k²` (the diagonal of the input's second moment; `power`).
-fn scaled_error(
-    linears: &[(&Linear, Dtype)],
-    s: &[f32],
-    power: &[f64],
-) -> anyhow::Result<f64> {
+fn scaled_error(linears: &[(&Linear, Dtype)], s: &[f32], power: &[f64]) -> anyhow::Result<f64> {
     let device = candle_core::Device::Cpu;
     let columns = Tensor::from_vec(s.to_vec(), s.len(), &device)?;
     let weight: Vec<f64> = s
@@ -1311,13 +1311,9 @@ pub fn pack(
             let bias: Vec<f32> = label_bias.iter().map(|&b| b as f32).collect();
             let (q4, mixed) = match options.matrix_dtypes.is_empty() {
                 true => StoredModel::q4_for_labels(model, task, &rows, &bias)?,
-                false => StoredModel::q4_as_planned(
-                    model,
-                    task,
-                    &rows,
-                    &bias,
-                    &options.matrix_dtypes,
-                )?,
+                false => {
+                    StoredModel::q4_as_planned(model, task, &rows, &bias, &options.matrix_dtypes)?
+                }
             };
             stored = Some(q4);
             Some(mixed)
@@ -1668,6 +1664,50 @@ mod tests {
                 .linear(0, MatrixKind::O)
                 .is_some_and(|o| matches!(o, Linear::Dense { .. })),
         );
+        Ok(())
+    }
+
+    /// With the search's precision, a matrix planned at q4 whose values are already on the
+    /// 4-bit grid (a 4-bit source's) stays on it: the rescaling counts its error at q4, where
+    /// any rescaling only costs; rescaled for q8 everywhere it would leave the grid.
+    #[test]
+    fn a_planned_q4_matrix_on_its_grid_keeps_it() -> anyhow::Result<()> {
+        use crate::model::synthetic::{tiny_config, tiny_tensors};
+        use candle_core::Device;
+        let config = tiny_config();
+        let device = Device::Cpu;
+        let mut tensors = tiny_tensors(&config, 5, &device)?;
+        let name = "blk.0.attn_norm.weight".to_owned();
+        let mut norm = tensors[&name].to_vec1::<f32>()?;
+        norm[3] *= 20.0;
+        tensors.insert(name, Tensor::new(norm, &device)?);
+        for kind in ["attn_q", "attn_k", "attn_v"] {
+            let name = format!("blk.0.{kind}.weight");
+            let on_grid = as_stored(&tensors[&name], Dtype::Q4)?;
+            tensors.insert(name, on_grid);
+        }
+        let llama = Llama::from_tensors(config, &tensors, &device)?;
+        let sequences: Vec<Vec<u32>> = (0..8u32)
+            .map(|i| (0..24u32).map(|t| (i * 7 + t * 13) % 64).collect())
+            .collect();
+        let power = InputMoments::of_sequences(&llama, sequences, 0)?;
+        let mut planned = vec![Dtype::Q8; config.n_prunable_matrices()];
+        for kind in [MatrixKind::Q, MatrixKind::K, MatrixKind::V] {
+            planned[crate::prune::matrix_index(0, kind)] = Dtype::Q4;
+        }
+        let off_grid = |model: &Llama| -> anyhow::Result<f32> {
+            let Some(Linear::Dense { weight }) = model.linear(0, MatrixKind::Q) else {
+                anyhow::bail!("q is not dense");
+            };
+            Ok((as_stored(weight, Dtype::Q4)? - weight)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?)
+        };
+        let kept = for_storage_each(&llama, Precision::Each(&planned), Some(&power))?;
+        assert!(off_grid(&kept)? < 1e-6, "{}", off_grid(&kept)?);
+        let for_q8 = for_storage(&llama, Dtype::Q8, Some(&power))?;
+        assert!(off_grid(&for_q8)? > 1e-4, "{}", off_grid(&for_q8)?);
         Ok(())
     }
 

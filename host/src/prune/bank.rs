@@ -642,3 +642,79 @@ impl Entry {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+    use indicatif::ProgressBar;
+
+    use super::*;
+    use crate::calibrate::{CalibrationData, CalibrationSettings, accumulate};
+    use crate::model::synthetic::{tiny_config, tiny_tensors};
+
+    fn values(linear: &Linear) -> anyhow::Result<Vec<Vec<f32>>> {
+        Ok(match linear {
+            Linear::Dense { weight } => vec![weight.flatten_all()?.to_vec1()?],
+            Linear::LowRank { a, b } => {
+                vec![a.flatten_all()?.to_vec1()?, b.flatten_all()?.to_vec1()?]
+            }
+        })
+    }
+
+    #[test]
+    fn a_planned_4_bit_matrix_holds_what_the_bundle_stores() -> anyhow::Result<()> {
+        let config = tiny_config();
+        let dense = Llama::from_tensors(
+            config,
+            &tiny_tensors(&config, 7, &Device::Cpu)?,
+            &Device::Cpu,
+        )?;
+        let sequences: Vec<Vec<u32>> = (0..8u32)
+            .map(|s| {
+                (0..24)
+                    .map(|i| (s * 31 + i * 7) % config.vocab_size as u32)
+                    .collect()
+            })
+            .collect();
+        let settings = CalibrationSettings {
+            split: "calibration".into(),
+            max_tokens: 1000,
+            wikitext_share: 0.0,
+        };
+        let progress = ProgressBar::hidden();
+        let data = CalibrationData {
+            observe_from: vec![0; sequences.len()],
+            sequences,
+        };
+        let calibration = accumulate(&dense, &data, 0, 64, settings, &progress)?;
+        let bank = FactorBank::build(&dense, &calibration, Method::OutputAligned, &progress)?;
+        let mut dtypes = vec![Dtype::Q8; config.n_prunable_matrices()];
+        dtypes[matrix_index(0, MatrixKind::Up)] = Dtype::Q4;
+        dtypes[matrix_index(1, MatrixKind::Q)] = Dtype::Q4;
+        for plan in [RankPlan::dense(&config), RankPlan::uniform(&config, 0.5)] {
+            let plain = bank.apply(&dense, &plan)?;
+            let mixed = bank.apply(&dense, &plan.clone().with_dtypes(dtypes.clone()))?;
+            for (layer_idx, kind) in matrices(&config) {
+                let (Some(p), Some(m)) =
+                    (plain.linear(layer_idx, kind), mixed.linear(layer_idx, kind))
+                else {
+                    anyhow::bail!("layer {layer_idx} {} is missing", kind.name());
+                };
+                let expected = match dtypes[matrix_index(layer_idx, kind)] {
+                    Dtype::Q4 => crate::bundle::stored_linear(p, Dtype::Q4)?,
+                    _ => p.clone(),
+                };
+                assert_eq!(
+                    values(m)?,
+                    values(&expected)?,
+                    "layer {layer_idx} {}",
+                    kind.name()
+                );
+            }
+            // The rounding changed the 4-bit matrices.
+            let up = |model: &Llama| model.linear(0, MatrixKind::Up).map(values).transpose();
+            assert_ne!(up(&plain)?, up(&mixed)?);
+        }
+        Ok(())
+    }
+}

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use whittle_boards::files::{write_atomically, write_atomically_with};
 use whittle_boards::Dtype;
+use whittle_boards::files::{write_atomically, write_atomically_with};
 use whittle_runtime::{MatrixKind, ModelConfig};
 
 use super::report::PruneReport;

@@ -483,3 +483,51 @@ fn factor_params(
         })
         .sum()
 }
+
+#[test]
+fn precision_genes_sit_before_the_exit_gene_and_give_each_matrix_its_dtype() {
+    use whittle_boards::Dtype;
+    let config = whittle_runtime::ModelConfig::SMOLLM2_135M;
+    let levels = Levels::default();
+    let n_matrices = config.n_prunable_matrices();
+    let plain = Genome::uniform(Genome::n_genes(&config, false, false), 0);
+    let with_exit = plain.clone().with_exit_level(&config, 6);
+    // q4 for every third matrix; the exit gene stays last and keeps its level.
+    let mixed = with_exit.with_precision(&config, |index| index % 3 == 0);
+    assert_eq!(mixed.len(), Genome::n_genes(&config, true, true));
+    assert_eq!(mixed.levels().last(), Some(&6));
+    assert_eq!(mixed.levels()[Genome::precision_gene(&config, 3)], 1);
+    assert_eq!(mixed.levels()[Genome::precision_gene(&config, 4)], 0);
+    let plan = mixed.to_plan(&config, &levels).expect("a valid genome");
+    assert_eq!(plan.exit(), exit_for_level(30, 12, 6));
+    assert_eq!(plan.dtypes().len(), n_matrices);
+    for (index, &dtype) in plan.dtypes().iter().enumerate() {
+        let expected = if index % 3 == 0 { Dtype::Q4 } else { Dtype::Q8 };
+        assert_eq!(dtype, expected, "matrix {index}");
+    }
+    // Setting them again replaces them; a genome without an exit gene gets none.
+    let again = mixed.with_precision(&config, |_| false);
+    assert_eq!(again.len(), Genome::n_genes(&config, true, true));
+    assert!(
+        again
+            .to_plan(&config, &levels)
+            .unwrap()
+            .dtypes()
+            .iter()
+            .all(|&d| d == Dtype::Q8)
+    );
+    let no_exit = plain.with_precision(&config, |_| true);
+    assert_eq!(no_exit.len(), Genome::n_genes(&config, false, true));
+    let plan = no_exit.to_plan(&config, &levels).unwrap();
+    assert_eq!(plan.exit(), 30);
+    assert!(plan.is_q4(0, whittle_runtime::MatrixKind::Q));
+    // Moving the exit of a genome with precision genes keeps them.
+    let moved = no_exit.with_exit_level(&config, 2);
+    assert_eq!(moved.len(), Genome::n_genes(&config, true, true));
+    assert!(
+        moved
+            .to_plan(&config, &levels)
+            .unwrap()
+            .is_q4(0, whittle_runtime::MatrixKind::Q)
+    );
+}
