@@ -614,19 +614,25 @@ impl FactorBank {
                 pruned.set_rotary_pairs(layer_idx, qk, lists)?;
             }
         }
-        // The plan's 4-bit matrices hold what the bundle's rounding to nearest stores (the
-        // packer's compensated rounding only does better), so the search sees their cost.
-        for (layer_idx, kind) in matrices(&plan.kept_config(&self.config)) {
-            if !plan.is_q4(layer_idx, kind) {
-                continue;
-            }
-            if let Some(linear) = pruned.linear(layer_idx, kind).filter(|l| l.n_params() > 0) {
-                let rounded = crate::bundle::stored_linear(linear, Dtype::Q4)?;
-                pruned.set_linear(layer_idx, kind, rounded)?;
-            }
-        }
+        round_planned_q4(&mut pruned, plan)?;
         Ok(pruned)
     }
+}
+
+/// Rounds every matrix `plan` stores at 4 bits in `model` (cut at the plan's exit) to what the
+/// bundle's rounding to nearest stores (the packer's compensated rounding only does better), so
+/// that the search scores their cost and what follows keeps them on their grid.
+pub fn round_planned_q4(model: &mut Llama, plan: &RankPlan) -> anyhow::Result<()> {
+    for (layer_idx, kind) in matrices(model.config()) {
+        if !plan.is_q4(layer_idx, kind) {
+            continue;
+        }
+        if let Some(linear) = model.linear(layer_idx, kind).filter(|l| l.n_params() > 0) {
+            let rounded = crate::bundle::stored_linear(linear, Dtype::Q4)?;
+            model.set_linear(layer_idx, kind, rounded)?;
+        }
+    }
+    Ok(())
 }
 
 impl Entry {

@@ -16,7 +16,7 @@ pub mod report;
 mod state_cache;
 mod uniform;
 
-pub use bank::{FactorBank, dense_weight, stats_to_faer};
+pub use bank::{FactorBank, dense_weight, round_planned_q4, stats_to_faer};
 pub use estimate::{AccuracyModel, Estimate, chance_level_warning};
 pub use folder::PruneFolder;
 pub use pipeline::{PruneOptions, RefitOptions, calibrated_bank, keep_grid, prune};

@@ -204,6 +204,9 @@ pub fn calibrated_bank(
     Ok((bank, calibration.n_tokens))
 }
 
+/// The most matrices the precision refinement tries at q4 on the full split.
+const PRECISION_TRIES: usize = 8;
+
 /// Format of the cached factor bank; bump when the factorization changes.
 const BANK_FORMAT: u32 = 1;
 
@@ -425,6 +428,16 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         }
         _ => (result.best.clone(), None),
     };
+    // A q4 answer's q8 matrices, each tried at q4 while the target holds.
+    let (best, precision_refinement) = match problem.has_precision_genes() && result.feasible {
+        true => {
+            progress.set_message("refining: the answer's q8 matrices at q4");
+            let (refined, refinement) =
+                problem.refine_precision(&best, result.target_accuracy, PRECISION_TRIES)?;
+            (refined, Some(refinement))
+        }
+        false => (best, None),
+    };
 
     let refit_sequences = match &options.refit {
         Some(refit) => {
@@ -450,7 +463,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         let (kept, refit_kept, estimate) = match refit {
             None => (pruned, false, estimate),
             Some(refit) => {
-                let refitted = anchored_refit(
+                let mut refitted = anchored_refit(
                     &model.llama,
                     &pruned,
                     &plan,
@@ -460,6 +473,8 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
                     refit.anchor,
                     &progress,
                 )?;
+                // A refitted 4-bit pair goes back to its grid, as the bundle stores it.
+                super::round_planned_q4(&mut refitted, &plan)?;
                 let refit_scored = problem.full_evaluator().score(&refitted, &progress)?;
                 let refit_estimate = problem.accuracy_model().estimate(&refit_scored);
                 if refit_estimate.assured >= estimate.assured {
@@ -661,6 +676,7 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         refit: options.refit.is_some(),
         recovery,
         refinement,
+        precision_refinement,
         uniform_seconds,
         search_seconds,
         seconds: started.elapsed().as_secs_f64(),

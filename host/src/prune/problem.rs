@@ -310,14 +310,14 @@ impl TaskProblem {
 /// come back to within their f16 scales' rounding, anything re-blocked or refactored does not.
 pub const NEAR_EXACT_Q4: f64 = 1e-3;
 
-/// What [`TaskProblem::refine_sub_blocks`] did.
+/// What [`TaskProblem::refine_sub_blocks`] or [`TaskProblem::refine_precision`] did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Refinement {
-    /// Sub-blocks screened (each skipped alone, on the quarter split).
+    /// Moves screened (each alone, on the quarter split).
     pub screened: usize,
-    /// Skips tried on the full split, in order.
+    /// Moves tried on the full split, in order.
     pub tried: usize,
-    /// The skips kept, as `"block 7 attention"`.
+    /// The moves kept, as `"block 7 attention"` (skipped) or `"block 3 down at q4"`.
     pub skipped: Vec<String>,
     /// Wall-clock seconds.
     pub seconds: f64,
@@ -361,6 +361,67 @@ impl TaskProblem {
                 progress.suspend(|| {
                     eprintln!(
                         "refine: {name} skipped: assured {assured:.4} (target {target:.4}){}",
+                        if kept { "" } else { ", refused" }
+                    )
+                })
+            },
+        )?;
+        Ok((
+            greedy.genome,
+            Refinement {
+                screened: greedy.screened,
+                tried: greedy.tried,
+                skipped: greedy.kept,
+                seconds: started.elapsed().as_secs_f64(),
+            },
+        ))
+    }
+}
+
+impl TaskProblem {
+    /// Greedy precision after the search (q4 bundles): every kept matrix of the answer that it
+    /// stores at q8 is moved to q4 alone and screened on the quarter split; in the order of
+    /// their quarter accuracy, those at or above `target` there (at most `max_tries`) are
+    /// added one at a time, each kept when the combined genome still assures `target` on the
+    /// full split within the budgets. The search's mutations flip one precision gene among
+    /// hundreds of genes now and then; this tries each of the answer's own.
+    pub fn refine_precision(
+        &mut self,
+        answer: &Genome,
+        target: f64,
+        max_tries: usize,
+    ) -> anyhow::Result<(Genome, Refinement)> {
+        let started = std::time::Instant::now();
+        let plan = self.plan(answer)?;
+        let moves: Vec<(usize, String)> = matrices(&self.config)
+            .enumerate()
+            .filter(|&(index, (layer_idx, kind))| {
+                let widths = plan.block_widths(&self.config, layer_idx);
+                let stored = self.config.matrix_shape_in(kind, widths);
+                let gene = Genome::precision_gene(&self.config, index);
+                layer_idx < plan.exit()
+                    && stored.0 * stored.1 > 0
+                    && answer.0.get(gene) == Some(&0)
+            })
+            .map(|(index, (layer_idx, kind))| {
+                (
+                    Genome::precision_gene(&self.config, index),
+                    format!("block {layer_idx} {} at q4", kind.name()),
+                )
+            })
+            .collect();
+        let progress = self.progress.clone();
+        let greedy = greedy_moves(
+            self,
+            answer,
+            &moves,
+            1,
+            target,
+            max_tries,
+            |name, assured, kept| {
+                progress.suspend(|| {
+                    eprintln!(
+                        "refine: {name}: assured {assured:.4} (target {target:.4}){}",
                         if kept { "" } else { ", refused" }
                     )
                 })

@@ -135,6 +135,9 @@ pub struct PruneReport {
     /// The greedy sub-block refinement of the answer, when it ran.
     #[serde(default)]
     pub refinement: Option<super::Refinement>,
+    /// The greedy precision refinement of the answer (q4 bundles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision_refinement: Option<super::Refinement>,
     /// Wall time of the uniform baseline.
     pub uniform_seconds: f64,
     /// Wall time of the search.
@@ -212,6 +215,22 @@ impl PruneReport {
         )
     }
 
+    /// What the precision refinement kept at q4, when it ran.
+    fn precision_line(&self) -> String {
+        let Some(r) = &self.precision_refinement else {
+            return String::new();
+        };
+        let kept = match r.skipped.is_empty() {
+            true => "none".to_owned(),
+            false => r.skipped.join(", "),
+        };
+        format!(
+            "Precision: of the answer's q8 matrices, {} screened at q4 and {} tried on the whole \
+             search split in {:.0} s; moved to q4: {kept}.\n\n",
+            r.screened, r.tried, r.seconds
+        )
+    }
+
     /// `report.md`.
     pub fn markdown(&self) -> String {
         let row = |name: &str, outcome: &Outcome| {
@@ -232,7 +251,7 @@ impl PruneReport {
              The target is checked against the assured accuracy: the accuracy predicted from the paired \
              gold log-probability difference against dense (slope {}), less one paired standard error, \
              capped by the measured accuracy.\n\n\
-             {}Board fit: {}\n\n![kept rank per layer and matrix](ranks.svg)\n",
+             {}{}Board fit: {}\n\n![kept rank per layer and matrix](ranks.svg)\n",
             self.task,
             self.board,
             self.epsilon,
@@ -250,6 +269,7 @@ impl PruneReport {
                 || "none: measured accuracy".to_owned(),
                 |b| format!("{b:.3}")
             ),
+            self.precision_line(),
             self.recovery_line(),
             self.board_fit,
         )
