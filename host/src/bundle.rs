@@ -191,6 +191,14 @@ pub fn pack_to_file(
         if options.dtype == Dtype::Q4 && options.matrix_dtypes.is_empty() {
             options.matrix_dtypes = prune.genome()?.dtypes.unwrap_or_default();
         }
+        let expected = base.model.llama.config().n_prunable_matrices();
+        if !options.matrix_dtypes.is_empty() && options.matrix_dtypes.len() != expected {
+            bail!(
+                "{}/genome.json gives {} matrix dtypes for a model of {expected} prunable matrices; it belongs to another model: pass the prune folder of this model, or pack --dtype q8",
+                prune.dir.display(),
+                options.matrix_dtypes.len()
+            );
+        }
         let provenance = &mut options.provenance;
         provenance.factors_digest = prune.factors_digest.clone();
         provenance.genome_digest = prune.genome_digest.clone();
