@@ -336,7 +336,6 @@ impl TaskProblem {
         target: f64,
         max_tries: usize,
     ) -> anyhow::Result<(Genome, Refinement)> {
-        let started = std::time::Instant::now();
         let plan = self.plan(answer)?;
         let skip = self.levels.most_pruned();
         let moves: Vec<(usize, String)> = (0..plan.exit())
@@ -349,18 +348,33 @@ impl TaskProblem {
             })
             .filter(|(gene, _)| answer.0.get(*gene).is_some_and(|&level| level != skip))
             .collect();
+        self.greedy_refinement(answer, &moves, skip, target, max_tries, " skipped")
+    }
+
+    /// [`greedy_moves`] with a line per try, as a [`Refinement`] (`what` follows a move's name
+    /// in the line).
+    fn greedy_refinement(
+        &mut self,
+        answer: &Genome,
+        moves: &[(usize, String)],
+        level: u8,
+        target: f64,
+        max_tries: usize,
+        what: &str,
+    ) -> anyhow::Result<(Genome, Refinement)> {
+        let started = std::time::Instant::now();
         let progress = self.progress.clone();
         let greedy = greedy_moves(
             self,
             answer,
-            &moves,
-            skip,
+            moves,
+            level,
             target,
             max_tries,
             |name, assured, kept| {
                 progress.suspend(|| {
                     eprintln!(
-                        "refine: {name} skipped: assured {assured:.4} (target {target:.4}){}",
+                        "refine: {name}{what}: assured {assured:.4} (target {target:.4}){}",
                         if kept { "" } else { ", refused" }
                     )
                 })
@@ -391,7 +405,6 @@ impl TaskProblem {
         target: f64,
         max_tries: usize,
     ) -> anyhow::Result<(Genome, Refinement)> {
-        let started = std::time::Instant::now();
         let plan = self.plan(answer)?;
         let moves: Vec<(usize, String)> = matrices(&self.config)
             .enumerate()
@@ -399,9 +412,7 @@ impl TaskProblem {
                 let widths = plan.block_widths(&self.config, layer_idx);
                 let stored = self.config.matrix_shape_in(kind, widths);
                 let gene = Genome::precision_gene(&self.config, index);
-                layer_idx < plan.exit()
-                    && stored.0 * stored.1 > 0
-                    && answer.0.get(gene) == Some(&0)
+                layer_idx < plan.exit() && stored.0 * stored.1 > 0 && answer.0.get(gene) == Some(&0)
             })
             .map(|(index, (layer_idx, kind))| {
                 (
@@ -410,32 +421,7 @@ impl TaskProblem {
                 )
             })
             .collect();
-        let progress = self.progress.clone();
-        let greedy = greedy_moves(
-            self,
-            answer,
-            &moves,
-            1,
-            target,
-            max_tries,
-            |name, assured, kept| {
-                progress.suspend(|| {
-                    eprintln!(
-                        "refine: {name}: assured {assured:.4} (target {target:.4}){}",
-                        if kept { "" } else { ", refused" }
-                    )
-                })
-            },
-        )?;
-        Ok((
-            greedy.genome,
-            Refinement {
-                screened: greedy.screened,
-                tried: greedy.tried,
-                skipped: greedy.kept,
-                seconds: started.elapsed().as_secs_f64(),
-            },
-        ))
+        self.greedy_refinement(answer, &moves, 1, target, max_tries, "")
     }
 }
 
