@@ -112,21 +112,20 @@ pub fn rank_map_svg(
     kinds: &[&str],
     keep: &[Vec<f64>],
     labels: &[Vec<String>],
+    q4: &[Vec<bool>],
 ) -> anyhow::Result<()> {
     let n_layers = keep.first().map_or(0, Vec::len);
+    let width = 60 + 34 * n_layers as u32 + 40;
+    // The title shrinks to fit the map (about 0.55 em a character).
+    let title_size =
+        (f64::from(width) / (0.55 * title.chars().count().max(1) as f64)).clamp(9.0, 18.0);
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(
-            &mut svg,
-            (
-                60 + 34 * n_layers as u32 + 40,
-                120 + 40 * kinds.len() as u32,
-            ),
-        )
-        .into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (width, 120 + 40 * kinds.len() as u32))
+            .into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
+            .caption(title, ("sans-serif", title_size))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(52)
@@ -145,7 +144,11 @@ pub fn rank_map_svg(
         for (kind_idx, row) in keep.iter().enumerate() {
             for (layer_idx, &value) in row.iter().enumerate() {
                 let shade = (255.0 * (1.0 - value.clamp(0.0, 1.0))) as u8;
-                let color = RGBColor(shade, shade, 255);
+                let at_4_bits = q4.get(kind_idx).and_then(|r| r.get(layer_idx)) == Some(&true);
+                let color = match at_4_bits {
+                    true => RGBColor(shade, 160 + (u16::from(shade) * 95 / 255) as u8, shade),
+                    false => RGBColor(shade, shade, 255),
+                };
                 chart
                     .draw_series(std::iter::once(Rectangle::new(
                         [(layer_idx, kind_idx), (layer_idx + 1, kind_idx + 1)],

@@ -753,8 +753,8 @@ fn recover_answer(
     Ok(Some((recovered, report, tested, estimate)))
 }
 
-/// `ranks.svg`: the kept rank per layer and matrix.
-fn write_rank_map(
+/// `ranks.svg` in `out`: the kept rank per layer and matrix (and its dtype where the plan chose).
+pub fn write_rank_map(
     out: &std::path::Path,
     config: &ModelConfig,
     plan: &RankPlan,
@@ -764,11 +764,13 @@ fn write_rank_map(
     let kinds: Vec<&str> = MatrixKind::ALL.iter().map(|k| k.name()).collect();
     let mut keep = Vec::new();
     let mut labels = Vec::new();
+    let mut q4 = Vec::new();
     for kind in MatrixKind::ALL {
         let (rows, cols) = config.matrix_shape(kind);
         let full_rank = rows.min(cols);
         let mut keep_row = Vec::new();
         let mut label_row = Vec::new();
+        let mut q4_row = Vec::new();
         let mlp = matches!(kind, MatrixKind::Gate | MatrixKind::Up | MatrixKind::Down);
         for layer_idx in 0..config.n_layers {
             let skipped = match mlp {
@@ -816,19 +818,27 @@ fn write_rank_map(
                     label_row.push("D".to_owned());
                 }
             }
+            q4_row.push(layer_idx < plan.exit() && !skipped && plan.is_q4(layer_idx, kind));
         }
         keep.push(keep_row);
+        q4.push(q4_row);
         labels.push(label_row);
     }
     rank_map_svg(
         &out.join(RANK_MAP_FILE),
         &format!(
-            "kept rank per layer and matrix ({} on {}; D = dense, nW = MLP of W neurons, vW = W value dimensions per head, pW = W rotary pairs per query/key head, – = sub-block skipped, × = removed past the exit)",
+            "kept rank per layer and matrix{} ({} on {}; D = dense, nW = MLP of W neurons, vW = W value dimensions per head, pW = W rotary pairs per query/key head, – = sub-block skipped, × = removed past the exit)",
+            if plan.dtypes().is_empty() {
+                ""
+            } else {
+                ", green at 4 bits, blue at 8"
+            },
             task.name(),
-            board.name
+            board.name,
         ),
         &kinds,
         &keep,
         &labels,
+        &q4,
     )
 }
