@@ -31,7 +31,7 @@ use core::arch::x86_64::{
     _mm512_maskz_loadu_epi8, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_mul_ps,
     _mm512_permutexvar_ps, _mm512_reduce_add_epi32, _mm512_reduce_add_ps, _mm512_reduce_max_ps,
     _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_srli_epi16,
-    _mm512_xor_si512,
+    _mm512_sub_epi32, _mm512_xor_si512,
 };
 
 use super::super::driver;
@@ -285,8 +285,6 @@ struct RoundedQ8 {
     q: [i8; PASS + Q8_BLOCK],
     /// Per block: its step.
     steps: [f32; PASS_BLOCKS + QUAD],
-    /// Per block: `step · 128 · Σ q`, what the weights' offset of 128 adds (see [`rows_q8`]).
-    offsets: [f32; PASS_BLOCKS + QUAD],
 }
 
 /// Blocks of a row whose scales one 16-lane load covers.
@@ -300,20 +298,13 @@ fn round_q8(x: &[f32], blocks: usize, r: &mut RoundedQ8) {
         .skip(blocks * Q8_BLOCK)
         .take(Q8_BLOCK)
         .for_each(|q| *q = 0);
-    r.steps
-        .iter_mut()
-        .chain(r.offsets.iter_mut())
-        .for_each(|v| *v = 0.0);
+    r.steps.iter_mut().for_each(|v| *v = 0.0);
     let blocks_in = x.chunks(Q8_BLOCK).take(blocks);
     let outs = r.q.chunks_exact_mut(Q8_BLOCK);
-    for ((block, out), (step, offset)) in blocks_in
-        .zip(outs)
-        .zip(r.steps.iter_mut().zip(r.offsets.iter_mut()))
-    {
-        if let Some((q, block_step, sum)) = round_block(block) {
+    for ((block, out), step) in blocks_in.zip(outs).zip(r.steps.iter_mut()) {
+        if let Some((q, block_step, _)) = round_block(block) {
             out.copy_from_slice(&q);
             *step = block_step;
-            *offset = block_step * 128.0 * sum as f32;
         }
     }
 }
@@ -323,10 +314,11 @@ fn round_q8(x: &[f32], blocks: usize, r: &mut RoundedQ8) {
 ///
 /// `vpdpbusd` multiplies unsigned by signed bytes, so the weights are read offset by 128
 /// (`w ^ 0x80 = w + 128`, one xor per 64 weights) against the rounded activations `q`:
-/// `Σ (w + 128) q = Σ w q + 128 Σ q`, and the second term, the same for every row, is
-/// taken off per block through [`RoundedQ8::offsets`] times the row's scales. Per 64 weights
-/// and row: an xor, a `vpdpbusd`, a conversion, a permutation of the block scales and one
-/// multiply-add, where the float q8 decode needs sixteen instructions.
+/// `Σ (w + 128) q = Σ w q + 128 Σ q`, and the second term, the same for every row, is where
+/// each row's integer sum starts, negated (`−128 Σ q`, one `vpdpbusd` per 64 activations for
+/// all rows), so that it ends exactly at `Σ w q`. Per 64 weights and row: an xor, a
+/// `vpdpbusd`, a conversion, a permutation of the block scales and one multiply-add, where
+/// the float q8 decode needs sixteen instructions.
 ///
 /// # Safety
 /// The CPU has AVX-512 F, BW, VL and VNNI, and the lengths are those of
@@ -337,7 +329,6 @@ pub(super) unsafe fn matvec_q8(w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
     let mut rounded = RoundedQ8 {
         q: [0; PASS + Q8_BLOCK],
         steps: [0.0; PASS_BLOCKS + QUAD],
-        offsets: [0.0; PASS_BLOCKS + QUAD],
     };
     let out_ptr = out.as_mut_ptr();
     for pass in passes(per_row) {
@@ -384,16 +375,13 @@ unsafe fn rows_q8<const N: usize>(
             core::array::from_fn(|j| scales.add((i + j * stride) * per_row + first));
         let offset = _mm512_set1_epi8(-128);
         let mut acc = [_mm512_setzero_ps(); N];
-        let mut acc_offset = [_mm512_setzero_ps(); N];
         for g in (0..blocks).step_by(QUAD) {
             let in_quad = (blocks - g).min(QUAD);
             let mask = ((1u32 << in_quad) - 1) as u16;
             let steps = _mm512_loadu_ps(r.steps.as_ptr().add(g));
-            let offsets = _mm512_loadu_ps(r.offsets.as_ptr().add(g));
             let mut scale = [_mm512_setzero_ps(); N];
-            for ((s, a_o), row) in scale.iter_mut().zip(acc_offset.iter_mut()).zip(s_rows) {
+            for (s, row) in scale.iter_mut().zip(s_rows) {
                 let d = _mm512_maskz_loadu_ps(mask, row.add(g));
-                *a_o = _mm512_fmadd_ps(d, offsets, *a_o);
                 *s = _mm512_mul_ps(d, steps);
             }
             for p in (0..in_quad).step_by(2) {
@@ -403,6 +391,11 @@ unsafe fn rows_q8<const N: usize>(
                 let valid = (cols - (first + g + p) * Q8_BLOCK).min(in_pass);
                 let whole = valid == 2 * Q8_BLOCK;
                 let bytes_mask = if whole { u64::MAX } else { (1u64 << valid) - 1 };
+                // `−128 Σ q` per lane (padding activations are zero): what the offset adds.
+                let start = _mm512_sub_epi32(
+                    _mm512_setzero_si512(),
+                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, x8),
+                );
                 for ((acc, s), row) in acc.iter_mut().zip(&scale).zip(w_rows) {
                     let at = row.add((g + p) * Q8_BLOCK);
                     let bytes = if whole {
@@ -411,14 +404,14 @@ unsafe fn rows_q8<const N: usize>(
                         _mm512_maskz_loadu_epi8(bytes_mask, at)
                     };
                     let unsigned = _mm512_xor_si512(bytes, offset);
-                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unsigned, x8);
+                    let dot = _mm512_dpbusd_epi32(start, unsigned, x8);
                     let lane_scale = _mm512_permutexvar_ps(pick, *s);
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), lane_scale, *acc);
                 }
             }
         }
-        for (j, (a, a_o)) in acc.into_iter().zip(acc_offset).enumerate() {
-            let sum = _mm512_reduce_add_ps(a) - _mm512_reduce_add_ps(a_o);
+        for (j, a) in acc.into_iter().enumerate() {
+            let sum = _mm512_reduce_add_ps(a);
             let o = out.add(i + j * stride);
             *o = if add { *o + sum } else { sum };
         }
