@@ -145,9 +145,10 @@ pub enum CostError {
 /// Predicts bytes, memory and latency of `ranks` (one entry per prunable matrix, index
 /// `layer_idx · 7 + kind` in [`MatrixKind::ALL`] order, `None` dense) stored as `dtype` on
 /// `profile`, each matrix as `matrix_dtypes` gives it where that is not empty (a mixed q4
-/// bundle keeps some at q8; same order as `ranks`). `widths` holds what each block keeps of its MLP and its value heads (empty:
-/// every block full; zero skips a sub-block, which then costs nothing). `head_rows` is the row count of a task-pruned
-/// head (stored apart from the embedding), `None` for the tied head.
+/// bundle keeps some at q8; same order as `ranks`). `widths` holds what each block keeps of
+/// its MLP and its value heads (empty: every block full; zero skips a sub-block, which then
+/// costs nothing). `head_rows` is the row count of a task-pruned head (stored apart from the
+/// embedding), `None` for the tied head.
 pub fn predict(
     profile: &BoardProfile,
     config: &ModelConfig,
@@ -308,9 +309,7 @@ impl Processor {
             prefill_layer_overhead_s: 0.0,
         })
     }
-}
 
-impl Processor {
     /// `(bytes per second streamed while decoding, FLOPs per second in prefill)` of weight
     /// matrices stored as `dtype`.
     fn weight_rates(&self, dtype: Dtype) -> (f64, f64) {

@@ -757,13 +757,24 @@ impl StoredModel {
         bias: &[f32],
     ) -> anyhow::Result<(Self, Mixed)> {
         let check = LabelCheck::new(reference, task, rows, bias)?;
+        let moments = InputMoments::measure(reference, task, STORAGE_SCALE_EXAMPLES)?;
+        Self::q4_checked(reference, task, &check, &moments)
+    }
+
+    /// [`StoredModel::q4_for_labels`] with its label check and the unscaled model's input
+    /// moments given.
+    fn q4_checked(
+        reference: &LoadedModel,
+        task: &Task,
+        check: &LabelCheck<'_>,
+        moments: &InputMoments,
+    ) -> anyhow::Result<(Self, Mixed)> {
         let agreement = |stored: &mut Self, n: usize| -> anyhow::Result<f64> {
             stored.keep_q8(n)?;
             check.agreement(&stored.llama)
         };
-        let moments = InputMoments::measure(reference, task, STORAGE_SCALE_EXAMPLES)?;
         let q4 = Precision::All(Dtype::Q4);
-        let mut plain = Self::build(reference, task, q4, q4, &moments)?;
+        let mut plain = Self::build(reference, task, q4, q4, moments)?;
         let at_zero = agreement(&mut plain, 0)?;
         if at_zero >= MIXED_AGREEMENT {
             // Every dense block matrix could have been kept at q8.
@@ -777,7 +788,7 @@ impl StoredModel {
                 },
             ));
         }
-        let mut mixed = Self::build(reference, task, q4, Precision::All(Dtype::Q8), &moments)?;
+        let mut mixed = Self::build(reference, task, q4, Precision::All(Dtype::Q8), moments)?;
         let candidates = mixed.candidates.len();
         let mut best = (candidates, agreement(&mut mixed, candidates)?);
         if best.1 >= MIXED_AGREEMENT {
@@ -819,7 +830,8 @@ impl StoredModel {
         let moments = InputMoments::measure(reference, task, STORAGE_SCALE_EXAMPLES)?;
         let precision = Precision::Each(planned);
         let stored = Self::build(reference, task, precision, precision, &moments)?;
-        let agreement = LabelCheck::new(reference, task, rows, bias)?.agreement(&stored.llama)?;
+        let check = LabelCheck::new(reference, task, rows, bias)?;
+        let agreement = check.agreement(&stored.llama)?;
         let config = *reference.llama.config();
         let kept: Vec<Dtype> = crate::prune::matrices(&config)
             .filter(|&(layer, kind)| {
@@ -842,7 +854,7 @@ impl StoredModel {
             "note: the search's precision ({} of {} block matrices at q8) agrees with the f32 model on {agreement:.3} of {MIXED_CHECK_EXAMPLES} search-split labels, under {MIXED_AGREEMENT}; the packer chooses the q8 matrices instead",
             mixed.q8, mixed.candidates
         );
-        Self::q4_for_labels(reference, task, rows, bias)
+        Self::q4_checked(reference, task, &check, &moments)
     }
 
     /// Appends matrix `kind` of block `layer_idx` to `blob` as the bundle of `dtype` stores it.

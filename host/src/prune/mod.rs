@@ -271,6 +271,14 @@ impl RankPlan {
         self.dtypes.get(matrix_index(layer_idx, kind)) == Some(&Dtype::Q4)
     }
 
+    /// Whether recovery trains block `layer_idx`'s `kind`: the plan changed it and keeps it at
+    /// 8 bits or more (a 4-bit matrix stays on the grid the search scored; recovery's steps
+    /// are far below a 4-bit step, so training it through its rounding would change next to
+    /// nothing).
+    pub fn recovers(&self, layer_idx: usize, kind: MatrixKind) -> bool {
+        self.changes(layer_idx, kind) && !self.is_q4(layer_idx, kind)
+    }
+
     /// The configuration of the model the plan keeps: `n_layers` is the exit.
     pub fn kept_config(&self, config: &ModelConfig) -> ModelConfig {
         ModelConfig {

@@ -628,7 +628,8 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
                 sequence: None,
                 store_prefix: true,
                 vocab: options.vocab,
-                matrix_dtypes: plan.dtypes().to_vec(),
+                // Read from the folder's genome.json, written above.
+                matrix_dtypes: Vec::new(),
                 dtype,
                 head: head_choice,
                 signing_key: None,
@@ -704,9 +705,7 @@ fn recover_answer(
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<Option<(Llama, RecoveryReport, super::Scored, super::Estimate)>> {
     let config = *base.model.llama.config();
-    if !matrices(&config)
-        .any(|(layer_idx, kind)| plan.changes(layer_idx, kind) && !plan.is_q4(layer_idx, kind))
-    {
+    if !matrices(&config).any(|(layer_idx, kind)| plan.recovers(layer_idx, kind)) {
         eprintln!(
             "note: the answer changes no matrix before its exit that it keeps at 8 bits or more; nothing to recover"
         );

@@ -390,9 +390,7 @@ impl TaskProblem {
             },
         ))
     }
-}
 
-impl TaskProblem {
     /// Greedy precision after the search (q4 bundles): every kept matrix of the answer that it
     /// stores at q8 is moved to q4 alone and screened on the quarter split; in the order of
     /// their quarter accuracy, those at or above `target` there (at most `max_tries`) are

@@ -208,16 +208,14 @@ pub fn recover(
 }
 
 /// `pruned` with every matrix `plan` changed before the exit made of variables: the model,
-/// the variables per matrix, and their parameter count. A matrix the plan stores at 4 bits
-/// stays as the search scored it, on the grid its bundle stores (recovery's steps are far
-/// below a 4-bit step, so training it through its rounding would change next to nothing).
+/// the variables per matrix, and their parameter count; only those [`RankPlan::recovers`].
 fn trainable(pruned: &Llama, plan: &RankPlan) -> anyhow::Result<(Llama, Vec<Vec<Var>>, usize)> {
     let mut student = pruned.clone();
     let mut vars = Vec::new();
     let mut parameters = 0;
     let exit = pruned.config().n_layers;
     for (layer_idx, kind) in matrices(pruned.config()) {
-        if layer_idx >= exit || !plan.changes(layer_idx, kind) || plan.is_q4(layer_idx, kind) {
+        if layer_idx >= exit || !plan.recovers(layer_idx, kind) {
             continue;
         }
         // A skipped sub-block's matrices have nothing to train.
