@@ -8,7 +8,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use whittle_runtime::kernels::{self, AnyKernels, F32Matrix, Kernels, Q8Matrix, Threaded};
+use whittle_runtime::kernels::{
+    self, AnyKernels, AttentionHead, F32Matrix, Kernels, Q8Matrix, Threaded,
+};
 
 /// Decode working sets are at least this large, so weights come from memory, not the cache.
 const DECODE_WORKING_SET: usize = 256 << 20;
@@ -282,4 +284,60 @@ fn main() {
             1.0 / seconds
         );
     }
+
+    attention(&implementations, min_time, rounds);
+}
+
+/// Positions a decode token attends to in the attention benchmark (`bench-compare`'s prompt
+/// of 256 tokens and a few decoded).
+const ATTENTION_POSITIONS: usize = 300;
+
+/// One decode token's attention in all 30 blocks of SmolLM2-135M (9 query heads over 3
+/// key/value heads of 64, `ATTENTION_POSITIONS` cached positions), each head one
+/// `Kernels::attend`; the caches (30 × 2 × 230 KB) are read as decode reads them.
+fn attention(implementations: &[(String, &dyn Kernels)], min_time: Duration, rounds: usize) {
+    const BLOCKS: usize = 30;
+    const HEADS: usize = 9;
+    const KV_HEADS: usize = 3;
+    const HEAD_DIM: usize = 64;
+    let kv_dim = KV_HEADS * HEAD_DIM;
+    let cache_len = ATTENTION_POSITIONS * kv_dim;
+    let keys = values(BLOCKS * cache_len, 5);
+    let cache_values = values(BLOCKS * cache_len, 6);
+    let q = values(HEADS * HEAD_DIM, 7);
+    let mut scores = vec![0.0f32; ATTENTION_POSITIONS];
+    let mut out = vec![0.0f32; HEAD_DIM];
+    let mut rows = Vec::new();
+    for (label, kernel) in implementations {
+        let seconds = time_per_call(min_time, rounds, |_| {
+            for block in 0..BLOCKS {
+                let cache = block * cache_len;
+                for head in 0..HEADS {
+                    let kv = cache + head / (HEADS / KV_HEADS) * HEAD_DIM;
+                    let head = AttentionHead {
+                        q: &q[head * HEAD_DIM..(head + 1) * HEAD_DIM],
+                        keys: &keys[kv..],
+                        values: &cache_values[kv..],
+                        stride: kv_dim,
+                        positions: ATTENTION_POSITIONS,
+                        scale: 0.125,
+                    };
+                    kernel.attend(&head, &mut scores, &mut out);
+                }
+            }
+            black_box(&out);
+        });
+        rows.push(Row {
+            label: label.clone(),
+            seconds,
+        });
+    }
+    let flops = (BLOCKS * HEADS * ATTENTION_POSITIONS * 4 * HEAD_DIM) as f64;
+    print_rows(
+        &format!("attention, one decode token over {ATTENTION_POSITIONS} positions, 30 blocks"),
+        &rows,
+        "GFLOP/s",
+        flops,
+        None,
+    );
 }

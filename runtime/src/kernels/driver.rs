@@ -674,9 +674,19 @@ pub(crate) fn by_quarters(
 /// Implements [`Kernels`](super::Kernels) for a [`Simd`] type: its name, the products
 /// through this driver and, given `math: "<target features>"`, attention and SwiGLU
 /// ([`math`](super::math)) compiled with those features enabled (without, they run at the
-/// crate's baseline). A value of the type must prove that the CPU has those features.
+/// crate's baseline); `attend: <path>` after it replaces `math::attend` by a function with the
+/// same signature whose target features are among those. A value of the type must prove that
+/// the CPU has those features.
 macro_rules! simd_kernels {
-    ($simd:ty, $name:literal $(, math: $features:literal)?) => {
+    ($simd:ty, $name:literal, math: $features:literal) => {
+        $crate::kernels::driver::simd_kernels!(
+            $simd,
+            $name,
+            math: $features,
+            attend: $crate::kernels::math::attend
+        );
+    };
+    ($simd:ty, $name:literal $(, math: $features:literal, attend: $attend:path)?) => {
         impl $crate::kernels::Kernels for $simd {
             fn name(&self) -> &'static str {
                 $name
@@ -729,7 +739,7 @@ macro_rules! simd_kernels {
                         scores: &mut [f32],
                         out: &mut [f32],
                     ) {
-                        $crate::kernels::math::attend(head, scores, out);
+                        $attend(head, scores, out);
                     }
                     // SAFETY: `self` proves the features; the callee is safe code.
                     unsafe { attend(head, scores, out) }

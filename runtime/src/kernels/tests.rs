@@ -442,9 +442,16 @@ const LOW_RANK_SHAPES: [(usize, usize, usize); 6] = [
     (33, 64, 40),
 ];
 
-/// `kernel.attend` against the softmax computed in f64; also that a scratch shorter than the
+/// `kernel.attend` against the softmax computed in f64, with `width` value dimensions (fewer
+/// than `head_dim` where a block's values are pruned); also that a scratch shorter than the
 /// positions attends to the ones it holds instead of panicking.
-fn check_attention(kernel: &dyn Kernels, head_dim: usize, stride: usize, positions: usize) {
+fn check_attention(
+    kernel: &dyn Kernels,
+    head_dim: usize,
+    width: usize,
+    stride: usize,
+    positions: usize,
+) {
     let seed = (head_dim * 1000 + positions) as u64;
     let q: Vec<f32> = values(seed, head_dim).iter().map(|v| v * 4.0).collect();
     let keys = values(seed + 1, positions * stride);
@@ -472,7 +479,7 @@ fn check_attention(kernel: &dyn Kernels, head_dim: usize, stride: usize, positio
         let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
         let total: f64 = weights.iter().sum();
-        (0..head_dim)
+        (0..width)
             .map(|i| {
                 (0..positions)
                     .map(|j| weights[j] / total * f64::from(cache_values[j * stride + i]))
@@ -482,13 +489,13 @@ fn check_attention(kernel: &dyn Kernels, head_dim: usize, stride: usize, positio
     };
     for scratch in [positions, positions.div_ceil(2)] {
         let mut scores = vec![f32::NAN; scratch];
-        let mut out = vec![f32::NAN; head_dim];
+        let mut out = vec![f32::NAN; width];
         kernel.attend(&head, &mut scores, &mut out);
         for (i, (&got, want)) in out.iter().zip(reference(scratch)).enumerate() {
             assert!(
                 (f64::from(got) - want).abs() <= 1e-5,
-                "{}: head_dim {head_dim}, stride {stride}, positions {positions}, scratch \
-                 {scratch}, value {i}: {got} against {want}",
+                "{}: head_dim {head_dim}, width {width}, stride {stride}, positions \
+                 {positions}, scratch {scratch}, value {i}: {got} against {want}",
                 kernel.name()
             );
         }
@@ -610,14 +617,17 @@ macro_rules! kernel_suite {
             #[test]
             fn attention_matches_a_double_precision_softmax() {
                 let Some(kernel) = kernel() else { return };
-                for (head_dim, stride, positions) in [
-                    (64, 192, 1),
-                    (64, 192, 300),
-                    (7, 9, 5),
-                    (33, 40, 77),
-                    (64, 64, 1000),
+                for (head_dim, width, stride, positions) in [
+                    (64, 64, 192, 1),
+                    (64, 64, 192, 300),
+                    (64, 40, 192, 300),
+                    (7, 7, 9, 5),
+                    (33, 33, 40, 77),
+                    (64, 64, 64, 1000),
+                    (256, 256, 256, 70),
+                    (256, 200, 256, 70),
                 ] {
-                    check_attention(kernel.as_ref(), head_dim, stride, positions);
+                    check_attention(kernel.as_ref(), head_dim, width, stride, positions);
                 }
             }
 
@@ -626,11 +636,13 @@ macro_rules! kernel_suite {
                 #[test]
                 fn odd_attention_shapes_match(
                     head_dim in 1usize..80,
+                    pruned in 0usize..80,
                     extra in 0usize..20,
                     positions in 1usize..200,
                 ) {
                     let Some(kernel) = kernel() else { return Ok(()) };
-                    check_attention(kernel.as_ref(), head_dim, head_dim + extra, positions);
+                    let width = head_dim - pruned % head_dim;
+                    check_attention(kernel.as_ref(), head_dim, width, head_dim + extra, positions);
                 }
             }
 

@@ -22,7 +22,7 @@ use core::arch::x86_64::{
 use super::super::driver::{self, Panel, Product, Simd, Source, Tile, simd_kernels};
 use super::super::select::cpu_has;
 use super::super::{F32Matrix, Q4_BLOCK_BYTES, Q4Matrix, Q8_BLOCK, Q8Matrix};
-use super::{vnni, vnni_prefill};
+use super::{attention, vnni, vnni_prefill};
 
 /// AVX-512 F/BW/VL kernels. Constructed only by [`Avx512::detect`].
 #[derive(Clone, Copy, Debug)]
@@ -55,7 +55,12 @@ impl Avx512 {
     }
 }
 
-simd_kernels!(Avx512, "avx512", math: "avx512f,avx512bw,avx512vl,fma");
+simd_kernels!(
+    Avx512,
+    "avx512",
+    math: "avx512f,avx512bw,avx512vl,fma",
+    attend: attention::attend
+);
 
 const LANES: usize = 16;
 const MR: usize = 8;

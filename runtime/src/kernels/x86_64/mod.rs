@@ -1,5 +1,6 @@
 //! x86_64 kernels: AVX2 with FMA, and AVX-512 (F, BW, VL) where present.
 
+mod attention;
 mod avx2;
 mod avx512;
 mod vnni;
