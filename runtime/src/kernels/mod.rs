@@ -351,8 +351,8 @@ pub trait Kernels: Sync {
 /// whenever a kernel's speed does, so that a `host` profile measured with older kernels can be
 /// told apart and measured again. 1: the kernels of bundle format 7; 2: q8 decode on AVX-512
 /// VNNI and AVX-512's q8 and q4 prefill packing through bytes; 3: q8 and q4 prefill on
-/// AVX-512 VNNI.
-pub const REVISION: u32 = 3;
+/// AVX-512 VNNI; 4: AVX-512 attention.
+pub const REVISION: u32 = 4;
 
 /// Products of fewer tokens than this run as one row dot product per token (decode); from
 /// this many, as blocked matrix–matrix products (prefill). See
