@@ -67,27 +67,34 @@ pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
 /// running sum is a chain of dependent additions).
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot_with(a, b, |y| y)
-}
-
-/// [`dot`] of f32 values with f16 bits ([`from_f16`]).
-#[inline(always)]
-pub(crate) fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
-    dot_with(a, b, from_f16)
-}
-
-/// [`dot`] of `a` with `b`'s values read by `value`.
-#[inline(always)]
-fn dot_with<T: Copy>(a: &[f32], b: &[T], value: impl Fn(T) -> f32) -> f32 {
     let (a8, a_tail) = a.as_chunks::<8>();
     let (b8, b_tail) = b.as_chunks::<8>();
     let mut acc = [0.0f32; 8];
     for (x, y) in a8.iter().zip(b8) {
         for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * value(y);
+            *s += x * y;
         }
     }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(&x, &y)| x * value(y)).sum();
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// [`dot`] of f32 values with f16 bits ([`from_f16`]).
+#[inline(always)]
+pub(crate) fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+    let (a8, a_tail) = a.as_chunks::<8>();
+    let (b8, b_tail) = b.as_chunks::<8>();
+    let mut acc = [0.0f32; 8];
+    for (x, y) in a8.iter().zip(b8) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * from_f16(y);
+        }
+    }
+    let tail: f32 = a_tail
+        .iter()
+        .zip(b_tail)
+        .map(|(&x, &y)| x * from_f16(y))
+        .sum();
     acc.iter().sum::<f32>() + tail
 }
 

@@ -256,8 +256,7 @@ impl Simd for Avx512 {
     }
 }
 
-/// The mask of the first `n` lanes (all for `n ≥ 16`).
-pub(super) fn mask(n: usize) -> __mmask16 {
+fn mask(n: usize) -> __mmask16 {
     if n >= LANES {
         0xffff
     } else {
