@@ -294,7 +294,7 @@ const ATTENTION_POSITIONS: usize = 300;
 
 /// One decode token's attention in all 30 blocks of SmolLM2-135M (9 query heads over 3
 /// key/value heads of 64, `ATTENTION_POSITIONS` cached positions), each head one
-/// `Kernels::attend`; the f16 caches (30 × 2 × 115 KB) are read as decode reads them.
+/// `Kernels::attend`; the caches (30 × 2 × 230 KB) are read as decode reads them.
 fn attention(implementations: &[(String, &dyn Kernels)], min_time: Duration, rounds: usize) {
     const BLOCKS: usize = 30;
     const HEADS: usize = 9;
@@ -302,9 +302,8 @@ fn attention(implementations: &[(String, &dyn Kernels)], min_time: Duration, rou
     const HEAD_DIM: usize = 64;
     let kv_dim = KV_HEADS * HEAD_DIM;
     let cache_len = ATTENTION_POSITIONS * kv_dim;
-    let f16 = |v: Vec<f32>| -> Vec<u16> { v.into_iter().map(kernels::to_f16).collect() };
-    let keys = f16(values(BLOCKS * cache_len, 5));
-    let cache_values = f16(values(BLOCKS * cache_len, 6));
+    let keys = values(BLOCKS * cache_len, 5);
+    let cache_values = values(BLOCKS * cache_len, 6);
     let q = values(HEADS * HEAD_DIM, 7);
     let mut scores = vec![0.0f32; ATTENTION_POSITIONS];
     let mut out = vec![0.0f32; HEAD_DIM];

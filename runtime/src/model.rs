@@ -9,7 +9,7 @@ use crate::config::{Activation, MatrixKind, ModelConfig};
 use crate::error::Error;
 use crate::format::{HeadRef, LayerRef};
 use crate::kernels::math::dot;
-use crate::kernels::{AttentionHead, Kernels, from_f16, to_f16};
+use crate::kernels::{AttentionHead, Kernels};
 
 /// The shortest prefill chunk (tokens run through the blocks together): the chunk is a quarter
 /// of the context, between this and [`MAX_PREFILL_CHUNK`] (and never more than the context).
@@ -28,8 +28,7 @@ pub fn prefill_chunk(context: usize) -> usize {
         .max(1)
 }
 
-/// Sizes, in values, of the arena's regions for one bundle and context length: f16 for the
-/// KV cache, f32 for the rest.
+/// Sizes, in f32 values, of the arena's regions for one bundle and context length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Layout {
     context: usize,
@@ -69,9 +68,8 @@ impl Layout {
         }
     }
 
-    /// The arena's size in f32 values (each KV cache rounded up to whole ones).
     fn total_f32(&self) -> usize {
-        2 * self.kv_cache.div_ceil(2)
+        2 * self.kv_cache
             + 3 * self.hidden_rows
             + 2 * self.q_rows
             + 2 * self.kv_rows
@@ -99,21 +97,11 @@ fn take<'b>(rest: &mut &'b mut [f32], n: usize) -> Result<&'b mut [f32], Error> 
     Ok(head)
 }
 
-/// `n` f16 values (as bits) from the front of `rest`.
-fn take_f16<'b>(rest: &mut &'b mut [f32], n: usize) -> Result<&'b mut [u16], Error> {
-    let halves: &mut [u16] = bytemuck::cast_slice_mut(take(rest, n.div_ceil(2))?);
-    halves.get_mut(..n).ok_or(Error::BadShape)
-}
-
 /// Working buffers carved from the arena.
 #[derive(Debug)]
 struct Buffers<'b> {
-    /// Keys of every layer and position (`n_layers × context × kv_dim`), f16 bits: half the
-    /// bytes of f32, and what attention reads for every token (llama.cpp keeps f16 too).
-    k_cache: &'b mut [u16],
-    /// Values, laid out as the keys (a block keeping fewer value dimensions leaves the rest of
-    /// each position's `kv_dim` unused).
-    v_cache: &'b mut [u16],
+    k_cache: &'b mut [f32],
+    v_cache: &'b mut [f32],
     x: &'b mut [f32],
     normed: &'b mut [f32],
     q: &'b mut [f32],
@@ -165,8 +153,8 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         let mut rest: &mut [f32] =
             bytemuck::try_cast_slice_mut(arena).map_err(|_| Error::MisalignedArena)?;
         let buffers = Buffers {
-            k_cache: take_f16(&mut rest, layout.kv_cache)?,
-            v_cache: take_f16(&mut rest, layout.kv_cache)?,
+            k_cache: take(&mut rest, layout.kv_cache)?,
+            v_cache: take(&mut rest, layout.kv_cache)?,
             x: take(&mut rest, layout.hidden_rows)?,
             normed: take(&mut rest, layout.hidden_rows)?,
             q: take(&mut rest, layout.q_rows)?,
@@ -222,11 +210,11 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         let b = &mut self.buffers;
         for layer in 0..config.n_layers {
             let at = layer * self.layout.context * kv_dim;
-            store_f16(
+            copy(
                 prefix.keys.get(layer * per_layer..(layer + 1) * per_layer),
                 b.k_cache.get_mut(at..at + per_layer),
             );
-            store_f16(
+            copy(
                 prefix
                     .values
                     .get(layer * per_layer..(layer + 1) * per_layer),
@@ -239,8 +227,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
 
     /// Writes the keys and values of the first `len` cached positions, layer-major
     /// (`n_layers × len × kv_dim` values each, a position's unused value lanes zero): what a
-    /// packer stores as the prompt prefix (f32 values of the cache's f16, so that loading
-    /// them gives the same cache).
+    /// packer stores as the prompt prefix.
     pub fn cached_keys_values(
         &self,
         len: usize,
@@ -260,7 +247,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             let value_dim = config.n_kv_heads * self.bundle.block_widths(layer)?.value;
             let at = layer * self.layout.context * kv_dim;
             let out = layer * per_layer;
-            load_f16(
+            copy(
                 self.buffers.k_cache.get(at..at + per_layer),
                 keys.get_mut(out..out + per_layer),
             );
@@ -270,7 +257,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
                     .get_mut(slot..slot + kv_dim)
                     .unwrap_or(&mut [])
                     .split_at_mut(value_dim.min(kv_dim));
-                load_f16(
+                copy(
                     self.buffers
                         .v_cache
                         .get(at + t * kv_dim..at + t * kv_dim + value_dim),
@@ -519,11 +506,11 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         let layer_cache = layer_idx * self.layout.context * kv_dim;
         for t in 0..n {
             let at = layer_cache + (self.position + t) * kv_dim;
-            store_f16(
+            copy(
                 b.k.get(t * kv_dim..(t + 1) * kv_dim),
                 b.k_cache.get_mut(at..at + kv_dim),
             );
-            store_f16(
+            copy(
                 b.v.get(t * value_dim..(t + 1) * value_dim),
                 b.v_cache.get_mut(at..at + value_dim),
             );
@@ -641,17 +628,9 @@ fn attention<K: Kernels>(
     });
 }
 
-/// `from` rounded to f16 into `to` (the KV cache).
-fn store_f16(from: Option<&[f32]>, to: Option<&mut [u16]>) {
+fn copy(from: Option<&[f32]>, to: Option<&mut [f32]>) {
     if let (Some(from), Some(to)) = (from, to) {
-        to.iter_mut().zip(from).for_each(|(t, &f)| *t = to_f16(f));
-    }
-}
-
-/// The f16 values of `from` (the KV cache) into `to`.
-fn load_f16(from: Option<&[u16]>, to: Option<&mut [f32]>) {
-    if let (Some(from), Some(to)) = (from, to) {
-        to.iter_mut().zip(from).for_each(|(t, &f)| *t = from_f16(f));
+        to.iter_mut().zip(from).for_each(|(t, f)| *t = *f);
     }
 }
 

@@ -4,17 +4,16 @@
 //! own registers (AVX-512 and AVX2 on x86_64; NEON is the aarch64 baseline already).
 
 /// One query head's attention over the cached positions `0..positions`: position `j`'s key is
-/// `keys[j · stride ..][.. q.len()]`, its value `values[j · stride ..][.. q.len()]`. Keys and
-/// values are IEEE binary16 bits ([`to_f16`], [`from_f16`]), as the KV cache keeps them.
+/// `keys[j · stride ..][.. q.len()]`, its value `values[j · stride ..][.. q.len()]`.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionHead<'a> {
     /// The (rotated) query, `head_dim` values.
     pub q: &'a [f32],
-    /// Keys of this head's key/value head, from position 0, `stride` apart (f16 bits).
-    pub keys: &'a [u16],
+    /// Keys of this head's key/value head, from position 0, `stride` apart.
+    pub keys: &'a [f32],
     /// Values of the same head, `stride` apart as the keys; each is as long as the output
-    /// (`head_dim`, or fewer when the block keeps fewer value dimensions) (f16 bits).
-    pub values: &'a [u16],
+    /// (`head_dim`, or fewer when the block keeps fewer value dimensions).
+    pub values: &'a [f32],
     /// Values between the starts of two positions' keys (the model's `kv_dim`).
     pub stride: usize,
     /// Positions attended to (the query's own included).
@@ -36,7 +35,7 @@ pub(crate) fn attend(head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f3
     for (j, score) in scores.iter_mut().enumerate() {
         let at = j * head.stride;
         let key = head.keys.get(at..at + head_dim).unwrap_or(&[]);
-        *score = dot_f16(head.q, key) * head.scale;
+        *score = dot(head.q, key) * head.scale;
         max = max.max(*score);
     }
     scores
@@ -48,8 +47,8 @@ pub(crate) fn attend(head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f3
         let at = j * head.stride;
         let value = head.values.get(at..at + out.len()).unwrap_or(&[]);
         let weight = weight * inverse_sum;
-        for (o, &v) in out.iter_mut().zip(value) {
-            *o += weight * from_f16(v);
+        for (o, v) in out.iter_mut().zip(value) {
+            *o += weight * v;
         }
     }
 }
@@ -77,70 +76,6 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
     acc.iter().sum::<f32>() + tail
-}
-
-/// [`dot`] of f32 values with f16 bits ([`from_f16`]).
-#[inline(always)]
-pub(crate) fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
-    let (a8, a_tail) = a.as_chunks::<8>();
-    let (b8, b_tail) = b.as_chunks::<8>();
-    let mut acc = [0.0f32; 8];
-    for (x, y) in a8.iter().zip(b8) {
-        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * from_f16(y);
-        }
-    }
-    let tail: f32 = a_tail
-        .iter()
-        .zip(b_tail)
-        .map(|(&x, &y)| x * from_f16(y))
-        .sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// The f32 value of IEEE binary16 bits, without a branch (so loops over it vectorize): the
-/// magnitude's bits moved into an f32's exponent and mantissa, then scaled by 2¹¹² (exact for
-/// normal and subnormal values), and the sign put back. Infinities and NaNs, which
-/// [`to_f16`] never writes, would come out as large finite values.
-#[inline(always)]
-pub fn from_f16(bits: u16) -> f32 {
-    const SCALE: f32 = f32::from_bits((127 + 112) << 23);
-    let bits = u32::from(bits);
-    let magnitude = f32::from_bits((bits & 0x7fff) << 13) * SCALE;
-    f32::from_bits(magnitude.to_bits() | ((bits & 0x8000) << 16))
-}
-
-/// `x` rounded to the nearest IEEE binary16 value (ties to even), as its bits; beyond the
-/// largest finite value (65,504) it saturates there, and a NaN becomes 0, so the KV cache
-/// never holds a non-finite value. Without a branch, so that storing a token's keys and
-/// values vectorizes: below 2⁻¹⁴ (subnormal results) adding 0.5 lets the FPU round the
-/// magnitude at the subnormals' step and leaves the result in the low bits; above, the
-/// exponent is rebiased and the 13 dropped bits rounded to nearest even by adding `0xfff` and
-/// the kept part's lowest bit.
-#[inline(always)]
-pub fn to_f16(x: f32) -> u16 {
-    const HALF: f32 = 0.5;
-    // (15 − 127) << 23, the exponent's rebias, as a wrapping addition.
-    const REBIAS: u32 = 0xc800_0000;
-    let x = if x.is_nan() {
-        0.0
-    } else {
-        x.clamp(-65_504.0, 65_504.0)
-    };
-    let bits = x.to_bits();
-    let sign = (bits >> 16) & 0x8000;
-    let magnitude = bits & 0x7fff_ffff;
-    let subnormal = (f32::from_bits(magnitude) + HALF)
-        .to_bits()
-        .wrapping_sub(HALF.to_bits());
-    let odd = (magnitude >> 13) & 1;
-    let normal = magnitude.wrapping_add(REBIAS + 0xfff).wrapping_add(odd) >> 13;
-    let magnitude = if magnitude < 0x3880_0000 {
-        subnormal
-    } else {
-        normal
-    };
-    (magnitude | sign) as u16
 }
 
 /// `Σ values`, with eight partial sums (vectorizes, as [`dot`]).

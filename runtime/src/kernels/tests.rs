@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::{
     AttentionHead, DECODE_BELOW_TOKENS, F32Matrix, Kernels, Portable, Q4_BLOCK_BYTES, Q4Matrix,
-    Q8_BLOCK, Q8Matrix, Threaded, Weight, from_f16, q4_pair, q8_blocks_per_row, to_f16,
+    Q8_BLOCK, Q8Matrix, Threaded, Weight, q4_pair, q8_blocks_per_row,
 };
 
 const SENTINEL: f32 = 12345.0;
@@ -442,7 +442,7 @@ const LOW_RANK_SHAPES: [(usize, usize, usize); 6] = [
     (33, 64, 40),
 ];
 
-/// `kernel.attend` against the softmax computed in f64 (of the cache's f16 values), with `width` value dimensions (fewer
+/// `kernel.attend` against the softmax computed in f64, with `width` value dimensions (fewer
 /// than `head_dim` where a block's values are pruned); also that a scratch shorter than the
 /// positions attends to the ones it holds instead of panicking.
 fn check_attention(
@@ -454,10 +454,8 @@ fn check_attention(
 ) {
     let seed = (head_dim * 1000 + positions) as u64;
     let q: Vec<f32> = values(seed, head_dim).iter().map(|v| v * 4.0).collect();
-    // The cache keeps f16; the reference reads the same rounded values.
-    let f16 = |v: Vec<f32>| -> Vec<u16> { v.into_iter().map(to_f16).collect() };
-    let keys = f16(values(seed + 1, positions * stride));
-    let cache_values = f16(values(seed + 2, positions * stride));
+    let keys = values(seed + 1, positions * stride);
+    let cache_values = values(seed + 2, positions * stride);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let head = AttentionHead {
         q: &q,
@@ -473,7 +471,7 @@ fn check_attention(
                 let key = &keys[j * stride..j * stride + head_dim];
                 q.iter()
                     .zip(key)
-                    .map(|(&a, &b)| f64::from(a) * f64::from(from_f16(b)))
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
                     .sum::<f64>()
                     * f64::from(scale)
             })
@@ -484,7 +482,7 @@ fn check_attention(
         (0..width)
             .map(|i| {
                 (0..positions)
-                    .map(|j| weights[j] / total * f64::from(from_f16(cache_values[j * stride + i])))
+                    .map(|j| weights[j] / total * f64::from(cache_values[j * stride + i]))
                     .sum()
             })
             .collect()
@@ -502,36 +500,6 @@ fn check_attention(
             );
         }
     }
-}
-
-#[test]
-fn the_caches_f16_conversions_are_exact_and_finite() {
-    for bits in 0..=u16::MAX {
-        let value = half::f16::from_bits(bits);
-        if value.is_finite() {
-            assert_eq!(
-                from_f16(bits).to_bits(),
-                value.to_f32().to_bits(),
-                "{bits:#06x}"
-            );
-            assert_eq!(to_f16(value.to_f32()), bits, "{bits:#06x} back");
-        }
-    }
-    // Every f32 up to the largest f16 rounds as `half` rounds it (a sweep of bit patterns).
-    for bits in (0..=0x477f_e000u32).step_by(997) {
-        for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
-            assert_eq!(
-                to_f16(x),
-                half::f16::from_f32(x).to_bits(),
-                "{x:e} ({bits:#010x})"
-            );
-        }
-    }
-    assert_eq!(to_f16(1e6), half::f16::MAX.to_bits());
-    assert_eq!(to_f16(f32::NEG_INFINITY), half::f16::MIN.to_bits());
-    assert_eq!(to_f16(f32::NAN), 0);
-    // Ties to even: 1 + 2⁻¹¹ lies halfway between 1 and the next f16.
-    assert_eq!(to_f16(1.0 + 2f32.powi(-11)), half::f16::ONE.to_bits());
 }
 
 macro_rules! kernel_suite {

@@ -4,16 +4,15 @@
 //! products accumulate in sixteen registers and are reduced together by a tree of shuffles
 //! (three instructions per pair and level: 46 for sixteen positions where sixteen horizontal
 //! sums take about 130), and the weighted sum of values keeps up to 64 output lanes in
-//! registers across all positions. The softmax in between is `math`'s, which vectorizes. Keys
-//! and values are f16 (the KV cache's), converted as they are loaded (`vcvtph2ps`).
+//! registers across all positions. The softmax in between is `math`'s, which vectorizes.
 //!
 //! `unsafe` is allowed in this module only, under the same rules as `avx512`'s.
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m512, __mmask16, _mm256_maskz_loadu_epi16, _mm512_add_ps, _mm512_cvtph_ps, _mm512_fmadd_ps,
-    _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_permutexvar_ps,
-    _mm512_set1_ps, _mm512_setr_epi32, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps,
+    __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_mask_storeu_ps,
+    _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_permutexvar_ps, _mm512_set1_ps, _mm512_setr_epi32,
+    _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps,
 };
 
 use super::super::math::{self, AttentionHead};
@@ -89,7 +88,7 @@ unsafe fn scaled_dots(head: &AttentionHead<'_>, positions: usize, scores: &mut [
                 for (p, acc) in acc.iter_mut().enumerate() {
                     if p < n {
                         let key = keys.add((first + p) * head.stride + c);
-                        *acc = _mm512_fmadd_ps(q, load_f16(mask, key), *acc);
+                        *acc = _mm512_fmadd_ps(q, _mm512_maskz_loadu_ps(mask, key), *acc);
                     }
                 }
             }
@@ -104,17 +103,6 @@ unsafe fn scaled_dots(head: &AttentionHead<'_>, positions: usize, scores: &mut [
         max = lanes.iter().fold(max, |m, &s| m.max(s));
     }
     max
-}
-
-/// The f16 values at `at` in the lanes of `mask`, as f32 (zero elsewhere).
-///
-/// # Safety
-/// The lanes of `mask` from `at` are readable.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-#[inline]
-unsafe fn load_f16(mask: __mmask16, at: *const u16) -> __m512 {
-    // SAFETY: the caller's.
-    _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(mask, at.cast()) })
 }
 
 /// Lane `j` of the result is the sum of `v[j]`'s sixteen lanes.
@@ -189,7 +177,7 @@ unsafe fn weighted_values(
             for (c, (acc, &mask)) in acc.iter_mut().zip(&masks).enumerate() {
                 if mask != 0 {
                     // SAFETY: lanes below `width` of position `j`'s values.
-                    let v = unsafe { load_f16(mask, values.add(row + c * LANES)) };
+                    let v = unsafe { _mm512_maskz_loadu_ps(mask, values.add(row + c * LANES)) };
                     *acc = _mm512_fmadd_ps(weight, v, *acc);
                 }
             }
