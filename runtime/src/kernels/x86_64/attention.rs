@@ -16,6 +16,7 @@ use core::arch::x86_64::{
 };
 
 use super::super::math::{self, AttentionHead};
+use super::avx512::mask;
 
 /// Positions whose dot products are reduced together, and lanes of a register.
 const LANES: usize = 16;
@@ -57,15 +58,6 @@ fn fitting(total: usize, len: usize, stride: usize) -> usize {
     }
 }
 
-/// The mask of the first `n` lanes (all for `n ≥ 16`).
-fn first_lanes(n: usize) -> __mmask16 {
-    if n >= LANES {
-        0xffff
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
-}
-
 /// `scores[j] = scale · q · k_j` for `j < positions`; returns their maximum.
 ///
 /// # Safety
@@ -81,14 +73,14 @@ unsafe fn scaled_dots(head: &AttentionHead<'_>, positions: usize, scores: &mut [
         let n = (positions - first).min(LANES);
         let mut acc = [_mm512_setzero_ps(); LANES];
         for c in (0..head_dim).step_by(LANES) {
-            let mask = first_lanes(head_dim - c);
+            let dims = mask(head_dim - c);
             // SAFETY: lanes below `head_dim` of `q` and of each valid position's key.
             unsafe {
-                let q = _mm512_maskz_loadu_ps(mask, q.add(c));
+                let q = _mm512_maskz_loadu_ps(dims, q.add(c));
                 for (p, acc) in acc.iter_mut().enumerate() {
                     if p < n {
                         let key = keys.add((first + p) * head.stride + c);
-                        *acc = _mm512_fmadd_ps(q, _mm512_maskz_loadu_ps(mask, key), *acc);
+                        *acc = _mm512_fmadd_ps(q, _mm512_maskz_loadu_ps(dims, key), *acc);
                     }
                 }
             }
@@ -97,8 +89,8 @@ unsafe fn scaled_dots(head: &AttentionHead<'_>, positions: usize, scores: &mut [
         let mut lanes = [f32::NEG_INFINITY; LANES];
         // SAFETY: `n` values from `first`, inside `scores`; and the local array.
         unsafe {
-            _mm512_mask_storeu_ps(scores.as_mut_ptr().add(first), first_lanes(n), dots);
-            _mm512_mask_storeu_ps(lanes.as_mut_ptr(), first_lanes(n), dots);
+            _mm512_mask_storeu_ps(scores.as_mut_ptr().add(first), mask(n), dots);
+            _mm512_mask_storeu_ps(lanes.as_mut_ptr(), mask(n), dots);
         }
         max = lanes.iter().fold(max, |m, &s| m.max(s));
     }
@@ -169,7 +161,7 @@ unsafe fn weighted_values(
     let values = head.values.as_ptr();
     for first in (0..width).step_by(LANES * OUT_CHUNKS) {
         let masks: [__mmask16; OUT_CHUNKS] =
-            core::array::from_fn(|c| first_lanes(width.saturating_sub(first + c * LANES)));
+            core::array::from_fn(|c| mask(width.saturating_sub(first + c * LANES)));
         let mut acc = [_mm512_setzero_ps(); OUT_CHUNKS];
         for (j, &weight) in weights.iter().enumerate() {
             let weight = _mm512_set1_ps(weight);

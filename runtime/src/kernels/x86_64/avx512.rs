@@ -256,7 +256,8 @@ impl Simd for Avx512 {
     }
 }
 
-fn mask(n: usize) -> __mmask16 {
+/// The mask of the first `n` lanes (all for `n ≥ 16`).
+pub(super) fn mask(n: usize) -> __mmask16 {
     if n >= LANES {
         0xffff
     } else {
