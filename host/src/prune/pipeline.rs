@@ -409,8 +409,8 @@ pub fn prune(base: &BaseModel, options: &PruneOptions) -> anyhow::Result<PruneRe
         let left = elapsed / done as f64 * max_generations.saturating_sub(done) as f64;
         progress.suspend(|| {
             eprintln!(
-                "{line} · {} quarter / {} full evaluations, {} rejected early, {} costlier than the answer left out, {} replaced by cheaper neighbours of it · {elapsed:.0} s, at most {left:.0} s left",
-                report.quarter_evaluations, report.full_evaluations, report.rejected, report.costlier, report.neighbours,
+                "{line} · {} quarter / {} full evaluations, {} rejected early, {} costlier than the answer left out · {elapsed:.0} s, at most {left:.0} s left",
+                report.quarter_evaluations, report.full_evaluations, report.rejected, report.costlier,
             )
         });
         progress.set_message(line);

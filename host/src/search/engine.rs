@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::Checkpoint;
-use super::operators::{Breeding, Score, breed, cheaper_neighbour, generation_rng};
+use super::operators::{Breeding, Score, breed, generation_rng};
 use super::seeding::initial_population;
 use super::state::State;
 use super::{
@@ -43,10 +43,6 @@ pub struct GenerationReport {
     /// answer is the cheapest admissible genome, so none of them could have become it.
     #[serde(default)]
     pub costlier: usize,
-    /// Bred children replaced by cheaper neighbours of the admissible answer
-    /// ([`super::operators::cheaper_neighbour`]) because they cost more than it or were seen.
-    #[serde(default)]
-    pub neighbours: usize,
 }
 
 /// The answer of a finished (or stopped) search.
@@ -213,7 +209,7 @@ impl<P: Problem> Search<P> {
     pub fn step(&mut self) -> Result<GenerationReport, SearchError> {
         let generation = self.state.next_generation;
         let mut rng = generation_rng(self.config.seed, generation);
-        let (population, neighbours) = if generation == 0 {
+        let population = if generation == 0 {
             let spectrum = self.problem.spectrum_seeds(self.config.spectrum_seeds);
             let structural = self.problem.structural_seeds(self.target);
             let uniform = self
@@ -229,10 +225,7 @@ impl<P: Problem> Search<P> {
                 genome.validate(self.n_genes, self.config.levels.len())?;
             }
             let highest = self.problem.highest_levels(self.config.levels.len());
-            (
-                initial_population(&mut rng, &highest, &self.config, seeds),
-                0,
-            )
+            initial_population(&mut rng, &highest, &self.config, seeds)
         } else {
             self.next_population(&mut rng)?
         };
@@ -254,7 +247,7 @@ impl<P: Problem> Search<P> {
         let report = self.report(
             generation,
             improved,
-            [rejected, costlier, neighbours],
+            [rejected, costlier],
             quarter_before,
             full_before,
         )?;
@@ -301,14 +294,11 @@ impl<P: Problem> Search<P> {
         })
     }
 
-    /// Elites of the current population, then children bred from it; once the answer is
-    /// admissible, a child costing more than it or seen before is replaced by a cheaper
-    /// neighbour of the answer where one is found. Returns the population and how many
-    /// children were replaced.
+    /// Elites of the current population, then children bred from it.
     fn next_population(
         &mut self,
         rng: &mut rand_chacha::ChaCha8Rng,
-    ) -> Result<(Vec<Genome>, usize), SearchError> {
+    ) -> Result<Vec<Genome>, SearchError> {
         let parents = self.state.population.clone();
         let scores = self.scores(&parents)?;
         let mut population: Vec<Genome> = top_distinct(&parents, &scores, self.config.elitism)
@@ -323,32 +313,8 @@ impl<P: Problem> Search<P> {
             highest: &highest,
         };
         let n_children = self.config.population - population.len();
-        let mut children = breed(rng, &parents, &scores, n_children, breeding);
-        let mut neighbours = 0;
-        if let (Some(bound), Some(answer)) = (self.answer_cost(), self.state.best.clone()) {
-            let mut taken: HashSet<Genome> = population.iter().cloned().collect();
-            for child in &mut children {
-                if self.within(Some(bound), child)
-                    && !self.state.cache.contains_key(child)
-                    && taken.insert(child.clone())
-                {
-                    continue;
-                }
-                let cost = |genome: &Genome| self.problem.cost(genome).cost;
-                let fresh = |genome: &Genome| {
-                    !self.state.cache.contains_key(genome) && !taken.contains(genome)
-                };
-                if let Some(neighbour) =
-                    cheaper_neighbour(rng, &answer, &highest, bound, cost, fresh)
-                {
-                    taken.insert(neighbour.clone());
-                    *child = neighbour;
-                    neighbours += 1;
-                }
-            }
-        }
-        population.extend(children);
-        Ok((population, neighbours))
+        population.extend(breed(rng, &parents, &scores, n_children, breeding));
+        Ok(population)
     }
 
     /// The cost of the best genome when it is admissible: a genome costing more can never
@@ -542,7 +508,7 @@ impl<P: Problem> Search<P> {
         &self,
         generation: usize,
         improved: bool,
-        [rejected, costlier, neighbours]: [usize; 3],
+        [rejected, costlier]: [usize; 2],
         quarter_before: usize,
         full_before: usize,
     ) -> Result<GenerationReport, SearchError> {
@@ -560,7 +526,6 @@ impl<P: Problem> Search<P> {
             full_evaluations: self.state.full_evaluations - full_before,
             rejected,
             costlier,
-            neighbours,
         })
     }
 }

@@ -127,37 +127,3 @@ pub(super) fn breed(
         })
         .collect()
 }
-
-/// Draws of [`cheaper_neighbour`] before it gives up.
-pub(super) const NEIGHBOUR_TRIES: usize = 64;
-
-/// A copy of `answer` with one or two genes one level more pruned (within `highest`) that
-/// `cost` prices below `bound` and `fresh` accepts; `None` after [`NEIGHBOUR_TRIES`] draws.
-/// Once a search has an admissible answer, nothing costlier can replace it: a child bred
-/// costlier is replaced by such a neighbour, so each generation still tries something that
-/// could (on SST-2 every bred child had cost more than a seeded answer, and two generations
-/// evaluated nothing).
-pub(super) fn cheaper_neighbour(
-    rng: &mut ChaCha8Rng,
-    answer: &Genome,
-    highest: &[u8],
-    bound: f64,
-    cost: impl Fn(&Genome) -> f64,
-    fresh: impl Fn(&Genome) -> bool,
-) -> Option<Genome> {
-    let raisable: Vec<usize> = (answer.levels().iter().zip(highest).enumerate())
-        .filter(|(_, (level, last))| level < last)
-        .map(|(i, _)| i)
-        .collect();
-    if raisable.is_empty() {
-        return None;
-    }
-    (0..NEIGHBOUR_TRIES).find_map(|_| {
-        let mut neighbour = answer.clone();
-        for _ in 0..rng.random_range(1..=2) {
-            let gene = raisable[rng.random_range(0..raisable.len())];
-            neighbour.0[gene] = (neighbour.0[gene] + 1).min(highest[gene]);
-        }
-        (cost(&neighbour) < bound && fresh(&neighbour)).then_some(neighbour)
-    })
-}

@@ -311,47 +311,18 @@ fn no_genome_is_evaluated_twice() {
 #[test]
 fn genomes_costlier_than_an_admissible_best_are_not_evaluated() {
     let mut search = Search::new(Synthetic::new(), config(8)).expect("valid config");
-    let (mut left_out, mut replaced) = (0, 0);
+    let mut left_out = 0;
     while !search.is_finished() {
         let report = search.step().expect("a generation runs");
         left_out += report.costlier;
-        replaced += report.neighbours;
         // The next generation must not evaluate anything costlier than an admissible best.
         let bound = report.feasible.then_some(report.best_cost);
         search.problem_mut().bound = bound;
     }
     let result = search.result().expect("a result");
     assert!(result.feasible);
-    assert!(
-        left_out + replaced > 0,
-        "no costlier genome was left out or replaced"
-    );
+    assert!(left_out > 0, "no genome was left out");
     assert_eq!(search.problem().above_bound, 0);
-}
-
-#[test]
-fn once_the_answer_is_admissible_every_generation_tries_cheaper_neighbours_of_it() {
-    let mut search = Search::new(Synthetic::new(), config(8)).expect("valid config");
-    let (mut admissible_generations, mut replaced, mut cheaper_answers) = (0, 0, 0);
-    while !search.is_finished() {
-        let before = (search.result())
-            .filter(|result| result.feasible)
-            .map(|result| result.best_cost.cost);
-        let report = search.step().expect("a generation runs");
-        let Some(bound) = before else { continue };
-        admissible_generations += 1;
-        replaced += report.neighbours;
-        assert!(
-            report.quarter_evaluations + report.full_evaluations > 0,
-            "generation {} evaluated nothing",
-            report.generation
-        );
-        assert!(report.best_cost <= bound, "the answer became costlier");
-        cheaper_answers += usize::from(report.best_cost < bound);
-    }
-    assert!(admissible_generations > 0, "no admissible answer");
-    assert!(replaced > 0, "no child was replaced by a neighbour");
-    assert!(cheaper_answers > 0, "no generation found a cheaper answer");
 }
 
 #[test]
