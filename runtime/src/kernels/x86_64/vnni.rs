@@ -31,7 +31,7 @@ use core::arch::x86_64::{
     _mm512_maskz_loadu_epi8, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_mul_ps,
     _mm512_permutexvar_ps, _mm512_reduce_add_epi32, _mm512_reduce_add_ps, _mm512_reduce_max_ps,
     _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_srli_epi16,
-    _mm512_sub_epi32, _mm512_xor_si512,
+    _mm512_xor_si512,
 };
 
 use super::super::driver;
@@ -285,7 +285,14 @@ struct RoundedQ8 {
     q: [i8; PASS + Q8_BLOCK],
     /// Per block: its step.
     steps: [f32; PASS_BLOCKS + QUAD],
+    /// Per pair of blocks (64 values), lane `l`: `−128 · Σ q` over values `4l .. 4l + 4`,
+    /// where a row's integer sum of that pair starts (see [`matvec_q8`]): the same for
+    /// every row, so made once per pass.
+    starts: [[i32; 16]; PAIRS],
 }
+
+/// Pairs of blocks in a pass, an odd last block's included.
+const PAIRS: usize = PASS_BLOCKS.div_ceil(2);
 
 /// Blocks of a row whose scales one 16-lane load covers.
 const QUAD: usize = 16;
@@ -307,6 +314,12 @@ fn round_q8(x: &[f32], blocks: usize, r: &mut RoundedQ8) {
             *step = block_step;
         }
     }
+    let pairs = r.q.chunks_exact(2 * Q8_BLOCK).take(blocks.div_ceil(2));
+    for (pair, start) in pairs.zip(r.starts.iter_mut()) {
+        for (four, lane) in pair.chunks_exact(4).zip(start.iter_mut()) {
+            *lane = -128 * four.iter().map(|&q| i32::from(q)).sum::<i32>();
+        }
+    }
 }
 
 /// `out = W x` for one token of int8 weights; as
@@ -315,8 +328,8 @@ fn round_q8(x: &[f32], blocks: usize, r: &mut RoundedQ8) {
 /// `vpdpbusd` multiplies unsigned by signed bytes, so the weights are read offset by 128
 /// (`w ^ 0x80 = w + 128`, one xor per 64 weights) against the rounded activations `q`:
 /// `Σ (w + 128) q = Σ w q + 128 Σ q`, and the second term, the same for every row, is where
-/// each row's integer sum starts, negated (`−128 Σ q`, one `vpdpbusd` per 64 activations for
-/// all rows), so that it ends exactly at `Σ w q`. Per 64 weights and row: an xor, a
+/// each row's integer sum starts, negated (`−128 Σ q`, [`RoundedQ8::starts`], made once per
+/// pass for all rows), so that it ends exactly at `Σ w q`. Per 64 weights and row: an xor, a
 /// `vpdpbusd`, a conversion, a permutation of the block scales and one multiply-add, where
 /// the float q8 decode needs sixteen instructions.
 ///
@@ -329,6 +342,7 @@ pub(super) unsafe fn matvec_q8(w: Q8Matrix<'_>, x: &[f32], out: &mut [f32]) {
     let mut rounded = RoundedQ8 {
         q: [0; PASS + Q8_BLOCK],
         steps: [0.0; PASS_BLOCKS + QUAD],
+        starts: [[0; 16]; PAIRS],
     };
     let out_ptr = out.as_mut_ptr();
     for pass in passes(per_row) {
@@ -391,11 +405,7 @@ unsafe fn rows_q8<const N: usize>(
                 let valid = (cols - (first + g + p) * Q8_BLOCK).min(in_pass);
                 let whole = valid == 2 * Q8_BLOCK;
                 let bytes_mask = if whole { u64::MAX } else { (1u64 << valid) - 1 };
-                // `−128 Σ q` per lane (padding activations are zero): what the offset adds.
-                let start = _mm512_sub_epi32(
-                    _mm512_setzero_si512(),
-                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), offset, x8),
-                );
+                let start = _mm512_loadu_si512(r.starts.as_ptr().add((g + p) / 2).cast());
                 for ((acc, s), row) in acc.iter_mut().zip(&scale).zip(w_rows) {
                     let at = row.add((g + p) * Q8_BLOCK);
                     let bytes = if whole {
