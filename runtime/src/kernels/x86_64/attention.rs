@@ -10,9 +10,9 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_mask_storeu_ps,
-    _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_permutexvar_ps, _mm512_set1_ps, _mm512_setr_epi32,
-    _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps,
+    __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_mask_reduce_max_ps,
+    _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_permutexvar_ps,
+    _mm512_set1_ps, _mm512_setr_epi32, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps,
 };
 
 use super::super::math::{self, AttentionHead};
@@ -86,13 +86,9 @@ unsafe fn scaled_dots(head: &AttentionHead<'_>, positions: usize, scores: &mut [
             }
         }
         let dots = _mm512_mul_ps(sum_lanes(&acc), scale);
-        let mut lanes = [f32::NEG_INFINITY; LANES];
-        // SAFETY: `n` values from `first`, inside `scores`; and the local array.
-        unsafe {
-            _mm512_mask_storeu_ps(scores.as_mut_ptr().add(first), mask(n), dots);
-            _mm512_mask_storeu_ps(lanes.as_mut_ptr(), mask(n), dots);
-        }
-        max = lanes.iter().fold(max, |m, &s| m.max(s));
+        // SAFETY: `n` values from `first`, inside `scores`.
+        unsafe { _mm512_mask_storeu_ps(scores.as_mut_ptr().add(first), mask(n), dots) };
+        max = max.max(_mm512_mask_reduce_max_ps(mask(n), dots));
     }
     max
 }
