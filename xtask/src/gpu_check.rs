@@ -103,12 +103,16 @@ pub fn run() -> anyhow::Result<ExitCode> {
     );
     let start = Instant::now();
     // The suite's cuda build, for the `whittle` binary only.
-    let build = crate::cuda::BUILD[..6].iter().chain(&["--bin", "whittle"]);
+    let build = ["build", "--release"]
+        .iter()
+        .chain(&crate::cuda::BUILD[1..5])
+        .chain(&["--bin", "whittle"]);
     cargo::run(&mut cuda_cargo(build, &gpu)?)?;
     let build_seconds = start.elapsed().as_secs_f64();
     let binary: PathBuf = cargo::target_dir()?.join("cuda/release/whittle");
-    // The suite builds this test (`cuda::BUILD_GPU_TEST`); here it runs.
-    let test = std::iter::once(&"test")
+    // The suite builds this test (`cuda::BUILD_GPU_TEST`, dev profile); here it runs, optimized.
+    let test = ["test", "--release"]
+        .iter()
         .chain(&crate::cuda::BUILD_GPU_TEST[1..])
         .chain(&["--", "--nocapture"]);
     let (_, parity) = timed_json(&mut cuda_cargo(test, &gpu)?)?;
