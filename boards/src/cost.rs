@@ -250,7 +250,7 @@ fn norm_bytes(config: &ModelConfig) -> u64 {
 }
 
 /// A processor as the roofline sees it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Processor {
     bytes_per_s: f64,
     flops_per_s: f64,
@@ -258,6 +258,9 @@ struct Processor {
     /// them, for f32, q8 and q4 ([`Processor::weight_rates`]): the bandwidth and the
     /// throughput, or the measured kernel rates of the dtype.
     weight_rates: [(f64, f64); 3],
+    /// Decode rates of f32, q8 and q4 weights by working set in bytes, ascending
+    /// ([`crate::KernelRates::decode_by_working_set`]); empty: `weight_rates` throughout.
+    decode_curve: Vec<(f64, [f64; 3])>,
     layer_overhead_s: f64,
     /// What one more matrix product costs (a low-rank pair is two products).
     product_overhead_s: f64,
@@ -281,10 +284,24 @@ impl Processor {
             (Some(k), Dtype::F32) => (k.f32_decode_bytes_per_s, k.f32_prefill_flops),
             (None, _) => (bytes_per_s, flops_per_s),
         };
+        let decode_curve = profile.kernels.as_ref().map_or(Vec::new(), |k| {
+            k.decode_by_working_set
+                .iter()
+                .map(|point| {
+                    let rates = [
+                        point.f32_decode_bytes_per_s,
+                        point.q8_decode_bytes_per_s,
+                        point.q4_decode_bytes_per_s,
+                    ];
+                    (point.bytes as f64, rates)
+                })
+                .collect()
+        });
         Self {
             bytes_per_s,
             flops_per_s,
             weight_rates: [rates(Dtype::F32), rates(Dtype::Q8), rates(Dtype::Q4)],
+            decode_curve,
             layer_overhead_s: profile.layer_overhead_us * 1e-6,
             product_overhead_s: profile.product_overhead_us * 1e-6,
             attention_flops_per_s: profile.kernels.as_ref().and_then(|k| k.attention_flops),
@@ -303,6 +320,7 @@ impl Processor {
             bytes_per_s: profile.bandwidth_bytes_per_s as f64,
             flops_per_s,
             weight_rates: [(profile.bandwidth_bytes_per_s as f64, flops_per_s); 3],
+            decode_curve: Vec::new(),
             layer_overhead_s: profile.gpu_layer_overhead_us * 1e-6,
             product_overhead_s: profile.gpu_product_overhead_us * 1e-6,
             attention_flops_per_s: None,
@@ -313,11 +331,41 @@ impl Processor {
     /// `(bytes per second streamed while decoding, FLOPs per second in prefill)` of weight
     /// matrices stored as `dtype`.
     fn weight_rates(&self, dtype: Dtype) -> (f64, f64) {
-        self.weight_rates[match dtype {
-            Dtype::F32 => 0,
-            Dtype::Q8 => 1,
-            Dtype::Q4 => 2,
-        }]
+        self.weight_rates[dtype_index(dtype)]
+    }
+
+    /// Bytes per second at which weights of `dtype` stream in a decode step whose weights and
+    /// cached keys and values come to `working_set` bytes: read off the measured curve, the
+    /// time per byte interpolated linearly in the logarithm of the bytes between its two
+    /// nearest points, its end points' rates beyond them; without a curve, `weight_rates`.
+    fn decode_rate(&self, dtype: Dtype, working_set: u64) -> f64 {
+        let index = dtype_index(dtype);
+        let rate = |point: &(f64, [f64; 3])| point.1[index];
+        let bytes = working_set as f64;
+        let curve = &self.decode_curve;
+        let (Some(first), Some(last)) = (curve.first(), curve.last()) else {
+            return self.weight_rates[index].0;
+        };
+        if bytes <= first.0 {
+            return rate(first);
+        }
+        for pair in curve.windows(2) {
+            if let [low, high] = pair
+                && bytes <= high.0
+            {
+                let t = (bytes / low.0).ln() / (high.0 / low.0).ln();
+                return 1.0 / ((1.0 - t) / rate(low) + t / rate(high));
+            }
+        }
+        rate(last)
+    }
+}
+
+fn dtype_index(dtype: Dtype) -> usize {
+    match dtype {
+        Dtype::F32 => 0,
+        Dtype::Q8 => 1,
+        Dtype::Q4 => 2,
     }
 }
 
@@ -335,9 +383,10 @@ impl Work {
         (self.bytes as f64 / processor.bytes_per_s).max(self.flops as f64 / processor.flops_per_s)
     }
 
-    /// As [`Work::seconds`] for weights: they stream at the processor's weight rate.
-    fn weight_seconds(self, processor: &Processor) -> f64 {
-        (self.bytes as f64 / processor.weight_rates(self.dtype).0)
+    /// As [`Work::seconds`] for weights: they stream at the processor's decode rate for a
+    /// step of `working_set` bytes.
+    fn weight_seconds(self, processor: &Processor, working_set: u64) -> f64 {
+        (self.bytes as f64 / processor.decode_rate(self.dtype, working_set))
             .max(self.flops as f64 / processor.flops_per_s)
     }
 }
@@ -444,11 +493,14 @@ impl Workload {
             .fold(0u64, |sum, work| sum.saturating_add(work.bytes))
     }
 
-    /// Streaming the weights (every matrix, the head, norms and embedding row) once.
+    /// Streaming the weights (every matrix, the head, norms and embedding row) once, at the
+    /// rate of a step that reads them and every attending block's keys and values.
     fn weight_stream_seconds(&self, processor: &Processor) -> f64 {
+        let cache_bytes = self.attention_per_layer.bytes as f64 * self.attention_layers;
+        let working_set = self.weight_bytes_read().saturating_add(cache_bytes as u64);
         self.weight_steps
             .iter()
-            .map(|work| work.weight_seconds(processor))
+            .map(|work| work.weight_seconds(processor, working_set))
             .sum()
     }
 
@@ -552,7 +604,9 @@ pub fn fit_overheads(
 
 /// One prunable matrix's share of [`predict`] on the board's CPU: its stored bytes and its
 /// decode seconds (streaming or computing, whichever is slower, plus the extra product of a
-/// low-rank pair), for `rank` (`None`: dense) in a block of `widths`.
+/// low-rank pair), for `rank` (`None`: dense) in a block of `widths`. It streams at the rate of
+/// the largest measured working set (the matrix alone does not say the step's), so on a
+/// profile with [`crate::KernelRates::decode_by_working_set`] the shares are proportions.
 pub fn matrix_cost(
     profile: &BoardProfile,
     config: &ModelConfig,
@@ -570,7 +624,11 @@ pub fn matrix_cost(
     } else {
         0.0
     };
-    Ok((work.bytes, work.weight_seconds(&processor) + extra_product))
+    // One matrix alone says nothing of the step's working set: the rate of the largest.
+    Ok((
+        work.bytes,
+        work.weight_seconds(&processor, u64::MAX) + extra_product,
+    ))
 }
 
 /// Empty, or one entry per block within the model's MLP and heads; `one_block` checks a

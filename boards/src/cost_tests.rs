@@ -28,7 +28,15 @@ fn tiny_config() -> ModelConfig {
 /// CPU, 5 µs GPU per extra product of a low-rank pair), a
 /// context of 16 and a budget of 500,000 bytes.
 fn round_board(extra: &str) -> BoardProfile {
-    let text = format!(
+    match BoardProfile::from_toml_str(&round_text(extra), "round.toml") {
+        Ok(board) => board,
+        Err(error) => panic!("{error}"),
+    }
+}
+
+/// The TOML of [`round_board`].
+fn round_text(extra: &str) -> String {
+    format!(
         r#"
 name = "round"
 description = "A synthetic board with round figures."
@@ -49,11 +57,7 @@ isa_features = []
 what = "invented for the tests"
 url = "https://example.invalid/round"
 "#
-    );
-    match BoardProfile::from_toml_str(&text, "round.toml") {
-        Ok(board) => board,
-        Err(error) => panic!("{error}"),
-    }
+    )
 }
 
 fn builtin(name: &str) -> BoardProfile {
@@ -652,6 +656,7 @@ fn kernel_rates_must_be_positive() {
         attention_flops: None,
         prefill_layer_overhead_us: None,
         revision: None,
+        decode_by_working_set: Vec::new(),
     });
     assert!(bad.validate().is_err(), "{text}");
     let mut bad_q4 = board.clone();
@@ -665,6 +670,7 @@ fn kernel_rates_must_be_positive() {
         attention_flops: None,
         prefill_layer_overhead_us: None,
         revision: None,
+        decode_by_working_set: Vec::new(),
     });
     assert!(bad_q4.validate().is_err(), "a negative q4 rate");
     assert!(board.validate().is_ok());
@@ -860,4 +866,77 @@ fn a_mixed_plan_costs_each_matrix_at_its_own_dtype() {
             got: 3
         })
     ));
+}
+
+#[test]
+fn a_decode_step_streams_at_the_rate_of_its_working_set() {
+    let rates = "[kernels]\nq8_decode_bytes_per_s = 1e6\nf32_decode_bytes_per_s = 1e6\n\
+                 q8_prefill_flops = 1e6\nf32_prefill_flops = 1e6\n";
+    let config = tiny_config();
+    let dense = vec![None; 14];
+    let decode_ms = |extra: &str| {
+        let board = round_board(&format!("{rates}{extra}"));
+        match predict(&board, &config, &dense, &[], Dtype::F32, &[], None) {
+            Ok(p) => (p.decode_ms_per_token_cpu, p.bytes_read_per_token),
+            Err(error) => panic!("{error}"),
+        }
+    };
+    let (flat, bytes) = decode_ms("");
+    // The step's working set: its weights and the blocks' keys and values at the context.
+    let kv = 2 * config.n_layers * config.kv_dim() * 16 * 4;
+    let working_set = bytes + kv as u64;
+    let point = |bytes: u64, rate: f64| {
+        format!(
+            "[[kernels.decode_by_working_set]]\nbytes = {bytes}\nq8_decode_bytes_per_s = 1e6\n\
+             f32_decode_bytes_per_s = {rate:e}\nq4_decode_bytes_per_s = 1e6\n"
+        )
+    };
+    let weights_ms = |rate: f64| bytes as f64 / rate * 1e3;
+    let rest = flat - weights_ms(1e6);
+    // Below the curve's first point: its rate; above the last: the last's.
+    let small = format!(
+        "{}{}",
+        point(working_set * 2, 4e6),
+        point(working_set * 8, 1e6)
+    );
+    let (at_small, _) = decode_ms(&small);
+    assert!(
+        (at_small - rest - weights_ms(4e6)).abs() < 1e-9,
+        "{at_small}"
+    );
+    let large = format!(
+        "{}{}",
+        point(working_set / 8, 4e6),
+        point(working_set / 2, 2e6)
+    );
+    let (at_large, _) = decode_ms(&large);
+    assert!(
+        (at_large - rest - weights_ms(2e6)).abs() < 1e-9,
+        "{at_large}"
+    );
+    // Halfway in the logarithm between two points: halfway in time per byte.
+    let between = format!(
+        "{}{}",
+        point(working_set / 2, 4e6),
+        point(working_set * 2, 1e6)
+    );
+    let (at_between, _) = decode_ms(&between);
+    let expected = rest + bytes as f64 * (0.5 / 4e6 + 0.5 / 1e6) * 1e3;
+    assert!(
+        (at_between - expected).abs() < 1e-9,
+        "{at_between} against {expected}"
+    );
+    // Points out of order are refused by name.
+    let text = format!(
+        "{rates}{}{}",
+        point(working_set * 2, 1e6),
+        point(working_set, 1e6)
+    );
+    let board = BoardProfile::from_toml_str(&round_text(&text), "round.toml");
+    assert!(
+        board
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("decode_by_working_set")),
+        "{board:?}"
+    );
 }

@@ -119,6 +119,29 @@ pub struct KernelRates {
     /// before revisions were recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u32>,
+    /// Decode rates by working set, ascending by bytes, the last the sweep of the decode
+    /// fields above: one-token products swept again and again over `bytes` of weights. Where
+    /// the last-level cache is large (a server's hundreds of MiB), a small model's weights stay
+    /// in it between tokens and stream faster than from memory; the cost model reads a decode
+    /// step's rate off this curve at the step's working set (weights and cached keys and
+    /// values). Empty (a profile measured before it, or a board's): the fields above for every
+    /// working set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decode_by_working_set: Vec<WorkingSetRates>,
+}
+
+/// One point of [`KernelRates::decode_by_working_set`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkingSetRates {
+    /// Weight bytes swept.
+    pub bytes: u64,
+    /// Weight bytes per second of one-token products over q8 matrices.
+    pub q8_decode_bytes_per_s: f64,
+    /// The same for f32 matrices.
+    pub f32_decode_bytes_per_s: f64,
+    /// The same for q4 matrices.
+    pub q4_decode_bytes_per_s: f64,
 }
 
 /// The application processor of a board.
@@ -376,6 +399,28 @@ impl BoardProfile {
             .all(is_positive)
         {
             return Err(invalid("kernels", "every rate must be a positive number"));
+        }
+        if let Some(k) = &self.kernels {
+            let rates_positive = k.decode_by_working_set.iter().all(|point| {
+                point.bytes > 0
+                    && [
+                        point.q8_decode_bytes_per_s,
+                        point.f32_decode_bytes_per_s,
+                        point.q4_decode_bytes_per_s,
+                    ]
+                    .into_iter()
+                    .all(is_positive)
+            });
+            let ascending = k
+                .decode_by_working_set
+                .windows(2)
+                .all(|pair| matches!(pair, [a, b] if a.bytes < b.bytes));
+            if !(rates_positive && ascending) {
+                return Err(invalid(
+                    "kernels.decode_by_working_set",
+                    "every point needs bytes above 0 and positive rates, in ascending order of bytes",
+                ));
+            }
         }
         if let Some(k) = &self.kernels
             && k.prefill_layer_overhead_us

@@ -121,7 +121,7 @@ pub fn sgemm_throughput(
 
 /// The runtime's own products on this machine, per weight dtype: the fastest kernel
 /// ([`whittle_runtime::kernels::best`]) on a persistent pool of one thread and of `threads`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct KernelSpeed {
     /// The kernel's name.
     pub kernel: &'static str,
@@ -145,6 +145,10 @@ pub struct KernelSpeed {
     pub q4_decode: [f64; 2],
     /// As `q8_prefill`, q4 weights.
     pub q4_prefill: [f64; 2],
+    /// The decode figures again over the first matrices only, for working sets smaller than
+    /// `decode_bytes`: `(bytes, q8, f32, q4)` per working set, ascending, each dtype's one
+    /// thread then all threads (the bytes are q8's; the f32 and q4 sweeps cover about as many).
+    pub working_sets: Vec<(usize, [[f64; 2]; 3])>,
 }
 
 impl KernelSpeed {
@@ -161,14 +165,35 @@ impl KernelSpeed {
             attention_flops: None,
             prefill_layer_overhead_us: None,
             revision: Some(whittle_runtime::kernels::REVISION),
+            decode_by_working_set: self
+                .working_sets
+                .iter()
+                .map(|&(bytes, [q8, f32, q4])| whittle_boards::WorkingSetRates {
+                    bytes: bytes as u64,
+                    q8_decode_bytes_per_s: best(q8).round(),
+                    f32_decode_bytes_per_s: best(f32).round(),
+                    q4_decode_bytes_per_s: best(q4).round(),
+                })
+                .chain(std::iter::once(whittle_boards::WorkingSetRates {
+                    bytes: self.decode_bytes as u64,
+                    q8_decode_bytes_per_s: best(self.q8_decode).round(),
+                    f32_decode_bytes_per_s: best(self.f32_decode).round(),
+                    q4_decode_bytes_per_s: best(self.q4_decode).round(),
+                }))
+                .collect(),
         }
     }
 }
 
+/// Working sets below the large decode sweep at which [`kernel_speed`] times decode again: a
+/// server's last-level cache holds hundreds of MiB (260 MiB on the machines RESULTS was
+/// measured on), so a small model's weights partly stay in it from one token to the next.
+pub const WORKING_SETS_MIB: [usize; 8] = [16, 32, 48, 64, 96, 128, 192, 256];
+
 /// Times the runtime's kernels: one-token products over `decode_bytes` of weights per dtype
-/// (several times the last-level cache, so they stream from memory, as a model's decode does),
-/// and `prefill_tokens`-token products over a few matrices; `rows × cols` matrices, the best of
-/// `runs`.
+/// (several times the last-level cache, so they stream from memory, as a large model's decode
+/// does) and over the first [`WORKING_SETS_MIB`] of them, and `prefill_tokens`-token products
+/// over a few matrices; `rows × cols` matrices, the best of `runs`.
 pub fn kernel_speed(
     shape: (usize, usize),
     decode_bytes: usize,
@@ -232,9 +257,44 @@ pub fn kernel_speed(
     let prefill_matrices = 8.min(q8_count).min(f32_count).min(q4_count);
     let prefill_flops = 2.0 * (tokens * size * prefill_matrices) as f64;
     let runs = runs.max(1);
+    // Matrices per dtype in each smaller working set.
+    let working_sets: Vec<[usize; 3]> = WORKING_SETS_MIB
+        .iter()
+        .map(|mib| mib << 20)
+        .filter(|&bytes| bytes < q8_count * q8_bytes)
+        .map(|bytes| {
+            let count = |matrix_bytes: usize, most: usize| (bytes / matrix_bytes).clamp(1, most);
+            [
+                count(q8_bytes, q8_count),
+                count(4 * size, f32_count),
+                count(q4_bytes, q4_count),
+            ]
+        })
+        .collect();
     let mut measure = |threads: usize| {
         let k = Threaded::new(best(), threads);
         let x1 = x.get(..cols).unwrap_or_default();
+        let sweep = |[q8s, f32s, q4s]: [usize; 3]| {
+            let mut out1 = vec![0.0f32; rows];
+            let q8 = best_seconds(runs, || {
+                (0..q8s).for_each(|m| k.gemm_q8(q8(m), x1, 1, &mut out1));
+                black_box(&out1);
+            });
+            let f32 = best_seconds(runs, || {
+                (0..f32s).for_each(|m| k.gemm_f32(f32m(m), x1, 1, &mut out1));
+                black_box(&out1);
+            });
+            let q4 = best_seconds(runs, || {
+                (0..q4s).for_each(|m| k.gemm_q4(q4(m), x1, 1, &mut out1));
+                black_box(&out1);
+            });
+            [
+                (q8s * q8_bytes) as f64 / q8,
+                (4 * f32s * size) as f64 / f32,
+                (q4s * q4_bytes) as f64 / q4,
+            ]
+        };
+        let smaller: Vec<[f64; 3]> = working_sets.iter().map(|&set| sweep(set)).collect();
         let q8_decode = best_seconds(runs, || {
             for m in 0..q8_count {
                 k.gemm_q8(q8(m), x1, 1, out.get_mut(..rows).unwrap_or_default());
@@ -271,17 +331,26 @@ pub fn kernel_speed(
             }
             black_box(&out);
         });
-        [
+        let large = [
             (q8_count * q8_bytes) as f64 / q8_decode,
             (4 * f32_count * size) as f64 / f32_decode,
             prefill_flops / q8_prefill,
             prefill_flops / f32_prefill,
             (q4_count * q4_bytes) as f64 / q4_decode,
             prefill_flops / q4_prefill,
-        ]
+        ];
+        (large, smaller)
     };
-    let one = measure(1);
-    let all = measure(threads.max(1));
+    let (one, one_smaller) = measure(1);
+    let (all, all_smaller) = measure(threads.max(1));
+    let working_sets = working_sets
+        .iter()
+        .zip(one_smaller.iter().zip(&all_smaller))
+        .map(|([q8s, ..], (one, all))| {
+            let pair = |i: usize| [one[i], all[i]];
+            (q8s * q8_bytes, [pair(0), pair(1), pair(2)])
+        })
+        .collect();
     KernelSpeed {
         kernel: best().name(),
         threads: threads.max(1),
@@ -294,6 +363,7 @@ pub fn kernel_speed(
         f32_prefill: [one[3], all[3]],
         q4_decode: [one[4], all[4]],
         q4_prefill: [one[5], all[5]],
+        working_sets,
     }
 }
 

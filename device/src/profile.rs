@@ -212,7 +212,9 @@ fn host_profile(
             "kernels: whittle's {} kernels on a persistent pool, 1 / {} threads, the better kept, \
              each the best of {} runs: one-token products over {} MiB of {}x{} weights per dtype, \
              q8 {} GB/s, f32 {} GB/s, q4 {} GB/s of weights; {}-token products, q8 {} GFLOP/s, \
-             f32 {} GFLOP/s, q4 {} GFLOP/s (packing included)",
+             f32 {} GFLOP/s, q4 {} GFLOP/s (packing included); kernels.decode_by_working_set: \
+             the decode products again over the first {} MiB of the matrices, the better of 1 \
+             and {} threads",
             k.kernel,
             k.threads,
             RUNS,
@@ -226,6 +228,12 @@ fn host_profile(
             pair(k.q8_prefill, 1e9),
             pair(k.f32_prefill, 1e9),
             pair(k.q4_prefill, 1e9),
+            k.working_sets
+                .iter()
+                .map(|(bytes, _)| (bytes >> 20).to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            k.threads,
         )));
     }
     BoardProfile {

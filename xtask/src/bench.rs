@@ -597,6 +597,9 @@ fn stale_kernels(rates: Option<&whittle_boards::KernelRates>) -> Option<String> 
         Some(k) if k.q4_decode_bytes_per_s.is_none() || k.q4_prefill_flops.is_none() => {
             Some("the host profile has no q4 kernel rates (measured before q4)".to_owned())
         }
+        Some(k) if k.decode_by_working_set.is_empty() => Some(
+            "the host profile has no decode rates by working set (measured before them)".to_owned(),
+        ),
         Some(k) if k.revision != Some(current) => Some(format!(
             "the host profile was measured with the runtime's kernels of revision {} (these are {current})",
             k.revision
@@ -612,6 +615,12 @@ mod tests {
 
     #[test]
     fn a_profile_of_other_kernels_is_measured_again() {
+        let point = whittle_boards::WorkingSetRates {
+            bytes: 1 << 30,
+            q8_decode_bytes_per_s: 1e10,
+            f32_decode_bytes_per_s: 1e10,
+            q4_decode_bytes_per_s: 1e10,
+        };
         let rates = |q4: Option<f64>, revision: Option<u32>| whittle_boards::KernelRates {
             q8_decode_bytes_per_s: 1e10,
             f32_decode_bytes_per_s: 1e10,
@@ -622,11 +631,17 @@ mod tests {
             attention_flops: None,
             prefill_layer_overhead_us: None,
             revision,
+            decode_by_working_set: vec![point.clone()],
         };
         let current = Some(whittle_runtime::kernels::REVISION);
         assert_eq!(stale_kernels(Some(&rates(Some(1e10), current))), None);
+        let flat = whittle_boards::KernelRates {
+            decode_by_working_set: Vec::new(),
+            ..rates(Some(1e10), current)
+        };
         for (stale, says) in [
             (None, "no kernel rates"),
+            (Some(flat), "no decode rates by working set"),
             (Some(rates(None, current)), "no q4 kernel rates"),
             (Some(rates(Some(1e10), None)), "revision 1 or older"),
             (
