@@ -274,6 +274,7 @@ pub fn kernel_speed(
     let mut measure = |threads: usize| {
         let k = Threaded::new(best(), threads);
         let x1 = x.get(..cols).unwrap_or_default();
+        // Decode rates (bytes/s) of q8, f32 and q4 over the first matrices of each dtype.
         let sweep = |[q8s, f32s, q4s]: [usize; 3]| {
             let mut out1 = vec![0.0f32; rows];
             let q8 = best_seconds(runs, || {
@@ -295,18 +296,7 @@ pub fn kernel_speed(
             ]
         };
         let smaller: Vec<[f64; 3]> = working_sets.iter().map(|&set| sweep(set)).collect();
-        let q8_decode = best_seconds(runs, || {
-            for m in 0..q8_count {
-                k.gemm_q8(q8(m), x1, 1, out.get_mut(..rows).unwrap_or_default());
-            }
-            black_box(&out);
-        });
-        let f32_decode = best_seconds(runs, || {
-            for m in 0..f32_count {
-                k.gemm_f32(f32m(m), x1, 1, out.get_mut(..rows).unwrap_or_default());
-            }
-            black_box(&out);
-        });
+        let [q8_decode, f32_decode, q4_decode] = sweep([q8_count, f32_count, q4_count]);
         let q8_prefill = best_seconds(runs, || {
             for m in 0..prefill_matrices {
                 k.gemm_q8(q8(m), &x, tokens, &mut out);
@@ -319,12 +309,6 @@ pub fn kernel_speed(
             }
             black_box(&out);
         });
-        let q4_decode = best_seconds(runs, || {
-            for m in 0..q4_count {
-                k.gemm_q4(q4(m), x1, 1, out.get_mut(..rows).unwrap_or_default());
-            }
-            black_box(&out);
-        });
         let q4_prefill = best_seconds(runs, || {
             for m in 0..prefill_matrices {
                 k.gemm_q4(q4(m), &x, tokens, &mut out);
@@ -332,11 +316,11 @@ pub fn kernel_speed(
             black_box(&out);
         });
         let large = [
-            (q8_count * q8_bytes) as f64 / q8_decode,
-            (4 * f32_count * size) as f64 / f32_decode,
+            q8_decode,
+            f32_decode,
             prefill_flops / q8_prefill,
             prefill_flops / f32_prefill,
-            (q4_count * q4_bytes) as f64 / q4_decode,
+            q4_decode,
             prefill_flops / q4_prefill,
         ];
         (large, smaller)
