@@ -893,38 +893,21 @@ fn a_decode_step_streams_at_the_rate_of_its_working_set() {
     };
     let weights_ms = |rate: f64| bytes as f64 / rate * 1e3;
     let rest = flat - weights_ms(1e6);
+    // The weights' time on a curve of two points, `(bytes, f32 rate)`.
+    let weights_on = |[(a, rate_a), (b, rate_b)]: [(u64, f64); 2]| {
+        decode_ms(&format!("{}{}", point(a, rate_a), point(b, rate_b))).0 - rest
+    };
     // Below the curve's first point: its rate; above the last: the last's.
-    let small = format!(
-        "{}{}",
-        point(working_set * 2, 4e6),
-        point(working_set * 8, 1e6)
-    );
-    let (at_small, _) = decode_ms(&small);
-    assert!(
-        (at_small - rest - weights_ms(4e6)).abs() < 1e-9,
-        "{at_small}"
-    );
-    let large = format!(
-        "{}{}",
-        point(working_set / 8, 4e6),
-        point(working_set / 2, 2e6)
-    );
-    let (at_large, _) = decode_ms(&large);
-    assert!(
-        (at_large - rest - weights_ms(2e6)).abs() < 1e-9,
-        "{at_large}"
-    );
+    let below = weights_on([(working_set * 2, 4e6), (working_set * 8, 1e6)]);
+    assert!((below - weights_ms(4e6)).abs() < 1e-9, "{below}");
+    let above = weights_on([(working_set / 8, 4e6), (working_set / 2, 2e6)]);
+    assert!((above - weights_ms(2e6)).abs() < 1e-9, "{above}");
     // Halfway in the logarithm between two points: halfway in time per byte.
-    let between = format!(
-        "{}{}",
-        point(working_set / 2, 4e6),
-        point(working_set * 2, 1e6)
-    );
-    let (at_between, _) = decode_ms(&between);
-    let expected = rest + bytes as f64 * (0.5 / 4e6 + 0.5 / 1e6) * 1e3;
+    let between = weights_on([(working_set / 2, 4e6), (working_set * 2, 1e6)]);
+    let expected = bytes as f64 * (0.5 / 4e6 + 0.5 / 1e6) * 1e3;
     assert!(
-        (at_between - expected).abs() < 1e-9,
-        "{at_between} against {expected}"
+        (between - expected).abs() < 1e-9,
+        "{between} against {expected}"
     );
     // Points out of order are refused by name.
     let text = format!(
