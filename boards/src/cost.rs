@@ -562,7 +562,8 @@ pub struct Overheads {
 
 /// The fixed costs that make [`predict`] reproduce `times` for the dense `config` on
 /// `profile` (its rates and product overhead as they are): the attention rate from the
-/// difference between the two decode contexts, then the per-block decode overhead from the
+/// difference between the two decode contexts (less the difference in streaming the weights),
+/// then the per-block decode overhead from the
 /// shorter one, then the per-block prefill overhead. Overheads are never negative: where the
 /// rates alone already predict more than was measured, the overhead is 0.
 pub fn fit_overheads(
@@ -585,8 +586,12 @@ pub fn fit_overheads(
     let extra_flops = layers
         * (long_work.attention_per_layer.flops as f64
             - short_work.attention_per_layer.flops as f64);
+    // The longer context also streams the weights more slowly where the profile has a decode
+    // curve (its cached keys and values enlarge the working set): only the rest is attention.
+    let extra_s = (long_s - long_work.weight_stream_seconds(&processor))
+        - (short_s - short_work.weight_stream_seconds(&processor));
     let attention_flops =
-        Some(extra_flops / (long_s - short_s)).filter(|rate| rate.is_finite() && *rate > 0.0);
+        Some(extra_flops / extra_s).filter(|rate| rate.is_finite() && *rate > 0.0);
     processor.attention_flops_per_s = attention_flops;
     let fixed = short_s
         - short_work.weight_stream_seconds(&processor)

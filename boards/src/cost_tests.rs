@@ -707,10 +707,21 @@ fn a_measured_attention_rate_and_prefill_overhead_enter_the_prediction() {
 
 #[test]
 fn fitted_overheads_reproduce_the_step_times_they_come_from() {
+    // A decode curve whose knee lies between the two contexts' working sets (the q8 weights,
+    // about 143 MB, and 1.5 or 13 MB of keys and values), so the longer context also streams
+    // its weights more slowly: the fit must not count that as attention.
     let rates = "[kernels]\nq8_decode_bytes_per_s = 2e10\nf32_decode_bytes_per_s = 3e10\n\
                  q8_prefill_flops = 1e11\nf32_prefill_flops = 9e10\n";
+    let point = |bytes: u64, q8: f64| {
+        format!(
+            "[[kernels.decode_by_working_set]]\nbytes = {bytes}\nq8_decode_bytes_per_s = {q8:e}\n\
+             f32_decode_bytes_per_s = 3e10\nq4_decode_bytes_per_s = 2e10\n"
+        )
+    };
+    let curve = format!("{}{}", point(100_000_000, 4e10), point(200_000_000, 2e10));
     let truth = round_board(&format!(
-        "layer_overhead_us = 37.0\n{rates}attention_flops = 4e9\nprefill_layer_overhead_us = 5.5\n"
+        "layer_overhead_us = 37.0\n{rates}attention_flops = 4e9\nprefill_layer_overhead_us = 5.5\n\
+         {curve}"
     ));
     let config = ModelConfig::SMOLLM2_135M;
     let dense = vec![None; config.n_prunable_matrices()];
@@ -728,8 +739,14 @@ fn fitted_overheads_reproduce_the_step_times_they_come_from() {
         ],
         prefill: (256, at(&truth, 256).prefill_ms_per_token_cpu * 1e-3),
     };
-    // Fitted from a profile that has only the rates (and a different layer overhead).
-    let fitted = match fit_overheads(&round_board(rates), &config, Dtype::Q8, &times) {
+    // Fitted from a profile that has only the rates and the curve (and a different layer
+    // overhead).
+    let fitted = match fit_overheads(
+        &round_board(&format!("{rates}{curve}")),
+        &config,
+        Dtype::Q8,
+        &times,
+    ) {
         Ok(fitted) => fitted,
         Err(error) => panic!("{error}"),
     };
