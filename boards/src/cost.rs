@@ -563,9 +563,9 @@ pub struct Overheads {
 /// The fixed costs that make [`predict`] reproduce `times` for the dense `config` on
 /// `profile` (its rates and product overhead as they are): the attention rate from the
 /// difference between the two decode contexts (less the difference in streaming the weights),
-/// then the per-block decode overhead from the
-/// shorter one, then the per-block prefill overhead. Overheads are never negative: where the
-/// rates alone already predict more than was measured, the overhead is 0.
+/// then the per-block decode overhead from the shorter one, then the per-block prefill
+/// overhead. Overheads are never negative: where the rates alone already predict more than was
+/// measured, the overhead is 0.
 pub fn fit_overheads(
     profile: &BoardProfile,
     config: &ModelConfig,
@@ -588,14 +588,13 @@ pub fn fit_overheads(
             - short_work.attention_per_layer.flops as f64);
     // The longer context also streams the weights more slowly where the profile has a decode
     // curve (its cached keys and values enlarge the working set): only the rest is attention.
-    let extra_s = (long_s - long_work.weight_stream_seconds(&processor))
-        - (short_s - short_work.weight_stream_seconds(&processor));
+    let short_stream_s = short_work.weight_stream_seconds(&processor);
+    let extra_s =
+        (long_s - long_work.weight_stream_seconds(&processor)) - (short_s - short_stream_s);
     let attention_flops =
         Some(extra_flops / extra_s).filter(|rate| rate.is_finite() && *rate > 0.0);
     processor.attention_flops_per_s = attention_flops;
-    let fixed = short_s
-        - short_work.weight_stream_seconds(&processor)
-        - layers * short_work.attention_seconds(&processor);
+    let fixed = short_s - short_stream_s - layers * short_work.attention_seconds(&processor);
     let layer_overhead_us = (fixed / layers * 1e6).max(0.0);
     let (prompt, prefill_s) = times.prefill;
     let prompt_work = at(prompt)?;

@@ -434,10 +434,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "measuring this machine for the cost model's check (whittle-device profile --install)"
     );
-    cargo::run(&mut built.command(Executable::DeviceTool, ["profile", "--install"])?)?;
-    whittle_boards::BoardProfile::measured_host().map_err(|error| {
-        anyhow::anyhow!("the host profile is unreadable after measuring it: {error}")
-    })?;
+    crate::boards::measure_host_profile(&built)?;
     let name = args.model.as_deref();
     let dense = dense_bundle(&built, "q8", name, args.repack)?;
     let mut bundles = vec![(Contender::Dense, dense.clone())];
@@ -546,7 +543,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
 pub fn bench(board: &str, prune_dir: Option<&Path>, repeats: usize) -> anyhow::Result<ExitCode> {
     let built = workspace::build()?;
     if board == "host" {
-        cargo::run(&mut built.command(Executable::DeviceTool, ["profile", "--install"])?)?;
+        crate::boards::measure_host_profile(&built)?;
     }
     let args = CompareArgs {
         prune_dir: prune_dir.map(Path::to_path_buf),

@@ -4,14 +4,14 @@
 use std::process::ExitCode;
 
 use crate::cargo;
-use crate::workspace::{self, Executable};
+use crate::workspace::{self, Built, Executable};
 
 /// Measures `host` into the cache first when asked, then lists every board; exits as the
 /// listing does.
 pub fn run(measure_host: bool, json: bool) -> anyhow::Result<ExitCode> {
     let built = workspace::build()?;
     if measure_host {
-        cargo::run(&mut built.command(Executable::DeviceTool, ["profile", "--install"])?)?;
+        measure_host_profile(&built)?;
     }
     let list: &[&str] = if json {
         &["boards", "--json"]
@@ -20,4 +20,14 @@ pub fn run(measure_host: bool, json: bool) -> anyhow::Result<ExitCode> {
     };
     let mut list = built.command(Executable::DeviceTool, list)?;
     Ok(cargo::exit_code(cargo::status(&mut list)?))
+}
+
+/// Measures this machine into the cached `host` profile (`whittle-device profile --install`)
+/// and reads it back, so that what follows predicts from the machine as it is now.
+pub fn measure_host_profile(built: &Built) -> anyhow::Result<()> {
+    cargo::run(&mut built.command(Executable::DeviceTool, ["profile", "--install"])?)?;
+    whittle_boards::BoardProfile::measured_host().map_err(|error| {
+        anyhow::anyhow!("the host profile is unreadable after measuring it: {error}")
+    })?;
+    Ok(())
 }
