@@ -13,9 +13,18 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The smallest of `values` (a time's best run: the machine at its quietest); NaN for no
+/// values or when one is NaN.
+pub fn least(values: &[f64]) -> f64 {
+    match values.iter().copied().reduce(f64::min) {
+        Some(least) if values.iter().all(|v| !v.is_nan()) => least,
+        _ => f64::NAN,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{least, median};
 
     fn check(values: &[f64], expected: f64) {
         let got = median(values);
@@ -33,5 +42,13 @@ mod tests {
         check(&[4.0, 1.0, 3.0, 2.0], 2.5);
         check(&[1.0, 1.0, 5.0, 9.0], 3.0);
         check(&[-1.0, 10.0], 4.5);
+    }
+
+    #[test]
+    fn least_values() {
+        assert!(least(&[]).is_nan());
+        assert!(least(&[1.0, f64::NAN]).is_nan());
+        assert_eq!(least(&[3.0, 1.5, 2.0]), 1.5);
+        assert_eq!(least(&[-1.0, 10.0]), -1.0);
     }
 }

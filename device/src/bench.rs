@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use whittle_boards::stats::median;
+use whittle_boards::stats::{least, median};
 use whittle_boards::{BenchPrediction, BenchRecord, BoardProfile, BundleVariant, Prediction};
 use whittle_runtime::format::{Dtype, HeadRef, LinearRef, TaskKind};
 use whittle_runtime::kernels::{AnyKernels, Kernels, Threaded, best};
@@ -510,13 +510,18 @@ fn print_report(r: &BenchRecord) {
     );
     match (&r.predicted, &r.predicted_error) {
         (Some(p), _) => {
-            let measured_decode_ms = 1e3 / r.decode_tok_s.max(f64::MIN_POSITIVE);
-            let measured_prefill_ms = 1e3 / r.prefill_tok_s.max(f64::MIN_POSITIVE);
+            // The profile keeps its fastest runs, so the prediction is set beside the fastest
+            // repetition.
+            let ms_per_token =
+                |seconds: &[f64], tokens: usize| 1e3 * least(seconds) / tokens.max(1) as f64;
+            let measured_decode_ms = ms_per_token(&r.decode_s, r.decode_tokens);
+            let measured_prefill_ms = ms_per_token(&r.prefill_s, r.prompt_tokens.len());
             println!(
-                "cost model ({}): decode {:.3} ms/token predicted, {:.3} measured; prefill {:.3} ms/token predicted, {:.3} measured",
+                "cost model ({}): decode {:.3} ms/token predicted, {:.3} measured (fastest of {}); prefill {:.3} ms/token predicted, {:.3} measured",
                 p.board,
                 p.decode_ms_per_token,
                 measured_decode_ms,
+                r.decode_s.len(),
                 p.prefill_ms_per_token,
                 measured_prefill_ms
             );

@@ -303,7 +303,7 @@ fn add_overheads(
     profile.sources.push(Source {
         what: format!(
             "product_overhead_us, layer_overhead_us, kernels.attention_flops, \
-             kernels.prefill_layer_overhead_us: the runtime on {} threads, medians of {} runs, \
+             kernels.prefill_layer_overhead_us: the runtime on {} threads, the fastest of {} runs, \
              on a synthetic dense q8 model of {} blocks (hidden {}, intermediate {}, {} heads, \
              {} key/value heads, vocabulary {}): decode {:.3} ms per token at context {short} \
              and {:.3} ms at {long}, prefill {:.3} ms per token of a {}-token prompt; {} \
