@@ -293,36 +293,40 @@ fn main() {
 const ATTENTION_POSITIONS: usize = 300;
 
 /// One decode token's attention in all 30 blocks of SmolLM2-135M (9 query heads over 3
-/// key/value heads of 64, `ATTENTION_POSITIONS` cached positions), each head one
-/// `Kernels::attend`; the caches (30 × 2 × 230 KB) are read as decode reads them.
+/// key/value heads of 64, `ATTENTION_POSITIONS` cached positions), each key/value head's group
+/// of three query heads one `Kernels::attend`; the caches (30 × 2 × 230 KB) are read as decode
+/// reads them.
 fn attention(implementations: &[(String, &dyn Kernels)], min_time: Duration, rounds: usize) {
     const BLOCKS: usize = 30;
     const HEADS: usize = 9;
     const KV_HEADS: usize = 3;
     const HEAD_DIM: usize = 64;
+    const GROUP: usize = HEADS / KV_HEADS;
     let kv_dim = KV_HEADS * HEAD_DIM;
     let cache_len = ATTENTION_POSITIONS * kv_dim;
     let keys = values(BLOCKS * cache_len, 5);
     let cache_values = values(BLOCKS * cache_len, 6);
     let q = values(HEADS * HEAD_DIM, 7);
-    let mut scores = vec![0.0f32; ATTENTION_POSITIONS];
-    let mut out = vec![0.0f32; HEAD_DIM];
+    let mut scores = vec![0.0f32; GROUP * ATTENTION_POSITIONS];
+    let mut out = vec![0.0f32; GROUP * HEAD_DIM];
     let mut rows = Vec::new();
     for (label, kernel) in implementations {
         let seconds = time_per_call(min_time, rounds, |_| {
             for block in 0..BLOCKS {
                 let cache = block * cache_len;
-                for head in 0..HEADS {
-                    let kv = cache + head / (HEADS / KV_HEADS) * HEAD_DIM;
+                for kv_head in 0..KV_HEADS {
+                    let kv = cache + kv_head * HEAD_DIM;
+                    let group = kv_head * GROUP * HEAD_DIM;
                     let head = AttentionHead {
-                        q: &q[head * HEAD_DIM..(head + 1) * HEAD_DIM],
+                        q: &q[group..group + GROUP * HEAD_DIM],
+                        head_dim: HEAD_DIM,
                         keys: &keys[kv..],
                         values: &cache_values[kv..],
                         stride: kv_dim,
                         positions: ATTENTION_POSITIONS,
                         scale: 0.125,
                     };
-                    kernel.attend(&head, &mut scores, &mut out);
+                    kernel.attend(&head, &mut scores, &mut out, &mut []);
                 }
             }
             black_box(&out);

@@ -8,7 +8,7 @@ use crate::bundle::{Bundle, LinearWeights, Weight};
 use crate::config::{Activation, MatrixKind, ModelConfig};
 use crate::error::Error;
 use crate::format::{HeadRef, LayerRef};
-use crate::kernels::math::dot;
+use crate::kernels::math::{dot, merge_attention};
 use crate::kernels::{AttentionHead, Kernels};
 
 /// The shortest prefill chunk (tokens run through the blocks together): the chunk is a quarter
@@ -41,6 +41,7 @@ struct Layout {
     rank_rows: usize,
     rope: usize,
     scores: usize,
+    partials: usize,
     logits: usize,
 }
 
@@ -63,7 +64,11 @@ impl Layout {
             rank_rows: chunk * bundle.max_rank(),
             // The global layers' table, then (with a sliding window) the local layers'.
             rope: rope_tables(config) * chunk * config.head_dim(),
-            scores: context,
+            // One row per query head of a key/value group.
+            scores: config.n_heads / config.n_kv_heads.max(1) * context,
+            // A decode step's attention over up to `MAX_SPLITS` parts of the positions: each
+            // query's output and log-sum-exp per part.
+            partials: MAX_SPLITS * config.n_heads * (config.head_dim() + 1),
             logits,
         }
     }
@@ -77,6 +82,7 @@ impl Layout {
             + self.rank_rows
             + self.rope
             + self.scores
+            + self.partials
             + self.logits
     }
 }
@@ -114,6 +120,7 @@ struct Buffers<'b> {
     low: &'b mut [f32],
     rope: &'b mut [f32],
     scores: &'b mut [f32],
+    partials: &'b mut [f32],
     logits: &'b mut [f32],
 }
 
@@ -167,6 +174,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             low: take(&mut rest, layout.rank_rows)?,
             rope: take(&mut rest, layout.rope)?,
             scores: take(&mut rest, layout.scores)?,
+            partials: take(&mut rest, layout.partials)?,
             logits: take(&mut rest, layout.logits)?,
         };
         Ok(Self {
@@ -583,6 +591,16 @@ fn geglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// Parts a decode step's positions are split into at most, so that the pool's threads share
+/// the attention of fewer key/value heads than threads evenly.
+const MAX_SPLITS: usize = 4;
+/// Positions a part keeps at least.
+const MIN_SPLIT_POSITIONS: usize = 16;
+
+/// The attention of the `n` new tokens against the layer's cache, into `b.attn`. Items are
+/// the `n_rep` query heads of one token that share a key/value head; a decode step with as
+/// many threads as parts (at most [`MAX_SPLITS`]) also splits the positions, so three
+/// key/value heads spread evenly over two threads, and merges the parts by their log-sum-exps.
 fn attention<K: Kernels>(
     kernels: &K,
     b: &mut Buffers<'_>,
@@ -596,36 +614,72 @@ fn attention<K: Kernels>(
         n,
         window,
     } = span;
-    let (kv_dim, head_dim, n_heads) = (config.kv_dim(), config.head_dim(), config.n_heads);
-    let n_rep = n_heads / config.n_kv_heads;
+    let (kv_dim, head_dim, n_kv_heads) = (config.kv_dim(), config.head_dim(), config.n_kv_heads);
+    let n_rep = config.n_heads / n_kv_heads;
     let scale = 1.0 / libm::sqrtf(head_dim as f32);
     let (q, k_cache, v_cache) = (&*b.q, &*b.k_cache, &*b.v_cache);
-    let items = n * n_heads;
-    // Item `t · n_heads + head` is one head of one token; its query is the `head_dim` values
-    // at `item · head_dim` (q_dim = n_heads · head_dim), its output the `value` values
-    // at `item · value` (o's input).
-    let out = b.attn.get_mut(..items * value).unwrap_or(&mut []);
-    kernels.for_each_part(items, out, b.scores, &|range, out, scores| {
-        for (item, out) in range.zip(out.chunks_exact_mut(value)) {
-            let (t, head) = (item / n_heads, item % n_heads);
-            let kv_head = head / n_rep;
-            let positions = start + t + 1;
-            let first = match window {
-                0 => 0,
-                window => positions.saturating_sub(window),
-            };
-            let cache = layer_cache + first * kv_dim;
-            let head = AttentionHead {
-                q: q.get(item * head_dim..(item + 1) * head_dim).unwrap_or(&[]),
-                keys: k_cache.get(cache + kv_head * head_dim..).unwrap_or(&[]),
-                values: v_cache.get(cache + kv_head * value..).unwrap_or(&[]),
-                stride: kv_dim,
-                positions: positions - first,
-                scale,
-            };
-            kernels.attend(&head, scores, out);
+    // The positions token `t` attends to: from `first(t)` to its own.
+    let first = |t: usize| match window {
+        0 => 0,
+        window => (start + t + 1).saturating_sub(window),
+    };
+    let splits = match n {
+        1 => kernels
+            .threads()
+            .min(MAX_SPLITS)
+            .min((start + 1 - first(0)) / MIN_SPLIT_POSITIONS)
+            .max(1),
+        _ => 1,
+    };
+    // Queries of a group: `n_rep · head_dim` values at `(t · n_kv_heads + kv_head) · n_rep ·
+    // head_dim` (q_dim = n_heads · head_dim); outputs `n_rep · value` values at the same
+    // group's place in o's input.
+    let group_q = n_rep * head_dim;
+    let group_out = n_rep * value;
+    // Item `(t · n_kv_heads + kv_head) · splits + part`: one group's attention over one part
+    // of its positions.
+    let head = |item: usize| {
+        let (group, part) = (item / splits, item % splits);
+        let t = group / n_kv_heads;
+        let (from, to) = (first(t), start + t + 1);
+        let positions = to - from;
+        let lo = from + part * positions / splits;
+        let hi = from + (part + 1) * positions / splits;
+        let cache = layer_cache + lo * kv_dim;
+        let kv_head = group % n_kv_heads;
+        AttentionHead {
+            q: q.get(group * group_q..(group + 1) * group_q).unwrap_or(&[]),
+            head_dim,
+            keys: k_cache.get(cache + kv_head * head_dim..).unwrap_or(&[]),
+            values: v_cache.get(cache + kv_head * value..).unwrap_or(&[]),
+            stride: kv_dim,
+            positions: hi - lo,
+            scale,
+        }
+    };
+    let items = n * n_kv_heads * splits;
+    if splits == 1 {
+        let out = b.attn.get_mut(..items * group_out).unwrap_or(&mut []);
+        kernels.for_each_part(items, out, b.scores, &|range, out, scores| {
+            for (item, out) in range.zip(out.chunks_exact_mut(group_out.max(1))) {
+                kernels.attend(&head(item), scores, out, &mut []);
+            }
+        });
+        return;
+    }
+    // Each part's outputs, then its log-sum-exps.
+    let per_item = group_out + n_rep;
+    let partials = b.partials.get_mut(..items * per_item).unwrap_or(&mut []);
+    kernels.for_each_part(items, partials, b.scores, &|range, partials, scores| {
+        for (item, partial) in range.zip(partials.chunks_exact_mut(per_item.max(1))) {
+            let (out, lse) = partial.split_at_mut(group_out);
+            kernels.attend(&head(item), scores, out, lse);
         }
     });
+    let groups = partials.chunks_exact(splits * per_item);
+    for (parts, out) in groups.zip(b.attn.chunks_exact_mut(group_out.max(1))) {
+        merge_attention(parts, splits, n_rep, value, out);
+    }
 }
 
 fn copy(from: Option<&[f32]>, to: Option<&mut [f32]>) {

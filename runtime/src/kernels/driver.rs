@@ -732,17 +732,19 @@ macro_rules! simd_kernels {
                     head: &$crate::kernels::AttentionHead<'_>,
                     scores: &mut [f32],
                     out: &mut [f32],
+                    lse: &mut [f32],
                 ) {
                     #[target_feature(enable = $features)]
                     unsafe fn attend(
                         head: &$crate::kernels::AttentionHead<'_>,
                         scores: &mut [f32],
                         out: &mut [f32],
+                        lse: &mut [f32],
                     ) {
-                        $attend(head, scores, out);
+                        $attend(head, scores, out, lse);
                     }
                     // SAFETY: `self` proves the features; the callee is safe code.
-                    unsafe { attend(head, scores, out) }
+                    unsafe { attend(head, scores, out, lse) }
                 }
 
                 fn swiglu(&self, gate: &mut [f32], up: &[f32]) {

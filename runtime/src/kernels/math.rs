@@ -1,54 +1,137 @@
 //! Plain-Rust numerics shared by the model and the kernels: a dot product, a sum and `e^x`
-//! that vectorize, and one query head's attention. They are `#[inline(always)]`, so each
+//! that vectorize, and the attention of a group of query heads. They are `#[inline(always)]`, so each
 //! kernel that calls them from its `#[target_feature]` functions gets them compiled for its
 //! own registers (AVX-512 and AVX2 on x86_64; NEON is the aarch64 baseline already).
 
-/// One query head's attention over the cached positions `0..positions`: position `j`'s key is
-/// `keys[j · stride ..][.. q.len()]`, its value `values[j · stride ..][.. q.len()]`.
+/// The attention of the query heads that share one key/value head (grouped-query attention)
+/// over the cached positions `0..positions`: position `j`'s key is
+/// `keys[j · stride ..][.. head_dim]`, its value `values[j · stride ..][.. width]`, read once
+/// for all the group's queries.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionHead<'a> {
-    /// The (rotated) query, `head_dim` values.
+    /// The group's (rotated) queries, `head_dim` values each, one after the other.
     pub q: &'a [f32],
-    /// Keys of this head's key/value head, from position 0, `stride` apart.
+    /// Values of a query and of a key.
+    pub head_dim: usize,
+    /// Keys of the key/value head, from position 0, `stride` apart.
     pub keys: &'a [f32],
-    /// Values of the same head, `stride` apart as the keys; each is as long as the output
+    /// Values of the same head, `stride` apart as the keys; each is as long as an output
     /// (`head_dim`, or fewer when the block keeps fewer value dimensions).
     pub values: &'a [f32],
     /// Values between the starts of two positions' keys (the model's `kv_dim`).
     pub stride: usize,
-    /// Positions attended to (the query's own included).
+    /// Positions attended to (the queries' own included).
     pub positions: usize,
     /// `1 / sqrt(head_dim)`.
     pub scale: f32,
 }
 
-/// `out = Σ_j softmax(scale · q·k_j)_j · v_j` over `head.positions` positions (`v_j` as long
-/// as `out`), using
-/// `scores` (at least `positions` values) as scratch. Positions whose key or value lies
-/// outside the slices, or beyond `scores`, are left out rather than panicking.
-#[inline(always)]
-pub(crate) fn attend(head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
-    let head_dim = head.q.len();
-    let positions = head.positions.min(scores.len());
-    let scores = scores.get_mut(..positions).unwrap_or_default();
-    let mut max = f32::NEG_INFINITY;
-    for (j, score) in scores.iter_mut().enumerate() {
-        let at = j * head.stride;
-        let key = head.keys.get(at..at + head_dim).unwrap_or(&[]);
-        *score = dot(head.q, key) * head.scale;
-        max = max.max(*score);
+impl AttentionHead<'_> {
+    /// Queries in the group: `q.len() / head_dim`.
+    pub fn queries(&self) -> usize {
+        self.q.len().checked_div(self.head_dim).unwrap_or(0)
     }
-    scores
-        .iter_mut()
-        .for_each(|score| *score = exp(*score - max));
-    let inverse_sum = 1.0 / sum(scores);
+
+    /// Positions the call attends to: `positions`, at most what `scores` holds for every
+    /// query, and those whose key (`head_dim` values) and value (`width`) lie inside the
+    /// slices.
+    pub(crate) fn fitting_positions(&self, scores: usize, width: usize) -> usize {
+        let fitting = |total: usize, len: usize| match total.checked_sub(len) {
+            None => 0,
+            Some(_) if self.stride == 0 => usize::MAX,
+            Some(rest) => rest / self.stride + 1,
+        };
+        self.positions
+            .min(scores.checked_div(self.queries()).unwrap_or(0))
+            .min(fitting(self.keys.len(), self.head_dim))
+            .min(fitting(self.values.len(), width))
+    }
+}
+
+/// For each query `g` of the group, `out[g · width ..][.. width] = Σ_j softmax(scale ·
+/// q_g·k_j)_j · v_j` over `head.positions` positions (`width = out.len() / queries`), using
+/// `scores` (at least `queries · positions` values) as scratch. Positions whose key or value
+/// lies outside the slices, or beyond what `scores` holds, are left out rather than panicking.
+/// `lse[g]`, where `lse` holds it, is query `g`'s log-sum-exp of its scaled scores (−∞ over no
+/// positions).
+#[inline(always)]
+pub(crate) fn attend(
+    head: &AttentionHead<'_>,
+    scores: &mut [f32],
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    let (head_dim, queries) = (head.head_dim, head.queries());
+    let width = out.len().checked_div(queries).unwrap_or(0);
+    let positions = head.fitting_positions(scores.len(), width);
+    let scores = scores.get_mut(..positions).unwrap_or_default();
     out.iter_mut().for_each(|o| *o = 0.0);
-    for (j, &weight) in scores.iter().enumerate() {
-        let at = j * head.stride;
-        let value = head.values.get(at..at + out.len()).unwrap_or(&[]);
-        let weight = weight * inverse_sum;
-        for (o, v) in out.iter_mut().zip(value) {
-            *o += weight * v;
+    lse.iter_mut().for_each(|l| *l = f32::NEG_INFINITY);
+    let queries = head.q.chunks_exact(head_dim.max(1)).take(queries);
+    for (g, (q, out)) in queries.zip(out.chunks_exact_mut(width.max(1))).enumerate() {
+        let mut max = f32::NEG_INFINITY;
+        for (j, score) in scores.iter_mut().enumerate() {
+            let at = j * head.stride;
+            let key = head.keys.get(at..at + head_dim).unwrap_or(&[]);
+            *score = dot(q, key) * head.scale;
+            max = max.max(*score);
+        }
+        scores
+            .iter_mut()
+            .for_each(|score| *score = exp(*score - max));
+        let total = sum(scores);
+        if let Some(lse) = lse.get_mut(g).filter(|_| total > 0.0) {
+            *lse = max + libm::logf(total);
+        }
+        let inverse_sum = 1.0 / total;
+        for (j, &weight) in scores.iter().enumerate() {
+            let at = j * head.stride;
+            let value = head.values.get(at..at + out.len()).unwrap_or(&[]);
+            let weight = weight * inverse_sum;
+            for (o, v) in out.iter_mut().zip(value) {
+                *o += weight * v;
+            }
+        }
+    }
+}
+
+/// Merges `parts` attentions of the same `queries` queries over disjoint positions into `out`
+/// (`queries · width` values): `partials` holds `parts` blocks of `queries · width` outputs,
+/// each normalized over its own positions as [`attend`] writes them, followed by the
+/// `queries` log-sum-exps of those positions. A part over no positions (log-sum-exp −∞)
+/// weighs nothing; a query no part saw gets zeros.
+pub(crate) fn merge_attention(
+    partials: &[f32],
+    parts: usize,
+    queries: usize,
+    width: usize,
+    out: &mut [f32],
+) {
+    let per_part = queries * (width + 1);
+    let lse = |part: usize, g: usize| {
+        let at = part * per_part + queries * width + g;
+        partials.get(at).copied().unwrap_or(f32::NEG_INFINITY)
+    };
+    for (g, out) in out.chunks_exact_mut(width.max(1)).take(queries).enumerate() {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        let max = (0..parts)
+            .map(|part| lse(part, g))
+            .fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            continue;
+        }
+        let weight = |part: usize| match lse(part, g) {
+            f32::NEG_INFINITY => 0.0,
+            lse => exp(lse - max),
+        };
+        let total: f32 = (0..parts).map(weight).sum();
+        for part in 0..parts {
+            let w = weight(part) / total;
+            let at = part * per_part + g * width;
+            let part_out = partials.get(at..at + width).unwrap_or_default();
+            for (o, v) in out.iter_mut().zip(part_out) {
+                *o += w * v;
+            }
         }
     }
 }

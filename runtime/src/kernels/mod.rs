@@ -319,12 +319,26 @@ pub trait Kernels: Sync {
         job(0..items, out, scratch);
     }
 
-    /// One query head's attention ([`AttentionHead`]) into `out` (its value width), with
-    /// `scores` (at least `positions` values) as scratch. The default is the plain-Rust
+    /// The attention of the query heads sharing one key/value head ([`AttentionHead`]) into
+    /// `out` (one value width per query), with `scores` (at least `positions` values per
+    /// query) as scratch; `lse[g]`, where `lse` holds it, is query `g`'s log-sum-exp
+    /// `max + ln Σ_j e^(s_j − max)` of its scaled scores, which merges attentions over
+    /// disjoint positions ([`merge_attention`]). The default is the plain-Rust
     /// version at the crate's baseline instruction set; SIMD kernels compile the same code for
     /// their registers.
-    fn attend(&self, head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
-        math::attend(head, scores, out);
+    fn attend(
+        &self,
+        head: &AttentionHead<'_>,
+        scores: &mut [f32],
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        math::attend(head, scores, out, lse);
+    }
+
+    /// Threads that share a product or a [`Kernels::for_each_part`] (1 unless pooled).
+    fn threads(&self) -> usize {
+        1
     }
 
     /// `gate[i] = silu(gate[i]) · up[i]` over the common length (the MLP's middle); compiled

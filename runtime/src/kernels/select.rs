@@ -101,8 +101,14 @@ impl Kernels for AnyKernels {
         self.inner().gemm_q4(w, x, tokens, out);
     }
 
-    fn attend(&self, head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
-        self.inner().attend(head, scores, out);
+    fn attend(
+        &self,
+        head: &AttentionHead<'_>,
+        scores: &mut [f32],
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        self.inner().attend(head, scores, out, lse);
     }
 
     fn swiglu(&self, gate: &mut [f32], up: &[f32]) {

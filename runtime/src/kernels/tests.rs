@@ -442,30 +442,38 @@ const LOW_RANK_SHAPES: [(usize, usize, usize); 6] = [
     (33, 64, 40),
 ];
 
-/// `kernel.attend` against the softmax computed in f64, with `width` value dimensions (fewer
-/// than `head_dim` where a block's values are pruned); also that a scratch shorter than the
-/// positions attends to the ones it holds instead of panicking.
-fn check_attention(
-    kernel: &dyn Kernels,
-    head_dim: usize,
-    width: usize,
-    stride: usize,
-    positions: usize,
-) {
-    let seed = (head_dim * 1000 + positions) as u64;
-    let q: Vec<f32> = values(seed, head_dim).iter().map(|v| v * 4.0).collect();
+/// `kernel.attend` on a group of `queries` query heads against the softmax computed in f64,
+/// with `width` value dimensions (fewer than `head_dim` where a block's values are pruned);
+/// also that a scratch shorter than the positions attends to the ones it holds instead of
+/// panicking.
+fn check_attention(kernel: &dyn Kernels, shape: AttentionShape) {
+    let AttentionShape {
+        queries,
+        head_dim,
+        width,
+        stride,
+        positions,
+    } = shape;
+    let seed = (queries * 100_000 + head_dim * 1000 + positions) as u64;
+    let q: Vec<f32> = values(seed, queries * head_dim)
+        .iter()
+        .map(|v| v * 4.0)
+        .collect();
     let keys = values(seed + 1, positions * stride);
     let cache_values = values(seed + 2, positions * stride);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let head = AttentionHead {
         q: &q,
+        head_dim,
         keys: &keys,
         values: &cache_values,
         stride,
         positions,
         scale,
     };
-    let reference = |positions: usize| -> Vec<f64> {
+    // The attention of `query` over `positions` positions, and its log-sum-exp.
+    let reference = |query: usize, positions: usize| -> (Vec<f64>, f64) {
+        let q = &q[query * head_dim..(query + 1) * head_dim];
         let logits: Vec<f64> = (0..positions)
             .map(|j| {
                 let key = &keys[j * stride..j * stride + head_dim];
@@ -479,27 +487,96 @@ fn check_attention(
         let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
         let total: f64 = weights.iter().sum();
-        (0..width)
+        let out = (0..width)
             .map(|i| {
                 (0..positions)
                     .map(|j| weights[j] / total * f64::from(cache_values[j * stride + i]))
                     .sum()
             })
-            .collect()
+            .collect();
+        (out, max + total.ln())
     };
-    for scratch in [positions, positions.div_ceil(2)] {
-        let mut scores = vec![f32::NAN; scratch];
-        let mut out = vec![f32::NAN; width];
-        kernel.attend(&head, &mut scores, &mut out);
-        for (i, (&got, want)) in out.iter().zip(reference(scratch)).enumerate() {
-            assert!(
-                (f64::from(got) - want).abs() <= 1e-5,
-                "{}: head_dim {head_dim}, width {width}, stride {stride}, positions \
-                 {positions}, scratch {scratch}, value {i}: {got} against {want}",
+    for held in [positions, positions.div_ceil(2)] {
+        let mut scores = vec![f32::NAN; queries * held];
+        let mut out = vec![f32::NAN; queries * width];
+        let mut lse = vec![f32::NAN; queries];
+        kernel.attend(&head, &mut scores, &mut out, &mut lse);
+        for (query, (out, &lse)) in out.chunks_exact(width).zip(&lse).enumerate() {
+            let (want_out, want_lse) = reference(query, held);
+            let context = format!(
+                "{}: {shape:?}, scratch for {held} positions, query {query}",
                 kernel.name()
+            );
+            for (i, (&got, want)) in out.iter().zip(want_out).enumerate() {
+                assert!(
+                    (f64::from(got) - want).abs() <= 1e-5,
+                    "{context}, value {i}: {got} against {want}"
+                );
+            }
+            assert!(
+                (f64::from(lse) - want_lse).abs() <= 1e-5 * want_lse.abs().max(1.0),
+                "{context}, log-sum-exp: {lse} against {want_lse}"
             );
         }
     }
+}
+
+/// Attentions over two parts of the positions, merged by their log-sum-exps, are the
+/// attention over all of them (as a decode step splits them over threads).
+fn check_split_attention(kernel: &dyn Kernels, shape: AttentionShape, split: usize) {
+    let AttentionShape {
+        queries,
+        head_dim,
+        width,
+        stride,
+        positions,
+    } = shape;
+    let seed = (queries * 7 + positions) as u64;
+    let q: Vec<f32> = values(seed, queries * head_dim)
+        .iter()
+        .map(|v| v * 4.0)
+        .collect();
+    let keys = values(seed + 1, positions * stride);
+    let cache_values = values(seed + 2, positions * stride);
+    let head = |from: usize, to: usize| AttentionHead {
+        q: &q,
+        head_dim,
+        keys: keys.get(from * stride..).unwrap_or_default(),
+        values: cache_values.get(from * stride..).unwrap_or_default(),
+        stride,
+        positions: to - from,
+        scale: 0.3,
+    };
+    let mut scores = vec![0.0; queries * positions];
+    let mut whole = vec![0.0; queries * width];
+    kernel.attend(&head(0, positions), &mut scores, &mut whole, &mut []);
+    // Two parts, each its outputs then its log-sum-exps.
+    let per_part = queries * (width + 1);
+    let mut partials = vec![f32::NAN; 2 * per_part];
+    for (part, (from, to)) in [(0, split), (split, positions)].into_iter().enumerate() {
+        let (out, lse) =
+            partials[part * per_part..(part + 1) * per_part].split_at_mut(queries * width);
+        kernel.attend(&head(from, to), &mut scores, out, lse);
+    }
+    let mut merged = vec![f32::NAN; queries * width];
+    super::math::merge_attention(&partials, 2, queries, width, &mut merged);
+    for (i, (&got, &want)) in merged.iter().zip(&whole).enumerate() {
+        assert!(
+            (got - want).abs() <= 1e-5,
+            "{}: {shape:?} split at {split}, value {i}: merged {got}, whole {want}",
+            kernel.name()
+        );
+    }
+}
+
+/// A group of query heads over a key/value head's cached positions.
+#[derive(Clone, Copy, Debug)]
+struct AttentionShape {
+    queries: usize,
+    head_dim: usize,
+    width: usize,
+    stride: usize,
+    positions: usize,
 }
 
 macro_rules! kernel_suite {
@@ -617,17 +694,30 @@ macro_rules! kernel_suite {
             #[test]
             fn attention_matches_a_double_precision_softmax() {
                 let Some(kernel) = kernel() else { return };
-                for (head_dim, width, stride, positions) in [
-                    (64, 64, 192, 1),
-                    (64, 64, 192, 300),
-                    (64, 40, 192, 300),
-                    (7, 7, 9, 5),
-                    (33, 33, 40, 77),
-                    (64, 64, 64, 1000),
-                    (256, 256, 256, 70),
-                    (256, 200, 256, 70),
+                for (queries, head_dim, width, stride, positions) in [
+                    (1, 64, 64, 192, 1),
+                    (3, 64, 64, 192, 1),
+                    (1, 64, 64, 192, 300),
+                    (3, 64, 64, 192, 300),
+                    (3, 64, 40, 192, 300),
+                    (1, 7, 7, 9, 5),
+                    (2, 33, 33, 40, 77),
+                    (4, 64, 64, 64, 1000),
+                    (4, 256, 256, 256, 70),
+                    (6, 256, 200, 256, 70),
+                    (9, 32, 32, 32, 20),
                 ] {
-                    check_attention(kernel.as_ref(), head_dim, width, stride, positions);
+                    let shape = AttentionShape {
+                        queries,
+                        head_dim,
+                        width,
+                        stride,
+                        positions,
+                    };
+                    check_attention(kernel.as_ref(), shape);
+                    for split in [0, positions / 2, positions] {
+                        check_split_attention(kernel.as_ref(), shape, split);
+                    }
                 }
             }
 
@@ -635,6 +725,7 @@ macro_rules! kernel_suite {
                 #![proptest_config(ProptestConfig::with_cases(64))]
                 #[test]
                 fn odd_attention_shapes_match(
+                    queries in 1usize..7,
                     head_dim in 1usize..80,
                     pruned in 0usize..80,
                     extra in 0usize..20,
@@ -642,7 +733,9 @@ macro_rules! kernel_suite {
                 ) {
                     let Some(kernel) = kernel() else { return Ok(()) };
                     let width = head_dim - pruned % head_dim;
-                    check_attention(kernel.as_ref(), head_dim, width, head_dim + extra, positions);
+                    let stride = head_dim + extra;
+                    let shape = AttentionShape { queries, head_dim, width, stride, positions };
+                    check_attention(kernel.as_ref(), shape);
                 }
             }
 

@@ -41,7 +41,7 @@ impl<K: core::fmt::Debug> core::fmt::Debug for Threaded<K> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Threaded")
             .field("inner", &self.inner)
-            .field("threads", &self.threads())
+            .field("threads", &self.pool.threads)
             .finish()
     }
 }
@@ -57,11 +57,6 @@ impl<K: Kernels + Sync> Threaded<K> {
 }
 
 impl<K> Threaded<K> {
-    /// Threads that share each product, the caller's included.
-    pub fn threads(&self) -> usize {
-        self.pool.threads
-    }
-
     /// The single-threaded implementation underneath.
     pub fn inner(&self) -> &K {
         &self.inner
@@ -70,7 +65,7 @@ impl<K> Threaded<K> {
     /// Rows per part when `rows` rows are split over the pool, or `None` when one thread
     /// should do it all. Prefill parts are whole register tiles ([`ROW_ALIGN`] rows).
     fn rows_per_part(&self, rows: usize, tokens: usize) -> Option<usize> {
-        let threads = self.threads();
+        let threads = self.pool.threads;
         if threads < 2 || rows < 2 * MIN_ROWS_PER_THREAD {
             return None;
         }
@@ -219,8 +214,19 @@ impl<K: Kernels + Sync> Kernels for Threaded<K> {
         });
     }
 
-    fn attend(&self, head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
-        self.inner.attend(head, scores, out);
+    fn attend(
+        &self,
+        head: &AttentionHead<'_>,
+        scores: &mut [f32],
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) {
+        self.inner.attend(head, scores, out, lse);
+    }
+
+    /// Threads that share each product, the caller's included.
+    fn threads(&self) -> usize {
+        self.pool.threads
     }
 
     fn swiglu(&self, gate: &mut [f32], up: &[f32]) {

@@ -757,6 +757,42 @@ fn threaded_model_matches_portable() {
     }
 }
 
+/// A decode step on a pool splits its positions over the threads (at least 16 each) and merges
+/// the parts: the same logits as one part, up to rounding.
+#[test]
+fn split_decode_attention_matches_one_part() {
+    const LONG: usize = 64;
+    let bytes = AlignedBytes::new(&tiny_bundle(Dtype::F32, false, None));
+    let bundle = Bundle::parse(bytes.as_bytes()).unwrap();
+    fn decode<K: crate::kernels::Kernels>(bundle: &Bundle<'_>, kernels: K) -> Vec<f32> {
+        let mut words = alloc::vec![0u32; bundle.arena_bytes(LONG) / 4];
+        let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        let mut model = crate::Model::new(bundle, kernels, LONG, arena).unwrap();
+        let prompt: Vec<u32> = (0..60).map(|i| (i * 37 % 250) as u32).collect();
+        model.feed(&prompt).unwrap();
+        let mut seen = Vec::new();
+        for token in [3u32, 250, 97] {
+            model.feed(&[token]).unwrap();
+            seen.extend_from_slice(model.logits().unwrap());
+        }
+        seen
+    }
+    let expected = decode(&bundle, Portable);
+    for threads in [2, 3] {
+        let got = decode(&bundle, crate::kernels::Threaded::new(Portable, threads));
+        let worst = got
+            .iter()
+            .zip(&expected)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "{threads} threads: max |Δlogit| {worst}");
+        assert_ne!(
+            got, expected,
+            "{threads} threads: the positions were not split"
+        );
+    }
+}
+
 #[test]
 fn tokenizer_merges_by_rank_and_splits_like_gpt2() {
     let bytes = AlignedBytes::new(&tiny_bundle(Dtype::F32, false, None));

@@ -1,10 +1,13 @@
-//! One query head's attention with AVX-512: the plain-Rust [`math::attend`] spends most of its
-//! time per cached position on a horizontal sum (each key's dot product reduced on its own)
-//! and on reading and writing the output once per position. Here sixteen positions' dot
-//! products accumulate in sixteen registers and are reduced together by a tree of shuffles
-//! (three instructions per pair and level: 46 for sixteen positions where sixteen horizontal
-//! sums take about 130), and the weighted sum of values keeps up to 64 output lanes in
-//! registers across all positions. The softmax in between is `math`'s, which vectorizes.
+//! The attention of the query heads that share a key/value head, with AVX-512: the plain-Rust
+//! [`math::attend`] spends most of its time per cached position on a horizontal sum (each
+//! key's dot product reduced on its own) and on reading and writing the output once per
+//! position, and reads the cache once per query. Here sixteen positions' dot products
+//! accumulate in sixteen registers and are reduced together by a tree of shuffles (three
+//! instructions per pair and level: 46 for sixteen positions where sixteen horizontal sums take
+//! about 130), every query of the group on those sixteen keys while they are in the L1 cache;
+//! the weighted sum of values keeps up to 64 output lanes of up to four queries in registers
+//! across all positions, each value read once for them. The softmax in between is `math`'s,
+//! which vectorizes.
 //!
 //! `unsafe` is allowed in this module only, under the same rules as `avx512`'s.
 #![allow(unsafe_code)]
@@ -20,75 +23,156 @@ use super::avx512::mask;
 
 /// Positions whose dot products are reduced together, and lanes of a register.
 const LANES: usize = 16;
-/// Output lanes kept in registers while the values are summed.
+/// Output lanes kept in registers per query while the values are summed.
 const OUT_CHUNKS: usize = 4;
+/// Queries whose weighted values are summed in one pass over the values (`4 · OUT_CHUNKS`
+/// accumulators, the values and a weight fit in the 32 registers).
+const MAX_GROUP: usize = 4;
 
 /// As [`math::attend`]; positions whose key or value would lie past the slices, or past
-/// `scores`, are left out.
+/// what `scores` holds for every query, are left out. The group's queries share each read
+/// of the cache: sixteen positions' keys are read from memory for the first query and from
+/// the L1 cache for the others, and every value is read once for up to [`MAX_GROUP`] queries.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-pub(super) fn attend(head: &AttentionHead<'_>, scores: &mut [f32], out: &mut [f32]) {
-    let (head_dim, width) = (head.q.len(), out.len());
-    let positions = head
-        .positions
-        .min(scores.len())
-        .min(fitting(head.keys.len(), head_dim, head.stride))
-        .min(fitting(head.values.len(), width, head.stride));
-    let scores = scores.get_mut(..positions).unwrap_or_default();
-    if positions == 0 {
-        out.iter_mut().for_each(|o| *o = 0.0);
+pub(super) fn attend(
+    head: &AttentionHead<'_>,
+    scores: &mut [f32],
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    let queries = head.queries();
+    out.iter_mut().for_each(|o| *o = 0.0);
+    lse.iter_mut().for_each(|l| *l = f32::NEG_INFINITY);
+    let Some(width) = out.len().checked_div(queries) else {
+        return;
+    };
+    let positions = head.fitting_positions(scores.len(), width);
+    if positions == 0 || width == 0 {
         return;
     }
-    // SAFETY: every position below `positions` has `head_dim` keys and `width` values inside
-    // the slices (`fitting`); loads and stores are masked to those lengths and to `scores`.
-    let max = unsafe { scaled_dots(head, positions, scores) };
-    scores
-        .iter_mut()
-        .for_each(|score| *score = math::exp(*score - max));
-    let inverse_sum = 1.0 / math::sum(scores);
-    // SAFETY: as above.
-    unsafe { weighted_values(head, scores, inverse_sum, out) };
-}
-
-/// How many positions `stride` apart have `len` values inside a slice of `total`.
-fn fitting(total: usize, len: usize, stride: usize) -> usize {
-    match total.checked_sub(len) {
-        None => 0,
-        Some(_) if stride == 0 => usize::MAX,
-        Some(rest) => rest / stride + 1,
+    let mut first = 0;
+    while first < queries {
+        let group = (queries - first).min(MAX_GROUP);
+        let part = Part {
+            first,
+            positions,
+            width,
+        };
+        // SAFETY: every position below `positions` has `head_dim` keys and `width` values
+        // inside the slices, and `scores` holds `positions` values for every query
+        // (`fitting_positions`); loads and stores are masked to those lengths.
+        unsafe {
+            let lse = lse.get_mut(first..).unwrap_or_default();
+            match group {
+                1 => attend_group::<1>(head, part, scores, out, lse),
+                2 => attend_group::<2>(head, part, scores, out, lse),
+                3 => attend_group::<3>(head, part, scores, out, lse),
+                _ => attend_group::<MAX_GROUP>(head, part, scores, out, lse),
+            }
+        }
+        first += group;
     }
 }
 
-/// `scores[j] = scale · q · k_j` for `j < positions`; returns their maximum.
+/// Queries `first .. first + G` of a group over `positions` positions into outputs of
+/// `width` values.
+#[derive(Clone, Copy)]
+struct Part {
+    first: usize,
+    positions: usize,
+    width: usize,
+}
+
+/// Queries `part.first .. part.first + G`: their scores in `scores[g · positions ..]`, their
+/// softmax, their weighted values and, where `lse` holds them, their log-sum-exps.
 ///
 /// # Safety
-/// Positions below `positions` have `q.len()` keys inside `head.keys`, and `scores` holds
-/// `positions` values.
+/// As [`attend`] establishes: positions below `part.positions` lie inside the slices, `scores`
+/// holds `part.positions` values for each of the group's queries, and `out` `part.width`
+/// values for each.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-unsafe fn scaled_dots(head: &AttentionHead<'_>, positions: usize, scores: &mut [f32]) -> f32 {
-    let head_dim = head.q.len();
-    let (q, keys) = (head.q.as_ptr(), head.keys.as_ptr());
+unsafe fn attend_group<const G: usize>(
+    head: &AttentionHead<'_>,
+    part: Part,
+    scores: &mut [f32],
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    let Part {
+        first,
+        positions,
+        width,
+    } = part;
+    // SAFETY: the caller's guarantees.
+    let max = unsafe { scaled_dots::<G>(head, first, positions, scores) };
+    let mut inverse_sums = [0.0f32; G];
+    for (g, ((row, max), inverse_sum)) in scores
+        .chunks_exact_mut(positions)
+        .zip(max)
+        .zip(&mut inverse_sums)
+        .enumerate()
+    {
+        row.iter_mut()
+            .for_each(|score| *score = math::exp(*score - max));
+        let total = math::sum(row);
+        if let Some(lse) = lse.get_mut(g) {
+            *lse = max + libm::logf(total);
+        }
+        *inverse_sum = 1.0 / total;
+    }
+    let out = out.get_mut(first * width..).unwrap_or_default();
+    // SAFETY: as above.
+    unsafe { weighted_values::<G>(head, scores, positions, inverse_sums, out, width) };
+}
+
+/// `scores[g · positions + j] = scale · q_{first + g} · k_j` for `j < positions` and `g < G`;
+/// returns each query's maximum. Sixteen positions at a time, all `G` queries on them before
+/// the next sixteen, so their keys come from memory once.
+///
+/// # Safety
+/// Positions below `positions` have `head_dim` keys inside `head.keys`, queries
+/// `first .. first + G` lie inside `head.q`, and `scores` holds `G · positions` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+unsafe fn scaled_dots<const G: usize>(
+    head: &AttentionHead<'_>,
+    first: usize,
+    positions: usize,
+    scores: &mut [f32],
+) -> [f32; G] {
+    let head_dim = head.head_dim;
+    let keys = head.keys.as_ptr();
     let scale = _mm512_set1_ps(head.scale);
-    let mut max = f32::NEG_INFINITY;
-    for first in (0..positions).step_by(LANES) {
-        let n = (positions - first).min(LANES);
-        let mut acc = [_mm512_setzero_ps(); LANES];
-        for c in (0..head_dim).step_by(LANES) {
-            let dims = mask(head_dim - c);
-            // SAFETY: lanes below `head_dim` of `q` and of each valid position's key.
-            unsafe {
-                let q = _mm512_maskz_loadu_ps(dims, q.add(c));
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    if p < n {
-                        let key = keys.add((first + p) * head.stride + c);
-                        *acc = _mm512_fmadd_ps(q, _mm512_maskz_loadu_ps(dims, key), *acc);
+    let mut max = [f32::NEG_INFINITY; G];
+    for start in (0..positions).step_by(LANES) {
+        let n = (positions - start).min(LANES);
+        for (g, max) in max.iter_mut().enumerate() {
+            // SAFETY: query `first + g` lies inside `head.q`.
+            let q = unsafe { head.q.as_ptr().add((first + g) * head_dim) };
+            let mut acc = [_mm512_setzero_ps(); LANES];
+            for c in (0..head_dim).step_by(LANES) {
+                let dims = mask(head_dim - c);
+                // SAFETY: lanes below `head_dim` of the query and of each valid position's key.
+                unsafe {
+                    let q = _mm512_maskz_loadu_ps(dims, q.add(c));
+                    for (p, acc) in acc.iter_mut().enumerate() {
+                        if p < n {
+                            let key = keys.add((start + p) * head.stride + c);
+                            *acc = _mm512_fmadd_ps(q, _mm512_maskz_loadu_ps(dims, key), *acc);
+                        }
                     }
                 }
             }
+            let dots = _mm512_mul_ps(sum_lanes(&acc), scale);
+            // SAFETY: `n` values from `g · positions + start`, inside `scores`.
+            unsafe {
+                _mm512_mask_storeu_ps(
+                    scores.as_mut_ptr().add(g * positions + start),
+                    mask(n),
+                    dots,
+                );
+            }
+            *max = max.max(_mm512_mask_reduce_max_ps(mask(n), dots));
         }
-        let dots = _mm512_mul_ps(sum_lanes(&acc), scale);
-        // SAFETY: `n` values from `first`, inside `scores`.
-        unsafe { _mm512_mask_storeu_ps(scores.as_mut_ptr().add(first), mask(n), dots) };
-        max = max.max(_mm512_mask_reduce_max_ps(mask(n), dots));
     }
     max
 }
@@ -142,44 +226,54 @@ fn pairwise<const N: usize>(
     })
 }
 
-/// `out = inverse_sum · Σ_j weights[j] · v_j`, 64 output lanes at a time.
+/// `out[g · width ..] = inverse_sums[g] · Σ_j weights[g · positions + j] · v_j` for `g < G`,
+/// 64 output lanes at a time: each value is loaded once for the `G` queries.
 ///
 /// # Safety
-/// Positions below `weights.len()` have `out.len()` values inside `head.values`.
+/// Positions below `positions` have `width` values inside `head.values`, `weights` holds
+/// `G · positions` values and `out` `G · width`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
-unsafe fn weighted_values(
+unsafe fn weighted_values<const G: usize>(
     head: &AttentionHead<'_>,
     weights: &[f32],
-    inverse_sum: f32,
+    positions: usize,
+    inverse_sums: [f32; G],
     out: &mut [f32],
+    width: usize,
 ) {
-    let width = out.len();
     let values = head.values.as_ptr();
+    let (weights, out) = (weights.as_ptr(), out.as_mut_ptr());
     for first in (0..width).step_by(LANES * OUT_CHUNKS) {
         let masks: [__mmask16; OUT_CHUNKS] =
             core::array::from_fn(|c| mask(width.saturating_sub(first + c * LANES)));
-        let mut acc = [_mm512_setzero_ps(); OUT_CHUNKS];
-        for (j, &weight) in weights.iter().enumerate() {
-            let weight = _mm512_set1_ps(weight);
+        let mut acc = [[_mm512_setzero_ps(); OUT_CHUNKS]; G];
+        for j in 0..positions {
             let row = j * head.stride + first;
-            for (c, (acc, &mask)) in acc.iter_mut().zip(&masks).enumerate() {
-                if mask != 0 {
-                    // SAFETY: lanes below `width` of position `j`'s values.
-                    let v = unsafe { _mm512_maskz_loadu_ps(mask, values.add(row + c * LANES)) };
+            let mut v = [_mm512_setzero_ps(); OUT_CHUNKS];
+            for (c, (v, &mask)) in v.iter_mut().zip(&masks).enumerate() {
+                // SAFETY: lanes below `width` of position `j`'s values (zero where masked off).
+                *v = unsafe { _mm512_maskz_loadu_ps(mask, values.add(row + c * LANES)) };
+            }
+            for (g, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `g · positions + j < G · positions`.
+                let weight = _mm512_set1_ps(unsafe { *weights.add(g * positions + j) });
+                for (acc, &v) in acc.iter_mut().zip(&v) {
                     *acc = _mm512_fmadd_ps(weight, v, *acc);
                 }
             }
         }
-        let inverse_sum = _mm512_set1_ps(inverse_sum);
-        for (c, (acc, &mask)) in acc.iter().zip(&masks).enumerate() {
-            if mask != 0 {
-                // SAFETY: lanes below `width` of `out`.
-                unsafe {
-                    _mm512_mask_storeu_ps(
-                        out.as_mut_ptr().add(first + c * LANES),
-                        mask,
-                        _mm512_mul_ps(*acc, inverse_sum),
-                    );
+        for (g, (acc, inverse_sum)) in acc.iter().zip(inverse_sums).enumerate() {
+            let inverse_sum = _mm512_set1_ps(inverse_sum);
+            for (c, (acc, &mask)) in acc.iter().zip(&masks).enumerate() {
+                if mask != 0 {
+                    // SAFETY: lanes below `width` of query `g`'s output.
+                    unsafe {
+                        _mm512_mask_storeu_ps(
+                            out.add(g * width + first + c * LANES),
+                            mask,
+                            _mm512_mul_ps(*acc, inverse_sum),
+                        );
+                    }
                 }
             }
         }
