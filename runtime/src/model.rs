@@ -9,7 +9,7 @@ use crate::config::{Activation, MatrixKind, ModelConfig};
 use crate::error::Error;
 use crate::format::{HeadRef, LayerRef};
 use crate::kernels::math::{dot, merge_attention};
-use crate::kernels::{AttentionHead, Kernels};
+use crate::kernels::{AttentionHead, Kernels, SharedProduct};
 
 /// The shortest prefill chunk (tokens run through the blocks together): the chunk is a quarter
 /// of the context, between this and [`MAX_PREFILL_CHUNK`] (and never more than the context).
@@ -428,8 +428,11 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         }
         let normed = b.normed.get(..n * hidden).unwrap_or(&[]);
         let k = &self.kernels;
-        apply(k, linear(MatrixKind::Gate), normed, n, b.gate, b.low);
-        apply(k, linear(MatrixKind::Up), normed, n, b.up, b.low);
+        let products = [
+            (linear(MatrixKind::Gate), &mut *b.gate),
+            (linear(MatrixKind::Up), &mut *b.up),
+        ];
+        apply_shared(k, products, normed, n, b.low);
         match config.arch.activation {
             Activation::Silu => k.swiglu(prefix_mut(b.gate, n * inter), prefix(b.up, n * inter)),
             Activation::GeluTanh => geglu(prefix_mut(b.gate, n * inter), prefix(b.up, n * inter)),
@@ -467,9 +470,12 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         }
         let normed = b.normed.get(..n * hidden).unwrap_or(&[]);
         let k = &self.kernels;
-        apply(k, linear(MatrixKind::Q), normed, n, b.q, b.low);
-        apply(k, linear(MatrixKind::K), normed, n, b.k, b.low);
-        apply(k, linear(MatrixKind::V), normed, n, b.v, b.low);
+        let products = [
+            (linear(MatrixKind::Q), &mut *b.q),
+            (linear(MatrixKind::K), &mut *b.k),
+            (linear(MatrixKind::V), &mut *b.v),
+        ];
+        apply_shared(k, products, normed, n, b.low);
         if let Some([q_bias, k_bias, v_bias]) = layer.qkv_bias {
             for (out, bias) in [
                 (&mut *b.q, q_bias),
@@ -785,6 +791,53 @@ fn prefix(values: &[f32], len: usize) -> &[f32] {
 fn prefix_mut(values: &mut [f32], len: usize) -> &mut [f32] {
     let len = len.min(values.len());
     values.get_mut(..len).unwrap_or(&mut [])
+}
+
+/// The linears of `products` on the same input `x` into their outputs: for one token as one
+/// [`Kernels::gemm_shared`] (one pool job) where `low` holds every low-rank layer's `A x`,
+/// otherwise one after the other.
+fn apply_shared<K: Kernels, const N: usize>(
+    kernels: &K,
+    products: [(Option<LinearWeights<'_>>, &mut [f32]); N],
+    x: &[f32],
+    tokens: usize,
+    low: &mut [f32],
+) {
+    let rank = |linear: &Option<LinearWeights<'_>>| match linear {
+        Some(LinearWeights::LowRank { a, .. }) => a.rows(),
+        _ => 0,
+    };
+    let ranks: usize = products.iter().map(|(linear, _)| rank(linear)).sum();
+    if tokens != 1 || ranks > low.len() {
+        for (linear, out) in products {
+            apply(kernels, linear, x, tokens, out, low);
+        }
+        return;
+    }
+    let mut shared: [Option<SharedProduct<'_, '_>>; N] = [const { None }; N];
+    let mut rest = low;
+    for ((linear, out), slot) in products.into_iter().zip(&mut shared) {
+        let (low, tail) = core::mem::take(&mut rest).split_at_mut(rank(&linear));
+        rest = tail;
+        *slot = match linear {
+            Some(LinearWeights::Dense(w)) => Some(SharedProduct {
+                first: w,
+                second: None,
+                low,
+                out: prefix_mut(out, w.rows()),
+            }),
+            Some(LinearWeights::LowRank { a, b }) => Some(SharedProduct {
+                first: a,
+                second: Some(b),
+                low,
+                out: prefix_mut(out, b.rows()),
+            }),
+            None => None,
+        };
+    }
+    let mut shared: heapless::Vec<SharedProduct<'_, '_>, N> =
+        shared.into_iter().flatten().collect();
+    kernels.gemm_shared(&mut shared, x);
 }
 
 fn apply<K: Kernels>(

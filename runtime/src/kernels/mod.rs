@@ -102,6 +102,20 @@ impl Q4Matrix<'_> {
     }
 }
 
+/// One product of a decode step's group that shares its input ([`Kernels::gemm_shared`]):
+/// `out = W x`, where `W` is `first` or, low-rank, `second · first` through `low`.
+#[derive(Debug)]
+pub struct SharedProduct<'w, 'o> {
+    /// The matrix, or a low-rank layer's `A` (`rank × d_in`).
+    pub first: Weight<'w>,
+    /// A low-rank layer's `B` (`d_out × rank`).
+    pub second: Option<Weight<'w>>,
+    /// A low-rank layer's `A x` (`rank` values, overwritten); unused for one matrix.
+    pub low: &'o mut [f32],
+    /// `W x`.
+    pub out: &'o mut [f32],
+}
+
 /// A matrix of any dtype, as the bundle stores it and the kernels take it.
 #[derive(Clone, Copy, Debug)]
 pub enum Weight<'a> {
@@ -308,6 +322,19 @@ pub trait Kernels: Sync {
     ) {
         self.gemm(a, x, tokens, low);
         self.gemm(b, low, tokens, out);
+    }
+
+    /// The products of one token that share their input `x` (a block's q, k and v; its gate
+    /// and up), with the lengths of [`Kernels::gemm`] and [`Kernels::gemm_low_rank`] for each.
+    /// This default runs them one after the other; a pool runs them as one job, each thread
+    /// taking its share of the rows of every product.
+    fn gemm_shared(&self, products: &mut [SharedProduct<'_, '_>], x: &[f32]) {
+        for p in products {
+            match p.second {
+                None => self.gemm(p.first, x, 1, p.out),
+                Some(second) => self.gemm_low_rank(p.first, second, x, 1, p.low, p.out),
+            }
+        }
     }
 
     /// Runs `job(range, out_part, scratch)` over consecutive ranges of `0..items` that together

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::{
     AttentionHead, DECODE_BELOW_TOKENS, F32Matrix, Kernels, Portable, Q4_BLOCK_BYTES, Q4Matrix,
-    Q8_BLOCK, Q8Matrix, Threaded, Weight, q4_pair, q8_blocks_per_row,
+    Q8_BLOCK, Q8Matrix, SharedProduct, Threaded, Weight, q4_pair, q8_blocks_per_row,
 };
 
 const SENTINEL: f32 = 12345.0;
@@ -898,4 +898,52 @@ fn threaded_is_shared_safely_between_callers() {
             });
         }
     });
+}
+
+/// A pool's `gemm_shared` (one job for a group of products on one input) gives every
+/// product's output, and a low-rank layer's intermediate, exactly as the kernel underneath
+/// computes them one after the other: dense and low-rank products, one too small to split.
+#[test]
+fn shared_products_match_one_after_the_other() {
+    let cols = 40;
+    let x = values(7, cols);
+    let dense = values(8, 70 * cols);
+    let small = values(9, 10 * cols);
+    let (a, b) = (values(10, 20 * cols), values(11, 50 * 20));
+    let f32s = |rows: usize, cols: usize, data| Weight::F32(F32Matrix { rows, cols, data });
+    let run = |kernel: &dyn Kernels| {
+        let (mut out_dense, mut out_small) = (vec![SENTINEL; 70], vec![SENTINEL; 10]);
+        let (mut low, mut out_low_rank) = (vec![SENTINEL; 20], vec![SENTINEL; 50]);
+        let mut products = [
+            SharedProduct {
+                first: f32s(70, cols, &dense),
+                second: None,
+                low: &mut [],
+                out: &mut out_dense,
+            },
+            SharedProduct {
+                first: f32s(20, cols, &a),
+                second: Some(f32s(50, 20, &b)),
+                low: &mut low,
+                out: &mut out_low_rank,
+            },
+            SharedProduct {
+                first: f32s(10, cols, &small),
+                second: None,
+                low: &mut [],
+                out: &mut out_small,
+            },
+        ];
+        kernel.gemm_shared(&mut products, &x);
+        [out_dense, low, out_low_rank, out_small]
+    };
+    let expected = run(&Portable);
+    assert!(expected.iter().flatten().all(|v| *v != SENTINEL));
+    for threads in [2, 3] {
+        assert_eq!(
+            run(&Threaded::new(Portable, threads)),
+            expected,
+            "{threads} threads"
+        );
+    }
 }

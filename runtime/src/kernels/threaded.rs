@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use super::{AttentionHead, F32Matrix, Kernels, PartJob, Q4Matrix, Q8Matrix, Weight};
+use super::{
+    AttentionHead, F32Matrix, Kernels, PartJob, Q4Matrix, Q8Matrix, SharedProduct, Weight,
+};
 
 /// Busy-wait iterations (a few tens of µs) before a waiting thread parks or yields: enough to
 /// bridge the gap between two products of one decode step, short enough not to steal a core
@@ -94,12 +96,7 @@ type Pieces<'a> = Vec<&'a mut [f32]>;
 
 /// Cuts `out` (`tokens × rows`) into one slot per part: part `p` gets rows
 /// `p · chunk .. (p + 1) · chunk` of every token; parts past the rows get `None`.
-fn row_slots(
-    out: &mut [f32],
-    rows: usize,
-    chunk: usize,
-    parts: usize,
-) -> Vec<Mutex<Option<Pieces<'_>>>> {
+fn row_slots(out: &mut [f32], rows: usize, chunk: usize, parts: usize) -> Slots<'_> {
     let chunk = chunk.max(1);
     let mut pieces: Vec<Pieces<'_>> = (0..parts.max(rows.div_ceil(chunk)))
         .map(|_| Vec::new())
@@ -262,57 +259,128 @@ impl<K: Kernels + Sync> Kernels for Threaded<K> {
         low: &mut [f32],
         out: &mut [f32],
     ) {
-        let rank = a.rows();
-        let fused = tokens == 1
-            && b.cols() == rank
-            && covers(a, x, 1, low)
-            && covers(b, low, 1, out)
-            && self.threads() > 1;
-        let Some(b_chunk) = self.rows_per_part(b.rows(), 1).filter(|_| fused) else {
-            self.product(a, x, tokens, low);
-            self.product(b, low, tokens, out);
+        if tokens == 1 {
+            let mut product = [SharedProduct {
+                first: a,
+                second: Some(b),
+                low,
+                out,
+            }];
+            self.gemm_shared(&mut product, x);
             return;
-        };
-        let a_chunk = self.rows_per_part(rank, 1).unwrap_or(rank);
-        let x = x.get(..a.cols()).unwrap_or_default();
-        let low_slots = row_slots(
-            low.get_mut(..rank).unwrap_or_default(),
-            rank,
-            a_chunk,
-            self.threads(),
-        );
-        let out_slots = row_slots(
-            out.get_mut(..b.rows()).unwrap_or_default(),
-            b.rows(),
-            b_chunk,
-            self.threads(),
-        );
-        self.pool.run(2, &|phase, index| {
-            if phase == 0 {
-                let mut slot = low_slots.get(index).map(lock);
-                if let Some([piece]) = slot.as_deref_mut().and_then(Option::as_deref_mut) {
-                    self.inner
-                        .gemm(a.row_range(index * a_chunk, piece.len()), x, 1, piece);
-                }
-                return;
+        }
+        self.product(a, x, tokens, low);
+        self.product(b, low, tokens, out);
+    }
+
+    fn gemm_shared(&self, products: &mut [SharedProduct<'_, '_>], x: &[f32]) {
+        let fits = |p: &SharedProduct<'_, '_>| match p.second {
+            None => covers(p.first, x, 1, p.out),
+            Some(second) => {
+                second.cols() == p.first.rows()
+                    && covers(p.first, x, 1, p.low)
+                    && covers(second, p.low, 1, p.out)
             }
-            // Every part of `B` reads all of `low`: copied from the slots into this thread's
-            // scratch (decode parts of `B` write `out` directly and use no scratch of their own).
-            with_scratch(rank, |gathered| {
-                let mut at = 0;
-                for slot in &low_slots {
-                    if let Some([piece]) = lock(slot).as_deref() {
-                        if let Some(dst) = gathered.get_mut(at..at + piece.len()) {
-                            dst.copy_from_slice(piece);
-                        }
-                        at += piece.len();
+        };
+        if self.pool.threads < 2 || !products.iter().all(fits) {
+            for p in products {
+                match p.second {
+                    None => self.product(p.first, x, 1, p.out),
+                    Some(second) => {
+                        self.product(p.first, x, 1, p.low);
+                        self.product(second, p.low, 1, p.out);
                     }
                 }
-                self.part(b, gathered, 1, b_chunk, &out_slots, index);
-            });
+            }
+            return;
+        }
+        let threads = self.pool.threads;
+        // Rows per part of `w`: all on the first part where a split does not pay.
+        let chunk = |w: Weight<'_>| self.rows_per_part(w.rows(), 1).unwrap_or(w.rows().max(1));
+        let plans: Vec<Plan<'_, '_>> = products
+            .iter_mut()
+            .map(|p| {
+                let SharedProduct {
+                    first,
+                    second,
+                    low,
+                    out,
+                } = p;
+                // The first product writes `out`, or a low-rank layer's `low`, which `B` reads.
+                let (first_out, second) = match *second {
+                    None => (&mut **out, None),
+                    Some(second) => (&mut **low, Some((second, &mut **out))),
+                };
+                let first_rows = first.rows();
+                let first_out = first_out.get_mut(..first_rows).unwrap_or_default();
+                let second = second.map(|(second, out)| {
+                    let rows = second.rows();
+                    let out = out.get_mut(..rows).unwrap_or_default();
+                    (
+                        second,
+                        chunk(second),
+                        row_slots(out, rows, chunk(second), threads),
+                    )
+                });
+                Plan {
+                    first: *first,
+                    first_chunk: chunk(*first),
+                    first_slots: row_slots(first_out, first_rows, chunk(*first), threads),
+                    second,
+                }
+            })
+            .collect();
+        let phases = if plans.iter().any(|p| p.second.is_some()) {
+            2
+        } else {
+            1
+        };
+        self.pool.run(phases, &|phase, index| {
+            for plan in &plans {
+                if phase == 0 {
+                    // Phase 0 writes through the slot and leaves the piece in it: a low-rank
+                    // product's second phase reads all of `low` from the slots.
+                    let mut slot = plan.first_slots.get(index).map(lock);
+                    if let Some([piece]) = slot.as_deref_mut().and_then(Option::as_deref_mut) {
+                        let rows = plan.first.row_range(index * plan.first_chunk, piece.len());
+                        self.inner.gemm(rows, x, 1, piece);
+                    }
+                    continue;
+                }
+                let Some((second, chunk, out_slots)) = &plan.second else {
+                    continue;
+                };
+                // Every part of `B` reads all of `low`: copied from the slots into this
+                // thread's scratch (decode parts write `out` directly, using no scratch).
+                with_scratch(plan.first.rows(), |gathered| {
+                    let mut at = 0;
+                    for slot in &plan.first_slots {
+                        if let Some([piece]) = lock(slot).as_deref() {
+                            if let Some(dst) = gathered.get_mut(at..at + piece.len()) {
+                                dst.copy_from_slice(piece);
+                            }
+                            at += piece.len();
+                        }
+                    }
+                    self.part(*second, gathered, 1, *chunk, out_slots, index);
+                });
+            }
         });
     }
 }
+
+/// One product of a [`Kernels::gemm_shared`] job: the first matrix's rows per part and its
+/// parts' outputs (`out`, or a low-rank layer's `low`), and a low-rank layer's `B` with its
+/// rows per part and its parts' outputs.
+struct Plan<'w, 'o> {
+    first: Weight<'w>,
+    first_chunk: usize,
+    first_slots: Slots<'o>,
+    second: Option<(Weight<'w>, usize, Slots<'o>)>,
+}
+
+/// One slot per part: its rows of an output.
+type Slots<'a> = Vec<Mutex<Option<Pieces<'a>>>>;
 
 /// A job as the workers see it: called once per part of every phase with `(phase, part)`.
 type Job = &'static (dyn Fn(usize, usize) + Sync);
