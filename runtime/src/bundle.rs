@@ -38,6 +38,32 @@ pub enum LinearWeights<'a> {
     },
 }
 
+/// The layer records of a bundle, decoded one after the other ([`Bundle::layers`]); a record
+/// that does not decode ends the iteration with [`Error::BadLayer`].
+#[derive(Clone, Debug)]
+pub struct Layers<'a> {
+    rest: &'a [u8],
+    left: usize,
+}
+
+impl Iterator for Layers<'_> {
+    type Item = Result<LayerRef, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.left = self.left.checked_sub(1)?;
+        match postcard::take_from_bytes::<LayerRef>(self.rest) {
+            Ok((layer, tail)) => {
+                self.rest = tail;
+                Some(Ok(layer))
+            }
+            Err(_) => {
+                self.left = 0;
+                Some(Err(Error::BadLayer))
+            }
+        }
+    }
+}
+
 /// A bundle's stored prompt prefix, borrowed from it.
 #[derive(Clone, Copy, Debug)]
 pub struct Prefix<'a> {
@@ -177,18 +203,17 @@ impl<'a> Bundle<'a> {
         self.blob.len()
     }
 
-    /// The record of layer `layer_idx`.
+    /// The record of layer `layer_idx` (decoding the records before it: to visit every
+    /// layer, [`Bundle::layers`] decodes each once).
     pub fn layer(&self, layer_idx: usize) -> Result<LayerRef, Error> {
-        let mut rest = self.header.layers.0;
-        let mut index = 0;
-        loop {
-            let (layer, tail) =
-                postcard::take_from_bytes::<LayerRef>(rest).map_err(|_| Error::BadLayer)?;
-            if index == layer_idx {
-                return Ok(layer);
-            }
-            rest = tail;
-            index += 1;
+        self.layers().nth(layer_idx).unwrap_or(Err(Error::BadLayer))
+    }
+
+    /// The records of the `n_layers` layers in order, each decoded once.
+    pub fn layers(&self) -> Layers<'a> {
+        Layers {
+            rest: self.header.layers.0,
+            left: self.header.config.n_layers,
         }
     }
 
@@ -249,17 +274,15 @@ impl<'a> Bundle<'a> {
 
     /// The largest rank of any low-rank layer (0 when all are dense).
     pub fn max_rank(&self) -> usize {
-        let mut max = 0;
-        for layer_idx in 0..self.header.config.n_layers {
-            if let Ok(layer) = self.layer(layer_idx) {
-                for linear in &layer.linears {
-                    if let LinearRef::LowRank { a, .. } = linear {
-                        max = max.max(a.rows as usize);
-                    }
-                }
-            }
-        }
-        max
+        self.layers()
+            .flatten()
+            .flat_map(|layer| layer.linears)
+            .filter_map(|linear| match linear {
+                LinearRef::LowRank { a, .. } => Some(a.rows as usize),
+                LinearRef::Dense(_) => None,
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     fn validate(&self) -> Result<(), Error> {
@@ -280,11 +303,9 @@ impl<'a> Bundle<'a> {
                 self.check_matrix(m, n_labels, hidden, dtype)?;
             }
         }
-        let mut rest = self.header.layers.0;
-        for _ in 0..config.n_layers {
-            let (layer, tail) =
-                postcard::take_from_bytes::<LayerRef>(rest).map_err(|_| Error::BadLayer)?;
-            rest = tail;
+        let mut layers = self.layers();
+        for layer in layers.by_ref() {
+            let layer = layer?;
             self.check_f32s(layer.attn_norm, hidden)?;
             self.check_f32s(layer.ffn_norm, hidden)?;
             match (layer.post_norms, config.arch.post_norms) {
@@ -332,7 +353,8 @@ impl<'a> Bundle<'a> {
                 }
             }
         }
-        if !rest.is_empty() {
+        // Nothing after the last record.
+        if !layers.rest.is_empty() {
             return Err(Error::BadLayer);
         }
         self.validate_tokenizer()?;

@@ -56,7 +56,7 @@ pub mod writer;
 
 #[cfg(any(test, feature = "alloc"))]
 pub use aligned::AlignedBytes;
-pub use bundle::{Bundle, LinearWeights, Prefix, Weight};
+pub use bundle::{Bundle, Layers, LinearWeights, Prefix, Weight};
 pub use config::{
     Activation, Architecture, BlockWidths, ConfigError, MatrixKind, ModelConfig, matrix_at,
     matrix_index,

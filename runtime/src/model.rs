@@ -365,9 +365,8 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             }
         }
         self.fill_rope(n, &config);
-        for layer_idx in 0..config.n_layers {
-            let layer = bundle.layer(layer_idx)?;
-            self.block(layer_idx, &layer, n, &config);
+        for (layer_idx, layer) in bundle.layers().enumerate() {
+            self.block(layer_idx, &layer?, n, &config);
         }
         self.position += n;
         Ok(())
