@@ -454,13 +454,7 @@ fn check_attention(kernel: &dyn Kernels, shape: AttentionShape) {
         stride,
         positions,
     } = shape;
-    let seed = (queries * 100_000 + head_dim * 1000 + positions) as u64;
-    let q: Vec<f32> = values(seed, queries * head_dim)
-        .iter()
-        .map(|v| v * 4.0)
-        .collect();
-    let keys = values(seed + 1, positions * stride);
-    let cache_values = values(seed + 2, positions * stride);
+    let [q, keys, cache_values] = shape.inputs();
     let scale = 1.0 / (head_dim as f32).sqrt();
     let head = AttentionHead {
         q: &q,
@@ -531,13 +525,7 @@ fn check_split_attention(kernel: &dyn Kernels, shape: AttentionShape, split: usi
         stride,
         positions,
     } = shape;
-    let seed = (queries * 7 + positions) as u64;
-    let q: Vec<f32> = values(seed, queries * head_dim)
-        .iter()
-        .map(|v| v * 4.0)
-        .collect();
-    let keys = values(seed + 1, positions * stride);
-    let cache_values = values(seed + 2, positions * stride);
+    let [q, keys, cache_values] = shape.inputs();
     let head = |from: usize, to: usize| AttentionHead {
         q: &q,
         head_dim,
@@ -577,6 +565,23 @@ struct AttentionShape {
     width: usize,
     stride: usize,
     positions: usize,
+}
+
+impl AttentionShape {
+    /// Queries (times four, so that the softmax is not flat), keys and values, seeded by the
+    /// shape.
+    fn inputs(&self) -> [Vec<f32>; 3] {
+        let seed = (self.queries * 100_000 + self.head_dim * 1000 + self.positions) as u64;
+        let cache = self.positions * self.stride;
+        [
+            values(seed, self.queries * self.head_dim)
+                .iter()
+                .map(|v| v * 4.0)
+                .collect(),
+            values(seed + 1, cache),
+            values(seed + 2, cache),
+        ]
+    }
 }
 
 macro_rules! kernel_suite {
