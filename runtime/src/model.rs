@@ -813,29 +813,29 @@ fn apply_shared<K: Kernels, const N: usize>(
         }
         return;
     }
-    let mut shared: [Option<SharedProduct<'_, '_>>; N] = [const { None }; N];
+    let mut shared = heapless::Vec::<SharedProduct<'_, '_>, N>::new();
     let mut rest = low;
-    for ((linear, out), slot) in products.into_iter().zip(&mut shared) {
+    for (linear, out) in products {
         let (low, tail) = core::mem::take(&mut rest).split_at_mut(rank(&linear));
         rest = tail;
-        *slot = match linear {
-            Some(LinearWeights::Dense(w)) => Some(SharedProduct {
+        let product = match linear {
+            Some(LinearWeights::Dense(w)) => SharedProduct {
                 first: w,
                 second: None,
                 low,
                 out: prefix_mut(out, w.rows()),
-            }),
-            Some(LinearWeights::LowRank { a, b }) => Some(SharedProduct {
+            },
+            Some(LinearWeights::LowRank { a, b }) => SharedProduct {
                 first: a,
                 second: Some(b),
                 low,
                 out: prefix_mut(out, b.rows()),
-            }),
-            None => None,
+            },
+            None => continue,
         };
+        // At most `N` products: the push cannot fail.
+        let _ = shared.push(product);
     }
-    let mut shared: heapless::Vec<SharedProduct<'_, '_>, N> =
-        shared.into_iter().flatten().collect();
     kernels.gemm_shared(&mut shared, x);
 }
 

@@ -151,15 +151,17 @@ pub(super) fn summarize(
             threads: *threads,
         })
         .collect();
-    let tok_s = |engine: Contender, threads: usize, prefill: bool| {
+    // Tokens per second of `engine` on `threads`, from `statistic` of its rounds' times.
+    let tok_s_by = |statistic: fn(&[f64]) -> f64, engine: Contender, threads: usize, prefill| {
         find(engine, threads).map_or(0.0, |s| {
             if prefill {
-                rate(args.prefill, median(&s.times.prefill_s))
+                rate(args.prefill, statistic(&s.times.prefill_s))
             } else {
-                rate(args.decode, median(&s.times.decode_s))
+                rate(args.decode, statistic(&s.times.decode_s))
             }
         })
     };
+    let tok_s = |engine, threads, prefill| tok_s_by(median, engine, threads, prefill);
     let ratios_at = |threads: usize| {
         let against_llama = |engine: Contender, prefill: bool| {
             ratio(
@@ -180,15 +182,7 @@ pub(super) fn summarize(
     };
     // The fastest round: the cost model's profile keeps its fastest runs (the machine at its
     // quietest), so its predictions are checked against the fastest rounds, not the medians.
-    let best_tok_s = |engine: Contender, threads: usize, prefill: bool| {
-        find(engine, threads).map_or(0.0, |s| {
-            if prefill {
-                rate(args.prefill, least(&s.times.prefill_s))
-            } else {
-                rate(args.decode, least(&s.times.decode_s))
-            }
-        })
-    };
+    let best_tok_s = |engine, threads, prefill| tok_s_by(least, engine, threads, prefill);
     let top = args.threads.iter().copied().max().unwrap_or(1);
     // The cost model against the runtime's faster thread count (the host profile keeps the
     // better of its one- and all-thread figures too).
