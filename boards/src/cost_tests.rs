@@ -657,6 +657,8 @@ fn kernel_rates_must_be_positive() {
         prefill_layer_overhead_us: None,
         revision: None,
         decode_by_working_set: Vec::new(),
+        probe: None,
+        measurements: None,
     });
     assert!(bad.validate().is_err(), "{text}");
     let mut bad_q4 = board.clone();
@@ -671,6 +673,8 @@ fn kernel_rates_must_be_positive() {
         prefill_layer_overhead_us: None,
         revision: None,
         decode_by_working_set: Vec::new(),
+        probe: None,
+        measurements: None,
     });
     assert!(bad_q4.validate().is_err(), "a negative q4 rate");
     assert!(board.validate().is_ok());

@@ -49,4 +49,6 @@ pub use cost::{
 pub use feasibility::{Feasibility, feasibility, objective_cost};
 pub use files::{default_cache_dir, default_model_dir};
 pub use host::{HOST_BOARD_NAME, host_profile_path, host_profile_path_in};
-pub use profile::{BoardError, BoardProfile, CpuProfile, KernelRates, Source, WorkingSetRates};
+pub use profile::{
+    BoardError, BoardProfile, CpuProfile, KernelRates, ModelProbe, Source, WorkingSetRates,
+};

@@ -128,6 +128,54 @@ pub struct KernelRates {
     /// working set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decode_by_working_set: Vec<WorkingSetRates>,
+    /// The runtime's step times on the synthetic model the fixed costs above are fitted from.
+    /// Absent: a board's profile, or one measured before they were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ModelProbe>,
+    /// How many measurements of the machine each rate and time here is the best of
+    /// (`whittle-device profile --merge` adds one). Absent: one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurements: Option<u32>,
+}
+
+/// The runtime on the synthetic model `whittle-device profile` times (a dense q8 model of the
+/// block shapes of SmolLM2-135M and a small vocabulary), each figure its fastest run: what
+/// [`crate::fit_overheads`] and the low-rank pair overhead are fitted from, kept so that a
+/// profile measured again can be combined with this one figure by figure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelProbe {
+    /// Positions in the cache of the short decode steps, on average.
+    pub short_context: usize,
+    /// Seconds per token decoded at `short_context`.
+    pub short_decode_s: f64,
+    /// Positions in the cache of the long decode steps, on average.
+    pub long_context: usize,
+    /// Seconds per token decoded at `long_context`.
+    pub long_decode_s: f64,
+    /// Tokens of the prefilled prompt.
+    pub prefill_tokens: usize,
+    /// Seconds per token of prefilling it.
+    pub prefill_s_per_token: f64,
+    /// One-token low-rank pairs per timed pass.
+    pub pairs: usize,
+    /// Their q8 bytes.
+    pub pair_bytes: u64,
+    /// Seconds per pass.
+    pub pairs_s: f64,
+}
+
+impl ModelProbe {
+    /// The step times as [`crate::fit_overheads`] takes them.
+    pub fn steps(&self) -> crate::StepTimes {
+        crate::StepTimes {
+            decode: [
+                (self.short_context, self.short_decode_s),
+                (self.long_context, self.long_decode_s),
+            ],
+            prefill: (self.prefill_tokens, self.prefill_s_per_token),
+        }
+    }
 }
 
 /// One point of [`KernelRates::decode_by_working_set`].
@@ -430,6 +478,28 @@ impl BoardProfile {
                 "kernels.prefill_layer_overhead_us",
                 "must be a number of at least 0",
             ));
+        }
+        if let Some(p) = self.kernels.as_ref().and_then(|k| k.probe.as_ref())
+            && !([
+                p.short_decode_s,
+                p.long_decode_s,
+                p.prefill_s_per_token,
+                p.pairs_s,
+            ]
+            .into_iter()
+            .all(is_positive)
+                && p.short_context < p.long_context
+                && p.prefill_tokens > 0
+                && p.pairs > 0
+                && p.pair_bytes > 0)
+        {
+            return Err(invalid(
+                "kernels.probe",
+                "needs positive times, a short context below the long one, and at least one prefilled token and one pair",
+            ));
+        }
+        if self.kernels.as_ref().and_then(|k| k.measurements) == Some(0) {
+            return Err(invalid("kernels.measurements", "must be at least 1"));
         }
         if self.target_triple.split('-').count() < 3 {
             return Err(invalid("target_triple", "is not a target triple"));

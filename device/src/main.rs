@@ -48,6 +48,12 @@ enum Command {
         /// when XDG_CACHE_HOME is unset).
         #[arg(long)]
         install: bool,
+        /// Keep, figure by figure, the better of this measurement and the installed host
+        /// profile's (each rate the higher, each time the lower; the fixed costs fitted from
+        /// those): a profile measured several times over a benchmark's minutes, for a check
+        /// against its fastest round.
+        #[arg(long)]
+        merge: bool,
     },
     /// List the board profiles: every built-in one and, once measured, `host`.
     Boards {
@@ -144,7 +150,12 @@ pub(crate) fn default_threads() -> usize {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Info { json } => info::run(json),
-        Command::Profile { json, out, install } => profile::run(json, out, install),
+        Command::Profile {
+            json,
+            out,
+            install,
+            merge,
+        } => profile::run(json, out, install, merge),
         Command::Boards { json } => boards::run(json),
         Command::Run {
             bundle,

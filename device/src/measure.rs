@@ -165,6 +165,8 @@ impl KernelSpeed {
             attention_flops: None,
             prefill_layer_overhead_us: None,
             revision: Some(whittle_runtime::kernels::REVISION),
+            probe: None,
+            measurements: None,
             decode_by_working_set: self
                 .working_sets
                 .iter()
@@ -381,6 +383,27 @@ pub struct ModelSteps {
     pub times: whittle_boards::StepTimes,
     /// Low-rank pairs of the model's shapes, streamed.
     pub pairs: PairSpeed,
+}
+
+impl ModelSteps {
+    /// The figures as the profile keeps them.
+    pub fn probe(&self) -> whittle_boards::ModelProbe {
+        let [
+            (short_context, short_decode_s),
+            (long_context, long_decode_s),
+        ] = self.times.decode;
+        whittle_boards::ModelProbe {
+            short_context,
+            short_decode_s,
+            long_context,
+            long_decode_s,
+            prefill_tokens: self.times.prefill.0,
+            prefill_s_per_token: self.times.prefill.1,
+            pairs: self.pairs.pairs,
+            pair_bytes: self.pairs.bytes as u64,
+            pairs_s: self.pairs.seconds,
+        }
+    }
 }
 
 /// Tokens decoded per timed decode figure.

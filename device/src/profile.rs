@@ -54,8 +54,19 @@ const LONG_PROMPT: usize = 256;
 const HOST_MODEL_MEMORY_SHARE: f64 = 0.5;
 
 /// Measures the machine; prints the profile (TOML, or JSON with `json`) unless it writes it to
-/// `out`, or to the cache with `install`.
-pub fn run(json: bool, out: Option<PathBuf>, install: bool) -> anyhow::Result<()> {
+/// `out`, or to the cache with `install`. With `merge`, every figure is the better of this
+/// measurement and the installed host profile's ([`fastest_of`]).
+pub fn run(json: bool, out: Option<PathBuf>, install: bool, merge: bool) -> anyhow::Result<()> {
+    // Read first: a missing or unmergeable profile is refused before a minute of measuring.
+    let installed = if merge {
+        Some(BoardProfile::measured_host().map_err(|error| {
+            anyhow::anyhow!(
+                "--merge combines this measurement with the installed host profile, which cannot be read ({error}); measure it with `whittle-device profile --install` first"
+            )
+        })?)
+    } else {
+        None
+    };
     let facts = MachineFacts::detect()?;
     let buffer_bytes = bandwidth_buffer_bytes(facts.last_level_cache_bytes, facts.memory_bytes);
     eprintln!(
@@ -99,6 +110,12 @@ pub fn run(json: bool, out: Option<PathBuf>, install: bool) -> anyhow::Result<()
         facts.cores,
         RUNS,
     )?;
+    if let Some(kernels) = profile.kernels.as_mut() {
+        kernels.probe = Some(steps.probe());
+    }
+    if let Some(installed) = &installed {
+        profile = fastest_of(installed, profile)?;
+    }
     add_overheads(&mut profile, &steps, &measured_by(&facts, &date))?;
     profile.validate()?;
     let text = toml::to_string(&profile).context("cannot write the host profile as TOML")?;
@@ -269,22 +286,143 @@ fn host_profile(
     }
 }
 
-/// Writes the fixed costs fitted on `steps` into `profile` (whose rates are already
-/// measured): the product overhead as measured, the attention rate and the per-block
-/// overheads from [`whittle_boards::fit_overheads`], with a source that gives the raw times.
+/// `measured`, with each rate the higher and each time the lower of its own and `installed`'s,
+/// for `whittle-device profile --merge`. A check against a benchmark's fastest of several
+/// rounds spread over minutes needs a profile that saw as much of the machine: one
+/// measurement takes twenty seconds, and a shared machine's busy stretches last that long
+/// (a profile measured once predicted every bundle 10–25% slow against the fastest of five
+/// rounds). `installed` must be this machine's profile, measured by these kernels on the same
+/// synthetic model and working sets; the fixed costs are fitted afterwards, from the merged
+/// figures.
+fn fastest_of(
+    installed: &BoardProfile,
+    mut measured: BoardProfile,
+) -> anyhow::Result<BoardProfile> {
+    let refuse = |why: &str| {
+        anyhow::anyhow!(
+            "cannot merge with the installed host profile: {why}; measure it afresh with `whittle-device profile --install`"
+        )
+    };
+    if installed.target_triple != measured.target_triple
+        || installed.cpu.core != measured.cpu.core
+        || installed.cpu.cores != measured.cpu.cores
+    {
+        return Err(refuse("it was measured on another machine"));
+    }
+    let (Some(old), Some(new)) = (installed.kernels.as_ref(), measured.kernels.as_mut()) else {
+        return Err(refuse("it has no kernel rates"));
+    };
+    if old.revision != new.revision {
+        return Err(refuse("it was measured with other kernels"));
+    }
+    let (Some(old_probe), Some(probe)) = (old.probe.as_ref(), new.probe.as_mut()) else {
+        return Err(refuse("it does not keep the synthetic model's times"));
+    };
+    let same_probe = (
+        old_probe.short_context,
+        old_probe.long_context,
+        old_probe.prefill_tokens,
+    ) == (
+        probe.short_context,
+        probe.long_context,
+        probe.prefill_tokens,
+    ) && (old_probe.pairs, old_probe.pair_bytes)
+        == (probe.pairs, probe.pair_bytes);
+    let same_curve = old.decode_by_working_set.len() == new.decode_by_working_set.len()
+        && old
+            .decode_by_working_set
+            .iter()
+            .zip(&new.decode_by_working_set)
+            .all(|(a, b)| a.bytes == b.bytes);
+    if !(same_probe && same_curve) {
+        return Err(refuse(
+            "its synthetic model or working sets are not this measurement's",
+        ));
+    }
+    for (time, old_time) in [
+        (&mut probe.short_decode_s, old_probe.short_decode_s),
+        (&mut probe.long_decode_s, old_probe.long_decode_s),
+        (
+            &mut probe.prefill_s_per_token,
+            old_probe.prefill_s_per_token,
+        ),
+        (&mut probe.pairs_s, old_probe.pairs_s),
+    ] {
+        *time = time.min(old_time);
+    }
+    for (rate, old_rate) in [
+        (&mut new.q8_decode_bytes_per_s, old.q8_decode_bytes_per_s),
+        (&mut new.f32_decode_bytes_per_s, old.f32_decode_bytes_per_s),
+        (&mut new.q8_prefill_flops, old.q8_prefill_flops),
+        (&mut new.f32_prefill_flops, old.f32_prefill_flops),
+    ] {
+        *rate = rate.max(old_rate);
+    }
+    for (rate, old_rate) in [
+        (&mut new.q4_decode_bytes_per_s, old.q4_decode_bytes_per_s),
+        (&mut new.q4_prefill_flops, old.q4_prefill_flops),
+    ] {
+        *rate = match (*rate, old_rate) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    for (point, old_point) in new
+        .decode_by_working_set
+        .iter_mut()
+        .zip(&old.decode_by_working_set)
+    {
+        point.q8_decode_bytes_per_s = point
+            .q8_decode_bytes_per_s
+            .max(old_point.q8_decode_bytes_per_s);
+        point.f32_decode_bytes_per_s = point
+            .f32_decode_bytes_per_s
+            .max(old_point.f32_decode_bytes_per_s);
+        point.q4_decode_bytes_per_s = point
+            .q4_decode_bytes_per_s
+            .max(old_point.q4_decode_bytes_per_s);
+    }
+    let measurements = old.measurements.unwrap_or(1) + 1;
+    new.measurements = Some(measurements);
+    measured.bandwidth_bytes_per_s = measured
+        .bandwidth_bytes_per_s
+        .max(installed.bandwidth_bytes_per_s);
+    measured.cpu_f32_flops = measured.cpu_f32_flops.max(installed.cpu_f32_flops);
+    measured.sources.push(Source {
+        what: format!(
+            "bandwidth_bytes_per_s, cpu_f32_flops, kernels: each rate the highest and each time \
+             the lowest of {measurements} measurements of this machine (whittle-device profile \
+             --merge; the figures in the sources above are the last measurement's), the fixed \
+             costs fitted from those"
+        ),
+        url: None,
+        verified: true,
+        measured: true,
+    });
+    Ok(measured)
+}
+
+/// Writes the fixed costs fitted on the synthetic model's times (`profile`'s `kernels.probe`,
+/// measured as `steps` or merged) into `profile`, whose rates are already measured: the product
+/// overhead as measured, the attention rate and the per-block overheads from
+/// [`whittle_boards::fit_overheads`], with a source that gives the times.
 fn add_overheads(
     profile: &mut BoardProfile,
     steps: &measure::ModelSteps,
     by: &str,
 ) -> anyhow::Result<()> {
+    let probe = profile
+        .kernels
+        .as_ref()
+        .and_then(|k| k.probe.clone())
+        .unwrap_or_else(|| steps.probe());
     let fitted = whittle_boards::fit_overheads(
         profile,
         &steps.config,
         whittle_boards::Dtype::Q8,
-        &steps.times,
+        &probe.steps(),
     )
     .map_err(|error| anyhow::anyhow!("cannot fit the host's overheads: {error}"))?;
-    let pairs = &steps.pairs;
     let q8_rate = profile
         .kernels
         .as_ref()
@@ -292,14 +430,14 @@ fn add_overheads(
             k.q8_decode_bytes_per_s
         });
     let pair_overhead_s =
-        (pairs.seconds - pairs.bytes as f64 / q8_rate) / pairs.pairs.max(1) as f64;
+        (probe.pairs_s - probe.pair_bytes as f64 / q8_rate) / probe.pairs.max(1) as f64;
     profile.product_overhead_us = (pair_overhead_s * 1e6).max(0.0);
     profile.layer_overhead_us = fitted.layer_overhead_us;
     if let Some(kernels) = profile.kernels.as_mut() {
         kernels.attention_flops = fitted.attention_flops.map(f64::round);
         kernels.prefill_layer_overhead_us = Some(fitted.prefill_layer_overhead_us);
     }
-    let [(short, short_s), (long, long_s)] = steps.times.decode;
+    let [(short, short_s), (long, long_s)] = probe.steps().decode;
     profile.sources.push(Source {
         what: format!(
             "product_overhead_us, layer_overhead_us, kernels.attention_flops, \
@@ -321,11 +459,11 @@ fn add_overheads(
             steps.config.vocab_size,
             short_s * 1e3,
             long_s * 1e3,
-            steps.times.prefill.1 * 1e3,
-            steps.times.prefill.0,
-            pairs.pairs,
-            pairs.bytes >> 20,
-            pairs.seconds * 1e3,
+            probe.prefill_s_per_token * 1e3,
+            probe.prefill_tokens,
+            probe.pairs,
+            probe.pair_bytes >> 20,
+            probe.pairs_s * 1e3,
         ),
         url: None,
         verified: true,

@@ -227,3 +227,187 @@ fn dates_are_utc_calendar_days() {
         "1970-01-01"
     );
 }
+
+/// `measured_profile`'s machine with kernel rates of `rate` (twice that for the curve's
+/// smallest working set) and a synthetic model that took `seconds` a short decode step.
+fn with_kernels(rate: f64, seconds: f64) -> BoardProfile {
+    let point = |bytes: u64, rate: f64| whittle_boards::WorkingSetRates {
+        bytes,
+        q8_decode_bytes_per_s: rate,
+        f32_decode_bytes_per_s: rate,
+        q4_decode_bytes_per_s: rate,
+    };
+    let mut profile = measured_profile();
+    profile.kernels = Some(whittle_boards::KernelRates {
+        q8_decode_bytes_per_s: rate,
+        f32_decode_bytes_per_s: rate,
+        q8_prefill_flops: 10.0 * rate,
+        f32_prefill_flops: 10.0 * rate,
+        q4_decode_bytes_per_s: Some(rate),
+        q4_prefill_flops: Some(10.0 * rate),
+        attention_flops: None,
+        prefill_layer_overhead_us: None,
+        revision: Some(whittle_runtime::kernels::REVISION),
+        decode_by_working_set: vec![point(16 << 20, 2.0 * rate), point(512 << 20, rate)],
+        probe: Some(whittle_boards::ModelProbe {
+            short_context: 24,
+            short_decode_s: seconds,
+            long_context: 264,
+            long_decode_s: 1.5 * seconds,
+            prefill_tokens: 256,
+            prefill_s_per_token: seconds / 4.0,
+            pairs: 100,
+            pair_bytes: 128 << 20,
+            pairs_s: 3.0 * seconds,
+        }),
+        measurements: None,
+    });
+    profile
+}
+
+fn merged(installed: &BoardProfile, measured: BoardProfile) -> BoardProfile {
+    match fastest_of(installed, measured) {
+        Ok(profile) => profile,
+        Err(error) => panic!("{error:#}"),
+    }
+}
+
+#[test]
+fn a_merged_profile_keeps_each_figures_best() {
+    // One measurement saw the memory at its quietest, the other the synthetic model.
+    let quiet_memory = with_kernels(30e9, 0.006);
+    let mut quiet_model = with_kernels(20e9, 0.004);
+    quiet_model.bandwidth_bytes_per_s = 20_000_000_000;
+    if let Some(k) = quiet_model.kernels.as_mut() {
+        k.decode_by_working_set[0].q8_decode_bytes_per_s = 100e9;
+    }
+    let both = merged(&quiet_memory, quiet_model);
+    assert!(both.validate().is_ok());
+    assert_eq!(both.bandwidth_bytes_per_s, 20_000_000_000);
+    let Some(k) = both.kernels.clone() else {
+        panic!("no kernel rates");
+    };
+    assert_eq!(k.q8_decode_bytes_per_s, 30e9);
+    assert_eq!(k.q4_prefill_flops, Some(300e9));
+    let curve: Vec<[f64; 2]> = k
+        .decode_by_working_set
+        .iter()
+        .map(|p| [p.q8_decode_bytes_per_s, p.f32_decode_bytes_per_s])
+        .collect();
+    assert_eq!(curve, [[100e9, 60e9], [30e9, 30e9]]);
+    let Some(probe) = k.probe else {
+        panic!("no probe");
+    };
+    assert_eq!(
+        [probe.short_decode_s, probe.long_decode_s, probe.pairs_s],
+        [0.004, 0.006, 0.012]
+    );
+    assert_eq!(k.measurements, Some(2));
+    // A slow third measurement changes no figure and counts.
+    let three = merged(&both, with_kernels(1e9, 1.0));
+    assert_eq!(
+        three.kernels.as_ref().map(|k| k.q8_decode_bytes_per_s),
+        Some(30e9)
+    );
+    assert_eq!(three.kernels.as_ref().and_then(|k| k.measurements), Some(3));
+    let notes: Vec<&str> = three
+        .sources
+        .iter()
+        .map(|s| s.what.as_str())
+        .filter(|what| what.contains("--merge"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("of 3 measurements"), "{}", notes[0]);
+}
+
+#[test]
+fn the_fixed_costs_are_fitted_from_the_merged_times() {
+    let mut both = merged(&with_kernels(30e9, 0.004), with_kernels(20e9, 0.006));
+    let Some(probe) = both.kernels.as_ref().and_then(|k| k.probe.clone()) else {
+        panic!("no probe");
+    };
+    let expected = match whittle_boards::fit_overheads(
+        &both,
+        &PROBE_MODEL,
+        whittle_boards::Dtype::Q8,
+        &probe.steps(),
+    ) {
+        Ok(fitted) => fitted,
+        Err(error) => panic!("{error}"),
+    };
+    // This run's own (slower) times are not what is fitted.
+    let slow = measure::ModelSteps {
+        config: PROBE_MODEL,
+        threads: 2,
+        runs: 5,
+        times: whittle_boards::StepTimes {
+            decode: [(24, 0.006), (264, 0.009)],
+            prefill: (256, 0.0015),
+        },
+        pairs: measure::PairSpeed {
+            pairs: 100,
+            bytes: 128 << 20,
+            seconds: 0.018,
+        },
+    };
+    if let Err(error) = add_overheads(&mut both, &slow, "by a test") {
+        panic!("{error:#}");
+    }
+    assert_eq!(both.layer_overhead_us, expected.layer_overhead_us);
+    assert!(expected.layer_overhead_us > 0.0);
+    assert_eq!(
+        both.kernels.as_ref().and_then(|k| k.attention_flops),
+        expected.attention_flops.map(f64::round)
+    );
+}
+
+#[test]
+fn a_profile_of_other_kernels_or_shapes_is_not_merged() {
+    type Change = fn(&mut BoardProfile);
+    let cases: [(Change, &str); 5] = [
+        (
+            |p| p.target_triple = "aarch64-unknown-linux-gnu".to_owned(),
+            "another machine",
+        ),
+        (
+            |p| p.kernels.iter_mut().for_each(|k| k.revision = Some(0)),
+            "other kernels",
+        ),
+        (
+            |p| p.kernels.iter_mut().for_each(|k| k.probe = None),
+            "does not keep",
+        ),
+        (
+            |p| {
+                p.kernels
+                    .iter_mut()
+                    .for_each(|k| k.decode_by_working_set[0].bytes = 32 << 20)
+            },
+            "working sets",
+        ),
+        (
+            |p| {
+                p.kernels
+                    .iter_mut()
+                    .flat_map(|k| k.probe.as_mut())
+                    .for_each(|probe| probe.long_context = 512)
+            },
+            "synthetic model",
+        ),
+    ];
+    for (change, why) in cases {
+        let mut installed = with_kernels(20e9, 0.004);
+        change(&mut installed);
+        match fastest_of(&installed, with_kernels(20e9, 0.004)) {
+            Ok(_) => panic!("merged a profile that should be refused for {why}"),
+            Err(error) => {
+                let message = format!("{error:#}");
+                assert!(message.contains(why), "{message}");
+                assert!(
+                    message.contains("whittle-device profile --install"),
+                    "{message}"
+                );
+            }
+        }
+    }
+}

@@ -11,7 +11,7 @@ use crate::workspace::{self, Built, Executable};
 pub fn run(measure_host: bool, json: bool) -> anyhow::Result<ExitCode> {
     let built = workspace::build()?;
     if measure_host {
-        measure_host_profile(&built)?;
+        measure_host_profile(&built, false)?;
     }
     let list: &[&str] = if json {
         &["boards", "--json"]
@@ -23,9 +23,16 @@ pub fn run(measure_host: bool, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// Measures this machine into the cached `host` profile (`whittle-device profile --install`)
-/// and reads it back, so that what follows predicts from the machine as it is now.
-pub fn measure_host_profile(built: &Built) -> anyhow::Result<()> {
-    cargo::run(&mut built.command(Executable::DeviceTool, ["profile", "--install"])?)?;
+/// and reads it back, so that what follows predicts from the machine as it is now. With
+/// `merge`, each figure is the better of this measurement and the profile already installed
+/// (`--merge`).
+pub fn measure_host_profile(built: &Built, merge: bool) -> anyhow::Result<()> {
+    let args: &[&str] = if merge {
+        &["profile", "--install", "--merge"]
+    } else {
+        &["profile", "--install"]
+    };
+    cargo::run(&mut built.command(Executable::DeviceTool, args)?)?;
     whittle_boards::BoardProfile::measured_host().map_err(|error| {
         anyhow::anyhow!("the host profile is unreadable after measuring it: {error}")
     })?;
