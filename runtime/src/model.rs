@@ -9,7 +9,7 @@ use crate::config::{Activation, MatrixKind, ModelConfig};
 use crate::error::Error;
 use crate::format::{HeadRef, LayerRef};
 use crate::kernels::math::{dot, merge_attention};
-use crate::kernels::{AttentionHead, Kernels, SharedProduct};
+use crate::kernels::{AttentionHead, Kernels, SharedProduct, from_f16, to_f16};
 
 /// The shortest prefill chunk (tokens run through the blocks together): the chunk is a quarter
 /// of the context, between this and [`MAX_PREFILL_CHUNK`] (and never more than the context).
@@ -28,7 +28,8 @@ pub fn prefill_chunk(context: usize) -> usize {
         .max(1)
 }
 
-/// Sizes, in f32 values, of the arena's regions for one bundle and context length.
+/// Sizes, in values, of the arena's regions for one bundle and context length: f16 for the
+/// cached values, f32 for the rest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Layout {
     context: usize,
@@ -73,8 +74,10 @@ impl Layout {
         }
     }
 
+    /// The arena's size in f32 values (the f16 values' cache rounded up to whole ones).
     fn total_f32(&self) -> usize {
-        2 * self.kv_cache
+        self.kv_cache
+            + self.kv_cache.div_ceil(2)
             + 3 * self.hidden_rows
             + 2 * self.q_rows
             + 2 * self.kv_rows
@@ -103,11 +106,22 @@ fn take<'b>(rest: &mut &'b mut [f32], n: usize) -> Result<&'b mut [f32], Error> 
     Ok(head)
 }
 
+/// `n` f16 values (as bits) from the front of `rest`.
+fn take_f16<'b>(rest: &mut &'b mut [f32], n: usize) -> Result<&'b mut [u16], Error> {
+    let halves: &mut [u16] = bytemuck::cast_slice_mut(take(rest, n.div_ceil(2))?);
+    halves.get_mut(..n).ok_or(Error::BadShape)
+}
+
 /// Working buffers carved from the arena.
 #[derive(Debug)]
 struct Buffers<'b> {
+    /// Keys of every layer and position (`n_layers × context × kv_dim`).
     k_cache: &'b mut [f32],
-    v_cache: &'b mut [f32],
+    /// Values, laid out as the keys (a block keeping fewer value dimensions leaves the rest of
+    /// each position's `kv_dim` unused), f16 bits: attention's weighted sum of them is linear,
+    /// so their rounding moves its output by at most 2⁻¹¹ of its size; the keys stay f32,
+    /// since theirs would move every score inside the softmax's exponent.
+    v_cache: &'b mut [u16],
     x: &'b mut [f32],
     normed: &'b mut [f32],
     q: &'b mut [f32],
@@ -161,7 +175,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             bytemuck::try_cast_slice_mut(arena).map_err(|_| Error::MisalignedArena)?;
         let buffers = Buffers {
             k_cache: take(&mut rest, layout.kv_cache)?,
-            v_cache: take(&mut rest, layout.kv_cache)?,
+            v_cache: take_f16(&mut rest, layout.kv_cache)?,
             x: take(&mut rest, layout.hidden_rows)?,
             normed: take(&mut rest, layout.hidden_rows)?,
             q: take(&mut rest, layout.q_rows)?,
@@ -222,7 +236,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
                 prefix.keys.get(layer * per_layer..(layer + 1) * per_layer),
                 b.k_cache.get_mut(at..at + per_layer),
             );
-            copy(
+            store_f16(
                 prefix
                     .values
                     .get(layer * per_layer..(layer + 1) * per_layer),
@@ -235,7 +249,8 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
 
     /// Writes the keys and values of the first `len` cached positions, layer-major
     /// (`n_layers × len × kv_dim` values each, a position's unused value lanes zero): what a
-    /// packer stores as the prompt prefix.
+    /// packer stores as the prompt prefix (the values widened from the cache's f16, so that
+    /// loading them gives the same cache).
     pub fn cached_keys_values(
         &self,
         len: usize,
@@ -265,7 +280,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
                     .get_mut(slot..slot + kv_dim)
                     .unwrap_or(&mut [])
                     .split_at_mut(value_dim.min(kv_dim));
-                copy(
+                load_f16(
                     self.buffers
                         .v_cache
                         .get(at + t * kv_dim..at + t * kv_dim + value_dim),
@@ -523,7 +538,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
                 b.k.get(t * kv_dim..(t + 1) * kv_dim),
                 b.k_cache.get_mut(at..at + kv_dim),
             );
-            copy(
+            store_f16(
                 b.v.get(t * value_dim..(t + 1) * value_dim),
                 b.v_cache.get_mut(at..at + value_dim),
             );
@@ -690,6 +705,20 @@ fn attention<K: Kernels>(
 fn copy(from: Option<&[f32]>, to: Option<&mut [f32]>) {
     if let (Some(from), Some(to)) = (from, to) {
         to.iter_mut().zip(from).for_each(|(t, f)| *t = *f);
+    }
+}
+
+/// `from` rounded to f16 ([`to_f16`]) into `to`.
+fn store_f16(from: Option<&[f32]>, to: Option<&mut [u16]>) {
+    if let (Some(from), Some(to)) = (from, to) {
+        to.iter_mut().zip(from).for_each(|(t, &f)| *t = to_f16(f));
+    }
+}
+
+/// `from`'s f16 bits widened into `to`.
+fn load_f16(from: Option<&[u16]>, to: Option<&mut [f32]>) {
+    if let (Some(from), Some(to)) = (from, to) {
+        to.iter_mut().zip(from).for_each(|(t, &f)| *t = from_f16(f));
     }
 }
 

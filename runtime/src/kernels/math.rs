@@ -6,7 +6,8 @@
 /// The attention of the query heads that share one key/value head (grouped-query attention)
 /// over the cached positions `0..positions`: position `j`'s key is
 /// `keys[j · stride ..][.. head_dim]`, its value `values[j · stride ..][.. width]`, read once
-/// for all the group's queries.
+/// for all the group's queries. Keys are f32; values are IEEE binary16 bits ([`to_f16`],
+/// [`from_f16`]), as the KV cache keeps them.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionHead<'a> {
     /// The group's (rotated) queries, `head_dim` values each, one after the other.
@@ -16,8 +17,8 @@ pub struct AttentionHead<'a> {
     /// Keys of the key/value head, from position 0, `stride` apart.
     pub keys: &'a [f32],
     /// Values of the same head, `stride` apart as the keys; each is as long as an output
-    /// (`head_dim`, or fewer when the block keeps fewer value dimensions).
-    pub values: &'a [f32],
+    /// (`head_dim`, or fewer when the block keeps fewer value dimensions); f16 bits.
+    pub values: &'a [u16],
     /// Values between the starts of two positions' keys (the model's `kv_dim`).
     pub stride: usize,
     /// Positions attended to (the queries' own included).
@@ -88,11 +89,56 @@ pub(crate) fn attend(
             let at = j * head.stride;
             let value = head.values.get(at..at + out.len()).unwrap_or(&[]);
             let weight = weight * inverse_sum;
-            for (o, v) in out.iter_mut().zip(value) {
-                *o += weight * v;
+            for (o, &v) in out.iter_mut().zip(value) {
+                *o += weight * from_f16(v);
             }
         }
     }
+}
+
+/// The f32 value of IEEE binary16 bits, without a branch (so loops over it vectorize): the
+/// magnitude's bits moved into an f32's exponent and mantissa, then scaled by 2¹¹² (exact for
+/// normal and subnormal values), and the sign put back. Infinities and NaNs, which
+/// [`to_f16`] never writes, would come out as large finite values.
+#[inline(always)]
+pub fn from_f16(bits: u16) -> f32 {
+    const SCALE: f32 = f32::from_bits((127 + 112) << 23);
+    let bits = u32::from(bits);
+    let magnitude = f32::from_bits((bits & 0x7fff) << 13) * SCALE;
+    f32::from_bits(magnitude.to_bits() | ((bits & 0x8000) << 16))
+}
+
+/// `x` rounded to the nearest IEEE binary16 value (ties to even), as its bits; beyond the
+/// largest finite value (65,504) it saturates there, and a NaN becomes 0, so the KV cache
+/// never holds a non-finite value. Without a branch, so that storing a token's values
+/// vectorizes: below 2⁻¹⁴ (subnormal results) adding 0.5 lets the FPU round the magnitude at
+/// the subnormals' step and leaves the result in the low bits; above, the exponent is
+/// rebiased and the 13 dropped bits rounded to nearest even by adding `0xfff` and the kept
+/// part's lowest bit.
+#[inline(always)]
+pub fn to_f16(x: f32) -> u16 {
+    const HALF: f32 = 0.5;
+    // (15 − 127) << 23, the exponent's rebias, as a wrapping addition.
+    const REBIAS: u32 = 0xc800_0000;
+    let x = if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(-65_504.0, 65_504.0)
+    };
+    let bits = x.to_bits();
+    let sign = (bits >> 16) & 0x8000;
+    let magnitude = bits & 0x7fff_ffff;
+    let subnormal = (f32::from_bits(magnitude) + HALF)
+        .to_bits()
+        .wrapping_sub(HALF.to_bits());
+    let odd = (magnitude >> 13) & 1;
+    let normal = magnitude.wrapping_add(REBIAS + 0xfff).wrapping_add(odd) >> 13;
+    let magnitude = if magnitude < 0x3880_0000 {
+        subnormal
+    } else {
+        normal
+    };
+    (magnitude | sign) as u16
 }
 
 /// Merges `parts` attentions of the same `queries` queries over disjoint positions into `out`

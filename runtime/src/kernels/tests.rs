@@ -8,7 +8,8 @@ use proptest::prelude::*;
 
 use super::{
     AttentionHead, DECODE_BELOW_TOKENS, F32Matrix, Kernels, Portable, Q4_BLOCK_BYTES, Q4Matrix,
-    Q8_BLOCK, Q8Matrix, SharedProduct, Threaded, Weight, q4_pair, q8_blocks_per_row,
+    Q8_BLOCK, Q8Matrix, SharedProduct, Threaded, Weight, from_f16, q4_pair, q8_blocks_per_row,
+    to_f16,
 };
 
 const SENTINEL: f32 = 12345.0;
@@ -442,8 +443,8 @@ const LOW_RANK_SHAPES: [(usize, usize, usize); 6] = [
     (33, 64, 40),
 ];
 
-/// `kernel.attend` on a group of `queries` query heads against the softmax computed in f64,
-/// with `width` value dimensions (fewer than `head_dim` where a block's values are pruned);
+/// `kernel.attend` on a group of `queries` query heads against the softmax computed in f64 (of
+/// the cache's f16 values), with `width` value dimensions (fewer than `head_dim` where a block's values are pruned);
 /// also that a scratch shorter than the positions attends to the ones it holds instead of
 /// panicking.
 fn check_attention(kernel: &dyn Kernels, shape: AttentionShape) {
@@ -454,7 +455,7 @@ fn check_attention(kernel: &dyn Kernels, shape: AttentionShape) {
         stride,
         positions,
     } = shape;
-    let [q, keys, cache_values] = shape.inputs();
+    let (q, keys, cache_values) = shape.inputs();
     let scale = 1.0 / (head_dim as f32).sqrt();
     let head = AttentionHead {
         q: &q,
@@ -484,7 +485,7 @@ fn check_attention(kernel: &dyn Kernels, shape: AttentionShape) {
         let out = (0..width)
             .map(|i| {
                 (0..positions)
-                    .map(|j| weights[j] / total * f64::from(cache_values[j * stride + i]))
+                    .map(|j| weights[j] / total * f64::from(from_f16(cache_values[j * stride + i])))
                     .sum()
             })
             .collect();
@@ -525,7 +526,7 @@ fn check_split_attention(kernel: &dyn Kernels, shape: AttentionShape, split: usi
         stride,
         positions,
     } = shape;
-    let [q, keys, cache_values] = shape.inputs();
+    let (q, keys, cache_values) = shape.inputs();
     let head = |from: usize, to: usize| AttentionHead {
         q: &q,
         head_dim,
@@ -557,6 +558,36 @@ fn check_split_attention(kernel: &dyn Kernels, shape: AttentionShape, split: usi
     }
 }
 
+#[test]
+fn the_caches_f16_conversions_are_exact_and_finite() {
+    for bits in 0..=u16::MAX {
+        let value = half::f16::from_bits(bits);
+        if value.is_finite() {
+            assert_eq!(
+                from_f16(bits).to_bits(),
+                value.to_f32().to_bits(),
+                "{bits:#06x}"
+            );
+            assert_eq!(to_f16(value.to_f32()), bits, "{bits:#06x} back");
+        }
+    }
+    // Every f32 up to the largest f16 rounds as `half` rounds it (a sweep of bit patterns).
+    for bits in (0..=0x477f_e000u32).step_by(997) {
+        for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+            assert_eq!(
+                to_f16(x),
+                half::f16::from_f32(x).to_bits(),
+                "{x:e} ({bits:#010x})"
+            );
+        }
+    }
+    assert_eq!(to_f16(1e6), half::f16::MAX.to_bits());
+    assert_eq!(to_f16(f32::NEG_INFINITY), half::f16::MIN.to_bits());
+    assert_eq!(to_f16(f32::NAN), 0);
+    // Ties to even: 1 + 2⁻¹¹ lies halfway between 1 and the next f16.
+    assert_eq!(to_f16(1.0 + 2f32.powi(-11)), half::f16::ONE.to_bits());
+}
+
 /// A group of query heads over a key/value head's cached positions.
 #[derive(Clone, Copy, Debug)]
 struct AttentionShape {
@@ -570,17 +601,18 @@ struct AttentionShape {
 impl AttentionShape {
     /// Queries (times four, so that the softmax is not flat), keys and values, seeded by the
     /// shape.
-    fn inputs(&self) -> [Vec<f32>; 3] {
+    /// The values are f16 bits, as the cache keeps them.
+    fn inputs(&self) -> (Vec<f32>, Vec<f32>, Vec<u16>) {
         let seed = (self.queries * 100_000 + self.head_dim * 1000 + self.positions) as u64;
         let cache = self.positions * self.stride;
-        [
+        (
             values(seed, self.queries * self.head_dim)
                 .iter()
                 .map(|v| v * 4.0)
                 .collect(),
             values(seed + 1, cache),
-            values(seed + 2, cache),
-        ]
+            values(seed + 2, cache).into_iter().map(to_f16).collect(),
+        )
     }
 }
 

@@ -6,16 +6,17 @@
 //! instructions per pair and level: 46 for sixteen positions where sixteen horizontal sums take
 //! about 130), every query of the group on those sixteen keys while they are in the L1 cache;
 //! the weighted sum of values keeps up to 64 output lanes of up to four queries in registers
-//! across all positions, each value read once for them. The softmax in between is `math`'s,
+//! across all positions, each value (f16, widened by `vcvtph2ps`) read once for them. The softmax in between is `math`'s,
 //! which vectorizes.
 //!
 //! `unsafe` is allowed in this module only, under the same rules as `avx512`'s.
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_mask_reduce_max_ps,
-    _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_permutexvar_ps,
-    _mm512_set1_ps, _mm512_setr_epi32, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps,
+    __m512, __mmask16, _mm256_maskz_loadu_epi16, _mm512_add_ps, _mm512_cvtph_ps, _mm512_fmadd_ps,
+    _mm512_mask_reduce_max_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps,
+    _mm512_permutexvar_ps, _mm512_set1_ps, _mm512_setr_epi32, _mm512_setzero_ps,
+    _mm512_shuffle_f32x4, _mm512_shuffle_ps,
 };
 
 use super::super::math::{self, AttentionHead};
@@ -251,8 +252,14 @@ unsafe fn weighted_values<const G: usize>(
             let row = j * head.stride + first;
             let mut v = [_mm512_setzero_ps(); OUT_CHUNKS];
             for (c, (v, &mask)) in v.iter_mut().zip(&masks).enumerate() {
-                // SAFETY: lanes below `width` of position `j`'s values (zero where masked off).
-                *v = unsafe { _mm512_maskz_loadu_ps(mask, values.add(row + c * LANES)) };
+                // SAFETY: lanes below `width` of position `j`'s values (zero where masked off),
+                // f16 bits widened to f32.
+                *v = unsafe {
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                        mask,
+                        values.add(row + c * LANES).cast::<i16>(),
+                    ))
+                };
             }
             for (g, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: `g · positions + j < G · positions`.
