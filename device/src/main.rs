@@ -242,11 +242,15 @@ mod tests {
         check_parses(&["whittle-device", "info", "--json"], "Info { json: true }");
         check_parses(
             &["whittle-device", "profile", "--out", "/tmp/h.toml"],
-            "Profile { json: false, out: Some(\"/tmp/h.toml\"), install: false }",
+            "Profile { json: false, out: Some(\"/tmp/h.toml\"), install: false, merge: false }",
         );
         check_parses(
             &["whittle-device", "profile", "--install", "--json"],
-            "Profile { json: true, out: None, install: true }",
+            "Profile { json: true, out: None, install: true, merge: false }",
+        );
+        check_parses(
+            &["whittle-device", "profile", "--install", "--merge"],
+            "Profile { json: false, out: None, install: true, merge: true }",
         );
         check_parses(&["whittle-device", "boards"], "Boards { json: false }");
         check_parses(

@@ -382,7 +382,7 @@ fn fastest_of(
             .q4_decode_bytes_per_s
             .max(old_point.q4_decode_bytes_per_s);
     }
-    let measurements = old.measurements.unwrap_or(1) + 1;
+    let measurements = old.measurements.unwrap_or(1).saturating_add(1);
     new.measurements = Some(measurements);
     measured.bandwidth_bytes_per_s = measured
         .bandwidth_bytes_per_s
