@@ -196,7 +196,9 @@ pub fn runtime_matches_the_host(
     let tables = model.tokenizer.tables()?;
     let examples = task.examples(whittle_host::task::Split::Test)?;
     let mut config = None;
-    for (dtype, bound) in [(Dtype::F32, 1e-4f32), (Dtype::Q8, 0.1)] {
+    // An f32 bundle still differs from the host by the KV cache's f16 values (2⁻¹¹ of each):
+    // 5e-4 on these synthetic models (1e-4 held with the cache in f32).
+    for (dtype, bound) in [(Dtype::F32, 2e-3f32), (Dtype::Q8, 0.1)] {
         let options = PackOptions {
             matrix_dtypes: Vec::new(),
             sequence: Some(1),

@@ -30,6 +30,10 @@ use whittle_tests::real_model_path;
 
 /// Test examples in the parity check (about 1 s each per core for the runtime).
 const PARITY_EXAMPLES: usize = 16;
+/// How far an f32 bundle's label logits may lie from the host's: the runtime's KV cache keeps
+/// values in f16 (2⁻¹¹ of each value), which moves them by up to about 2e-3 here; with the
+/// cache in f32 the two agreed within 1e-4.
+const F32_LOGIT_BOUND: f32 = 5e-3;
 
 struct Fixture {
     model: LoadedModel,
@@ -247,7 +251,7 @@ fn real_model_trimmed_vocabulary_reads_the_task_as_before_and_any_input() -> any
     );
     assert!(retokenized > 0, "the test split should hold unseen words");
     assert!(
-        report.max_abs_logit_diff < 1e-3,
+        report.max_abs_logit_diff < F32_LOGIT_BOUND,
         "{}",
         report.max_abs_logit_diff
     );
@@ -260,7 +264,7 @@ fn real_model_f32_bundle_matches_the_host() -> anyhow::Result<()> {
     let report = parity(Dtype::F32)?;
     assert_eq!(report.agreement, 1.0);
     assert!(
-        report.max_abs_logit_diff < 1e-3,
+        report.max_abs_logit_diff < F32_LOGIT_BOUND,
         "{}",
         report.max_abs_logit_diff
     );
@@ -450,7 +454,7 @@ fn real_model_bundle_with_an_exit_a_fitted_head_narrower_units_and_skipped_sub_b
     assert_eq!(report.token_id_mismatches, 0);
     assert_eq!(report.agreement, 1.0);
     assert!(
-        report.max_abs_logit_diff < 1e-3,
+        report.max_abs_logit_diff < F32_LOGIT_BOUND,
         "{}",
         report.max_abs_logit_diff
     );
