@@ -7,7 +7,11 @@ fn main() -> std::process::ExitCode {
     match cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            let message = format!("{error:#}");
+            match whittle_host::model::cuda_cause(&message) {
+                Some(cause) => eprintln!("error: {cause} ({message})"),
+                None => eprintln!("error: {message}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -106,3 +106,45 @@ pub fn device(cuda: bool) -> anyhow::Result<Device> {
         )
     })
 }
+
+/// What a CUDA failure deep in a run means, by the driver's, cuBLAS's or cuRAND's status code
+/// in its message: the cause and the fix in one line, or `None` for anything else.
+///
+/// The codes come from cudarc's `Debug` of the failing call (`DriverError(CUDA_ERROR_…, …)`,
+/// `CublasError(CUBLAS_STATUS_…)`), which candle keeps in its error text.
+pub fn cuda_cause(message: &str) -> Option<&'static str> {
+    const CAUSES: [(&[&str], &str); 3] = [
+        (
+            &[
+                "CUDA_ERROR_OUT_OF_MEMORY",
+                "CUBLAS_STATUS_ALLOC_FAILED",
+                "CURAND_STATUS_ALLOCATION_FAILED",
+            ],
+            "the GPU ran out of memory; free it (`nvidia-smi` lists what holds it), use a GPU with more memory, or drop --cuda to run on the CPU",
+        ),
+        (
+            &[
+                "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
+                "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH",
+                "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE",
+                "CUDA_ERROR_JIT_COMPILER_NOT_FOUND",
+                "CURAND_STATUS_VERSION_MISMATCH",
+            ],
+            "a CUDA version mismatch: this build's kernels are CUDA 13.0 and need an NVIDIA driver of R580 or later (`nvidia-smi` shows the driver's CUDA version); update the driver, or rebuild on this machine with `cargo xtask gpu-check`",
+        ),
+        (
+            &[
+                "CUDA_ERROR_NO_BINARY_FOR_GPU",
+                "CUDA_ERROR_INVALID_PTX",
+                "CUDA_ERROR_INVALID_IMAGE",
+                "CUBLAS_STATUS_ARCH_MISMATCH",
+                "CURAND_STATUS_ARCH_MISMATCH",
+            ],
+            "this build's kernels were compiled for another GPU generation; rebuild with CUDA_COMPUTE_CAP set to this GPU's compute capability (`nvidia-smi --query-gpu=compute_cap --format=csv`), as `cargo xtask gpu-check` does",
+        ),
+    ];
+    CAUSES
+        .iter()
+        .find(|(codes, _)| codes.iter().any(|code| message.contains(code)))
+        .map(|(_, cause)| *cause)
+}

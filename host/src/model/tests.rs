@@ -553,6 +553,44 @@ fn cuda_that_cannot_run_is_a_one_line_error_with_its_fix() {
     assert!(device(false).is_ok_and(|d| d.is_cpu()));
 }
 
+/// A CUDA failure in the middle of a run (out of memory, a driver older than the kernels, kernels
+/// for another GPU) is named with its fix from the status code in candle's error text; other
+/// errors are left as they are.
+#[test]
+fn cuda_failures_are_named_by_their_status_code() {
+    let cases = [
+        (
+            "Cuda(DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\"))",
+            "ran out of memory",
+        ),
+        (
+            "cublas: CublasError(CUBLAS_STATUS_ALLOC_FAILED)",
+            "ran out of memory",
+        ),
+        (
+            "DriverError(CUDA_ERROR_UNSUPPORTED_PTX_VERSION, \"the provided PTX was compiled with an unsupported toolchain.\")",
+            "version mismatch",
+        ),
+        (
+            "DriverError(CUDA_ERROR_NO_BINARY_FOR_GPU, \"no kernel image is available\")",
+            "CUDA_COMPUTE_CAP",
+        ),
+    ];
+    for (message, expected) in cases {
+        let cause = cuda_cause(message);
+        assert!(
+            cause.is_some_and(|c| c.contains(expected)),
+            "{message}: {cause:?}"
+        );
+        assert!(cause.is_some_and(|c| !c.contains('\n')));
+    }
+    assert_eq!(cuda_cause("shape mismatch in matmul"), None);
+    assert_eq!(
+        cuda_cause("DriverError(CUDA_ERROR_INVALID_VALUE, \"invalid argument\")"),
+        None
+    );
+}
+
 /// A Gemma-3-shaped model (GeGLU, post-norms, query/key norms, scaled embeddings, heads wider
 /// than hidden / heads) with every layer local and a window of 3: two layers see
 /// 2 · (3 − 1) = 4 positions back, so the last of 8 positions does not depend on the first
