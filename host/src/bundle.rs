@@ -478,7 +478,8 @@ impl InputMoments {
 
     fn site(&self, layer_idx: usize, site: InputSite) -> Option<(&SiteStats, f64)> {
         let stats = self.0.sites.get(layer_idx)?.get(site.index())?;
-        Some((stats, stats.n_tokens.max(1) as f64))
+        // A skipped sub-block's input is never seen: no statistics.
+        (stats.n_tokens > 0).then(|| (stats, stats.n_tokens as f64))
     }
 
     /// The mean square of each input dimension of `site` in block `layer_idx`.
@@ -903,10 +904,9 @@ const SCALE_EXPONENTS: [f32; 9] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0];
 
 /// The output error of storing `linears` (all reading the same input) with input column `k`
 /// multiplied by `s[k]` and the input divided by it: `Σ_i Σ_k (stored − w·s)²_ik · E[x_k²] /
-/// s_k²` (the diagonal of the input's second moment; `power`).
+/// s_k²` (the diagonal of the input's second moment; `power`). `linears` are on the CPU.
 fn scaled_error(linears: &[(&Linear, Dtype)], s: &[f32], power: &[f64]) -> anyhow::Result<f64> {
-    let device = candle_core::Device::Cpu;
-    let columns = Tensor::from_vec(s.to_vec(), s.len(), &device)?;
+    let columns = Tensor::from_vec(s.to_vec(), s.len(), &candle_core::Device::Cpu)?;
     let weight: Vec<f64> = s
         .iter()
         .zip(power)
@@ -972,6 +972,18 @@ fn best_scales(
     power: &[f64],
     groups: &[Vec<usize>],
 ) -> anyhow::Result<Vec<f32>> {
+    // The candidates are scored on the CPU, where `as_stored` rounds anyway: one copy of each
+    // matrix, not one a candidate, and every tensor of [`scaled_error`] on one device.
+    let on_cpu = linears
+        .iter()
+        .map(|&(linear, _)| linear.to_device(&candle_core::Device::Cpu))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let linears: Vec<(&Linear, Dtype)> = on_cpu
+        .iter()
+        .zip(linears)
+        .map(|(l, &(_, dtype))| (l, dtype))
+        .collect();
+    let linears = linears.as_slice();
     let channel_power: Vec<f64> = groups
         .iter()
         .map(|g| g.iter().filter_map(|&i| power.get(i)).sum::<f64>() / g.len().max(1) as f64)
@@ -1684,6 +1696,49 @@ mod tests {
                 .linear(0, MatrixKind::O)
                 .is_some_and(|o| matches!(o, Linear::Dense { .. })),
         );
+        Ok(())
+    }
+
+    /// A model whose block 0 skips its attention and block 1 its MLP (sub-blocks the search's
+    /// refinement may skip): its storage statistics have no inputs there, and its rescaling
+    /// for q8 keeps the skipped sub-blocks skipped and the function the same.
+    #[test]
+    fn a_model_with_skipped_sub_blocks_is_measured_and_stored() -> anyhow::Result<()> {
+        use crate::model::synthetic::{tiny_config, tiny_tensors};
+        use candle_core::Device;
+        let config = tiny_config();
+        let device = Device::Cpu;
+        let tensors = tiny_tensors(&config, 5, &device)?;
+        let mut llama = Llama::from_tensors(config, &tensors, &device)?;
+        let hidden = config.hidden_size;
+        let empty = |shape| Linear::empty(shape, &device);
+        llama.set_values(0, [empty((0, hidden))?, empty((hidden, 0))?])?;
+        llama.set_mlp(
+            1,
+            [
+                empty((0, hidden))?,
+                empty((0, hidden))?,
+                empty((hidden, 0))?,
+            ],
+        )?;
+        let sequences: Vec<Vec<u32>> = (0..8u32)
+            .map(|i| (0..24u32).map(|t| (i * 7 + t * 13) % 64).collect())
+            .collect();
+        let power = InputMoments::of_sequences(&llama, sequences, 0)?;
+        assert!(power.second_moment(0, InputSite::Qkv).is_none());
+        assert!(power.second_moment(1, InputSite::Down).is_none());
+        assert!(power.second_moment(1, InputSite::Qkv).is_some());
+        let stored = for_storage(&llama, Dtype::Q8, Some(&power))?;
+        assert_eq!(stored.block_widths(0)?.value, 0);
+        assert_eq!(stored.block_widths(1)?.mlp, 0);
+        // The rescaling is exact up to float rounding: the same function.
+        let batch = crate::model::Batch::new(&[vec![1, 5, 9, 13]], 0, &device)?;
+        let logits = |m: &Llama| m.logits(&m.last_hidden(&batch)?);
+        let difference = (logits(&stored)? - logits(&llama)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(difference < 1e-4, "{difference}");
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use whittle_boards::files::write_atomically_with;
-use whittle_runtime::{MatrixKind, ModelConfig};
+use whittle_runtime::{BlockWidths, MatrixKind, ModelConfig};
 
 use crate::eval::prompt_ids;
 use crate::model::{Batch, InputSite, Llama, LoadedModel, Observer};
@@ -63,6 +63,18 @@ pub struct SiteStats {
     pub abs_sum: Vec<f64>,
     /// Number of tokens accumulated.
     pub n_tokens: u64,
+}
+
+impl SiteStats {
+    /// The input of a sub-block the model skips: nothing seen (width 0, no tokens).
+    fn skipped() -> Self {
+        Self {
+            dim: 0,
+            second_moment: Vec::new(),
+            abs_sum: Vec::new(),
+            n_tokens: 0,
+        }
+    }
 }
 
 /// Second moments of every (layer, site) of a model.
@@ -309,24 +321,36 @@ pub fn accumulate(
         progress.inc(batch.observed_tokens() as u64);
         start = end;
     }
-    finish(accumulator, &config, settings, total as u64)
+    let widths = (0..config.n_layers)
+        .map(|layer_idx| llama.block_widths(layer_idx))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    finish(accumulator, &widths, settings, total as u64)
 }
 
 fn finish(
     accumulator: Accumulator,
-    config: &ModelConfig,
+    widths: &[BlockWidths],
     settings: CalibrationSettings,
     n_tokens: u64,
 ) -> anyhow::Result<Calibration> {
-    let mut sites = Vec::with_capacity(config.n_layers);
-    for (layer_moments, layer_abs) in accumulator
+    let mut sites = Vec::with_capacity(widths.len());
+    for ((layer_moments, layer_abs), widths) in accumulator
         .second_moments
         .into_iter()
         .zip(accumulator.abs_sums)
+        .zip(widths)
     {
         let mut layer = Vec::with_capacity(InputSite::ALL.len());
-        for (moment, abs) in layer_moments.into_iter().zip(layer_abs) {
+        for ((moment, abs), site) in layer_moments.into_iter().zip(layer_abs).zip(InputSite::ALL) {
+            let skipped = match site {
+                InputSite::Qkv | InputSite::O => widths.value == 0,
+                InputSite::GateUp | InputSite::Down => widths.mlp == 0,
+            };
             let (Some(moment), Some(abs)) = (moment, abs) else {
+                if skipped {
+                    layer.push(SiteStats::skipped());
+                    continue;
+                }
                 anyhow::bail!("a linear input was never observed during calibration");
             };
             let dim = moment.dim(0)?;

@@ -595,7 +595,7 @@ pub fn write_checkpoint(
             true => (tensor - 1.0)?,
             false => tensor,
         };
-        tensors.insert(hf_name, tensor.contiguous()?);
+        tensors.insert(hf_name, crate::prune::folder::host_copy(&tensor)?);
     }
     let bytes = safetensors::serialize(&tensors, None)?;
     whittle_boards::files::write_atomically(&dir.join("model.safetensors"), &bytes)?;

@@ -21,6 +21,19 @@ impl Linear {
         })
     }
 
+    /// The layer on `device` (its tensors shared, not copied, when already there).
+    pub fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
+        Ok(match self {
+            Self::Dense { weight } => Self::Dense {
+                weight: weight.to_device(device)?,
+            },
+            Self::LowRank { a, b } => Self::LowRank {
+                a: a.to_device(device)?,
+                b: b.to_device(device)?,
+            },
+        })
+    }
+
     /// Applies the layer to rows: `x` is `(n, d_in)`, the result `(n, d_out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {

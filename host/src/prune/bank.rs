@@ -485,8 +485,8 @@ impl FactorBank {
     pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
         let mut tensors = std::collections::HashMap::new();
         for (i, entry) in self.entries.iter().enumerate() {
-            tensors.insert(format!("{i}.a"), entry.a.contiguous()?);
-            tensors.insert(format!("{i}.bt"), entry.bt.contiguous()?);
+            tensors.insert(format!("{i}.a"), super::folder::host_copy(&entry.a)?);
+            tensors.insert(format!("{i}.bt"), super::folder::host_copy(&entry.bt)?);
             if let Some(curve) = &entry.error_curve {
                 let len = curve.len();
                 tensors.insert(

@@ -108,6 +108,13 @@ pub fn write_genome(dir: &Path, genome: &GenomeFile) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tensor` in host memory and contiguous, as safetensors serializes it (candle's
+/// serialization of a GPU tensor copies it back with a panic on failure; here a failure is an
+/// error).
+pub fn host_copy(tensor: &Tensor) -> candle_core::Result<Tensor> {
+    tensor.to_device(&Device::Cpu)?.contiguous()
+}
+
 /// Writes `factors.safetensors` into `dir`: the factors of every matrix `plan` gives a rank,
 /// and the matrices of every sub-block it prunes by units (none for a skipped one).
 pub fn write_factors(dir: &Path, model: &Llama, plan: &RankPlan) -> anyhow::Result<()> {
@@ -122,7 +129,7 @@ pub fn write_factors(dir: &Path, model: &Llama, plan: &RankPlan) -> anyhow::Resu
             if width > 0
                 && let Some(Linear::Dense { weight }) = model.linear(layer_idx, kind)
             {
-                tensors.insert(neuron_name(layer_idx, kind), weight.contiguous()?);
+                tensors.insert(neuron_name(layer_idx, kind), host_copy(weight)?);
             }
             continue;
         }
@@ -131,8 +138,8 @@ pub fn write_factors(dir: &Path, model: &Llama, plan: &RankPlan) -> anyhow::Resu
         }
         if let Some(Linear::LowRank { a, b }) = model.linear(layer_idx, kind) {
             let (a_name, b_name) = factor_names(layer_idx, kind);
-            tensors.insert(a_name, a.contiguous()?);
-            tensors.insert(b_name, b.contiguous()?);
+            tensors.insert(a_name, host_copy(a)?);
+            tensors.insert(b_name, host_copy(b)?);
         }
     }
     let bytes = safetensors::serialize(&tensors, None)?;
