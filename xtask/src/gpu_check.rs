@@ -154,6 +154,19 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let (prune_gpu, prune_gpu_json, genome_gpu) = prune("gpu", true)?;
     let ratio = |cpu: f64, gpu: f64| cpu / gpu.max(1e-9);
     let search = |json: &serde_json::Value| json["search_seconds"].as_f64().unwrap_or(f64::NAN);
+    let assured = |json: &serde_json::Value| {
+        json["searched"]["search_assured"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    let outcome = |json: &serde_json::Value| {
+        let searched = &json["searched"];
+        serde_json::json!({
+            "search_assured": searched["search_assured"],
+            "search_accuracy": searched["search_accuracy"],
+            "linear_reduction": searched["linear_reduction"],
+        })
+    };
     let summary = serde_json::json!({
         "gpu": gpu.name,
         "driver": gpu.driver,
@@ -177,6 +190,13 @@ pub fn run() -> anyhow::Result<ExitCode> {
             "speedup": ratio(search(&prune_cpu_json), search(&prune_gpu_json)),
         },
         "same_genome": genome_cpu == genome_gpu,
+        // Where the genomes differ, how far apart the answers stand: the assured accuracy the
+        // search's fitness reads (DESIGN section 5), and what each removes.
+        "searched": {
+            "cpu": outcome(&prune_cpu_json),
+            "gpu": outcome(&prune_gpu_json),
+            "assured_difference": (assured(&prune_cpu_json) - assured(&prune_gpu_json)).abs(),
+        },
         "seconds": start.elapsed().as_secs_f64(),
     });
     println!("{summary}");
