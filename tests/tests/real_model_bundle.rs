@@ -416,12 +416,7 @@ fn real_model_bundle_with_an_exit_a_fitted_head_narrower_units_and_skipped_sub_b
     let bytes = AlignedBytes::new(&packed.bytes);
     let bundle = Bundle::parse(bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(bundle.header().config.n_layers, EXIT);
-    let widths = |layer_idx| {
-        bundle
-            .block_widths(layer_idx)
-            .ok()
-            .map(|w| (w.mlp, w.value, w.pairs))
-    };
+    let widths = |layer_idx| widths_of(&bundle, layer_idx);
     assert_eq!(widths(2), Some((768, 64, 32)));
     assert_eq!(widths(9), Some((512, 64, 32)));
     assert_eq!(widths(3), Some((1536, 64, 32)));
@@ -468,14 +463,8 @@ fn real_model_bundle_with_an_exit_a_fitted_head_narrower_units_and_skipped_sub_b
     let packed = pack(&model, &f.tables, &f.task, &bias, Some(&head), &q8)?;
     let bytes = AlignedBytes::new(&packed.bytes);
     let bundle = Bundle::parse(bytes.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let widths = |layer_idx| {
-        bundle
-            .block_widths(layer_idx)
-            .ok()
-            .map(|w| (w.mlp, w.value, w.pairs))
-    };
-    assert_eq!(widths(7), Some((1536, 0, 0)));
-    assert_eq!(widths(11), Some((0, 64, 32)));
+    assert_eq!(widths_of(&bundle, 7), Some((1536, 0, 0)));
+    assert_eq!(widths_of(&bundle, 11), Some((0, 64, 32)));
     let report = compare(&reference, &bundle, best())?;
     println!(
         "the same packed q8: agreement {:.4}, max |Δlogit| {:.2e}",
@@ -489,4 +478,12 @@ fn real_model_bundle_with_an_exit_a_fitted_head_narrower_units_and_skipped_sub_b
         report.max_abs_logit_diff
     );
     Ok(())
+}
+
+/// Block `layer_idx`'s MLP width, value width and rotary pairs in `bundle`.
+fn widths_of(bundle: &Bundle<'_>, layer_idx: usize) -> Option<(usize, usize, usize)> {
+    bundle
+        .block_widths(layer_idx)
+        .ok()
+        .map(|w| (w.mlp, w.value, w.pairs))
 }
