@@ -479,7 +479,7 @@ impl InputMoments {
     fn site(&self, layer_idx: usize, site: InputSite) -> Option<(&SiteStats, f64)> {
         let stats = self.0.sites.get(layer_idx)?.get(site.index())?;
         // A skipped sub-block's input is never seen: no statistics.
-        (stats.n_tokens > 0).then(|| (stats, stats.n_tokens as f64))
+        (stats.n_tokens > 0).then_some((stats, stats.n_tokens as f64))
     }
 
     /// The mean square of each input dimension of `site` in block `layer_idx`.
