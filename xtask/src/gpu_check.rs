@@ -11,6 +11,7 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
 
 use crate::cargo;
 
@@ -72,8 +73,9 @@ where
     Ok(command)
 }
 
-/// Runs `command`, returning its wall time in seconds and its stdout's last JSON line.
-fn timed_json(command: &mut Command) -> anyhow::Result<(f64, serde_json::Value)> {
+/// Runs `command`, returning its wall time in seconds and its stdout's last line that parses
+/// as a `T`.
+fn timed_json<T: serde::de::DeserializeOwned>(command: &mut Command) -> anyhow::Result<(f64, T)> {
     println!("    $ {}", cargo::describe(command));
     let start = Instant::now();
     let stdout = cargo::stdout_of(command)?;
@@ -82,8 +84,35 @@ fn timed_json(command: &mut Command) -> anyhow::Result<(f64, serde_json::Value)>
         .lines()
         .rev()
         .find_map(|line| serde_json::from_str(line).ok())
-        .with_context(|| format!("`{}` printed no JSON line", cargo::describe(command)))?;
+        .with_context(|| {
+            format!(
+                "`{}` printed no JSON line of the expected fields",
+                cargo::describe(command)
+            )
+        })?;
     Ok((seconds, json))
+}
+
+/// What gpu-check reads of `whittle eval --json` (the host's `EvalReport`).
+#[derive(Debug, Deserialize)]
+struct Eval {
+    value: f64,
+    seconds: f64,
+}
+
+/// What gpu-check reads of `whittle prune --json` (the host's `PruneReport`).
+#[derive(Debug, Deserialize)]
+struct Prune {
+    search_seconds: f64,
+    searched: Searched,
+}
+
+/// The searched answer's `Outcome`, as far as gpu-check compares it.
+#[derive(Debug, Deserialize, Serialize)]
+struct Searched {
+    search_assured: f64,
+    search_accuracy: f64,
+    linear_reduction: f64,
 }
 
 /// `whittle` (the cuda build) with `args`, on the GPU when `cuda`.
@@ -115,17 +144,18 @@ pub fn run() -> anyhow::Result<ExitCode> {
         .iter()
         .chain(&crate::cuda::BUILD_GPU_TEST[1..])
         .chain(&["--", "--nocapture"]);
-    let (_, parity) = timed_json(&mut cuda_cargo(test, &gpu)?)?;
+    // The test's line is passed on as it is.
+    let (_, parity): (_, serde_json::Value) = timed_json(&mut cuda_cargo(test, &gpu)?)?;
     let eval = ["eval", "--task", "sst2", "--split", "search", "--json"];
-    let (eval_cpu, eval_cpu_json) = timed_json(&mut whittle(&binary, &eval, false))?;
-    let (eval_gpu, eval_gpu_json) = timed_json(&mut whittle(&binary, &eval, true))?;
+    let (eval_cpu, eval_cpu_json): (_, Eval) = timed_json(&mut whittle(&binary, &eval, false))?;
+    let (eval_gpu, eval_gpu_json): (_, Eval) = timed_json(&mut whittle(&binary, &eval, true))?;
     // Fresh caches each run, so both sides calibrate and factorize from nothing.
     let scratch = cargo::target_dir()?.join("gpu-check");
     if scratch.exists() {
         std::fs::remove_dir_all(&scratch)
             .with_context(|| format!("cannot clear {}", scratch.display()))?;
     }
-    let prune = |name: &str, cuda: bool| -> anyhow::Result<(f64, serde_json::Value, String)> {
+    let prune = |name: &str, cuda: bool| -> anyhow::Result<(f64, Prune, String)> {
         let dir = scratch.join(name);
         let (out, cache) = (dir.join("out"), dir.join("cache"));
         let args = [
@@ -153,20 +183,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let (prune_cpu, prune_cpu_json, genome_cpu) = prune("cpu", false)?;
     let (prune_gpu, prune_gpu_json, genome_gpu) = prune("gpu", true)?;
     let ratio = |cpu: f64, gpu: f64| cpu / gpu.max(1e-9);
-    let search = |json: &serde_json::Value| json["search_seconds"].as_f64().unwrap_or(f64::NAN);
-    let assured = |json: &serde_json::Value| {
-        json["searched"]["search_assured"]
-            .as_f64()
-            .unwrap_or(f64::NAN)
-    };
-    let outcome = |json: &serde_json::Value| {
-        let searched = &json["searched"];
-        serde_json::json!({
-            "search_assured": searched["search_assured"],
-            "search_accuracy": searched["search_accuracy"],
-            "linear_reduction": searched["linear_reduction"],
-        })
-    };
+    let (cpu, gpu_run) = (&prune_cpu_json, &prune_gpu_json);
     let summary = serde_json::json!({
         "gpu": gpu.name,
         "driver": gpu.driver,
@@ -174,28 +191,25 @@ pub fn run() -> anyhow::Result<ExitCode> {
         "build_seconds": build_seconds,
         "cuda_parity": parity["cuda_parity"],
         "eval_search_seconds": {
-            "cpu": eval_cpu_json["seconds"],
-            "gpu": eval_gpu_json["seconds"],
-            "speedup": ratio(
-                eval_cpu_json["seconds"].as_f64().unwrap_or(eval_cpu),
-                eval_gpu_json["seconds"].as_f64().unwrap_or(eval_gpu),
-            ),
+            "cpu": eval_cpu_json.seconds,
+            "gpu": eval_gpu_json.seconds,
+            "speedup": ratio(eval_cpu_json.seconds, eval_gpu_json.seconds),
             "wall": {"cpu": eval_cpu, "gpu": eval_gpu},
         },
-        "eval_search_accuracy": {"cpu": eval_cpu_json["value"], "gpu": eval_gpu_json["value"]},
+        "eval_search_accuracy": {"cpu": eval_cpu_json.value, "gpu": eval_gpu_json.value},
         "prune_one_generation_seconds": {"cpu": prune_cpu, "gpu": prune_gpu, "speedup": ratio(prune_cpu, prune_gpu)},
         "search_seconds": {
-            "cpu": search(&prune_cpu_json),
-            "gpu": search(&prune_gpu_json),
-            "speedup": ratio(search(&prune_cpu_json), search(&prune_gpu_json)),
+            "cpu": cpu.search_seconds,
+            "gpu": gpu_run.search_seconds,
+            "speedup": ratio(cpu.search_seconds, gpu_run.search_seconds),
         },
         "same_genome": genome_cpu == genome_gpu,
         // Where the genomes differ, how far apart the answers stand: the assured accuracy the
         // search's fitness reads (DESIGN section 5), and what each removes.
         "searched": {
-            "cpu": outcome(&prune_cpu_json),
-            "gpu": outcome(&prune_gpu_json),
-            "assured_difference": (assured(&prune_cpu_json) - assured(&prune_gpu_json)).abs(),
+            "cpu": cpu.searched,
+            "gpu": gpu_run.searched,
+            "assured_difference": (cpu.searched.search_assured - gpu_run.searched.search_assured).abs(),
         },
         "seconds": start.elapsed().as_secs_f64(),
     });
