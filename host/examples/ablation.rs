@@ -120,7 +120,7 @@ struct Measured {
     head_examples: usize,
     test_n: usize,
     /// Per path: (linear reduction, test accuracy) at the table's columns.
-    rows: Vec<(String, Vec<(f64, f64)>)>,
+    rows: Vec<PathPoints>,
     /// (exit, linear reduction, test accuracy) for every exit, kept blocks dense.
     every_exit: Vec<(usize, f64, f64)>,
     /// The MLP alone at equal parameter count: factor pairs against neurons.
@@ -141,10 +141,11 @@ struct UnitPoint {
     test_accuracy: f64,
 }
 
+/// A path's name and its (linear reduction, test accuracy) points.
+type PathPoints = (String, Vec<(f64, f64)>);
+
 /// Rows of the lever "MLP neurons" and the MLP-alone comparison.
-fn measure_units(
-    head_examples: usize,
-) -> anyhow::Result<(Vec<(String, Vec<(f64, f64)>)>, Vec<UnitPoint>)> {
+fn measure_units(head_examples: usize) -> anyhow::Result<(Vec<PathPoints>, Vec<UnitPoint>)> {
     let (task, opened, progress, cache) = setup()?;
     let base = &opened.model;
     let config = *base.llama.config();
@@ -242,7 +243,7 @@ fn measure(head_examples: usize, mode: &str) -> anyhow::Result<Measured> {
     let dense_verbalizer = verbalizer.score(&base.llama, &progress)?.accuracy;
     line(format!("dense, verbalizer: {dense_verbalizer:.4}"));
 
-    let mut rows: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut rows: Vec<PathPoints> = Vec::new();
     let banks = [
         ("factor pairs · verbalizer · 16k tokens", 16_384),
         (

@@ -25,9 +25,9 @@ fn real_model_logits_match_dequantized_quantized_llama() -> anyhow::Result<()> {
 
     for prompt in PROMPTS {
         let ids = ours.tokenizer.encode(prompt)?;
-        let hidden = ours
-            .llama
-            .last_hidden(&Batch::new(&[ids.clone()], 0, &device)?)?;
+        let hidden =
+            ours.llama
+                .last_hidden(&Batch::new(std::slice::from_ref(&ids), 0, &device)?)?;
         let our_logits: Vec<f32> = ours.llama.logits(&hidden)?.squeeze(0)?.to_vec1()?;
         let input = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
         let their_logits: Vec<f32> = reference.forward(&input, 0)?.squeeze(0)?.to_vec1()?;

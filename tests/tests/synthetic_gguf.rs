@@ -32,7 +32,7 @@ fn host_forward_matches_candle_transformers_on_a_tiny_gguf() -> anyhow::Result<(
     let mut reference = ModelWeights::from_gguf(content, &mut file, &device)?;
 
     let prompt: Vec<u32> = vec![5, 17, 33, 2, 60, 41, 9, 12, 50];
-    let ours = llama.last_hidden(&Batch::new(&[prompt.clone()], 0, &device)?)?;
+    let ours = llama.last_hidden(&Batch::new(std::slice::from_ref(&prompt), 0, &device)?)?;
     let ours = llama.logits(&ours)?;
     let input = Tensor::new(prompt.as_slice(), &device)?.unsqueeze(0)?;
     let theirs = reference.forward(&input, 0)?;
