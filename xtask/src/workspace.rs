@@ -40,6 +40,9 @@ pub enum Executable {
     RuntimeUnitTests,
     /// The device tool's install tests (`device/tests/install.rs`).
     DeviceInstallTests,
+    /// The real-model CUDA test (`tests/tests/real_model_cuda.rs`) of the cuda build
+    /// ([`crate::gpu_check`]).
+    CudaTest,
 }
 
 impl Executable {
@@ -52,6 +55,7 @@ impl Executable {
             Self::PrefillBench => ("bench", "prefill"),
             Self::RuntimeUnitTests => ("lib", "whittle_runtime"),
             Self::DeviceInstallTests => ("test", "install"),
+            Self::CudaTest => ("test", "real_model_cuda"),
         }
     }
 
@@ -60,7 +64,7 @@ impl Executable {
     fn test_mode(self) -> bool {
         matches!(
             self,
-            Self::PrefillBench | Self::RuntimeUnitTests | Self::DeviceInstallTests
+            Self::PrefillBench | Self::RuntimeUnitTests | Self::DeviceInstallTests | Self::CudaTest
         )
     }
 
@@ -72,6 +76,7 @@ impl Executable {
             Self::PrefillBench => root.join("tests"),
             Self::RuntimeUnitTests => root.join("runtime"),
             Self::DeviceInstallTests => root.join("device"),
+            Self::CudaTest => root.join("tests"),
             Self::HostTool | Self::DeviceTool | Self::ReplayExample => root,
         }
     }
@@ -134,6 +139,11 @@ impl Built {
         Ok(Self { artifacts })
     }
 
+    /// Adds what another build made.
+    pub fn extend(&mut self, other: Self) {
+        self.artifacts.extend(other.artifacts);
+    }
+
     /// Where `executable` is.
     pub fn path(&self, executable: Executable) -> anyhow::Result<&Path> {
         let (kind, name) = executable.target();
@@ -171,11 +181,15 @@ where
     I: IntoIterator<Item = S>,
     S: Into<OsString>,
 {
-    let mut command = cargo::cargo(args);
-    let stdout = cargo::stdout_of(&mut command)?;
+    built_by(&mut cargo::cargo(args))
+}
+
+/// Runs `command` (a cargo build that prints JSON messages) and collects what it made.
+pub fn built_by(command: &mut Command) -> anyhow::Result<Built> {
+    let stdout = cargo::stdout_of(command)?;
     let built = Built::from_messages(&stdout)?;
     if built.artifacts.is_empty() {
-        bail!("`{}` made no programs", cargo::describe(&command));
+        bail!("`{}` made no programs", cargo::describe(command));
     }
     Ok(built)
 }
