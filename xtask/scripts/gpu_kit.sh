@@ -11,10 +11,10 @@
 #   xtask/scripts/gpu_kit.sh stage PART_DIR   copy one part of a kit into $KIT
 #   xtask/scripts/gpu_kit.sh run OUT_DIR      assemble $KIT, run everything, write into OUT_DIR
 # KIT defaults to /tmp/whittle-gpu-kit. A kit holds `whittle` and `real_model_cuda` (or their
-# `.xz`), the model as `model.part*` pieces, and `SHA256SUMS` over the assembled files.
+# `.xz`), the model as pieces `<its file name>.partNN`, and `SHA256SUMS` over the assembled
+# files.
 set -euo pipefail
 kit=${KIT:-/tmp/whittle-gpu-kit}
-model_name=SmolLM2-135M-Instruct.Q4_1.gguf
 
 stage() {
   mkdir -p "$kit"
@@ -33,11 +33,13 @@ with lzma.open(sys.argv[1]) as src, open(sys.argv[2], "wb") as dst:
     rm "$packed"
     chmod +x "${packed%.xz}"
   done
-  if ls model.part* > /dev/null 2>&1; then
+  local first
+  for first in *.part00; do
+    [ -e "$first" ] || continue
     mkdir -p models
-    cat model.part* > "models/$model_name"
-    rm model.part*
-  fi
+    cat "${first%00}"?? > "models/${first%.part00}"
+    rm "${first%00}"??
+  done
   # The built-in tasks read their data from the source tree the binaries were built in
   # (`source_root`): where this copy of it lies elsewhere, that path points here.
   if [ -f source_root ]; then

@@ -88,24 +88,18 @@ fn compute_cap() -> anyhow::Result<String> {
 fn build(compute_cap: &str, local_nvcc: bool, extra: &[(&str, &str)]) -> anyhow::Result<Built> {
     let target_dir = cargo::target_dir()?.join("cuda");
     let mut programs = Built::default();
-    for build in [&crate::cuda::BUILD[..5], &crate::cuda::BUILD_GPU_TEST[..]] {
-        let package = build.get(2).copied().unwrap_or_default();
+    // The suite's two cuda builds (less `build`), the host's narrowed to its binary.
+    let host = crate::cuda::BUILD[1..5].iter().chain(&["--bin", "whittle"]);
+    let test = crate::cuda::BUILD_GPU_TEST[1..].iter().chain(&[]);
+    for targets in [host, test] {
         let mut command = cargo::cargo(
             [
                 "build",
                 "--release",
                 "--message-format=json-render-diagnostics",
             ]
-            .into_iter()
-            .chain(build.iter().skip(1).copied())
-            .chain(
-                match package {
-                    "whittle-host" => ["--bin", "whittle"].as_slice(),
-                    _ => [].as_slice(),
-                }
-                .iter()
-                .copied(),
-            ),
+            .iter()
+            .chain(targets),
         );
         if local_nvcc && cargo::on_path("nvcc") {
             println!("    CUDA: the machine's toolkit (nvcc on PATH)");
@@ -122,21 +116,22 @@ fn build(compute_cap: &str, local_nvcc: bool, extra: &[(&str, &str)]) -> anyhow:
 }
 
 /// The model file, fetched into the model cache by `whittle` (the program at `whittle`) when
-/// missing.
+/// missing; `fetch-model` prints its path.
 fn model(whittle: &Path) -> anyhow::Result<PathBuf> {
-    cargo::run(&mut cargo::program(whittle, ["fetch-model"]))?;
-    let path = whittle_boards::files::default_model_dir().join(MODEL_FILE);
+    let printed = cargo::stdout_of(&mut cargo::program(whittle, ["fetch-model"]))?;
+    let path = PathBuf::from(printed.lines().last().unwrap_or_default().trim());
     if !path.is_file() {
-        bail!(
-            "`whittle fetch-model` left no {}; fetch it again",
-            path.display()
-        );
+        bail!("`whittle fetch-model` printed {printed:?}, not the model's path; fetch it again");
     }
     Ok(path)
 }
 
-/// The model's file name in the cache, as `gpu_kit.sh` expects it.
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The model's file name.
+fn file_name(path: &Path) -> anyhow::Result<&str> {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .with_context(|| format!("{} has no file name", path.display()))
+}
 
 /// `cargo xtask gpu-check` on the GPU machine.
 fn here() -> anyhow::Result<ExitCode> {
@@ -158,7 +153,7 @@ fn here() -> anyhow::Result<ExitCode> {
             programs.path(Executable::CudaTest)?,
             kit.join("real_model_cuda"),
         ),
-        (model.as_path(), kit.join("models").join(MODEL_FILE)),
+        (model.as_path(), kit.join("models").join(file_name(&model)?)),
     ];
     for (from, to) in links {
         std::os::unix::fs::symlink(from, &to)
@@ -219,8 +214,10 @@ fn kit() -> anyhow::Result<ExitCode> {
         std::fs::remove_file(&packed)
             .with_context(|| format!("cannot remove {}", packed.display()))?;
     }
-    sums.push_str(&format!("{}  models/{MODEL_FILE}\n", sha256(&model)?));
-    parts.add_split(&model, "model.part")?;
+    // The pieces are named after the file, which the script joins them back into.
+    let name = file_name(&model)?;
+    sums.push_str(&format!("{}  models/{name}\n", sha256(&model)?));
+    parts.add_split(&model, &format!("{name}.part"))?;
     parts.add_bytes("SHA256SUMS", sums.as_bytes())?;
     // The built-in tasks' data is read from the source tree the binaries were built in.
     let root = cargo::workspace_root();
@@ -384,30 +381,42 @@ struct Searched {
     linear_reduction: f64,
 }
 
-/// The check's JSON line from the script's `runs.jsonl`.
-fn summary(path: &Path) -> anyhow::Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "cannot read {}; it is what `{SCRIPT} run` writes",
-            path.display()
-        )
-    })?;
-    let lines: Vec<Line> = text
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{} holds a line that is not a run", path.display()))?;
-    let find = |name: &str| {
-        lines.iter().find(|l| l.name == name).with_context(|| {
+/// The lines of a `runs.jsonl`, and the file they came from (for messages).
+struct Runs<'a> {
+    path: &'a Path,
+    lines: Vec<Line>,
+}
+
+impl<'a> Runs<'a> {
+    fn read(path: &'a Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
             format!(
-                "{} has no run `{name}`: the script stopped before it (its output says why)",
+                "cannot read {}; it is what `{SCRIPT} run` writes",
                 path.display()
             )
+        })?;
+        let lines = text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("{} holds a line that is not a run", path.display()))?;
+        Ok(Self { path, lines })
+    }
+
+    fn find(&self, name: &str) -> anyhow::Result<&Line> {
+        self.lines.iter().find(|l| l.name == name).with_context(|| {
+            format!(
+                "{} has no run `{name}`: the script stopped before it (its output says why)",
+                self.path.display()
+            )
         })
-    };
-    let parsed = |name: &str| -> anyhow::Result<(f64, serde_json::Value)> {
-        let line = find(name)?;
+    }
+
+    /// Run `name`'s wall seconds and its JSON line read as a `T`; an error when it failed or
+    /// printed none.
+    fn parsed<T: serde::de::DeserializeOwned>(&self, name: &str) -> anyhow::Result<(f64, T)> {
+        let line = self.find(name)?;
         if line.status != 0 {
             bail!(
                 "the run `{name}` failed (exit status {}); the script's output shows why",
@@ -417,34 +426,27 @@ fn summary(path: &Path) -> anyhow::Result<serde_json::Value> {
         let json = line.json.clone().with_context(|| {
             format!("the run `{name}` printed no JSON line (its output says why)")
         })?;
-        Ok((line.seconds, json))
-    };
-    let eval = |name: &str| -> anyhow::Result<(f64, Eval)> {
-        let (wall, json) = parsed(name)?;
-        Ok((
-            wall,
-            serde_json::from_value(json).with_context(|| format!("`{name}`'s line"))?,
-        ))
-    };
-    let prune = |name: &str| -> anyhow::Result<(f64, Prune)> {
-        let (wall, json) = parsed(name)?;
-        Ok((
-            wall,
-            serde_json::from_value(json).with_context(|| format!("`{name}`'s line"))?,
-        ))
-    };
-    let genome = |name: &str| -> anyhow::Result<serde_json::Value> {
-        find(name)?
+        let value = serde_json::from_value(json).with_context(|| format!("`{name}`'s line"))?;
+        Ok((line.seconds, value))
+    }
+
+    fn genome(&self, name: &str) -> anyhow::Result<&serde_json::Value> {
+        self.find(name)?
             .genome
-            .clone()
+            .as_ref()
             .with_context(|| format!("`{name}` holds no genome"))
-    };
-    let (_, gpu) = parsed("gpu")?;
-    let (_, parity) = parsed("parity")?;
-    let (eval_cpu_wall, eval_cpu) = eval("eval-cpu")?;
-    let (eval_gpu_wall, eval_gpu) = eval("eval-gpu")?;
-    let (prune_cpu_wall, prune_cpu) = prune("prune-cpu")?;
-    let (prune_gpu_wall, prune_gpu) = prune("prune-gpu")?;
+    }
+}
+
+/// The check's JSON line from the script's `runs.jsonl`.
+fn summary(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let runs = Runs::read(path)?;
+    let (_, gpu) = runs.parsed::<serde_json::Value>("gpu")?;
+    let (_, parity) = runs.parsed::<serde_json::Value>("parity")?;
+    let (eval_cpu_wall, eval_cpu) = runs.parsed::<Eval>("eval-cpu")?;
+    let (eval_gpu_wall, eval_gpu) = runs.parsed::<Eval>("eval-gpu")?;
+    let (prune_cpu_wall, prune_cpu) = runs.parsed::<Prune>("prune-cpu")?;
+    let (prune_gpu_wall, prune_gpu) = runs.parsed::<Prune>("prune-gpu")?;
     let ratio = |cpu: f64, gpu: f64| cpu / gpu.max(1e-9);
     let mut summary = serde_json::json!({
         "gpu": gpu,
@@ -466,7 +468,7 @@ fn summary(path: &Path) -> anyhow::Result<serde_json::Value> {
             "gpu": prune_gpu.search_seconds,
             "speedup": ratio(prune_cpu.search_seconds, prune_gpu.search_seconds),
         },
-        "same_genome": genome("genome-cpu")? == genome("genome-gpu")?,
+        "same_genome": runs.genome("genome-cpu")? == runs.genome("genome-gpu")?,
         // Where the genomes differ, how far apart the answers stand: the assured accuracy the
         // search's fitness reads (DESIGN section 5), and what each removes.
         "searched": {
@@ -476,7 +478,7 @@ fn summary(path: &Path) -> anyhow::Result<serde_json::Value> {
             "gpu": prune_gpu.searched,
         },
     });
-    let total: f64 = lines.iter().map(|l| l.seconds).sum();
+    let total: f64 = runs.lines.iter().map(|l| l.seconds).sum();
     if let Some(object) = summary.as_object_mut() {
         object.insert("seconds".to_owned(), total.into());
     }
