@@ -232,8 +232,11 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding and subtracting 1.5·2²³ rounds to the nearest integer (|x·log2 e| < 2²²).
     const ROUND: f32 = 12_582_912.0;
+    // `rounded`'s bits are those of 1.5·2²³ plus `n` (its unit in the last place is 1).
+    const ROUND_BITS: u32 = 0x4B40_0000;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2_E + ROUND) - ROUND;
+    let rounded = x * LOG2_E + ROUND;
+    let n = rounded - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0 / 5040.0;
     let p = p * r + 1.0 / 720.0;
@@ -243,8 +246,9 @@ pub(crate) fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    // n ∈ [-126, 127]: a normal power of two.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n ∈ [-126, 127]: a normal power of two, `(n + 127) << 23`, in integers that vectorize
+    // (a float-to-integer cast saturates, which compiles to scalar code per lane).
+    let scale = f32::from_bits(rounded.to_bits().wrapping_sub(ROUND_BITS - 127) << 23);
     p * scale
 }
 

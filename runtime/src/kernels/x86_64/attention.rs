@@ -13,10 +13,10 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m512, __mmask16, _mm256_maskz_loadu_epi16, _mm512_add_ps, _mm512_cvtph_ps, _mm512_fmadd_ps,
-    _mm512_mask_reduce_max_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps,
-    _mm512_permutexvar_ps, _mm512_set1_ps, _mm512_setr_epi32, _mm512_setzero_ps,
-    _mm512_shuffle_f32x4, _mm512_shuffle_ps,
+    __m512, __mmask16, _MM_HINT_T0, _mm_prefetch, _mm256_maskz_loadu_epi16, _mm512_add_ps,
+    _mm512_cvtph_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_max_ps, _mm512_mask_storeu_ps,
+    _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_permutexvar_ps, _mm512_reduce_max_ps,
+    _mm512_set1_ps, _mm512_setr_epi32, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps,
 };
 
 use super::super::math::{self, AttentionHead};
@@ -140,30 +140,25 @@ unsafe fn scaled_dots<const G: usize>(
     positions: usize,
     scores: &mut [f32],
 ) -> [f32; G] {
-    let head_dim = head.head_dim;
-    let keys = head.keys.as_ptr();
     let scale = _mm512_set1_ps(head.scale);
-    let mut max = [f32::NEG_INFINITY; G];
+    let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); G];
     for start in (0..positions).step_by(LANES) {
         let n = (positions - start).min(LANES);
+        // SAFETY: position `start` lies inside `head.keys`.
+        let keys = unsafe { head.keys.as_ptr().add(start * head.stride) };
         for (g, max) in max.iter_mut().enumerate() {
-            // SAFETY: query `first + g` lies inside `head.q`.
-            let q = unsafe { head.q.as_ptr().add((first + g) * head_dim) };
-            let mut acc = [_mm512_setzero_ps(); LANES];
-            for c in (0..head_dim).step_by(LANES) {
-                let dims = mask(head_dim - c);
-                // SAFETY: lanes below `head_dim` of the query and of each valid position's key.
-                unsafe {
-                    let q = _mm512_maskz_loadu_ps(dims, q.add(c));
-                    for (p, acc) in acc.iter_mut().enumerate() {
-                        if p < n {
-                            let key = keys.add((start + p) * head.stride + c);
-                            *acc = _mm512_fmadd_ps(q, _mm512_maskz_loadu_ps(dims, key), *acc);
-                        }
-                    }
+            // SAFETY: query `first + g` lies inside `head.q`; the `n` positions from `start`
+            // have their keys inside `head.keys`. A whole block is its own call so that it
+            // compiles without a branch per position.
+            let sums = unsafe {
+                let q = head.q.as_ptr().add((first + g) * head.head_dim);
+                if n == LANES {
+                    dots(q, keys, head, LANES)
+                } else {
+                    dots(q, keys, head, n)
                 }
-            }
-            let dots = _mm512_mul_ps(sum_lanes(&acc), scale);
+            };
+            let dots = _mm512_mul_ps(sums, scale);
             // SAFETY: `n` values from `g · positions + start`, inside `scores`.
             unsafe {
                 _mm512_mask_storeu_ps(
@@ -172,14 +167,51 @@ unsafe fn scaled_dots<const G: usize>(
                     dots,
                 );
             }
-            *max = max.max(_mm512_mask_reduce_max_ps(mask(n), dots));
+            *max = _mm512_mask_max_ps(*max, mask(n), *max, dots);
         }
     }
-    max
+    max.map(|max| _mm512_reduce_max_ps(max))
+}
+
+/// Lane `p` of the result is `q · k_p` for the first `n` positions from `keys` (`head.stride`
+/// apart), the others zero. A chunk of sixteen lanes of the query stays in a register while
+/// the `n` keys' chunks are multiplied into their accumulators.
+///
+/// # Safety
+/// `q` points at `head.head_dim` values, `keys` at `n` positions' keys (`head.head_dim` values
+/// each, `head.stride` apart).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+#[inline]
+unsafe fn dots(q: *const f32, keys: *const f32, head: &AttentionHead<'_>, n: usize) -> __m512 {
+    let mut acc = [_mm512_setzero_ps(); LANES];
+    let mut c = 0;
+    while c < head.head_dim {
+        // SAFETY: lanes below `head_dim` of the query and of each of the `n` keys.
+        unsafe {
+            let mut key = keys.add(c);
+            if c + LANES <= head.head_dim {
+                let q = _mm512_loadu_ps(q.add(c));
+                for acc in acc.iter_mut().take(n) {
+                    *acc = _mm512_fmadd_ps(q, _mm512_loadu_ps(key), *acc);
+                    key = key.wrapping_add(head.stride);
+                }
+            } else {
+                let dims = mask(head.head_dim - c);
+                let q = _mm512_maskz_loadu_ps(dims, q.add(c));
+                for acc in acc.iter_mut().take(n) {
+                    *acc = _mm512_fmadd_ps(q, _mm512_maskz_loadu_ps(dims, key), *acc);
+                    key = key.wrapping_add(head.stride);
+                }
+            }
+        }
+        c += LANES;
+    }
+    sum_lanes(&acc)
 }
 
 /// Lane `j` of the result is the sum of `v[j]`'s sixteen lanes.
 #[target_feature(enable = "avx512f")]
+#[inline]
 fn sum_lanes(v: &[__m512; LANES]) -> __m512 {
     // Each level adds pairs after moving what belongs together into the same positions: by
     // 256-bit halves, then 128-bit quarters, then pairs and single lanes within quarters.
