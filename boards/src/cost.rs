@@ -39,8 +39,8 @@ pub struct Prediction {
     /// Every weight by dtype: the prunable linears, the embedding (which is also the tied
     /// head), a task-pruned head when there is one, and the f32 norms.
     pub weight_bytes: u64,
-    /// `n_layers · kv_dim · context · 6`: keys are kept in f32 and values in f16 for every
-    /// dtype.
+    /// `n_layers · context · (4 · kv_dim + 4 · n_kv_heads)`: keys in 16-bit integers with an
+    /// f32 scale per key/value head, and values in f16, for every dtype.
     pub kv_cache_bytes: u64,
     /// The runtime's scratch memory for one decoded token, in f32:
     /// `4 · (4·hidden + 2·kv_dim + 2·intermediate + max(hidden, intermediate)
@@ -195,7 +195,7 @@ pub fn predict(
         .saturating_add(embedding_bytes)
         .saturating_add(norm_bytes)
         .saturating_add(task_head_bytes);
-    let kv_cache_bytes = product(&[config.n_layers, config.kv_dim(), context, KEY_VALUE_BYTES]);
+    let kv_cache_bytes = product(&[config.n_layers, context, cache_bytes_per_position(config)]);
     let logits = head_rows.unwrap_or(config.vocab_size);
     let arena_floats = [
         product(&[4, hidden.max(config.q_dim())]),
@@ -233,8 +233,11 @@ pub fn predict(
 }
 
 const F32_BYTES: usize = 4;
-/// Bytes the KV cache keeps per position and lane of `kv_dim`: an f32 key and an f16 value.
-const KEY_VALUE_BYTES: usize = 6;
+/// Bytes one layer's KV cache keeps per position: a 16-bit key and an f16 value per lane of
+/// `kv_dim`, and an f32 scale per key/value head's key.
+fn cache_bytes_per_position(config: &ModelConfig) -> usize {
+    4 * config.kv_dim() + F32_BYTES * config.n_kv_heads
+}
 const MS_PER_S: f64 = 1e3;
 
 /// The product of sizes, saturating: a size too large for `u64` never fits a board anyway.
@@ -458,7 +461,7 @@ impl Workload {
         });
         // Scores q·k and the weighted sum of v: 2·head_dim FLOPs each, per head and position.
         let attention_per_layer = Work {
-            bytes: product(&[config.kv_dim(), context, KEY_VALUE_BYTES]),
+            bytes: product(&[context, cache_bytes_per_position(config)]),
             flops: product(&[4, hidden, context]),
             dtype: Dtype::F32,
         };

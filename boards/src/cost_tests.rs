@@ -147,8 +147,9 @@ fn tiny_dense_f32_by_hand() {
         Expected {
             // 4 · (18432 + 3200 + 160) = 4 · 21792.
             weight_bytes: 87_168,
-            // 2 layers · kv_dim 16 · context 16 · (4 B key + 2 B value).
-            kv_cache_bytes: 3_072,
+            // 2 layers · context 16 · (kv_dim 16 · (2 B key + 2 B value) + 2 KV heads · 4 B
+            // key scale).
+            kv_cache_bytes: 2_304,
             // 4 · (4·32 + 2·16 + 2·64 + max(32, 64) + 4 heads·16 + 100 logits) = 4 · 516.
             arena_bytes: 2_064,
             // 4 · (18432 linears + 160 norms + 32 embedding row) + 4 · 3200 head.
@@ -177,7 +178,7 @@ fn tiny_dense_q8_by_hand() {
             // 512 + 4·16 = 576; gate, up 2048 + 4·64 = 2304; down 2048 + 4·32·2 = 2304: 10368,
             // twice 20736. Embedding 3200 + 4·100 = 3600; norms stay f32, 640.
             weight_bytes: 20_736 + 3_600 + 640,
-            kv_cache_bytes: 3_072,
+            kv_cache_bytes: 2_304,
             arena_bytes: 2_064,
             // Linears 20736 + norms 640 + one q8 row 32 + 4 + the whole head 3600.
             bytes_read_per_token: 25_012,
@@ -201,7 +202,7 @@ fn tiny_low_rank_f32_by_hand() {
             // 4·(32 + 64) = 384: 4224. Layer 1: q 8·(32 + 32) = 512, the rest 8192: 8704.
             // Linears 12928; 4 · (12928 + 3200 + 160).
             weight_bytes: 65_152,
-            kv_cache_bytes: 3_072,
+            kv_cache_bytes: 2_304,
             arena_bytes: 2_064,
             // 4 · (12928 + 160 + 32) + 12800.
             bytes_read_per_token: 65_280,
@@ -228,7 +229,7 @@ fn tiny_low_rank_q8_by_hand() {
             // + 1152 + 656 + 656 + 544 = 5312. Layer 1 q rank 8: A 8×32 (256 + 32) + B 32×8
             // (256 + 128) = 672; + 576 + 576 + 1152 + 2304 + 2304 + 2304 = 9888.
             weight_bytes: 5_312 + 9_888 + 3_600 + 640,
-            kv_cache_bytes: 3_072,
+            kv_cache_bytes: 2_304,
             arena_bytes: 2_064,
             bytes_read_per_token: 15_200 + 640 + 36 + 3_600,
             // Layer 0: 2048 + 1024 + 1024 + 2048 + 3 · max(≤656, 768) = 8448; layer 1:
@@ -249,7 +250,7 @@ fn a_task_pruned_head_is_stored_apart_and_read_instead() {
         Expected {
             // The embedding stays for the input; the head adds 4 · 2 · 32 = 256.
             weight_bytes: 87_168 + 256,
-            kv_cache_bytes: 3_072,
+            kv_cache_bytes: 2_304,
             // 2 logits instead of 100: 4 · (516 − 98).
             arena_bytes: 1_672,
             // 4 · (18432 + 160 + 32) + 256.
@@ -272,8 +273,8 @@ fn smollm2_dense_f32_weighs_four_bytes_per_parameter() {
     // The host's `bytes_per_token_f32`: 4 · (linears + norms + one row) + 4 · head, which is
     // the weights plus one embedding row.
     assert_eq!(p.bytes_read_per_token, 4 * 134_515_008 + 4 * 576);
-    // 30 · 192 · 2048 · (4 + 2).
-    assert_eq!(p.kv_cache_bytes, 70_778_880);
+    // 30 · 2048 · (192 · (2 + 2) + 3 · 4).
+    assert_eq!(p.kv_cache_bytes, 47_923_200);
     // Bandwidth-bound on the CPU: at least the weights over 68 GB/s, about 7.9 ms.
     assert!(p.decode_ms_per_token_cpu > 538_062_336.0 / 68e9 * 1e3);
     assert!(p.decode_ms_per_token_gpu.is_some());
@@ -286,18 +287,19 @@ fn smollm2_does_not_fit_the_mcu_and_says_by_how_much() {
     let p = predicted(&board, &ModelConfig::SMOLLM2_135M, &dense, Dtype::Q8, None);
     // One scale per 32 values: a layer is 3,538,944 int8 + 4 · 110,592 scales = 3,981,312;
     // the embedding 28,311,552 + 4 · 884,736 = 31,850,496. Weights 30 · 3,981,312 +
-    // 31,850,496 + 140,544 = 151,430,400; KV at the board's context of 256: 30 · 192 ·
-    // 256 · (4 + 2) = 8,847,360; arena 4 · (2304 + 384 + 3072 + 1536 + 2304 + 49152) = 235,008.
+    // 31,850,496 + 140,544 = 151,430,400; KV at the board's context of 256: 30 · 256 ·
+    // (192 · (2 + 2) + 3 · 4) = 5,990,400; arena 4 · (2304 + 384 + 3072 + 1536 + 2304 + 49152) =
+    // 235,008.
     assert_eq!(p.weight_bytes, 151_430_400);
-    assert_eq!(p.runtime_memory_bytes, 160_512_768);
+    assert_eq!(p.runtime_memory_bytes, 157_655_808);
     let verdict = feasibility(&board, &p);
     assert!(!verdict.fits);
     // Budget 1,048,576 · 0.75 = 786,432.
-    assert_eq!(verdict.memory_excess_bytes, 160_512_768 - 786_432);
+    assert_eq!(verdict.memory_excess_bytes, 157_655_808 - 786_432);
     assert_eq!(
         verdict.to_string(),
-        "stm32h743: the model needs 160.5 MB at runtime but the board allows 0.8 MB \
-         (204× too large); choose a larger board or a smaller model"
+        "stm32h743: the model needs 157.7 MB at runtime but the board allows 0.8 MB \
+         (200× too large); choose a larger board or a smaller model"
     );
 }
 
@@ -315,7 +317,7 @@ fn feasibility_names_what_exceeds_and_the_fix() {
         &round_board(""),
         &dense,
         true,
-        "round: fits: needs 92.3 kB at runtime of the 0.5 MB the board allows, decodes in \
+        "round: fits: needs 91.5 kB at runtime of the 0.5 MB the board allows, decodes in \
          0.111 ms per token",
     );
     let with_budget = round_board("latency_budget_ms_per_token = 0.1");
@@ -331,7 +333,7 @@ fn feasibility_names_what_exceeds_and_the_fix() {
         &with_budget,
         &tiny_low_rank_plan(),
         true,
-        "round: fits: needs 70.3 kB at runtime of the 0.5 MB the board allows, decodes in \
+        "round: fits: needs 69.5 kB at runtime of the 0.5 MB the board allows, decodes in \
          0.097 ms per token (budget 0.100 ms)",
     );
     let small = round_board("latency_budget_ms_per_token = 0.1");
@@ -339,18 +341,18 @@ fn feasibility_names_what_exceeds_and_the_fix() {
         memory_bytes: 100_000,
         ..small
     };
-    // Budget 50,000 bytes; 92,304 needed.
+    // Budget 50,000 bytes; 91,536 needed.
     check_verdict(
         &small,
         &dense,
         false,
-        "round: the model needs 92.3 kB at runtime but the board allows 50.0 kB (1.8× too \
+        "round: the model needs 91.5 kB at runtime but the board allows 50.0 kB (1.8× too \
          large) and decoding takes 0.111 ms per token but the budget is 0.100 ms (1.1× too \
          slow); choose a larger board or a smaller model",
     );
     let p = predicted(&small, &tiny_config(), &dense, Dtype::F32, None);
     let verdict = feasibility(&small, &p);
-    assert_eq!(verdict.memory_excess_bytes, 42_304);
+    assert_eq!(verdict.memory_excess_bytes, 41_536);
     assert!((verdict.latency_excess_ms - 0.011_392).abs() < 1e-9);
 }
 
@@ -590,8 +592,8 @@ fn the_context_is_capped_at_the_models_limit() {
     };
     let p = predicted(&board, &tiny_config(), &[None; 14], Dtype::F32, None);
     assert_eq!(p.context_length, 64);
-    // 2 · 16 · 64 · (4 + 2).
-    assert_eq!(p.kv_cache_bytes, 12_288);
+    // 2 · 64 · (16 · (2 + 2) + 2 · 4).
+    assert_eq!(p.kv_cache_bytes, 9_216);
 }
 
 #[test]
@@ -904,7 +906,7 @@ fn a_decode_step_streams_at_the_rate_of_its_working_set() {
     };
     let (flat, bytes) = decode_ms("");
     // The step's working set: its weights and the blocks' keys and values at the context.
-    let kv = config.n_layers * config.kv_dim() * 16 * (4 + 2);
+    let kv = config.n_layers * 16 * (config.kv_dim() * (2 + 2) + config.n_kv_heads * 4);
     let working_set = bytes + kv as u64;
     let point = |bytes: u64, rate: f64| {
         format!(

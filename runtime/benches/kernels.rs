@@ -294,7 +294,7 @@ const ATTENTION_POSITIONS: usize = 300;
 
 /// One decode token's attention in all 30 blocks of SmolLM2-135M (9 query heads over 3
 /// key/value heads of 64, `ATTENTION_POSITIONS` cached positions), each key/value head's group
-/// of three query heads one `Kernels::attend`; the caches (30 × 230 KB of f32 keys and 115 KB of
+/// of three query heads one `Kernels::attend`; the caches (30 × 115 KB of 16-bit keys and as much of
 /// f16 values) are read as decode reads them.
 fn attention(implementations: &[(String, &dyn Kernels)], min_time: Duration, rounds: usize) {
     const BLOCKS: usize = 30;
@@ -304,7 +304,20 @@ fn attention(implementations: &[(String, &dyn Kernels)], min_time: Duration, rou
     const GROUP: usize = HEADS / KV_HEADS;
     let kv_dim = KV_HEADS * HEAD_DIM;
     let cache_len = ATTENTION_POSITIONS * kv_dim;
-    let keys = values(BLOCKS * cache_len, 5);
+    let mut keys = vec![0i16; BLOCKS * cache_len];
+    let key_scales: Vec<f32> = values(BLOCKS * cache_len, 5)
+        .chunks_exact(HEAD_DIM)
+        .zip(keys.chunks_exact_mut(HEAD_DIM))
+        .map(|(key, rounded)| whittle_runtime::kernels::round_key(key, rounded))
+        .collect();
+    // By block, key/value head, then position, as the model keeps them.
+    let key_scales: Vec<f32> = (0..BLOCKS * KV_HEADS * ATTENTION_POSITIONS)
+        .map(|i| {
+            let (block_head, position) = (i / ATTENTION_POSITIONS, i % ATTENTION_POSITIONS);
+            let (block, kv_head) = (block_head / KV_HEADS, block_head % KV_HEADS);
+            key_scales[(block * ATTENTION_POSITIONS + position) * KV_HEADS + kv_head]
+        })
+        .collect();
     let cache_values: Vec<u16> = values(BLOCKS * cache_len, 6)
         .into_iter()
         .map(whittle_runtime::kernels::to_f16)
@@ -324,6 +337,8 @@ fn attention(implementations: &[(String, &dyn Kernels)], min_time: Duration, rou
                         q: &q[group..group + GROUP * HEAD_DIM],
                         head_dim: HEAD_DIM,
                         keys: &keys[kv..],
+                        key_scales: &key_scales
+                            [(block * KV_HEADS + kv_head) * ATTENTION_POSITIONS..],
                         values: &cache_values[kv..],
                         stride: kv_dim,
                         positions: ATTENTION_POSITIONS,

@@ -9,7 +9,7 @@ use crate::config::{Activation, MatrixKind, ModelConfig};
 use crate::error::Error;
 use crate::format::{HeadRef, LayerRef};
 use crate::kernels::math::{dot, merge_attention};
-use crate::kernels::{AttentionHead, Kernels, SharedProduct, from_f16, to_f16};
+use crate::kernels::{AttentionHead, Kernels, SharedProduct, from_f16, round_key, to_f16};
 
 /// The shortest prefill chunk (tokens run through the blocks together): the chunk is a quarter
 /// of the context, between this and [`MAX_PREFILL_CHUNK`] (and never more than the context).
@@ -28,13 +28,14 @@ pub fn prefill_chunk(context: usize) -> usize {
         .max(1)
 }
 
-/// Sizes, in values, of the arena's regions for one bundle and context length: f16 for the
-/// cached values, f32 for the rest.
+/// Sizes, in values, of the arena's regions for one bundle and context length: 16 bits for
+/// the cached keys and values, f32 for the rest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Layout {
     context: usize,
     chunk: usize,
     kv_cache: usize,
+    key_scales: usize,
     hidden_rows: usize,
     q_rows: usize,
     kv_rows: usize,
@@ -58,6 +59,7 @@ impl Layout {
             context,
             chunk,
             kv_cache: config.n_layers * context * config.kv_dim(),
+            key_scales: config.n_layers * config.n_kv_heads * context,
             hidden_rows: chunk * config.hidden_size,
             q_rows: chunk * config.q_dim(),
             kv_rows: chunk * config.kv_dim(),
@@ -74,10 +76,11 @@ impl Layout {
         }
     }
 
-    /// The arena's size in f32 values (the f16 values' cache rounded up to whole ones).
+    /// The arena's size in f32 values (the 16-bit keys' and values' caches each rounded up to
+    /// whole ones).
     fn total_f32(&self) -> usize {
-        self.kv_cache
-            + self.kv_cache.div_ceil(2)
+        2 * self.kv_cache.div_ceil(2)
+            + self.key_scales
             + 3 * self.hidden_rows
             + 2 * self.q_rows
             + 2 * self.kv_rows
@@ -106,21 +109,28 @@ fn take<'b>(rest: &mut &'b mut [f32], n: usize) -> Result<&'b mut [f32], Error> 
     Ok(head)
 }
 
-/// `n` f16 values (as bits) from the front of `rest`.
-fn take_f16<'b>(rest: &mut &'b mut [f32], n: usize) -> Result<&'b mut [u16], Error> {
-    let halves: &mut [u16] = bytemuck::cast_slice_mut(take(rest, n.div_ceil(2))?);
+/// `n` 16-bit values (f16 bits or integers) from the front of `rest`.
+fn take_halves<'b, T: bytemuck::Pod>(
+    rest: &mut &'b mut [f32],
+    n: usize,
+) -> Result<&'b mut [T], Error> {
+    let halves: &mut [T] = bytemuck::cast_slice_mut(take(rest, n.div_ceil(2))?);
     halves.get_mut(..n).ok_or(Error::BadShape)
 }
 
 /// Working buffers carved from the arena.
 #[derive(Debug)]
 struct Buffers<'b> {
-    /// Keys of every layer and position (`n_layers × context × kv_dim`).
-    k_cache: &'b mut [f32],
+    /// Keys of every layer and position (`n_layers × context × kv_dim`), each key head's
+    /// rounded to 16-bit integers ([`round_key`]): a key moves every score inside the
+    /// softmax's exponent, where f16's 2⁻¹¹ is too coarse.
+    k_cache: &'b mut [i16],
+    /// The keys' scales, one per layer, key/value head and position, in that order
+    /// (`n_layers × n_kv_heads × context`; [`scale_index`]).
+    k_scales: &'b mut [f32],
     /// Values, laid out as the keys (a block keeping fewer value dimensions leaves the rest of
     /// each position's `kv_dim` unused), f16 bits: attention's weighted sum of them is linear,
-    /// so their rounding moves its output by at most 2⁻¹¹ of its size; the keys stay f32,
-    /// since theirs would move every score inside the softmax's exponent.
+    /// so their rounding moves its output by at most 2⁻¹¹ of its size.
     v_cache: &'b mut [u16],
     x: &'b mut [f32],
     normed: &'b mut [f32],
@@ -174,8 +184,9 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         let mut rest: &mut [f32] =
             bytemuck::try_cast_slice_mut(arena).map_err(|_| Error::MisalignedArena)?;
         let buffers = Buffers {
-            k_cache: take(&mut rest, layout.kv_cache)?,
-            v_cache: take_f16(&mut rest, layout.kv_cache)?,
+            k_cache: take_halves(&mut rest, layout.kv_cache)?,
+            k_scales: take(&mut rest, layout.key_scales)?,
+            v_cache: take_halves(&mut rest, layout.kv_cache)?,
             x: take(&mut rest, layout.hidden_rows)?,
             normed: take(&mut rest, layout.hidden_rows)?,
             q: take(&mut rest, layout.q_rows)?,
@@ -229,13 +240,22 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             return Err(Error::InputTooLong);
         }
         let per_layer = len * kv_dim;
+        let context = self.layout.context;
         let b = &mut self.buffers;
         for layer in 0..config.n_layers {
-            let at = layer * self.layout.context * kv_dim;
-            copy(
-                prefix.keys.get(layer * per_layer..(layer + 1) * per_layer),
-                b.k_cache.get_mut(at..at + per_layer),
-            );
+            let at = layer * context * kv_dim;
+            for t in 0..len {
+                let key = prefix
+                    .keys
+                    .get(layer * per_layer + t * kv_dim..)
+                    .unwrap_or(&[]);
+                let slot = CacheSlot {
+                    layer,
+                    position: t,
+                    context,
+                };
+                store_key(config, key, b.k_cache, b.k_scales, slot);
+            }
             store_f16(
                 prefix
                     .values
@@ -249,8 +269,8 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
 
     /// Writes the keys and values of the first `len` cached positions, layer-major
     /// (`n_layers × len × kv_dim` values each, a position's unused value lanes zero): what a
-    /// packer stores as the prompt prefix (the values widened from the cache's f16, so that
-    /// loading them gives the same cache).
+    /// packer stores as the prompt prefix (the keys and values as the cache holds them, so
+    /// that loading them gives the same cache).
     pub fn cached_keys_values(
         &self,
         len: usize,
@@ -270,11 +290,14 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             let value_dim = config.n_kv_heads * self.bundle.block_widths(layer)?.value;
             let at = layer * self.layout.context * kv_dim;
             let out = layer * per_layer;
-            copy(
-                self.buffers.k_cache.get(at..at + per_layer),
-                keys.get_mut(out..out + per_layer),
-            );
             for t in 0..len {
+                let slot = CacheSlot {
+                    layer,
+                    position: t,
+                    context: self.layout.context,
+                };
+                let key = keys.get_mut(out + t * kv_dim..).unwrap_or(&mut []);
+                load_key(config, &self.buffers, key, slot);
                 let slot = out + t * kv_dim;
                 let (kept, rest) = values
                     .get_mut(slot..slot + kv_dim)
@@ -534,10 +557,13 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         let layer_cache = layer_idx * self.layout.context * kv_dim;
         for t in 0..n {
             let at = layer_cache + (self.position + t) * kv_dim;
-            copy(
-                b.k.get(t * kv_dim..(t + 1) * kv_dim),
-                b.k_cache.get_mut(at..at + kv_dim),
-            );
+            let slot = CacheSlot {
+                layer: layer_idx,
+                position: self.position + t,
+                context: self.layout.context,
+            };
+            let key = b.k.get(t * kv_dim..).unwrap_or(&[]);
+            store_key(config, key, b.k_cache, b.k_scales, slot);
             store_f16(
                 b.v.get(t * value_dim..(t + 1) * value_dim),
                 b.v_cache.get_mut(at..at + value_dim),
@@ -548,7 +574,8 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             false => 0,
         };
         let span = Span {
-            layer_cache,
+            layer: layer_idx,
+            context: self.layout.context,
             start: self.position,
             n,
             window,
@@ -576,7 +603,8 @@ fn rope_tables(config: &ModelConfig) -> usize {
 /// its sliding window (0: none; a query sees the keys of its last `window` positions).
 #[derive(Clone, Copy)]
 struct Span {
-    layer_cache: usize,
+    layer: usize,
+    context: usize,
     start: usize,
     n: usize,
     window: usize,
@@ -629,15 +657,17 @@ fn attention<K: Kernels>(
     span: Span,
 ) {
     let Span {
-        layer_cache,
+        layer,
+        context,
         start,
         n,
         window,
     } = span;
+    let layer_cache = layer * context * config.kv_dim();
     let (kv_dim, head_dim, n_kv_heads) = (config.kv_dim(), config.head_dim(), config.n_kv_heads);
     let n_rep = config.n_heads / n_kv_heads;
     let scale = 1.0 / libm::sqrtf(head_dim as f32);
-    let (q, k_cache, v_cache) = (&*b.q, &*b.k_cache, &*b.v_cache);
+    let (q, k_cache, k_scales, v_cache) = (&*b.q, &*b.k_cache, &*b.k_scales, &*b.v_cache);
     // The positions token `t` attends to: from `first(t)` to its own.
     let first = |t: usize| match window {
         0 => 0,
@@ -667,10 +697,18 @@ fn attention<K: Kernels>(
         let hi = from + (part + 1) * positions / splits;
         let cache = layer_cache + lo * kv_dim;
         let kv_head = group % n_kv_heads;
+        let slot = CacheSlot {
+            layer,
+            position: lo,
+            context,
+        };
         AttentionHead {
             q: q.get(group * group_q..(group + 1) * group_q).unwrap_or(&[]),
             head_dim,
             keys: k_cache.get(cache + kv_head * head_dim..).unwrap_or(&[]),
+            key_scales: k_scales
+                .get(slot.scale_index(n_kv_heads, kv_head)..)
+                .unwrap_or(&[]),
             values: v_cache.get(cache + kv_head * value..).unwrap_or(&[]),
             stride: kv_dim,
             positions: hi - lo,
@@ -702,9 +740,64 @@ fn attention<K: Kernels>(
     }
 }
 
-fn copy(from: Option<&[f32]>, to: Option<&mut [f32]>) {
-    if let (Some(from), Some(to)) = (from, to) {
-        to.iter_mut().zip(from).for_each(|(t, f)| *t = *f);
+/// A position of one layer's cache.
+#[derive(Clone, Copy)]
+struct CacheSlot {
+    layer: usize,
+    position: usize,
+    context: usize,
+}
+
+impl CacheSlot {
+    /// Where the scale of key/value head `kv_head`'s key lies in the cache's scales: by
+    /// layer, head, then position, so a head's positions are consecutive.
+    fn scale_index(self, n_kv_heads: usize, kv_head: usize) -> usize {
+        (self.layer * n_kv_heads + kv_head) * self.context + self.position
+    }
+}
+
+/// One position's key (`kv_dim` values from the front of `key`) rounded into the cache, a
+/// scale per key/value head.
+fn store_key(
+    config: &ModelConfig,
+    key: &[f32],
+    cache: &mut [i16],
+    scales: &mut [f32],
+    slot: CacheSlot,
+) {
+    let (kv_dim, head_dim) = (config.kv_dim(), config.head_dim());
+    let at = (slot.layer * slot.context + slot.position) * kv_dim;
+    let heads = key.chunks_exact(head_dim.max(1)).take(config.n_kv_heads);
+    for (kv_head, key) in heads.enumerate() {
+        let from = at + kv_head * head_dim;
+        let (Some(out), Some(scale)) = (
+            cache.get_mut(from..from + head_dim),
+            scales.get_mut(slot.scale_index(config.n_kv_heads, kv_head)),
+        ) else {
+            return;
+        };
+        *scale = round_key(key, out);
+    }
+}
+
+/// One cached position's key, as f32, into the front of `key` (`kv_dim` values).
+fn load_key(config: &ModelConfig, b: &Buffers<'_>, key: &mut [f32], slot: CacheSlot) {
+    let (kv_dim, head_dim) = (config.kv_dim(), config.head_dim());
+    let at = (slot.layer * slot.context + slot.position) * kv_dim;
+    let heads = key
+        .chunks_exact_mut(head_dim.max(1))
+        .take(config.n_kv_heads);
+    for (kv_head, key) in heads.enumerate() {
+        let from = at + kv_head * head_dim;
+        let cached = b.k_cache.get(from..from + head_dim).unwrap_or(&[]);
+        let scale = b
+            .k_scales
+            .get(slot.scale_index(config.n_kv_heads, kv_head))
+            .copied()
+            .unwrap_or(0.0);
+        key.iter_mut()
+            .zip(cached)
+            .for_each(|(k, &q)| *k = scale * f32::from(q));
     }
 }
 

@@ -5,17 +5,21 @@
 
 /// The attention of the query heads that share one key/value head (grouped-query attention)
 /// over the cached positions `0..positions`: position `j`'s key is
-/// `keys[j · stride ..][.. head_dim]`, its value `values[j · stride ..][.. width]`, read once
-/// for all the group's queries. Keys are f32; values are IEEE binary16 bits ([`to_f16`],
-/// [`from_f16`]), as the KV cache keeps them.
+/// `key_scales[j] · keys[j · stride ..][.. head_dim]`, its value
+/// `values[j · stride ..][.. width]`, read once for all the group's queries. Keys are 16-bit
+/// integers with a scale per position ([`round_key`]); values are IEEE binary16 bits
+/// ([`to_f16`], [`from_f16`]), as the KV cache keeps them.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionHead<'a> {
     /// The group's (rotated) queries, `head_dim` values each, one after the other.
     pub q: &'a [f32],
     /// Values of a query and of a key.
     pub head_dim: usize,
-    /// Keys of the key/value head, from position 0, `stride` apart.
-    pub keys: &'a [f32],
+    /// Keys of the key/value head, from position 0, `stride` apart, as [`round_key`] rounds
+    /// them.
+    pub keys: &'a [i16],
+    /// Each position's key scale, from position 0, one after the other.
+    pub key_scales: &'a [f32],
     /// Values of the same head, `stride` apart as the keys; each is as long as an output
     /// (`head_dim`, or fewer when the block keeps fewer value dimensions); f16 bits.
     pub values: &'a [u16],
@@ -34,8 +38,8 @@ impl AttentionHead<'_> {
     }
 
     /// Positions the call attends to: `positions`, at most what `scores` holds for every
-    /// query, and those whose key (`head_dim` values) and value (`width`) lie inside the
-    /// slices.
+    /// query, and those whose key (`head_dim` values and a scale) and value (`width`) lie
+    /// inside the slices.
     pub(crate) fn fitting_positions(&self, scores: usize, width: usize) -> usize {
         let fitting = |total: usize, len: usize| match total.checked_sub(len) {
             None => 0,
@@ -44,6 +48,7 @@ impl AttentionHead<'_> {
         };
         self.positions
             .min(scores.checked_div(self.queries()).unwrap_or(0))
+            .min(self.key_scales.len())
             .min(fitting(self.keys.len(), self.head_dim))
             .min(fitting(self.values.len(), width))
     }
@@ -74,7 +79,8 @@ pub(crate) fn attend(
         for (j, score) in scores.iter_mut().enumerate() {
             let at = j * head.stride;
             let key = head.keys.get(at..at + head_dim).unwrap_or(&[]);
-            *score = dot(q, key) * head.scale;
+            let key_scale = head.key_scales.get(j).copied().unwrap_or(0.0);
+            *score = dot(q, key) * key_scale * head.scale;
             max = max.max(*score);
         }
         scores
@@ -94,6 +100,39 @@ pub(crate) fn attend(
             }
         }
     }
+}
+
+/// `key` rounded to 16-bit integers into `out` (as many as both hold), with one scale,
+/// `max |k| / 32767`, which it returns: the key is `scale · out`. The relative error of its
+/// largest lanes is below 2⁻¹⁵, where an f16 key's is 2⁻¹¹ (too coarse: a key moves every score
+/// inside the softmax's exponent, and f16 keys cost the SST-2 answer its parity). A NaN counts
+/// as 0 and an infinity as the largest finite f32; a key of zeros or subnormals gives zeros and
+/// scale 0. Branchless per lane, so the rounding vectorizes.
+#[inline(always)]
+pub fn round_key(key: &[f32], out: &mut [i16]) -> f32 {
+    const LARGEST: f32 = 32_767.0;
+    // Adding 1.5·2²³ rounds to the nearest integer, which lands in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    const ROUND_BITS: u32 = 0x4B40_0000;
+    let finite = |x: f32| {
+        if x.is_nan() {
+            0.0
+        } else {
+            x.clamp(-f32::MAX, f32::MAX)
+        }
+    };
+    let max = key.iter().fold(0.0f32, |m, &x| m.max(finite(x).abs()));
+    if max < f32::MIN_POSITIVE {
+        out.iter_mut().for_each(|o| *o = 0);
+        return 0.0;
+    }
+    let inverse = LARGEST / max;
+    for (o, &x) in out.iter_mut().zip(key) {
+        // |x · inverse| ≤ 32767 (and a rounding above it stays below 32767.5).
+        let rounded = finite(x) * inverse + ROUND;
+        *o = rounded.to_bits().wrapping_sub(ROUND_BITS) as i16;
+    }
+    max / LARGEST
 }
 
 /// The f32 value of IEEE binary16 bits, without a branch (so loops over it vectorize): the
@@ -191,19 +230,19 @@ pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// `Σ a[i]·b[i]` with eight independent partial sums, so the compiler vectorizes it (a single
+/// `Σ a[i]·b[i]` (`b` f32, or a cached key's integers) with eight independent partial sums, so the compiler vectorizes it (a single
 /// running sum is a chain of dependent additions).
 #[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot<T: Copy + Into<f32>>(a: &[f32], b: &[T]) -> f32 {
     let (a8, a_tail) = a.as_chunks::<8>();
     let (b8, b_tail) = b.as_chunks::<8>();
     let mut acc = [0.0f32; 8];
     for (x, y) in a8.iter().zip(b8) {
         for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
+            *s += x * y.into();
         }
     }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(&x, &y)| x * y.into()).sum();
     acc.iter().sum::<f32>() + tail
 }
 

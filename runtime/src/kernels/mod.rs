@@ -31,7 +31,7 @@ mod x86_64;
 
 #[cfg(target_arch = "aarch64")]
 pub use aarch64::{Neon, NeonDot};
-pub use math::{AttentionHead, from_f16, to_f16};
+pub use math::{AttentionHead, from_f16, round_key, to_f16};
 pub use portable::Portable;
 pub use select::{AnyKernels, available, best};
 #[cfg(any(test, feature = "std"))]
@@ -392,8 +392,9 @@ pub trait Kernels: Sync {
 /// whenever a kernel's speed does, so that a `host` profile measured with older kernels can be
 /// told apart and measured again. 1: the kernels of bundle format 7; 2: q8 decode on AVX-512
 /// VNNI and AVX-512's q8 and q4 prefill packing through bytes; 3: q8 and q4 prefill on
-/// AVX-512 VNNI; 4: AVX-512 attention; 5: the KV cache's values in f16.
-pub const REVISION: u32 = 5;
+/// AVX-512 VNNI; 4: AVX-512 attention; 5: the KV cache's values in f16; 6: its keys in 16-bit
+/// integers, and a vectorized `exp`.
+pub const REVISION: u32 = 6;
 
 /// Products of fewer tokens than this run as one row dot product per token (decode); from
 /// this many, as blocked matrix–matrix products (prefill). See

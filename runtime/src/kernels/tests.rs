@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::{
     AttentionHead, DECODE_BELOW_TOKENS, F32Matrix, Kernels, Portable, Q4_BLOCK_BYTES, Q4Matrix,
     Q8_BLOCK, Q8Matrix, SharedProduct, Threaded, Weight, from_f16, q4_pair, q8_blocks_per_row,
-    to_f16,
+    round_key, to_f16,
 };
 
 const SENTINEL: f32 = 12345.0;
@@ -455,13 +455,15 @@ fn check_attention(kernel: &dyn Kernels, shape: AttentionShape) {
         stride,
         positions,
     } = shape;
-    let (q, keys, cache_values) = shape.inputs();
+    let inputs = shape.inputs();
+    let (q, cache_values) = (&inputs.q, &inputs.values);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let head = AttentionHead {
-        q: &q,
+        q,
         head_dim,
-        keys: &keys,
-        values: &cache_values,
+        keys: &inputs.keys,
+        key_scales: &inputs.key_scales,
+        values: cache_values,
         stride,
         positions,
         scale,
@@ -471,9 +473,9 @@ fn check_attention(kernel: &dyn Kernels, shape: AttentionShape) {
         let q = &q[query * head_dim..(query + 1) * head_dim];
         let logits: Vec<f64> = (0..positions)
             .map(|j| {
-                let key = &keys[j * stride..j * stride + head_dim];
+                let key = inputs.key(j, stride, head_dim);
                 q.iter()
-                    .zip(key)
+                    .zip(&key)
                     .map(|(&a, &b)| f64::from(a) * f64::from(b))
                     .sum::<f64>()
                     * f64::from(scale)
@@ -526,12 +528,13 @@ fn check_split_attention(kernel: &dyn Kernels, shape: AttentionShape, split: usi
         stride,
         positions,
     } = shape;
-    let (q, keys, cache_values) = shape.inputs();
+    let inputs = shape.inputs();
     let head = |from: usize, to: usize| AttentionHead {
-        q: &q,
+        q: &inputs.q,
         head_dim,
-        keys: keys.get(from * stride..).unwrap_or_default(),
-        values: cache_values.get(from * stride..).unwrap_or_default(),
+        keys: inputs.keys.get(from * stride..).unwrap_or_default(),
+        key_scales: inputs.key_scales.get(from..).unwrap_or_default(),
+        values: inputs.values.get(from * stride..).unwrap_or_default(),
         stride,
         positions: to - from,
         scale: 0.3,
@@ -588,6 +591,42 @@ fn the_caches_f16_conversions_are_exact_and_finite() {
     assert_eq!(to_f16(1.0 + 2f32.powi(-11)), half::f16::ONE.to_bits());
 }
 
+#[test]
+fn keys_round_to_sixteen_bits_within_half_a_step() {
+    let key: Vec<f32> = values(41, 64)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * if i == 7 { 300.0 } else { 2.0 })
+        .collect();
+    let mut rounded = vec![0i16; 64];
+    let scale = round_key(&key, &mut rounded);
+    let max = key.iter().fold(0.0f32, |m, k| m.max(k.abs()));
+    assert!((scale - max / 32_767.0).abs() <= f32::EPSILON * scale);
+    assert_eq!(
+        rounded[7].unsigned_abs(),
+        32_767,
+        "the largest lane uses the whole range"
+    );
+    for (&k, &q) in key.iter().zip(&rounded) {
+        let error = (f64::from(scale) * f64::from(q) - f64::from(k)).abs();
+        assert!(error <= 0.5001 * f64::from(scale), "{k}: {q} · {scale}");
+    }
+    // Rounding what the cache holds again gives the same integers and scale (a stored prompt
+    // prefix is the cache's keys as f32).
+    let back: Vec<f32> = rounded.iter().map(|&q| scale * f32::from(q)).collect();
+    let mut again = vec![0i16; 64];
+    let scale_again = round_key(&back, &mut again);
+    assert_eq!(again, rounded);
+    assert!((scale_again - scale).abs() <= f32::EPSILON * scale);
+    // Zeros, subnormals, NaNs and infinities give finite keys.
+    let mut out = [1i16; 3];
+    assert_eq!(round_key(&[0.0, -0.0, 1e-40], &mut out), 0.0);
+    assert_eq!(out, [0; 3]);
+    let scale = round_key(&[f32::NAN, f32::INFINITY, -1.0], &mut out);
+    assert!(scale.is_finite() && scale > 0.0);
+    assert_eq!(out, [0, 32_767, 0]);
+}
+
 /// A group of query heads over a key/value head's cached positions.
 #[derive(Clone, Copy, Debug)]
 struct AttentionShape {
@@ -602,17 +641,51 @@ impl AttentionShape {
     /// Queries (times four, so that the softmax is not flat), keys and values, seeded by the
     /// shape.
     /// The values are f16 bits, as the cache keeps them.
-    fn inputs(&self) -> (Vec<f32>, Vec<f32>, Vec<u16>) {
+    /// The queries, the cache's keys as [`round_key`] rounds them with their scales (each
+    /// position's keys at a different magnitude), and its values as f16 bits.
+    fn inputs(&self) -> AttentionInputs {
         let seed = (self.queries * 100_000 + self.head_dim * 1000 + self.positions) as u64;
         let cache = self.positions * self.stride;
-        (
-            values(seed, self.queries * self.head_dim)
+        let raw = values(seed + 1, cache);
+        let mut keys = vec![0i16; cache];
+        let key_scales = (0..self.positions)
+            .map(|j| {
+                let at = j * self.stride;
+                let magnitude = 0.5 + (j % 7) as f32;
+                let key: Vec<f32> = raw[at..at + self.head_dim]
+                    .iter()
+                    .map(|k| k * magnitude)
+                    .collect();
+                round_key(&key, &mut keys[at..at + self.head_dim])
+            })
+            .collect();
+        AttentionInputs {
+            q: values(seed, self.queries * self.head_dim)
                 .iter()
                 .map(|v| v * 4.0)
                 .collect(),
-            values(seed + 1, cache),
-            values(seed + 2, cache).into_iter().map(to_f16).collect(),
-        )
+            keys,
+            key_scales,
+            values: values(seed + 2, cache).into_iter().map(to_f16).collect(),
+        }
+    }
+}
+
+/// [`AttentionShape::inputs`].
+struct AttentionInputs {
+    q: Vec<f32>,
+    keys: Vec<i16>,
+    key_scales: Vec<f32>,
+    values: Vec<u16>,
+}
+
+impl AttentionInputs {
+    /// Position `j`'s key as f32.
+    fn key(&self, j: usize, stride: usize, head_dim: usize) -> Vec<f32> {
+        self.keys[j * stride..j * stride + head_dim]
+            .iter()
+            .map(|&k| self.key_scales[j] * f32::from(k))
+            .collect()
     }
 }
 

@@ -4,7 +4,8 @@
 //! position, and reads the cache once per query. Here sixteen positions' dot products
 //! accumulate in sixteen registers and are reduced together by a tree of shuffles (three
 //! instructions per pair and level: 46 for sixteen positions where sixteen horizontal sums take
-//! about 130), every query of the group on those sixteen keys while they are in the L1 cache;
+//! about 130), every query of the group on those sixteen keys while they are in the L1 cache
+//! (16-bit integers, widened per query, the position's scale applied to the sum);
 //! the weighted sum of values keeps up to 64 output lanes of up to four queries in registers
 //! across all positions, each value (f16, widened by `vcvtph2ps`) read once for them. The softmax in between is `math`'s,
 //! which vectorizes.
@@ -13,9 +14,10 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m512, __mmask16, _mm256_maskz_loadu_epi16, _mm512_add_ps, _mm512_cvtph_ps, _mm512_fmadd_ps,
-    _mm512_loadu_ps, _mm512_mask_max_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
-    _mm512_mul_ps, _mm512_permutexvar_ps, _mm512_reduce_max_ps, _mm512_set1_ps, _mm512_setr_epi32,
+    __m512, __mmask16, _mm256_loadu_si256, _mm256_maskz_loadu_epi16, _mm512_add_ps,
+    _mm512_cvtepi16_epi32, _mm512_cvtepi32_ps, _mm512_cvtph_ps, _mm512_fmadd_ps, _mm512_loadu_ps,
+    _mm512_mask_max_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps,
+    _mm512_permutexvar_ps, _mm512_reduce_max_ps, _mm512_set1_ps, _mm512_setr_epi32,
     _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps,
 };
 
@@ -144,21 +146,27 @@ unsafe fn scaled_dots<const G: usize>(
     let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); G];
     for start in (0..positions).step_by(LANES) {
         let n = (positions - start).min(LANES);
-        // SAFETY: position `start` lies inside `head.keys`.
-        let keys = unsafe { head.keys.as_ptr().add(start * head.stride) };
+        // SAFETY: position `start` lies inside `head.keys`, the `n` from it inside
+        // `head.key_scales`.
+        let (keys, key_scales) = unsafe {
+            (
+                head.keys.as_ptr().add(start * head.stride),
+                _mm512_maskz_loadu_ps(mask(n), head.key_scales.as_ptr().add(start)),
+            )
+        };
+        let key_scales = _mm512_mul_ps(key_scales, scale);
         for (g, max) in max.iter_mut().enumerate() {
             // SAFETY: query `first + g` lies inside `head.q`; the `n` positions from `start`
-            // have their keys inside `head.keys`. A whole block is its own call so that it
-            // compiles without a branch per position.
+            // have their keys inside `head.keys`.
             let sums = unsafe {
                 let q = head.q.as_ptr().add((first + g) * head.head_dim);
                 if n == LANES {
-                    dots(q, keys, head, LANES)
+                    dots::<true>(q, keys, head, LANES)
                 } else {
-                    dots(q, keys, head, n)
+                    dots::<false>(q, keys, head, n)
                 }
             };
-            let dots = _mm512_mul_ps(sums, scale);
+            let dots = _mm512_mul_ps(sums, key_scales);
             // SAFETY: `n` values from `g · positions + start`, inside `scores`.
             unsafe {
                 _mm512_mask_storeu_ps(
@@ -174,15 +182,23 @@ unsafe fn scaled_dots<const G: usize>(
 }
 
 /// Lane `p` of the result is `q · k_p` for the first `n` positions from `keys` (`head.stride`
-/// apart), the others zero. A chunk of sixteen lanes of the query stays in a register while
-/// the `n` keys' chunks are multiplied into their accumulators.
+/// apart, their integers unscaled), the others zero. A chunk of sixteen lanes of the query
+/// stays in a register while the `n` keys' chunks are widened and multiplied into their
+/// accumulators.
 ///
 /// # Safety
 /// `q` points at `head.head_dim` values, `keys` at `n` positions' keys (`head.head_dim` values
 /// each, `head.stride` apart).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 #[inline]
-unsafe fn dots(q: *const f32, keys: *const f32, head: &AttentionHead<'_>, n: usize) -> __m512 {
+unsafe fn dots<const WHOLE: bool>(
+    q: *const f32,
+    keys: *const i16,
+    head: &AttentionHead<'_>,
+    n: usize,
+) -> __m512 {
+    // A whole block's count is a constant, so its loops unroll and the sums stay in registers.
+    let n = if WHOLE { LANES } else { n };
     let mut acc = [_mm512_setzero_ps(); LANES];
     let mut c = 0;
     while c < head.head_dim {
@@ -192,14 +208,16 @@ unsafe fn dots(q: *const f32, keys: *const f32, head: &AttentionHead<'_>, n: usi
             if c + LANES <= head.head_dim {
                 let q = _mm512_loadu_ps(q.add(c));
                 for acc in acc.iter_mut().take(n) {
-                    *acc = _mm512_fmadd_ps(q, _mm512_loadu_ps(key), *acc);
+                    let k = _mm512_cvtepi16_epi32(_mm256_loadu_si256(key.cast()));
+                    *acc = _mm512_fmadd_ps(q, _mm512_cvtepi32_ps(k), *acc);
                     key = key.wrapping_add(head.stride);
                 }
             } else {
                 let dims = mask(head.head_dim - c);
                 let q = _mm512_maskz_loadu_ps(dims, q.add(c));
                 for acc in acc.iter_mut().take(n) {
-                    *acc = _mm512_fmadd_ps(q, _mm512_maskz_loadu_ps(dims, key), *acc);
+                    let k = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(dims, key));
+                    *acc = _mm512_fmadd_ps(q, _mm512_cvtepi32_ps(k), *acc);
                     key = key.wrapping_add(head.stride);
                 }
             }
