@@ -305,18 +305,11 @@ fn attention(implementations: &[(String, &dyn Kernels)], min_time: Duration, rou
     let kv_dim = KV_HEADS * HEAD_DIM;
     let cache_len = ATTENTION_POSITIONS * kv_dim;
     let mut keys = vec![0i16; BLOCKS * cache_len];
+    // By block, key/value head, then position, as the model keeps them.
     let key_scales: Vec<f32> = values(BLOCKS * cache_len, 5)
         .chunks_exact(HEAD_DIM)
         .zip(keys.chunks_exact_mut(HEAD_DIM))
         .map(|(key, rounded)| whittle_runtime::kernels::round_key(key, rounded))
-        .collect();
-    // By block, key/value head, then position, as the model keeps them.
-    let key_scales: Vec<f32> = (0..BLOCKS * KV_HEADS * ATTENTION_POSITIONS)
-        .map(|i| {
-            let (block_head, position) = (i / ATTENTION_POSITIONS, i % ATTENTION_POSITIONS);
-            let (block, kv_head) = (block_head / KV_HEADS, block_head % KV_HEADS);
-            key_scales[(block * ATTENTION_POSITIONS + position) * KV_HEADS + kv_head]
-        })
         .collect();
     let cache_values: Vec<u16> = values(BLOCKS * cache_len, 6)
         .into_iter()
@@ -329,18 +322,17 @@ fn attention(implementations: &[(String, &dyn Kernels)], min_time: Duration, rou
     for (label, kernel) in implementations {
         let seconds = time_per_call(min_time, rounds, |_| {
             for block in 0..BLOCKS {
-                let cache = block * cache_len;
                 for kv_head in 0..KV_HEADS {
-                    let kv = cache + kv_head * HEAD_DIM;
+                    let head_cache = (block * KV_HEADS + kv_head) * ATTENTION_POSITIONS;
+                    let kv = head_cache * HEAD_DIM;
                     let group = kv_head * GROUP * HEAD_DIM;
                     let head = AttentionHead {
                         q: &q[group..group + GROUP * HEAD_DIM],
                         head_dim: HEAD_DIM,
                         keys: &keys[kv..],
-                        key_scales: &key_scales
-                            [(block * KV_HEADS + kv_head) * ATTENTION_POSITIONS..],
+                        key_scales: &key_scales[head_cache..],
                         values: &cache_values[kv..],
-                        stride: kv_dim,
+                        stride: HEAD_DIM,
                         positions: ATTENTION_POSITIONS,
                         scale: 0.125,
                     };

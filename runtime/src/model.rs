@@ -121,16 +121,16 @@ fn take_halves<'b, T: bytemuck::Pod>(
 /// Working buffers carved from the arena.
 #[derive(Debug)]
 struct Buffers<'b> {
-    /// Keys of every layer and position (`n_layers × context × kv_dim`), each key head's
+    /// Keys by layer, key/value head and position (`n_layers × n_kv_heads × context ×
+    /// head_dim`, [`CacheSlot::index`]: one contiguous stream per head for attention), each
     /// rounded to 16-bit integers ([`round_key`]): a key moves every score inside the
     /// softmax's exponent, where f16's 2⁻¹¹ is too coarse.
     k_cache: &'b mut [i16],
-    /// The keys' scales, one per layer, key/value head and position, in that order
-    /// (`n_layers × n_kv_heads × context`; [`scale_index`]).
+    /// The keys' scales, one per layer, key/value head and position, in the same order.
     k_scales: &'b mut [f32],
     /// Values, laid out as the keys (a block keeping fewer value dimensions leaves the rest of
-    /// each position's `kv_dim` unused), f16 bits: attention's weighted sum of them is linear,
-    /// so their rounding moves its output by at most 2⁻¹¹ of its size.
+    /// each position's `head_dim` unused), f16 bits: attention's weighted sum of them is
+    /// linear, so their rounding moves its output by at most 2⁻¹¹ of its size.
     v_cache: &'b mut [u16],
     x: &'b mut [f32],
     normed: &'b mut [f32],
@@ -243,25 +243,19 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         let context = self.layout.context;
         let b = &mut self.buffers;
         for layer in 0..config.n_layers {
-            let at = layer * context * kv_dim;
+            let value = self.bundle.block_widths(layer)?.value;
             for t in 0..len {
-                let key = prefix
-                    .keys
-                    .get(layer * per_layer + t * kv_dim..)
-                    .unwrap_or(&[]);
+                let at = layer * per_layer + t * kv_dim;
                 let slot = CacheSlot {
                     layer,
                     position: t,
                     context,
                 };
+                let key = prefix.keys.get(at..).unwrap_or(&[]);
                 store_key(config, key, b.k_cache, b.k_scales, slot);
+                let values = prefix.values.get(at..).unwrap_or(&[]);
+                store_values(config, value, values, b.v_cache, slot);
             }
-            store_f16(
-                prefix
-                    .values
-                    .get(layer * per_layer..(layer + 1) * per_layer),
-                b.v_cache.get_mut(at..at + per_layer),
-            );
         }
         self.position = len;
         Ok(len)
@@ -287,29 +281,19 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             return Err(Error::BadShape);
         }
         for layer in 0..config.n_layers {
-            let value_dim = config.n_kv_heads * self.bundle.block_widths(layer)?.value;
-            let at = layer * self.layout.context * kv_dim;
-            let out = layer * per_layer;
+            let value = self.bundle.block_widths(layer)?.value;
             for t in 0..len {
+                let at = layer * per_layer + t * kv_dim;
                 let slot = CacheSlot {
                     layer,
                     position: t,
                     context: self.layout.context,
                 };
-                let key = keys.get_mut(out + t * kv_dim..).unwrap_or(&mut []);
+                let key = keys.get_mut(at..).unwrap_or(&mut []);
                 load_key(config, &self.buffers, key, slot);
-                let slot = out + t * kv_dim;
-                let (kept, rest) = values
-                    .get_mut(slot..slot + kv_dim)
-                    .unwrap_or(&mut [])
-                    .split_at_mut(value_dim.min(kv_dim));
-                load_f16(
-                    self.buffers
-                        .v_cache
-                        .get(at + t * kv_dim..at + t * kv_dim + value_dim),
-                    Some(kept),
-                );
-                rest.iter_mut().for_each(|v| *v = 0.0);
+                let position = values.get_mut(at..at + kv_dim).unwrap_or(&mut []);
+                position.iter_mut().for_each(|v| *v = 0.0);
+                load_values(config, value, &self.buffers, position, slot);
             }
         }
         Ok(())
@@ -481,7 +465,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
     }
 
     /// The attention sub-block of a block of `widths`: its key/value heads keep `value`
-    /// dimensions each (the values of a position sit at the start of its `kv_dim` slot in the
+    /// dimensions each (a head's values of a position sit at the start of its `head_dim` slot in the
     /// cache) and its query/key heads `pairs` rotary pairs each (spread back to whole heads
     /// with zeros in the dropped pairs before the rotation).
     fn attention_block<'w>(
@@ -554,9 +538,7 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         };
         rotate(b.q, rope, n, q_dim, head_dim);
         rotate(b.k, rope, n, kv_dim, head_dim);
-        let layer_cache = layer_idx * self.layout.context * kv_dim;
         for t in 0..n {
-            let at = layer_cache + (self.position + t) * kv_dim;
             let slot = CacheSlot {
                 layer: layer_idx,
                 position: self.position + t,
@@ -564,10 +546,8 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             };
             let key = b.k.get(t * kv_dim..).unwrap_or(&[]);
             store_key(config, key, b.k_cache, b.k_scales, slot);
-            store_f16(
-                b.v.get(t * value_dim..(t + 1) * value_dim),
-                b.v_cache.get_mut(at..at + value_dim),
-            );
+            let values = b.v.get(t * value_dim..).unwrap_or(&[]);
+            store_values(config, value, values, b.v_cache, slot);
         }
         let window = match local {
             true => config.arch.sliding_window,
@@ -663,8 +643,7 @@ fn attention<K: Kernels>(
         n,
         window,
     } = span;
-    let layer_cache = layer * context * config.kv_dim();
-    let (kv_dim, head_dim, n_kv_heads) = (config.kv_dim(), config.head_dim(), config.n_kv_heads);
+    let (head_dim, n_kv_heads) = (config.head_dim(), config.n_kv_heads);
     let n_rep = config.n_heads / n_kv_heads;
     let scale = 1.0 / libm::sqrtf(head_dim as f32);
     let (q, k_cache, k_scales, v_cache) = (&*b.q, &*b.k_cache, &*b.k_scales, &*b.v_cache);
@@ -695,22 +674,20 @@ fn attention<K: Kernels>(
         let positions = to - from;
         let lo = from + part * positions / splits;
         let hi = from + (part + 1) * positions / splits;
-        let cache = layer_cache + lo * kv_dim;
         let kv_head = group % n_kv_heads;
         let slot = CacheSlot {
             layer,
             position: lo,
             context,
         };
+        let at = slot.index(n_kv_heads, kv_head);
         AttentionHead {
             q: q.get(group * group_q..(group + 1) * group_q).unwrap_or(&[]),
             head_dim,
-            keys: k_cache.get(cache + kv_head * head_dim..).unwrap_or(&[]),
-            key_scales: k_scales
-                .get(slot.scale_index(n_kv_heads, kv_head)..)
-                .unwrap_or(&[]),
-            values: v_cache.get(cache + kv_head * value..).unwrap_or(&[]),
-            stride: kv_dim,
+            keys: k_cache.get(at * head_dim..).unwrap_or(&[]),
+            key_scales: k_scales.get(at..).unwrap_or(&[]),
+            values: v_cache.get(at * head_dim..).unwrap_or(&[]),
+            stride: head_dim,
             positions: hi - lo,
             scale,
         }
@@ -749,9 +726,10 @@ struct CacheSlot {
 }
 
 impl CacheSlot {
-    /// Where the scale of key/value head `kv_head`'s key lies in the cache's scales: by
-    /// layer, head, then position, so a head's positions are consecutive.
-    fn scale_index(self, n_kv_heads: usize, kv_head: usize) -> usize {
+    /// Where key/value head `kv_head`'s entry for this position lies in the cache: by layer,
+    /// head, then position, so a head's positions are consecutive (one stream for attention
+    /// to read). Its scale is at this index, its key and value at this index times `head_dim`.
+    fn index(self, n_kv_heads: usize, kv_head: usize) -> usize {
         (self.layer * n_kv_heads + kv_head) * self.context + self.position
     }
 }
@@ -765,14 +743,13 @@ fn store_key(
     scales: &mut [f32],
     slot: CacheSlot,
 ) {
-    let (kv_dim, head_dim) = (config.kv_dim(), config.head_dim());
-    let at = (slot.layer * slot.context + slot.position) * kv_dim;
+    let head_dim = config.head_dim();
     let heads = key.chunks_exact(head_dim.max(1)).take(config.n_kv_heads);
     for (kv_head, key) in heads.enumerate() {
-        let from = at + kv_head * head_dim;
+        let from = slot.index(config.n_kv_heads, kv_head) * head_dim;
         let (Some(out), Some(scale)) = (
             cache.get_mut(from..from + head_dim),
-            scales.get_mut(slot.scale_index(config.n_kv_heads, kv_head)),
+            scales.get_mut(slot.index(config.n_kv_heads, kv_head)),
         ) else {
             return;
         };
@@ -782,22 +759,55 @@ fn store_key(
 
 /// One cached position's key, as f32, into the front of `key` (`kv_dim` values).
 fn load_key(config: &ModelConfig, b: &Buffers<'_>, key: &mut [f32], slot: CacheSlot) {
-    let (kv_dim, head_dim) = (config.kv_dim(), config.head_dim());
-    let at = (slot.layer * slot.context + slot.position) * kv_dim;
+    let head_dim = config.head_dim();
     let heads = key
         .chunks_exact_mut(head_dim.max(1))
         .take(config.n_kv_heads);
     for (kv_head, key) in heads.enumerate() {
-        let from = at + kv_head * head_dim;
+        let from = slot.index(config.n_kv_heads, kv_head) * head_dim;
         let cached = b.k_cache.get(from..from + head_dim).unwrap_or(&[]);
         let scale = b
             .k_scales
-            .get(slot.scale_index(config.n_kv_heads, kv_head))
+            .get(slot.index(config.n_kv_heads, kv_head))
             .copied()
             .unwrap_or(0.0);
         key.iter_mut()
             .zip(cached)
             .for_each(|(k, &q)| *k = scale * f32::from(q));
+    }
+}
+
+/// One position's values (`value` per key/value head, one head after the other, from the
+/// front of `values`) rounded to f16 into the cache.
+fn store_values(
+    config: &ModelConfig,
+    value: usize,
+    values: &[f32],
+    cache: &mut [u16],
+    slot: CacheSlot,
+) {
+    let heads = values.chunks_exact(value.max(1)).take(config.n_kv_heads);
+    for (kv_head, values) in heads.enumerate() {
+        let from = slot.index(config.n_kv_heads, kv_head) * config.head_dim();
+        store_f16(Some(values), cache.get_mut(from..from + value));
+    }
+}
+
+/// One cached position's values, as f32, into the front of `values` (`value` per key/value
+/// head, one head after the other).
+fn load_values(
+    config: &ModelConfig,
+    value: usize,
+    b: &Buffers<'_>,
+    values: &mut [f32],
+    slot: CacheSlot,
+) {
+    let heads = values
+        .chunks_exact_mut(value.max(1))
+        .take(config.n_kv_heads);
+    for (kv_head, values) in heads.enumerate() {
+        let from = slot.index(config.n_kv_heads, kv_head) * config.head_dim();
+        load_f16(b.v_cache.get(from..from + value), Some(values));
     }
 }
 
