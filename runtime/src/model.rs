@@ -235,28 +235,17 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
             return Ok(0);
         };
         let config = &self.bundle.header().config;
-        let (len, kv_dim) = (prefix.tokens.len(), config.kv_dim());
+        let len = prefix.tokens.len();
         if len > self.layout.context {
             return Err(Error::InputTooLong);
         }
-        let per_layer = len * kv_dim;
-        let context = self.layout.context;
         let b = &mut self.buffers;
-        for layer in 0..config.n_layers {
-            let value = self.bundle.block_widths(layer)?.value;
-            for t in 0..len {
-                let at = layer * per_layer + t * kv_dim;
-                let slot = CacheSlot {
-                    layer,
-                    position: t,
-                    context,
-                };
-                let key = prefix.keys.get(at..).unwrap_or(&[]);
-                store_key(config, key, b.k_cache, b.k_scales, slot);
-                let values = prefix.values.get(at..).unwrap_or(&[]);
-                store_values(config, value, values, b.v_cache, slot);
-            }
-        }
+        prefix_positions(self.bundle, self.layout.context, len, |at, slot, value| {
+            let key = prefix.keys.get(at..).unwrap_or(&[]);
+            store_key(config, key, b.k_cache, b.k_scales, slot);
+            let values = prefix.values.get(at..).unwrap_or(&[]);
+            store_values(config, value, values, b.v_cache, slot);
+        })?;
         self.position = len;
         Ok(len)
     }
@@ -280,23 +269,13 @@ impl<'b, 'a, K: Kernels> Model<'b, 'a, K> {
         {
             return Err(Error::BadShape);
         }
-        for layer in 0..config.n_layers {
-            let value = self.bundle.block_widths(layer)?.value;
-            for t in 0..len {
-                let at = layer * per_layer + t * kv_dim;
-                let slot = CacheSlot {
-                    layer,
-                    position: t,
-                    context: self.layout.context,
-                };
-                let key = keys.get_mut(at..).unwrap_or(&mut []);
-                load_key(config, &self.buffers, key, slot);
-                let position = values.get_mut(at..at + kv_dim).unwrap_or(&mut []);
-                position.iter_mut().for_each(|v| *v = 0.0);
-                load_values(config, value, &self.buffers, position, slot);
-            }
-        }
-        Ok(())
+        prefix_positions(self.bundle, self.layout.context, len, |at, slot, value| {
+            let key = keys.get_mut(at..).unwrap_or(&mut []);
+            load_key(config, &self.buffers, key, slot);
+            let position = values.get_mut(at..at + kv_dim).unwrap_or(&mut []);
+            position.iter_mut().for_each(|v| *v = 0.0);
+            load_values(config, value, &self.buffers, position, slot);
+        })
     }
 
     /// Runs `tokens` after the cached positions; the hidden state of the last one is kept for
@@ -732,6 +711,31 @@ impl CacheSlot {
     fn index(self, n_kv_heads: usize, kv_head: usize) -> usize {
         (self.layer * n_kv_heads + kv_head) * self.context + self.position
     }
+}
+
+/// Calls `f(at, slot, value)` for every layer and each of its first `len` positions: `at` is
+/// the position's offset in a stored prefix's layer-major keys and values (`kv_dim` a
+/// position), `slot` its place in a cache of `context` positions, `value` the layer's value
+/// width.
+fn prefix_positions(
+    bundle: &Bundle<'_>,
+    context: usize,
+    len: usize,
+    mut f: impl FnMut(usize, CacheSlot, usize),
+) -> Result<(), Error> {
+    let config = &bundle.header().config;
+    for layer in 0..config.n_layers {
+        let value = bundle.block_widths(layer)?.value;
+        for position in 0..len {
+            let slot = CacheSlot {
+                layer,
+                position,
+                context,
+            };
+            f((layer * len + position) * config.kv_dim(), slot, value);
+        }
+    }
+    Ok(())
 }
 
 /// One position's key (`kv_dim` values from the front of `key`) rounded into the cache, a
