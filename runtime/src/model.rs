@@ -750,10 +750,10 @@ fn store_key(
     let head_dim = config.head_dim();
     let heads = key.chunks_exact(head_dim.max(1)).take(config.n_kv_heads);
     for (kv_head, key) in heads.enumerate() {
-        let from = slot.index(config.n_kv_heads, kv_head) * head_dim;
+        let at = slot.index(config.n_kv_heads, kv_head);
         let (Some(out), Some(scale)) = (
-            cache.get_mut(from..from + head_dim),
-            scales.get_mut(slot.index(config.n_kv_heads, kv_head)),
+            cache.get_mut(at * head_dim..(at + 1) * head_dim),
+            scales.get_mut(at),
         ) else {
             return;
         };
@@ -768,13 +768,12 @@ fn load_key(config: &ModelConfig, b: &Buffers<'_>, key: &mut [f32], slot: CacheS
         .chunks_exact_mut(head_dim.max(1))
         .take(config.n_kv_heads);
     for (kv_head, key) in heads.enumerate() {
-        let from = slot.index(config.n_kv_heads, kv_head) * head_dim;
-        let cached = b.k_cache.get(from..from + head_dim).unwrap_or(&[]);
-        let scale = b
-            .k_scales
-            .get(slot.index(config.n_kv_heads, kv_head))
-            .copied()
-            .unwrap_or(0.0);
+        let at = slot.index(config.n_kv_heads, kv_head);
+        let cached = b
+            .k_cache
+            .get(at * head_dim..(at + 1) * head_dim)
+            .unwrap_or(&[]);
+        let scale = b.k_scales.get(at).copied().unwrap_or(0.0);
         key.iter_mut()
             .zip(cached)
             .for_each(|(k, &q)| *k = scale * f32::from(q));
